@@ -1,0 +1,104 @@
+"""The bucket layout contract (DESIGN.md, Bucket layout), in one place.
+
+raw image:  {FARM_BUCKET}/{position_id}/{date}/image.png
+leaf crop:  {FARM_BUCKET}/{position_id}/{date}/{cropper_model_id}/{cropper_model_version}/{idx}.png
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+RAW_IMAGE_NAME = "image.png"
+DATE_FORMAT = "%Y-%m-%d"
+# Position ids become path segments and Dagster partition keys, so keep them to a
+# conservative alphabet (no '/', '|' or ',' which Dagster uses as separators).
+POSITION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class LayoutError(ValueError):
+    """A path or value that does not follow the bucket layout contract."""
+
+
+@dataclass(frozen=True, order=True)
+class ImageKey:
+    """One drone photo: a position on a day."""
+
+    position_id: str
+    date: dt.date
+
+    @property
+    def date_str(self) -> str:
+        return self.date.strftime(DATE_FORMAT)
+
+    def relative_path(self) -> str:
+        return f"{self.position_id}/{self.date_str}/{RAW_IMAGE_NAME}"
+
+
+def parse_date(value: str) -> dt.date:
+    """Parse a `YYYY-MM-DD` date, with an error that says what was expected."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
+        raise LayoutError(f"bad date {value!r}: expected YYYY-MM-DD")
+    try:
+        return dt.datetime.strptime(value, DATE_FORMAT).date()
+    except ValueError as exc:
+        raise LayoutError(f"bad date {value!r}: {exc}") from None
+
+
+def check_position_id(position_id: str) -> str:
+    if not POSITION_ID_PATTERN.match(position_id or ""):
+        raise LayoutError(
+            f"bad position_id {position_id!r}: expected letters, digits, '_', '.' or '-' "
+            "(at most 64 characters)"
+        )
+    return position_id
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def raw_image_uri(bucket_root: str, key: ImageKey) -> str:
+    return join(bucket_root, key.relative_path())
+
+
+def crop_uri(
+    bucket_root: str,
+    key: ImageKey,
+    cropper_model_id: str,
+    cropper_model_version: str,
+    leaf_crop_idx: int,
+) -> str:
+    return join(
+        bucket_root,
+        key.position_id,
+        key.date_str,
+        cropper_model_id,
+        cropper_model_version,
+        f"{leaf_crop_idx}.png",
+    )
+
+
+def is_raw_image_path(relative_path: str) -> bool:
+    """True for any object named like a raw image, whether or not the rest is valid."""
+    return relative_path.rsplit("/", 1)[-1] == RAW_IMAGE_NAME
+
+
+def parse_raw_image_path(relative_path: str) -> ImageKey:
+    """Turn `P/YYYY-MM-DD/image.png` (relative to the bucket root) into an ImageKey."""
+    parts = relative_path.strip("/").split("/")
+    if len(parts) != 3 or parts[2] != RAW_IMAGE_NAME:
+        raise LayoutError(
+            f"path {relative_path!r} is outside the layout: expected "
+            f"<position_id>/<YYYY-MM-DD>/{RAW_IMAGE_NAME}"
+        )
+    return ImageKey(check_position_id(parts[0]), parse_date(parts[1]))
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """`gs://bucket/a/b` -> (`bucket`, `a/b`)."""
+    match = re.fullmatch(r"gs://([^/]+)/(.*)", uri or "")
+    if not match:
+        raise LayoutError(f"bad image_uri {uri!r}: expected gs://<bucket>/<object path>")
+    return match.group(1), match.group(2)

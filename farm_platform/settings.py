@@ -1,0 +1,32 @@
+"""Names and defaults of the platform's configuration (DESIGN.md, Configuration).
+
+Every variable is read through Dagster `EnvVar` in `definitions.py`; the CLI and the
+local stack use the same names from here so that there is one spelling of each.
+"""
+
+from __future__ import annotations
+
+FARM_BUCKET = "FARM_BUCKET"
+FARM_WAREHOUSE = "FARM_WAREHOUSE"
+FARM_GCP_PROJECT = "FARM_GCP_PROJECT"
+FARM_SUBSCRIPTION = "FARM_SUBSCRIPTION"
+PUBSUB_EMULATOR_HOST = "PUBSUB_EMULATOR_HOST"
+STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+DAGSTER_HOME = "DAGSTER_HOME"
+
+DEFAULT_SUBSCRIPTION = "drone_image.dagster"
+DRONE_IMAGE_TOPIC = "drone_image"
+DEAD_LETTER_TOPIC = "drone_image.dead"
+# Dead letters are only useful if someone can read them: the stack creates this
+# subscription so `farm-platform dlq list` has something to pull from.
+DEAD_LETTER_SUBSCRIPTION = "drone_image.dead.inspect"
+
+CONFIG_VARIABLES = (
+    FARM_BUCKET,
+    FARM_WAREHOUSE,
+    FARM_GCP_PROJECT,
+    FARM_SUBSCRIPTION,
+    PUBSUB_EMULATOR_HOST,
+    STORAGE_EMULATOR_HOST,
+    DAGSTER_HOME,
+)
