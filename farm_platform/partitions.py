@@ -1,0 +1,54 @@
+"""Image partitions: date × position (DESIGN.md, Data flow).
+
+Positions are a dynamic dimension: the sensor registers them from the field map, in
+field-map order, so that a day's photos of neighbouring positions form one contiguous
+partition range that a single run can process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from dagster import (
+    DailyPartitionsDefinition,
+    DynamicPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+)
+
+from farm_platform.layout import ImageKey, parse_date
+
+DATE_DIMENSION = "date"
+POSITION_DIMENSION = "position"
+# First day of the trial's calendar; photos dated earlier are dead-lettered.
+FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
+DEFAULT_TRIAL_START_DATE = "2026-01-01"
+
+
+def trial_start_date() -> dt.date:
+    return parse_date(os.environ.get(FARM_TRIAL_START_DATE, DEFAULT_TRIAL_START_DATE))
+
+
+position_partitions = DynamicPartitionsDefinition(name=POSITION_DIMENSION)
+# end_offset=1: today's photos are valid partitions as soon as they land.
+date_partitions = DailyPartitionsDefinition(start_date=trial_start_date().isoformat(), end_offset=1)
+image_partitions = MultiPartitionsDefinition(
+    {DATE_DIMENSION: date_partitions, POSITION_DIMENSION: position_partitions}
+)
+
+
+def valid_dates(today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The first and last date that are image partitions today."""
+    return trial_start_date(), today or dt.datetime.now(dt.UTC).date()
+
+
+def image_partition_key(key: ImageKey) -> MultiPartitionKey:
+    return MultiPartitionKey({DATE_DIMENSION: key.date_str, POSITION_DIMENSION: key.position_id})
+
+
+def image_key(partition_key: str | MultiPartitionKey) -> ImageKey:
+    if not isinstance(partition_key, MultiPartitionKey):
+        partition_key = image_partitions.get_partition_key_from_str(partition_key)
+    dimensions = partition_key.keys_by_dimension
+    return ImageKey(dimensions[POSITION_DIMENSION], parse_date(dimensions[DATE_DIMENSION]))

@@ -1,0 +1,125 @@
+"""Pub/Sub access for the sensor and the dead-letter tools (DESIGN.md, Messages)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from farm_platform import settings
+
+# Pub/Sub caps one acknowledge / modifyAckDeadline request; stay well below it.
+_ACK_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class PulledMessage:
+    ack_id: str
+    message_id: str
+    publish_time: str
+    data: bytes
+    attributes: dict[str, str]
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-safe copy, so a run can dead-letter the original message later."""
+        return {
+            "message_id": self.message_id,
+            "publish_time": self.publish_time,
+            "data_b64": base64.b64encode(self.data).decode(),
+            "attributes": dict(self.attributes),
+        }
+
+
+class PubSubResource(ConfigurableResource):
+    """The `drone_image` subscription and the `drone_image.dead` dead-letter topic."""
+
+    project: str = Field(description="Google Cloud project of the topics")
+    subscription: str = Field(default=settings.DEFAULT_SUBSCRIPTION)
+    dead_letter_topic: str = Field(default=settings.DEAD_LETTER_TOPIC)
+    _subscriber: Any = PrivateAttr(default=None)
+    _publisher: Any = PrivateAttr(default=None)
+
+    @property
+    def subscriber(self) -> Any:
+        if self._subscriber is None:
+            from google.cloud import pubsub_v1
+
+            self._subscriber = pubsub_v1.SubscriberClient()
+        return self._subscriber
+
+    @property
+    def publisher(self) -> Any:
+        if self._publisher is None:
+            from google.cloud import pubsub_v1
+
+            self._publisher = pubsub_v1.PublisherClient()
+        return self._publisher
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.project}/subscriptions/{self.subscription}"
+
+    def topic_path(self, topic: str) -> str:
+        return f"projects/{self.project}/topics/{topic}"
+
+    def pull(self, max_messages: int, timeout_seconds: float = 5.0) -> list[PulledMessage]:
+        """One synchronous pull; an empty list when nothing is waiting."""
+        from google.api_core import exceptions
+
+        try:
+            response = self.subscriber.pull(
+                request={"subscription": self.subscription_path, "max_messages": max_messages},
+                timeout=timeout_seconds,
+            )
+        except exceptions.DeadlineExceeded:
+            return []
+        return [
+            PulledMessage(
+                ack_id=received.ack_id,
+                message_id=received.message.message_id,
+                publish_time=received.message.publish_time.isoformat(),
+                data=bytes(received.message.data),
+                attributes=dict(received.message.attributes),
+            )
+            for received in response.received_messages
+        ]
+
+    def acknowledge(self, ack_ids: Sequence[str]) -> None:
+        for chunk in _chunks(ack_ids):
+            self.subscriber.acknowledge(
+                request={"subscription": self.subscription_path, "ack_ids": chunk}
+            )
+
+    def extend_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
+        for chunk in _chunks(ack_ids):
+            self.subscriber.modify_ack_deadline(
+                request={
+                    "subscription": self.subscription_path,
+                    "ack_ids": chunk,
+                    "ack_deadline_seconds": seconds,
+                }
+            )
+
+    def dead_letter(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str], str]], timeout: float = 30.0
+    ) -> list[str]:
+        """Publish (data, attributes, error) triples to the dead-letter topic and wait for them.
+
+        Returns the dead letters' message ids. Raises if any publish fails, so that the
+        caller never acknowledges a message whose dead letter is not stored.
+        """
+        topic = self.topic_path(self.dead_letter_topic)
+        futures = [
+            self.publisher.publish(topic, data, **{**dict(attributes), "error": error[:1024]})
+            for data, attributes, error in messages
+        ]
+        return [future.result(timeout=timeout) for future in futures]
+
+
+def _chunks(items: Sequence[str]) -> list[list[str]]:
+    items = list(items)
+    return [items[start : start + _ACK_CHUNK] for start in range(0, len(items), _ACK_CHUNK)]

@@ -1,0 +1,305 @@
+"""The warehouse the inference assets write and dbt reads (DESIGN.md, Warehouse tables).
+
+One schema for DuckDB (default, a local file) and PostgreSQL (production), chosen by the
+URL in `FARM_WAREHOUSE`: `duckdb:///path/to/farm.duckdb` or `postgresql://user@host/db`.
+
+Writes are idempotent per partition and model versions: rows of the same image written
+by the same models are replaced in one transaction; rows of other model versions stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import ConfigurableResource
+from pydantic import Field
+
+LEAF_CROPS_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "leaf_crop_idx": "INTEGER NOT NULL",
+    "x0": "DOUBLE PRECISION NOT NULL",
+    "y0": "DOUBLE PRECISION NOT NULL",
+    "x1": "DOUBLE PRECISION NOT NULL",
+    "y1": "DOUBLE PRECISION NOT NULL",
+    "score": "DOUBLE PRECISION NOT NULL",
+    "crop_uri": "TEXT NOT NULL",
+    "cropper_model_id": "TEXT NOT NULL",
+    "cropper_model_version": "TEXT NOT NULL",
+}
+DISEASE_GRADES_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "leaf_crop_idx": "INTEGER NOT NULL",
+    "disease_type": "TEXT NOT NULL",
+    "predicted_grade": "INTEGER NOT NULL",
+    "cropper_model_id": "TEXT NOT NULL",
+    "cropper_model_version": "TEXT NOT NULL",
+    "disease_model_id": "TEXT NOT NULL",
+    "disease_model_version": "TEXT NOT NULL",
+    "confidence": "DOUBLE PRECISION NOT NULL",
+    "graded_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+    "dagster_run_id": "TEXT NOT NULL",
+}
+# Not in the original design: one row per ingested photo so that coverage (which
+# positions were photographed, which image generation was graded) is queryable by dbt.
+DRONE_IMAGES_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "image_uri": "TEXT NOT NULL",
+    "size_bytes": "BIGINT NOT NULL",
+    "sha256": "TEXT NOT NULL",
+    "width": "INTEGER",
+    "height": "INTEGER",
+    "error": "TEXT",
+    "ingested_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+    "generation": "TEXT",
+    "message_id": "TEXT",
+    "published_at": "TIMESTAMP WITH TIME ZONE",
+    "dagster_run_id": "TEXT NOT NULL",
+}
+
+
+_POLARS_TYPES = {
+    "TEXT": pl.String(),
+    "DATE": pl.Date(),
+    "INTEGER": pl.Int32(),
+    "BIGINT": pl.Int64(),
+    "DOUBLE PRECISION": pl.Float64(),
+    "TIMESTAMP WITH TIME ZONE": pl.Datetime("us", "UTC"),
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: dict[str, str]
+    primary_key: tuple[str, ...]
+    # Writing a frame first deletes the rows that share these columns' values with it.
+    replace_scope: tuple[str, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {
+            name: _POLARS_TYPES[kind.removesuffix(" NOT NULL")]
+            for name, kind in self.columns.items()
+        }
+
+    def ddl(self) -> str:
+        columns = ",\n  ".join(f"{name} {kind}" for name, kind in self.columns.items())
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {columns},\n"
+            f"  PRIMARY KEY ({', '.join(self.primary_key)})\n)"
+        )
+
+
+LEAF_CROPS_TABLE = Table(
+    "leaf_crops",
+    LEAF_CROPS_COLUMNS,
+    primary_key=(
+        "position_id",
+        "date",
+        "cropper_model_id",
+        "cropper_model_version",
+        "leaf_crop_idx",
+    ),
+    replace_scope=("position_id", "date", "cropper_model_id", "cropper_model_version"),
+)
+DISEASE_GRADES_TABLE = Table(
+    "disease_grades",
+    DISEASE_GRADES_COLUMNS,
+    primary_key=(
+        "position_id",
+        "date",
+        "leaf_crop_idx",
+        "disease_type",
+        "cropper_model_id",
+        "cropper_model_version",
+        "disease_model_id",
+        "disease_model_version",
+    ),
+    replace_scope=(
+        "position_id",
+        "date",
+        "disease_type",
+        "cropper_model_id",
+        "cropper_model_version",
+        "disease_model_id",
+        "disease_model_version",
+    ),
+)
+DRONE_IMAGES_TABLE = Table(
+    "drone_images",
+    DRONE_IMAGES_COLUMNS,
+    primary_key=("position_id", "date"),
+    replace_scope=("position_id", "date"),
+)
+TABLES = {
+    table.name: table for table in (LEAF_CROPS_TABLE, DISEASE_GRADES_TABLE, DRONE_IMAGES_TABLE)
+}
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse URL or a frame written to it is wrong."""
+
+
+class WarehouseResource(ConfigurableResource):
+    """Tables of crops and grades in DuckDB (`duckdb:///path`) or PostgreSQL (`postgresql://…`)."""
+
+    url: str = Field(description="duckdb:///path/to/file.duckdb or postgresql://user@host:port/db")
+    lock_timeout_seconds: float = Field(
+        default=120.0,
+        description="How long to wait for a DuckDB file another process holds open.",
+    )
+
+    @property
+    def dialect(self) -> str:
+        if self.url.startswith("duckdb://"):
+            return "duckdb"
+        if self.url.startswith(("postgresql://", "postgres://")):
+            return "postgresql"
+        raise WarehouseError(
+            f"FARM_WAREHOUSE={self.url!r} is not supported: use duckdb:///path/to/farm.duckdb "
+            "or postgresql://user@host:port/database"
+        )
+
+    @property
+    def duckdb_path(self) -> Path:
+        # duckdb:///relative.duckdb and duckdb:////abs/path.duckdb, like SQLAlchemy URLs.
+        return Path(self.url.removeprefix("duckdb:///"))
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A DB-API connection inside a transaction, committed on success."""
+        if self.dialect == "duckdb":
+            connection = self._connect_duckdb()
+            try:
+                connection.execute("BEGIN TRANSACTION")
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            finally:
+                connection.close()
+        else:
+            import psycopg
+
+            with psycopg.connect(self.url) as connection:
+                yield connection
+
+    def _connect_duckdb(self) -> Any:
+        import duckdb
+
+        path = self.duckdb_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        # DuckDB lets one process hold a file open for writing; concurrent runs take turns.
+        while True:
+            try:
+                return duckdb.connect(str(path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create_schema(self) -> None:
+        with self.connect() as connection:
+            for table in TABLES.values():
+                connection.execute(table.ddl())
+
+    def replace_rows(
+        self, table_name: str, frame: pl.DataFrame, scopes: pl.DataFrame | None = None
+    ) -> int:
+        """Write `frame`, first deleting the rows that share its partition and model versions.
+
+        `scopes` (columns: the table's replace scope) names what is being replaced when it
+        is more than the frame shows, e.g. an image that has no leaves any more.
+        """
+        table = TABLES[table_name]
+        missing = set(table.column_names) - set(frame.columns)
+        if missing:
+            raise WarehouseError(f"frame for {table.name} lacks columns {sorted(missing)}")
+        frame = frame.select(table.column_names).cast(table.polars_schema)
+        replaced = frame.select(table.replace_scope)
+        if scopes is not None:
+            replaced = pl.concat(
+                [replaced, scopes.select(table.replace_scope)], how="vertical_relaxed"
+            )
+        with self.connect() as connection:
+            for table_ddl in TABLES.values():
+                connection.execute(table_ddl.ddl())
+            self._delete_scopes(connection, table, replaced.unique())
+            if frame.height:
+                self._insert(connection, table, frame)
+        return frame.height
+
+    def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
+        """Delete the rows matching each row of `scopes` (columns: the table's replace scope)."""
+        table = TABLES[table_name]
+        with self.connect() as connection:
+            connection.execute(table.ddl())
+            self._delete_scopes(connection, table, scopes.select(table.replace_scope).unique())
+
+    def _delete_scopes(self, connection: Any, table: Table, scopes: pl.DataFrame) -> None:
+        if not scopes.height:
+            return
+        condition = " AND ".join(f"{column} = %s" for column in table.replace_scope)
+        statement = f"DELETE FROM {table.name} WHERE {condition}"
+        rows = scopes.rows()
+        if self.dialect == "duckdb":
+            connection.executemany(statement.replace("%s", "?"), rows)
+        else:
+            with connection.cursor() as cursor:
+                cursor.executemany(statement, rows)
+
+    def _insert(self, connection: Any, table: Table, frame: pl.DataFrame) -> None:
+        columns = ", ".join(table.column_names)
+        if self.dialect == "duckdb":
+            # The view lives as long as this short-lived connection; unregistering inside a
+            # failed transaction would raise and hide the real error.
+            connection.register("incoming_rows", frame.to_arrow())
+            connection.execute(
+                f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows"
+            )
+        else:
+            with (
+                connection.cursor() as cursor,
+                cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy,
+            ):
+                for row in frame.iter_rows():
+                    copy.write_row(row)
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> pl.DataFrame:
+        """Run a read query (use `%s` placeholders) and return a polars frame."""
+        with self.connect() as connection:
+            if self.dialect == "duckdb":
+                cursor = connection.execute(sql.replace("%s", "?"), list(parameters))
+                return _frame(cursor.description, cursor.fetchall())
+            with connection.cursor() as cursor:
+                cursor.execute(sql, parameters)
+                return _frame(cursor.description, cursor.fetchall())
+
+    def table_exists(self, table_name: str) -> bool:
+        frame = self.query(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = %s",
+            [table_name],
+        )
+        return bool(frame["n"][0])
+
+
+def _frame(
+    description: Sequence[Sequence[Any]] | None, rows: list[tuple[Any, ...]]
+) -> pl.DataFrame:
+    names = [column[0] for column in description or []]
+    return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)

@@ -1,0 +1,110 @@
+"""Message classification: both forms of DESIGN.md, every reason to dead-letter."""
+
+import datetime as dt
+import json
+
+import pytest
+
+from farm_platform.layout import ImageKey
+from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
+
+BUCKET = "gs://farm-images"
+KNOWN = {"P000", "P001"}
+DATES = (dt.date(2026, 1, 1), dt.date(2026, 11, 25))
+
+
+def parse(data: bytes = b"", **attributes: str):
+    return parse_message(data, attributes, BUCKET, KNOWN, DATES)
+
+
+def drone(**payload) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def notification(object_id: str, event_type: str = "OBJECT_FINALIZE", bucket: str = "farm-images"):
+    return parse(
+        b"{}",
+        eventType=event_type,
+        bucketId=bucket,
+        objectId=object_id,
+        payloadFormat="JSON_API_V1",
+        objectGeneration="1700000000000001",
+    )
+
+
+def test_drone_controller_message_becomes_an_arrival():
+    parsed = parse(
+        drone(
+            image_uri="gs://farm-images/P001/2026-06-02/image.png",
+            position_id="P001",
+            date="2026-06-02",
+            captured_at="2026-06-02T09:15:00+00:00",
+            drone_id="drone-7",
+        )
+    )
+    assert parsed == ImageArrival(
+        ImageKey("P001", dt.date(2026, 6, 2)),
+        "gs://farm-images/P001/2026-06-02/image.png",
+        None,
+        "drone_controller",
+    )
+
+
+def test_storage_notification_becomes_an_arrival_with_its_generation():
+    parsed = notification("P000/2026-06-01/image.png")
+    assert isinstance(parsed, ImageArrival)
+    assert parsed.key == ImageKey("P000", dt.date(2026, 6, 1))
+    assert parsed.generation == "1700000000000001"
+    assert parsed.form == "gcs_notification"
+
+
+@pytest.mark.parametrize(
+    "object_id, bucket, event_type",
+    [
+        ("P000/2026-06-01/leaf_detector/v1/3.png", "farm-images", "OBJECT_FINALIZE"),
+        ("ground_truth/leaves.parquet", "farm-images", "OBJECT_FINALIZE"),
+        ("P000/2026-06-01/image.png", "farm-images", "OBJECT_DELETE"),
+        ("P000/2026-06-01/image.png", "another-bucket", "OBJECT_FINALIZE"),
+    ],
+)
+def test_notifications_that_ask_for_no_work_are_ignored(object_id, bucket, event_type):
+    assert isinstance(notification(object_id, event_type, bucket), Ignored)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\x89PNG not json", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (drone(position_id="P000"), "no image_uri"),
+        (drone(image_uri="gs://farm-images/P000/image.png"), "outside the layout"),
+        (drone(image_uri="gs://elsewhere/P000/2026-06-01/image.png"), "outside the farm bucket"),
+        (drone(image_uri="gs://farm-images/P000/2026-13-01/image.png"), "bad date"),
+        (drone(image_uri="gs://farm-images/P000/01-06-2026/image.png"), "bad date"),
+        (drone(image_uri="gs://farm-images/P000/2025-06-01/image.png"), "outside the trial"),
+        (drone(image_uri="gs://farm-images/P999/2026-06-01/image.png"), "unknown position"),
+        (
+            drone(image_uri="gs://farm-images/P000/2026-06-01/image.png", position_id="P001"),
+            "position_id 'P001' disagrees",
+        ),
+        (
+            drone(image_uri="gs://farm-images/P000/2026-06-01/image.png", date="2026-06-02"),
+            "date '2026-06-02' disagrees",
+        ),
+        (
+            drone(image_uri="gs://farm-images/P000/2026-06-01/image.png", captured_at="noon"),
+            "bad captured_at",
+        ),
+    ],
+)
+def test_invalid_drone_messages_are_rejected_with_the_reason(data, reason):
+    parsed = parse(data)
+    assert isinstance(parsed, Rejected)
+    assert reason in parsed.error
+
+
+def test_notification_for_unknown_position_is_rejected_not_ignored():
+    parsed = notification("P404/2026-06-01/image.png")
+    assert isinstance(parsed, Rejected)
+    assert "unknown position 'P404'" in parsed.error
+    assert "positions.csv" in parsed.error  # says what to do

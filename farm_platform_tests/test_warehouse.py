@@ -1,0 +1,120 @@
+"""The warehouse on real DuckDB and real PostgreSQL: schema, keys, idempotent writes."""
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from farm_platform.resources.warehouse import (
+    DISEASE_GRADES_COLUMNS,
+    LEAF_CROPS_COLUMNS,
+    WarehouseError,
+    WarehouseResource,
+)
+
+GRADED_AT = dt.datetime(2026, 6, 2, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse(request, tmp_path):
+    if request.param == "duckdb":
+        resource = WarehouseResource(url=f"duckdb:///{tmp_path}/farm.duckdb")
+    else:
+        resource = WarehouseResource(url=request.getfixturevalue("postgres_url"))
+        with resource.connect() as connection:
+            for table in ("disease_grades", "leaf_crops", "drone_images"):
+                connection.execute(f"DROP TABLE IF EXISTS {table}")
+    resource.create_schema()
+    return resource
+
+
+def grades(position="P000", date=dt.date(2026, 6, 1), leaves=3, version="v1", grade=1):
+    return pl.DataFrame(
+        {
+            "position_id": [position] * leaves,
+            "date": [date] * leaves,
+            "leaf_crop_idx": list(range(leaves)),
+            "disease_type": ["disease_3"] * leaves,
+            "predicted_grade": [grade] * leaves,
+            "cropper_model_id": ["leaf_detector"] * leaves,
+            "cropper_model_version": ["v1"] * leaves,
+            "disease_model_id": ["disease_3_grader"] * leaves,
+            "disease_model_version": [version] * leaves,
+            "confidence": [0.9] * leaves,
+            "graded_at": [GRADED_AT] * leaves,
+            "dagster_run_id": ["run-1"] * leaves,
+        }
+    )
+
+
+def count(warehouse, where="TRUE"):
+    return warehouse.query(f"SELECT count(*) AS n FROM disease_grades WHERE {where}")["n"][0]
+
+
+def test_tables_have_the_contract_columns(warehouse):
+    for table, columns in (
+        ("disease_grades", DISEASE_GRADES_COLUMNS),
+        ("leaf_crops", LEAF_CROPS_COLUMNS),
+    ):
+        found = warehouse.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+            [table],
+        )["column_name"].to_list()
+        assert sorted(found) == sorted(columns)
+
+
+def test_rewriting_a_partition_with_the_same_models_replaces_its_rows(warehouse):
+    warehouse.replace_rows("disease_grades", grades(leaves=3, grade=1))
+    warehouse.replace_rows("disease_grades", grades(leaves=2, grade=2))
+    assert count(warehouse) == 2
+    assert count(warehouse, "predicted_grade = 2") == 2
+
+
+def test_a_new_model_version_adds_rows_beside_the_old(warehouse):
+    warehouse.replace_rows("disease_grades", grades(version="v1"))
+    warehouse.replace_rows("disease_grades", grades(version="v2"))
+    assert count(warehouse, "disease_model_version = 'v1'") == 3
+    assert count(warehouse, "disease_model_version = 'v2'") == 3
+
+
+def test_other_partitions_are_untouched(warehouse):
+    warehouse.replace_rows("disease_grades", grades(position="P000"))
+    warehouse.replace_rows("disease_grades", grades(position="P001", leaves=1))
+    assert count(warehouse, "position_id = 'P000'") == 3
+
+
+def test_scopes_clear_a_partition_that_has_no_rows_any_more(warehouse):
+    warehouse.replace_rows("disease_grades", grades())
+    empty = grades().head(0)
+    scopes = (
+        grades()
+        .head(1)
+        .select(
+            "position_id",
+            "date",
+            "disease_type",
+            "cropper_model_id",
+            "cropper_model_version",
+            "disease_model_id",
+            "disease_model_version",
+        )
+    )
+    warehouse.replace_rows("disease_grades", empty, scopes=scopes)
+    assert count(warehouse) == 0
+
+
+def test_primary_key_rejects_duplicate_rows(warehouse):
+    duplicated = pl.concat([grades(leaves=1), grades(leaves=1)])
+    with pytest.raises(Exception, match="(?i)duplicate|primary key|unique"):
+        warehouse.replace_rows("disease_grades", duplicated)
+    assert count(warehouse) == 0  # the failed write left nothing behind
+
+
+def test_missing_columns_are_named(warehouse):
+    with pytest.raises(WarehouseError, match="confidence"):
+        warehouse.replace_rows("disease_grades", grades().drop("confidence"))
+
+
+def test_unsupported_url_says_what_is_supported():
+    with pytest.raises(WarehouseError, match="duckdb:///"):
+        WarehouseResource(url="mysql://farm@localhost/farm").create_schema()
