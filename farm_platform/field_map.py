@@ -7,6 +7,7 @@ decide which positions are known and dbt loads it as a seed.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,11 @@ AREAS = ("control", "treated")
 DEFAULT_FIELD_MAP_PATH = (
     Path(__file__).resolve().parent.parent / "dbt_project" / "seeds" / "positions.csv"
 )
+
+
+def field_map_path() -> Path:
+    """`$FARM_FIELD_MAP`, else the dbt seed."""
+    return Path(os.environ.get("FARM_FIELD_MAP") or DEFAULT_FIELD_MAP_PATH)
 
 
 class FieldMapError(ValueError):
@@ -30,9 +36,9 @@ class Position:
     dose_ml_per_sqft: float
 
 
-def read_field_map(path: str | Path = DEFAULT_FIELD_MAP_PATH) -> dict[str, Position]:
+def read_field_map(path: str | Path | None = None) -> dict[str, Position]:
     """Read positions.csv into {position_id: Position}, rejecting malformed rows."""
-    path = Path(path)
+    path = Path(path) if path else field_map_path()
     if not path.exists():
         raise FieldMapError(
             f"field map {path} does not exist: run `farm-platform simulate` or copy your "

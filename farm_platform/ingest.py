@@ -37,8 +37,9 @@ class IngestSettings:
     tick_budget_seconds: float = 30.0
     max_images_per_run: int = 500
     dedup_window_seconds: float = 2 * 24 * 3600
-    # Pending messages must not be redelivered before the next tick acknowledges them.
-    ack_extension_seconds: int = 600
+    # Long enough for the next tick to acknowledge pending messages, short enough that a
+    # tick that dies before Dagster stores it has its messages redelivered soon.
+    ack_extension_seconds: int = 120
     object_lookup_threads: int = 16
 
 

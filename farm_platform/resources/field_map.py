@@ -11,7 +11,9 @@ from farm_platform.field_map import DEFAULT_FIELD_MAP_PATH, Position, read_field
 class FieldMapResource(ConfigurableResource):
     """`positions.csv`: the dbt seed and the sensor's list of known positions."""
 
-    path: str = Field(default=str(DEFAULT_FIELD_MAP_PATH), description="positions.csv")
+    path: str = Field(
+        default=str(DEFAULT_FIELD_MAP_PATH), description="positions.csv (FARM_FIELD_MAP)"
+    )
 
     def positions(self) -> dict[str, Position]:
         """Positions by id, in the file's order."""

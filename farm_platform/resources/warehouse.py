@@ -66,7 +66,19 @@ DRONE_IMAGES_COLUMNS = {
 }
 
 
+# Every registered model version, so dbt can tell active grades from the others.
+MODEL_VERSIONS_COLUMNS = {
+    "model_id": "TEXT NOT NULL",
+    "version": "TEXT NOT NULL",
+    "active": "BOOLEAN NOT NULL",
+    "task": "TEXT NOT NULL",
+    "disease_type": "TEXT",
+    "sha256": "TEXT NOT NULL",
+    "recorded_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+}
+
 _POLARS_TYPES = {
+    "BOOLEAN": pl.Boolean(),
     "TEXT": pl.String(),
     "DATE": pl.Date(),
     "INTEGER": pl.Int32(),
@@ -144,8 +156,15 @@ DRONE_IMAGES_TABLE = Table(
     primary_key=("position_id", "date"),
     replace_scope=("position_id", "date"),
 )
+MODEL_VERSIONS_TABLE = Table(
+    "model_versions",
+    MODEL_VERSIONS_COLUMNS,
+    primary_key=("model_id", "version"),
+    replace_scope=("model_id",),
+)
 TABLES = {
-    table.name: table for table in (LEAF_CROPS_TABLE, DISEASE_GRADES_TABLE, DRONE_IMAGES_TABLE)
+    table.name: table
+    for table in (LEAF_CROPS_TABLE, DISEASE_GRADES_TABLE, DRONE_IMAGES_TABLE, MODEL_VERSIONS_TABLE)
 }
 
 

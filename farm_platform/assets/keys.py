@@ -1,0 +1,22 @@
+"""Asset keys of the image pipeline, shared by assets, sensors and the CLI."""
+
+from __future__ import annotations
+
+from dagster import AssetKey
+
+DISEASE_TYPES = tuple(f"disease_{k}" for k in range(5))
+
+DRONE_IMAGES = AssetKey("drone_images")
+LEAF_CROPS = AssetKey("leaf_crops")
+GRADES_BY_DISEASE = {disease: AssetKey(f"{disease}_grades") for disease in DISEASE_TYPES}
+DISEASE_BY_GRADES = {key: disease for disease, key in GRADES_BY_DISEASE.items()}
+
+# Model assets, named after the registry's model ids.
+DETECTOR_MODEL_ID = "leaf_detector"
+MODEL_ASSETS = {
+    DETECTOR_MODEL_ID: AssetKey("leaf_detector_model"),
+    **{f"{disease}_grader": AssetKey(f"{disease}_model") for disease in DISEASE_TYPES},
+}
+
+# What a batch of newly arrived images needs: ingest, crop and grade.
+IMAGE_PIPELINE = (DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values())

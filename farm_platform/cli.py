@@ -1,0 +1,169 @@
+"""`farm-platform`: the local stack, the synthetic farm and the end-to-end demo."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from farm_platform import settings
+
+
+def _print_environment(environment: dict[str, str]) -> None:
+    for name, value in environment.items():
+        print(f"export {name}={value}")
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from farm_platform import stack
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.action == "up":
+        info = stack.stack_up(
+            state_dir,
+            project=args.project,
+            bucket=args.bucket,
+            pubsub_port=args.pubsub_port,
+            gcs_port=args.gcs_port,
+        )
+        print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
+        print(f'#   eval "$(farm-platform stack env{_state_dir_flag(args)})"')
+        _print_environment(info.environment())
+    elif args.action == "env":
+        _print_environment(stack.load_stack(state_dir).environment())
+    else:
+        stopped = stack.stack_down(state_dir)
+        print("local stack stopped" if stopped else "no local stack was running")
+    return 0
+
+
+def _state_dir_flag(args: argparse.Namespace) -> str:
+    return f" --state-dir {args.state_dir}" if args.state_dir else ""
+
+
+def _farm_config(args: argparse.Namespace):
+    from farm_platform.simulate import FarmConfig
+
+    return FarmConfig(
+        positions=args.positions,
+        days=args.days,
+        start_date=args.start_date,
+        seed=args.seed,
+        effect=args.effect,
+    )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from farm_platform.simulate import DroneMessagePublisher, write_farm
+
+    bucket_url = args.bucket or os.environ.get(settings.FARM_BUCKET)
+    if not bucket_url:
+        raise SystemExit(
+            f"simulate needs a bucket: pass --bucket or set {settings.FARM_BUCKET} "
+            '(for the local stack: eval "$(farm-platform stack env)")'
+        )
+    publisher = None
+    if args.publish:
+        project = os.environ.get(settings.FARM_GCP_PROJECT)
+        if not project:
+            raise SystemExit(f"--publish needs {settings.FARM_GCP_PROJECT} (and the emulator env)")
+        publisher = DroneMessagePublisher(project)
+    truth_url = args.truth or str(Path(".farm/ground_truth").resolve())
+    summary = write_farm(_farm_config(args), bucket_url, args.field_map, publisher, truth_url)
+    print(
+        f"simulated {summary.images} images with {summary.leaves} leaves into {summary.bucket_url}"
+        f" in {summary.elapsed_seconds:.1f} s\n  field map: {summary.field_map_path}\n"
+        f"  ground truth: {summary.truth_url}\n  drone messages published: {summary.published}"
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from farm_platform.demo import run_demo
+
+    return run_demo(_farm_config(args), workdir=Path(args.workdir))
+
+
+def _date(value: str) -> dt.date:
+    from farm_platform.layout import LayoutError, parse_date
+
+    try:
+        return parse_date(value)
+    except LayoutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_farm_options(parser: argparse.ArgumentParser, positions: int, days: int) -> None:
+    parser.add_argument("--positions", type=int, default=positions, help="positions (half control)")
+    parser.add_argument("--days", type=int, default=days, help="days photographed")
+    parser.add_argument(
+        "--start-date", type=_date, default=dt.date(2026, 6, 1), metavar="YYYY-MM-DD"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same farm)")
+    parser.add_argument(
+        "--effect",
+        type=float,
+        default=0.15,
+        help="true treatment effect: extra drop of disease severity per day in the treated area",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm-platform", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stack_parser = commands.add_parser("stack", help="local Pub/Sub and GCS emulators")
+    stack_parser.add_argument("action", choices=["up", "down", "env"])
+    stack_parser.add_argument("--state-dir", help="where the stack keeps pids and logs")
+    stack_parser.add_argument("--project", default="farm-local")
+    stack_parser.add_argument("--bucket", default="farm-images")
+    stack_parser.add_argument("--pubsub-port", type=int)
+    stack_parser.add_argument("--gcs-port", type=int)
+    stack_parser.set_defaults(handler=_stack)
+
+    simulate_parser = commands.add_parser("simulate", help="render a synthetic farm")
+    _add_farm_options(simulate_parser, positions=8, days=3)
+    simulate_parser.add_argument("--bucket", help=f"bucket URL (default: ${settings.FARM_BUCKET})")
+    simulate_parser.add_argument(
+        "--field-map",
+        default=None,
+        help="write the farm's positions.csv here (default: $FARM_FIELD_MAP or the dbt seed)",
+    )
+    simulate_parser.add_argument(
+        "--truth",
+        help="where the ground-truth Parquet goes (default ./.farm/ground_truth; kept out of "
+        "the bucket so that the bucket notifies exactly one message per photo)",
+    )
+    simulate_parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also publish the drone-controller message for each image on drone_image",
+    )
+    simulate_parser.set_defaults(handler=_simulate)
+
+    demo_parser = commands.add_parser("demo", help="the main job end to end on a local stack")
+    _add_farm_options(demo_parser, positions=8, days=5)
+    demo_parser.add_argument("--workdir", default=".farm/demo", help="demo state and outputs")
+    demo_parser.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "field_map", "unset") is None:
+        from farm_platform.field_map import field_map_path
+
+        args.field_map = str(field_map_path())
+    from farm_platform.stack import StackError
+
+    try:
+        return args.handler(args)
+    except StackError as exc:
+        print(f"farm-platform: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

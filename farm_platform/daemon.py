@@ -1,0 +1,149 @@
+"""Running the real `dagster-daemon` against a private DAGSTER_HOME (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
+DAGSTER_YAML = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    # One run at a time: the DuckDB warehouse has one writer, and a run already
+    # uses both cores of a small machine.
+    max_concurrent_runs: {max_concurrent_runs}
+telemetry:
+  enabled: false
+"""
+WORKSPACE_YAML = """\
+load_from:
+  - python_module:
+      module_name: farm_platform.definitions
+      location_name: farm_platform
+"""
+FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+UNFINISHED_STATUSES = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
+def prepare_dagster_home(dagster_home: Path, max_concurrent_runs: int = 1) -> Path:
+    """A DAGSTER_HOME with a queued run coordinator, and a workspace file beside it."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text(
+        DAGSTER_YAML.format(max_concurrent_runs=max_concurrent_runs)
+    )
+    workspace = dagster_home / "workspace.yaml"
+    workspace.write_text(WORKSPACE_YAML)
+    return workspace
+
+
+class DaemonProcess:
+    """`dagster-daemon run` in its own process group, logging to a file."""
+
+    def __init__(self, dagster_home: Path, environment: Mapping[str, str], log_path: Path):
+        self.dagster_home = dagster_home
+        self.environment = {**os.environ, **environment, "DAGSTER_HOME": str(dagster_home)}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        executable = Path(sys.executable).with_name("dagster-daemon")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(executable), "run", "-w", str(self.dagster_home / "workspace.yaml")],
+            env=self.environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the daemon and the run processes it started (its process group)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PipelineFailed(RuntimeError):
+    """A run failed, or the wait timed out."""
+
+
+def wait_for_partitions(
+    instance: DagsterInstance,
+    asset_keys: list[AssetKey],
+    expected: int,
+    timeout_seconds: float,
+    daemon: DaemonProcess | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    poll_seconds: float = 2.0,
+) -> None:
+    """Wait until every asset has `expected` materialized partitions and no run is unfinished."""
+    deadline = time.monotonic() + timeout_seconds
+    last_reported = -1
+    while True:
+        failed = instance.get_run_records(RunsFilter(statuses=list(FAILED_STATUSES)), limit=5)
+        if failed:
+            raise PipelineFailed(
+                "runs failed: "
+                + ", ".join(record.dagster_run.run_id for record in failed)
+                + (f"\n{daemon.log_tail()}" if daemon else "")
+            )
+        done = min(len(instance.get_materialized_partitions(key)) for key in asset_keys)
+        if progress and done != last_reported:
+            progress(done, expected)
+            last_reported = done
+        unfinished = instance.get_run_records(
+            RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
+        )
+        if done >= expected and not unfinished:
+            return
+        if daemon is not None and not daemon.alive():
+            raise PipelineFailed(f"dagster-daemon exited:\n{daemon.log_tail()}")
+        if time.monotonic() > deadline:
+            raise PipelineFailed(
+                f"timed out after {timeout_seconds:.0f} s with {done}/{expected} partitions"
+                + (f"\n{daemon.log_tail()}" if daemon else "")
+            )
+        time.sleep(poll_seconds)

@@ -1,0 +1,44 @@
+"""The farm_platform code location: every asset, sensor and resource, built in one place."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, EnvVar, in_process_executor
+
+from farm_platform import settings
+from farm_platform.assets import drone_images, grade_leaves, registered_models
+from farm_platform.field_map import DEFAULT_FIELD_MAP_PATH
+from farm_platform.resources import (
+    BucketResource,
+    FieldMapResource,
+    ModelRegistryResource,
+    PubSubResource,
+    WarehouseResource,
+)
+from farm_platform.sensors import drone_image_sensor, model_registry_sensor
+
+
+def _optional_env(name: str, default: str) -> str | EnvVar:
+    return EnvVar(name) if os.environ.get(name) else default
+
+
+defs = Definitions(
+    assets=[registered_models, drone_images, grade_leaves],
+    sensors=[drone_image_sensor, model_registry_sensor],
+    resources={
+        "bucket": BucketResource(url=EnvVar(settings.FARM_BUCKET)),
+        "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
+        "pubsub": PubSubResource(
+            project=EnvVar(settings.FARM_GCP_PROJECT),
+            subscription=_optional_env(settings.FARM_SUBSCRIPTION, settings.DEFAULT_SUBSCRIPTION),
+        ),
+        "models": ModelRegistryResource(),
+        "field_map": FieldMapResource(
+            path=_optional_env(settings.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
+        ),
+    },
+    # A run processes a batch of images in one process: steps share decoded photos and
+    # loaded models instead of paying a process (and a torch import) per step.
+    executor=in_process_executor,
+)

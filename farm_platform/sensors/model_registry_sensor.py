@@ -1,0 +1,37 @@
+"""`model_registry_sensor`: materialize a model asset when its active version changes.
+
+Activating a version (models/registry.json) then shows as a new data version on the
+model asset, and Dagster marks every partition graded with the old version stale.
+"""
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+
+from farm_platform.assets.keys import MODEL_ASSETS
+from farm_platform.resources.models import ModelRegistryResource
+
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+@sensor(
+    name="model_registry_sensor",
+    asset_selection=list(MODEL_ASSETS.values()),
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Records a model asset's new data version when registry.json activates one.",
+)
+def model_registry_sensor(
+    context: SensorEvaluationContext, models: ModelRegistryResource
+) -> RunRequest | SkipReason:
+    active = models.registry().active_versions()
+    changed, transitions = [], []
+    for model_id, asset_key in MODEL_ASSETS.items():
+        event = context.instance.get_latest_materialization_event(asset_key)
+        recorded = event.asset_materialization.tags.get(DATA_VERSION_TAG) if event else None
+        if recorded != active.get(model_id):
+            changed.append(asset_key)
+            # The event's storage id makes v1 -> v2 -> v1 -> v2 four distinct run keys.
+            since = event.storage_id if event else 0
+            transitions.append(f"{model_id}:{since}:{recorded}->{active.get(model_id)}")
+    if not changed:
+        return SkipReason("every model asset records its active version")
+    return RunRequest(run_key=";".join(transitions), asset_selection=changed)

@@ -1,0 +1,53 @@
+"""The code location loads the way `dagster dev` and the daemon load it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_workspace_validates_with_dagster_cli(tmp_path):
+    result = subprocess.run(
+        [
+            Path(sys.executable).with_name("dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=REPO,
+        env={"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Validation successful for code location farm_platform" in result.stderr + result.stdout
+
+
+def test_loading_the_code_location_does_not_import_heavy_libraries():
+    probe = (
+        "import sys, farm_platform.definitions as d;"
+        "d.defs.resolve_asset_graph();"
+        "print(sorted(m for m in ('torch', 'great_expectations', 'dbt') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_asset_graph_has_models_upstream_of_grades():
+    from dagster import AssetKey
+
+    from farm_platform.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for k in range(5):
+        parents = graph.get(AssetKey(f"disease_{k}_grades")).parent_keys
+        assert parents == {AssetKey("leaf_crops"), AssetKey(f"disease_{k}_model")}
+    assert graph.get(AssetKey("leaf_crops")).parent_keys == {
+        AssetKey("drone_images"),
+        AssetKey("leaf_detector_model"),
+    }
