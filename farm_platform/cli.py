@@ -86,6 +86,32 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(_farm_config(args), workdir=Path(args.workdir))
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    from farm_platform.dead_letters import list_dead_letters, replay_dead_letters
+
+    project = args.project or os.environ.get(settings.FARM_GCP_PROJECT)
+    if not project:
+        raise SystemExit(f"dlq needs --project or {settings.FARM_GCP_PROJECT}")
+    if args.action == "list":
+        letters = list_dead_letters(project, args.subscription, args.limit)
+        for letter in letters:
+            preview = letter.data[:120].decode("utf-8", errors="replace")
+            print(f"{letter.publish_time}  {letter.message_id}  error: {letter.error}")
+            print(f"    data: {preview!r}  attributes: {letter.original_attributes()}")
+        print(f"{len(letters)} dead letter(s) on {args.subscription}")
+        return 0
+    letters = replay_dead_letters(
+        project,
+        args.subscription,
+        args.limit,
+        select=lambda letter: args.match in letter.error,
+        dry_run=args.dry_run,
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(letters)} dead letter(s) onto {settings.DRONE_IMAGE_TOPIC}")
+    return 0
+
+
 def _date(value: str) -> dt.date:
     from farm_platform.layout import LayoutError, parse_date
 
@@ -142,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also publish the drone-controller message for each image on drone_image",
     )
     simulate_parser.set_defaults(handler=_simulate)
+
+    dlq_parser = commands.add_parser("dlq", help="read or replay drone_image.dead")
+    dlq_parser.add_argument("action", choices=["list", "replay"])
+    dlq_parser.add_argument("--project", help=f"default: ${settings.FARM_GCP_PROJECT}")
+    dlq_parser.add_argument("--subscription", default=settings.DEAD_LETTER_SUBSCRIPTION)
+    dlq_parser.add_argument("--limit", type=int, default=100)
+    dlq_parser.add_argument("--match", default="", help="replay only errors containing this")
+    dlq_parser.add_argument("--dry-run", action="store_true")
+    dlq_parser.set_defaults(handler=_dlq)
 
     demo_parser = commands.add_parser("demo", help="the main job end to end on a local stack")
     _add_farm_options(demo_parser, positions=8, days=5)

@@ -221,3 +221,47 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
             assert letter.attributes[name] == value  # the original attributes
     # Dead letters are stored, so the originals were acknowledged at once.
     assert redelivered(subscriber, subscription.path, outcome.acknowledged_ids) == 0
+
+
+def test_dead_letters_can_be_listed_and_replayed_once_fixed(
+    farm, publisher, subscriber, dead_letters, local_stack
+):
+    from farm_platform.dead_letters import list_dead_letters, replay_dead_letters
+
+    pubsub, bucket, date, subscription = farm
+    key = ImageKey("P404", date)  # a position the field map does not know yet
+    uri = upload(bucket, key)
+    publish(publisher, subscription.topic_path, {"image_uri": uri}, drone_id="d-9")
+    deadline = time.monotonic() + 15
+    rejected = 0
+    while rejected < 2 and time.monotonic() < deadline:
+        rejected += tick(pubsub, bucket).stats.dead_lettered
+    assert rejected == 2  # the storage notification and the drone message
+
+    project, dead_subscription = local_stack.project, dead_letters.rsplit("/", 1)[1]
+    listed = list_dead_letters(project, dead_subscription, subscriber=subscriber)
+    assert len(listed) == 2
+    assert all("unknown position 'P404'" in letter.error for letter in listed)
+    # Listing does not consume them.
+    assert len(list_dead_letters(project, dead_subscription, subscriber=subscriber)) == 2
+
+    # The cause is fixed (P404 joins the field map); replay puts the originals back.
+    replayed = replay_dead_letters(
+        project, dead_subscription, subscriber=subscriber, publisher=publisher
+    )
+    assert len(replayed) == 2
+    drone_letter = next(letter for letter in replayed if "eventType" not in letter.attributes)
+    assert drone_letter.original_attributes() == {"drone_id": "d-9"}
+    outcome = ingest_tick(
+        IngestCursor(), pubsub, bucket, [*POSITIONS, "P404"], [*POSITIONS, "P404"], SETTINGS
+    )
+    deadline = time.monotonic() + 15
+    while outcome.stats.pulled < 2 and time.monotonic() < deadline:
+        more = ingest_tick(
+            outcome.cursor, pubsub, bucket, [*POSITIONS, "P404"], [*POSITIONS, "P404"], SETTINGS
+        )
+        outcome.stats.pulled += more.stats.pulled
+        outcome.batches += more.batches
+        outcome.cursor = more.cursor
+    assert [image.key for batch in outcome.batches for image in batch.images] == [key]
+    assert list_dead_letters(project, dead_subscription, subscriber=subscriber) == []
