@@ -1,0 +1,359 @@
+"""Running the shipped models: decode, detect, crop, write crops, grade (used by the assets).
+
+Everything here is batched and deterministic: the same image gives the same detections
+and grades whatever the batch size (up to float rounding in the scores).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from fsspec import AbstractFileSystem
+from PIL import Image
+
+from farm_platform.bucket import bucket_filesystem
+from farm_platform.layout import ImageKey, crop_uri
+from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
+from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
+
+LEAF_CROPS_SCHEMA: dict[str, pl.DataType] = {
+    "position_id": pl.String(),
+    "date": pl.Date(),
+    "leaf_crop_idx": pl.Int64(),
+    "x0": pl.Float64(),
+    "y0": pl.Float64(),
+    "x1": pl.Float64(),
+    "y1": pl.Float64(),
+    "score": pl.Float64(),
+    "crop_uri": pl.String(),
+    "cropper_model_id": pl.String(),
+    "cropper_model_version": pl.String(),
+}
+GRADES_SCHEMA: dict[str, pl.DataType] = {
+    "position_id": pl.String(),
+    "date": pl.Date(),
+    "leaf_crop_idx": pl.Int64(),
+    "disease_type": pl.String(),
+    "predicted_grade": pl.Int64(),
+    "cropper_model_id": pl.String(),
+    "cropper_model_version": pl.String(),
+    "disease_model_id": pl.String(),
+    "disease_model_version": pl.String(),
+    "confidence": pl.Float64(),
+}
+# Cards may only name classes from our own code: a card is data and must not be able to
+# make the platform import arbitrary modules.
+_ALLOWED_ARCHITECTURE_PREFIX = "farm_platform."
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable image convertible to RGB."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected leaf: box in image pixels (clipped to the image) and score in [0, 1]."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def _set_threads() -> None:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _registry_for(card: ModelCard) -> ModelRegistry:
+    # A card read from <models>/<id>/<version>/card.json knows its models folder.
+    if card.directory is not None:
+        return ModelRegistry(card.directory.parent.parent)
+    return ModelRegistry()
+
+
+def _architecture_class(path: str) -> type[torch.nn.Module]:
+    module_name, _, class_name = path.partition(":")
+    if not module_name.startswith(_ALLOWED_ARCHITECTURE_PREFIX):
+        raise ModelRegistryError(
+            f"architecture {path!r} is outside {_ALLOWED_ARCHITECTURE_PREFIX}*: refusing to import"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelRegistryError(f"architecture {path!r} cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelRegistryError(f"architecture {path!r} is not a torch.nn.Module")
+    return cls
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(
+    model_id: str, version: str, sha256: str, weights_path: str, architecture: str, kwargs: str
+) -> torch.nn.Module:
+    # Keyed by id + version + sha (and the file): a new version or retrained weights load
+    # anew, while every asset of a run shares one instance per model.
+    del model_id, version, sha256
+    _set_threads()
+    model = _architecture_class(architecture)(**json.loads(kwargs))
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, OSError, ValueError) as exc:
+        raise ModelRegistryError(
+            f"weights {weights_path} do not fit {architecture}: {exc}"
+        ) from None
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _load(card: ModelCard, task: str, registry: ModelRegistry | None) -> torch.nn.Module:
+    if card.task != task:
+        raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
+    path = (registry or _registry_for(card)).verify_weights(card)
+    return _load_cached(
+        card.id,
+        card.version,
+        card.sha256,
+        str(Path(path).resolve()),
+        card.architecture,
+        json.dumps(dict(card.architecture_kwargs), sort_keys=True),
+    )
+
+
+def load_detector(card: ModelCard, registry: ModelRegistry | None = None) -> LeafDetector:
+    """The detector of `card`, sha256-verified, in eval mode, cached per process."""
+    model = _load(card, "leaf_detector", registry)
+    assert isinstance(model, LeafDetector)
+    return model
+
+
+def load_grader(card: ModelCard, registry: ModelRegistry | None = None) -> DiseaseGrader:
+    """The grader of `card`, sha256-verified, in eval mode, cached per process."""
+    model = _load(card, "disease_grader", registry)
+    assert isinstance(model, DiseaseGrader)
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB array; ImageDecodeError says why it is unusable."""
+    if not data:
+        raise ImageDecodeError("cannot decode image: the data is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(
+            f"cannot decode image ({len(data)} bytes, starting {bytes(data[:8])!r}): {exc}"
+        ) from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageDecodeError(f"cannot decode image: unexpected decoded shape {array.shape}")
+    return array
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    # Crops are small and written by the thousand: favour speed over a few bytes.
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def box_pixels(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel window (x0, y0, x1, y1) covering a float box, inside the image, >= 1 px."""
+    x0 = min(max(int(math.floor(box[0])), 0), width - 1)
+    y0 = min(max(int(math.floor(box[1])), 0), height - 1)
+    x1 = max(min(int(math.ceil(box[2])), width), x0 + 1)
+    y1 = max(min(int(math.ceil(box[3])), height), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def cut_crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    x0, y0, x1, y1 = box_pixels(box, image.shape[0], image.shape[1])
+    return image[y0:y1, x0:x1]
+
+
+def resize_crop(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a crop to the grader input (H, W); training uses the very same function."""
+    height, width = size
+    if crop.shape[0] == height and crop.shape[1] == width:
+        return crop
+    return np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
+
+
+def to_tensor(arrays: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+    stacked = np.ascontiguousarray(stacked)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def prepare_crops(crops: Sequence[np.ndarray], input_size: tuple[int, int]) -> torch.Tensor:
+    """Resized grader input for many crops; compute once and pass to every grader."""
+    if not crops:
+        return torch.zeros((0, 3, *input_size))
+    return to_tensor([resize_crop(c, input_size) for c in crops])
+
+
+# ---------------------------------------------------------------------------------------
+# Detection and cropping
+
+
+def detect_leaves(
+    images: Sequence[np.ndarray], detector: LeafDetector, batch_size: int = 32
+) -> list[list[Detection]]:
+    """Detections per image, best score first; boxes clipped to the image."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = detector.input_size
+    results: list[list[Detection]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        scaled = []
+        for image in chunk:
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+            # Photos of another size are scaled to the detector input; boxes scale back.
+            if image.shape[:2] != (size, size):
+                image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+            scaled.append(image)
+        with torch.inference_mode():
+            decoded = detector.decode(*detector(to_tensor(scaled)))
+        for image, boxes, scores in zip(chunk, decoded.boxes, decoded.scores, strict=True):
+            height, width = image.shape[:2]
+            sx, sy = width / size, height / size
+            found = []
+            for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist(), strict=True):
+                x0, x1 = min(max(x0 * sx, 0.0), width), min(max(x1 * sx, 0.0), width)
+                y0, y1 = min(max(y0 * sy, 0.0), height), min(max(y1 * sy, 0.0), height)
+                if x1 - x0 >= 1.0 and y1 - y0 >= 1.0:
+                    found.append(Detection(x0, y0, x1, y1, float(score)))
+            found.sort(key=lambda d: -d.score)
+            results.append(found)
+    return results
+
+
+def crop_leaves(
+    images: Sequence[tuple[ImageKey, np.ndarray]],
+    detector: LeafDetector,
+    cropper_card: ModelCard,
+    bucket_root: str,
+    batch_size: int = 32,
+) -> tuple[pl.DataFrame, list[np.ndarray]]:
+    """Detect and cut out leaves: `leaf_crops` rows (DESIGN.md) and crop arrays, aligned."""
+    detections = detect_leaves([image for _, image in images], detector, batch_size=batch_size)
+    rows: dict[str, list[Any]] = {name: [] for name in LEAF_CROPS_SCHEMA}
+    crops: list[np.ndarray] = []
+    for (key, image), found in zip(images, detections, strict=True):
+        for idx, det in enumerate(found):
+            rows["position_id"].append(key.position_id)
+            rows["date"].append(key.date)
+            rows["leaf_crop_idx"].append(idx)
+            for name in ("x0", "y0", "x1", "y1", "score"):
+                rows[name].append(float(getattr(det, name)))
+            rows["crop_uri"].append(
+                crop_uri(bucket_root, key, cropper_card.id, cropper_card.version, idx)
+            )
+            rows["cropper_model_id"].append(cropper_card.id)
+            rows["cropper_model_version"].append(cropper_card.version)
+            crops.append(np.ascontiguousarray(cut_crop(image, (det.x0, det.y0, det.x1, det.y1))))
+    return pl.DataFrame(rows, schema=LEAF_CROPS_SCHEMA), crops
+
+
+def write_crops(
+    frame: pl.DataFrame, crops: Sequence[np.ndarray], fs: AbstractFileSystem | None = None
+) -> list[str]:
+    """Write each crop as a PNG at its `crop_uri`; returns the URIs written."""
+    uris = frame["crop_uri"].to_list()
+    if len(uris) != len(crops):
+        raise ValueError(f"{len(uris)} crop rows but {len(crops)} crops")
+    if not uris:
+        return []
+    if fs is None:
+        fs, _ = bucket_filesystem(uris[0])
+    payload = {
+        fs._strip_protocol(uri): encode_png(crop) for uri, crop in zip(uris, crops, strict=True)
+    }
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols:
+        # Object stores have no folders (and gcsfs would probe the bucket per call).
+        for parent in sorted({path.rsplit("/", 1)[0] for path in payload}):
+            fs.makedirs(parent, exist_ok=True)
+    # One call: gcsfs uploads a dict of objects concurrently.
+    fs.pipe(payload)
+    return uris
+
+
+# ---------------------------------------------------------------------------------------
+# Grading
+
+
+def grade_crops(
+    crops: Sequence[np.ndarray] | torch.Tensor,
+    crop_rows: pl.DataFrame,
+    grader: DiseaseGrader,
+    grader_card: ModelCard,
+    batch_size: int = 256,
+) -> pl.DataFrame:
+    """Grade crops (of any number of images, batched across them) with one disease grader.
+
+    `crops` are the arrays from `crop_leaves` (or the tensor of `prepare_crops`, to resize
+    once for all five graders); `crop_rows` the aligned `leaf_crops` rows.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if grader_card.task != "disease_grader" or grader_card.grades is None:
+        raise ModelRegistryError(f"model {grader_card.id} {grader_card.version} is not a grader")
+    if len(crops) != crop_rows.height:
+        raise ValueError(f"{len(crops)} crops but {crop_rows.height} crop rows")
+    size = (grader_card.input_size[0], grader_card.input_size[1])
+    inputs = crops if isinstance(crops, torch.Tensor) else prepare_crops(list(crops), size)
+    if tuple(inputs.shape[2:]) != size:
+        raise ValueError(f"prepared crops are {tuple(inputs.shape[2:])}, the grader wants {size}")
+    grades: list[int] = []
+    confidences: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, inputs.shape[0], batch_size):
+            probs = torch.softmax(grader(inputs[start : start + batch_size]), dim=1)
+            confidence, index = probs.max(dim=1)
+            grades.extend(grader_card.grades[i] for i in index.tolist())
+            confidences.extend(confidence.tolist())
+    n = crop_rows.height
+    return pl.DataFrame(
+        {
+            "position_id": crop_rows["position_id"],
+            "date": crop_rows["date"],
+            "leaf_crop_idx": crop_rows["leaf_crop_idx"],
+            "disease_type": [grader_card.disease_type] * n,
+            "predicted_grade": grades,
+            "cropper_model_id": crop_rows["cropper_model_id"],
+            "cropper_model_version": crop_rows["cropper_model_version"],
+            "disease_model_id": [grader_card.id] * n,
+            "disease_model_version": [grader_card.version] * n,
+            "confidence": confidences,
+        },
+        schema=GRADES_SCHEMA,
+    )

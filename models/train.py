@@ -1,0 +1,528 @@
+"""Train the leaf detector and the five disease graders on simulator images (CPU only).
+
+    python models/train.py [--only leaf_detector|disease_3_grader|graders|all] [--seed N]
+                           [--version v1] [--threads 2] [--no-activate]
+
+Writes `models/<model_id>/<version>/{weights.pt,card.json}` (card with sha256, training
+description and held-out metrics) and makes the new versions active in `registry.json`.
+Training and held-out images come from different simulator seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import evaluate  # noqa: E402  (models/evaluate.py, beside this script)
+
+from farm_platform.ml.architectures import DiseaseGrader, LeafDetector  # noqa: E402
+from farm_platform.ml.inference import cut_crop, decode_png, resize_crop  # noqa: E402
+from farm_platform.ml.registry import (  # noqa: E402
+    DETECTOR_MODEL_ID,
+    DISEASE_TYPES,
+    ModelCard,
+    ModelRegistry,
+    grader_model_id,
+    sha256_file,
+    write_json_atomic,
+)
+
+TRAIN_SEED = 1000  # simulator seeds TRAIN_SEED .. TRAIN_SEED + chunks - 1
+TRAIN_IMAGES = 1600
+CHUNK = 100  # images per simulator seed, so two processes can render in parallel
+HELDOUT_SEED = evaluate.HELDOUT_SEED
+HELDOUT_IMAGES = 300
+IMAGE_SIZE = 256
+
+DETECTOR_KWARGS = {
+    "width": 24,
+    "input_size": IMAGE_SIZE,
+    "max_detections": 20,
+    "score_threshold": 0.3,
+    "size_scale": 64.0,
+}
+DETECTOR_EPOCHS = 10
+DETECTOR_BATCH = 16
+DETECTOR_LR = 3e-3
+
+GRADER_SIZE = 48
+GRADER_KWARGS = {"input_size": GRADER_SIZE, "num_grades": 4, "width": 16}
+GRADER_EPOCHS = 16
+GRADER_BATCH = 128
+GRADER_LR = 3e-3
+BOX_JITTER = 0.06  # std of each box edge shift, as a fraction of the box side
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    from farm_platform.simulate import render_training_images
+
+    seed, count = args
+    out = []
+    for sim in render_training_images(seed, count, image_size=IMAGE_SIZE):
+        boxes = np.array([[lf.x0, lf.y0, lf.x1, lf.y1] for lf in sim.leaves], np.float32)
+        grades = np.array([lf.grades for lf in sim.leaves], np.int64)
+        out.append((decode_png(sim.png), boxes.reshape(-1, 4), grades.reshape(-1, 5)))
+    return out
+
+
+def render_training_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
+    jobs = [(seed + i, min(CHUNK, count - i * CHUNK)) for i in range(math.ceil(count / CHUNK))]
+    images, boxes, grades = [], [], []
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for chunk in pool.map(_render_chunk, jobs):
+            for image, b, g in chunk:
+                images.append(image)
+                boxes.append(b)
+                grades.append(g)
+    return np.stack(images), boxes, grades
+
+
+# ---------------------------------------------------------------------------------------
+# Detector
+
+
+def _dihedral_boxes(
+    boxes: np.ndarray, flip_x: bool, flip_y: bool, transpose: bool, size: int
+) -> np.ndarray:
+    b = boxes.copy()
+    if transpose:
+        b = b[:, [1, 0, 3, 2]]
+    if flip_x:
+        b[:, [0, 2]] = size - b[:, [2, 0]]
+    if flip_y:
+        b[:, [1, 3]] = size - b[:, [3, 1]]
+    return b
+
+
+def _dihedral_images(x: torch.Tensor, flip_x: bool, flip_y: bool, transpose: bool) -> torch.Tensor:
+    # Same order as _dihedral_boxes: transpose first, then the flips.
+    if transpose:
+        x = x.transpose(2, 3)
+    if flip_x:
+        x = x.flip(3)
+    if flip_y:
+        x = x.flip(2)
+    return x
+
+
+def detector_targets(
+    boxes_per_image: Sequence[np.ndarray], out: int, stride: int, size_scale: float
+) -> tuple[torch.Tensor, ...]:
+    n = len(boxes_per_image)
+    heat = np.zeros((n, 1, out, out), np.float32)
+    size = np.zeros((n, 2, out, out), np.float32)
+    offset = np.zeros((n, 2, out, out), np.float32)
+    mask = np.zeros((n, 1, out, out), np.float32)
+    grid = np.arange(out, dtype=np.float32)
+    for i, boxes in enumerate(boxes_per_image):
+        for x0, y0, x1, y1 in boxes:
+            cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+            ix, iy = min(int(cx), out - 1), min(int(cy), out - 1)
+            w, h = (x1 - x0) / stride, (y1 - y0) / stride
+            # Gaussian as wide as a fraction of the box: a shifted peak still overlaps well.
+            sx, sy = max(0.6, w / 6), max(0.6, h / 6)
+            g = np.exp(
+                -((grid[None, :] - ix) ** 2) / (2 * sx * sx)
+                - ((grid[:, None] - iy) ** 2) / (2 * sy * sy)
+            )
+            np.maximum(heat[i, 0], g, out=heat[i, 0])
+            heat[i, 0, iy, ix] = 1.0
+            size[i, :, iy, ix] = ((x1 - x0) / size_scale, (y1 - y0) / size_scale)
+            offset[i, :, iy, ix] = (cx - ix, cy - iy)
+            mask[i, 0, iy, ix] = 1.0
+    return tuple(torch.from_numpy(a) for a in (heat, size, offset, mask))
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of centres."""
+    pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_loss = torch.log(pred) * (1 - pred) ** 2 * pos
+    neg_loss = torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * neg
+    return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
+
+
+def train_detector(
+    images: np.ndarray, boxes: list[np.ndarray], seed: int
+) -> tuple[LeafDetector, dict]:
+    torch.manual_seed(seed)
+    model = LeafDetector(**DETECTOR_KWARGS).to(memory_format=torch.channels_last)
+    model.train()
+    n = len(images)
+    steps = DETECTOR_EPOCHS * math.ceil(n / DETECTOR_BATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=DETECTOR_LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, DETECTOR_LR, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    out = IMAGE_SIZE // model.stride
+    started = time.perf_counter()
+    for epoch in range(DETECTOR_EPOCHS):
+        order = torch.randperm(n, generator=gen).tolist()
+        total = 0.0
+        for start in range(0, n, DETECTOR_BATCH):
+            idx = order[start : start + DETECTOR_BATCH]
+            fx, fy, tr = (bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist())
+            x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
+            x = _dihedral_images(x, fx, fy, tr).contiguous(memory_format=torch.channels_last)
+            bxs = [_dihedral_boxes(boxes[i], fx, fy, tr, IMAGE_SIZE) for i in idx]
+            heat_t, size_t, off_t, mask_t = detector_targets(
+                bxs, out, model.stride, model.size_scale
+            )
+            heat, size, off = model(x)
+            npos = mask_t.sum().clamp(min=1)
+            loss = (
+                focal_loss(heat, heat_t)
+                + 2.0 * (F.l1_loss(size, size_t, reduction="none") * mask_t).sum() / npos
+                + (F.l1_loss(off, off_t, reduction="none") * mask_t).sum() / npos
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log(
+            f"detector epoch {epoch + 1}/{DETECTOR_EPOCHS} loss {total / n:.4f} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    model.eval()
+    return model, {
+        "epochs": DETECTOR_EPOCHS,
+        "batch_size": DETECTOR_BATCH,
+        "lr": DETECTOR_LR,
+        "seconds": round(time.perf_counter() - started, 1),
+        "augmentation": "random flips and transposition (8 symmetries)",
+    }
+
+
+def _train_detector_job(
+    images: np.ndarray, boxes: list[np.ndarray], seed: int
+) -> tuple[dict[str, torch.Tensor], dict]:
+    # Runs in a child process beside the grader training (see main).
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model, info = train_detector(images, boxes, seed)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}, info
+
+
+# ---------------------------------------------------------------------------------------
+# Graders
+
+
+def grader_crops(
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    grades: list[np.ndarray],
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One crop per leaf, resized; with `rng`, box edges are jittered (so graders tolerate
+    detector boxes) except for a third of the leaves which keep their true box."""
+    crops, labels = [], []
+    for image, bxs, gs in zip(images, boxes, grades, strict=True):
+        for box, g in zip(bxs, gs, strict=True):
+            b = box
+            if rng is not None and rng.random() > 1 / 3:
+                w, h = box[2] - box[0], box[3] - box[1]
+                shift = np.clip(rng.normal(0, BOX_JITTER, 4), -2.5 * BOX_JITTER, 2.5 * BOX_JITTER)
+                b = box + shift * np.array([w, h, w, h])
+            crops.append(resize_crop(cut_crop(image, b), (GRADER_SIZE, GRADER_SIZE)))
+            labels.append(g)
+    return np.stack(crops), np.stack(labels)
+
+
+def train_graders(
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    grades: list[np.ndarray],
+    diseases: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, DiseaseGrader], dict]:
+    # The five graders see the same batches in one loop: the crops are prepared once.
+    models, opts, scheds = {}, {}, {}
+    n = int(sum(len(b) for b in boxes))
+    steps = GRADER_EPOCHS * math.ceil(n / GRADER_BATCH)
+    for disease in diseases:
+        torch.manual_seed(seed + DISEASE_TYPES.index(disease))
+        model = DiseaseGrader(**GRADER_KWARGS).to(memory_format=torch.channels_last)
+        model.train()
+        models[disease] = model
+        opts[disease] = torch.optim.AdamW(model.parameters(), lr=GRADER_LR, weight_decay=1e-4)
+        scheds[disease] = torch.optim.lr_scheduler.OneCycleLR(
+            opts[disease], GRADER_LR, total_steps=steps, pct_start=0.15
+        )
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    for epoch in range(GRADER_EPOCHS):
+        # Fresh box jitter every epoch: more variety than a fixed set of jittered crops.
+        crops, labels = grader_crops(images, boxes, grades, rng)
+        x_all = torch.from_numpy(crops).permute(0, 3, 1, 2)
+        y_all = torch.from_numpy(labels)
+        order = torch.randperm(n, generator=gen)
+        totals = dict.fromkeys(diseases, 0.0)
+        correct = dict.fromkeys(diseases, 0)
+        for start in range(0, n, GRADER_BATCH):
+            idx = order[start : start + GRADER_BATCH]
+            fx, fy, tr = (bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist())
+            x = _dihedral_images(x_all[idx].float().div_(255.0), fx, fy, tr)
+            # Mild per-sample brightness / colour changes on top of the simulator's lighting.
+            gain = 1 + 0.08 * torch.randn(len(idx), 3, 1, 1, generator=gen)
+            x = (x * gain).clamp_(0, 1).contiguous(memory_format=torch.channels_last)
+            y = y_all[idx]
+            for disease in diseases:
+                k = DISEASE_TYPES.index(disease)
+                logits = models[disease](x)
+                loss = F.cross_entropy(logits, y[:, k])
+                opts[disease].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[disease].step()
+                scheds[disease].step()
+                totals[disease] += loss.item() * len(idx)
+                correct[disease] += int((logits.argmax(1) == y[:, k]).sum())
+        summary = " ".join(f"{d[-1]}:{totals[d] / n:.3f}/{correct[d] / n:.3f}" for d in diseases)
+        log(
+            f"graders epoch {epoch + 1}/{GRADER_EPOCHS} loss/acc {summary} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    for model in models.values():
+        model.eval()
+    info = {
+        "epochs": GRADER_EPOCHS,
+        "batch_size": GRADER_BATCH,
+        "lr": GRADER_LR,
+        "seconds_all_graders": round(time.perf_counter() - started, 1),
+        "crops": int(n),
+        "box_jitter_std": BOX_JITTER,
+        "jitter": "2/3 of the crops per epoch, each box edge ~ N(0, std * side), fresh each epoch",
+        "augmentation": "flips and transposition, per-channel gain ~ N(1, 0.08)",
+    }
+    return models, info
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def write_model(model: torch.nn.Module, card: dict[str, Any], version: str) -> ModelCard:
+    folder = MODELS_DIR / card["id"] / version
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / card["weights"]
+    # Plain state_dict, loaded with weights_only=True.
+    torch.save({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, weights)
+    card["sha256"] = sha256_file(weights)
+    card_path = folder / "card.json"
+    write_json_atomic(card_path, card)
+    return ModelCard.from_file(card_path)
+
+
+def base_card(
+    model_id: str,
+    version: str,
+    task: str,
+    disease: str | None,
+    architecture: str,
+    kwargs: dict,
+    input_size: list[int],
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "version": version,
+        "task": task,
+        "disease_type": disease,
+        "grades": [0, 1, 2, 3] if task == "disease_grader" else None,
+        "input_size": input_size,
+        "architecture": architecture,
+        "architecture_kwargs": kwargs,
+        "weights": "weights.pt",
+        "sha256": "0" * 64,
+        "training": {},
+        "metrics": {},
+        "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default="all", help="all | leaf_detector | graders | disease_<k>_grader"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch seed of the training run")
+    parser.add_argument("--version", default="v1")
+    parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES)
+    parser.add_argument("--heldout-images", type=int, default=HELDOUT_IMAGES)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="CPU threads (with 2+ and all models, detector and graders train side by side)",
+    )
+    parser.add_argument(
+        "--no-activate",
+        action="store_true",
+        help="write the model files without switching registry.json",
+    )
+    args = parser.parse_args(argv)
+    grader_ids = [grader_model_id(d) for d in DISEASE_TYPES]
+    if args.only == "all":
+        targets = [DETECTOR_MODEL_ID, *grader_ids]
+    elif args.only == "graders":
+        targets = grader_ids
+    elif args.only in (DETECTOR_MODEL_ID, *grader_ids):
+        targets = [args.only]
+    else:
+        parser.error(
+            f"--only {args.only!r}: expected all, graders, leaf_detector or disease_<k>_grader"
+        )
+
+    # On 2 shared cores one process with 2 intra-op threads trains ~3x slower than 1 thread
+    # (threads wait for each other whenever another process holds a core), so with 2 cores
+    # the detector trains in a child process while this one trains the graders, 1 thread each.
+    side_by_side = args.threads >= 2 and DETECTOR_MODEL_ID in targets and len(targets) > 1
+    torch.set_num_threads(1 if side_by_side else args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    t0 = time.perf_counter()
+    log(
+        f"rendering {args.train_images} training images (seeds {TRAIN_SEED}..) "
+        f"and {args.heldout_images} held-out images (seed {HELDOUT_SEED})"
+    )
+    images, boxes, grades = render_training_set(TRAIN_SEED, args.train_images)
+    heldout = evaluate.render(HELDOUT_SEED, args.heldout_images)
+    render_seconds = time.perf_counter() - t0
+    n_chunks = math.ceil(args.train_images / CHUNK)
+    data = {
+        "simulator": "farm_platform.simulate.render_training_images",
+        "simulator_source_sha256": evaluate.simulator_fingerprint(),
+        "train_seeds": list(range(TRAIN_SEED, TRAIN_SEED + n_chunks)),
+        "images_per_seed": CHUNK,
+        "train_images": int(len(images)),
+        "train_leaves": int(sum(len(b) for b in boxes)),
+        "heldout_seed": HELDOUT_SEED,
+        "heldout_images": args.heldout_images,
+        "image_size": IMAGE_SIZE,
+        "torch_seed": args.seed,
+        "device": f"cpu, {args.threads} threads"
+        + (" (detector and graders side by side, 1 each)" if side_by_side else ""),
+    }
+    log(f"data ready: {data['train_leaves']} training leaves ({render_seconds:.0f} s)")
+
+    registry = ModelRegistry(MODELS_DIR)
+    written: dict[str, tuple[torch.nn.Module, dict]] = {}
+    detector_job = None
+    detector_result: tuple[LeafDetector, dict] | None = None
+    pool = ProcessPoolExecutor(max_workers=1) if side_by_side else None
+    if pool is not None:
+        detector_job = pool.submit(_train_detector_job, images, boxes, args.seed)
+    elif DETECTOR_MODEL_ID in targets:
+        detector_result = train_detector(images, boxes, args.seed)
+    diseases = [d for d in DISEASE_TYPES if grader_model_id(d) in targets]
+    if diseases:
+        t = time.perf_counter()
+        _, labels = grader_crops(images, boxes, grades, None)
+        log(
+            f"{len(labels)} leaves for the graders ({time.perf_counter() - t:.0f} s); grade counts "
+            + " ".join(
+                f"{d[-1]}:{np.bincount(labels[:, k], minlength=4).tolist()}"
+                for k, d in enumerate(DISEASE_TYPES)
+            )
+        )
+        graders, info = train_graders(images, boxes, grades, diseases, args.seed)
+        for disease, model in graders.items():
+            card = base_card(
+                grader_model_id(disease),
+                args.version,
+                "disease_grader",
+                disease,
+                "farm_platform.ml.architectures:DiseaseGrader",
+                GRADER_KWARGS,
+                [GRADER_SIZE, GRADER_SIZE],
+            )
+            card["training"] = {**data, **info}
+            written[grader_model_id(disease)] = (model, card)
+
+    if detector_job is not None and pool is not None:
+        state, info = detector_job.result()
+        pool.shutdown()
+        model = LeafDetector(**DETECTOR_KWARGS)
+        model.load_state_dict(state)
+        detector_result = (model.eval(), info)
+    if DETECTOR_MODEL_ID in targets:
+        card = base_card(
+            DETECTOR_MODEL_ID,
+            args.version,
+            "leaf_detector",
+            None,
+            "farm_platform.ml.architectures:LeafDetector",
+            DETECTOR_KWARGS,
+            [IMAGE_SIZE, IMAGE_SIZE],
+        )
+        assert detector_result is not None
+        card["training"] = {**data, **detector_result[1]}
+        written[DETECTOR_MODEL_ID] = (detector_result[0], card)
+
+    # Held-out metrics of the new models (with the active detector for graders trained alone).
+    from farm_platform.ml.inference import detect_leaves
+
+    if DETECTOR_MODEL_ID in written:
+        detector = written[DETECTOR_MODEL_ID][0]
+    else:
+        from farm_platform.ml.inference import load_detector
+
+        detector = load_detector(registry.detector())
+    detections = detect_leaves(heldout.images, detector)
+    det_metrics, matches = evaluate.detector_metrics(detections, heldout)
+    grader_models = {
+        d: (
+            written[grader_model_id(d)][0],
+            ModelCard.from_json({**written[grader_model_id(d)][1], "sha256": "0" * 64}),
+        )
+        for d in diseases
+    }
+    g_metrics = evaluate.grader_metrics(grader_models, heldout, detections, matches)
+    if DETECTOR_MODEL_ID in written:
+        written[DETECTOR_MODEL_ID][1]["metrics"] = {"heldout": det_metrics}
+    for disease in diseases:
+        written[grader_model_id(disease)][1]["metrics"] = {"heldout": g_metrics[disease]}
+    evaluate.print_report({"detector": det_metrics, "graders": g_metrics})
+
+    total = round(time.perf_counter() - t0, 1)
+    for model_id, (model, card) in written.items():
+        card["training"]["total_run_seconds"] = total
+        card["training"]["render_seconds"] = round(render_seconds, 1)
+        written_card = write_model(model, card, args.version)
+        size = registry.weights_path(written_card).stat().st_size
+        log(f"wrote {model_id} {args.version}: {size / 1024:.0f} KiB, sha256 {written_card.sha256}")
+        if not args.no_activate:
+            if not registry.registry_path.exists():
+                write_json_atomic(registry.registry_path, {"active": {}})
+            registry.set_active(model_id, args.version)
+    log(f"done in {total:.0f} s; registry: {json.dumps(registry.active_versions())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
