@@ -1,0 +1,66 @@
+-- Per date × area: how much of the field map was photographed, readable and graded.
+with positions as (
+    select position_id, area
+    from {{ ref('stg_positions') }}
+),
+
+dates as (
+    select date from {{ ref('stg_drone_images') }}
+    union
+    select date from {{ ref('stg_leaf_crops') }}
+),
+
+images as (
+    select position_id, date, is_readable
+    from {{ ref('stg_drone_images') }}
+),
+
+leaves as (
+    select position_id, date, count(*) as leaves
+    from {{ ref('stg_leaf_crops') }}
+    where is_active
+    group by position_id, date
+),
+
+graded as (
+    select distinct position_id, date
+    from {{ ref('stg_active_disease_grades') }}
+),
+
+-- Every position of the field map on every date the farm was flown.
+position_day as (
+    select
+        dates.date,
+        positions.area,
+        positions.position_id,
+        case when images.position_id is not null then 1 else 0 end as photographed,
+        case when images.is_readable then 1 else 0 end as readable,
+        case when graded.position_id is not null then 1 else 0 end as graded,
+        coalesce(leaves.leaves, 0) as leaves
+    from dates
+    cross join positions
+    left join images
+        on images.position_id = positions.position_id
+        and images.date = dates.date
+    left join leaves
+        on leaves.position_id = positions.position_id
+        and leaves.date = dates.date
+    left join graded
+        on graded.position_id = positions.position_id
+        and graded.date = dates.date
+)
+
+select
+    date,
+    area,
+    count(*) as positions_in_field_map,
+    sum(photographed) as positions_photographed,
+    sum(photographed - readable) as unreadable_images,
+    sum(graded) as positions_graded,
+    sum(leaves) as leaves,
+    sum(1 - readable) as positions_missing,
+    string_agg(
+        case when readable = 0 then position_id end, ',' order by position_id
+    ) as missing_positions
+from position_day
+group by date, area

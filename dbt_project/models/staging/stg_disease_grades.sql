@@ -1,0 +1,39 @@
+-- All grades of every model version, typed, flagged `is_active` when both the grader
+-- version and the cropper version are the ones the model registry names active.
+with grades as (
+    select
+        cast(position_id as text) as position_id,
+        cast(date as date) as date,
+        cast(leaf_crop_idx as integer) as leaf_crop_idx,
+        cast(disease_type as text) as disease_type,
+        cast(predicted_grade as integer) as predicted_grade,
+        cast(cropper_model_id as text) as cropper_model_id,
+        cast(cropper_model_version as text) as cropper_model_version,
+        cast(disease_model_id as text) as disease_model_id,
+        cast(disease_model_version as text) as disease_model_version,
+        cast(confidence as double precision) as confidence,
+        cast(graded_at as timestamp with time zone) as graded_at,
+        cast(dagster_run_id as text) as dagster_run_id
+    from {{ source('farm', 'disease_grades') }}
+),
+
+versions as (
+    select model_id, version, active
+    from {{ ref('stg_model_versions') }}
+)
+
+select
+    grades.*,
+    coalesce(grader.active, false) as grader_is_active,
+    coalesce(cropper.active, false) as cropper_is_active,
+    case
+        when coalesce(grader.active, false) and coalesce(cropper.active, false) then true
+        else false
+    end as is_active
+from grades
+left join versions as grader
+    on grader.model_id = grades.disease_model_id
+    and grader.version = grades.disease_model_version
+left join versions as cropper
+    on cropper.model_id = grades.cropper_model_id
+    and cropper.version = grades.cropper_model_version

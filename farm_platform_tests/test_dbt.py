@@ -1,0 +1,640 @@
+"""The dbt project on DuckDB and PostgreSQL, against a synthetic trial with a known answer.
+
+The synthetic farm: 7 control and 7 treated positions, 4 days, 4 leaves per photo.
+disease_0 (grader v1): every position's mean grade falls 0.25/day in control and 0.75/day in
+treated, plus per-position offsets that sum to zero within each area, so the
+difference-in-differences effect is exactly -0.5 × days and the spread between positions is
+not zero. disease_3: v1 (registered first, inactive) and v2 (active) grade the same leaves;
+v2 has no treatment effect, v1 disagrees on one leaf per treated position on the last day.
+Crops of an inactive detector version (v0) with all-healthy grades sit beside the active
+ones. On the last day position C6 was not photographed and T6's photo is unreadable.
+
+Each check computes its expectation independently of the SQL (plain Python over the rows
+written), and the corrupt-data tests show that bad grades or a bad field map fail the build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
+from farm_platform.resources.warehouse import WarehouseResource
+
+DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
+LAST_DAY = DAYS[-1]
+LEAVES_PER_PHOTO = 4
+CONTROL = [f"C{i}" for i in range(7)]
+TREATED = [f"T{i}" for i in range(7)]
+AREA = {**dict.fromkeys(CONTROL, "control"), **dict.fromkeys(TREATED, "treated")}
+NOT_PHOTOGRAPHED = ("C6", LAST_DAY)
+UNREADABLE = ("T6", LAST_DAY)
+# Change per day of every position's mean grade, per area (disease_0).
+SLOPE = {"control": -0.25, "treated": -0.75}
+KNOWN_EFFECT_PER_DAY = -0.5
+# Offsets (days ≥ 1) per position index; they sum to zero over indices 0..5 and index 6 is 0,
+# so the area means stay on the slope even on the last day, when index 6 is missing.
+OFFSET = {
+    "control": [-0.25, 0.25, 0.0, 0.0, -0.25, 0.25, 0.0],
+    "treated": [-0.5, 0.5, 0.25, -0.25, 0.0, 0.0, 0.0],
+}
+CROPPER = ("leaf_detector", "v1")
+OLD_CROPPER = ("leaf_detector", "v0")
+MODEL_VERSIONS = [
+    # model_id, version, active, task, disease_type, recorded_at
+    ("leaf_detector", "v0", False, "leaf_detector", None, "2024-05-01"),
+    ("leaf_detector", "v1", True, "leaf_detector", None, "2024-05-20"),
+    ("disease_0_grader", "v1", True, "disease_grader", "disease_0", "2024-05-01"),
+    ("disease_1_grader", "v1", True, "disease_grader", "disease_1", "2024-05-01"),
+    ("disease_2_grader", "v1", True, "disease_grader", "disease_2", "2024-05-01"),
+    ("disease_3_grader", "v1", False, "disease_grader", "disease_3", "2024-05-01"),
+    ("disease_3_grader", "v2", True, "disease_grader", "disease_3", "2024-06-10"),
+    ("disease_4_grader", "v1", True, "disease_grader", "disease_4", "2024-05-01"),
+]
+MODEL_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS model_versions (model_id TEXT NOT NULL, version TEXT NOT NULL, "
+    "active BOOLEAN NOT NULL, task TEXT NOT NULL, disease_type TEXT, sha256 TEXT NOT NULL, "
+    "recorded_at TIMESTAMP WITH TIME ZONE NOT NULL, PRIMARY KEY (model_id, version))"
+)
+TOLERANCE = 1e-9
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def leaf_grades(mean: float) -> list[int]:
+    """Four integer grades (0..3) whose mean is `mean` (a multiple of 0.25)."""
+    total = round(mean * LEAVES_PER_PHOTO)
+    assert 0 <= total <= 3 * LEAVES_PER_PHOTO and total == mean * LEAVES_PER_PHOTO
+    whole, extra = divmod(total, LEAVES_PER_PHOTO)
+    return [whole + 1] * extra + [whole] * (LEAVES_PER_PHOTO - extra)
+
+
+def photographed(position: str, day: date) -> bool:
+    return (position, day) != NOT_PHOTOGRAPHED
+
+
+def readable(position: str, day: date) -> bool:
+    return photographed(position, day) and (position, day) != UNREADABLE
+
+
+def mean_grade(position: str, day_index: int, disease: str) -> float:
+    area = AREA[position]
+    index = int(position[1:])
+    offset = OFFSET[area][index] if day_index else 0.0
+    if disease == "disease_0":
+        start = 3.0 if index % 2 == 0 else 2.75
+        return start + SLOPE[area] * day_index + offset
+    # disease_3 (v2): the same slope in both areas, so no treatment effect.
+    return 2.5 - 0.25 * day_index + offset
+
+
+@dataclass
+class Farm:
+    positions: pl.DataFrame
+    drone_images: pl.DataFrame
+    leaf_crops: pl.DataFrame
+    disease_grades: pl.DataFrame
+
+    def active_grades(self) -> list[dict[str, Any]]:
+        """The rows the reports must use, picked in Python from the registry constants."""
+        active = {(m, v) for m, v, is_active, *_ in MODEL_VERSIONS if is_active}
+        return [
+            row
+            for row in self.disease_grades.iter_rows(named=True)
+            if (row["disease_model_id"], row["disease_model_version"]) in active
+            and (row["cropper_model_id"], row["cropper_model_version"]) in active
+        ]
+
+
+def synthetic_farm() -> Farm:
+    positions = pl.DataFrame(
+        {
+            "position_id": CONTROL + TREATED,
+            "area": [AREA[p] for p in CONTROL + TREATED],
+            "latitude": [51.98] * 14,
+            "longitude": [5.66 + 0.0003 * i for i in range(14)],
+            "dose_ml_per_sqft": [0.0] * 7 + [120.0] * 7,
+        }
+    )
+    stamp = datetime(2024, 6, 10, tzinfo=UTC)
+    images, crops, grades = [], [], []
+
+    def crop(position: str, day: date, idx: int, cropper: tuple[str, str]) -> None:
+        crops.append(
+            {
+                "position_id": position,
+                "date": day,
+                "leaf_crop_idx": idx,
+                "x0": 0.0,
+                "y0": 0.0,
+                "x1": 10.0,
+                "y1": 10.0,
+                "score": 0.9,
+                "crop_uri": f"file:///b/{position}/{day}/{cropper[0]}/{cropper[1]}/{idx}.png",
+                "cropper_model_id": cropper[0],
+                "cropper_model_version": cropper[1],
+            }
+        )
+
+    def grade(
+        position: str,
+        day: date,
+        idx: int,
+        disease: str,
+        value: int,
+        version: str,
+        cropper: tuple[str, str] = CROPPER,
+    ) -> None:
+        grades.append(
+            {
+                "position_id": position,
+                "date": day,
+                "leaf_crop_idx": idx,
+                "disease_type": disease,
+                "predicted_grade": value,
+                "cropper_model_id": cropper[0],
+                "cropper_model_version": cropper[1],
+                "disease_model_id": f"{disease}_grader",
+                "disease_model_version": version,
+                "confidence": 0.8,
+                "graded_at": stamp,
+                "dagster_run_id": "run-1",
+            }
+        )
+
+    for day_index, day in enumerate(DAYS):
+        for position in CONTROL + TREATED:
+            if photographed(position, day):
+                is_readable = readable(position, day)
+                images.append(
+                    {
+                        "position_id": position,
+                        "date": day,
+                        "image_uri": f"file:///b/{position}/{day}/image.png",
+                        "size_bytes": 1000,
+                        "sha256": "0" * 64,
+                        "width": 640 if is_readable else None,
+                        "height": 480 if is_readable else None,
+                        "error": None if is_readable else "cannot identify image file",
+                        "ingested_at": stamp,
+                        "generation": "1",
+                        "message_id": f"m-{position}-{day}",
+                        "published_at": stamp,
+                        "dagster_run_id": "run-1",
+                    }
+                )
+            if not readable(position, day):
+                continue
+            disease_0 = leaf_grades(mean_grade(position, day_index, "disease_0"))
+            disease_3 = leaf_grades(mean_grade(position, day_index, "disease_3"))
+            for idx in range(LEAVES_PER_PHOTO):
+                crop(position, day, idx, CROPPER)
+                grade(position, day, idx, "disease_0", disease_0[idx], "v1")
+                grade(position, day, idx, "disease_3", disease_3[idx], "v2")
+                old = disease_3[idx]
+                if position in TREATED and day == LAST_DAY and idx == 0:
+                    old = old + 1 if old < 3 else old - 1  # v1 disagrees here only
+                grade(position, day, idx, "disease_3", old, "v1")
+            if day_index == 0:
+                # An inactive detector version's crops, all graded healthy: must not count.
+                for idx in range(LEAVES_PER_PHOTO):
+                    crop(position, day, idx, OLD_CROPPER)
+                    grade(position, day, idx, "disease_0", 0, "v1", cropper=OLD_CROPPER)
+    return Farm(
+        positions=positions,
+        drone_images=pl.DataFrame(images, infer_schema_length=None),
+        leaf_crops=pl.DataFrame(crops),
+        disease_grades=pl.DataFrame(grades),
+    )
+
+
+def load_warehouse(url: str, farm: Farm, extra_grades: pl.DataFrame | None = None) -> None:
+    warehouse = WarehouseResource(url=url)
+    warehouse.create_schema()
+    warehouse.replace_rows("drone_images", farm.drone_images)
+    warehouse.replace_rows("leaf_crops", farm.leaf_crops)
+    grades = farm.disease_grades
+    if extra_grades is not None:
+        grades = pl.concat([grades, extra_grades], how="vertical_relaxed")
+    warehouse.replace_rows("disease_grades", grades)
+    values = ", ".join(
+        f"('{model}', '{version}', {str(active).lower()}, '{task}', "
+        f"{'NULL' if disease is None else repr(disease)}, '{'a' * 64}', "
+        f"CAST('{recorded} 00:00:00+00' AS TIMESTAMP WITH TIME ZONE))"
+        for model, version, active, task, disease, recorded in MODEL_VERSIONS
+    )
+    with warehouse.connect() as connection:
+        connection.execute(MODEL_VERSIONS_DDL)
+        connection.execute("DELETE FROM model_versions")
+        connection.execute(
+            "INSERT INTO model_versions "
+            "(model_id, version, active, task, disease_type, sha256, recorded_at) "
+            f"VALUES {values}"
+        )
+
+
+# --------------------------------------------------------------------------- running dbt
+
+
+def project_copy(destination: Path, positions: pl.DataFrame) -> Path:
+    """dbt_project copied to `destination` with `positions` as its field-map seed."""
+    shutil.copytree(
+        DBT_PROJECT_DIR,
+        destination,
+        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "positions.csv"),
+    )
+    positions.write_csv(destination / "seeds" / "positions.csv")
+    return destination
+
+
+@dataclass
+class Build:
+    project: Path
+    url: str
+    success: bool
+    statuses: dict[str, str]  # node unique_id -> status (success, pass, fail, error, skipped…)
+
+    def failed(self) -> set[str]:
+        return {node for node, status in self.statuses.items() if status in ("fail", "error")}
+
+    def query(self, sql: str) -> pl.DataFrame:
+        return WarehouseResource(url=self.url).query(sql)
+
+
+def dbt_build(project: Path, warehouse_url: str) -> Build:
+    from dbt.cli.main import dbtRunner
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in dbt_environment(warehouse_url).items():
+            patch.setenv(name, value)
+        outcome = dbtRunner().invoke(
+            [
+                "build",
+                "--project-dir",
+                str(project),
+                "--profiles-dir",
+                str(project),
+                "--target-path",
+                str(project / "target"),
+                "--log-path",
+                str(project / "logs"),
+            ]
+        )
+    if outcome.exception is not None:
+        raise outcome.exception
+    statuses = {
+        result.node.unique_id: str(getattr(result.status, "value", result.status))
+        for result in outcome.result.results
+    }
+    return Build(project=project, url=warehouse_url, success=outcome.success, statuses=statuses)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(postgres_url: str, name: str) -> Iterator[str]:
+    """A new database on the session server (dropped first if a previous run left one)."""
+    import psycopg
+
+    base, _, _ = postgres_url.rpartition("/")
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{base}/{name}"
+
+
+@pytest.fixture(scope="module")
+def farm() -> Farm:
+    return synthetic_farm()
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def build(
+    request: pytest.FixtureRequest, farm: Farm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Build]:
+    """A clean `dbt build` of the synthetic farm, once per database."""
+    tmp = tmp_path_factory.mktemp(f"dbt-{request.param}")
+    project = project_copy(tmp / "project", farm.positions)
+    with contextlib.ExitStack() as stack:
+        if request.param == "duckdb":
+            url = f"duckdb:///{tmp / 'warehouse.duckdb'}"
+        else:
+            postgres_url = request.getfixturevalue("postgres_url")
+            url = stack.enter_context(fresh_postgres_database(postgres_url, "farm_dbt_test"))
+        load_warehouse(url, farm)
+        yield dbt_build(project, url)
+
+
+# --------------------------------------------------------------------------- the clean build
+
+
+def test_build_succeeds_with_every_test_passing(build: Build) -> None:
+    assert build.success, f"failed nodes: {sorted(build.failed())}"
+    tests = {node: s for node, s in build.statuses.items() if node.startswith("test.")}
+    assert len(tests) > 40
+    assert set(tests.values()) == {"pass"}, {n: s for n, s in tests.items() if s != "pass"}
+    models = [node for node in build.statuses if node.startswith("model.")]
+    assert {m.rsplit(".", 1)[1] for m in models} >= {
+        "stg_disease_grades",
+        "stg_active_disease_grades",
+        "daily_severity",
+        "position_trajectories",
+        "treatment_effect",
+        "coverage",
+        "model_version_agreement",
+        "model_version_confusion",
+    }
+
+
+def test_rebuild_is_idempotent(build: Build) -> None:
+    # The daily schedule rebuilds over existing views and tables (PostgreSQL cannot simply
+    # replace a view other views depend on); the marts must come out the same.
+    before = build.query("SELECT * FROM treatment_effect ORDER BY disease_type, date")
+    again = dbt_build(build.project, build.url)
+    assert again.success, f"failed nodes: {sorted(again.failed())}"
+    after = build.query("SELECT * FROM treatment_effect ORDER BY disease_type, date")
+    assert before.height == 6
+    # Equal up to float summation order (DuckDB aggregates in parallel, not bit-for-bit).
+    assert_frame_equal(after, before, check_exact=False, rel_tol=0, abs_tol=TOLERANCE)
+
+
+def _position_changes(farm: Farm, disease: str) -> dict[date, dict[str, list[float]]]:
+    """Per date after the first: the change of each position's mean grade, per area."""
+    leaves: dict[tuple[str, date], list[int]] = defaultdict(list)
+    for row in farm.active_grades():
+        if row["disease_type"] == disease:
+            leaves[row["position_id"], row["date"]].append(row["predicted_grade"])
+    means = {key: statistics.fmean(values) for key, values in leaves.items()}
+    first = min(day for _, day in means)
+    changes: dict[date, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (position, day), value in sorted(means.items()):
+        if day > first and (position, first) in means:
+            changes[day][AREA[position]].append(value - means[position, first])
+    return changes
+
+
+# Student t 0.975 quantiles from a printed table (the Welch df here are about 8 and 10).
+T_975 = {
+    6: 2.446912,
+    7: 2.364624,
+    8: 2.306004,
+    9: 2.262157,
+    10: 2.228139,
+    11: 2.200985,
+    12: 2.178813,
+}
+
+
+def test_treatment_effect_recovers_the_known_effect(build: Build, farm: Farm) -> None:
+    rows = build.query(
+        "SELECT * FROM treatment_effect WHERE disease_type = 'disease_0' ORDER BY date"
+    ).to_dicts()
+    assert [row["date"] for row in rows] == DAYS[1:]
+    for day_index, row in enumerate(rows, start=1):
+        known = KNOWN_EFFECT_PER_DAY * day_index
+        assert row["days_since_start"] == day_index
+        assert abs(row["effect"] - known) < TOLERANCE, row
+        assert row["ci_low"] < known < row["ci_high"], row
+        expected_n = 6 if DAYS[day_index] == LAST_DAY else 7
+        assert (row["n_treated"], row["n_control"]) == (expected_n, expected_n)
+        # Welch standard error and df over position changes, computed here from the rows.
+        changes = _position_changes(farm, "disease_0")[DAYS[day_index]]
+        treated, control = changes["treated"], changes["control"]
+        a = statistics.variance(treated) / len(treated)
+        b = statistics.variance(control) / len(control)
+        assert abs(row["std_error"] - math.sqrt(a + b)) < TOLERANCE
+        df = (a + b) ** 2 / (a**2 / (len(treated) - 1) + b**2 / (len(control) - 1))
+        assert abs(row["df"] - df) < 1e-6
+        t = T_975[math.floor(df)]
+        assert abs(row["t_quantile"] - t) < 1e-6, (df, row["t_quantile"])
+        assert abs(row["ci_low"] - (known - t * math.sqrt(a + b))) < 1e-6
+        assert abs(row["ci_high"] - (known + t * math.sqrt(a + b))) < 1e-6
+        assert row["significant"] == (row["ci_high"] < 0 or row["ci_low"] > 0)
+    # By day 3 the treated area has healed 1.5 grades more: clearly significant.
+    assert rows[-1]["significant"] is True
+
+
+def test_treatment_effect_uses_only_the_active_grader_version(build: Build) -> None:
+    # disease_3 v2 (active) has no effect; v1 (inactive) grades treated leaves higher on
+    # the last day, so mixing it in would move the last day's effect away from 0.
+    rows = build.query(
+        "SELECT date, effect, n_treated FROM treatment_effect "
+        "WHERE disease_type = 'disease_3' ORDER BY date"
+    ).to_dicts()
+    assert [row["date"] for row in rows] == DAYS[1:]
+    for row in rows:
+        assert abs(row["effect"]) < TOLERANCE, row
+    assert build.query("SELECT DISTINCT disease_type FROM treatment_effect ORDER BY 1")[
+        "disease_type"
+    ].to_list() == ["disease_0", "disease_3"]
+
+
+def test_daily_severity_shares(build: Build, farm: Farm) -> None:
+    groups: dict[tuple[date, str, str], list[tuple[str, int]]] = defaultdict(list)
+    for row in farm.active_grades():
+        key = (row["date"], AREA[row["position_id"]], row["disease_type"])
+        groups[key].append((row["position_id"], row["predicted_grade"]))
+    frame = build.query("SELECT * FROM daily_severity")
+    assert frame.height == len(groups) == len(DAYS) * 2 * 2
+    for row in frame.iter_rows(named=True):
+        values = groups[row["date"], row["area"], row["disease_type"]]
+        grades = [g for _, g in values]
+        assert row["images"] == len({p for p, _ in values})
+        assert row["leaves"] == len(grades)
+        assert abs(row["mean_grade"] - statistics.fmean(grades)) < TOLERANCE
+        assert abs(row["share_healthy"] - grades.count(0) / len(grades)) < TOLERANCE
+        assert abs(row["share_severe"] - grades.count(3) / len(grades)) < TOLERANCE
+    # By hand: day 0, control, disease_0: C0 C2 C4 C6 start at 3.0 (4 leaves of 3 each),
+    # C1 C3 C5 at 2.75 (3, 3, 3, 2): 25 of 28 leaves severe, none healthy (the inactive
+    # detector's all-healthy crops are not counted).
+    first = frame.filter(
+        (pl.col("date") == DAYS[0])
+        & (pl.col("area") == "control")
+        & (pl.col("disease_type") == "disease_0")
+    ).row(0, named=True)
+    assert (first["images"], first["leaves"]) == (7, 28)
+    assert abs(first["share_severe"] - 25 / 28) < TOLERANCE
+    assert first["share_healthy"] == 0
+    # Day 3, treated, disease_0: T0 and T3 (mean 0.25: 1 0 0 0) have 3 healthy leaves each,
+    # T4 (0.75: 1 1 1 0) one, T5 (0.5: 1 1 0 0) two: 9 of the 24 leaves of 6 readable photos.
+    last = frame.filter(
+        (pl.col("date") == LAST_DAY)
+        & (pl.col("area") == "treated")
+        & (pl.col("disease_type") == "disease_0")
+    ).row(0, named=True)
+    assert (last["images"], last["leaves"]) == (6, 24)
+    assert abs(last["share_healthy"] - 9 / 24) < TOLERANCE
+    assert last["share_severe"] == 0
+
+
+def test_position_trajectories(build: Build) -> None:
+    frame = build.query(
+        "SELECT * FROM position_trajectories WHERE disease_type = 'disease_0' "
+        "ORDER BY position_id, date"
+    )
+    # 14 positions × 4 days, less C6 and T6 on the last day.
+    assert frame.height == 14 * 4 - 2
+    t1 = frame.filter(pl.col("position_id") == "T1").to_dicts()
+    # T1 starts at 2.75 and moves -0.75/day with offset +0.5 from day 1 on.
+    assert [row["mean_grade"] for row in t1] == [2.75, 2.5, 1.75, 1.0]
+    assert [row["change_from_first_day"] for row in t1] == [0.0, -0.25, -1.0, -1.75]
+    assert [row["days_since_first_date"] for row in t1] == [0, 1, 2, 3]
+    assert {row["area"] for row in t1} == {"treated"}
+
+
+def test_coverage_reports_missing_and_unreadable(build: Build) -> None:
+    frame = build.query("SELECT * FROM coverage ORDER BY date, area")
+    assert frame.height == len(DAYS) * 2
+    for row in frame.iter_rows(named=True):
+        assert row["positions_in_field_map"] == 7
+        if row["date"] != LAST_DAY:
+            assert row["positions_photographed"] == 7
+            assert (row["unreadable_images"], row["positions_missing"]) == (0, 0)
+            assert row["missing_positions"] is None
+            # Only the active detector's crops: 7 photos × 4 leaves (not the v0 ones).
+            assert row["leaves"] == 28
+            assert row["positions_graded"] == 7
+    last = {row["area"]: row for row in frame.filter(pl.col("date") == LAST_DAY).to_dicts()}
+    control, treated = last["control"], last["treated"]
+    assert (control["positions_photographed"], control["unreadable_images"]) == (6, 0)
+    assert (control["positions_missing"], control["missing_positions"]) == (1, "C6")
+    assert (treated["positions_photographed"], treated["unreadable_images"]) == (7, 1)
+    assert (treated["positions_missing"], treated["missing_positions"]) == (1, "T6")
+    assert control["leaves"] == treated["leaves"] == 24
+    assert control["positions_graded"] == treated["positions_graded"] == 6
+
+
+def test_model_version_comparison(build: Build, farm: Farm) -> None:
+    agreement = build.query("SELECT * FROM model_version_agreement").to_dicts()
+    # Only disease_3 has two grader versions on the same leaves.
+    assert len(agreement) == 1
+    row = agreement[0]
+    compared = sum(
+        1
+        for r in farm.disease_grades.iter_rows(named=True)
+        if r["disease_type"] == "disease_3" and r["disease_model_version"] == "v2"
+    )
+    assert compared == (14 * 3 + 12) * LEAVES_PER_PHOTO
+    # v1 disagrees on leaf 0 of each of the 6 readable treated photos of the last day.
+    assert (row["disease_type"], row["version_a"], row["version_b"]) == ("disease_3", "v1", "v2")
+    assert (row["version_a_active"], row["version_b_active"]) == (False, True)
+    assert (row["leaves_compared"], row["leaves_agreeing"]) == (compared, compared - 6)
+    assert abs(row["agreement_rate"] - (compared - 6) / compared) < TOLERANCE
+
+    confusion = build.query("SELECT grade_a, grade_b, n FROM model_version_confusion")
+    assert confusion["n"].sum() == compared
+    expected: dict[tuple[int, int], int] = defaultdict(int)
+    by_leaf = defaultdict(dict)
+    for r in farm.disease_grades.iter_rows(named=True):
+        if r["disease_type"] == "disease_3":
+            leaf = (r["position_id"], r["date"], r["leaf_crop_idx"])
+            by_leaf[leaf][r["disease_model_version"]] = r["predicted_grade"]
+    for versions in by_leaf.values():
+        expected[versions["v1"], versions["v2"]] += 1
+    assert {(a, b): n for a, b, n in confusion.iter_rows()} == dict(expected)
+    assert sum(n for (a, b), n in expected.items() if a != b) == 6
+
+
+# --------------------------------------------------------------------------- corrupt data
+
+
+def _failed_names(build: Build) -> set[str]:
+    return {node.split(".")[2] for node in build.failed()}
+
+
+def test_a_grade_outside_the_scale_fails_the_build(farm: Farm, tmp_path: Path) -> None:
+    project = project_copy(tmp_path / "project", farm.positions)
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    corrupt = farm.disease_grades.head(1).with_columns(
+        pl.lit("disease_1").alias("disease_type"),
+        pl.lit("disease_1_grader").alias("disease_model_id"),
+        pl.lit(7).alias("predicted_grade"),
+    )
+    load_warehouse(url, farm, extra_grades=corrupt)
+    build = dbt_build(project, url)
+    assert not build.success
+    failed = _failed_names(build)
+    assert any(name.startswith("in_range_stg_disease_grades_predicted_grade") for name in failed)
+    assert len(failed) == 1, failed
+    # Nothing downstream of the bad grades is built.
+    assert build.statuses["model.farm.treatment_effect"] == "skipped"
+
+
+def test_an_unknown_area_in_the_field_map_fails_the_build(farm: Farm, tmp_path: Path) -> None:
+    positions = farm.positions.with_columns(
+        pl.when(pl.col("position_id") == "T3")
+        .then(pl.lit("sprayed"))
+        .otherwise(pl.col("area"))
+        .alias("area")
+    )
+    project = project_copy(tmp_path / "project", positions)
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    load_warehouse(url, farm)
+    build = dbt_build(project, url)
+    assert not build.success
+    failed = _failed_names(build)
+    assert any(name.startswith("accepted_values_positions_area") for name in failed), failed
+    assert build.statuses["model.farm.daily_severity"] == "skipped"
+
+
+# --------------------------------------------------------------------------- dbt_env
+
+
+def test_dbt_environment_for_duckdb(tmp_path: Path) -> None:
+    env = dbt_environment(f"duckdb:///{tmp_path / 'farm.duckdb'}")
+    assert env == {
+        "FARM_DBT_TARGET": "duckdb",
+        "FARM_DBT_SCHEMA": "main",
+        "FARM_DUCKDB_PATH": str(tmp_path / "farm.duckdb"),
+    }
+    # Same path as the warehouse resource, relative URLs resolved against the cwd.
+    relative = dbt_environment("duckdb:///data/farm.duckdb")["FARM_DUCKDB_PATH"]
+    assert relative == str(
+        WarehouseResource(url="duckdb:///data/farm.duckdb").duckdb_path.resolve()
+    )
+
+
+def test_dbt_environment_for_postgres() -> None:
+    env = dbt_environment("postgresql://farm:s%40cret@db.example:6543/warehouse?sslmode=require")
+    assert env == {
+        "FARM_DBT_TARGET": "postgres",
+        "FARM_DBT_SCHEMA": "public",
+        "FARM_PG_HOST": "db.example",
+        "FARM_PG_PORT": "6543",
+        "FARM_PG_USER": "farm",
+        "FARM_PG_PASSWORD": "s@cret",
+        "FARM_PG_DBNAME": "warehouse",
+        "FARM_PG_SSLMODE": "require",
+    }
+    defaults = dbt_environment("postgres://farm@127.0.0.1/farm")
+    assert (defaults["FARM_PG_PORT"], defaults["FARM_PG_PASSWORD"]) == ("5432", "")
+    assert defaults["FARM_PG_SSLMODE"] == "prefer"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///farm.db", "", "duckdb://", "duckdb:///:memory:", "postgresql://host-only"],
+)
+def test_dbt_environment_rejects_unsupported_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="FARM_WAREHOUSE"):
+        dbt_environment(url)
+
+
+def test_dbt_env_does_not_import_dbt() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, farm_platform.dbt_env; print('dbt' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
