@@ -16,7 +16,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.
+DBT_MANIFEST := dbt_project/target/manifest.json
+$(DBT_MANIFEST): $(VENV)/.installed dbt_project/dbt_project.yml dbt_project/profiles.yml \
+		$(shell find dbt_project/models dbt_project/seeds dbt_project/tests -type f 2>/dev/null)
+	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
+
+install: $(VENV)/.installed $(DBT_MANIFEST)
 
 demo: install
 	$(BIN)/farm-platform demo

@@ -13,6 +13,8 @@ from types import TracebackType
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from farm_platform.settings import WORKSPACE_FILE
+
 DAGSTER_YAML = """\
 run_coordinator:
   module: dagster._core.run_coordinator
@@ -24,12 +26,6 @@ run_coordinator:
 telemetry:
   enabled: false
 """
-WORKSPACE_YAML = """\
-load_from:
-  - python_module:
-      module_name: farm_platform.definitions
-      location_name: farm_platform
-"""
 FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 UNFINISHED_STATUSES = (
     DagsterRunStatus.QUEUED,
@@ -40,15 +36,15 @@ UNFINISHED_STATUSES = (
 )
 
 
-def prepare_dagster_home(dagster_home: Path, max_concurrent_runs: int = 1) -> Path:
-    """A DAGSTER_HOME with a queued run coordinator, and a workspace file beside it."""
+def prepare_dagster_home(dagster_home: Path, max_concurrent_runs: int = 1) -> None:
+    """A DAGSTER_HOME with a queued run coordinator and its storage created."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     (dagster_home / "dagster.yaml").write_text(
         DAGSTER_YAML.format(max_concurrent_runs=max_concurrent_runs)
     )
-    workspace = dagster_home / "workspace.yaml"
-    workspace.write_text(WORKSPACE_YAML)
-    return workspace
+    # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
+    # at the same moment race on its schema migrations.
+    DagsterInstance.from_config(str(dagster_home)).dispose()
 
 
 class DaemonProcess:
@@ -64,7 +60,7 @@ class DaemonProcess:
         executable = Path(sys.executable).with_name("dagster-daemon")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(executable), "run", "-w", str(self.dagster_home / "workspace.yaml")],
+            [str(executable), "run", "-w", str(WORKSPACE_FILE)],
             env=self.environment,
             stdout=log,
             stderr=subprocess.STDOUT,

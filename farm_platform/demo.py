@@ -7,17 +7,26 @@ its sensors → graded rows in a DuckDB warehouse → a per-day, per-area summar
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+from dagster import AssetKey
 
 from farm_platform import settings
+from farm_platform.analytics.report import load_report_data, summary_lines
 from farm_platform.assets.keys import GRADES_BY_DISEASE
 from farm_platform.field_map import field_map_path, read_field_map
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.settings import WORKSPACE_FILE
 from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
 
 
@@ -47,6 +56,8 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
             **stack.environment(),
             settings.FARM_WAREHOUSE: warehouse_url,
             settings.DAGSTER_HOME: str(dagster_home),
+            # On disk, so the report outlives the emulated bucket.
+            settings.FARM_REPORTS: str(workdir / "reports"),
         }
         os.environ.update(environment)
         print(
@@ -79,19 +90,85 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
                 print(f"[demo] FAILED: {exc}")
                 return 1
             runs = instance.get_runs_count()
+            warehouse = WarehouseResource(url=warehouse_url)
+            print(
+                f"\n[demo] graded in {time.monotonic() - started:.0f} s: {expected} images in "
+                f"{runs} Dagster runs; warehouse {warehouse.duckdb_path}\n"
+            )
+            with pl.Config(
+                tbl_rows=100,
+                tbl_cols=20,
+                tbl_width_chars=140,
+                float_precision=2,
+                tbl_hide_dataframe_shape=True,
+                tbl_hide_column_data_types=True,
+            ):
+                print(daily_area_summary(warehouse, field_map_path()))
+            report_day = config.start_date + dt.timedelta(days=config.days - 1)
+            print(f"\n[demo] queued the daily report job for {report_day}: dbt build, report")
+            report = launch_report_run(report_day, instance, environment, daemon)
+            if report is None:
+                return 1
 
-    warehouse = WarehouseResource(url=warehouse_url)
+    print(f"\n[demo] report: {report}")
+    data = load_report_data(warehouse, report_day)
+    print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")
+    for line in summary_lines(data):
+        print(f"  {line}")
+    truth = pl.read_parquet(workdir / "ground_truth" / "effect.parquet")
+    print("[demo] simulated truth (realized difference in differences of the true grades):")
+    for row in truth.sort("disease_type").iter_rows(named=True):
+        print(f"  {row['disease_type']}: {row['realized_did']:+.3f}")
+    print(f"\n[demo] done in {time.monotonic() - started:.0f} s")
     print(
-        f"\n[demo] done in {time.monotonic() - started:.0f} s: {expected} images in {runs} "
-        f"Dagster runs; warehouse {warehouse.duckdb_path}\n"
-    )
-    with pl.Config(tbl_rows=100, tbl_cols=20, tbl_hide_dataframe_shape=True):
-        print(daily_area_summary(warehouse, field_map_path()))
-    print(
-        "\nOpen the Dagster UI on this run's instance:\n"
-        f"  DAGSTER_HOME={dagster_home} dagster dev -w {dagster_home / 'workspace.yaml'}"
+        "\nOpen the Dagster UI on this demo's instance:\n"
+        f"  DAGSTER_HOME={dagster_home} dagster dev -w {WORKSPACE_FILE}"
     )
     return 0
+
+
+def launch_report_run(
+    day: dt.date, instance: Any, environment: dict[str, str], daemon: Any, timeout: float = 600
+) -> str | None:
+    """Queue the daily report job for `day` (as its schedule would) and wait for it.
+
+    Returns the report's path, or None if the run failed.
+    """
+    run_id = str(uuid.uuid4())
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "job",
+            "launch",
+            "-w",
+            str(WORKSPACE_FILE),
+            "-l",
+            "farm_platform_analytics",
+            "-j",
+            "daily_effectiveness_report",
+            "--run-id",
+            run_id,
+            "--tags",
+            json.dumps({"dagster/partition": day.isoformat()}),
+        ],
+        env={**os.environ, **environment},
+        check=True,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            break
+        if time.monotonic() > deadline or not daemon.alive():
+            print(f"[demo] FAILED: report run {run_id} did not finish\n{daemon.log_tail()}")
+            return None
+        time.sleep(1)
+    if not run.is_success:
+        print(f"[demo] FAILED: report run {run_id} ended {run.status.value}; see it in the UI")
+        return None
+    event = instance.get_latest_materialization_event(AssetKey("effectiveness_report"))
+    return str(event.asset_materialization.metadata["report"].value)
 
 
 def daily_area_summary(warehouse: WarehouseResource, positions_csv: Path) -> pl.DataFrame:

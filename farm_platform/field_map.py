@@ -11,11 +11,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from farm_platform.settings import REPO_ROOT
+
 FIELD_MAP_COLUMNS = ("position_id", "area", "latitude", "longitude", "dose_ml_per_sqft")
 AREAS = ("control", "treated")
-DEFAULT_FIELD_MAP_PATH = (
-    Path(__file__).resolve().parent.parent / "dbt_project" / "seeds" / "positions.csv"
-)
+DEFAULT_FIELD_MAP_PATH = REPO_ROOT / "dbt_project" / "seeds" / "positions.csv"
 
 
 def field_map_path() -> Path:

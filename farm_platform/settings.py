@@ -6,6 +6,12 @@ local stack use the same names from here so that there is one spelling of each.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+
 FARM_BUCKET = "FARM_BUCKET"
 FARM_WAREHOUSE = "FARM_WAREHOUSE"
 FARM_GCP_PROJECT = "FARM_GCP_PROJECT"
@@ -15,6 +21,8 @@ STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
 DAGSTER_HOME = "DAGSTER_HOME"
 # Not in the original contract: lets a test or a second farm use its own positions.csv.
 FARM_FIELD_MAP = "FARM_FIELD_MAP"
+# Where daily reports go; default {FARM_BUCKET}/reports.
+FARM_REPORTS = "FARM_REPORTS"
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -32,4 +40,5 @@ CONFIG_VARIABLES = (
     STORAGE_EMULATOR_HOST,
     DAGSTER_HOME,
     FARM_FIELD_MAP,
+    FARM_REPORTS,
 )

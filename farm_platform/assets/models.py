@@ -8,7 +8,15 @@ import datetime as dt
 from collections.abc import Iterator
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeResult, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
 
 from farm_platform.assets.keys import MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
@@ -18,15 +26,26 @@ from farm_platform.resources.warehouse import MODEL_VERSIONS_TABLE, WarehouseRes
 MODEL_ID_BY_ASSET = {key: model_id for model_id, key in MODEL_ASSETS.items()}
 
 
+MODEL_VERSIONS = AssetKey("model_versions")
+
+
 @multi_asset(
     specs=[
+        *[
+            AssetSpec(
+                key,
+                group_name="models",
+                description=f"Active version of the `{model_id}` model (models/registry.json).",
+                kinds={"pytorch"},
+            )
+            for model_id, key in MODEL_ASSETS.items()
+        ],
         AssetSpec(
-            key,
+            MODEL_VERSIONS,
             group_name="models",
-            description=f"Active version of the `{model_id}` model (models/registry.json).",
-            kinds={"pytorch"},
-        )
-        for model_id, key in MODEL_ASSETS.items()
+            description="Every registered model version and which is active (warehouse table).",
+            kinds={"duckdb"},
+        ),
     ],
     can_subset=True,
 )
@@ -34,10 +53,9 @@ def registered_models(
     context: AssetExecutionContext, models: ModelRegistryResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult]:
     registry = models.registry()
-    for asset_key in sorted(context.selected_asset_keys):
+    for asset_key in sorted(context.selected_asset_keys - {MODEL_VERSIONS}):
         card = registry.active_card(MODEL_ID_BY_ASSET[asset_key])
         registry.verify_weights(card)
-        warehouse.replace_rows("model_versions", model_versions_frame(registry, card.id))
         yield MaterializeResult(
             asset_key=asset_key,
             data_version=DataVersion(card.version),
@@ -48,6 +66,23 @@ def registered_models(
                 "task": card.task,
                 "disease_type": card.disease_type or "",
                 "metrics": card.metrics,
+            },
+        )
+    if MODEL_VERSIONS in context.selected_asset_keys:
+        frames = [model_versions_frame(registry, model_id) for model_id in MODEL_ASSETS]
+        for frame in frames:
+            warehouse.replace_rows("model_versions", frame)
+        versions = pl.concat(frames)
+        yield MaterializeResult(
+            asset_key=MODEL_VERSIONS,
+            metadata={
+                "versions": versions.height,
+                "active": MetadataValue.json(
+                    {
+                        row["model_id"]: row["version"]
+                        for row in versions.filter("active").iter_rows(named=True)
+                    }
+                ),
             },
         )
 

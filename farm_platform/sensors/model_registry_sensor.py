@@ -7,6 +7,7 @@ model asset, and Dagster marks every partition graded with the old version stale
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from farm_platform.assets.keys import MODEL_ASSETS
+from farm_platform.assets.models import MODEL_VERSIONS
 from farm_platform.resources.models import ModelRegistryResource
 
 DATA_VERSION_TAG = "dagster/data_version"
@@ -14,7 +15,7 @@ DATA_VERSION_TAG = "dagster/data_version"
 
 @sensor(
     name="model_registry_sensor",
-    asset_selection=list(MODEL_ASSETS.values()),
+    asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Records a model asset's new data version when registry.json activates one.",
@@ -34,4 +35,5 @@ def model_registry_sensor(
             transitions.append(f"{model_id}:{since}:{recorded}->{active.get(model_id)}")
     if not changed:
         return SkipReason("every model asset records its active version")
-    return RunRequest(run_key=";".join(transitions), asset_selection=changed)
+    # The warehouse's model_versions table follows the registry too.
+    return RunRequest(run_key=";".join(transitions), asset_selection=[*changed, MODEL_VERSIONS])

@@ -1,0 +1,28 @@
+"""The farm_platform_analytics code location, built in one place."""
+
+import os
+
+from dagster import Definitions, EnvVar
+from dagster_dbt import DbtCliResource
+
+from farm_platform import settings
+from farm_platform.analytics.dbt_models import dbt_project, farm_dbt_models
+from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
+from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
+from farm_platform.resources.warehouse import WarehouseResource
+
+defs = Definitions(
+    assets=[farm_dbt_models, effectiveness_report],
+    jobs=[daily_report_job],
+    schedules=[daily_report_schedule],
+    resources={
+        "dbt": DbtCliResource(project_dir=dbt_project),
+        "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
+        "reports": ReportStoreResource(
+            bucket_url=EnvVar(settings.FARM_BUCKET),
+            reports_url=EnvVar(settings.FARM_REPORTS)
+            if os.environ.get(settings.FARM_REPORTS)
+            else "",
+        ),
+    },
+)

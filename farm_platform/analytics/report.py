@@ -1,0 +1,245 @@
+"""`effectiveness_report`: does the medicine speed up healing? One HTML page per day.
+
+Self-contained (plots embedded as PNG data URIs), written beside the mart tables as CSV
+and Parquet under `{reports root}/{date}/`. matplotlib is imported only when a report is
+rendered.
+"""
+
+import base64
+import datetime as dt
+import html
+import io
+from dataclasses import dataclass
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    ConfigurableResource,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from farm_platform.bucket import bucket_filesystem
+from farm_platform.layout import join, parse_date
+from farm_platform.partitions import trial_start_date
+from farm_platform.resources.warehouse import WarehouseResource
+
+REPORT_MARTS = ("treatment_effect", "daily_severity", "coverage", "model_version_agreement")
+report_partitions = DailyPartitionsDefinition(
+    start_date=trial_start_date().isoformat(), end_offset=1
+)
+
+
+class ReportStoreResource(ConfigurableResource):
+    """Where reports go: `reports_url` if set, else `{bucket_url}/reports`."""
+
+    bucket_url: str = Field(description="FARM_BUCKET")
+    reports_url: str = Field(default="", description="FARM_REPORTS, overrides the default")
+
+    @property
+    def root(self) -> str:
+        return self.reports_url.rstrip("/") or join(self.bucket_url, "reports")
+
+
+@dataclass(frozen=True)
+class ReportData:
+    day: dt.date
+    effect: pl.DataFrame  # treatment_effect, dates <= day
+    severity: pl.DataFrame  # daily_severity, dates <= day
+    coverage: pl.DataFrame  # coverage of `day`
+    ungraded: list[str]  # field-map positions without active grades on `day`
+    models: pl.DataFrame  # active model versions
+    agreement: pl.DataFrame  # model_version_agreement
+
+
+def load_report_data(warehouse: WarehouseResource, day: dt.date) -> ReportData:
+    def upto(table: str) -> pl.DataFrame:
+        return warehouse.query(f"SELECT * FROM {table} WHERE date <= %s ORDER BY date", [day])
+
+    graded = warehouse.query(
+        "SELECT DISTINCT position_id FROM stg_active_disease_grades WHERE date = %s", [day]
+    )
+    positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
+    return ReportData(
+        day=day,
+        effect=upto("treatment_effect"),
+        severity=upto("daily_severity"),
+        coverage=warehouse.query("SELECT * FROM coverage WHERE date = %s ORDER BY area", [day]),
+        ungraded=sorted(set(positions["position_id"]) - set(graded["position_id"])),
+        models=warehouse.query(
+            "SELECT model_id, version, sha256 FROM model_versions WHERE active ORDER BY model_id"
+        ),
+        agreement=warehouse.query("SELECT * FROM model_version_agreement"),
+    )
+
+
+def effect_summary(data: ReportData) -> pl.DataFrame:
+    """The effect per disease on the report's day (or the latest day before it with one)."""
+    if data.effect.is_empty():
+        return data.effect
+    latest = data.effect.group_by("disease_type").agg(pl.col("date").max())
+    return data.effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
+
+
+def summary_lines(data: ReportData) -> list[str]:
+    lines = []
+    for row in effect_summary(data).iter_rows(named=True):
+        if row["ci_low"] is None:
+            interval = "interval: too few positions"
+        else:
+            interval = f"95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+        verdict = (
+            "treated heal faster"
+            if row["significant"] and row["effect"] < 0
+            else ("treated heal slower" if row["significant"] else "no significant difference")
+        )
+        lines.append(
+            f"{row['disease_type']}: effect {row['effect']:+.3f} grade after "
+            f"{row['days_since_start']} days, {interval} ({verdict})"
+        )
+    return lines
+
+
+def _plot_severity(severity: pl.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
+    figure, axes = plt.subplots(
+        1,
+        max(len(diseases), 1),
+        figsize=(3.2 * max(len(diseases), 1), 2.8),
+        sharey=True,
+        squeeze=False,
+    )
+    for axis, disease in zip(axes[0], diseases, strict=False):
+        for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
+            rows = severity.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
+            axis.plot(
+                rows["date"].to_list(),
+                rows["mean_grade"].to_list(),
+                marker="o",
+                color=colour,
+                label=area,
+            )
+        axis.set_title(disease)
+        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[0][0].set_ylabel("mean grade")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell(value: object, float_format: str) -> str:
+    text = float_format.format(value) if isinstance(value, float) else str(value)
+    return f"<td>{html.escape(text)}</td>"
+
+
+def _table(frame: pl.DataFrame, float_format: str = "{:.3f}") -> str:
+    if frame.is_empty():
+        return "<p><em>no rows</em></p>"
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(_cell(value, float_format) for value in row) + "</tr>"
+        for row in frame.iter_rows()
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(data: ReportData) -> str:
+    warning = ""
+    if data.ungraded:
+        warning = (
+            f"<p class='warn'>{len(data.ungraded)} position(s) have no grades for {data.day} "
+            f"yet and are not in this day's figures: {html.escape(', '.join(data.ungraded))}</p>"
+        )
+    effect_columns = [
+        "disease_type",
+        "date",
+        "days_since_start",
+        "n_treated",
+        "n_control",
+        "effect",
+        "std_error",
+        "ci_low",
+        "ci_high",
+        "significant",
+    ]
+    summary = effect_summary(data)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 8px}}.warn{{background:#fff3cd;padding:.6em}}</style>
+</head><body>
+<h1>Does the medicine speed up healing? — {data.day}</h1>
+{warning}
+<h2>Treatment effect per disease</h2>
+<p>Difference in differences of the mean grade since the trial's first day, treated minus
+control, positions as the unit (Welch standard error, Student-t 95 % interval).
+Negative = treated leaves heal faster.</p>
+<ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
+{_table(summary.select([c for c in effect_columns if c in summary.columns]))}
+<h2>Severity over time, treated vs control</h2>
+<img alt="mean grade per day and area" src="data:image/png;base64,{_plot_severity(data.severity)}">
+<h2>Coverage on {data.day}</h2>
+{_table(data.coverage)}
+<h2>Model versions used (active)</h2>
+{_table(data.models)}
+<h2>Model version comparison</h2>
+{_table(data.agreement)}
+<h2>Effect over time</h2>
+{_table(data.effect.select([c for c in effect_columns if c in data.effect.columns]))}
+</body></html>
+"""
+
+
+@asset(
+    partitions_def=report_partitions,
+    deps=[AssetKey(mart) for mart in REPORT_MARTS],
+    group_name="reports",
+    kinds={"html"},
+    description="Daily HTML report (plots, effect with intervals, coverage, model versions) "
+    "plus the marts as CSV and Parquet, under {reports root}/{date}/.",
+)
+def effectiveness_report(
+    context: AssetExecutionContext, warehouse: WarehouseResource, reports: ReportStoreResource
+) -> MaterializeResult:
+    day = parse_date(context.partition_key)
+    data = load_report_data(warehouse, day)
+    fs, root = bucket_filesystem(reports.root)
+    folder = join(root, day.isoformat())
+    fs.makedirs(folder, exist_ok=True)
+    report_path = join(folder, "effectiveness_report.html")
+    fs.pipe_file(report_path, render_report(data).encode())
+    for name, frame in (
+        ("treatment_effect", data.effect),
+        ("daily_severity", data.severity),
+        ("coverage", data.coverage),
+        ("model_version_agreement", data.agreement),
+    ):
+        with fs.open(join(folder, f"{name}.parquet"), "wb") as handle:
+            frame.write_parquet(handle)
+        fs.pipe_file(join(folder, f"{name}.csv"), frame.write_csv().encode())
+    lines = summary_lines(data)
+    for line in lines:
+        context.log.info(line)
+    return MaterializeResult(
+        metadata={
+            "report": MetadataValue.path(
+                join(reports.root, day.isoformat(), "effectiveness_report.html")
+            ),
+            "summary": MetadataValue.md(
+                "\n".join(f"- {line}" for line in lines) or "no effect yet"
+            ),
+            "ungraded_positions": MetadataValue.json(data.ungraded),
+        }
+    )

@@ -1,0 +1,32 @@
+"""The daily report: dbt marts and yesterday's effectiveness report, every morning."""
+
+import datetime as dt
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    define_asset_job,
+    schedule,
+)
+
+from farm_platform.analytics.dbt_models import farm_dbt_models
+from farm_platform.analytics.report import effectiveness_report
+
+daily_report_job = define_asset_job(
+    "daily_effectiveness_report",
+    selection=AssetSelection.assets(farm_dbt_models) | AssetSelection.assets(effectiveness_report),
+    description="dbt build (models and tests), then the effectiveness report of one day.",
+)
+
+
+@schedule(
+    job=daily_report_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+)
+def daily_report_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    yesterday = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
+    return RunRequest(run_key=yesterday, partition_key=yesterday)

@@ -1,0 +1,110 @@
+"""The analytics code location: one lineage graph, dbt on both warehouses, the report."""
+
+import datetime as dt
+import re
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+from dagster import AssetKey
+
+from farm_platform.analytics.report import ReportData, render_report, summary_lines
+
+
+def test_one_lineage_graph_from_drone_images_to_the_report():
+    from farm_platform.analytics.definitions import defs as analytics
+    from farm_platform.definitions import defs as images
+
+    edges: dict[AssetKey, set[AssetKey]] = {}
+    for defs in (images, analytics):
+        graph = defs.resolve_asset_graph()
+        for key in graph.get_all_asset_keys():
+            edges.setdefault(key, set()).update(graph.get(key).parent_keys)
+
+    def ancestors(key: AssetKey) -> set[AssetKey]:
+        seen, todo = set(), [key]
+        while todo:
+            for parent in edges.get(todo.pop(), ()):
+                if parent not in seen:
+                    seen.add(parent)
+                    todo.append(parent)
+        return seen
+
+    upstream = ancestors(AssetKey("effectiveness_report"))
+    for key in ("drone_images", "leaf_crops", "leaf_detector_model", "model_versions", "positions"):
+        assert AssetKey(key) in upstream, key
+    for k in range(5):
+        assert AssetKey(f"disease_{k}_grades") in upstream
+        assert AssetKey(f"disease_{k}_model") in upstream
+    assert AssetKey("treatment_effect") in edges[AssetKey("effectiveness_report")]
+
+
+def test_dbt_tests_are_asset_checks():
+    from farm_platform.analytics.definitions import defs as analytics
+
+    checks = {key.name for key in analytics.resolve_asset_graph().asset_check_keys}
+    assert any("accepted_values" in name for name in checks)
+    assert any("not_null" in name for name in checks)
+
+
+def test_the_image_code_location_does_not_import_dbt():
+    probe = "import sys, farm_platform.definitions; print('dbt' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def report_data(ungraded: list[str]) -> ReportData:
+    day = dt.date(2026, 6, 3)
+    effect = pl.DataFrame(
+        {
+            "disease_type": ["disease_0", "disease_1"],
+            "date": [day, day],
+            "days_since_start": [2, 2],
+            "n_treated": [4, 4],
+            "n_control": [4, 4],
+            "effect": [-0.8, 0.05],
+            "std_error": [0.1, 0.2],
+            "ci_low": [-1.05, -0.44],
+            "ci_high": [-0.55, 0.54],
+            "significant": [True, False],
+        }
+    )
+    severity = pl.DataFrame(
+        {
+            "date": [day - dt.timedelta(days=d) for d in (2, 1, 0)] * 2,
+            "area": ["control"] * 3 + ["treated"] * 3,
+            "disease_type": ["disease_0"] * 6,
+            "mean_grade": [2.0, 2.0, 2.1, 2.0, 1.6, 1.2],
+        }
+    )
+    return ReportData(
+        day=day,
+        effect=effect,
+        severity=severity,
+        coverage=pl.DataFrame({"date": [day], "area": ["control"], "positions_missing": [1]}),
+        ungraded=ungraded,
+        models=pl.DataFrame({"model_id": ["disease_0_grader"], "version": ["v1"]}),
+        agreement=pl.DataFrame(),
+    )
+
+
+def test_report_is_self_contained_html_with_plots_and_effects():
+    page = render_report(report_data(ungraded=["P003"]))
+    image = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert image and len(image.group(1)) > 1000  # an embedded plot, not a link
+    assert "http://" not in page and "https://" not in page
+    assert "-0.800" in page and "[-1.050, -0.550]" in page
+    assert "P003" in page and "no grades for 2026-06-03" in page  # says what is missing
+    assert "disease_0_grader" in page
+
+
+@pytest.mark.parametrize("ungraded", [[], ["P001", "P002"]])
+def test_summary_names_direction_and_significance(ungraded):
+    lines = summary_lines(report_data(ungraded))
+    assert lines[0].startswith("disease_0: effect -0.800") and "treated heal faster" in lines[0]
+    assert "no significant difference" in lines[1]
+    page = render_report(report_data(ungraded))
+    assert ("no grades for" in page) == bool(ungraded)
