@@ -1,6 +1,8 @@
 """The farm_platform_analytics code location, built in one place."""
 
 import os
+import sys
+from pathlib import Path
 
 from dagster import Definitions, EnvVar
 from dagster_dbt import DbtCliResource
@@ -16,7 +18,10 @@ defs = Definitions(
     jobs=[daily_report_job],
     schedules=[daily_report_schedule],
     resources={
-        "dbt": DbtCliResource(project_dir=dbt_project),
+        # The dbt installed beside this interpreter, whether or not its venv is on PATH.
+        "dbt": DbtCliResource(
+            project_dir=dbt_project, dbt_executable=str(Path(sys.executable).with_name("dbt"))
+        ),
         "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
         "reports": ReportStoreResource(
             bucket_url=EnvVar(settings.FARM_BUCKET),
