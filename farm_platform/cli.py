@@ -87,24 +87,30 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from farm_platform.dead_letters import list_dead_letters, replay_dead_letters
+    from farm_platform.dead_letters import (
+        dead_letter_queue,
+        error_of,
+        list_dead_letters,
+        original_attributes,
+        replay_dead_letters,
+    )
 
     project = args.project or os.environ.get(settings.FARM_GCP_PROJECT)
     if not project:
         raise SystemExit(f"dlq needs --project or {settings.FARM_GCP_PROJECT}")
+    queue = dead_letter_queue(project, args.subscription)
     if args.action == "list":
-        letters = list_dead_letters(project, args.subscription, args.limit)
+        letters = list_dead_letters(queue, args.limit)
         for letter in letters:
             preview = letter.data[:120].decode("utf-8", errors="replace")
-            print(f"{letter.publish_time}  {letter.message_id}  error: {letter.error}")
-            print(f"    data: {preview!r}  attributes: {letter.original_attributes()}")
+            print(f"{letter.publish_time}  {letter.message_id}  error: {error_of(letter)}")
+            print(f"    data: {preview!r}  attributes: {original_attributes(letter)}")
         print(f"{len(letters)} dead letter(s) on {args.subscription}")
         return 0
     letters = replay_dead_letters(
-        project,
-        args.subscription,
+        queue,
         args.limit,
-        select=lambda letter: args.match in letter.error,
+        select=lambda letter: args.match in error_of(letter),
         dry_run=args.dry_run,
     )
     verb = "would replay" if args.dry_run else "replayed"

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from farm_platform.settings import DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
+from farm_platform.settings import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
 from farm_platform.stack import LocalStack, StackInfo, pubsub_publisher, pubsub_subscriber
 
 # --------------------------------------------------------------------------- Google Cloud stack
@@ -266,3 +266,51 @@ def default_subscription(local_stack: StackInfo, subscriber: Any) -> Iterator[Su
     _clear_backlog(subscriber, path)
     yield SubscriptionRef(name=DEFAULT_SUBSCRIPTION, path=path, topic_path=topic_path)
     _clear_backlog(subscriber, path)
+
+
+def pull_until_quiet(
+    subscriber: Any, path: str, quiet_seconds: float = 3.0, timeout: float = 30.0
+) -> list[Any]:
+    """Pull (and ack) until nothing arrived for `quiet_seconds` after the first message, or
+    until `timeout`; returns every message (PubsubMessage) received."""
+    from google.api_core.exceptions import DeadlineExceeded
+
+    deadline = time.monotonic() + timeout
+    received: list[Any] = []
+    last_arrival: float | None = None
+    while time.monotonic() < deadline:
+        if last_arrival is not None and time.monotonic() - last_arrival > quiet_seconds:
+            break
+        try:
+            response = subscriber.pull(
+                request={"subscription": path, "max_messages": 100}, timeout=2
+            )
+        except DeadlineExceeded:
+            continue
+        if response.received_messages:
+            last_arrival = time.monotonic()
+            received.extend(m.message for m in response.received_messages)
+            subscriber.acknowledge(
+                request={
+                    "subscription": path,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+    return received
+
+
+@pytest.fixture
+def drain(subscriber: Any) -> Any:
+    """`drain(path, quiet_seconds=3, timeout=30)`: every message on a subscription, acked."""
+    return lambda path, **kwargs: pull_until_quiet(subscriber, path, **kwargs)
+
+
+@pytest.fixture
+def dead_letters(local_stack: StackInfo, subscriber: Any) -> Iterator[str]:
+    """A subscription on the dead-letter topic that sees only this test's dead letters."""
+    path = subscriber.subscription_path(local_stack.project, f"dead-{uuid.uuid4().hex[:10]}")
+    topic = subscriber.topic_path(local_stack.project, DEAD_LETTER_TOPIC)
+    subscriber.create_subscription(request={"name": path, "topic": topic})
+    yield path
+    with contextlib.suppress(Exception):
+        subscriber.delete_subscription(subscription=path)

@@ -13,7 +13,6 @@ from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource
-from farm_platform.settings import DEAD_LETTER_TOPIC
 
 POSITIONS = [f"P{i:03d}" for i in range(4)]
 SETTINGS = IngestSettings(pull_timeout_seconds=1.0)
@@ -23,16 +22,6 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (90, 60, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def dead_letters(local_stack, subscriber):
-    """A subscription on the dead-letter topic that sees only this test's dead letters."""
-    path = subscriber.subscription_path(local_stack.project, f"dead-{uuid.uuid4().hex[:10]}")
-    topic = subscriber.topic_path(local_stack.project, DEAD_LETTER_TOPIC)
-    subscriber.create_subscription(request={"name": path, "topic": topic})
-    yield path
-    subscriber.delete_subscription(subscription=path)
 
 
 @pytest.fixture
@@ -68,23 +57,6 @@ def tick(pubsub, bucket, cursor=None, wait_seconds: float = 10.0):
         )
         if outcome.stats.pulled or time.monotonic() > deadline:
             return outcome
-
-
-def pull_all(subscriber, path: str, wait_seconds: float = 3.0) -> list:
-    received, deadline = [], time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        response = subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=2)
-        if response.received_messages:
-            received.extend(response.received_messages)
-            subscriber.acknowledge(
-                request={
-                    "subscription": path,
-                    "ack_ids": [m.ack_id for m in response.received_messages],
-                }
-            )
-        elif received:
-            break
-    return received
 
 
 def redelivered(subscriber, subscription_path: str, ack_ids: list[str]) -> int:
@@ -176,7 +148,7 @@ def test_a_new_upload_of_the_same_photo_is_new_work(farm):
 
 
 def test_every_bad_message_is_dead_lettered_with_its_reason(
-    farm, publisher, subscriber, dead_letters
+    farm, publisher, subscriber, dead_letters, drain
 ):
     pubsub, bucket, date, subscription = farm
     day = date.isoformat()
@@ -211,9 +183,9 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 
     assert outcome.stats.dead_lettered == len(bad)
     assert outcome.batches == []
-    letters = pull_all(subscriber, dead_letters)
+    letters = drain(dead_letters)
     assert len(letters) == len(bad)
-    by_data = {bytes(m.message.data): m.message for m in letters}
+    by_data = {bytes(m.data): m for m in letters}
     for reason, (data, attributes) in bad.items():
         letter = by_data[data]  # the original data, byte for byte
         assert reason in letter.attributes["error"], (reason, letter.attributes["error"])
@@ -226,7 +198,13 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 def test_dead_letters_can_be_listed_and_replayed_once_fixed(
     farm, publisher, subscriber, dead_letters, local_stack
 ):
-    from farm_platform.dead_letters import list_dead_letters, replay_dead_letters
+    from farm_platform.dead_letters import (
+        dead_letter_queue,
+        error_of,
+        list_dead_letters,
+        original_attributes,
+        replay_dead_letters,
+    )
 
     pubsub, bucket, date, subscription = farm
     key = ImageKey("P404", date)  # a position the field map does not know yet
@@ -238,20 +216,18 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
         rejected += tick(pubsub, bucket).stats.dead_lettered
     assert rejected == 2  # the storage notification and the drone message
 
-    project, dead_subscription = local_stack.project, dead_letters.rsplit("/", 1)[1]
-    listed = list_dead_letters(project, dead_subscription, subscriber=subscriber)
+    queue = dead_letter_queue(local_stack.project, dead_letters.rsplit("/", 1)[1])
+    listed = list_dead_letters(queue)
     assert len(listed) == 2
-    assert all("unknown position 'P404'" in letter.error for letter in listed)
+    assert all("unknown position 'P404'" in error_of(letter) for letter in listed)
     # Listing does not consume them.
-    assert len(list_dead_letters(project, dead_subscription, subscriber=subscriber)) == 2
+    assert len(list_dead_letters(queue)) == 2
 
     # The cause is fixed (P404 joins the field map); replay puts the originals back.
-    replayed = replay_dead_letters(
-        project, dead_subscription, subscriber=subscriber, publisher=publisher
-    )
+    replayed = replay_dead_letters(queue)
     assert len(replayed) == 2
     drone_letter = next(letter for letter in replayed if "eventType" not in letter.attributes)
-    assert drone_letter.original_attributes() == {"drone_id": "d-9"}
+    assert original_attributes(drone_letter) == {"drone_id": "d-9"}
     outcome = ingest_tick(
         IngestCursor(), pubsub, bucket, [*POSITIONS, "P404"], [*POSITIONS, "P404"], SETTINGS
     )
@@ -264,4 +240,4 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
         outcome.batches += more.batches
         outcome.cursor = more.cursor
     assert [image.key for batch in outcome.batches for image in batch.images] == [key]
-    assert list_dead_letters(project, dead_subscription, subscriber=subscriber) == []
+    assert list_dead_letters(queue) == []

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.exceptions import DeadlineExceeded
+from conftest import pull_until_quiet
 
 from farm_platform.bucket import bucket_filesystem
 from farm_platform.settings import (
@@ -50,34 +50,6 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _pull_all(subscriber: Any, path: str, quiet_seconds: float, deadline: float) -> list[Any]:
-    """Pull (and ack) until `deadline`, or until nothing arrived for `quiet_seconds` after
-    the first message; returns every message received."""
-    received: list[Any] = []
-    last_arrival: float | None = None
-    while time.monotonic() < deadline:
-        if last_arrival is not None and time.monotonic() - last_arrival > quiet_seconds:
-            break
-        try:
-            response = subscriber.pull(
-                request={"subscription": path, "max_messages": 10}, timeout=2
-            )
-        except DeadlineExceeded:
-            continue
-        if response.received_messages:
-            last_arrival = time.monotonic()
-            received.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(
-                request={
-                    "subscription": path,
-                    "ack_ids": [m.ack_id for m in response.received_messages],
-                }
-            )
-        else:
-            time.sleep(0.2)
-    return received
 
 
 def _bucket_status(storage_host: str, bucket: str) -> int:
@@ -156,9 +128,7 @@ def test_gcsfs_write_produces_exactly_one_finalize_notification(
     with fs.open(f"{stack_env.bucket}/{object_id}", "wb") as f:
         f.write(content)
 
-    messages = _pull_all(
-        subscriber, fresh_subscription.path, quiet_seconds=3.0, deadline=time.monotonic() + 20
-    )
+    messages = pull_until_quiet(subscriber, fresh_subscription.path, quiet_seconds=3.0, timeout=20)
     assert len(messages) == 1, [dict(m.attributes) for m in messages]
     attributes = dict(messages[0].attributes)
     assert attributes["eventType"] == "OBJECT_FINALIZE"
@@ -325,7 +295,5 @@ def test_default_subscription_fixture_clears_backlog(
     # Requested only now, so its clean-up runs after "stale" is on the subscription.
     subscription = request.getfixturevalue("default_subscription")
     publisher.publish(topic, b"fresh").result()
-    messages = _pull_all(
-        subscriber, subscription.path, quiet_seconds=2.0, deadline=time.monotonic() + 15
-    )
+    messages = pull_until_quiet(subscriber, subscription.path, quiet_seconds=2.0, timeout=15)
     assert [m.data for m in messages] == [b"fresh"]

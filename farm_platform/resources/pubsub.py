@@ -104,20 +104,26 @@ class PubSubResource(ConfigurableResource):
                 }
             )
 
-    def dead_letter(
-        self, messages: Sequence[tuple[bytes, Mapping[str, str], str]], timeout: float = 30.0
+    def publish(
+        self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]], timeout: float = 30.0
     ) -> list[str]:
-        """Publish (data, attributes, error) triples to the dead-letter topic and wait for them.
+        """Publish (data, attributes) pairs to a topic and wait until Pub/Sub stored them all.
 
-        Returns the dead letters' message ids. Raises if any publish fails, so that the
-        caller never acknowledges a message whose dead letter is not stored.
+        Raises if any publish fails, so a caller never acknowledges what was not stored.
         """
-        topic = self.topic_path(self.dead_letter_topic)
-        futures = [
-            self.publisher.publish(topic, data, **{**dict(attributes), "error": error[:1024]})
-            for data, attributes, error in messages
-        ]
+        path = self.topic_path(topic)
+        futures = [self.publisher.publish(path, data, **dict(attrs)) for data, attrs in messages]
         return [future.result(timeout=timeout) for future in futures]
+
+    def dead_letter(self, messages: Sequence[tuple[bytes, Mapping[str, str], str]]) -> list[str]:
+        """Publish (data, attributes, error) triples to the dead-letter topic; their ids."""
+        return self.publish(
+            self.dead_letter_topic,
+            [
+                (data, {**dict(attributes), "error": error[:1024]})
+                for data, attributes, error in messages
+            ],
+        )
 
 
 def _chunks(items: Sequence[str]) -> list[list[str]]:
