@@ -108,6 +108,7 @@ def _plot_severity(severity: pl.DataFrame) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib import dates as mdates
     from matplotlib import pyplot as plt
 
     diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
@@ -129,6 +130,8 @@ def _plot_severity(severity: pl.DataFrame) -> str:
                 label=area,
             )
         axis.set_title(disease)
+        axis.xaxis.set_major_locator(mdates.DayLocator())
+        axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
     axes[0][0].set_ylabel("mean grade")
     axes[0][0].legend(fontsize=7)
