@@ -23,6 +23,8 @@ from pydantic import Field
 
 from farm_platform.assets.keys import DRONE_IMAGES
 from farm_platform.partitions import image_key, image_partitions
+from farm_platform.quality import checks
+from farm_platform.quality import run as quality
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import DRONE_IMAGES_TABLE, WarehouseResource
@@ -85,7 +87,8 @@ DRONE_IMAGES_READABLE = "readable"
             partitions_def=image_partitions,
             description="The photo exists and decodes as an image. Per partition: uri, size, "
             "sha256, GCS generation and the announcing message.",
-        )
+        ),
+        checks.image_quality_spec(DRONE_IMAGES),
     ],
     partitions_def=image_partitions,
     backfill_policy=IMAGE_BACKFILL_POLICY,
@@ -152,6 +155,16 @@ def drone_images(
     if dead_letters:
         pubsub.dead_letter(dead_letters)
     failed = frame.filter(pl.col("error").is_not_null())
+    partitions = [(key.position_id, key.date) for key in keys]
+    exists = pl.Series("exists", [data is not None for data in payloads], dtype=pl.Boolean())
+    quality_result = checks.run_check(
+        lambda: quality.check_drone_images(frame.with_columns(exists)),
+        "drone_images",
+        quality.IMAGE_QUALITY,
+        quality.ERROR,
+        partitions,
+        context.log,
+    )
     yield MaterializeResult(
         asset_key=DRONE_IMAGES,
         metadata={
@@ -170,6 +183,7 @@ def drone_images(
             "last_partition": context.partition_keys[-1],
         },
     )
+    checks.record(context, warehouse, [quality_result])
 
 
 def _timestamp(value: str) -> dt.datetime | None:

@@ -7,6 +7,7 @@ torch is imported inside the op: loading the code location must not pay for it.
 """
 
 import datetime as dt
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,9 +25,14 @@ from farm_platform.assets.keys import (
 )
 from farm_platform.layout import ImageKey
 from farm_platform.partitions import image_key, image_partitions
+from farm_platform.quality import checks, history
+from farm_platform.quality import run as quality
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.models import ModelRegistryResource
 from farm_platform.resources.warehouse import LEAF_CROPS_TABLE, WarehouseResource
+
+# Bound of the day-to-day change of a position's mean grade before `severity_jump` warns.
+FARM_MAX_SEVERITY_JUMP = "FARM_MAX_SEVERITY_JUMP"
 
 INFERENCE_SPECS = [
     AssetSpec(
@@ -49,8 +55,15 @@ INFERENCE_SPECS = [
 ]
 
 
+INFERENCE_CHECK_SPECS = [
+    *checks.leaf_crops_specs(LEAF_CROPS),
+    *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
+]
+
+
 @multi_asset(
     specs=INFERENCE_SPECS,
+    check_specs=INFERENCE_CHECK_SPECS,
     partitions_def=image_partitions,
     backfill_policy=IMAGE_BACKFILL_POLICY,
     can_subset=True,
@@ -71,6 +84,8 @@ def grade_leaves(
     for key, error in unreadable.items():
         context.log.warning(f"skipping {key.position_id} {key.date_str}: {error}")
     readable_keys = [key for key, _ in images]
+    partitions = [(key.position_id, key.date) for key in readable_keys]
+    cropper = (detector_card.id, detector_card.version)
 
     if LEAF_CROPS in context.selected_asset_keys:
         detector = inference.load_detector(detector_card, registry)
@@ -89,6 +104,11 @@ def grade_leaves(
                 "cropper_model_id": detector_card.id,
                 "cropper_model_version": detector_card.version,
             },
+        )
+        checks.record(
+            context,
+            warehouse,
+            _leaf_crop_checks(context, warehouse, bucket, images, crop_rows, partitions, cropper),
         )
     else:
         crop_rows, crops = _stored_crops(warehouse, images, detector_card, inference)
@@ -126,6 +146,107 @@ def grade_leaves(
                 "cropper_model_version": detector_card.version,
             },
         )
+        checks.record(
+            context,
+            warehouse,
+            _grade_checks(
+                context, warehouse, disease, grades, crop_rows, partitions, card, cropper
+            ),
+        )
+
+
+def _leaf_crop_checks(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    bucket: BucketResource,
+    images: Sequence[tuple[ImageKey, Any]],
+    crop_rows: pl.DataFrame,
+    partitions: list[quality.Partition],
+    cropper: tuple[str, str],
+) -> list[quality.CheckResult]:
+    if not partitions:
+        return []
+    sizes = pl.DataFrame(
+        {
+            "position_id": [key.position_id for key, _ in images],
+            "date": [key.date for key, _ in images],
+            "width": [int(array.shape[1]) for _, array in images],
+            "height": [int(array.shape[0]) for _, array in images],
+        },
+        schema={
+            "position_id": pl.String(),
+            "date": pl.Date(),
+            "width": pl.Int64(),
+            "height": pl.Int64(),
+        },
+    )
+    dates = [date for _, date in partitions]
+    return [
+        checks.run_check(
+            lambda: quality.check_leaf_crops(
+                crop_rows, sizes, partitions, history.crop_exists_checker(bucket.filesystem)
+            ),
+            "leaf_crops",
+            quality.LEAF_CROPS_VALID,
+            quality.ERROR,
+            partitions,
+            context.log,
+        ),
+        checks.run_check(
+            lambda: quality.check_leaves_vanished(
+                history.leaf_counts(warehouse, cropper, min(dates), max(dates)), partitions
+            ),
+            "leaf_crops",
+            quality.LEAVES_VANISHED,
+            quality.WARN,
+            partitions,
+            context.log,
+        ),
+    ]
+
+
+def _grade_checks(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    disease: str,
+    grades: pl.DataFrame,
+    crop_rows: pl.DataFrame,
+    partitions: list[quality.Partition],
+    card: Any,
+    cropper: tuple[str, str],
+) -> list[quality.CheckResult]:
+    if not partitions:
+        return []
+    grader = (card.id, card.version)
+    dates = [date for _, date in partitions]
+    max_jump = float(
+        os.environ.get(FARM_MAX_SEVERITY_JUMP, quality.suites.DEFAULT_MAX_SEVERITY_JUMP)
+    )
+    return [
+        checks.run_check(
+            lambda: quality.check_disease_grades(
+                disease, grades, crop_rows, partitions, card.grades or (), grader, cropper
+            ),
+            f"{disease}_grades",
+            quality.GRADES_VALID,
+            quality.ERROR,
+            partitions,
+            context.log,
+        ),
+        checks.run_check(
+            lambda: quality.check_severity_jump(
+                disease,
+                history.mean_grades(warehouse, disease, grader, cropper, min(dates), max(dates)),
+                partitions,
+                max_jump,
+            ),
+            f"{disease}_grades",
+            quality.SEVERITY_JUMP,
+            quality.WARN,
+            partitions,
+            context.log,
+        ),
+    ]
 
 
 def _decode_images(

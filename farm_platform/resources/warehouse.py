@@ -77,6 +77,20 @@ MODEL_VERSIONS_COLUMNS = {
     "recorded_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
 }
 
+# Outcome of each data-quality check per partition (farm_platform/quality): dbt holds back
+# the (position, date, disease) whose ERROR-severity checks failed.
+PARTITION_QUALITY_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "asset": "TEXT NOT NULL",
+    "check_name": "TEXT NOT NULL",
+    "passed": "BOOLEAN NOT NULL",
+    "severity": "TEXT NOT NULL",
+    "details": "TEXT",
+    "checked_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+    "dagster_run_id": "TEXT NOT NULL",
+}
+
 _POLARS_TYPES = {
     "BOOLEAN": pl.Boolean(),
     "TEXT": pl.String(),
@@ -162,9 +176,21 @@ MODEL_VERSIONS_TABLE = Table(
     primary_key=("model_id", "version"),
     replace_scope=("model_id",),
 )
+PARTITION_QUALITY_TABLE = Table(
+    "partition_quality",
+    PARTITION_QUALITY_COLUMNS,
+    primary_key=("position_id", "date", "asset", "check_name"),
+    replace_scope=("position_id", "date", "asset", "check_name"),
+)
 TABLES = {
     table.name: table
-    for table in (LEAF_CROPS_TABLE, DISEASE_GRADES_TABLE, DRONE_IMAGES_TABLE, MODEL_VERSIONS_TABLE)
+    for table in (
+        LEAF_CROPS_TABLE,
+        DISEASE_GRADES_TABLE,
+        DRONE_IMAGES_TABLE,
+        MODEL_VERSIONS_TABLE,
+        PARTITION_QUALITY_TABLE,
+    )
 }
 
 

@@ -1,17 +1,25 @@
--- The grades the reports use: active grader version on crops of the active cropper version.
+-- The grades the reports use: active grader version on crops of the active cropper version,
+-- less the (position, date, disease) held back by a failed blocking data-quality check.
 -- One row per (position, date, leaf, disease_type) — a data test enforces it.
 select
-    position_id,
-    date,
-    leaf_crop_idx,
-    disease_type,
-    predicted_grade,
-    cropper_model_id,
-    cropper_model_version,
-    disease_model_id,
-    disease_model_version,
-    confidence,
-    graded_at,
-    dagster_run_id
-from {{ ref('stg_disease_grades') }}
-where is_active
+    grades.position_id,
+    grades.date,
+    grades.leaf_crop_idx,
+    grades.disease_type,
+    grades.predicted_grade,
+    grades.cropper_model_id,
+    grades.cropper_model_version,
+    grades.disease_model_id,
+    grades.disease_model_version,
+    grades.confidence,
+    grades.graded_at,
+    grades.dagster_run_id
+from {{ ref('stg_disease_grades') }} as grades
+where grades.is_active
+    and not exists (
+        select 1
+        from {{ ref('held_back_partitions') }} as held
+        where held.position_id = grades.position_id
+            and held.date = grades.date
+            and held.disease_type = grades.disease_type
+    )
