@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3.11
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint check
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.
 DBT_MANIFEST := dbt_project/target/manifest.json
 $(DBT_MANIFEST): $(VENV)/.installed dbt_project/dbt_project.yml dbt_project/profiles.yml \
-		$(shell find dbt_project/models dbt_project/seeds dbt_project/tests -type f 2>/dev/null)
+		$(shell find dbt_project/models dbt_project/macros dbt_project/seeds dbt_project/tests -type f 2>/dev/null)
 	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
 
 install: $(VENV)/.installed $(DBT_MANIFEST)
@@ -33,3 +33,8 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# Data-quality gate: the suites and dbt tests on a clean simulated farm and on corrupted
+# copies; fails unless the clean data passes and every corruption is caught.
+check: install
+	$(BIN)/farm-platform check

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from farm_platform import settings
 
@@ -86,6 +87,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(_farm_config(args), workdir=Path(args.workdir))
 
 
+def _check(args: argparse.Namespace) -> int:
+    from farm_platform.quality.gate import run_gate
+
+    return run_gate(workdir=Path(args.workdir) if args.workdir else None)
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from farm_platform.dead_letters import (
         dead_letter_queue,
@@ -142,6 +149,182 @@ def _add_farm_options(parser: argparse.ArgumentParser, positions: int, days: int
     )
 
 
+# --------------------------------------------------------------------------- model versions
+# `models`, `backfill`, `replay`: the new-model-version workflow (README, "New model version").
+
+
+def _models(args: argparse.Namespace) -> int:
+    from farm_platform import model_admin
+    from farm_platform.ml.registry import ModelRegistry, ModelRegistryError
+
+    registry = ModelRegistry(args.models_dir)
+    try:
+        if args.action == "add":
+            added = model_admin.add_model(Path(args.path), registry, activate=args.activate)
+            card = added.card
+            print(f"registered {card.id} {card.version} at {added.path}")
+            print(f"  sha256 {card.sha256} verified; loads; dummy forward pass: {added.check}")
+            if added.activated:
+                print(
+                    f"  activated: {card.id} is now {card.version} "
+                    f"(registry {registry.registry_path})"
+                )
+            else:
+                print(
+                    "  not active; activate with: "
+                    f"farm-platform models activate {card.id} {card.version}"
+                )
+        elif args.action == "activate":
+            previous = model_admin.activate_model(args.model_id, args.version, registry)
+            print(f"activated {args.model_id} {args.version} (was {previous or 'none'})")
+            print("  the model_registry_sensor records the new data version within 30 s;")
+            print("  then: farm-platform models stale")
+        elif args.action == "list":
+            for row in model_admin.list_models(registry):
+                mark = "*" if row.active else " "
+                print(
+                    f"{mark} {row.model_id:<18} {row.version:<8} sha256 {row.sha256[:12]}  "
+                    f"{row.created_at}  {row.summary}"
+                )
+            print("(* = active)")
+        else:
+            return _models_stale(args)
+    except ModelRegistryError as exc:
+        print(f"farm-platform models {args.action}: refused: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _models_stale(args: argparse.Namespace) -> int:
+    from dagster import AssetKey, DagsterInstance
+
+    from farm_platform.model_admin import stale_partitions
+
+    assets = [AssetKey(name) for name in args.asset] if args.asset else None
+    with DagsterInstance.get() as instance:
+        try:
+            stale = stale_partitions(instance, assets)
+        except ValueError as exc:
+            print(f"farm-platform models stale: {exc}", file=sys.stderr)
+            return 2
+    for key, partitions in sorted(stale.items()):
+        print(f"{key.to_user_string()}: {len(partitions)} stale partition(s)")
+        for partition in partitions[: args.limit]:
+            print(f"  {partition.partition_key}  {'; '.join(partition.causes)}")
+        if len(partitions) > args.limit:
+            print(f"  ... {len(partitions) - args.limit} more")
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from dagster import AssetKey, DagsterInstance
+
+    from farm_platform.backfill import BackfillError, launch_backfill, wait_for_backfill
+
+    assets = [AssetKey(name.strip()) for name in args.assets.split(",") if name.strip()]
+    positions = [p.strip() for p in args.positions.split(",")] if args.positions else None
+    with DagsterInstance.get() as instance:
+        try:
+            launched = launch_backfill(instance, assets, args.date_from, args.date_to, positions)
+            print(
+                f"backfill {launched.backfill_id}: {', '.join(a.to_user_string() for a in assets)}"
+                f" over {len(launched.partitions)} partition(s)"
+                f" ({launched.skipped_without_photo} date x position without a photo skipped)"
+            )
+            if not args.wait:
+                print(
+                    "  the daemon's backfill daemon launches it; "
+                    "watch it under Overview > Backfills"
+                )
+                return 0
+            state = wait_for_backfill(
+                instance,
+                launched.backfill_id,
+                timeout_seconds=args.timeout,
+                progress=lambda s: print(f"  {s.describe()}", flush=True),
+            )
+            print(f"backfill {launched.backfill_id} {state.status}")
+        except BackfillError as exc:
+            print(f"farm-platform backfill: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from farm_platform.replay import parse_timestamp, replay
+
+    project = args.project or os.environ.get(settings.FARM_GCP_PROJECT)
+    if not project:
+        raise SystemExit(f"replay needs --project or {settings.FARM_GCP_PROJECT}")
+    try:
+        since = parse_timestamp(args.since)
+    except ValueError as exc:
+        raise SystemExit(f"farm-platform replay: {exc}") from None
+    path = replay(project, args.subscription, since=since)
+    print(
+        f"seeked {path} to {since.isoformat()}: messages published since then are delivered again"
+    )
+    print(
+        "  images the sensor ingested in the last 2 days are recognized as duplicates "
+        "(acknowledged, no new run); use `farm-platform backfill` to re-grade those"
+    )
+    return 0
+
+
+def _add_model_version_commands(commands: Any) -> None:
+    from farm_platform.ml.registry import FARM_MODELS_DIR
+
+    models_parser = commands.add_parser("models", help="register, list, activate model versions")
+    models_parser.add_argument(
+        "--models-dir",
+        default=None,
+        help=f"models folder (default: ${FARM_MODELS_DIR} or ./models)",
+    )
+    model_actions = models_parser.add_subparsers(dest="action", required=True)
+    add_parser = model_actions.add_parser("add", help="validate and register a model folder")
+    add_parser.add_argument("path", help="folder with card.json and the weights")
+    add_parser.add_argument("--activate", action="store_true", help="also make it the live version")
+    model_actions.add_parser("list", help="every registered version (* = active)")
+    activate_parser = model_actions.add_parser("activate", help="make a version the live one")
+    activate_parser.add_argument("model_id")
+    activate_parser.add_argument("version")
+    stale_parser = model_actions.add_parser(
+        "stale", help="stale partitions, from Dagster ($DAGSTER_HOME)"
+    )
+    stale_parser.add_argument(
+        "--asset", action="append", help="asset key (repeatable); default all"
+    )
+    stale_parser.add_argument("--limit", type=int, default=20, help="partitions shown per asset")
+    models_parser.set_defaults(handler=_models)
+
+    backfill_parser = commands.add_parser(
+        "backfill", help="Dagster asset backfill over a date range"
+    )
+    backfill_parser.add_argument("--assets", required=True, help="comma-separated asset keys")
+    backfill_parser.add_argument(
+        "--from", dest="date_from", type=_date, required=True, metavar="YYYY-MM-DD"
+    )
+    backfill_parser.add_argument(
+        "--to", dest="date_to", type=_date, required=True, metavar="YYYY-MM-DD"
+    )
+    backfill_parser.add_argument("--positions", help="comma-separated position ids (default: all)")
+    backfill_parser.add_argument(
+        "--wait", action="store_true", help="print progress until it is done"
+    )
+    backfill_parser.add_argument(
+        "--timeout", type=float, default=6 * 3600, help="--wait limit, seconds"
+    )
+    backfill_parser.set_defaults(handler=_backfill)
+
+    replay_parser = commands.add_parser(
+        "replay", help="re-deliver drone_image messages since a time"
+    )
+    replay_parser.add_argument("--since", required=True, help="ISO 8601 timestamp (UTC if no zone)")
+    replay_parser.add_argument("--subscription", default=settings.DEFAULT_SUBSCRIPTION)
+    replay_parser.add_argument("--project", help=f"default: ${settings.FARM_GCP_PROJECT}")
+    replay_parser.set_defaults(handler=_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm-platform", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_farm_options(demo_parser, positions=8, days=5)
     demo_parser.add_argument("--workdir", default=".farm/demo", help="demo state and outputs")
     demo_parser.set_defaults(handler=_demo)
+
+    check_parser = commands.add_parser(
+        "check", help="data-quality gate: suites + dbt tests on a clean and corrupted farm"
+    )
+    check_parser.add_argument("--workdir", help="keep the simulated farm here (default: temp)")
+    check_parser.set_defaults(handler=_check)
+    _add_model_version_commands(commands)
     return parser
 
 

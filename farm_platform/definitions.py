@@ -9,6 +9,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 from farm_platform import settings
 from farm_platform.assets import drone_images, grade_leaves, registered_models
 from farm_platform.field_map import DEFAULT_FIELD_MAP_PATH
+from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR
 from farm_platform.resources import (
     BucketResource,
     FieldMapResource,
@@ -33,7 +34,9 @@ defs = Definitions(
             project=EnvVar(settings.FARM_GCP_PROJECT),
             subscription=_optional_env(settings.FARM_SUBSCRIPTION, settings.DEFAULT_SUBSCRIPTION),
         ),
-        "models": ModelRegistryResource(),
+        "models": ModelRegistryResource(
+            models_dir=_optional_env(FARM_MODELS_DIR, str(REPO_MODELS_DIR))
+        ),
         "field_map": FieldMapResource(
             path=_optional_env(settings.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
         ),

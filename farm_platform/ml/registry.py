@@ -24,7 +24,10 @@ from typing import Any
 
 from farm_platform.settings import REPO_ROOT
 
-DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+# The models folder; FARM_MODELS_DIR points the platform (code location, CLI) at another one.
+FARM_MODELS_DIR = "FARM_MODELS_DIR"
+REPO_MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODELS_DIR = Path(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
 REGISTRY_FILE = "registry.json"
 CARD_FILE = "card.json"
 TASKS = ("leaf_detector", "disease_grader")
@@ -221,8 +224,9 @@ class ModelCard:
 class ModelRegistry:
     """The models folder: cards, weights and which version of each model is active."""
 
-    def __init__(self, models_dir: Path | str = DEFAULT_MODELS_DIR) -> None:
-        self.models_dir = Path(models_dir)
+    def __init__(self, models_dir: Path | str | None = None) -> None:
+        # None: $FARM_MODELS_DIR as it is now (not at import), else the repository's models/.
+        self.models_dir = Path(models_dir or os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
 
     @property
     def registry_path(self) -> Path:

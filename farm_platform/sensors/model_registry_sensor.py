@@ -26,12 +26,14 @@ def model_registry_sensor(
     active = models.registry().active_versions()
     changed, transitions = [], []
     for model_id, asset_key in MODEL_ASSETS.items():
-        event = context.instance.get_latest_materialization_event(asset_key)
-        recorded = event.asset_materialization.tags.get(DATA_VERSION_TAG) if event else None
+        latest = context.instance.fetch_materializations(asset_key, limit=1).records
+        record = latest[0] if latest else None
+        materialization = record.asset_materialization if record else None
+        recorded = materialization.tags.get(DATA_VERSION_TAG) if materialization else None
         if recorded != active.get(model_id):
             changed.append(asset_key)
-            # The event's storage id makes v1 -> v2 -> v1 -> v2 four distinct run keys.
-            since = event.storage_id if event else 0
+            # The record's storage id makes v1 -> v2 -> v1 -> v2 four distinct run keys.
+            since = record.storage_id if record else 0
             transitions.append(f"{model_id}:{since}:{recorded}->{active.get(model_id)}")
     if not changed:
         return SkipReason("every model asset records its active version")

@@ -1,0 +1,180 @@
+"""`farm-platform backfill`: a real Dagster asset backfill over a date range (and positions).
+
+The backfill is the same object the UI's "Materialize selected → backfill" and the GraphQL
+`launchPartitionBackfill` mutation create (`PartitionBackfill.from_asset_partitions` added
+to the instance, which is exactly what dagster-graphql does after loading a workspace); the
+daemon's backfill daemon then launches it, and the assets' `BackfillPolicy.multi_run`
+batches the partitions into few runs of up to 500 photos. Building it here, against the
+code location's asset graph loaded in-process, avoids starting gRPC code servers for both
+code locations just to resolve the same graph.
+
+Only partitions whose photo was ingested (`drone_images` materialized) are targeted: a
+date × position without a photo has nothing to re-grade.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from farm_platform.assets.keys import DRONE_IMAGES
+from farm_platform.partitions import DATE_DIMENSION, POSITION_DIMENSION
+
+if TYPE_CHECKING:
+    from dagster import AssetKey, DagsterInstance
+
+BACKFILL_SOURCE_TAG = "farm_platform/backfill"
+
+
+class BackfillError(RuntimeError):
+    """A backfill that cannot be launched, or that ended without success."""
+
+
+@dataclass(frozen=True)
+class LaunchedBackfill:
+    backfill_id: str
+    partitions: list[str]
+    skipped_without_photo: int
+
+
+def _dates(start: dt.date, end: dt.date) -> list[str]:
+    if end < start:
+        raise BackfillError(f"--to {end} is before --from {start}")
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def target_partitions(
+    instance: DagsterInstance,
+    start: dt.date,
+    end: dt.date,
+    positions: Sequence[str] | None = None,
+) -> tuple[list[str], int]:
+    """Image partition keys (date|position) in the range that have a photo, and the others."""
+    from dagster import MultiPartitionKey
+
+    known_positions = instance.get_dynamic_partitions(POSITION_DIMENSION)
+    if positions:
+        unknown = sorted(set(positions) - set(known_positions))
+        if unknown:
+            raise BackfillError(
+                f"unknown position(s) {', '.join(unknown)}: the sensor registers positions "
+                "from the field map when their first photo arrives"
+            )
+        chosen = [p for p in known_positions if p in set(positions)]
+    else:
+        chosen = list(known_positions)
+    ingested = instance.get_materialized_partitions(DRONE_IMAGES)
+    keys, skipped = [], 0
+    for date in _dates(start, end):
+        for position in chosen:
+            key = str(MultiPartitionKey({DATE_DIMENSION: date, POSITION_DIMENSION: position}))
+            if key in ingested:
+                keys.append(key)
+            else:
+                skipped += 1
+    return keys, skipped
+
+
+def launch_backfill(
+    instance: DagsterInstance,
+    asset_keys: Sequence[AssetKey],
+    start: dt.date,
+    end: dt.date,
+    positions: Sequence[str] | None = None,
+    asset_graph: Any = None,
+    title: str | None = None,
+) -> LaunchedBackfill:
+    """Add an asset backfill of `asset_keys` over the range to the instance (the daemon runs it)."""
+    from dagster._core.definitions.utils import check_valid_title
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    from farm_platform.model_admin import image_asset_graph
+
+    graph = asset_graph or image_asset_graph()
+    missing = [key.to_user_string() for key in asset_keys if not graph.has(key)]
+    if missing:
+        raise BackfillError(f"unknown asset(s) {', '.join(missing)}")
+    partitions, skipped = target_partitions(instance, start, end, positions)
+    if not partitions:
+        raise BackfillError(
+            f"no ingested photo between {start} and {end}"
+            + (f" at {', '.join(positions)}" if positions else "")
+            + ": nothing to backfill"
+        )
+    backfill_id = make_new_backfill_id()
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=graph,
+        partition_names=partitions,
+        asset_selection=list(asset_keys),
+        backfill_timestamp=time.time(),
+        tags={BACKFILL_SOURCE_TAG: "cli"},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=check_valid_title(title)
+        or f"{'_'.join(k.to_user_string() for k in asset_keys)}_{start:%Y%m%d}_{end:%Y%m%d}",
+        description=f"farm-platform backfill: {len(partitions)} partitions",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return LaunchedBackfill(backfill_id, partitions, skipped)
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    status: str
+    runs: dict[str, int]
+    done: bool
+    succeeded: bool
+
+    def describe(self) -> str:
+        runs = ", ".join(f"{n} {status.lower()}" for status, n in sorted(self.runs.items()))
+        return f"backfill {self.status}; runs: {runs or 'none yet'}"
+
+
+def backfill_progress(instance: DagsterInstance, backfill_id: str) -> BackfillProgress:
+    from dagster import RunsFilter
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None:
+        raise BackfillError(f"no backfill {backfill_id} on this instance")
+    runs = Counter(
+        record.dagster_run.status.value
+        for record in instance.get_run_records(RunsFilter.for_backfill(backfill_id))
+    )
+    done = backfill.status in BULK_ACTION_TERMINAL_STATUSES
+    succeeded = backfill.status in (BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED)
+    return BackfillProgress(backfill.status.value, dict(runs), done, succeeded)
+
+
+def wait_for_backfill(
+    instance: DagsterInstance,
+    backfill_id: str,
+    timeout_seconds: float = 3600,
+    poll_seconds: float = 2.0,
+    progress: Callable[[BackfillProgress], None] | None = None,
+) -> BackfillProgress:
+    """Poll the backfill's status until it is terminal; raise unless it succeeded."""
+    deadline = time.monotonic() + timeout_seconds
+    last = None
+    while True:
+        state = backfill_progress(instance, backfill_id)
+        if progress and state != last:
+            progress(state)
+        last = state
+        if state.done:
+            if not state.succeeded:
+                raise BackfillError(f"backfill {backfill_id} ended {state.status}: {state.runs}")
+            return state
+        if time.monotonic() > deadline:
+            raise BackfillError(
+                f"backfill {backfill_id} not done after {timeout_seconds:.0f} s: "
+                + state.describe()
+            )
+        time.sleep(poll_seconds)

@@ -1,0 +1,234 @@
+"""`farm-platform models add/list/activate`: validation, refusal reasons, atomicity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from farm_platform import cli
+from farm_platform.ml.registry import (
+    REPO_MODELS_DIR,
+    ModelCardError,
+    ModelChecksumError,
+    ModelFileMissingError,
+    ModelRegistry,
+    ModelRegistryError,
+    sha256_file,
+)
+from farm_platform.model_admin import (
+    ModelExistsError,
+    ModelValidationError,
+    activate_model,
+    add_model,
+    list_models,
+)
+
+GRADER = "disease_3_grader"
+
+
+@pytest.fixture()
+def models_dir(tmp_path: Path) -> Path:
+    """A throwaway copy of the repository's models folder (never the repository's own)."""
+    target = tmp_path / "models"
+    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return target
+
+
+def new_version(models_dir: Path, tmp_path: Path, version: str = "v2", **card_changes) -> Path:
+    """v1 of the disease_3 grader as a new version folder outside the registry."""
+    folder = tmp_path / "incoming" / version
+    shutil.copytree(models_dir / GRADER / "v1", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card.update(version=version, **card_changes)
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file (and folder) under `folder` with the sha256 of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_file()
+        else "dir"
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_add_registers_without_activating_then_activate(models_dir, tmp_path):
+    registry = ModelRegistry(models_dir)
+    added = add_model(new_version(models_dir, tmp_path), registry)
+    assert added.path == models_dir / GRADER / "v2"
+    assert (added.path / "weights.pt").is_file()
+    assert added.card.version == "v2" and not added.activated
+    assert "(2, 4)" in added.check
+    assert registry.active_versions()[GRADER] == "v1"
+    assert registry.versions(GRADER) == ["v1", "v2"]
+    assert not list(models_dir.glob(".staging-*"))
+    rows = {(r.model_id, r.version): r.active for r in list_models(registry)}
+    assert rows[(GRADER, "v1")] and not rows[(GRADER, "v2")]
+
+    assert activate_model(GRADER, "v2", registry) == "v1"
+    assert registry.active_versions()[GRADER] == "v2"
+    assert registry.active_versions()["disease_2_grader"] == "v1"
+
+
+def test_add_and_activate_in_one_command(models_dir, tmp_path, capsys):
+    folder = new_version(models_dir, tmp_path)
+    code = cli.main(["models", "--models-dir", str(models_dir), "add", str(folder), "--activate"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "registered disease_3_grader v2" in out and "activated" in out
+    assert ModelRegistry(models_dir).active_versions()[GRADER] == "v2"
+    cli.main(["models", "--models-dir", str(models_dir), "list"])
+    assert "* disease_3_grader   v2" in capsys.readouterr().out
+
+
+def test_models_dir_from_environment(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FARM_MODELS_DIR", str(models_dir))
+    add_model(new_version(models_dir, tmp_path), activate=True)
+    assert ModelRegistry().models_dir == models_dir
+    assert ModelRegistry().active_versions()[GRADER] == "v2"
+    # The repository's own registry is untouched.
+    assert ModelRegistry(REPO_MODELS_DIR).active_versions()[GRADER] == "v1"
+
+
+def _break_card(folder: Path) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    del card["grades"]
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _wrong_sha(folder: Path) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    card["sha256"] = "0" * 64
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _wrong_output_shape(folder: Path) -> None:
+    # The card promises 3 grades; the weights (and architecture) give 4 logits.
+    card = json.loads((folder / "card.json").read_text())
+    card["grades"] = [0, 1, 2]
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _missing_weights(folder: Path) -> None:
+    (folder / "weights.pt").unlink()
+
+
+def _weights_of_another_architecture(folder: Path) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    card["architecture_kwargs"] = {**card["architecture_kwargs"], "width": 8}
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _not_json(folder: Path) -> None:
+    (folder / "card.json").write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    ("breaks", "error", "reason"),
+    [
+        (_break_card, ModelCardError, "field 'grades'"),
+        (_not_json, ModelCardError, "not valid JSON"),
+        (_wrong_sha, ModelChecksumError, "expected sha256 0000"),
+        (_wrong_output_shape, ModelValidationError, "expected (2, 3)"),
+        (_missing_weights, ModelFileMissingError, "weights.pt does not exist"),
+        (_weights_of_another_architecture, ModelRegistryError, "do not fit"),
+    ],
+    ids=["bad-card", "not-json", "wrong-sha", "wrong-output-shape", "missing-weights", "bad-fit"],
+)
+def test_invalid_model_is_refused_and_nothing_changes(
+    models_dir, tmp_path, capsys, breaks, error, reason
+):
+    folder = new_version(models_dir, tmp_path)
+    breaks(folder)
+    before = snapshot(models_dir)
+    with pytest.raises(error) as caught:
+        add_model(folder, ModelRegistry(models_dir), activate=True)
+    assert reason in str(caught.value)
+    assert snapshot(models_dir) == before
+    # The command line says why and exits non-zero, still changing nothing.
+    args = ["models", "--models-dir", str(models_dir), "add", str(folder), "--activate"]
+    assert cli.main(args) == 2
+    assert reason in capsys.readouterr().err
+    assert snapshot(models_dir) == before
+
+
+def test_existing_version_is_refused(models_dir, tmp_path):
+    folder = new_version(models_dir, tmp_path, version="v1")
+    before = snapshot(models_dir)
+    with pytest.raises(ModelExistsError, match="already registered"):
+        add_model(folder, ModelRegistry(models_dir))
+    assert snapshot(models_dir) == before
+
+
+def test_activate_unknown_version_is_refused(models_dir, capsys):
+    before = snapshot(models_dir)
+    assert cli.main(["models", "--models-dir", str(models_dir), "activate", GRADER, "v9"]) == 2
+    assert "no model card for disease_3_grader v9" in capsys.readouterr().err
+    assert snapshot(models_dir) == before
+
+
+def test_copied_weights_are_a_valid_new_version(models_dir, tmp_path):
+    """The e2e story's v2: v1's weights under a new version, sha256 = the file's."""
+    folder = new_version(models_dir, tmp_path)
+    assert json.loads((folder / "card.json").read_text())["sha256"] == sha256_file(
+        folder / "weights.pt"
+    )
+    add_model(folder, ModelRegistry(models_dir))
+
+
+def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_changed(
+    models_dir, tmp_path
+):
+    from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
+
+    from farm_platform.assets import registered_models
+    from farm_platform.assets.keys import MODEL_ASSETS
+    from farm_platform.assets.models import MODEL_VERSIONS
+    from farm_platform.resources import ModelRegistryResource, WarehouseResource
+    from farm_platform.sensors.model_registry_sensor import model_registry_sensor
+
+    models = ModelRegistryResource(models_dir=str(models_dir))
+    resources = {
+        "models": models,
+        "warehouse": WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}"),
+    }
+    registry = ModelRegistry(models_dir)
+
+    def evaluate(instance: DagsterInstance) -> RunRequest | SkipReason:
+        context = build_sensor_context(instance=instance, resources={"models": models})
+        return model_registry_sensor(context)
+
+    def record(instance: DagsterInstance, selection: list) -> None:
+        assert materialize(
+            [registered_models], selection=selection, instance=instance, resources=resources
+        ).success
+
+    with DagsterInstance.ephemeral() as instance:
+        first = evaluate(instance)  # nothing recorded yet: every model
+        assert isinstance(first, RunRequest)
+        assert set(first.asset_selection) == {*MODEL_ASSETS.values(), MODEL_VERSIONS}
+        record(instance, first.asset_selection)
+        assert isinstance(evaluate(instance), SkipReason)
+
+        add_model(new_version(models_dir, tmp_path), registry, activate=True)
+        to_v2 = evaluate(instance)
+        assert isinstance(to_v2, RunRequest)
+        assert set(to_v2.asset_selection) == {MODEL_ASSETS[GRADER], MODEL_VERSIONS}
+        assert "v1->v2" in to_v2.run_key
+        record(instance, to_v2.asset_selection)
+        assert isinstance(evaluate(instance), SkipReason)
+
+        # Switching back and forth again is new work each time, never a reused run key.
+        activate_model(GRADER, "v1", registry)
+        back = evaluate(instance)
+        record(instance, back.asset_selection)
+        activate_model(GRADER, "v2", registry)
+        again = evaluate(instance)
+        assert isinstance(again, RunRequest) and "v1->v2" in again.run_key
+        assert len({to_v2.run_key, back.run_key, again.run_key}) == 3
