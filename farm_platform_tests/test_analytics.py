@@ -1,5 +1,6 @@
 """The analytics code location: one lineage graph, dbt on both warehouses, the report."""
 
+import dataclasses
 import datetime as dt
 import re
 import subprocess
@@ -9,7 +10,13 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from farm_platform.analytics.report import ReportData, render_report, summary_lines
+from farm_platform.analytics.report import (
+    ReportData,
+    confusion_matrix,
+    render_report,
+    summary_lines,
+    version_effect_comparison,
+)
 
 
 def test_one_lineage_graph_from_drone_images_to_the_report():
@@ -108,3 +115,68 @@ def test_summary_names_direction_and_significance(ungraded):
     assert "no significant difference" in lines[1]
     page = render_report(report_data(ungraded))
     assert ("no grades for" in page) == bool(ungraded)
+
+
+def test_report_lists_the_partitions_held_back_by_data_quality_checks():
+    data = report_data(ungraded=[])
+    held = pl.DataFrame(
+        {
+            "date": [data.day],
+            "position_id": ["P007"],
+            "disease_type": ["disease_3"],
+            "failed_checks": ["disease_3_grades/grades_valid"],
+        }
+    )
+    page = render_report(dataclasses.replace(data, held_back=held))
+    assert "1 partition(s)" in page and "held back" in page
+    assert "P007" in page and "disease_3_grades/grades_valid" in page
+    clean = render_report(data)
+    assert "No partition was held back" in clean and "P007" not in clean
+
+
+def test_version_comparison_shows_confusion_and_the_effect_under_each_version():
+    data = report_data(ungraded=[])
+    day = data.day
+    confusion = pl.DataFrame(
+        {
+            "disease_type": ["disease_3"] * 3,
+            "disease_model_id": ["disease_3_grader"] * 3,
+            "version_a": ["v1"] * 3,
+            "version_b": ["v2"] * 3,
+            "grade_a": [0, 1, 1],
+            "grade_b": [0, 1, 2],
+            "n": [40, 30, 7],
+        }
+    )
+    matrix = confusion_matrix(confusion)
+    assert matrix.columns[-3:] == ["grade_b=0", "grade_b=1", "grade_b=2"]
+    assert matrix.select("grade_a", "grade_b=0", "grade_b=1", "grade_b=2").rows() == [
+        (0, 40, 0, 0),
+        (1, 0, 30, 7),
+    ]
+    # v2 graded only up to the day before: compared on the latest date both graded.
+    dates = [day - dt.timedelta(days=1), day, day - dt.timedelta(days=1)]
+    effects = pl.DataFrame(
+        {
+            "disease_type": ["disease_3"] * 3 + ["disease_0"],
+            "disease_model_id": ["disease_3_grader"] * 3 + ["disease_0_grader"],
+            "disease_model_version": ["v1", "v1", "v2", "v1"],
+            "version_active": [True, True, False, True],
+            "date": [*dates, day],
+            "first_date": [day - dt.timedelta(days=2)] * 4,
+            "n_treated": [4] * 4,
+            "n_control": [4] * 4,
+            "effect": [-0.5, -0.7, -0.25, -0.9],
+            "ci_low": [-0.9, -1.1, -0.6, -1.2],
+            "ci_high": [-0.1, -0.3, 0.1, -0.6],
+            "significant": [True, True, False, True],
+        }
+    )
+    compared = version_effect_comparison(effects)
+    assert compared.select("disease_model_version", "date", "effect").rows() == [
+        ("v1", dates[0], -0.5),
+        ("v2", dates[0], -0.25),
+    ]  # disease_0 has one version: nothing to compare
+    page = render_report(dataclasses.replace(data, confusion=confusion, version_effects=effects))
+    assert "Confusion of grades" in page and "grade_b=2" in page
+    assert "-0.250" in page and "Treatment effect under each version" in page

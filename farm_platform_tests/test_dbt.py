@@ -369,10 +369,22 @@ def test_rebuild_is_idempotent(build: Build) -> None:
     assert_frame_equal(after, before, check_exact=False, rel_tol=0, abs_tol=TOLERANCE)
 
 
-def _position_changes(farm: Farm, disease: str) -> dict[date, dict[str, list[float]]]:
-    """Per date after the first: the change of each position's mean grade, per area."""
+def _position_changes(
+    farm: Farm, disease: str, grader_version: str | None = None
+) -> dict[date, dict[str, list[float]]]:
+    """Per date after the first: the change of each position's mean grade, per area, over
+    the active grades, or over one grader version's grades on the active cropper."""
+    if grader_version is None:
+        rows = farm.active_grades()
+    else:
+        rows = [
+            row
+            for row in farm.disease_grades.iter_rows(named=True)
+            if row["disease_model_version"] == grader_version
+            and (row["cropper_model_id"], row["cropper_model_version"]) == CROPPER
+        ]
     leaves: dict[tuple[str, date], list[int]] = defaultdict(list)
-    for row in farm.active_grades():
+    for row in rows:
         if row["disease_type"] == disease:
             leaves[row["position_id"], row["date"]].append(row["predicted_grade"])
     means = {key: statistics.fmean(values) for key, values in leaves.items()}
@@ -544,6 +556,45 @@ def test_model_version_comparison(build: Build, farm: Farm) -> None:
         expected[versions["v1"], versions["v2"]] += 1
     assert {(a, b): n for a, b, n in confusion.iter_rows()} == dict(expected)
     assert sum(n for (a, b), n in expected.items() if a != b) == 6
+
+
+def test_model_version_effects_answer_the_question_under_each_version(build: Build, farm: Farm):
+    columns = ["disease_type", "date", "n_treated", "n_control", "effect", "ci_low", "ci_high"]
+    effects = build.query(
+        "SELECT * FROM model_version_effects ORDER BY disease_type, disease_model_version, date"
+    )
+    # The active versions' rows are treatment_effect's, to the last digit.
+    assert_frame_equal(
+        effects.filter(pl.col("version_active")).select(columns),
+        build.query("SELECT * FROM treatment_effect ORDER BY disease_type, date").select(columns),
+    )
+    # disease_3 v1 (inactive) grades treated leaf 0 differently on the last day only: its
+    # effect is v2's before and moves away from 0 on that day, as computed from its rows.
+    v1 = effects.filter(
+        (pl.col("disease_type") == "disease_3") & (pl.col("disease_model_version") == "v1")
+    ).to_dicts()
+    assert [row["date"] for row in v1] == DAYS[1:]
+    assert not any(row["version_active"] for row in v1)
+    changes = _position_changes(farm, "disease_3", grader_version="v1")
+    for row in v1:
+        treated, control = changes[row["date"]]["treated"], changes[row["date"]]["control"]
+        expected = statistics.fmean(treated) - statistics.fmean(control)
+        assert abs(row["effect"] - expected) < TOLERANCE, row
+    assert all(abs(row["effect"]) < TOLERANCE for row in v1[:-1])
+    assert abs(v1[-1]["effect"]) > 0.01
+    assert {tuple(r) for r in effects.select("disease_type", "disease_model_version").rows()} == {
+        ("disease_0", "v1"),
+        ("disease_3", "v1"),
+        ("disease_3", "v2"),
+    }
+
+
+def test_nothing_is_held_back_without_failed_quality_checks(build: Build) -> None:
+    # partition_quality exists (empty) in the synthetic warehouse: no partition is held back
+    # and the active grades are all of them (the blocking path: test_quality.py).
+    assert build.query("SELECT count(*) AS n FROM held_back_partitions")["n"][0] == 0
+    active = build.query("SELECT count(*) AS n FROM stg_active_disease_grades")["n"][0]
+    assert active == (14 * 3 + 12) * LEAVES_PER_PHOTO * 2  # disease_0 v1 + disease_3 v2
 
 
 # --------------------------------------------------------------------------- corrupt data

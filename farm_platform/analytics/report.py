@@ -9,7 +9,7 @@ import base64
 import datetime as dt
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 from dagster import (
@@ -28,7 +28,14 @@ from farm_platform.layout import join, parse_date
 from farm_platform.partitions import trial_start_date
 from farm_platform.resources.warehouse import WarehouseResource
 
-REPORT_MARTS = ("treatment_effect", "daily_severity", "coverage", "model_version_agreement")
+REPORT_MARTS = (
+    "treatment_effect",
+    "daily_severity",
+    "coverage",
+    "model_version_agreement",
+    "model_version_confusion",
+    "model_version_effects",
+)
 report_partitions = DailyPartitionsDefinition(
     start_date=trial_start_date().isoformat(), end_offset=1
 )
@@ -54,6 +61,12 @@ class ReportData:
     ungraded: list[str]  # field-map positions without active grades on `day`
     models: pl.DataFrame  # active model versions
     agreement: pl.DataFrame  # model_version_agreement
+    confusion: pl.DataFrame = field(default_factory=pl.DataFrame)  # model_version_confusion
+    # model_version_effects of dates <= day: the effect under every grader version.
+    version_effects: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # held_back_partitions of dates <= day: (position, date, disease) a blocking
+    # data-quality check failed on, left out of every figure.
+    held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 def load_report_data(warehouse: WarehouseResource, day: dt.date) -> ReportData:
@@ -74,6 +87,16 @@ def load_report_data(warehouse: WarehouseResource, day: dt.date) -> ReportData:
             "SELECT model_id, version, sha256 FROM model_versions WHERE active ORDER BY model_id"
         ),
         agreement=warehouse.query("SELECT * FROM model_version_agreement"),
+        confusion=warehouse.query(
+            "SELECT * FROM model_version_confusion"
+            " ORDER BY disease_type, version_a, version_b, grade_a, grade_b"
+        ),
+        version_effects=upto("model_version_effects"),
+        held_back=warehouse.query(
+            "SELECT date, position_id, disease_type, failed_checks FROM held_back_partitions"
+            " WHERE date <= %s ORDER BY date DESC, position_id, disease_type",
+            [day],
+        ),
     )
 
 
@@ -83,6 +106,48 @@ def effect_summary(data: ReportData) -> pl.DataFrame:
         return data.effect
     latest = data.effect.group_by("disease_type").agg(pl.col("date").max())
     return data.effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
+
+
+def version_effect_comparison(version_effects: pl.DataFrame) -> pl.DataFrame:
+    """For each disease graded by more than one version: the effect under each version on
+    the latest date every one of them graded (a like-for-like comparison)."""
+    columns = [
+        "disease_type",
+        "disease_model_version",
+        "version_active",
+        "date",
+        "first_date",
+        "n_treated",
+        "n_control",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "significant",
+    ]
+    if version_effects.is_empty():
+        return version_effects
+    rows = []
+    for _, effects in version_effects.group_by("disease_type", maintain_order=True):
+        by_version = effects.partition_by("disease_model_version", as_dict=True)
+        if len(by_version) < 2:
+            continue
+        common = set.intersection(*(set(frame["date"]) for frame in by_version.values()))
+        if common:
+            rows.append(effects.filter(pl.col("date") == max(common)).select(columns))
+    if not rows:
+        return version_effects.clear().select(columns)
+    return pl.concat(rows).sort("disease_type", "disease_model_version")
+
+
+def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
+    """model_version_confusion in wide form: one row per (pair, grade_a), a column per grade_b."""
+    if confusion.is_empty():
+        return confusion
+    index = ["disease_type", "version_a", "version_b", "grade_a"]
+    wide = confusion.with_columns(
+        ("grade_b=" + pl.col("grade_b").cast(pl.String)).alias("grade_b")
+    ).pivot(on="grade_b", index=index, values="n", sort_columns=True)
+    return wide.fill_null(0).sort(index)
 
 
 def summary_lines(data: ReportData) -> list[str]:
@@ -165,6 +230,14 @@ def render_report(data: ReportData) -> str:
             f"<p class='warn'>{len(data.ungraded)} position(s) have no grades for {data.day} "
             f"yet and are not in this day's figures: {html.escape(', '.join(data.ungraded))}</p>"
         )
+    if not data.held_back.is_empty():
+        held_back = (
+            f"<p class='warn'>{data.held_back.height} partition(s) (position × date × disease) "
+            "failed a blocking data-quality check and are held back from every figure of this "
+            "report until they are re-graded or fixed:</p>" + _table(data.held_back)
+        )
+    else:
+        held_back = "<p>No partition was held back: every blocking data-quality check passed.</p>"
     effect_columns = [
         "disease_type",
         "date",
@@ -195,10 +268,19 @@ Negative = treated leaves heal faster.</p>
 <img alt="mean grade per day and area" src="data:image/png;base64,{_plot_severity(data.severity)}">
 <h2>Coverage on {data.day}</h2>
 {_table(data.coverage)}
+<h2>Held back by data-quality checks</h2>
+{held_back}
 <h2>Model versions used (active)</h2>
 {_table(data.models)}
 <h2>Model version comparison</h2>
+<p>Two versions of a grader on the same leaves: how often they agree, the grades one gave
+where the other gave each grade, and the treatment effect each version's grades give.</p>
+<h3>Agreement</h3>
 {_table(data.agreement)}
+<h3>Confusion of grades (rows: the earlier version's grade; columns: the later one's)</h3>
+{_table(confusion_matrix(data.confusion), "{:.0f}")}
+<h3>Treatment effect under each version (latest date both graded)</h3>
+{_table(version_effect_comparison(data.version_effects))}
 <h2>Effect over time</h2>
 {_table(data.effect.select([c for c in effect_columns if c in data.effect.columns]))}
 </body></html>
@@ -228,6 +310,8 @@ def effectiveness_report(
         ("daily_severity", data.severity),
         ("coverage", data.coverage),
         ("model_version_agreement", data.agreement),
+        ("model_version_confusion", data.confusion),
+        ("model_version_effects", data.version_effects),
     ):
         with fs.open(join(folder, f"{name}.parquet"), "wb") as handle:
             frame.write_parquet(handle)
@@ -244,5 +328,11 @@ def effectiveness_report(
                 "\n".join(f"- {line}" for line in lines) or "no effect yet"
             ),
             "ungraded_positions": MetadataValue.json(data.ungraded),
+            "held_back_partitions": MetadataValue.json(
+                [
+                    f"{row['date']}|{row['position_id']}|{row['disease_type']}"
+                    for row in data.held_back.head(50).iter_rows(named=True)
+                ]
+            ),
         }
     )

@@ -1,0 +1,140 @@
+{#
+  Difference in differences with positions as the unit, and its Welch / Student-t 95 %
+  interval (the estimator is described on the treatment_effect model in _marts.yml).
+
+  position_day: a relation with one row per position, date and group: position_id, area
+  ('control' or 'treated'), date, mean_grade, and the columns of `group_by`. The trial's
+  first date is taken per group, so each group (a disease, or a disease and one grader
+  version) is compared with its own baseline.
+#}
+{% macro treatment_effect_estimate(position_day, group_by) %}
+{%- set keys = group_by | join(', ') -%}
+with position_day as (
+    select {{ keys }}, position_id, area, date, mean_grade
+    from {{ position_day }}
+),
+
+trial_start as (
+    select {{ keys }}, min(date) as first_date
+    from position_day
+    group by {{ keys }}
+),
+
+baseline as (
+    select
+        {% for column in group_by %}position_day.{{ column }}, {% endfor %}
+        position_day.position_id,
+        position_day.mean_grade as baseline_grade
+    from position_day
+    inner join trial_start
+        on trial_start.first_date = position_day.date
+        {{ same_group_columns('trial_start', 'position_day', group_by) }}
+),
+
+-- A position counts on a date when it was graded both then and on the trial's first date.
+changes as (
+    select
+        {% for column in group_by %}position_day.{{ column }}, {% endfor %}
+        position_day.date,
+        trial_start.first_date,
+        position_day.area,
+        position_day.mean_grade - baseline.baseline_grade as change
+    from position_day
+    inner join trial_start
+        on 1 = 1 {{ same_group_columns('trial_start', 'position_day', group_by) }}
+    inner join baseline
+        on baseline.position_id = position_day.position_id
+        {{ same_group_columns('baseline', 'position_day', group_by) }}
+    where position_day.date > trial_start.first_date
+),
+
+by_area as (
+    select
+        {{ keys }},
+        date,
+        first_date,
+        sum(case when area = 'treated' then 1 else 0 end) as n_treated,
+        sum(case when area = 'control' then 1 else 0 end) as n_control,
+        avg(case when area = 'treated' then change end) as mean_change_treated,
+        avg(case when area = 'control' then change end) as mean_change_control,
+        var_samp(case when area = 'treated' then change end) as var_treated,
+        var_samp(case when area = 'control' then change end) as var_control
+    from changes
+    group by {{ keys }}, date, first_date
+),
+
+-- Squared standard errors of the two group means.
+welch as (
+    select
+        by_area.*,
+        mean_change_treated - mean_change_control as effect,
+        var_treated / n_treated as se2_treated,
+        var_control / n_control as se2_control
+    from by_area
+),
+
+estimates as (
+    select
+        welch.*,
+        sqrt(se2_treated + se2_control) as std_error,
+        -- Welch–Satterthwaite; undefined when both groups are constant (se = 0).
+        case
+            when se2_treated + se2_control > 0
+                then (se2_treated + se2_control) * (se2_treated + se2_control)
+                    / (
+                        se2_treated * se2_treated / (n_treated - 1)
+                        + se2_control * se2_control / (n_control - 1)
+                    )
+        end as df
+    from welch
+),
+
+-- The largest tabulated df not above floor(df): exact for df < 201, conservative above.
+t_lookup as (
+    select
+        {% for column in group_by %}estimates.{{ column }}, {% endfor %}
+        estimates.date,
+        max(t_quantiles.df) as t_df
+    from estimates
+    inner join {{ ref('t_quantiles') }} as t_quantiles
+        on t_quantiles.df <= floor(estimates.df)
+    group by {% for column in group_by %}estimates.{{ column }}, {% endfor %}estimates.date
+),
+
+intervals as (
+    select
+        estimates.*,
+        t_quantiles.t_975 as t_quantile,
+        estimates.effect - t_quantiles.t_975 * estimates.std_error as ci_low,
+        estimates.effect + t_quantiles.t_975 * estimates.std_error as ci_high
+    from estimates
+    left join t_lookup
+        on t_lookup.date = estimates.date
+        {{ same_group_columns('t_lookup', 'estimates', group_by) }}
+    left join {{ ref('t_quantiles') }} as t_quantiles
+        on t_quantiles.df = t_lookup.t_df
+)
+
+select
+    {{ keys }},
+    date,
+    first_date,
+    cast(date - first_date as integer) as days_since_start,
+    n_treated,
+    n_control,
+    mean_change_treated,
+    mean_change_control,
+    effect,
+    std_error,
+    df,
+    t_quantile,
+    ci_low,
+    ci_high,
+    case when ci_low > 0 or ci_high < 0 then true else false end as significant
+from intervals
+{% endmacro %}
+
+{# " and left.c = right.c" for every column c: a join on the group's columns. #}
+{% macro same_group_columns(left, right, columns) -%}
+    {%- for column in columns %} and {{ left }}.{{ column }} = {{ right }}.{{ column }}{% endfor -%}
+{%- endmacro %}
