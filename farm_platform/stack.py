@@ -146,7 +146,7 @@ def default_state_dir() -> Path:
 # --------------------------------------------------------------------------- helpers
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -307,7 +307,7 @@ def _start_with_port_retry(start: Any, port: int | None) -> tuple[subprocess.Pop
     last: StackError | None = None
     for _ in range(attempts):
         try:
-            return start(port if port is not None else _free_port())
+            return start(port if port is not None else free_port())
         except StackError as exc:
             last = exc
             if "exited" not in str(exc):

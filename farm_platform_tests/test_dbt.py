@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,8 +29,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
+from farm_platform.dbt_env import dbt_environment
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.validation import DbtBuildOutcome, dbt_project_copy, invoke_dbt_build
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
 LAST_DAY = DAYS[-1]
@@ -249,57 +249,29 @@ def load_warehouse(url: str, farm: Farm, extra_grades: pl.DataFrame | None = Non
 # --------------------------------------------------------------------------- running dbt
 
 
-def project_copy(destination: Path, positions: pl.DataFrame) -> Path:
-    """dbt_project copied to `destination` with `positions` as its field-map seed."""
-    shutil.copytree(
-        DBT_PROJECT_DIR,
-        destination,
-        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "positions.csv"),
-    )
-    positions.write_csv(destination / "seeds" / "positions.csv")
-    return destination
-
-
 @dataclass
 class Build:
     project: Path
     url: str
-    success: bool
-    statuses: dict[str, str]  # node unique_id -> status (success, pass, fail, error, skipped…)
+    outcome: DbtBuildOutcome
+
+    @property
+    def success(self) -> bool:
+        return self.outcome.success
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return self.outcome.statuses
 
     def failed(self) -> set[str]:
-        return {node for node, status in self.statuses.items() if status in ("fail", "error")}
+        return set(self.outcome.failed())
 
     def query(self, sql: str) -> pl.DataFrame:
         return WarehouseResource(url=self.url).query(sql)
 
 
 def dbt_build(project: Path, warehouse_url: str) -> Build:
-    from dbt.cli.main import dbtRunner
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in dbt_environment(warehouse_url).items():
-            patch.setenv(name, value)
-        outcome = dbtRunner().invoke(
-            [
-                "build",
-                "--project-dir",
-                str(project),
-                "--profiles-dir",
-                str(project),
-                "--target-path",
-                str(project / "target"),
-                "--log-path",
-                str(project / "logs"),
-            ]
-        )
-    if outcome.exception is not None:
-        raise outcome.exception
-    statuses = {
-        result.node.unique_id: str(getattr(result.status, "value", result.status))
-        for result in outcome.result.results
-    }
-    return Build(project=project, url=warehouse_url, success=outcome.success, statuses=statuses)
+    return Build(project, warehouse_url, invoke_dbt_build(project, warehouse_url))
 
 
 @contextlib.contextmanager
@@ -325,7 +297,7 @@ def build(
 ) -> Iterator[Build]:
     """A clean `dbt build` of the synthetic farm, once per database."""
     tmp = tmp_path_factory.mktemp(f"dbt-{request.param}")
-    project = project_copy(tmp / "project", farm.positions)
+    project = dbt_project_copy(farm.positions, tmp / "project")
     with contextlib.ExitStack() as stack:
         if request.param == "duckdb":
             url = f"duckdb:///{tmp / 'warehouse.duckdb'}"
@@ -600,12 +572,8 @@ def test_nothing_is_held_back_without_failed_quality_checks(build: Build) -> Non
 # --------------------------------------------------------------------------- corrupt data
 
 
-def _failed_names(build: Build) -> set[str]:
-    return {node.split(".")[2] for node in build.failed()}
-
-
 def test_a_grade_outside_the_scale_fails_the_build(farm: Farm, tmp_path: Path) -> None:
-    project = project_copy(tmp_path / "project", farm.positions)
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     corrupt = farm.disease_grades.head(1).with_columns(
         pl.lit("disease_1").alias("disease_type"),
@@ -615,7 +583,7 @@ def test_a_grade_outside_the_scale_fails_the_build(farm: Farm, tmp_path: Path) -
     load_warehouse(url, farm, extra_grades=corrupt)
     build = dbt_build(project, url)
     assert not build.success
-    failed = _failed_names(build)
+    failed = build.failed()
     assert any(name.startswith("in_range_stg_disease_grades_predicted_grade") for name in failed)
     assert len(failed) == 1, failed
     # Nothing downstream of the bad grades is built.
@@ -629,12 +597,12 @@ def test_an_unknown_area_in_the_field_map_fails_the_build(farm: Farm, tmp_path: 
         .otherwise(pl.col("area"))
         .alias("area")
     )
-    project = project_copy(tmp_path / "project", positions)
+    project = dbt_project_copy(positions, tmp_path / "project")
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     load_warehouse(url, farm)
     build = dbt_build(project, url)
     assert not build.success
-    failed = _failed_names(build)
+    failed = build.failed()
     assert any(name.startswith("accepted_values_positions_area") for name in failed), failed
     assert build.statuses["model.farm.daily_severity"] == "skipped"
 

@@ -185,7 +185,8 @@ def test_new_grader_version_story(story: Platform, capsys):
         assert grade_counts(platform) == after
 
     # 4. The comparison mart: the v1/v2 pair, agreement 1.0 (same weights).
-    dbt_build(dbt_project_copy(platform.field_map, platform.root), platform.warehouse.url)
+    project = dbt_project_copy(platform.field_map, platform.root / "dbt_project")
+    dbt_build(project, platform.warehouse.url)
     agreement = platform.rows("SELECT * FROM model_version_agreement")
     pair = agreement.filter(agreement["disease_model_id"] == GRADER)
     assert pair.height == 1, agreement

@@ -28,7 +28,6 @@ from farm_platform.quality import run as quality
 from farm_platform.simulate import FarmConfig
 
 GATE_FARM = FarmConfig(positions=4, days=3, seed=7)
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)
@@ -369,53 +368,12 @@ def evaluate_case(
 
 def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Path]:
     """Run the real assets on a simulated farm; the snapshot, warehouse URL and field map."""
-    from dagster import DagsterInstance, materialize
-
-    from farm_platform.assets import drone_images, grade_leaves, registered_models
-    from farm_platform.batching import plan_rectangles
     from farm_platform.bucket import bucket_filesystem
-    from farm_platform.field_map import read_field_map
-    from farm_platform.layout import ImageKey
     from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.partitions import POSITION_DIMENSION, image_partition_key
-    from farm_platform.resources import (
-        BucketResource,
-        ModelRegistryResource,
-        PubSubResource,
-        WarehouseResource,
-    )
-    from farm_platform.simulate import write_farm
+    from farm_platform.validation import grade_simulated_farm
 
-    bucket_url = f"file://{workdir / 'bucket'}"
-    field_map = workdir / "positions.csv"
-    write_farm(config, bucket_url, field_map, truth_url=str(workdir / "truth"))
-    warehouse = WarehouseResource(url=f"duckdb:///{workdir / 'warehouse.duckdb'}")
-    resources = {
-        "bucket": BucketResource(url=bucket_url),
-        "warehouse": warehouse,
-        "pubsub": PubSubResource(project="unused"),
-        "models": ModelRegistryResource(),
-    }
-    positions = list(read_field_map(field_map))
-    with DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions(POSITION_DIMENSION, positions)
-        materialize([registered_models], instance=instance, resources=resources, run_config=QUIET)
-        keys = [ImageKey(position, date) for date in config.dates for position in positions]
-        for rectangle in plan_rectangles(keys, positions, max_images=500):
-            result = materialize(
-                [drone_images, grade_leaves],
-                instance=instance,
-                resources=resources,
-                run_config=QUIET,
-                tags={
-                    "dagster/asset_partition_range_start": str(
-                        image_partition_key(rectangle.first)
-                    ),
-                    "dagster/asset_partition_range_end": str(image_partition_key(rectangle.last)),
-                },
-            )
-            if not result.success:
-                raise RuntimeError("the image pipeline failed on the simulated farm")
+    farm = grade_simulated_farm(config, workdir)
+    warehouse, field_map = farm.warehouse, farm.field_map
     registry = ModelRegistry()
     detector = registry.detector()
     cropper = (detector.id, detector.version)
@@ -441,7 +399,7 @@ def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Pat
         positions=pl.read_csv(field_map),
         cropper=cropper,
         graders=graders,
-        filesystem=bucket_filesystem(bucket_url)[0],
+        filesystem=bucket_filesystem(farm.bucket_url)[0],
     )
     return snapshot, warehouse.url, field_map
 
@@ -451,45 +409,12 @@ def dbt_failures(
 ) -> list[str]:
     """`dbt build` on a copy of the project (and of the warehouse) with `positions` as the
     field map; the names of the dbt tests/models that failed or errored."""
-    import os
+    from farm_platform.validation import dbt_project_copy, invoke_dbt_build
 
-    from dbt.cli.main import dbtRunner
-
-    from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
-
-    project = workdir / f"dbt_{name}"
-    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
-    positions.write_csv(project / "seeds" / "positions.csv")
-    source = Path(warehouse_url.removeprefix("duckdb:///"))
+    project = dbt_project_copy(positions, workdir / f"dbt_{name}")
     copy = workdir / f"warehouse_{name}.duckdb"
-    shutil.copyfile(source, copy)
-    saved = dict(os.environ)
-    os.environ.update(dbt_environment(f"duckdb:///{copy}"))
-    try:
-        outcome = dbtRunner().invoke(
-            [
-                "build",
-                "--quiet",
-                "--project-dir",
-                str(project),
-                "--profiles-dir",
-                str(project),
-                "--target-path",
-                str(project / "target"),
-                "--log-path",
-                str(project / "logs"),
-            ]
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if outcome.exception is not None:
-        raise outcome.exception
-    return sorted(
-        result.node.name
-        for result in outcome.result.results
-        if str(getattr(result.status, "value", result.status)) in ("fail", "error")
-    )
+    shutil.copyfile(Path(warehouse_url.removeprefix("duckdb:///")), copy)
+    return invoke_dbt_build(project, f"duckdb:///{copy}").failed()
 
 
 def run_gate(workdir: Path | None = None, config: FarmConfig = GATE_FARM, out: Any = print) -> int:

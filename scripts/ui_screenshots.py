@@ -1,0 +1,169 @@
+"""Screenshots of the Dagster UI for the README's "New model version" walkthrough.
+
+Plays the story on a local stack — a small farm graded with disease_3_grader v1, v2
+registered and activated, the stale partitions, a backfill of two days — and captures the
+real `dagster-webserver` with headless Chromium (Debian package `chromium`) at each step:
+
+    python scripts/ui_screenshots.py [--out docs/img]
+
+Nothing is mocked: the emulators, the daemon and the webserver are the ones the demo uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+from farm_platform import settings
+from farm_platform.assets.keys import GRADES_BY_DISEASE, MODEL_ASSETS
+from farm_platform.backfill import launch_backfill, wait_for_backfill
+from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_partitions
+from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR, ModelRegistry
+from farm_platform.model_admin import add_model
+from farm_platform.settings import WORKSPACE_FILE
+from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.stack import LocalStack, free_port
+
+GRADER = "disease_3_grader"
+CONFIG = FarmConfig(positions=6, days=4, start_date=dt.date(2026, 6, 1), seed=7)
+
+
+def wait(what: str, condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def screenshot(url: str, path: Path, size: str = "1500,950") -> None:
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+            "--virtual-time-budget=20000",
+            f"--screenshot={path}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    shutil.rmtree(profile, ignore_errors=True)
+    print(f"wrote {path} ({url})")
+
+
+def data_version(instance: DagsterInstance, model_id: str) -> str | None:
+    event = instance.get_latest_materialization_event(MODEL_ASSETS[model_id])
+    return event.asset_materialization.tags.get("dagster/data_version") if event else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/img", help="folder for the PNGs")
+    parser.add_argument("--workdir", default=".farm/ui_screenshots")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    dagster_home = workdir / "dagster"
+    prepare_dagster_home(dagster_home)
+    models_dir = workdir / "models"
+    shutil.copytree(REPO_MODELS_DIR, models_dir, ignore=shutil.ignore_patterns("*.py"))
+
+    with LocalStack() as stack:
+        environment = {
+            **stack.environment(),
+            settings.FARM_WAREHOUSE: f"duckdb:///{workdir / 'warehouse.duckdb'}",
+            settings.DAGSTER_HOME: str(dagster_home),
+            settings.FARM_FIELD_MAP: str(workdir / "positions.csv"),
+            settings.FARM_REPORTS: str(workdir / "reports"),
+            FARM_MODELS_DIR: str(models_dir),
+        }
+        os.environ.update(environment)
+        with (
+            DaemonProcess(dagster_home, environment, workdir / "daemon.log"),
+            DagsterInstance.from_config(str(dagster_home)) as instance,
+        ):
+            wait("model assets at v1", lambda: data_version(instance, GRADER) == "v1", 180)
+            publisher = DroneMessagePublisher(stack.project)
+            write_farm(CONFIG, stack.bucket_url(), workdir / "positions.csv", publisher)
+            images = CONFIG.positions * CONFIG.days
+            wait_for_partitions(instance, list(GRADES_BY_DISEASE.values()), images, 900)
+
+            # v1's weights registered as v2: the point is the UI, not a better model.
+            incoming = workdir / "incoming_v2"
+            shutil.copytree(models_dir / GRADER / "v1", incoming)
+            card = json.loads((incoming / "card.json").read_text())
+            card.update(version="v2")
+            (incoming / "card.json").write_text(json.dumps(card, indent=2))
+            add_model(incoming, ModelRegistry(models_dir), activate=True)
+            wait("the sensor to record v2", lambda: data_version(instance, GRADER) == "v2", 120)
+
+            port = free_port()
+            webserver = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("dagster-webserver")),
+                    "-w",
+                    str(WORKSPACE_FILE),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
+                env={**os.environ, **environment},
+                stdout=(workdir / "webserver.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            base = f"http://127.0.0.1:{port}"
+            try:
+                wait("the webserver", lambda: _up(f"{base}/server_info"), 180)
+                time.sleep(5)  # code locations load after the server answers
+                grades = f"{base}/assets/disease_3_grades"
+                screenshot(f"{grades}?view=partitions", out / "stale_partitions.png")
+                screenshot(f"{base}/assets?view=lineage", out / "lineage_stale.png")
+
+                first, last = CONFIG.start_date, CONFIG.start_date + dt.timedelta(days=1)
+                launched = launch_backfill(instance, [GRADES_BY_DISEASE["disease_3"]], first, last)
+                wait_for_backfill(instance, launched.backfill_id, timeout_seconds=900)
+                screenshot(
+                    f"{base}/runs/b/{launched.backfill_id}?tab=partitions", out / "backfill.png"
+                )
+                screenshot(f"{grades}?view=partitions", out / "after_backfill.png")
+            finally:
+                webserver.terminate()
+                webserver.wait(timeout=30)
+    return 0
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
