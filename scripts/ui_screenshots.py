@@ -2,8 +2,9 @@
 
 Plays the story on a local stack — a small farm graded with disease_3_grader v1, v2
 registered and activated, the stale partitions, a backfill of two days — and captures the
-real `dagster-webserver` with headless Chromium (Debian package `chromium`) at each step:
+real `dagster-webserver` at each step with Playwright driving headless Chromium:
 
+    apt-get install chromium && pip install playwright   # Debian's browser, no download
     python scripts/ui_screenshots.py [--out docs/img]
 
 Nothing is mocked: the emulators, the daemon and the webserver are the ones the demo uses.
@@ -18,9 +19,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -31,12 +32,16 @@ from farm_platform.backfill import launch_backfill, wait_for_backfill
 from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_partitions
 from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR, ModelRegistry
 from farm_platform.model_admin import add_model
+from farm_platform.partitions import FARM_TRIAL_START_DATE
 from farm_platform.settings import WORKSPACE_FILE
 from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.stack import LocalStack, free_port
 
 GRADER = "disease_3_grader"
-CONFIG = FarmConfig(positions=6, days=4, start_date=dt.date(2026, 6, 1), seed=7)
+DAYS = 4
+# The trial ends today, so the partition grid holds only the farm's days.
+START = dt.date.today() - dt.timedelta(days=DAYS - 1)
+CONFIG = FarmConfig(positions=6, days=DAYS, start_date=START, seed=7)
 
 
 def wait(what: str, condition, timeout: float) -> None:
@@ -47,30 +52,35 @@ def wait(what: str, condition, timeout: float) -> None:
         time.sleep(1)
 
 
-def screenshot(url: str, path: Path, size: str = "1500,950") -> None:
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            f"--window-size={size}",
-            "--virtual-time-budget=20000",
-            f"--screenshot={path}",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    shutil.rmtree(profile, ignore_errors=True)
-    print(f"wrote {path} ({url})")
+class Browser:
+    """Headless Debian Chromium through Playwright (no browser download)."""
+
+    def __enter__(self) -> Browser:
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        browser = self._playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        self.page = browser.new_page(viewport={"width": 1500, "height": 900})
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._playwright.stop()
+
+    def screenshot(self, url: str, path: Path, click: Sequence[str] = ()) -> None:
+        """`url` after clicking, in order, the first element showing each text of `click`."""
+        self.page.goto(url, wait_until="networkidle")
+        skip = self.page.get_by_role("button", name="Skip")  # the first-visit newsletter modal
+        if skip.count():
+            skip.first.click()
+        for text in click:
+            self.page.get_by_text(text, exact=True).first.click(timeout=60_000)
+            self.page.wait_for_load_state("networkidle")
+        self.page.wait_for_timeout(4000)  # let the asset health and graph layout settle
+        self.page.screenshot(path=str(path))
+        print(f"wrote {path} ({url})")
 
 
 def data_version(instance: DagsterInstance, model_id: str) -> str | None:
@@ -100,6 +110,7 @@ def main() -> int:
             settings.FARM_FIELD_MAP: str(workdir / "positions.csv"),
             settings.FARM_REPORTS: str(workdir / "reports"),
             FARM_MODELS_DIR: str(models_dir),
+            FARM_TRIAL_START_DATE: START.isoformat(),
         }
         os.environ.update(environment)
         with (
@@ -141,16 +152,21 @@ def main() -> int:
                 wait("the webserver", lambda: _up(f"{base}/server_info"), 180)
                 time.sleep(5)  # code locations load after the server answers
                 grades = f"{base}/assets/disease_3_grades"
-                screenshot(f"{grades}?view=partitions", out / "stale_partitions.png")
-                screenshot(f"{base}/assets?view=lineage", out / "lineage_stale.png")
-
-                first, last = CONFIG.start_date, CONFIG.start_date + dt.timedelta(days=1)
-                launched = launch_backfill(instance, [GRADES_BY_DISEASE["disease_3"]], first, last)
-                wait_for_backfill(instance, launched.backfill_id, timeout_seconds=900)
-                screenshot(
-                    f"{base}/runs/b/{launched.backfill_id}?tab=partitions", out / "backfill.png"
-                )
-                screenshot(f"{grades}?view=partitions", out / "after_backfill.png")
+                with Browser() as browser:
+                    # The UI computes staleness per partition, in the partition's detail.
+                    partition = f"{grades}?view=partitions&partition={START.isoformat()}%7CP000"
+                    browser.screenshot(
+                        partition, out / "stale_partition.png", click=["Unsynced (1)"]
+                    )
+                    first, last = START, START + dt.timedelta(days=1)
+                    launched = launch_backfill(
+                        instance, [GRADES_BY_DISEASE["disease_3"]], first, last
+                    )
+                    wait_for_backfill(instance, launched.backfill_id, timeout_seconds=900)
+                    backfill = f"{base}/runs/b/{launched.backfill_id}"
+                    browser.screenshot(backfill, out / "backfill.png")
+                    browser.screenshot(f"{backfill}?tab=runs", out / "backfill_runs.png")
+                    browser.screenshot(partition, out / "after_backfill.png")
             finally:
                 webserver.terminate()
                 webserver.wait(timeout=30)
