@@ -7,10 +7,12 @@ reported `treatment_effect` beside the simulator's truth for the last day.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -19,6 +21,9 @@ from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
 from farm_platform.layout import ImageKey
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.simulate import FarmConfig, SimulationSummary, write_farm
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 # Console logs of in-process runs at WARNING: a farm is hundreds of partitions of output.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -34,14 +39,21 @@ class GradedFarm:
     summary: SimulationSummary
 
 
-def grade_simulated_farm(config: FarmConfig, workdir: Path) -> GradedFarm:
+def grade_simulated_farm(
+    config: FarmConfig,
+    workdir: Path,
+    instance: DagsterInstance | None = None,
+    models_dir: Path | None = None,
+) -> GradedFarm:
     """Simulate `config` into a folder bucket under `workdir` and materialize the model
     assets, `drone_images` and `grade_leaves` over it in this process, batched as the
-    sensor batches (partition-range runs); raises if a run fails."""
+    sensor batches (partition-range runs), on `instance` (default: a throwaway one) with
+    the models of `models_dir` (default: the repository's); raises if a run fails."""
     from dagster import DagsterInstance, materialize
 
     from farm_platform.assets import drone_images, grade_leaves, registered_models
     from farm_platform.field_map import read_field_map
+    from farm_platform.ml.registry import ModelRegistry
     from farm_platform.partitions import POSITION_DIMENSION, image_partition_key
     from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
 
@@ -55,10 +67,12 @@ def grade_simulated_farm(config: FarmConfig, workdir: Path) -> GradedFarm:
         "warehouse": warehouse,
         # No message announces these photos, so nothing is dead-lettered from the run.
         "pubsub": PubSubResource(project="unused"),
-        "models": ModelRegistryResource(),
+        "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
     }
     positions = list(read_field_map(field_map))
-    with DagsterInstance.ephemeral() as instance:
+    with contextlib.ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(DagsterInstance.ephemeral())
         instance.add_dynamic_partitions(POSITION_DIMENSION, positions)
         runs = [([registered_models], {})]
         keys = [ImageKey(position, date) for date in config.dates for position in positions]

@@ -38,10 +38,13 @@ def models_dir(tmp_path: Path) -> Path:
     return target
 
 
-def new_version(models_dir: Path, tmp_path: Path, version: str = "v2", **card_changes) -> Path:
-    """v1 of the disease_3 grader as a new version folder outside the registry."""
-    folder = tmp_path / "incoming" / version
-    shutil.copytree(models_dir / GRADER / "v1", folder)
+def new_version(
+    models_dir: Path, tmp_path: Path, version: str = "v2", model_id: str = GRADER, **card_changes
+) -> Path:
+    """v1 of a model (the disease_3 grader by default) as a new version folder outside the
+    registry."""
+    folder = tmp_path / "incoming" / model_id / version
+    shutil.copytree(models_dir / model_id / "v1", folder)
     card = json.loads((folder / "card.json").read_text())
     card.update(version=version, **card_changes)
     (folder / "card.json").write_text(json.dumps(card, indent=2))
@@ -232,3 +235,52 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
         again = evaluate(instance)
         assert isinstance(again, RunRequest) and "v1->v2" in again.run_key
         assert len({to_v2.run_key, back.run_key, again.run_key}) == 3
+
+
+GRADE_ASSETS = {f"disease_{k}_grades" for k in range(5)}
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected_stale"),
+    [
+        ("disease_3_grader", {"disease_3_grades"}),
+        ("leaf_detector", {"leaf_crops", *GRADE_ASSETS}),
+    ],
+)
+def test_a_new_version_makes_exactly_the_partitions_it_feeds_stale(
+    models_dir, tmp_path, model_id, expected_stale
+):
+    from dagster import DagsterInstance, materialize
+
+    from farm_platform.assets import registered_models
+    from farm_platform.assets.keys import MODEL_ASSETS
+    from farm_platform.model_admin import stale_partitions
+    from farm_platform.resources import ModelRegistryResource
+    from farm_platform.simulate import FarmConfig
+    from farm_platform.validation import grade_simulated_farm
+
+    config = FarmConfig(positions=2, days=2, seed=4)
+    with DagsterInstance.ephemeral() as instance:
+        farm = grade_simulated_farm(config, tmp_path / "farm", instance, models_dir)
+        assert not any(stale_partitions(instance).values())
+
+        add_model(
+            new_version(models_dir, tmp_path, model_id=model_id),
+            activate=True,
+            registry=ModelRegistry(models_dir),
+        )
+        resources = {
+            "models": ModelRegistryResource(models_dir=str(models_dir)),
+            "warehouse": farm.warehouse,
+        }
+        assert materialize(
+            [registered_models],
+            selection=[MODEL_ASSETS[model_id]],
+            instance=instance,
+            resources=resources,
+        ).success
+
+        stale = stale_partitions(instance)
+        found = {key.to_user_string(): len(parts) for key, parts in stale.items() if parts}
+        images = config.positions * config.days
+        assert found == dict.fromkeys(expected_stale, images)
