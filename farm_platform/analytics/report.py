@@ -254,7 +254,8 @@ def render_report(data: ReportData) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px}}.warn{{background:#fff3cd;padding:.6em}}</style>
+td,th{{border:1px solid #ccc;padding:3px 8px}}.warn{{background:#fff3cd;padding:.6em}}
+img{{max-width:100%}}</style>
 </head><body>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
 {warning}
