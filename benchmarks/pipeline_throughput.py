@@ -1,6 +1,7 @@
 """End-to-end throughput of the queue-driven pipeline against the bare model path.
 
     python benchmarks/pipeline_throughput.py [--images 200 1000] [--positions 50]
+        [--dagster-postgres-url postgresql://user@host:port/db] [--event-batch-size 1000]
 
 For each N: render N simulated photos, start the local emulators and the real
 dagster-daemon on a fresh DAGSTER_HOME, upload the photos (the GCS emulator notifies
@@ -10,6 +11,12 @@ bare model path (decode → detect → crop → 5 graders, batch 32) and the sen
 alone (one `ingest_tick` over N messages of each form, no inference). Peak memory of a run
 is the highest RSS seen for any run worker, sampled every 0.2 s: the code server starts each
 run in a `multiprocessing` spawn child, so those are the processes sampled.
+
+Dagster's own storage is SQLite in a temporary DAGSTER_HOME, or with
+`--dagster-postgres-url` production's PostgreSQL (an empty database and one N: the runs
+of the instance are counted); `--event-batch-size` sets
+DAGSTER_EVENT_BATCH_SIZE, which makes dagster-postgres write materialization and planned
+events in batches.
 
 Where the time goes: it also counts the events Dagster stored for the image runs (per
 image: one materialization per asset and one evaluation per asset check per partition,
@@ -96,7 +103,9 @@ def ingest_rate(stack, subscription: str, positions: list[str], expected: int) -
     return pulled / seconds if seconds else 0.0
 
 
-def bench(n_images: int, positions: int, workdir: Path) -> dict[str, float]:
+def bench(
+    n_images: int, positions: int, workdir: Path, postgres_url: str | None = None
+) -> dict[str, float]:
     days = math.ceil(n_images / positions)
     config = FarmConfig(positions=positions, days=days, seed=5)
     photos = list(simulate_images(config))[:n_images]
@@ -105,7 +114,7 @@ def bench(n_images: int, positions: int, workdir: Path) -> dict[str, float]:
 
     with LocalStack() as stack:
         dagster_home = workdir / f"dagster-{n_images}"
-        prepare_dagster_home(dagster_home)
+        prepare_dagster_home(dagster_home, postgres_url=postgres_url)
         field_map_path = write_field_map(field_map(config), workdir / f"positions-{n_images}.csv")
         environment = {
             **stack.environment(),
@@ -171,10 +180,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--positions", type=int, default=50)
+    parser.add_argument("--dagster-postgres-url", help="Dagster storage in PostgreSQL")
+    parser.add_argument("--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE")
     args = parser.parse_args()
+    if args.dagster_postgres_url and len(args.images) > 1:
+        parser.error("with --dagster-postgres-url give one --images N (runs are counted per DB)")
+    if args.event_batch_size:
+        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
         for n_images in args.images:
-            bench(n_images, args.positions, Path(workdir))
+            bench(n_images, args.positions, Path(workdir), args.dagster_postgres_url)
     return 0
 
 

@@ -36,12 +36,24 @@ UNFINISHED_STATUSES = (
 )
 
 
-def prepare_dagster_home(dagster_home: Path, max_concurrent_runs: int = 1) -> None:
-    """A DAGSTER_HOME with a queued run coordinator and its storage created."""
+# Production's storage (README, "Running against real GCP and PostgreSQL"): dagster-postgres.
+POSTGRES_STORAGE_YAML = """\
+storage:
+  postgres:
+    postgres_url: "{postgres_url}"
+"""
+
+
+def prepare_dagster_home(
+    dagster_home: Path, max_concurrent_runs: int = 1, postgres_url: str | None = None
+) -> None:
+    """A DAGSTER_HOME with a queued run coordinator and its storage created: SQLite files in
+    the folder, or the PostgreSQL database at `postgres_url`."""
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(
-        DAGSTER_YAML.format(max_concurrent_runs=max_concurrent_runs)
-    )
+    config = DAGSTER_YAML.format(max_concurrent_runs=max_concurrent_runs)
+    if postgres_url:
+        config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
+    (dagster_home / "dagster.yaml").write_text(config)
     # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
     # at the same moment race on its schema migrations.
     DagsterInstance.from_config(str(dagster_home)).dispose()
