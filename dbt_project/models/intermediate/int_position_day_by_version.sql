@@ -1,30 +1,28 @@
 -- Each position's mean grade per date, disease and grader version, on the crops of the
--- active cropper, less the partitions held back by a failed blocking check: the same
--- inputs as position_trajectories, once for every grader version that graded them.
+-- active cropper, less the partitions held back by a failed blocking check. The rows of
+-- the active grader versions are position_trajectories' inputs; all of them feed
+-- model_version_effects.
 select
     grades.position_id,
     positions.area,
+    positions.dose_ml_per_sqft,
     grades.date,
     grades.disease_type,
     grades.disease_model_id,
     grades.disease_model_version,
+    grades.grader_is_active,
     count(*) as leaves,
     avg(cast(grades.predicted_grade as double precision)) as mean_grade
 from {{ ref('stg_disease_grades') }} as grades
 inner join {{ ref('stg_positions') }} as positions
     on positions.position_id = grades.position_id
-where grades.cropper_is_active
-    and not exists (
-        select 1
-        from {{ ref('held_back_partitions') }} as held
-        where held.position_id = grades.position_id
-            and held.date = grades.date
-            and held.disease_type = grades.disease_type
-    )
+where grades.cropper_is_active and not grades.is_held_back
 group by
     grades.position_id,
     positions.area,
+    positions.dose_ml_per_sqft,
     grades.date,
     grades.disease_type,
     grades.disease_model_id,
-    grades.disease_model_version
+    grades.disease_model_version,
+    grades.grader_is_active

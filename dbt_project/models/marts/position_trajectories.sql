@@ -1,23 +1,10 @@
 -- Mean grade of each position per date and disease (active grades), and its change since
 -- the position's own first graded date.
 with position_day as (
-    select
-        grades.position_id,
-        positions.area,
-        positions.dose_ml_per_sqft,
-        grades.date,
-        grades.disease_type,
-        count(*) as leaves,
-        avg(cast(grades.predicted_grade as double precision)) as mean_grade
-    from {{ ref('stg_active_disease_grades') }} as grades
-    inner join {{ ref('stg_positions') }} as positions
-        on positions.position_id = grades.position_id
-    group by
-        grades.position_id,
-        positions.area,
-        positions.dose_ml_per_sqft,
-        grades.date,
-        grades.disease_type
+    -- The active grader version's rows: the grades stg_active_disease_grades keeps.
+    select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade
+    from {{ ref('int_position_day_by_version') }}
+    where grader_is_active
 ),
 
 with_first as (

@@ -15,11 +15,4 @@ select
     grades.graded_at,
     grades.dagster_run_id
 from {{ ref('stg_disease_grades') }} as grades
-where grades.is_active
-    and not exists (
-        select 1
-        from {{ ref('held_back_partitions') }} as held
-        where held.position_id = grades.position_id
-            and held.date = grades.date
-            and held.disease_type = grades.disease_type
-    )
+where grades.is_active and not grades.is_held_back

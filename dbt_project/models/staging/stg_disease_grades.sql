@@ -1,5 +1,7 @@
 -- All grades of every model version, typed, flagged `is_active` when both the grader
--- version and the cropper version are the ones the model registry names active.
+-- version and the cropper version are the ones the model registry names active, and
+-- `is_held_back` when a failed blocking data-quality check holds their (position, date,
+-- disease) back from the reports.
 with grades as (
     select
         cast(position_id as text) as position_id,
@@ -29,7 +31,8 @@ select
     case
         when coalesce(grader.active, false) and coalesce(cropper.active, false) then true
         else false
-    end as is_active
+    end as is_active,
+    held.position_id is not null as is_held_back
 from grades
 left join versions as grader
     on grader.model_id = grades.disease_model_id
@@ -37,3 +40,7 @@ left join versions as grader
 left join versions as cropper
     on cropper.model_id = grades.cropper_model_id
     and cropper.version = grades.cropper_model_version
+left join {{ ref('held_back_partitions') }} as held
+    on held.position_id = grades.position_id
+    and held.date = grades.date
+    and held.disease_type = grades.disease_type
