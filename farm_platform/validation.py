@@ -1,8 +1,10 @@
-"""Does the reported effect recover the simulated one? (Issue: correctness vs ground truth.)
+"""A simulated farm through the real assets and dbt, in this process.
 
-Runs a simulated farm through the real assets and dbt in this process — the sensor and
-daemon are covered by the end-to-end tests; here only the numbers matter — and returns the
-reported `treatment_effect` beside the simulator's truth for the last day.
+The sensor and daemon are covered by the end-to-end tests; here only the data matters.
+`grade_simulated_farm` runs the image assets over a simulated farm (the quality gate, the
+staleness tests and the effect check start from it); `reported_vs_true_effect` answers
+"does the reported effect recover the simulated one?"; `invoke_dbt_build` and
+`dbt_project_copy` are the one way the project runs dbt outside Dagster.
 """
 
 from __future__ import annotations
