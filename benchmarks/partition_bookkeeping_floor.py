@@ -46,8 +46,8 @@ from farm_platform.layout import ImageKey
 from farm_platform.partitions import (
     POSITION_DIMENSION,
     date_partitions,
-    image_partition_key,
     image_partitions,
+    partition_range_tags,
 )
 from farm_platform.validation import QUIET_RUN_CONFIG
 
@@ -109,14 +109,7 @@ def bookkeeping_per_photo(
     else:
         positions = [f"P{i:04d}" for i in range(photos)]
         instance.add_dynamic_partitions(POSITION_DIMENSION, positions)
-        tags = {
-            "dagster/asset_partition_range_start": str(
-                image_partition_key(ImageKey(positions[0], day))
-            ),
-            "dagster/asset_partition_range_end": str(
-                image_partition_key(ImageKey(positions[-1], day))
-            ),
-        }
+        tags = partition_range_tags(ImageKey(positions[0], day), ImageKey(positions[-1], day))
     started = time.perf_counter()
     result = materialize(
         [noop_assets(partitioning, with_checks)],

@@ -46,6 +46,7 @@ from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_p
 from farm_platform.field_map import write_field_map
 from farm_platform.ingest import IngestCursor, ingest_tick
 from farm_platform.layout import join
+from farm_platform.partitions import PARTITION_RANGE_START_TAG
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.simulate import FarmConfig, field_map, simulate_images
@@ -141,7 +142,7 @@ def bench(
             events = sum(
                 len(instance.all_logs(record.dagster_run.run_id))
                 for record in instance.get_run_records()
-                if record.dagster_run.tags.get("dagster/asset_partition_range_start")
+                if record.dagster_run.tags.get(PARTITION_RANGE_START_TAG)
             )
 
         publisher = DroneMessagePublisher(stack.project)

@@ -24,6 +24,9 @@ POSITION_DIMENSION = "position"
 # First day of the trial's calendar; photos dated earlier are dead-lettered.
 FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
 DEFAULT_TRIAL_START_DATE = "2026-01-01"
+# Dagster's documented run tags for a run over a partition-key range.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def trial_start_date() -> dt.date:
@@ -52,3 +55,12 @@ def image_key(partition_key: str | MultiPartitionKey) -> ImageKey:
         partition_key = image_partitions.get_partition_key_from_str(partition_key)
     dimensions = partition_key.keys_by_dimension
     return ImageKey(dimensions[POSITION_DIMENSION], parse_date(dimensions[DATE_DIMENSION]))
+
+
+def partition_range_tags(first: ImageKey, last: ImageKey) -> dict[str, str]:
+    """Run tags for one run over the image partitions from `first` to `last`: the dates
+    between theirs × the positions between theirs in registration order."""
+    return {
+        PARTITION_RANGE_START_TAG: str(image_partition_key(first)),
+        PARTITION_RANGE_END_TAG: str(image_partition_key(last)),
+    }

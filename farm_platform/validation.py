@@ -56,7 +56,7 @@ def grade_simulated_farm(
     from farm_platform.assets import drone_images, grade_leaves, registered_models
     from farm_platform.field_map import read_field_map
     from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.partitions import POSITION_DIMENSION, image_partition_key
+    from farm_platform.partitions import POSITION_DIMENSION, partition_range_tags
     from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -79,14 +79,10 @@ def grade_simulated_farm(
         runs = [([registered_models], {})]
         keys = [ImageKey(position, date) for date in config.dates for position in positions]
         for rectangle in plan_rectangles(keys, positions, max_images=500):
-            first, last = image_partition_key(rectangle.first), image_partition_key(rectangle.last)
             runs.append(
                 (
                     [drone_images, grade_leaves],
-                    {
-                        "dagster/asset_partition_range_start": str(first),
-                        "dagster/asset_partition_range_end": str(last),
-                    },
+                    partition_range_tags(rectangle.first, rectangle.last),
                 )
             )
         for assets, tags in runs:

@@ -16,14 +16,16 @@ from dagster import (
 
 from farm_platform.assets.keys import IMAGE_PIPELINE
 from farm_platform.ingest import ImageBatch, IngestCursor, ingest_tick
-from farm_platform.partitions import POSITION_DIMENSION, image_partition_key, position_partitions
+from farm_platform.partitions import (
+    POSITION_DIMENSION,
+    image_partition_key,
+    partition_range_tags,
+    position_partitions,
+)
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.pubsub import PubSubResource
 
-# Dagster's documented run tags for a run over a partition-key range.
-PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
-PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 IMAGES_TAG = "farm/images"
 
 
@@ -46,8 +48,7 @@ def batch_run_request(batch: ImageBatch) -> RunRequest:
         run_key=run_key,
         asset_selection=list(IMAGE_PIPELINE),
         tags={
-            PARTITION_RANGE_START_TAG: str(image_partition_key(batch.rectangle.first)),
-            PARTITION_RANGE_END_TAG: str(image_partition_key(batch.rectangle.last)),
+            **partition_range_tags(batch.rectangle.first, batch.rectangle.last),
             IMAGES_TAG: str(len(batch.images)),
         },
         run_config={"ops": {"drone_images": {"config": {"arrivals": arrivals}}}},
