@@ -225,6 +225,18 @@ def _partition_frame(partitions: Sequence[Partition]) -> pl.DataFrame:
     )
 
 
+def _rows_per_partition(partitions: Sequence[Partition], **frames: pl.DataFrame) -> pl.DataFrame:
+    """One row per partition and, for each named frame, how many of its rows are in it."""
+    counts = _partition_frame(partitions)
+    for name, frame in frames.items():
+        counts = counts.join(
+            frame.group_by("position_id", "date").agg(pl.len().alias(name)),
+            on=["position_id", "date"],
+            how="left",
+        )
+    return counts.with_columns(pl.col(name).fill_null(0) for name in frames)
+
+
 # --------------------------------------------------------------------------- the checks
 
 
@@ -256,15 +268,7 @@ def check_leaf_crops(
     ).with_columns(
         crop_exists=pl.Series(crop_exists(crops["crop_uri"].to_list()), dtype=pl.Boolean())
     )
-    counts = (
-        _partition_frame(partitions)
-        .join(
-            crops.group_by("position_id", "date").agg(leaves=pl.len()),
-            on=["position_id", "date"],
-            how="left",
-        )
-        .with_columns(pl.col("leaves").fill_null(0))
-    )
+    counts = _rows_per_partition(partitions, leaves=crops)
     return CheckResult(
         asset="leaf_crops",
         check_name=LEAF_CROPS_VALID,
@@ -286,20 +290,7 @@ def check_disease_grades(
     cropper: tuple[str, str],
 ) -> CheckResult:
     """`grades`: the disease's rows written for `partitions`; `crops`: the crops graded."""
-    per_partition = (
-        _partition_frame(partitions)
-        .join(
-            crops.group_by("position_id", "date").agg(crops=pl.len()),
-            on=["position_id", "date"],
-            how="left",
-        )
-        .join(
-            grades.group_by("position_id", "date").agg(grade_rows=pl.len()),
-            on=["position_id", "date"],
-            how="left",
-        )
-        .with_columns(pl.col("crops").fill_null(0), pl.col("grade_rows").fill_null(0))
-    )
+    per_partition = _rows_per_partition(partitions, crops=crops, grade_rows=grades)
     return CheckResult(
         asset=f"{disease_type}_grades",
         check_name=GRADES_VALID,
