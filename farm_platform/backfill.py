@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from farm_platform.assets.keys import DRONE_IMAGES
-from farm_platform.partitions import DATE_DIMENSION, POSITION_DIMENSION
+from farm_platform.layout import ImageKey
+from farm_platform.partitions import POSITION_DIMENSION, image_partition_key
 
 if TYPE_CHECKING:
     from dagster import AssetKey, DagsterInstance
@@ -41,10 +42,10 @@ class LaunchedBackfill:
     skipped_without_photo: int
 
 
-def _dates(start: dt.date, end: dt.date) -> list[str]:
+def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise BackfillError(f"--to {end} is before --from {start}")
-    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def target_partitions(
@@ -54,8 +55,6 @@ def target_partitions(
     positions: Sequence[str] | None = None,
 ) -> tuple[list[str], int]:
     """Image partition keys (date|position) in the range that have a photo, and the others."""
-    from dagster import MultiPartitionKey
-
     known_positions = instance.get_dynamic_partitions(POSITION_DIMENSION)
     if positions:
         unknown = sorted(set(positions) - set(known_positions))
@@ -71,7 +70,7 @@ def target_partitions(
     keys, skipped = [], 0
     for date in _dates(start, end):
         for position in chosen:
-            key = str(MultiPartitionKey({DATE_DIMENSION: date, POSITION_DIMENSION: position}))
+            key = str(image_partition_key(ImageKey(position, date)))
             if key in ingested:
                 keys.append(key)
             else:
