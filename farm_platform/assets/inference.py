@@ -86,6 +86,8 @@ def grade_leaves(
     readable_keys = [key for key, _ in images]
     partitions = [(key.position_id, key.date) for key in readable_keys]
     cropper = (detector_card.id, detector_card.version)
+    # The (photo, cropper) scopes whose leaf_crops and disease_grades rows this run replaces.
+    crop_scopes = _scopes(readable_keys, detector_card.id, detector_card.version)
 
     if LEAF_CROPS in context.selected_asset_keys:
         detector = inference.load_detector(detector_card, registry)
@@ -94,7 +96,7 @@ def grade_leaves(
         warehouse.replace_rows(
             "leaf_crops",
             crop_rows,
-            scopes=_scopes(readable_keys, detector_card.id, detector_card.version),
+            scopes=crop_scopes,
         )
         yield MaterializeResult(
             asset_key=LEAF_CROPS,
@@ -128,7 +130,7 @@ def grade_leaves(
             graded_at=pl.lit(graded_at, dtype=pl.Datetime("us", "UTC")),
             dagster_run_id=pl.lit(context.run.run_id),
         )
-        scopes = _scopes(readable_keys, detector_card.id, detector_card.version).with_columns(
+        scopes = crop_scopes.with_columns(
             disease_type=pl.lit(disease),
             disease_model_id=pl.lit(card.id),
             disease_model_version=pl.lit(card.version),
