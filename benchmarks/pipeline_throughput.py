@@ -1,67 +1,68 @@
 """End-to-end throughput of the queue-driven pipeline against the bare model path.
 
-    python benchmarks/pipeline_throughput.py [--images 200 1000] [--positions 50]
-        [--dagster-postgres-url postgresql://user@host:port/db] [--event-batch-size 1000]
+    python benchmarks/pipeline_throughput.py [--images 1000 5000] [--trickle-seconds 120]
 
-For each N: render N simulated photos, start the local emulators and the real
-dagster-daemon on a fresh DAGSTER_HOME, upload the photos (the GCS emulator notifies
-`drone_image`), and time from the first upload until every disease grade of every photo
-is in the DuckDB warehouse. On the same photos, in the same process, it then times the
-bare model path (decode → detect → crop → 5 graders, batch 32) and the sensor's ingest
-alone (one `ingest_tick` over N messages of each form, no inference). Peak memory of a run
-is the highest RSS seen for any run worker, sampled every 0.2 s: the code server starts each
-run in a `multiprocessing` spawn child, so those are the processes sampled.
+For each N: render N simulated photos of one day (N positions), start the local emulators
+and the real dagster-daemon on a fresh SQLite DAGSTER_HOME with the project's instance
+settings, upload the photos (the GCS emulator notifies `drone_image`), and time from the
+first upload until every photo's rows are committed in the DuckDB warehouse. On the same
+photos, in the same process, it then times the bare model path (decode → detect → crop →
+5 graders, batch 32). The ratio is bare seconds / end-to-end seconds.
 
-Dagster's own storage is SQLite in a temporary DAGSTER_HOME, or with
-`--dagster-postgres-url` production's PostgreSQL (an empty database and one N: the runs
-of the instance are counted); `--event-batch-size` sets
-DAGSTER_EVENT_BATCH_SIZE, which makes dagster-postgres write materialization and planned
-events in batches.
+Where the time goes, per photo: the wait until the first run is created (sensor tick and
+batching), each run's queue and start-up (created → started), and inside the runs the
+stages the op records in its `drone_images` materialization (read, decode, detect+crop,
+grade, crop encode+write, warehouse write, checks; reading/decoding the next chunk and
+writing the last one run in background threads, overlapping detect and grade), and what
+is left of a run's wall time (process start, imports, model loading, Dagster's events).
+It also counts the events Dagster stored for the image runs and samples each run worker's
+peak RSS (the code server starts each run in a `multiprocessing` spawn child).
 
-Where the time goes: it also counts the events Dagster stored for the image runs (per
-image: one materialization per asset and one evaluation per asset check per partition,
-plus their "planned" events) and prints the orchestration cost per image — end-to-end
-seconds per image minus the bare model path's.
+The trickle: one photo per second for `--trickle-seconds` at the default batching settings,
+and p50/p95 of upload → rows in the warehouse.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import datetime as dt
 import os
+import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
+from typing import Any
 
 from bare_model_path import measure_bare_path
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 
 from farm_platform import settings
-from farm_platform.assets.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
+from farm_platform.assets.keys import DRONE_IMAGES
 from farm_platform.bucket import bucket_filesystem
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_partitions
+from farm_platform.daemon import (
+    UNFINISHED_STATUSES,
+    DaemonProcess,
+    prepare_dagster_home,
+    wait_for_photos,
+)
 from farm_platform.field_map import write_field_map
-from farm_platform.ingest import IngestCursor, ingest_tick
 from farm_platform.layout import join
-from farm_platform.partitions import PARTITION_RANGE_START_TAG
-from farm_platform.resources.bucket import BucketResource
-from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
 from farm_platform.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.stack import LocalStack
 
-IMAGE_ASSETS = [DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values()]
+START = dt.date(2026, 6, 1)
 
 
 class RunMemorySampler(threading.Thread):
-    """Highest RSS of any Dagster run worker (a spawned child of the code server)."""
+    """Peak RSS of each Dagster run worker (a spawned child of the code server)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak_mb = 0.0
+        self.peak_mb: dict[int, float] = {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -74,123 +75,186 @@ class RunMemorySampler(threading.Thread):
                         continue
                     for line in (proc / "status").read_text().splitlines():
                         if line.startswith("VmRSS:"):
-                            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+                            pid, rss = int(proc.name), int(line.split()[1]) / 1024
+                            self.peak_mb[pid] = max(self.peak_mb.get(pid, 0.0), rss)
                 except OSError:
                     continue
 
 
-def create_subscription(stack, name: str) -> str:
-    from farm_platform.stack import pubsub_subscriber
+class Platform:
+    """The local stack, a DAGSTER_HOME, a warehouse and a running daemon for one phase."""
 
-    subscriber = pubsub_subscriber(stack.pubsub_host)
-    path = subscriber.subscription_path(stack.project, name)
-    topic = subscriber.topic_path(stack.project, settings.DRONE_IMAGE_TOPIC)
-    subscriber.create_subscription(
-        request={"name": path, "topic": topic, "ack_deadline_seconds": 600}
-    )
-    return name
-
-
-def ingest_rate(stack, subscription: str, positions: list[str], expected: int) -> float:
-    pubsub = PubSubResource(project=stack.project, subscription=subscription)
-    bucket = BucketResource(url=stack.bucket_url())
-    cursor, pulled, seconds = IngestCursor(), 0, 0.0
-    while pulled < expected:
-        outcome = ingest_tick(cursor, pubsub, bucket, positions, positions)
-        if not outcome.stats.pulled:
-            break
-        cursor, pulled = outcome.cursor, pulled + outcome.stats.pulled
-        seconds += outcome.stats.seconds
-    return pulled / seconds if seconds else 0.0
-
-
-def bench(
-    n_images: int, positions: int, workdir: Path, postgres_url: str | None = None
-) -> dict[str, float]:
-    days = math.ceil(n_images / positions)
-    config = FarmConfig(positions=positions, days=days, seed=5)
-    photos = list(simulate_images(config))[:n_images]
-    pngs = [photo.png for photo in photos]
-    print(f"\n== N = {len(photos)} photos ({positions} positions × {days} days)", flush=True)
-
-    with LocalStack() as stack:
-        dagster_home = workdir / f"dagster-{n_images}"
-        prepare_dagster_home(dagster_home, postgres_url=postgres_url)
-        field_map_path = write_field_map(field_map(config), workdir / f"positions-{n_images}.csv")
-        environment = {
+    def __init__(self, stack: LocalStack, workdir: Path, name: str, positions: int) -> None:
+        self.dagster_home = workdir / f"dagster-{name}"
+        prepare_dagster_home(self.dagster_home)
+        config = FarmConfig(positions=positions, days=1, start_date=START, seed=5)
+        field_map_path = write_field_map(field_map(config), workdir / f"positions-{name}.csv")
+        self.warehouse = WarehouseResource(url=f"duckdb:///{workdir / f'warehouse-{name}.duckdb'}")
+        self.environment = {
             **stack.environment(),
-            settings.FARM_WAREHOUSE: f"duckdb:///{workdir / f'warehouse-{n_images}.duckdb'}",
+            settings.FARM_WAREHOUSE: self.warehouse.url,
             settings.FARM_FIELD_MAP: str(field_map_path),
         }
-        os.environ.update(environment)
-        notifications = create_subscription(stack, f"bench-notify-{uuid.uuid4().hex[:8]}")
-        drone_messages = create_subscription(stack, f"bench-drone-{uuid.uuid4().hex[:8]}")
-        fs, root = bucket_filesystem(stack.bucket_url())
-        sampler = RunMemorySampler()
-        with (
-            DaemonProcess(dagster_home, environment, workdir / f"daemon-{n_images}.log") as daemon,
-            DagsterInstance.from_config(str(dagster_home)) as instance,
+        os.environ.update(self.environment)
+        self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
+        self.fs, self.root = bucket_filesystem(stack.bucket_url())
+
+    def start(self) -> DagsterInstance:
+        self.daemon.start()
+        instance = DagsterInstance.from_config(str(self.dagster_home))
+        # The daemon loads the code location and records the models first.
+        deadline = time.monotonic() + 180
+        while not instance.get_run_records(RunsFilter()) or instance.get_run_records(
+            RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
         ):
-            time.sleep(20)  # the daemon loads the code location and records the models
-            sampler.start()
-            started = time.perf_counter()
-            fs.pipe({join(root, photo.key.relative_path()): photo.png for photo in photos})
-            wait_for_partitions(instance, IMAGE_ASSETS, len(photos), 3600, daemon, poll_seconds=1)
-            end_to_end = time.perf_counter() - started
-            sampler.stopped.set()
-            runs = instance.get_runs_count()
-            events = sum(
-                len(instance.all_logs(record.dagster_run.run_id))
-                for record in instance.get_run_records()
-                if record.dagster_run.tags.get(PARTITION_RANGE_START_TAG)
-            )
+            if time.monotonic() > deadline:
+                raise RuntimeError(self.daemon.log_tail())
+            time.sleep(1)
+        return instance
 
-        publisher = DroneMessagePublisher(stack.project)
-        for index, photo in enumerate(photos):
-            uri = f"{stack.bucket_url()}/{photo.key.relative_path()}"
-            publisher.publish(uri, photo.key, "bench-drone", captured_at(photo.key, index))
-        publisher.flush()
-        ids = [p.position_id for p in field_map(config)]
-        notification_rate = ingest_rate(stack, notifications, ids, len(photos))
-        drone_rate = ingest_rate(stack, drone_messages, ids, len(photos))
 
-    bare = measure_bare_path(pngs, batch_size=32)
-    pipeline_rate = len(photos) / end_to_end
+def image_runs(instance: DagsterInstance) -> list[Any]:
+    return [
+        record
+        for record in instance.get_run_records(RunsFilter())
+        if PHOTOS_TAG in record.dagster_run.tags
+    ]
+
+
+def stage_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
+    for record in instance.fetch_materializations(DRONE_IMAGES, limit=1000).records:
+        if record.run_id == run_id:
+            metadata = record.asset_materialization.metadata
+            return dict(metadata["stage_seconds"].value)
+    return {}
+
+
+def bench(n_images: int, stack: LocalStack, workdir: Path) -> dict[str, Any]:
+    config = FarmConfig(positions=n_images, days=1, start_date=START, seed=5)
+    print(f"\n== N = {n_images} photos of one day: rendering", flush=True)
+    photos = list(simulate_images(config))
+    platform = Platform(stack, workdir, f"n{n_images}", n_images)
+    sampler = RunMemorySampler()
+    with platform.start() as instance:
+        sampler.start()
+        print("   uploading", flush=True)
+        started = time.perf_counter()
+        platform.fs.pipe(
+            {join(platform.root, photo.key.relative_path()): photo.png for photo in photos}
+        )
+        uploaded = time.perf_counter() - started
+        wait_for_photos(
+            instance, platform.warehouse, n_images, 3600, platform.daemon, poll_seconds=0.5
+        )
+        end_to_end = time.perf_counter() - started
+        sampler.stopped.set()
+        runs = image_runs(instance)
+        first_created = min(record.create_timestamp.timestamp() for record in runs)
+        wall_started = time.time() - (time.perf_counter() - started)
+        stages: dict[str, float] = {}
+        run_wall = queue_and_start = 0.0
+        events = 0
+        for record in runs:
+            run = record.dagster_run
+            queue_and_start += record.start_time - record.create_timestamp.timestamp()
+            run_wall += record.end_time - record.start_time
+            for stage, seconds in stage_seconds(instance, run.run_id).items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
+            events += len(instance.all_logs(run.run_id))
+    platform.daemon.stop()
+
+    print("   bare model path on the same photos", flush=True)
+    bare = measure_bare_path([photo.png for photo in photos], batch_size=32)
+    op_total = stages.pop("op_total", 0.0)
+    per_photo_ms = {
+        "sensor wait (upload start → first run created)": first_created - wall_started,
+        "run queue (created → started, all runs)": queue_and_start,
+        **{f"in op: {stage}": seconds for stage, seconds in stages.items()},
+        "in op: all of it (wall)": op_total,
+        "in run, outside the op (process, imports, Dagster events)": run_wall - op_total,
+    }
     figures = {
-        "images": len(photos),
-        "runs": runs,
-        "end_to_end_images_per_s": pipeline_rate,
-        "bare_images_per_s": bare["images_per_s"],
-        "ratio": pipeline_rate / bare["images_per_s"],
-        "ingest_notifications_per_s": notification_rate,
-        "ingest_drone_messages_per_s": drone_rate,
-        "peak_run_rss_mb": sampler.peak_mb,
-        "dagster_events_per_image": events / len(photos),
-        "orchestration_ms_per_image": 1000 * (1 / pipeline_rate - 1 / bare["images_per_s"]),
+        "photos": n_images,
+        "runs": len(runs),
+        "upload_seconds": round(uploaded, 1),
+        "end_to_end_seconds": round(end_to_end, 1),
+        "end_to_end_photos_per_s": round(n_images / end_to_end, 1),
+        "bare_photos_per_s": bare["images_per_s"],
+        "ratio": round(bare["seconds"] / end_to_end, 3),
+        "dagster_events_per_photo": round(events / n_images, 4),
+        "peak_run_rss_mb": [round(mb) for mb in sampler.peak_mb.values()],
+        "stage_ms_per_photo": {k: round(1000 * v / n_images, 2) for k, v in per_photo_ms.items()},
     }
     for name, value in figures.items():
-        print(
-            f"  {name:32s} {value:10.2f}"
-            if isinstance(value, float)
-            else f"  {name:32s} {value:10d}"
-        )
+        if isinstance(value, dict):
+            print(f"  {name}:")
+            for stage, ms in value.items():
+                print(f"    {stage:62s} {ms:8.2f}")
+        else:
+            print(f"  {name:32s} {value}")
     return figures
+
+
+def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
+    """One photo a second for `seconds`, default batching: upload → rows latency."""
+    config = FarmConfig(positions=seconds, days=1, start_date=START, seed=9)
+    photos = list(simulate_images(config))
+    platform = Platform(stack, workdir, "trickle", seconds)
+    latencies: list[float] = []
+    with platform.start() as instance:
+        print(f"\n== trickle: 1 photo/s for {seconds} s", flush=True)
+        uploaded_at: dict[str, float] = {}
+        for photo in photos:
+            path = join(platform.root, photo.key.relative_path())
+            platform.fs.pipe_file(path, photo.png)
+            uploaded_at[photo.key.position_id] = time.time()
+            time.sleep(max(0.0, 1.0 - (time.time() - uploaded_at[photo.key.position_id])))
+            latencies.extend(_newly_graded(platform, uploaded_at))
+        deadline = time.monotonic() + 300
+        while len(latencies) < len(photos) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            latencies.extend(_newly_graded(platform, uploaded_at))
+        runs = len(image_runs(instance))
+    platform.daemon.stop()
+    ordered = sorted(latencies)
+    result = {
+        "photos": len(photos),
+        "graded": len(latencies),
+        "runs": runs,
+        "p50_seconds": round(statistics.median(ordered), 1),
+        "p95_seconds": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
+        "max_seconds": round(ordered[-1], 1),
+    }
+    for name, value in result.items():
+        print(f"  {name:32s} {value}")
+    return result
+
+
+_seen: set[str] = set()
+
+
+def _newly_graded(platform: Platform, uploaded_at: dict[str, float]) -> list[float]:
+    """Latency of each photo whose rows appeared since the last look."""
+    now = time.time()
+    try:
+        rows = platform.warehouse.query("SELECT position_id FROM drone_images")
+    except Exception:  # noqa: BLE001 - the table appears with the first run
+        return []
+    fresh = [p for p in rows["position_id"].to_list() if p not in _seen]
+    _seen.update(fresh)
+    return [now - uploaded_at[p] for p in fresh]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[200, 1000])
-    parser.add_argument("--positions", type=int, default=50)
-    parser.add_argument("--dagster-postgres-url", help="Dagster storage in PostgreSQL")
-    parser.add_argument("--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE")
+    parser.add_argument("--images", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument("--trickle-seconds", type=int, default=120, help="0: no trickle")
     args = parser.parse_args()
-    if args.dagster_postgres_url and len(args.images) > 1:
-        parser.error("with --dagster-postgres-url give one --images N (runs are counted per DB)")
-    if args.event_batch_size:
-        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
-    with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir, LocalStack() as stack:
         for n_images in args.images:
-            bench(n_images, args.positions, Path(workdir), args.dagster_postgres_url)
+            bench(n_images, stack, Path(workdir))
+        if args.trickle_seconds:
+            trickle(stack, Path(workdir), args.trickle_seconds)
     return 0
 
 

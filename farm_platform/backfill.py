@@ -3,13 +3,13 @@
 The backfill is the same object the UI's "Materialize selected → backfill" and the GraphQL
 `launchPartitionBackfill` mutation create (`PartitionBackfill.from_asset_partitions` added
 to the instance, which is exactly what dagster-graphql does after loading a workspace); the
-daemon's backfill daemon then launches it, and the assets' `BackfillPolicy.multi_run`
-batches the partitions into few runs of up to 500 photos. Building it here, against the
-code location's asset graph loaded in-process, avoids starting gRPC code servers for both
-code locations just to resolve the same graph.
+daemon's backfill daemon then launches it, one run per day partition (the assets'
+`BackfillPolicy`). Each run re-grades every photo of its day the platform has recorded, or,
+with `--positions`, those positions' photos only (the run config's photo list). Building it
+here, against the code location's asset graph loaded in-process, avoids starting gRPC code
+servers for both code locations just to resolve the same graph.
 
-Only partitions whose photo was ingested (`drone_images` materialized) are targeted: a
-date × position without a photo has nothing to re-grade.
+Only days with an ingested photo (`drone_images` materialized) are targeted.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from farm_platform.assets.keys import DRONE_IMAGES
-from farm_platform.layout import ImageKey
-from farm_platform.partitions import POSITION_DIMENSION, image_partition_key
 
 if TYPE_CHECKING:
     from dagster import AssetKey, DagsterInstance
@@ -39,7 +37,7 @@ class BackfillError(RuntimeError):
 class LaunchedBackfill:
     backfill_id: str
     partitions: list[str]
-    skipped_without_photo: int
+    skipped_days_without_photo: int
 
 
 def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -49,33 +47,23 @@ def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def target_partitions(
-    instance: DagsterInstance,
-    start: dt.date,
-    end: dt.date,
-    positions: Sequence[str] | None = None,
+    instance: DagsterInstance, start: dt.date, end: dt.date
 ) -> tuple[list[str], int]:
-    """Image partition keys (date|position) in the range that have a photo, and the others."""
-    known_positions = instance.get_dynamic_partitions(POSITION_DIMENSION)
-    if positions:
-        unknown = sorted(set(positions) - set(known_positions))
-        if unknown:
-            raise BackfillError(
-                f"unknown position(s) {', '.join(unknown)}: the sensor registers positions "
-                "from the field map when their first photo arrives"
-            )
-        chosen = [p for p in known_positions if p in set(positions)]
-    else:
-        chosen = list(known_positions)
+    """Day partition keys in the range that have an ingested photo, and how many have none."""
     ingested = instance.get_materialized_partitions(DRONE_IMAGES)
-    keys, skipped = [], 0
-    for date in _dates(start, end):
-        for position in chosen:
-            key = str(image_partition_key(ImageKey(position, date)))
-            if key in ingested:
-                keys.append(key)
-            else:
-                skipped += 1
-    return keys, skipped
+    days = [date.isoformat() for date in _dates(start, end)]
+    keys = [day for day in days if day in ingested]
+    return keys, len(days) - len(keys)
+
+
+def _check_positions(positions: Sequence[str]) -> None:
+    from farm_platform.field_map import field_map_path, read_field_map
+
+    unknown = sorted(set(positions) - set(read_field_map(field_map_path())))
+    if unknown:
+        raise BackfillError(
+            f"unknown position(s) {', '.join(unknown)}: not in the field map {field_map_path()}"
+        )
 
 
 def launch_backfill(
@@ -92,13 +80,16 @@ def launch_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
+    from farm_platform.assets.inference import photo_run_config
     from farm_platform.model_admin import image_asset_graph
 
     graph = asset_graph or image_asset_graph()
     missing = [key.to_user_string() for key in asset_keys if not graph.has(key)]
     if missing:
         raise BackfillError(f"unknown asset(s) {', '.join(missing)}")
-    partitions, skipped = target_partitions(instance, start, end, positions)
+    if positions:
+        _check_positions(positions)
+    partitions, skipped = target_partitions(instance, start, end)
     if not partitions:
         raise BackfillError(
             f"no ingested photo between {start} and {end}"
@@ -117,8 +108,9 @@ def launch_backfill(
         all_partitions=False,
         title=check_valid_title(title)
         or f"{'_'.join(k.to_user_string() for k in asset_keys)}_{start:%Y%m%d}_{end:%Y%m%d}",
-        description=f"farm-platform backfill: {len(partitions)} partitions",
-        run_config=None,
+        description=f"farm-platform backfill: {len(partitions)} day(s)"
+        + (f", positions {', '.join(positions)}" if positions else ""),
+        run_config=photo_run_config(positions) if positions else None,
     )
     instance.add_backfill(backfill)
     return LaunchedBackfill(backfill_id, partitions, skipped)

@@ -228,8 +228,8 @@ def _backfill(args: argparse.Namespace) -> int:
             launched = launch_backfill(instance, assets, args.date_from, args.date_to, positions)
             print(
                 f"backfill {launched.backfill_id}: {', '.join(a.to_user_string() for a in assets)}"
-                f" over {len(launched.partitions)} partition(s)"
-                f" ({launched.skipped_without_photo} date x position without a photo skipped)"
+                f" over {len(launched.partitions)} day partition(s)"
+                f" ({launched.skipped_days_without_photo} day(s) without a photo skipped)"
             )
             if not args.wait:
                 print(

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform.settings import WORKSPACE_FILE
 
@@ -20,9 +21,21 @@ run_coordinator:
   module: dagster._core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    # One run at a time: the DuckDB warehouse has one writer, and a run already
-    # uses both cores of a small machine.
+    # One run at a time by default: the DuckDB warehouse has one writer, and a run
+    # already uses both cores of a small machine.
     max_concurrent_runs: {max_concurrent_runs}
+    # Never two runs of the same day partition at once (image runs and the report alike):
+    # they would write the same photos' rows.
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 20
 telemetry:
   enabled: false
 """
@@ -118,18 +131,23 @@ class PipelineFailed(RuntimeError):
     """A run failed, or the wait timed out."""
 
 
-def wait_for_partitions(
+def wait_for_photos(
     instance: DagsterInstance,
-    asset_keys: list[AssetKey],
+    warehouse: Any,
     expected: int,
     timeout_seconds: float,
     daemon: DaemonProcess | None = None,
     progress: Callable[[int, int], None] | None = None,
     poll_seconds: float = 2.0,
 ) -> None:
-    """Wait until every asset has `expected` materialized partitions and no run is unfinished."""
+    """Wait until `expected` photos are processed (a `drone_images` row is committed with
+    the photo's crops and grades), none waits in the arrival queue and no run is
+    unfinished; raise if a run failed or the daemon died."""
+    from farm_platform.arrivals import ArrivalQueue
+
     deadline = time.monotonic() + timeout_seconds
     last_reported = -1
+    queue = ArrivalQueue(warehouse)
     while True:
         failed = instance.get_run_records(RunsFilter(statuses=list(FAILED_STATUSES)), limit=5)
         if failed:
@@ -138,20 +156,26 @@ def wait_for_partitions(
                 + ", ".join(record.dagster_run.run_id for record in failed)
                 + (f"\n{daemon.log_tail()}" if daemon else "")
             )
-        done = min(len(instance.get_materialized_partitions(key)) for key in asset_keys)
+        done = processed_photos(warehouse)
         if progress and done != last_reported:
             progress(done, expected)
             last_reported = done
         unfinished = instance.get_run_records(
             RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
         )
-        if done >= expected and not unfinished:
+        if done >= expected and not unfinished and not queue.pending_count():
             return
         if daemon is not None and not daemon.alive():
             raise PipelineFailed(f"dagster-daemon exited:\n{daemon.log_tail()}")
         if time.monotonic() > deadline:
             raise PipelineFailed(
-                f"timed out after {timeout_seconds:.0f} s with {done}/{expected} partitions"
+                f"timed out after {timeout_seconds:.0f} s with {done}/{expected} photos"
                 + (f"\n{daemon.log_tail()}" if daemon else "")
             )
         time.sleep(poll_seconds)
+
+
+def processed_photos(warehouse: Any) -> int:
+    """Photos with a committed `drone_images` row (their crops and grades came with it)."""
+    warehouse.create_schema()
+    return int(warehouse.query("SELECT count(*) AS n FROM drone_images")["n"][0])

@@ -7,7 +7,7 @@ import os
 from dagster import Definitions, EnvVar, in_process_executor
 
 from farm_platform import settings
-from farm_platform.assets import drone_images, grade_leaves, registered_models
+from farm_platform.assets import image_pipeline, registered_models
 from farm_platform.field_map import DEFAULT_FIELD_MAP_PATH
 from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR
 from farm_platform.resources import (
@@ -17,7 +17,11 @@ from farm_platform.resources import (
     PubSubResource,
     WarehouseResource,
 )
-from farm_platform.sensors import drone_image_sensor, model_registry_sensor
+from farm_platform.sensors import (
+    drone_image_sensor,
+    model_registry_sensor,
+    requeue_failed_photos,
+)
 
 
 def _optional_env(name: str, default: str) -> str | EnvVar:
@@ -25,8 +29,8 @@ def _optional_env(name: str, default: str) -> str | EnvVar:
 
 
 defs = Definitions(
-    assets=[registered_models, drone_images, grade_leaves],
-    sensors=[drone_image_sensor, model_registry_sensor],
+    assets=[registered_models, image_pipeline],
+    sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
     resources={
         "bucket": BucketResource(url=EnvVar(settings.FARM_BUCKET)),
         "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
@@ -41,7 +45,6 @@ defs = Definitions(
             path=_optional_env(settings.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
         ),
     },
-    # A run processes a batch of images in one process: steps share decoded photos and
-    # loaded models instead of paying a process (and a torch import) per step.
+    # A run is one op: no step process (and torch import) per step.
     executor=in_process_executor,
 )

@@ -23,7 +23,6 @@ from dagster import AssetKey
 
 from farm_platform import settings
 from farm_platform.analytics.report import load_report_data, summary_lines
-from farm_platform.assets.keys import GRADES_BY_DISEASE
 from farm_platform.field_map import field_map_path, read_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.settings import WORKSPACE_FILE
@@ -37,7 +36,7 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
         DaemonProcess,
         PipelineFailed,
         prepare_dagster_home,
-        wait_for_partitions,
+        wait_for_photos,
     )
     from farm_platform.stack import LocalStack
 
@@ -72,15 +71,16 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
             f"[demo] uploaded {summary.images} photos ({summary.leaves} leaves); "
             f"{summary.published} drone messages + {summary.images} storage notifications"
         )
-        print("[demo] running dagster-daemon: drone_image_sensor → batched runs → warehouse")
+        print("[demo] running dagster-daemon: drone_image_sensor → day runs → warehouse")
         with (
             DaemonProcess(dagster_home, environment, workdir / "daemon.log") as daemon,
             DagsterInstance.from_config(str(dagster_home)) as instance,
         ):
+            warehouse = WarehouseResource(url=warehouse_url)
             try:
-                wait_for_partitions(
+                wait_for_photos(
                     instance,
-                    list(GRADES_BY_DISEASE.values()),
+                    warehouse,
                     expected,
                     timeout_seconds,
                     daemon,
@@ -90,7 +90,6 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
                 print(f"[demo] FAILED: {exc}")
                 return 1
             runs = instance.get_runs_count()
-            warehouse = WarehouseResource(url=warehouse_url)
             print(
                 f"\n[demo] graded in {time.monotonic() - started:.0f} s: {expected} images in "
                 f"{runs} Dagster runs; warehouse {warehouse.duckdb_path}\n"

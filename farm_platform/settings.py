@@ -24,6 +24,19 @@ FARM_FIELD_MAP = "FARM_FIELD_MAP"
 # Where daily reports go; default {FARM_BUCKET}/reports.
 FARM_REPORTS = "FARM_REPORTS"
 
+# Batching of arrivals into day runs (README, "The sensor"): a run starts when this many
+# photos of one day wait, or when the oldest has waited this long.
+FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
+DEFAULT_RUN_MAX_PHOTOS = 2000
+FARM_BATCH_MAX_WAIT_SECONDS = "FARM_BATCH_MAX_WAIT_SECONDS"
+DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
+# Photos a run reads, decodes, grades and writes at a time: bounds a run's memory.
+FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
+DEFAULT_RUN_CHUNK_PHOTOS = 64
+# How often a photo is handed to a run before a failure dead-letters it.
+FARM_MAX_PHOTO_ATTEMPTS = "FARM_MAX_PHOTO_ATTEMPTS"
+DEFAULT_MAX_PHOTO_ATTEMPTS = 3
+
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
 DEAD_LETTER_TOPIC = "drone_image.dead"
@@ -41,4 +54,24 @@ CONFIG_VARIABLES = (
     DAGSTER_HOME,
     FARM_FIELD_MAP,
     FARM_REPORTS,
+    FARM_RUN_MAX_PHOTOS,
+    FARM_BATCH_MAX_WAIT_SECONDS,
+    FARM_RUN_CHUNK_PHOTOS,
+    FARM_MAX_PHOTO_ATTEMPTS,
 )
+
+
+def env_number(name: str, default: float) -> float:
+    """A positive number from the environment, or a clear error naming the variable."""
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be greater than 0")
+    return value

@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from farm_platform.batching import plan_rectangles
 from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
-from farm_platform.layout import ImageKey
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.simulate import FarmConfig, SimulationSummary, write_farm
 
@@ -41,6 +39,50 @@ class GradedFarm:
     summary: SimulationSummary
 
 
+def farm_resources(
+    bucket_url: str, warehouse_url: str, models_dir: Path | None = None
+) -> dict[str, object]:
+    """The image pipeline's resources over a bucket and warehouse, with no Pub/Sub: no
+    message announces these photos, so nothing is dead-lettered from a run."""
+    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
+
+    return {
+        "bucket": BucketResource(url=bucket_url),
+        "warehouse": WarehouseResource(url=warehouse_url),
+        "pubsub": PubSubResource(project="unused"),
+        "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
+    }
+
+
+def materialize_day(
+    resources: dict[str, object],
+    day: str,
+    positions: list[str] | None = None,
+    instance: DagsterInstance | None = None,
+    selection: list[str] | None = None,
+) -> bool:
+    """One run of `image_pipeline` (or the `selection` of its assets) for `day`, over
+    `positions` (None: every photo of the day the platform has recorded); its success."""
+    from dagster import DagsterInstance, materialize
+
+    from farm_platform.assets import image_pipeline
+    from farm_platform.assets.inference import photo_run_config
+
+    with contextlib.ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(DagsterInstance.ephemeral())
+        return materialize(
+            [image_pipeline],
+            selection=selection,
+            instance=instance,
+            resources=resources,
+            run_config={**QUIET_RUN_CONFIG, **photo_run_config(positions or [])},
+            partition_key=day,
+            raise_on_error=False,
+        ).success
+
+
 def grade_simulated_farm(
     config: FarmConfig,
     workdir: Path,
@@ -48,55 +90,32 @@ def grade_simulated_farm(
     models_dir: Path | None = None,
 ) -> GradedFarm:
     """Simulate `config` into a folder bucket under `workdir` and materialize the model
-    assets, `drone_images` and `grade_leaves` over it in this process, batched as the
-    sensor batches (partition-range runs), on `instance` (default: a throwaway one) with
+    assets and `image_pipeline` over it in this process, one run per day with the day's
+    photos listed as the sensor lists them, on `instance` (default: a throwaway one) with
     the models of `models_dir` (default: the repository's); raises if a run fails."""
     from dagster import DagsterInstance, materialize
 
-    from farm_platform.assets import drone_images, grade_leaves, registered_models
+    from farm_platform.assets import registered_models
     from farm_platform.field_map import read_field_map
-    from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.partitions import POSITION_DIMENSION, partition_range_tags
-    from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
 
     workdir.mkdir(parents=True, exist_ok=True)
     bucket_url = f"file://{workdir / 'bucket'}"
     field_map = workdir / "positions.csv"
     summary = write_farm(config, bucket_url, field_map, truth_url=str(workdir / "truth"))
-    warehouse = WarehouseResource(url=f"duckdb:///{workdir / 'warehouse.duckdb'}")
-    resources = {
-        "bucket": BucketResource(url=bucket_url),
-        "warehouse": warehouse,
-        # No message announces these photos, so nothing is dead-lettered from the run.
-        "pubsub": PubSubResource(project="unused"),
-        "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
-    }
+    resources = farm_resources(bucket_url, f"duckdb:///{workdir / 'warehouse.duckdb'}", models_dir)
     positions = list(read_field_map(field_map))
     with contextlib.ExitStack() as stack:
         if instance is None:
             instance = stack.enter_context(DagsterInstance.ephemeral())
-        instance.add_dynamic_partitions(POSITION_DIMENSION, positions)
-        runs = [([registered_models], {})]
-        keys = [ImageKey(position, date) for date in config.dates for position in positions]
-        for rectangle in plan_rectangles(keys, positions, max_images=500):
-            runs.append(
-                (
-                    [drone_images, grade_leaves],
-                    partition_range_tags(rectangle.first, rectangle.last),
-                )
-            )
-        for assets, tags in runs:
-            result = materialize(
-                assets,
-                instance=instance,
-                resources=resources,
-                run_config=QUIET_RUN_CONFIG,
-                tags=tags,
-                raise_on_error=False,
-            )
-            if not result.success:
-                raise RuntimeError(f"the image pipeline failed on the simulated farm in {workdir}")
-    return GradedFarm(bucket_url, field_map, warehouse, summary)
+        graded = materialize(
+            [registered_models], instance=instance, resources=resources, raise_on_error=False
+        ).success and all(
+            materialize_day(resources, date.isoformat(), positions, instance)
+            for date in config.dates
+        )
+        if not graded:
+            raise RuntimeError(f"the image pipeline failed on the simulated farm in {workdir}")
+    return GradedFarm(bucket_url, field_map, resources["warehouse"], summary)
 
 
 def reported_vs_true_effect(config: FarmConfig, workdir: Path) -> pl.DataFrame:

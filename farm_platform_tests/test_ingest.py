@@ -1,4 +1,5 @@
-"""The sensor's delivery protocol against the real Pub/Sub and GCS emulators."""
+"""The sensor's delivery protocol against the real Pub/Sub and GCS emulators, with the
+arrival queue in a real DuckDB warehouse."""
 
 import datetime as dt
 import io
@@ -9,13 +10,16 @@ import uuid
 import pytest
 from PIL import Image
 
+from farm_platform.arrivals import Arrival, ArrivalQueue
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
-from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.pubsub import PubSubResource, PulledMessage
+from farm_platform.resources.warehouse import WarehouseResource
 
 POSITIONS = [f"P{i:03d}" for i in range(4)]
-SETTINGS = IngestSettings(pull_timeout_seconds=1.0)
+# Claim pending photos at once: the tests of holding arrivals set their own limits.
+SETTINGS = IngestSettings(pull_timeout_seconds=1.0, max_wait_seconds=0)
 
 
 def png() -> bytes:
@@ -25,8 +29,13 @@ def png() -> bytes:
 
 
 @pytest.fixture
-def farm(stack_env, fresh_subscription):
-    """A unique date for this test, so its objects and partitions are its own."""
+def queue(tmp_path) -> ArrivalQueue:
+    return ArrivalQueue(WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}"))
+
+
+@pytest.fixture
+def farm(stack_env, fresh_subscription, queue):
+    """A unique date for this test, so its objects are its own; its own arrival queue."""
     pubsub = PubSubResource(project=stack_env.project, subscription=fresh_subscription.name)
     bucket = BucketResource(url=stack_env.bucket_url())
     date = dt.date(2026, 1, 1) + dt.timedelta(days=uuid.uuid4().int % 300)
@@ -44,7 +53,7 @@ def publish(publisher, topic_path: str, payload, **attributes) -> None:
     publisher.publish(topic_path, data, **attributes).result(timeout=10)
 
 
-def tick(pubsub, bucket, cursor=None, wait_seconds: float = 10.0):
+def tick(pubsub, bucket, queue, cursor=None, wait_seconds: float = 10.0, settings=SETTINGS):
     """One ingest tick; if nothing has arrived yet, tick again until something does.
 
     A synchronous pull may come back empty while a just-published message is still on its
@@ -52,9 +61,7 @@ def tick(pubsub, bucket, cursor=None, wait_seconds: float = 10.0):
     """
     deadline = time.monotonic() + wait_seconds
     while True:
-        outcome = ingest_tick(
-            cursor or IngestCursor(), pubsub, bucket, POSITIONS, POSITIONS, SETTINGS
-        )
+        outcome = ingest_tick(cursor or IngestCursor(), pubsub, bucket, queue, POSITIONS, settings)
         if outcome.stats.pulled or time.monotonic() > deadline:
             return outcome
 
@@ -76,7 +83,11 @@ def redelivered(subscriber, subscription_path: str, ack_ids: list[str]) -> int:
     return len(again)
 
 
-def test_both_forms_of_one_upload_are_one_unit_of_work(farm, publisher, subscriber):
+def claimed(outcome) -> list[str]:
+    return sorted(position for claim in outcome.claims for position in claim.positions)
+
+
+def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):
     pubsub, bucket, date, subscription = farm
     keys = [ImageKey(position, date) for position in POSITIONS]
     for key in keys:
@@ -85,70 +96,149 @@ def test_both_forms_of_one_upload_are_one_unit_of_work(farm, publisher, subscrib
             publisher, subscription.topic_path, {"image_uri": uri, "position_id": key.position_id}
         )
 
-    outcome = tick(pubsub, bucket)
+    outcome = tick(pubsub, bucket, queue)
+    while outcome.stats.pulled < 8:  # the two forms may arrive over two ticks
+        more = tick(pubsub, bucket, queue, outcome.cursor)
+        outcome.stats.pulled += more.stats.pulled
+        outcome.stats.duplicates += more.stats.duplicates
+        outcome.stats.new_images += more.stats.new_images
+        outcome.claims += more.claims
 
-    assert outcome.stats.pulled == 8
     assert outcome.stats.new_images == 4 and outcome.stats.duplicates == 4
-    assert len(outcome.batches) == 1  # one run for the day's four positions
-    batch = outcome.batches[0]
-    assert sorted(image.key for image in batch.images) == keys
-    assert sorted(batch.rectangle.keys) == keys
-    assert all(len(image.messages) == 2 for image in batch.images)
-    assert len(outcome.cursor.pending_acks) == 8
+    assert len(outcome.claims) == 1  # one run for the day's four positions
+    assert outcome.claims[0].date == date
+    assert claimed(outcome) == POSITIONS
+    # Every message is held until the run is stored: eight ack ids wait in the queue.
+    assert len(queue.held_ack_ids()) == 8
 
 
-def test_work_is_acknowledged_only_on_the_next_tick(farm, subscriber):
+def test_messages_are_acknowledged_only_after_their_run_is_stored(farm, queue, subscriber):
     pubsub, bucket, date, subscription = farm
     upload(bucket, ImageKey("P000", date))
-    first = tick(pubsub, bucket)
-    pending = first.cursor.pending_acks
-    assert len(pending) == 1
+    first = tick(pubsub, bucket, queue)
+    held = queue.held_ack_ids()
+    assert len(held) == 1 and len(first.claims) == 1
 
     # Before the next tick the message is still unacknowledged: Pub/Sub would redeliver it.
-    assert redelivered(subscriber, subscription.path, pending) == 1
+    assert redelivered(subscriber, subscription.path, held) == 1
 
-    # The redelivered copy is recognised as the same image, whatever cursor the tick has.
-    again = tick(pubsub, bucket, first.cursor)
-    assert again.stats.new_images == 0 and again.stats.duplicates == 1
-    # After the tick that follows a committed cursor, it is acknowledged for good.
-    upload(bucket, ImageKey("P001", date))
-    second = tick(pubsub, bucket, first.cursor)
-    third = tick(pubsub, bucket, second.cursor)
-    assert third.stats.acknowledged >= len(second.cursor.pending_acks)
-    assert redelivered(subscriber, subscription.path, second.cursor.pending_acks) == 0
+    # The next tick starts from the stored cursor: the run exists, so the redelivered copy
+    # is a duplicate, acknowledged, and the held message is released.
+    second = tick(pubsub, bucket, queue, first.cursor)
+    assert second.stats.new_images == 0 and second.stats.duplicates == 1
+    assert second.claims == []
+    assert queue.held_ack_ids() == []
+    assert redelivered(subscriber, subscription.path, held) == 0
 
 
-def test_a_tick_that_never_committed_is_redone_with_the_same_run_key(farm, subscriber):
+def test_a_claim_whose_tick_was_never_stored_is_claimed_again(farm, queue, subscriber):
     pubsub, bucket, date, subscription = farm
     for position in POSITIONS[:3]:
         upload(bucket, ImageKey(position, date))
-    lost = tick(pubsub, bucket)  # the daemon dies before Dagster stores this tick
+    lost = tick(pubsub, bucket, queue)  # the daemon dies before Dagster stores this tick
+    assert claimed(lost) == POSITIONS[:3]
     # Its messages were never acknowledged: once their deadline passes, they come back.
-    assert redelivered(subscriber, subscription.path, lost.cursor.pending_acks) == 3
-    redone = tick(pubsub, bucket)  # same (empty) cursor as the lost tick had
-    assert redone.stats.new_images == 3
+    assert redelivered(subscriber, subscription.path, queue.held_ack_ids()) == 3
 
-    from farm_platform.sensors.drone_image_sensor import batch_run_request
+    redone = tick(pubsub, bucket, queue)  # the cursor before the lost tick: no claims
+    assert redone.stats.new_images == 0  # the queue remembers the photos
+    assert claimed(redone) == POSITIONS[:3]  # and hands them to a new run
+    assert [c.run_key for c in redone.claims] != [c.run_key for c in lost.claims]
 
-    assert [batch_run_request(b).run_key for b in redone.batches] == [
-        batch_run_request(b).run_key for b in lost.batches
-    ]
+    tick(pubsub, bucket, queue, redone.cursor, wait_seconds=0)
+    assert queue.held_ack_ids() == []
+    assert queue.pending_count() == 0
 
 
-def test_a_new_upload_of_the_same_photo_is_new_work(farm):
+def test_arrivals_wait_for_a_full_batch_or_the_maximum_wait(farm, queue):
+    pubsub, bucket, date, _ = farm
+    hold = IngestSettings(pull_timeout_seconds=1.0, max_photos_per_run=3, max_wait_seconds=3600)
+    for position in POSITIONS[:2]:
+        upload(bucket, ImageKey(position, date))
+    first = tick(pubsub, bucket, queue, settings=hold)
+    while first.stats.new_images < 2:
+        more = tick(pubsub, bucket, queue, first.cursor, settings=hold)
+        first.stats.new_images += more.stats.new_images
+        first.claims += more.claims
+    assert first.claims == []  # two photos wait for a third (or for an hour)
+
+    for position in POSITIONS[2:]:
+        upload(bucket, ImageKey(position, date))
+    second = tick(pubsub, bucket, queue, first.cursor, settings=hold)
+    while second.stats.new_images < 2:
+        more = tick(pubsub, bucket, queue, second.cursor, settings=hold)
+        second.stats.new_images += more.stats.new_images
+        second.claims += more.claims
+    # A full batch of three runs at once; the fourth photo keeps waiting.
+    assert [len(claim.positions) for claim in second.claims] == [3]
+    assert queue.waiting_count() == 1
+
+    impatient = IngestSettings(pull_timeout_seconds=1.0, max_photos_per_run=3)
+    impatient = IngestSettings(**{**impatient.__dict__, "max_wait_seconds": 0})
+    last = tick(pubsub, bucket, queue, second.cursor, wait_seconds=0, settings=impatient)
+    assert [len(claim.positions) for claim in last.claims] == [1]
+
+
+def test_a_new_upload_of_the_same_photo_is_new_work(farm, queue):
     pubsub, bucket, date, _ = farm
     key = ImageKey("P002", date)
     upload(bucket, key)
-    first = tick(pubsub, bucket)
+    first = tick(pubsub, bucket, queue)
     upload(bucket, key, png() + b"")  # a new generation of the same object
-    second = tick(pubsub, bucket, first.cursor)
+    second = tick(pubsub, bucket, queue, first.cursor)
     assert first.stats.new_images == 1
     assert second.stats.new_images == 1
-    assert first.batches[0].images[0].generation != second.batches[0].images[0].generation
+    generations = queue.warehouse.query("SELECT generation FROM image_arrivals")["generation"]
+    assert generations.n_unique() == 2
+    assert claimed(second) == ["P002"]
+
+
+def test_the_cursor_stays_small_at_10000_photos_a_day(queue):
+    """The cursor holds run keys, not photos: measured at 10,000 photos of one day."""
+    date = dt.date(2026, 6, 1)
+    now = dt.datetime.now(dt.UTC)
+    arrivals = [
+        Arrival(
+            ImageKey(f"P{i:05d}", date),
+            str(1_700_000_000_000_000 + i),
+            f"gs://farm/P{i:05d}/{date}/image.png",
+            PulledMessage(f"ack-{i}", str(i), now.isoformat(), b"{}", {}),
+        )
+        for i in range(10_000)
+    ]
+    assert queue.record(arrivals, now).new == 10_000
+    claims = queue.claim(max_photos=2000, max_wait=dt.timedelta(seconds=15), now=now)
+    assert sum(len(claim.positions) for claim in claims) == 10_000
+    cursor = IngestCursor([claim.run_key for claim in claims]).to_json()
+    assert len(cursor.encode()) < 64 * 1024
+    assert len(cursor.encode()) < 100 * len(claims)  # a run key each, nothing per photo
+
+
+def test_a_failed_runs_photos_are_requeued_then_dead_lettered(farm, queue, dead_letters, drain):
+    pubsub, bucket, date, _ = farm
+    upload(bucket, ImageKey("P001", date))
+    outcome = tick(pubsub, bucket, queue)
+    for attempt in range(1, 4):
+        (claim,) = outcome.claims
+        outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
+        # The run of `claim` failed.
+        requeued, exhausted = queue.requeue(claim.run_key, max_attempts=3)
+        if attempt < 3:
+            assert (requeued, exhausted.height) == (1, 0)
+            assert queue.waiting_count() == 1
+            outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
+            assert claimed(outcome) == ["P001"]  # de-duplication does not hide it
+        else:
+            assert (requeued, exhausted.height) == (0, 1)
+            queue.give_up(exhausted, pubsub, "photo failed in 3 runs")
+    (letter,) = drain(dead_letters)
+    assert letter.attributes["error"] == "photo failed in 3 runs"
+    assert letter.attributes["eventType"] == "OBJECT_FINALIZE"  # the original message
+    assert queue.warehouse.query("SELECT * FROM image_arrivals").height == 0
 
 
 def test_every_bad_message_is_dead_lettered_with_its_reason(
-    farm, publisher, subscriber, dead_letters, drain
+    farm, queue, publisher, subscriber, dead_letters, drain
 ):
     pubsub, bucket, date, subscription = farm
     day = date.isoformat()
@@ -175,14 +265,21 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
         ),
     }
     # Drain the notification for the one real upload first: this test is about bad messages.
-    tick(pubsub, bucket)
+    first = tick(pubsub, bucket, queue)
     for data, attributes in bad.values():
         publish(publisher, subscription.topic_path, data, **attributes)
 
-    outcome = tick(pubsub, bucket)
+    outcome = tick(pubsub, bucket, queue, first.cursor)
+    deadline = time.monotonic() + 15
+    while outcome.stats.dead_lettered < len(bad) and time.monotonic() < deadline:
+        more = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=1)
+        outcome.stats.dead_lettered += more.stats.dead_lettered
+        outcome.acknowledged_ids += more.acknowledged_ids
+        outcome.cursor = more.cursor
 
     assert outcome.stats.dead_lettered == len(bad)
-    assert outcome.batches == []
+    # None of them asks for work: only the real upload was ever handed to a run.
+    assert queue.warehouse.query("SELECT position_id FROM image_arrivals").rows() == [("P003",)]
     letters = drain(dead_letters)
     assert len(letters) == len(bad)
     by_data = {bytes(m.data): m for m in letters}
@@ -196,7 +293,7 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 
 
 def test_dead_letters_can_be_listed_and_replayed_once_fixed(
-    farm, publisher, subscriber, dead_letters, local_stack
+    farm, queue, publisher, subscriber, dead_letters, local_stack
 ):
     from farm_platform.dead_letters import (
         dead_letter_queue,
@@ -213,31 +310,28 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
     deadline = time.monotonic() + 15
     rejected = 0
     while rejected < 2 and time.monotonic() < deadline:
-        rejected += tick(pubsub, bucket).stats.dead_lettered
+        rejected += tick(pubsub, bucket, queue).stats.dead_lettered
     assert rejected == 2  # the storage notification and the drone message
 
-    queue = dead_letter_queue(local_stack.project, dead_letters.rsplit("/", 1)[1])
-    listed = list_dead_letters(queue)
+    dlq = dead_letter_queue(local_stack.project, dead_letters.rsplit("/", 1)[1])
+    listed = list_dead_letters(dlq)
     assert len(listed) == 2
     assert all("unknown position 'P404'" in error_of(letter) for letter in listed)
     # Listing does not consume them.
-    assert len(list_dead_letters(queue)) == 2
+    assert len(list_dead_letters(dlq)) == 2
 
     # The cause is fixed (P404 joins the field map); replay puts the originals back.
-    replayed = replay_dead_letters(queue)
+    replayed = replay_dead_letters(dlq)
     assert len(replayed) == 2
     drone_letter = next(letter for letter in replayed if "eventType" not in letter.attributes)
     assert original_attributes(drone_letter) == {"drone_id": "d-9"}
-    outcome = ingest_tick(
-        IngestCursor(), pubsub, bucket, [*POSITIONS, "P404"], [*POSITIONS, "P404"], SETTINGS
-    )
+    known = [*POSITIONS, "P404"]
+    outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, known, SETTINGS)
     deadline = time.monotonic() + 15
     while outcome.stats.pulled < 2 and time.monotonic() < deadline:
-        more = ingest_tick(
-            outcome.cursor, pubsub, bucket, [*POSITIONS, "P404"], [*POSITIONS, "P404"], SETTINGS
-        )
+        more = ingest_tick(outcome.cursor, pubsub, bucket, queue, known, SETTINGS)
         outcome.stats.pulled += more.stats.pulled
-        outcome.batches += more.batches
+        outcome.claims += more.claims
         outcome.cursor = more.cursor
-    assert [image.key for batch in outcome.batches for image in batch.images] == [key]
-    assert list_dead_letters(queue) == []
+    assert [(c.date, c.positions) for c in outcome.claims] == [(key.date, ("P404",))]
+    assert list_dead_letters(dlq) == []

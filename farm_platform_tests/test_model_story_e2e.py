@@ -1,7 +1,7 @@
 """Issue 7's story through the real daemon: a new disease_3 grader version, end to end.
 
 Grade a small simulated farm → register and activate disease_3_grader v2 → Dagster lists
-exactly the disease_3_grades partitions as stale → a real asset backfill over a date range
+exactly the disease_3_grades day partitions as stale → a real asset backfill over a date range
 re-grades them → both versions' rows, equal counts → the comparison mart shows the pair.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance, RunsFilter
-from test_pipeline_e2e import IMAGE_ASSETS, Platform
+from test_pipeline_e2e import Platform, assert_no_duplicate_keys
 
 from farm_platform import cli
 from farm_platform.assets.keys import GRADES_BY_DISEASE, LEAF_CROPS, MODEL_ASSETS
 from farm_platform.backfill import backfill_progress
-from farm_platform.daemon import UNFINISHED_STATUSES, wait_for_partitions
+from farm_platform.daemon import UNFINISHED_STATUSES
 from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR, ModelRegistry
 from farm_platform.model_admin import stale_partitions
 from farm_platform.simulate import FarmConfig
@@ -41,6 +41,15 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float, daemon=
         if daemon is not None and not daemon.alive():
             pytest.fail(f"dagster-daemon exited while waiting for {what}\n{daemon.log_tail()}")
         time.sleep(1)
+
+
+def run_day(run) -> str:
+    """The day partition of a run: a single partition, or a backfill's one-day range."""
+    tags = run.tags
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"]
+    assert tags["dagster/asset_partition_range_start"] == tags["dagster/asset_partition_range_end"]
+    return tags["dagster/asset_partition_range_start"]
 
 
 def recorded_version(instance: DagsterInstance, key: AssetKey) -> str | None:
@@ -93,14 +102,14 @@ def test_new_grader_version_story(story: Platform, capsys):
         )
         published_at = dt.datetime.now(dt.UTC)
         images = platform.simulate(config)
-        wait_for_partitions(instance, IMAGE_ASSETS, images, timeout_seconds=400, daemon=daemon)
+        platform.wait(instance, images, daemon)
         assert all(not parts for parts in stale_partitions(instance).values())
         v1 = grade_counts(platform)
         leaves = platform.rows("SELECT count(*) AS n FROM leaf_crops")["n"][0]
         assert v1 == {(d, "v1"): leaves for d in GRADES_BY_DISEASE}
         runs_before = len(instance.get_run_records(RunsFilter()))
 
-        # Replaying the queue: the sensor knows these images (2-day window), no new work.
+        # Replaying the queue: the arrival queue knows these photos, no new work.
         capsys.readouterr()
         assert cli.main(["replay", "--since", published_at.isoformat()]) == 0
         assert "seeked" in capsys.readouterr().out
@@ -131,10 +140,10 @@ def test_new_grader_version_story(story: Platform, capsys):
             daemon=daemon,
         )
 
-        # 2. Stale, through Dagster's API: exactly the disease_3_grades partitions.
+        # 2. Stale, through Dagster's API: exactly the disease_3_grades day partitions.
         stale = stale_partitions(instance)
         all_partitions = sorted(instance.get_materialized_partitions(DISEASE_3_GRADES))
-        assert len(all_partitions) == images
+        assert all_partitions == [(START + dt.timedelta(days=d)).isoformat() for d in range(3)]
         assert sorted(p.partition_key for p in stale[DISEASE_3_GRADES]) == all_partitions
         assert all("disease_3_model" in p.causes[0] for p in stale[DISEASE_3_GRADES])
         others = {k.to_user_string(): len(v) for k, v in stale.items() if k != DISEASE_3_GRADES}
@@ -142,7 +151,7 @@ def test_new_grader_version_story(story: Platform, capsys):
         assert LEAF_CROPS in stale
         assert cli.main(["models", "stale", "--asset", "disease_3_grades"]) == 0
         out = capsys.readouterr().out
-        assert f"disease_3_grades: {images} stale partition(s)" in out
+        assert "disease_3_grades: 3 stale partition(s)" in out
 
         # 3. A real asset backfill over the first two days.
         last = START + dt.timedelta(days=1)
@@ -153,10 +162,13 @@ def test_new_grader_version_story(story: Platform, capsys):
         print(out)
         backfill_id = out.split()[1].rstrip(":")
         assert "COMPLETED_SUCCESS" in out
-        backfilled = 2 * config.positions
-        assert f"over {backfilled} partition(s)" in out
+        assert "over 2 day partition(s)" in out
         backfill_runs = instance.get_run_records(RunsFilter.for_backfill(backfill_id))
-        assert 1 <= len(backfill_runs) <= 2, [r.dagster_run.tags for r in backfill_runs]
+        # One run per day, each re-grading every recorded photo of its day.
+        assert sorted(run_day(r.dagster_run) for r in backfill_runs) == [
+            START.isoformat(),
+            last.isoformat(),
+        ]
         assert backfill_progress(instance, backfill_id).succeeded
 
         first_two_days = f"date <= DATE '{last.isoformat()}'"
@@ -172,16 +184,29 @@ def test_new_grader_version_story(story: Platform, capsys):
         assert {k: n for k, n in after.items() if k[0] != "disease_3"} == {
             k: n for k, n in v1.items() if k[0] != "disease_3"
         }
-        # Only the third day's partitions are still stale.
+        # Only the third day is still stale.
         still = stale_partitions(instance, [DISEASE_3_GRADES])[DISEASE_3_GRADES]
-        assert {p.partition_key.split("|")[0] for p in still} == {
-            (START + dt.timedelta(days=2)).isoformat()
-        }
-        assert len(still) == config.positions
+        assert [p.partition_key for p in still] == [(START + dt.timedelta(days=2)).isoformat()]
 
         # Re-running the backfill is idempotent: same rows, no duplicates.
         assert cli.main(backfill_args) == 0
         assert "COMPLETED_SUCCESS" in capsys.readouterr().out
+        assert grade_counts(platform) == after
+        assert_no_duplicate_keys(platform)
+
+        # A backfill of some positions only: their rows are re-graded, the others untouched.
+        before = platform.rows(
+            "SELECT position_id, dagster_run_id FROM disease_grades"
+            " WHERE disease_model_version = 'v2' GROUP BY 1, 2"
+        )
+        assert cli.main([*backfill_args, "--positions", "P001"]) == 0
+        assert "COMPLETED_SUCCESS" in capsys.readouterr().out
+        after_positions = platform.rows(
+            "SELECT position_id, dagster_run_id FROM disease_grades"
+            " WHERE disease_model_version = 'v2' GROUP BY 1, 2"
+        )
+        changed = before.join(after_positions, on=["position_id", "dagster_run_id"], how="anti")
+        assert sorted(set(changed["position_id"])) == ["P001"]
         assert grade_counts(platform) == after
 
     # 4. The comparison mart: the v1/v2 pair, agreement 1.0 (same weights).

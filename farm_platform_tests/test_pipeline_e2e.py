@@ -18,13 +18,13 @@ from dagster import (
 )
 
 from farm_platform import settings
-from farm_platform.assets.images import DRONE_IMAGES_READABLE
 from farm_platform.assets.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.bucket import bucket_filesystem
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_partitions
+from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
 from farm_platform.ml.registry import ModelRegistry
+from farm_platform.quality.run import IMAGE_QUALITY
 from farm_platform.resources.warehouse import DISEASE_GRADES_COLUMNS, WarehouseResource
-from farm_platform.sensors.drone_image_sensor import IMAGES_TAG
+from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
 from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,9 @@ class Platform:
     def rows(self, sql: str) -> pl.DataFrame:
         return self.warehouse.query(sql)
 
+    def wait(self, instance: DagsterInstance, photos: int, daemon: DaemonProcess) -> None:
+        wait_for_photos(instance, self.warehouse, photos, timeout_seconds=300, daemon=daemon)
+
 
 @pytest.fixture
 def platform(local_stack, default_subscription, tmp_path, monkeypatch):
@@ -80,13 +83,41 @@ def image_runs(instance: DagsterInstance) -> list:
     return [
         record.dagster_run
         for record in instance.get_run_records(RunsFilter())
-        if IMAGES_TAG in record.dagster_run.tags
+        if PHOTOS_TAG in record.dagster_run.tags
     ]
 
 
 def materializations_per_partition(instance: DagsterInstance, key: AssetKey) -> collections.Counter:
     records = instance.fetch_materializations(key, limit=10_000).records
     return collections.Counter(record.partition_key for record in records)
+
+
+def runs_per_day(instance: DagsterInstance) -> collections.Counter:
+    return collections.Counter(run.tags["dagster/partition"] for run in image_runs(instance))
+
+
+def check_evaluations(instance: DagsterInstance, asset: AssetKey, check_name: str) -> list:
+    return [
+        record.event.dagster_event.event_specific_data
+        for record in instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset, check_name), limit=1000
+        )
+    ]
+
+
+def assert_no_duplicate_keys(platform: Platform) -> None:
+    for table, key in (
+        ("drone_images", "position_id, date"),
+        ("leaf_crops", "position_id, date, cropper_model_version, leaf_crop_idx"),
+        (
+            "disease_grades",
+            "position_id, date, leaf_crop_idx, disease_type, disease_model_version",
+        ),
+    ):
+        doubled = platform.rows(
+            f"SELECT {key}, count(*) AS n FROM {table} GROUP BY {key} HAVING count(*) > 1"
+        )
+        assert doubled.height == 0, (table, doubled)
 
 
 def assert_grades_match_crops(platform: Platform) -> int:
@@ -119,6 +150,10 @@ def test_simulated_farm_and_bad_messages_end_to_end(
     # Photos that exist but cannot be read: found by the run, not by the sensor.
     platform.fs.pipe_file(f"{bucket}/P001/2026-11-03/image.png", b"")
     platform.fs.pipe_file(f"{bucket}/P002/2026-11-03/image.png", b"\x89PNG but truncated")
+    # ... beside two good photos of the same day (copies of the day before).
+    for position in ("P000", "P003"):
+        data = platform.fs.cat_file(f"{bucket}/{position}/2026-11-02/image.png")
+        platform.fs.pipe_file(f"{bucket}/{position}/2026-11-03/image.png", data)
     topic = subscriber.topic_path(platform.stack.project, settings.DRONE_IMAGE_TOPIC)
     bad = {
         "not JSON": b"\x00garbage",
@@ -137,7 +172,7 @@ def test_simulated_farm_and_bad_messages_end_to_end(
         publisher.publish(topic, data, source="e2e-test").result(timeout=10)
 
     with platform.daemon() as daemon, platform.instance() as instance:
-        wait_for_partitions(instance, IMAGE_ASSETS, images + 2, timeout_seconds=300, daemon=daemon)
+        platform.wait(instance, images + 4, daemon)
         runs = image_runs(instance)
 
         letters = drain(dead_letters, quiet_seconds=5)
@@ -152,37 +187,77 @@ def test_simulated_farm_and_bad_messages_end_to_end(
                 assert bytes(letter.data) in bad.values()
 
         # Sixteen messages (a notification and a drone message per photo) plus two broken
-        # uploads became a handful of runs, each image processed once.
-        assert 1 <= len(runs) <= 3
-        assert set(materializations_per_partition(instance, DRONE_IMAGES).values()) == {1}
+        # uploads became one run per day (a day's arrivals can straddle two batches).
+        days = runs_per_day(instance)
+        assert sorted(days) == ["2026-11-01", "2026-11-02", "2026-11-03"]
+        assert set(days.values()) <= {1, 2}
+        assert materializations_per_partition(instance, DRONE_IMAGES) == days
+        assert sum(int(run.tags[PHOTOS_TAG]) for run in runs) == images + 4
+        assert_no_duplicate_keys(platform)
 
-        leaves = assert_grades_match_crops(platform)
+        assert_grades_match_crops(platform)
+        simulated = platform.rows("SELECT count(*) AS n FROM leaf_crops WHERE date < '2026-11-03'")
         truth = pl.read_parquet(platform.root / "ground_truth" / "leaves.parquet")
-        assert abs(leaves - truth.height) <= 0.1 * truth.height
+        assert abs(simulated["n"][0] - truth.height) <= 0.1 * truth.height
         for uri in platform.rows("SELECT crop_uri FROM leaf_crops")["crop_uri"]:
             assert platform.fs.exists(uri), uri
         broken = platform.rows(
             "SELECT position_id, error FROM drone_images WHERE error IS NOT NULL"
         )
         assert sorted(broken["position_id"]) == ["P001", "P002"]
-        # ... and exactly those partitions fail drone_images' `readable` check.
-        checks = [
-            record.event.dagster_event.event_specific_data
-            for record in instance.event_log_storage.get_asset_check_execution_history(
-                AssetCheckKey(DRONE_IMAGES, DRONE_IMAGES_READABLE), limit=1000
-            )
-        ]
-        assert len(checks) == images + 2
-        assert sorted(check.partition for check in checks if not check.passed) == [
-            "2026-11-03|P001",
-            "2026-11-03|P002",
-        ]
+        # ... and the day's image_quality check fails naming exactly those positions.
+        checks = check_evaluations(instance, DRONE_IMAGES, IMAGE_QUALITY)
+        assert len(checks) == len(runs)  # one evaluation per day run, not per photo
+        assert all(check.target_materialization_data is not None for check in checks)
+        failed = [check for check in checks if not check.passed]
+        assert [check.partition for check in failed] == ["2026-11-03"]
+        assert failed[0].metadata["failed_positions"].value == ["P001", "P002"]
+        # A bad photo holds back only itself: the day's other grades pass their checks.
+        quality = platform.rows(
+            "SELECT position_id, passed FROM partition_quality"
+            " WHERE date = '2026-11-03' AND check_name = 'grades_valid'"
+        )
+        assert quality.height == 5 * 2 and quality["passed"].all()
+        assert set(quality["position_id"]) == {"P000", "P003"}
 
         # The same message again is not new work.
         again = json.dumps({"image_uri": f"{bucket}/P000/2026-11-01/image.png"}).encode()
         publisher.publish(topic, again).result(timeout=10)
         time.sleep(35)  # three sensor ticks
         assert len(image_runs(instance)) == len(runs)
+
+
+def test_a_day_in_two_batches_and_a_reupload_keep_each_photo_once(platform):
+    bucket = platform.stack.bucket_url()
+    config = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 5), seed=5)
+    with platform.daemon() as daemon, platform.instance() as instance:
+        images = platform.simulate(config)  # the field map has four positions
+        platform.wait(instance, images, daemon)
+        first_generation = platform.rows(
+            "SELECT generation FROM drone_images WHERE position_id = 'P000'"
+        )["generation"][0]
+
+        # Later the same day: P000 is photographed again (a new generation of its object).
+        data = platform.fs.cat_file(f"{bucket}/P001/2026-11-05/image.png")
+        platform.fs.pipe_file(f"{bucket}/P000/2026-11-05/image.png", data)
+        deadline = time.monotonic() + 120
+        while runs_per_day(instance)["2026-11-05"] < 2:
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(1)
+        platform.wait(instance, images, daemon)
+
+        assert materializations_per_partition(instance, DRONE_IMAGES)["2026-11-05"] == 2
+        second = platform.rows("SELECT * FROM drone_images WHERE position_id = 'P000'")
+        assert second.height == 1  # replaced, not added
+        assert second["generation"][0] != first_generation
+        assert (
+            second["sha256"][0]
+            == platform.rows("SELECT sha256 FROM drone_images WHERE position_id = 'P001'")[
+                "sha256"
+            ][0]
+        )
+        assert_no_duplicate_keys(platform)
+        assert_grades_match_crops(platform)
 
 
 def test_daemon_killed_after_a_tick_loses_and_duplicates_nothing(platform, subscriber):
@@ -204,12 +279,12 @@ def test_daemon_killed_after_a_tick_loses_and_duplicates_nothing(platform, subsc
         images += platform.simulate(later)
 
         with platform.daemon() as restarted:
-            wait_for_partitions(
-                instance, IMAGE_ASSETS, images, timeout_seconds=300, daemon=restarted
-            )
+            platform.wait(instance, images, restarted)
+            runs = len(image_runs(instance))
             time.sleep(25)  # two more ticks: redeliveries must not start more work
-            counts = materializations_per_partition(instance, DRONE_IMAGES)
-            assert len(counts) == images
-            assert set(counts.values()) == {1}, counts
+            assert len(image_runs(instance)) == runs
+            assert platform.rows("SELECT count(*) AS n FROM drone_images")["n"][0] == images
+            assert sorted(runs_per_day(instance)) == ["2026-11-10", "2026-11-11", "2026-11-12"]
+            assert_no_duplicate_keys(platform)
             assert_grades_match_crops(platform)
         daemon.stop(kill=True)  # the first daemon's orphaned children, if any

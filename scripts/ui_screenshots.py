@@ -29,10 +29,11 @@ from dagster import DagsterInstance
 from farm_platform import settings
 from farm_platform.assets.keys import GRADES_BY_DISEASE, MODEL_ASSETS
 from farm_platform.backfill import launch_backfill, wait_for_backfill
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_partitions
+from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
 from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR, ModelRegistry
 from farm_platform.model_admin import add_model
 from farm_platform.partitions import FARM_TRIAL_START_DATE
+from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.settings import WORKSPACE_FILE
 from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.stack import LocalStack, free_port
@@ -121,7 +122,8 @@ def main() -> int:
             publisher = DroneMessagePublisher(stack.project)
             write_farm(CONFIG, stack.bucket_url(), workdir / "positions.csv", publisher)
             images = CONFIG.positions * CONFIG.days
-            wait_for_partitions(instance, list(GRADES_BY_DISEASE.values()), images, 900)
+            warehouse = WarehouseResource(url=environment[settings.FARM_WAREHOUSE])
+            wait_for_photos(instance, warehouse, images, 900)
 
             # v1's weights registered as v2: the point is the UI, not a better model.
             incoming = workdir / "incoming_v2"
@@ -153,8 +155,8 @@ def main() -> int:
                 time.sleep(5)  # code locations load after the server answers
                 grades = f"{base}/assets/disease_3_grades"
                 with Browser() as browser:
-                    # The UI computes staleness per partition, in the partition's detail.
-                    partition = f"{grades}?view=partitions&partition={START.isoformat()}%7CP000"
+                    # The UI computes staleness per day partition, in the partition's detail.
+                    partition = f"{grades}?view=partitions&partition={START.isoformat()}"
                     browser.screenshot(
                         partition, out / "stale_partition.png", click=["Unsynced (1)"]
                     )

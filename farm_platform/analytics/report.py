@@ -16,7 +16,6 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     ConfigurableResource,
-    DailyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -25,7 +24,7 @@ from pydantic import Field
 
 from farm_platform.bucket import bucket_filesystem
 from farm_platform.layout import join, parse_date
-from farm_platform.partitions import trial_start_date
+from farm_platform.partitions import daily_partitions
 from farm_platform.resources.warehouse import WarehouseResource
 
 REPORT_MARTS = (
@@ -35,9 +34,6 @@ REPORT_MARTS = (
     "model_version_agreement",
     "model_version_confusion",
     "model_version_effects",
-)
-report_partitions = DailyPartitionsDefinition(
-    start_date=trial_start_date().isoformat(), end_offset=1
 )
 
 
@@ -289,7 +285,7 @@ where the other gave each grade, and the treatment effect each version's grades 
 
 
 @asset(
-    partitions_def=report_partitions,
+    partitions_def=daily_partitions,
     deps=[AssetKey(mart) for mart in REPORT_MARTS],
     group_name="reports",
     kinds={"html"},

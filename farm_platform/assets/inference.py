@@ -1,20 +1,36 @@
-"""`leaf_crops` and `disease_<k>_grades`: detector and graders over a batch of images.
+"""`image_pipeline`: drone_images, leaf_crops and disease_<k>_grades of one day partition.
 
-One op computes all six assets because they share the expensive part (reading and
-decoding the photos); it is subsettable, so a single grade asset can be re-materialized
-alone (a new grader version re-grades the stored crops without re-running the detector).
-torch is imported inside the op: loading the code location must not pay for it.
+One op computes all seven assets because they share the expensive part (reading and
+decoding the photos, once per run); it is subsettable, so a single grade asset can be
+re-materialized alone (a new grader version re-grades the stored crops without running
+the detector). A run processes the photos its config lists (the sensor's batch) or, with
+no list (UI "Materialize", a backfill), every photo of the day the platform has recorded.
+torch and Great Expectations are imported inside the op: loading the code location must
+not pay for them.
 """
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import polars as pl
-from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+from pydantic import Field
 
-from farm_platform.assets.images import IMAGE_BACKFILL_POLICY
+from farm_platform import settings
+from farm_platform.arrivals import ArrivalQueue
+from farm_platform.assets.grading import DayResult, GradingPlan, grade_day
 from farm_platform.assets.keys import (
     DETECTOR_MODEL_ID,
     DISEASE_BY_GRADES,
@@ -23,18 +39,30 @@ from farm_platform.assets.keys import (
     LEAF_CROPS,
     MODEL_ASSETS,
 )
-from farm_platform.layout import ImageKey
-from farm_platform.partitions import image_key, image_partitions
+from farm_platform.layout import parse_date
+from farm_platform.partitions import daily_partitions
 from farm_platform.quality import checks, history
 from farm_platform.quality import run as quality
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.models import ModelRegistryResource
-from farm_platform.resources.warehouse import LEAF_CROPS_TABLE, WarehouseResource
+from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
 
 # Bound of the day-to-day change of a position's mean grade before `severity_jump` warns.
 FARM_MAX_SEVERITY_JUMP = "FARM_MAX_SEVERITY_JUMP"
+OP_NAME = "image_pipeline"
+# One day per backfill run: a day of a real trial is thousands of photos, so a run's
+# start-up is a small share, and each run's metadata and checks describe exactly one day.
+DAY_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
-INFERENCE_SPECS = [
+IMAGE_SPECS = [
+    AssetSpec(
+        DRONE_IMAGES,
+        group_name="images",
+        kinds={"gcs"},
+        description="Drone photos of the day, one row per position: size, content hash, "
+        "decodability, generation and announcing message (table drone_images).",
+    ),
     AssetSpec(
         LEAF_CROPS,
         deps=[DRONE_IMAGES, MODEL_ASSETS[DETECTOR_MODEL_ID]],
@@ -53,141 +81,211 @@ INFERENCE_SPECS = [
         for disease, grades_key in GRADES_BY_DISEASE.items()
     ],
 ]
-
-
-INFERENCE_CHECK_SPECS = [
+IMAGE_CHECK_SPECS = [
+    checks.image_quality_spec(DRONE_IMAGES),
     *checks.leaf_crops_specs(LEAF_CROPS),
     *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
 ]
 
 
+class PhotoRunConfig(Config):
+    positions: list[str] = Field(
+        default_factory=list,
+        description="Positions whose photo of the day this run processes (set by "
+        "drone_image_sensor). Empty: every photo of the day the platform has recorded.",
+    )
+
+
+def photo_run_config(positions: Sequence[str]) -> dict[str, Any]:
+    """Run config of a run over these positions' photos of its day."""
+    return {"ops": {OP_NAME: {"config": {"positions": list(positions)}}}}
+
+
 @multi_asset(
-    specs=INFERENCE_SPECS,
-    check_specs=INFERENCE_CHECK_SPECS,
-    partitions_def=image_partitions,
-    backfill_policy=IMAGE_BACKFILL_POLICY,
+    name=OP_NAME,
+    specs=IMAGE_SPECS,
+    check_specs=IMAGE_CHECK_SPECS,
+    partitions_def=daily_partitions,
+    backfill_policy=DAY_BACKFILL_POLICY,
     can_subset=True,
-    name="grade_leaves",
 )
-def grade_leaves(
+def image_pipeline(
     context: AssetExecutionContext,
+    config: PhotoRunConfig,
     bucket: BucketResource,
     warehouse: WarehouseResource,
     models: ModelRegistryResource,
-) -> Iterator[MaterializeResult]:
-    from farm_platform.ml import inference
-
+    pubsub: PubSubResource,
+) -> Iterator[MaterializeResult | Any]:
+    op_started = time.perf_counter()
+    date = parse_date(context.partition_key)
+    queue = ArrivalQueue(warehouse)
+    positions = tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date))
+    selected = context.selected_asset_keys
     registry = models.registry()
     detector_card = registry.detector()
-    keys = [image_key(partition_key) for partition_key in context.partition_keys]
-    images, unreadable = _decode_images(bucket, keys, inference)
-    for key, error in unreadable.items():
-        context.log.warning(f"skipping {key.position_id} {key.date_str}: {error}")
-    readable_keys = [key for key, _ in images]
-    partitions = [(key.position_id, key.date) for key in readable_keys]
-    cropper = (detector_card.id, detector_card.version)
-    # The (photo, cropper) scopes whose leaf_crops and disease_grades rows this run replaces.
-    crop_scopes = _scopes(readable_keys, detector_card.id, detector_card.version)
+    grader_cards = tuple(
+        registry.grader_for(DISEASE_BY_GRADES[key])
+        for key in sorted(selected - {DRONE_IMAGES, LEAF_CROPS})
+    )
+    plan = GradingPlan(
+        date=date,
+        positions=positions,
+        record_images=DRONE_IMAGES in selected,
+        detect=LEAF_CROPS in selected,
+        detector_card=detector_card,
+        grader_cards=grader_cards,
+        run_id=context.run.run_id,
+        chunk_photos=int(
+            settings.env_number(settings.FARM_RUN_CHUNK_PHOTOS, settings.DEFAULT_RUN_CHUNK_PHOTOS)
+        ),
+    )
+    context.log.info(
+        f"{date}: {len(positions)} photo(s)"
+        + ("" if config.positions else " (every recorded photo of the day)")
+    )
+    announcements = queue.announcements(date, positions)
+    day = grade_day(plan, bucket, warehouse, registry, announcements)
+    _dead_letter_unusable(context, day, announcements, pubsub)
 
-    if LEAF_CROPS in context.selected_asset_keys:
-        detector = inference.load_detector(detector_card, registry)
-        crop_rows, crops = inference.crop_leaves(images, detector, detector_card, bucket.root)
-        inference.write_crops(crop_rows, crops, bucket.filesystem)
-        warehouse.replace_rows(
-            "leaf_crops",
-            crop_rows,
-            scopes=crop_scopes,
+    results = _check_day(context, day, plan, bucket, warehouse)
+    day.clock.seconds["op_total"] = time.perf_counter() - op_started
+    per_photo = {"photos": len(positions), "unreadable": len(day.unreadable)}
+    if plan.record_images:
+        yield MaterializeResult(
+            asset_key=DRONE_IMAGES,
+            metadata={
+                **per_photo,
+                "unreadable_examples": MetadataValue.json(
+                    [f"{key.position_id}: {error}" for key, error in day.unreadable.items()][:20]
+                ),
+                "bytes": sum(photo.size_bytes for photo in day.photos),
+                "photos_recorded_for_day": len(queue.recorded_positions(date)),
+                "stage_seconds": MetadataValue.json(
+                    {stage: round(s, 3) for stage, s in day.clock.seconds.items()}
+                ),
+            },
         )
+        yield from results[DRONE_IMAGES]
+    if plan.detect:
         yield MaterializeResult(
             asset_key=LEAF_CROPS,
             metadata={
-                **_batch_metadata(keys, unreadable),
-                "leaves": crop_rows.height,
+                **per_photo,
+                "leaves": day.crop_rows().height,
                 "cropper_model_id": detector_card.id,
                 "cropper_model_version": detector_card.version,
             },
         )
-        checks.record(
-            context,
-            warehouse,
-            _leaf_crop_checks(context, warehouse, bucket, images, crop_rows, partitions, cropper),
-        )
-    else:
-        crop_rows, crops = _stored_crops(warehouse, images, detector_card, inference)
-
-    graded_at = dt.datetime.now(dt.UTC)
-    prepared_by_size: dict[tuple[int, int], Any] = {}
-    for grades_key in sorted(context.selected_asset_keys - {LEAF_CROPS}):
-        disease = DISEASE_BY_GRADES[grades_key]
-        card = registry.grader_for(disease)
-        size = (card.input_size[0], card.input_size[1])
-        if size not in prepared_by_size:
-            # Resize once for every grader that shares an input size.
-            prepared_by_size[size] = inference.prepare_crops(crops, size)
-        grades = inference.grade_crops(
-            prepared_by_size[size], crop_rows, inference.load_grader(card, registry), card
-        ).with_columns(
-            graded_at=pl.lit(graded_at, dtype=pl.Datetime("us", "UTC")),
-            dagster_run_id=pl.lit(context.run.run_id),
-        )
-        scopes = crop_scopes.with_columns(
-            disease_type=pl.lit(disease),
-            disease_model_id=pl.lit(card.id),
-            disease_model_version=pl.lit(card.version),
-        )
-        warehouse.replace_rows("disease_grades", grades, scopes=scopes)
+        yield from results[LEAF_CROPS]
+    for card in grader_cards:
+        grades = day.grade_rows(card.disease_type)
+        key = GRADES_BY_DISEASE[card.disease_type]
         yield MaterializeResult(
-            asset_key=grades_key,
+            asset_key=key,
             metadata={
-                **_batch_metadata(keys, unreadable),
+                **per_photo,
                 "rows": grades.height,
-                "mean_grade": float(grades["predicted_grade"].mean() or 0.0),
+                "mean_grade": float(grades["predicted_grade"].mean()) if grades.height else 0.0,
                 "disease_model_id": card.id,
                 "disease_model_version": card.version,
                 "cropper_model_id": detector_card.id,
                 "cropper_model_version": detector_card.version,
             },
         )
-        checks.record(
-            context,
+        yield from results[key]
+
+
+def _check_day(
+    context: AssetExecutionContext,
+    day: DayResult,
+    plan: GradingPlan,
+    bucket: BucketResource,
+    warehouse: WarehouseResource,
+) -> dict[AssetKey, list[AssetCheckResult]]:
+    """Every selected asset's checks over the day's photos, stored in partition_quality."""
+    from farm_platform.quality.suites import DEFAULT_MAX_SEVERITY_JUMP
+
+    started = time.perf_counter()
+    max_jump = float(os.environ.get(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP))
+    partitions = [(key.position_id, key.date) for key in day.readable_keys]
+    cropper = (plan.detector_card.id, plan.detector_card.version)
+    run_id = context.run.run_id
+    results: dict[AssetKey, list[AssetCheckResult]] = {}
+    if plan.record_images:
+        results[DRONE_IMAGES] = checks.record(context.log, warehouse, [_image_check(day)], run_id)
+    if plan.detect:
+        results[LEAF_CROPS] = checks.record(
+            context.log,
             warehouse,
-            _grade_checks(
-                context, warehouse, disease, grades, crop_rows, partitions, card, cropper
-            ),
+            _leaf_crop_checks(context, warehouse, bucket, day, partitions, cropper),
+            run_id,
         )
+    for card in plan.grader_cards:
+        results[GRADES_BY_DISEASE[card.disease_type]] = checks.record(
+            context.log,
+            warehouse,
+            _grade_checks(context, warehouse, day, card, partitions, cropper, max_jump),
+            run_id,
+        )
+    day.clock.add("checks", started)
+    return results
+
+
+def _dead_letter_unusable(
+    context: AssetExecutionContext,
+    day: DayResult,
+    announcements: dict[str, Any],
+    pubsub: PubSubResource,
+) -> None:
+    """The announcing message of every unusable photo goes to the dead-letter topic."""
+    letters = []
+    for key, error in day.unreadable.items():
+        context.log.error(f"{key.position_id} {key.date_str}: {error}")
+        announced = announcements.get(key.position_id)
+        if announced is not None and (announced.data or announced.attributes):
+            letters.append((announced.data, announced.attributes, error))
+    if letters:
+        pubsub.dead_letter(letters)
+
+
+def _image_check(day: DayResult) -> quality.CheckResult:
+    import polars as pl
+
+    images = day.image_rows()
+    exists = pl.Series("exists", [photo.exists for photo in day.photos], dtype=pl.Boolean())
+    return quality.check_drone_images(images.with_columns(exists))
 
 
 def _leaf_crop_checks(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     bucket: BucketResource,
-    images: Sequence[tuple[ImageKey, Any]],
-    crop_rows: pl.DataFrame,
+    day: DayResult,
     partitions: list[quality.Partition],
     cropper: tuple[str, str],
 ) -> list[quality.CheckResult]:
     if not partitions:
-        return []
-    sizes = pl.DataFrame(
-        {
-            "position_id": [key.position_id for key, _ in images],
-            "date": [key.date for key, _ in images],
-            "width": [int(array.shape[1]) for _, array in images],
-            "height": [int(array.shape[0]) for _, array in images],
-        },
-        schema={
-            "position_id": pl.String(),
-            "date": pl.Date(),
-            "width": pl.Int64(),
-            "height": pl.Int64(),
-        },
+        return _unchecked("leaf_crops", (quality.LEAF_CROPS_VALID, quality.LEAVES_VANISHED))
+    import polars as pl
+
+    sizes = (
+        day.image_rows()
+        .filter(pl.col("error").is_null())
+        .select("position_id", "date", pl.col("width", "height").cast(pl.Int64))
     )
-    dates = [date for _, date in partitions]
+    date = partitions[0][1]
+    # Crops this run wrote exist (the write returned); others are asked of the bucket.
+    listed = history.crop_exists_checker(bucket.filesystem)
+
+    def crop_exists(uris: Sequence[str]) -> list[bool]:
+        unknown = [uri for uri in uris if uri not in day.written_crop_uris]
+        found = dict(zip(unknown, listed(unknown), strict=True)) if unknown else {}
+        return [uri in day.written_crop_uris or found[uri] for uri in uris]
+
     return [
         checks.run_check(
-            lambda: quality.check_leaf_crops(
-                crop_rows, sizes, partitions, history.crop_exists_checker(bucket.filesystem)
-            ),
+            lambda: quality.check_leaf_crops(day.crop_rows(), sizes, partitions, crop_exists),
             "leaf_crops",
             quality.LEAF_CROPS_VALID,
             quality.ERROR,
@@ -196,7 +294,7 @@ def _leaf_crop_checks(
         ),
         checks.run_check(
             lambda: quality.check_leaves_vanished(
-                history.leaf_counts(warehouse, cropper, min(dates), max(dates)), partitions
+                history.leaf_counts(warehouse, cropper, date, date), partitions
             ),
             "leaf_crops",
             quality.LEAVES_VANISHED,
@@ -210,24 +308,27 @@ def _leaf_crop_checks(
 def _grade_checks(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
-    disease: str,
-    grades: pl.DataFrame,
-    crop_rows: pl.DataFrame,
-    partitions: list[quality.Partition],
+    day: DayResult,
     card: Any,
+    partitions: list[quality.Partition],
     cropper: tuple[str, str],
+    max_jump: float,
 ) -> list[quality.CheckResult]:
+    disease = card.disease_type
     if not partitions:
-        return []
+        return _unchecked(f"{disease}_grades", (quality.GRADES_VALID, quality.SEVERITY_JUMP))
     grader = (card.id, card.version)
-    dates = [date for _, date in partitions]
-    max_jump = float(
-        os.environ.get(FARM_MAX_SEVERITY_JUMP, quality.suites.DEFAULT_MAX_SEVERITY_JUMP)
-    )
+    date: dt.date = partitions[0][1]
     return [
         checks.run_check(
             lambda: quality.check_disease_grades(
-                disease, grades, crop_rows, partitions, card.grades or (), grader, cropper
+                disease,
+                day.grade_rows(disease),
+                day.crop_rows(),
+                partitions,
+                card.grades or (),
+                grader,
+                cropper,
             ),
             f"{disease}_grades",
             quality.GRADES_VALID,
@@ -238,7 +339,7 @@ def _grade_checks(
         checks.run_check(
             lambda: quality.check_severity_jump(
                 disease,
-                history.mean_grades(warehouse, disease, grader, cropper, min(dates), max(dates)),
+                history.mean_grades(warehouse, disease, grader, cropper, date, date),
                 partitions,
                 max_jump,
             ),
@@ -251,86 +352,9 @@ def _grade_checks(
     ]
 
 
-def _decode_images(
-    bucket: BucketResource, keys: Sequence[ImageKey], inference: Any
-) -> tuple[list[tuple[ImageKey, Any]], dict[ImageKey, str]]:
-    """Read and decode the photos; unreadable ones are reported, never fatal to the batch."""
-    payloads = bucket.read_many([bucket.image_uri(key) for key in keys])
-    images, unreadable = [], {}
-    for key, data in zip(keys, payloads, strict=True):
-        if data is None:
-            unreadable[key] = "object does not exist in the bucket"
-            continue
-        try:
-            images.append((key, inference.decode_png(data)))
-        except inference.ImageDecodeError as exc:
-            unreadable[key] = str(exc)
-    return images, unreadable
-
-
-def _stored_crops(
-    warehouse: WarehouseResource,
-    images: Sequence[tuple[ImageKey, Any]],
-    detector_card: Any,
-    inference: Any,
-) -> tuple[pl.DataFrame, list[Any]]:
-    """Crops of the active detector's stored boxes, cut again from the decoded photos."""
-    if not images:
-        return pl.DataFrame(schema=LEAF_CROPS_TABLE.polars_schema), []
-    dates = [key.date for key, _ in images]
-    stored = warehouse.query(
-        "SELECT * FROM leaf_crops WHERE cropper_model_id = %s AND cropper_model_version = %s"
-        " AND date BETWEEN %s AND %s",
-        [detector_card.id, detector_card.version, min(dates), max(dates)],
-    )
-    wanted = pl.DataFrame(
-        {
-            "position_id": [key.position_id for key, _ in images],
-            "date": dates,
-        }
-    )
-    if stored.is_empty():
-        return pl.DataFrame(schema=LEAF_CROPS_TABLE.polars_schema), []
-    rows = (
-        stored.cast(LEAF_CROPS_TABLE.polars_schema)
-        .join(wanted, on=["position_id", "date"], how="semi")
-        .sort("position_id", "date", "leaf_crop_idx")
-    )
-    arrays = {key: array for key, array in images}
-    crops = [
-        inference.cut_crop(arrays[ImageKey(row["position_id"], row["date"])], box)
-        for row, box in zip(
-            rows.iter_rows(named=True), rows.select("x0", "y0", "x1", "y1").rows(), strict=True
-        )
+def _unchecked(asset: str, check_names: Sequence[str]) -> list[quality.CheckResult]:
+    """No readable photo to check: each check passes over nothing (and says so)."""
+    return [
+        quality.CheckResult(asset=asset, check_name=name, severity=severity, outcomes={})
+        for name, severity in zip(check_names, (quality.ERROR, quality.WARN), strict=True)
     ]
-    return rows, crops
-
-
-def _scopes(keys: Sequence[ImageKey], cropper_id: str, cropper_version: str) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "position_id": [key.position_id for key in keys],
-            "date": [key.date for key in keys],
-            "cropper_model_id": [cropper_id] * len(keys),
-            "cropper_model_version": [cropper_version] * len(keys),
-        },
-        schema={
-            "position_id": pl.String(),
-            "date": pl.Date(),
-            "cropper_model_id": pl.String(),
-            "cropper_model_version": pl.String(),
-        },
-    )
-
-
-def _batch_metadata(keys: Sequence[ImageKey], unreadable: dict[ImageKey, str]) -> dict[str, Any]:
-    return {
-        "images": len(keys),
-        "unreadable": len(unreadable),
-        "unreadable_examples": MetadataValue.json(
-            [
-                f"{key.position_id} {key.date_str}: {error}"
-                for key, error in list(unreadable.items())[:20]
-            ]
-        ),
-    }

@@ -186,9 +186,10 @@ def missing_cropper_version(s: Snapshot) -> Snapshot:
 
 
 def undecodable_image(s: Snapshot) -> Snapshot:
-    from farm_platform.assets.images import inspect_image
+    from farm_platform.assets.images import decode_photo
+    from farm_platform.ml import inference
 
-    _, _, error = inspect_image(b"\x89PNG not really")
+    _, error = decode_photo(b"\x89PNG not really", inference)
     target = pl.int_range(pl.len()) == 0
     images = _set(s.images, target, "error", error)
     return replace(s, images=images)

@@ -91,6 +91,34 @@ PARTITION_QUALITY_COLUMNS = {
     "dagster_run_id": "TEXT NOT NULL",
 }
 
+# The sensor's durable queue: one row per photo identity (position, date, GCS generation)
+# that a valid message announced. It is the de-duplication state (it scales with the
+# warehouse, not with the sensor cursor) and says which run a photo was handed to.
+IMAGE_ARRIVALS_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "generation": "TEXT NOT NULL",
+    "image_uri": "TEXT NOT NULL",
+    "message_id": "TEXT",
+    "published_at": "TIMESTAMP WITH TIME ZONE",
+    # The announcing message, so a run can dead-letter it if the photo is unusable.
+    "message_data": "TEXT",
+    "message_attributes": "TEXT",
+    "received_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+    # Set when the sensor hands the photo to a run; requested_at once Dagster stored it.
+    "run_key": "TEXT",
+    "requested_at": "TIMESTAMP WITH TIME ZONE",
+    "attempts": "INTEGER NOT NULL",
+}
+# Pub/Sub ack ids of messages held until the run they ask for is stored by Dagster.
+ARRIVAL_ACKS_COLUMNS = {
+    "ack_id": "TEXT NOT NULL",
+    "position_id": "TEXT NOT NULL",
+    "date": "DATE NOT NULL",
+    "generation": "TEXT NOT NULL",
+    "pulled_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+}
+
 _POLARS_TYPES = {
     "BOOLEAN": pl.Boolean(),
     "TEXT": pl.String(),
@@ -182,9 +210,23 @@ PARTITION_QUALITY_TABLE = Table(
     primary_key=("position_id", "date", "asset", "check_name"),
     replace_scope=("position_id", "date", "asset", "check_name"),
 )
+IMAGE_ARRIVALS_TABLE = Table(
+    "image_arrivals",
+    IMAGE_ARRIVALS_COLUMNS,
+    primary_key=("position_id", "date", "generation"),
+    replace_scope=("position_id", "date", "generation"),
+)
+ARRIVAL_ACKS_TABLE = Table(
+    "arrival_acks",
+    ARRIVAL_ACKS_COLUMNS,
+    primary_key=("ack_id",),
+    replace_scope=("ack_id",),
+)
 TABLES = {
     table.name: table
     for table in (
+        IMAGE_ARRIVALS_TABLE,
+        ARRIVAL_ACKS_TABLE,
         LEAF_CROPS_TABLE,
         DISEASE_GRADES_TABLE,
         DRONE_IMAGES_TABLE,
@@ -271,23 +313,59 @@ class WarehouseResource(ConfigurableResource):
         `scopes` (columns: the table's replace scope) names what is being replaced when it
         is more than the frame shows, e.g. an image that has no leaves any more.
         """
-        table = TABLES[table_name]
-        missing = set(table.column_names) - set(frame.columns)
-        if missing:
-            raise WarehouseError(f"frame for {table.name} lacks columns {sorted(missing)}")
-        frame = frame.select(table.column_names).cast(table.polars_schema)
-        replaced = frame.select(table.replace_scope)
-        if scopes is not None:
-            replaced = pl.concat(
-                [replaced, scopes.select(table.replace_scope)], how="vertical_relaxed"
-            )
-        with self.connect() as connection:
-            for table_ddl in TABLES.values():
-                connection.execute(table_ddl.ddl())
-            self._delete_scopes(connection, table, replaced.unique())
-            if frame.height:
-                self._insert(connection, table, frame)
+        self.replace_many([(table_name, frame, scopes)])
         return frame.height
+
+    def replace_many(self, writes: Sequence[tuple[str, pl.DataFrame, pl.DataFrame | None]]) -> None:
+        """Several `replace_rows` in one transaction: a photo's rows in every table appear
+        (and replace the old ones) together or not at all."""
+        prepared = []
+        for table_name, frame, scopes in writes:
+            table = TABLES[table_name]
+            missing = set(table.column_names) - set(frame.columns)
+            if missing:
+                raise WarehouseError(f"frame for {table.name} lacks columns {sorted(missing)}")
+            frame = frame.select(table.column_names).cast(table.polars_schema)
+            replaced = frame.select(table.replace_scope)
+            if scopes is not None:
+                replaced = pl.concat(
+                    [replaced, scopes.select(table.replace_scope)], how="vertical_relaxed"
+                )
+            prepared.append((table, frame, replaced.unique()))
+        with self.connect() as connection:
+            self._ensure_schema(connection)
+            self._lock_days(connection, [replaced for _, _, replaced in prepared])
+            for table, frame, replaced in prepared:
+                self._delete_scopes(connection, table, replaced)
+                if frame.height:
+                    self._insert(connection, table, frame)
+
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run write statements (`%s` placeholders) in one transaction."""
+        with self.connect() as connection:
+            self._ensure_schema(connection)
+            for sql, parameters in statements:
+                if self.dialect == "duckdb":
+                    connection.execute(sql.replace("%s", "?"), list(parameters))
+                else:
+                    with connection.cursor() as cursor:
+                        cursor.execute(sql, parameters)
+
+    def _lock_days(self, connection: Any, scopes: Sequence[pl.DataFrame]) -> None:
+        """On PostgreSQL, two runs replacing rows of the same day take turns (a transaction
+        lock per day, in date order). DuckDB's one writer per file already serializes."""
+        if self.dialect != "postgresql":
+            return
+        days = sorted({d for frame in scopes if "date" in frame.columns for d in frame["date"]})
+        with connection.cursor() as cursor:
+            for day in days:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"farm_day:{day.isoformat()}"]
+                )
+
+    def _ensure_schema(self, connection: Any) -> None:
+        for table in TABLES.values():
+            connection.execute(table.ddl())
 
     def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
         """Delete the rows matching each row of `scopes` (columns: the table's replace scope)."""

@@ -1,10 +1,9 @@
-"""`drone_image_sensor`: Pub/Sub messages → batched runs over new image partitions.
+"""`drone_image_sensor`: Pub/Sub messages → runs of day partitions with their photo lists.
 
-The protocol (ack on the next tick, dead letters, de-duplication) lives in
-`farm_platform.ingest`; this module turns its outcome into Dagster requests.
+The protocol (held messages, the arrival queue, de-duplication) lives in
+`farm_platform.ingest` and `farm_platform.arrivals`; this module turns its claims into
+Dagster run requests.
 """
-
-import hashlib
 
 from dagster import (
     DefaultSensorStatus,
@@ -14,44 +13,28 @@ from dagster import (
     sensor,
 )
 
+from farm_platform.arrivals import ArrivalQueue, Claim
 from farm_platform.assets.keys import IMAGE_PIPELINE
-from farm_platform.ingest import ImageBatch, IngestCursor, ingest_tick
-from farm_platform.partitions import (
-    POSITION_DIMENSION,
-    image_partition_key,
-    partition_range_tags,
-    position_partitions,
-)
+from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
 
-IMAGES_TAG = "farm/images"
+# Run tags: how many photos a run was handed (benchmarks and tests count runs by it).
+PHOTOS_TAG = "farm/photos"
 
 
-def batch_run_request(batch: ImageBatch) -> RunRequest:
-    """One run over exactly the batch's partitions, keyed by the images' identities."""
-    identities = sorted(image.identity for image in batch.images)
-    run_key = "images-" + hashlib.sha1("\n".join(identities).encode()).hexdigest()
-    arrivals = {
-        str(image_partition_key(image.key)): {
-            **{
-                name: value
-                for name, value in image.messages[0].to_config().items()
-                if name != "ack_id"
-            },
-            "generation": image.generation,
-        }
-        for image in batch.images
-    }
+def claim_run_request(claim: Claim) -> RunRequest:
+    """One run of the claim's day partition over exactly its photos."""
+    from farm_platform.assets.inference import photo_run_config
+
     return RunRequest(
-        run_key=run_key,
+        run_key=claim.run_key,
+        partition_key=claim.date.isoformat(),
         asset_selection=list(IMAGE_PIPELINE),
-        tags={
-            **partition_range_tags(batch.rectangle.first, batch.rectangle.last),
-            IMAGES_TAG: str(len(batch.images)),
-        },
-        run_config={"ops": {"drone_images": {"config": {"arrivals": arrivals}}}},
+        tags={PHOTOS_TAG: str(len(claim.positions))},
+        run_config=photo_run_config(claim.positions),
     )
 
 
@@ -60,29 +43,25 @@ def batch_run_request(batch: ImageBatch) -> RunRequest:
     asset_selection=list(IMAGE_PIPELINE),
     minimum_interval_seconds=10,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Pulls drone_image messages; new photos become batched pipeline runs.",
+    description="Pulls drone_image messages; new photos become runs of their day partition.",
 )
 def drone_image_sensor(
     context: SensorEvaluationContext,
     pubsub: PubSubResource,
     bucket: BucketResource,
     field_map: FieldMapResource,
+    warehouse: WarehouseResource,
 ) -> SensorResult:
-    registered = list(context.instance.get_dynamic_partitions(POSITION_DIMENSION))
     outcome = ingest_tick(
         IngestCursor.from_json(context.cursor),
         pubsub,
         bucket,
+        ArrivalQueue(warehouse),
         list(field_map.positions()),
-        registered,
+        IngestSettings.from_env(),
     )
     context.log.info(outcome.stats.summary())
     return SensorResult(
-        run_requests=[batch_run_request(batch) for batch in outcome.batches],
-        dynamic_partitions_requests=(
-            [position_partitions.build_add_request(outcome.new_positions)]
-            if outcome.new_positions
-            else []
-        ),
+        run_requests=[claim_run_request(claim) for claim in outcome.claims],
         cursor=outcome.cursor.to_json(),
     )

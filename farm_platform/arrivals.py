@@ -1,0 +1,351 @@
+"""The arrival queue: photos announced on Pub/Sub, held, handed to day runs, retried.
+
+It lives in the warehouse (tables `image_arrivals` and `arrival_acks`), so its size grows
+with the trial, not with the sensor cursor, and it is the de-duplication state:
+
+- `record`: a valid announcement of a photo generation not seen before becomes a pending
+  arrival; its message is *held* (ack id stored), not acknowledged.
+- `claim`: pending photos of one day become a run's photo list once a batch is full or the
+  oldest has waited long enough. The claim's run key goes into the sensor cursor.
+- `confirm`: on the next tick the cursor that Dagster stored with the run request proves
+  the run is recorded; only then are the held messages acknowledged. Claims of a tick that
+  died before Dagster stored it are released and claimed again.
+- `requeue`: the photos of a failed run go back to pending (bounded attempts), so
+  de-duplication never hides a photo whose rows are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from farm_platform.layout import ImageKey
+from farm_platform.resources.pubsub import PulledMessage
+from farm_platform.resources.warehouse import (
+    ARRIVAL_ACKS_TABLE,
+    IMAGE_ARRIVALS_TABLE,
+    WarehouseResource,
+)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A valid announcement: this generation of this photo is in the bucket."""
+
+    key: ImageKey
+    generation: str
+    image_uri: str
+    message: PulledMessage
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    new: int
+    duplicates: int
+    # Duplicates of photos already handed to a stored run: acknowledge at once.
+    ack_now: list[str]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One run's worth of photos of one day."""
+
+    run_key: str
+    date: dt.date
+    positions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeldMessage:
+    """The message that announced a photo, for dead-lettering it."""
+
+    data: bytes
+    attributes: dict[str, str]
+    generation: str
+    message_id: str | None
+    published_at: dt.datetime | None
+
+
+def _in(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+class ArrivalQueue:
+    def __init__(self, warehouse: WarehouseResource):
+        self.warehouse = warehouse
+        self._schema_ready = False
+
+    def _query(self, sql: str, parameters: Sequence[object] = ()) -> pl.DataFrame:
+        if not self._schema_ready:
+            self.warehouse.create_schema()
+            self._schema_ready = True
+        return self.warehouse.query(sql, parameters)
+
+    # ------------------------------------------------------------------ the sensor's tick
+
+    def confirm(self, stored_run_keys: Sequence[str], now: dt.datetime) -> list[str]:
+        """Mark the claims of the stored cursor requested; release claims of a tick that
+        died before Dagster stored it. Returns the ack ids now safe to acknowledge."""
+        statements: list[tuple[str, Sequence[object]]] = []
+        if stored_run_keys:
+            statements.append(
+                (
+                    "UPDATE image_arrivals SET requested_at = %s"
+                    f" WHERE requested_at IS NULL AND run_key IN ({_in(stored_run_keys)})",
+                    [now, *stored_run_keys],
+                )
+            )
+            statements.append(
+                (
+                    "UPDATE image_arrivals SET run_key = NULL WHERE requested_at IS NULL"
+                    f" AND run_key IS NOT NULL AND run_key NOT IN ({_in(stored_run_keys)})",
+                    list(stored_run_keys),
+                )
+            )
+        else:
+            statements.append(
+                (
+                    "UPDATE image_arrivals SET run_key = NULL"
+                    " WHERE requested_at IS NULL AND run_key IS NOT NULL",
+                    [],
+                )
+            )
+        self.warehouse.execute(statements)
+        return self._release_acks()
+
+    def _release_acks(self) -> list[str]:
+        """Ack ids of messages whose photo is handed to a stored run; forgotten here."""
+        held = self._query(
+            "SELECT acks.ack_id FROM arrival_acks AS acks JOIN image_arrivals AS arrivals"
+            " ON arrivals.position_id = acks.position_id AND arrivals.date = acks.date"
+            " AND arrivals.generation = acks.generation"
+            " WHERE arrivals.requested_at IS NOT NULL"
+        )
+        ack_ids = held["ack_id"].to_list() if held.height else []
+        for start in range(0, len(ack_ids), 1000):
+            chunk = ack_ids[start : start + 1000]
+            self.warehouse.execute(
+                [(f"DELETE FROM arrival_acks WHERE ack_id IN ({_in(chunk)})", chunk)]
+            )
+        return ack_ids
+
+    def record(self, arrivals: Sequence[Arrival], now: dt.datetime) -> RecordOutcome:
+        """Store new photo generations as pending and hold every message's ack id."""
+        if not arrivals:
+            return RecordOutcome(0, 0, [])
+        dates = sorted({arrival.key.date for arrival in arrivals})
+        known = self._query(
+            "SELECT position_id, date, generation, requested_at FROM image_arrivals"
+            f" WHERE date IN ({_in(dates)})",
+            dates,
+        )
+        requested: dict[tuple[str, dt.date, str], bool] = {
+            (row["position_id"], row["date"], row["generation"]): row["requested_at"] is not None
+            for row in known.iter_rows(named=True)
+        }
+        ack_now: list[str] = []
+        new_rows: dict[tuple[str, dt.date, str], Arrival] = {}
+        held: list[Arrival] = []
+        duplicates = 0
+        for arrival in arrivals:
+            identity = (arrival.key.position_id, arrival.key.date, arrival.generation)
+            if requested.get(identity):
+                duplicates += 1
+                ack_now.append(arrival.message.ack_id)
+                continue
+            if identity in requested or identity in new_rows:
+                duplicates += 1
+            else:
+                new_rows[identity] = arrival
+            held.append(arrival)
+        self.warehouse.replace_many(
+            [
+                ("image_arrivals", _arrival_rows(list(new_rows.values()), now), None),
+                ("arrival_acks", _ack_rows(held, now), None),
+            ]
+        )
+        return RecordOutcome(len(new_rows), duplicates, ack_now)
+
+    def held_ack_ids(self) -> list[str]:
+        frame = self._query("SELECT ack_id FROM arrival_acks")
+        return frame["ack_id"].to_list() if frame.height else []
+
+    def claim(self, max_photos: int, max_wait: dt.timedelta, now: dt.datetime) -> list[Claim]:
+        """Hand pending photos to runs: full batches at once, the rest after `max_wait`."""
+        pending = self._query(
+            "SELECT position_id, date, min(received_at) AS first_received"
+            " FROM image_arrivals WHERE run_key IS NULL GROUP BY position_id, date"
+        )
+        claims: list[Claim] = []
+        if not pending.height:
+            return claims
+        for (date,), day in pending.sort("first_received", "position_id").group_by(
+            "date", maintain_order=True
+        ):
+            rows = day.rows(named=True)
+            for start in range(0, len(rows), max_photos):
+                batch = rows[start : start + max_photos]
+                waited = now - _utc(batch[0]["first_received"])
+                if len(batch) < max_photos and waited < max_wait:
+                    break
+                positions = tuple(sorted(row["position_id"] for row in batch))
+                claims.append(Claim(_run_key(date, positions, now), date, positions))
+        self.warehouse.execute(
+            [
+                (
+                    "UPDATE image_arrivals SET run_key = %s, attempts = attempts + 1"
+                    f" WHERE run_key IS NULL AND date = %s"
+                    f" AND position_id IN ({_in(claim.positions)})",
+                    [claim.run_key, claim.date, *claim.positions],
+                )
+                for claim in claims
+            ]
+        )
+        return claims
+
+    # ------------------------------------------------------------------ runs
+
+    def requeue(self, run_key: str, max_attempts: int) -> tuple[int, pl.DataFrame]:
+        """Put the photos of a failed run back to pending; those that already had
+        `max_attempts` are returned instead (position_id, date, generation, …) and stay
+        handed to the failed run."""
+        claimed = self._query("SELECT * FROM image_arrivals WHERE run_key = %s", [run_key])
+        if not claimed.height:
+            return 0, claimed
+        exhausted = claimed.filter(pl.col("attempts") >= max_attempts)
+        self.warehouse.execute(
+            [
+                (
+                    "UPDATE image_arrivals SET run_key = NULL, requested_at = NULL"
+                    " WHERE run_key = %s AND attempts < %s",
+                    [run_key, max_attempts],
+                )
+            ]
+        )
+        return claimed.height - exhausted.height, exhausted
+
+    def give_up(self, arrivals: pl.DataFrame, pubsub: Any, error: str) -> None:
+        """Dead-letter the announcing messages of `arrivals` (rows of image_arrivals), then
+        forget them, so that replaying a dead letter is new work."""
+        pubsub.dead_letter(
+            [
+                (
+                    base64.b64decode(row["message_data"] or ""),
+                    json.loads(row["message_attributes"] or "{}"),
+                    error,
+                )
+                for row in arrivals.iter_rows(named=True)
+            ]
+        )
+        self.warehouse.execute(
+            [
+                (
+                    "DELETE FROM image_arrivals"
+                    " WHERE position_id = %s AND date = %s AND generation = %s",
+                    [row["position_id"], row["date"], row["generation"]],
+                )
+                for row in arrivals.iter_rows(named=True)
+            ]
+        )
+
+    def recorded_positions(self, date: dt.date) -> list[str]:
+        """Every position with a photo of `date` the platform has recorded (announced or
+        already ingested): what a run of the whole day processes. No bucket listing."""
+        frame = self._query(
+            "SELECT position_id FROM image_arrivals WHERE date = %s"
+            " UNION SELECT position_id FROM drone_images WHERE date = %s",
+            [date, date],
+        )
+        return sorted(frame["position_id"].to_list()) if frame.height else []
+
+    def announcements(self, date: dt.date, positions: Sequence[str]) -> dict[str, HeldMessage]:
+        """Per position, the latest announced generation of its photo of `date`."""
+        if not positions:
+            return {}
+        frame = self._query(
+            "SELECT position_id, generation, message_id, published_at, message_data,"
+            " message_attributes, received_at FROM image_arrivals"
+            f" WHERE date = %s AND position_id IN ({_in(positions)})",
+            [date, *positions],
+        )
+        latest: dict[str, HeldMessage] = {}
+        for row in frame.sort("received_at").iter_rows(named=True):
+            latest[row["position_id"]] = HeldMessage(
+                data=base64.b64decode(row["message_data"] or ""),
+                attributes=json.loads(row["message_attributes"] or "{}"),
+                generation=row["generation"],
+                message_id=row["message_id"],
+                published_at=row["published_at"],
+            )
+        return latest
+
+    def pending_count(self) -> int:
+        """Photos not yet handed to a run that Dagster stored."""
+        return self._count("requested_at IS NULL")
+
+    def waiting_count(self) -> int:
+        """Photos waiting for a batch (not claimed by any run yet)."""
+        return self._count("run_key IS NULL")
+
+    def _count(self, condition: str) -> int:
+        frame = self._query(f"SELECT count(*) AS n FROM image_arrivals WHERE {condition}")
+        return int(frame["n"][0])
+
+
+def _run_key(date: dt.date, positions: Sequence[str], now: dt.datetime) -> str:
+    # The claim time makes a retried claim of the same photos a new run.
+    digest = hashlib.sha1(
+        "\n".join([date.isoformat(), now.isoformat(), *positions]).encode()
+    ).hexdigest()
+    return f"photos-{date.isoformat()}-{digest[:16]}"
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _arrival_rows(arrivals: Sequence[Arrival], now: dt.datetime) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "position_id": [a.key.position_id for a in arrivals],
+            "date": [a.key.date for a in arrivals],
+            "generation": [a.generation for a in arrivals],
+            "image_uri": [a.image_uri for a in arrivals],
+            "message_id": [a.message.message_id for a in arrivals],
+            "published_at": [_timestamp(a.message.publish_time) for a in arrivals],
+            "message_data": [base64.b64encode(a.message.data).decode() for a in arrivals],
+            "message_attributes": [json.dumps(a.message.attributes) for a in arrivals],
+            "received_at": [now] * len(arrivals),
+            "run_key": [None] * len(arrivals),
+            "requested_at": [None] * len(arrivals),
+            "attempts": [0] * len(arrivals),
+        },
+        schema=IMAGE_ARRIVALS_TABLE.polars_schema,
+    )
+
+
+def _ack_rows(arrivals: Sequence[Arrival], now: dt.datetime) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "ack_id": [a.message.ack_id for a in arrivals],
+            "position_id": [a.key.position_id for a in arrivals],
+            "date": [a.key.date for a in arrivals],
+            "generation": [a.generation for a in arrivals],
+            "pulled_at": [now] * len(arrivals),
+        },
+        schema=ARRIVAL_ACKS_TABLE.polars_schema,
+    ).unique("ack_id", keep="last")
+
+
+def _timestamp(value: str) -> dt.datetime | None:
+    if not value:
+        return None
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

@@ -1,0 +1,128 @@
+"""Runs of a day partition, in this process, on a real DuckDB file and a folder bucket:
+whole-day runs, chunked streaming, concurrent runs of one day, grades-only re-grades."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from farm_platform.layout import ImageKey
+from farm_platform.simulate import FarmConfig
+from farm_platform.validation import (
+    GradedFarm,
+    farm_resources,
+    grade_simulated_farm,
+    materialize_day,
+)
+
+CONFIG = FarmConfig(positions=3, days=1, seed=21)
+DAY = CONFIG.dates[0].isoformat()
+CROP_KEY = ["position_id", "leaf_crop_idx"]
+GRADE_KEY = ["position_id", "leaf_crop_idx", "disease_type"]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> GradedFarm:
+    return grade_simulated_farm(CONFIG, tmp_path_factory.mktemp("day_runs") / "farm")
+
+
+def copy_farm(farm: GradedFarm, destination: Path) -> dict[str, object]:
+    """The farm's bucket and warehouse copied, so a test can change them freely."""
+    source = Path(farm.bucket_url.removeprefix("file://")).parent
+    shutil.copytree(source / "bucket", destination / "bucket")
+    shutil.copyfile(farm.warehouse.duckdb_path, destination / "warehouse.duckdb")
+    return farm_resources(
+        f"file://{destination / 'bucket'}", f"duckdb:///{destination / 'warehouse.duckdb'}"
+    )
+
+
+def table(resources: dict[str, object], name: str, order: list[str]) -> pl.DataFrame:
+    return resources["warehouse"].query(f"SELECT * FROM {name}").sort(order)
+
+
+def test_a_run_without_a_photo_list_processes_every_recorded_photo_of_its_day(graded, tmp_path):
+    resources = copy_farm(graded, tmp_path)
+    before = table(resources, "drone_images", ["position_id"])
+    # A photo in the bucket that no message announced and no run recorded: the whole-day
+    # run works from what the platform recorded and never lists the bucket.
+    bucket = resources["bucket"]
+    stray = bucket.image_uri(ImageKey("P999", CONFIG.dates[0]))
+    bucket.write(stray, bucket.read(bucket.image_uri(ImageKey("P000", CONFIG.dates[0]))))
+
+    assert materialize_day(resources, DAY)  # no positions: the whole day
+
+    after = table(resources, "drone_images", ["position_id"])
+    assert after["position_id"].to_list() == before["position_id"].to_list()
+    assert set(after["dagster_run_id"]).isdisjoint(set(before["dagster_run_id"]))
+    grades = table(resources, "disease_grades", GRADE_KEY)
+    assert grades.height == 5 * table(resources, "leaf_crops", CROP_KEY).height
+    assert grades.select(GRADE_KEY).is_unique().all()
+
+
+def test_chunk_size_does_not_change_a_single_row(graded, tmp_path, monkeypatch):
+    resources = copy_farm(graded, tmp_path)
+    monkeypatch.setenv("FARM_RUN_CHUNK_PHOTOS", "1")  # one photo at a time, three chunks
+    assert materialize_day(resources, DAY, ["P000", "P001", "P002"])
+    numbers = ["x0", "y0", "x1", "y1", "score"]
+    chunked = table(resources, "leaf_crops", CROP_KEY).drop("crop_uri")
+    whole = graded.warehouse.query("SELECT * FROM leaf_crops").sort(CROP_KEY).drop("crop_uri")
+    assert chunked.drop(numbers).equals(whole.drop(numbers))
+    for column in numbers:
+        assert (chunked[column] - whole[column]).abs().max() < 1e-4
+    grades = ["position_id", "leaf_crop_idx", "disease_type", "predicted_grade"]
+    assert (
+        table(resources, "disease_grades", GRADE_KEY)
+        .select(grades)
+        .equals(
+            graded.warehouse.query("SELECT * FROM disease_grades").sort(GRADE_KEY).select(grades)
+        )
+    )
+
+
+def test_two_runs_of_one_day_at_once_write_each_photo_once(graded, tmp_path):
+    """Two run processes of the same day against one DuckDB file: the second waits for the
+    file lock instead of failing, and each photo's rows replace the other's."""
+    resources = copy_farm(graded, tmp_path)
+    program = (
+        "import sys; from farm_platform.validation import farm_resources, materialize_day; "
+        "ok = materialize_day(farm_resources(sys.argv[1], sys.argv[2]), sys.argv[3], "
+        "sys.argv[4].split(',') if sys.argv[4] else None); sys.exit(0 if ok else 1)"
+    )
+    arguments = [resources["bucket"].url, resources["warehouse"].url, DAY]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", program, *arguments, positions])
+        for positions in ("", "P000,P002")  # the whole day, and a batch of two photos
+    ]
+    assert [run.wait(timeout=600) for run in runs] == [0, 0]
+    images = table(resources, "drone_images", ["position_id"])
+    assert images["position_id"].to_list() == ["P000", "P001", "P002"]
+    crops = table(resources, "leaf_crops", CROP_KEY)
+    assert crops.select(CROP_KEY).is_unique().all()
+    assert crops.height == graded.warehouse.query("SELECT * FROM leaf_crops").height
+    grades = table(resources, "disease_grades", GRADE_KEY)
+    assert grades.select(GRADE_KEY).is_unique().all() and grades.height == 5 * crops.height
+
+
+def test_a_grades_only_run_regrades_the_stored_crops(graded, tmp_path):
+    resources = copy_farm(graded, tmp_path)
+    crops_before = table(resources, "leaf_crops", CROP_KEY)
+    grades_before = table(resources, "disease_grades", GRADE_KEY)
+
+    assert materialize_day(resources, DAY, selection=["disease_3_grades"])
+
+    assert table(resources, "leaf_crops", CROP_KEY).equals(crops_before)  # detector not run
+    grades = table(resources, "disease_grades", GRADE_KEY)
+    regraded = grades.filter(pl.col("disease_type") == "disease_3")
+    assert regraded.height == crops_before.height
+    old_runs = set(grades_before["dagster_run_id"])
+    assert set(regraded["dagster_run_id"]).isdisjoint(old_runs)
+    others = grades.filter(pl.col("disease_type") != "disease_3")
+    assert set(others["dagster_run_id"]) <= old_runs
+    assert regraded["predicted_grade"].to_list() == (
+        grades_before.filter(pl.col("disease_type") == "disease_3")["predicted_grade"].to_list()
+    )
