@@ -20,7 +20,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,8 +177,16 @@ class ArrivalQueue:
         frame = self._query("SELECT ack_id FROM arrival_acks")
         return frame["ack_id"].to_list() if frame.height else []
 
-    def claim(self, max_photos: int, max_wait: dt.timedelta, now: dt.datetime) -> list[Claim]:
-        """Hand pending photos to runs: full batches at once, the rest after `max_wait`."""
+    def claim(
+        self,
+        max_photos: int,
+        max_wait: dt.timedelta,
+        now: dt.datetime,
+        quiet_dates: Container[dt.date] = (),
+    ) -> list[Claim]:
+        """Hand pending photos to runs: full batches at once; the rest once the oldest has
+        waited `max_wait`, or as soon as their day is quiet (nothing new arrived for it in a
+        tick that drained the subscription: the flight's upload is over)."""
         pending = self._query(
             "SELECT position_id, date, min(received_at) AS first_received"
             " FROM image_arrivals WHERE run_key IS NULL GROUP BY position_id, date"
@@ -193,7 +201,7 @@ class ArrivalQueue:
             for start in range(0, len(rows), max_photos):
                 batch = rows[start : start + max_photos]
                 waited = now - _utc(batch[0]["first_received"])
-                if len(batch) < max_photos and waited < max_wait:
+                if len(batch) < max_photos and waited < max_wait and date not in quiet_dates:
                     break
                 positions = tuple(sorted(row["position_id"] for row in batch))
                 claims.append(Claim(_run_key(date, positions, now), date, positions))

@@ -11,7 +11,8 @@ Delivery protocol (DESIGN.md, Delivery; the queue itself is `farm_platform.arriv
   message delivered twice (or a notification and a drone message for the same upload) is
   one unit of work, while a re-upload of the same photo is new work.
 - arrivals are batched per day across ticks: a run starts when a day has
-  `max_photos_per_run` pending photos or its oldest has waited `max_wait_seconds`.
+  `max_photos_per_run` pending photos, when its oldest has waited `max_wait_seconds`, or
+  when the day went quiet (a tick drained the subscription and nothing new came for it).
 The cursor holds only the run keys of the last tick's claims: its size does not grow
 with the number of photos.
 """
@@ -123,7 +124,7 @@ def ingest_tick(
     pubsub.acknowledge(released)
     stats.acknowledged += len(released)
 
-    messages = _pull(pubsub, settings, started)
+    messages, drained = _pull(pubsub, settings, started)
     stats.pulled = len(messages)
     classified = _classify(messages, bucket, frozenset(field_map_positions), settings)
 
@@ -161,8 +162,12 @@ def ingest_tick(
         pubsub.acknowledge(ack_now)
         stats.acknowledged += len(ack_now)
 
+    busy_dates = {arrival.key.date for arrival in arrivals}
     claims = queue.claim(
-        settings.max_photos_per_run, dt.timedelta(seconds=settings.max_wait_seconds), now
+        settings.max_photos_per_run,
+        dt.timedelta(seconds=settings.max_wait_seconds),
+        now,
+        quiet_dates=_AllBut(busy_dates) if drained else (),
     )
     stats.runs = len(claims)
     stats.photos_requested = sum(len(claim.positions) for claim in claims)
@@ -170,7 +175,20 @@ def ingest_tick(
     return IngestOutcome(claims, IngestCursor([c.run_key for c in claims]), stats, ack_now)
 
 
-def _pull(pubsub: PubSubResource, settings: IngestSettings, started: float) -> list[PulledMessage]:
+class _AllBut:
+    """Every date except those that had new arrivals this tick."""
+
+    def __init__(self, busy: set[dt.date]):
+        self.busy = busy
+
+    def __contains__(self, date: object) -> bool:
+        return date not in self.busy
+
+
+def _pull(
+    pubsub: PubSubResource, settings: IngestSettings, started: float
+) -> tuple[list[PulledMessage], bool]:
+    """Messages pulled this tick, and whether the subscription was drained (an empty pull)."""
     messages: list[PulledMessage] = []
     while len(messages) < settings.max_messages_per_tick:
         if time.monotonic() - started > settings.tick_budget_seconds / 2:
@@ -178,9 +196,9 @@ def _pull(pubsub: PubSubResource, settings: IngestSettings, started: float) -> l
         wanted = min(settings.pull_batch, settings.max_messages_per_tick - len(messages))
         batch = pubsub.pull(wanted, settings.pull_timeout_seconds)
         if not batch:
-            break
+            return messages, True
         messages.extend(batch)
-    return messages
+    return messages, False
 
 
 def _classify(

@@ -150,33 +150,39 @@ def test_a_claim_whose_tick_was_never_stored_is_claimed_again(farm, queue, subsc
     assert queue.pending_count() == 0
 
 
-def test_arrivals_wait_for_a_full_batch_or_the_maximum_wait(farm, queue):
-    pubsub, bucket, date, _ = farm
-    hold = IngestSettings(pull_timeout_seconds=1.0, max_photos_per_run=3, max_wait_seconds=3600)
-    for position in POSITIONS[:2]:
-        upload(bucket, ImageKey(position, date))
-    first = tick(pubsub, bucket, queue, settings=hold)
-    while first.stats.new_images < 2:
-        more = tick(pubsub, bucket, queue, first.cursor, settings=hold)
-        first.stats.new_images += more.stats.new_images
-        first.claims += more.claims
-    assert first.claims == []  # two photos wait for a third (or for an hour)
+def arrivals_of(date: dt.date, positions: list[str], now: dt.datetime) -> list[Arrival]:
+    return [
+        Arrival(
+            ImageKey(position, date),
+            "1",
+            f"gs://farm/{position}/{date}/image.png",
+            PulledMessage(f"ack-{position}", position, now.isoformat(), b"{}", {}),
+        )
+        for position in positions
+    ]
 
-    for position in POSITIONS[2:]:
-        upload(bucket, ImageKey(position, date))
-    second = tick(pubsub, bucket, queue, first.cursor, settings=hold)
-    while second.stats.new_images < 2:
-        more = tick(pubsub, bucket, queue, second.cursor, settings=hold)
-        second.stats.new_images += more.stats.new_images
-        second.claims += more.claims
-    # A full batch of three runs at once; the fourth photo keeps waiting.
-    assert [len(claim.positions) for claim in second.claims] == [3]
-    assert queue.waiting_count() == 1
 
-    impatient = IngestSettings(pull_timeout_seconds=1.0, max_photos_per_run=3)
-    impatient = IngestSettings(**{**impatient.__dict__, "max_wait_seconds": 0})
-    last = tick(pubsub, bucket, queue, second.cursor, wait_seconds=0, settings=impatient)
-    assert [len(claim.positions) for claim in last.claims] == [1]
+def test_arrivals_wait_for_a_full_batch_the_maximum_wait_or_a_quiet_day(queue):
+    date, hour = dt.date(2026, 6, 2), dt.timedelta(hours=1)
+    now = dt.datetime(2026, 6, 2, 8, tzinfo=dt.UTC)
+    queue.record(arrivals_of(date, POSITIONS[:2], now), now)
+    assert queue.claim(max_photos=3, max_wait=hour, now=now) == []  # two wait for a third
+
+    later = now + dt.timedelta(seconds=10)
+    queue.record(arrivals_of(date, POSITIONS[2:], later), later)
+    (full,) = queue.claim(max_photos=3, max_wait=hour, now=later)
+    assert full.positions == tuple(POSITIONS[:3])  # first come, first claimed
+    assert queue.waiting_count() == 1  # the fourth keeps waiting
+
+    other_day = date + dt.timedelta(days=1)
+    assert queue.claim(3, hour, later, quiet_dates={other_day}) == []
+    (quiet,) = queue.claim(3, hour, later, quiet_dates={date})  # the flight is over
+    assert (quiet.date, quiet.positions) == (date, (POSITIONS[3],))
+
+    queue.record(arrivals_of(other_day, ["P000"], later), later)
+    assert queue.claim(3, hour, later + hour - dt.timedelta(seconds=1)) == []
+    (waited,) = queue.claim(3, hour, later + hour)
+    assert waited.date == other_day
 
 
 def test_a_new_upload_of_the_same_photo_is_new_work(farm, queue):
@@ -197,15 +203,7 @@ def test_the_cursor_stays_small_at_10000_photos_a_day(queue):
     """The cursor holds run keys, not photos: measured at 10,000 photos of one day."""
     date = dt.date(2026, 6, 1)
     now = dt.datetime.now(dt.UTC)
-    arrivals = [
-        Arrival(
-            ImageKey(f"P{i:05d}", date),
-            str(1_700_000_000_000_000 + i),
-            f"gs://farm/P{i:05d}/{date}/image.png",
-            PulledMessage(f"ack-{i}", str(i), now.isoformat(), b"{}", {}),
-        )
-        for i in range(10_000)
-    ]
+    arrivals = arrivals_of(date, [f"P{i:05d}" for i in range(10_000)], now)
     assert queue.record(arrivals, now).new == 10_000
     claims = queue.claim(max_photos=2000, max_wait=dt.timedelta(seconds=15), now=now)
     assert sum(len(claim.positions) for claim in claims) == 10_000
@@ -279,7 +277,8 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 
     assert outcome.stats.dead_lettered == len(bad)
     # None of them asks for work: only the real upload was ever handed to a run.
-    assert queue.warehouse.query("SELECT position_id FROM image_arrivals").rows() == [("P003",)]
+    asked = queue.warehouse.query("SELECT position_id FROM image_arrivals WHERE date = %s", [date])
+    assert asked.rows() == [("P003",)]
     letters = drain(dead_letters)
     assert len(letters) == len(bad)
     by_data = {bytes(m.data): m for m in letters}

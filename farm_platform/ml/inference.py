@@ -302,8 +302,13 @@ def write_crops(
         # Object stores have no folders (and gcsfs would probe the bucket per call).
         for parent in sorted({path.rsplit("/", 1)[0] for path in payload}):
             fs.makedirs(parent, exist_ok=True)
-    # One call: gcsfs uploads a dict of objects concurrently.
-    fs.pipe(payload)
+    if getattr(fs, "async_impl", False):
+        # One call, every object in flight at once: gcsfs's default gather batch is the
+        # limit otherwise (measured against the GCS emulator: 5.5 ms per crop object
+        # with the default, 1.9 ms with all of a chunk's ~1,000 crops in one gather).
+        fs.pipe(payload, batch_size=len(payload))
+    else:
+        fs.pipe(payload)
     return uris
 
 
