@@ -2,7 +2,7 @@
 
 import warnings
 
-# BackfillPolicy is beta in this Dagster release; batching image runs relies on it on purpose.
+# BackfillPolicy is beta in this Dagster release; one run per day of a backfill relies on it.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*is currently in beta")
-# Per-partition check results from runs over partition ranges (assets/images.py).
+# Check results per day partition (quality/checks.py) need partitioned check specs.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")

@@ -4,20 +4,17 @@
 URL (the same one `WarehouseResource` takes) points both the inference assets and dbt at
 the same database. Pure standard library: importing this must not import dbt.
 
-    duckdb:///relative/farm.duckdb      -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=<abs path>
-    duckdb:////abs/path/farm.duckdb     -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=/abs/path/…
+    duckdb:///abs/path/farm.duckdb      -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=/abs/path/…
     postgresql://user:pw@host:5432/db   -> FARM_DBT_TARGET=postgres, FARM_PG_HOST/PORT/USER/…
 
-DuckDB paths follow `WarehouseResource.duckdb_path` (SQLAlchemy style: three slashes then
-the path, so an absolute path has four) and are resolved against the current directory.
+DuckDB paths are read by `settings.duckdb_path`, as `WarehouseResource` reads them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from farm_platform.settings import REPO_ROOT
+from farm_platform.settings import REPO_ROOT, duckdb_path
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 # profiles.yml lives in the project directory.
@@ -50,19 +47,10 @@ def dbt_environment(warehouse_url: str) -> dict[str, str]:
 
 
 def _duckdb_environment(url: str) -> dict[str, str]:
-    if not url.startswith("duckdb:///"):
-        raise ValueError(
-            f"FARM_WAREHOUSE={url!r}: a DuckDB URL is duckdb:/// followed by the file path"
-        )
-    raw_path = url.removeprefix("duckdb:///")
-    if not raw_path or raw_path == ":memory:":
-        raise ValueError(
-            f"FARM_WAREHOUSE={url!r}: dbt needs a DuckDB file, not an in-memory database"
-        )
     return {
         "FARM_DBT_TARGET": "duckdb",
         "FARM_DBT_SCHEMA": DUCKDB_SCHEMA,
-        "FARM_DUCKDB_PATH": str(Path(raw_path).expanduser().resolve()),
+        "FARM_DUCKDB_PATH": str(duckdb_path(url)),
     }
 
 

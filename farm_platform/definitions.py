@@ -33,7 +33,12 @@ defs = Definitions(
     sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
     resources={
         "bucket": BucketResource(url=EnvVar(settings.FARM_BUCKET)),
-        "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
+        "warehouse": WarehouseResource(
+            url=EnvVar(settings.FARM_WAREHOUSE),
+            lock_timeout_seconds=settings.env_number(
+                settings.FARM_WAREHOUSE_LOCK_SECONDS, settings.DEFAULT_WAREHOUSE_LOCK_SECONDS
+            ),
+        ),
         "pubsub": PubSubResource(
             project=EnvVar(settings.FARM_GCP_PROJECT),
             subscription=_optional_env(settings.FARM_SUBSCRIPTION, settings.DEFAULT_SUBSCRIPTION),

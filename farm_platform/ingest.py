@@ -23,8 +23,9 @@ import datetime as dt
 import json
 import time
 from collections.abc import Container, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from farm_platform import settings as config
 from farm_platform.arrivals import Arrival, ArrivalQueue, Claim
@@ -39,7 +40,8 @@ class IngestSettings:
     max_messages_per_tick: int = 5000
     pull_batch: int = 1000
     pull_timeout_seconds: float = 2.0
-    # Keep a tick well inside Dagster's sensor evaluation timeout (60 s by default).
+    # Keep a whole tick (pull, object lookups, queue writes) well inside Dagster's sensor
+    # evaluation timeout (60 s by default); what does not fit waits for the next tick.
     tick_budget_seconds: float = 30.0
     max_photos_per_run: int = config.DEFAULT_RUN_MAX_PHOTOS
     max_wait_seconds: float = config.DEFAULT_BATCH_MAX_WAIT_SECONDS
@@ -85,6 +87,7 @@ class IngestStats:
     acknowledged: int = 0
     runs: int = 0
     photos_requested: int = 0
+    deferred: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -92,7 +95,8 @@ class IngestStats:
         return (
             f"pulled {self.pulled} messages ({rate:.0f}/s): {self.new_images} new images, "
             f"{self.duplicates} duplicates, {self.ignored} ignored, "
-            f"{self.dead_lettered} dead-lettered; acknowledged {self.acknowledged}; "
+            f"{self.dead_lettered} dead-lettered, {self.deferred} deferred to the next tick; "
+            f"acknowledged {self.acknowledged}; "
             f"{self.runs} run(s) requested for {self.photos_requested} photo(s)"
         )
 
@@ -126,23 +130,26 @@ def ingest_tick(
 
     messages, drained = _pull(pubsub, settings, started)
     stats.pulled = len(messages)
-    classified = _classify(messages, bucket, frozenset(field_map_positions), settings)
+    classified = _classify(messages, bucket, frozenset(field_map_positions), settings, started)
 
     ack_now: list[str] = []
     dead_letters: list[tuple[PulledMessage, str]] = []
     arrivals: list[Arrival] = []
+    deferred: list[str] = []
     for message, parsed, generation in classified:
         if isinstance(parsed, Ignored):
             stats.ignored += 1
             ack_now.append(message.ack_id)
         elif isinstance(parsed, Rejected):
             dead_letters.append((message, parsed.error))
-        elif generation is None:
-            dead_letters.append(
-                (message, f"object {parsed.image_uri} does not exist in the bucket")
-            )
+        elif isinstance(parsed, _Deferred):
+            deferred.append(message.ack_id)
         else:
             arrivals.append(Arrival(parsed.key, generation, parsed.image_uri, message))
+    if deferred:
+        # Past the tick's budget: released at once, so the next tick gets them again.
+        pubsub.extend_deadline(deferred, 0)
+        stats.deferred = len(deferred)
 
     if dead_letters:
         pubsub.dead_letter(
@@ -167,7 +174,8 @@ def ingest_tick(
         settings.max_photos_per_run,
         dt.timedelta(seconds=settings.max_wait_seconds),
         now,
-        quiet_dates=_AllBut(busy_dates) if drained else (),
+        # A day is quiet only if this tick saw everything waiting (no message deferred).
+        quiet_dates=_AllBut(busy_dates) if drained and not deferred else (),
     )
     stats.runs = len(claims)
     stats.photos_requested = sum(len(claim.positions) for claim in claims)
@@ -201,28 +209,62 @@ def _pull(
     return messages, False
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A message whose object lookup did not fit in this tick: it is released, not lost."""
+
+
 def _classify(
     messages: Sequence[PulledMessage],
     bucket: BucketResource,
     known_positions: Container[str],
     settings: IngestSettings,
-) -> list[tuple[PulledMessage, ImageArrival | Ignored | Rejected, str | None]]:
-    """Parse every message; look up the objects that drone-controller messages name."""
+    started: float,
+) -> list[tuple[PulledMessage, ImageArrival | Ignored | Rejected | _Deferred, str | None]]:
+    """Parse every message and look its object up in the bucket: the generation a photo is
+    recorded with is the bucket's, never the message's word for it."""
     dates = valid_dates()
     parsed = [
         parse_message(message.data, message.attributes, bucket.root, known_positions, dates)
         for message in messages
     ]
 
-    def generation(item: ImageArrival | Ignored | Rejected) -> str | None:
-        if not isinstance(item, ImageArrival):
-            return None
-        if item.generation:
-            # A storage notification is the bucket's own word that this generation exists.
-            return item.generation
+    def look_up(item: ImageArrival) -> tuple[ImageArrival | Ignored | Rejected, str | None]:
         info = bucket.info(item.image_uri)
-        return info.generation if info else None
+        if info is None:
+            return Rejected(f"object {item.image_uri} does not exist in the bucket"), None
+        if item.generation and item.generation != info.generation:
+            if _older(item.generation, info.generation):
+                # The object was overwritten since: its newer generation is announced too.
+                superseded = f"generation {item.generation} superseded by {info.generation}"
+                return Ignored(superseded), None
+            forged = (
+                f"objectGeneration {item.generation} is not the generation of "
+                f"{item.image_uri} in the bucket ({info.generation})"
+            )
+            return Rejected(forged), None
+        return item, info.generation
 
-    with ThreadPoolExecutor(settings.object_lookup_threads) as pool:
-        generations = list(pool.map(generation, parsed))
-    return list(zip(messages, parsed, generations, strict=True))
+    pool = ThreadPoolExecutor(settings.object_lookup_threads)
+    futures = {
+        index: pool.submit(look_up, item)
+        for index, item in enumerate(parsed)
+        if isinstance(item, ImageArrival)
+    }
+    remaining = max(0.0, settings.tick_budget_seconds - (time.monotonic() - started))
+    wait(futures.values(), timeout=remaining)
+    pool.shutdown(wait=False, cancel_futures=True)
+    results: list[tuple[PulledMessage, Any, str | None]] = []
+    for index, (message, item) in enumerate(zip(messages, parsed, strict=True)):
+        future = futures.get(index)
+        if future is None:
+            results.append((message, item, None))
+        elif future.done() and not future.cancelled() and future.exception() is None:
+            results.append((message, *future.result()))
+        else:
+            results.append((message, _Deferred(), None))
+    return results
+
+
+def _older(generation: str, than: str) -> bool:
+    return generation.isdigit() and than.isdigit() and int(generation) < int(than)

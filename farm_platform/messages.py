@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,11 @@ from farm_platform.layout import (
 )
 
 OBJECT_FINALIZE = "OBJECT_FINALIZE"
+# A drone controller's message is a few hundred bytes of JSON; anything much larger is not
+# one, and parsing it would cost the whole tick.
+MAX_DRONE_MESSAGE_BYTES = 64 * 1024
+# GCS object generations are microsecond timestamps: ASCII digits, 20 at most.
+GENERATION_PATTERN = re.compile(r"[0-9]{1,20}")
 
 
 @dataclass(frozen=True)
@@ -72,11 +78,15 @@ def parse_message(
 ) -> ParsedMessage:
     """Classify one message; never raises for bad input, returns Rejected with the reason."""
     try:
-        if attributes.get("eventType") or attributes.get("bucketId"):
+        # GCS always sets eventType; a drone message that merely carries a bucketId
+        # attribute is still a drone message.
+        if "eventType" in attributes:
             return _parse_notification(attributes, bucket_root, known_positions, valid_dates)
         return _parse_drone_message(data, bucket_root, known_positions, valid_dates)
     except LayoutError as exc:
         return Rejected(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a poison message must not stop the sensor
+        return Rejected(f"message cannot be parsed ({type(exc).__name__}: {exc})"[:500])
 
 
 def _parse_notification(
@@ -101,7 +111,13 @@ def _parse_notification(
         return Ignored(f"object {image_uri} is not a raw drone image")
     key = parse_raw_image_path(relative)
     _check_known(key, known_positions, valid_dates)
-    return ImageArrival(key, image_uri, attributes.get("objectGeneration"), "gcs_notification")
+    generation = attributes.get("objectGeneration")
+    if generation is not None and not GENERATION_PATTERN.fullmatch(generation):
+        return Rejected(
+            f"bad objectGeneration {generation[:40]!r}: expected the object's generation, "
+            "ASCII digits"
+        )
+    return ImageArrival(key, image_uri, generation, "gcs_notification")
 
 
 def _parse_drone_message(
@@ -110,10 +126,19 @@ def _parse_drone_message(
     known_positions: Container[str],
     valid_dates: tuple[dt.date, dt.date],
 ) -> ParsedMessage:
+    if len(data) > MAX_DRONE_MESSAGE_BYTES:
+        return Rejected(
+            f"message data is {len(data)} bytes, over the {MAX_DRONE_MESSAGE_BYTES} of a "
+            'drone message {"image_uri": ...}'
+        )
     try:
         payload = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Rejected(f'message data is not JSON ({exc}); expected {{"image_uri": ...}}')
+    except RecursionError:
+        return Rejected('message data is JSON nested too deep; expected {"image_uri": ...}')
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        return Rejected(f'message data is unusable JSON ({exc}); expected {{"image_uri": ...}}')
     if not isinstance(payload, dict):
         return Rejected('message data is JSON but not an object; expected {"image_uri": ...}')
     image_uri = payload.get("image_uri")

@@ -33,6 +33,14 @@ DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
 # Photos a run reads, decodes, grades and writes at a time: bounds a run's memory.
 FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
 DEFAULT_RUN_CHUNK_PHOTOS = 64
+# A sensor run that has not finished after this many seconds, plus half a second per photo,
+# is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
+FARM_RUN_TIMEOUT_SECONDS = "FARM_RUN_TIMEOUT_SECONDS"
+DEFAULT_RUN_TIMEOUT_SECONDS = 600.0
+RUN_TIMEOUT_SECONDS_PER_PHOTO = 0.5
+# How long a writer waits for a DuckDB warehouse file another process holds.
+FARM_WAREHOUSE_LOCK_SECONDS = "FARM_WAREHOUSE_LOCK_SECONDS"
+DEFAULT_WAREHOUSE_LOCK_SECONDS = 120.0
 # How often a photo is handed to a run before a failure dead-letters it.
 FARM_MAX_PHOTO_ATTEMPTS = "FARM_MAX_PHOTO_ATTEMPTS"
 DEFAULT_MAX_PHOTO_ATTEMPTS = 3
@@ -58,6 +66,8 @@ CONFIG_VARIABLES = (
     FARM_BATCH_MAX_WAIT_SECONDS,
     FARM_RUN_CHUNK_PHOTOS,
     FARM_MAX_PHOTO_ATTEMPTS,
+    FARM_RUN_TIMEOUT_SECONDS,
+    FARM_WAREHOUSE_LOCK_SECONDS,
 )
 
 
@@ -75,3 +85,25 @@ def env_number(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+DUCKDB_URL_PREFIX = "duckdb:///"
+
+
+def duckdb_path(url: str) -> Path:
+    """The file of a `duckdb:///…` warehouse URL, always absolute.
+
+    Read like a `file:` URL: `duckdb:///srv/farm.duckdb` and `duckdb:////srv/farm.duckdb`
+    (SQLAlchemy's spelling) are both `/srv/farm.duckdb`. A relative path would be resolved
+    against the working folder of whichever process reads it (daemon, code server, CLI)
+    and quietly make a second warehouse, so there is none.
+    """
+    if not url.startswith(DUCKDB_URL_PREFIX):
+        raise ValueError(
+            f"FARM_WAREHOUSE={url!r}: a DuckDB URL is duckdb:/// followed by an absolute "
+            "file path, e.g. duckdb:///srv/farm/warehouse.duckdb"
+        )
+    raw = url.removeprefix(DUCKDB_URL_PREFIX).lstrip("/")
+    if not raw or raw == ":memory:":
+        raise ValueError(f"FARM_WAREHOUSE={url!r}: the warehouse must be a DuckDB file")
+    return Path("/" + raw)

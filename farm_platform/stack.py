@@ -435,12 +435,9 @@ def pubsub_publisher(pubsub_host: str) -> Any:
 
 def pubsub_subscriber(pubsub_host: str) -> Any:
     """A SubscriberClient bound to an emulator, independent of PUBSUB_EMULATOR_HOST."""
-    import grpc
-    from google.cloud import pubsub_v1
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+    from farm_platform.resources.pubsub import emulator_subscriber
 
-    transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(pubsub_host))
-    return pubsub_v1.SubscriberClient(transport=transport)
+    return emulator_subscriber(pubsub_host)
 
 
 def _create_pubsub_topology(project: str, pubsub_host: str) -> None:

@@ -126,3 +126,54 @@ def test_a_grades_only_run_regrades_the_stored_crops(graded, tmp_path):
     assert regraded["predicted_grade"].to_list() == (
         grades_before.filter(pl.col("disease_type") == "disease_3")["predicted_grade"].to_list()
     )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width`×`height` pixels: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def encoded(mode: str, size: tuple[int, int], kind: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def test_unusable_photos_are_recorded_and_never_graded_and_the_rest_are(graded, tmp_path):
+    resources = copy_farm(graded, tmp_path)
+    bucket = resources["bucket"]
+    unusable = {
+        "P100": (encoded("RGB", (1, 1), "PNG"), "1×1 pixels"),
+        "P101": (encoded("I;16", (256, 256), "PNG"), "pixel mode I;16"),
+        "P102": (encoded("RGB", (256, 256), "JPEG"), "a JPEG file"),
+        "P103": (png_header_only(40_000, 40_000), "decompression bomb"),
+    }
+    for position, (data, _) in unusable.items():
+        bucket.write(bucket.image_uri(ImageKey(position, CONFIG.dates[0])), data)
+
+    assert materialize_day(resources, DAY, ["P000", *unusable, "P002"])
+
+    images = table(resources, "drone_images", ["position_id"])
+    errors = dict(zip(images["position_id"], images["error"], strict=True))
+    for position, (_, reason) in unusable.items():
+        assert errors[position] and reason in errors[position], errors[position]
+    assert errors["P000"] is None and errors["P002"] is None
+    crops = table(resources, "leaf_crops", CROP_KEY)
+    assert not set(unusable) & set(crops["position_id"])
+    quality = resources["warehouse"].query(
+        "SELECT position_id, passed FROM partition_quality WHERE check_name = 'image_quality'"
+    )
+    failed = sorted(quality.filter(~pl.col("passed"))["position_id"])
+    assert failed == sorted(unusable)

@@ -617,11 +617,11 @@ def test_dbt_environment_for_duckdb(tmp_path: Path) -> None:
         "FARM_DBT_SCHEMA": "main",
         "FARM_DUCKDB_PATH": str(tmp_path / "farm.duckdb"),
     }
-    # Same path as the warehouse resource, relative URLs resolved against the cwd.
-    relative = dbt_environment("duckdb:///data/farm.duckdb")["FARM_DUCKDB_PATH"]
-    assert relative == str(
-        WarehouseResource(url="duckdb:///data/farm.duckdb").duckdb_path.resolve()
-    )
+    # README's form, three slashes then the absolute path, and SQLAlchemy's four: both are
+    # the same absolute file for dbt and for the warehouse resource, wherever they run.
+    for url in ("duckdb:///srv/farm/farm.duckdb", "duckdb:////srv/farm/farm.duckdb"):
+        assert dbt_environment(url)["FARM_DUCKDB_PATH"] == "/srv/farm/farm.duckdb"
+        assert WarehouseResource(url=url).duckdb_path == Path("/srv/farm/farm.duckdb")
 
 
 def test_dbt_environment_for_postgres() -> None:

@@ -334,3 +334,62 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
         outcome.cursor = more.cursor
     assert [(c.date, c.positions) for c in outcome.claims] == [(key.date, ("P404",))]
     assert list_dead_letters(dlq) == []
+
+
+def test_poison_and_forged_messages_are_dead_lettered_and_ingestion_goes_on(
+    farm, queue, publisher, dead_letters, drain
+):
+    pubsub, bucket, date, subscription = farm
+    real = ImageKey("P000", date)
+    upload(bucket, real)
+    first = tick(pubsub, bucket, queue)  # the real upload's notification
+    generation = queue.warehouse.query("SELECT generation FROM image_arrivals")["generation"][0]
+    notification = {
+        "eventType": "OBJECT_FINALIZE",
+        "bucketId": bucket.root.removeprefix("gs://"),
+        "payloadFormat": "JSON_API_V1",
+    }
+    poison = {
+        "objectGeneration 1": (
+            b"{}",
+            {**notification, "objectId": real.relative_path(), "objectGeneration": "1" * 19},
+        ),
+        "does not exist": (
+            b"{}",
+            {
+                **notification,
+                "objectId": ImageKey("P001", date).relative_path(),
+                "objectGeneration": "1700000000000000",
+            },
+        ),
+        "bad objectGeneration": (
+            b"{}",
+            {**notification, "objectId": real.relative_path(), "objectGeneration": "²"},
+        ),
+        "nested too deep": (b"[" * 20_000 + b"]" * 20_000, {}),
+        "bytes, over": (b"x" * (5 * 1024 * 1024), {}),  # past gRPC's default 4 MB
+    }
+    for data, attributes in poison.values():
+        publish(publisher, subscription.topic_path, data, **attributes)
+    upload(bucket, ImageKey("P002", date))  # a good photo behind the poison
+
+    outcome = tick(pubsub, bucket, queue, first.cursor)
+    deadline = time.monotonic() + 20
+    while (
+        outcome.stats.dead_lettered < len(poison) or outcome.stats.new_images < 1
+    ) and time.monotonic() < deadline:
+        more = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=1)
+        outcome.stats.dead_lettered += more.stats.dead_lettered
+        outcome.stats.new_images += more.stats.new_images
+        outcome.cursor = more.cursor
+
+    assert outcome.stats.dead_lettered == len(poison)
+    assert outcome.stats.new_images == 1  # P002: ingestion went on
+    errors = [letter.attributes["error"] for letter in drain(dead_letters)]
+    for reason in poison:
+        assert sum(reason in error for error in errors) == 1, (reason, errors)
+    # The forged generation was not recorded: P000 keeps the bucket's generation.
+    recorded = queue.warehouse.query(
+        "SELECT generation FROM image_arrivals WHERE position_id = 'P000' AND date = %s", [date]
+    )
+    assert recorded["generation"].to_list() == [generation]

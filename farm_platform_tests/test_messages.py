@@ -108,3 +108,47 @@ def test_notification_for_unknown_position_is_rejected_not_ignored():
     assert isinstance(parsed, Rejected)
     assert "unknown position 'P404'" in parsed.error
     assert "positions.csv" in parsed.error  # says what to do
+
+
+POISON = {
+    "JSON nested 20,000 deep": (b"[" * 20_000 + b"]" * 20_000, "nested too deep"),
+    "an integer of 5,000 digits": (b'{"image_uri": ' + b"7" * 5000 + b"}", "unusable JSON"),
+    "a message over 64 KiB": (b'{"image_uri": "' + b"x" * 70_000 + b'"}', "bytes, over"),
+    "invalid UTF-8": (b'{"image_uri": "\xff\xfe"}', "not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POISON))
+def test_poison_drone_messages_are_rejected_with_a_reason(case):
+    data, reason = POISON[case]
+    parsed = parse(data)
+    assert isinstance(parsed, Rejected) and reason in parsed.error, parsed
+
+
+@pytest.mark.parametrize("generation", ["²", "12a", "", "1" * 21, "-5"])
+def test_a_generation_that_is_not_ascii_digits_is_rejected(generation):
+    parsed = parse(
+        b"{}",
+        eventType="OBJECT_FINALIZE",
+        bucketId="farm-images",
+        objectId="P000/2026-06-02/image.png",
+        objectGeneration=generation,
+    )
+    assert isinstance(parsed, Rejected) and "bad objectGeneration" in parsed.error
+
+
+def test_a_drone_message_with_a_stray_bucket_id_attribute_is_still_a_drone_message():
+    uri = "gs://farm-images/P000/2026-06-02/image.png"
+    parsed = parse(drone(image_uri=uri), bucketId="farm-images")
+    assert isinstance(parsed, ImageArrival) and parsed.form == "drone_controller"
+    bad = parse(b"not json", bucketId="farm-images")
+    assert isinstance(bad, Rejected) and "not JSON" in bad.error
+
+
+def test_the_error_attribute_is_cut_in_bytes_not_characters():
+    from farm_platform.resources.pubsub import cut_to_bytes
+
+    error = "é" * 1000  # 2,000 bytes in UTF-8
+    cut = cut_to_bytes(error, 1024)
+    assert len(cut.encode()) <= 1024 and cut == "é" * 512
+    assert cut_to_bytes("short", 1024) == "short"

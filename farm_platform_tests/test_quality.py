@@ -116,7 +116,7 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
         r for r in results if (r.asset, r.check_name) == ("disease_3_grades", "grades_valid")
     ]
     (bad,) = grades_check.failed_partitions()
-    source = Path(url.removeprefix("duckdb:///"))
+    source = WarehouseResource(url=url).duckdb_path
     copy = tmp_path / "with_failure.duckdb"
     shutil.copyfile(source, copy)
     warehouse = WarehouseResource(url=f"duckdb:///{copy}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +30,44 @@ class Photo:
     error: str | None
 
 
+# Pixel modes of an 8-bit colour or grey photo; 16-bit and float images are not drone photos.
+USABLE_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P"})
+
+
 def decode_photo(data: bytes | None, inference: Any) -> tuple[Any, str | None]:
-    """(RGB array, None) for a usable photo, (None, why not) otherwise."""
+    """(RGB array, None) for a usable photo, (None, why not) otherwise.
+
+    A usable photo is a PNG of 8-bit colour or grey, each side within the bounds the
+    `image_quality` check expects. The header is read before any pixel, so a
+    decompression bomb is refused for its size, never decoded. An unusable photo is
+    recorded with its error, dead-lettered and held back; it is never graded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from farm_platform.quality.suites import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+
     if data is None:
         return None, MISSING_OBJECT_ERROR
     if not data:
         return None, "image is empty (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            kind, mode, (width, height) = header.format, header.mode, header.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return None, f"image is corrupt and cannot be decoded: {exc}"
+    except Image.DecompressionBombError as exc:
+        return None, f"image is unusable: {exc}"
+    if kind != "PNG":
+        return None, f"image is unusable: a {kind} file named image.png; drone photos are PNG"
+    if mode not in USABLE_MODES:
+        return None, f"image is unusable: pixel mode {mode}; drone photos are 8-bit colour"
+    if not (
+        MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE
+    ):
+        return None, (
+            f"image is unusable: {width}×{height} pixels, each side must be "
+            f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}"
+        )
     try:
         return inference.decode_png(data), None
     except inference.ImageDecodeError as exc:

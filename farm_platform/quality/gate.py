@@ -25,6 +25,7 @@ import polars as pl
 
 from farm_platform.quality import history
 from farm_platform.quality import run as quality
+from farm_platform.settings import duckdb_path
 from farm_platform.simulate import FarmConfig
 
 GATE_FARM = FarmConfig(positions=4, days=3, seed=7)
@@ -414,7 +415,7 @@ def dbt_failures(
 
     project = dbt_project_copy(positions, workdir / f"dbt_{name}")
     copy = workdir / f"warehouse_{name}.duckdb"
-    shutil.copyfile(Path(warehouse_url.removeprefix("duckdb:///")), copy)
+    shutil.copyfile(duckdb_path(warehouse_url), copy)
     return invoke_dbt_build(project, f"duckdb:///{copy}").failed()
 
 

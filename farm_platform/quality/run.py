@@ -1,14 +1,15 @@
-"""Run the suites of `suites.py` over a batch of partitions; results per partition.
+"""Run the suites of `suites.py` over a run's photos; results per photo.
 
-A run of the image pipeline covers up to 500 partitions (date × position). Validating each
-partition's frame separately would cost one Great Expectations validation per partition and
-suite; instead each suite validates the batch's frame once with
+Here a "partition" is one photo, (position_id, date): the unit `partition_quality` keeps
+and dbt holds back. A run of the image pipeline covers up to thousands of photos of a day.
+Validating each photo's frame separately would cost one Great Expectations validation per
+photo and suite; instead each suite validates the run's frame once with
 `unexpected_index_column_names=["partition"]`, and every unexpected row is attributed to its
-partition. Per-partition facts (leaf count, rows per crop, change since yesterday) are
-validated on a frame with one row per partition. The outcome is the same as validating
-every partition on its own: a partition fails exactly the expectations its rows break.
-A failure that cannot be attributed (a null key, an expectation that raised) fails every
-partition of the batch, so a broken batch is never reported clean.
+photo. Per-photo facts (leaf count, rows per crop, change since yesterday) are validated
+on a frame with one row per photo. The outcome is the same as validating every photo on
+its own: a photo fails exactly the expectations its rows break. A failure that cannot be
+attributed (a null key, an expectation that raised) fails every photo of the run, so a
+broken run is never reported clean.
 
 No Dagster here: the assets log these results as asset check evaluations, and
 `farm-platform check` asserts on them. great_expectations is imported inside functions.

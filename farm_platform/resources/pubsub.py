@@ -46,9 +46,14 @@ class PubSubResource(ConfigurableResource):
     @property
     def subscriber(self) -> Any:
         if self._subscriber is None:
+            import os
+
             from google.cloud import pubsub_v1
 
-            self._subscriber = pubsub_v1.SubscriberClient()
+            emulator = os.environ.get(settings.PUBSUB_EMULATOR_HOST)
+            self._subscriber = (
+                emulator_subscriber(emulator) if emulator else pubsub_v1.SubscriberClient()
+            )
         return self._subscriber
 
     @property
@@ -120,10 +125,34 @@ class PubSubResource(ConfigurableResource):
         return self.publish(
             self.dead_letter_topic,
             [
-                (data, {**dict(attributes), "error": error[:1024]})
+                (data, {**dict(attributes), "error": cut_to_bytes(error, 1024)})
                 for data, attributes, error in messages
             ],
         )
+
+
+# What the client library sets on its channel to the real service (no 4 MB cap on a pull
+# response: a message may be up to 10 MB).
+UNLIMITED_MESSAGE_SIZE = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+def emulator_subscriber(host: str) -> Any:
+    """A SubscriberClient on an emulator, its channel configured like production's."""
+    import grpc
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=UNLIMITED_MESSAGE_SIZE)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
+def cut_to_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (Pub/Sub limits attribute values in bytes),
+    never inside a character."""
+    return text.encode()[:limit].decode(errors="ignore")
 
 
 def _chunks(items: Sequence[str]) -> list[list[str]]:

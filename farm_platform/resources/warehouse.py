@@ -20,6 +20,8 @@ import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from farm_platform.settings import duckdb_path
+
 LEAF_CROPS_COLUMNS = {
     "position_id": "TEXT NOT NULL",
     "date": "DATE NOT NULL",
@@ -262,8 +264,7 @@ class WarehouseResource(ConfigurableResource):
 
     @property
     def duckdb_path(self) -> Path:
-        # duckdb:///relative.duckdb and duckdb:////abs/path.duckdb, like SQLAlchemy URLs.
-        return Path(self.url.removeprefix("duckdb:///"))
+        return duckdb_path(self.url)
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Any]:

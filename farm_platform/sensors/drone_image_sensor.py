@@ -13,6 +13,7 @@ from dagster import (
     sensor,
 )
 
+from farm_platform import settings
 from farm_platform.arrivals import ArrivalQueue, Claim
 from farm_platform.assets.keys import IMAGE_PIPELINE
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
@@ -21,8 +22,17 @@ from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 
-# Run tags: how many photos a run was handed (benchmarks and tests count runs by it).
+# Run tags: how many photos a run was handed (benchmarks and tests count runs by it), and
+# Dagster's run timeout, enforced by run monitoring (dagster.yaml).
 PHOTOS_TAG = "farm/photos"
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def run_timeout_seconds(photos: int) -> int:
+    base = settings.env_number(
+        settings.FARM_RUN_TIMEOUT_SECONDS, settings.DEFAULT_RUN_TIMEOUT_SECONDS
+    )
+    return int(base + settings.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
 
 
 def claim_run_request(claim: Claim) -> RunRequest:
@@ -33,7 +43,10 @@ def claim_run_request(claim: Claim) -> RunRequest:
         run_key=claim.run_key,
         partition_key=claim.date.isoformat(),
         asset_selection=list(IMAGE_PIPELINE),
-        tags={PHOTOS_TAG: str(len(claim.positions))},
+        tags={
+            PHOTOS_TAG: str(len(claim.positions)),
+            MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
+        },
         run_config=photo_run_config(claim.positions),
     )
 

@@ -1,12 +1,13 @@
--- (position, date, disease) held back from every report: a BLOCKING (ERROR-severity) check
--- failed on that disease's grades, or on the leaf crops all diseases were graded on.
+-- (position, date, disease) held back from every report: an ERROR-severity check failed on
+-- that disease's grades, or on the leaf crops all diseases were graded on, or on the photo
+-- itself (an unusable photo is never graded: listed here so that it is seen).
 -- stg_active_disease_grades leaves these out; the report lists them.
 with failures as (
     select position_id, date, asset, check_name, details
     from {{ ref('stg_partition_quality') }}
     where not passed
         and severity = 'ERROR'
-        and (asset = 'leaf_crops' or asset like 'disease_%_grades')
+        and (asset in ('drone_images', 'leaf_crops') or asset like 'disease_%_grades')
 ),
 
 diseases as (
@@ -24,7 +25,7 @@ held as (
         failures.asset || '/' || failures.check_name as failed_check
     from failures
     inner join diseases
-        on failures.asset = 'leaf_crops'
+        on failures.asset in ('drone_images', 'leaf_crops')
         or failures.asset = diseases.disease_type || '_grades'
 )
 
