@@ -20,6 +20,10 @@ peak RSS (the code server starts each run in a `multiprocessing` spawn child).
 
 The trickle: one photo per second for `--trickle-seconds` at the default batching settings,
 and p50/p95 of upload → rows in the warehouse.
+
+`--bucket local` keeps photos and crops in a local folder bucket (`file://`) and announces
+each photo with a drone-controller message instead of a GCS notification: the same
+pipeline without the GCS emulator's cost per object (each crop is an object).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from farm_platform.layout import join
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
 from farm_platform.simulate import FarmConfig, field_map, simulate_images
+from farm_platform.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.stack import LocalStack
 
 START = dt.date(2026, 6, 1)
@@ -84,20 +89,37 @@ class RunMemorySampler(threading.Thread):
 class Platform:
     """The local stack, a DAGSTER_HOME, a warehouse and a running daemon for one phase."""
 
-    def __init__(self, stack: LocalStack, workdir: Path, name: str, positions: int) -> None:
+    def __init__(
+        self, stack: LocalStack, workdir: Path, name: str, positions: int, local: bool = False
+    ) -> None:
         self.dagster_home = workdir / f"dagster-{name}"
         prepare_dagster_home(self.dagster_home)
         config = FarmConfig(positions=positions, days=1, start_date=START, seed=5)
         field_map_path = write_field_map(field_map(config), workdir / f"positions-{name}.csv")
         self.warehouse = WarehouseResource(url=f"duckdb:///{workdir / f'warehouse-{name}.duckdb'}")
+        bucket_url = f"file://{workdir / f'bucket-{name}'}" if local else stack.bucket_url()
         self.environment = {
             **stack.environment(),
+            settings.FARM_BUCKET: bucket_url,
             settings.FARM_WAREHOUSE: self.warehouse.url,
             settings.FARM_FIELD_MAP: str(field_map_path),
         }
         os.environ.update(self.environment)
         self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
-        self.fs, self.root = bucket_filesystem(stack.bucket_url())
+        self.bucket_url = bucket_url
+        self.local = local
+        self.project = stack.project
+        self.fs, self.root = bucket_filesystem(bucket_url)
+
+    def upload(self, photos: list[Any]) -> None:
+        """Photos into the bucket; on a local bucket, each announced by a drone message."""
+        self.fs.pipe({join(self.root, photo.key.relative_path()): photo.png for photo in photos})
+        if self.local:
+            publisher = DroneMessagePublisher(self.project)
+            for index, photo in enumerate(photos):
+                uri = join(self.bucket_url, photo.key.relative_path())
+                publisher.publish(uri, photo.key, "bench", captured_at(photo.key, index))
+            publisher.flush()
 
     def start(self) -> DagsterInstance:
         self.daemon.start()
@@ -129,19 +151,18 @@ def stage_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
     return {}
 
 
-def bench(n_images: int, stack: LocalStack, workdir: Path) -> dict[str, Any]:
+def bench(n_images: int, stack: LocalStack, workdir: Path, local: bool) -> dict[str, Any]:
     config = FarmConfig(positions=n_images, days=1, start_date=START, seed=5)
-    print(f"\n== N = {n_images} photos of one day: rendering", flush=True)
+    where = "a local folder bucket" if local else "the GCS emulator"
+    print(f"\n== N = {n_images} photos of one day on {where}: rendering", flush=True)
     photos = list(simulate_images(config))
-    platform = Platform(stack, workdir, f"n{n_images}", n_images)
+    platform = Platform(stack, workdir, f"n{n_images}{'-local' if local else ''}", n_images, local)
     sampler = RunMemorySampler()
     with platform.start() as instance:
         sampler.start()
         print("   uploading", flush=True)
         started = time.perf_counter()
-        platform.fs.pipe(
-            {join(platform.root, photo.key.relative_path()): photo.png for photo in photos}
-        )
+        platform.upload(photos)
         uploaded = time.perf_counter() - started
         wait_for_photos(
             instance, platform.warehouse, n_images, 3600, platform.daemon, poll_seconds=0.5
@@ -192,6 +213,7 @@ def bench(n_images: int, stack: LocalStack, workdir: Path) -> dict[str, Any]:
                 print(f"    {stage:62s} {ms:8.2f}")
         else:
             print(f"  {name:32s} {value}")
+    sys.stdout.flush()
     return figures
 
 
@@ -227,6 +249,7 @@ def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
     }
     for name, value in result.items():
         print(f"  {name:32s} {value}")
+    sys.stdout.flush()
     return result
 
 
@@ -249,12 +272,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--trickle-seconds", type=int, default=120, help="0: no trickle")
+    parser.add_argument("--bucket", choices=["emulator", "local"], default="emulator")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir, LocalStack() as stack:
+    # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
+    # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
+    with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
         for n_images in args.images:
-            bench(n_images, stack, Path(workdir))
+            with LocalStack() as stack:
+                bench(n_images, stack, Path(workdir), local=args.bucket == "local")
         if args.trickle_seconds:
-            trickle(stack, Path(workdir), args.trickle_seconds)
+            with LocalStack() as stack:
+                trickle(stack, Path(workdir), args.trickle_seconds)
     return 0
 
 
