@@ -90,7 +90,13 @@ class Platform:
     """The local stack, a DAGSTER_HOME, a warehouse and a running daemon for one phase."""
 
     def __init__(
-        self, stack: LocalStack, workdir: Path, name: str, positions: int, local: bool = False
+        self,
+        stack: LocalStack,
+        workdir: Path,
+        name: str,
+        positions: int,
+        local: bool = False,
+        run_max_photos: int | None = None,
     ) -> None:
         self.dagster_home = workdir / f"dagster-{name}"
         prepare_dagster_home(self.dagster_home)
@@ -104,6 +110,8 @@ class Platform:
             settings.FARM_WAREHOUSE: self.warehouse.url,
             settings.FARM_FIELD_MAP: str(field_map_path),
         }
+        if run_max_photos:
+            self.environment[settings.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
         os.environ.update(self.environment)
         self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
         self.bucket_url = bucket_url
@@ -151,12 +159,15 @@ def stage_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
     return {}
 
 
-def bench(n_images: int, stack: LocalStack, workdir: Path, local: bool) -> dict[str, Any]:
+def bench(
+    n_images: int, stack: LocalStack, workdir: Path, local: bool, run_max_photos: int | None
+) -> dict[str, Any]:
     config = FarmConfig(positions=n_images, days=1, start_date=START, seed=5)
     where = "a local folder bucket" if local else "the GCS emulator"
     print(f"\n== N = {n_images} photos of one day on {where}: rendering", flush=True)
     photos = list(simulate_images(config))
-    platform = Platform(stack, workdir, f"n{n_images}{'-local' if local else ''}", n_images, local)
+    name = f"n{n_images}{'-local' if local else ''}"
+    platform = Platform(stack, workdir, name, n_images, local, run_max_photos)
     sampler = RunMemorySampler()
     with platform.start() as instance:
         sampler.start()
@@ -273,13 +284,16 @@ def main() -> int:
     parser.add_argument("--images", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--trickle-seconds", type=int, default=120, help="0: no trickle")
     parser.add_argument("--bucket", choices=["emulator", "local"], default="emulator")
+    parser.add_argument(
+        "--run-max-photos", type=int, help="FARM_RUN_MAX_PHOTOS (default: the platform's)"
+    )
     args = parser.parse_args()
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
     # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
         for n_images in args.images:
             with LocalStack() as stack:
-                bench(n_images, stack, Path(workdir), local=args.bucket == "local")
+                bench(n_images, stack, Path(workdir), args.bucket == "local", args.run_max_photos)
         if args.trickle_seconds:
             with LocalStack() as stack:
                 trickle(stack, Path(workdir), args.trickle_seconds)

@@ -164,7 +164,8 @@ class ArrivalQueue:
                 duplicates += 1
             else:
                 new_rows[identity] = arrival
-            held.append(arrival)
+            if arrival.message.ack_id:  # a reconciled photo has no message to hold
+                held.append(arrival)
         self.warehouse.replace_many(
             [
                 ("image_arrivals", _arrival_rows(list(new_rows.values()), now), None),

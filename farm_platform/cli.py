@@ -265,9 +265,54 @@ def _replay(args: argparse.Namespace) -> int:
         f"seeked {path} to {since.isoformat()}: messages published since then are delivered again"
     )
     print(
-        "  images the sensor ingested in the last 2 days are recognized as duplicates "
+        "  photos the platform already handed to a run are recognized as duplicates "
         "(acknowledged, no new run); use `farm-platform backfill` to re-grade those"
     )
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from farm_platform.field_map import field_map_path, read_field_map
+    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.reconcile import reconcile
+    from farm_platform.resources import BucketResource, WarehouseResource
+
+    missing = [
+        name for name in (settings.FARM_BUCKET, settings.FARM_WAREHOUSE) if not os.environ.get(name)
+    ]
+    if missing:
+        print(f"farm-platform reconcile: set {', '.join(missing)}", file=sys.stderr)
+        return 2
+    graders = [
+        (card.id, card.version)
+        for card in ModelRegistry().active_cards().values()
+        if card.task == "disease_grader"
+    ]
+    try:
+        result = reconcile(
+            BucketResource(url=os.environ[settings.FARM_BUCKET]),
+            WarehouseResource(url=os.environ[settings.FARM_WAREHOUSE]),
+            list(read_field_map(field_map_path())),
+            args.date_from,
+            args.date_to,
+            graders,
+        )
+    except ValueError as exc:
+        print(f"farm-platform reconcile: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.in_bucket} photo(s) in the bucket from {args.date_from} to {args.date_to}")
+    print(
+        f"{len(result.recorded)} never announced: recorded in the arrival queue, the sensor "
+        "hands them to runs"
+    )
+    for key in result.recorded[: args.limit]:
+        print(f"  {key.date_str} {key.position_id}")
+    print(
+        f"{len(result.ungraded)} ingested without grades of the active models: "
+        "re-grade them with `farm-platform backfill`"
+    )
+    for key in result.ungraded[: args.limit]:
+        print(f"  {key.date_str} {key.position_id}")
     return 0
 
 
@@ -315,6 +360,18 @@ def _add_model_version_commands(commands: Any) -> None:
         "--timeout", type=float, default=6 * 3600, help="--wait limit, seconds"
     )
     backfill_parser.set_defaults(handler=_backfill)
+
+    reconcile_parser = commands.add_parser(
+        "reconcile", help="photos in the bucket that the platform never ingested or graded"
+    )
+    reconcile_parser.add_argument(
+        "--from", dest="date_from", type=_date, required=True, metavar="YYYY-MM-DD"
+    )
+    reconcile_parser.add_argument(
+        "--to", dest="date_to", type=_date, required=True, metavar="YYYY-MM-DD"
+    )
+    reconcile_parser.add_argument("--limit", type=int, default=20, help="photos listed per kind")
+    reconcile_parser.set_defaults(handler=_reconcile)
 
     replay_parser = commands.add_parser(
         "replay", help="re-deliver drone_image messages since a time"

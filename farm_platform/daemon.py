@@ -14,31 +14,10 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from farm_platform.settings import WORKSPACE_FILE
+from farm_platform.settings import REPO_ROOT, WORKSPACE_FILE
 
-DAGSTER_YAML = """\
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    # One run at a time by default: the DuckDB warehouse has one writer, and a run
-    # already uses both cores of a small machine.
-    max_concurrent_runs: {max_concurrent_runs}
-    # Never two runs of the same day partition at once (image runs and the report alike):
-    # they would write the same photos' rows.
-    tag_concurrency_limits:
-      - key: dagster/partition
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 180
-  cancel_timeout_seconds: 180
-  poll_interval_seconds: 20
-telemetry:
-  enabled: false
-"""
+# The instance configuration shipped with the project (dagster.yaml in the checkout).
+DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
 FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 UNFINISHED_STATUSES = (
     DagsterRunStatus.QUEUED,
@@ -63,7 +42,9 @@ def prepare_dagster_home(
     """A DAGSTER_HOME with a queued run coordinator and its storage created: SQLite files in
     the folder, or the PostgreSQL database at `postgres_url`."""
     dagster_home.mkdir(parents=True, exist_ok=True)
-    config = DAGSTER_YAML.format(max_concurrent_runs=max_concurrent_runs)
+    config = DAGSTER_YAML.read_text().replace(
+        "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
+    )
     if postgres_url:
         config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
     (dagster_home / "dagster.yaml").write_text(config)
@@ -139,10 +120,12 @@ def wait_for_photos(
     daemon: DaemonProcess | None = None,
     progress: Callable[[int, int], None] | None = None,
     poll_seconds: float = 2.0,
+    tolerate_failed_runs: bool = False,
 ) -> None:
     """Wait until `expected` photos are processed (a `drone_images` row is committed with
     the photo's crops and grades), none waits in the arrival queue and no run is
-    unfinished; raise if a run failed or the daemon died."""
+    unfinished; raise if a run failed (unless failures are the point: their photos are
+    requeued) or the daemon died."""
     from farm_platform.arrivals import ArrivalQueue
 
     deadline = time.monotonic() + timeout_seconds
@@ -150,7 +133,7 @@ def wait_for_photos(
     queue = ArrivalQueue(warehouse)
     while True:
         failed = instance.get_run_records(RunsFilter(statuses=list(FAILED_STATUSES)), limit=5)
-        if failed:
+        if failed and not tolerate_failed_runs:
             raise PipelineFailed(
                 "runs failed: "
                 + ", ".join(record.dagster_run.run_id for record in failed)

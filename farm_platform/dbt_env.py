@@ -12,6 +12,9 @@ DuckDB paths are read by `settings.duckdb_path`, as `WarehouseResource` reads th
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from farm_platform.settings import REPO_ROOT, duckdb_path
@@ -82,3 +85,16 @@ def _postgres_environment(url: str) -> dict[str, str]:
         "FARM_PG_DBNAME": dbname,
         "FARM_PG_SSLMODE": sslmode,
     }
+
+
+@contextlib.contextmanager
+def dbt_connection(warehouse_url: str) -> Iterator[None]:
+    """The process environment that `profiles.yml` reads, for the duration of a dbt call;
+    the environment as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(dbt_environment(warehouse_url))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -12,7 +12,8 @@ Delivery protocol (DESIGN.md, Delivery; the queue itself is `farm_platform.arriv
   one unit of work, while a re-upload of the same photo is new work.
 - arrivals are batched per day across ticks: a run starts when a day has
   `max_photos_per_run` pending photos, when its oldest has waited `max_wait_seconds`, or
-  when the day went quiet (a tick drained the subscription and nothing new came for it).
+  when the day went quiet (a tick drained the subscription and nothing for that day was
+  published in the last `quiet_after_seconds`).
 The cursor holds only the run keys of the last tick's claims: its size does not grow
 with the number of photos.
 """
@@ -45,6 +46,9 @@ class IngestSettings:
     tick_budget_seconds: float = 30.0
     max_photos_per_run: int = config.DEFAULT_RUN_MAX_PHOTOS
     max_wait_seconds: float = config.DEFAULT_BATCH_MAX_WAIT_SECONDS
+    # A day whose newest announcement is this old, in a tick that drained the subscription,
+    # has stopped uploading: its waiting photos run at once.
+    quiet_after_seconds: float = 5.0
     # Long enough for the next tick to acknowledge held messages, short enough that a
     # tick that dies before Dagster stores it has its messages redelivered soon.
     ack_extension_seconds: int = 120
@@ -169,7 +173,13 @@ def ingest_tick(
         pubsub.acknowledge(ack_now)
         stats.acknowledged += len(ack_now)
 
-    busy_dates = {arrival.key.date for arrival in arrivals}
+    # A day is busy while its photos are still being announced: published in the last
+    # `quiet_after_seconds`, so more of them may be on their way.
+    busy_dates = {
+        arrival.key.date
+        for arrival in arrivals
+        if _age_seconds(arrival.message.publish_time, now) < settings.quiet_after_seconds
+    }
     claims = queue.claim(
         settings.max_photos_per_run,
         dt.timedelta(seconds=settings.max_wait_seconds),
@@ -181,6 +191,16 @@ def ingest_tick(
     stats.photos_requested = sum(len(claim.positions) for claim in claims)
     stats.seconds = time.monotonic() - started
     return IngestOutcome(claims, IngestCursor([c.run_key for c in claims]), stats, ack_now)
+
+
+def _age_seconds(publish_time: str, now: dt.datetime) -> float:
+    try:
+        published = dt.datetime.fromisoformat(publish_time)
+    except ValueError:
+        return 0.0  # unknown: count the day as busy
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=dt.UTC)
+    return (now - published).total_seconds()
 
 
 class _AllBut:

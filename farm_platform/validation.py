@@ -10,7 +10,6 @@ staleness tests and the effect check start from it); `reported_vs_true_effect` a
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_environment
+from farm_platform.dbt_env import DBT_PROJECT_DIR, dbt_connection
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.simulate import FarmConfig, SimulationSummary, write_farm
 
@@ -152,9 +151,7 @@ def invoke_dbt_build(project_dir: Path, warehouse_url: str) -> DbtBuildOutcome:
     when dbt itself could not run (not when a model or test fails)."""
     from dbt.cli.main import dbtRunner
 
-    saved = dict(os.environ)
-    os.environ.update(dbt_environment(warehouse_url))
-    try:
+    with dbt_connection(warehouse_url):
         outcome = dbtRunner().invoke(
             [
                 "build",
@@ -169,9 +166,6 @@ def invoke_dbt_build(project_dir: Path, warehouse_url: str) -> DbtBuildOutcome:
                 str(project_dir / "logs"),
             ]
         )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     if outcome.exception is not None:
         raise outcome.exception
     statuses = {

@@ -13,6 +13,7 @@ import pytest
 
 from farm_platform.layout import ImageKey
 from farm_platform.simulate import FarmConfig
+from farm_platform.simulate.render import png_header_only
 from farm_platform.validation import (
     GradedFarm,
     farm_resources,
@@ -128,19 +129,6 @@ def test_a_grades_only_run_regrades_the_stored_crops(graded, tmp_path):
     )
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims `width`×`height` pixels: a decompression bomb's header."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def encoded(mode: str, size: tuple[int, int], kind: str) -> bytes:
     import io
 
@@ -177,3 +165,50 @@ def test_unusable_photos_are_recorded_and_never_graded_and_the_rest_are(graded, 
     )
     failed = sorted(quality.filter(~pl.col("passed"))["position_id"])
     assert failed == sorted(unusable)
+
+
+def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones(graded, tmp_path):
+    import datetime as dt
+
+    from farm_platform.arrivals import ArrivalQueue
+    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.reconcile import reconcile
+
+    resources = copy_farm(graded, tmp_path)
+    bucket, warehouse = resources["bucket"], resources["warehouse"]
+    day, next_day = CONFIG.dates[0], CONFIG.dates[0] + dt.timedelta(days=1)
+    # A photo uploaded while its notification was lost: in the bucket, nowhere else.
+    lost = ImageKey("P001", next_day)
+    bucket.write(bucket.image_uri(lost), bucket.read(bucket.image_uri(ImageKey("P001", day))))
+    # A photo whose disease_3 grades are missing.
+    warehouse.execute(
+        [
+            (
+                "DELETE FROM disease_grades WHERE position_id = 'P000' AND disease_type = %s",
+                ["disease_3"],
+            )
+        ]
+    )
+    graders = [
+        (card.id, card.version)
+        for card in ModelRegistry().active_cards().values()
+        if card.task == "disease_grader"
+    ]
+    positions = ["P000", "P001", "P002"]
+
+    result = reconcile(bucket, warehouse, positions, day, next_day, graders)
+
+    assert result.in_bucket == 4
+    assert result.recorded == [lost]
+    assert result.ungraded == [ImageKey("P000", day)]
+    again = reconcile(bucket, warehouse, positions, day, next_day, graders)
+    assert again.recorded == []  # the queue knows it now
+    # The sensor's next claim hands it to a run, which grades it.
+    queue = ArrivalQueue(warehouse)
+    (claim,) = queue.claim(2000, dt.timedelta(seconds=15), dt.datetime.now(dt.UTC), {next_day})
+    assert (claim.date, claim.positions) == (next_day, ("P001",))
+    assert materialize_day(resources, next_day.isoformat(), list(claim.positions))
+    graded_lost = warehouse.query(
+        "SELECT count(*) AS n FROM disease_grades WHERE date = %s", [next_day]
+    )["n"][0]
+    assert graded_lost > 0

@@ -1,6 +1,5 @@
 """dbt models as Dagster assets, dbt tests as asset checks (dagster-dbt)."""
 
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -14,7 +13,7 @@ from dagster_dbt import (
 )
 
 from farm_platform.assets.keys import GRADES_BY_DISEASE
-from farm_platform.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_environment
+from farm_platform.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_connection
 from farm_platform.resources.warehouse import WarehouseResource
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR)
@@ -53,5 +52,5 @@ def farm_dbt_models(
     context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
     # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE.
-    os.environ.update(dbt_environment(warehouse.url))
-    yield from dbt.cli(["build"], context=context).stream()
+    with dbt_connection(warehouse.url):
+        yield from dbt.cli(["build"], context=context).stream()

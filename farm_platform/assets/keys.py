@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetKey
 
-DISEASE_TYPES = tuple(f"disease_{k}" for k in range(5))
+from farm_platform.ml.registry import DETECTOR_MODEL_ID, DISEASE_TYPES, grader_model_id
 
 DRONE_IMAGES = AssetKey("drone_images")
 LEAF_CROPS = AssetKey("leaf_crops")
@@ -12,10 +12,9 @@ GRADES_BY_DISEASE = {disease: AssetKey(f"{disease}_grades") for disease in DISEA
 DISEASE_BY_GRADES = {key: disease for disease, key in GRADES_BY_DISEASE.items()}
 
 # Model assets, named after the registry's model ids.
-DETECTOR_MODEL_ID = "leaf_detector"
 MODEL_ASSETS = {
     DETECTOR_MODEL_ID: AssetKey("leaf_detector_model"),
-    **{f"{disease}_grader": AssetKey(f"{disease}_model") for disease in DISEASE_TYPES},
+    **{grader_model_id(disease): AssetKey(f"{disease}_model") for disease in DISEASE_TYPES},
 }
 
 # What a batch of newly arrived images needs: ingest, crop and grade.

@@ -11,8 +11,9 @@ its own: a photo fails exactly the expectations its rows break. A failure that c
 attributed (a null key, an expectation that raised) fails every photo of the run, so a
 broken run is never reported clean.
 
-No Dagster here: the assets log these results as asset check evaluations, and
-`farm-platform check` asserts on them. great_expectations is imported inside functions.
+No Dagster API here (only the `partition_quality` schema, from the warehouse module): the
+assets log these results as asset check evaluations, and `farm-platform check` asserts on
+them. great_expectations is imported inside functions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from farm_platform.quality import suites
+from farm_platform.resources.warehouse import PARTITION_QUALITY_TABLE
 
 ERROR = "ERROR"
 WARN = "WARN"
@@ -89,17 +91,7 @@ class CheckResult:
                 "checked_at": [checked_at] * len(partitions),
                 "dagster_run_id": [run_id] * len(partitions),
             },
-            schema={
-                "position_id": pl.String(),
-                "date": pl.Date(),
-                "asset": pl.String(),
-                "check_name": pl.String(),
-                "passed": pl.Boolean(),
-                "severity": pl.String(),
-                "details": pl.String(),
-                "checked_at": pl.Datetime("us", "UTC"),
-                "dagster_run_id": pl.String(),
-            },
+            schema=PARTITION_QUALITY_TABLE.polars_schema,
         )
 
 

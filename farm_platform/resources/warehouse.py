@@ -376,16 +376,24 @@ class WarehouseResource(ConfigurableResource):
             self._delete_scopes(connection, table, scopes.select(table.replace_scope).unique())
 
     def _delete_scopes(self, connection: Any, table: Table, scopes: pl.DataFrame) -> None:
+        """Delete the rows matching any row of `scopes`: one join, not a statement (and a
+        table scan) per scope."""
         if not scopes.height:
             return
-        condition = " AND ".join(f"{column} = %s" for column in table.replace_scope)
-        statement = f"DELETE FROM {table.name} WHERE {condition}"
-        rows = scopes.rows()
+        columns = table.replace_scope
+        matches = " AND ".join(f"{table.name}.{c} = replaced_scopes.{c}" for c in columns)
         if self.dialect == "duckdb":
-            connection.executemany(statement.replace("%s", "?"), rows)
-        else:
-            with connection.cursor() as cursor:
-                cursor.executemany(statement, rows)
+            connection.register("replaced_scopes", scopes.select(columns).to_arrow())
+            connection.execute(f"DELETE FROM {table.name} USING replaced_scopes WHERE {matches}")
+            return
+        kinds = ", ".join(f"{c} {table.columns[c].removesuffix(' NOT NULL')}" for c in columns)
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TEMPORARY TABLE replaced_scopes ({kinds}) ON COMMIT DROP")
+            with cursor.copy(f"COPY replaced_scopes ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in scopes.select(columns).iter_rows():
+                    copy.write_row(row)
+            cursor.execute(f"DELETE FROM {table.name} USING replaced_scopes WHERE {matches}")
+            cursor.execute("DROP TABLE replaced_scopes")
 
     def _insert(self, connection: Any, table: Table, frame: pl.DataFrame) -> None:
         columns = ", ".join(table.column_names)

@@ -26,6 +26,8 @@ from farm_platform.resources.warehouse import WarehouseResource
 # Dagster's run timeout, enforced by run monitoring (dagster.yaml).
 PHOTOS_TAG = "farm/photos"
 MAX_RUNTIME_TAG = "dagster/max_runtime"
+# requeue_failed_photos re-batches a failed sensor run's photos: no Dagster run retry too.
+MAX_RETRIES_TAG = "dagster/max_retries"
 
 
 def run_timeout_seconds(photos: int) -> int:
@@ -46,6 +48,7 @@ def claim_run_request(claim: Claim) -> RunRequest:
         tags={
             PHOTOS_TAG: str(len(claim.positions)),
             MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
+            MAX_RETRIES_TAG: "0",
         },
         run_config=photo_run_config(claim.positions),
     )

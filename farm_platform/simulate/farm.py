@@ -11,11 +11,12 @@ import polars as pl
 
 from farm_platform.field_map import AREAS, Position
 from farm_platform.layout import ImageKey
+from farm_platform.ml.registry import DISEASE_TYPES
 
 from . import dynamics, render
 from .dynamics import MAX_GRADE, MAX_LEAVES, NUM_DISEASES
 
-DISEASE_TYPES = tuple(f"disease_{k}" for k in range(NUM_DISEASES))
+assert len(DISEASE_TYPES) == NUM_DISEASES, "the simulator grades every disease the graders know"
 GRADE_COLUMNS = tuple(f"grade_{disease}" for disease in DISEASE_TYPES)
 TRAINING_DATE = dt.date(2026, 1, 1)
 HEALTHY_LEAF_FRACTION = 0.2

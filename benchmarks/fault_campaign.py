@@ -1,0 +1,313 @@
+"""The fault campaign: break the running platform on purpose and count what survives.
+
+    python benchmarks/fault_campaign.py [--photos 8] [--only NAME ...]
+
+Each fault gets a fresh local stack, DAGSTER_HOME and DuckDB warehouse, the real
+dagster-daemon, and a simulated day of `--photos` photos announced by their GCS
+notifications (plus whatever the fault adds). After the fault, the platform recovers
+without a human; then the table says, per fault: photos sent, photos graded (a
+`drone_images` row with crops and grades of every disease), photos dead-lettered, photos
+lost (neither), and photos doubled (a key with more than one row), plus bad messages sent
+and dead-lettered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from farm_platform import settings
+from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.field_map import write_field_map
+from farm_platform.layout import ImageKey, join
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
+from farm_platform.simulate import FarmConfig, field_map, simulate_images
+from farm_platform.simulate.render import png_header_only
+from farm_platform.stack import LocalStack, pubsub_publisher, pubsub_subscriber
+
+DAY = dt.date(2026, 11, 20)
+
+
+@dataclass
+class Campaign:
+    """One fault's platform: stack, daemon, warehouse and what was sent."""
+
+    stack: LocalStack
+    workdir: Path
+    photos: int
+    daemon: DaemonProcess | None = None
+    bad_sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.config = FarmConfig(positions=self.photos, days=1, start_date=DAY, seed=31)
+        self.dagster_home = self.workdir / "dagster"
+        prepare_dagster_home(self.dagster_home)
+        self.warehouse = WarehouseResource(url=f"duckdb:///{self.workdir / 'warehouse.duckdb'}")
+        positions = write_field_map(field_map(self.config), self.workdir / "positions.csv")
+        self.environment = {
+            **self.stack.environment(),
+            settings.FARM_WAREHOUSE: self.warehouse.url,
+            settings.FARM_FIELD_MAP: str(positions),
+            settings.FARM_RUN_TIMEOUT_SECONDS: "20",
+            settings.FARM_WAREHOUSE_LOCK_SECONDS: "3",
+        }
+        os.environ.update(self.environment)
+        subscriber = pubsub_subscriber(self.stack.pubsub_host)
+        self.dead = subscriber.subscription_path(self.stack.project, "campaign-dead")
+        topic = subscriber.topic_path(self.stack.project, settings.DEAD_LETTER_TOPIC)
+        subscriber.create_subscription(request={"name": self.dead, "topic": topic})
+        self.subscriber = subscriber
+
+    def start_daemon(self) -> DaemonProcess:
+        log = self.workdir / "daemon.log"
+        self.daemon = DaemonProcess(self.dagster_home, self.environment, log).start()
+        return self.daemon
+
+    def upload(self, extra: dict[str, bytes] | None = None) -> None:
+        from farm_platform.bucket import bucket_filesystem
+
+        fs, root = bucket_filesystem(self.stack.bucket_url())
+        objects = {join(root, p.key.relative_path()): p.png for p in simulate_images(self.config)}
+        objects.update({join(root, path): data for path, data in (extra or {}).items()})
+        fs.pipe(objects)
+
+    def publish(self, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+        publisher = pubsub_publisher(self.stack.pubsub_host)
+        topic = publisher.topic_path(self.stack.project, settings.DRONE_IMAGE_TOPIC)
+        for data, attributes in messages:
+            publisher.publish(topic, data, **attributes).result(timeout=30)
+        self.bad_sent += len(messages)
+
+    def dead_letters(self) -> list[Any]:
+        from google.api_core.exceptions import DeadlineExceeded
+
+        letters: list[Any] = []
+        while True:
+            try:
+                response = self.subscriber.pull(
+                    request={"subscription": self.dead, "max_messages": 1000}, timeout=3
+                )
+            except DeadlineExceeded:
+                return letters
+            if not response.received_messages:
+                return letters
+            letters += [m.message for m in response.received_messages]
+            self.subscriber.acknowledge(
+                request={
+                    "subscription": self.dead,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+
+
+def first_image_run(instance: DagsterInstance, statuses: list[DagsterRunStatus]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        records = instance.get_run_records(RunsFilter(statuses=statuses))
+        if any(PHOTOS_TAG in record.dagster_run.tags for record in records):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no image run became {statuses}")
+
+
+def kill_in_group(group: int, *markers: bytes) -> int:
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if os.getpgid(int(proc.name)) == group and any(m in cmdline for m in markers):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+def kill_worker(campaign: Campaign, instance: DagsterInstance, *markers: bytes) -> None:
+    first_image_run(instance, [DagsterRunStatus.STARTED])
+    group = campaign.daemon.process.pid
+    deadline = time.monotonic() + 60
+    while not kill_in_group(group, *markers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def fault_kill_worker(campaign: Campaign, instance: DagsterInstance) -> None:
+    kill_worker(campaign, instance, b"spawn_main")
+
+
+def fault_kill_worker_and_code_server(campaign: Campaign, instance: DagsterInstance) -> None:
+    kill_worker(campaign, instance, b"spawn_main", b"api grpc")
+
+
+def fault_kill_daemon_mid_run(campaign: Campaign, instance: DagsterInstance) -> None:
+    first_image_run(instance, [DagsterRunStatus.STARTED])
+    campaign.daemon.stop(kill=True)
+    campaign.start_daemon()
+
+
+def fault_lock_warehouse(campaign: Campaign, instance: DagsterInstance) -> None:
+    first_image_run(instance, [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED])
+    holder = duckdb.connect(str(campaign.warehouse.duckdb_path))
+    try:
+        first_image_run(instance, [DagsterRunStatus.FAILURE])
+    finally:
+        holder.close()
+
+
+def fault_poison_messages(campaign: Campaign, instance: DagsterInstance) -> None:
+    bucket = campaign.stack.bucket_url().removeprefix("gs://")
+    notification = {"eventType": "OBJECT_FINALIZE", "bucketId": bucket}
+    real = ImageKey("P000", DAY).relative_path()
+    campaign.publish(
+        [
+            (b"[" * 20_000 + b"]" * 20_000, {}),
+            (b'{"image_uri": ' + b"7" * 5000 + b"}", {}),
+            (b"x" * (5 * 1024 * 1024), {}),
+            (b"{}", {**notification, "objectId": real, "objectGeneration": "\u00b2"}),
+            (b"{}", {**notification, "objectId": real, "objectGeneration": "9" * 19}),
+            (b"{}", {**notification, "objectId": "P001/2026-11-21/image.png"}),
+            (json.dumps({"image_uri": f"gs://{bucket}/{real}"}).encode(), {"bucketId": "x"}),
+        ]
+    )
+
+
+def fault_burst(campaign: Campaign, instance: DagsterInstance) -> None:
+    """10,000 messages: each photo announced again and again, and bad ones between."""
+    bucket = campaign.stack.bucket_url()
+    good = [
+        json.dumps({"image_uri": f"{bucket}/{ImageKey(f'P{i:03d}', DAY).relative_path()}"})
+        for i in range(campaign.photos)
+    ]
+    messages = []
+    for index in range(10_000):
+        if index % 10 == 0:
+            messages.append((json.dumps({"image_uri": f"{bucket}/nowhere.png"}).encode(), {}))
+        else:
+            messages.append((good[index % len(good)].encode(), {"copy": str(index)}))
+    publisher = pubsub_publisher(campaign.stack.pubsub_host)
+    topic = publisher.topic_path(campaign.stack.project, settings.DRONE_IMAGE_TOPIC)
+    futures = [publisher.publish(topic, data, **attrs) for data, attrs in messages]
+    for future in futures:
+        future.result(timeout=60)
+    campaign.bad_sent += sum(1 for data, _ in messages if b"nowhere" in data)
+
+
+BOMB_POSITION = "P001"
+
+
+FAULTS: dict[str, tuple[Callable[[Campaign, DagsterInstance], None], bool]] = {
+    # name: (inject, whether the fault happens after the upload)
+    "kill -9 run worker": (fault_kill_worker, True),
+    "kill -9 run worker + code server": (fault_kill_worker_and_code_server, True),
+    "kill -9 daemon mid-run": (fault_kill_daemon_mid_run, True),
+    "warehouse locked past its timeout": (fault_lock_warehouse, True),
+    "poison and forged messages": (fault_poison_messages, False),
+    "decompression bomb among good photos": (lambda campaign, instance: None, False),
+    "10,000-message burst of duplicates and bad messages": (fault_burst, True),
+}
+
+
+def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
+    inject, after_upload = FAULTS[name]
+    with LocalStack() as stack:
+        campaign = Campaign(stack, workdir, photos)
+        bomb = name.startswith("decompression")
+        extra = (
+            {ImageKey(BOMB_POSITION, DAY).relative_path(): png_header_only(40_000, 40_000)}
+            if bomb
+            else None
+        )
+        campaign.start_daemon()
+        with DagsterInstance.from_config(str(campaign.dagster_home)) as instance:
+            try:
+                if not after_upload:
+                    inject(campaign, instance)
+                campaign.upload(extra)
+                if after_upload:
+                    inject(campaign, instance)
+                wait_for_photos(
+                    instance,
+                    campaign.warehouse,
+                    photos,
+                    600,
+                    campaign.daemon,
+                    tolerate_failed_runs=True,
+                )
+                time.sleep(15)  # late redeliveries must not add work
+                letters = campaign.dead_letters()
+                failed_runs = len(
+                    instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+                )
+            finally:
+                campaign.daemon.stop(kill=True)
+        return tally(name, campaign, letters, failed_runs)
+
+
+def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -> dict[str, Any]:
+    query = campaign.warehouse.query
+    images = query("SELECT position_id, error FROM drone_images")
+    graded = query(
+        "SELECT position_id FROM disease_grades GROUP BY position_id"
+        " HAVING count(DISTINCT disease_type) = 5"
+    )["position_id"].to_list()
+    no_leaves = query(
+        "SELECT i.position_id FROM drone_images AS i WHERE i.error IS NULL AND NOT EXISTS"
+        " (SELECT 1 FROM leaf_crops AS c WHERE c.position_id = i.position_id)"
+    )["position_id"].to_list()
+    unusable = images.filter(images["error"].is_not_null())["position_id"].to_list()
+    doubled = query(
+        "SELECT count(*) AS n FROM (SELECT position_id, date, leaf_crop_idx, disease_type,"
+        " disease_model_version FROM disease_grades GROUP BY ALL HAVING count(*) > 1)"
+    )["n"][0]
+    sent = campaign.photos
+    accounted = set(graded) | set(no_leaves) | set(unusable)
+    return {
+        "fault": name,
+        "photos sent": sent,
+        "graded": len(set(graded) | set(no_leaves)),
+        "unusable, dead-lettered": len(unusable),
+        "lost": sent - len(accounted),
+        "doubled rows": int(doubled),
+        "bad messages sent": campaign.bad_sent,
+        "dead letters": len(letters),
+        "failed runs (recovered)": failed_runs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=8)
+    parser.add_argument("--only", nargs="*", choices=sorted(FAULTS), help="default: all")
+    args = parser.parse_args()
+    rows = []
+    for name in args.only or FAULTS:
+        print(f"== {name}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="farm-faults-") as workdir:
+            rows.append(run_fault(name, args.photos, Path(workdir)))
+        print("   " + ", ".join(f"{k}: {v}" for k, v in rows[-1].items() if k != "fault"))
+    columns = list(rows[0])
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    return 0 if all(row["lost"] == 0 and row["doubled rows"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""`farm-platform reconcile`: the bucket's photos of a date range against the warehouse.
+
+A photo whose notification never came (the emulator dropped it during an outage, a
+subscription was deleted, a message expired) is in the bucket but nowhere else. For every
+position of the field map and every day of the range, the photo's object is looked up
+(no listing of the bucket: crops would make it huge); a photo that the arrival queue has
+never seen, at the generation the bucket has, is recorded as an arrival, so the sensor
+hands it to a run as it would any other. Photos that were ingested but have no grades from
+the active models are listed: they need a backfill, not new work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from farm_platform.arrivals import Arrival, ArrivalQueue
+from farm_platform.layout import ImageKey
+from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.pubsub import PulledMessage
+from farm_platform.resources.warehouse import WarehouseResource
+
+RECONCILE_SOURCE = "farm-platform reconcile"
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    in_bucket: int
+    recorded: list[ImageKey]  # never announced: now in the arrival queue
+    ungraded: list[ImageKey]  # ingested, readable, no grades from the active models
+
+
+def reconcile(
+    bucket: BucketResource,
+    warehouse: WarehouseResource,
+    positions: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    active_graders: Sequence[tuple[str, str]],
+    threads: int = 16,
+) -> Reconciliation:
+    """Record the range's unannounced photos in the arrival queue; list the ungraded ones."""
+    if end < start:
+        raise ValueError(f"--to {end} is before --from {start}")
+    keys = [
+        ImageKey(position, start + dt.timedelta(days=offset))
+        for offset in range((end - start).days + 1)
+        for position in positions
+    ]
+    with ThreadPoolExecutor(threads) as pool:
+        infos = list(pool.map(lambda key: bucket.info(bucket.image_uri(key)), keys))
+    in_bucket = {key: info for key, info in zip(keys, infos, strict=True) if info is not None}
+
+    queue = ArrivalQueue(warehouse)
+    known = _known_generations(warehouse, start, end)
+    now = dt.datetime.now(dt.UTC)
+    missing = [
+        Arrival(key, info.generation, info.uri, _reconcile_message(info.uri, now))
+        for key, info in sorted(in_bucket.items())
+        if (key.position_id, key.date, info.generation) not in known
+        # Ingested without a known generation (no announcement): not lost.
+        and (key.position_id, key.date, None) not in known
+    ]
+    queue.record(missing, now)
+    return Reconciliation(
+        in_bucket=len(in_bucket),
+        recorded=[arrival.key for arrival in missing],
+        ungraded=_ungraded(warehouse, start, end, active_graders),
+    )
+
+
+def _reconcile_message(uri: str, now: dt.datetime) -> PulledMessage:
+    """What a reconciled photo's arrival keeps of its "message": a drone message naming it,
+    so that if the photo proves unusable its dead letter can be replayed like any other."""
+    data = json.dumps({"image_uri": uri}).encode()
+    return PulledMessage("", "", now.isoformat(), data, {"source": RECONCILE_SOURCE})
+
+
+def _known_generations(
+    warehouse: WarehouseResource, start: dt.date, end: dt.date
+) -> set[tuple[str, dt.date, str | None]]:
+    warehouse.create_schema()
+    frame = warehouse.query(
+        "SELECT position_id, date, generation FROM image_arrivals WHERE date BETWEEN %s AND %s"
+        " UNION SELECT position_id, date, generation FROM drone_images"
+        " WHERE date BETWEEN %s AND %s",
+        [start, end, start, end],
+    )
+    return set(frame.rows())
+
+
+def _ungraded(
+    warehouse: WarehouseResource,
+    start: dt.date,
+    end: dt.date,
+    active_graders: Sequence[tuple[str, str]],
+) -> list[ImageKey]:
+    """Readable ingested photos lacking grades of some active grader (crops, if any, exist)."""
+    if not active_graders:
+        return []
+    graded = " AND ".join(
+        "EXISTS (SELECT 1 FROM disease_grades AS g WHERE g.position_id = i.position_id"
+        " AND g.date = i.date AND g.disease_model_id = %s AND g.disease_model_version = %s)"
+        for _ in active_graders
+    )
+    with_leaves = (
+        "EXISTS (SELECT 1 FROM leaf_crops AS c WHERE c.position_id = i.position_id"
+        " AND c.date = i.date)"
+    )
+    frame = warehouse.query(
+        "SELECT i.position_id, i.date FROM drone_images AS i"
+        " WHERE i.error IS NULL AND i.date BETWEEN %s AND %s"
+        f" AND {with_leaves} AND NOT ({graded}) ORDER BY i.date, i.position_id",
+        [start, end, *[value for grader in active_graders for value in grader]],
+    )
+    return [ImageKey(position, date) for position, date in frame.rows()]

@@ -1,0 +1,118 @@
+"""The fault campaign through the real dagster-daemon: break the platform on purpose, let
+it recover without a human, and require every photo graded exactly once.
+
+Run workers are killed (alone, with their code server, or with the whole daemon) and the
+warehouse is locked past its timeout. Dagster's run monitoring fails a run whose worker
+died once its `dagster/max_runtime` has passed (FARM_RUN_TIMEOUT_SECONDS, short here), and
+`requeue_failed_photos` hands its photos to a new run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import DagsterRunStatus, RunsFilter
+from test_pipeline_e2e import Platform, assert_grades_match_crops, assert_no_duplicate_keys
+
+from farm_platform import settings
+from farm_platform.daemon import wait_for_photos
+from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
+from farm_platform.simulate import FarmConfig
+
+pytestmark = pytest.mark.slow
+CONFIG = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 20), seed=13)
+
+
+@pytest.fixture
+def platform(local_stack, default_subscription, tmp_path, monkeypatch) -> Platform:
+    for name, value in local_stack.environment().items():
+        monkeypatch.setenv(name, value)
+    platform = Platform(local_stack, tmp_path)
+    platform.environment[settings.FARM_RUN_TIMEOUT_SECONDS] = "20"
+    platform.environment[settings.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+    return platform
+
+
+def first_image_run(instance, daemon, statuses, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in instance.get_run_records(RunsFilter(statuses=statuses)):
+            if PHOTOS_TAG in record.dagster_run.tags:
+                return record.dagster_run
+        assert daemon.alive(), daemon.log_tail()
+        time.sleep(0.2)
+    pytest.fail(f"no image run in {statuses}\n{daemon.log_tail()}")
+
+
+def processes(group: int, marker: bytes) -> list[int]:
+    """Pids in the daemon's process group whose command line contains `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) == group and marker in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def assert_graded_exactly_once(platform: Platform, instance, photos: int) -> None:
+    failed = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+    assert failed, "the fault did not fail a run: nothing was tested"
+    assert platform.rows("SELECT count(*) AS n FROM drone_images")["n"][0] == photos
+    assert_no_duplicate_keys(platform)
+    assert_grades_match_crops(platform)
+
+
+@pytest.mark.parametrize("victim", ["run worker", "run worker and code server", "daemon"])
+def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
+    with platform.instance() as instance:
+        daemon = platform.daemon().start()
+        try:
+            photos = platform.simulate(CONFIG)
+            first_image_run(instance, daemon, [DagsterRunStatus.STARTED])
+            group = daemon.process.pid
+            deadline = time.monotonic() + 60
+            while not processes(group, b"spawn_main"):  # the run worker
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.2)
+            if victim == "daemon":
+                daemon.stop(kill=True)  # the daemon, its code servers and the run worker
+                daemon = platform.daemon().start()
+            else:
+                doomed = processes(group, b"spawn_main")
+                if victim == "run worker and code server":
+                    doomed += processes(group, b"api grpc")
+                for pid in doomed:
+                    os.kill(pid, signal.SIGKILL)
+            wait_for_photos(
+                instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
+            )
+            assert_graded_exactly_once(platform, instance, photos)
+        finally:
+            daemon.stop(kill=True)
+
+
+def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform):
+    with platform.instance() as instance, platform.daemon() as daemon:
+        photos = platform.simulate(CONFIG)
+        statuses = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+        first_image_run(instance, daemon, statuses)
+        # Another process holds the DuckDB file while the run starts (3 s lock timeout).
+        holder = duckdb.connect(str(platform.warehouse.duckdb_path))
+        try:
+            first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
+        finally:
+            holder.close()
+        wait_for_photos(
+            instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
+        )
+        assert_graded_exactly_once(platform, instance, photos)
