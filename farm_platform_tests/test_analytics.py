@@ -117,6 +117,24 @@ def test_summary_names_direction_and_significance(ungraded):
     assert ("no grades for" in page) == bool(ungraded)
 
 
+def test_an_arm_without_positions_is_said_not_crashed_on():
+    data = report_data(ungraded=[])
+    no_treated = data.effect.with_columns(
+        n_treated=pl.when(pl.col("disease_type") == "disease_1").then(0).otherwise(4),
+        effect=pl.when(pl.col("disease_type") == "disease_1").then(None).otherwise(-0.8),
+        ci_low=pl.when(pl.col("disease_type") == "disease_1").then(None).otherwise(-1.05),
+        ci_high=pl.when(pl.col("disease_type") == "disease_1").then(None).otherwise(-0.55),
+        significant=pl.when(pl.col("disease_type") == "disease_1").then(None).otherwise(True),
+    )
+    data = dataclasses.replace(data, effect=no_treated)
+    lines = summary_lines(data)
+    assert lines[0].startswith("disease_0: effect -0.800")
+    assert lines[1] == (
+        "disease_1: no estimate on 2026-06-03: no treated positions graded since their first day"
+    )
+    assert "disease_1" in render_report(data)  # the page renders too
+
+
 def test_report_lists_the_partitions_held_back_by_data_quality_checks():
     data = report_data(ungraded=[])
     held = pl.DataFrame(
@@ -128,10 +146,10 @@ def test_report_lists_the_partitions_held_back_by_data_quality_checks():
         }
     )
     page = render_report(dataclasses.replace(data, held_back=held))
-    assert "1 partition(s)" in page and "held back" in page
+    assert "1 photo × disease(s)" in page and "held back" in page
     assert "P007" in page and "disease_3_grades/grades_valid" in page
     clean = render_report(data)
-    assert "No partition was held back" in clean and "P007" not in clean
+    assert "Nothing was held back" in clean and "P007" not in clean
 
 
 def test_version_comparison_shows_confusion_and_the_effect_under_each_version():

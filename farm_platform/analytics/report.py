@@ -60,7 +60,7 @@ class ReportData:
     confusion: pl.DataFrame = field(default_factory=pl.DataFrame)  # model_version_confusion
     # model_version_effects of dates <= day: the effect under every grader version.
     version_effects: pl.DataFrame = field(default_factory=pl.DataFrame)
-    # held_back_partitions of dates <= day: (position, date, disease) a blocking
+    # held_back_partitions of dates <= day: (position, date, disease) a holding
     # data-quality check failed on, left out of every figure.
     held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
 
@@ -149,6 +149,15 @@ def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
 def summary_lines(data: ReportData) -> list[str]:
     lines = []
     for row in effect_summary(data).iter_rows(named=True):
+        if row["effect"] is None:
+            missing = [arm for arm in ("treated", "control") if not row.get(f"n_{arm}")] or [
+                "treated or control"
+            ]
+            lines.append(
+                f"{row['disease_type']}: no estimate on {row['date']}: no "
+                f"{' and no '.join(missing)} positions graded since their first day"
+            )
+            continue
         if row["ci_low"] is None:
             interval = "interval: too few positions"
         else:
@@ -228,12 +237,14 @@ def render_report(data: ReportData) -> str:
         )
     if not data.held_back.is_empty():
         held_back = (
-            f"<p class='warn'>{data.held_back.height} partition(s) (position × date × disease) "
-            "failed a blocking data-quality check and are held back from every figure of this "
-            "report until they are re-graded or fixed:</p>" + _table(data.held_back)
+            f"<p class='warn'>{data.held_back.height} photo × disease(s) failed a data-quality "
+            "check and are held back: left out of every figure of this report until they are "
+            "re-graded or fixed:</p>" + _table(data.held_back)
         )
     else:
-        held_back = "<p>No partition was held back: every blocking data-quality check passed.</p>"
+        held_back = (
+            "<p>Nothing was held back: every data-quality check that holds photos back passed.</p>"
+        )
     effect_columns = [
         "disease_type",
         "date",
