@@ -183,11 +183,12 @@ class ArrivalQueue:
         max_photos: int,
         max_wait: dt.timedelta,
         now: dt.datetime,
-        quiet_dates: Container[dt.date] = (),
+        busy_dates: Container[dt.date] | None = None,
     ) -> list[Claim]:
         """Hand pending photos to runs: full batches at once; the rest once the oldest has
-        waited `max_wait`, or as soon as their day is quiet (nothing new arrived for it in a
-        tick that drained the subscription: the flight's upload is over)."""
+        waited `max_wait`, or as soon as their day is quiet. `busy_dates`: the days still
+        being uploaded, from a tick that drained the subscription (every other day is
+        quiet: its flight's upload is over); None when the tick did not see everything."""
         pending = self._query(
             "SELECT position_id, date, min(received_at) AS first_received"
             " FROM image_arrivals WHERE run_key IS NULL GROUP BY position_id, date"
@@ -202,7 +203,8 @@ class ArrivalQueue:
             for start in range(0, len(rows), max_photos):
                 batch = rows[start : start + max_photos]
                 waited = now - _utc(batch[0]["first_received"])
-                if len(batch) < max_photos and waited < max_wait and date not in quiet_dates:
+                quiet = busy_dates is not None and date not in busy_dates
+                if len(batch) < max_photos and waited < max_wait and not quiet:
                     break
                 positions = tuple(sorted(row["position_id"] for row in batch))
                 claims.append(Claim(_run_key(date, positions, now), date, positions))
@@ -328,7 +330,7 @@ def _arrival_rows(arrivals: Sequence[Arrival], now: dt.datetime) -> pl.DataFrame
             "generation": [a.generation for a in arrivals],
             "image_uri": [a.image_uri for a in arrivals],
             "message_id": [a.message.message_id for a in arrivals],
-            "published_at": [_timestamp(a.message.publish_time) for a in arrivals],
+            "published_at": [publish_datetime(a.message.publish_time) for a in arrivals],
             "message_data": [base64.b64encode(a.message.data).decode() for a in arrivals],
             "message_attributes": [json.dumps(a.message.attributes) for a in arrivals],
             "received_at": [now] * len(arrivals),
@@ -353,7 +355,8 @@ def _ack_rows(arrivals: Sequence[Arrival], now: dt.datetime) -> pl.DataFrame:
     ).unique("ack_id", keep="last")
 
 
-def _timestamp(value: str) -> dt.datetime | None:
+def publish_datetime(value: str) -> dt.datetime | None:
+    """A Pub/Sub publish time (ISO 8601) as an aware datetime; None when absent."""
     if not value:
         return None
     parsed = dt.datetime.fromisoformat(value)

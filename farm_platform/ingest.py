@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm_platform import settings as config
-from farm_platform.arrivals import Arrival, ArrivalQueue, Claim
+from farm_platform.arrivals import Arrival, ArrivalQueue, Claim, publish_datetime
 from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
 from farm_platform.partitions import valid_dates
 from farm_platform.resources.bucket import BucketResource
@@ -178,39 +178,20 @@ def ingest_tick(
     busy_dates = {
         arrival.key.date
         for arrival in arrivals
-        if _age_seconds(arrival.message.publish_time, now) < settings.quiet_after_seconds
+        if (published := publish_datetime(arrival.message.publish_time)) is None
+        or (now - published).total_seconds() < settings.quiet_after_seconds
     }
     claims = queue.claim(
         settings.max_photos_per_run,
         dt.timedelta(seconds=settings.max_wait_seconds),
         now,
-        # A day is quiet only if this tick saw everything waiting (no message deferred).
-        quiet_dates=_AllBut(busy_dates) if drained and not deferred else (),
+        # Which days are quiet is known only if this tick saw everything waiting.
+        busy_dates=busy_dates if drained and not deferred else None,
     )
     stats.runs = len(claims)
     stats.photos_requested = sum(len(claim.positions) for claim in claims)
     stats.seconds = time.monotonic() - started
     return IngestOutcome(claims, IngestCursor([c.run_key for c in claims]), stats, ack_now)
-
-
-def _age_seconds(publish_time: str, now: dt.datetime) -> float:
-    try:
-        published = dt.datetime.fromisoformat(publish_time)
-    except ValueError:
-        return 0.0  # unknown: count the day as busy
-    if published.tzinfo is None:
-        published = published.replace(tzinfo=dt.UTC)
-    return (now - published).total_seconds()
-
-
-class _AllBut:
-    """Every date except those that had new arrivals this tick."""
-
-    def __init__(self, busy: set[dt.date]):
-        self.busy = busy
-
-    def __contains__(self, date: object) -> bool:
-        return date not in self.busy
 
 
 def _pull(

@@ -205,7 +205,8 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
     assert again.recorded == []  # the queue knows it now
     # The sensor's next claim hands it to a run, which grades it.
     queue = ArrivalQueue(warehouse)
-    (claim,) = queue.claim(2000, dt.timedelta(seconds=15), dt.datetime.now(dt.UTC), {next_day})
+    now = dt.datetime.now(dt.UTC)
+    (claim,) = queue.claim(2000, dt.timedelta(seconds=15), now, busy_dates=set())
     assert (claim.date, claim.positions) == (next_day, ("P001",))
     assert materialize_day(resources, next_day.isoformat(), list(claim.positions))
     graded_lost = warehouse.query(

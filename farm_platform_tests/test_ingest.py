@@ -175,8 +175,8 @@ def test_arrivals_wait_for_a_full_batch_the_maximum_wait_or_a_quiet_day(queue):
     assert queue.waiting_count() == 1  # the fourth keeps waiting
 
     other_day = date + dt.timedelta(days=1)
-    assert queue.claim(3, hour, later, quiet_dates={other_day}) == []
-    (quiet,) = queue.claim(3, hour, later, quiet_dates={date})  # the flight is over
+    assert queue.claim(3, hour, later, busy_dates={date}) == []  # still uploading
+    (quiet,) = queue.claim(3, hour, later, busy_dates=set())  # the flight is over
     assert (quiet.date, quiet.positions) == (date, (POSITIONS[3],))
 
     queue.record(arrivals_of(other_day, ["P000"], later), later)
