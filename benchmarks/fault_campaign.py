@@ -30,7 +30,12 @@ import duckdb
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform import settings
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.daemon import (
+    DaemonProcess,
+    prepare_dagster_home,
+    wait_for_photos,
+    wait_for_sensor_tick_in_progress,
+)
 from farm_platform.field_map import write_field_map
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.warehouse import WarehouseResource
@@ -46,13 +51,15 @@ DAY = dt.date(2026, 11, 20)
 class Campaign:
     """One fault's platform: stack, daemon, warehouse and what was sent."""
 
-    stack: LocalStack
+    local_stack: LocalStack
     workdir: Path
     photos: int
     daemon: DaemonProcess | None = None
     bad_sent: int = 0
 
     def __post_init__(self) -> None:
+        assert self.local_stack.info is not None, "start the LocalStack first"
+        self.stack = self.local_stack.info
         self.config = FarmConfig(positions=self.photos, days=1, start_date=DAY, seed=31)
         self.dagster_home = self.workdir / "dagster"
         prepare_dagster_home(self.dagster_home)
@@ -66,11 +73,13 @@ class Campaign:
             settings.FARM_WAREHOUSE_LOCK_SECONDS: "3",
         }
         os.environ.update(self.environment)
-        subscriber = pubsub_subscriber(self.stack.pubsub_host)
-        self.dead = subscriber.subscription_path(self.stack.project, "campaign-dead")
-        topic = subscriber.topic_path(self.stack.project, settings.DEAD_LETTER_TOPIC)
-        subscriber.create_subscription(request={"name": self.dead, "topic": topic})
-        self.subscriber = subscriber
+        self.subscriber = pubsub_subscriber(self.stack.pubsub_host)
+        self.dead = self.subscriber.subscription_path(self.stack.project, "campaign-dead")
+        self.subscribe_to_dead_letters()
+
+    def subscribe_to_dead_letters(self) -> None:
+        topic = self.subscriber.topic_path(self.stack.project, settings.DEAD_LETTER_TOPIC)
+        self.subscriber.create_subscription(request={"name": self.dead, "topic": topic})
 
     def start_daemon(self) -> DaemonProcess:
         log = self.workdir / "daemon.log"
@@ -162,6 +171,33 @@ def fault_kill_daemon_mid_run(campaign: Campaign, instance: DagsterInstance) -> 
     campaign.start_daemon()
 
 
+def fault_kill_daemon_mid_tick(campaign: Campaign, instance: DagsterInstance) -> None:
+    assert campaign.daemon is not None
+    wait_for_sensor_tick_in_progress(instance, campaign.daemon, campaign.upload, 120)
+    campaign.daemon.stop(kill=True)
+    campaign.start_daemon()
+
+
+def fault_restart_pubsub(campaign: Campaign, instance: DagsterInstance) -> None:
+    """The emulator dies right after the day's uploads (their unread notifications die with
+    it), one photo is uploaded again while it is down, then it restarts empty and the day
+    is reconciled."""
+    from farm_platform.reconcile import reconcile
+    from farm_platform.resources.bucket import BucketResource
+
+    emulator = campaign.local_stack._procs[0]
+    emulator.kill()
+    emulator.wait()
+    bucket = BucketResource(url=campaign.stack.bucket_url())
+    again = ImageKey("P000", DAY)
+    bucket.write(bucket.image_uri(again), bucket.read(bucket.image_uri(again)))
+    time.sleep(15)  # an outage across a sensor tick or two
+    campaign.local_stack.recover()
+    campaign.subscribe_to_dead_letters()
+    positions = [f"P{i:03d}" for i in range(campaign.photos)]
+    reconcile(bucket, campaign.warehouse, positions, DAY, DAY, [])
+
+
 def fault_lock_warehouse(campaign: Campaign, instance: DagsterInstance) -> None:
     first_image_run(instance, [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED])
     holder = duckdb.connect(str(campaign.warehouse.duckdb_path))
@@ -214,22 +250,27 @@ def fault_burst(campaign: Campaign, instance: DagsterInstance) -> None:
 BOMB_POSITION = "P001"
 
 
-FAULTS: dict[str, tuple[Callable[[Campaign, DagsterInstance], None], bool]] = {
-    # name: (inject, whether the fault happens after the upload)
-    "kill -9 run worker": (fault_kill_worker, True),
-    "kill -9 run worker + code server": (fault_kill_worker_and_code_server, True),
-    "kill -9 daemon mid-run": (fault_kill_daemon_mid_run, True),
-    "warehouse locked past its timeout": (fault_lock_warehouse, True),
-    "poison and forged messages": (fault_poison_messages, False),
-    "decompression bomb among good photos": (lambda campaign, instance: None, False),
-    "10,000-message burst of duplicates and bad messages": (fault_burst, True),
+BEFORE_UPLOAD, AFTER_UPLOAD, UPLOADS_ITSELF = "before upload", "after upload", "uploads itself"
+FAULTS: dict[str, tuple[Callable[[Campaign, DagsterInstance], None], str]] = {
+    # name: (inject, when)
+    "kill -9 run worker": (fault_kill_worker, AFTER_UPLOAD),
+    "kill -9 run worker + code server": (fault_kill_worker_and_code_server, AFTER_UPLOAD),
+    "kill -9 daemon mid-run": (fault_kill_daemon_mid_run, AFTER_UPLOAD),
+    "kill -9 daemon mid-tick": (fault_kill_daemon_mid_tick, UPLOADS_ITSELF),
+    "Pub/Sub emulator restarted mid-stream": (fault_restart_pubsub, AFTER_UPLOAD),
+    "warehouse locked past its timeout": (fault_lock_warehouse, AFTER_UPLOAD),
+    "poison and forged messages": (fault_poison_messages, BEFORE_UPLOAD),
+    "decompression bomb among good photos": (lambda campaign, instance: None, BEFORE_UPLOAD),
+    "10,000-message burst of duplicates and bad messages": (fault_burst, AFTER_UPLOAD),
 }
 
 
 def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
-    inject, after_upload = FAULTS[name]
-    with LocalStack() as stack:
-        campaign = Campaign(stack, workdir, photos)
+    inject, when = FAULTS[name]
+    local_stack = LocalStack()
+    local_stack.start()
+    try:
+        campaign = Campaign(local_stack, workdir, photos)
         bomb = name.startswith("decompression")
         extra = (
             {ImageKey(BOMB_POSITION, DAY).relative_path(): png_header_only(40_000, 40_000)}
@@ -239,10 +280,11 @@ def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
         campaign.start_daemon()
         with DagsterInstance.from_config(str(campaign.dagster_home)) as instance:
             try:
-                if not after_upload:
+                if when == BEFORE_UPLOAD:
                     inject(campaign, instance)
-                campaign.upload(extra)
-                if after_upload:
+                if when != UPLOADS_ITSELF:
+                    campaign.upload(extra)
+                if when in (AFTER_UPLOAD, UPLOADS_ITSELF):
                     inject(campaign, instance)
                 wait_for_photos(
                     instance,
@@ -260,6 +302,8 @@ def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
             finally:
                 campaign.daemon.stop(kill=True)
         return tally(name, campaign, letters, failed_runs)
+    finally:
+        local_stack.stop()
 
 
 def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -> dict[str, Any]:

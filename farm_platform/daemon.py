@@ -162,3 +162,33 @@ def processed_photos(warehouse: Any) -> int:
     """Photos with a committed `drone_images` row (their crops and grades came with it)."""
     warehouse.create_schema()
     return int(warehouse.query("SELECT count(*) AS n FROM drone_images")["n"][0])
+
+
+def wait_for_sensor_tick_in_progress(
+    instance: DagsterInstance, daemon: DaemonProcess, after: Callable[[], None], timeout: float
+) -> None:
+    """Call `after()`, then return while a `drone_image_sensor` tick that started after the
+    call is still being evaluated (fault tests kill the daemon right then)."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    def ticks() -> list[Any]:
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.instigator_name == "drone_image_sensor":
+                origin, selector = state.instigator_origin_id, state.selector_id
+                return list(instance.get_ticks(origin, selector, limit=5))
+        return []
+
+    deadline = time.monotonic() + timeout
+    while not ticks():
+        if not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(f"drone_image_sensor never ticked\n{daemon.log_tail()}")
+        time.sleep(0.2)
+    before = max(tick.tick_id for tick in ticks())
+    after()
+    while True:
+        newer = [tick for tick in ticks() if tick.tick_id > before]
+        if any(tick.status == TickStatus.STARTED for tick in newer):
+            return
+        if newer or not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(f"no tick in progress to interrupt: {newer}\n{daemon.log_tail()}")
+        time.sleep(0.02)

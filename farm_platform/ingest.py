@@ -15,7 +15,9 @@ Delivery protocol (DESIGN.md, Delivery; the queue itself is `farm_platform.arriv
   when the day went quiet (a tick drained the subscription and nothing for that day was
   published in the last `quiet_after_seconds`).
 The cursor holds only the run keys of the last tick's claims: its size does not grow
-with the number of photos.
+with the number of photos. While Pub/Sub is unreachable a tick still hands the queue's
+waiting photos to runs; what it could not acknowledge is redelivered and then
+acknowledged as a duplicate.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from farm_platform.arrivals import Arrival, ArrivalQueue, Claim, publish_datetim
 from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
 from farm_platform.partitions import valid_dates
 from farm_platform.resources.bucket import BucketResource
-from farm_platform.resources.pubsub import PubSubResource, PulledMessage
+from farm_platform.resources.pubsub import PubSubResource, PubSubUnavailable, PulledMessage
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,13 @@ class IngestStats:
     photos_requested: int = 0
     deferred: int = 0
     seconds: float = 0.0
+    # Why Pub/Sub could not be used this tick (the queue's work went on without it).
+    pubsub_error: str | None = None
 
     def summary(self) -> str:
         rate = self.pulled / self.seconds if self.seconds else 0.0
-        return (
+        outage = f"Pub/Sub unavailable: {self.pubsub_error}; " if self.pubsub_error else ""
+        return outage + (
             f"pulled {self.pulled} messages ({rate:.0f}/s): {self.new_images} new images, "
             f"{self.duplicates} duplicates, {self.ignored} ignored, "
             f"{self.dead_lettered} dead-lettered, {self.deferred} deferred to the next tick; "
@@ -129,10 +134,13 @@ def ingest_tick(
 
     # The cursor we were given is stored: its claims' runs are recorded by Dagster.
     released = queue.confirm(cursor.claims, now)
-    pubsub.acknowledge(released)
-    stats.acknowledged += len(released)
-
-    messages, drained = _pull(pubsub, settings, started)
+    try:
+        pubsub.acknowledge(released)
+        stats.acknowledged += len(released)
+        messages, drained = _pull(pubsub, settings, started)
+    except PubSubUnavailable as exc:
+        stats.pubsub_error = str(exc)
+        messages, drained = [], False
     stats.pulled = len(messages)
     classified = _classify(messages, bucket, frozenset(field_map_positions), settings, started)
 

@@ -628,7 +628,11 @@ def stack_up(
             try:
                 return load_stack(state_dir)
             except StackError:
-                # Half-dead leftovers: clear them so a fresh stack can take their place.
+                pass
+            try:
+                return _repair(state, state_dir)
+            except StackError:
+                # Its ports are taken: clear the leftovers so a fresh stack can start.
                 _stop_pids(_state_pids(state), str(state_dir))
                 (state_dir / STATE_FILE).unlink(missing_ok=True)
 
@@ -665,14 +669,66 @@ def stack_up(
                 "gcs_pid": gcs_proc.pid,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            tmp = state_dir / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(state, indent=2) + "\n")
-            tmp.replace(state_dir / STATE_FILE)
+            _write_state(state_dir, state)
         except BaseException:
             for proc in started:
                 _terminate(proc)
             raise
         return info
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    tmp = state_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(state_dir / STATE_FILE)
+
+
+def restart_dead_emulators(
+    info: StackInfo, pubsub_alive: bool, gcs_alive: bool, *, detached: bool
+) -> tuple[subprocess.Popen[bytes] | None, subprocess.Popen[bytes] | None]:
+    """Start the dead emulator(s) again on their old ports, with their old data folders, and
+    re-create the topology: the Pub/Sub emulator comes back empty, and every process that
+    was pointed at the stack keeps working without a new environment. Photos uploaded while
+    Pub/Sub was down never had a notification: `farm-platform reconcile` finds them."""
+    pubsub = gcs = None
+    if not pubsub_alive:
+        pubsub, _ = start_pubsub_emulator(
+            info.project,
+            int(info.pubsub_host.rsplit(":", 1)[1]),
+            info.state_dir / "pubsub-data",
+            info.state_dir / "pubsub.log",
+            detached=detached,
+        )
+    # The topic must exist before fake-gcs-server publishes to it (module docstring).
+    _create_pubsub_topology(info.project, info.pubsub_host)
+    if not gcs_alive:
+        gcs, _ = start_gcs_emulator(
+            info.project,
+            info.pubsub_host,
+            int(info.storage_host.rsplit(":", 1)[1]),
+            info.state_dir / "gcs-data",
+            info.state_dir / "gcs.log",
+            bucket=info.bucket,
+            detached=detached,
+        )
+    _create_bucket(info.project, info.storage_host, info.bucket)
+    return pubsub, gcs
+
+
+def _repair(state: dict[str, Any], state_dir: Path) -> StackInfo:
+    info = _info_from_state(state, state_dir)
+    pubsub, gcs = restart_dead_emulators(
+        info,
+        _pid_alive(int(state.get("pubsub_pid", 0)), str(state_dir)),
+        _pid_alive(int(state.get("gcs_pid", 0)), str(state_dir)),
+        detached=True,
+    )
+    if pubsub is not None:
+        state["pubsub_pid"] = pubsub.pid
+    if gcs is not None:
+        state["gcs_pid"] = gcs.pid
+    _write_state(state_dir, state)
+    return info
 
 
 def stack_down(state_dir: Path | None = None) -> bool:
@@ -776,6 +832,17 @@ class LocalStack:
             raise
         self.info = info
         return info
+
+    def recover(self) -> StackInfo:
+        """Restart whichever emulator died, on its port, and re-create the topology."""
+        assert self.info is not None, "recover() a started LocalStack"
+        pubsub_proc, gcs_proc = self._procs
+        pubsub, gcs = restart_dead_emulators(
+            self.info, pubsub_proc.poll() is None, gcs_proc.poll() is None, detached=False
+        )
+        self._procs = [pubsub or pubsub_proc, gcs or gcs_proc]
+        self._record_owner()
+        return self.info
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

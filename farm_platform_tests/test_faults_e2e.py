@@ -21,7 +21,7 @@ from dagster import DagsterRunStatus, RunsFilter
 from test_pipeline_e2e import Platform, assert_grades_match_crops, assert_no_duplicate_keys
 
 from farm_platform import settings
-from farm_platform.daemon import wait_for_photos
+from farm_platform.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
 from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
 from farm_platform.simulate import FarmConfig
 
@@ -97,6 +97,29 @@ def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
                 instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
             )
             assert_graded_exactly_once(platform, instance, photos)
+        finally:
+            daemon.stop(kill=True)
+
+
+def test_a_daemon_killed_mid_tick_loses_and_doubles_nothing(platform):
+    """kill -9 of the daemon (and its code server) while the sensor evaluates the tick that
+    pulls the day's messages: the tick is never stored, its messages come back, and the
+    restarted daemon's sensor hands every photo to a run once."""
+    with platform.instance() as instance:
+        daemon = platform.daemon().start()
+        try:
+            photos = []
+            wait_for_sensor_tick_in_progress(
+                instance, daemon, lambda: photos.append(platform.simulate(CONFIG)), 120
+            )
+            daemon.stop(kill=True)
+            daemon = platform.daemon().start()
+            wait_for_photos(
+                instance, platform.warehouse, photos[0], 300, daemon, tolerate_failed_runs=True
+            )
+            assert platform.rows("SELECT count(*) AS n FROM drone_images")["n"][0] == photos[0]
+            assert_no_duplicate_keys(platform)
+            assert_grades_match_crops(platform)
         finally:
             daemon.stop(kill=True)
 

@@ -393,3 +393,54 @@ def test_poison_and_forged_messages_are_dead_lettered_and_ingestion_goes_on(
         "SELECT generation FROM image_arrivals WHERE position_id = 'P000' AND date = %s", [date]
     )
     assert recorded["generation"].to_list() == [generation]
+
+
+@pytest.mark.timeout(300)
+def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo(
+    queue, monkeypatch
+):
+    """The emulator dies mid-stream and comes back empty (an outage, then a restart): ticks
+    during the outage still hand waiting photos to runs, the restart re-creates the
+    topology, and the photo uploaded while notifications were dropped is found by
+    reconciliation. Every photo is claimed exactly once."""
+    from farm_platform.reconcile import reconcile
+    from farm_platform.stack import LocalStack
+
+    stack = LocalStack()
+    info = stack.start()
+    try:
+        for name, value in info.environment().items():
+            monkeypatch.setenv(name, value)
+        pubsub = PubSubResource(project=info.project)
+        bucket = BucketResource(url=info.bucket_url())
+        date = dt.date(2026, 11, 20)
+        hold = IngestSettings(pull_timeout_seconds=1.0, max_wait_seconds=3600)
+
+        upload(bucket, ImageKey("P000", date))
+        recorded = tick(pubsub, bucket, queue, settings=hold)
+        assert recorded.stats.new_images == 1 and recorded.claims == []  # its day is busy
+
+        pubsub_emulator = stack._procs[0]
+        pubsub_emulator.kill()
+        pubsub_emulator.wait()
+        upload(bucket, ImageKey("P001", date))  # its notification is dropped
+        during = ingest_tick(recorded.cursor, pubsub, bucket, queue, POSITIONS, SETTINGS)
+        assert "did not answer" in during.stats.pubsub_error
+        assert claimed(during) == ["P000"]  # the queue's work goes on without Pub/Sub
+
+        stack.recover()
+        after = tick(pubsub, bucket, queue, during.cursor, wait_seconds=0)
+        assert after.stats.pubsub_error is None and after.claims == []
+
+        result = reconcile(bucket, queue.warehouse, POSITIONS, date, date, [])
+        assert result.recorded == [ImageKey("P001", date)]
+        found = tick(pubsub, bucket, queue, after.cursor, wait_seconds=0)
+        assert claimed(found) == ["P001"]
+
+        upload(bucket, ImageKey("P002", date))  # notifications flow again
+        resumed = tick(pubsub, bucket, queue, found.cursor)
+        while not resumed.claims and resumed.stats.pulled:
+            resumed = tick(pubsub, bucket, queue, resumed.cursor, wait_seconds=0)
+        assert claimed(resumed) == ["P002"]
+    finally:
+        stack.stop()

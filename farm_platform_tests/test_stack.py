@@ -27,7 +27,6 @@ from farm_platform.stack import (
     StackError,
     StackInfo,
     load_stack,
-    pubsub_publisher,
     pubsub_subscriber,
     stack_down,
     stack_up,
@@ -191,30 +190,45 @@ def test_stack_up_load_down(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_stack_up_replaces_a_half_dead_stack(tmp_path: Path) -> None:
+def test_stack_up_repairs_a_restarted_pubsub_emulator_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emulator died (an outage): `stack up` restarts it on its port with its topics and
+    subscriptions, so processes pointed at the stack keep working, and uploads notify again."""
     state_dir = tmp_path / "stack"
     try:
         first = stack_up(state_dir)
         state = json.loads((state_dir / "stack.json").read_text())
-        os.kill(state["gcs_pid"], 9)
+        os.kill(state["pubsub_pid"], 9)
         deadline = time.monotonic() + 10
-        while _running(state["gcs_pid"]) and time.monotonic() < deadline:
+        while _running(state["pubsub_pid"]) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(state["gcs_pid"], os.WNOHANG)
+                os.waitpid(state["pubsub_pid"], os.WNOHANG)
             time.sleep(0.1)
         with pytest.raises(StackError, match="not running"):
             load_stack(state_dir)
 
-        second = stack_up(state_dir)
-        assert second.storage_host != first.storage_host or second.pubsub_host != first.pubsub_host
-        assert not _running(state["pubsub_pid"]), "the surviving half was left running"
-        assert load_stack(state_dir) == second
-        publisher = pubsub_publisher(second.pubsub_host)
+        assert stack_up(state_dir) == first  # same ports: the environment stays valid
+        repaired = json.loads((state_dir / "stack.json").read_text())
+        assert repaired["gcs_pid"] == state["gcs_pid"], "the surviving emulator was restarted"
+        assert repaired["pubsub_pid"] != state["pubsub_pid"] and _running(repaired["pubsub_pid"])
+        assert load_stack(state_dir) == first
+
+        subscriber = pubsub_subscriber(first.pubsub_host)
         try:
-            topics = {t.name for t in publisher.list_topics(project="projects/farm-local")}
+            path = subscriber.subscription_path("farm-local", DEFAULT_SUBSCRIPTION)
+            assert subscriber.get_subscription(subscription=path).retain_acked_messages
+            for name, value in first.environment().items():
+                monkeypatch.setenv(name, value)
+            fs, root = bucket_filesystem(first.bucket_url())
+            fs.pipe(f"{root}/P000/2026-11-20/image.png", b"after the outage")
+            response = subscriber.pull(
+                request={"subscription": path, "max_messages": 10}, timeout=10
+            )
+            names = [m.message.attributes["objectId"] for m in response.received_messages]
+            assert names == ["P000/2026-11-20/image.png"]
         finally:
-            publisher.transport.close()
-        assert "projects/farm-local/topics/drone_image" in topics
+            subscriber.close()
     finally:
         stack_down(state_dir)
 

@@ -14,6 +14,27 @@ from farm_platform import settings
 
 # Pub/Sub caps one acknowledge / modifyAckDeadline request; stay well below it.
 _ACK_CHUNK = 1000
+# The client's default retry waits up to 60 s for an unreachable server (a sensor tick
+# measured 40 s per call during an emulator restart); every call here gives up sooner.
+CALL_DEADLINE_SECONDS = 10.0
+
+
+class PubSubUnavailable(RuntimeError):
+    """Pub/Sub did not answer, or the subscription or topic is missing; the message says
+    which and what to do. Nothing was acknowledged by the failed call."""
+
+
+def _bounded_retry(deadline: float) -> Any:
+    from google.api_core import exceptions
+    from google.api_core.retry import Retry, if_exception_type
+
+    return Retry(
+        predicate=if_exception_type(exceptions.ServiceUnavailable, exceptions.InternalServerError),
+        initial=0.2,
+        maximum=2.0,
+        multiplier=2.0,
+        timeout=deadline,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,14 +92,35 @@ class PubSubResource(ConfigurableResource):
     def topic_path(self, topic: str) -> str:
         return f"projects/{self.project}/topics/{topic}"
 
+    def _call(self, method: str, request: dict[str, Any], deadline: float) -> Any:
+        """One subscriber call with a bounded retry; PubSubUnavailable when it cannot land."""
+        from google.api_core import exceptions
+
+        try:
+            return getattr(self.subscriber, method)(
+                request=request, retry=_bounded_retry(deadline), timeout=deadline
+            )
+        except exceptions.NotFound as exc:
+            raise PubSubUnavailable(
+                f"{self.subscription_path} does not exist ({exc.message}). Create the "
+                "subscription; on the local stack `farm-platform stack up` re-creates it."
+            ) from exc
+        except (exceptions.RetryError, exceptions.ServiceUnavailable) as exc:
+            raise PubSubUnavailable(
+                f"Pub/Sub did not answer {method} on {self.subscription_path} within "
+                f"{deadline:.0f} s ({getattr(exc, 'message', exc)}). Check that Pub/Sub (or "
+                f"the emulator at ${settings.PUBSUB_EMULATOR_HOST}) is up."
+            ) from exc
+
     def pull(self, max_messages: int, timeout_seconds: float = 5.0) -> list[PulledMessage]:
         """One synchronous pull; an empty list when nothing is waiting."""
         from google.api_core import exceptions
 
         try:
-            response = self.subscriber.pull(
-                request={"subscription": self.subscription_path, "max_messages": max_messages},
-                timeout=timeout_seconds,
+            response = self._call(
+                "pull",
+                {"subscription": self.subscription_path, "max_messages": max_messages},
+                timeout_seconds,
             )
         except exceptions.DeadlineExceeded:
             return []
@@ -95,18 +137,22 @@ class PubSubResource(ConfigurableResource):
 
     def acknowledge(self, ack_ids: Sequence[str]) -> None:
         for chunk in _chunks(ack_ids):
-            self.subscriber.acknowledge(
-                request={"subscription": self.subscription_path, "ack_ids": chunk}
+            self._call(
+                "acknowledge",
+                {"subscription": self.subscription_path, "ack_ids": chunk},
+                CALL_DEADLINE_SECONDS,
             )
 
     def extend_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
         for chunk in _chunks(ack_ids):
-            self.subscriber.modify_ack_deadline(
-                request={
+            self._call(
+                "modify_ack_deadline",
+                {
                     "subscription": self.subscription_path,
                     "ack_ids": chunk,
                     "ack_deadline_seconds": seconds,
-                }
+                },
+                CALL_DEADLINE_SECONDS,
             )
 
     def publish(

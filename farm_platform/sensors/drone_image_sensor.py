@@ -76,8 +76,10 @@ def drone_image_sensor(
         list(field_map.positions()),
         IngestSettings.from_env(),
     )
-    context.log.info(outcome.stats.summary())
+    summary = outcome.stats.summary()
+    (context.log.error if outcome.stats.pubsub_error else context.log.info)(summary)
     return SensorResult(
         run_requests=[claim_run_request(claim) for claim in outcome.claims],
         cursor=outcome.cursor.to_json(),
+        skip_reason=summary if outcome.stats.pubsub_error and not outcome.claims else None,
     )
