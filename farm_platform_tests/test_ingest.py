@@ -444,3 +444,35 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
         assert claimed(resumed) == ["P002"]
     finally:
         stack.stop()
+
+
+def test_a_burst_of_duplicates_and_bad_messages_claims_each_photo_once(
+    farm, queue, publisher, dead_letters, drain
+):
+    """3,000 messages in one burst: every photo announced again and again, a bad message in
+    every ten. Each photo is claimed once and each bad message is dead-lettered once (the
+    10,000-message version runs in benchmarks/fault_campaign.py)."""
+    pubsub, bucket, date, subscription = farm
+    uris = [upload(bucket, ImageKey(position, date)) for position in POSITIONS]
+    drain(subscription.path)  # this test announces the photos itself
+    futures, bad = [], 0
+    for index in range(3000):
+        if index % 10 == 0:
+            payload, bad = {"image_uri": f"{bucket.root}/nowhere-{index}.png"}, bad + 1
+        else:
+            payload = {"image_uri": uris[index % len(uris)]}
+        data = json.dumps(payload).encode()
+        futures.append(publisher.publish(subscription.topic_path, data, copy=str(index)))
+    for future in futures:
+        future.result(timeout=60)
+
+    cursor, claims, dead_lettered = IngestCursor(), [], 0
+    deadline = time.monotonic() + 120
+    while dead_lettered < bad or len(queue.held_ack_ids()) or not claims:
+        outcome = tick(pubsub, bucket, queue, cursor, wait_seconds=0)
+        cursor, claims = outcome.cursor, claims + outcome.claims
+        dead_lettered += outcome.stats.dead_lettered
+        assert time.monotonic() < deadline, outcome.stats.summary()
+    assert sorted(p for claim in claims for p in claim.positions) == POSITIONS
+    assert dead_lettered == bad
+    assert len(drain(dead_letters)) == bad
