@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; median reported")
     args = parser.parse_args(argv)
 
-    from farm_platform.simulate import render_training_images
+    from farm_platform.dev.simulate import render_training_images
 
     pngs = [sim.png for sim in render_training_images(args.seed, args.count)]
     print(

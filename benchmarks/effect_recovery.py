@@ -3,7 +3,7 @@
     python benchmarks/effect_recovery.py [--seeds 10] [--positions 12] [--days 5]
 
 For every seed, a farm with the true effect (0.15/day) and one with none go through the
-real detector, graders and dbt (farm_platform.validation). Printed, per effect: the share
+real detector, graders and dbt (farm_platform.dev.farm). Printed, per effect: the share
 of (seed, disease) pairs whose 95 % interval covers the realized truth (the difference in
 differences of the true grades), the share reported significant (power when the effect
 is real, false-positive rate when it is zero), and the mean estimation error.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
-from farm_platform.simulate import FarmConfig
-from farm_platform.validation import reported_vs_true_effect
+from farm_platform.dev.farm import reported_vs_true_effect
+from farm_platform.dev.simulate import FarmConfig
 
 
 def main() -> int:

@@ -29,20 +29,20 @@ from typing import Any
 import duckdb
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from farm_platform import settings
-from farm_platform.daemon import (
+from farm_platform import config
+from farm_platform.dev.daemon import (
     DaemonProcess,
     prepare_dagster_home,
     wait_for_photos,
     wait_for_sensor_tick_in_progress,
 )
-from farm_platform.field_map import write_field_map
+from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
+from farm_platform.dev.simulate.render import png_header_only
+from farm_platform.dev.stack import LocalStack, pubsub_publisher, pubsub_subscriber
+from farm_platform.images.sensors import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
+from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
-from farm_platform.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.simulate.render import png_header_only
-from farm_platform.stack import LocalStack, pubsub_publisher, pubsub_subscriber
 
 DAY = dt.date(2026, 11, 20)
 
@@ -67,10 +67,10 @@ class Campaign:
         positions = write_field_map(field_map(self.config), self.workdir / "positions.csv")
         self.environment = {
             **self.stack.environment(),
-            settings.FARM_WAREHOUSE: self.warehouse.url,
-            settings.FARM_FIELD_MAP: str(positions),
-            settings.FARM_RUN_TIMEOUT_SECONDS: "20",
-            settings.FARM_WAREHOUSE_LOCK_SECONDS: "3",
+            config.FARM_WAREHOUSE: self.warehouse.url,
+            config.FARM_FIELD_MAP: str(positions),
+            config.FARM_RUN_TIMEOUT_SECONDS: "20",
+            config.FARM_WAREHOUSE_LOCK_SECONDS: "3",
         }
         os.environ.update(self.environment)
         self.subscriber = pubsub_subscriber(self.stack.pubsub_host)
@@ -78,7 +78,7 @@ class Campaign:
         self.subscribe_to_dead_letters()
 
     def subscribe_to_dead_letters(self) -> None:
-        topic = self.subscriber.topic_path(self.stack.project, settings.DEAD_LETTER_TOPIC)
+        topic = self.subscriber.topic_path(self.stack.project, config.DEAD_LETTER_TOPIC)
         self.subscriber.create_subscription(request={"name": self.dead, "topic": topic})
 
     def start_daemon(self) -> DaemonProcess:
@@ -87,7 +87,7 @@ class Campaign:
         return self.daemon
 
     def upload(self, extra: dict[str, bytes] | None = None) -> None:
-        from farm_platform.bucket import bucket_filesystem
+        from farm_platform.layout import bucket_filesystem
 
         fs, root = bucket_filesystem(self.stack.bucket_url())
         objects = {join(root, p.key.relative_path()): p.png for p in simulate_images(self.config)}
@@ -96,7 +96,7 @@ class Campaign:
 
     def publish(self, messages: list[tuple[bytes, dict[str, str]]], bad: bool = True) -> None:
         publisher = pubsub_publisher(self.stack.pubsub_host)
-        topic = publisher.topic_path(self.stack.project, settings.DRONE_IMAGE_TOPIC)
+        topic = publisher.topic_path(self.stack.project, config.DRONE_IMAGE_TOPIC)
         for data, attributes in messages:
             publisher.publish(topic, data, **attributes).result(timeout=30)
         if bad:
@@ -182,7 +182,7 @@ def fault_restart_pubsub(campaign: Campaign, instance: DagsterInstance) -> None:
     """The emulator dies right after the day's uploads (their unread notifications die with
     it), one photo is uploaded again while it is down, then it restarts empty and the day
     is reconciled."""
-    from farm_platform.reconcile import reconcile
+    from farm_platform.admin.reconcile import reconcile
     from farm_platform.resources.bucket import BucketResource
 
     emulator = campaign.local_stack._procs[0]
@@ -240,7 +240,7 @@ def fault_burst(campaign: Campaign, instance: DagsterInstance) -> None:
         else:
             messages.append((good[index % len(good)].encode(), {"copy": str(index)}))
     publisher = pubsub_publisher(campaign.stack.pubsub_host)
-    topic = publisher.topic_path(campaign.stack.project, settings.DRONE_IMAGE_TOPIC)
+    topic = publisher.topic_path(campaign.stack.project, config.DRONE_IMAGE_TOPIC)
     futures = [publisher.publish(topic, data, **attrs) for data, attrs in messages]
     for future in futures:
         future.result(timeout=60)

@@ -42,22 +42,20 @@ from typing import Any
 from bare_model_path import measure_bare_path
 from dagster import DagsterInstance, RunsFilter
 
-from farm_platform import settings
-from farm_platform.assets.keys import DRONE_IMAGES
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.daemon import (
+from farm_platform.dev.daemon import (
     UNFINISHED_STATUSES,
     DaemonProcess,
     prepare_dagster_home,
     wait_for_photos,
 )
-from farm_platform.field_map import write_field_map
-from farm_platform.layout import join
+from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
+from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
+from farm_platform.dev.stack import LocalStack
+from farm_platform.images.keys import DRONE_IMAGES
+from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.layout import bucket_filesystem, join
+from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
-from farm_platform.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.simulate.publish import DroneMessagePublisher, captured_at
-from farm_platform.stack import LocalStack
 
 START = dt.date(2026, 6, 1)
 
@@ -106,12 +104,12 @@ class Platform:
         bucket_url = f"file://{workdir / f'bucket-{name}'}" if local else stack.bucket_url()
         self.environment = {
             **stack.environment(),
-            settings.FARM_BUCKET: bucket_url,
-            settings.FARM_WAREHOUSE: self.warehouse.url,
-            settings.FARM_FIELD_MAP: str(field_map_path),
+            config.FARM_BUCKET: bucket_url,
+            config.FARM_WAREHOUSE: self.warehouse.url,
+            config.FARM_FIELD_MAP: str(field_map_path),
         }
         if run_max_photos:
-            self.environment[settings.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
+            self.environment[config.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
         os.environ.update(self.environment)
         self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
         self.bucket_url = bucket_url

@@ -28,11 +28,8 @@ import polars as pl
 
 from farm_platform.layout import ImageKey
 from farm_platform.resources.pubsub import PulledMessage
-from farm_platform.resources.warehouse import (
-    ARRIVAL_ACKS_TABLE,
-    IMAGE_ARRIVALS_TABLE,
-    WarehouseResource,
-)
+from farm_platform.resources.tables import ARRIVAL_ACKS_TABLE, IMAGE_ARRIVALS_TABLE
+from farm_platform.resources.warehouse import WarehouseResource
 
 
 @dataclass(frozen=True)

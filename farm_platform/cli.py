@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm_platform import settings
+from farm_platform import config
 
 
 def _print_environment(environment: dict[str, str]) -> None:
@@ -18,7 +18,7 @@ def _print_environment(environment: dict[str, str]) -> None:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from farm_platform import stack
+    from farm_platform.dev import stack
 
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.action == "up":
@@ -45,7 +45,7 @@ def _state_dir_flag(args: argparse.Namespace) -> str:
 
 
 def _farm_config(args: argparse.Namespace):
-    from farm_platform.simulate import FarmConfig
+    from farm_platform.dev.simulate import FarmConfig
 
     return FarmConfig(
         positions=args.positions,
@@ -57,19 +57,19 @@ def _farm_config(args: argparse.Namespace):
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from farm_platform.simulate import DroneMessagePublisher, write_farm
+    from farm_platform.dev.simulate import DroneMessagePublisher, write_farm
 
-    bucket_url = args.bucket or os.environ.get(settings.FARM_BUCKET)
+    bucket_url = args.bucket or os.environ.get(config.FARM_BUCKET)
     if not bucket_url:
         raise SystemExit(
-            f"simulate needs a bucket: pass --bucket or set {settings.FARM_BUCKET} "
+            f"simulate needs a bucket: pass --bucket or set {config.FARM_BUCKET} "
             '(for the local stack: eval "$(farm-platform stack env)")'
         )
     publisher = None
     if args.publish:
-        project = os.environ.get(settings.FARM_GCP_PROJECT)
+        project = os.environ.get(config.FARM_GCP_PROJECT)
         if not project:
-            raise SystemExit(f"--publish needs {settings.FARM_GCP_PROJECT} (and the emulator env)")
+            raise SystemExit(f"--publish needs {config.FARM_GCP_PROJECT} (and the emulator env)")
         publisher = DroneMessagePublisher(project)
     truth_url = args.truth or str(Path(".farm/ground_truth").resolve())
     summary = write_farm(_farm_config(args), bucket_url, args.field_map, publisher, truth_url)
@@ -82,19 +82,19 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from farm_platform.demo import run_demo
+    from farm_platform.dev.demo import run_demo
 
     return run_demo(_farm_config(args), workdir=Path(args.workdir))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farm_platform.quality.gate import run_gate
+    from farm_platform.dev.gate import run_gate
 
     return run_gate(workdir=Path(args.workdir) if args.workdir else None)
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from farm_platform.dead_letters import (
+    from farm_platform.admin.dead_letters import (
         dead_letter_queue,
         error_of,
         list_dead_letters,
@@ -102,9 +102,9 @@ def _dlq(args: argparse.Namespace) -> int:
         replay_dead_letters,
     )
 
-    project = args.project or os.environ.get(settings.FARM_GCP_PROJECT)
+    project = args.project or os.environ.get(config.FARM_GCP_PROJECT)
     if not project:
-        raise SystemExit(f"dlq needs --project or {settings.FARM_GCP_PROJECT}")
+        raise SystemExit(f"dlq needs --project or {config.FARM_GCP_PROJECT}")
     queue = dead_letter_queue(project, args.subscription)
     if args.action == "list":
         letters = list_dead_letters(queue, args.limit)
@@ -121,7 +121,7 @@ def _dlq(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     verb = "would replay" if args.dry_run else "replayed"
-    print(f"{verb} {len(letters)} dead letter(s) onto {settings.DRONE_IMAGE_TOPIC}")
+    print(f"{verb} {len(letters)} dead letter(s) onto {config.DRONE_IMAGE_TOPIC}")
     return 0
 
 
@@ -154,7 +154,7 @@ def _add_farm_options(parser: argparse.ArgumentParser, positions: int, days: int
 
 
 def _models(args: argparse.Namespace) -> int:
-    from farm_platform import model_admin
+    from farm_platform.admin import model_versions as model_admin
     from farm_platform.ml.registry import ModelRegistry, ModelRegistryError
 
     registry = ModelRegistry(args.models_dir)
@@ -198,7 +198,7 @@ def _models(args: argparse.Namespace) -> int:
 def _models_stale(args: argparse.Namespace) -> int:
     from dagster import AssetKey, DagsterInstance
 
-    from farm_platform.model_admin import stale_partitions
+    from farm_platform.admin.model_versions import stale_partitions
 
     assets = [AssetKey(name) for name in args.asset] if args.asset else None
     with DagsterInstance.get() as instance:
@@ -219,7 +219,7 @@ def _models_stale(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     from dagster import AssetKey, DagsterInstance
 
-    from farm_platform.backfill import BackfillError, launch_backfill, wait_for_backfill
+    from farm_platform.admin.backfill import BackfillError, launch_backfill, wait_for_backfill
 
     assets = [AssetKey(name.strip()) for name in args.assets.split(",") if name.strip()]
     positions = [p.strip() for p in args.positions.split(",")] if args.positions else None
@@ -251,11 +251,11 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from farm_platform.replay import parse_timestamp, replay
+    from farm_platform.admin.replay import parse_timestamp, replay
 
-    project = args.project or os.environ.get(settings.FARM_GCP_PROJECT)
+    project = args.project or os.environ.get(config.FARM_GCP_PROJECT)
     if not project:
-        raise SystemExit(f"replay needs --project or {settings.FARM_GCP_PROJECT}")
+        raise SystemExit(f"replay needs --project or {config.FARM_GCP_PROJECT}")
     try:
         since = parse_timestamp(args.since)
     except ValueError as exc:
@@ -272,13 +272,14 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from farm_platform.field_map import field_map_path, read_field_map
+    from farm_platform.admin.reconcile import reconcile
+    from farm_platform.config import field_map_path
     from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.reconcile import reconcile
     from farm_platform.resources import BucketResource, WarehouseResource
+    from farm_platform.resources.field_map import read_field_map
 
     missing = [
-        name for name in (settings.FARM_BUCKET, settings.FARM_WAREHOUSE) if not os.environ.get(name)
+        name for name in (config.FARM_BUCKET, config.FARM_WAREHOUSE) if not os.environ.get(name)
     ]
     if missing:
         print(f"farm-platform reconcile: set {', '.join(missing)}", file=sys.stderr)
@@ -290,8 +291,8 @@ def _reconcile(args: argparse.Namespace) -> int:
     ]
     try:
         result = reconcile(
-            BucketResource(url=os.environ[settings.FARM_BUCKET]),
-            WarehouseResource(url=os.environ[settings.FARM_WAREHOUSE]),
+            BucketResource(url=os.environ[config.FARM_BUCKET]),
+            WarehouseResource(url=os.environ[config.FARM_WAREHOUSE]),
             list(read_field_map(field_map_path())),
             args.date_from,
             args.date_to,
@@ -317,7 +318,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _add_model_version_commands(commands: Any) -> None:
-    from farm_platform.ml.registry import FARM_MODELS_DIR
+    from farm_platform.config import FARM_MODELS_DIR
 
     models_parser = commands.add_parser("models", help="register, list, activate model versions")
     models_parser.add_argument(
@@ -377,8 +378,8 @@ def _add_model_version_commands(commands: Any) -> None:
         "replay", help="re-deliver drone_image messages since a time"
     )
     replay_parser.add_argument("--since", required=True, help="ISO 8601 timestamp (UTC if no zone)")
-    replay_parser.add_argument("--subscription", default=settings.DEFAULT_SUBSCRIPTION)
-    replay_parser.add_argument("--project", help=f"default: ${settings.FARM_GCP_PROJECT}")
+    replay_parser.add_argument("--subscription", default=config.DEFAULT_SUBSCRIPTION)
+    replay_parser.add_argument("--project", help=f"default: ${config.FARM_GCP_PROJECT}")
     replay_parser.set_defaults(handler=_replay)
 
 
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate_parser = commands.add_parser("simulate", help="render a synthetic farm")
     _add_farm_options(simulate_parser, positions=8, days=3)
-    simulate_parser.add_argument("--bucket", help=f"bucket URL (default: ${settings.FARM_BUCKET})")
+    simulate_parser.add_argument("--bucket", help=f"bucket URL (default: ${config.FARM_BUCKET})")
     simulate_parser.add_argument(
         "--field-map",
         default=None,
@@ -417,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq_parser = commands.add_parser("dlq", help="read or replay drone_image.dead")
     dlq_parser.add_argument("action", choices=["list", "replay"])
-    dlq_parser.add_argument("--project", help=f"default: ${settings.FARM_GCP_PROJECT}")
-    dlq_parser.add_argument("--subscription", default=settings.DEAD_LETTER_SUBSCRIPTION)
+    dlq_parser.add_argument("--project", help=f"default: ${config.FARM_GCP_PROJECT}")
+    dlq_parser.add_argument("--subscription", default=config.DEAD_LETTER_SUBSCRIPTION)
     dlq_parser.add_argument("--limit", type=int, default=100)
     dlq_parser.add_argument("--match", default="", help="replay only errors containing this")
     dlq_parser.add_argument("--dry-run", action="store_true")
@@ -441,10 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "field_map", "unset") is None:
-        from farm_platform.field_map import field_map_path
+        from farm_platform.config import field_map_path
 
         args.field_map = str(field_map_path())
-    from farm_platform.stack import StackError
+    from farm_platform.dev.stack import StackError
 
     try:
         return args.handler(args)

@@ -30,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm_platform import settings as config
+from farm_platform import config
 from farm_platform.arrivals import Arrival, ArrivalQueue, Claim, publish_datetime
+from farm_platform.layout import MISSING_OBJECT_ERROR
 from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
 from farm_platform.partitions import valid_dates
 from farm_platform.resources.bucket import BucketResource
@@ -241,7 +242,7 @@ def _classify(
     def look_up(item: ImageArrival) -> tuple[ImageArrival | Ignored | Rejected, str | None]:
         info = bucket.info(item.image_uri)
         if info is None:
-            return Rejected(f"object {item.image_uri} does not exist in the bucket"), None
+            return Rejected(f"{item.image_uri}: {MISSING_OBJECT_ERROR}"), None
         if item.generation and item.generation != info.generation:
             if _older(item.generation, info.generation):
                 # The object was overwritten since: its newer generation is announced too.

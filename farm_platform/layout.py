@@ -1,4 +1,4 @@
-"""The bucket layout contract (DESIGN.md, Bucket layout), in one place.
+"""The bucket: its layout contract (README, "Bucket layout") and how to reach it.
 
 raw image:  {FARM_BUCKET}/{position_id}/{date}/image.png
 leaf crop:  {FARM_BUCKET}/{position_id}/{date}/{cropper_model_id}/{cropper_model_version}/{idx}.png
@@ -7,10 +7,17 @@ leaf crop:  {FARM_BUCKET}/{position_id}/{date}/{cropper_model_id}/{cropper_model
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 RAW_IMAGE_NAME = "image.png"
+# The error of a photo whose object is gone (drone_images.error, dead letters, the gate).
+MISSING_OBJECT_ERROR = "object does not exist in the bucket"
 DATE_FORMAT = "%Y-%m-%d"
 # Position ids become path segments and Dagster partition keys, so keep them to a
 # conservative alphabet (no '/', '|' or ',' which Dagster uses as separators).
@@ -102,3 +109,30 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     if not match:
         raise LayoutError(f"bad image_uri {uri!r}: expected gs://<bucket>/<object path>")
     return match.group(1), match.group(2)
+
+
+# gcsfs probes a gRPC endpoint for hierarchical-namespace buckets at import time
+# unless told not to; emulators cannot answer and every access stalls 60 s.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def bucket_filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the path (without protocol) of a bucket or object URL:
+    gs:// (or a GCS emulator), or a local file:// folder."""
+    import fsspec
+
+    options: dict[str, object] = {}
+    if url.startswith(("gs://", "gcs://")) and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The emulator accepts any request; without this gcsfs looks for credentials.
+        options["token"] = "anon"
+    if url.startswith("file://") or "://" not in url:
+        options["auto_mkdir"] = True
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def bucket_name(url: str) -> str | None:
+    """The GCS bucket name of a gs:// URL, None for other filesystems."""
+    if url.startswith(("gs://", "gcs://")):
+        return url.split("://", 1)[1].split("/", 1)[0]
+    return None

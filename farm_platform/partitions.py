@@ -7,20 +7,10 @@ in every table, never Dagster partitions (DESIGN.md, Partitions revised 2026-11-
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from dagster import DailyPartitionsDefinition
 
-from farm_platform.layout import parse_date
-
-# First day of the trial's calendar; photos dated earlier are dead-lettered.
-FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
-DEFAULT_TRIAL_START_DATE = "2026-01-01"
-
-
-def trial_start_date() -> dt.date:
-    return parse_date(os.environ.get(FARM_TRIAL_START_DATE, DEFAULT_TRIAL_START_DATE))
-
+from farm_platform.config import trial_start_date
 
 # end_offset=1: today's photos are valid partitions as soon as they land.
 daily_partitions = DailyPartitionsDefinition(

@@ -21,7 +21,7 @@ from farm_platform.analytics.report import (
 
 def test_one_lineage_graph_from_drone_images_to_the_report():
     from farm_platform.analytics.definitions import defs as analytics
-    from farm_platform.definitions import defs as images
+    from farm_platform.images.definitions import defs as images
 
     edges: dict[AssetKey, set[AssetKey]] = {}
     for defs in (images, analytics):
@@ -56,7 +56,7 @@ def test_dbt_tests_are_asset_checks():
 
 
 def test_the_image_code_location_does_not_import_dbt():
-    probe = "import sys, farm_platform.definitions; print('dbt' in sys.modules)"
+    probe = "import sys, farm_platform.images.definitions; print('dbt' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )

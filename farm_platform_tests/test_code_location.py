@@ -28,7 +28,7 @@ def test_workspace_validates_with_dagster_cli(tmp_path):
 
 def test_loading_the_code_location_does_not_import_heavy_libraries():
     probe = (
-        "import sys, farm_platform.definitions as d;"
+        "import sys, farm_platform.images.definitions as d;"
         "d.defs.resolve_asset_graph();"
         "print(sorted(m for m in ('torch', 'great_expectations', 'dbt') if m in sys.modules))"
     )
@@ -41,7 +41,7 @@ def test_loading_the_code_location_does_not_import_heavy_libraries():
 def test_asset_graph_has_models_upstream_of_grades():
     from dagster import AssetKey
 
-    from farm_platform.definitions import defs
+    from farm_platform.images.definitions import defs
 
     graph = defs.resolve_asset_graph()
     for k in range(5):

@@ -29,9 +29,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from farm_platform.dbt_env import dbt_environment
+from farm_platform.analytics.dbt_env import dbt_environment
+from farm_platform.dev.farm import DbtBuildOutcome, dbt_project_copy, invoke_dbt_build
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.validation import DbtBuildOutcome, dbt_project_copy, invoke_dbt_build
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
 LAST_DAY = DAYS[-1]
@@ -654,6 +654,6 @@ def test_dbt_env_does_not_import_dbt() -> None:
     import subprocess
     import sys
 
-    code = "import sys, farm_platform.dbt_env; print('dbt' in sys.modules)"
+    code = "import sys, farm_platform.analytics.dbt_env; print('dbt' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -2,8 +2,8 @@
 
 import pytest
 
-from farm_platform.simulate import FarmConfig
-from farm_platform.validation import reported_vs_true_effect
+from farm_platform.dev.farm import reported_vs_true_effect
+from farm_platform.dev.simulate import FarmConfig
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ import pytest
 from dagster import DagsterRunStatus, RunsFilter
 from test_pipeline_e2e import Platform, assert_grades_match_crops, assert_no_duplicate_keys
 
-from farm_platform import settings
-from farm_platform.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
-from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
-from farm_platform.simulate import FarmConfig
+from farm_platform import config
+from farm_platform.dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
+from farm_platform.dev.simulate import FarmConfig
+from farm_platform.images.sensors import PHOTOS_TAG
 
 pytestmark = pytest.mark.slow
 CONFIG = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 20), seed=13)
@@ -34,8 +34,8 @@ def platform(local_stack, default_subscription, tmp_path, monkeypatch) -> Platfo
     for name, value in local_stack.environment().items():
         monkeypatch.setenv(name, value)
     platform = Platform(local_stack, tmp_path)
-    platform.environment[settings.FARM_RUN_TIMEOUT_SECONDS] = "20"
-    platform.environment[settings.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+    platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
+    platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
     return platform
 
 

@@ -294,7 +294,7 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 def test_dead_letters_can_be_listed_and_replayed_once_fixed(
     farm, queue, publisher, subscriber, dead_letters, local_stack
 ):
-    from farm_platform.dead_letters import (
+    from farm_platform.admin.dead_letters import (
         dead_letter_queue,
         error_of,
         list_dead_letters,
@@ -403,8 +403,8 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
     during the outage still hand waiting photos to runs, the restart re-creates the
     topology, and the photo uploaded while notifications were dropped is found by
     reconciliation. Every photo is claimed exactly once."""
-    from farm_platform.reconcile import reconcile
-    from farm_platform.stack import LocalStack
+    from farm_platform.admin.reconcile import reconcile
+    from farm_platform.dev.stack import LocalStack
 
     stack = LocalStack()
     info = stack.start()

@@ -10,21 +10,21 @@ from pathlib import Path
 import pytest
 
 from farm_platform import cli
+from farm_platform.admin.model_versions import (
+    ModelExistsError,
+    ModelValidationError,
+    activate_model,
+    add_model,
+    list_models,
+)
+from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.ml.registry import (
-    REPO_MODELS_DIR,
     ModelCardError,
     ModelChecksumError,
     ModelFileMissingError,
     ModelRegistry,
     ModelRegistryError,
     sha256_file,
-)
-from farm_platform.model_admin import (
-    ModelExistsError,
-    ModelValidationError,
-    activate_model,
-    add_model,
-    list_models,
 )
 
 GRADER = "disease_3_grader"
@@ -190,11 +190,10 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
 ):
     from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
 
-    from farm_platform.assets import registered_models
-    from farm_platform.assets.keys import MODEL_ASSETS
-    from farm_platform.assets.models import MODEL_VERSIONS
+    from farm_platform.images.keys import MODEL_ASSETS
+    from farm_platform.images.registered_models import MODEL_VERSIONS, registered_models
+    from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
-    from farm_platform.sensors.model_registry_sensor import model_registry_sensor
 
     models = ModelRegistryResource(models_dir=str(models_dir))
     resources = {
@@ -252,12 +251,12 @@ def test_a_new_version_makes_exactly_the_partitions_it_feeds_stale(
 ):
     from dagster import DagsterInstance, materialize
 
-    from farm_platform.assets import registered_models
-    from farm_platform.assets.keys import MODEL_ASSETS
-    from farm_platform.model_admin import stale_partitions
+    from farm_platform.admin.model_versions import stale_partitions
+    from farm_platform.dev.farm import grade_simulated_farm
+    from farm_platform.dev.simulate import FarmConfig
+    from farm_platform.images.keys import MODEL_ASSETS
+    from farm_platform.images.registered_models import registered_models
     from farm_platform.resources import ModelRegistryResource
-    from farm_platform.simulate import FarmConfig
-    from farm_platform.validation import grade_simulated_farm
 
     config = FarmConfig(positions=2, days=2, seed=4)
     with DagsterInstance.ephemeral() as instance:

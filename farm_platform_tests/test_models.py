@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import (
-    DEFAULT_MODELS_DIR,
     DISEASE_TYPES,
     ModelCard,
     ModelCardError,
@@ -69,15 +69,13 @@ def registry() -> ModelRegistry:
 def models_copy(tmp_path: Path) -> Path:
     """A throwaway copy of the models folder (cards, weights, registry; no scripts)."""
     target = tmp_path / "models"
-    shutil.copytree(
-        DEFAULT_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__")
-    )
+    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return target
 
 
 @pytest.fixture(scope="module")
 def sample_images() -> list[tuple[ImageKey, np.ndarray]]:
-    simulate = pytest.importorskip("farm_platform.simulate")
+    simulate = pytest.importorskip("farm_platform.dev.simulate")
     # Held-out seed, leaves from none to crowded; a few images keep the test fast.
     sims = list(simulate.render_training_images(2000, 12))
     assert sum(len(s.leaves) for s in sims) > 40, "the sample should contain many leaves"
@@ -98,7 +96,7 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def test_no_python_package_in_models_folder() -> None:
-    assert not (DEFAULT_MODELS_DIR / "__init__.py").exists()
+    assert not (REPO_MODELS_DIR / "__init__.py").exists()
 
 
 def test_active_cards_are_complete_and_verified(registry: ModelRegistry) -> None:

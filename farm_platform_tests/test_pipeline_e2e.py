@@ -17,15 +17,16 @@ from dagster import (
     RunsFilter,
 )
 
-from farm_platform import settings
-from farm_platform.assets.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.config import DAGSTER_HOME, DRONE_IMAGE_TOPIC, FARM_FIELD_MAP, FARM_WAREHOUSE
+from farm_platform.dev.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
+from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.layout import bucket_filesystem
 from farm_platform.ml.registry import ModelRegistry
-from farm_platform.quality.run import IMAGE_QUALITY
-from farm_platform.resources.warehouse import DISEASE_GRADES_COLUMNS, WarehouseResource
-from farm_platform.sensors.drone_image_sensor import PHOTOS_TAG
-from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.quality.expectations import IMAGE_QUALITY
+from farm_platform.resources.tables import DISEASE_GRADES_COLUMNS
+from farm_platform.resources.warehouse import WarehouseResource
 
 pytestmark = pytest.mark.slow
 IMAGE_ASSETS = [DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values()]
@@ -43,9 +44,9 @@ class Platform:
         self.warehouse = WarehouseResource(url=f"duckdb:///{root / 'warehouse.duckdb'}")
         self.environment = {
             **stack.environment(),
-            settings.FARM_WAREHOUSE: self.warehouse.url,
-            settings.FARM_FIELD_MAP: str(self.field_map),
-            settings.DAGSTER_HOME: str(self.dagster_home),
+            FARM_WAREHOUSE: self.warehouse.url,
+            FARM_FIELD_MAP: str(self.field_map),
+            DAGSTER_HOME: str(self.dagster_home),
         }
         self.fs, _ = bucket_filesystem(stack.bucket_url())
 
@@ -154,7 +155,7 @@ def test_simulated_farm_and_bad_messages_end_to_end(
     for position in ("P000", "P003"):
         data = platform.fs.cat_file(f"{bucket}/{position}/2026-11-02/image.png")
         platform.fs.pipe_file(f"{bucket}/{position}/2026-11-03/image.png", data)
-    topic = subscriber.topic_path(platform.stack.project, settings.DRONE_IMAGE_TOPIC)
+    topic = subscriber.topic_path(platform.stack.project, DRONE_IMAGE_TOPIC)
     bad = {
         "not JSON": b"\x00garbage",
         "no image_uri": json.dumps({"drone_id": "d1"}).encode(),

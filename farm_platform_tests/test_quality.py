@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from farm_platform.quality import gate
-from farm_platform.quality import run as quality
+from farm_platform.dev import gate
+from farm_platform.quality import expectations as quality
 from farm_platform.resources.warehouse import WarehouseResource
 
 SUITE_CASES = [case for case in gate.CASES if not case.uses_dbt]
@@ -158,7 +158,7 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
 
 
 def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day() -> None:
-    from farm_platform.definitions import defs
+    from farm_platform.images.definitions import defs
     from farm_platform.partitions import daily_partitions
 
     graph = defs.resolve_asset_graph()
@@ -180,7 +180,7 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
 
 def test_loading_the_code_location_does_not_import_great_expectations() -> None:
     probe = (
-        "import sys, farm_platform.definitions, farm_platform.analytics.report; "
+        "import sys, farm_platform.images.definitions, farm_platform.analytics.report; "
         "print('great_expectations' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

@@ -12,9 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from farm_platform.field_map import read_field_map
-from farm_platform.layout import ImageKey
-from farm_platform.simulate import (
+from farm_platform.dev.simulate import (
     DISEASE_TYPES,
     MAX_GRADE,
     MAX_LEAVES,
@@ -27,6 +25,8 @@ from farm_platform.simulate import (
     simulate_images,
     write_farm,
 )
+from farm_platform.layout import ImageKey
+from farm_platform.resources.field_map import read_field_map
 
 SMALL = FarmConfig(positions=4, days=3, seed=3)
 GRADE_COLUMNS = [f"grade_{d}" for d in DISEASE_TYPES]

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 from conftest import pull_until_quiet
 
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.settings import (
+from farm_platform.config import (
     DEAD_LETTER_SUBSCRIPTION,
     DEAD_LETTER_TOPIC,
     DEFAULT_SUBSCRIPTION,
     DRONE_IMAGE_TOPIC,
 )
-from farm_platform.stack import (
+from farm_platform.dev.stack import (
     StackError,
     StackInfo,
     load_stack,
@@ -33,6 +32,7 @@ from farm_platform.stack import (
     start_gcs_emulator,
     start_pubsub_emulator,
 )
+from farm_platform.layout import bucket_filesystem
 
 INSTALL_HINT = "apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -97,7 +97,7 @@ def test_topics_and_subscriptions_exist(
 
 @pytest.mark.timeout(60)
 def test_create_topology_is_idempotent(local_stack: StackInfo, subscriber: Any) -> None:
-    from farm_platform.stack import create_topology
+    from farm_platform.dev.stack import create_topology
 
     create_topology(local_stack)  # must not raise AlreadyExists or HTTP 409
     path = subscriber.subscription_path(local_stack.project, DEFAULT_SUBSCRIPTION)

@@ -5,12 +5,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from farm_platform.resources.warehouse import (
-    DISEASE_GRADES_COLUMNS,
-    LEAF_CROPS_COLUMNS,
-    WarehouseError,
-    WarehouseResource,
-)
+from farm_platform.resources.tables import DISEASE_GRADES_COLUMNS, LEAF_CROPS_COLUMNS
+from farm_platform.resources.warehouse import WarehouseError, WarehouseResource
 
 GRADED_AT = dt.datetime(2026, 6, 2, 8, 0, tzinfo=dt.UTC)
 

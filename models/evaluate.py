@@ -50,7 +50,7 @@ class Heldout:
 
 
 def render(seed: int, count: int) -> Heldout:
-    from farm_platform.simulate import render_training_images
+    from farm_platform.dev.simulate import render_training_images
 
     data = Heldout([], [], [], [])
     for sim in render_training_images(seed, count):
@@ -67,7 +67,7 @@ def simulator_fingerprint() -> str:
     """sha256 over the simulator's source: the models are only as valid as the images."""
     import hashlib
 
-    import farm_platform.simulate as simulate
+    import farm_platform.dev.simulate as simulate
 
     digest = hashlib.sha256()
     for path in sorted(Path(simulate.__file__).parent.glob("*.py")):

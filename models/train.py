@@ -80,7 +80,7 @@ def log(message: str) -> None:
 
 
 def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from farm_platform.simulate import render_training_images
+    from farm_platform.dev.simulate import render_training_images
 
     seed, count = args
     out = []
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_seconds = time.perf_counter() - t0
     n_chunks = math.ceil(args.train_images / CHUNK)
     data = {
-        "simulator": "farm_platform.simulate.render_training_images",
+        "simulator": "farm_platform.dev.simulate.render_training_images",
         "simulator_source_sha256": evaluate.simulator_fingerprint(),
         "train_seeds": list(range(TRAIN_SEED, TRAIN_SEED + n_chunks)),
         "images_per_seed": CHUNK,

@@ -26,17 +26,21 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from farm_platform import settings
-from farm_platform.assets.keys import GRADES_BY_DISEASE, MODEL_ASSETS
-from farm_platform.backfill import launch_backfill, wait_for_backfill
-from farm_platform.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
-from farm_platform.ml.registry import FARM_MODELS_DIR, REPO_MODELS_DIR, ModelRegistry
-from farm_platform.model_admin import add_model
-from farm_platform.partitions import FARM_TRIAL_START_DATE
+from farm_platform import config
+from farm_platform.admin.backfill import launch_backfill, wait_for_backfill
+from farm_platform.admin.model_versions import add_model
+from farm_platform.config import (
+    FARM_MODELS_DIR,
+    FARM_TRIAL_START_DATE,
+    REPO_MODELS_DIR,
+    WORKSPACE_FILE,
+)
+from farm_platform.dev.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.dev.stack import LocalStack, free_port
+from farm_platform.images.keys import GRADES_BY_DISEASE, MODEL_ASSETS
+from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.settings import WORKSPACE_FILE
-from farm_platform.simulate import DroneMessagePublisher, FarmConfig, write_farm
-from farm_platform.stack import LocalStack, free_port
 
 GRADER = "disease_3_grader"
 DAYS = 4
@@ -106,10 +110,10 @@ def main() -> int:
     with LocalStack() as stack:
         environment = {
             **stack.environment(),
-            settings.FARM_WAREHOUSE: f"duckdb:///{workdir / 'warehouse.duckdb'}",
-            settings.DAGSTER_HOME: str(dagster_home),
-            settings.FARM_FIELD_MAP: str(workdir / "positions.csv"),
-            settings.FARM_REPORTS: str(workdir / "reports"),
+            config.FARM_WAREHOUSE: f"duckdb:///{workdir / 'warehouse.duckdb'}",
+            config.DAGSTER_HOME: str(dagster_home),
+            config.FARM_FIELD_MAP: str(workdir / "positions.csv"),
+            config.FARM_REPORTS: str(workdir / "reports"),
             FARM_MODELS_DIR: str(models_dir),
             FARM_TRIAL_START_DATE: START.isoformat(),
         }
@@ -122,7 +126,7 @@ def main() -> int:
             publisher = DroneMessagePublisher(stack.project)
             write_farm(CONFIG, stack.bucket_url(), workdir / "positions.csv", publisher)
             images = CONFIG.positions * CONFIG.days
-            warehouse = WarehouseResource(url=environment[settings.FARM_WAREHOUSE])
+            warehouse = WarehouseResource(url=environment[config.FARM_WAREHOUSE])
             wait_for_photos(instance, warehouse, images, 900)
 
             # v1's weights registered as v2: the point is the UI, not a better model.

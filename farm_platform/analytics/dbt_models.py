@@ -12,8 +12,8 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from farm_platform.assets.keys import GRADES_BY_DISEASE
-from farm_platform.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_connection
+from farm_platform.analytics.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_connection
+from farm_platform.images.keys import GRADES_BY_DISEASE
 from farm_platform.resources.warehouse import WarehouseResource
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR)

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import Definitions, EnvVar
 from dagster_dbt import DbtCliResource
 
-from farm_platform import settings
+from farm_platform import config
 from farm_platform.analytics.dbt_models import dbt_project, farm_dbt_models
 from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
 from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
@@ -22,12 +22,10 @@ defs = Definitions(
         "dbt": DbtCliResource(
             project_dir=dbt_project, dbt_executable=str(Path(sys.executable).with_name("dbt"))
         ),
-        "warehouse": WarehouseResource(url=EnvVar(settings.FARM_WAREHOUSE)),
+        "warehouse": WarehouseResource(url=EnvVar(config.FARM_WAREHOUSE)),
         "reports": ReportStoreResource(
-            bucket_url=EnvVar(settings.FARM_BUCKET),
-            reports_url=EnvVar(settings.FARM_REPORTS)
-            if os.environ.get(settings.FARM_REPORTS)
-            else "",
+            bucket_url=EnvVar(config.FARM_BUCKET),
+            reports_url=EnvVar(config.FARM_REPORTS) if os.environ.get(config.FARM_REPORTS) else "",
         ),
     },
 )

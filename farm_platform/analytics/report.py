@@ -22,8 +22,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.layout import join, parse_date
+from farm_platform.layout import bucket_filesystem, join, parse_date
 from farm_platform.partitions import daily_partitions
 from farm_platform.resources.warehouse import WarehouseResource
 

@@ -23,8 +23,7 @@ import torch
 from fsspec import AbstractFileSystem
 from PIL import Image
 
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.layout import ImageKey, crop_uri
+from farm_platform.layout import ImageKey, bucket_filesystem, crop_uri
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
 from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
 

@@ -22,12 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm_platform.settings import REPO_ROOT
+from farm_platform import config
 
-# The models folder; FARM_MODELS_DIR points the platform (code location, CLI) at another one.
-FARM_MODELS_DIR = "FARM_MODELS_DIR"
-REPO_MODELS_DIR = REPO_ROOT / "models"
-DEFAULT_MODELS_DIR = Path(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
 REGISTRY_FILE = "registry.json"
 CARD_FILE = "card.json"
 TASKS = ("leaf_detector", "disease_grader")
@@ -225,8 +221,7 @@ class ModelRegistry:
     """The models folder: cards, weights and which version of each model is active."""
 
     def __init__(self, models_dir: Path | str | None = None) -> None:
-        # None: $FARM_MODELS_DIR as it is now (not at import), else the repository's models/.
-        self.models_dir = Path(models_dir or os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
+        self.models_dir = Path(models_dir) if models_dir else config.models_dir()
 
     @property
     def registry_path(self) -> Path:

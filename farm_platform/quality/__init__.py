@@ -1,5 +1,5 @@
 """Data quality: Great Expectations suites run as Dagster asset checks (README, Data quality).
 
 Nothing here imports great_expectations at module level: the code location loads
-`farm_platform.quality.run` names only when an op runs a check.
+`farm_platform.quality.expectations` names only when an op runs a check.
 """

@@ -2,11 +2,11 @@
 
 Every expectation carries `meta={"name": ...}`: that name is what check results, the
 `partition_quality` table and `farm-platform check` report. Each suite describes one frame
-that `farm_platform.quality.run` builds; the frame's columns are listed in the docstring.
+that `farm_platform.quality.expectations` builds; the frame's columns are listed in the docstring.
 great_expectations is imported inside the functions: the code location must not load it.
 
 To add an expectation: append it to the suite's list with a new `meta` name, then add a
-corruption case that it catches in `farm_platform/quality/gate.py` (README, Data quality).
+corruption case that it catches in `farm_platform/dev/gate.py` (README, Data quality).
 """
 
 from __future__ import annotations

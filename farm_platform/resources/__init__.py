@@ -1,6 +1,6 @@
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
-from farm_platform.resources.models import ModelRegistryResource
+from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 

@@ -12,8 +12,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from farm_platform.bucket import bucket_filesystem
-from farm_platform.layout import ImageKey, raw_image_uri
+from farm_platform.layout import ImageKey, bucket_filesystem, raw_image_uri
 
 
 @dataclass(frozen=True)

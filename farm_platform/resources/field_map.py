@@ -1,11 +1,85 @@
-"""The field map as a resource: which positions exist (DESIGN.md, Field map)."""
+"""The field map, `positions.csv`: which positions exist, in which area, at what dose.
+
+The sensor reads it to decide which positions are known, dbt loads it as a seed, and
+`FieldMapResource` hands it to the code location (`$FARM_FIELD_MAP`, else the dbt seed).
+"""
 
 from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from farm_platform.field_map import DEFAULT_FIELD_MAP_PATH, Position, read_field_map
+from farm_platform.config import DEFAULT_FIELD_MAP_PATH, field_map_path
+
+FIELD_MAP_COLUMNS = ("position_id", "area", "latitude", "longitude", "dose_ml_per_sqft")
+AREAS = ("control", "treated")
+
+
+class FieldMapError(ValueError):
+    """The field map file is malformed."""
+
+
+@dataclass(frozen=True)
+class Position:
+    position_id: str
+    area: str
+    latitude: float
+    longitude: float
+    dose_ml_per_sqft: float
+
+
+def read_field_map(path: str | Path | None = None) -> dict[str, Position]:
+    """Read positions.csv into {position_id: Position}, rejecting malformed rows."""
+    path = Path(path) if path else field_map_path()
+    if not path.exists():
+        raise FieldMapError(
+            f"field map {path} does not exist: run `farm-platform simulate` or copy your "
+            "farm's positions.csv there"
+        )
+    positions: dict[str, Position] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != FIELD_MAP_COLUMNS:
+            raise FieldMapError(
+                f"field map {path} has columns {reader.fieldnames}; "
+                f"expected {list(FIELD_MAP_COLUMNS)}"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                position = Position(
+                    position_id=row["position_id"],
+                    area=row["area"],
+                    latitude=float(row["latitude"]),
+                    longitude=float(row["longitude"]),
+                    dose_ml_per_sqft=float(row["dose_ml_per_sqft"]),
+                )
+            except (TypeError, ValueError) as exc:
+                raise FieldMapError(f"{path}:{line_no}: {exc}") from None
+            if position.area not in AREAS:
+                raise FieldMapError(
+                    f"{path}:{line_no}: area {position.area!r} is not one of {AREAS}"
+                )
+            if position.position_id in positions:
+                raise FieldMapError(
+                    f"{path}:{line_no}: duplicate position_id {position.position_id!r}"
+                )
+            positions[position.position_id] = position
+    return positions
+
+
+def write_field_map(positions: list[Position], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELD_MAP_COLUMNS)
+        writer.writeheader()
+        for position in positions:
+            writer.writerow(asdict(position))
+    return path
 
 
 class FieldMapResource(ConfigurableResource):

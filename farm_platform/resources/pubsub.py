@@ -10,7 +10,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from farm_platform import settings
+from farm_platform import config
 
 # Pub/Sub caps one acknowledge / modifyAckDeadline request; stay well below it.
 _ACK_CHUNK = 1000
@@ -59,8 +59,8 @@ class PubSubResource(ConfigurableResource):
     """The `drone_image` subscription and the `drone_image.dead` dead-letter topic."""
 
     project: str = Field(description="Google Cloud project of the topics")
-    subscription: str = Field(default=settings.DEFAULT_SUBSCRIPTION)
-    dead_letter_topic: str = Field(default=settings.DEAD_LETTER_TOPIC)
+    subscription: str = Field(default=config.DEFAULT_SUBSCRIPTION)
+    dead_letter_topic: str = Field(default=config.DEAD_LETTER_TOPIC)
     _subscriber: Any = PrivateAttr(default=None)
     _publisher: Any = PrivateAttr(default=None)
 
@@ -71,7 +71,7 @@ class PubSubResource(ConfigurableResource):
 
             from google.cloud import pubsub_v1
 
-            emulator = os.environ.get(settings.PUBSUB_EMULATOR_HOST)
+            emulator = os.environ.get(config.PUBSUB_EMULATOR_HOST)
             self._subscriber = (
                 emulator_subscriber(emulator) if emulator else pubsub_v1.SubscriberClient()
             )
@@ -109,7 +109,7 @@ class PubSubResource(ConfigurableResource):
             raise PubSubUnavailable(
                 f"Pub/Sub did not answer {method} on {self.subscription_path} within "
                 f"{deadline:.0f} s ({getattr(exc, 'message', exc)}). Check that Pub/Sub (or "
-                f"the emulator at ${settings.PUBSUB_EMULATOR_HOST}) is up."
+                f"the emulator at ${config.PUBSUB_EMULATOR_HOST}) is up."
             ) from exc
 
     def pull(self, max_messages: int, timeout_seconds: float = 5.0) -> list[PulledMessage]:

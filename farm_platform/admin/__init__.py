@@ -1,0 +1,4 @@
+"""Operator commands: backfills, model versions, dead letters, replay, reconciliation.
+
+Never imported by a code location.
+"""

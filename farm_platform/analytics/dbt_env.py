@@ -1,0 +1,100 @@
+"""Where dbt finds the warehouse: environment variables derived from `FARM_WAREHOUSE`.
+
+`dbt_project/profiles.yml` reads only the variables returned by `dbt_environment`, so one
+URL (the same one `WarehouseResource` takes) points both the inference assets and dbt at
+the same database. Pure standard library: importing this must not import dbt.
+
+    duckdb:///abs/path/farm.duckdb      -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=/abs/path/…
+    postgresql://user:pw@host:5432/db   -> FARM_DBT_TARGET=postgres, FARM_PG_HOST/PORT/USER/…
+
+DuckDB paths are read by `settings.duckdb_path`, as `WarehouseResource` reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from farm_platform.config import REPO_ROOT, duckdb_path
+
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+# profiles.yml lives in the project directory.
+DBT_PROFILES_DIR = DBT_PROJECT_DIR
+
+DUCKDB_SCHEMA = "main"
+POSTGRES_SCHEMA = "public"
+POSTGRES_DEFAULT_PORT = 5432
+
+
+def dbt_environment(warehouse_url: str) -> dict[str, str]:
+    """The FARM_* variables profiles.yml reads, for a `FARM_WAREHOUSE` URL.
+
+    Keys, always: FARM_DBT_TARGET (`duckdb` or `postgres`), FARM_DBT_SCHEMA (where the
+    warehouse tables are and the models go: `main` in DuckDB, `public` in PostgreSQL).
+    DuckDB: FARM_DUCKDB_PATH. PostgreSQL: FARM_PG_HOST, FARM_PG_PORT, FARM_PG_USER,
+    FARM_PG_PASSWORD (may be empty), FARM_PG_DBNAME, FARM_PG_SSLMODE (`prefer` unless the
+    URL says `?sslmode=…`).
+    """
+    url = (warehouse_url or "").strip()
+    if url.startswith("duckdb://"):
+        return _duckdb_environment(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return _postgres_environment(url)
+    raise ValueError(
+        f"FARM_WAREHOUSE={warehouse_url!r} is not supported by dbt: use "
+        "duckdb:////abs/path/farm.duckdb (or duckdb:///relative/path.duckdb) "
+        "or postgresql://user[:password]@host[:port]/database"
+    )
+
+
+def _duckdb_environment(url: str) -> dict[str, str]:
+    return {
+        "FARM_DBT_TARGET": "duckdb",
+        "FARM_DBT_SCHEMA": DUCKDB_SCHEMA,
+        "FARM_DUCKDB_PATH": str(duckdb_path(url)),
+    }
+
+
+def _postgres_environment(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or POSTGRES_DEFAULT_PORT
+    except ValueError as exc:  # e.g. a non-numeric port
+        raise ValueError(f"FARM_WAREHOUSE={url!r}: bad port ({exc})") from None
+    host = parts.hostname
+    user = unquote(parts.username) if parts.username else ""
+    dbname = unquote(parts.path.lstrip("/"))
+    missing = [
+        name for name, value in (("host", host), ("user", user), ("database", dbname)) if not value
+    ]
+    if missing:
+        raise ValueError(
+            f"FARM_WAREHOUSE={url!r}: dbt needs {', '.join(missing)} in the URL "
+            "(postgresql://user[:password]@host[:port]/database)"
+        )
+    sslmode = parse_qs(parts.query).get("sslmode", ["prefer"])[-1]
+    return {
+        "FARM_DBT_TARGET": "postgres",
+        "FARM_DBT_SCHEMA": POSTGRES_SCHEMA,
+        "FARM_PG_HOST": str(host),
+        "FARM_PG_PORT": str(port),
+        "FARM_PG_USER": user,
+        "FARM_PG_PASSWORD": unquote(parts.password) if parts.password else "",
+        "FARM_PG_DBNAME": dbname,
+        "FARM_PG_SSLMODE": sslmode,
+    }
+
+
+@contextlib.contextmanager
+def dbt_connection(warehouse_url: str) -> Iterator[None]:
+    """The process environment that `profiles.yml` reads, for the duration of a dbt call;
+    the environment as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(dbt_environment(warehouse_url))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,0 +1,145 @@
+"""Every `FARM_*` variable: its name, its default and the one function that reads it.
+
+Resources get theirs through Dagster `EnvVar` in the code locations' `definitions.py`;
+everything else calls the readers below (at call time, never at import, so a test or a
+CLI command can set the environment first). README's "Configuration" table lists them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+# The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+
+FARM_BUCKET = "FARM_BUCKET"
+FARM_WAREHOUSE = "FARM_WAREHOUSE"
+FARM_GCP_PROJECT = "FARM_GCP_PROJECT"
+FARM_SUBSCRIPTION = "FARM_SUBSCRIPTION"
+PUBSUB_EMULATOR_HOST = "PUBSUB_EMULATOR_HOST"
+STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+DAGSTER_HOME = "DAGSTER_HOME"
+# Not in the original contract: lets a test or a second farm use its own positions.csv.
+FARM_FIELD_MAP = "FARM_FIELD_MAP"
+DEFAULT_FIELD_MAP_PATH = REPO_ROOT / "dbt_project" / "seeds" / "positions.csv"
+# The models folder (cards, weights, registry.json).
+FARM_MODELS_DIR = "FARM_MODELS_DIR"
+REPO_MODELS_DIR = REPO_ROOT / "models"
+# First day of the trial's calendar; photos dated earlier are dead-lettered.
+FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
+DEFAULT_TRIAL_START_DATE = "2026-01-01"
+# The severity_jump check warns when a position's mean grade moves more than this in a day.
+FARM_MAX_SEVERITY_JUMP = "FARM_MAX_SEVERITY_JUMP"
+DEFAULT_MAX_SEVERITY_JUMP = 1.5
+# Where daily reports go; default {FARM_BUCKET}/reports.
+FARM_REPORTS = "FARM_REPORTS"
+
+# Batching of arrivals into day runs (README, "The sensor"): a run starts when this many
+# photos of one day wait, or when the oldest has waited this long.
+FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
+DEFAULT_RUN_MAX_PHOTOS = 2000
+FARM_BATCH_MAX_WAIT_SECONDS = "FARM_BATCH_MAX_WAIT_SECONDS"
+DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
+# Photos a run reads, decodes, grades and writes at a time: bounds a run's memory.
+FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
+DEFAULT_RUN_CHUNK_PHOTOS = 64
+# A sensor run that has not finished after this many seconds, plus half a second per photo,
+# is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
+FARM_RUN_TIMEOUT_SECONDS = "FARM_RUN_TIMEOUT_SECONDS"
+DEFAULT_RUN_TIMEOUT_SECONDS = 600.0
+RUN_TIMEOUT_SECONDS_PER_PHOTO = 0.5
+# How long a writer waits for a DuckDB warehouse file another process holds.
+FARM_WAREHOUSE_LOCK_SECONDS = "FARM_WAREHOUSE_LOCK_SECONDS"
+DEFAULT_WAREHOUSE_LOCK_SECONDS = 120.0
+# How often a photo is handed to a run before a failure dead-letters it.
+FARM_MAX_PHOTO_ATTEMPTS = "FARM_MAX_PHOTO_ATTEMPTS"
+DEFAULT_MAX_PHOTO_ATTEMPTS = 3
+
+DEFAULT_SUBSCRIPTION = "drone_image.dagster"
+DRONE_IMAGE_TOPIC = "drone_image"
+DEAD_LETTER_TOPIC = "drone_image.dead"
+# Dead letters are only useful if someone can read them: the stack creates this
+# subscription so `farm-platform dlq list` has something to pull from.
+DEAD_LETTER_SUBSCRIPTION = "drone_image.dead.inspect"
+
+CONFIG_VARIABLES = (
+    FARM_BUCKET,
+    FARM_WAREHOUSE,
+    FARM_GCP_PROJECT,
+    FARM_SUBSCRIPTION,
+    PUBSUB_EMULATOR_HOST,
+    STORAGE_EMULATOR_HOST,
+    DAGSTER_HOME,
+    FARM_FIELD_MAP,
+    FARM_REPORTS,
+    FARM_RUN_MAX_PHOTOS,
+    FARM_BATCH_MAX_WAIT_SECONDS,
+    FARM_RUN_CHUNK_PHOTOS,
+    FARM_MAX_PHOTO_ATTEMPTS,
+    FARM_RUN_TIMEOUT_SECONDS,
+    FARM_WAREHOUSE_LOCK_SECONDS,
+    FARM_MODELS_DIR,
+    FARM_TRIAL_START_DATE,
+    FARM_MAX_SEVERITY_JUMP,
+)
+
+
+def env_number(name: str, default: float) -> float:
+    """A positive number from the environment, or a clear error naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+DUCKDB_URL_PREFIX = "duckdb:///"
+
+
+def duckdb_path(url: str) -> Path:
+    """The file of a `duckdb:///…` warehouse URL, always absolute.
+
+    Read like a `file:` URL: `duckdb:///srv/farm.duckdb` and `duckdb:////srv/farm.duckdb`
+    (SQLAlchemy's spelling) are both `/srv/farm.duckdb`. A relative path would be resolved
+    against the working folder of whichever process reads it (daemon, code server, CLI)
+    and quietly make a second warehouse, so there is none.
+    """
+    if not url.startswith(DUCKDB_URL_PREFIX):
+        raise ValueError(
+            f"FARM_WAREHOUSE={url!r}: a DuckDB URL is duckdb:/// followed by an absolute "
+            "file path, e.g. duckdb:///srv/farm/warehouse.duckdb"
+        )
+    raw = url.removeprefix(DUCKDB_URL_PREFIX).lstrip("/")
+    if not raw or raw == ":memory:":
+        raise ValueError(f"FARM_WAREHOUSE={url!r}: the warehouse must be a DuckDB file")
+    return Path("/" + raw)
+
+
+def field_map_path() -> Path:
+    """`$FARM_FIELD_MAP`, else the dbt seed."""
+    return Path(os.environ.get(FARM_FIELD_MAP) or DEFAULT_FIELD_MAP_PATH)
+
+
+def models_dir() -> Path:
+    """`$FARM_MODELS_DIR`, else the repository's models/."""
+    return Path(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
+
+
+def trial_start_date() -> dt.date:
+    raw = os.environ.get(FARM_TRIAL_START_DATE) or DEFAULT_TRIAL_START_DATE
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def max_severity_jump() -> float:
+    return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)

@@ -1,0 +1,194 @@
+"""Running the real `dagster-daemon` against a private DAGSTER_HOME (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from farm_platform.config import REPO_ROOT, WORKSPACE_FILE
+
+# The instance configuration shipped with the project (dagster.yaml in the checkout).
+DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+UNFINISHED_STATUSES = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
+# Production's storage (README, "Running against real GCP and PostgreSQL"): dagster-postgres.
+POSTGRES_STORAGE_YAML = """\
+storage:
+  postgres:
+    postgres_url: "{postgres_url}"
+"""
+
+
+def prepare_dagster_home(
+    dagster_home: Path, max_concurrent_runs: int = 1, postgres_url: str | None = None
+) -> None:
+    """A DAGSTER_HOME with a queued run coordinator and its storage created: SQLite files in
+    the folder, or the PostgreSQL database at `postgres_url`."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = DAGSTER_YAML.read_text().replace(
+        "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
+    )
+    if postgres_url:
+        config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
+    (dagster_home / "dagster.yaml").write_text(config)
+    # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
+    # at the same moment race on its schema migrations.
+    DagsterInstance.from_config(str(dagster_home)).dispose()
+
+
+class DaemonProcess:
+    """`dagster-daemon run` in its own process group, logging to a file."""
+
+    def __init__(self, dagster_home: Path, environment: Mapping[str, str], log_path: Path):
+        self.dagster_home = dagster_home
+        self.environment = {**os.environ, **environment, "DAGSTER_HOME": str(dagster_home)}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        executable = Path(sys.executable).with_name("dagster-daemon")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(executable), "run", "-w", str(WORKSPACE_FILE)],
+            env=self.environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the daemon and the run processes it started (its process group)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PipelineFailed(RuntimeError):
+    """A run failed, or the wait timed out."""
+
+
+def wait_for_photos(
+    instance: DagsterInstance,
+    warehouse: Any,
+    expected: int,
+    timeout_seconds: float,
+    daemon: DaemonProcess | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    poll_seconds: float = 2.0,
+    tolerate_failed_runs: bool = False,
+) -> None:
+    """Wait until `expected` photos are processed (a `drone_images` row is committed with
+    the photo's crops and grades), none waits in the arrival queue and no run is
+    unfinished; raise if a run failed (unless failures are the point: their photos are
+    requeued) or the daemon died."""
+    from farm_platform.arrivals import ArrivalQueue
+
+    deadline = time.monotonic() + timeout_seconds
+    last_reported = -1
+    queue = ArrivalQueue(warehouse)
+    while True:
+        failed = instance.get_run_records(RunsFilter(statuses=list(FAILED_STATUSES)), limit=5)
+        if failed and not tolerate_failed_runs:
+            raise PipelineFailed(
+                "runs failed: "
+                + ", ".join(record.dagster_run.run_id for record in failed)
+                + (f"\n{daemon.log_tail()}" if daemon else "")
+            )
+        done = processed_photos(warehouse)
+        if progress and done != last_reported:
+            progress(done, expected)
+            last_reported = done
+        unfinished = instance.get_run_records(
+            RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
+        )
+        if done >= expected and not unfinished and not queue.pending_count():
+            return
+        if daemon is not None and not daemon.alive():
+            raise PipelineFailed(f"dagster-daemon exited:\n{daemon.log_tail()}")
+        if time.monotonic() > deadline:
+            raise PipelineFailed(
+                f"timed out after {timeout_seconds:.0f} s with {done}/{expected} photos"
+                + (f"\n{daemon.log_tail()}" if daemon else "")
+            )
+        time.sleep(poll_seconds)
+
+
+def processed_photos(warehouse: Any) -> int:
+    """Photos with a committed `drone_images` row (their crops and grades came with it)."""
+    warehouse.create_schema()
+    return int(warehouse.query("SELECT count(*) AS n FROM drone_images")["n"][0])
+
+
+def wait_for_sensor_tick_in_progress(
+    instance: DagsterInstance, daemon: DaemonProcess, after: Callable[[], None], timeout: float
+) -> None:
+    """Call `after()`, then return while a `drone_image_sensor` tick that started after the
+    call is still being evaluated (fault tests kill the daemon right then)."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    def ticks() -> list[Any]:
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.instigator_name == "drone_image_sensor":
+                origin, selector = state.instigator_origin_id, state.selector_id
+                return list(instance.get_ticks(origin, selector, limit=5))
+        return []
+
+    deadline = time.monotonic() + timeout
+    while not ticks():
+        if not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(f"drone_image_sensor never ticked\n{daemon.log_tail()}")
+        time.sleep(0.2)
+    before = max(tick.tick_id for tick in ticks())
+    after()
+    while True:
+        newer = [tick for tick in ticks() if tick.tick_id > before]
+        if any(tick.status == TickStatus.STARTED for tick in newer):
+            return
+        if newer or not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(f"no tick in progress to interrupt: {newer}\n{daemon.log_tail()}")
+        time.sleep(0.02)

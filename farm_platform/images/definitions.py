@@ -1,0 +1,55 @@
+"""The farm_platform code location: every asset, sensor and resource, built in one place."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, EnvVar, in_process_executor
+
+from farm_platform import config
+from farm_platform.config import DEFAULT_FIELD_MAP_PATH, FARM_MODELS_DIR, REPO_MODELS_DIR
+from farm_platform.images.pipeline import image_pipeline
+from farm_platform.images.registered_models import registered_models
+from farm_platform.images.sensors import (
+    drone_image_sensor,
+    model_registry_sensor,
+    requeue_failed_photos,
+)
+from farm_platform.resources import (
+    BucketResource,
+    FieldMapResource,
+    ModelRegistryResource,
+    PubSubResource,
+    WarehouseResource,
+)
+
+
+def _optional_env(name: str, default: str) -> str | EnvVar:
+    return EnvVar(name) if os.environ.get(name) else default
+
+
+defs = Definitions(
+    assets=[registered_models, image_pipeline],
+    sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
+    resources={
+        "bucket": BucketResource(url=EnvVar(config.FARM_BUCKET)),
+        "warehouse": WarehouseResource(
+            url=EnvVar(config.FARM_WAREHOUSE),
+            lock_timeout_seconds=config.env_number(
+                config.FARM_WAREHOUSE_LOCK_SECONDS, config.DEFAULT_WAREHOUSE_LOCK_SECONDS
+            ),
+        ),
+        "pubsub": PubSubResource(
+            project=EnvVar(config.FARM_GCP_PROJECT),
+            subscription=_optional_env(config.FARM_SUBSCRIPTION, config.DEFAULT_SUBSCRIPTION),
+        ),
+        "models": ModelRegistryResource(
+            models_dir=_optional_env(FARM_MODELS_DIR, str(REPO_MODELS_DIR))
+        ),
+        "field_map": FieldMapResource(
+            path=_optional_env(config.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
+        ),
+    },
+    # A run is one op: no step process (and torch import) per step.
+    executor=in_process_executor,
+)

@@ -1,0 +1,265 @@
+"""`image_pipeline`: drone_images, leaf_crops and disease_<k>_grades of one day partition.
+
+One op computes all seven assets because they share the expensive part (reading and
+decoding the photos, once per run); it is subsettable, so a single grade asset can be
+re-materialized alone (a new grader version re-grades the stored crops without running
+the detector). A run processes the photos its config lists (the sensor's batch) or, with
+no list (UI "Materialize", a backfill), every photo of the day the platform has recorded.
+torch and Great Expectations are imported inside the op: loading the code location must
+not pay for them.
+"""
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+from pydantic import Field
+
+from farm_platform.arrivals import ArrivalQueue
+from farm_platform.config import (
+    DEFAULT_RUN_CHUNK_PHOTOS,
+    FARM_RUN_CHUNK_PHOTOS,
+    env_number,
+    max_severity_jump,
+)
+from farm_platform.images import checks
+from farm_platform.images.grading import DayResult, GradingPlan, grade_day
+from farm_platform.images.keys import (
+    DETECTOR_MODEL_ID,
+    DISEASE_BY_GRADES,
+    DRONE_IMAGES,
+    GRADES_BY_DISEASE,
+    LEAF_CROPS,
+    MODEL_ASSETS,
+)
+from farm_platform.layout import parse_date
+from farm_platform.partitions import daily_partitions
+from farm_platform.quality import history
+from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos
+from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.model_registry import ModelRegistryResource
+from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
+
+OP_NAME = "image_pipeline"
+# One day per backfill run: a day of a real trial is thousands of photos, so a run's
+# start-up is a small share, and each run's metadata and checks describe exactly one day.
+DAY_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+IMAGE_SPECS = [
+    AssetSpec(
+        DRONE_IMAGES,
+        group_name="images",
+        kinds={"gcs"},
+        description="Drone photos of the day, one row per position: size, content hash, "
+        "decodability, generation and announcing message (table drone_images).",
+    ),
+    AssetSpec(
+        LEAF_CROPS,
+        deps=[DRONE_IMAGES, MODEL_ASSETS[DETECTOR_MODEL_ID]],
+        group_name="inference",
+        kinds={"pytorch", "duckdb"},
+        description="Leaves found by the detector: boxes, scores and crop PNGs in the bucket.",
+    ),
+    *[
+        AssetSpec(
+            grades_key,
+            deps=[LEAF_CROPS, MODEL_ASSETS[f"{disease}_grader"]],
+            group_name="inference",
+            kinds={"pytorch", "duckdb"},
+            description=f"Severity grade of {disease} for every leaf crop (disease_grades table).",
+        )
+        for disease, grades_key in GRADES_BY_DISEASE.items()
+    ],
+]
+IMAGE_CHECK_SPECS = [
+    checks.image_quality_spec(DRONE_IMAGES),
+    *checks.leaf_crops_specs(LEAF_CROPS),
+    *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
+]
+
+
+class PhotoRunConfig(Config):
+    positions: list[str] = Field(
+        default_factory=list,
+        description="Positions whose photo of the day this run processes (set by "
+        "drone_image_sensor). Empty: every photo of the day the platform has recorded.",
+    )
+
+
+def photo_run_config(positions: Sequence[str]) -> dict[str, Any]:
+    """Run config of a run over these positions' photos of its day."""
+    return {"ops": {OP_NAME: {"config": {"positions": list(positions)}}}}
+
+
+@multi_asset(
+    name=OP_NAME,
+    specs=IMAGE_SPECS,
+    check_specs=IMAGE_CHECK_SPECS,
+    partitions_def=daily_partitions,
+    backfill_policy=DAY_BACKFILL_POLICY,
+    can_subset=True,
+)
+def image_pipeline(
+    context: AssetExecutionContext,
+    config: PhotoRunConfig,
+    bucket: BucketResource,
+    warehouse: WarehouseResource,
+    models: ModelRegistryResource,
+    pubsub: PubSubResource,
+) -> Iterator[MaterializeResult | Any]:
+    op_started = time.perf_counter()
+    date = parse_date(context.partition_key)
+    queue = ArrivalQueue(warehouse)
+    positions = tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date))
+    selected = context.selected_asset_keys
+    registry = models.registry()
+    detector_card = registry.detector()
+    grader_cards = tuple(
+        registry.grader_for(DISEASE_BY_GRADES[key])
+        for key in sorted(selected - {DRONE_IMAGES, LEAF_CROPS})
+    )
+    plan = GradingPlan(
+        date=date,
+        positions=positions,
+        record_images=DRONE_IMAGES in selected,
+        detect=LEAF_CROPS in selected,
+        detector_card=detector_card,
+        grader_cards=grader_cards,
+        run_id=context.run.run_id,
+        chunk_photos=int(env_number(FARM_RUN_CHUNK_PHOTOS, DEFAULT_RUN_CHUNK_PHOTOS)),
+    )
+    context.log.info(
+        f"{date}: {len(positions)} photo(s)"
+        + ("" if config.positions else " (every recorded photo of the day)")
+    )
+    announcements = queue.announcements(date, positions)
+    day = grade_day(plan, bucket, warehouse, registry, announcements)
+    _dead_letter_unusable(context, day, announcements, pubsub)
+
+    results = _check_day(context, day, plan, bucket, warehouse)
+    day.clock.seconds["op_total"] = time.perf_counter() - op_started
+    per_photo = {"photos": len(positions), "unreadable": len(day.unreadable)}
+    if plan.record_images:
+        yield MaterializeResult(
+            asset_key=DRONE_IMAGES,
+            metadata={
+                **per_photo,
+                "unreadable_examples": MetadataValue.json(
+                    [f"{key.position_id}: {error}" for key, error in day.unreadable.items()][:20]
+                ),
+                "bytes": sum(photo.size_bytes for photo in day.photos),
+                "photos_recorded_for_day": len(queue.recorded_positions(date)),
+                "stage_seconds": MetadataValue.json(
+                    {stage: round(s, 3) for stage, s in day.clock.seconds.items()}
+                ),
+            },
+        )
+        yield from results[DRONE_IMAGES]
+    if plan.detect:
+        yield MaterializeResult(
+            asset_key=LEAF_CROPS,
+            metadata={
+                **per_photo,
+                "leaves": day.crop_rows().height,
+                "cropper_model_id": detector_card.id,
+                "cropper_model_version": detector_card.version,
+            },
+        )
+        yield from results[LEAF_CROPS]
+    for card in grader_cards:
+        grades = day.grade_rows(card.disease_type)
+        key = GRADES_BY_DISEASE[card.disease_type]
+        yield MaterializeResult(
+            asset_key=key,
+            metadata={
+                **per_photo,
+                "rows": grades.height,
+                "mean_grade": float(grades["predicted_grade"].mean()) if grades.height else 0.0,
+                "disease_model_id": card.id,
+                "disease_model_version": card.version,
+                "cropper_model_id": detector_card.id,
+                "cropper_model_version": detector_card.version,
+            },
+        )
+        yield from results[key]
+
+
+def _check_day(
+    context: AssetExecutionContext,
+    day: DayResult,
+    plan: GradingPlan,
+    bucket: BucketResource,
+    warehouse: WarehouseResource,
+) -> dict[AssetKey, list[AssetCheckResult]]:
+    """Every selected asset's checks over the day's photos, stored in partition_quality."""
+    import polars as pl
+
+    started = time.perf_counter()
+    date = plan.date
+    cropper = (plan.detector_card.id, plan.detector_card.version)
+    # Crops this run wrote exist (the write returned); others are asked of the bucket.
+    listed = history.crop_exists_checker(bucket.filesystem)
+
+    def crop_exists(uris: Sequence[str]) -> list[bool]:
+        unknown = [uri for uri in uris if uri not in day.written_crop_uris]
+        found = dict(zip(unknown, listed(unknown), strict=True)) if unknown else {}
+        return [uri in day.written_crop_uris or found[uri] for uri in uris]
+
+    def grader_batch(card: Any) -> GraderBatch:
+        grader = (card.id, card.version)
+        return GraderBatch(
+            disease_type=card.disease_type,
+            grader=grader,
+            scale=tuple(card.grades or ()),
+            rows=lambda: day.grade_rows(card.disease_type),
+            mean_grades=lambda: history.mean_grades(
+                warehouse, card.disease_type, grader, cropper, date, date
+            ),
+        )
+
+    exists = pl.Series("exists", [photo.exists for photo in day.photos], dtype=pl.Boolean())
+    batch = PhotoBatch(
+        images=day.image_rows().with_columns(exists),
+        cropper=cropper,
+        check_images=plan.record_images,
+        crops=day.crop_rows if plan.detect else None,
+        crop_exists=crop_exists,
+        leaf_counts=lambda: history.leaf_counts(warehouse, cropper, date, date),
+        graders=[grader_batch(card) for card in plan.grader_cards],
+    )
+    results = validate_photos(batch, max_severity_jump(), context.log.error)
+    by_asset: dict[AssetKey, list[AssetCheckResult]] = {}
+    for asset in {AssetKey(result.asset) for result in results}:
+        mine = [result for result in results if AssetKey(result.asset) == asset]
+        by_asset[asset] = checks.record(context.log, warehouse, mine, context.run.run_id)
+    day.clock.add("checks", started)
+    return by_asset
+
+
+def _dead_letter_unusable(
+    context: AssetExecutionContext,
+    day: DayResult,
+    announcements: dict[str, Any],
+    pubsub: PubSubResource,
+) -> None:
+    """The announcing message of every unusable photo goes to the dead-letter topic."""
+    letters = []
+    for key, error in day.unreadable.items():
+        context.log.error(f"{key.position_id} {key.date_str}: {error}")
+        announced = announcements.get(key.position_id)
+        if announced is not None and (announced.data or announced.attributes):
+            letters.append((announced.data, announced.attributes, error))
+    if letters:
+        pubsub.dead_letter(letters)

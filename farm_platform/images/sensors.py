@@ -1,0 +1,157 @@
+"""The image location's sensors.
+
+- `drone_image_sensor`: Pub/Sub messages → runs of day partitions with their photo lists.
+  The protocol (held messages, the arrival queue, de-duplication) lives in
+  `farm_platform.ingest` and `farm_platform.arrivals`; here claims become run requests.
+- `requeue_failed_photos`: the photos of a failed sensor run go back to the arrival queue
+  (de-duplication never hides a photo whose rows are missing); after
+  `FARM_MAX_PHOTO_ATTEMPTS` runs a photo is dead-lettered with the last failure.
+- `model_registry_sensor`: a model asset is materialized when its active version changes,
+  so Dagster marks every partition graded with the old version stale.
+"""
+
+from dagster import (
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from farm_platform import config
+from farm_platform.arrivals import ArrivalQueue, Claim
+from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
+from farm_platform.images.registered_models import MODEL_VERSIONS
+from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
+from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.field_map import FieldMapResource
+from farm_platform.resources.model_registry import ModelRegistryResource
+from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
+
+# Run tags: how many photos a run was handed (benchmarks and tests count runs by it), and
+# Dagster's run timeout, enforced by run monitoring (dagster.yaml).
+PHOTOS_TAG = "farm/photos"
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+# requeue_failed_photos re-batches a failed sensor run's photos: no Dagster run retry too.
+MAX_RETRIES_TAG = "dagster/max_retries"
+
+
+def run_timeout_seconds(photos: int) -> int:
+    base = config.env_number(config.FARM_RUN_TIMEOUT_SECONDS, config.DEFAULT_RUN_TIMEOUT_SECONDS)
+    return int(base + config.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
+
+
+def claim_run_request(claim: Claim) -> RunRequest:
+    """One run of the claim's day partition over exactly its photos."""
+    from farm_platform.images.pipeline import photo_run_config
+
+    return RunRequest(
+        run_key=claim.run_key,
+        partition_key=claim.date.isoformat(),
+        asset_selection=list(IMAGE_PIPELINE),
+        tags={
+            PHOTOS_TAG: str(len(claim.positions)),
+            MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
+            MAX_RETRIES_TAG: "0",
+        },
+        run_config=photo_run_config(claim.positions),
+    )
+
+
+@sensor(
+    name="drone_image_sensor",
+    asset_selection=list(IMAGE_PIPELINE),
+    minimum_interval_seconds=10,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Pulls drone_image messages; new photos become runs of their day partition.",
+)
+def drone_image_sensor(
+    context: SensorEvaluationContext,
+    pubsub: PubSubResource,
+    bucket: BucketResource,
+    field_map: FieldMapResource,
+    warehouse: WarehouseResource,
+) -> SensorResult:
+    outcome = ingest_tick(
+        IngestCursor.from_json(context.cursor),
+        pubsub,
+        bucket,
+        ArrivalQueue(warehouse),
+        list(field_map.positions()),
+        IngestSettings.from_env(),
+    )
+    summary = outcome.stats.summary()
+    (context.log.error if outcome.stats.pubsub_error else context.log.info)(summary)
+    return SensorResult(
+        run_requests=[claim_run_request(claim) for claim in outcome.claims],
+        cursor=outcome.cursor.to_json(),
+        skip_reason=summary if outcome.stats.pubsub_error and not outcome.claims else None,
+    )
+
+
+RUN_KEY_TAG = "dagster/run_key"
+
+
+@run_failure_sensor(
+    name="requeue_failed_photos",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Puts the photos of a failed image run back in the arrival queue (bounded "
+    "attempts), then dead-letters them.",
+)
+def requeue_failed_photos(
+    context: RunFailureSensorContext, warehouse: WarehouseResource, pubsub: PubSubResource
+) -> None:
+    run_key = context.dagster_run.tags.get(RUN_KEY_TAG, "")
+    if not run_key.startswith("photos-"):
+        return
+    max_attempts = int(
+        config.env_number(config.FARM_MAX_PHOTO_ATTEMPTS, config.DEFAULT_MAX_PHOTO_ATTEMPTS)
+    )
+    queue = ArrivalQueue(warehouse)
+    requeued, exhausted = queue.requeue(run_key, max_attempts)
+    reason = (context.failure_event.message or "run failed").splitlines()[0]
+    context.log.info(f"run {context.dagster_run.run_id} failed: {requeued} photo(s) requeued")
+    if exhausted.height:
+        queue.give_up(
+            exhausted,
+            pubsub,
+            f"photo failed in {max_attempts} runs; last run {context.dagster_run.run_id}: "
+            + reason,
+        )
+        context.log.warning(f"{exhausted.height} photo(s) dead-lettered after {max_attempts} runs")
+
+
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+@sensor(
+    name="model_registry_sensor",
+    asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Records a model asset's new data version when registry.json activates one.",
+)
+def model_registry_sensor(
+    context: SensorEvaluationContext, models: ModelRegistryResource
+) -> RunRequest | SkipReason:
+    active = models.registry().active_versions()
+    changed, transitions = [], []
+    for model_id, asset_key in MODEL_ASSETS.items():
+        latest = context.instance.fetch_materializations(asset_key, limit=1).records
+        record = latest[0] if latest else None
+        materialization = record.asset_materialization if record else None
+        recorded = materialization.tags.get(DATA_VERSION_TAG) if materialization else None
+        if recorded != active.get(model_id):
+            changed.append(asset_key)
+            # The record's storage id makes v1 -> v2 -> v1 -> v2 four distinct run keys.
+            since = record.storage_id if record else 0
+            transitions.append(f"{model_id}:{since}:{recorded}->{active.get(model_id)}")
+    if not changed:
+        return SkipReason("every model asset records its active version")
+    # The warehouse's model_versions table follows the registry too.
+    return RunRequest(run_key=";".join(transitions), asset_selection=[*changed, MODEL_VERSIONS])

@@ -1,0 +1,20 @@
+"""The model registry as a Dagster resource (DESIGN.md, Models)."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from farm_platform.config import REPO_MODELS_DIR
+from farm_platform.ml.registry import ModelRegistry
+
+
+class ModelRegistryResource(ConfigurableResource):
+    """Cards, weights and the active version of each model, in a `models/` folder."""
+
+    models_dir: str = Field(
+        default=str(REPO_MODELS_DIR), description="folder with registry.json and model cards"
+    )
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.models_dir)
