@@ -30,15 +30,16 @@ import duckdb
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform import config
+from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.dev.daemon import (
     DaemonProcess,
-    prepare_dagster_home,
     wait_for_photos,
     wait_for_sensor_tick_in_progress,
 )
+from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.render import png_header_only
-from farm_platform.dev.stack import LocalStack, pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.stack import LocalStack
 from farm_platform.images.sensors import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map
@@ -185,9 +186,7 @@ def fault_restart_pubsub(campaign: Campaign, instance: DagsterInstance) -> None:
     from farm_platform.admin.reconcile import reconcile
     from farm_platform.resources.bucket import BucketResource
 
-    emulator = campaign.local_stack._procs[0]
-    emulator.kill()
-    emulator.wait()
+    campaign.local_stack.kill_pubsub_emulator()
     bucket = BucketResource(url=campaign.stack.bucket_url())
     again = ImageKey("P000", DAY)
     bucket.write(bucket.image_uri(again), bucket.read(bucket.image_uri(again)))

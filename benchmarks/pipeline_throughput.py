@@ -42,12 +42,8 @@ from typing import Any
 from bare_model_path import measure_bare_path
 from dagster import DagsterInstance, RunsFilter
 
-from farm_platform.dev.daemon import (
-    UNFINISHED_STATUSES,
-    DaemonProcess,
-    prepare_dagster_home,
-    wait_for_photos,
-)
+from farm_platform.admin.instance import prepare_dagster_home
+from farm_platform.dev.daemon import UNFINISHED_STATUSES, DaemonProcess, wait_for_photos
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.dev.stack import LocalStack

@@ -34,6 +34,9 @@ DEFAULT_TRIAL_START_DATE = "2026-01-01"
 # The severity_jump check warns when a position's mean grade moves more than this in a day.
 FARM_MAX_SEVERITY_JUMP = "FARM_MAX_SEVERITY_JUMP"
 DEFAULT_MAX_SEVERITY_JUMP = 1.5
+# The Dagster UI's address, for the links commands print.
+DAGSTER_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
+DEFAULT_WEBSERVER_URL = "http://localhost:3000"
 # Where daily reports go; default {FARM_BUCKET}/reports.
 FARM_REPORTS = "FARM_REPORTS"
 
@@ -87,6 +90,10 @@ CONFIG_VARIABLES = (
 )
 
 
+class ConfigError(ValueError):
+    """A missing or malformed setting; the message names the variable and what to do."""
+
+
 def env_number(name: str, default: float) -> float:
     """A positive number from the environment, or a clear error naming the variable."""
     raw = os.environ.get(name)
@@ -95,9 +102,9 @@ def env_number(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
     if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be greater than 0")
+        raise ConfigError(f"{name}={raw!r} must be greater than 0")
     return value
 
 
@@ -113,19 +120,25 @@ def duckdb_path(url: str) -> Path:
     and quietly make a second warehouse, so there is none.
     """
     if not url.startswith(DUCKDB_URL_PREFIX):
-        raise ValueError(
+        raise ConfigError(
             f"FARM_WAREHOUSE={url!r}: a DuckDB URL is duckdb:/// followed by an absolute "
             "file path, e.g. duckdb:///srv/farm/warehouse.duckdb"
         )
     raw = url.removeprefix(DUCKDB_URL_PREFIX).lstrip("/")
     if not raw or raw == ":memory:":
-        raise ValueError(f"FARM_WAREHOUSE={url!r}: the warehouse must be a DuckDB file")
+        raise ConfigError(f"FARM_WAREHOUSE={url!r}: the warehouse must be a DuckDB file")
     return Path("/" + raw)
 
 
 def field_map_path() -> Path:
     """`$FARM_FIELD_MAP`, else the dbt seed."""
     return Path(os.environ.get(FARM_FIELD_MAP) or DEFAULT_FIELD_MAP_PATH)
+
+
+def simulated_field_map_path() -> Path:
+    """Where a simulated farm's positions.csv goes: `$FARM_FIELD_MAP`, else
+    ./.farm/positions.csv. Never the tracked dbt seed, which is the real farm's."""
+    return Path(os.environ.get(FARM_FIELD_MAP) or Path(".farm") / "positions.csv").resolve()
 
 
 def models_dir() -> Path:
@@ -138,8 +151,37 @@ def trial_start_date() -> dt.date:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
+        raise ConfigError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def webserver_url() -> str:
+    return os.environ.get(DAGSTER_WEBSERVER_URL) or DEFAULT_WEBSERVER_URL
 
 
 def max_severity_jump() -> float:
     return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
+
+
+def require(name: str, hint: str = "") -> str:
+    """The variable's value, or ConfigError naming it (and `hint`: where a value comes from)."""
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{name} is not set" + (f": {hint}" if hint else ""))
+    return value
+
+
+def bucket_url(value: str) -> str:
+    """`value` if it is a bucket URL with a scheme (gs://, file://); else ConfigError.
+
+    A bare name would be read as a local folder and silently fill the working directory."""
+    if "://" not in value:
+        raise ConfigError(
+            f"{FARM_BUCKET}={value!r} has no scheme: use gs://{value} for a GCS bucket "
+            f"(or file:///abs/path for a local folder)"
+        )
+    if not value.startswith(("gs://", "gcs://", "file://")):
+        raise ConfigError(
+            f"{FARM_BUCKET}={value!r}: only gs:// (Cloud Storage or its emulator) and file:// "
+            "buckets are supported"
+        )
+    return value

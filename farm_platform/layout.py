@@ -136,3 +136,33 @@ def bucket_name(url: str) -> str | None:
     if url.startswith(("gs://", "gcs://")):
         return url.split("://", 1)[1].split("/", 1)[0]
     return None
+
+
+class BucketUnreachable(RuntimeError):
+    """The bucket cannot be reached or does not exist; the message says what to do."""
+
+
+def check_bucket(url: str, timeout: float = 3.0) -> None:
+    """Fail fast, in one clear sentence, when the bucket of `url` cannot be written to:
+    gcsfs would otherwise retry for half a minute and end in a long traceback."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("gs://", "gcs://")):
+        return
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            opener.open(f"{emulator.rstrip('/')}/storage/v1/b", timeout=timeout).close()
+        except (urllib.error.URLError, OSError) as exc:
+            raise BucketUnreachable(
+                f"the GCS emulator at {emulator} does not answer ({exc}): start the local "
+                "stack (`farm-platform stack up`) or unset STORAGE_EMULATOR_HOST"
+            ) from None
+    fs, path = bucket_filesystem(url)
+    bucket = path.split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise BucketUnreachable(
+            f"bucket gs://{bucket} does not exist: create it, or point FARM_BUCKET at yours"
+        )

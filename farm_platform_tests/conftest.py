@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 
 from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
-from farm_platform.dev.stack import LocalStack, StackInfo, pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.stack import LocalStack, StackInfo
 
 # --------------------------------------------------------------------------- Google Cloud stack
 

@@ -29,8 +29,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from farm_platform.analytics.dbt_env import dbt_environment
-from farm_platform.dev.farm import DbtBuildOutcome, dbt_project_copy, invoke_dbt_build
+from farm_platform.analytics.dbt_env import dbt_environment, dbt_project_copy
+from farm_platform.dev.farm import DbtBuildOutcome, invoke_dbt_build
 from farm_platform.resources.warehouse import WarehouseResource
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]

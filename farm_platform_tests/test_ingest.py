@@ -420,9 +420,7 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
         recorded = tick(pubsub, bucket, queue, settings=hold)
         assert recorded.stats.new_images == 1 and recorded.claims == []  # its day is busy
 
-        pubsub_emulator = stack._procs[0]
-        pubsub_emulator.kill()
-        pubsub_emulator.wait()
+        stack.kill_pubsub_emulator()
         upload(bucket, ImageKey("P001", date))  # its notification is dropped
         during = ingest_tick(recorded.cursor, pubsub, bucket, queue, POSITIONS, SETTINGS)
         assert "did not answer" in during.stats.pubsub_error

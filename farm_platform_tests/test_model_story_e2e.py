@@ -21,9 +21,10 @@ from test_pipeline_e2e import Platform, assert_no_duplicate_keys
 from farm_platform import cli
 from farm_platform.admin.backfill import backfill_progress
 from farm_platform.admin.model_versions import stale_partitions
+from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
 from farm_platform.dev.daemon import UNFINISHED_STATUSES
-from farm_platform.dev.farm import dbt_build, dbt_project_copy
+from farm_platform.dev.farm import dbt_build
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.keys import GRADES_BY_DISEASE, LEAF_CROPS, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry

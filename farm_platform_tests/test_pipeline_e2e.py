@@ -17,8 +17,9 @@ from dagster import (
     RunsFilter,
 )
 
+from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.config import DAGSTER_HOME, DRONE_IMAGE_TOPIC, FARM_FIELD_MAP, FARM_WAREHOUSE
-from farm_platform.dev.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.images.sensors import PHOTOS_TAG

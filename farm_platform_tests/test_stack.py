@@ -22,16 +22,13 @@ from farm_platform.config import (
     DEFAULT_SUBSCRIPTION,
     DRONE_IMAGE_TOPIC,
 )
-from farm_platform.dev.stack import (
+from farm_platform.dev.emulators import (
     StackError,
-    StackInfo,
-    load_stack,
     pubsub_subscriber,
-    stack_down,
-    stack_up,
     start_gcs_emulator,
     start_pubsub_emulator,
 )
+from farm_platform.dev.stack import StackInfo, load_stack, stack_down, stack_up
 from farm_platform.layout import bucket_filesystem
 
 INSTALL_HINT = "apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless"

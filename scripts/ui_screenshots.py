@@ -28,6 +28,7 @@ from dagster import DagsterInstance
 
 from farm_platform import config
 from farm_platform.admin.backfill import launch_backfill, wait_for_backfill
+from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.admin.model_versions import add_model
 from farm_platform.config import (
     FARM_MODELS_DIR,
@@ -35,9 +36,10 @@ from farm_platform.config import (
     REPO_MODELS_DIR,
     WORKSPACE_FILE,
 )
-from farm_platform.dev.daemon import DaemonProcess, prepare_dagster_home, wait_for_photos
+from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
+from farm_platform.dev.processes import free_port
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
-from farm_platform.dev.stack import LocalStack, free_port
+from farm_platform.dev.stack import LocalStack
 from farm_platform.images.keys import GRADES_BY_DISEASE, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.warehouse import WarehouseResource

@@ -81,7 +81,7 @@ def launch_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from farm_platform.admin.model_versions import image_asset_graph
+    from farm_platform.images.graph import image_asset_graph
     from farm_platform.images.pipeline import photo_run_config
 
     graph = asset_graph or image_asset_graph()

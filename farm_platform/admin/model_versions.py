@@ -206,13 +206,6 @@ def activate_model(model_id: str, version: str, registry: ModelRegistry | None =
 # --------------------------------------------------------------------------- staleness
 
 
-def image_asset_graph() -> Any:
-    """The image code location's asset graph, built in this process (no torch import)."""
-    from farm_platform.images.definitions import defs
-
-    return defs.resolve_asset_graph()
-
-
 def _loading_context(instance: DagsterInstance) -> Any:
     from dagster._core.loader import LoadingContext
 
@@ -251,6 +244,8 @@ def stale_partitions(
     the direct causes on `leaf_crops` and "stale" downstream is this transitive closure).
     """
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
+    from farm_platform.images.graph import image_asset_graph
 
     graph = asset_graph or image_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, _loading_context(instance))

@@ -7,14 +7,18 @@ the same database. Pure standard library: importing this must not import dbt.
     duckdb:///abs/path/farm.duckdb      -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=/abs/path/…
     postgresql://user:pw@host:5432/db   -> FARM_DBT_TARGET=postgres, FARM_PG_HOST/PORT/USER/…
 
-DuckDB paths are read by `settings.duckdb_path`, as `WarehouseResource` reads them.
+DuckDB paths are read by `config.duckdb_path`, as `WarehouseResource` reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from farm_platform.config import REPO_ROOT, duckdb_path
@@ -98,3 +102,38 @@ def dbt_connection(warehouse_url: str) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def dbt_project_copy(positions: Path | Any, destination: Path) -> Path:
+    """The dbt project copied to `destination` with `positions` (a field-map CSV or frame)
+    as its `positions` seed.
+
+    The seed in the repository is the production field map; a simulated or corrupted farm
+    must not overwrite it.
+    """
+    shutil.copytree(
+        DBT_PROJECT_DIR,
+        destination,
+        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "positions.csv"),
+    )
+    seed = destination / "seeds" / "positions.csv"
+    import polars as pl
+
+    if isinstance(positions, pl.DataFrame):
+        positions.write_csv(seed)
+    else:
+        shutil.copyfile(positions, seed)
+    return destination
+
+
+@contextlib.contextmanager
+def dbt_project_for(field_map: Path) -> Iterator[Path]:
+    """The dbt project whose `positions` seed is `field_map`: the checkout's own when that
+    is its seed, else a temporary copy (a demo or simulated farm never rewrites the
+    tracked seed, which is the real farm's)."""
+    seed = DBT_PROJECT_DIR / "seeds" / "positions.csv"
+    if field_map.resolve() == seed.resolve():
+        yield DBT_PROJECT_DIR
+        return
+    with tempfile.TemporaryDirectory(prefix="farm-dbt-") as folder:
+        yield dbt_project_copy(field_map, Path(folder) / "dbt_project")

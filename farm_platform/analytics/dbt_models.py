@@ -12,7 +12,13 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from farm_platform.analytics.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_connection
+from farm_platform.analytics.dbt_env import (
+    DBT_PROFILES_DIR,
+    DBT_PROJECT_DIR,
+    dbt_connection,
+    dbt_project_for,
+)
+from farm_platform.config import field_map_path
 from farm_platform.images.keys import GRADES_BY_DISEASE
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -51,6 +57,9 @@ class FarmDbtTranslator(DagsterDbtTranslator):
 def farm_dbt_models(
     context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
-    # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE.
-    with dbt_connection(warehouse.url):
+    # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE; the
+    # positions seed is the field map the image location uses (FARM_FIELD_MAP).
+    with dbt_connection(warehouse.url), dbt_project_for(field_map_path()) as project_dir:
+        if project_dir != DBT_PROJECT_DIR:
+            dbt = DbtCliResource(project_dir=str(project_dir), profiles_dir=str(project_dir))
         yield from dbt.cli(["build"], context=context).stream()

@@ -14,10 +14,8 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from farm_platform.config import REPO_ROOT, WORKSPACE_FILE
+from farm_platform.config import WORKSPACE_FILE
 
-# The instance configuration shipped with the project (dagster.yaml in the checkout).
-DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
 FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 UNFINISHED_STATUSES = (
     DagsterRunStatus.QUEUED,
@@ -26,31 +24,6 @@ UNFINISHED_STATUSES = (
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 )
-
-
-# Production's storage (README, "Running against real GCP and PostgreSQL"): dagster-postgres.
-POSTGRES_STORAGE_YAML = """\
-storage:
-  postgres:
-    postgres_url: "{postgres_url}"
-"""
-
-
-def prepare_dagster_home(
-    dagster_home: Path, max_concurrent_runs: int = 1, postgres_url: str | None = None
-) -> None:
-    """A DAGSTER_HOME with a queued run coordinator and its storage created: SQLite files in
-    the folder, or the PostgreSQL database at `postgres_url`."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = DAGSTER_YAML.read_text().replace(
-        "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
-    )
-    if postgres_url:
-        config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
-    (dagster_home / "dagster.yaml").write_text(config)
-    # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
-    # at the same moment race on its schema migrations.
-    DagsterInstance.from_config(str(dagster_home)).dispose()
 
 
 class DaemonProcess:

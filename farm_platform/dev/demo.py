@@ -7,9 +7,11 @@ its sensors → graded rows in a DuckDB warehouse → a per-day, per-area summar
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,26 +24,36 @@ import polars as pl
 from dagster import AssetKey
 
 from farm_platform.analytics.report import load_report_data, summary_lines
-from farm_platform.config import WORKSPACE_FILE, field_map_path
+from farm_platform.config import (
+    DAGSTER_HOME,
+    FARM_FIELD_MAP,
+    FARM_REPORTS,
+    FARM_WAREHOUSE,
+    WORKSPACE_FILE,
+)
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.resources.field_map import read_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 
 
-def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) -> int:
+def run_demo(
+    config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0, keep: bool = False
+) -> int:
+    """Run the demo; with `keep`, its local stack stays up afterwards (detached, state in
+    `workdir/stack`) and a command that opens the Dagster UI on it, as printed, is shown."""
     from dagster import DagsterInstance
 
-    from farm_platform.dev.daemon import (
-        DaemonProcess,
-        PipelineFailed,
-        prepare_dagster_home,
-        wait_for_photos,
-    )
-    from farm_platform.dev.stack import LocalStack
+    from farm_platform.admin.instance import prepare_dagster_home
+    from farm_platform.dev.daemon import DaemonProcess, PipelineFailed, wait_for_photos
+    from farm_platform.dev.stack import LocalStack, stack_up
 
     started = time.monotonic()
     workdir = workdir.resolve()
     if workdir.exists():
+        if (workdir / "stack").exists():
+            from farm_platform.dev.stack import stack_down
+
+            stack_down(workdir / "stack")
         shutil.rmtree(workdir)
     dagster_home = workdir / "dagster"
     prepare_dagster_home(dagster_home)
@@ -49,13 +61,17 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
     expected = config.positions * config.days
 
     print(f"[demo] starting the local Pub/Sub and GCS emulators in {workdir}")
-    with LocalStack() as stack:
+    with contextlib.ExitStack() as cleanup:
+        stack = stack_up(workdir / "stack") if keep else cleanup.enter_context(LocalStack())
+        field_map = workdir / "positions.csv"
         environment = {
             **stack.environment(),
-            config.FARM_WAREHOUSE: warehouse_url,
-            config.DAGSTER_HOME: str(dagster_home),
+            FARM_WAREHOUSE: warehouse_url,
+            DAGSTER_HOME: str(dagster_home),
+            # The demo farm's own field map: the tracked dbt seed is the real farm's.
+            FARM_FIELD_MAP: str(field_map),
             # On disk, so the report outlives the emulated bucket.
-            config.FARM_REPORTS: str(workdir / "reports"),
+            FARM_REPORTS: str(workdir / "reports"),
         }
         os.environ.update(environment)
         print(
@@ -64,7 +80,7 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
         )
         publisher = DroneMessagePublisher(stack.project)
         summary = write_farm(
-            config, stack.bucket_url(), field_map_path(), publisher, str(workdir / "ground_truth")
+            config, stack.bucket_url(), field_map, publisher, str(workdir / "ground_truth")
         )
         print(
             f"[demo] uploaded {summary.images} photos ({summary.leaves} leaves); "
@@ -101,7 +117,7 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
                 tbl_hide_dataframe_shape=True,
                 tbl_hide_column_data_types=True,
             ):
-                print(daily_area_summary(warehouse, field_map_path()))
+                print(daily_area_summary(warehouse, field_map))
             report_day = config.start_date + dt.timedelta(days=config.days - 1)
             print(f"\n[demo] queued the daily report job for {report_day}: dbt build, report")
             report = launch_report_run(report_day, instance, environment, daemon)
@@ -118,10 +134,15 @@ def run_demo(config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0) 
     for row in truth.sort("disease_type").iter_rows(named=True):
         print(f"  {row['disease_type']}: {row['realized_did']:+.3f}")
     print(f"\n[demo] done in {time.monotonic() - started:.0f} s")
-    print(
-        "\nOpen the Dagster UI on this demo's instance:\n"
-        f"  DAGSTER_HOME={dagster_home} dagster dev -w {WORKSPACE_FILE}"
-    )
+    if keep:
+        command = " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items())
+        print(
+            "\nThe demo's local stack is still up. Open the Dagster UI on this demo with:\n"
+            f"  env {command} {Path(sys.executable).with_name('dagster')} dev -w {WORKSPACE_FILE}"
+            f"\nStop the stack afterwards: farm-platform stack down --state-dir {workdir / 'stack'}"
+        )
+    else:
+        print("\nTo browse a demo in the Dagster UI: .venv/bin/farm-platform demo --keep")
     return 0
 
 

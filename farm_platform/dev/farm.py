@@ -10,14 +10,13 @@ staleness tests and the effect check start from it); `reported_vs_true_effect` a
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
-from farm_platform.analytics.dbt_env import DBT_PROJECT_DIR, dbt_connection
+from farm_platform.analytics.dbt_env import dbt_connection, dbt_project_copy
 from farm_platform.dev.simulate import FarmConfig, SimulationSummary, write_farm
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -179,23 +178,3 @@ def dbt_build(project_dir: Path, warehouse_url: str) -> None:
     outcome = invoke_dbt_build(project_dir, warehouse_url)
     if not outcome.success:
         raise RuntimeError(f"dbt build of {project_dir} failed: {', '.join(outcome.failed())}")
-
-
-def dbt_project_copy(positions: Path | pl.DataFrame, destination: Path) -> Path:
-    """The dbt project copied to `destination` with `positions` (a field-map CSV or frame)
-    as its `positions` seed.
-
-    The seed in the repository is the production field map; a simulated or corrupted farm
-    must not overwrite it.
-    """
-    shutil.copytree(
-        DBT_PROJECT_DIR,
-        destination,
-        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "positions.csv"),
-    )
-    seed = destination / "seeds" / "positions.csv"
-    if isinstance(positions, pl.DataFrame):
-        positions.write_csv(seed)
-    else:
-        shutil.copyfile(positions, seed)
-    return destination

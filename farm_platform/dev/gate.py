@@ -67,6 +67,7 @@ def run_suites(snapshot: Snapshot) -> list[CheckResult]:
         )
 
     batch = PhotoBatch(
+        photos=list(zip(readable["position_id"], readable["date"], strict=True)),
         images=snapshot.images,
         cropper=snapshot.cropper,
         crops=lambda: snapshot.crops,
@@ -400,7 +401,8 @@ def dbt_failures(
 ) -> list[str]:
     """`dbt build` on a copy of the project (and of the warehouse) with `positions` as the
     field map; the names of the dbt tests/models that failed or errored."""
-    from farm_platform.dev.farm import dbt_project_copy, invoke_dbt_build
+    from farm_platform.analytics.dbt_env import dbt_project_copy
+    from farm_platform.dev.farm import invoke_dbt_build
 
     project = dbt_project_copy(positions, workdir / f"dbt_{name}")
     copy = workdir / f"warehouse_{name}.duckdb"

@@ -231,9 +231,9 @@ def _check_day(
 
     exists = pl.Series("exists", [photo.exists for photo in day.photos], dtype=pl.Boolean())
     batch = PhotoBatch(
-        images=day.image_rows().with_columns(exists),
+        photos=[(key.position_id, key.date) for key in day.readable_keys],
         cropper=cropper,
-        check_images=plan.record_images,
+        images=day.image_rows().with_columns(exists) if plan.record_images else None,
         crops=day.crop_rows if plan.detect else None,
         crop_exists=crop_exists,
         leaf_counts=lambda: history.leaf_counts(warehouse, cropper, date, date),

@@ -33,34 +33,44 @@ class GraderBatch:
 class PhotoBatch:
     """What the checks of a batch of photos look at.
 
-    `images` are drone_images rows plus `exists`. Crop and grade facts are callables so
-    that a query that breaks fails its own check, never the caller.
+    `photos` are the batch's readable photos, the ones crops and grades are checked for.
+    `images` are drone_images rows plus `exists` (None: the batch did not record images,
+    so no image check). Crop and grade facts are callables so that a query that breaks
+    fails its own check, never the caller.
     """
 
-    images: pl.DataFrame
+    photos: Sequence[Partition]
     cropper: tuple[str, str]
-    check_images: bool = True
+    images: pl.DataFrame | None = None
     # None: the batch did not detect leaves (a grades-only run), so no crop checks.
     crops: Callable[[], pl.DataFrame] | None = None
     crop_exists: Callable[[Sequence[str]], list[bool]] = lambda uris: [True] * len(uris)
     leaf_counts: Callable[[], pl.DataFrame] | None = None  # position_id, date, leaves
     graders: Sequence[GraderBatch] = field(default_factory=tuple)
 
-    def readable_photos(self) -> list[Partition]:
-        readable = self.images.filter(pl.col("error").is_null())
-        return sorted(zip(readable["position_id"], readable["date"], strict=True))
-
 
 def validate_photos(
     batch: PhotoBatch, max_jump: float, log_error: Callable[[str], None]
 ) -> list[CheckResult]:
     """Every selected check over the batch; a check that cannot run fails its photos."""
-    partitions = batch.readable_photos()
-    sizes = batch.images.filter(pl.col("error").is_null()).select(
-        "position_id", "date", pl.col("width", "height").cast(pl.Int64)
+    partitions = sorted(batch.photos)
+    images = batch.images if batch.images is not None else pl.DataFrame()
+    sizes = (
+        images.filter(pl.col("error").is_null()).select(
+            "position_id", "date", pl.col("width", "height").cast(pl.Int64)
+        )
+        if images.height
+        else pl.DataFrame(
+            schema={
+                "position_id": pl.String,
+                "date": pl.Date,
+                "width": pl.Int64,
+                "height": pl.Int64,
+            }
+        )
     )
     results: list[CheckResult] = []
-    if batch.check_images:
+    if batch.images is not None:
         results.append(checks.check_drone_images(batch.images))
     if batch.crops is not None:
         crops, leaf_counts = batch.crops, batch.leaf_counts

@@ -1,0 +1,291 @@
+"""Operator commands of `farm-platform`: model versions, backfills, reconciliation,
+replay and dead letters (README, "New model version" and "Delivery")."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from farm_platform import config
+from farm_platform.admin.instance import open_instance
+from farm_platform.config import ConfigError
+
+
+def date_arg(value: str) -> dt.date:
+    """An argparse type: a YYYY-MM-DD date."""
+    from farm_platform.layout import LayoutError, parse_date
+
+    try:
+        return parse_date(value)
+    except LayoutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from farm_platform.admin.dead_letters import (
+        dead_letter_queue,
+        error_of,
+        list_dead_letters,
+        original_attributes,
+        replay_dead_letters,
+    )
+
+    project = args.project or config.require(config.FARM_GCP_PROJECT, "or pass --project")
+    queue = dead_letter_queue(project, args.subscription)
+    if args.action == "list":
+        letters = list_dead_letters(queue, args.limit)
+        for letter in letters:
+            preview = letter.data[:120].decode("utf-8", errors="replace")
+            print(f"{letter.publish_time}  {letter.message_id}  error: {error_of(letter)}")
+            print(f"    data: {preview!r}  attributes: {original_attributes(letter)}")
+        print(f"{len(letters)} dead letter(s) on {args.subscription}")
+        return 0
+    letters = replay_dead_letters(
+        queue,
+        args.limit,
+        select=lambda letter: args.match in error_of(letter),
+        dry_run=args.dry_run,
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(letters)} dead letter(s) onto {config.DRONE_IMAGE_TOPIC}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from farm_platform.admin import model_versions as model_admin
+    from farm_platform.ml.registry import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir)
+    if args.action == "add":
+        added = model_admin.add_model(Path(args.path), registry, activate=args.activate)
+        card = added.card
+        print(f"registered {card.id} {card.version} at {added.path}")
+        print(f"  sha256 {card.sha256} verified; loads; dummy forward pass: {added.check}")
+        if added.activated:
+            print(
+                f"  activated: {card.id} is now {card.version} (registry {registry.registry_path})"
+            )
+        else:
+            print(
+                "  not active; activate with: "
+                f"farm-platform models activate {card.id} {card.version}"
+            )
+    elif args.action == "activate":
+        previous = model_admin.activate_model(args.model_id, args.version, registry)
+        print(f"activated {args.model_id} {args.version} (was {previous or 'none'})")
+        print("  the model_registry_sensor records the new data version within 30 s;")
+        print("  then: farm-platform models stale")
+    elif args.action == "list":
+        for row in model_admin.list_models(registry):
+            mark = "*" if row.active else " "
+            print(
+                f"{mark} {row.model_id:<18} {row.version:<8} sha256 {row.sha256[:12]}  "
+                f"{row.created_at}  {row.summary}"
+            )
+        print("(* = active)")
+    else:
+        return _models_stale(args)
+    return 0
+
+
+def _models_stale(args: argparse.Namespace) -> int:
+    from dagster import AssetKey
+
+    from farm_platform.admin.model_versions import stale_partitions
+
+    assets = [AssetKey(name) for name in args.asset] if args.asset else None
+    with open_instance() as instance:
+        try:
+            stale = stale_partitions(instance, assets)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for key, partitions in sorted(stale.items()):
+        print(f"{key.to_user_string()}: {len(partitions)} stale partition(s)")
+        for partition in partitions[: args.limit]:
+            print(f"  {partition.partition_key}  {'; '.join(partition.causes)}")
+        if len(partitions) > args.limit:
+            print(f"  ... {len(partitions) - args.limit} more")
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from dagster import AssetKey
+
+    from farm_platform.admin.backfill import launch_backfill, wait_for_backfill
+
+    assets = [AssetKey(name.strip()) for name in args.assets.split(",") if name.strip()]
+    positions = [p.strip() for p in args.positions.split(",")] if args.positions else None
+    with open_instance() as instance:
+        launched = launch_backfill(instance, assets, args.date_from, args.date_to, positions)
+        print(
+            f"backfill {launched.backfill_id}: {', '.join(a.to_user_string() for a in assets)}"
+            f" over {len(launched.partitions)} day partition(s)"
+            f" ({launched.skipped_days_without_photo} day(s) without a photo skipped)"
+        )
+        print(f"  {args.webserver.rstrip('/')}/runs/b/{launched.backfill_id} (Runs → Backfills)")
+        if not args.wait:
+            print("  the daemon launches its runs; --wait follows it here")
+            return 0
+        state = wait_for_backfill(
+            instance,
+            launched.backfill_id,
+            timeout_seconds=args.timeout,
+            progress=lambda s: print(f"  {s.describe()}", flush=True),
+        )
+        print(f"backfill {launched.backfill_id} {state.status}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from farm_platform.admin.replay import parse_timestamp, replay
+
+    project = args.project or config.require(config.FARM_GCP_PROJECT, "or pass --project")
+    try:
+        since = parse_timestamp(args.since)
+    except ValueError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    path = replay(project, args.subscription, since=since)
+    print(
+        f"seeked {path} to {since.isoformat()}: messages published since then are delivered again"
+    )
+    print(
+        "  photos the platform already handed to a run are recognized as duplicates "
+        "(acknowledged, no new run); use `farm-platform backfill` to re-grade those"
+    )
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from farm_platform.admin.reconcile import reconcile
+    from farm_platform.config import field_map_path
+    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.resources import BucketResource, WarehouseResource
+    from farm_platform.resources.field_map import read_field_map
+
+    bucket = config.bucket_url(config.require(config.FARM_BUCKET))
+    warehouse = config.require(config.FARM_WAREHOUSE)
+    graders = [
+        (card.id, card.version)
+        for card in ModelRegistry().active_cards().values()
+        if card.task == "disease_grader"
+    ]
+    result = reconcile(
+        BucketResource(url=bucket),
+        WarehouseResource(url=warehouse),
+        list(read_field_map(field_map_path())),
+        args.date_from,
+        args.date_to,
+        graders,
+    )
+    print(f"{result.in_bucket} photo(s) in the bucket from {args.date_from} to {args.date_to}")
+    print(
+        f"{len(result.recorded)} never announced: recorded in the arrival queue, the sensor "
+        "hands them to runs"
+    )
+    for key in result.recorded[: args.limit]:
+        print(f"  {key.date_str} {key.position_id}")
+    print(
+        f"{len(result.ungraded)} ingested without grades of the active models: "
+        "re-grade them with `farm-platform backfill`"
+    )
+    for key in result.ungraded[: args.limit]:
+        print(f"  {key.date_str} {key.position_id}")
+    return 0
+
+
+def add_admin_commands(commands: Any) -> None:
+    from farm_platform.config import FARM_MODELS_DIR
+
+    models_parser = commands.add_parser("models", help="register, list, activate model versions")
+    models_parser.add_argument(
+        "--models-dir",
+        default=None,
+        help=f"models folder (default: ${FARM_MODELS_DIR} or ./models)",
+    )
+    model_actions = models_parser.add_subparsers(dest="action", required=True)
+    add_parser = model_actions.add_parser("add", help="validate and register a model folder")
+    add_parser.add_argument("path", help="folder with card.json and the weights")
+    add_parser.add_argument("--activate", action="store_true", help="also make it the live version")
+    model_actions.add_parser("list", help="every registered version (* = active)")
+    activate_parser = model_actions.add_parser("activate", help="make a version the live one")
+    activate_parser.add_argument("model_id")
+    activate_parser.add_argument("version")
+    stale_parser = model_actions.add_parser(
+        "stale", help="stale partitions, from Dagster ($DAGSTER_HOME)"
+    )
+    stale_parser.add_argument(
+        "--asset", action="append", help="asset key (repeatable); default all"
+    )
+    stale_parser.add_argument("--limit", type=int, default=20, help="partitions shown per asset")
+    models_parser.set_defaults(handler=_models)
+
+    backfill_parser = commands.add_parser(
+        "backfill", help="Dagster asset backfill over a date range"
+    )
+    backfill_parser.add_argument("--assets", required=True, help="comma-separated asset keys")
+    backfill_parser.add_argument(
+        "--from", dest="date_from", type=date_arg, required=True, metavar="YYYY-MM-DD"
+    )
+    backfill_parser.add_argument(
+        "--to", dest="date_to", type=date_arg, required=True, metavar="YYYY-MM-DD"
+    )
+    backfill_parser.add_argument("--positions", help="comma-separated position ids (default: all)")
+    backfill_parser.add_argument(
+        "--wait", action="store_true", help="print progress until it is done"
+    )
+    backfill_parser.add_argument(
+        "--timeout", type=float, default=6 * 3600, help="--wait limit, seconds"
+    )
+    backfill_parser.add_argument(
+        "--webserver",
+        default=config.webserver_url(),
+        help="the Dagster UI's address, for the backfill's link "
+        "(default: $DAGSTER_WEBSERVER_URL or %(default)s)",
+    )
+    backfill_parser.set_defaults(handler=_backfill)
+
+    reconcile_parser = commands.add_parser(
+        "reconcile", help="photos in the bucket that the platform never ingested or graded"
+    )
+    reconcile_parser.add_argument(
+        "--from", dest="date_from", type=date_arg, required=True, metavar="YYYY-MM-DD"
+    )
+    reconcile_parser.add_argument(
+        "--to", dest="date_to", type=date_arg, required=True, metavar="YYYY-MM-DD"
+    )
+    reconcile_parser.add_argument("--limit", type=int, default=20, help="photos listed per kind")
+    reconcile_parser.set_defaults(handler=_reconcile)
+
+    replay_parser = commands.add_parser(
+        "replay", help="re-deliver drone_image messages since a time"
+    )
+    replay_parser.add_argument("--since", required=True, help="ISO 8601 timestamp (UTC if no zone)")
+    replay_parser.add_argument("--subscription", default=config.DEFAULT_SUBSCRIPTION)
+    replay_parser.add_argument("--project", help=f"default: ${config.FARM_GCP_PROJECT}")
+    replay_parser.set_defaults(handler=_replay)
+
+    dlq_parser = commands.add_parser(
+        "dlq", help="read or replay the dead letters (drone_image.dead)"
+    )
+    dlq_parser.add_argument(
+        "action",
+        choices=["list", "replay"],
+        help="list: print each dead letter and its error; replay: publish the originals again "
+        "(after fixing their cause)",
+    )
+    dlq_parser.add_argument("--project", help=f"default: ${config.FARM_GCP_PROJECT}")
+    dlq_parser.add_argument(
+        "--subscription",
+        default=config.DEAD_LETTER_SUBSCRIPTION,
+        help="where dead letters are read (default: %(default)s)",
+    )
+    dlq_parser.add_argument(
+        "--limit", type=int, default=100, help="at most this many (default: %(default)s)"
+    )
+    dlq_parser.add_argument("--match", default="", help="replay only errors containing this")
+    dlq_parser.add_argument(
+        "--dry-run", action="store_true", help="say what would be replayed, replay nothing"
+    )
+    dlq_parser.set_defaults(handler=_dlq)

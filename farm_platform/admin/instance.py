@@ -1,0 +1,61 @@
+"""The Dagster instance the platform runs on: the shipped `dagster.yaml`, and opening the
+instance named by `DAGSTER_HOME` for a command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from farm_platform.config import DAGSTER_HOME, REPO_ROOT, ConfigError
+
+# The instance configuration shipped with the project (README, "Instance configuration").
+DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+# Production's storage (README, "Running against real GCP and PostgreSQL"): dagster-postgres.
+POSTGRES_STORAGE_YAML = """\
+storage:
+  postgres:
+    postgres_url: "{postgres_url}"
+"""
+
+
+def prepare_dagster_home(
+    dagster_home: Path, max_concurrent_runs: int = 1, postgres_url: str | None = None
+) -> None:
+    """A DAGSTER_HOME with the shipped dagster.yaml and its storage created: SQLite files in
+    the folder, or the PostgreSQL database at `postgres_url`."""
+    from dagster import DagsterInstance
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = DAGSTER_YAML.read_text().replace(
+        "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
+    )
+    if postgres_url:
+        config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
+    (dagster_home / "dagster.yaml").write_text(config)
+    # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
+    # at the same moment race on its schema migrations.
+    DagsterInstance.from_config(str(dagster_home)).dispose()
+
+
+def open_instance() -> Any:
+    """The instance of `$DAGSTER_HOME` (a DagsterInstance; close it, or use it in `with`).
+
+    A folder without a dagster.yaml gets the shipped one, as `make demo` and README's
+    manual steps set it up; a missing or unset DAGSTER_HOME is a ConfigError."""
+    from dagster import DagsterInstance
+
+    home = os.environ.get(DAGSTER_HOME)
+    if not home:
+        raise ConfigError(
+            f"{DAGSTER_HOME} is not set: export it as the instance folder the daemon and "
+            "webserver use (the demo's is .farm/demo/dagster)"
+        )
+    folder = Path(home)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{DAGSTER_HOME}={home} is not a folder: point it at the daemon's instance folder"
+        )
+    if not (folder / "dagster.yaml").exists():
+        prepare_dagster_home(folder)
+    return DagsterInstance.get()

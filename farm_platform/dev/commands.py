@@ -1,0 +1,208 @@
+"""Developer commands of `farm-platform`: the local stack, the simulated farm, the demo
+and the data-quality gate."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from farm_platform import config
+from farm_platform.admin.commands import date_arg
+
+
+def _print_environment(environment: dict[str, str]) -> None:
+    for name, value in environment.items():
+        print(f"export {name}={value}")
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from farm_platform.dev import stack
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.action == "up":
+        info = stack.stack_up(
+            state_dir,
+            project=args.project,
+            bucket=args.bucket,
+            pubsub_port=args.pubsub_port,
+            gcs_port=args.gcs_port,
+        )
+        print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
+        print(f'#   eval "$(farm-platform stack env{_state_dir_flag(args)})"')
+        _print_environment(info.environment())
+    elif args.action == "env":
+        _print_environment(stack.load_stack(state_dir).environment())
+    else:
+        stopped = stack.stack_down(state_dir)
+        print("local stack stopped" if stopped else "no local stack was running")
+    return 0
+
+
+def _state_dir_flag(args: argparse.Namespace) -> str:
+    return f" --state-dir {args.state_dir}" if args.state_dir else ""
+
+
+def _farm_config(args: argparse.Namespace):
+    from farm_platform.dev.simulate import FarmConfig
+
+    return FarmConfig(
+        positions=args.positions,
+        days=args.days,
+        start_date=args.start_date,
+        seed=args.seed,
+        effect=args.effect,
+    )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from farm_platform.dev.simulate import DroneMessagePublisher, write_farm
+    from farm_platform.layout import check_bucket
+
+    bucket_url = config.bucket_url(
+        args.bucket
+        or config.require(
+            config.FARM_BUCKET,
+            'pass --bucket, or for the local stack: eval "$(farm-platform stack env)"',
+        )
+    )
+    check_bucket(bucket_url)
+    publisher = None
+    if args.publish:
+        project = config.require(config.FARM_GCP_PROJECT, "--publish needs the emulator's env")
+        publisher = DroneMessagePublisher(project)
+    truth_url = args.truth or str(Path(".farm/ground_truth").resolve())
+    field_map = Path(args.field_map) if args.field_map else config.simulated_field_map_path()
+    summary = write_farm(_farm_config(args), bucket_url, field_map, publisher, truth_url)
+    print(
+        f"simulated {summary.images} images with {summary.leaves} leaves into {summary.bucket_url}"
+        f" in {summary.elapsed_seconds:.1f} s\n  field map: {summary.field_map_path}\n"
+        f"  ground truth: {summary.truth_url}\n  drone messages published: {summary.published}"
+    )
+    if str(field_map) != str(config.field_map_path()):
+        print(f"  point the platform at this farm's field map: export FARM_FIELD_MAP={field_map}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from farm_platform.dev.demo import run_demo
+
+    return run_demo(_farm_config(args), workdir=Path(args.workdir), keep=args.keep)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from farm_platform.dev.gate import run_gate
+
+    return run_gate(workdir=Path(args.workdir) if args.workdir else None)
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
+def add_farm_options(parser: argparse.ArgumentParser, positions: int, days: int) -> None:
+    parser.add_argument(
+        "--positions",
+        type=positive_int,
+        default=positions,
+        help="positions, half of them treated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--days", type=positive_int, default=days, help="days photographed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--start-date",
+        type=date_arg,
+        default=dt.date(2026, 6, 1),
+        metavar="YYYY-MM-DD",
+        help="first day photographed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed, same farm (default: 0)"
+    )
+    parser.add_argument(
+        "--effect",
+        type=float,
+        default=0.15,
+        help="true treatment effect: extra drop of disease severity per day in the treated "
+        "area (default: %(default)s)",
+    )
+
+
+def add_dev_commands(commands: Any) -> None:
+    stack_parser = commands.add_parser(
+        "stack", help="the local Pub/Sub and GCS emulators, with topics, subscriptions, bucket"
+    )
+    stack_parser.add_argument(
+        "action",
+        choices=["up", "down", "env"],
+        help="up: start them (or repair a half-dead stack in place); down: stop them; "
+        "env: print the variables that point the platform at them",
+    )
+    stack_parser.add_argument(
+        "--state-dir",
+        help="where the stack keeps pids and logs (default: $FARM_STACK_DIR or ./.farm/stack)",
+    )
+    stack_parser.add_argument(
+        "--project", default="farm-local", help="Pub/Sub project id (default: %(default)s)"
+    )
+    stack_parser.add_argument(
+        "--bucket", default="farm-images", help="bucket name (default: %(default)s)"
+    )
+    stack_parser.add_argument("--pubsub-port", type=int, help="Pub/Sub port (default: a free one)")
+    stack_parser.add_argument("--gcs-port", type=int, help="GCS port (default: a free one)")
+    stack_parser.set_defaults(handler=_stack)
+
+    simulate_parser = commands.add_parser(
+        "simulate", help="render a synthetic farm's photos into a bucket"
+    )
+    add_farm_options(simulate_parser, positions=8, days=3)
+    simulate_parser.add_argument(
+        "--bucket", help=f"bucket URL, gs:// or file:// (default: ${config.FARM_BUCKET})"
+    )
+    simulate_parser.add_argument(
+        "--field-map",
+        default=None,
+        help=f"write the farm's positions.csv here (default: ${config.FARM_FIELD_MAP}, else "
+        "./.farm/positions.csv; never the tracked dbt seed)",
+    )
+    simulate_parser.add_argument(
+        "--truth",
+        help="where the ground-truth Parquet goes (default ./.farm/ground_truth; kept out of "
+        "the bucket so that the bucket notifies exactly one message per photo)",
+    )
+    simulate_parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also publish the drone-controller message for each image on drone_image",
+    )
+    simulate_parser.set_defaults(handler=_simulate)
+
+    demo_parser = commands.add_parser(
+        "demo", help="the main job end to end on a local stack (what `make demo` runs)"
+    )
+    add_farm_options(demo_parser, positions=8, days=5)
+    demo_parser.add_argument(
+        "--workdir", default=".farm/demo", help="demo state and outputs (default: %(default)s)"
+    )
+    demo_parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the local stack up afterwards and print a command that opens the "
+        "Dagster UI on the demo",
+    )
+    demo_parser.set_defaults(handler=_demo)
+
+    check_parser = commands.add_parser(
+        "check", help="data-quality gate: suites + dbt tests on a clean and a corrupted farm"
+    )
+    check_parser.add_argument("--workdir", help="keep the simulated farm here (default: temp)")
+    check_parser.set_defaults(handler=_check)

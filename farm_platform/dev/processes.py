@@ -1,0 +1,113 @@
+"""Processes of the local stack: spawning them detached or not, finding out whether a
+recorded pid is still ours, and stopping them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The emulators are on 127.0.0.1; an http(s)_proxy in the environment must not capture them.
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def spawn(
+    args: list[str], log_path: Path, env: dict[str, str] | None, detached: bool
+) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Detached: own session, so the emulators outlive the CLI and its terminal's
+            # Ctrl-C, and stack_down can signal the whole group.
+            start_new_session=detached,
+            close_fds=True,
+        )
+
+
+def pid_alive(pid: int, marker: str | None = None) -> bool:
+    """True if `pid` runs (not a zombie) and, given a marker, its command line contains it.
+
+    The marker (our state/temp dir, which is in every emulator's arguments) guards against
+    signalling an unrelated process that reused a recorded pid.
+    """
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        # Reap it if it is our own exited child, or it lingers as a zombie.
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    proc_dir = Path("/proc") / str(pid)
+    if proc_dir.is_dir():
+        try:
+            stat = (proc_dir / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            if marker is not None:
+                cmdline = (
+                    (proc_dir / "cmdline")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
+                return marker in cmdline
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    def signal_all(sig: int) -> None:
+        for pid in pids:
+            if not pid_alive(pid, marker):
+                continue
+            try:
+                # Detached emulators lead their own process group; take the group down.
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(p, marker) for p in pids):
+        time.sleep(0.1)
+    if any(pid_alive(p, marker) for p in pids):
+        signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(pid_alive(p, marker) for p in pids):
+            time.sleep(0.05)
