@@ -16,15 +16,10 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from farm_platform.layout import ImageKey  # noqa: E402
-from farm_platform.ml.inference import (  # noqa: E402
+from farm_platform.layout import ImageKey
+from farm_platform.ml.inference import (
     crop_leaves,
     decode_png,
     grade_crops,
@@ -32,7 +27,7 @@ from farm_platform.ml.inference import (  # noqa: E402
     load_grader,
     prepare_crops,
 )
-from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry  # noqa: E402
+from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
 
 def peak_rss_mb() -> float:

@@ -1,6 +1,6 @@
 """One tick of drone-image ingestion: Pub/Sub messages in, day runs of photos out.
 
-Delivery protocol (DESIGN.md, Delivery; the queue itself is `farm_platform.arrivals`):
+Delivery protocol (docs/contracts.md, Delivery; the queue itself is `farm_platform.arrivals`):
 - a valid announcement is recorded in the warehouse's arrival queue and its message is
   held, not acknowledged. It is acknowledged once the run that processes its photo has
   been stored by Dagster: the run's key rides in the sensor cursor, which Dagster stores

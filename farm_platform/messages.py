@@ -1,4 +1,4 @@
-"""Turning `drone_image` Pub/Sub messages into image arrivals (DESIGN.md, Messages).
+"""Turning `drone_image` Pub/Sub messages into image arrivals (docs/contracts.md, Messages).
 
 Two forms arrive on the same subscription:
 1. drone controller: JSON data `{"image_uri": "gs://bucket/P/D/image.png", ...}` with

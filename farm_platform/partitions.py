@@ -1,7 +1,7 @@
 """The one day-partitions definition: image assets, grades and the daily report share it.
 
 A photo's identity is (position_id, date) plus its object generation; positions are rows
-in every table, never Dagster partitions (DESIGN.md, Partitions revised 2026-11-25).
+in every table, never Dagster partitions (docs/contracts.md, Partitions revised 2026-11-25).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Message classification: both forms of DESIGN.md, every reason to dead-letter."""
+"""Message classification: both forms of docs/contracts.md, every reason to dead-letter."""
 
 import datetime as dt
 import json

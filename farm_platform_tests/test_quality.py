@@ -17,16 +17,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from farm_platform.dev import gate
+from farm_platform.dev import gate, gate_cases
 from farm_platform.quality import expectations as quality
 from farm_platform.resources.warehouse import WarehouseResource
 
-SUITE_CASES = [case for case in gate.CASES if not case.uses_dbt]
-DBT_CASES = [case for case in gate.CASES if case.uses_dbt]
+SUITE_CASES = [case for case in gate_cases.CASES if not case.uses_dbt]
+DBT_CASES = [case for case in gate_cases.CASES if case.uses_dbt]
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> tuple[gate.Snapshot, str, Path]:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> tuple[gate_cases.Snapshot, str, Path]:
     workdir = tmp_path_factory.mktemp("quality-farm")
     snapshot, url, _ = gate.simulate_farm(gate.GATE_FARM, workdir)
     return snapshot, url, workdir
@@ -76,7 +76,7 @@ def test_the_assets_record_every_partitions_checks(farm) -> None:
 
 
 @pytest.mark.parametrize("case", SUITE_CASES, ids=[case.name for case in SUITE_CASES])
-def test_each_corruption_is_caught_by_its_named_check(farm, case: gate.Case) -> None:
+def test_each_corruption_is_caught_by_its_named_check(farm, case: gate_cases.Case) -> None:
     snapshot, _, _ = farm
     results = gate.run_suites(case.corrupt(snapshot))
     asset, check_name, expectation = case.expected
@@ -95,7 +95,9 @@ def test_each_corruption_is_caught_by_its_named_check(farm, case: gate.Case) -> 
 
 
 @pytest.mark.parametrize("case", DBT_CASES, ids=[case.name for case in DBT_CASES])
-def test_field_map_corruptions_are_caught_by_dbt_tests(farm, case: gate.Case, tmp_path) -> None:
+def test_field_map_corruptions_are_caught_by_dbt_tests(
+    farm, case: gate_cases.Case, tmp_path
+) -> None:
     snapshot, url, _ = farm
     failed = gate.dbt_failures(tmp_path, url, case.corrupt(snapshot).positions, case.name)
     assert any(name.startswith(case.expected[1]) for name in failed), failed
@@ -110,7 +112,7 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
     from farm_platform.analytics.report import load_report_data, render_report
 
     snapshot, url, _ = farm
-    case = next(c for c in gate.CASES if c.name == "out_of_range_grade")
+    case = next(c for c in gate_cases.CASES if c.name == "out_of_range_grade")
     results = gate.run_suites(case.corrupt(snapshot))
     (grades_check,) = [
         r for r in results if (r.asset, r.check_name) == ("disease_3_grades", "grades_valid")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +20,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
-
-from farm_platform.ml.inference import (  # noqa: E402
+from farm_platform.ml.inference import (
     Detection,
     cut_crop,
     decode_png,
@@ -34,7 +29,7 @@ from farm_platform.ml.inference import (  # noqa: E402
     load_grader,
     prepare_crops,
 )
-from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry  # noqa: E402
+from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
 HELDOUT_SEED = 2000
 HELDOUT_COUNT = 300
@@ -242,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--count", type=int, default=HELDOUT_COUNT)
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="default: $FARM_MODELS_DIR or ./models"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -15,27 +15,20 @@ import datetime as dt
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
+import evaluate  # models/evaluate.py, beside this script (its folder is on sys.path)
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO / "models"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import evaluate  # noqa: E402  (models/evaluate.py, beside this script)
-
-from farm_platform.ml.architectures import DiseaseGrader, LeafDetector  # noqa: E402
-from farm_platform.ml.inference import cut_crop, decode_png, resize_crop  # noqa: E402
-from farm_platform.ml.registry import (  # noqa: E402
+from farm_platform.config import REPO_MODELS_DIR as MODELS_DIR
+from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
+from farm_platform.ml.inference import cut_crop, decode_png, resize_crop
+from farm_platform.ml.registry import (
     DETECTOR_MODEL_ID,
     DISEASE_TYPES,
     ModelCard,

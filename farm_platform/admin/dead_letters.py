@@ -1,4 +1,4 @@
-"""Reading and replaying `drone_image.dead` (DESIGN.md: dead letters can be replayed).
+"""Reading and replaying `drone_image.dead` (docs/contracts.md: dead letters can be replayed).
 
 A dead letter carries the original message's data and attributes plus `error`. Replaying
 publishes the original (without `error`) to `drone_image` again, then acknowledges the

@@ -31,13 +31,19 @@ def _stack(args: argparse.Namespace) -> int:
         )
         print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
         print(f'#   eval "$(farm-platform stack env{_state_dir_flag(args)})"')
-        _print_environment(info.environment())
+        _print_environment(_shell_environment(info))
     elif args.action == "env":
-        _print_environment(stack.load_stack(state_dir).environment())
+        _print_environment(_shell_environment(stack.load_stack(state_dir)))
     else:
         stopped = stack.stack_down(state_dir)
         print("local stack stopped" if stopped else "no local stack was running")
     return 0
+
+
+def _shell_environment(info: Any) -> dict[str, str]:
+    """The stack's variables, plus a field map of its own: a farm simulated against this
+    stack writes its positions there, and the platform pointed at the stack reads them."""
+    return {**info.environment(), config.FARM_FIELD_MAP: str(info.state_dir / "positions.csv")}
 
 
 def _state_dir_flag(args: argparse.Namespace) -> str:

@@ -60,7 +60,7 @@ class StackInfo:
         return f"gs://{self.bucket}"
 
     def environment(self) -> dict[str, str]:
-        """The variables a process needs to use this stack (DESIGN.md, Configuration)."""
+        """The variables a process needs to use this stack (docs/contracts.md, Configuration)."""
         return {
             FARM_BUCKET: self.bucket_url(),
             FARM_GCP_PROJECT: self.project,

@@ -262,7 +262,7 @@ def crop_leaves(
     bucket_root: str,
     batch_size: int = 32,
 ) -> tuple[pl.DataFrame, list[np.ndarray]]:
-    """Detect and cut out leaves: `leaf_crops` rows (DESIGN.md) and crop arrays, aligned."""
+    """Detect and cut out leaves: `leaf_crops` rows (docs/contracts.md) and crop arrays, aligned."""
     detections = detect_leaves([image for _, image in images], detector, batch_size=batch_size)
     rows: dict[str, list[Any]] = {name: [] for name in LEAF_CROPS_SCHEMA}
     crops: list[np.ndarray] = []

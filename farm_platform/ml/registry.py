@@ -1,4 +1,4 @@
-"""Model cards and the registry of active model versions (DESIGN.md, Models).
+"""Model cards and the registry of active model versions (docs/contracts.md, Models).
 
 Layout, relative to the models folder (default: `<repo>/models`):
 

@@ -1,4 +1,4 @@
-"""The farm bucket as a Dagster resource (DESIGN.md, Bucket layout)."""
+"""The farm bucket as a Dagster resource (docs/contracts.md, Bucket layout)."""
 
 from __future__ import annotations
 

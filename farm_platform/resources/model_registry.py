@@ -1,4 +1,4 @@
-"""The model registry as a Dagster resource (DESIGN.md, Models)."""
+"""The model registry as a Dagster resource (docs/contracts.md, Models)."""
 
 from __future__ import annotations
 

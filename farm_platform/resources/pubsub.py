@@ -1,4 +1,4 @@
-"""Pub/Sub access for the sensor and the dead-letter tools (DESIGN.md, Messages)."""
+"""Pub/Sub access for the sensor and the dead-letter tools (docs/contracts.md, Messages)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ _SECONDS_PER_POSITION = 37
 
 
 class DroneMessagePublisher:
-    """Publishes drone-controller messages (DESIGN.md, Messages on `drone_image`).
+    """Publishes drone-controller messages (docs/contracts.md, Messages on `drone_image`).
 
     A thin wrapper over `google.cloud.pubsub_v1.PublisherClient`, which talks to
     the emulator by itself when PUBSUB_EMULATOR_HOST is set. `publish` only

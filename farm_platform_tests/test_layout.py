@@ -1,0 +1,148 @@
+"""The package's shape: which room may import which, no import cycles, and a reviewed
+snapshot of both code locations' asset graphs (a change of the graph is a visible diff).
+
+Imports are read from the source (every `import`, also those inside functions), so a lazy
+import that crosses a layer is caught as well.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "farm_platform"
+SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graphs.json"
+UPDATE_SNAPSHOTS = "FARM_UPDATE_SNAPSHOTS"
+
+# Rooms from the bottom up: a room imports only rooms below it. README, "Layout".
+LAYERS = [
+    ["config"],
+    ["layout"],
+    ["partitions", "messages", "ml"],
+    ["resources"],
+    ["quality", "arrivals"],
+    ["ingest"],
+    ["images"],  # code location `farm_platform`
+    ["analytics"],  # code location `farm_platform_analytics`
+    ["admin"],
+    ["dev"],
+    ["cli"],
+]
+RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
+CODE_LOCATIONS = ["farm_platform.images.definitions", "farm_platform.analytics.definitions"]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the farm_platform modules it imports (the package root itself excluded)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                candidates = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name].update(
+                target for target in candidates if target in modules and target != "farm_platform"
+            )
+    return {name: graph[name] for name in modules}
+
+
+def room(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_every_room_has_a_layer():
+    rooms = {room(module) for module in import_graph() if module != "farm_platform"}
+    assert rooms == set(RANK), "add the new room to LAYERS (and README's Layout)"
+
+
+def test_rooms_import_only_rooms_below_them():
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in import_graph().items()
+        if source != "farm_platform"
+        for target in targets
+        if room(target) != room(source) and RANK[room(target)] >= RANK[room(source)]
+    )
+    assert not upward, "imports that cross layers upward or sideways:\n" + "\n".join(upward)
+
+
+def test_code_locations_never_reach_admin_or_dev_code():
+    graph = import_graph()
+    for location in CODE_LOCATIONS:
+        reached, frontier = set(), [location]
+        while frontier:
+            module = frontier.pop()
+            if module not in reached:
+                reached.add(module)
+                frontier.extend(graph[module])
+        tooling = sorted(m for m in reached if room(m) in ("admin", "dev", "cli"))
+        assert not tooling, f"{location} imports operator or dev tooling: {tooling}"
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def asset_graph_snapshot() -> dict[str, object]:
+    """Asset keys, groups, dependencies, partitions and check specs of both locations."""
+    from farm_platform.analytics.definitions import defs as analytics
+    from farm_platform.images.definitions import defs as images
+
+    snapshot: dict[str, object] = {}
+    for location, defs in (("farm_platform", images), ("farm_platform_analytics", analytics)):
+        graph = defs.resolve_asset_graph()
+        assets = {}
+        for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+            node = graph.get(key)
+            partitions = node.partitions_def
+            assets[key.to_user_string()] = {
+                "group": node.group_name,
+                "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+                "partitions": None if partitions is None else str(partitions),
+                "checks": sorted(check.name for check in node.check_keys),
+                "materializable": node.is_materializable,
+            }
+        snapshot[location] = assets
+    return snapshot
+
+
+def test_asset_graphs_match_the_reviewed_snapshot():
+    current = json.dumps(asset_graph_snapshot(), indent=2, sort_keys=True) + "\n"
+    if os.environ.get(UPDATE_SNAPSHOTS):
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(current)
+    if not SNAPSHOT.exists():
+        pytest.fail(f"no snapshot yet: run with {UPDATE_SNAPSHOTS}=1 and review {SNAPSHOT}")
+    assert current == SNAPSHOT.read_text(), (
+        f"the asset graph changed: review the diff, then {UPDATE_SNAPSHOTS}=1 rewrites {SNAPSHOT}"
+    )
