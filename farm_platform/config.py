@@ -170,6 +170,17 @@ def require(name: str, hint: str = "") -> str:
     return value
 
 
+def require_for_location(location: str, names: tuple[str, ...]) -> None:
+    """Fail a code location's load, naming every missing variable, instead of letting each
+    run fail later on Dagster's long resource-config error."""
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"code location {location} needs {', '.join(missing)} set in the environment of "
+            "the webserver, daemon and code server (README, Configuration)"
+        )
+
+
 def bucket_url(value: str) -> str:
     """`value` if it is a bucket URL with a scheme (gs://, file://); else ConfigError.
 

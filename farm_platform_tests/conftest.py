@@ -34,6 +34,25 @@ from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.stack import LocalStack, StackInfo
 
+# --------------------------------------------------------------------------- code locations
+
+# What a code location needs to load (it refuses to without): values that are never used
+# to reach anything in the tests that only inspect its definitions.
+LOCATION_ENV = {
+    "FARM_BUCKET": "file:///nonexistent/farm-bucket",
+    "FARM_WAREHOUSE": "duckdb:///nonexistent/farm.duckdb",
+    "FARM_GCP_PROJECT": "farm-test",
+}
+
+
+@pytest.fixture
+def location_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment both code locations load with; also for their subprocesses."""
+    for name, value in LOCATION_ENV.items():
+        monkeypatch.setenv(name, value)
+    return dict(os.environ)
+
+
 # --------------------------------------------------------------------------- Google Cloud stack
 
 

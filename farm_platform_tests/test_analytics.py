@@ -19,7 +19,7 @@ from farm_platform.analytics.report import (
 )
 
 
-def test_one_lineage_graph_from_drone_images_to_the_report():
+def test_one_lineage_graph_from_drone_images_to_the_report(location_env):
     from farm_platform.analytics.definitions import defs as analytics
     from farm_platform.images.definitions import defs as images
 
@@ -47,7 +47,7 @@ def test_one_lineage_graph_from_drone_images_to_the_report():
     assert AssetKey("treatment_effect") in edges[AssetKey("effectiveness_report")]
 
 
-def test_dbt_tests_are_asset_checks():
+def test_dbt_tests_are_asset_checks(location_env):
     from farm_platform.analytics.definitions import defs as analytics
 
     checks = {key.name for key in analytics.resolve_asset_graph().asset_check_keys}
@@ -55,10 +55,10 @@ def test_dbt_tests_are_asset_checks():
     assert any("not_null" in name for name in checks)
 
 
-def test_the_image_code_location_does_not_import_dbt():
+def test_the_image_code_location_does_not_import_dbt(location_env):
     probe = "import sys, farm_platform.images.definitions; print('dbt' in sys.modules)"
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=location_env
     )
     assert result.stdout.strip() == "False"
 

@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import LOCATION_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_workspace_validates_with_dagster_cli(tmp_path):
-    result = subprocess.run(
+def validate_workspace(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             Path(sys.executable).with_name("dagster"),
             "definitions",
@@ -17,28 +19,49 @@ def test_workspace_validates_with_dagster_cli(tmp_path):
             "workspace.yaml",
         ],
         cwd=REPO,
-        env={"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def test_workspace_validates_with_dagster_cli(tmp_path):
+    result = validate_workspace(
+        {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **LOCATION_ENV}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Validation successful for code location farm_platform" in result.stderr + result.stdout
 
 
-def test_loading_the_code_location_does_not_import_heavy_libraries():
+def test_a_code_location_without_its_settings_names_what_is_missing(tmp_path):
+    environment = {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **LOCATION_ENV}
+    del environment["FARM_WAREHOUSE"]
+    result = validate_workspace(environment)
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert "code location farm_platform needs FARM_WAREHOUSE set" in output
+    assert "code location farm_platform_analytics needs FARM_WAREHOUSE set" in output
+
+
+def test_loading_the_code_location_does_not_import_heavy_libraries(location_env):
     probe = (
         "import sys, farm_platform.images.definitions as d;"
         "d.defs.resolve_asset_graph();"
         "print(sorted(m for m in ('torch', 'great_expectations', 'dbt') if m in sys.modules))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=location_env,
     )
     assert result.stdout.strip() == "[]"
 
 
-def test_asset_graph_has_models_upstream_of_grades():
+def test_asset_graph_has_models_upstream_of_grades(location_env):
     from dagster import AssetKey
 
     from farm_platform.images.definitions import defs

@@ -136,7 +136,7 @@ def asset_graph_snapshot() -> dict[str, object]:
     return snapshot
 
 
-def test_asset_graphs_match_the_reviewed_snapshot():
+def test_asset_graphs_match_the_reviewed_snapshot(location_env):
     current = json.dumps(asset_graph_snapshot(), indent=2, sort_keys=True) + "\n"
     if os.environ.get(UPDATE_SNAPSHOTS):
         SNAPSHOT.parent.mkdir(exist_ok=True)

@@ -159,7 +159,9 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
     assert details["failed"] == ["grade_in_scale"] and details["observed"]["grade_in_scale"]
 
 
-def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day() -> None:
+def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
+    location_env,
+) -> None:
     from farm_platform.images.definitions import defs
     from farm_platform.partitions import daily_partitions
 
@@ -180,12 +182,14 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
         assert spec.partitions_def is daily_partitions and not spec.blocking
 
 
-def test_loading_the_code_location_does_not_import_great_expectations() -> None:
+def test_loading_the_code_location_does_not_import_great_expectations(location_env) -> None:
     probe = (
         "import sys, farm_platform.images.definitions, farm_platform.analytics.report; "
         "print('great_expectations' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=location_env
+    )
     assert result.stdout.strip() == "False", result.stderr[-2000:]
 
 

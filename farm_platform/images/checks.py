@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
+    DagsterLogManager,
     MetadataValue,
 )
 
@@ -34,6 +34,7 @@ from farm_platform.quality.expectations import (
     SEVERITY_JUMP,
     CheckResult,
 )
+from farm_platform.resources.warehouse import WarehouseResource
 
 _SEVERITY = {"ERROR": AssetCheckSeverity.ERROR, "WARN": AssetCheckSeverity.WARN}
 
@@ -115,7 +116,10 @@ def day_result(result: CheckResult) -> AssetCheckResult:
 
 
 def record(
-    log: Any, warehouse: Any, results: Sequence[CheckResult], run_id: str
+    log: DagsterLogManager,
+    warehouse: WarehouseResource,
+    results: Sequence[CheckResult],
+    run_id: str,
 ) -> list[AssetCheckResult]:
     """Store the outcomes in `partition_quality`, log failures; the day's check results."""
     import polars as pl

@@ -28,6 +28,11 @@ def _optional_env(name: str, default: str) -> str | EnvVar:
     return EnvVar(name) if os.environ.get(name) else default
 
 
+config.require_for_location(
+    "farm_platform", (config.FARM_BUCKET, config.FARM_WAREHOUSE, config.FARM_GCP_PROJECT)
+)
+config.bucket_url(os.environ[config.FARM_BUCKET])
+
 defs = Definitions(
     assets=[registered_models, image_pipeline],
     sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
