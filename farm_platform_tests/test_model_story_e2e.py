@@ -165,6 +165,7 @@ def test_new_grader_version_story(story: Platform, capsys):
         backfill_id = out.split()[1].rstrip(":")
         assert "COMPLETED_SUCCESS" in out
         assert "over 2 day partition(s)" in out
+        assert f"http://localhost:3000/runs/b/{backfill_id} (Runs → Backfills)" in out
         backfill_runs = instance.get_run_records(RunsFilter.for_backfill(backfill_id))
         # One run per day, each re-grading every recorded photo of its day.
         assert sorted(run_day(r.dagster_run) for r in backfill_runs) == [

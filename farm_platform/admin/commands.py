@@ -210,8 +210,8 @@ def add_admin_commands(commands: Any) -> None:
     add_parser.add_argument("--activate", action="store_true", help="also make it the live version")
     model_actions.add_parser("list", help="every registered version (* = active)")
     activate_parser = model_actions.add_parser("activate", help="make a version the live one")
-    activate_parser.add_argument("model_id")
-    activate_parser.add_argument("version")
+    activate_parser.add_argument("model_id", help="e.g. disease_3_grader (see `models list`)")
+    activate_parser.add_argument("version", help="a registered version, e.g. v2")
     stale_parser = model_actions.add_parser(
         "stale", help="stale partitions, from Dagster ($DAGSTER_HOME)"
     )
@@ -226,10 +226,20 @@ def add_admin_commands(commands: Any) -> None:
     )
     backfill_parser.add_argument("--assets", required=True, help="comma-separated asset keys")
     backfill_parser.add_argument(
-        "--from", dest="date_from", type=date_arg, required=True, metavar="YYYY-MM-DD"
+        "--from",
+        dest="date_from",
+        type=date_arg,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="first day (inclusive)",
     )
     backfill_parser.add_argument(
-        "--to", dest="date_to", type=date_arg, required=True, metavar="YYYY-MM-DD"
+        "--to",
+        dest="date_to",
+        type=date_arg,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="last day (inclusive)",
     )
     backfill_parser.add_argument("--positions", help="comma-separated position ids (default: all)")
     backfill_parser.add_argument(
@@ -250,10 +260,20 @@ def add_admin_commands(commands: Any) -> None:
         "reconcile", help="photos in the bucket that the platform never ingested or graded"
     )
     reconcile_parser.add_argument(
-        "--from", dest="date_from", type=date_arg, required=True, metavar="YYYY-MM-DD"
+        "--from",
+        dest="date_from",
+        type=date_arg,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="first day (inclusive)",
     )
     reconcile_parser.add_argument(
-        "--to", dest="date_to", type=date_arg, required=True, metavar="YYYY-MM-DD"
+        "--to",
+        dest="date_to",
+        type=date_arg,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="last day (inclusive)",
     )
     reconcile_parser.add_argument("--limit", type=int, default=20, help="photos listed per kind")
     reconcile_parser.set_defaults(handler=_reconcile)
@@ -262,7 +282,11 @@ def add_admin_commands(commands: Any) -> None:
         "replay", help="re-deliver drone_image messages since a time"
     )
     replay_parser.add_argument("--since", required=True, help="ISO 8601 timestamp (UTC if no zone)")
-    replay_parser.add_argument("--subscription", default=config.DEFAULT_SUBSCRIPTION)
+    replay_parser.add_argument(
+        "--subscription",
+        default=config.DEFAULT_SUBSCRIPTION,
+        help="the subscription to seek (default: %(default)s)",
+    )
     replay_parser.add_argument("--project", help=f"default: ${config.FARM_GCP_PROJECT}")
     replay_parser.set_defaults(handler=_replay)
 
