@@ -213,3 +213,24 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
         "SELECT count(*) AS n FROM disease_grades WHERE date = %s", [next_day]
     )["n"][0]
     assert graded_lost > 0
+
+
+@pytest.mark.parametrize("selection", [None, ["disease_3_grades"], ["drone_images", "leaf_crops"]])
+def test_a_run_reports_every_check_it_selected(graded, tmp_path, selection):
+    """Dagster warns "did not yield or return expected outputs" on a run page when an op
+    omits a selected check's result; a healthy run must not show it."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    resources = copy_farm(graded, tmp_path)
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize_day(resources, DAY, instance=instance, selection=selection)
+        (run,) = instance.get_runs()
+        messages = [record.message for record in instance.all_logs(run.run_id)]
+        evaluations = instance.all_logs(run.run_id)
+    assert not [m for m in messages if "did not yield or return expected outputs" in m]
+    checked = [
+        record
+        for record in evaluations
+        if record.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    assert checked, "the run evaluated no check at all"

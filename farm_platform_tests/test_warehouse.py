@@ -114,3 +114,36 @@ def test_missing_columns_are_named(warehouse):
 def test_unsupported_url_says_what_is_supported():
     with pytest.raises(WarehouseError, match="duckdb:///"):
         WarehouseResource(url="mysql://farm@localhost/farm").create_schema()
+
+
+def test_processes_take_turns_at_a_duckdb_warehouse_and_threads_share_one(tmp_path):
+    """While one process has its turn (as the dbt build does), another process's write waits
+    for it instead of failing on DuckDB's file lock; threads of one process share a turn."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
+    warehouse.create_schema()
+    writer = (
+        "import sys, time; from farm_platform.resources.warehouse import WarehouseResource;"
+        f"w = WarehouseResource(url={warehouse.url!r}, lock_timeout_seconds=60);"
+        "print(time.time(), flush=True);"
+        "w.execute([('CREATE TABLE waited (written_at DOUBLE)', []),"
+        " ('INSERT INTO waited SELECT epoch(get_current_timestamp())', [])])"
+    )
+    with warehouse.exclusive_access():
+        # A thread of this process is not locked out by its own process's turn.
+        inside = threading.Thread(target=lambda: warehouse.query("SELECT 1"))
+        inside.start()
+        inside.join(timeout=30)
+        assert not inside.is_alive()
+        other = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+        started = float(other.stdout.readline())
+        time.sleep(2)
+        released = time.time()
+        assert other.poll() is None, "the other process did not wait for its turn"
+    assert other.wait(timeout=60) == 0
+    waited_until = warehouse.query("SELECT written_at FROM waited")["written_at"][0]
+    assert started < released <= waited_until

@@ -59,7 +59,16 @@ def farm_dbt_models(
 ) -> Iterator[Any]:
     # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE; the
     # positions seed is the field map the image location uses (FARM_FIELD_MAP).
-    with dbt_connection(warehouse.url), dbt_project_for(field_map_path()) as project_dir:
+    # On DuckDB, no sensor tick may open the file between two of dbt's connections.
+    with (
+        dbt_connection(warehouse.url),
+        dbt_project_for(field_map_path()) as project_dir,
+        warehouse.exclusive_access(),
+    ):
         if project_dir != DBT_PROJECT_DIR:
-            dbt = DbtCliResource(project_dir=str(project_dir), profiles_dir=str(project_dir))
+            dbt = DbtCliResource(
+                project_dir=str(project_dir),
+                profiles_dir=str(project_dir),
+                dbt_executable=dbt.dbt_executable,
+            )
         yield from dbt.cli(["build"], context=context).stream()

@@ -42,8 +42,9 @@ class PhotoBatch:
     photos: Sequence[Partition]
     cropper: tuple[str, str]
     images: pl.DataFrame | None = None
-    # None: the batch did not detect leaves (a grades-only run), so no crop checks.
-    crops: Callable[[], pl.DataFrame] | None = None
+    crops: Callable[[], pl.DataFrame] = pl.DataFrame  # leaf_crops rows the grades refer to
+    # False: the batch did not detect leaves (a grades-only run), so no crop checks.
+    check_crops: bool = True
     crop_exists: Callable[[Sequence[str]], list[bool]] = lambda uris: [True] * len(uris)
     leaf_counts: Callable[[], pl.DataFrame] | None = None  # position_id, date, leaves
     graders: Sequence[GraderBatch] = field(default_factory=tuple)
@@ -72,7 +73,7 @@ def validate_photos(
     results: list[CheckResult] = []
     if batch.images is not None:
         results.append(checks.check_drone_images(batch.images))
-    if batch.crops is not None:
+    if batch.check_crops:
         crops, leaf_counts = batch.crops, batch.leaf_counts
         assert leaf_counts is not None, "crop checks need the leaf counts"
         results += [
@@ -106,7 +107,7 @@ def _grade_checks(
     log_error: Callable[[str], None],
 ) -> list[CheckResult]:
     asset = f"{grader.disease_type}_grades"
-    crops = batch.crops or (lambda: pl.DataFrame())
+    crops = batch.crops
     return [
         run_check(
             lambda: checks.check_disease_grades(

@@ -10,8 +10,11 @@ by the same models are replaced in one transaction; rows of other model versions
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,32 +58,45 @@ class WarehouseResource(ConfigurableResource):
     def connect(self) -> Iterator[Any]:
         """A DB-API connection inside a transaction, committed on success."""
         if self.dialect == "duckdb":
-            connection = self._connect_duckdb()
-            try:
-                connection.execute("BEGIN TRANSACTION")
-                yield connection
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            finally:
-                connection.close()
+            with self.exclusive_access():
+                connection = self._connect_duckdb()
+                try:
+                    connection.execute("BEGIN TRANSACTION")
+                    yield connection
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                finally:
+                    connection.close()
         else:
             import psycopg
 
             with psycopg.connect(self.url) as connection:
                 yield connection
 
+    @contextlib.contextmanager
+    def exclusive_access(self) -> Iterator[None]:
+        """On DuckDB, this process's turn at the file: the platform's processes take turns
+        through a lock file beside it, waiting up to `lock_timeout_seconds`. A tool that
+        opens the file itself (dbt) runs inside this so that no sensor tick grabs the file
+        between two of its connections. Nothing to do on PostgreSQL."""
+        if self.dialect != "duckdb":
+            yield
+            return
+        path = self.duckdb_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_turn(path.with_name(path.name + ".lock"), self.lock_timeout_seconds):
+            yield
+
     def _connect_duckdb(self) -> Any:
         import duckdb
 
-        path = self.duckdb_path
-        path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_seconds
-        # DuckDB lets one process hold a file open for writing; concurrent runs take turns.
+        # A process outside the platform (a notebook, the DuckDB CLI) may hold the file.
         while True:
             try:
-                return duckdb.connect(str(path))
+                return duckdb.connect(str(self.duckdb_path))
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
@@ -220,3 +236,61 @@ def _frame(
 ) -> pl.DataFrame:
     names = [column[0] for column in description or []]
     return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+
+
+@dataclass
+class _Turn:
+    """This process's hold on one lock file: every thread of the process shares it."""
+
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    handle: Any = None
+    holders: int = 0
+
+
+_turns: dict[Path, _Turn] = {}
+_turns_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _file_turn(lock_path: Path, timeout: float) -> Iterator[None]:
+    """An exclusive flock on `lock_path` held while any thread of this process is inside:
+    the threads of one run (reader, writer) use the database together, other processes
+    wait their turn."""
+    with _turns_guard:
+        turn = _turns.setdefault(lock_path, _Turn())
+    deadline = time.monotonic() + timeout
+    if not turn.mutex.acquire(timeout=timeout):
+        raise _busy(lock_path, timeout)
+    try:
+        if turn.holders == 0:
+            handle = open(lock_path, "a")  # noqa: SIM115 - held until the last holder leaves
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        handle.close()
+                        raise _busy(lock_path, timeout) from None
+                    time.sleep(0.05)
+            turn.handle = handle
+        turn.holders += 1
+    finally:
+        turn.mutex.release()
+    try:
+        yield
+    finally:
+        with turn.mutex:
+            turn.holders -= 1
+            if turn.holders == 0:
+                fcntl.flock(turn.handle, fcntl.LOCK_UN)
+                turn.handle.close()
+                turn.handle = None
+
+
+def _busy(lock_path: Path, timeout: float) -> WarehouseError:
+    return WarehouseError(
+        f"{lock_path.with_suffix('')} stayed busy for {timeout:.0f} s (another process of the "
+        "platform holds it); raise FARM_WAREHOUSE_LOCK_SECONDS, or use PostgreSQL for "
+        "concurrent work"
+    )
