@@ -234,3 +234,11 @@ def test_a_run_reports_every_check_it_selected(graded, tmp_path, selection):
         if record.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
     ]
     assert checked, "the run evaluated no check at all"
+    # The check outcomes went to partition_quality, whose asset records the day.
+    quality = [
+        record.asset_materialization
+        for record in evaluations
+        if record.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION
+        and record.asset_materialization.asset_key.to_user_string() == "partition_quality"
+    ]
+    assert [event.partition for event in quality] == [DAY]

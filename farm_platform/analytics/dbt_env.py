@@ -53,6 +53,17 @@ def dbt_environment(warehouse_url: str) -> dict[str, str]:
     )
 
 
+def warehouse_relation_prefix(warehouse_url: str) -> str:
+    """`database.schema` of the warehouse's tables, as dbt names them: DuckDB calls a file's
+    database by its stem, PostgreSQL by the database name."""
+    environment = dbt_environment(warehouse_url)
+    if environment["FARM_DBT_TARGET"] == "duckdb":
+        database = Path(environment["FARM_DUCKDB_PATH"]).stem
+    else:
+        database = environment["FARM_PG_DBNAME"]
+    return f"{database}.{environment['FARM_DBT_SCHEMA']}"
+
+
 def _duckdb_environment(url: str) -> dict[str, str]:
     return {
         "FARM_DBT_TARGET": "duckdb",

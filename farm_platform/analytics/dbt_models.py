@@ -1,5 +1,6 @@
 """dbt models as Dagster assets, dbt tests as asset checks (dagster-dbt)."""
 
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -12,11 +13,13 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from farm_platform import config
 from farm_platform.analytics.dbt_env import (
     DBT_PROFILES_DIR,
     DBT_PROJECT_DIR,
     dbt_connection,
     dbt_project_for,
+    warehouse_relation_prefix,
 )
 from farm_platform.config import field_map_path
 from farm_platform.images.keys import GRADES_BY_DISEASE
@@ -28,15 +31,25 @@ if not dbt_project.manifest_path.exists():
     dbt_project.preparer.prepare(dbt_project)
 
 DISEASE_GRADES_TABLE = AssetKey("disease_grades")
+# Where Dagster shows an asset's storage ("Storage" in the UI).
+TABLE_NAME = "dagster/table_name"
 
 
 class FarmDbtTranslator(DagsterDbtTranslator):
-    """One lineage graph: the `disease_grades` table is written by five grade assets."""
+    """One lineage graph: the `disease_grades` table is written by five grade assets. Each
+    asset's storage names the warehouse's relation (the manifest was parsed without one)."""
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
     ) -> AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
+        relation = spec.metadata.get(TABLE_NAME)
+        if relation:
+            name = str(relation).rsplit(".", 1)[-1]
+            prefix = warehouse_relation_prefix(os.environ[config.FARM_WAREHOUSE])
+            spec = spec.replace_attributes(
+                metadata={**spec.metadata, TABLE_NAME: f"{prefix}.{name}"}
+            )
         if not any(dep.asset_key == DISEASE_GRADES_TABLE for dep in spec.deps):
             return spec
         deps = [dep for dep in spec.deps if dep.asset_key != DISEASE_GRADES_TABLE]

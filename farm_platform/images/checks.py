@@ -20,10 +20,12 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
+    AssetSpec,
     DagsterLogManager,
     MetadataValue,
 )
 
+from farm_platform.images.keys import IMAGE_PIPELINE, PARTITION_QUALITY
 from farm_platform.partitions import daily_partitions
 from farm_platform.quality.expectations import (
     ERROR,
@@ -112,6 +114,21 @@ def day_result(result: CheckResult) -> AssetCheckResult:
                 }
             ),
         },
+    )
+
+
+def partition_quality_spec() -> AssetSpec:
+    """The `partition_quality` table as an asset of this location: written by the checks
+    of every image run (each run logs a materialization of its day), read by dbt."""
+    return AssetSpec(
+        PARTITION_QUALITY,
+        deps=list(IMAGE_PIPELINE),
+        group_name="images",
+        kinds={"duckdb"},
+        partitions_def=daily_partitions,
+        description="Outcome of every data-quality check per photo (position, date) and "
+        "check: passed or failed, with what failed. Written by image_pipeline's checks; dbt's "
+        "held_back_partitions keeps photos that failed an ERROR check out of the reports.",
     )
 
 

@@ -8,6 +8,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from farm_platform import config
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH, FARM_MODELS_DIR, REPO_MODELS_DIR
+from farm_platform.images.checks import partition_quality_spec
 from farm_platform.images.pipeline import image_pipeline
 from farm_platform.images.registered_models import registered_models
 from farm_platform.images.sensors import (
@@ -34,7 +35,7 @@ config.require_for_location(
 config.bucket_url(os.environ[config.FARM_BUCKET])
 
 defs = Definitions(
-    assets=[registered_models, image_pipeline],
+    assets=[registered_models, image_pipeline, partition_quality_spec()],
     sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
     resources={
         "bucket": BucketResource(url=EnvVar(config.FARM_BUCKET)),

@@ -19,3 +19,5 @@ MODEL_ASSETS = {
 
 # What a batch of newly arrived images needs: ingest, crop and grade.
 IMAGE_PIPELINE = (DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values())
+# The per-photo check outcomes the pipeline's checks write (dbt holds failing photos back).
+PARTITION_QUALITY = AssetKey("partition_quality")

@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -42,6 +43,7 @@ from farm_platform.images.keys import (
     GRADES_BY_DISEASE,
     LEAF_CROPS,
     MODEL_ASSETS,
+    PARTITION_QUALITY,
 )
 from farm_platform.layout import parse_date
 from farm_platform.partitions import daily_partitions
@@ -245,6 +247,16 @@ def _check_day(
     for asset in {AssetKey(result.asset) for result in results}:
         mine = [result for result in results if AssetKey(result.asset) == asset]
         by_asset[asset] = checks.record(context.log, warehouse, mine, context.run.run_id)
+    context.log_event(
+        AssetMaterialization(
+            PARTITION_QUALITY,
+            partition=context.partition_key,
+            metadata={
+                "rows": sum(len(result.outcomes) for result in results),
+                "failed": sum(len(result.failed_partitions()) for result in results),
+            },
+        )
+    )
     day.clock.add("checks", started)
     return by_asset
 
