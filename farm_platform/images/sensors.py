@@ -35,6 +35,8 @@ from farm_platform.resources.warehouse import WarehouseResource
 # Run tags: how many photos a run was handed (benchmarks and tests count runs by it), and
 # Dagster's run timeout, enforced by run monitoring (dagster.yaml).
 PHOTOS_TAG = "farm/photos"
+# What the tick that requested the run saw (pulled, new, duplicates, dead-lettered, ...).
+TICK_TAG = "farm/tick"
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 # requeue_failed_photos re-batches a failed sensor run's photos: no Dagster run retry too.
 MAX_RETRIES_TAG = "dagster/max_retries"
@@ -45,7 +47,7 @@ def run_timeout_seconds(photos: int) -> int:
     return int(base + config.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
 
 
-def claim_run_request(claim: Claim) -> RunRequest:
+def claim_run_request(claim: Claim, tick_summary: str = "") -> RunRequest:
     """One run of the claim's day partition over exactly its photos."""
     from farm_platform.images.pipeline import photo_run_config
 
@@ -57,6 +59,7 @@ def claim_run_request(claim: Claim) -> RunRequest:
             PHOTOS_TAG: str(len(claim.positions)),
             MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
             MAX_RETRIES_TAG: "0",
+            **({TICK_TAG: tick_summary} if tick_summary else {}),
         },
         run_config=photo_run_config(claim.positions),
     )
@@ -84,12 +87,18 @@ def drone_image_sensor(
         list(field_map.positions()),
         IngestSettings.from_env(),
     )
-    summary = outcome.stats.summary()
-    (context.log.error if outcome.stats.pubsub_error else context.log.info)(summary)
+    stats = outcome.stats
+    summary = stats.summary()
+    # An idle tick (the usual case, every 10 s) writes nothing to the log; the tick list
+    # shows every tick's summary as its skip reason, or on the runs it requested.
+    if stats.pubsub_error:
+        context.log.error(summary)
+    elif stats.pulled or stats.acknowledged or outcome.claims:
+        context.log.info(summary)
     return SensorResult(
-        run_requests=[claim_run_request(claim) for claim in outcome.claims],
+        run_requests=[claim_run_request(claim, tick_summary=summary) for claim in outcome.claims],
         cursor=outcome.cursor.to_json(),
-        skip_reason=summary if outcome.stats.pubsub_error and not outcome.claims else None,
+        skip_reason=None if outcome.claims else summary,
     )
 
 
