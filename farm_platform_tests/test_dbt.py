@@ -296,14 +296,26 @@ def build(
     request: pytest.FixtureRequest, farm: Farm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Build]:
     """A clean `dbt build` of the synthetic farm, once per database."""
-    tmp = tmp_path_factory.mktemp(f"dbt-{request.param}")
+    with built_farm(request, farm, tmp_path_factory, "farm_dbt_test") as built:
+        yield built
+
+
+@contextlib.contextmanager
+def built_farm(
+    request: pytest.FixtureRequest,
+    farm: Farm,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> Iterator[Build]:
+    """`dbt build` of `farm` in a fresh warehouse of the database `request.param` names."""
+    tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
     project = dbt_project_copy(farm.positions, tmp / "project")
     with contextlib.ExitStack() as stack:
         if request.param == "duckdb":
             url = f"duckdb:///{tmp / 'warehouse.duckdb'}"
         else:
             postgres_url = request.getfixturevalue("postgres_url")
-            url = stack.enter_context(fresh_postgres_database(postgres_url, "farm_dbt_test"))
+            url = stack.enter_context(fresh_postgres_database(postgres_url, name))
         load_warehouse(url, farm)
         yield dbt_build(project, url)
 
@@ -344,8 +356,9 @@ def test_rebuild_is_idempotent(build: Build) -> None:
 def _position_changes(
     farm: Farm, disease: str, grader_version: str | None = None
 ) -> dict[date, dict[str, list[float]]]:
-    """Per date after the first: the change of each position's mean grade, per area, over
-    the active grades, or over one grader version's grades on the active cropper."""
+    """Per date: the change of each position's mean grade since its own first graded date,
+    per area, over the active grades, or over one grader version's grades on the active
+    cropper (positions on their first date are left out)."""
     if grader_version is None:
         rows = farm.active_grades()
     else:
@@ -360,10 +373,12 @@ def _position_changes(
         if row["disease_type"] == disease:
             leaves[row["position_id"], row["date"]].append(row["predicted_grade"])
     means = {key: statistics.fmean(values) for key, values in leaves.items()}
-    first = min(day for _, day in means)
+    # The baseline rule: each position's own first graded date.
+    own_first: dict[str, date] = {}
     changes: dict[date, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (position, day), value in sorted(means.items()):
-        if day > first and (position, first) in means:
+        first = own_first.setdefault(position, day)
+        if day > first:
             changes[day][AREA[position]].append(value - means[position, first])
     return changes
 
@@ -567,6 +582,99 @@ def test_nothing_is_held_back_without_failed_quality_checks(build: Build) -> Non
     assert build.query("SELECT count(*) AS n FROM held_back_partitions")["n"][0] == 0
     active = build.query("SELECT count(*) AS n FROM stg_active_disease_grades")["n"][0]
     assert active == (14 * 3 + 12) * LEAVES_PER_PHOTO * 2  # disease_0 v1 + disease_3 v2
+
+
+# --------------------------------------------------------------------------- gaps in the trial
+
+# A partial first flight (only positions 0..2 of each area flown on the first day), a missed
+# photo (T1 on the third day) and positions joining late (C5 and T5 from the third day).
+FIRST_FLIGHT = {f"{area}{i}" for area in "CT" for i in range(3)}
+MISSED_PHOTO = ("T1", DAYS[2])
+LATE_JOINERS = {"C5": DAYS[2], "T5": DAYS[2]}
+
+
+def _flown(position: str, day: date) -> bool:
+    if day == DAYS[0] and position not in FIRST_FLIGHT:
+        return False
+    return (position, day) != MISSED_PHOTO and day >= LATE_JOINERS.get(position, DAYS[0])
+
+
+def gappy_farm(farm: Farm) -> Farm:
+    """The synthetic farm less the photos a gappy trial never took (the rows of every table)."""
+
+    def flown(frame: pl.DataFrame) -> pl.DataFrame:
+        keep = [_flown(p, d) for p, d in frame.select("position_id", "date").iter_rows()]
+        return frame.filter(pl.Series(keep))
+
+    return Farm(
+        positions=farm.positions,
+        drone_images=flown(farm.drone_images),
+        leaf_crops=flown(farm.leaf_crops),
+        disease_grades=flown(farm.disease_grades),
+    )
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def gappy_build(
+    request: pytest.FixtureRequest, farm: Farm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Build, Farm]]:
+    gappy = gappy_farm(farm)
+    with built_farm(request, gappy, tmp_path_factory, "farm_dbt_gaps") as built:
+        assert built.success, f"failed nodes: {sorted(built.failed())}"
+        yield built, gappy
+
+
+def test_every_position_counts_from_its_own_first_graded_day(
+    gappy_build: tuple[Build, Farm],
+) -> None:
+    build, gappy = gappy_build
+    rows = build.query(
+        "SELECT * FROM treatment_effect WHERE disease_type = 'disease_0' ORDER BY date"
+    ).to_dicts()
+    # Every date after the trial's first (the partial first flight's), none dropped.
+    assert [row["date"] for row in rows] == DAYS[1:]
+    assert {row["first_date"] for row in rows} == {DAYS[0]}
+    # By hand, per area: day 1 counts the 3 positions of the first flight; day 2 adds the
+    # 3 that started on day 1 (3, 4, 6), less T1 (missed photo); day 3 adds the late
+    # joiners (first day: day 2) and T1 again, less C6 and T6 (not photographed, unreadable).
+    # A trial-wide baseline would keep at most 3 per area.
+    assert [(row["n_treated"], row["n_control"]) for row in rows] == [(3, 3), (5, 6), (6, 6)]
+    assert [row["n_late_baseline"] for row in rows] == [0, 3 + 3, 3 + 3]
+    changes = _position_changes(gappy, "disease_0")
+    for row in rows:
+        treated, control = changes[row["date"]]["treated"], changes[row["date"]]["control"]
+        assert (row["n_treated"], row["n_control"]) == (len(treated), len(control))
+        expected = statistics.fmean(treated) - statistics.fmean(control)
+        assert abs(row["effect"] - expected) < TOLERANCE, row
+        assert row["ci_low"] is not None and row["ci_high"] is not None
+
+
+def test_trajectories_and_effect_share_the_baseline(gappy_build: tuple[Build, Farm]) -> None:
+    build, _ = gappy_build
+    trajectories = build.query(
+        "SELECT * FROM position_trajectories WHERE disease_type = 'disease_0'"
+    )
+    # T1 missed day 2 but keeps its first-flight baseline; C5 joined on day 2.
+    t1 = trajectories.filter(pl.col("position_id") == "T1").sort("date")
+    assert t1["date"].to_list() == [DAYS[0], DAYS[1], DAYS[3]]
+    assert set(t1["first_date"]) == {DAYS[0]}
+    assert t1["days_since_first_date"].to_list() == [0, 1, 3]
+    assert set(trajectories.filter(pl.col("position_id") == "C5")["first_date"]) == {DAYS[2]}
+    # treatment_effect's arm means are the means of position_trajectories' changes.
+    arms = (
+        trajectories.filter(pl.col("days_since_first_date") > 0)
+        .group_by("date", "area")
+        .agg(pl.col("change_from_first_day").mean(), pl.len())
+    )
+    effect = build.query(
+        "SELECT * FROM treatment_effect WHERE disease_type = 'disease_0'"
+    ).to_dicts()
+    for row in effect:
+        for area in ("treated", "control"):
+            arm = arms.filter((pl.col("date") == row["date"]) & (pl.col("area") == area))
+            assert arm["len"].item() == row[f"n_{area}"]
+            mean = arm["change_from_first_day"].item()
+            assert abs(row[f"mean_change_{area}"] - mean) < TOLERANCE, (row, area)
 
 
 # --------------------------------------------------------------------------- corrupt data
