@@ -16,6 +16,7 @@ written), and the corrupt-data tests show that bad grades or a bad field map fai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import statistics
 from collections import defaultdict
@@ -29,8 +30,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from farm_platform.analytics.effect_stats import treatment_effect_frame
 from farm_platform.dbt_env import dbt_environment
+from farm_platform.ml.registry import DISEASE_TYPES
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.simulate import FarmConfig, field_map, simulate_truth, true_position_day
 from farm_platform.validation import DbtBuildOutcome, dbt_project_copy, invoke_dbt_build
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
@@ -675,6 +679,116 @@ def test_trajectories_and_effect_share_the_baseline(gappy_build: tuple[Build, Fa
             assert arm["len"].item() == row[f"n_{area}"]
             mean = arm["change_from_first_day"].item()
             assert abs(row[f"mean_change_{area}"] - mean) < TOLERANCE, (row, area)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def simulated_truth_farm(config: FarmConfig, skipped: set[tuple[str, date]]) -> Farm:
+    """A simulated farm's TRUE grades as the warehouse rows perfect models would write
+    (active detector v1, the active grader of each disease), less the `skipped` photos."""
+    stamp = datetime(2026, 6, 1, tzinfo=UTC)
+    active = {d: v for m, v, is_active, _, d, _ in MODEL_VERSIONS if is_active and d}
+    images, crops, grades = [], [], []
+    for key, leaves in simulate_truth(config):
+        if (key.position_id, key.date) in skipped:
+            continue
+        where = {"position_id": key.position_id, "date": key.date}
+        images.append(
+            {
+                **where,
+                "image_uri": f"file:///b/{key.position_id}/{key.date}/image.png",
+                "size_bytes": 1000,
+                "sha256": "0" * 64,
+                "width": 256,
+                "height": 256,
+                "error": None,
+                "ingested_at": stamp,
+                "generation": "1",
+                "message_id": f"m-{key.position_id}-{key.date}",
+                "published_at": stamp,
+                "dagster_run_id": "run-1",
+            }
+        )
+        for leaf in leaves:
+            crops.append(
+                {
+                    **where,
+                    "leaf_crop_idx": leaf.leaf_id,
+                    "x0": leaf.x0,
+                    "y0": leaf.y0,
+                    "x1": leaf.x1,
+                    "y1": leaf.y1,
+                    "score": 1.0,
+                    "crop_uri": f"file:///b/{key.position_id}/{key.date}/{leaf.leaf_id}.png",
+                    "cropper_model_id": CROPPER[0],
+                    "cropper_model_version": CROPPER[1],
+                }
+            )
+            for disease, grade in zip(DISEASE_TYPES, leaf.grades, strict=True):
+                grades.append(
+                    {
+                        **where,
+                        "leaf_crop_idx": leaf.leaf_id,
+                        "disease_type": disease,
+                        "predicted_grade": grade,
+                        "cropper_model_id": CROPPER[0],
+                        "cropper_model_version": CROPPER[1],
+                        "disease_model_id": f"{disease}_grader",
+                        "disease_model_version": active[disease],
+                        "confidence": 1.0,
+                        "graded_at": stamp,
+                        "dagster_run_id": "run-1",
+                    }
+                )
+    positions = pl.DataFrame([dataclasses.asdict(p) for p in field_map(config)])
+    return Farm(
+        positions=positions,
+        drone_images=pl.DataFrame(images, infer_schema_length=None),
+        leaf_crops=pl.DataFrame(crops),
+        disease_grades=pl.DataFrame(grades),
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "skipped"),
+    [
+        (FarmConfig(positions=10, days=4, seed=11, effect=0.15), set()),
+        # A partial first flight (P000, P006 start on day 1) and a missed photo.
+        (
+            FarmConfig(positions=9, days=5, seed=12, effect=0.0),
+            {("P000", date(2026, 6, 1)), ("P006", date(2026, 6, 1)), ("P003", date(2026, 6, 3))},
+        ),
+    ],
+)
+def test_the_benchmark_fast_path_gives_dbt_numbers(
+    config: FarmConfig, skipped: set[tuple[str, date]], tmp_path: Path
+) -> None:
+    # benchmarks/effect_recovery.py scores hundreds of farms through treatment_effect_frame
+    # over true_position_day instead of rendering, grading and a dbt build per farm.
+    farm = simulated_truth_farm(config, skipped)
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    load_warehouse(url, farm)
+    built = dbt_build(project, url)
+    assert built.success, f"failed nodes: {sorted(built.failed())}"
+    from_dbt = built.query("SELECT * FROM treatment_effect ORDER BY disease_type, date")
+    position_day = true_position_day(config).filter(
+        ~pl.struct("position_id", "date").is_in([{"position_id": p, "date": d} for p, d in skipped])
+    )
+    fast = treatment_effect_frame(position_day)
+    assert fast.columns == [c for c in from_dbt.columns if c in fast.columns]
+    assert fast.height == from_dbt.height == 5 * (config.days - 1)
+    assert_frame_equal(
+        fast,
+        from_dbt.select(fast.columns),
+        check_dtypes=False,
+        check_exact=False,
+        rel_tol=0,
+        abs_tol=1e-5,  # t quantiles: the seed's six decimals vs scipy's
+    )
+    if skipped:
+        assert fast["n_late_baseline"].max() == 2
 
 
 # --------------------------------------------------------------------------- corrupt data
