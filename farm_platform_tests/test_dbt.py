@@ -31,6 +31,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from farm_platform.analytics.effect_stats import treatment_effect_frame
+from farm_platform.analytics.report import effect_decisions, load_report_data, summary_lines
 from farm_platform.dbt_env import dbt_environment
 from farm_platform.ml.registry import DISEASE_TYPES
 from farm_platform.resources.warehouse import WarehouseResource
@@ -578,6 +579,26 @@ def test_model_version_effects_answer_the_question_under_each_version(build: Bui
         ("disease_3", "v1"),
         ("disease_3", "v2"),
     }
+
+
+def test_the_report_headline_from_the_built_marts(build: Build) -> None:
+    # The report's decision rules over the real mart (types as each database returns them).
+    data = load_report_data(WarehouseResource(url=build.url), LAST_DAY)
+    lines = summary_lines(data)
+    assert len(lines) == 2
+    # disease_0: 1.5 grades more healing in 3 days, conclusive even under the valid rule.
+    assert lines[0].startswith("disease_0: treated heal faster: conclusive"), lines[0]
+    assert "Effect -1.500 grade after 3 days" in lines[0]
+    assert lines[1].startswith("disease_3: no significant difference"), lines[1]
+    decided = effect_decisions(data)
+    calls = {
+        (row["disease_type"], row["date"]): row["sequential_significant"]
+        for row in decided.iter_rows(named=True)
+    }
+    assert len(calls) == 6 and calls["disease_0", LAST_DAY] is True
+    assert not any(called for (disease, _), called in calls.items() if disease == "disease_3")
+    # The valid rule is stricter than the day's interval: it calls nothing that one does not.
+    assert not (decided["sequential_significant"] & ~decided["significant"]).any()
 
 
 def test_nothing_is_held_back_without_failed_quality_checks(build: Build) -> None:
