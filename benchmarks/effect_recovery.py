@@ -2,6 +2,7 @@
 
     python benchmarks/effect_recovery.py [--seeds 200] [--positions 12] [--days 5]
                                          [--effect 0.15] [--pipeline-seeds 0]
+                                         [--no-effect-only]
 
 The estimand is the POPULATION effect: the expected difference in differences of mean true
 grade (treated minus control, each position from its own first day) on new farms with the
@@ -150,6 +151,9 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--effect", type=float, default=FarmConfig().effect)
     parser.add_argument("--pipeline-seeds", type=int, default=0)
+    parser.add_argument(
+        "--no-effect-only", action="store_true", help="only the farms without an effect"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.INFO)
@@ -159,7 +163,7 @@ def main() -> int:
         f"{args.days} days, 5 diseases; fast path (true grades, no rendering)"
     )
     frames = []
-    for effect in (args.effect, 0.0):
+    for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
         estimand = [float(x) for x in population_effect(effect, args.days)]
         for seed in range(args.seeds):
             config = FarmConfig(positions=args.positions, days=args.days, seed=seed, effect=effect)
