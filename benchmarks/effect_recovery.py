@@ -138,9 +138,13 @@ def pipeline_last_day(seeds: int, config: FarmConfig, estimand: list[float]) -> 
             rows.append(reported_vs_true_effect(farm, Path(workdir) / str(seed)))
     frame = pl.concat(rows).with_columns(estimand=pl.lit(estimand[-1]))
     covered = (frame["ci_low"] <= frame["estimand"]) & (frame["estimand"] <= frame["ci_high"])
+    error = frame["effect"] - frame["estimand"]
     print(
         f"  through the real models, effect {config.effect:.2f}/day, {seeds} seeds: last-day "
-        f"coverage {_rate(covered)}, bias {(frame['effect'] - frame['estimand']).mean():+.4f}"
+        f"coverage {_rate(covered)}, bias {error.mean():+.4f} "
+        f"(± {error.std() / math.sqrt(error.len()):.4f}), "
+        f"called significant {_rate(frame['significant'])}",
+        flush=True,
     )
 
 
@@ -171,7 +175,8 @@ def main() -> int:
         if args.pipeline_seeds:
             config = FarmConfig(positions=args.positions, days=args.days, effect=effect)
             pipeline_last_day(args.pipeline_seeds, config, estimand)
-    summarize(pl.concat(frames))
+    if frames:
+        summarize(pl.concat(frames))
     return 0
 
 
