@@ -177,7 +177,7 @@ def _no_estimate(row: dict[str, object]) -> str | None:
             if n == 1
         )
         return (
-            f"{head}: only {arms} graded since their first day; a difference from one "
+            f"{head}: only {arms} with a change since its first graded day; a difference from one "
             "position has no interval and decides nothing (at least 2 per area are needed)"
         )
     if row.get("ci_low") is None:
