@@ -8,14 +8,10 @@ with position_day as (
 ),
 
 with_first as (
+    -- own_first_day: the baseline rule treatment_effect uses too.
     select
         position_day.*,
-        min(date) over (partition by position_id, disease_type) as first_date,
-        first_value(mean_grade) over (
-            partition by position_id, disease_type
-            order by date
-            rows between unbounded preceding and unbounded following
-        ) as first_mean_grade
+        {{ own_first_day(['position_id', 'disease_type']) }}
     from position_day
 )
 
@@ -27,7 +23,7 @@ select
     dose_ml_per_sqft,
     leaves,
     mean_grade,
-    first_date,
-    cast(date - first_date as integer) as days_since_first_date,
-    mean_grade - first_mean_grade as change_from_first_day
+    position_first_date as first_date,
+    cast(date - position_first_date as integer) as days_since_first_date,
+    change_from_first_day
 from with_first
