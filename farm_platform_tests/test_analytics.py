@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from farm_platform.analytics.report import (
+from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.report import render_report
+from farm_platform.analytics.report_data import (
     ReportData,
     confusion_matrix,
-    render_report,
-    summary_lines,
     version_effect_comparison,
 )
 
@@ -272,3 +272,61 @@ def test_version_comparison_shows_confusion_and_the_effect_under_each_version():
     page = render_report(dataclasses.replace(data, confusion=confusion, version_effects=effects))
     assert "Confusion of grades" in page and "grade_b=2" in page
     assert "-0.250" in page and "Treatment effect under each version" in page
+
+
+def table_after(page: str, heading: str) -> str:
+    """The HTML between `heading` and the next <h2>."""
+    start = page.index(heading)
+    end = page.find("<h2>", start + len(heading))
+    return page[start : end if end != -1 else len(page)]
+
+
+def test_the_report_reads_as_words_for_a_reader():
+    """Rows by date then disease, readable disease names beside disease_k, decisions as
+    yes/no, empty cells (not None), one sentence where there is nothing to compare, and a
+    plot of the effect with its interval and a map of the field."""
+    data = report_data(ungraded=[])
+    day = data.day
+    earlier = data.effect.with_columns(date=pl.lit(day - dt.timedelta(days=1)))
+    field = pl.DataFrame(
+        {
+            "position_id": ["P000", "P001", "P002"],
+            "area": ["control", "treated", "treated"],
+            "latitude": [40.0, 40.001, 40.002],
+            "longitude": [-88.0, -88.001, -88.002],
+            "mean_grade": [2.1, 0.9, None],
+        }
+    )
+    data = ReportData(
+        **{
+            **data.__dict__,
+            # Unordered on purpose: later day first, diseases reversed.
+            "effect": pl.concat([data.effect, earlier]).reverse(),
+            "coverage": pl.DataFrame(
+                {"date": [day], "area": ["control"], "missing_positions": [None]},
+                schema={"date": pl.Date, "area": pl.String, "missing_positions": pl.String},
+            ),
+            "disease_names": {"disease_0": "brown spot", "disease_1": "yellow blotch"},
+            "field": field,
+        }
+    )
+    page = render_report(data)
+    over_time = table_after(page, "<h2>Effect over time</h2>")
+    cells = re.findall(r"<tr><td>(disease_\d)</td><td>([^<]*)</td><td>([^<]*)</td>", over_time)
+    assert cells == [
+        ("disease_0", "brown spot", str(day - dt.timedelta(days=1))),
+        ("disease_1", "yellow blotch", str(day - dt.timedelta(days=1))),
+        ("disease_0", "brown spot", str(day)),
+        ("disease_1", "yellow blotch", str(day)),
+    ]
+    assert "<td>yes</td>" in over_time and "<td>no</td>" in over_time
+    assert "True" not in page and "False" not in page and "None" not in page
+    assert summary_lines(data)[0].startswith("disease_0 (brown spot): treated heal faster")
+    assert "Only one version of each grader has graded these leaves" in page
+    assert "no rows" not in table_after(page, "<h2>Model version comparison</h2>")
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    assert images == [
+        "effect per day with its interval, per disease",
+        "mean grade per day and area",
+        "positions by latitude and longitude, coloured by mean grade",
+    ]

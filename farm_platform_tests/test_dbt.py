@@ -32,7 +32,8 @@ from polars.testing import assert_frame_equal
 
 from farm_platform.analytics.dbt_env import dbt_environment, dbt_project_copy
 from farm_platform.analytics.effect_stats import treatment_effect_frame
-from farm_platform.analytics.report import effect_decisions, load_report_data, summary_lines
+from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.report_data import effect_decisions, load_report_data
 from farm_platform.dev.farm import DbtBuildOutcome, invoke_dbt_build
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_truth, true_position_day
 from farm_platform.ml.registry import DISEASE_TYPES
@@ -587,9 +588,10 @@ def test_the_report_headline_from_the_built_marts(build: Build) -> None:
     lines = summary_lines(data)
     assert len(lines) == 2
     # disease_0: 1.5 grades more healing in 3 days, conclusive even under the valid rule.
-    assert lines[0].startswith("disease_0: treated heal faster: conclusive"), lines[0]
+    # Each disease with the readable name of its grader's model card.
+    assert lines[0].startswith("disease_0 (brown spot): treated heal faster: conclusive"), lines
     assert "Effect -1.500 grade after 3 days" in lines[0]
-    assert lines[1].startswith("disease_3: no significant difference"), lines[1]
+    assert lines[1].startswith("disease_3 (vein streak): no significant difference"), lines[1]
     decided = effect_decisions(data)
     calls = {
         (row["disease_type"], row["date"]): row["sequential_significant"]

@@ -109,7 +109,8 @@ def test_clean_farm_passes_dbt_build(farm, tmp_path) -> None:
 
 
 def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tmp_path) -> None:
-    from farm_platform.analytics.report import load_report_data, render_report
+    from farm_platform.analytics.report import render_report
+    from farm_platform.analytics.report_data import load_report_data
 
     snapshot, url, _ = farm
     case = next(c for c in gate_cases.CASES if c.name == "out_of_range_grade")

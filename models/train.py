@@ -38,6 +38,16 @@ from farm_platform.ml.registry import (
     write_json_atomic,
 )
 
+# Readable names the report shows beside disease_k: what the simulator draws for each
+# (farm_platform/dev/simulate/render.py).
+DISEASE_NAMES = {
+    "disease_0": "brown spot",
+    "disease_1": "yellow blotch",
+    "disease_2": "powdery mildew",
+    "disease_3": "vein streak",
+    "disease_4": "tip blight",
+}
+
 TRAIN_SEED = 1000  # simulator seeds TRAIN_SEED .. TRAIN_SEED + chunks - 1
 TRAIN_IMAGES = 1600
 CHUNK = 100  # images per simulator seed, so two processes can render in parallel
@@ -347,6 +357,7 @@ def base_card(
         "version": version,
         "task": task,
         "disease_type": disease,
+        **({"disease_name": DISEASE_NAMES[disease]} if disease else {}),
         "grades": [0, 1, 2, 3] if task == "disease_grader" else None,
         "input_size": input_size,
         "architecture": architecture,

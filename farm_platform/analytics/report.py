@@ -5,12 +5,7 @@ and Parquet under `{reports root}/{date}/`. matplotlib is imported only when a r
 rendered.
 """
 
-import base64
-import datetime as dt
 import html
-import io
-import math
-from dataclasses import dataclass, field
 
 import polars as pl
 from dagster import (
@@ -23,7 +18,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from farm_platform.analytics.effect_stats import DECISION_REFERENCES, add_decisions
+from farm_platform.analytics.effect_stats import DECISION_REFERENCES
+from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.report_data import (
+    ReportData,
+    confusion_matrix,
+    effect_decisions,
+    effect_summary,
+    load_report_data,
+    version_effect_comparison,
+)
+from farm_platform.analytics.report_plots import plot_effect, plot_field, plot_severity
 from farm_platform.layout import bucket_filesystem, join, parse_date
 from farm_platform.partitions import daily_partitions
 from farm_platform.resources.warehouse import WarehouseResource
@@ -38,6 +43,28 @@ REPORT_MARTS = (
 )
 
 
+EFFECT_COLUMNS = [
+    "disease_type",
+    "disease_name",
+    "date",
+    "days_since_start",
+    "n_treated",
+    "n_control",
+    "n_late_baseline",
+    "effect",
+    "std_error",
+    "df",
+    "ci_low",
+    "ci_high",
+    "significant",
+    "holm_significant",
+    "sequential_ci_low",
+    "sequential_ci_high",
+    "sequential_significant",
+]
+DECISION_COLUMNS = ("significant", "holm_significant", "sequential_significant")
+
+
 class ReportStoreResource(ConfigurableResource):
     """Where reports go: `reports_url` if set, else `{bucket_url}/reports`."""
 
@@ -47,243 +74,6 @@ class ReportStoreResource(ConfigurableResource):
     @property
     def root(self) -> str:
         return self.reports_url.rstrip("/") or join(self.bucket_url, "reports")
-
-
-@dataclass(frozen=True)
-class ReportData:
-    day: dt.date
-    effect: pl.DataFrame  # treatment_effect, dates <= day
-    severity: pl.DataFrame  # daily_severity, dates <= day
-    coverage: pl.DataFrame  # coverage of `day`
-    ungraded: list[str]  # field-map positions without active grades on `day`
-    models: pl.DataFrame  # active model versions
-    agreement: pl.DataFrame  # model_version_agreement
-    confusion: pl.DataFrame = field(default_factory=pl.DataFrame)  # model_version_confusion
-    # model_version_effects of dates <= day: the effect under every grader version.
-    version_effects: pl.DataFrame = field(default_factory=pl.DataFrame)
-    # held_back_partitions of dates <= day: (position, date, disease) a holding
-    # data-quality check failed on, left out of every figure.
-    held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
-
-
-def load_report_data(warehouse: WarehouseResource, day: dt.date) -> ReportData:
-    def upto(table: str) -> pl.DataFrame:
-        return warehouse.query(f"SELECT * FROM {table} WHERE date <= %s ORDER BY date", [day])
-
-    graded = warehouse.query(
-        "SELECT DISTINCT position_id FROM stg_active_disease_grades WHERE date = %s", [day]
-    )
-    positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
-    return ReportData(
-        day=day,
-        effect=upto("treatment_effect"),
-        severity=upto("daily_severity"),
-        coverage=warehouse.query("SELECT * FROM coverage WHERE date = %s ORDER BY area", [day]),
-        ungraded=sorted(set(positions["position_id"]) - set(graded["position_id"])),
-        models=warehouse.query(
-            "SELECT model_id, version, sha256 FROM model_versions WHERE active ORDER BY model_id"
-        ),
-        agreement=warehouse.query("SELECT * FROM model_version_agreement"),
-        confusion=warehouse.query(
-            "SELECT * FROM model_version_confusion"
-            " ORDER BY disease_type, version_a, version_b, grade_a, grade_b"
-        ),
-        version_effects=upto("model_version_effects"),
-        held_back=warehouse.query(
-            "SELECT date, position_id, disease_type, failed_checks FROM held_back_partitions"
-            " WHERE date <= %s ORDER BY date DESC, position_id, disease_type",
-            [day],
-        ),
-    )
-
-
-def effect_decisions(data: ReportData) -> pl.DataFrame:
-    """treatment_effect up to the report's day with the decision rules of effect_stats:
-    Holm across the diseases of each day, and the always-valid rule over daily looks."""
-    return add_decisions(data.effect)
-
-
-def effect_summary(data: ReportData) -> pl.DataFrame:
-    """The effect per disease on the report's day (or the latest day before it with one),
-    with its decisions."""
-    effect = effect_decisions(data)
-    if effect.is_empty():
-        return effect
-    latest = effect.group_by("disease_type").agg(pl.col("date").max())
-    return effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
-
-
-def version_effect_comparison(version_effects: pl.DataFrame) -> pl.DataFrame:
-    """For each disease graded by more than one version: the effect under each version on
-    the latest date every one of them graded (a like-for-like comparison)."""
-    columns = [
-        "disease_type",
-        "disease_model_version",
-        "version_active",
-        "date",
-        "first_date",
-        "n_treated",
-        "n_control",
-        "effect",
-        "ci_low",
-        "ci_high",
-        "significant",
-    ]
-    if version_effects.is_empty():
-        return version_effects
-    rows = []
-    for _, effects in version_effects.group_by("disease_type", maintain_order=True):
-        by_version = effects.partition_by("disease_model_version", as_dict=True)
-        if len(by_version) < 2:
-            continue
-        common = set.intersection(*(set(frame["date"]) for frame in by_version.values()))
-        if common:
-            rows.append(effects.filter(pl.col("date") == max(common)).select(columns))
-    if not rows:
-        return version_effects.clear().select(columns)
-    return pl.concat(rows).sort("disease_type", "disease_model_version")
-
-
-def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
-    """model_version_confusion in wide form: one row per (pair, grade_a), a column per grade_b."""
-    if confusion.is_empty():
-        return confusion
-    index = ["disease_type", "version_a", "version_b", "grade_a"]
-    wide = confusion.with_columns(
-        ("grade_b=" + pl.col("grade_b").cast(pl.String)).alias("grade_b")
-    ).pivot(on="grade_b", index=index, values="n", sort_columns=True)
-    return wide.fill_null(0).sort(index)
-
-
-# Below this Welch df the report says plainly that the interval rests on few positions.
-FEW_DF = 5
-
-
-def _no_estimate(row: dict[str, object]) -> str | None:
-    """Why a disease's row decides nothing, in words; None when it has an interval."""
-    n_treated, n_control = row.get("n_treated") or 0, row.get("n_control") or 0
-    head = f"{row['disease_type']}: no conclusion on {row['date']}"
-    if not n_treated or not n_control:
-        missing = [arm for arm, n in (("treated", n_treated), ("control", n_control)) if not n]
-        return (
-            f"{row['disease_type']}: no estimate on {row['date']}: no "
-            f"{' and no '.join(missing)} positions graded since their first day"
-        )
-    if n_treated == 1 or n_control == 1:
-        arms = " and ".join(
-            f"one {arm} position"
-            for arm, n in (("treated", n_treated), ("control", n_control))
-            if n == 1
-        )
-        return (
-            f"{head}: only {arms} with a change since its first graded day; a difference from one "
-            "position has no interval and decides nothing (at least 2 per area are needed)"
-        )
-    if row.get("ci_low") is None:
-        return (
-            f"{head}: every position changed by exactly the same amount, so there is no "
-            "spread to build an interval from"
-        )
-    return None
-
-
-def _verdict(row: dict[str, object]) -> str:
-    direction = "treated heal faster" if row["effect"] < 0 else "treated heal slower"
-    if row.get("sequential_significant"):
-        return f"{direction}: conclusive, valid under daily looks at five diseases"
-    if row["significant"]:
-        return (
-            "not conclusive yet: the day's 95 % interval excludes 0, but the always-valid "
-            "one does not (daily looks and five diseases make single-day calls unreliable)"
-        )
-    return "no significant difference"
-
-
-def summary_lines(data: ReportData) -> list[str]:
-    """The report's headline: per disease, the decision under the always-valid rule, or in
-    words why there is none (no numbers that could read as a conclusion)."""
-    summary = effect_summary(data)
-    lines = []
-    for row in summary.iter_rows(named=True):
-        reason = _no_estimate(row)
-        if reason is not None:
-            lines.append(reason)
-            continue
-        line = (
-            f"{row['disease_type']}: {_verdict(row)}. Effect {row['effect']:+.3f} grade after "
-            f"{row['days_since_start']} days; always-valid 95 % interval "
-            f"[{row['sequential_ci_low']:+.3f}, {row['sequential_ci_high']:+.3f}]; "
-            f"this day alone: 95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-        )
-        if row["df"] < FEW_DF:
-            line += (
-                f". Few positions ({row['n_treated']} treated, {row['n_control']} control): "
-                f"Welch df {row['df']:.1f} is rounded down to {math.floor(row['df'])} for the "
-                "t quantile, which widens the interval (conservative)"
-            )
-        lines.append(line)
-    estimated = set(summary["disease_type"]) if summary.height else set()
-    graded = set(data.severity["disease_type"]) if data.severity.height else set()
-    for disease in sorted(graded - estimated):
-        lines.append(
-            f"{disease}: no estimate yet: no position has been graded on two days, so there "
-            "is no change from a first day (baseline) to compare"
-        )
-    if not lines:
-        lines.append("No estimate yet: no grades.")
-    return lines
-
-
-def _displayed(effect: pl.DataFrame) -> pl.DataFrame:
-    """The effect table as shown: no effect number where there is no interval, so a
-    one-position difference cannot be read as a result."""
-    if effect.is_empty() or "ci_low" not in effect.columns:
-        return effect
-    undecided = pl.col("ci_low").is_null()
-    return effect.with_columns(
-        pl.when(undecided).then(None).otherwise(pl.col(column)).alias(column)
-        for column in ("effect", "std_error")
-        if column in effect.columns
-    )
-
-
-def _plot_severity(severity: pl.DataFrame) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import dates as mdates
-    from matplotlib import pyplot as plt
-
-    diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
-    figure, axes = plt.subplots(
-        1,
-        max(len(diseases), 1),
-        figsize=(3.2 * max(len(diseases), 1), 2.8),
-        sharey=True,
-        squeeze=False,
-    )
-    for axis, disease in zip(axes[0], diseases, strict=False):
-        for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
-            rows = severity.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
-            axis.plot(
-                rows["date"].to_list(),
-                rows["mean_grade"].to_list(),
-                marker="o",
-                color=colour,
-                label=area,
-            )
-        axis.set_title(disease)
-        axis.xaxis.set_major_locator(mdates.DayLocator())
-        axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
-        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes[0][0].set_ylabel("mean grade")
-    if diseases:  # an empty trial has no lines to label
-        axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _cell(value: object, float_format: str) -> str:
@@ -300,6 +90,57 @@ def _table(frame: pl.DataFrame, float_format: str = "{:.3f}") -> str:
         for row in frame.iter_rows()
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _displayed(effect: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame:
+    """The effect table as read: by date then disease, the disease's readable name beside
+    it, decisions as words, and no effect number where there is no interval (so a
+    one-position difference cannot be read as a result)."""
+    if effect.is_empty():
+        return effect
+    shown = effect.sort("date", "disease_type").with_columns(
+        disease_name=pl.col("disease_type").replace_strict(names, default="")
+    )
+    if "ci_low" in shown.columns:
+        undecided = pl.col("ci_low").is_null()
+        shown = shown.with_columns(
+            pl.when(undecided).then(None).otherwise(pl.col(column)).alias(column)
+            for column in ("effect", "std_error")
+            if column in shown.columns
+        )
+    return shown.with_columns(
+        pl.when(pl.col(column)).then(pl.lit("yes")).otherwise(pl.lit("no")).alias(column)
+        for column in DECISION_COLUMNS
+        if column in shown.columns
+    ).select([c for c in EFFECT_COLUMNS if c in shown.columns])
+
+
+def _coverage(coverage: pl.DataFrame) -> pl.DataFrame:
+    """Coverage as read: an empty cell, not "None", where no position is missing."""
+    if "missing_positions" not in coverage.columns:
+        return coverage
+    return coverage.with_columns(pl.col("missing_positions").cast(pl.String).fill_null(""))
+
+
+def _version_comparison(data: ReportData) -> str:
+    if data.agreement.is_empty() and data.confusion.is_empty():
+        return (
+            "<p>Only one version of each grader has graded these leaves: there is nothing to "
+            "compare yet. A new version's backfill fills this section.</p>"
+        )
+    return f"""<p>Two versions of a grader on the same leaves: how often they agree, the grades
+one gave where the other gave each grade, and the treatment effect each version's grades
+give.</p>
+<h3>Agreement</h3>
+{_table(data.agreement)}
+<h3>Confusion of grades (rows: the earlier version's grade; columns: the later one's)</h3>
+{_table(confusion_matrix(data.confusion), "{{:.0f}}")}
+<h3>Treatment effect under each version (latest date both graded)</h3>
+{_table(version_effect_comparison(data.version_effects))}"""
+
+
+def _image(alt: str, png_base64: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png_base64}">'
 
 
 def render_report(data: ReportData) -> str:
@@ -319,26 +160,8 @@ def render_report(data: ReportData) -> str:
         held_back = (
             "<p>Nothing was held back: every data-quality check that holds photos back passed.</p>"
         )
-    effect_columns = [
-        "disease_type",
-        "date",
-        "days_since_start",
-        "n_treated",
-        "n_control",
-        "n_late_baseline",
-        "effect",
-        "std_error",
-        "df",
-        "ci_low",
-        "ci_high",
-        "significant",
-        "holm_significant",
-        "sequential_ci_low",
-        "sequential_ci_high",
-        "sequential_significant",
-    ]
-    summary = _displayed(effect_summary(data))
-    over_time = _displayed(effect_decisions(data))
+    names = data.disease_names
+    effects = effect_decisions(data)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -355,26 +178,25 @@ error). Negative = treated leaves heal faster. <em>significant</em>: this day's 
 interval alone excludes 0; <em>holm_significant</em>: still so after Holm's adjustment
 across the day's diseases; <em>sequential_…</em>: the always-valid interval and decision
 the headline uses.</p>
-{_table(summary.select([c for c in effect_columns if c in summary.columns]))}
+{_table(_displayed(effect_summary(data), names))}
+<h2>Effect over time, with its 95 % interval</h2>
+{_image("effect per day with its interval, per disease", plot_effect(effects, names))}
 <h2>Severity over time, treated vs control</h2>
-<img alt="mean grade per day and area" src="data:image/png;base64,{_plot_severity(data.severity)}">
+{_image("mean grade per day and area", plot_severity(data.severity, names))}
+<h2>The field on {data.day}</h2>
+<p>Each position where it stands, coloured by its latest mean grade over the five diseases
+(treated ▲, control ●): where disease sits at a glance.</p>
+{_image("positions by latitude and longitude, coloured by mean grade", plot_field(data.field))}
 <h2>Coverage on {data.day}</h2>
-{_table(data.coverage)}
+{_table(_coverage(data.coverage))}
 <h2>Held back by data-quality checks</h2>
 {held_back}
 <h2>Model versions used (active)</h2>
 {_table(data.models)}
 <h2>Model version comparison</h2>
-<p>Two versions of a grader on the same leaves: how often they agree, the grades one gave
-where the other gave each grade, and the treatment effect each version's grades give.</p>
-<h3>Agreement</h3>
-{_table(data.agreement)}
-<h3>Confusion of grades (rows: the earlier version's grade; columns: the later one's)</h3>
-{_table(confusion_matrix(data.confusion), "{:.0f}")}
-<h3>Treatment effect under each version (latest date both graded)</h3>
-{_table(version_effect_comparison(data.version_effects))}
+{_version_comparison(data)}
 <h2>Effect over time</h2>
-{_table(over_time.select([c for c in effect_columns if c in over_time.columns]))}
+{_table(_displayed(effects, names))}
 <p><small>* The headline's rule: a report read every day, five diseases at a time, calls
 far more false results than each 95 % interval suggests. Look k (k days after the trial's
 first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the day's diseases;

@@ -23,7 +23,8 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey
 
-from farm_platform.analytics.report import load_report_data, summary_lines
+from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.report_data import load_report_data
 from farm_platform.config import (
     DAGSTER_HOME,
     FARM_FIELD_MAP,

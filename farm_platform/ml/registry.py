@@ -88,6 +88,12 @@ class ModelCard:
     directory: Path | None = field(default=None, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def disease_name(self) -> str | None:
+        """A grader's readable disease name (`disease_name` in its card), if it has one."""
+        name = self.extra.get("disease_name")
+        return name if isinstance(name, str) and name else None
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str | Path = "<card>") -> ModelCard:
         """Validate a parsed card; errors name the file and the field."""

@@ -1,0 +1,91 @@
+"""The report's headline: per disease, the decision under the always-valid rule, or in words
+why there is none."""
+
+import math
+
+from farm_platform.analytics.report_data import ReportData, effect_summary
+
+# Below this Welch df the report says plainly that the interval rests on few positions.
+FEW_DF = 5
+
+
+def _no_estimate(row: dict[str, object]) -> str | None:
+    """Why a disease's row decides nothing, in words; None when it has an interval."""
+    n_treated, n_control = row.get("n_treated") or 0, row.get("n_control") or 0
+    head = f"{row['label']}: no conclusion on {row['date']}"
+    if not n_treated or not n_control:
+        missing = [arm for arm, n in (("treated", n_treated), ("control", n_control)) if not n]
+        return (
+            f"{row['label']}: no estimate on {row['date']}: no "
+            f"{' and no '.join(missing)} positions graded since their first day"
+        )
+    if n_treated == 1 or n_control == 1:
+        arms = " and ".join(
+            f"one {arm} position"
+            for arm, n in (("treated", n_treated), ("control", n_control))
+            if n == 1
+        )
+        return (
+            f"{head}: only {arms} with a change since its first graded day; a difference from one "
+            "position has no interval and decides nothing (at least 2 per area are needed)"
+        )
+    if row.get("ci_low") is None:
+        return (
+            f"{head}: every position changed by exactly the same amount, so there is no "
+            "spread to build an interval from"
+        )
+    return None
+
+
+def disease_label(disease: str, names: dict[str, str]) -> str:
+    """`disease_3 (vein streak)`: the id the tables use, with its model card's name."""
+    return f"{disease} ({names[disease]})" if disease in names else disease
+
+
+def _verdict(row: dict[str, object]) -> str:
+    direction = "treated heal faster" if row["effect"] < 0 else "treated heal slower"
+    if row.get("sequential_significant"):
+        return f"{direction}: conclusive, valid under daily looks at five diseases"
+    if row["significant"]:
+        return (
+            "not conclusive yet: the day's 95 % interval excludes 0, but the always-valid "
+            "one does not (daily looks and five diseases make single-day calls unreliable)"
+        )
+    return "no significant difference"
+
+
+def summary_lines(data: ReportData) -> list[str]:
+    """The report's headline: per disease, the decision under the always-valid rule, or in
+    words why there is none (no numbers that could read as a conclusion)."""
+    summary = effect_summary(data)
+    lines = []
+    for row in summary.iter_rows(named=True):
+        row["label"] = disease_label(row["disease_type"], data.disease_names)
+        reason = _no_estimate(row)
+        if reason is not None:
+            lines.append(reason)
+            continue
+        line = (
+            f"{row['label']}: {_verdict(row)}. Effect {row['effect']:+.3f} grade after "
+            f"{row['days_since_start']} days; always-valid 95 % interval "
+            f"[{row['sequential_ci_low']:+.3f}, {row['sequential_ci_high']:+.3f}]; "
+            f"this day alone: 95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+        )
+        if row["df"] < FEW_DF:
+            line += (
+                f". Few positions ({row['n_treated']} treated, {row['n_control']} control): "
+                f"Welch df {row['df']:.1f} is rounded down to {math.floor(row['df'])} for the "
+                "t quantile, which widens the interval (conservative)"
+            )
+        lines.append(line)
+    estimated = set(summary["disease_type"]) if summary.height else set()
+    graded = set(data.severity["disease_type"]) if data.severity.height else set()
+    for disease in sorted(graded - estimated):
+        lines.append(
+            f"{disease_label(disease, data.disease_names)}: no estimate yet: no position has "
+            "been graded on two days, so there is no change from a first day (baseline) to "
+            "compare"
+        )
+    if not lines:
+        lines.append("No estimate yet: no grades.")
+    return lines

@@ -1,0 +1,144 @@
+"""What a daily report shows, read from the marts dbt built (no rendering here)."""
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from farm_platform.analytics.effect_stats import add_decisions
+from farm_platform.resources.warehouse import WarehouseResource
+
+
+@dataclass(frozen=True)
+class ReportData:
+    day: dt.date
+    effect: pl.DataFrame  # treatment_effect, dates <= day
+    severity: pl.DataFrame  # daily_severity, dates <= day
+    coverage: pl.DataFrame  # coverage of `day`
+    ungraded: list[str]  # field-map positions without active grades on `day`
+    models: pl.DataFrame  # active model versions
+    agreement: pl.DataFrame  # model_version_agreement
+    confusion: pl.DataFrame = field(default_factory=pl.DataFrame)  # model_version_confusion
+    # model_version_effects of dates <= day: the effect under every grader version.
+    version_effects: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # held_back_partitions of dates <= day: (position, date, disease) a holding
+    # data-quality check failed on, left out of every figure.
+    held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # disease_type -> the readable name in its grader's model card.
+    disease_names: dict[str, str] = field(default_factory=dict)
+    # Every position of the field map: area, latitude, longitude and its latest mean grade
+    # (over the diseases, on its latest graded date up to the day; null if never graded).
+    field: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def active_disease_names() -> dict[str, str]:
+    """disease_type -> readable name, from the active graders' model cards."""
+    from farm_platform.ml.registry import ModelRegistry
+
+    return {
+        card.disease_type: card.disease_name
+        for card in ModelRegistry().active_cards().values()
+        if card.disease_type and card.disease_name
+    }
+
+
+def load_report_data(
+    warehouse: WarehouseResource, day: dt.date, disease_names: dict[str, str] | None = None
+) -> ReportData:
+    def upto(table: str) -> pl.DataFrame:
+        return warehouse.query(f"SELECT * FROM {table} WHERE date <= %s ORDER BY date", [day])
+
+    graded = warehouse.query(
+        "SELECT DISTINCT position_id FROM stg_active_disease_grades WHERE date = %s", [day]
+    )
+    positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
+    return ReportData(
+        day=day,
+        effect=upto("treatment_effect"),
+        severity=upto("daily_severity"),
+        coverage=warehouse.query("SELECT * FROM coverage WHERE date = %s ORDER BY area", [day]),
+        ungraded=sorted(set(positions["position_id"]) - set(graded["position_id"])),
+        models=warehouse.query(
+            "SELECT model_id, version, sha256 FROM model_versions WHERE active ORDER BY model_id"
+        ),
+        agreement=warehouse.query("SELECT * FROM model_version_agreement"),
+        confusion=warehouse.query(
+            "SELECT * FROM model_version_confusion"
+            " ORDER BY disease_type, version_a, version_b, grade_a, grade_b"
+        ),
+        version_effects=upto("model_version_effects"),
+        held_back=warehouse.query(
+            "SELECT date, position_id, disease_type, failed_checks FROM held_back_partitions"
+            " WHERE date <= %s ORDER BY date DESC, position_id, disease_type",
+            [day],
+        ),
+        disease_names=active_disease_names() if disease_names is None else disease_names,
+        field=warehouse.query(
+            "WITH latest AS (SELECT position_id, max(date) AS date FROM position_trajectories"
+            " WHERE date <= %s GROUP BY position_id),"
+            " grade AS (SELECT t.position_id, avg(t.mean_grade) AS mean_grade"
+            " FROM position_trajectories AS t JOIN latest USING (position_id, date)"
+            " GROUP BY t.position_id)"
+            " SELECT p.position_id, p.area, p.latitude, p.longitude, grade.mean_grade"
+            " FROM stg_positions AS p LEFT JOIN grade USING (position_id) ORDER BY p.position_id",
+            [day],
+        ),
+    )
+
+
+def effect_decisions(data: ReportData) -> pl.DataFrame:
+    """treatment_effect up to the report's day with the decision rules of effect_stats:
+    Holm across the diseases of each day, and the always-valid rule over daily looks."""
+    return add_decisions(data.effect)
+
+
+def effect_summary(data: ReportData) -> pl.DataFrame:
+    """The effect per disease on the report's day (or the latest day before it with one),
+    with its decisions."""
+    effect = effect_decisions(data)
+    if effect.is_empty():
+        return effect
+    latest = effect.group_by("disease_type").agg(pl.col("date").max())
+    return effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
+
+
+def version_effect_comparison(version_effects: pl.DataFrame) -> pl.DataFrame:
+    """For each disease graded by more than one version: the effect under each version on
+    the latest date every one of them graded (a like-for-like comparison)."""
+    columns = [
+        "disease_type",
+        "disease_model_version",
+        "version_active",
+        "date",
+        "first_date",
+        "n_treated",
+        "n_control",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "significant",
+    ]
+    if version_effects.is_empty():
+        return version_effects
+    rows = []
+    for _, effects in version_effects.group_by("disease_type", maintain_order=True):
+        by_version = effects.partition_by("disease_model_version", as_dict=True)
+        if len(by_version) < 2:
+            continue
+        common = set.intersection(*(set(frame["date"]) for frame in by_version.values()))
+        if common:
+            rows.append(effects.filter(pl.col("date") == max(common)).select(columns))
+    if not rows:
+        return version_effects.clear().select(columns)
+    return pl.concat(rows).sort("disease_type", "disease_model_version")
+
+
+def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
+    """model_version_confusion in wide form: one row per (pair, grade_a), a column per grade_b."""
+    if confusion.is_empty():
+        return confusion
+    index = ["disease_type", "version_a", "version_b", "grade_a"]
+    wide = confusion.with_columns(
+        ("grade_b=" + pl.col("grade_b").cast(pl.String)).alias("grade_b")
+    ).pivot(on="grade_b", index=index, values="n", sort_columns=True)
+    return wide.fill_null(0).sort(index)
