@@ -17,11 +17,8 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -34,12 +31,11 @@ from farm_platform.config import (
     FARM_MODELS_DIR,
     FARM_TRIAL_START_DATE,
     REPO_MODELS_DIR,
-    WORKSPACE_FILE,
 )
 from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
-from farm_platform.dev.processes import free_port
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.dev.stack import LocalStack
+from farm_platform.dev.ui import Browser, webserver
 from farm_platform.images.keys import GRADES_BY_DISEASE, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.warehouse import WarehouseResource
@@ -57,37 +53,6 @@ def wait(what: str, condition, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(1)
-
-
-class Browser:
-    """Headless Debian Chromium through Playwright (no browser download)."""
-
-    def __enter__(self) -> Browser:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        browser = self._playwright.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        self.page = browser.new_page(viewport={"width": 1500, "height": 900})
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._playwright.stop()
-
-    def screenshot(self, url: str, path: Path, click: Sequence[str] = ()) -> None:
-        """`url` after clicking, in order, the first element showing each text of `click`."""
-        self.page.goto(url, wait_until="networkidle")
-        skip = self.page.get_by_role("button", name="Skip")  # the first-visit newsletter modal
-        if skip.count():
-            skip.first.click()
-        for text in click:
-            self.page.get_by_text(text, exact=True).first.click(timeout=60_000)
-            self.page.wait_for_load_state("networkidle")
-        self.page.wait_for_timeout(4000)  # let the asset health and graph layout settle
-        self.page.screenshot(path=str(path))
-        print(f"wrote {path} ({url})")
 
 
 def data_version(instance: DagsterInstance, model_id: str) -> str | None:
@@ -140,25 +105,7 @@ def main() -> int:
             add_model(incoming, ModelRegistry(models_dir), activate=True)
             wait("the sensor to record v2", lambda: data_version(instance, GRADER) == "v2", 120)
 
-            port = free_port()
-            webserver = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("dagster-webserver")),
-                    "-w",
-                    str(WORKSPACE_FILE),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                ],
-                env={**os.environ, **environment},
-                stdout=(workdir / "webserver.log").open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-            base = f"http://127.0.0.1:{port}"
-            try:
-                wait("the webserver", lambda: _up(f"{base}/server_info"), 180)
-                time.sleep(5)  # code locations load after the server answers
+            with webserver({**os.environ, **environment}, workdir / "webserver.log") as base:
                 grades = f"{base}/assets/disease_3_grades"
                 with Browser() as browser:
                     # The UI computes staleness per day partition, in the partition's detail.
@@ -175,18 +122,7 @@ def main() -> int:
                     browser.screenshot(backfill, out / "backfill.png")
                     browser.screenshot(f"{backfill}?tab=runs", out / "backfill_runs.png")
                     browser.screenshot(partition, out / "after_backfill.png")
-            finally:
-                webserver.terminate()
-                webserver.wait(timeout=30)
     return 0
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The Dagster UI as a user reads it: the real webserver over a small graded farm, read
+with headless Chromium. Each page asserts what a user must see (and must not)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+from dagster import DagsterInstance
+
+from farm_platform.admin.instance import prepare_dagster_home
+from farm_platform.dev.farm import grade_simulated_farm
+from farm_platform.dev.simulate import FarmConfig
+from farm_platform.dev.ui import Browser, webserver
+
+# The trial ends today, so the partitions page holds only the farm's days.
+START = dt.date.today() - dt.timedelta(days=1)
+CONFIG = FarmConfig(positions=3, days=2, start_date=START, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A graded farm on a real Dagster instance, the webserver on it, and a browser."""
+    workdir = tmp_path_factory.mktemp("ui")
+    home = workdir / "dagster"
+    prepare_dagster_home(home)
+    with DagsterInstance.from_config(str(home)) as instance:
+        farm = grade_simulated_farm(CONFIG, workdir / "farm", instance)
+        runs = [run.run_id for run in instance.get_runs() if run.tags.get("dagster/partition")]
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "FARM_BUCKET": farm.bucket_url,
+        "FARM_WAREHOUSE": farm.warehouse.url,
+        "FARM_GCP_PROJECT": "farm-ui",
+        "FARM_FIELD_MAP": str(farm.field_map),
+        "FARM_TRIAL_START_DATE": START.isoformat(),
+    }
+    with webserver(environment, workdir / "webserver.log") as base, Browser() as browser:
+        yield base, browser, runs
+
+
+def test_the_lineage_graph_runs_from_the_models_to_the_reports(ui):
+    base, browser, _ = ui
+    text = browser.open(f"{base}/", click=["Lineage"])
+    assert "Global asset lineage" in text
+    for group in ("models", "inference", "images", "analytics", "reports"):
+        assert group in text.split(), group
+
+
+def test_the_image_assets_partitions_are_the_trials_days(ui):
+    base, browser, _ = ui
+    text = browser.open(f"{base}/assets/drone_images?view=partitions")
+    assert "Materialized (2)" in text and "Missing (0)" in text and "Failed (0)" in text
+    assert START.isoformat() in text and (START + dt.timedelta(days=1)).isoformat() in text
+
+
+def test_a_grade_check_shows_its_day_passing(ui):
+    base, browser, _ = ui
+    text = browser.open(f"{base}/assets/disease_3_grades?view=checks")
+    assert "grades_valid" in text and "severity_jump" in text
+    assert "Passed" in text and "photos_failed" in text
+
+
+def test_a_healthy_run_page_shows_no_false_error(ui):
+    base, browser, runs = ui
+    assert runs, "no run of a day partition to look at"
+    text = browser.open(f"{base}/runs/{runs[-1]}")
+    assert "Success" in text and "image_pipeline" in text
+    assert "did not yield or return expected outputs" not in text
+
+
+def test_a_dbt_assets_storage_names_the_warehouse(ui):
+    base, browser, _ = ui
+    text = browser.open(f"{base}/assets/treatment_effect")
+    assert "warehouse.main.treatment_effect" in text  # the farm's warehouse.duckdb
+    assert "memory.main" not in text
