@@ -1,0 +1,231 @@
+"""The model server (`farm-platform models serve`, kserve) and its client, for real: one
+server process per module on free ports, the shipped weights, the Open Inference Protocol
+over loopback. Needs the `serve` extra; skipped without it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from farm_platform import config
+from farm_platform.config import REPO_MODELS_DIR
+from farm_platform.layout import ImageKey
+from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
+
+pytest.importorskip("kserve")
+inference = pytest.importorskip("farm_platform.ml.inference")
+oip = pytest.importorskip("farm_platform.ml.oip")
+
+# kserve and torch import in ~10 s on this machine; a loaded CI machine may take several times
+# that. Only a bound on waiting, never an assertion on speed.
+SERVER_START_LIMIT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped models plus a v2 of disease_2_grader (same weights), inactive."""
+    target = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    v2 = target / "disease_2_grader" / "v2"
+    shutil.copytree(target / "disease_2_grader" / "v1", v2)
+    card = json.loads((v2 / "card.json").read_text())
+    (v2 / "card.json").write_text(json.dumps({**card, "version": "v2"}))
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port, grpc_port = _free_port(), _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "farm_platform.cli",
+                "models",
+                "--models-dir",
+                str(models_dir),
+                "serve",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO_MODELS_DIR.parent)},
+        )
+    url = f"http://127.0.0.1:{port}"
+    client = oip.OipClient(url, timeout=2, attempts=1)
+    deadline = time.monotonic() + SERVER_START_LIMIT_S
+    while not client.ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"model server did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[ImageKey, np.ndarray]]:
+    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    # The held-out seed of test_models.py: leaves from none to crowded.
+    return [
+        (ImageKey(f"P{i:03d}", dt.date(2024, 5, 1)), inference.decode_png(sim.png))
+        for i, sim in enumerate(simulate.render_training_images(2000, 12))
+    ]
+
+
+def test_server_lists_every_active_model(server: str, models_dir: Path) -> None:
+    import requests
+
+    listed = requests.get(f"{server}/v2/models", timeout=10).json()["models"]
+    assert sorted(listed) == sorted(ModelRegistry(models_dir).active_versions())
+
+
+def test_server_results_equal_local_inference(
+    server: str, models_dir: Path, photos: list[tuple[ImageKey, np.ndarray]]
+) -> None:
+    registry = ModelRegistry(models_dir)
+    client = oip.OipClient(server)
+    detector_card = registry.detector()
+    local_rows, crops = inference.crop_leaves(
+        photos, inference.load_detector(detector_card, registry), detector_card, "file:///b"
+    )
+    served_rows, served_crops = inference.crop_leaves(
+        photos, oip.remote_detector(client, detector_card), detector_card, "file:///b"
+    )
+    assert local_rows.height > 40
+    assert served_rows.equals(local_rows)
+    assert all(np.array_equal(a, b) for a, b in zip(crops, served_crops, strict=True))
+    for disease in DISEASE_TYPES:
+        card = registry.grader_for(disease)
+        prepared = inference.prepare_crops(crops, card.input_size)
+        # A batch smaller than the request shows batching does not change results either.
+        local = inference.grade_crops(
+            prepared, local_rows, inference.load_grader(card, registry), card
+        )
+        served = inference.grade_crops(
+            prepared, local_rows, oip.remote_grader(client, card), card, batch_size=50
+        )
+        assert served["predicted_grade"].to_list() == local["predicted_grade"].to_list()
+        assert np.allclose(served["confidence"], local["confidence"], rtol=0, atol=1e-6)
+        assert served.drop("confidence").equals(local.drop("confidence"))
+
+
+def test_version_mismatch_is_refused_until_the_server_reloads(
+    server: str, models_dir: Path
+) -> None:
+    registry = ModelRegistry(models_dir)
+    client = oip.OipClient(server)
+    registry.set_active("disease_2_grader", "v2")
+    try:
+        card = registry.grader_for("disease_2")
+        with pytest.raises(oip.OipVersionMismatch, match="computed disease_2_grader v1.*v2"):
+            oip.check_versions(client, [card])
+        grader = oip.remote_grader(client, card)
+        with pytest.raises(oip.OipVersionMismatch):
+            grader.run(inference.prepare_crops([np.zeros((9, 9, 3), np.uint8)], (48, 48)))
+
+        # The reload call: the new active version is served without a restart.
+        from farm_platform.cli import main
+
+        assert main(["models", "--models-dir", str(models_dir), "reload", "--url", server]) == 0
+        oip.check_versions(client, list(registry.active_cards().values()))
+        reported, _ = client.infer(
+            card.id, {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
+        )
+        assert reported == oip.Reported("disease_2_grader", "v2")
+    finally:
+        registry.set_active("disease_2_grader", "v1")
+        client.reload("disease_2_grader")
+
+
+def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
+    server: str, models_dir: Path
+) -> None:
+    registry = ModelRegistry(models_dir)
+    client = oip.OipClient(server)
+    weights = models_dir / "disease_2_grader" / "v2" / "weights.pt"
+    original = weights.read_bytes()
+    registry.set_active("disease_2_grader", "v2")
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        with pytest.raises(oip.OipError, match="sha256"):
+            client.reload("disease_2_grader")
+        reported, _ = client.infer(
+            "disease_2_grader", {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
+        )
+        assert reported.version == "v1"
+    finally:
+        weights.write_bytes(original)
+        registry.set_active("disease_2_grader", "v1")
+
+
+def test_a_request_the_model_cannot_take_is_answered_with_the_reason(server: str) -> None:
+    client = oip.OipClient(server)
+    with pytest.raises(oip.OipError, match=r"takes \[N, 48, 48, 3\], got \[1, 8, 8, 3\]"):
+        client.infer(
+            "disease_0_grader", {"crops": np.zeros((1, 8, 8, 3), np.uint8)}, oip.GRADER_OUTPUTS
+        )
+
+
+def test_unreachable_server_fails_the_run_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from farm_platform.images.grading import GradingPlan, _models
+
+    registry = ModelRegistry()
+    monkeypatch.setenv(config.FARM_INFERENCE, "oip")
+    monkeypatch.setenv(config.FARM_OIP_URL, f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv(config.FARM_OIP_TIMEOUT_SECONDS, "1")
+    plan = GradingPlan(
+        date=dt.date(2024, 5, 1),
+        positions=("P000",),
+        record_images=True,
+        detect=True,
+        detector_card=registry.detector(),
+        grader_cards=(registry.grader_for("disease_0"),),
+        run_id="r",
+        chunk_photos=8,
+    )
+    with pytest.raises(oip.OipUnavailable) as failure:
+        _models(plan, registry)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"unreachable after {config.OIP_ATTEMPTS} tries" in message
+
+
+def test_inference_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.FARM_INFERENCE, "remote")
+    with pytest.raises(config.ConfigError, match="FARM_INFERENCE='remote'"):
+        config.inference_mode()
+    monkeypatch.setenv(config.FARM_INFERENCE, "oip")
+    monkeypatch.delenv(config.FARM_OIP_URL, raising=False)
+    with pytest.raises(config.ConfigError, match="FARM_OIP_URL is not set"):
+        config.oip_url()
