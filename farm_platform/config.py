@@ -183,10 +183,14 @@ def inference_mode() -> str:
 
 
 def oip_url() -> str:
-    """`$FARM_OIP_URL`, the model server's HTTP base (http://host:port), without a slash."""
-    url = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's http:// URL")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{FARM_OIP_URL}={url!r} must start with http:// or https://")
+    """`$FARM_OIP_URL`: the model server's gRPC (grpc://host:port) or REST (http://host:port)
+    address, without a trailing slash."""
+    url = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
+    if not url.startswith(("grpc://", "http://", "https://")):
+        raise ConfigError(
+            f"{FARM_OIP_URL}={url!r} must start with grpc:// (the server's --grpc-port) or "
+            "http:// (its --port)"
+        )
     return url.rstrip("/")
 
 

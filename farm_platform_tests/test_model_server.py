@@ -52,7 +52,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_urls(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     port, grpc_port = _free_port(), _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
@@ -82,13 +84,19 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             process.kill()
             pytest.fail(f"model server did not come up:\n{log.read_text()[-3000:]}")
         time.sleep(0.3)
-    yield url
+    yield {"http": url, "grpc": f"grpc://127.0.0.1:{grpc_port}"}
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(server_urls: dict[str, str]) -> str:
+    """The REST address: health, model list, reload."""
+    return server_urls["http"]
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +116,15 @@ def test_server_lists_every_active_model(server: str, models_dir: Path) -> None:
     assert sorted(listed) == sorted(ModelRegistry(models_dir).active_versions())
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_server_results_equal_local_inference(
-    server: str, models_dir: Path, photos: list[tuple[ImageKey, np.ndarray]]
+    transport: str,
+    server_urls: dict[str, str],
+    models_dir: Path,
+    photos: list[tuple[ImageKey, np.ndarray]],
 ) -> None:
     registry = ModelRegistry(models_dir)
-    client = oip.OipClient(server)
+    client = oip.OipClient(server_urls[transport])
     detector_card = registry.detector()
     local_rows, crops = inference.crop_leaves(
         photos, inference.load_detector(detector_card, registry), detector_card, "file:///b"
@@ -139,16 +151,17 @@ def test_server_results_equal_local_inference(
 
 
 def test_version_mismatch_is_refused_until_the_server_reloads(
-    server: str, models_dir: Path
+    server: str, server_urls: dict[str, str], models_dir: Path
 ) -> None:
     registry = ModelRegistry(models_dir)
     client = oip.OipClient(server)
+    grpc_client = oip.OipClient(server_urls["grpc"])
     registry.set_active("disease_2_grader", "v2")
     try:
         card = registry.grader_for("disease_2")
         with pytest.raises(oip.OipVersionMismatch, match="computed disease_2_grader v1.*v2"):
             oip.check_versions(client, [card])
-        grader = oip.remote_grader(client, card)
+        grader = oip.remote_grader(grpc_client, card)
         with pytest.raises(oip.OipVersionMismatch):
             grader.run(inference.prepare_crops([np.zeros((9, 9, 3), np.uint8)], (48, 48)))
 
@@ -187,22 +200,26 @@ def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
         registry.set_active("disease_2_grader", "v1")
 
 
-def test_a_request_the_model_cannot_take_is_answered_with_the_reason(server: str) -> None:
-    client = oip.OipClient(server)
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
+    transport: str, server_urls: dict[str, str]
+) -> None:
+    client = oip.OipClient(server_urls[transport])
     with pytest.raises(oip.OipError, match=r"takes \[N, 48, 48, 3\], got \[1, 8, 8, 3\]"):
         client.infer(
             "disease_0_grader", {"crops": np.zeros((1, 8, 8, 3), np.uint8)}, oip.GRADER_OUTPUTS
         )
 
 
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_unreachable_server_fails_the_run_in_one_line(
-    monkeypatch: pytest.MonkeyPatch,
+    scheme: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from farm_platform.images.grading import GradingPlan, _models
 
     registry = ModelRegistry()
     monkeypatch.setenv(config.FARM_INFERENCE, "oip")
-    monkeypatch.setenv(config.FARM_OIP_URL, f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv(config.FARM_OIP_URL, f"{scheme}://127.0.0.1:{_free_port()}")
     monkeypatch.setenv(config.FARM_OIP_TIMEOUT_SECONDS, "1")
     plan = GradingPlan(
         date=dt.date(2024, 5, 1),

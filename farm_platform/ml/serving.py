@@ -78,7 +78,8 @@ def _input(payload: InferRequest, name: str, card: ModelCard) -> np.ndarray:
     tensor = payload.get_input_by_name(name)
     if tensor is None or tensor.datatype != "UINT8" or len(tensor.shape) != 4:
         raise InvalidInput(f"{card.id} takes one UINT8 input {name!r} of shape [N, H, W, 3]")
-    array = tensor.as_numpy()
+    # A writable copy: the request's bytes are read-only and torch refuses to share them.
+    array = np.array(tensor.as_numpy())
     height, width = card.input_size
     if tuple(array.shape[1:]) != (height, width, 3):
         raise InvalidInput(
