@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,22 +15,14 @@ import pytest
 
 from farm_platform import config
 from farm_platform.config import REPO_MODELS_DIR
+from farm_platform.dev.model_server import ModelServerProcess
+from farm_platform.dev.processes import free_port
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
 pytest.importorskip("kserve")
 inference = pytest.importorskip("farm_platform.ml.inference")
 oip = pytest.importorskip("farm_platform.ml.oip")
-
-# kserve and torch import in ~10 s on this machine; a loaded CI machine may take several times
-# that. Only a bound on waiting, never an assertion on speed.
-SERVER_START_LIMIT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,42 +41,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_urls(
     models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
-    port, grpc_port = _free_port(), _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "farm_platform.cli",
-                "models",
-                "--models-dir",
-                str(models_dir),
-                "serve",
-                "--port",
-                str(port),
-                "--grpc-port",
-                str(grpc_port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO_MODELS_DIR.parent)},
-        )
-    url = f"http://127.0.0.1:{port}"
-    client = oip.OipClient(url, timeout=2, attempts=1)
-    deadline = time.monotonic() + SERVER_START_LIMIT_S
-    while not client.ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"model server did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield {"http": url, "grpc": f"grpc://127.0.0.1:{grpc_port}"}
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with ModelServerProcess(models_dir, log) as server:
+        yield {"http": server.http_url, "grpc": server.grpc_url}
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +172,7 @@ def test_unreachable_server_fails_the_run_in_one_line(
 
     registry = ModelRegistry()
     monkeypatch.setenv(config.FARM_INFERENCE, "oip")
-    monkeypatch.setenv(config.FARM_OIP_URL, f"{scheme}://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv(config.FARM_OIP_URL, f"{scheme}://127.0.0.1:{free_port()}")
     monkeypatch.setenv(config.FARM_OIP_TIMEOUT_SECONDS, "1")
     plan = GradingPlan(
         date=dt.date(2024, 5, 1),
