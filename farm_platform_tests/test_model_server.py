@@ -122,7 +122,8 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
         from farm_platform.cli import main
 
         assert main(["models", "--models-dir", str(models_dir), "reload", "--url", server]) == 0
-        oip.check_versions(client, list(registry.active_cards().values()))
+        for transport in (client, grpc_client):
+            oip.check_versions(transport, list(registry.active_cards().values()))
         reported, _ = client.infer(
             card.id, {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
         )
