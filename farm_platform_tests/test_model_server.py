@@ -154,6 +154,33 @@ def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
         registry.set_active("disease_2_grader", "v1")
 
 
+def test_the_registry_watch_follows_a_new_active_version(models_dir: Path) -> None:
+    from farm_platform.ml import serving
+
+    registry = ModelRegistry(models_dir)
+    repository = serving.RegistryRepository(registry)
+    for model in serving.registry_models(registry):
+        repository.update(model)
+    watch = serving.RegistryWatch(repository, interval_seconds=60)
+    grader = repository.get_model("disease_2_grader")
+    weights = models_dir / "disease_2_grader" / "v2" / "weights.pt"
+    original = weights.read_bytes()
+    try:
+        watch.check()
+        assert grader.card.version == "v1"
+        registry.set_active("disease_2_grader", "v2")
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        watch.check()  # corrupt weights: v1 keeps serving
+        assert grader.card.version == "v1"
+        weights.write_bytes(original)
+        watch.check()
+        assert grader.card.version == "v2"
+        assert repository.get_model("leaf_detector").card.version == "v1"
+    finally:
+        weights.write_bytes(original)
+        registry.set_active("disease_2_grader", "v1")
+
+
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
     transport: str, server_urls: dict[str, str]

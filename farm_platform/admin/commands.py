@@ -121,7 +121,9 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         f"REST http://0.0.0.0:{args.port}/v2, gRPC :{args.grpc_port}",
         flush=True,
     )
-    serving.serve(registry, http_port=args.port, grpc_port=args.grpc_port)
+    serving.serve(
+        registry, http_port=args.port, grpc_port=args.grpc_port, watch_seconds=args.watch_seconds
+    )
     return 0
 
 
@@ -259,6 +261,12 @@ def add_admin_commands(commands: Any) -> None:
     )
     serve_parser.add_argument("--port", type=int, default=8080, help="REST port")
     serve_parser.add_argument("--grpc-port", type=int, default=8081, help="gRPC port")
+    serve_parser.add_argument(
+        "--watch-seconds",
+        type=float,
+        default=5.0,
+        help="how often the server checks the registry for a new active version (0: never)",
+    )
     reload_parser = model_actions.add_parser(
         "reload", help="make a running model server load the registry's active versions"
     )

@@ -25,6 +25,8 @@ class ModelServerProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
+    # Off by default: a test that switches versions decides when the server follows.
+    watch_seconds: float = 0.0
     _process: Popen[bytes] | None = None
 
     @property
@@ -53,6 +55,8 @@ class ModelServerProcess:
                 str(self.port),
                 "--grpc-port",
                 str(self.grpc_port),
+                "--watch-seconds",
+                str(self.watch_seconds),
             ],
             self.log_path,
             env=None,

@@ -5,8 +5,10 @@ under its model id, answers with the version it computed with in `model_version`
 its weights through `ml.inference` (the same sha256 checks as a local run) and runs a
 request's many photos or crops in batches, through the same code as local inference.
 
-`POST /v2/repository/models/<id>/load` reloads a model from the registry: a new active
-version reaches the server without a restart. Needs the `serve` extra (kserve).
+A new active version reaches the server without a restart: it watches the registry (every
+`watch_seconds`), and `POST /v2/repository/models/<id>/load` reloads a model at once. A
+version whose weights fail their check is not swapped in: the old one keeps serving.
+Needs the `serve` extra (kserve).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 import kserve
 import numpy as np
 from kserve.errors import InvalidInput, ModelNotFound
+from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from farm_platform.ml import inference
 from farm_platform.ml.oip import DETECTOR_INPUT, GRADER_INPUT
-from farm_platform.ml.registry import ModelCard, ModelRegistry
+from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
 
 # Per forward pass: a request may carry any number of photos or crops.
 DETECTOR_BATCH = 32
@@ -151,8 +154,40 @@ def registry_models(registry: ModelRegistry) -> list[RegistryModel]:
     return models
 
 
-def serve(registry: ModelRegistry, http_port: int, grpc_port: int) -> None:
-    """Serve until SIGTERM / SIGINT (blocks)."""
+class RegistryWatch(threading.Thread):
+    """Reloads each served model whose active version in the registry changed."""
+
+    def __init__(self, repository: RegistryRepository, interval_seconds: float) -> None:
+        super().__init__(name="registry-watch", daemon=True)
+        self.repository = repository
+        self.interval_seconds = interval_seconds
+        self.stopped = threading.Event()
+
+    def check(self) -> None:
+        try:
+            active = self.repository.registry.active_versions()
+        except ModelRegistryError as exc:
+            logger.warning("registry watch: %s", exc)
+            return
+        for name, model in list(self.repository.get_models().items()):
+            card = model.card if isinstance(model, RegistryModel) else None
+            if card is None or active.get(name, card.version) == card.version:
+                continue
+            try:
+                model.load()
+                logger.info("registry watch: %s %s -> %s", name, card.version, active[name])
+            except ModelRegistryError as exc:
+                logger.warning("registry watch: keeping %s %s: %s", name, card.version, exc)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_seconds):
+            self.check()
+
+
+def serve(
+    registry: ModelRegistry, http_port: int, grpc_port: int, watch_seconds: float = 5.0
+) -> None:
+    """Serve until SIGTERM / SIGINT (blocks); `watch_seconds` 0 turns the watch off."""
     repository = RegistryRepository(registry)
     server = kserve.ModelServer(
         http_port=http_port,
@@ -162,4 +197,7 @@ def serve(registry: ModelRegistry, http_port: int, grpc_port: int) -> None:
         workers=1,
         enable_latency_logging=False,
     )
-    server.start(registry_models(registry))
+    models = registry_models(registry)
+    if watch_seconds > 0:
+        RegistryWatch(repository, watch_seconds).start()
+    server.start(models)
