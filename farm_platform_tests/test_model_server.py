@@ -227,3 +227,15 @@ def test_inference_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(config.FARM_OIP_URL, raising=False)
     with pytest.raises(config.ConfigError, match="FARM_OIP_URL is not set"):
         config.oip_url()
+
+
+def test_grpc_without_the_serve_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    # As if kserve were not installed: the import of its protocol stubs fails.
+    monkeypatch.setitem(sys.modules, "kserve.protocol.grpc", None)
+    client = oip.OipClient(f"grpc://127.0.0.1:{free_port()}")
+    with pytest.raises(oip.OipError, match=r"serve extra \(pip install '.\[serve\]'\)"):
+        client.infer("leaf_detector", {"images": np.zeros((0, 256, 256, 3), np.uint8)}, ())

@@ -154,7 +154,14 @@ class OipClient:
         self, model_id: str, arrays: Mapping[str, np.ndarray], outputs: tuple[str, ...]
     ) -> tuple[Reported, dict[str, np.ndarray]]:
         import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+        try:
+            from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        except ImportError:
+            raise OipError(
+                f"{config.FARM_OIP_URL}={self.url} needs the protocol's gRPC stubs from the "
+                "serve extra (pip install '.[serve]'); or use the server's http:// address"
+            ) from None
 
         if self._stub is None:
             from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
