@@ -9,11 +9,13 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from farm_platform import config
+from farm_platform import config as config_module
 from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.processes import free_port
@@ -239,3 +241,96 @@ def test_grpc_without_the_serve_extra_says_what_to_install(
     client = oip.OipClient(f"grpc://127.0.0.1:{free_port()}")
     with pytest.raises(oip.OipError, match=r"serve extra \(pip install '.\[serve\]'\)"):
         client.infer("leaf_detector", {"images": np.zeros((0, 256, 256, 3), np.uint8)}, ())
+
+
+# ---------------------------------------------------------------------------------------
+# Through the image pipeline (one Dagster run in this process, a folder bucket, DuckDB)
+
+GRADE_KEY = ["position_id", "leaf_crop_idx", "disease_type"]
+
+
+@pytest.fixture(scope="module")
+def graded_locally(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from farm_platform.dev.farm import grade_simulated_farm
+    from farm_platform.dev.simulate import FarmConfig
+
+    config = FarmConfig(positions=3, days=1, seed=21)
+    return config, grade_simulated_farm(config, tmp_path_factory.mktemp("farm") / "farm")
+
+
+def _grades(resources: dict[str, object]) -> Any:
+    return resources["warehouse"].query("SELECT * FROM disease_grades").sort(GRADE_KEY)
+
+
+def test_a_day_graded_through_the_server_equals_the_day_graded_in_the_run(
+    graded_locally: Any,
+    server_urls: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from farm_platform.dev.farm import copy_farm, materialize_day
+
+    config, graded = graded_locally
+    resources = copy_farm(graded, tmp_path)
+    monkeypatch.setenv(config_module.FARM_INFERENCE, "oip")
+    monkeypatch.setenv(config_module.FARM_OIP_URL, server_urls["grpc"])
+    assert materialize_day(resources, config.dates[0].isoformat())
+
+    served = _grades(resources)
+    local = graded.warehouse.query("SELECT * FROM disease_grades").sort(GRADE_KEY)
+    assert set(served["dagster_run_id"]).isdisjoint(set(local["dagster_run_id"]))
+    assert served.height == local.height > 0
+    assert served["predicted_grade"].to_list() == local["predicted_grade"].to_list()
+    assert np.allclose(served["confidence"], local["confidence"], rtol=0, atol=1e-6)
+    columns = [*GRADE_KEY, "disease_model_id", "disease_model_version"]
+    assert served.select(columns).equals(local.select(columns))
+
+
+def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each_photo_once(
+    graded_locally: Any,
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from farm_platform.dev.farm import copy_farm, materialize_day
+
+    config, graded = graded_locally
+    day = config.dates[0].isoformat()
+    resources = copy_farm(graded, tmp_path)
+    monkeypatch.setenv(config_module.FARM_INFERENCE, "oip")
+    monkeypatch.setenv(config_module.FARM_OIP_TIMEOUT_SECONDS, "2")
+    monkeypatch.setenv(config_module.FARM_RUN_CHUNK_PHOTOS, "1")  # three chunks
+
+    first = ModelServerProcess(models_dir, tmp_path / "first.log")
+    requests_seen = []
+    real_infer = oip.OipClient.infer
+
+    def infer_then_stop_the_server(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = real_infer(self, *args, **kwargs)
+        requests_seen.append(args[0])
+        # The version check (6 models) and the first photo (detector + 5 graders) are
+        # answered; then the server process is stopped for real, mid-run.
+        if len(requests_seen) == 12:
+            first.stop()
+        return answer
+
+    monkeypatch.setattr(oip.OipClient, "infer", infer_then_stop_the_server)
+    with first:
+        monkeypatch.setenv(config_module.FARM_OIP_URL, first.grpc_url)
+        assert not materialize_day(resources, day)
+    assert len(requests_seen) == 12
+
+    # The retry (what the requeue sensor starts for a failed run's photos), on a new server.
+    monkeypatch.setattr(oip.OipClient, "infer", real_infer)
+    with ModelServerProcess(models_dir, tmp_path / "second.log") as second:
+        monkeypatch.setenv(config_module.FARM_OIP_URL, second.grpc_url)
+        assert materialize_day(resources, day)
+
+    grades = _grades(resources)
+    assert len(set(grades["dagster_run_id"])) == 1  # all from the retry, none left over
+    crops = resources["warehouse"].query("SELECT * FROM leaf_crops")
+    assert sorted(set(grades["position_id"])) == ["P000", "P001", "P002"]
+    assert grades.height == 5 * crops.height
+    assert grades.select(GRADE_KEY).is_unique().all()
+    local = graded.warehouse.query("SELECT * FROM disease_grades").sort(GRADE_KEY)
+    assert grades["predicted_grade"].to_list() == local["predicted_grade"].to_list()

@@ -71,11 +71,14 @@ class ModelServerProcess:
         )
         return self
 
+    def stop(self) -> None:
+        if self._process is not None:
+            terminate(self._process, timeout=30)
+
     def __exit__(
         self,
         kind: type[BaseException] | None,
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._process is not None:
-            terminate(self._process, timeout=30)
+        self.stop()
