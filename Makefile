@@ -10,10 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall only when the dependencies change.
+# Reinstall only when the dependencies change. The serve extra too: the model-server tests
+# run against a real kserve server process.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash scripts/install_system_deps.sh
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 # dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.

@@ -21,6 +21,11 @@ peak RSS (the code server starts each run in a `multiprocessing` spawn child).
 The trickle: one photo per second for `--trickle-seconds` at the default batching settings,
 and p50/p95 of upload → rows in the warehouse.
 
+`--inference local oip` runs each N twice, in this order: the models in the run's process,
+then on a `farm-platform models serve` process (kserve, gRPC) beside the daemon, and prints
+the oip/local ratio of end-to-end throughput and the per-request overhead at the batch
+sizes the pipeline sends (32 photos to the detector, 256 crops to a grader).
+
 `--bucket local` keeps photos and crops in a local folder bucket (`file://`) and announces
 each photo with a drone-controller message instead of a GCS notification: the same
 pipeline without the GCS emulator's cost per object (each crop is an object).
@@ -39,11 +44,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from bare_model_path import measure_bare_path
 from dagster import DagsterInstance, RunsFilter
 
+from farm_platform import config as farm_config
 from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.dev.daemon import UNFINISHED_STATUSES, DaemonProcess, wait_for_photos
+from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.dev.stack import LocalStack
@@ -91,21 +99,24 @@ class Platform:
         positions: int,
         local: bool = False,
         run_max_photos: int | None = None,
+        inference: dict[str, str] | None = None,
     ) -> None:
         self.dagster_home = workdir / f"dagster-{name}"
         prepare_dagster_home(self.dagster_home)
-        config = FarmConfig(positions=positions, days=1, start_date=START, seed=5)
-        field_map_path = write_field_map(field_map(config), workdir / f"positions-{name}.csv")
+        farm = FarmConfig(positions=positions, days=1, start_date=START, seed=5)
+        field_map_path = write_field_map(field_map(farm), workdir / f"positions-{name}.csv")
         self.warehouse = WarehouseResource(url=f"duckdb:///{workdir / f'warehouse-{name}.duckdb'}")
         bucket_url = f"file://{workdir / f'bucket-{name}'}" if local else stack.bucket_url()
         self.environment = {
             **stack.environment(),
-            config.FARM_BUCKET: bucket_url,
-            config.FARM_WAREHOUSE: self.warehouse.url,
-            config.FARM_FIELD_MAP: str(field_map_path),
+            farm_config.FARM_BUCKET: bucket_url,
+            farm_config.FARM_WAREHOUSE: self.warehouse.url,
+            farm_config.FARM_FIELD_MAP: str(field_map_path),
+            # Explicit, since os.environ carries one phase's settings into the next.
+            **(inference or {farm_config.FARM_INFERENCE: "local"}),
         }
         if run_max_photos:
-            self.environment[config.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
+            self.environment[farm_config.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
         os.environ.update(self.environment)
         self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
         self.bucket_url = bucket_url
@@ -154,14 +165,21 @@ def stage_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
 
 
 def bench(
-    n_images: int, stack: LocalStack, workdir: Path, local: bool, run_max_photos: int | None
+    n_images: int,
+    stack: LocalStack,
+    workdir: Path,
+    local: bool,
+    run_max_photos: int | None,
+    server: ModelServerProcess | None = None,
 ) -> dict[str, Any]:
     config = FarmConfig(positions=n_images, days=1, start_date=START, seed=5)
     where = "a local folder bucket" if local else "the GCS emulator"
-    print(f"\n== N = {n_images} photos of one day on {where}: rendering", flush=True)
+    how = f"models on the server {server.grpc_url}" if server else "models in the run"
+    print(f"\n== N = {n_images} photos of one day on {where}, {how}: rendering", flush=True)
     photos = list(simulate_images(config))
-    name = f"n{n_images}{'-local' if local else ''}"
-    platform = Platform(stack, workdir, name, n_images, local, run_max_photos)
+    name = f"n{n_images}{'-local' if local else ''}{'-oip' if server else ''}"
+    inference = server.environment() if server else None
+    platform = Platform(stack, workdir, name, n_images, local, run_max_photos, inference)
     sampler = RunMemorySampler()
     with platform.start() as instance:
         sampler.start()
@@ -220,6 +238,52 @@ def bench(
             print(f"  {name:32s} {value}")
     sys.stdout.flush()
     return figures
+
+
+def request_overhead(server: ModelServerProcess, repeats: int = 7) -> dict[str, float]:
+    """Median ms of one request through the server minus the same forward pass in process."""
+    from farm_platform.ml import inference, oip
+    from farm_platform.ml.registry import ModelRegistry
+
+    registry = ModelRegistry(server.models_dir)
+    client = oip.OipClient(server.grpc_url)
+    rng = np.random.default_rng(0)
+    detector_card, grader_card = registry.detector(), registry.grader_for("disease_0")
+    size = detector_card.input_size[0]
+    photos = rng.integers(0, 256, (32, size, size, 3), dtype=np.uint8)
+    crops = inference.prepare_crops(
+        list(rng.integers(0, 256, (256, *grader_card.input_size, 3), dtype=np.uint8)),
+        grader_card.input_size,
+    )
+    cases = {
+        "detector, 32 photos": (
+            inference.detector_runner(inference.load_detector(detector_card, registry)).run,
+            oip.remote_detector(client, detector_card).run,
+            photos,
+        ),
+        "grader, 256 crops": (
+            inference.grader_runner(inference.load_grader(grader_card, registry)).run,
+            oip.remote_grader(client, grader_card).run,
+            crops,
+        ),
+    }
+    overhead = {}
+    for name, (local_run, remote_run, batch) in cases.items():
+        timings: dict[str, list[float]] = {"local": [], "server": []}
+        for _ in range(repeats):
+            for which, run in (("local", local_run), ("server", remote_run)):
+                started = time.perf_counter()
+                run(batch)
+                timings[which].append(time.perf_counter() - started)
+        local_ms = 1000 * statistics.median(timings["local"])
+        server_ms = 1000 * statistics.median(timings["server"])
+        overhead[name] = round(server_ms - local_ms, 1)
+        print(
+            f"  request overhead, {name:22s} {server_ms:7.1f} ms through the server, "
+            f"{local_ms:7.1f} ms in process: {server_ms - local_ms:+.1f} ms",
+            flush=True,
+        )
+    return overhead
 
 
 def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
@@ -281,13 +345,35 @@ def main() -> int:
     parser.add_argument(
         "--run-max-photos", type=int, help="FARM_RUN_MAX_PHOTOS (default: the platform's)"
     )
+    parser.add_argument(
+        "--inference",
+        nargs="+",
+        choices=["local", "oip"],
+        default=["local"],
+        help="where the models run; `local oip` measures both, one after the other",
+    )
     args = parser.parse_args()
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
     # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
+        local = args.bucket == "local"
         for n_images in args.images:
-            with LocalStack() as stack:
-                bench(n_images, stack, Path(workdir), args.bucket == "local", args.run_max_photos)
+            throughput = {}
+            for mode in args.inference:
+                with LocalStack() as stack:
+                    if mode == "local":
+                        figures = bench(n_images, stack, Path(workdir), local, args.run_max_photos)
+                    else:
+                        log = Path(workdir) / "model-server.log"
+                        with ModelServerProcess(farm_config.models_dir(), log) as server:
+                            figures = bench(
+                                n_images, stack, Path(workdir), local, args.run_max_photos, server
+                            )
+                            request_overhead(server)
+                throughput[mode] = figures["end_to_end_photos_per_s"]
+            if len(throughput) == 2:
+                ratio = throughput["oip"] / throughput["local"]
+                print(f"  N = {n_images}: oip / local end-to-end throughput = {ratio:.2f}")
         if args.trickle_seconds:
             with LocalStack() as stack:
                 trickle(stack, Path(workdir), args.trickle_seconds)

@@ -33,6 +33,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from farm_platform.config import ConfigError
     from farm_platform.dev.emulators import StackError
     from farm_platform.layout import BucketUnreachable, LayoutError
+    from farm_platform.ml.oip import OipError
     from farm_platform.ml.registry import ModelRegistryError
     from farm_platform.resources.field_map import FieldMapError
     from farm_platform.resources.pubsub import PubSubUnavailable
@@ -45,6 +46,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
         FieldMapError,
         LayoutError,
         ModelRegistryError,
+        OipError,
         PubSubUnavailable,
         StackError,
         WarehouseError,

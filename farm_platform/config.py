@@ -60,6 +60,15 @@ DEFAULT_WAREHOUSE_LOCK_SECONDS = 120.0
 # How often a photo is handed to a run before a failure dead-letters it.
 FARM_MAX_PHOTO_ATTEMPTS = "FARM_MAX_PHOTO_ATTEMPTS"
 DEFAULT_MAX_PHOTO_ATTEMPTS = 3
+# Where the models run: in the run's own process (`local`) or on an Open Inference Protocol
+# model server at FARM_OIP_URL (`oip`; README, "Model server").
+FARM_INFERENCE = "FARM_INFERENCE"
+INFERENCE_MODES = ("local", "oip")
+FARM_OIP_URL = "FARM_OIP_URL"
+# One request's limit; a request that times out or cannot connect is tried this many times.
+FARM_OIP_TIMEOUT_SECONDS = "FARM_OIP_TIMEOUT_SECONDS"
+DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
+OIP_ATTEMPTS = 3
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -87,6 +96,9 @@ CONFIG_VARIABLES = (
     FARM_MODELS_DIR,
     FARM_TRIAL_START_DATE,
     FARM_MAX_SEVERITY_JUMP,
+    FARM_INFERENCE,
+    FARM_OIP_URL,
+    FARM_OIP_TIMEOUT_SECONDS,
 )
 
 
@@ -160,6 +172,30 @@ def webserver_url() -> str:
 
 def max_severity_jump() -> float:
     return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
+
+
+def inference_mode() -> str:
+    """`$FARM_INFERENCE`: `local` (default) or `oip`."""
+    mode = os.environ.get(FARM_INFERENCE) or "local"
+    if mode not in INFERENCE_MODES:
+        raise ConfigError(f"{FARM_INFERENCE}={mode!r} must be one of {', '.join(INFERENCE_MODES)}")
+    return mode
+
+
+def oip_url() -> str:
+    """`$FARM_OIP_URL`: the model server's gRPC (grpc://host:port) or REST (http://host:port)
+    address, without a trailing slash."""
+    url = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
+    if not url.startswith(("grpc://", "http://", "https://")):
+        raise ConfigError(
+            f"{FARM_OIP_URL}={url!r} must start with grpc:// (the server's --grpc-port) or "
+            "http:// (its --port)"
+        )
+    return url.rstrip("/")
+
+
+def oip_timeout_seconds() -> float:
+    return env_number(FARM_OIP_TIMEOUT_SECONDS, DEFAULT_OIP_TIMEOUT_SECONDS)
 
 
 def require(name: str, hint: str = "") -> str:

@@ -3,17 +3,15 @@ whole-day runs, chunked streaming, concurrent runs of one day, grades-only re-gr
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from farm_platform.dev.farm import (
     GradedFarm,
-    farm_resources,
+    copy_farm,
     grade_simulated_farm,
     materialize_day,
 )
@@ -30,16 +28,6 @@ GRADE_KEY = ["position_id", "leaf_crop_idx", "disease_type"]
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> GradedFarm:
     return grade_simulated_farm(CONFIG, tmp_path_factory.mktemp("day_runs") / "farm")
-
-
-def copy_farm(farm: GradedFarm, destination: Path) -> dict[str, object]:
-    """The farm's bucket and warehouse copied, so a test can change them freely."""
-    source = Path(farm.bucket_url.removeprefix("file://")).parent
-    shutil.copytree(source / "bucket", destination / "bucket")
-    shutil.copyfile(farm.warehouse.duckdb_path, destination / "warehouse.duckdb")
-    return farm_resources(
-        f"file://{destination / 'bucket'}", f"duckdb:///{destination / 'warehouse.duckdb'}"
-    )
 
 
 def table(resources: dict[str, object], name: str, order: list[str]) -> pl.DataFrame:

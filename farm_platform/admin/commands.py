@@ -92,8 +92,38 @@ def _models(args: argparse.Namespace) -> int:
         # Exit 1 when a live model is broken, so scripts and CI notice, not only readers.
         if any(row.active and row.problem for row in rows):
             return 1
+    elif args.action == "serve":
+        return _models_serve(args, registry)
+    elif args.action == "reload":
+        from farm_platform.ml.oip import OipClient
+
+        client = OipClient(args.url or config.oip_url())
+        for model_id, version in sorted(registry.active_versions().items()):
+            client.reload(model_id)
+            print(f"{client.url}: {model_id} reloaded (registry's active version: {version})")
     else:
         return _models_stale(args)
+    return 0
+
+
+def _models_serve(args: argparse.Namespace, registry: Any) -> int:
+    try:
+        from farm_platform.ml import serving
+    except ImportError as exc:
+        raise ConfigError(
+            f"`models serve` needs the serve extra ({exc}): pip install -e '.[serve]'"
+        ) from None
+    # Fail here, in one line, on a missing or corrupted weights file, not in kserve's log.
+    for model_id, version in sorted(registry.active_versions().items()):
+        registry.verify_weights(registry.card(model_id, version))
+    print(
+        f"serving {', '.join(sorted(registry.active_versions()))} from {registry.models_dir}: "
+        f"REST http://0.0.0.0:{args.port}/v2, gRPC :{args.grpc_port}",
+        flush=True,
+    )
+    serving.serve(
+        registry, http_port=args.port, grpc_port=args.grpc_port, watch_seconds=args.watch_seconds
+    )
     return 0
 
 
@@ -226,6 +256,21 @@ def add_admin_commands(commands: Any) -> None:
         "--asset", action="append", help="asset key (repeatable); default all"
     )
     stale_parser.add_argument("--limit", type=int, default=20, help="partitions shown per asset")
+    serve_parser = model_actions.add_parser(
+        "serve", help="Open Inference Protocol server of the active models (serve extra)"
+    )
+    serve_parser.add_argument("--port", type=int, default=8080, help="REST port")
+    serve_parser.add_argument("--grpc-port", type=int, default=8081, help="gRPC port")
+    serve_parser.add_argument(
+        "--watch-seconds",
+        type=float,
+        default=5.0,
+        help="how often the server checks the registry for a new active version (0: never)",
+    )
+    reload_parser = model_actions.add_parser(
+        "reload", help="make a running model server load the registry's active versions"
+    )
+    reload_parser.add_argument("--url", default=None, help=f"default: ${config.FARM_OIP_URL}")
     models_parser.set_defaults(handler=_models)
 
     backfill_parser = commands.add_parser(

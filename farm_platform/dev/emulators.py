@@ -83,7 +83,7 @@ def _log_tail(log_path: Path, lines: int = 40) -> str:
     return tail or "(log is empty)"
 
 
-def _wait_ready(
+def wait_ready(
     proc: subprocess.Popen[bytes], url: str, log_path: Path, what: str, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -225,7 +225,7 @@ def start_pubsub_emulator(
         proc = spawn(args, log_path, None, detached)
         host = f"127.0.0.1:{chosen}"
         # The REST gateway shares the gRPC port: a 200 here means the server is serving.
-        _wait_ready(
+        wait_ready(
             proc,
             f"http://{host}/v1/projects/{project}/topics",
             log_path,
@@ -291,7 +291,7 @@ def start_gcs_emulator(
         if bucket:
             args += ["-event.bucket", bucket]
         proc = spawn(args, log_path, env, detached)
-        _wait_ready(proc, f"{url}/storage/v1/b", log_path, "fake-gcs-server", timeout)
+        wait_ready(proc, f"{url}/storage/v1/b", log_path, "fake-gcs-server", timeout)
         return proc, url
 
     return start_with_port_retry(start, port)

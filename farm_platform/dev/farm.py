@@ -10,6 +10,7 @@ staleness tests and the effect check start from it); `reported_vs_true_effect` a
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,17 @@ def farm_resources(
         "pubsub": PubSubResource(project="unused"),
         "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
     }
+
+
+def copy_farm(farm: GradedFarm, destination: Path) -> dict[str, object]:
+    """The farm's bucket and warehouse copied under `destination`, and resources over the
+    copies, so a test can change them freely."""
+    source = Path(farm.bucket_url.removeprefix("file://")).parent
+    shutil.copytree(source / "bucket", destination / "bucket")
+    shutil.copyfile(farm.warehouse.duckdb_path, destination / "warehouse.duckdb")
+    return farm_resources(
+        f"file://{destination / 'bucket'}", f"duckdb:///{destination / 'warehouse.duckdb'}"
+    )
 
 
 def materialize_day(

@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from farm_platform import config
 from farm_platform.images.photos import Photo, decode_photos, drone_image_rows
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
@@ -98,8 +99,7 @@ def grade_day(
     from farm_platform.ml import inference
 
     result = DayResult()
-    detector = inference.load_detector(plan.detector_card, registry) if plan.detect else None
-    graders = [(card, inference.load_grader(card, registry)) for card in plan.grader_cards]
+    detector, graders = _models(plan, registry)
     keys = [ImageKey(position, plan.date) for position in plan.positions]
     chunks = [keys[i : i + plan.chunk_photos] for i in range(0, len(keys), plan.chunk_photos)]
     graded_at = dt.datetime.now(dt.UTC)
@@ -150,6 +150,24 @@ def grade_day(
         for future in in_flight:
             future.result()
     return result
+
+
+def _models(plan: GradingPlan, registry: Any) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The run's detector and graders: loaded here, or on the model server (FARM_INFERENCE)."""
+    from farm_platform.ml import inference
+
+    if config.inference_mode() == "oip":
+        from farm_platform.ml import oip
+
+        client = oip.OipClient.from_env()
+        cards = ([plan.detector_card] if plan.detect else []) + list(plan.grader_cards)
+        # Before any photo: an unreachable server or another active version fails the run
+        # now, with nothing written (its photos are requeued and retried).
+        oip.check_versions(client, cards)
+        detector = oip.remote_detector(client, plan.detector_card) if plan.detect else None
+        return detector, [(card, oip.remote_grader(client, card)) for card in plan.grader_cards]
+    detector = inference.load_detector(plan.detector_card, registry) if plan.detect else None
+    return detector, [(card, inference.load_grader(card, registry)) for card in plan.grader_cards]
 
 
 def _grade_chunk(

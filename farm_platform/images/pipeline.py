@@ -32,7 +32,9 @@ from farm_platform.config import (
     DEFAULT_RUN_CHUNK_PHOTOS,
     FARM_RUN_CHUNK_PHOTOS,
     env_number,
+    inference_mode,
     max_severity_jump,
+    oip_url,
 )
 from farm_platform.images import checks
 from farm_platform.images.grading import DayResult, GradingPlan, grade_day
@@ -142,9 +144,12 @@ def image_pipeline(
         run_id=context.run.run_id,
         chunk_photos=int(env_number(FARM_RUN_CHUNK_PHOTOS, DEFAULT_RUN_CHUNK_PHOTOS)),
     )
+    # Says where the grades come from, so a run's log tells a server-backed run apart.
+    where = "in this run" if inference_mode() == "local" else f"on the model server {oip_url()}"
     context.log.info(
         f"{date}: {len(positions)} photo(s)"
         + ("" if config.positions else " (every recorded photo of the day)")
+        + f"; models {where}"
     )
     announcements = queue.announcements(date, positions)
     day = grade_day(plan, bucket, warehouse, registry, announcements)

@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,27 +221,84 @@ def prepare_crops(crops: Sequence[np.ndarray], input_size: tuple[int, int]) -> t
 # Detection and cropping
 
 
+# Where a batch runs: in this process (the default) or on a model server (ml/oip.py). A
+# runner takes what the local model takes after the CPU-side preparation, so the same
+# preparation and post-processing code serves both and results are identical.
+DetectorRun = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
+GraderRun = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DetectorRunner:
+    """`run`: (N, S, S, 3) uint8 -> per image (boxes (k, 4) in input pixels, scores (k,))."""
+
+    input_size: int
+    run: DetectorRun
+
+
+@dataclass(frozen=True)
+class GraderRunner:
+    """`run`: (N, 3, H, W) float in [0, 1] -> (class index (N,), confidence (N,) float32)."""
+
+    run: GraderRun
+
+
+def run_detector(detector: LeafDetector, scaled: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The local detector on (N, S, S, 3) uint8 inputs: raw boxes and scores per image."""
+    with torch.inference_mode():
+        decoded = detector.decode(*detector(to_tensor(scaled)))
+    return [
+        (boxes.numpy(), scores.numpy())
+        for boxes, scores in zip(decoded.boxes, decoded.scores, strict=True)
+    ]
+
+
+def run_grader(grader: DiseaseGrader, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The local grader on prepared crops: the most likely class and its probability."""
+    with torch.inference_mode():
+        confidence, index = torch.softmax(grader(inputs), dim=1).max(dim=1)
+    return index.numpy(), confidence.numpy()
+
+
+def detector_runner(detector: LeafDetector | DetectorRunner) -> DetectorRunner:
+    if isinstance(detector, DetectorRunner):
+        return detector
+    return DetectorRunner(detector.input_size, functools.partial(run_detector, detector))
+
+
+def grader_runner(grader: DiseaseGrader | GraderRunner) -> GraderRunner:
+    if isinstance(grader, GraderRunner):
+        return grader
+    return GraderRunner(functools.partial(run_grader, grader))
+
+
+def scale_for_detector(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Photos of another size are scaled to the detector input; boxes scale back."""
+    scaled = []
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+        if image.shape[:2] != (size, size):
+            image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+        scaled.append(image)
+    return np.ascontiguousarray(np.stack(scaled))
+
+
 def detect_leaves(
-    images: Sequence[np.ndarray], detector: LeafDetector, batch_size: int = 32
+    images: Sequence[np.ndarray],
+    detector: LeafDetector | DetectorRunner,
+    batch_size: int = 32,
 ) -> list[list[Detection]]:
     """Detections per image, best score first; boxes clipped to the image."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size = detector.input_size
+    runner = detector_runner(detector)
+    size = runner.input_size
     results: list[list[Detection]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        scaled = []
-        for image in chunk:
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-            # Photos of another size are scaled to the detector input; boxes scale back.
-            if image.shape[:2] != (size, size):
-                image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-            scaled.append(image)
-        with torch.inference_mode():
-            decoded = detector.decode(*detector(to_tensor(scaled)))
-        for image, boxes, scores in zip(chunk, decoded.boxes, decoded.scores, strict=True):
+        raw = runner.run(scale_for_detector(chunk, size))
+        for image, (boxes, scores) in zip(chunk, raw, strict=True):
             height, width = image.shape[:2]
             sx, sy = width / size, height / size
             found = []
@@ -257,7 +314,7 @@ def detect_leaves(
 
 def crop_leaves(
     images: Sequence[tuple[ImageKey, np.ndarray]],
-    detector: LeafDetector,
+    detector: LeafDetector | DetectorRunner,
     cropper_card: ModelCard,
     bucket_root: str,
     batch_size: int = 32,
@@ -318,7 +375,7 @@ def write_crops(
 def grade_crops(
     crops: Sequence[np.ndarray] | torch.Tensor,
     crop_rows: pl.DataFrame,
-    grader: DiseaseGrader,
+    grader: DiseaseGrader | GraderRunner,
     grader_card: ModelCard,
     batch_size: int = 256,
 ) -> pl.DataFrame:
@@ -337,14 +394,13 @@ def grade_crops(
     inputs = crops if isinstance(crops, torch.Tensor) else prepare_crops(list(crops), size)
     if tuple(inputs.shape[2:]) != size:
         raise ValueError(f"prepared crops are {tuple(inputs.shape[2:])}, the grader wants {size}")
+    runner = grader_runner(grader)
     grades: list[int] = []
     confidences: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, inputs.shape[0], batch_size):
-            probs = torch.softmax(grader(inputs[start : start + batch_size]), dim=1)
-            confidence, index = probs.max(dim=1)
-            grades.extend(grader_card.grades[i] for i in index.tolist())
-            confidences.extend(confidence.tolist())
+    for start in range(0, inputs.shape[0], batch_size):
+        index, confidence = runner.run(inputs[start : start + batch_size])
+        grades.extend(grader_card.grades[i] for i in index.tolist())
+        confidences.extend(confidence.tolist())
     n = crop_rows.height
     return pl.DataFrame(
         {

@@ -1,0 +1,84 @@
+"""A `farm-platform models serve` process on free ports, for the tests and the benchmark."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+from types import TracebackType
+
+from farm_platform.config import FARM_INFERENCE, FARM_OIP_URL
+from farm_platform.dev.emulators import wait_ready
+from farm_platform.dev.processes import free_port, spawn, terminate
+
+# kserve and torch import in ~10 s on an idle 2-core machine; a loaded CI machine takes
+# several times that. A bound on waiting only.
+START_TIMEOUT_SECONDS = 180.0
+
+
+@dataclass
+class ModelServerProcess:
+    """`with ModelServerProcess(models_dir, log) as server:` serves until the block ends."""
+
+    models_dir: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    # Off by default: a test that switches versions decides when the server follows.
+    watch_seconds: float = 0.0
+    _process: Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    def environment(self) -> dict[str, str]:
+        """What a pipeline process needs to infer on this server."""
+        return {FARM_INFERENCE: "oip", FARM_OIP_URL: self.grpc_url}
+
+    def __enter__(self) -> ModelServerProcess:
+        self._process = spawn(
+            [
+                sys.executable,
+                "-m",
+                "farm_platform.cli",
+                "models",
+                "--models-dir",
+                str(self.models_dir),
+                "serve",
+                "--port",
+                str(self.port),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--watch-seconds",
+                str(self.watch_seconds),
+            ],
+            self.log_path,
+            env=None,
+            detached=False,
+        )
+        wait_ready(
+            self._process,
+            f"{self.http_url}/v2/health/ready",
+            self.log_path,
+            "the model server",
+            START_TIMEOUT_SECONDS,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            terminate(self._process, timeout=30)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

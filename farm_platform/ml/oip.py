@@ -1,0 +1,309 @@
+"""The client of the model server: Open Inference Protocol (KServe v2), gRPC or REST.
+
+`FARM_OIP_URL` picks the transport: `grpc://host:port` (the pipeline's choice) or
+`http://host:port`. Tensors travel as raw little-endian bytes either way (gRPC's
+`raw_input_contents`; REST's binary extension, a JSON header then the bytes), so pixels and
+scores arrive bit for bit and server results equal local ones. REST needs only `requests`;
+gRPC uses the protocol's stubs that kserve ships (the serve extra). Why gRPC for data:
+kserve 0.21 turns a REST binary input into a Python list element by element (6.3 MB of
+photos: ~2 s), while its gRPC path reads the bytes as they are.
+
+The tensors each model takes and gives (ml/serving.py serves them):
+
+    leaf_detector        images UINT8 [N, S, S, 3]  -> boxes FP32 [M, 4], scores FP32 [M],
+                                                       counts INT64 [N] (M = sum of counts)
+    disease_<k>_grader   crops UINT8 [N, H, W, 3]   -> index INT64 [N], confidence FP32 [N]
+
+Every response names the model and version that computed it; a response from another
+version than the run's is refused (`OipVersionMismatch`), so one run never mixes versions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import requests
+
+from farm_platform import config
+from farm_platform.ml.registry import ModelCard
+
+if TYPE_CHECKING:  # torch loads only where a model runs (the CLI's error path must not)
+    import torch
+
+    from farm_platform.ml.inference import DetectorRunner, GraderRunner
+
+DETECTOR_INPUT = "images"
+DETECTOR_OUTPUTS = ("boxes", "scores", "counts")
+GRADER_INPUT = "crops"
+GRADER_OUTPUTS = ("index", "confidence")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_DTYPES = {
+    "UINT8": np.dtype("<u1"),
+    "INT64": np.dtype("<i8"),
+    "FP32": np.dtype("<f4"),
+}
+
+
+class OipError(RuntimeError):
+    """The model server answered something the run cannot use."""
+
+
+class OipUnavailable(OipError):
+    """The model server could not be reached within the bounded retries."""
+
+
+class OipVersionMismatch(OipError):
+    """The server computed with another model version than the run's (the registry's)."""
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The model id and version a response says computed it."""
+
+    model_id: str
+    version: str
+
+
+@dataclass
+class OipClient:
+    """Bounded requests to one server: each request `timeout` seconds, `attempts` tries."""
+
+    url: str
+    timeout: float = config.DEFAULT_OIP_TIMEOUT_SECONDS
+    attempts: int = config.OIP_ATTEMPTS
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        self._session = requests.Session()
+        self._stub: Any = None
+
+    @classmethod
+    def from_env(cls) -> OipClient:
+        return cls(config.oip_url(), timeout=config.oip_timeout_seconds())
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            _backoff(attempt)
+            try:
+                return self._session.request(
+                    method, self.url + path, timeout=self.timeout, **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = exc
+        raise self._unavailable(type(last).__name__ if last else "no answer")
+
+    def _unavailable(self, reason: str) -> OipUnavailable:
+        return OipUnavailable(
+            f"model server {self.url} unreachable after {self.attempts} tries "
+            f"({reason}, {self.timeout:g} s each): is `farm-platform models serve` running?"
+        )
+
+    def ready(self) -> bool:
+        try:
+            return self._request("GET", "/v2/health/ready").status_code == 200
+        except OipUnavailable:
+            return False
+
+    def reload(self, model_id: str) -> None:
+        """Make the server load the registry's active version of `model_id` (no restart)."""
+        response = self._request("POST", f"/v2/repository/models/{model_id}/load")
+        if response.status_code != 200:
+            raise OipError(f"reloading {model_id} on {self.url}: {_reason(response)}")
+
+    def infer(
+        self, model_id: str, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]
+    ) -> tuple[Reported, dict[str, np.ndarray]]:
+        """One inference request; the outputs and who computed them."""
+        arrays = {
+            name: np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            for name, array in inputs.items()
+        }
+        if self.url.startswith("grpc://"):
+            return self._grpc_infer(model_id, arrays, outputs)
+        header = {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(array.shape),
+                    "datatype": _datatype(array.dtype),
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+                for name, array in arrays.items()
+            ],
+            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+        }
+        head = json.dumps(header).encode()
+        body = b"".join([head, *(array.tobytes() for array in arrays.values())])
+        response = self._request(
+            "POST",
+            f"/v2/models/{model_id}/infer",
+            data=body,
+            headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))},
+        )
+        if response.status_code != 200:
+            raise OipError(f"{model_id} on {self.url}: {_reason(response)}")
+        return _decode_response(response)
+
+    def _grpc_infer(
+        self, model_id: str, arrays: Mapping[str, np.ndarray], outputs: tuple[str, ...]
+    ) -> tuple[Reported, dict[str, np.ndarray]]:
+        import grpc
+
+        try:
+            from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        except ImportError:
+            raise OipError(
+                f"{config.FARM_OIP_URL}={self.url} needs the protocol's gRPC stubs from the "
+                "serve extra (pip install '.[serve]'); or use the server's http:// address"
+            ) from None
+
+        if self._stub is None:
+            from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+            channel = grpc.insecure_channel(
+                self.url.removeprefix("grpc://"),
+                # A day's chunk of photos answers with a few MB; the server caps requests.
+                options=[("grpc.max_receive_message_length", 64 << 20)],
+            )
+            self._stub = GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(
+            model_name=model_id,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name=name, datatype=_datatype(array.dtype), shape=list(array.shape)
+                )
+                for name, array in arrays.items()
+            ],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs],
+            raw_input_contents=[array.tobytes() for array in arrays.values()],
+        )
+        retried = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        last: grpc.RpcError | None = None
+        for attempt in range(self.attempts):
+            _backoff(attempt)
+            try:
+                response = self._stub.ModelInfer(request, timeout=self.timeout)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() not in retried:
+                    detail = " ".join(str(exc.details()).split())[:300]
+                    raise OipError(
+                        f"{model_id} on {self.url}: {exc.code().name}: {detail}"
+                    ) from None
+                last = exc
+        else:
+            raise self._unavailable(last.code().name if last else "no answer")
+        decoded: dict[str, np.ndarray] = {}
+        for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+            dtype = _DTYPES.get(output.datatype)
+            if dtype is None:
+                raise OipError(f"unexpected datatype {output.datatype} of {output.name}")
+            decoded[output.name] = np.frombuffer(raw, dtype=dtype).reshape(list(output.shape))
+        return Reported(response.model_name, response.model_version), decoded
+
+
+def _backoff(attempt: int) -> None:
+    # Bounded (0.5 s, then 1 s): a server that stays away fails the run within seconds and
+    # the requeue sensor retries its photos, rather than a run waiting on a dead server.
+    if attempt:
+        time.sleep(min(0.5 * 2 ** (attempt - 1), 2.0))
+
+
+def _datatype(dtype: np.dtype) -> str:
+    for name, known in _DTYPES.items():
+        if dtype.kind == known.kind and dtype.itemsize == known.itemsize:
+            return name
+    raise ValueError(f"no Open Inference Protocol datatype for {dtype}")
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        detail = response.json().get("error") or response.text
+    except ValueError:
+        detail = response.text
+    return f"HTTP {response.status_code}: {' '.join(str(detail).split())[:300]}"
+
+
+def _decode_response(response: requests.Response) -> tuple[Reported, dict[str, np.ndarray]]:
+    raw = response.content
+    length = response.headers.get(HEADER_LENGTH)
+    head = json.loads(raw[: int(length)] if length else raw)
+    offset = int(length) if length else len(raw)
+    outputs: dict[str, np.ndarray] = {}
+    for output in head.get("outputs", []):
+        dtype = _DTYPES.get(output["datatype"])
+        if dtype is None:
+            raise OipError(f"unexpected datatype {output['datatype']} of {output['name']}")
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            array = np.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+            offset += size
+        else:
+            array = np.asarray(output["data"], dtype=dtype)
+        outputs[output["name"]] = array.reshape(output["shape"])
+    reported = Reported(str(head.get("model_name")), str(head.get("model_version")))
+    return reported, outputs
+
+
+def _checked(card: ModelCard, reported: Reported) -> None:
+    if (reported.model_id, reported.version) != (card.id, card.version):
+        raise OipVersionMismatch(
+            f"model server computed {reported.model_id} {reported.version}, but this run uses "
+            f"{card.id} {card.version} (the registry's active version): refusing to mix versions "
+            "in one run; reload the server (`farm-platform models reload`) or wait for it"
+        )
+
+
+def check_versions(client: OipClient, cards: list[ModelCard]) -> None:
+    """Ask the server for each card's model with an empty batch: it must answer, and with
+    the card's version, before a run sends it any photo."""
+    for card in cards:
+        height, width = card.input_size
+        if card.task == "leaf_detector":
+            name, outputs = DETECTOR_INPUT, DETECTOR_OUTPUTS
+        else:
+            name, outputs = GRADER_INPUT, GRADER_OUTPUTS
+        reported, _ = client.infer(
+            card.id, {name: np.zeros((0, height, width, 3), np.uint8)}, outputs
+        )
+        _checked(card, reported)
+
+
+def remote_detector(client: OipClient, card: ModelCard) -> DetectorRunner:
+    """The detector of `card`, run on the server; every answer must come from `card`."""
+    from farm_platform.ml.inference import DetectorRunner
+
+    def run(scaled: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        reported, out = client.infer(card.id, {DETECTOR_INPUT: scaled}, DETECTOR_OUTPUTS)
+        _checked(card, reported)
+        ends = np.cumsum(out["counts"])
+        starts = ends - out["counts"]
+        return [
+            (out["boxes"][a:b], out["scores"][a:b])
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
+
+    return DetectorRunner(card.input_size[0], run)
+
+
+def remote_grader(client: OipClient, card: ModelCard) -> GraderRunner:
+    """The grader of `card`, run on the server; every answer must come from `card`."""
+    import torch
+
+    from farm_platform.ml.inference import GraderRunner
+
+    def run(inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        # Prepared crops are uint8 / 255 in float32; * 255 rounds back to the very bytes,
+        # which travel 4x smaller than floats and are divided by 255 again on the server.
+        pixels = inputs.mul(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        reported, out = client.infer(card.id, {GRADER_INPUT: pixels}, GRADER_OUTPUTS)
+        _checked(card, reported)
+        return out["index"], out["confidence"]
+
+    return GraderRunner(run)
