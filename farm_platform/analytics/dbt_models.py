@@ -25,6 +25,10 @@ from farm_platform.config import field_map_path
 from farm_platform.images.keys import GRADES_BY_DISEASE
 from farm_platform.resources.warehouse import WarehouseResource
 
+# The first module the analytics location loads: name its missing settings before the
+# dbt assets (whose storage names the warehouse) are built.
+config.require_for_location("farm_platform_analytics", (config.FARM_BUCKET, config.FARM_WAREHOUSE))
+
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR)
 if not dbt_project.manifest_path.exists():
     # A fresh checkout has no manifest yet; `dbt parse` makes one in a few seconds.

@@ -13,8 +13,6 @@ from farm_platform.analytics.report import ReportStoreResource, effectiveness_re
 from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
 from farm_platform.resources.warehouse import WarehouseResource
 
-config.require_for_location("farm_platform_analytics", (config.FARM_BUCKET, config.FARM_WAREHOUSE))
-
 defs = Definitions(
     assets=[farm_dbt_models, effectiveness_report],
     jobs=[daily_report_job],
