@@ -11,11 +11,12 @@ import importlib
 import io
 import json
 import math
-import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -23,6 +24,8 @@ import torch
 from fsspec import AbstractFileSystem
 from PIL import Image
 
+from farm_platform import config
+from farm_platform.config import ConfigError
 from farm_platform.layout import ImageKey, bucket_filesystem, crop_uri
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
 from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
@@ -52,6 +55,13 @@ GRADES_SCHEMA: dict[str, pl.DataType] = {
     "disease_model_version": pl.String(),
     "confidence": pl.Float64(),
 }
+# bfloat16 is offered only for models whose measured agreement with float32 meets these
+# (issue 17): grades equal on this share of crops, detector F1 within this distance.
+BFLOAT16_MIN_GRADE_AGREEMENT = 0.995
+BFLOAT16_MAX_F1_CHANGE = 0.005
+# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
+PRECISION_RECORD = "precision.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Cards may only name classes from our own code: a card is data and must not be able to
 # make the platform import arbitrary modules.
 _ALLOWED_ARCHITECTURE_PREFIX = "farm_platform."
@@ -77,7 +87,28 @@ class Detection:
 
 
 def _set_threads() -> None:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(config.torch_threads())
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which precision the models run: device "cpu" or "cuda:N", dtype name."""
+
+    device: str
+    dtype: str
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+def configured_placement() -> Placement:
+    """`FARM_TORCH_DEVICE` and `FARM_TORCH_DTYPE`, resolved against the GPUs torch sees."""
+    return Placement(config.torch_device(torch.cuda.device_count()), config.torch_dtype())
 
 
 def _registry_for(card: ModelCard) -> ModelRegistry:
@@ -104,10 +135,16 @@ def _architecture_class(path: str) -> type[torch.nn.Module]:
 
 @functools.lru_cache(maxsize=32)
 def _load_cached(
-    model_id: str, version: str, sha256: str, weights_path: str, architecture: str, kwargs: str
+    model_id: str,
+    version: str,
+    sha256: str,
+    weights_path: str,
+    architecture: str,
+    kwargs: str,
+    placement: Placement,
 ) -> torch.nn.Module:
-    # Keyed by id + version + sha (and the file): a new version or retrained weights load
-    # anew, while every asset of a run shares one instance per model.
+    # Keyed by id + version + sha (and the file) and placement: a new version or retrained
+    # weights load anew, while every asset of a run shares one instance per model.
     del model_id, version, sha256
     _set_threads()
     model = _architecture_class(architecture)(**json.loads(kwargs))
@@ -121,13 +158,20 @@ def _load_cached(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model
+    return model.to(device=placement.torch_device, dtype=placement.torch_dtype)
 
 
-def _load(card: ModelCard, task: str, registry: ModelRegistry | None) -> torch.nn.Module:
+def _load(
+    card: ModelCard, task: str, registry: ModelRegistry | None, placement: Placement | None
+) -> torch.nn.Module:
     if card.task != task:
         raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
-    path = (registry or _registry_for(card)).verify_weights(card)
+    registry = registry or _registry_for(card)
+    path = registry.verify_weights(card)
+    if placement is None:
+        placement = configured_placement()
+        if placement.dtype == "bfloat16":
+            require_bfloat16_agreement(card, registry.models_dir)
     return _load_cached(
         card.id,
         card.version,
@@ -135,21 +179,117 @@ def _load(card: ModelCard, task: str, registry: ModelRegistry | None) -> torch.n
         str(Path(path).resolve()),
         card.architecture,
         json.dumps(dict(card.architecture_kwargs), sort_keys=True),
+        placement,
     )
 
 
-def load_detector(card: ModelCard, registry: ModelRegistry | None = None) -> LeafDetector:
-    """The detector of `card`, sha256-verified, in eval mode, cached per process."""
-    model = _load(card, "leaf_detector", registry)
+def load_detector(
+    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+) -> LeafDetector:
+    """The detector of `card`, sha256-verified, in eval mode, cached per process.
+
+    On the configured device and dtype unless `placement` says otherwise (an explicit
+    placement skips the bfloat16 rule: that is how the agreement is measured)."""
+    model = _load(card, "leaf_detector", registry, placement)
     assert isinstance(model, LeafDetector)
     return model
 
 
-def load_grader(card: ModelCard, registry: ModelRegistry | None = None) -> DiseaseGrader:
-    """The grader of `card`, sha256-verified, in eval mode, cached per process."""
-    model = _load(card, "disease_grader", registry)
+def load_grader(
+    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+) -> DiseaseGrader:
+    """The grader of `card`, sha256-verified, in eval mode, cached per process (placed as
+    `load_detector`'s)."""
+    model = _load(card, "disease_grader", registry, placement)
     assert isinstance(model, DiseaseGrader)
     return model
+
+
+def read_precision_record(models_dir: Path) -> dict[str, Any]:
+    """The measured float32/bfloat16 agreement per model id ({} before any measurement)."""
+    path = Path(models_dir) / PRECISION_RECORD
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        models = data["bfloat16"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelRegistryError(f"{path} is not a precision record: {exc}") from None
+    if not isinstance(models, dict):
+        raise ModelRegistryError(f"{path}: 'bfloat16' must map model ids to measurements")
+    return models
+
+
+def bfloat16_refusal(card: ModelCard, measured: dict[str, Any] | None) -> str | None:
+    """Why bfloat16 is refused for `card` given its recorded measurement; None: accepted.
+
+    A measurement counts only for the very weights it was made with (their sha256)."""
+    if not measured or measured.get("sha256") != card.sha256:
+        return (
+            f"no float32/bfloat16 agreement is recorded for {card.id} {card.version} with these "
+            "weights: measure it with `python models/evaluate.py --compare-bfloat16`"
+        )
+    if card.task == "leaf_detector":
+        # F1 is recorded to 4 decimals: 0.9 - 0.895 must be 0.005, not 0.005000000000000004.
+        change = round(abs(float(measured["f1_bfloat16"]) - float(measured["f1_float32"])), 4)
+        if change > BFLOAT16_MAX_F1_CHANGE:
+            return (
+                f"{card.id} {card.version}: held-out F1 moves by {change:.4f} in bfloat16 "
+                f"(float32 {measured['f1_float32']:.4f}, bfloat16 {measured['f1_bfloat16']:.4f}),"
+                f" more than {BFLOAT16_MAX_F1_CHANGE}"
+            )
+        return None
+    crops = int(measured["crops"])
+    agreement = int(measured["agreeing"]) / crops if crops else 0.0
+    if agreement < BFLOAT16_MIN_GRADE_AGREEMENT:
+        return (
+            f"{card.id} {card.version}: bfloat16 grades agree with float32 on {agreement:.2%} of "
+            f"{crops} held-out crops, fewer than {BFLOAT16_MIN_GRADE_AGREEMENT:.1%}"
+        )
+    return None
+
+
+def require_bfloat16_agreement(card: ModelCard, models_dir: Path) -> None:
+    """ConfigError unless `card`'s recorded bfloat16 agreement meets the rule."""
+    why = bfloat16_refusal(card, read_precision_record(models_dir).get(card.id))
+    if why is not None:
+        raise ConfigError(
+            f"{config.FARM_TORCH_DTYPE}=bfloat16 refused: {why}. Use float32 (the default)."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel CPU work: decoding photos, resizing crops
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _cpu_pool(workers: int) -> ThreadPoolExecutor:
+    # Threads, not processes: Pillow and zlib release the GIL while they decode and
+    # resize, and the decoded arrays need no pickling back to the caller.
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="farm-cpu")
+        return _pools[workers]
+
+
+def parallel_map(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """`[function(item) for item in items]`, in order, on `FARM_TORCH_THREADS` workers.
+
+    Items go in one contiguous slice per worker: a crop resize takes microseconds, and a
+    task per item would cost more in hand-offs than it saves."""
+    workers = config.torch_threads()
+    if workers < 2 or len(items) < 2:
+        return [function(item) for item in items]
+    step = math.ceil(len(items) / workers)
+    slices = [items[i : i + step] for i in range(0, len(items), step)]
+    results: list[_R] = []
+    for part in _cpu_pool(workers).map(lambda chunk: [function(item) for item in chunk], slices):
+        results.extend(part)
+    return results
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,18 +343,40 @@ def resize_crop(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
 
 
-def to_tensor(arrays: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+def to_tensor(
+    arrays: Sequence[np.ndarray] | np.ndarray,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) `dtype` in [0, 1], on `device` (default CPU).
+
+    To a GPU the uint8 pixels travel (a quarter of the float bytes) from pinned memory
+    without blocking the host, and become floats there; the values are the same."""
     stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
-    stacked = np.ascontiguousarray(stacked)
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0)
+    pixels = torch.from_numpy(np.ascontiguousarray(stacked))
+    if device is not None and device.type == "cuda":
+        pixels = pixels.pin_memory().to(device, non_blocking=True)
+    tensor = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor if dtype == torch.float32 else tensor.to(dtype)
 
 
-def prepare_crops(crops: Sequence[np.ndarray], input_size: tuple[int, int]) -> torch.Tensor:
+def prepare_crops(
+    crops: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Resized grader input for many crops; compute once and pass to every grader."""
     if not crops:
-        return torch.zeros((0, 3, *input_size))
-    return to_tensor([resize_crop(c, input_size) for c in crops])
+        return torch.zeros((0, 3, *input_size), device=device, dtype=dtype)
+    resized = parallel_map(lambda crop: resize_crop(crop, input_size), crops)
+    return to_tensor(resized, device, dtype)
+
+
+def model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a loaded model's weights are on."""
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,19 +390,25 @@ def detect_leaves(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = detector.input_size
+    device, dtype = model_placement(detector)
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+
+    def scale(image: np.ndarray) -> np.ndarray:
+        # Photos of another size are scaled to the detector input; boxes scale back.
+        if image.shape[:2] == (size, size):
+            return image
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
     results: list[list[Detection]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        scaled = []
-        for image in chunk:
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-            # Photos of another size are scaled to the detector input; boxes scale back.
-            if image.shape[:2] != (size, size):
-                image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-            scaled.append(image)
         with torch.inference_mode():
-            decoded = detector.decode(*detector(to_tensor(scaled)))
+            heads = detector(to_tensor(parallel_map(scale, chunk), device, dtype))
+            # One copy back per batch; the box decoding's small per-image steps run on the
+            # host in float32 whatever the model's device and dtype.
+            decoded = detector.decode(*(head.float().cpu() for head in heads))
         for image, boxes, scores in zip(chunk, decoded.boxes, decoded.scores, strict=True):
             height, width = image.shape[:2]
             sx, sy = width / size, height / size
@@ -261,9 +429,14 @@ def crop_leaves(
     cropper_card: ModelCard,
     bucket_root: str,
     batch_size: int = 32,
+    detections: Sequence[Sequence[Detection]] | None = None,
 ) -> tuple[pl.DataFrame, list[np.ndarray]]:
-    """Detect and cut out leaves: `leaf_crops` rows (docs/contracts.md) and crop arrays, aligned."""
-    detections = detect_leaves([image for _, image in images], detector, batch_size=batch_size)
+    """Detect and cut out leaves: `leaf_crops` rows (docs/contracts.md) and crop arrays, aligned.
+
+    `detections` (from `detect_leaves`) skips detecting again: the benchmark times the two
+    apart."""
+    if detections is None:
+        detections = detect_leaves([image for _, image in images], detector, batch_size)
     rows: dict[str, list[Any]] = {name: [] for name in LEAF_CROPS_SCHEMA}
     crops: list[np.ndarray] = []
     for (key, image), found in zip(images, detections, strict=True):
@@ -334,17 +507,28 @@ def grade_crops(
     if len(crops) != crop_rows.height:
         raise ValueError(f"{len(crops)} crops but {crop_rows.height} crop rows")
     size = (grader_card.input_size[0], grader_card.input_size[1])
-    inputs = crops if isinstance(crops, torch.Tensor) else prepare_crops(list(crops), size)
+    device, dtype = model_placement(grader)
+    if isinstance(crops, torch.Tensor):
+        inputs = crops.to(device=device, dtype=dtype, non_blocking=True)
+    else:
+        inputs = prepare_crops(list(crops), size, device, dtype)
     if tuple(inputs.shape[2:]) != size:
         raise ValueError(f"prepared crops are {tuple(inputs.shape[2:])}, the grader wants {size}")
     grades: list[int] = []
     confidences: list[float] = []
     with torch.inference_mode():
+        best: list[torch.Tensor] = []
+        chosen: list[torch.Tensor] = []
         for start in range(0, inputs.shape[0], batch_size):
-            probs = torch.softmax(grader(inputs[start : start + batch_size]), dim=1)
+            # Softmax in float32 whatever the model's dtype: confidences keep their digits.
+            probs = torch.softmax(grader(inputs[start : start + batch_size]).float(), dim=1)
             confidence, index = probs.max(dim=1)
-            grades.extend(grader_card.grades[i] for i in index.tolist())
-            confidences.extend(confidence.tolist())
+            best.append(confidence)
+            chosen.append(index)
+        if best:
+            # One copy back per grader, not one per batch: each copy waits for the device.
+            grades.extend(grader_card.grades[i] for i in torch.cat(chosen).cpu().tolist())
+            confidences.extend(torch.cat(best).cpu().tolist())
     n = crop_rows.height
     return pl.DataFrame(
         {
