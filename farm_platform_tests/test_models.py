@@ -585,3 +585,20 @@ def test_the_shipped_bfloat16_record_covers_the_active_models(registry: ModelReg
             f"{model_id} {card.version}: re-measure with python models/evaluate.py "
             "--compare-bfloat16"
         )
+
+
+def _pools_and_result(items: list[int]) -> tuple[int, list[int]]:
+    pools = len(inference._pools)
+    return pools, inference.parallel_map(abs, items)
+
+
+def test_a_forked_child_decodes_on_its_own_pool(monkeypatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setenv("FARM_TORCH_THREADS", "2")
+    assert inference.parallel_map(abs, [-1, -2, -3]) == [1, 2, 3]  # the parent's pool exists
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        # Inherited pool threads do not exist in the child: work handed to them may wait
+        # forever, so the child starts without the parent's pools.
+        pools, result = child.apply_async(_pools_and_result, ([-4, -5, -6],)).get(timeout=60)
+    assert (pools, result) == (0, [4, 5, 6])

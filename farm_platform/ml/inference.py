@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -265,6 +266,9 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
+# A forked child inherits the pools but not their threads: work handed to them would wait
+# forever. It makes its own on first use.
+os.register_at_fork(after_in_child=_pools.clear)
 
 
 def _cpu_pool(workers: int) -> ThreadPoolExecutor:
