@@ -532,10 +532,10 @@ def test_parallel_map_keeps_order_and_raises(monkeypatch) -> None:
 def test_bfloat16_rule(registry: ModelRegistry, model_id, figures, accepted) -> None:
     card = registry.active_card(model_id)
     measured = {"version": card.version, "sha256": card.sha256, **figures}
-    assert (inference.bfloat16_refusal(card, measured) is None) is accepted
+    assert (inference.bfloat16_refusal(card, measured, "cpu") is None) is accepted
     # A measurement of other weights never counts.
-    assert inference.bfloat16_refusal(card, {**measured, "sha256": "0" * 64}) is not None
-    assert "evaluate.py --compare-bfloat16" in inference.bfloat16_refusal(card, None)
+    assert inference.bfloat16_refusal(card, {**measured, "sha256": "0" * 64}, "cpu") is not None
+    assert "--compare-bfloat16 --device cuda" in inference.bfloat16_refusal(card, None, "cuda")
 
 
 def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
@@ -556,15 +556,20 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
     measured = evaluate.compare_bfloat16(registry, evaluate.render(2000, 16))
     assert sorted(measured) == sorted(MODEL_IDS)
     assert all(m["crops"] > 50 for k, m in measured.items() if k != "leaf_detector")
-    write_json_atomic(models_copy / inference.PRECISION_RECORD, {"bfloat16": measured})
+    record = {"bfloat16": {"cpu": {"models": measured}}}
+    write_json_atomic(models_copy / inference.PRECISION_RECORD, record)
     for model_id, figures in measured.items():
         card = registry.active_card(model_id)
         load = inference.load_detector if card.task == "leaf_detector" else inference.load_grader
-        if inference.bfloat16_refusal(card, figures) is None:
+        if inference.bfloat16_refusal(card, figures, "cpu") is None:
             assert inference.model_placement(load(card, registry))[1] == torch.bfloat16
         else:
             with pytest.raises(ConfigError, match="refused"):
                 load(card, registry)
+
+    # A CPU measurement says nothing of CUDA's bfloat16 kernels.
+    with pytest.raises(ConfigError, match="on cuda: measure it"):
+        inference.require_bfloat16_agreement(registry.detector(), models_copy, "cuda")
 
     # The same models, had they disagreed on one crop in a hundred, are refused.
     grader_card = registry.grader_for("disease_4")
@@ -573,13 +578,14 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
         **measured,
         grader_card.id: {**measured[grader_card.id], "agreeing": crops * 99 // 100},
     }
-    write_json_atomic(models_copy / inference.PRECISION_RECORD, {"bfloat16": failing})
+    record = {"bfloat16": {"cpu": {"models": failing}}}
+    write_json_atomic(models_copy / inference.PRECISION_RECORD, record)
     with pytest.raises(ConfigError, match="disease_4_grader v1: bfloat16 grades agree"):
         inference.load_grader(grader_card, registry)
 
 
 def test_the_shipped_bfloat16_record_covers_the_active_models(registry: ModelRegistry) -> None:
-    record = inference.read_precision_record(registry.models_dir)
+    record = inference.read_precision_record(registry.models_dir, "cpu")
     for model_id, card in registry.active_cards().items():
         assert record.get(model_id, {}).get("sha256") == card.sha256, (
             f"{model_id} {card.version}: re-measure with python models/evaluate.py "

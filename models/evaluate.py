@@ -262,10 +262,12 @@ def compare_bfloat16(registry: ModelRegistry, data: Heldout, device: str = "cpu"
     return record
 
 
-def print_bfloat16_comparison(record: dict[str, Any], registry: ModelRegistry) -> None:
+def print_bfloat16_comparison(
+    record: dict[str, Any], registry: ModelRegistry, device_type: str
+) -> None:
     for model_id, figures in record.items():
         card = registry.active_card(model_id)
-        why = bfloat16_refusal(card, figures)
+        why = bfloat16_refusal(card, figures, device_type)
         if "f1_float32" in figures:
             change = figures["f1_bfloat16"] - figures["f1_float32"]
             shown = (
@@ -331,20 +333,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"held-out: simulator seed {args.seed}, {args.count} images, device {args.device} "
             f"({time.perf_counter() - started:.0f} s)"
         )
-        print_bfloat16_comparison(record, registry)
-        write_json_atomic(
-            registry.models_dir / PRECISION_RECORD,
-            {
-                "measured": {
-                    "date": dt.date.today().isoformat(),
-                    "device": args.device,
-                    "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                    "heldout_seed": args.seed,
-                    "heldout_images": args.count,
-                },
-                "bfloat16": record,
+        # One section per kind of device: CPU and CUDA bfloat16 kernels round differently,
+        # and measuring on one must not drop the other's figures.
+        device_type = args.device.split(":")[0]
+        print_bfloat16_comparison(record, registry, device_type)
+        path = registry.models_dir / PRECISION_RECORD
+        stored = json.loads(path.read_text()) if path.exists() else {"bfloat16": {}}
+        stored["bfloat16"][device_type] = {
+            "measured": {
+                "date": dt.date.today().isoformat(),
+                "device": args.device,
+                "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                "heldout_seed": args.seed,
+                "heldout_images": args.count,
             },
-        )
+            "models": record,
+        }
+        write_json_atomic(path, stored)
         return 0
     report = evaluate(registry, data)
     current = simulator_fingerprint()

@@ -172,7 +172,7 @@ def _load(
     if placement is None:
         placement = configured_placement()
         if placement.dtype == "bfloat16":
-            require_bfloat16_agreement(card, registry.models_dir)
+            require_bfloat16_agreement(card, registry.models_dir, placement.torch_device.type)
     return _load_cached(
         card.id,
         card.version,
@@ -206,29 +206,34 @@ def load_grader(
     return model
 
 
-def read_precision_record(models_dir: Path) -> dict[str, Any]:
-    """The measured float32/bfloat16 agreement per model id ({} before any measurement)."""
+def read_precision_record(models_dir: Path, device_type: str) -> dict[str, Any]:
+    """The measured float32/bfloat16 agreement per model id on `device_type` ("cpu",
+    "cuda"): {} before any measurement there. CPU and CUDA bfloat16 kernels do not round
+    alike, so each kind of device has its own measurement."""
     path = Path(models_dir) / PRECISION_RECORD
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-        models = data["bfloat16"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        models = json.loads(path.read_text())["bfloat16"].get(device_type, {}).get("models", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelRegistryError(f"{path} is not a precision record: {exc}") from None
     if not isinstance(models, dict):
-        raise ModelRegistryError(f"{path}: 'bfloat16' must map model ids to measurements")
+        raise ModelRegistryError(f"{path}: bfloat16.{device_type}.models must map model ids")
     return models
 
 
-def bfloat16_refusal(card: ModelCard, measured: dict[str, Any] | None) -> str | None:
-    """Why bfloat16 is refused for `card` given its recorded measurement; None: accepted.
+def bfloat16_refusal(
+    card: ModelCard, measured: dict[str, Any] | None, device_type: str = "cpu"
+) -> str | None:
+    """Why bfloat16 is refused for `card` given its measurement on `device_type` ("cpu",
+    "cuda"); None: accepted.
 
     A measurement counts only for the very weights it was made with (their sha256)."""
     if not measured or measured.get("sha256") != card.sha256:
         return (
             f"no float32/bfloat16 agreement is recorded for {card.id} {card.version} with these "
-            "weights: measure it with `python models/evaluate.py --compare-bfloat16`"
+            f"weights on {device_type}: measure it with `python models/evaluate.py "
+            f"--compare-bfloat16 --device {device_type}`"
         )
     if card.task == "leaf_detector":
         # F1 is recorded to 4 decimals: 0.9 - 0.895 must be 0.005, not 0.005000000000000004.
@@ -250,9 +255,10 @@ def bfloat16_refusal(card: ModelCard, measured: dict[str, Any] | None) -> str | 
     return None
 
 
-def require_bfloat16_agreement(card: ModelCard, models_dir: Path) -> None:
-    """ConfigError unless `card`'s recorded bfloat16 agreement meets the rule."""
-    why = bfloat16_refusal(card, read_precision_record(models_dir).get(card.id))
+def require_bfloat16_agreement(card: ModelCard, models_dir: Path, device_type: str) -> None:
+    """ConfigError unless `card`'s recorded bfloat16 agreement on `device_type` meets the rule."""
+    measured = read_precision_record(models_dir, device_type).get(card.id)
+    why = bfloat16_refusal(card, measured, device_type)
     if why is not None:
         raise ConfigError(
             f"{config.FARM_TORCH_DTYPE}=bfloat16 refused: {why}. Use float32 (the default)."
