@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; median reported")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default $FARM_TORCH_DEVICE)")
     parser.add_argument("--dtype", help="float32 or bfloat16 (default $FARM_TORCH_DTYPE)")
-    parser.add_argument("--threads", type=int, help="CPU threads ($FARM_TORCH_THREADS)")
+    parser.add_argument("--threads", type=int, help="$FARM_TORCH_THREADS")
     args = parser.parse_args(argv)
     # Through the environment, so that the platform's own reader resolves (and refuses) them.
     for name, value in (

@@ -69,7 +69,8 @@ DEFAULT_TORCH_DEVICE = "auto"
 FARM_TORCH_DTYPE = "FARM_TORCH_DTYPE"
 DEFAULT_TORCH_DTYPE = "float32"
 TORCH_DTYPES = ("float32", "bfloat16")
-# torch's CPU threads and the decode pool's workers; default: the cores this process may use.
+# The decode pool's workers, and torch's CPU threads when the models run on CPU;
+# default: the cores this process may use.
 FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"

@@ -87,10 +87,6 @@ class Detection:
 # Loading
 
 
-def _set_threads() -> None:
-    torch.set_num_threads(config.torch_threads())
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where and in which precision the models run: device "cpu" or "cuda:N", dtype name."""
@@ -105,6 +101,12 @@ class Placement:
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+
+def _set_threads(placement: Placement) -> None:
+    # On a GPU torch's own CPU work is small (box decoding, copies) and the cores are
+    # needed to decode photos for it; spinning intra-op threads would take them.
+    torch.set_num_threads(1 if placement.device.startswith("cuda") else config.torch_threads())
 
 
 def configured_placement() -> Placement:
@@ -147,7 +149,7 @@ def _load_cached(
     # Keyed by id + version + sha (and the file) and placement: a new version or retrained
     # weights load anew, while every asset of a run shares one instance per model.
     del model_id, version, sha256
-    _set_threads()
+    _set_threads(placement)
     model = _architecture_class(architecture)(**json.loads(kwargs))
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -362,10 +364,16 @@ def to_tensor(
 
     To a GPU the uint8 pixels travel (a quarter of the float bytes) from pinned memory
     without blocking the host, and become floats there; the values are the same."""
-    stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
-    pixels = torch.from_numpy(np.ascontiguousarray(stacked))
     if device is not None and device.type == "cuda":
-        pixels = pixels.pin_memory().to(device, non_blocking=True)
+        shape = arrays[0].shape if len(arrays) else (0, 0, 3)
+        pinned = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=True)
+        if len(arrays):
+            # Stacked straight into page-locked memory: one host copy, not two.
+            np.stack(arrays, out=pinned.numpy())
+        pixels = pinned.to(device, non_blocking=True)
+    else:
+        stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        pixels = torch.from_numpy(np.ascontiguousarray(stacked))
     tensor = pixels.permute(0, 3, 1, 2).float().div_(255.0)
     return tensor if dtype == torch.float32 else tensor.to(dtype)
 
