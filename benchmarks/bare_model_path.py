@@ -83,6 +83,10 @@ class StageTimer:
         return sum(begin.elapsed_time(end) for begin, end in self._events) / 1000.0
 
 
+def _decode(pngs: Sequence[bytes]) -> list[Any]:
+    return parallel_map(decode_png, pngs, purpose="decode")
+
+
 def _crop(
     images: list[tuple[ImageKey, Any]], found: Any, models: dict[str, Any], device: Any, dtype: Any
 ) -> tuple[Any, dict[tuple[int, int], Any]]:
@@ -106,13 +110,11 @@ def _run(pngs: Sequence[bytes], batch_size: int, models: dict[str, Any], timer: 
     batches = [pngs[i : i + batch_size] for i in range(0, len(pngs), batch_size)]
     leaves = 0
     with ThreadPoolExecutor(1, thread_name_prefix="feeder") as feeder:
-        following = feeder.submit(timer.run, "decode", parallel_map, decode_png, batches[0])
+        following = feeder.submit(timer.run, "decode", _decode, batches[0])
         for index in range(len(batches)):
             arrays = following.result()
             if index + 1 < len(batches):
-                following = feeder.submit(
-                    timer.run, "decode", parallel_map, decode_png, batches[index + 1]
-                )
+                following = feeder.submit(timer.run, "decode", _decode, batches[index + 1])
             found = timer.run("detect", detect_leaves, arrays, detector, batch_size)
             first = index * batch_size
             images = [

@@ -93,7 +93,8 @@ def decode_photos(
             error=error,
         )
 
-    return inference.parallel_map(decode, list(zip(keys, uris, payloads, strict=True)))
+    items = list(zip(keys, uris, payloads, strict=True))
+    return inference.parallel_map(decode, items, purpose="decode")
 
 
 def drone_image_rows(

@@ -273,33 +273,39 @@ def require_bfloat16_agreement(card: ModelCard, models_dir: Path, device_type: s
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _pool_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
 # A forked child inherits the pools but not their threads: work handed to them would wait
 # forever. It makes its own on first use.
 os.register_at_fork(after_in_child=_pools.clear)
 
 
-def _cpu_pool(workers: int) -> ThreadPoolExecutor:
+def _cpu_pool(purpose: str, workers: int) -> ThreadPoolExecutor:
     # Threads, not processes: Pillow and zlib release the GIL while they decode and
     # resize, and the decoded arrays need no pickling back to the caller.
     with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="farm-cpu")
-        return _pools[workers]
+        key = (purpose, workers)
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix=f"farm-{purpose}")
+        return _pools[key]
 
 
-def parallel_map(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+def parallel_map(
+    function: Callable[[_T], _R], items: Sequence[_T], purpose: str = "crops"
+) -> list[_R]:
     """`[function(item) for item in items]`, in order, on `FARM_TORCH_THREADS` workers.
 
     Items go in one contiguous slice per worker: a crop resize takes microseconds, and a
-    task per item would cost more in hand-offs than it saves."""
+    task per item would cost more in hand-offs than it saves. Each `purpose` has its own
+    pool: the next chunk's decoding (`"decode"`, in a reader thread) must not queue ahead
+    of this chunk's crop resizing, which the device waits for."""
     workers = config.torch_threads()
     if workers < 2 or len(items) < 2:
         return [function(item) for item in items]
     step = math.ceil(len(items) / workers)
     slices = [items[i : i + step] for i in range(0, len(items), step)]
     results: list[_R] = []
-    for part in _cpu_pool(workers).map(lambda chunk: [function(item) for item in chunk], slices):
+    pool = _cpu_pool(purpose, workers)
+    for part in pool.map(lambda chunk: [function(item) for item in chunk], slices):
         results.extend(part)
     return results
 
