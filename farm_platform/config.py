@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 # The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
@@ -69,6 +70,17 @@ FARM_OIP_URL = "FARM_OIP_URL"
 FARM_OIP_TIMEOUT_SECONDS = "FARM_OIP_TIMEOUT_SECONDS"
 DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
 OIP_ATTEMPTS = 3
+# Where the models run (README, "Inference on a GPU"): auto is CUDA when torch sees a GPU.
+FARM_TORCH_DEVICE = "FARM_TORCH_DEVICE"
+DEFAULT_TORCH_DEVICE = "auto"
+# bfloat16 is only accepted for models whose recorded agreement with float32 passes the
+# rule in farm_platform/ml/inference.py.
+FARM_TORCH_DTYPE = "FARM_TORCH_DTYPE"
+DEFAULT_TORCH_DTYPE = "float32"
+TORCH_DTYPES = ("float32", "bfloat16")
+# The decode pool's workers, and torch's CPU threads when the models run on CPU;
+# default: the cores this process may use.
+FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -99,6 +111,9 @@ CONFIG_VARIABLES = (
     FARM_INFERENCE,
     FARM_OIP_URL,
     FARM_OIP_TIMEOUT_SECONDS,
+    FARM_TORCH_DEVICE,
+    FARM_TORCH_DTYPE,
+    FARM_TORCH_THREADS,
 )
 
 
@@ -196,6 +211,70 @@ def oip_url() -> str:
 
 def oip_timeout_seconds() -> float:
     return env_number(FARM_OIP_TIMEOUT_SECONDS, DEFAULT_OIP_TIMEOUT_SECONDS)
+
+
+def available_cores() -> int:
+    """Cores this process may run on: a container's or taskset's CPU set, not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity outside Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def torch_threads() -> int:
+    """`$FARM_TORCH_THREADS` (a whole number >= 1), else `available_cores()`."""
+    raw = os.environ.get(FARM_TORCH_THREADS)
+    if raw is None or raw.strip() == "":
+        return available_cores()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{FARM_TORCH_THREADS}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{FARM_TORCH_THREADS}={raw!r} must be at least 1")
+    return value
+
+
+def torch_device(cuda_devices: int) -> str:
+    """The device the models run on: "cpu" or "cuda:N", from `$FARM_TORCH_DEVICE`.
+
+    `cuda_devices` is how many CUDA devices torch sees (the caller asks torch, so this
+    module never imports it). `auto` (the default) is cuda:0 when there is one, else cpu;
+    `cuda` or `cuda:N` naming a device that is not there is an error, never a silent CPU run.
+    """
+    raw = os.environ.get(FARM_TORCH_DEVICE) or DEFAULT_TORCH_DEVICE
+    value = raw.strip().lower()
+    if value == "auto":
+        return "cuda:0" if cuda_devices > 0 else "cpu"
+    if value == "cpu":
+        return "cpu"
+    named = re.fullmatch(r"cuda(?::([0-9]+))?", value)
+    if named is None:
+        raise ConfigError(
+            f"{FARM_TORCH_DEVICE}={raw!r}: use auto (CUDA when there is a GPU), cpu, cuda or cuda:N"
+        )
+    index = int(named.group(1) or 0)
+    if cuda_devices == 0:
+        raise ConfigError(
+            f"{FARM_TORCH_DEVICE}={raw!r} but torch sees no CUDA device (a CPU build of torch, "
+            "no GPU, or no driver): set it to auto or cpu, or install a CUDA build of torch "
+            "(README, Inference on a GPU)"
+        )
+    if index >= cuda_devices:
+        raise ConfigError(
+            f"{FARM_TORCH_DEVICE}={raw!r} but torch sees {cuda_devices} CUDA device(s) "
+            f"(cuda:0..cuda:{cuda_devices - 1})"
+        )
+    return f"cuda:{index}"
+
+
+def torch_dtype() -> str:
+    """`$FARM_TORCH_DTYPE`: float32 (the default) or bfloat16."""
+    raw = os.environ.get(FARM_TORCH_DTYPE) or DEFAULT_TORCH_DTYPE
+    value = raw.strip().lower()
+    if value not in TORCH_DTYPES:
+        raise ConfigError(f"{FARM_TORCH_DTYPE}={raw!r}: use one of {', '.join(TORCH_DTYPES)}")
+    return value
 
 
 def require(name: str, hint: str = "") -> str:

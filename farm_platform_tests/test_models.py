@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -365,3 +366,245 @@ def test_grading_is_batch_size_invariant(registry: ModelRegistry, sample_images)
     prepared = inference.prepare_crops(crops, grader_card.input_size)
     again = inference.grade_crops(prepared, frame, grader, grader_card)
     assert again["predicted_grade"].to_list() == ref["predicted_grade"].to_list()
+
+
+# ---------------------------------------------------------------------------------------
+# Device, precision and the decode pool (issue 17)
+
+
+def _evaluate_module():
+    """models/evaluate.py, a script beside the models rather than a package module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate", REPO_MODELS_DIR / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up in sys.modules while they are created.
+    sys.modules.setdefault("evaluate", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda_devices", "expected"),
+    [
+        (None, 0, "cpu"),
+        ("auto", 0, "cpu"),
+        ("auto", 2, "cuda:0"),
+        (" CPU ", 2, "cpu"),
+        ("cuda", 1, "cuda:0"),
+        ("cuda:1", 2, "cuda:1"),
+    ],
+)
+def test_torch_device_resolution(monkeypatch, setting, cuda_devices, expected) -> None:
+    from farm_platform import config
+
+    if setting is None:
+        monkeypatch.delenv(config.FARM_TORCH_DEVICE, raising=False)
+    else:
+        monkeypatch.setenv(config.FARM_TORCH_DEVICE, setting)
+    assert config.torch_device(cuda_devices) == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda_devices", "words"),
+    [
+        ("cuda", 0, "sees no CUDA device"),
+        ("cuda:0", 0, "sees no CUDA device"),
+        ("cuda:2", 2, r"sees 2 CUDA device\(s\)"),
+        ("gpu", 1, "use auto"),
+        ("cuda:", 1, "use auto"),
+        ("cuda:x", 1, "use auto"),
+        ("mps", 0, "use auto"),
+    ],
+)
+def test_torch_device_refusals(monkeypatch, setting, cuda_devices, words) -> None:
+    from farm_platform.config import FARM_TORCH_DEVICE, ConfigError, torch_device
+
+    monkeypatch.setenv(FARM_TORCH_DEVICE, setting)
+    with pytest.raises(ConfigError, match=f"FARM_TORCH_DEVICE='{setting}'.*{words}"):
+        torch_device(cuda_devices)
+
+
+def test_torch_dtype_and_threads(monkeypatch) -> None:
+    import os
+
+    from farm_platform import config
+
+    monkeypatch.delenv(config.FARM_TORCH_DTYPE, raising=False)
+    monkeypatch.delenv(config.FARM_TORCH_THREADS, raising=False)
+    assert config.torch_dtype() == "float32"
+    assert config.torch_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(config.FARM_TORCH_DTYPE, "bfloat16")
+    assert config.torch_dtype() == "bfloat16"
+    monkeypatch.setenv(config.FARM_TORCH_DTYPE, "float16")
+    with pytest.raises(config.ConfigError, match="float32, bfloat16"):
+        config.torch_dtype()
+    monkeypatch.setenv(config.FARM_TORCH_THREADS, "3")
+    assert config.torch_threads() == 3
+    for bad in ("0", "two", "1.5"):
+        monkeypatch.setenv(config.FARM_TORCH_THREADS, bad)
+        with pytest.raises(config.ConfigError, match="FARM_TORCH_THREADS"):
+            config.torch_threads()
+
+
+def test_the_configured_placement_is_what_torch_can_do(monkeypatch) -> None:
+    from farm_platform.config import ConfigError
+
+    monkeypatch.setenv("FARM_TORCH_DEVICE", "auto")
+    monkeypatch.delenv("FARM_TORCH_DTYPE", raising=False)
+    expected = "cuda:0" if torch.cuda.device_count() else "cpu"
+    assert inference.configured_placement() == inference.Placement(expected, "float32")
+    if torch.cuda.device_count() == 0:
+        monkeypatch.setenv("FARM_TORCH_DEVICE", "cuda")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            inference.load_detector(ModelRegistry().detector())
+
+
+def test_parallel_decode_and_crops_equal_the_sequential_ones(
+    registry: ModelRegistry, sample_images, monkeypatch
+) -> None:
+    from farm_platform.images.photos import decode_photos
+
+    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    pngs: list[bytes | None] = [s.png for s in simulate.render_training_images(2000, 9)]
+    pngs[3] = b"not a png"  # an error keeps its place among the photos
+    pngs[6] = None  # a missing object too
+    keys = [ImageKey(f"P{i:03d}", dt.date(2024, 5, 1)) for i in range(len(pngs))]
+    uris = [f"memory://b/{i}" for i in range(len(pngs))]
+    card = registry.detector()
+    detector = inference.load_detector(card)
+    grader_card = registry.grader_for("disease_1")
+    outputs = {}
+    for threads in ("1", "4"):  # one worker is the sequential loop of old
+        monkeypatch.setenv("FARM_TORCH_THREADS", threads)
+        photos = decode_photos(keys, uris, pngs, inference)
+        # A photo of another size than the detector's goes through the scaling path too.
+        images = [(p.key, p.array) for p in photos if p.array is not None]
+        images.append((ImageKey("BIG", dt.date(2024, 5, 1)), np.repeat(images[0][1], 2, 0)))
+        frame, crops = inference.crop_leaves(images, detector, card, "memory://b")
+        prepared = inference.prepare_crops(crops, grader_card.input_size)
+        outputs[threads] = (photos, frame, prepared)
+    (seq_photos, seq_frame, seq_prepared), (par_photos, par_frame, par_prepared) = (
+        outputs["1"],
+        outputs["4"],
+    )
+    assert [p.key for p in par_photos] == keys
+    assert [p.error is not None for p in par_photos] == [i in (3, 6) for i in range(len(pngs))]
+
+    def facts(photo) -> tuple:
+        # PIL names the BytesIO it could not identify by its address: not a difference.
+        error = re.sub(r" at 0x[0-9a-f]+", "", photo.error or "")
+        return (photo.key, photo.uri, photo.size_bytes, photo.sha256, photo.exists, error)
+
+    for seq, par in zip(seq_photos, par_photos, strict=True):
+        assert facts(seq) == facts(par)
+        assert (seq.array is None and par.array is None) or np.array_equal(seq.array, par.array)
+    assert seq_frame.height > 20
+    assert par_frame.equals(seq_frame)
+    assert torch.equal(par_prepared, seq_prepared)
+
+
+def test_parallel_map_keeps_order_and_raises(monkeypatch) -> None:
+    monkeypatch.setenv("FARM_TORCH_THREADS", "3")
+    assert inference.parallel_map(lambda x: x * x, list(range(10))) == [x * x for x in range(10)]
+    assert inference.parallel_map(str, []) == []
+
+    def fail_on_seven(x: int) -> int:
+        if x == 7:
+            raise KeyError("seven")
+        return x
+
+    with pytest.raises(KeyError, match="seven"):
+        inference.parallel_map(fail_on_seven, list(range(10)))
+
+
+@pytest.mark.parametrize(
+    ("model_id", "figures", "accepted"),
+    [
+        ("disease_0_grader", {"crops": 1000, "agreeing": 995}, True),
+        ("disease_0_grader", {"crops": 1000, "agreeing": 994}, False),
+        ("disease_0_grader", {"crops": 0, "agreeing": 0}, False),
+        ("leaf_detector", {"f1_float32": 0.9, "f1_bfloat16": 0.895}, True),
+        ("leaf_detector", {"f1_float32": 0.9, "f1_bfloat16": 0.9051}, False),
+        ("leaf_detector", {"f1_float32": 0.9, "f1_bfloat16": 0.8949}, False),
+    ],
+)
+def test_bfloat16_rule(registry: ModelRegistry, model_id, figures, accepted) -> None:
+    card = registry.active_card(model_id)
+    measured = {"version": card.version, "sha256": card.sha256, **figures}
+    assert (inference.bfloat16_refusal(card, measured, "cpu") is None) is accepted
+    # A measurement of other weights never counts.
+    assert inference.bfloat16_refusal(card, {**measured, "sha256": "0" * 64}, "cpu") is not None
+    assert "--compare-bfloat16 --device cuda" in inference.bfloat16_refusal(card, None, "cuda")
+
+
+def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
+    models_copy: Path, sample_images, monkeypatch
+) -> None:
+    from farm_platform.config import ConfigError
+    from farm_platform.ml.registry import write_json_atomic
+
+    evaluate = _evaluate_module()
+    registry = ModelRegistry(models_copy)
+    (models_copy / inference.PRECISION_RECORD).unlink(missing_ok=True)
+    monkeypatch.setenv("FARM_TORCH_DEVICE", "cpu")
+    monkeypatch.setenv("FARM_TORCH_DTYPE", "bfloat16")
+    with pytest.raises(ConfigError, match="FARM_TORCH_DTYPE=bfloat16 refused: no float32"):
+        inference.load_detector(registry.detector(), registry)
+
+    # A real measurement, on fewer held-out images than models/evaluate.py uses.
+    measured = evaluate.compare_bfloat16(registry, evaluate.render(2000, 16))
+    assert sorted(measured) == sorted(MODEL_IDS)
+    assert all(m["crops"] > 50 for k, m in measured.items() if k != "leaf_detector")
+    record = {"bfloat16": {"cpu": {"models": measured}}}
+    write_json_atomic(models_copy / inference.PRECISION_RECORD, record)
+    for model_id, figures in measured.items():
+        card = registry.active_card(model_id)
+        load = inference.load_detector if card.task == "leaf_detector" else inference.load_grader
+        if inference.bfloat16_refusal(card, figures, "cpu") is None:
+            assert inference.model_placement(load(card, registry))[1] == torch.bfloat16
+        else:
+            with pytest.raises(ConfigError, match="refused"):
+                load(card, registry)
+
+    # A CPU measurement says nothing of CUDA's bfloat16 kernels.
+    with pytest.raises(ConfigError, match="on cuda: measure it"):
+        inference.require_bfloat16_agreement(registry.detector(), models_copy, "cuda")
+
+    # The same models, had they disagreed on one crop in a hundred, are refused.
+    grader_card = registry.grader_for("disease_4")
+    crops = measured[grader_card.id]["crops"]
+    failing = {
+        **measured,
+        grader_card.id: {**measured[grader_card.id], "agreeing": crops * 99 // 100},
+    }
+    record = {"bfloat16": {"cpu": {"models": failing}}}
+    write_json_atomic(models_copy / inference.PRECISION_RECORD, record)
+    with pytest.raises(ConfigError, match="disease_4_grader v1: bfloat16 grades agree"):
+        inference.load_grader(grader_card, registry)
+
+
+def test_the_shipped_bfloat16_record_covers_the_active_models(registry: ModelRegistry) -> None:
+    record = inference.read_precision_record(registry.models_dir, "cpu")
+    for model_id, card in registry.active_cards().items():
+        assert record.get(model_id, {}).get("sha256") == card.sha256, (
+            f"{model_id} {card.version}: re-measure with python models/evaluate.py "
+            "--compare-bfloat16"
+        )
+
+
+def _pools_and_result(items: list[int]) -> tuple[int, list[int]]:
+    pools = len(inference._pools)
+    return pools, inference.parallel_map(abs, items)
+
+
+def test_a_forked_child_decodes_on_its_own_pool(monkeypatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setenv("FARM_TORCH_THREADS", "2")
+    assert inference.parallel_map(abs, [-1, -2, -3]) == [1, 2, 3]  # the parent's pool exists
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        # Inherited pool threads do not exist in the child: work handed to them may wait
+        # forever, so the child starts without the parent's pools.
+        pools, result = child.apply_async(_pools_and_result, ([-4, -5, -6],)).get(timeout=60)
+    assert (pools, result) == (0, [4, 5, 6])

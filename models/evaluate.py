@@ -1,17 +1,26 @@
 """Held-out evaluation of the active leaf detector and disease graders.
 
     python models/evaluate.py [--seed 2000] [--count 300] [--json out.json]
+    python models/evaluate.py --compare-bfloat16 [--device cpu]
 
 Images come from the simulator with a seed that training never uses. Prints detector
 precision / recall / F1 at IoU 0.5, and per disease the exact-grade and within-one
 accuracy of the grader on crops of DETECTED leaves matched to a true leaf (IoU >= 0.5)
 and on crops cut with the TRUE boxes.
+
+With --compare-bfloat16 it runs the active models in float32 and in bfloat16 on the same
+held-out images, prints the detector's F1 in both and each grader's agreement (same grade
+on the same crops, those of the float32 detections), and records the figures in
+<models>/precision.json: FARM_TORCH_DTYPE=bfloat16 is accepted only for the weights
+recorded there as meeting the rule (farm_platform/ml/inference.py, BFLOAT16_*).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,15 +30,19 @@ from typing import Any
 import numpy as np
 
 from farm_platform.ml.inference import (
+    PRECISION_RECORD,
     Detection,
+    Placement,
+    bfloat16_refusal,
     cut_crop,
     decode_png,
     detect_leaves,
     load_detector,
     load_grader,
+    model_placement,
     prepare_crops,
 )
-from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
+from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry, write_json_atomic
 
 HELDOUT_SEED = 2000
 HELDOUT_COUNT = 300
@@ -149,10 +162,12 @@ def grade_metrics(predicted: np.ndarray, truth: np.ndarray, num_grades: int = 4)
 def predict_grades(grader: Any, inputs: Any, batch_size: int = 256) -> np.ndarray:
     import torch
 
+    device, dtype = model_placement(grader)
     out = []
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], batch_size):
-            out.append(grader(inputs[start : start + batch_size]).argmax(1).numpy())
+            batch = inputs[start : start + batch_size].to(device=device, dtype=dtype)
+            out.append(grader(batch).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -207,6 +222,64 @@ def evaluate(
     return {"detector": det, "graders": grader_metrics(graders, data, detections, matches)}
 
 
+def compare_bfloat16(registry: ModelRegistry, data: Heldout, device: str = "cpu") -> dict[str, Any]:
+    """Float32 against bfloat16 on `device`, per active model: detector F1 in both, and per
+    grader how many crops get the same grade (crops of the float32 detections, so that
+    the graders' own precision is measured, not the detector's)."""
+    full, half = Placement(device, "float32"), Placement(device, "bfloat16")
+    detector_card = registry.detector()
+    found: dict[str, list[list[Detection]]] = {}
+    record: dict[str, Any] = {}
+    f1: dict[str, float] = {}
+    for placement in (full, half):
+        detector = load_detector(detector_card, registry, placement)
+        found[placement.dtype] = detect_leaves(data.images, detector, batch_size=32)
+        f1[placement.dtype] = detector_metrics(found[placement.dtype], data)[0]["f1"]
+    record[detector_card.id] = {
+        "version": detector_card.version,
+        "sha256": detector_card.sha256,
+        "f1_float32": f1["float32"],
+        "f1_bfloat16": f1["bfloat16"],
+    }
+    crops = [
+        cut_crop(image, (d.x0, d.y0, d.x1, d.y1))
+        for image, detections in zip(data.images, found["float32"], strict=True)
+        for d in detections
+    ]
+    for disease in DISEASE_TYPES:
+        card = registry.grader_for(disease)
+        inputs = prepare_crops(crops, (card.input_size[0], card.input_size[1]))
+        grades = {
+            placement.dtype: predict_grades(load_grader(card, registry, placement), inputs)
+            for placement in (full, half)
+        }
+        record[card.id] = {
+            "version": card.version,
+            "sha256": card.sha256,
+            "crops": len(crops),
+            "agreeing": int((grades["float32"] == grades["bfloat16"]).sum()),
+        }
+    return record
+
+
+def print_bfloat16_comparison(
+    record: dict[str, Any], registry: ModelRegistry, device_type: str
+) -> None:
+    for model_id, figures in record.items():
+        card = registry.active_card(model_id)
+        why = bfloat16_refusal(card, figures, device_type)
+        if "f1_float32" in figures:
+            change = figures["f1_bfloat16"] - figures["f1_float32"]
+            shown = (
+                f"F1 float32 {figures['f1_float32']:.4f}  bfloat16 {figures['f1_bfloat16']:.4f}"
+                f"  change {change:+.4f}"
+            )
+        else:
+            share = figures["agreeing"] / figures["crops"] if figures["crops"] else 0.0
+            shown = f"same grade on {figures['agreeing']}/{figures['crops']} crops ({share:.2%})"
+        print(f"{model_id:<18}{shown}  -> {'accepted' if why is None else 'REFUSED: ' + why}")
+
+
 def print_report(report: dict[str, Any]) -> None:
     det = report["detector"]
     print(
@@ -244,10 +317,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default: $FARM_MODELS_DIR if set, else the repository's models/ (as the platform)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--compare-bfloat16",
+        action="store_true",
+        help="measure float32 against bfloat16 and record it in <models>/" + PRECISION_RECORD,
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N (--compare-bfloat16)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = render(args.seed, args.count)
     registry = ModelRegistry(args.models_dir)
+    if args.compare_bfloat16:
+        record = compare_bfloat16(registry, data, args.device)
+        print(
+            f"held-out: simulator seed {args.seed}, {args.count} images, device {args.device} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        # One section per kind of device: CPU and CUDA bfloat16 kernels round differently,
+        # and measuring on one must not drop the other's figures.
+        device_type = args.device.split(":")[0]
+        print_bfloat16_comparison(record, registry, device_type)
+        path = registry.models_dir / PRECISION_RECORD
+        stored = json.loads(path.read_text()) if path.exists() else {"bfloat16": {}}
+        stored["bfloat16"][device_type] = {
+            "measured": {
+                "date": dt.date.today().isoformat(),
+                "device": args.device,
+                "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                "heldout_seed": args.seed,
+                "heldout_images": args.count,
+            },
+            "models": record,
+        }
+        write_json_atomic(path, stored)
+        return 0
     report = evaluate(registry, data)
     current = simulator_fingerprint()
     for card in registry.active_cards().values():

@@ -207,8 +207,10 @@ def _grade_chunk(
     for card, grader in graders:
         size = (card.input_size[0], card.input_size[1])
         if size not in prepared:
-            # Resize once for every grader that shares an input size.
-            prepared[size] = inference.prepare_crops(crops, size)
+            # Resize once for every grader that shares an input size (and device).
+            prepared[size] = inference.prepare_crops(
+                crops, size, *inference.model_placement(grader)
+            )
         grades = inference.grade_crops(prepared[size], crop_rows, grader, card).with_columns(
             graded_at=pl.lit(graded_at, dtype=pl.Datetime("us", "UTC")),
             dagster_run_id=pl.lit(plan.run_id),

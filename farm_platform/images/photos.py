@@ -75,22 +75,26 @@ def decode_photo(data: bytes | None, inference: Any) -> tuple[Any, str | None]:
 def decode_photos(
     keys: Sequence[ImageKey], uris: Sequence[str], payloads: Sequence[bytes | None], inference: Any
 ) -> list[Photo]:
-    """Decode the bytes read for `keys` (None: missing); an unusable photo carries its error."""
-    photos = []
-    for key, uri, data in zip(keys, uris, payloads, strict=True):
+    """Decode the bytes read for `keys` (None: missing); an unusable photo carries its error.
+
+    The photos decode on `inference.parallel_map`'s workers, in order: one core decodes
+    a PNG in 11-16 ms, which alone would hold a GPU to under 100 photos/s."""
+
+    def decode(item: tuple[ImageKey, str, bytes | None]) -> Photo:
+        key, uri, data = item
         array, error = decode_photo(data, inference)
-        photos.append(
-            Photo(
-                key=key,
-                uri=uri,
-                size_bytes=len(data or b""),
-                sha256=hashlib.sha256(data or b"").hexdigest(),
-                exists=data is not None,
-                array=array,
-                error=error,
-            )
+        return Photo(
+            key=key,
+            uri=uri,
+            size_bytes=len(data or b""),
+            sha256=hashlib.sha256(data or b"").hexdigest(),
+            exists=data is not None,
+            array=array,
+            error=error,
         )
-    return photos
+
+    items = list(zip(keys, uris, payloads, strict=True))
+    return inference.parallel_map(decode, items, purpose="decode")
 
 
 def drone_image_rows(

@@ -12,10 +12,12 @@ import io
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -23,6 +25,8 @@ import torch
 from fsspec import AbstractFileSystem
 from PIL import Image
 
+from farm_platform import config
+from farm_platform.config import ConfigError
 from farm_platform.layout import ImageKey, bucket_filesystem, crop_uri
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
 from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
@@ -52,6 +56,13 @@ GRADES_SCHEMA: dict[str, pl.DataType] = {
     "disease_model_version": pl.String(),
     "confidence": pl.Float64(),
 }
+# bfloat16 is offered only for models whose measured agreement with float32 meets these
+# (issue 17): grades equal on this share of crops, detector F1 within this distance.
+BFLOAT16_MIN_GRADE_AGREEMENT = 0.995
+BFLOAT16_MAX_F1_CHANGE = 0.005
+# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
+PRECISION_RECORD = "precision.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Cards may only name classes from our own code: a card is data and must not be able to
 # make the platform import arbitrary modules.
 _ALLOWED_ARCHITECTURE_PREFIX = "farm_platform."
@@ -76,8 +87,31 @@ class Detection:
 # Loading
 
 
-def _set_threads() -> None:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which precision the models run: device "cpu" or "cuda:N", dtype name."""
+
+    device: str
+    dtype: str
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+def _set_threads(placement: Placement) -> None:
+    # On a GPU torch's own CPU work is small (box decoding, copies) and the cores are
+    # needed to decode photos for it; spinning intra-op threads would take them.
+    torch.set_num_threads(1 if placement.device.startswith("cuda") else config.torch_threads())
+
+
+def configured_placement() -> Placement:
+    """`FARM_TORCH_DEVICE` and `FARM_TORCH_DTYPE`, resolved against the GPUs torch sees."""
+    return Placement(config.torch_device(torch.cuda.device_count()), config.torch_dtype())
 
 
 def _registry_for(card: ModelCard) -> ModelRegistry:
@@ -104,12 +138,18 @@ def _architecture_class(path: str) -> type[torch.nn.Module]:
 
 @functools.lru_cache(maxsize=32)
 def _load_cached(
-    model_id: str, version: str, sha256: str, weights_path: str, architecture: str, kwargs: str
+    model_id: str,
+    version: str,
+    sha256: str,
+    weights_path: str,
+    architecture: str,
+    kwargs: str,
+    placement: Placement,
 ) -> torch.nn.Module:
-    # Keyed by id + version + sha (and the file): a new version or retrained weights load
-    # anew, while every asset of a run shares one instance per model.
+    # Keyed by id + version + sha (and the file) and placement: a new version or retrained
+    # weights load anew, while every asset of a run shares one instance per model.
     del model_id, version, sha256
-    _set_threads()
+    _set_threads(placement)
     model = _architecture_class(architecture)(**json.loads(kwargs))
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -121,13 +161,20 @@ def _load_cached(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model
+    return model.to(device=placement.torch_device, dtype=placement.torch_dtype)
 
 
-def _load(card: ModelCard, task: str, registry: ModelRegistry | None) -> torch.nn.Module:
+def _load(
+    card: ModelCard, task: str, registry: ModelRegistry | None, placement: Placement | None
+) -> torch.nn.Module:
     if card.task != task:
         raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
-    path = (registry or _registry_for(card)).verify_weights(card)
+    registry = registry or _registry_for(card)
+    path = registry.verify_weights(card)
+    if placement is None:
+        placement = configured_placement()
+        if placement.dtype == "bfloat16":
+            require_bfloat16_agreement(card, registry.models_dir, placement.torch_device.type)
     return _load_cached(
         card.id,
         card.version,
@@ -135,21 +182,132 @@ def _load(card: ModelCard, task: str, registry: ModelRegistry | None) -> torch.n
         str(Path(path).resolve()),
         card.architecture,
         json.dumps(dict(card.architecture_kwargs), sort_keys=True),
+        placement,
     )
 
 
-def load_detector(card: ModelCard, registry: ModelRegistry | None = None) -> LeafDetector:
-    """The detector of `card`, sha256-verified, in eval mode, cached per process."""
-    model = _load(card, "leaf_detector", registry)
+def load_detector(
+    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+) -> LeafDetector:
+    """The detector of `card`, sha256-verified, in eval mode, cached per process.
+
+    On the configured device and dtype unless `placement` says otherwise (an explicit
+    placement skips the bfloat16 rule: that is how the agreement is measured)."""
+    model = _load(card, "leaf_detector", registry, placement)
     assert isinstance(model, LeafDetector)
     return model
 
 
-def load_grader(card: ModelCard, registry: ModelRegistry | None = None) -> DiseaseGrader:
-    """The grader of `card`, sha256-verified, in eval mode, cached per process."""
-    model = _load(card, "disease_grader", registry)
+def load_grader(
+    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+) -> DiseaseGrader:
+    """The grader of `card`, sha256-verified, in eval mode, cached per process (placed as
+    `load_detector`'s)."""
+    model = _load(card, "disease_grader", registry, placement)
     assert isinstance(model, DiseaseGrader)
     return model
+
+
+def read_precision_record(models_dir: Path, device_type: str) -> dict[str, Any]:
+    """The measured float32/bfloat16 agreement per model id on `device_type` ("cpu",
+    "cuda"): {} before any measurement there. CPU and CUDA bfloat16 kernels do not round
+    alike, so each kind of device has its own measurement."""
+    path = Path(models_dir) / PRECISION_RECORD
+    if not path.exists():
+        return {}
+    try:
+        models = json.loads(path.read_text())["bfloat16"].get(device_type, {}).get("models", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelRegistryError(f"{path} is not a precision record: {exc}") from None
+    if not isinstance(models, dict):
+        raise ModelRegistryError(f"{path}: bfloat16.{device_type}.models must map model ids")
+    return models
+
+
+def bfloat16_refusal(
+    card: ModelCard, measured: dict[str, Any] | None, device_type: str = "cpu"
+) -> str | None:
+    """Why bfloat16 is refused for `card` given its measurement on `device_type` ("cpu",
+    "cuda"); None: accepted.
+
+    A measurement counts only for the very weights it was made with (their sha256)."""
+    if not measured or measured.get("sha256") != card.sha256:
+        return (
+            f"no float32/bfloat16 agreement is recorded for {card.id} {card.version} with these "
+            f"weights on {device_type}: measure it with `python models/evaluate.py "
+            f"--compare-bfloat16 --device {device_type}`"
+        )
+    if card.task == "leaf_detector":
+        # F1 is recorded to 4 decimals: 0.9 - 0.895 must be 0.005, not 0.005000000000000004.
+        change = round(abs(float(measured["f1_bfloat16"]) - float(measured["f1_float32"])), 4)
+        if change > BFLOAT16_MAX_F1_CHANGE:
+            return (
+                f"{card.id} {card.version}: held-out F1 moves by {change:.4f} in bfloat16 "
+                f"(float32 {measured['f1_float32']:.4f}, bfloat16 {measured['f1_bfloat16']:.4f}),"
+                f" more than {BFLOAT16_MAX_F1_CHANGE}"
+            )
+        return None
+    crops = int(measured["crops"])
+    agreement = int(measured["agreeing"]) / crops if crops else 0.0
+    if agreement < BFLOAT16_MIN_GRADE_AGREEMENT:
+        return (
+            f"{card.id} {card.version}: bfloat16 grades agree with float32 on {agreement:.2%} of "
+            f"{crops} held-out crops, fewer than {BFLOAT16_MIN_GRADE_AGREEMENT:.1%}"
+        )
+    return None
+
+
+def require_bfloat16_agreement(card: ModelCard, models_dir: Path, device_type: str) -> None:
+    """ConfigError unless `card`'s recorded bfloat16 agreement on `device_type` meets the rule."""
+    measured = read_precision_record(models_dir, device_type).get(card.id)
+    why = bfloat16_refusal(card, measured, device_type)
+    if why is not None:
+        raise ConfigError(
+            f"{config.FARM_TORCH_DTYPE}=bfloat16 refused: {why}. Use float32 (the default)."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel CPU work: decoding photos, resizing crops
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_pool_lock = threading.Lock()
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+# A forked child inherits the pools but not their threads: work handed to them would wait
+# forever. It makes its own on first use.
+os.register_at_fork(after_in_child=_pools.clear)
+
+
+def _cpu_pool(purpose: str, workers: int) -> ThreadPoolExecutor:
+    # Threads, not processes: Pillow and zlib release the GIL while they decode and
+    # resize, and the decoded arrays need no pickling back to the caller.
+    with _pool_lock:
+        key = (purpose, workers)
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix=f"farm-{purpose}")
+        return _pools[key]
+
+
+def parallel_map(
+    function: Callable[[_T], _R], items: Sequence[_T], purpose: str = "crops"
+) -> list[_R]:
+    """`[function(item) for item in items]`, in order, on `FARM_TORCH_THREADS` workers.
+
+    Items go in one contiguous slice per worker: a crop resize takes microseconds, and a
+    task per item would cost more in hand-offs than it saves. Each `purpose` has its own
+    pool: the next chunk's decoding (`"decode"`, in a reader thread) must not queue ahead
+    of this chunk's crop resizing, which the device waits for."""
+    workers = config.torch_threads()
+    if workers < 2 or len(items) < 2:
+        return [function(item) for item in items]
+    step = math.ceil(len(items) / workers)
+    slices = [items[i : i + step] for i in range(0, len(items), step)]
+    results: list[_R] = []
+    pool = _cpu_pool(purpose, workers)
+    for part in pool.map(lambda chunk: [function(item) for item in chunk], slices):
+        results.extend(part)
+    return results
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,18 +361,46 @@ def resize_crop(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
 
 
-def to_tensor(arrays: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
-    stacked = np.ascontiguousarray(stacked)
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0)
+def to_tensor(
+    arrays: Sequence[np.ndarray] | np.ndarray,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) `dtype` in [0, 1], on `device` (default CPU).
+
+    To a GPU the uint8 pixels travel (a quarter of the float bytes) from pinned memory
+    without blocking the host, and become floats there; the values are the same."""
+    if device is not None and device.type == "cuda":
+        shape = arrays[0].shape if len(arrays) else (0, 0, 3)
+        pinned = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=True)
+        if len(arrays):
+            # Stacked straight into page-locked memory: one host copy, not two.
+            np.stack(arrays, out=pinned.numpy())
+        pixels = pinned.to(device, non_blocking=True)
+    else:
+        stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        pixels = torch.from_numpy(np.ascontiguousarray(stacked))
+    tensor = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor if dtype == torch.float32 else tensor.to(dtype)
 
 
-def prepare_crops(crops: Sequence[np.ndarray], input_size: tuple[int, int]) -> torch.Tensor:
+def prepare_crops(
+    crops: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Resized grader input for many crops; compute once and pass to every grader."""
     if not crops:
-        return torch.zeros((0, 3, *input_size))
-    return to_tensor([resize_crop(c, input_size) for c in crops])
+        return torch.zeros((0, 3, *input_size), device=device, dtype=dtype)
+    resized = parallel_map(lambda crop: resize_crop(crop, input_size), crops)
+    return to_tensor(resized, device, dtype)
+
+
+def model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a loaded model's weights are on."""
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,8 +431,12 @@ class GraderRunner:
 
 def run_detector(detector: LeafDetector, scaled: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """The local detector on (N, S, S, 3) uint8 inputs: raw boxes and scores per image."""
+    device, dtype = model_placement(detector)
     with torch.inference_mode():
-        decoded = detector.decode(*detector(to_tensor(scaled)))
+        heads = detector(to_tensor(scaled, device, dtype))
+        # One copy back per batch; the box decoding's small per-image steps run on the
+        # host in float32 whatever the model's device and dtype.
+        decoded = detector.decode(*(head.float().cpu() for head in heads))
     return [
         (boxes.numpy(), scores.numpy())
         for boxes, scores in zip(decoded.boxes, decoded.scores, strict=True)
@@ -256,8 +446,9 @@ def run_detector(detector: LeafDetector, scaled: np.ndarray) -> list[tuple[np.nd
 def run_grader(grader: DiseaseGrader, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The local grader on prepared crops: the most likely class and its probability."""
     with torch.inference_mode():
-        confidence, index = torch.softmax(grader(inputs), dim=1).max(dim=1)
-    return index.numpy(), confidence.numpy()
+        # Softmax in float32 whatever the model's dtype: confidences keep their digits.
+        confidence, index = torch.softmax(grader(inputs).float(), dim=1).max(dim=1)
+    return index.cpu().numpy(), confidence.cpu().numpy()
 
 
 def detector_runner(detector: LeafDetector | DetectorRunner) -> DetectorRunner:
@@ -274,14 +465,16 @@ def grader_runner(grader: DiseaseGrader | GraderRunner) -> GraderRunner:
 
 def scale_for_detector(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Photos of another size are scaled to the detector input; boxes scale back."""
-    scaled = []
     for image in images:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-        if image.shape[:2] != (size, size):
-            image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-        scaled.append(image)
-    return np.ascontiguousarray(np.stack(scaled))
+
+    def scale(image: np.ndarray) -> np.ndarray:
+        if image.shape[:2] == (size, size):
+            return image
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+    return np.ascontiguousarray(np.stack(parallel_map(scale, images)))
 
 
 def detect_leaves(
@@ -318,9 +511,14 @@ def crop_leaves(
     cropper_card: ModelCard,
     bucket_root: str,
     batch_size: int = 32,
+    detections: Sequence[Sequence[Detection]] | None = None,
 ) -> tuple[pl.DataFrame, list[np.ndarray]]:
-    """Detect and cut out leaves: `leaf_crops` rows (docs/contracts.md) and crop arrays, aligned."""
-    detections = detect_leaves([image for _, image in images], detector, batch_size=batch_size)
+    """Detect and cut out leaves: `leaf_crops` rows (docs/contracts.md) and crop arrays, aligned.
+
+    `detections` (from `detect_leaves`) skips detecting again: the benchmark times the two
+    apart."""
+    if detections is None:
+        detections = detect_leaves([image for _, image in images], detector, batch_size)
     rows: dict[str, list[Any]] = {name: [] for name in LEAF_CROPS_SCHEMA}
     crops: list[np.ndarray] = []
     for (key, image), found in zip(images, detections, strict=True):
@@ -391,7 +589,16 @@ def grade_crops(
     if len(crops) != crop_rows.height:
         raise ValueError(f"{len(crops)} crops but {crop_rows.height} crop rows")
     size = (grader_card.input_size[0], grader_card.input_size[1])
-    inputs = crops if isinstance(crops, torch.Tensor) else prepare_crops(list(crops), size)
+    # A model server takes float32 crops from the host; a local grader its own placement.
+    device, dtype = (
+        model_placement(grader)
+        if isinstance(grader, torch.nn.Module)
+        else (torch.device("cpu"), torch.float32)
+    )
+    if isinstance(crops, torch.Tensor):
+        inputs = crops.to(device=device, dtype=dtype, non_blocking=True)
+    else:
+        inputs = prepare_crops(list(crops), size, device, dtype)
     if tuple(inputs.shape[2:]) != size:
         raise ValueError(f"prepared crops are {tuple(inputs.shape[2:])}, the grader wants {size}")
     runner = grader_runner(grader)

@@ -110,9 +110,10 @@ def _detect(network: Any, images: np.ndarray) -> dict[str, np.ndarray]:
 def _grade(network: Any, crops: np.ndarray) -> dict[str, np.ndarray]:
     indices: list[np.ndarray] = []
     confidences: list[np.ndarray] = []
+    device, dtype = inference.model_placement(network)
     for start in range(0, crops.shape[0], GRADER_BATCH):
         index, confidence = inference.run_grader(
-            network, inference.to_tensor(crops[start : start + GRADER_BATCH])
+            network, inference.to_tensor(crops[start : start + GRADER_BATCH], device, dtype)
         )
         indices.append(index)
         confidences.append(confidence)
