@@ -397,8 +397,13 @@ def prepare_crops(
     return to_tensor(resized, device, dtype)
 
 
-def model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype a loaded model's weights are on."""
+def model_placement(
+    model: torch.nn.Module | GraderRunner | DetectorRunner,
+) -> tuple[torch.device, torch.dtype]:
+    """Where a model's inputs go: its weights' device and dtype, or the host in float32
+    for a model on a model server (a runner: its client sends host arrays)."""
+    if not isinstance(model, torch.nn.Module):
+        return torch.device("cpu"), torch.float32
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
 
@@ -589,12 +594,7 @@ def grade_crops(
     if len(crops) != crop_rows.height:
         raise ValueError(f"{len(crops)} crops but {crop_rows.height} crop rows")
     size = (grader_card.input_size[0], grader_card.input_size[1])
-    # A model server takes float32 crops from the host; a local grader its own placement.
-    device, dtype = (
-        model_placement(grader)
-        if isinstance(grader, torch.nn.Module)
-        else (torch.device("cpu"), torch.float32)
-    )
+    device, dtype = model_placement(grader)
     if isinstance(crops, torch.Tensor):
         inputs = crops.to(device=device, dtype=dtype, non_blocking=True)
     else:
