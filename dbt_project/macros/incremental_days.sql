@@ -78,16 +78,14 @@
 {% endmacro %}
 
 {#
-  The dates of `table` with a row stamped (`stamp`) after `epoch` (seconds, the previous
-  build's watermark) less the late-commit margin; every date of it when `epoch` is none.
+  The dates of `table` with a row stamped (`stamp`) after `epoch` (seconds: when the
+  previous complete build started) less the late-commit margin.
 #}
 {% macro dates_written_since(table, stamp, epoch) %}
     select cast(date as date) as date
     from {{ source('farm', table) }}
-    {%- if epoch is not none %}
     where {{ stamp }} > to_timestamp({{ epoch }})
         - interval '{{ var("late_commit_margin_minutes") }} minutes'
-    {%- endif %}
 {% endmacro %}
 
 {#
@@ -111,3 +109,19 @@
         {%- do return(relation) -%}
     {%- endif -%}
 {%- endmacro %}
+
+{#
+  The configuration of a model incremental by day: `{{ incremental_by_day() }}` at its top.
+  Appends the new slice after the pre-hook deleted the rows it replaces (append and hooks
+  work the same on dbt-duckdb and dbt-postgres). The ref() records the dependency on
+  int_changed_days at parse time.
+#}
+{% macro incremental_by_day(reset_column=none) %}
+    {%- do ref('int_changed_days') -%}
+    {%- if reset_column -%}
+        {%- set hook = "{{ delete_days_to_rebuild(reset_column='" ~ reset_column ~ "') }}" -%}
+    {%- else -%}
+        {%- set hook = "{{ delete_days_to_rebuild() }}" -%}
+    {%- endif -%}
+    {{ config(materialized='incremental', incremental_strategy='append', pre_hook=hook) }}
+{% endmacro %}

@@ -3,12 +3,7 @@
 -- the active grader versions are position_trajectories' inputs; all of them feed
 -- model_version_effects. A table, incremental by date: the marts above it read ~1 row per
 -- position, day and disease instead of re-aggregating every grade of the history.
--- depends_on: {{ ref('int_changed_days') }}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    pre_hook="{{ delete_days_to_rebuild() }}",
-) }}
+{{ incremental_by_day() }}
 select
     grades.position_id,
     positions.area,

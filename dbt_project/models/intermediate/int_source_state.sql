@@ -1,13 +1,10 @@
--- What the sources look like at the start of this build, in one row: the newest write
--- time of each timestamped source table, and fingerprints of the inputs that change every
--- date at once (the model registry, the field map). analytics_watermark keeps this row once
--- every incremental model is built; the next build's int_changed_days compares with it.
--- (max() of an indexed timestamp: an index probe on PostgreSQL, one column scan on DuckDB.)
+-- The state of the inputs at the start of this build, in one row: the database's clock, and
+-- fingerprints of the inputs that change every date at once (the model registry, the field
+-- map). analytics_watermark keeps this row once every incremental model is built; the next
+-- build's int_changed_days takes the dates of the rows stamped since (less a margin).
 {{ config(materialized='table') }}
 select
-    (select max(graded_at) from {{ source('farm', 'disease_grades') }}) as grades_written_at,
-    (select max(ingested_at) from {{ source('farm', 'drone_images') }}) as images_written_at,
-    (select max(checked_at) from {{ source('farm', 'partition_quality') }}) as quality_written_at,
+    current_timestamp as build_started_at,
     (
         select string_agg(
             model_id || '/' || version || '/' || cast(active as text) || '/'

@@ -5,12 +5,7 @@
 -- Cheap by construction: incremental by date (only the changed days are read), and the
 -- self-join runs only on the (date, grader) with more than one version that day. With one
 -- version per grader (the usual case) the join has no input and the table stays empty.
--- depends_on: {{ ref('int_changed_days') }}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    pre_hook="{{ delete_days_to_rebuild() }}",
-) }}
+{{ incremental_by_day() }}
 with grades as (
     select
         position_id,

@@ -1,11 +1,6 @@
 -- Per date × area: how much of the field map was photographed, readable and graded.
 -- Incremental: each build replaces the dates int_changed_days names.
--- depends_on: {{ ref('int_changed_days') }}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    pre_hook="{{ delete_days_to_rebuild() }}",
-) }}
+{{ incremental_by_day() }}
 with positions as (
     select position_id, area
     from {{ ref('stg_positions') }}

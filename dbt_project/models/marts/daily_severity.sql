@@ -1,11 +1,6 @@
 -- Severity per date × area × disease over the active grades. Incremental: each build
 -- replaces the dates int_changed_days names (macros/incremental_days.sql).
--- depends_on: {{ ref('int_changed_days') }}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    pre_hook="{{ delete_days_to_rebuild() }}",
-) }}
+{{ incremental_by_day() }}
 with grades as (
     select
         grades.date,

@@ -8,12 +8,7 @@
 -- whole curve. A pair's first date is before the earliest changed day both before and
 -- after the change or on/after it both times, so the old rows' first_date tells which
 -- pairs to delete and the new one which to insert.
--- depends_on: {{ ref('int_changed_days') }}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    pre_hook="{{ delete_days_to_rebuild(reset_column='first_date') }}",
-) }}
+{{ incremental_by_day(reset_column='first_date') }}
 with position_day as (
     -- The active grader version's rows: the grades stg_active_disease_grades keeps.
     select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade
