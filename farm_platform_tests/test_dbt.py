@@ -796,21 +796,9 @@ def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
         .then((pl.col("predicted_grade") - 1).clip(0, 3))
         .otherwise(pl.col("predicted_grade"))
     )
-    scopes = (
-        day1["disease_grades"]
-        .filter(pl.col("disease_type") == "disease_0")
-        .select(
-            "position_id",
-            "date",
-            "disease_type",
-            "cropper_model_id",
-            "cropper_model_version",
-            "disease_model_id",
-            "disease_model_version",
-        )
-        .unique()
-    )
-    WarehouseResource(url=url).replace_many([("disease_grades", grades, scopes)])
+    # Every photo keeps at least one leaf, so the frame names every (photo, models) it
+    # replaces: C0's fourth leaf goes with the rest of its old rows.
+    WarehouseResource(url=url).replace_many([("disease_grades", grades, None)])
     yield "backfill of day 1", {DAYS[1]}
 
     # The quality gate holds back T1's disease_0 on day 2, and T3's on day 0, its first day.

@@ -139,6 +139,11 @@ class Table:
     primary_key: tuple[str, ...]
     # Writing a frame first deletes the rows that share these columns' values with it.
     replace_scope: tuple[str, ...]
+    # Secondary indexes, PostgreSQL only: dbt's incremental builds read a table by `date`
+    # (the days to rebuild) and by the write stamp (which days changed). The primary key,
+    # which leads with the replace scope's columns, serves the writer's replace-by-photo.
+    # DuckDB prunes those scans with its zone maps; an ART index would only slow its writes.
+    postgres_indexes: tuple[tuple[str, ...], ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -158,6 +163,14 @@ class Table:
             f"  PRIMARY KEY ({', '.join(self.primary_key)})\n)"
         )
 
+    def index_ddl(self) -> list[str]:
+        """CREATE INDEX IF NOT EXISTS statements of `postgres_indexes`."""
+        return [
+            f"CREATE INDEX IF NOT EXISTS {self.name}_by_{'_'.join(columns)} "
+            f"ON {self.name} ({', '.join(columns)})"
+            for columns in self.postgres_indexes
+        ]
+
 
 LEAF_CROPS_TABLE = Table(
     "leaf_crops",
@@ -170,6 +183,7 @@ LEAF_CROPS_TABLE = Table(
         "leaf_crop_idx",
     ),
     replace_scope=("position_id", "date", "cropper_model_id", "cropper_model_version"),
+    postgres_indexes=(("date",),),
 )
 DISEASE_GRADES_TABLE = Table(
     "disease_grades",
@@ -193,12 +207,15 @@ DISEASE_GRADES_TABLE = Table(
         "disease_model_id",
         "disease_model_version",
     ),
+    # (graded_at, date): int_changed_days reads the dates of new stamps from the index alone.
+    postgres_indexes=(("date",), ("graded_at", "date")),
 )
 DRONE_IMAGES_TABLE = Table(
     "drone_images",
     DRONE_IMAGES_COLUMNS,
     primary_key=("position_id", "date"),
     replace_scope=("position_id", "date"),
+    postgres_indexes=(("date",), ("ingested_at", "date")),
 )
 MODEL_VERSIONS_TABLE = Table(
     "model_versions",
@@ -211,6 +228,7 @@ PARTITION_QUALITY_TABLE = Table(
     PARTITION_QUALITY_COLUMNS,
     primary_key=("position_id", "date", "asset", "check_name"),
     replace_scope=("position_id", "date", "asset", "check_name"),
+    postgres_indexes=(("date",), ("checked_at", "date")),
 )
 IMAGE_ARRIVALS_TABLE = Table(
     "image_arrivals",
@@ -236,6 +254,10 @@ TABLES = {
         PARTITION_QUALITY_TABLE,
     )
 }
+
+
+# PostgreSQL warehouses whose secondary indexes this process has made sure of.
+_INDEXED_WAREHOUSES: set[str] = set()
 
 
 class WarehouseError(RuntimeError):
@@ -302,9 +324,13 @@ class WarehouseResource(ConfigurableResource):
                 time.sleep(0.2)
 
     def create_schema(self) -> None:
+        """Every table, and on PostgreSQL their secondary indexes."""
         with self.connect() as connection:
             for table in TABLES.values():
                 connection.execute(table.ddl())
+                if self.dialect == "postgresql":
+                    for statement in table.index_ddl():
+                        connection.execute(statement)
 
     def replace_rows(
         self, table_name: str, frame: pl.DataFrame, scopes: pl.DataFrame | None = None
@@ -367,6 +393,13 @@ class WarehouseResource(ConfigurableResource):
     def _ensure_schema(self, connection: Any) -> None:
         for table in TABLES.values():
             connection.execute(table.ddl())
+        if self.dialect == "postgresql" and self.url not in _INDEXED_WAREHOUSES:
+            # Once per process and warehouse, not per write: CREATE INDEX takes a SHARE lock
+            # on its table even when the index exists, which would serialize the writers.
+            for table in TABLES.values():
+                for statement in table.index_ddl():
+                    connection.execute(statement)
+            _INDEXED_WAREHOUSES.add(self.url)
 
     def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
         """Delete the rows matching each row of `scopes` (columns: the table's replace scope)."""
