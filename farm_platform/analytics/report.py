@@ -174,6 +174,39 @@ def summary_lines(data: ReportData) -> list[str]:
     return lines
 
 
+# The severity plot's cost must not grow with the trial: the last PLOT_RECENT_DAYS days day
+# by day, and the whole trial in at most PLOT_OVERVIEW_POINTS bins (means of the days in
+# each bin) beneath them once the trial is longer than that window.
+PLOT_RECENT_DAYS = 60
+PLOT_OVERVIEW_POINTS = 60
+
+
+def severity_plot_frames(severity: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(the last PLOT_RECENT_DAYS days of `severity`, the whole of it downsampled to at most
+    PLOT_OVERVIEW_POINTS dates per disease and area, or None when the window holds it all).
+
+    Both have date, area, disease_type, mean_grade; a downsampled row's date is its bin's
+    first day and its mean_grade the mean of the bin's daily means."""
+    columns = ["date", "area", "disease_type", "mean_grade"]
+    if severity.is_empty():
+        return severity, None
+    first, last = severity["date"].min(), severity["date"].max()
+    recent = severity.filter(pl.col("date") > last - dt.timedelta(days=PLOT_RECENT_DAYS))
+    recent = recent.select(columns).sort("disease_type", "area", "date")
+    span_days = (last - first).days + 1
+    if span_days <= PLOT_RECENT_DAYS:
+        return recent, None
+    bin_days = -(-span_days // PLOT_OVERVIEW_POINTS)  # ceiling: at most that many bins
+    overview = (
+        severity.with_columns(((pl.col("date") - first).dt.total_days() // bin_days).alias("bin"))
+        .group_by("disease_type", "area", "bin")
+        .agg(pl.col("date").min(), pl.col("mean_grade").mean())
+        .select(columns)
+        .sort("disease_type", "area", "date")
+    )
+    return recent, overview
+
+
 def _plot_severity(severity: pl.DataFrame) -> str:
     import matplotlib
 
@@ -181,29 +214,42 @@ def _plot_severity(severity: pl.DataFrame) -> str:
     from matplotlib import dates as mdates
     from matplotlib import pyplot as plt
 
+    recent, overview = severity_plot_frames(severity)
+    panels = (
+        [("", recent)]
+        if overview is None
+        else [
+            (f"last {PLOT_RECENT_DAYS} days", recent),
+            ("whole trial", overview),
+        ]
+    )
     diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
+    columns = max(len(diseases), 1)
     figure, axes = plt.subplots(
-        1,
-        max(len(diseases), 1),
-        figsize=(3.2 * max(len(diseases), 1), 2.8),
+        len(panels),
+        columns,
+        figsize=(3.2 * columns, 2.8 * len(panels)),
         sharey=True,
         squeeze=False,
     )
-    for axis, disease in zip(axes[0], diseases, strict=False):
-        for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
-            rows = severity.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
-            axis.plot(
-                rows["date"].to_list(),
-                rows["mean_grade"].to_list(),
-                marker="o",
-                color=colour,
-                label=area,
-            )
-        axis.set_title(disease)
-        axis.xaxis.set_major_locator(mdates.DayLocator())
-        axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
-        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes[0][0].set_ylabel("mean grade")
+    for row, (label, frame) in enumerate(panels):
+        for axis, disease in zip(axes[row], diseases, strict=False):
+            for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
+                rows = frame.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
+                axis.plot(
+                    rows["date"].to_list(),
+                    rows["mean_grade"].to_list(),
+                    marker="o" if rows.height <= 31 else None,
+                    color=colour,
+                    label=area,
+                )
+            axis.set_title(f"{disease}, {label}" if label else disease, fontsize=9)
+            # A bounded number of ticks whatever the span (a tick per day cost seconds).
+            locator = mdates.AutoDateLocator(maxticks=8)
+            axis.xaxis.set_major_locator(locator)
+            axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+            axis.tick_params(axis="x", labelrotation=45, labelsize=7)
+        axes[row][0].set_ylabel("mean grade")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
