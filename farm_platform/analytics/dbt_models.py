@@ -3,7 +3,7 @@
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, Config
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
@@ -11,6 +11,7 @@ from dagster_dbt import (
     DbtProject,
     dbt_assets,
 )
+from pydantic import Field
 
 from farm_platform.assets.keys import GRADES_BY_DISEASE
 from farm_platform.dbt_env import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_connection
@@ -41,6 +42,16 @@ class FarmDbtTranslator(DagsterDbtTranslator):
         return "analytics"
 
 
+class DbtBuildConfig(Config):
+    """How the marts are built: by default incrementally (the days that changed)."""
+
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild every incremental model from all of history "
+        "(`dbt build --full-refresh`); the tables come out the same as incremental builds'.",
+    )
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -49,8 +60,26 @@ class FarmDbtTranslator(DagsterDbtTranslator):
     ),
 )
 def farm_dbt_models(
-    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+    context: AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+    config: DbtBuildConfig,
 ) -> Iterator[Any]:
+    """`dbt build`: the incremental models rebuild only the dates int_changed_days names
+    (the new day, and the days a backfill, a late photo or a quality check changed since
+    the last complete build); every date on the first build or with `full_refresh`.
+
+    A run of a subset of the dbt assets without analytics_watermark (which depends on
+    every incremental model) leaves the watermark where it was: the next complete build
+    (the daily schedule's) takes again every day changed since the last complete one."""
+    args = ["build", "--full-refresh"] if config.full_refresh else ["build"]
     # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE.
     with dbt_connection(warehouse.url):
-        yield from dbt.cli(["build"], context=context).stream()
+        yield from dbt.cli(args, context=context).stream()
+    if warehouse.table_exists("int_changed_days"):
+        days = warehouse.query("SELECT date FROM int_changed_days ORDER BY date")["date"]
+        context.log.info(
+            f"dbt rebuilt {days.len()} day(s) of the incremental models"
+            + (f": {', '.join(str(day) for day in days.head(30))}" if days.len() else "")
+            + (" …" if days.len() > 30 else "")
+        )
