@@ -180,13 +180,20 @@ def _models(args: argparse.Namespace) -> int:
             print("  the model_registry_sensor records the new data version within 30 s;")
             print("  then: farm-platform models stale")
         elif args.action == "list":
-            for row in model_admin.list_models(registry):
+            rows = model_admin.list_models(registry)
+            for row in rows:
                 mark = "*" if row.active else " "
                 print(
                     f"{mark} {row.model_id:<18} {row.version:<8} sha256 {row.sha256[:12]}  "
                     f"{row.created_at}  {row.summary}"
                 )
+                if row.problem:
+                    which = "ACTIVE model" if row.active else "model"
+                    print(f"    WARNING: {which} unusable: {row.problem}")
             print("(* = active)")
+            # Exit 1 when a live model is broken, so scripts and CI notice, not only readers.
+            if any(row.active and row.problem for row in rows):
+                return 1
         else:
             return _models_stale(args)
     except ModelRegistryError as exc:

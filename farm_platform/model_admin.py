@@ -154,6 +154,9 @@ class ModelVersionRow:
     sha256: str
     created_at: str
     summary: str
+    # Why the version cannot be used as it is (bad card, weights missing or not matching
+    # the card's sha256); "" when it is sound.
+    problem: str = ""
 
 
 def _metric_summary(card: ModelCard) -> str:
@@ -181,15 +184,28 @@ def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
     rows = []
     for model_id in model_ids:
         for version in registry.versions(model_id):
-            card = registry.card(model_id, version)
+            is_active = active.get(model_id) == version
+            # A corrupted version is listed with the reason, never skipped and never fatal:
+            # a list that hides or crashes on a broken active model is how it goes unseen.
+            try:
+                card = registry.card(model_id, version)
+            except ModelRegistryError as exc:
+                rows.append(ModelVersionRow(model_id, version, is_active, "", "", "", str(exc)))
+                continue
+            try:
+                registry.verify_weights(card)
+                problem = ""
+            except ModelRegistryError as exc:
+                problem = str(exc)
             rows.append(
                 ModelVersionRow(
                     model_id,
                     version,
-                    active.get(model_id) == version,
+                    is_active,
                     card.sha256,
                     card.created_at,
                     _metric_summary(card),
+                    problem,
                 )
             )
     return rows

@@ -74,6 +74,7 @@ def report_data(ungraded: list[str]) -> ReportData:
             "n_control": [4, 4],
             "effect": [-0.8, 0.05],
             "std_error": [0.1, 0.2],
+            "df": [6.0, 6.0],
             "ci_low": [-1.05, -0.44],
             "ci_high": [-0.55, 0.54],
             "significant": [True, False],
@@ -111,7 +112,8 @@ def test_report_is_self_contained_html_with_plots_and_effects():
 @pytest.mark.parametrize("ungraded", [[], ["P001", "P002"]])
 def test_summary_names_direction_and_significance(ungraded):
     lines = summary_lines(report_data(ungraded))
-    assert lines[0].startswith("disease_0: effect -0.800") and "treated heal faster" in lines[0]
+    assert lines[0].startswith("disease_0: treated heal faster: conclusive")
+    assert "Effect -0.800 grade after 2 days" in lines[0]
     assert "no significant difference" in lines[1]
     page = render_report(report_data(ungraded))
     assert ("no grades for" in page) == bool(ungraded)
@@ -128,11 +130,83 @@ def test_an_arm_without_positions_is_said_not_crashed_on():
     )
     data = dataclasses.replace(data, effect=no_treated)
     lines = summary_lines(data)
-    assert lines[0].startswith("disease_0: effect -0.800")
+    assert lines[0].startswith("disease_0: treated heal faster")
     assert lines[1] == (
         "disease_1: no estimate on 2026-06-03: no treated positions graded since their first day"
     )
     assert "disease_1" in render_report(data)  # the page renders too
+
+
+def one_disease(data: ReportData, **values: object) -> ReportData:
+    """`data` with disease_1's row of the effect replaced by `values` (others kept)."""
+    row = data.effect.filter(pl.col("disease_type") == "disease_1").to_dicts()[0] | values
+    effect = pl.concat(
+        [
+            data.effect.filter(pl.col("disease_type") != "disease_1"),
+            pl.DataFrame([row], schema=data.effect.schema),
+        ]
+    )
+    return dataclasses.replace(data, effect=effect)
+
+
+def test_the_headline_uses_the_rule_valid_under_daily_looks():
+    # Day 2, two diseases: the day's interval [-0.545, -0.055] excludes 0, but the
+    # always-valid one (0.05 · 6/(π² · 4) spent, split over 2 diseases) does not.
+    data = one_disease(
+        report_data(ungraded=[]), effect=-0.3, ci_low=-0.545, ci_high=-0.055, significant=True
+    )
+    line = summary_lines(data)[1]
+    assert line.startswith("disease_1: not conclusive yet")
+    assert "treated heal faster" not in line
+    low, high = re.search(r"always-valid 95 % interval \[([-+.\d]+), ([-+.\d]+)\]", line).groups()
+    assert float(low) < -0.545 and float(high) > 0
+    page = render_report(data)
+    assert "valid under daily looks" in page
+    assert "Lan, K. K. G. &amp; DeMets" in page and "Holm, S. (1979)" in page
+    assert "sequential_significant" in page and "holm_significant" in page
+
+
+@pytest.mark.parametrize(
+    ("n_treated", "n_control", "said"),
+    [(1, 4, "only one treated position"), (3, 1, "only one control position")],
+)
+def test_one_position_in_an_arm_shows_no_number(n_treated, n_control, said):
+    # dbt computes a difference from one position, but no interval: nothing to decide on.
+    data = one_disease(
+        report_data(ungraded=[]),
+        n_treated=n_treated,
+        n_control=n_control,
+        effect=-0.987,
+        std_error=None,
+        df=None,
+        ci_low=None,
+        ci_high=None,
+        significant=False,
+    )
+    line = summary_lines(data)[1]
+    assert line.startswith("disease_1: no conclusion on 2026-06-03") and said in line
+    assert "0.987" not in line and "0.987" not in render_report(data)
+
+
+def test_no_baseline_and_no_grades_are_said_in_words():
+    data = report_data(ungraded=[])
+    # disease_2 was graded, but on one day only: no change from a first day exists.
+    severity = data.severity.with_columns(disease_type=pl.lit("disease_2"))
+    lines = summary_lines(dataclasses.replace(data, severity=severity))
+    assert lines[-1].startswith("disease_2: no estimate yet") and "baseline" in lines[-1]
+    empty = dataclasses.replace(data, effect=data.effect.clear(), severity=data.severity.clear())
+    assert summary_lines(empty) == ["No estimate yet: no grades."]
+    assert "No estimate yet" in render_report(empty)
+
+
+def test_few_positions_are_said_plainly():
+    data = one_disease(
+        report_data(ungraded=[]), n_treated=2, n_control=2, df=1.2, ci_low=-2.5, ci_high=2.6
+    )
+    line = summary_lines(data)[1]
+    assert "Few positions (2 treated, 2 control)" in line
+    assert "Welch df 1.2 is rounded down to 1" in line and "conservative" in line
+    assert "Few positions" not in summary_lines(data)[0]  # df 6
 
 
 def test_report_lists_the_partitions_held_back_by_data_quality_checks():

@@ -99,6 +99,46 @@ def test_models_dir_from_environment(models_dir, tmp_path, monkeypatch):
     assert ModelRegistry(REPO_MODELS_DIR).active_versions()[GRADER] == "v1"
 
 
+def test_list_warns_about_a_corrupted_active_model(models_dir, tmp_path, capsys):
+    add_model(new_version(models_dir, tmp_path), ModelRegistry(models_dir))
+    weights = models_dir / GRADER / "v1" / "weights.pt"  # v1 is the active version
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    _break_card(models_dir / "disease_2_grader" / "v1")
+    rows = {(r.model_id, r.version): r for r in list_models(ModelRegistry(models_dir))}
+    assert "do not match the card" in rows[GRADER, "v1"].problem and rows[GRADER, "v1"].active
+    assert rows[GRADER, "v2"].problem == ""
+    assert "grades" in rows["disease_2_grader", "v1"].problem  # listed, not a crash
+    code = cli.main(["models", "--models-dir", str(models_dir), "list"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "WARNING: ACTIVE model unusable: weights of disease_3_grader v1" in out
+    assert "* disease_3_grader   v1" in out and "  disease_3_grader   v2" in out
+
+
+def test_list_of_sound_models_has_no_warning(models_dir, capsys):
+    assert cli.main(["models", "--models-dir", str(models_dir), "list"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):
+    # The held-out evaluation must score the models the platform runs: those of
+    # FARM_MODELS_DIR. A corrupted detector there (and only there) makes it refuse.
+    import os
+    import subprocess
+    import sys
+
+    weights = models_dir / "leaf_detector" / "v1" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    script = REPO_MODELS_DIR / "evaluate.py"
+    env = {**os.environ, "FARM_MODELS_DIR": str(models_dir)}
+    result = subprocess.run(
+        [sys.executable, str(script), "--count", "1"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert f"{models_dir}/leaf_detector/v1" in result.stderr, result.stderr[-2000:]
+    assert "do not match the card" in result.stderr
+
+
 def _break_card(folder: Path) -> None:
     card = json.loads((folder / "card.json").read_text())
     del card["grades"]

@@ -25,6 +25,7 @@ from farm_platform.simulate import (
     ground_truth_frames,
     render_training_images,
     simulate_images,
+    simulate_truth,
     write_farm,
 )
 
@@ -244,3 +245,10 @@ def test_training_images_cover_every_grade_of_every_disease():
         histogram = np.bincount(grades[:, disease], minlength=MAX_GRADE + 1)
         assert len(histogram) == MAX_GRADE + 1
         assert histogram.min() >= 0.1 * len(grades), (disease, histogram)
+
+
+def test_truth_without_rendering_is_the_truth_of_the_photos():
+    # The effect benchmark's fast path skips rendering; it must see the same leaves.
+    config = FarmConfig(positions=3, days=2, seed=5)
+    rendered = [(image.key, image.leaves) for image in simulate_images(config)]
+    assert list(simulate_truth(config)) == rendered

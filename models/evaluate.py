@@ -242,7 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--count", type=int, default=HELDOUT_COUNT)
-    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="default: $FARM_MODELS_DIR if set, else the repository's models/ (as the platform)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -3,9 +3,11 @@
   interval (the estimator is described on the treatment_effect model in _marts.yml).
 
   position_day: a relation with one row per position, date and group: position_id, area
-  ('control' or 'treated'), date, mean_grade, and the columns of `group_by`. The trial's
-  first date is taken per group, so each group (a disease, or a disease and one grader
-  version) is compared with its own baseline.
+  ('control' or 'treated'), date, mean_grade, and the columns of `group_by`. Each
+  position's change is taken from ITS OWN first graded date in the group (own_first_day,
+  the definition position_trajectories uses too), so a position missing on the group's
+  first date (a partial first flight, a missed photo, a late joiner) still counts on every
+  later date it was graded. first_date / days_since_start are the group's first date.
 #}
 {% macro treatment_effect_estimate(position_day, group_by) %}
 {%- set keys = group_by | join(', ') -%}
@@ -20,32 +22,27 @@ trial_start as (
     group by {{ keys }}
 ),
 
-baseline as (
+own_baseline as (
     select
-        {% for column in group_by %}position_day.{{ column }}, {% endfor %}
-        position_day.position_id,
-        position_day.mean_grade as baseline_grade
+        position_day.*,
+        {{ own_first_day(group_by + ['position_id']) }}
     from position_day
-    inner join trial_start
-        on trial_start.first_date = position_day.date
-        {{ same_group_columns('trial_start', 'position_day', group_by) }}
 ),
 
--- A position counts on a date when it was graded both then and on the trial's first date.
+-- A position counts on every date after its own first graded date.
 changes as (
     select
-        {% for column in group_by %}position_day.{{ column }}, {% endfor %}
-        position_day.date,
+        {% for column in group_by %}own_baseline.{{ column }}, {% endfor %}
+        own_baseline.date,
         trial_start.first_date,
-        position_day.area,
-        position_day.mean_grade - baseline.baseline_grade as change
-    from position_day
+        own_baseline.area,
+        own_baseline.change_from_first_day as change,
+        case when own_baseline.position_first_date > trial_start.first_date then 1 else 0 end
+            as joined_late
+    from own_baseline
     inner join trial_start
-        on 1 = 1 {{ same_group_columns('trial_start', 'position_day', group_by) }}
-    inner join baseline
-        on baseline.position_id = position_day.position_id
-        {{ same_group_columns('baseline', 'position_day', group_by) }}
-    where position_day.date > trial_start.first_date
+        on 1 = 1 {{ same_group_columns('trial_start', 'own_baseline', group_by) }}
+    where own_baseline.date > own_baseline.position_first_date
 ),
 
 by_area as (
@@ -55,6 +52,7 @@ by_area as (
         first_date,
         sum(case when area = 'treated' then 1 else 0 end) as n_treated,
         sum(case when area = 'control' then 1 else 0 end) as n_control,
+        sum(joined_late) as n_late_baseline,
         avg(case when area = 'treated' then change end) as mean_change_treated,
         avg(case when area = 'control' then change end) as mean_change_control,
         var_samp(case when area = 'treated' then change end) as var_treated,
@@ -122,6 +120,7 @@ select
     cast(date - first_date as integer) as days_since_start,
     n_treated,
     n_control,
+    n_late_baseline,
     mean_change_treated,
     mean_change_control,
     effect,
@@ -137,4 +136,19 @@ from intervals
 {# " and left.c = right.c" for every column c: a join on the group's columns. #}
 {% macro same_group_columns(left, right, columns) -%}
     {%- for column in columns %} and {{ left }}.{{ column }} = {{ right }}.{{ column }}{% endfor -%}
+{%- endmacro %}
+
+{#
+  The one definition of a position's baseline: its first graded date within `partition_by`
+  (position_id and the group's columns) and its change in mean grade since that date.
+  Columns position_first_date and change_from_first_day, for a select over a relation with
+  date and mean_grade.
+#}
+{% macro own_first_day(partition_by) -%}
+    min(date) over (partition by {{ partition_by | join(', ') }}) as position_first_date,
+    mean_grade - first_value(mean_grade) over (
+        partition by {{ partition_by | join(', ') }}
+        order by date
+        rows between unbounded preceding and unbounded following
+    ) as change_from_first_day
 {%- endmacro %}

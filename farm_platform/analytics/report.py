@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import html
 import io
+import math
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -22,6 +23,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from farm_platform.analytics.effect_stats import DECISION_REFERENCES, add_decisions
 from farm_platform.bucket import bucket_filesystem
 from farm_platform.layout import join, parse_date
 from farm_platform.partitions import daily_partitions
@@ -96,12 +98,20 @@ def load_report_data(warehouse: WarehouseResource, day: dt.date) -> ReportData:
     )
 
 
+def effect_decisions(data: ReportData) -> pl.DataFrame:
+    """treatment_effect up to the report's day with the decision rules of effect_stats:
+    Holm across the diseases of each day, and the always-valid rule over daily looks."""
+    return add_decisions(data.effect)
+
+
 def effect_summary(data: ReportData) -> pl.DataFrame:
-    """The effect per disease on the report's day (or the latest day before it with one)."""
-    if data.effect.is_empty():
-        return data.effect
-    latest = data.effect.group_by("disease_type").agg(pl.col("date").max())
-    return data.effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
+    """The effect per disease on the report's day (or the latest day before it with one),
+    with its decisions."""
+    effect = effect_decisions(data)
+    if effect.is_empty():
+        return effect
+    latest = effect.group_by("disease_type").agg(pl.col("date").max())
+    return effect.join(latest, on=["disease_type", "date"]).sort("disease_type")
 
 
 def version_effect_comparison(version_effects: pl.DataFrame) -> pl.DataFrame:
@@ -146,31 +156,82 @@ def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
     return wide.fill_null(0).sort(index)
 
 
+# Below this Welch df the report says plainly that the interval rests on few positions.
+FEW_DF = 5
+
+
+def _no_estimate(row: dict[str, object]) -> str | None:
+    """Why a disease's row decides nothing, in words; None when it has an interval."""
+    n_treated, n_control = row.get("n_treated") or 0, row.get("n_control") or 0
+    head = f"{row['disease_type']}: no conclusion on {row['date']}"
+    if not n_treated or not n_control:
+        missing = [arm for arm, n in (("treated", n_treated), ("control", n_control)) if not n]
+        return (
+            f"{row['disease_type']}: no estimate on {row['date']}: no "
+            f"{' and no '.join(missing)} positions graded since their first day"
+        )
+    if n_treated == 1 or n_control == 1:
+        arms = " and ".join(
+            f"one {arm} position"
+            for arm, n in (("treated", n_treated), ("control", n_control))
+            if n == 1
+        )
+        return (
+            f"{head}: only {arms} with a change since its first graded day; a difference from one "
+            "position has no interval and decides nothing (at least 2 per area are needed)"
+        )
+    if row.get("ci_low") is None:
+        return (
+            f"{head}: every position changed by exactly the same amount, so there is no "
+            "spread to build an interval from"
+        )
+    return None
+
+
+def _verdict(row: dict[str, object]) -> str:
+    direction = "treated heal faster" if row["effect"] < 0 else "treated heal slower"
+    if row.get("sequential_significant"):
+        return f"{direction}: conclusive, valid under daily looks at five diseases"
+    if row["significant"]:
+        return (
+            "not conclusive yet: the day's 95 % interval excludes 0, but the always-valid "
+            "one does not (daily looks and five diseases make single-day calls unreliable)"
+        )
+    return "no significant difference"
+
+
 def summary_lines(data: ReportData) -> list[str]:
+    """The report's headline: per disease, the decision under the always-valid rule, or in
+    words why there is none (no numbers that could read as a conclusion)."""
+    summary = effect_summary(data)
     lines = []
-    for row in effect_summary(data).iter_rows(named=True):
-        if row["effect"] is None:
-            missing = [arm for arm in ("treated", "control") if not row.get(f"n_{arm}")] or [
-                "treated or control"
-            ]
-            lines.append(
-                f"{row['disease_type']}: no estimate on {row['date']}: no "
-                f"{' and no '.join(missing)} positions graded since their first day"
-            )
+    for row in summary.iter_rows(named=True):
+        reason = _no_estimate(row)
+        if reason is not None:
+            lines.append(reason)
             continue
-        if row["ci_low"] is None:
-            interval = "interval: too few positions"
-        else:
-            interval = f"95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-        verdict = (
-            "treated heal faster"
-            if row["significant"] and row["effect"] < 0
-            else ("treated heal slower" if row["significant"] else "no significant difference")
+        line = (
+            f"{row['disease_type']}: {_verdict(row)}. Effect {row['effect']:+.3f} grade after "
+            f"{row['days_since_start']} days; always-valid 95 % interval "
+            f"[{row['sequential_ci_low']:+.3f}, {row['sequential_ci_high']:+.3f}]; "
+            f"this day alone: 95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
         )
+        if row["df"] < FEW_DF:
+            line += (
+                f". Few positions ({row['n_treated']} treated, {row['n_control']} control): "
+                f"Welch df {row['df']:.1f} is rounded down to {math.floor(row['df'])} for the "
+                "t quantile, which widens the interval (conservative)"
+            )
+        lines.append(line)
+    estimated = set(summary["disease_type"]) if summary.height else set()
+    graded = set(data.severity["disease_type"]) if data.severity.height else set()
+    for disease in sorted(graded - estimated):
         lines.append(
-            f"{row['disease_type']}: effect {row['effect']:+.3f} grade after "
-            f"{row['days_since_start']} days, {interval} ({verdict})"
+            f"{disease}: no estimate yet: no position has been graded on two days, so there "
+            "is no change from a first day (baseline) to compare"
         )
+    if not lines:
+        lines.append("No estimate yet: no grades.")
     return lines
 
 
@@ -205,6 +266,19 @@ def severity_plot_frames(severity: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataF
         .sort("disease_type", "area", "date")
     )
     return recent, overview
+
+
+def _displayed(effect: pl.DataFrame) -> pl.DataFrame:
+    """The effect table as shown: no effect number where there is no interval, so a
+    one-position difference cannot be read as a result."""
+    if effect.is_empty() or "ci_low" not in effect.columns:
+        return effect
+    undecided = pl.col("ci_low").is_null()
+    return effect.with_columns(
+        pl.when(undecided).then(None).otherwise(pl.col(column)).alias(column)
+        for column in ("effect", "std_error")
+        if column in effect.columns
+    )
 
 
 def _plot_severity(severity: pl.DataFrame) -> str:
@@ -250,7 +324,8 @@ def _plot_severity(severity: pl.DataFrame) -> str:
             axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
             axis.tick_params(axis="x", labelrotation=45, labelsize=7)
         axes[row][0].set_ylabel("mean grade")
-    axes[0][0].legend(fontsize=7)
+    if diseases:  # an empty trial has no lines to label
+        axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -297,13 +372,20 @@ def render_report(data: ReportData) -> str:
         "days_since_start",
         "n_treated",
         "n_control",
+        "n_late_baseline",
         "effect",
         "std_error",
+        "df",
         "ci_low",
         "ci_high",
         "significant",
+        "holm_significant",
+        "sequential_ci_low",
+        "sequential_ci_high",
+        "sequential_significant",
     ]
-    summary = effect_summary(data)
+    summary = _displayed(effect_summary(data))
+    over_time = _displayed(effect_decisions(data))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -312,11 +394,14 @@ img{{max-width:100%}}</style>
 </head><body>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
 {warning}
-<h2>Treatment effect per disease</h2>
-<p>Difference in differences of the mean grade since the trial's first day, treated minus
-control, positions as the unit (Welch standard error, Student-t 95 % interval).
-Negative = treated leaves heal faster.</p>
+<h2>Decision per disease (valid under daily looks at five diseases)<sup>*</sup></h2>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
+<p>Difference in differences of the mean grade, treated minus control, each position's
+change measured from its own first graded day, positions as the unit (Welch standard
+error). Negative = treated leaves heal faster. <em>significant</em>: this day's 95 %
+interval alone excludes 0; <em>holm_significant</em>: still so after Holm's adjustment
+across the day's diseases; <em>sequential_…</em>: the always-valid interval and decision
+the headline uses.</p>
 {_table(summary.select([c for c in effect_columns if c in summary.columns]))}
 <h2>Severity over time, treated vs control</h2>
 <img alt="mean grade per day and area" src="data:image/png;base64,{_plot_severity(data.severity)}">
@@ -336,7 +421,15 @@ where the other gave each grade, and the treatment effect each version's grades 
 <h3>Treatment effect under each version (latest date both graded)</h3>
 {_table(version_effect_comparison(data.version_effects))}
 <h2>Effect over time</h2>
-{_table(data.effect.select([c for c in effect_columns if c in data.effect.columns]))}
+{_table(over_time.select([c for c in effect_columns if c in over_time.columns]))}
+<p><small>* The headline's rule: a report read every day, five diseases at a time, calls
+far more false results than each 95 % interval suggests. Look k (k days after the trial's
+first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the day's diseases;
+the spent amounts sum to 0.05, so the chance that any disease is ever called on any day
+while the medicine does nothing is at most 5 %, whenever the reader stops (alpha spending
+with a union bound; no planned trial length needed). The always-valid interval is the
+effect ± the Student-t quantile at that level × std_error, at floor(Welch df) like the
+day's interval. References: {html.escape(DECISION_REFERENCES)}</small></p>
 </body></html>
 """
 
@@ -360,7 +453,8 @@ def effectiveness_report(
     report_path = join(folder, "effectiveness_report.html")
     fs.pipe_file(report_path, render_report(data).encode())
     for name, frame in (
-        ("treatment_effect", data.effect),
+        # With the decision columns the report adds (Holm, always-valid rule).
+        ("treatment_effect", effect_decisions(data)),
         ("daily_severity", data.severity),
         ("coverage", data.coverage),
         ("model_version_agreement", data.agreement),

@@ -21,6 +21,9 @@ from .farm import (
     ground_truth_frames,
     render_training_images,
     simulate_images,
+    simulate_truth,
+    true_position_day,
+    truth_frames,
 )
 from .publish import DroneMessagePublisher, SimulationSummary, write_farm
 
@@ -39,5 +42,8 @@ __all__ = [
     "ground_truth_frames",
     "render_training_images",
     "simulate_images",
+    "simulate_truth",
+    "true_position_day",
+    "truth_frames",
     "write_farm",
 ]

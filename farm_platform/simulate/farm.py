@@ -124,8 +124,9 @@ def _truth(layout: render.Layout, grades: np.ndarray) -> tuple[LeafTruth, ...]:
     )
 
 
-def simulate_images(config: FarmConfig) -> Iterator[SimulatedImage]:
-    """Every position on every day, day by day (the order a drone would fly); deterministic."""
+def _position_worlds(config: FarmConfig) -> list[tuple[render.Layout, np.ndarray]]:
+    """Per position: its photo layout and the true grades of the leaves in view, shape
+    (days, leaves in view, NUM_DISEASES)."""
     n_control = control_count(config.positions)
     worlds = []
     for index in range(config.positions):
@@ -140,6 +141,47 @@ def simulate_images(config: FarmConfig) -> Iterator[SimulatedImage]:
         # Leaves that did not fit in the photo are out of view for the whole trial.
         ids = np.array([leaf.leaf_id for leaf in layout.leaves], dtype=np.int64)
         worlds.append((layout, dynamics.grades_from_latents(latents)[:, ids, :]))
+    return worlds
+
+
+def simulate_truth(config: FarmConfig) -> Iterator[tuple[ImageKey, tuple[LeafTruth, ...]]]:
+    """The leaves in view and their true grades for every photo of `simulate_images`, in the
+    same order, without rendering: what a perfect detector and graders would record (for
+    `truth_frames`, and the effect benchmark's fast path)."""
+    worlds = _position_worlds(config)
+    for day, date in enumerate(config.dates):
+        for index, (layout, grades) in enumerate(worlds):
+            yield ImageKey(position_id(index), date), _truth(layout, grades[day])
+
+
+def true_position_day(config: FarmConfig) -> pl.DataFrame:
+    """Per position, date and disease_type: the mean TRUE grade of the leaves in view, with
+    the position's area; the input the treatment_effect estimator reads, as perfect models
+    would record it (no rendering: the effect benchmark's fast path)."""
+    leaves = truth_frames(simulate_truth(config), config)["leaves"]
+    areas = pl.DataFrame(
+        [(p.position_id, p.area) for p in field_map(config)],
+        schema=["position_id", "area"],
+        orient="row",
+    )
+    return (
+        leaves.join(areas, on="position_id")
+        .unpivot(
+            on=list(GRADE_COLUMNS),
+            index=["position_id", "area", "date"],
+            variable_name="disease_type",
+            value_name="grade",
+        )
+        .with_columns(pl.col("disease_type").str.strip_prefix("grade_"))
+        .group_by("position_id", "area", "date", "disease_type")
+        .agg(pl.col("grade").mean().alias("mean_grade"))
+        .sort("disease_type", "position_id", "date")
+    )
+
+
+def simulate_images(config: FarmConfig) -> Iterator[SimulatedImage]:
+    """Every position on every day, day by day (the order a drone would fly); deterministic."""
+    worlds = _position_worlds(config)
     for day, date in enumerate(config.dates):
         for index, (layout, grades) in enumerate(worlds):
             rng = dynamics.position_rng(config.seed, index, dynamics.STREAM_DAY, day)

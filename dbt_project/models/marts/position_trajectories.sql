@@ -16,29 +16,13 @@ with position_day as (
     where grader_is_active
 ),
 
-firsts as (
-    select position_id, disease_type, min(date) as first_date
-    from position_day
-    group by position_id, disease_type
-),
-
 with_first as (
+    -- own_first_day: the baseline rule treatment_effect uses too. Over every row of the
+    -- pair (its first day may be long before the changed days); the slice is taken after.
     select
         position_day.*,
-        firsts.first_date,
-        first_day.mean_grade as first_mean_grade
+        {{ own_first_day(['position_id', 'disease_type']) }}
     from position_day
-    inner join firsts
-        on firsts.position_id = position_day.position_id
-        and firsts.disease_type = position_day.disease_type
-    inner join position_day as first_day
-        on first_day.position_id = firsts.position_id
-        and first_day.disease_type = firsts.disease_type
-        and first_day.date = firsts.first_date
-    {% if is_incremental() -%}
-    where {{ in_days_to_rebuild('position_day.date') }}
-        or firsts.first_date >= {{ earliest_day_to_rebuild() }}
-    {%- endif %}
 )
 
 select
@@ -49,7 +33,11 @@ select
     dose_ml_per_sqft,
     leaves,
     mean_grade,
-    first_date,
-    cast(date - first_date as integer) as days_since_first_date,
-    mean_grade - first_mean_grade as change_from_first_day
+    position_first_date as first_date,
+    cast(date - position_first_date as integer) as days_since_first_date,
+    change_from_first_day
 from with_first
+{% if is_incremental() -%}
+where {{ in_days_to_rebuild('date') }}
+    or position_first_date >= {{ earliest_day_to_rebuild() }}
+{%- endif %}
