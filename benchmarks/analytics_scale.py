@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -45,7 +47,6 @@ sys.path.insert(0, str(REPO / "farm_platform_tests"))
 from farm_platform.resources.warehouse import TABLES, WarehouseResource  # noqa: E402
 from farm_platform.validation import dbt_project_copy  # noqa: E402
 
-FIRST_DAY = "2026-03-01"
 DISEASES = 5
 # Assets whose checks the image pipeline records per photo (farm_platform/quality).
 CHECKED_ASSETS = ("drone_images", "leaf_crops")
@@ -64,6 +65,15 @@ class Measured:
     peak_rss_mb: float
     ok: bool
     note: str = ""
+
+
+def slowest_nodes(project: Path, count: int = 4) -> str:
+    """The dbt nodes that took longest in the project's last run (run_results.json)."""
+    results = json.loads((project / "target" / "run_results.json").read_text())["results"]
+    timed = sorted(results, key=lambda r: r.get("execution_time") or 0, reverse=True)
+    return ", ".join(
+        f"{r['unique_id'].split('.')[-1][:40]} {r['execution_time']:.1f} s" for r in timed[:count]
+    )
 
 
 def measure(code: str, env: dict[str, str], rss_limit_mb: float) -> Measured:
@@ -149,16 +159,17 @@ def _position_id() -> str:
 
 def _generate_days(
     warehouse: WarehouseResource,
+    first_day: str,
     positions: int,
     leaves: int,
     first: int,
     stop: int,
     stamp_now: bool = False,
 ) -> None:
-    """Rows of days first..stop-1 (0 = FIRST_DAY) in every source table, stamped at noon of
+    """Rows of days first..stop-1 (0 = first_day) in every source table, stamped at noon of
     their day (graded that day, long before the benchmark), or now with `stamp_now`."""
     d = warehouse.dialect
-    day = f"(DATE '{FIRST_DAY}' + cast(d AS integer))"
+    day = f"(DATE '{first_day}' + cast(d AS integer))"
     stamp = (
         "current_timestamp"
         if stamp_now
@@ -219,7 +230,7 @@ def _model_versions(warehouse: WarehouseResource) -> None:
     )
 
 
-def generate_history(url: str, positions: int, days: int, leaves: int) -> None:
+def generate_history(url: str, first_day: str, positions: int, days: int, leaves: int) -> None:
     """Days 0..days-2 of the trial: the history before the benchmark's new day."""
     warehouse = WarehouseResource(url=url)
     warehouse.create_schema()
@@ -229,7 +240,7 @@ def generate_history(url: str, positions: int, days: int, leaves: int) -> None:
         # Bulk load without the keys, then build them once (what a restore does).
         _drop_keys(warehouse)
     for first in range(0, days - 1, chunk):
-        _generate_days(warehouse, positions, leaves, first, min(first + chunk, days - 1))
+        _generate_days(warehouse, first_day, positions, leaves, first, min(first + chunk, days - 1))
     if warehouse.dialect == "postgresql":
         _add_keys(warehouse)
 
@@ -261,10 +272,10 @@ def _autocommit(url: str):  # noqa: ANN202 - a psycopg connection
     return psycopg.connect(url, autocommit=True)
 
 
-def _day(offset: int) -> str:
-    import datetime as dt
-
-    return (dt.date.fromisoformat(FIRST_DAY) + dt.timedelta(days=offset)).isoformat()
+def first_day_of(days: int) -> str:
+    """The trial's first day such that its last day (the benchmark's new day) is yesterday,
+    as for the daily schedule: every day of the history was graded (stamped) in the past."""
+    return (dt.date.today() - dt.timedelta(days=days)).isoformat()
 
 
 def run_one(url: str, workdir: Path, positions: int, days: int, leaves: int, rss_mb: float):
@@ -279,8 +290,9 @@ def run_one(url: str, workdir: Path, positions: int, days: int, leaves: int, rss
         }
     )
     project = dbt_project_copy(field_map, workdir / f"project-{url.split(':')[0]}-{days}")
+    first_day = first_day_of(days)
     started = time.perf_counter()
-    generate_history(url, positions, days, leaves)
+    generate_history(url, first_day, positions, days, leaves)
     rows = WarehouseResource(url=url).query("SELECT count(*) AS n FROM disease_grades")["n"][0]
     generated = time.perf_counter() - started
     results = {
@@ -288,13 +300,18 @@ def run_one(url: str, workdir: Path, positions: int, days: int, leaves: int, rss
             DBT_BUILD.format(project=str(project), url=url, full=True), {}, rss_mb
         )
     }
+    results["full build"].note += slowest_nodes(project)
     # The new day, written as the image runs write it (stamped now), then the morning's build.
-    _generate_days(WarehouseResource(url=url), positions, leaves, days - 1, days, stamp_now=True)
+    _generate_days(
+        WarehouseResource(url=url), first_day, positions, leaves, days - 1, days, stamp_now=True
+    )
     results["daily incremental build"] = measure(
         DBT_BUILD.format(project=str(project), url=url, full=False), {}, rss_mb
     )
+    results["daily incremental build"].note += slowest_nodes(project)
     changed = WarehouseResource(url=url).query("SELECT count(*) AS n FROM int_changed_days")
-    results["report"] = measure(REPORT.format(url=url, day=_day(days - 1)), {}, rss_mb)
+    new_day = (dt.date.fromisoformat(first_day) + dt.timedelta(days=days - 1)).isoformat()
+    results["report"] = measure(REPORT.format(url=url, day=new_day), {}, rss_mb)
     return rows, generated, int(changed["n"][0]), results
 
 
