@@ -278,7 +278,15 @@ def first_day_of(days: int) -> str:
     return (dt.date.today() - dt.timedelta(days=days)).isoformat()
 
 
-def run_one(url: str, workdir: Path, positions: int, days: int, leaves: int, rss_mb: float):
+def run_one(
+    url: str,
+    workdir: Path,
+    positions: int,
+    days: int,
+    leaves: int,
+    rss_mb: float,
+    partitioning: bool = False,
+) -> tuple[int, float, int, dict[str, Measured]]:
     """Generate, then measure the full build, the daily incremental build and the report."""
     field_map = pl.DataFrame(
         {
@@ -312,7 +320,60 @@ def run_one(url: str, workdir: Path, positions: int, days: int, leaves: int, rss
     changed = WarehouseResource(url=url).query("SELECT count(*) AS n FROM int_changed_days")
     new_day = (dt.date.fromisoformat(first_day) + dt.timedelta(days=days - 1)).isoformat()
     results["report"] = measure(REPORT.format(url=url, day=new_day), {}, rss_mb)
+    if partitioning and url.startswith("postgresql"):
+        for line in compare_partitioning(url, first_day, days):
+            print(f"<!-- {days} days: {line} -->", flush=True)
     return rows, generated, int(changed["n"][0]), results
+
+
+def compare_partitioning(url: str, first_day: str, days: int) -> list[str]:
+    """PostgreSQL: disease_grades with its date index against a copy partitioned by month.
+    Times (best of 5) what the morning build and the writer do to it: read one day, find
+    the days written since a stamp, replace one photo's rows."""
+    day = (dt.date.fromisoformat(first_day) + dt.timedelta(days=days // 2)).isoformat()
+    months = sorted(
+        {
+            (dt.date.fromisoformat(first_day) + dt.timedelta(days=d)).replace(day=1)
+            for d in range(days + 31)
+        }
+    )
+    with contextlib.closing(_autocommit(url)) as connection:
+        connection.execute(
+            "CREATE TABLE grades_by_month (LIKE disease_grades) PARTITION BY RANGE (date)"
+        )
+        for start, stop in zip(months, months[1:], strict=False):
+            connection.execute(
+                f"CREATE TABLE grades_{start:%Y%m} PARTITION OF grades_by_month"
+                f" FOR VALUES FROM ('{start}') TO ('{stop}')"
+            )
+        connection.execute("INSERT INTO grades_by_month SELECT * FROM disease_grades")
+        primary_key = ", ".join(TABLES["disease_grades"].primary_key)
+        connection.execute(f"ALTER TABLE grades_by_month ADD PRIMARY KEY ({primary_key})")
+        connection.execute("CREATE INDEX ON grades_by_month (graded_at, date)")
+        connection.execute("VACUUM ANALYZE grades_by_month")
+        lines = []
+        for table in ("disease_grades", "grades_by_month"):
+            queries = {
+                "one day's grades": f"SELECT count(*), avg(predicted_grade) FROM {table}"
+                f" WHERE date IN ('{day}')",
+                "days stamped since": f"SELECT DISTINCT date FROM {table}"
+                " WHERE graded_at > now() - interval '3 hours'",
+                "replace one photo": f"DELETE FROM {table} WHERE position_id = 'P00007'"
+                f" AND date = '{day}' AND disease_type = 'disease_0'",
+            }
+            timings = []
+            for name, sql in queries.items():
+                best = float("inf")
+                for _ in range(5):
+                    connection.execute("BEGIN")
+                    started = time.perf_counter()
+                    connection.execute(sql)
+                    best = min(best, time.perf_counter() - started)
+                    connection.execute("ROLLBACK")
+                timings.append(f"{name} {best * 1000:.1f} ms")
+            lines.append(f"{table}: " + ", ".join(timings))
+        connection.execute("DROP TABLE grades_by_month")
+    return lines
 
 
 @contextlib.contextmanager
@@ -337,6 +398,11 @@ def main() -> int:
     parser.add_argument("--db", nargs="+", default=["duckdb", "postgres"])
     parser.add_argument("--leaves", type=int, default=12)
     parser.add_argument("--rss-limit-gb", type=float, default=12.0)
+    parser.add_argument(
+        "--partitioning",
+        action="store_true",
+        help="PostgreSQL: also time disease_grades' date index against monthly partitions",
+    )
     args = parser.parse_args()
     print(f"PostgreSQL settings: {POSTGRES_SETTINGS}", flush=True)
     print("| db | days | grade rows | step | wall s | CPU s | peak RSS MB | days rebuilt | note |")
@@ -347,7 +413,13 @@ def main() -> int:
             for days in args.days:
                 with warehouse_url(db, workdir, days) as url:
                     rows, generated, changed, results = run_one(
-                        url, workdir, args.positions, days, args.leaves, args.rss_limit_gb * 1024
+                        url,
+                        workdir,
+                        args.positions,
+                        days,
+                        args.leaves,
+                        args.rss_limit_gb * 1024,
+                        args.partitioning,
                     )
                 for step, m in results.items():
                     rebuilt = changed if step == "daily incremental build" else ""

@@ -14,16 +14,38 @@ with position_day as (
     select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade
     from {{ ref('int_position_day_by_version') }}
     where grader_is_active
+    {%- if is_incremental() %}
+        -- Rows before the earliest changed day belong to pairs whose first day is kept.
+        and date >= {{ earliest_day_to_rebuild() }}
+    {%- endif %}
 ),
 
 with_first as (
-    -- own_first_day: the baseline rule treatment_effect uses too. Over every row of the
-    -- pair (its first day may be long before the changed days); the slice is taken after.
+    -- own_first_day: the baseline rule treatment_effect uses too. Incrementally, over the
+    -- pairs with no row left in this table: their every row is on or after the earliest
+    -- changed day, so the window sees each of them whole.
     select
         position_day.*,
         {{ own_first_day(['position_id', 'disease_type']) }}
     from position_day
+    {%- if is_incremental() %}
+    where not exists (
+        select 1 from {{ this }} as kept
+        where kept.position_id = position_day.position_id
+            and kept.disease_type = position_day.disease_type
+    )
+    {%- endif %}
 )
+{%- if is_incremental() %},
+
+-- The other pairs' first day is before the earliest changed day, so the pre-hook kept it
+-- and it has not changed: their new rows take that day's mean grade as the baseline.
+kept_baselines as (
+    select position_id, disease_type, first_date, mean_grade as first_mean_grade
+    from {{ this }}
+    where date = first_date
+)
+{%- endif %}
 
 select
     position_id,
@@ -37,7 +59,24 @@ select
     cast(date - position_first_date as integer) as days_since_first_date,
     change_from_first_day
 from with_first
-{% if is_incremental() -%}
-where {{ in_days_to_rebuild('date') }}
-    or position_first_date >= {{ earliest_day_to_rebuild() }}
+{%- if is_incremental() %}
+
+union all
+
+select
+    position_day.position_id,
+    position_day.date,
+    position_day.disease_type,
+    position_day.area,
+    position_day.dose_ml_per_sqft,
+    position_day.leaves,
+    position_day.mean_grade,
+    kept_baselines.first_date,
+    cast(position_day.date - kept_baselines.first_date as integer) as days_since_first_date,
+    position_day.mean_grade - kept_baselines.first_mean_grade as change_from_first_day
+from position_day
+inner join kept_baselines
+    on kept_baselines.position_id = position_day.position_id
+    and kept_baselines.disease_type = position_day.disease_type
+where {{ in_days_to_rebuild('position_day.date') }}
 {%- endif %}
