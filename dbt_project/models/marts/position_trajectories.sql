@@ -20,32 +20,38 @@ with position_day as (
     {%- endif %}
 ),
 
-with_first as (
-    -- own_first_day: the baseline rule treatment_effect uses too. Incrementally, over the
-    -- pairs with no row left in this table: their every row is on or after the earliest
-    -- changed day, so the window sees each of them whole.
-    select
-        position_day.*,
-        {{ own_first_day(['position_id', 'disease_type']) }}
-    from position_day
-    {%- if is_incremental() %}
-    where not exists (
-        select 1 from {{ this }} as kept
-        where kept.position_id = position_day.position_id
-            and kept.disease_type = position_day.disease_type
-    )
-    {%- endif %}
-)
-{%- if is_incremental() %},
+{%- if is_incremental() %}
 
--- The other pairs' first day is before the earliest changed day, so the pre-hook kept it
--- and it has not changed: their new rows take that day's mean grade as the baseline.
+-- The pairs whose first day is before the earliest changed day: the pre-hook kept that
+-- day's row and it has not changed, so their new rows take its mean grade as baseline.
 kept_baselines as (
     select position_id, disease_type, first_date, mean_grade as first_mean_grade
     from {{ this }}
     where date = first_date
-)
+),
 {%- endif %}
+
+{%- if is_incremental() %}
+
+-- The other pairs: every row of theirs is on or after the earliest changed day.
+reset_position_day as (
+    select position_day.*
+    from position_day
+    left join kept_baselines
+        on kept_baselines.position_id = position_day.position_id
+        and kept_baselines.disease_type = position_day.disease_type
+    where kept_baselines.position_id is null
+),
+{%- endif %}
+
+with_first as (
+    -- own_first_day: the baseline rule treatment_effect uses too; incrementally over the
+    -- reset pairs only, each of them whole.
+    select
+        *,
+        {{ own_first_day(['position_id', 'disease_type']) }}
+    from {% if is_incremental() %}reset_position_day{% else %}position_day{% endif %}
+)
 
 select
     position_id,
