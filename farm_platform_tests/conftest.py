@@ -195,6 +195,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server with a `farm` database; trust auth on 127.0.0.1 only."""
+    with postgres_server() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_server(settings: str = "") -> Iterator[str]:
+    """A throwaway PostgreSQL server with a `farm` database, stopped and removed on exit;
+    `settings`: extra `-c name=value` server options. Also used outside pytest
+    (benchmarks/analytics_scale.py)."""
     import psycopg
 
     bin_dir = _postgres_bin_dir()
@@ -240,7 +249,7 @@ def postgres_url() -> Iterator[str]:
             # Durability is pointless for a throwaway test server; speed is not.
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off"
+                f"-c synchronous_commit=off -c full_page_writes=off {settings}"
             )
             result = _run_as(
                 user,

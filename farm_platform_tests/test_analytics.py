@@ -330,3 +330,44 @@ def test_the_report_reads_as_words_for_a_reader():
         "mean grade per day and area",
         "positions by latitude and longitude, coloured by mean grade",
     ]
+
+
+def test_severity_plots_cover_a_bounded_window_whatever_the_trial_length():
+    from farm_platform.analytics.report_plots import (
+        PLOT_OVERVIEW_POINTS,
+        PLOT_RECENT_DAYS,
+        severity_plot_frames,
+    )
+
+    first = dt.date(2026, 1, 1)
+    days = [first + dt.timedelta(days=d) for d in range(360)]
+    keys = [(area, disease) for area in ("control", "treated") for disease in ("d0", "d1")]
+    severity = pl.DataFrame(
+        {
+            "date": [day for day in days for _ in keys],
+            "area": [area for _ in days for area, _ in keys],
+            "disease_type": [disease for _ in days for _, disease in keys],
+            # A different value every day, so a wrong bin shows in its mean.
+            "mean_grade": [
+                3 - i / 200 + (0.5 if a == "treated" else 0) for i in range(360) for a, _ in keys
+            ],
+        }
+    )
+    recent, overview = severity_plot_frames(severity)
+    for (area, disease), frame in recent.group_by("area", "disease_type"):
+        assert frame["date"].to_list() == days[-PLOT_RECENT_DAYS:], (area, disease)
+    assert overview is not None
+    for (area, _disease), frame in overview.group_by("area", "disease_type"):
+        assert frame.height <= PLOT_OVERVIEW_POINTS
+        assert frame["date"].min() == first
+        # 360 days in bins of 6: the first bin is the mean of days 0..5, computed here.
+        offset = 0.5 if area == "treated" else 0
+        expected = sum(3 - i / 200 + offset for i in range(6)) / 6
+        assert abs(frame.sort("date")["mean_grade"][0] - expected) < 1e-12
+    # A trial shorter than the window is plotted day by day, with no overview.
+    short = severity.filter(pl.col("date") < first + dt.timedelta(days=20))
+    recent, overview = severity_plot_frames(short)
+    assert overview is None and recent.height == short.height
+    # The page renders both panels for the long trial.
+    page = render_report(dataclasses.replace(report_data(ungraded=[]), severity=severity))
+    assert page.count('src="data:image/png;base64,') == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
@@ -902,3 +903,232 @@ def test_dbt_env_does_not_import_dbt() -> None:
     code = "import sys, farm_platform.analytics.dbt_env; print('dbt' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# --------------------------------------------------------------------------- incremental builds
+#
+# The synthetic farm written morning by morning, as the image runs write it, with
+# `dbt build` after each morning; after every build each mart must equal, row for row, a
+# `dbt build --full-refresh` of the same warehouse. The mornings bring a late first photo,
+# a backfilled (re-graded) day, a photo re-graded with fewer leaves, partitions held back
+# (one of them a position's first day) and a switch of the active grader version.
+
+# Every table a report or a later model reads that the incremental build maintains or
+# derives from incremental tables.
+INCREMENTAL_OUTPUTS = (
+    "daily_severity",
+    "coverage",
+    "position_trajectories",
+    "treatment_effect",
+    "model_version_agreement",
+    "model_version_confusion",
+    "model_version_effects",
+    "int_position_day_by_version",
+    "int_version_pairs_by_day",
+)
+LATE_PHOTO = ("T2", DAYS[0])  # uploaded two days late: T2's first graded day moves back
+
+
+def _stamped(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """`frame` stamped now, as a run stamps the rows it writes."""
+    now = datetime.now(UTC)
+    return frame.with_columns(pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias(column))
+
+
+def _photo_rows(farm: Farm, photos: list[tuple[str, date]]) -> dict:
+    """The rows the image pipeline writes for `photos`, stamped with the run's time."""
+    keys = pl.DataFrame(
+        {"position_id": [p for p, _ in photos], "date": [d for _, d in photos]},
+        schema={"position_id": pl.String, "date": pl.Date},
+    )
+    return {
+        "drone_images": _stamped(
+            farm.drone_images.join(keys, on=["position_id", "date"]), "ingested_at"
+        ),
+        "leaf_crops": farm.leaf_crops.join(keys, on=["position_id", "date"]),
+        "disease_grades": _stamped(
+            farm.disease_grades.join(keys, on=["position_id", "date"]), "graded_at"
+        ),
+    }
+
+
+def _write(url: str, rows: dict[str, pl.DataFrame]) -> None:
+    WarehouseResource(url=url).replace_many([(table, frame, None) for table, frame in rows.items()])
+
+
+def _hold_back(url: str, position: str, day: date) -> None:
+    """A failed blocking check on `position`'s disease_0 grades of `day`, as the quality
+    gate records it."""
+    quality = pl.DataFrame(
+        {
+            "position_id": [position],
+            "date": [day],
+            "asset": ["disease_0_grades"],
+            "check_name": ["grades_valid"],
+            "passed": [False],
+            "severity": ["ERROR"],
+            "details": ["{}"],
+            "checked_at": [datetime.now(UTC)],
+            "dagster_run_id": ["run-quality"],
+        }
+    )
+    WarehouseResource(url=url).replace_rows("partition_quality", quality)
+
+
+def _outputs(url: str) -> dict[str, pl.DataFrame]:
+    """Every incremental output, rows sorted by every column (a canonical order)."""
+    frames = {}
+    for table in INCREMENTAL_OUTPUTS:
+        frame = WarehouseResource(url=url).query(f"SELECT * FROM {table}")
+        frames[table] = frame.sort(frame.columns, nulls_last=True)
+    return frames
+
+
+def _assert_same_outputs(incremental: dict, full: dict, when: str) -> None:
+    for table in INCREMENTAL_OUTPUTS:
+        try:
+            # Equal up to float summation order (DuckDB aggregates in parallel).
+            assert_frame_equal(
+                incremental[table], full[table], check_exact=False, rel_tol=0, abs_tol=TOLERANCE
+            )
+        except AssertionError as error:
+            message = f"after {when}: {table} differs from a full refresh: {error}"
+            raise AssertionError(message) from None
+
+
+def _changed_days(url: str) -> list[date]:
+    return (
+        WarehouseResource(url=url)
+        .query("SELECT date FROM int_changed_days ORDER BY date")["date"]
+        .to_list()
+    )
+
+
+def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
+    """Write the farm morning by morning; yield after each morning its name and the dates
+    an incremental build must rebuild (None: every date)."""
+
+    def day_photos(day: date) -> list[tuple[str, date]]:
+        return [
+            (p, day) for p in CONTROL + TREATED if photographed(p, day) and (p, day) != LATE_PHOTO
+        ]
+
+    load_warehouse(
+        url,
+        farm.__class__(
+            farm.positions,
+            *(f.clear() for f in (farm.drone_images, farm.leaf_crops, farm.disease_grades)),
+        ),
+    )
+    _write(url, _photo_rows(farm, day_photos(DAYS[0])))
+    yield "day 0 without T2's photo", None  # the first build: every date
+    for index in (1, 2):
+        _write(url, _photo_rows(farm, day_photos(DAYS[index])))
+        yield f"day {index}", {DAYS[index]}
+    _write(url, _photo_rows(farm, [LATE_PHOTO]))
+    _write(url, _photo_rows(farm, day_photos(DAYS[3])))
+    yield "day 3 and T2's late first photo of day 0", {DAYS[0], DAYS[3]}
+
+    # Backfill of day 1: disease_0 re-graded with the same models (its rows replaced, one
+    # grade lower on every leaf of the treated area, C0 now with three leaves instead of four).
+    day1 = _photo_rows(farm, day_photos(DAYS[1]))
+    grades = day1["disease_grades"].filter(
+        (pl.col("disease_type") == "disease_0")
+        & ~((pl.col("position_id") == "C0") & (pl.col("leaf_crop_idx") == 3))
+    )
+    grades = grades.with_columns(
+        predicted_grade=pl.when(pl.col("position_id").str.starts_with("T"))
+        .then((pl.col("predicted_grade") - 1).clip(0, 3))
+        .otherwise(pl.col("predicted_grade"))
+    )
+    # Every photo keeps at least one leaf, so the frame names every (photo, models) it
+    # replaces: C0's fourth leaf goes with the rest of its old rows.
+    WarehouseResource(url=url).replace_many([("disease_grades", grades, None)])
+    yield "backfill of day 1", {DAYS[1]}
+
+    # The quality gate holds back T1's disease_0 on day 2, and T3's on day 0, its first day.
+    _hold_back(url, "T1", DAYS[2])
+    _hold_back(url, "T3", DAYS[0])
+    yield "held back: T1 on day 2, T3 on its first day", {DAYS[0], DAYS[2]}
+
+    # The old disease_3 grader is made active again: every date changes.
+    with WarehouseResource(url=url).connect() as connection:
+        connection.execute(
+            "UPDATE model_versions SET active = (version = 'v1') "
+            "WHERE model_id = 'disease_3_grader'"
+        )
+    yield "disease_3 v1 active again", None
+
+    yield "nothing new", set()
+
+
+def _incremental_project(farm: Farm, destination: Path) -> Path:
+    """The dbt project with no late-commit margin: this test's rows all commit at once, and
+    with a margin the rows written just before a build would be taken again by the next."""
+    project = dbt_project_copy(farm.positions, destination)
+    config = project / "dbt_project.yml"
+    text = config.read_text()
+    assert "late_commit_margin_minutes: 180" in text
+    config.write_text(
+        text.replace("late_commit_margin_minutes: 180", "late_commit_margin_minutes: 0")
+    )
+    return project
+
+
+def _check_incremental_equals_full_refresh(farm: Farm, project: Path, url: str, copy_url) -> None:
+    built_days: set[date] = set()
+    for when, expected_days in _mornings(farm, url):
+        build = dbt_build(project, url)
+        assert build.success, (when, sorted(build.failed()))
+        written = set(
+            WarehouseResource(url=url).query("SELECT DISTINCT date FROM disease_grades")["date"]
+        )
+        built_days |= written
+        assert set(_changed_days(url)) == (
+            built_days if expected_days is None else expected_days
+        ), when
+        full_url = copy_url(url)
+        if full_url is None:
+            continue
+        full = invoke_dbt_build(project, full_url, full_refresh=True)
+        assert full.success, (when, sorted(full.failed()))
+        assert set(_changed_days(full_url)) == built_days, when
+        _assert_same_outputs(_outputs(url), _outputs(full_url), when)
+
+
+def test_incremental_builds_equal_a_full_refresh_duckdb(farm: Farm, tmp_path: Path) -> None:
+    project = _incremental_project(farm, tmp_path / "project")
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+
+    def copy(url: str) -> str:
+        # The same warehouse in another file, for a full refresh beside the incremental one.
+        source = WarehouseResource(url=url).duckdb_path
+        target = tmp_path / "full_refresh.duckdb"
+        for suffix in ("", ".wal"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
+            if source.with_name(source.name + suffix).exists():
+                shutil.copyfile(
+                    source.with_name(source.name + suffix), target.with_name(target.name + suffix)
+                )
+        return f"duckdb:///{target}"
+
+    _check_incremental_equals_full_refresh(farm, project, url, copy)
+
+
+def test_incremental_builds_equal_a_full_refresh_postgres(
+    farm: Farm, tmp_path: Path, postgres_url: str
+) -> None:
+    import psycopg
+
+    project = _incremental_project(farm, tmp_path / "project")
+    base, _, _ = postgres_url.rpartition("/")
+
+    def copy(url: str) -> str:
+        # CREATE DATABASE … TEMPLATE copies the warehouse (no one else may be connected).
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS farm_full_refresh WITH (FORCE)")
+            admin.execute("CREATE DATABASE farm_full_refresh TEMPLATE farm_incremental")
+        return f"{base}/farm_full_refresh"
+
+    with fresh_postgres_database(postgres_url, "farm_incremental") as url:
+        _check_incremental_equals_full_refresh(farm, project, url, copy)

@@ -147,3 +147,26 @@ def test_processes_take_turns_at_a_duckdb_warehouse_and_threads_share_one(tmp_pa
     assert other.wait(timeout=60) == 0
     waited_until = warehouse.query("SELECT written_at FROM waited")["written_at"][0]
     assert started < released <= waited_until
+
+
+def test_postgres_has_the_indexes_of_incremental_builds(postgres_url):
+    # dbt's incremental builds read disease_grades, leaf_crops, drone_images and
+    # partition_quality by date, and find the changed days by their write stamps.
+    resource = WarehouseResource(url=postgres_url)
+    with resource.connect() as connection:
+        for table in ("disease_grades", "leaf_crops", "drone_images", "partition_quality"):
+            connection.execute(f"DROP TABLE IF EXISTS {table}")
+    resource.create_schema()
+    indexes = resource.query(
+        "SELECT tablename, indexdef FROM pg_indexes WHERE indexname NOT LIKE '%%_pkey'"
+    )
+    found = {(t, d.split("USING btree ")[1]) for t, d in indexes.iter_rows()}
+    assert {
+        ("disease_grades", "(date)"),
+        ("disease_grades", "(graded_at, date)"),
+        ("leaf_crops", "(date)"),
+        ("drone_images", "(date)"),
+        ("drone_images", "(ingested_at, date)"),
+        ("partition_quality", "(date)"),
+        ("partition_quality", "(checked_at, date)"),
+    } <= found

@@ -4,7 +4,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, Config
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
@@ -12,8 +12,8 @@ from dagster_dbt import (
     DbtProject,
     dbt_assets,
 )
+from pydantic import Field
 
-from farm_platform import config
 from farm_platform.analytics.dbt_env import (
     DBT_PROFILES_DIR,
     DBT_PROJECT_DIR,
@@ -21,13 +21,13 @@ from farm_platform.analytics.dbt_env import (
     dbt_project_for,
     warehouse_relation_prefix,
 )
-from farm_platform.config import field_map_path
+from farm_platform.config import FARM_BUCKET, FARM_WAREHOUSE, field_map_path, require_for_location
 from farm_platform.images.keys import GRADES_BY_DISEASE
 from farm_platform.resources.warehouse import WarehouseResource
 
 # The first module the analytics location loads: name its missing settings before the
 # dbt assets (whose storage names the warehouse) are built.
-config.require_for_location("farm_platform_analytics", (config.FARM_BUCKET, config.FARM_WAREHOUSE))
+require_for_location("farm_platform_analytics", (FARM_BUCKET, FARM_WAREHOUSE))
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR)
 if not dbt_project.manifest_path.exists():
@@ -50,7 +50,7 @@ class FarmDbtTranslator(DagsterDbtTranslator):
         relation = spec.metadata.get(TABLE_NAME)
         if relation:
             name = str(relation).rsplit(".", 1)[-1]
-            prefix = warehouse_relation_prefix(os.environ[config.FARM_WAREHOUSE])
+            prefix = warehouse_relation_prefix(os.environ[FARM_WAREHOUSE])
             spec = spec.replace_attributes(
                 metadata={**spec.metadata, TABLE_NAME: f"{prefix}.{name}"}
             )
@@ -64,6 +64,16 @@ class FarmDbtTranslator(DagsterDbtTranslator):
         return "analytics"
 
 
+class DbtBuildConfig(Config):
+    """How the marts are built: by default incrementally (the days that changed)."""
+
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild every incremental model from all of history "
+        "(`dbt build --full-refresh`); the tables come out the same as incremental builds'.",
+    )
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -72,8 +82,19 @@ class FarmDbtTranslator(DagsterDbtTranslator):
     ),
 )
 def farm_dbt_models(
-    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+    context: AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+    config: DbtBuildConfig,
 ) -> Iterator[Any]:
+    """`dbt build`: the incremental models rebuild only the dates int_changed_days names
+    (the new day, and the days a backfill, a late photo or a quality check changed since
+    the last complete build); every date on the first build or with `full_refresh`.
+
+    A run of a subset of the dbt assets without analytics_watermark (which depends on
+    every incremental model) leaves the watermark where it was: the next complete build
+    (the daily schedule's) takes again every day changed since the last complete one."""
+    args = ["build", "--full-refresh"] if config.full_refresh else ["build"]
     # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE; the
     # positions seed is the field map the image location uses (FARM_FIELD_MAP).
     # On DuckDB, no sensor tick may open the file between two of dbt's connections.
@@ -88,4 +109,11 @@ def farm_dbt_models(
                 profiles_dir=str(project_dir),
                 dbt_executable=dbt.dbt_executable,
             )
-        yield from dbt.cli(["build"], context=context).stream()
+        yield from dbt.cli(args, context=context).stream()
+    if warehouse.table_exists("int_changed_days"):
+        days = warehouse.query("SELECT date FROM int_changed_days ORDER BY date")["date"]
+        context.log.info(
+            f"dbt rebuilt {days.len()} day(s) of the incremental models"
+            + (f": {', '.join(str(day) for day in days.head(30))}" if days.len() else "")
+            + (" …" if days.len() > 30 else "")
+        )

@@ -1,6 +1,7 @@
 """The report's plots, as base64 PNGs to embed (matplotlib imported only when drawing)."""
 
 import base64
+import datetime as dt
 import io
 from typing import Any
 
@@ -8,34 +9,69 @@ import polars as pl
 
 from farm_platform.analytics.headline import disease_label
 
+# A plot's cost must not grow with the trial: the last PLOT_RECENT_DAYS days day by day, and
+# the whole trial in at most PLOT_OVERVIEW_POINTS bins (means of the days in each bin)
+# beneath them once the trial is longer than that window.
+PLOT_RECENT_DAYS = 60
+PLOT_OVERVIEW_POINTS = 60
+
+
+def severity_plot_frames(severity: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(the last PLOT_RECENT_DAYS days of `severity`, the whole of it downsampled to at most
+    PLOT_OVERVIEW_POINTS dates per disease and area, or None when the window holds it all).
+
+    Both have date, area, disease_type, mean_grade; a downsampled row's date is its bin's
+    first day and its mean_grade the mean of the bin's daily means."""
+    columns = ["date", "area", "disease_type", "mean_grade"]
+    if severity.is_empty():
+        return severity, None
+    first, last = severity["date"].min(), severity["date"].max()
+    recent = severity.filter(pl.col("date") > last - dt.timedelta(days=PLOT_RECENT_DAYS))
+    recent = recent.select(columns).sort("disease_type", "area", "date")
+    span_days = (last - first).days + 1
+    if span_days <= PLOT_RECENT_DAYS:
+        return recent, None
+    bin_days = -(-span_days // PLOT_OVERVIEW_POINTS)  # ceiling: at most that many bins
+    overview = (
+        severity.with_columns(((pl.col("date") - first).dt.total_days() // bin_days).alias("bin"))
+        .group_by("disease_type", "area", "bin")
+        .agg(pl.col("date").min(), pl.col("mean_grade").mean())
+        .select(columns)
+        .sort("disease_type", "area", "date")
+    )
+    return recent, overview
+
 
 def plot_severity(severity: pl.DataFrame, names: dict[str, str]) -> str:
-    """Mean grade per day, treated and control, one panel per disease."""
+    """Mean grade per day, treated and control, one panel per disease: the last
+    PLOT_RECENT_DAYS days, and the whole trial downsampled beneath them when it is longer."""
     plt, mdates = _pyplot()
-
-    diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
-    figure, axes = plt.subplots(
-        1,
-        max(len(diseases), 1),
-        figsize=(3.2 * max(len(diseases), 1), 2.8),
-        sharey=True,
-        squeeze=False,
+    recent, overview = severity_plot_frames(severity)
+    panels = (
+        [("", recent)]
+        if overview is None
+        else [(f"last {PLOT_RECENT_DAYS} days", recent), ("whole trial", overview)]
     )
-    for axis, disease in zip(axes[0], diseases, strict=False):
-        for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
-            rows = severity.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
-            axis.plot(
-                rows["date"].to_list(),
-                rows["mean_grade"].to_list(),
-                marker="o",
-                color=colour,
-                label=area,
-            )
-        axis.set_title(disease_label(disease, names))
-        axis.xaxis.set_major_locator(mdates.DayLocator())
-        axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
-        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes[0][0].set_ylabel("mean grade")
+    diseases = sorted(severity["disease_type"].unique().to_list()) if severity.height else []
+    columns = max(len(diseases), 1)
+    figure, axes = plt.subplots(
+        len(panels), columns, figsize=(3.2 * columns, 2.8 * len(panels)), sharey=True, squeeze=False
+    )
+    for row, (label, frame) in enumerate(panels):
+        for axis, disease in zip(axes[row], diseases, strict=False):
+            for area, colour in (("control", "#b5651d"), ("treated", "#2e8b57")):
+                rows = frame.filter((pl.col("disease_type") == disease) & (pl.col("area") == area))
+                axis.plot(
+                    rows["date"].to_list(),
+                    rows["mean_grade"].to_list(),
+                    marker="o" if rows.height <= 31 else None,
+                    color=colour,
+                    label=area,
+                )
+            title = disease_label(disease, names)
+            axis.set_title(f"{title}, {label}" if label else title, fontsize=9)
+            _date_axis(axis, mdates)
+        axes[row][0].set_ylabel("mean grade")
     if diseases:  # an empty trial has no lines to label
         axes[0][0].legend(fontsize=7)
     return _png(figure, plt)
@@ -45,6 +81,9 @@ def plot_effect(effects: pl.DataFrame, names: dict[str, str]) -> str:
     """The effect per day with its 95 % interval as a band, one panel per disease."""
     plt, mdates = _pyplot()
     decided = effects.filter(pl.col("ci_low").is_not_null()) if effects.height else effects
+    if decided.height:
+        last = decided["date"].max()
+        decided = decided.filter(pl.col("date") > last - dt.timedelta(days=PLOT_RECENT_DAYS))
     diseases = sorted(decided["disease_type"].unique().to_list()) if decided.height else []
     figure, axes = plt.subplots(
         1, max(len(diseases), 1), figsize=(3.2 * max(len(diseases), 1), 2.8), squeeze=False
@@ -57,11 +96,9 @@ def plot_effect(effects: pl.DataFrame, names: dict[str, str]) -> str:
         )
         axis.plot(dates, rows["effect"].to_list(), marker="o", color="#08519c")
         axis.axhline(0, color="#555555", linewidth=0.8)
-        axis.set_title(disease_label(disease, names))
-        axis.xaxis.set_major_locator(mdates.DayLocator())
-        axis.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
-        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
-    axes[0][0].set_ylabel("effect (grade), 95 % interval")
+        axis.set_title(disease_label(disease, names), fontsize=9)
+        _date_axis(axis, mdates)
+    axes[0][0].set_ylabel(f"effect, 95 % interval (last {PLOT_RECENT_DAYS} days)")
     if not diseases:
         axes[0][0].text(0.5, 0.5, "no interval yet", ha="center", transform=axes[0][0].transAxes)
     return _png(figure, plt)
@@ -110,6 +147,14 @@ def plot_field(positions: pl.DataFrame) -> str:
     if positions.height:
         axis.legend(fontsize=7)
     return _png(figure, plt)
+
+
+def _date_axis(axis: Any, mdates: Any) -> None:
+    # A bounded number of ticks whatever the span (a tick per day cost seconds).
+    locator = mdates.AutoDateLocator(maxticks=8)
+    axis.xaxis.set_major_locator(locator)
+    axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axis.tick_params(axis="x", labelrotation=45, labelsize=7)
 
 
 def _pyplot() -> tuple[Any, Any]:

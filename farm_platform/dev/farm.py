@@ -156,9 +156,12 @@ class DbtBuildOutcome:
         )
 
 
-def invoke_dbt_build(project_dir: Path, warehouse_url: str) -> DbtBuildOutcome:
+def invoke_dbt_build(
+    project_dir: Path, warehouse_url: str, full_refresh: bool = False
+) -> DbtBuildOutcome:
     """`dbt build` of `project_dir` against the warehouse, every node's status; raises only
-    when dbt itself could not run (not when a model or test fails)."""
+    when dbt itself could not run (not when a model or test fails). The incremental models
+    take only the changed days unless `full_refresh` (`dbt build --full-refresh`)."""
     from dbt.cli.main import dbtRunner
 
     with dbt_connection(warehouse_url):
@@ -174,6 +177,7 @@ def invoke_dbt_build(project_dir: Path, warehouse_url: str) -> DbtBuildOutcome:
                 str(project_dir / "target"),
                 "--log-path",
                 str(project_dir / "logs"),
+                *(["--full-refresh"] if full_refresh else []),
             ]
         )
     if outcome.exception is not None:

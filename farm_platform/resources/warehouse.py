@@ -25,6 +25,9 @@ from pydantic import Field
 from farm_platform.config import duckdb_path
 from farm_platform.resources.tables import TABLES, Table
 
+# PostgreSQL warehouses whose secondary indexes this process has made sure of.
+_INDEXED_WAREHOUSES: set[str] = set()
+
 
 class WarehouseError(RuntimeError):
     """The warehouse URL or a frame written to it is wrong."""
@@ -103,9 +106,13 @@ class WarehouseResource(ConfigurableResource):
                 time.sleep(0.2)
 
     def create_schema(self) -> None:
+        """Every table, and on PostgreSQL their secondary indexes."""
         with self.connect() as connection:
             for table in TABLES.values():
                 connection.execute(table.ddl())
+                if self.dialect == "postgresql":
+                    for statement in table.index_ddl():
+                        connection.execute(statement)
 
     def replace_rows(
         self, table_name: str, frame: pl.DataFrame, scopes: pl.DataFrame | None = None
@@ -168,6 +175,13 @@ class WarehouseResource(ConfigurableResource):
     def _ensure_schema(self, connection: Any) -> None:
         for table in TABLES.values():
             connection.execute(table.ddl())
+        if self.dialect == "postgresql" and self.url not in _INDEXED_WAREHOUSES:
+            # Once per process and warehouse, not per write: CREATE INDEX takes a SHARE lock
+            # on its table even when the index exists, which would serialize the writers.
+            for table in TABLES.values():
+                for statement in table.index_ddl():
+                    connection.execute(statement)
+            _INDEXED_WAREHOUSES.add(self.url)
 
     def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
         """Delete the rows matching each row of `scopes` (columns: the table's replace scope)."""

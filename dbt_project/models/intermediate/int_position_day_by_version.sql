@@ -1,7 +1,9 @@
 -- Each position's mean grade per date, disease and grader version, on the crops of the
 -- active cropper, less the partitions held back by a failed blocking check. The rows of
 -- the active grader versions are position_trajectories' inputs; all of them feed
--- model_version_effects.
+-- model_version_effects. A table, incremental by date: the marts above it read ~1 row per
+-- position, day and disease instead of re-aggregating every grade of the history.
+{{ incremental_by_day() }}
 select
     grades.position_id,
     positions.area,
@@ -17,6 +19,7 @@ from {{ ref('stg_disease_grades') }} as grades
 inner join {{ ref('stg_positions') }} as positions
     on positions.position_id = grades.position_id
 where grades.cropper_is_active and not grades.is_held_back
+    and {{ changed_days_filter('grades.date') }}
 group by
     grades.position_id,
     positions.area,

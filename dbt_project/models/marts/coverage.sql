@@ -1,4 +1,6 @@
 -- Per date × area: how much of the field map was photographed, readable and graded.
+-- Incremental: each build replaces the dates int_changed_days names.
+{{ incremental_by_day() }}
 with positions as (
     select position_id, area
     from {{ ref('stg_positions') }}
@@ -6,25 +8,29 @@ with positions as (
 
 dates as (
     select date from {{ ref('stg_drone_images') }}
+    where {{ changed_days_filter('date') }}
     union
     select date from {{ ref('stg_leaf_crops') }}
+    where {{ changed_days_filter('date') }}
 ),
 
 images as (
     select position_id, date, is_readable
     from {{ ref('stg_drone_images') }}
+    where {{ changed_days_filter('date') }}
 ),
 
 leaves as (
     select position_id, date, count(*) as leaves
     from {{ ref('stg_leaf_crops') }}
-    where is_active
+    where is_active and {{ changed_days_filter('date') }}
     group by position_id, date
 ),
 
 graded as (
     select distinct position_id, date
     from {{ ref('stg_active_disease_grades') }}
+    where {{ changed_days_filter('date') }}
 ),
 
 -- Every position of the field map on every date the farm was flown.

@@ -1,4 +1,6 @@
--- Severity per date × area × disease over the active grades.
+-- Severity per date × area × disease over the active grades. Incremental: each build
+-- replaces the dates int_changed_days names (macros/incremental_days.sql).
+{{ incremental_by_day() }}
 with grades as (
     select
         grades.date,
@@ -9,6 +11,7 @@ with grades as (
     from {{ ref('stg_active_disease_grades') }} as grades
     inner join {{ ref('stg_positions') }} as positions
         on positions.position_id = grades.position_id
+    where {{ changed_days_filter('grades.date') }}
 )
 
 select

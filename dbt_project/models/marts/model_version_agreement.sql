@@ -1,4 +1,5 @@
--- How often two versions of a grader agree on the leaves both graded.
+-- How often two versions of a grader agree on the leaves both graded: the per-day counts
+-- of int_version_pairs_by_day summed over the dates (a few rows per day and pair).
 select
     disease_type,
     disease_model_id,
@@ -6,16 +7,16 @@ select
     version_b,
     version_a_active,
     version_b_active,
-    count(*) as leaves_compared,
-    sum(case when grade_a = grade_b then 1 else 0 end) as leaves_agreeing,
-    cast(sum(case when grade_a = grade_b then 1 else 0 end) as double precision)
-        / count(*) as agreement_rate,
-    avg(cast(grade_a as double precision)) as mean_grade_a,
-    avg(cast(grade_b as double precision)) as mean_grade_b,
-    avg(cast(grade_b - grade_a as double precision)) as mean_grade_difference,
+    cast(sum(n) as bigint) as leaves_compared,
+    cast(sum(case when grade_a = grade_b then n else 0 end) as bigint) as leaves_agreeing,
+    cast(sum(case when grade_a = grade_b then n else 0 end) as double precision)
+        / sum(n) as agreement_rate,
+    cast(sum(grade_a * n) as double precision) / sum(n) as mean_grade_a,
+    cast(sum(grade_b * n) as double precision) / sum(n) as mean_grade_b,
+    cast(sum((grade_b - grade_a) * n) as double precision) / sum(n) as mean_grade_difference,
     min(date) as first_date,
     max(date) as last_date
-from {{ ref('int_grade_version_pairs') }}
+from {{ ref('int_version_pairs_by_day') }}
 group by
     disease_type,
     disease_model_id,

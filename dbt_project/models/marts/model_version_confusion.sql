@@ -1,4 +1,5 @@
--- Confusion counts (long form) between two versions of a grader on the same leaves.
+-- Confusion counts (long form) between two versions of a grader on the same leaves: the
+-- per-day counts of int_version_pairs_by_day summed over the dates.
 select
     disease_type,
     disease_model_id,
@@ -6,8 +7,8 @@ select
     version_b,
     grade_a,
     grade_b,
-    count(*) as n
-from {{ ref('int_grade_version_pairs') }}
+    cast(sum(n) as bigint) as n
+from {{ ref('int_version_pairs_by_day') }}
 group by
     disease_type,
     disease_model_id,

@@ -1,18 +1,56 @@
 -- Mean grade of each position per date and disease (active grades), and its change since
 -- the position's own first graded date.
+--
+-- Incremental. A row depends on its own date and on the position's first graded date, so
+-- a build replaces the rows of the changed days and, for every (position, disease) whose
+-- first date is on or after the earliest changed day, all of its rows: a late first photo
+-- (a new, earlier first date) or a re-graded or removed first day moves that position's
+-- whole curve. A pair's first date is before the earliest changed day both before and
+-- after the change or on/after it both times, so the old rows' first_date tells which
+-- pairs to delete and the new one which to insert.
+{{ incremental_by_day(reset_column='first_date') }}
 with position_day as (
     -- The active grader version's rows: the grades stg_active_disease_grades keeps.
     select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade
     from {{ ref('int_position_day_by_version') }}
     where grader_is_active
+    {%- if is_incremental() %}
+        -- Rows before the earliest changed day belong to pairs whose first day is kept.
+        and date >= {{ earliest_day_to_rebuild() }}
+    {%- endif %}
 ),
 
-with_first as (
-    -- own_first_day: the baseline rule treatment_effect uses too.
-    select
-        position_day.*,
-        {{ own_first_day(['position_id', 'disease_type']) }}
+{%- if is_incremental() %}
+
+-- The pairs whose first day is before the earliest changed day: the pre-hook kept that
+-- day's row and it has not changed, so their new rows take its mean grade as baseline.
+kept_baselines as (
+    select position_id, disease_type, first_date, mean_grade as first_mean_grade
+    from {{ this }}
+    where date = first_date
+),
+{%- endif %}
+
+{%- if is_incremental() %}
+
+-- The other pairs: every row of theirs is on or after the earliest changed day.
+reset_position_day as (
+    select position_day.*
     from position_day
+    left join kept_baselines
+        on kept_baselines.position_id = position_day.position_id
+        and kept_baselines.disease_type = position_day.disease_type
+    where kept_baselines.position_id is null
+),
+{%- endif %}
+
+with_first as (
+    -- own_first_day: the baseline rule treatment_effect uses too; incrementally over the
+    -- reset pairs only, each of them whole.
+    select
+        *,
+        {{ own_first_day(['position_id', 'disease_type']) }}
+    from {% if is_incremental() %}reset_position_day{% else %}position_day{% endif %}
 )
 
 select
@@ -27,3 +65,24 @@ select
     cast(date - position_first_date as integer) as days_since_first_date,
     change_from_first_day
 from with_first
+{%- if is_incremental() %}
+
+union all
+
+select
+    position_day.position_id,
+    position_day.date,
+    position_day.disease_type,
+    position_day.area,
+    position_day.dose_ml_per_sqft,
+    position_day.leaves,
+    position_day.mean_grade,
+    kept_baselines.first_date,
+    cast(position_day.date - kept_baselines.first_date as integer) as days_since_first_date,
+    position_day.mean_grade - kept_baselines.first_mean_grade as change_from_first_day
+from position_day
+inner join kept_baselines
+    on kept_baselines.position_id = position_day.position_id
+    and kept_baselines.disease_type = position_day.disease_type
+where {{ in_days_to_rebuild('position_day.date') }}
+{%- endif %}

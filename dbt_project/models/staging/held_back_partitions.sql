@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- (position, date, disease) held back from every report: an ERROR-severity check failed on
 -- that disease's grades, or on the leaf crops all diseases were graded on, or on the photo
 -- itself (an unusable photo is never graded: listed here so that it is seen).

@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- The grades the reports use: active grader version on crops of the active cropper version,
 -- less the (position, date, disease) held back by a failed blocking data-quality check.
 -- One row per (position, date, leaf, disease_type) — a data test enforces it.

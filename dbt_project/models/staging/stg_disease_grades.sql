@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- All grades of every model version, typed, flagged `is_active` when both the grader
 -- version and the cropper version are the ones the model registry names active, and
 -- `is_held_back` when a failed blocking data-quality check holds their (position, date,

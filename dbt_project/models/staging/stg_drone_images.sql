@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- Ingested photos, one per position and date, typed; `is_readable` when it decoded.
 select
     cast(position_id as text) as position_id,

@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- Leaf crops of every detector version, typed, flagged `is_active` for the active detector.
 with crops as (
     select

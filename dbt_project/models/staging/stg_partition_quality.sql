@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- Latest outcome of every data-quality check per partition (farm_platform/quality), typed.
 select
     cast(position_id as text) as position_id,
