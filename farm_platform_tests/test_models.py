@@ -594,7 +594,9 @@ def test_the_shipped_bfloat16_record_covers_the_active_models(registry: ModelReg
 
 
 def _pools_and_result(items: list[int]) -> tuple[int, list[int]]:
-    pools = len(inference._pools)
+    from farm_platform.ml import pixels
+
+    pools = len(pixels._pools)
     return pools, inference.parallel_map(abs, items)
 
 

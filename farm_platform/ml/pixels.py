@@ -1,0 +1,152 @@
+"""Pixels: decoding photos, cutting and resizing crops, tensors on the device, and the
+CPU pools that do it in parallel (`farm_platform.ml.inference` is the public entry)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from farm_platform import config
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable image convertible to RGB."""
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel CPU work: decoding photos, resizing crops
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_pool_lock = threading.Lock()
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+# A forked child inherits the pools but not their threads: work handed to them would wait
+# forever. It makes its own on first use.
+os.register_at_fork(after_in_child=_pools.clear)
+
+
+def _cpu_pool(purpose: str, workers: int) -> ThreadPoolExecutor:
+    # Threads, not processes: Pillow and zlib release the GIL while they decode and
+    # resize, and the decoded arrays need no pickling back to the caller.
+    with _pool_lock:
+        key = (purpose, workers)
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix=f"farm-{purpose}")
+        return _pools[key]
+
+
+def parallel_map(
+    function: Callable[[_T], _R], items: Sequence[_T], purpose: str = "crops"
+) -> list[_R]:
+    """`[function(item) for item in items]`, in order, on `FARM_TORCH_THREADS` workers.
+
+    Items go in one contiguous slice per worker: a crop resize takes microseconds, and a
+    task per item would cost more in hand-offs than it saves. Each `purpose` has its own
+    pool: the next chunk's decoding (`"decode"`, in a reader thread) must not queue ahead
+    of this chunk's crop resizing, which the device waits for."""
+    workers = config.torch_threads()
+    if workers < 2 or len(items) < 2:
+        return [function(item) for item in items]
+    step = math.ceil(len(items) / workers)
+    slices = [items[i : i + step] for i in range(0, len(items), step)]
+    results: list[_R] = []
+    pool = _cpu_pool(purpose, workers)
+    for part in pool.map(lambda chunk: [function(item) for item in chunk], slices):
+        results.extend(part)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB array; ImageDecodeError says why it is unusable."""
+    if not data:
+        raise ImageDecodeError("cannot decode image: the data is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(
+            f"cannot decode image ({len(data)} bytes, starting {bytes(data[:8])!r}): {exc}"
+        ) from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageDecodeError(f"cannot decode image: unexpected decoded shape {array.shape}")
+    return array
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    # Crops are small and written by the thousand: favour speed over a few bytes.
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def box_pixels(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel window (x0, y0, x1, y1) covering a float box, inside the image, >= 1 px."""
+    x0 = min(max(int(math.floor(box[0])), 0), width - 1)
+    y0 = min(max(int(math.floor(box[1])), 0), height - 1)
+    x1 = max(min(int(math.ceil(box[2])), width), x0 + 1)
+    y1 = max(min(int(math.ceil(box[3])), height), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def cut_crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    x0, y0, x1, y1 = box_pixels(box, image.shape[0], image.shape[1])
+    return image[y0:y1, x0:x1]
+
+
+def resize_crop(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a crop to the grader input (H, W); training uses the very same function."""
+    height, width = size
+    if crop.shape[0] == height and crop.shape[1] == width:
+        return crop
+    return np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
+
+
+def to_tensor(
+    arrays: Sequence[np.ndarray] | np.ndarray,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) `dtype` in [0, 1], on `device` (default CPU).
+
+    To a GPU the uint8 pixels travel (a quarter of the float bytes) from pinned memory
+    without blocking the host, and become floats there; the values are the same."""
+    if device is not None and device.type == "cuda":
+        shape = arrays[0].shape if len(arrays) else (0, 0, 3)
+        pinned = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=True)
+        if len(arrays):
+            # Stacked straight into page-locked memory: one host copy, not two.
+            np.stack(arrays, out=pinned.numpy())
+        pixels = pinned.to(device, non_blocking=True)
+    else:
+        stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        pixels = torch.from_numpy(np.ascontiguousarray(stacked))
+    tensor = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor if dtype == torch.float32 else tensor.to(dtype)
+
+
+def prepare_crops(
+    crops: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Resized grader input for many crops; compute once and pass to every grader."""
+    if not crops:
+        return torch.zeros((0, 3, *input_size), device=device, dtype=dtype)
+    resized = parallel_map(lambda crop: resize_crop(crop, input_size), crops)
+    return to_tensor(resized, device, dtype)
