@@ -232,6 +232,17 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_date_range(parser: argparse.ArgumentParser) -> None:
+    """`--from` and `--to`: the days a command covers, both inclusive."""
+    for flag, dest, help_text in (
+        ("--from", "date_from", "first day (inclusive)"),
+        ("--to", "date_to", "last day (inclusive)"),
+    ):
+        parser.add_argument(
+            flag, dest=dest, type=date_arg, required=True, metavar="YYYY-MM-DD", help=help_text
+        )
+
+
 def add_admin_commands(commands: Any) -> None:
     from farm_platform.config import FARM_MODELS_DIR
 
@@ -277,22 +288,7 @@ def add_admin_commands(commands: Any) -> None:
         "backfill", help="Dagster asset backfill over a date range"
     )
     backfill_parser.add_argument("--assets", required=True, help="comma-separated asset keys")
-    backfill_parser.add_argument(
-        "--from",
-        dest="date_from",
-        type=date_arg,
-        required=True,
-        metavar="YYYY-MM-DD",
-        help="first day (inclusive)",
-    )
-    backfill_parser.add_argument(
-        "--to",
-        dest="date_to",
-        type=date_arg,
-        required=True,
-        metavar="YYYY-MM-DD",
-        help="last day (inclusive)",
-    )
+    add_date_range(backfill_parser)
     backfill_parser.add_argument("--positions", help="comma-separated position ids (default: all)")
     backfill_parser.add_argument(
         "--wait", action="store_true", help="print progress until it is done"
@@ -311,22 +307,7 @@ def add_admin_commands(commands: Any) -> None:
     reconcile_parser = commands.add_parser(
         "reconcile", help="photos in the bucket that the platform never ingested or graded"
     )
-    reconcile_parser.add_argument(
-        "--from",
-        dest="date_from",
-        type=date_arg,
-        required=True,
-        metavar="YYYY-MM-DD",
-        help="first day (inclusive)",
-    )
-    reconcile_parser.add_argument(
-        "--to",
-        dest="date_to",
-        type=date_arg,
-        required=True,
-        metavar="YYYY-MM-DD",
-        help="last day (inclusive)",
-    )
+    add_date_range(reconcile_parser)
     reconcile_parser.add_argument("--limit", type=int, default=20, help="photos listed per kind")
     reconcile_parser.set_defaults(handler=_reconcile)
 
