@@ -428,18 +428,22 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
 
         stack.recover()
         after = tick(pubsub, bucket, queue, during.cursor, wait_seconds=0)
-        assert after.stats.pubsub_error is None and after.claims == []
-
+        assert after.stats.pubsub_error is None
+        # fake-gcs-server retries a failed publish for up to a minute, so P001's notification
+        # is either lost or delivered late, once the restart has re-created the topic.
+        # Reconciliation records the photo exactly when no tick has; either way one claim.
         result = reconcile(bucket, queue.warehouse, POSITIONS, date, date, [])
-        assert result.recorded == [ImageKey("P001", date)]
+        announced_late = claimed(after) == ["P001"]
+        assert result.recorded == ([] if announced_late else [ImageKey("P001", date)])
         found = tick(pubsub, bucket, queue, after.cursor, wait_seconds=0)
-        assert claimed(found) == ["P001"]
 
         upload(bucket, ImageKey("P002", date))  # notifications flow again
-        resumed = tick(pubsub, bucket, queue, found.cursor)
-        while not resumed.claims and resumed.stats.pulled:
+        resumed, later = tick(pubsub, bucket, queue, found.cursor), []
+        later += claimed(resumed)
+        while "P002" not in later and resumed.stats.pulled:
             resumed = tick(pubsub, bucket, queue, resumed.cursor, wait_seconds=0)
-        assert claimed(resumed) == ["P002"]
+            later += claimed(resumed)
+        assert sorted(claimed(after) + claimed(found) + later) == ["P001", "P002"]
     finally:
         stack.stop()
 
