@@ -70,6 +70,8 @@ FARM_OIP_URL = "FARM_OIP_URL"
 FARM_OIP_TIMEOUT_SECONDS = "FARM_OIP_TIMEOUT_SECONDS"
 DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
 OIP_ATTEMPTS = 3
+# How often `models serve` checks the registry for a new active version (0: never).
+DEFAULT_REGISTRY_WATCH_SECONDS = 5.0
 # Where the models run (README, "Inference on a GPU"): auto is CUDA when torch sees a GPU.
 FARM_TORCH_DEVICE = "FARM_TORCH_DEVICE"
 DEFAULT_TORCH_DEVICE = "auto"

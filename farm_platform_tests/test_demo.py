@@ -1,4 +1,5 @@
-"""`farm-platform demo --keep`: the command it prints to open the UI works as printed."""
+"""`farm-platform demo --keep`: the command it prints to open the UI works as printed, with
+the models in each run and on a model server beside the stack (`--model-server`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,18 @@ from farm_platform.dev.stack import load_stack, stack_down
 pytestmark = pytest.mark.slow
 
 
-def test_demo_keep_prints_a_ui_command_that_works_as_printed(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("model_server", [False, True], ids=["models in the run", "model server"])
+def test_demo_keep_prints_a_ui_command_that_works_as_printed(
+    tmp_path, capsys, monkeypatch, model_server
+):
+    if model_server:
+        pytest.importorskip("kserve")
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "demo"
     try:
-        code = run_demo(FarmConfig(positions=4, days=2, seed=5), workdir, keep=True)
+        code = run_demo(
+            FarmConfig(positions=4, days=2, seed=5), workdir, keep=True, model_server=model_server
+        )
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
         lines = out.splitlines()
@@ -35,6 +43,15 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(tmp_path, capsys, m
         # The stack the command points at is still up ...
         info = load_stack(workdir / "stack")
         assert environment["PUBSUB_EMULATOR_HOST"] == info.pubsub_host
+        if model_server:
+            # The UI's runs, like the demo's, grade on the stack's server ...
+            assert environment["FARM_INFERENCE"] == "oip"
+            assert environment["FARM_OIP_URL"] == info.oip_url
+            # ... and the demo's image runs said so in their logs.
+            assert graded_on(workdir / "dagster") == {info.oip_url}
+        else:
+            assert "FARM_INFERENCE" not in environment
+            assert graded_on(workdir / "dagster") == {"in this run"}
         # ... and the printed environment loads both code locations, as `dagster dev` would.
         dagster = Path(words[-4])
         validate = subprocess.run(
@@ -48,3 +65,17 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(tmp_path, capsys, m
         assert dagster.parent == Path(sys.executable).parent
     finally:
         stack_down(workdir / "stack")
+
+
+def graded_on(dagster_home: Path) -> set[str]:
+    """Where the image runs of this instance said their models ran."""
+    from dagster import DagsterInstance
+
+    marker = "; models "
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        return {
+            event.message.split(marker, 1)[1].removeprefix("on the model server ")
+            for run in instance.get_runs()
+            for event in instance.all_logs(run.run_id)
+            if marker in (event.message or "")
+        }

@@ -139,3 +139,48 @@ def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform)
             instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
         )
         assert_graded_exactly_once(platform, instance, photos)
+
+
+def test_a_model_server_that_dies_mid_run_loses_and_doubles_nothing(platform, tmp_path):
+    """The runs grade on a model server (FARM_INFERENCE=oip), which is stopped while the
+    day's run is under way: the run fails with a one-line reason, `requeue_failed_photos`
+    hands its photos back, and once the server is restarted on its port every photo is
+    graded once, through the daemon and its sensors alone."""
+    pytest.importorskip("kserve")
+    from farm_platform.dev.model_server import ModelServerProcess
+
+    server = ModelServerProcess(config.models_dir(), tmp_path / "server.log")
+    platform.environment.update(server.environment())
+    platform.environment[config.FARM_OIP_TIMEOUT_SECONDS] = "2"
+    # Each retry must find the server back: restarting it takes longer than a retry cycle.
+    platform.environment[config.FARM_MAX_PHOTO_ATTEMPTS] = "8"
+    with server, platform.instance() as instance:
+        daemon = platform.daemon().start()
+        try:
+            photos = platform.simulate(CONFIG)
+            first_image_run(instance, daemon, [DagsterRunStatus.STARTED])
+            server.stop()
+            failed = first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=180)
+            errors = [
+                event.dagster_event.step_failure_data.error
+                for event in instance.all_logs(failed.run_id)
+                if event.dagster_event and event.dagster_event.is_step_failure
+            ]
+            assert errors, daemon.log_tail()
+            reason = errors[0].cause  # under Dagster's "Error occurred while executing op"
+            assert reason.cls_name == "OipUnavailable"
+            assert f"model server {server.grpc_url} unreachable" in reason.message
+            assert len(reason.message.strip().splitlines()) == 1
+
+            with ModelServerProcess(
+                config.models_dir(),
+                tmp_path / "restarted.log",
+                port=server.port,
+                grpc_port=server.grpc_port,
+            ):
+                wait_for_photos(
+                    instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
+                )
+            assert_graded_exactly_once(platform, instance, photos)
+        finally:
+            daemon.stop(kill=True)

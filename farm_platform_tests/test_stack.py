@@ -48,6 +48,16 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _kill(pid: int) -> None:
+    """kill -9, and wait until it is gone (reaped, if it is our child)."""
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+
+
 def _bucket_status(storage_host: str, bucket: str) -> int:
     try:
         with _NO_PROXY.open(f"{storage_host}/storage/v1/b/{bucket}", timeout=5) as response:
@@ -196,12 +206,7 @@ def test_stack_up_repairs_a_restarted_pubsub_emulator_in_place(
     try:
         first = stack_up(state_dir)
         state = json.loads((state_dir / "stack.json").read_text())
-        os.kill(state["pubsub_pid"], 9)
-        deadline = time.monotonic() + 10
-        while _running(state["pubsub_pid"]) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(state["pubsub_pid"], os.WNOHANG)
-            time.sleep(0.1)
+        _kill(state["pubsub_pid"])
         with pytest.raises(StackError, match="not running"):
             load_stack(state_dir)
 
@@ -226,6 +231,51 @@ def test_stack_up_repairs_a_restarted_pubsub_emulator_in_place(
             assert names == ["P000/2026-11-20/image.png"]
         finally:
             subscriber.close()
+    finally:
+        stack_down(state_dir)
+
+
+@pytest.mark.timeout(600)
+def test_stack_up_with_a_model_server_serves_the_registry_and_repairs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stack up --model-server`: a detached server of the active models beside the
+    emulators, the stack's environment pointed at it, restarted in place when it dies."""
+    pytest.importorskip("kserve")
+    from farm_platform.cli import main
+    from farm_platform.ml.registry import ModelRegistry
+
+    state_dir = tmp_path / "stack"
+    try:
+        assert main(["stack", "up", "--model-server", "--state-dir", str(state_dir)]) == 0
+        state = json.loads((state_dir / "stack.json").read_text())
+        server = f"http://127.0.0.1:{state['model_server_port']}"
+        assert _running(state["model_server_pid"])
+        assert os.getsid(state["model_server_pid"]) == state["model_server_pid"]
+        with _NO_PROXY.open(f"{server}/v2/models", timeout=10) as response:
+            listed = json.loads(response.read())["models"]
+        assert sorted(listed) == sorted(ModelRegistry().active_versions())
+
+        capsys.readouterr()
+        assert main(["stack", "env", "--state-dir", str(state_dir)]) == 0
+        printed = capsys.readouterr().out
+        grpc_url = f"grpc://127.0.0.1:{state['model_server_grpc_port']}"
+        assert "export FARM_INFERENCE=oip\n" in printed
+        assert f"export FARM_OIP_URL={grpc_url}\n" in printed
+
+        _kill(state["model_server_pid"])
+        with pytest.raises(StackError, match="model_server_pid gone"):
+            load_stack(state_dir)
+        repaired = stack_up(state_dir)  # no flag needed: the stack had a server
+        assert repaired.oip_url == grpc_url  # same port: the environment stays valid
+        after = json.loads((state_dir / "stack.json").read_text())
+        assert after["pubsub_pid"] == state["pubsub_pid"], "a healthy emulator was restarted"
+        assert after["model_server_pid"] != state["model_server_pid"]
+        with _NO_PROXY.open(f"{server}/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
+
+        assert stack_down(state_dir) is True
+        assert not _running(after["model_server_pid"])
     finally:
         stack_down(state_dir)
 

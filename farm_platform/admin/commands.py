@@ -275,7 +275,7 @@ def add_admin_commands(commands: Any) -> None:
     serve_parser.add_argument(
         "--watch-seconds",
         type=float,
-        default=5.0,
+        default=config.DEFAULT_REGISTRY_WATCH_SECONDS,
         help="how often the server checks the registry for a new active version (0: never)",
     )
     reload_parser = model_actions.add_parser(

@@ -28,7 +28,10 @@ def _stack(args: argparse.Namespace) -> int:
             bucket=args.bucket,
             pubsub_port=args.pubsub_port,
             gcs_port=args.gcs_port,
+            model_server=args.model_server,
         )
+        if info.oip_url:
+            print(f"# model server: {info.oip_url} (log: {info.state_dir / 'model-server.log'})")
         print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
         print(f'#   eval "$(farm-platform stack env{_state_dir_flag(args)})"')
         _print_environment(_shell_environment(info))
@@ -94,7 +97,12 @@ def _simulate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from farm_platform.dev.demo import run_demo
 
-    return run_demo(_farm_config(args), workdir=Path(args.workdir), keep=args.keep)
+    return run_demo(
+        _farm_config(args),
+        workdir=Path(args.workdir),
+        keep=args.keep,
+        model_server=args.model_server,
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -165,6 +173,12 @@ def add_dev_commands(commands: Any) -> None:
     )
     stack_parser.add_argument("--pubsub-port", type=int, help="Pub/Sub port (default: a free one)")
     stack_parser.add_argument("--gcs-port", type=int, help="GCS port (default: a free one)")
+    stack_parser.add_argument(
+        "--model-server",
+        action="store_true",
+        help="up: also start a model server (`models serve`; the serve extra) and send the "
+        "stack's inference to it (FARM_INFERENCE=oip in `stack env`)",
+    )
     stack_parser.set_defaults(handler=_stack)
 
     simulate_parser = commands.add_parser(
@@ -204,6 +218,12 @@ def add_dev_commands(commands: Any) -> None:
         action="store_true",
         help="leave the local stack up afterwards and print a command that opens the "
         "Dagster UI on the demo",
+    )
+    demo_parser.add_argument(
+        "--model-server",
+        action="store_true",
+        help="grade on a model server started beside the stack (the serve extra) instead of "
+        "in each run",
     )
     demo_parser.set_defaults(handler=_demo)
 

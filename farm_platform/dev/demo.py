@@ -38,10 +38,15 @@ from farm_platform.resources.warehouse import WarehouseResource
 
 
 def run_demo(
-    config: FarmConfig, workdir: Path, timeout_seconds: float = 900.0, keep: bool = False
+    config: FarmConfig,
+    workdir: Path,
+    timeout_seconds: float = 900.0,
+    keep: bool = False,
+    model_server: bool = False,
 ) -> int:
     """Run the demo; with `keep`, its local stack stays up afterwards (detached, state in
-    `workdir/stack`) and a command that opens the Dagster UI on it, as printed, is shown."""
+    `workdir/stack`) and a command that opens the Dagster UI on it, as printed, is shown.
+    With `model_server`, the runs grade on a model server beside the stack."""
     from dagster import DagsterInstance
 
     from farm_platform.admin.instance import prepare_dagster_home
@@ -61,9 +66,18 @@ def run_demo(
     warehouse_url = f"duckdb:///{workdir / 'warehouse.duckdb'}"
     expected = config.positions * config.days
 
-    print(f"[demo] starting the local Pub/Sub and GCS emulators in {workdir}")
+    print(
+        "[demo] starting the local Pub/Sub and GCS emulators"
+        + (" and a model server" if model_server else "")
+        + f" in {workdir}"
+    )
     with contextlib.ExitStack() as cleanup:
-        stack = stack_up(workdir / "stack") if keep else cleanup.enter_context(LocalStack())
+        if keep:
+            stack = stack_up(workdir / "stack", model_server=model_server)
+        else:
+            stack = cleanup.enter_context(LocalStack(model_server=model_server))
+        if stack.oip_url:
+            print(f"[demo] the runs grade on the model server at {stack.oip_url}")
         field_map = workdir / "positions.csv"
         environment = {
             **stack.environment(),

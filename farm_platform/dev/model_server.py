@@ -1,4 +1,6 @@
-"""A `farm-platform models serve` process on free ports, for the tests and the benchmark."""
+"""A `farm-platform models serve` process: on free ports for the tests and the benchmark
+(`ModelServerProcess`), or detached beside the emulators (`farm-platform stack up
+--model-server`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,52 @@ from farm_platform.dev.processes import free_port, spawn, terminate
 # kserve and torch import in ~10 s on an idle 2-core machine; a loaded CI machine takes
 # several times that. A bound on waiting only.
 START_TIMEOUT_SECONDS = 180.0
+
+
+def start_model_server(
+    models_dir: Path,
+    port: int,
+    grpc_port: int,
+    log_path: Path,
+    *,
+    watch_seconds: float,
+    detached: bool,
+) -> Popen[bytes]:
+    """Start `farm-platform models serve` and return once it answers ready (StackError if
+    it exits or stays silent first, with its log's last lines)."""
+    process = spawn(
+        [
+            sys.executable,
+            "-m",
+            "farm_platform.cli",
+            "models",
+            "--models-dir",
+            str(models_dir),
+            "serve",
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--watch-seconds",
+            str(watch_seconds),
+        ],
+        log_path,
+        env=None,
+        detached=detached,
+    )
+    wait_ready(
+        process,
+        f"http://127.0.0.1:{port}/v2/health/ready",
+        log_path,
+        "the model server",
+        START_TIMEOUT_SECONDS,
+    )
+    return process
+
+
+def oip_environment(grpc_url: str) -> dict[str, str]:
+    """What a pipeline process needs to infer on the server at `grpc_url`."""
+    return {FARM_INFERENCE: "oip", FARM_OIP_URL: grpc_url}
 
 
 @dataclass
@@ -38,36 +86,16 @@ class ModelServerProcess:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
     def environment(self) -> dict[str, str]:
-        """What a pipeline process needs to infer on this server."""
-        return {FARM_INFERENCE: "oip", FARM_OIP_URL: self.grpc_url}
+        return oip_environment(self.grpc_url)
 
     def __enter__(self) -> ModelServerProcess:
-        self._process = spawn(
-            [
-                sys.executable,
-                "-m",
-                "farm_platform.cli",
-                "models",
-                "--models-dir",
-                str(self.models_dir),
-                "serve",
-                "--port",
-                str(self.port),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--watch-seconds",
-                str(self.watch_seconds),
-            ],
+        self._process = start_model_server(
+            self.models_dir,
+            self.port,
+            self.grpc_port,
             self.log_path,
-            env=None,
+            watch_seconds=self.watch_seconds,
             detached=False,
-        )
-        wait_ready(
-            self._process,
-            f"{self.http_url}/v2/health/ready",
-            self.log_path,
-            "the model server",
-            START_TIMEOUT_SECONDS,
         )
         return self
 

@@ -1,4 +1,5 @@
-"""The local Google Cloud stack: both emulators, their topics, subscriptions and bucket.
+"""The local Google Cloud stack: both emulators, their topics, subscriptions and bucket,
+and on request a model server (`models serve`) beside them.
 
 `farm-platform stack up|down|env` keeps a detached stack whose state lives in a folder
 (`.farm/stack` by default); `LocalStack` gives the demo and the tests a private one for
@@ -18,17 +19,19 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from farm_platform.config import (
+    DEFAULT_REGISTRY_WATCH_SECONDS,
     DEFAULT_SUBSCRIPTION,
     FARM_BUCKET,
     FARM_GCP_PROJECT,
     FARM_SUBSCRIPTION,
     PUBSUB_EMULATOR_HOST,
     STORAGE_EMULATOR_HOST,
+    models_dir,
 )
 from farm_platform.dev.emulators import (
     StackError,
@@ -37,7 +40,8 @@ from farm_platform.dev.emulators import (
     start_gcs_emulator,
     start_pubsub_emulator,
 )
-from farm_platform.dev.processes import pid_alive, stop_pids, terminate
+from farm_platform.dev.model_server import oip_environment, start_model_server
+from farm_platform.dev.processes import free_port, pid_alive, stop_pids, terminate
 
 STATE_FILE = "stack.json"
 STACK_DIR_ENV = "FARM_STACK_DIR"
@@ -55,6 +59,7 @@ class StackInfo:
     pubsub_host: str  # "127.0.0.1:PORT" (PUBSUB_EMULATOR_HOST form)
     storage_host: str  # "http://127.0.0.1:PORT" (STORAGE_EMULATOR_HOST form)
     state_dir: Path
+    oip_url: str | None = None  # "grpc://127.0.0.1:PORT" when a model server runs beside
 
     def bucket_url(self) -> str:
         return f"gs://{self.bucket}"
@@ -69,6 +74,7 @@ class StackInfo:
             STORAGE_EMULATOR_HOST: self.storage_host,
             # gcsfs otherwise probes a gRPC endpoint the emulator lacks and stalls 60 s.
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            **(oip_environment(self.oip_url) if self.oip_url else {}),
         }
 
 
@@ -112,17 +118,41 @@ def _read_state(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _info_from_state(state: dict[str, Any], state_dir: Path) -> StackInfo:
+    grpc_port = state.get("model_server_grpc_port")
     return StackInfo(
         project=state["project"],
         bucket=state["bucket"],
         pubsub_host=state["pubsub_host"],
         storage_host=state["storage_host"],
         state_dir=state_dir,
+        oip_url=f"grpc://127.0.0.1:{grpc_port}" if grpc_port else None,
     )
 
 
-def _state_pids(state: dict[str, Any]) -> list[int]:
-    return [int(state[k]) for k in ("pubsub_pid", "gcs_pid") if state.get(k)]
+_EMULATOR_PIDS = ("pubsub_pid", "gcs_pid")
+_PROCESS_KEYS = (*_EMULATOR_PIDS, "model_server_pid")
+
+
+def _process_marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
+    """What the recorded process's command line contains, so a reused pid is not ours: the
+    emulators' data folders are in the state dir; the model server is known by its port."""
+    if key == "model_server_pid":
+        return f"--grpc-port {state['model_server_grpc_port']} "
+    return str(state_dir)
+
+
+def _live_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
+    """The recorded processes that still run, by state key."""
+    return [
+        key
+        for key in _PROCESS_KEYS
+        if key in state and pid_alive(int(state[key]), _process_marker(state, key, state_dir))
+    ]
+
+
+def _dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
+    live = _live_processes(state, state_dir)
+    return [key for key in _PROCESS_KEYS if key in state and key not in live]
 
 
 def load_stack(state_dir: Path | None = None) -> StackInfo:
@@ -134,12 +164,13 @@ def load_stack(state_dir: Path | None = None) -> StackInfo:
             f"No local stack is running (no {state_dir / STATE_FILE}); "
             "start one with `farm-platform stack up`."
         )
-    dead = [pid for pid in _state_pids(state) if not pid_alive(pid, str(state_dir))]
-    if dead or len(_state_pids(state)) != 2:
+    dead = _dead_processes(state, state_dir)
+    if dead or not all(key in state for key in _EMULATOR_PIDS):
         raise StackError(
             f"The local stack recorded in {state_dir / STATE_FILE} is not running "
-            f"(process(es) {dead} gone; logs in {state_dir}). Run `farm-platform stack down` "
-            "then `farm-platform stack up`."
+            f"({', '.join(dead) or 'an emulator'} gone; logs in {state_dir}). "
+            "Run `farm-platform stack up` to repair it, or `farm-platform stack down` first "
+            "to start afresh."
         )
     return _info_from_state(state, state_dir)
 
@@ -150,22 +181,25 @@ def stack_up(
     bucket: str = "farm-images",
     pubsub_port: int | None = None,
     gcs_port: int | None = None,
+    model_server: bool = False,
 ) -> StackInfo:
-    """Start both emulators detached (they outlive this process), or return the live one."""
+    """Start both emulators detached (they outlive this process), or return the live one,
+    repaired if part of it died. With `model_server`, a model server runs beside them (the
+    models of `$FARM_MODELS_DIR`) and the stack's environment sends inference to it."""
     state_dir = (state_dir or default_state_dir()).resolve()
     with _locked(state_dir):
         state = _read_state(state_dir)
         if state is not None:
             try:
-                return load_stack(state_dir)
-            except StackError:
-                pass
-            try:
-                return _repair(state, state_dir)
+                _repair(state, state_dir)
             except StackError:
                 # Its ports are taken: clear the leftovers so a fresh stack can start.
-                stop_pids(_state_pids(state), str(state_dir))
+                _stop_recorded(state, state_dir)
                 (state_dir / STATE_FILE).unlink(missing_ok=True)
+            else:
+                if model_server and "model_server_pid" not in state:
+                    _start_recorded_model_server(state, state_dir)
+                return _info_from_state(state, state_dir)
 
         pubsub_proc, pubsub_host = start_pubsub_emulator(
             project,
@@ -205,7 +239,27 @@ def stack_up(
             for proc in started:
                 terminate(proc)
             raise
-        return info
+        if model_server:
+            _start_recorded_model_server(state, state_dir)
+        return _info_from_state(state, state_dir)
+
+
+def _start_recorded_model_server(state: dict[str, Any], state_dir: Path) -> None:
+    """Start the stack's model server, on its recorded ports if it had one, and record it.
+    It watches the registry, so `farm-platform models activate` reaches it unrestarted."""
+    state.setdefault("model_server_port", free_port())
+    state.setdefault("model_server_grpc_port", free_port())
+    state.setdefault("models_dir", str(models_dir().resolve()))
+    process = start_model_server(
+        Path(state["models_dir"]),
+        int(state["model_server_port"]),
+        int(state["model_server_grpc_port"]),
+        state_dir / "model-server.log",
+        watch_seconds=DEFAULT_REGISTRY_WATCH_SECONDS,
+        detached=True,
+    )
+    state["model_server_pid"] = process.pid
+    _write_state(state_dir, state)
 
 
 def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
@@ -246,20 +300,28 @@ def restart_dead_emulators(
     return pubsub, gcs
 
 
-def _repair(state: dict[str, Any], state_dir: Path) -> StackInfo:
+def _repair(state: dict[str, Any], state_dir: Path) -> None:
+    """Restart whatever part of the recorded stack died, in place; nothing if all runs."""
+    dead = _dead_processes(state, state_dir)
+    if not dead and all(key in state for key in _EMULATOR_PIDS):
+        return
     info = _info_from_state(state, state_dir)
     pubsub, gcs = restart_dead_emulators(
-        info,
-        pid_alive(int(state.get("pubsub_pid", 0)), str(state_dir)),
-        pid_alive(int(state.get("gcs_pid", 0)), str(state_dir)),
-        detached=True,
+        info, "pubsub_pid" not in dead, "gcs_pid" not in dead, detached=True
     )
     if pubsub is not None:
         state["pubsub_pid"] = pubsub.pid
     if gcs is not None:
         state["gcs_pid"] = gcs.pid
     _write_state(state_dir, state)
-    return info
+    if "model_server_pid" in dead:
+        _start_recorded_model_server(state, state_dir)
+
+
+def _stop_recorded(state: dict[str, Any], state_dir: Path) -> None:
+    for key in _PROCESS_KEYS:
+        if key in state:
+            stop_pids([int(state[key])], _process_marker(state, key, state_dir))
 
 
 def stack_down(state_dir: Path | None = None) -> bool:
@@ -271,10 +333,9 @@ def stack_down(state_dir: Path | None = None) -> bool:
         state = _read_state(state_dir)
         if state is None:
             return False
-        pids = _state_pids(state)
-        was_running = any(pid_alive(pid, str(state_dir)) for pid in pids)
-        stop_pids(pids, str(state_dir))
-        still = [pid for pid in pids if pid_alive(pid, str(state_dir))]
+        was_running = bool(_live_processes(state, state_dir))
+        _stop_recorded(state, state_dir)
+        still = [int(state[key]) for key in _live_processes(state, state_dir)]
         if still:
             raise StackError(f"Could not stop process(es) {still}; kill them by hand.")
         (state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -302,7 +363,8 @@ def _sweep_orphaned_local_stacks() -> None:
 
 
 class LocalStack:
-    """Both emulators in a private temp dir for the life of a `with` block (tests, demo).
+    """Both emulators (and with `model_server`, a model server) in a private temp dir for
+    the life of a `with` block (tests, demo).
 
     Sets no environment variables; use `info.environment()` where they are needed.
     `with LocalStack() as info:` gives the StackInfo; `.info` holds it too.
@@ -315,12 +377,14 @@ class LocalStack:
         pubsub_port: int | None = None,
         gcs_port: int | None = None,
         keep_dir: bool = False,
+        model_server: bool = False,
     ) -> None:
         self.project = project
         self.bucket = bucket
         self.pubsub_port = pubsub_port
         self.gcs_port = gcs_port
         self.keep_dir = keep_dir
+        self.model_server = model_server
         self.info: StackInfo | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._dir: Path | None = None
@@ -358,6 +422,19 @@ class LocalStack:
             self._record_owner()
             info = StackInfo(self.project, self.bucket, pubsub_host, storage_host, self._dir)
             create_topology(info)
+            if self.model_server:
+                grpc_port = free_port()
+                proc = start_model_server(
+                    models_dir(),
+                    free_port(),
+                    grpc_port,
+                    self._dir / "model-server.log",
+                    watch_seconds=DEFAULT_REGISTRY_WATCH_SECONDS,
+                    detached=False,
+                )
+                self._procs.append(proc)
+                self._record_owner()
+                info = replace(info, oip_url=f"grpc://127.0.0.1:{grpc_port}")
         except BaseException:
             self.stop()
             raise
@@ -372,11 +449,11 @@ class LocalStack:
     def recover(self) -> StackInfo:
         """Restart whichever emulator died, on its port, and re-create the topology."""
         assert self.info is not None, "recover() a started LocalStack"
-        pubsub_proc, gcs_proc = self._procs
+        pubsub_proc, gcs_proc, *model_server = self._procs
         pubsub, gcs = restart_dead_emulators(
             self.info, pubsub_proc.poll() is None, gcs_proc.poll() is None, detached=False
         )
-        self._procs = [pubsub or pubsub_proc, gcs or gcs_proc]
+        self._procs = [pubsub or pubsub_proc, gcs or gcs_proc, *model_server]
         self._record_owner()
         return self.info
 
