@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,8 @@ from farm_platform.config import REPO_ROOT, duckdb_path
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 # profiles.yml lives in the project directory.
 DBT_PROFILES_DIR = DBT_PROJECT_DIR
+# The dbt installed beside this interpreter, whether or not its venv is on PATH.
+DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
 
 DUCKDB_SCHEMA = "main"
 POSTGRES_SCHEMA = "public"
@@ -135,6 +139,35 @@ def dbt_project_copy(positions: Path | Any, destination: Path) -> Path:
     else:
         shutil.copyfile(positions, seed)
     return destination
+
+
+def manifest_is_stale(project_dir: Path) -> bool:
+    """No manifest yet (a fresh checkout), or a model, macro, seed or the project file is
+    newer than it (a `git pull` without `make`): a stale manifest loads, and the next dbt
+    run fails on a model it does not know."""
+    manifest = project_dir / "target" / "manifest.json"
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    sources = [project_dir / "dbt_project.yml"]
+    for folder in ("models", "macros", "seeds"):
+        sources += (project_dir / folder).rglob("*")
+    return any(path.stat().st_mtime > built for path in sources if path.is_file())
+
+
+def parse_dbt_project(project_dir: Path) -> None:
+    """`dbt parse`: the manifest the analytics assets are built from (a few seconds)."""
+    parsed = subprocess.run(
+        [DBT_EXECUTABLE, "parse", "--quiet", "--profiles-dir", str(project_dir)],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+    )
+    if parsed.returncode != 0:
+        raise RuntimeError(
+            f"dbt parse failed in {project_dir}; fix the project, then run `make`:\n"
+            + (parsed.stdout + parsed.stderr)[-2000:]
+        )
 
 
 @contextlib.contextmanager

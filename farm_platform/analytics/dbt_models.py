@@ -19,6 +19,8 @@ from farm_platform.analytics.dbt_env import (
     DBT_PROJECT_DIR,
     dbt_connection,
     dbt_project_for,
+    manifest_is_stale,
+    parse_dbt_project,
     warehouse_relation_prefix,
 )
 from farm_platform.config import FARM_BUCKET, FARM_WAREHOUSE, field_map_path, require_for_location
@@ -29,10 +31,9 @@ from farm_platform.resources.warehouse import WarehouseResource
 # dbt assets (whose storage names the warehouse) are built.
 require_for_location("farm_platform_analytics", (FARM_BUCKET, FARM_WAREHOUSE))
 
+if manifest_is_stale(DBT_PROJECT_DIR):
+    parse_dbt_project(DBT_PROJECT_DIR)
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR)
-if not dbt_project.manifest_path.exists():
-    # A fresh checkout has no manifest yet; `dbt parse` makes one in a few seconds.
-    dbt_project.preparer.prepare(dbt_project)
 
 DISEASE_GRADES_TABLE = AssetKey("disease_grades")
 # Where Dagster shows an asset's storage ("Storage" in the UI).

@@ -1,13 +1,12 @@
 """The farm_platform_analytics code location, built in one place."""
 
 import os
-import sys
-from pathlib import Path
 
 from dagster import Definitions, EnvVar
 from dagster_dbt import DbtCliResource
 
 from farm_platform import config
+from farm_platform.analytics.dbt_env import DBT_EXECUTABLE
 from farm_platform.analytics.dbt_models import dbt_project, farm_dbt_models
 from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
 from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
@@ -18,10 +17,7 @@ defs = Definitions(
     jobs=[daily_report_job],
     schedules=[daily_report_schedule],
     resources={
-        # The dbt installed beside this interpreter, whether or not its venv is on PATH.
-        "dbt": DbtCliResource(
-            project_dir=dbt_project, dbt_executable=str(Path(sys.executable).with_name("dbt"))
-        ),
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
         "warehouse": WarehouseResource(url=EnvVar(config.FARM_WAREHOUSE)),
         "reports": ReportStoreResource(
             bucket_url=EnvVar(config.FARM_BUCKET),
