@@ -127,7 +127,8 @@ def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):
     import subprocess
     import sys
 
-    weights = models_dir / "leaf_detector" / "v1" / "weights.pt"
+    active = ModelRegistry(models_dir).detector().version
+    weights = models_dir / "leaf_detector" / active / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:-1] + b"x")
     script = REPO_MODELS_DIR / "evaluate.py"
     env = {**os.environ, "FARM_MODELS_DIR": str(models_dir)}
@@ -135,7 +136,7 @@ def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):
         [sys.executable, str(script), "--count", "1"], env=env, capture_output=True, text=True
     )
     assert result.returncode != 0
-    assert f"{models_dir}/leaf_detector/v1" in result.stderr, result.stderr[-2000:]
+    assert f"{models_dir}/leaf_detector/{active}" in result.stderr, result.stderr[-2000:]
     assert "do not match the card" in result.stderr
 
 
