@@ -304,10 +304,13 @@ def test_a_new_version_makes_exactly_the_partitions_it_feeds_stale(
         farm = grade_simulated_farm(config, tmp_path / "farm", instance, models_dir)
         assert not any(stale_partitions(instance).values())
 
+        registry = ModelRegistry(models_dir)
+        # A version the registry does not hold yet (the detector already has a v2).
+        version = f"v{len(registry.versions(model_id)) + 1}"
         add_model(
-            new_version(models_dir, tmp_path, model_id=model_id),
+            new_version(models_dir, tmp_path, version=version, model_id=model_id),
             activate=True,
-            registry=ModelRegistry(models_dir),
+            registry=registry,
         )
         resources = {
             "models": ModelRegistryResource(models_dir=str(models_dir)),

@@ -308,7 +308,7 @@ def test_crop_leaves_writes_contract_paths(registry: ModelRegistry, sample_image
             assert row["crop_uri"] == f"file://{expected}"
             assert (row["cropper_model_id"], row["cropper_model_version"]) == (
                 "leaf_detector",
-                "v1",
+                card.version,
             )
             on_disk = inference.decode_png(Path(expected).read_bytes())
             x0, y0, x1, y1 = inference.box_pixels(
