@@ -222,19 +222,23 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_detector(
-    images: np.ndarray, boxes: list[np.ndarray], seed: int, noise: bool = True
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    seed: int,
+    noise: bool = True,
+    epochs: int = DETECTOR_EPOCHS,
 ) -> tuple[LeafDetector, dict]:
     torch.manual_seed(seed)
     model = LeafDetector(**DETECTOR_KWARGS).to(memory_format=torch.channels_last)
     model.train()
     n = len(images)
-    steps = DETECTOR_EPOCHS * math.ceil(n / DETECTOR_BATCH)
+    steps = epochs * math.ceil(n / DETECTOR_BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=DETECTOR_LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, DETECTOR_LR, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     out = IMAGE_SIZE // model.stride
     started = time.perf_counter()
-    for epoch in range(DETECTOR_EPOCHS):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen).tolist()
         total = 0.0
         for start in range(0, n, DETECTOR_BATCH):
@@ -265,12 +269,12 @@ def train_detector(
             sched.step()
             total += loss.item() * len(idx)
         log(
-            f"detector epoch {epoch + 1}/{DETECTOR_EPOCHS} loss {total / n:.4f} "
+            f"detector epoch {epoch + 1}/{epochs} loss {total / n:.4f} "
             f"({time.perf_counter() - started:.0f} s)"
         )
     model.eval()
     return model, {
-        "epochs": DETECTOR_EPOCHS,
+        "epochs": epochs,
         "batch_size": DETECTOR_BATCH,
         "lr": DETECTOR_LR,
         "seconds": round(time.perf_counter() - started, 1),
@@ -285,12 +289,12 @@ def train_detector(
 
 
 def _train_detector_job(
-    images: np.ndarray, boxes: list[np.ndarray], seed: int, noise: bool
+    images: np.ndarray, boxes: list[np.ndarray], seed: int, noise: bool, epochs: int
 ) -> tuple[dict[str, torch.Tensor], dict]:
     # Runs in a child process beside the grader training (see main).
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model, info = train_detector(images, boxes, seed, noise)
+    model, info = train_detector(images, boxes, seed, noise, epochs)
     return {k: v.contiguous() for k, v in model.state_dict().items()}, info
 
 
@@ -470,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="v1's detector recipe: no extra photos, no noise or gain",
     )
+    parser.add_argument("--detector-epochs", type=int, default=DETECTOR_EPOCHS)
     args = parser.parse_args(argv)
     if args.plain_detector:
         args.robust_images = 0
@@ -533,10 +538,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             detector_boxes,
             args.seed,
             not args.plain_detector,
+            args.detector_epochs,
         )
     elif DETECTOR_MODEL_ID in targets:
         detector_result = train_detector(
-            detector_images, detector_boxes, args.seed, not args.plain_detector
+            detector_images,
+            detector_boxes,
+            args.seed,
+            not args.plain_detector,
+            args.detector_epochs,
         )
     diseases = [d for d in DISEASE_TYPES if grader_model_id(d) in targets]
     if diseases:
