@@ -127,7 +127,8 @@ def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):
     import subprocess
     import sys
 
-    weights = models_dir / "leaf_detector" / "v1" / "weights.pt"
+    active = ModelRegistry(models_dir).detector().version
+    weights = models_dir / "leaf_detector" / active / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:-1] + b"x")
     script = REPO_MODELS_DIR / "evaluate.py"
     env = {**os.environ, "FARM_MODELS_DIR": str(models_dir)}
@@ -135,7 +136,7 @@ def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):
         [sys.executable, str(script), "--count", "1"], env=env, capture_output=True, text=True
     )
     assert result.returncode != 0
-    assert f"{models_dir}/leaf_detector/v1" in result.stderr, result.stderr[-2000:]
+    assert f"{models_dir}/leaf_detector/{active}" in result.stderr, result.stderr[-2000:]
     assert "do not match the card" in result.stderr
 
 
@@ -303,10 +304,13 @@ def test_a_new_version_makes_exactly_the_partitions_it_feeds_stale(
         farm = grade_simulated_farm(config, tmp_path / "farm", instance, models_dir)
         assert not any(stale_partitions(instance).values())
 
+        registry = ModelRegistry(models_dir)
+        # A version the registry does not hold yet (the detector already has a v2).
+        version = f"v{len(registry.versions(model_id)) + 1}"
         add_model(
-            new_version(models_dir, tmp_path, model_id=model_id),
+            new_version(models_dir, tmp_path, version=version, model_id=model_id),
             activate=True,
-            registry=ModelRegistry(models_dir),
+            registry=registry,
         )
         resources = {
             "models": ModelRegistryResource(models_dir=str(models_dir)),

@@ -221,13 +221,14 @@ def test_set_active_switches_version(models_copy: Path) -> None:
     card["version"] = "v2"
     (target / "card.json").write_text(json.dumps(card))
     assert registry.grader_for("disease_0").version == "v1"
+    detector = registry.detector().version
     registry.set_active("disease_0_grader", "v2")
     assert registry.grader_for("disease_0").version == "v2"
     assert (
         json.loads((models_copy / "registry.json").read_text())["active"]["disease_0_grader"]
         == "v2"
     )
-    assert registry.detector().version == "v1"  # the others are untouched
+    assert registry.detector().version == detector  # the others are untouched
     with pytest.raises(ModelNotFoundError):
         registry.set_active("disease_0_grader", "v3")
     assert registry.grader_for("disease_0").version == "v2"
@@ -307,7 +308,7 @@ def test_crop_leaves_writes_contract_paths(registry: ModelRegistry, sample_image
             assert row["crop_uri"] == f"file://{expected}"
             assert (row["cropper_model_id"], row["cropper_model_version"]) == (
                 "leaf_detector",
-                "v1",
+                card.version,
             )
             on_disk = inference.decode_png(Path(expected).read_bytes())
             x0, y0, x1, y1 = inference.box_pixels(
@@ -610,3 +611,63 @@ def test_a_forked_child_decodes_on_its_own_pool(monkeypatch) -> None:
         # forever, so the child starts without the parent's pools.
         pools, result = child.apply_async(_pools_and_result, ([-4, -5, -6],)).get(timeout=60)
     assert (pools, result) == (0, [4, 5, 6])
+
+
+# ---------------------------------------------------------------------------------------
+# Detector figures per stratum, and grader figures over every detection (issue 15)
+
+
+def test_stratum_table_scores_perfect_split_and_missed_detections() -> None:
+    evaluate = _evaluate_module()
+    strata = evaluate.render_strata(seed=7, per_cell=1)
+    data = strata.data
+    assert {s["size"] for s in strata.strata} == set(evaluate.STRATA_SIZES)
+    assert {s["severity"] for s in strata.strata} == set(evaluate.STRATA_SEVERITIES)
+    sizes = [s["size"] for s in strata.strata]
+    assert [img.shape[:2] for img in data.images] == [(size, size) for size in sizes]
+    # Boxes are in the photo's own pixels: a 640 px photo has boxes beyond 256.
+    big = [float(b.max()) for b, size in zip(data.boxes, sizes, strict=True) if size == 640]
+    assert max(big) > 256
+
+    def detections(boxes: np.ndarray) -> list:
+        return [inference.Detection(*map(float, box), 1.0) for box in boxes]
+
+    perfect = evaluate.stratum_table([detections(b) for b in data.boxes], data, strata.strata)
+    kinds = {r["stratum"] for r in perfect}
+    assert kinds == {"size", "severity", "leaves", "size x severity"}
+    assert {r["value"] for r in perfect if r["stratum"] == "severity"} == {0, 1, 2, 3}
+    assert sum(r["photos"] for r in perfect if r["stratum"] == "size") == len(data.images)
+    for row in perfect:
+        assert (row["f1"], row["count_error"], row["abs_count_error"]) == (1.0, 0.0, 0.0)
+        assert row["meets_targets"]
+
+    # Each leaf split in two halves along x (a half has IoU 0.5 with its leaf at best, so at
+    # most one of the two matches): F1 drops and the count doubles.
+    def halves(boxes: np.ndarray) -> list:
+        out = []
+        for x0, y0, x1, y1 in boxes:
+            mid = (x0 + x1) / 2
+            out += [(x0, y0, mid, y1), (mid, y0, x1, y1)]
+        return detections(np.array(out).reshape(-1, 4))
+
+    split = evaluate.stratum_table([halves(b) for b in data.boxes], data, strata.strata)
+    for row in split:
+        assert 0.0 <= row["f1"] < 1.0 or row["true_leaves"] == 0
+        leaves_per_photo = row["true_leaves"] / row["photos"]
+        assert row["count_error"] == pytest.approx(leaves_per_photo, abs=1e-3)
+        assert row["abs_count_error"] == pytest.approx(leaves_per_photo, abs=1e-3)
+        if leaves_per_photo > evaluate.TARGET_OVERCOUNT:
+            assert not row["meets_targets"]
+
+    missed = evaluate.stratum_table([[] for _ in data.boxes], data, strata.strata)
+    for row in missed:
+        if row["true_leaves"]:
+            assert row["f1"] == 0.0 and row["count_error"] < 0 and not row["meets_targets"]
+
+
+def test_grader_figures_count_false_detections_as_wrong() -> None:
+    evaluate = _evaluate_module()
+    truth = np.array([2, 1, -1, 0, -1])  # -1: a detection matched to no true leaf
+    predicted = np.array([2, 3, 1, 0, 0])
+    figures = evaluate.all_detections_metrics(predicted, truth)
+    assert figures == {"n": 5, "false_detections": 2, "exact": 0.4, "within_one": 0.4}

@@ -1,12 +1,18 @@
 """Held-out evaluation of the active leaf detector and disease graders.
 
     python models/evaluate.py [--seed 2000] [--count 300] [--json out.json]
+    python models/evaluate.py --strata [--per-cell 16] [--json out.json]
     python models/evaluate.py --compare-bfloat16 [--device cpu]
 
 Images come from the simulator with a seed that training never uses. Prints detector
 precision / recall / F1 at IoU 0.5, and per disease the exact-grade and within-one
-accuracy of the grader on crops of DETECTED leaves matched to a true leaf (IoU >= 0.5)
-and on crops cut with the TRUE boxes.
+accuracy of the grader on every crop the detector found (a false detection, matched to no
+true leaf at IoU >= 0.5, counts as graded wrongly: its crop enters the position means
+all the same), on the matched crops only, and on crops cut with the TRUE boxes.
+
+With --strata it renders photos per stratum (photo size 256 / 640 px, scaled to the
+detector's input as inference does; every leaf at one severity grade 0..3; leaf count
+0-5 / 6-12 / 13-20) and prints F1 and the mean leaf-count error per stratum.
 
 With --compare-bfloat16 it runs the active models in float32 and in bfloat16 on the same
 held-out images, prints the detector's F1 in both and each grader's agreement (same grade
@@ -42,11 +48,27 @@ from farm_platform.ml.inference import (
     model_placement,
     prepare_crops,
 )
-from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry, write_json_atomic
+from farm_platform.ml.registry import (
+    DETECTOR_MODEL_ID,
+    DISEASE_TYPES,
+    ModelCard,
+    ModelRegistry,
+    write_json_atomic,
+)
 
 HELDOUT_SEED = 2000
 HELDOUT_COUNT = 300
 IOU_THRESHOLD = 0.5
+
+STRATA_SEED = 3000  # never a training seed (training: 1000.., 4000..)
+STRATA_PER_CELL = 16  # photos per (size, severity, leaf-count) cell
+STRATA_SIZES = (256, 640)
+STRATA_SEVERITIES = (0, 1, 2, 3)
+LEAF_COUNT_BINS = ((0, 5), (6, 12), (13, 20))
+# Targets of issue 15, checked in every stratum.
+TARGET_F1 = 0.95
+TARGET_ABS_COUNT_ERROR = 0.5
+TARGET_OVERCOUNT = 0.3
 
 
 @dataclass
@@ -69,6 +91,130 @@ def render(seed: int, count: int) -> Heldout:
         )
         data.grades.append(np.array([lf.grades for lf in sim.leaves], np.int64).reshape(-1, 5))
     return data
+
+
+def render_photo(
+    rng: np.random.Generator, n_leaves: int, size: int, severity: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One simulator photo of `size` px: pixels, true boxes (n, 4) and grades (n, 5).
+
+    `severity` g puts every disease of every leaf at grade g (the heaviest lesions of that
+    grade: spots, blotches, necrosis together); None draws each grade uniformly 0..3 as
+    `render_training_images` does (without its healthy fifth)."""
+    from farm_platform.dev.simulate import MAX_GRADE, NUM_DISEASES
+    from farm_platform.dev.simulate import render as simulator
+
+    layout = simulator.plan_layout(rng, n_leaves, size)
+    n = len(layout.leaves)
+    if severity is None:
+        grades = rng.integers(0, MAX_GRADE + 1, (n, NUM_DISEASES))
+    else:
+        grades = np.full((n, NUM_DISEASES), severity, np.int64)
+    pixels = simulator.render_layout(layout, grades, rng)
+    boxes = np.array(simulator.leaf_boxes(layout), np.float64).reshape(-1, 4)
+    return pixels, boxes, grades.reshape(-1, NUM_DISEASES)
+
+
+@dataclass
+class Stratified:
+    data: Heldout
+    strata: list[dict[str, Any]]  # per photo: size, severity, leaves (true count)
+
+
+def count_bin(leaves: int) -> str:
+    for low, high in LEAF_COUNT_BINS:
+        if low <= leaves <= high:
+            return f"{low}-{high}"
+    raise ValueError(f"{leaves} leaves is outside every bin {LEAF_COUNT_BINS}")
+
+
+def render_strata(seed: int = STRATA_SEED, per_cell: int = STRATA_PER_CELL) -> Stratified:
+    """`per_cell` photos for every photo size x severity x requested leaf-count bin.
+
+    A crowded photo may fit fewer leaves than requested; its bin is that of the leaves
+    actually placed (the true count)."""
+    out = Stratified(Heldout([], [], [], []), [])
+    for size in STRATA_SIZES:
+        for severity in STRATA_SEVERITIES:
+            for b, (low, high) in enumerate(LEAF_COUNT_BINS):
+                for i in range(per_cell):
+                    rng = np.random.default_rng((seed, size, severity, b, i))
+                    pixels, boxes, grades = render_photo(
+                        rng, int(rng.integers(low, high + 1)), size, severity
+                    )
+                    out.data.images.append(pixels)
+                    out.data.boxes.append(boxes)
+                    out.data.grades.append(grades)
+                    out.strata.append({"size": size, "severity": severity, "leaves": len(boxes)})
+    return out
+
+
+def stratum_table(
+    detections: Sequence[Sequence[Detection]], data: Heldout, strata: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """F1 (IoU 0.5, pooled over the stratum's leaves) and leaf-count error (detections minus
+    true leaves, per photo: mean signed and mean absolute) for each value of each stratum
+    and for each photo size x severity cell; `meets_targets` per row."""
+    per_photo = []
+    for found, truth in zip(detections, data.boxes, strict=True):
+        pred = np.array([[d.x0, d.y0, d.x1, d.y1] for d in found], np.float64).reshape(-1, 4)
+        tp = sum(j >= 0 for j in match(pred, truth))
+        per_photo.append((tp, len(pred) - tp, len(truth) - tp, len(pred) - len(truth)))
+    keys: list[tuple[str, Any]] = []
+    groups: dict[tuple[str, Any], list[int]] = {}
+    for i, stratum in enumerate(strata):
+        for key in (
+            ("size", stratum["size"]),
+            ("severity", stratum["severity"]),
+            ("leaves", count_bin(stratum["leaves"])),
+            ("size x severity", f"{stratum['size']} px, grade {stratum['severity']}"),
+        ):
+            if key not in groups:
+                keys.append(key)
+                groups[key] = []
+            groups[key].append(i)
+    order = ["size", "severity", "leaves", "size x severity"]
+    rows = []
+    for dimension, value in sorted(keys, key=lambda k: order.index(k[0])):
+        idx = groups[(dimension, value)]
+        tp, fp, fn = (sum(per_photo[i][k] for i in idx) for k in range(3))
+        errors = np.array([per_photo[i][3] for i in idx], np.float64)
+        precision = tp / max(tp + fp, 1)
+        recall = tp / max(tp + fn, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-9) if tp + fp + fn else 1.0
+        row = {
+            "stratum": dimension,
+            "value": value,
+            "photos": len(idx),
+            "true_leaves": tp + fn,
+            "f1": round(f1, 4),
+            "count_error": round(float(errors.mean()), 3),
+            "abs_count_error": round(float(np.abs(errors).mean()), 3),
+        }
+        row["meets_targets"] = bool(
+            row["f1"] >= TARGET_F1
+            and row["abs_count_error"] <= TARGET_ABS_COUNT_ERROR
+            and row["count_error"] <= TARGET_OVERCOUNT
+        )
+        rows.append(row)
+    return rows
+
+
+def print_strata(rows: Sequence[dict[str, Any]], label: str = "") -> None:
+    print(
+        f"per stratum{' (' + label + ')' if label else ''}: F1 at IoU {IOU_THRESHOLD}, leaf-count "
+        f"error = detections - true leaves per photo; targets F1 >= {TARGET_F1}, "
+        f"mean |error| <= {TARGET_ABS_COUNT_ERROR}, mean error <= +{TARGET_OVERCOUNT}"
+    )
+    print(
+        f"{'stratum':<17}{'value':<20}{'photos':>7}{'leaves':>7}{'F1':>8}{'error':>8}{'|error|':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['stratum']:<17}{r['value']!s:<20}{r['photos']:>7}{r['true_leaves']:>7}"
+            f"{r['f1']:>8.4f}{r['count_error']:>+8.3f}{r['abs_count_error']:>9.3f}"
+            f"  {'ok' if r['meets_targets'] else 'MISSES TARGET'}"
+        )
 
 
 def simulator_fingerprint() -> str:
@@ -177,7 +323,9 @@ def grader_metrics(
     detections: Sequence[Sequence[Detection]] | None,
     matches: Sequence[Sequence[int]] | None,
 ) -> dict[str, dict[str, Any]]:
-    """Per disease: metrics on true-box crops and (if detections) on matched detected crops."""
+    """Per disease: metrics on true-box crops and (if detections) on the detected crops:
+    `detected_boxes` on those matched to a true leaf, `all_detections` on every detected
+    crop, where a false detection (matched to no true leaf) counts as graded wrongly."""
     true_crops = [
         cut_crop(img, box) for img, bx in zip(data.images, data.boxes, strict=True) for box in bx
     ]
@@ -189,10 +337,10 @@ def grader_metrics(
             data.images, detections, matches, data.grades, strict=True
         ):
             for d, j in zip(found, m, strict=True):
-                if j >= 0:
-                    det_crops.append(cut_crop(img, (d.x0, d.y0, d.x1, d.y1)))
-                    det_grades.append(grades[j])
+                det_crops.append(cut_crop(img, (d.x0, d.y0, d.x1, d.y1)))
+                det_grades.append(grades[j] if j >= 0 else np.full(5, -1, np.int64))
     det_truth = np.array(det_grades, np.int64).reshape(-1, 5)
+    matched = det_truth[:, 0] >= 0
     results: dict[str, dict[str, Any]] = {}
     prepared: dict[tuple[int, int], tuple[Any, Any]] = {}
     for disease, (grader, card) in graders.items():
@@ -203,15 +351,35 @@ def grader_metrics(
         true_in, det_in = prepared[size]
         entry = {"true_boxes": grade_metrics(predict_grades(grader, true_in), true_grades[:, k])}
         if detections is not None:
-            entry["detected_boxes"] = grade_metrics(predict_grades(grader, det_in), det_truth[:, k])
+            predicted = predict_grades(grader, det_in)
+            entry["detected_boxes"] = grade_metrics(predicted[matched], det_truth[matched, k])
+            entry["all_detections"] = all_detections_metrics(predicted, det_truth[:, k])
         results[disease] = entry
     return results
 
 
+def all_detections_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Exact and within-one accuracy over every detected crop; `truth` -1 marks a false
+    detection, which is never right (it is graded although there is no leaf)."""
+    n = len(truth)
+    real = truth >= 0
+    exact = (predicted == truth) & real
+    within = (np.abs(predicted - truth) <= 1) & real
+    return {
+        "n": int(n),
+        "false_detections": int(n - real.sum()),
+        "exact": round(float(exact.mean()) if n else 0.0, 4),
+        "within_one": round(float(within.mean()) if n else 0.0, 4),
+    }
+
+
 def evaluate(
-    registry: ModelRegistry, data: Heldout, only: Sequence[str] | None = None
+    registry: ModelRegistry,
+    data: Heldout,
+    only: Sequence[str] | None = None,
+    detector_version: str | None = None,
 ) -> dict[str, Any]:
-    detector = load_detector(registry.detector())
+    detector = load_detector(detector_card(registry, detector_version), registry)
     detections = detect_leaves(data.images, detector, batch_size=32)
     det, matches = detector_metrics(detections, data)
     graders = {}
@@ -220,6 +388,21 @@ def evaluate(
             card = registry.grader_for(disease)
             graders[disease] = (load_grader(card), card)
     return {"detector": det, "graders": grader_metrics(graders, data, detections, matches)}
+
+
+def detector_card(registry: ModelRegistry, version: str | None = None) -> ModelCard:
+    """The active leaf detector's card, or that of `version`."""
+    if version is None:
+        return registry.detector()
+    return registry.card(DETECTOR_MODEL_ID, version)
+
+
+def evaluate_strata(
+    registry: ModelRegistry, strata: Stratified, detector_version: str | None = None
+) -> list[dict[str, Any]]:
+    detector = load_detector(detector_card(registry, detector_version), registry)
+    detections = detect_leaves(strata.data.images, detector, batch_size=32)
+    return stratum_table(detections, strata.data, strata.strata)
 
 
 def compare_bfloat16(registry: ModelRegistry, data: Heldout, device: str = "cpu") -> dict[str, Any]:
@@ -288,15 +471,21 @@ def print_report(report: dict[str, Any]) -> None:
         f"(IoU>={det['iou_threshold']}, mean IoU {det['mean_iou_of_matches']:.3f})"
     )
     print(
-        f"{'grader':<18}{'crops':>8}{'exact(det)':>12}{'within1(det)':>14}"
-        f"{'exact(true)':>13}{'within1(true)':>15}"
+        "graders: 'all' = every detected crop, a false detection counted as graded wrongly; "
+        "'matched' = detected crops matched to a true leaf; 'true' = true-box crops"
     )
+    print(
+        f"{'grader':<18}{'crops':>6}{'false':>6}{'exact(all)':>11}{'within1(all)':>13}"
+        f"{'exact(matched)':>15}{'exact(true)':>12}{'within1(true)':>14}"
+    )
+    missing = {"n": 0, "false_detections": 0, "exact": float("nan"), "within_one": float("nan")}
     for disease, entry in report["graders"].items():
         t = entry["true_boxes"]
-        d = entry.get("detected_boxes", {"n": 0, "exact": float("nan"), "within_one": float("nan")})
+        d = entry.get("detected_boxes", missing)
+        a = entry.get("all_detections", missing)
         print(
-            f"{disease + '_grader':<18}{d['n']:>8}{d['exact']:>12.4f}{d['within_one']:>14.4f}"
-            f"{t['exact']:>13.4f}{t['within_one']:>15.4f}"
+            f"{disease + '_grader':<18}{a['n']:>6}{a['false_detections']:>6}{a['exact']:>11.4f}"
+            f"{a['within_one']:>13.4f}{d['exact']:>15.4f}{t['exact']:>12.4f}{t['within_one']:>14.4f}"
         )
         for name, m in (("detected", d), ("true", t)):
             if "confusion_true_by_predicted" in m:
@@ -323,8 +512,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="measure float32 against bfloat16 and record it in <models>/" + PRECISION_RECORD,
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (--compare-bfloat16)")
+    parser.add_argument(
+        "--strata",
+        action="store_true",
+        help="the detector's F1 and leaf-count error per photo size, severity and leaf count",
+    )
+    parser.add_argument("--per-cell", type=int, default=STRATA_PER_CELL, help="with --strata")
+    parser.add_argument(
+        "--detector-version",
+        default=None,
+        help="evaluate this leaf_detector version instead of the active one",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.strata:
+        registry = ModelRegistry(args.models_dir)
+        strata = render_strata(STRATA_SEED, args.per_cell)
+        card = detector_card(registry, args.detector_version)
+        rows = evaluate_strata(registry, strata, args.detector_version)
+        print(
+            f"strata: simulator seed {STRATA_SEED}, {len(strata.strata)} photos "
+            f"({args.per_cell} per size x severity x leaf-count cell), "
+            f"{card.id} {card.version} ({time.perf_counter() - started:.0f} s)"
+        )
+        print_strata(rows, f"{card.id} {card.version}")
+        if args.json:
+            args.json.write_text(json.dumps({"detector": card.version, "strata": rows}, indent=2))
+        return 0
     data = render(args.seed, args.count)
     registry = ModelRegistry(args.models_dir)
     if args.compare_bfloat16:
@@ -351,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         write_json_atomic(path, stored)
         return 0
-    report = evaluate(registry, data)
+    report = evaluate(registry, data, detector_version=args.detector_version)
     current = simulator_fingerprint()
     for card in registry.active_cards().values():
         trained_on = card.training.get("simulator_source_sha256")

@@ -1,11 +1,21 @@
 """Train the leaf detector and the five disease graders on simulator images (CPU only).
 
     python models/train.py [--only leaf_detector|disease_3_grader|graders|all] [--seed N]
-                           [--version v1] [--threads 2] [--no-activate]
+                           [--version v1] [--threads 2] [--no-activate] [--out DIR]
+                           [--robust-images 800 | --plain-detector]
 
 Writes `models/<model_id>/<version>/{weights.pt,card.json}` (card with sha256, training
 description and held-out metrics) and makes the new versions active in `registry.json`.
+With `--out DIR` the folders go to `DIR/<model_id>/<version>/` instead, to be registered
+with `farm-platform models add DIR/<model_id>/<version>`.
 Training and held-out images come from different simulator seeds.
+
+The detector (from v2) also trains on `--robust-images` photos rendered at other sizes
+(128 to 640 px, scaled to its input as inference does, so lesions and spots are larger or
+smaller relative to the leaf) and half of them with every leaf at one severity grade, and
+every training photo gets sensor noise of a random strength, for 14 epochs.
+`--plain-detector` is v1's recipe (the 1,600 photos at 256 px, flips and transposition
+only, 10 epochs).
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import evaluate  # models/evaluate.py, beside this script (its folder is on sys.path)
@@ -62,9 +73,15 @@ DETECTOR_KWARGS = {
     "score_threshold": 0.3,
     "size_scale": 64.0,
 }
-DETECTOR_EPOCHS = 10
+DETECTOR_EPOCHS = 14  # v2; v1 (--plain-detector) had 10
+PLAIN_DETECTOR_EPOCHS = 10
 DETECTOR_BATCH = 16
 DETECTOR_LR = 3e-3
+ROBUST_SEED = 4000  # simulator seeds of the detector's extra photos (never held out)
+ROBUST_IMAGES = 800
+ROBUST_SIZES = (128, 192, 256, 384, 512, 640)  # photo sizes, scaled to IMAGE_SIZE
+NOISE_MAX = 8.0  # sensor noise std per training photo ~ U(0, NOISE_MAX) grey levels
+GAIN_STD = 0.08  # per-photo, per-channel gain ~ N(1, GAIN_STD)
 
 GRADER_SIZE = 48
 GRADER_KWARGS = {"input_size": GRADER_SIZE, "num_grades": 4, "width": 16}
@@ -94,11 +111,45 @@ def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, n
     return out
 
 
+def _render_robust_chunk(
+    args: tuple[int, int, int],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    from farm_platform.dev.simulate import MAX_GRADE, MAX_LEAVES
+    from farm_platform.ml.inference import scale_for_detector
+
+    seed, start, count = args
+    out = []
+    for i in range(start, start + count):
+        rng = np.random.default_rng((seed, 0x5CA1E, i))
+        size = int(rng.choice(ROBUST_SIZES))
+        severity = int(rng.integers(0, MAX_GRADE + 1)) if rng.random() < 0.5 else None
+        pixels, boxes, grades = evaluate.render_photo(
+            rng, int(rng.integers(0, MAX_LEAVES + 1)), size, severity
+        )
+        scaled = scale_for_detector([pixels], IMAGE_SIZE)[0]
+        out.append((scaled, (boxes * (IMAGE_SIZE / size)).astype(np.float32), grades))
+    return out
+
+
+def render_robust_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
+    """The detector's extra photos: sizes ROBUST_SIZES scaled to IMAGE_SIZE (boxes too),
+    half with every leaf at one severity grade 0..3 (`evaluate.render_photo`)."""
+    jobs = [(seed, s, min(CHUNK, count - s)) for s in range(0, count, CHUNK)]
+    return _render_in_two_processes(_render_robust_chunk, jobs)
+
+
 def render_training_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
     jobs = [(seed + i, min(CHUNK, count - i * CHUNK)) for i in range(math.ceil(count / CHUNK))]
+    return _render_in_two_processes(_render_chunk, jobs)
+
+
+def _render_in_two_processes(
+    render_chunk: Callable[[Any], list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    jobs: Sequence[Any],
+) -> tuple[np.ndarray, list, list]:
     images, boxes, grades = [], [], []
     with ProcessPoolExecutor(max_workers=2) as pool:
-        for chunk in pool.map(_render_chunk, jobs):
+        for chunk in pool.map(render_chunk, jobs):
             for image, b, g in chunk:
                 images.append(image)
                 boxes.append(b)
@@ -173,26 +224,36 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_detector(
-    images: np.ndarray, boxes: list[np.ndarray], seed: int
+    images: np.ndarray,
+    boxes: list[np.ndarray],
+    seed: int,
+    noise: bool = True,
+    epochs: int = DETECTOR_EPOCHS,
 ) -> tuple[LeafDetector, dict]:
     torch.manual_seed(seed)
     model = LeafDetector(**DETECTOR_KWARGS).to(memory_format=torch.channels_last)
     model.train()
     n = len(images)
-    steps = DETECTOR_EPOCHS * math.ceil(n / DETECTOR_BATCH)
+    steps = epochs * math.ceil(n / DETECTOR_BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=DETECTOR_LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, DETECTOR_LR, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     out = IMAGE_SIZE // model.stride
     started = time.perf_counter()
-    for epoch in range(DETECTOR_EPOCHS):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen).tolist()
         total = 0.0
         for start in range(0, n, DETECTOR_BATCH):
             idx = order[start : start + DETECTOR_BATCH]
             fx, fy, tr = (bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist())
             x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
-            x = _dihedral_images(x, fx, fy, tr).contiguous(memory_format=torch.channels_last)
+            x = _dihedral_images(x, fx, fy, tr)
+            if noise:
+                gain = 1 + GAIN_STD * torch.randn(len(idx), 3, 1, 1, generator=gen)
+                std = torch.rand(len(idx), 1, 1, 1, generator=gen) * (NOISE_MAX / 255.0)
+                grain = torch.randn(x.shape, generator=gen) * std
+                x = (x * gain + grain).clamp_(0, 1)
+            x = x.contiguous(memory_format=torch.channels_last)
             bxs = [_dihedral_boxes(boxes[i], fx, fy, tr, IMAGE_SIZE) for i in idx]
             heat_t, size_t, off_t, mask_t = detector_targets(
                 bxs, out, model.stride, model.size_scale
@@ -210,26 +271,32 @@ def train_detector(
             sched.step()
             total += loss.item() * len(idx)
         log(
-            f"detector epoch {epoch + 1}/{DETECTOR_EPOCHS} loss {total / n:.4f} "
+            f"detector epoch {epoch + 1}/{epochs} loss {total / n:.4f} "
             f"({time.perf_counter() - started:.0f} s)"
         )
     model.eval()
     return model, {
-        "epochs": DETECTOR_EPOCHS,
+        "epochs": epochs,
         "batch_size": DETECTOR_BATCH,
         "lr": DETECTOR_LR,
         "seconds": round(time.perf_counter() - started, 1),
-        "augmentation": "random flips and transposition (8 symmetries)",
+        "augmentation": "random flips and transposition (8 symmetries)"
+        + (
+            f"; per photo gain ~ N(1, {GAIN_STD}) per channel and sensor noise of std "
+            f"~ U(0, {NOISE_MAX}) grey levels"
+            if noise
+            else ""
+        ),
     }
 
 
 def _train_detector_job(
-    images: np.ndarray, boxes: list[np.ndarray], seed: int
+    images: np.ndarray, boxes: list[np.ndarray], seed: int, noise: bool, epochs: int
 ) -> tuple[dict[str, torch.Tensor], dict]:
     # Runs in a child process beside the grader training (see main).
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model, info = train_detector(images, boxes, seed)
+    model, info = train_detector(images, boxes, seed, noise, epochs)
     return {k: v.contiguous() for k, v in model.state_dict().items()}, info
 
 
@@ -331,8 +398,10 @@ def train_graders(
 # Writing
 
 
-def write_model(model: torch.nn.Module, card: dict[str, Any], version: str) -> ModelCard:
-    folder = MODELS_DIR / card["id"] / version
+def write_model(
+    model: torch.nn.Module, card: dict[str, Any], version: str, models_dir: Path = MODELS_DIR
+) -> ModelCard:
+    folder = models_dir / card["id"] / version
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / card["weights"]
     # Plain state_dict, loaded with weights_only=True.
@@ -390,7 +459,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write the model files without switching registry.json",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write <model_id>/<version>/ here (not activated), for `farm-platform models add`",
+    )
+    parser.add_argument(
+        "--robust-images",
+        type=int,
+        default=ROBUST_IMAGES,
+        help="the detector's extra photos at other sizes and severities (seed 4000)",
+    )
+    parser.add_argument(
+        "--plain-detector",
+        action="store_true",
+        help="v1's detector recipe: no extra photos, no noise or gain",
+    )
+    parser.add_argument(
+        "--detector-epochs",
+        type=int,
+        default=None,
+        help=f"default {DETECTOR_EPOCHS} ({PLAIN_DETECTOR_EPOCHS} with --plain-detector)",
+    )
     args = parser.parse_args(argv)
+    if args.plain_detector:
+        args.robust_images = 0
+    if args.detector_epochs is None:
+        args.detector_epochs = PLAIN_DETECTOR_EPOCHS if args.plain_detector else DETECTOR_EPOCHS
     grader_ids = [grader_model_id(d) for d in DISEASE_TYPES]
     if args.only == "all":
         targets = [DETECTOR_MODEL_ID, *grader_ids]
@@ -415,6 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"and {args.heldout_images} held-out images (seed {HELDOUT_SEED})"
     )
     images, boxes, grades = render_training_set(TRAIN_SEED, args.train_images)
+    detector_images, detector_boxes = images, boxes
+    if DETECTOR_MODEL_ID in targets and args.robust_images > 0:
+        extra_images, extra_boxes, _ = render_robust_set(ROBUST_SEED, args.robust_images)
+        detector_images = np.concatenate([images, extra_images])
+        detector_boxes = boxes + extra_boxes
     heldout = evaluate.render(HELDOUT_SEED, args.heldout_images)
     render_seconds = time.perf_counter() - t0
     n_chunks = math.ceil(args.train_images / CHUNK)
@@ -440,9 +541,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     detector_result: tuple[LeafDetector, dict] | None = None
     pool = ProcessPoolExecutor(max_workers=1) if side_by_side else None
     if pool is not None:
-        detector_job = pool.submit(_train_detector_job, images, boxes, args.seed)
+        detector_job = pool.submit(
+            _train_detector_job,
+            detector_images,
+            detector_boxes,
+            args.seed,
+            not args.plain_detector,
+            args.detector_epochs,
+        )
     elif DETECTOR_MODEL_ID in targets:
-        detector_result = train_detector(images, boxes, args.seed)
+        detector_result = train_detector(
+            detector_images,
+            detector_boxes,
+            args.seed,
+            not args.plain_detector,
+            args.detector_epochs,
+        )
     diseases = [d for d in DISEASE_TYPES if grader_model_id(d) in targets]
     if diseases:
         t = time.perf_counter()
@@ -486,6 +600,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         assert detector_result is not None
         card["training"] = {**data, **detector_result[1]}
+        if args.robust_images > 0:
+            card["training"]["robust_images"] = {
+                "count": args.robust_images,
+                "seed": ROBUST_SEED,
+                "sizes": list(ROBUST_SIZES),
+                "severity": "half with every leaf at one grade 0..3, half graded at random",
+                "how": "rendered at the size, scaled to image_size as inference does",
+            }
         written[DETECTOR_MODEL_ID] = (detector_result[0], card)
 
     # Held-out metrics of the new models (with the active detector for graders trained alone).
@@ -514,13 +636,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.print_report({"detector": det_metrics, "graders": g_metrics})
 
     total = round(time.perf_counter() - t0, 1)
+    out_dir = args.out or MODELS_DIR
     for model_id, (model, card) in written.items():
         card["training"]["total_run_seconds"] = total
         card["training"]["render_seconds"] = round(render_seconds, 1)
-        written_card = write_model(model, card, args.version)
-        size = registry.weights_path(written_card).stat().st_size
+        written_card = write_model(model, card, args.version, out_dir)
+        size = (out_dir / model_id / args.version / written_card.weights).stat().st_size
         log(f"wrote {model_id} {args.version}: {size / 1024:.0f} KiB, sha256 {written_card.sha256}")
-        if not args.no_activate:
+        if args.out is None and not args.no_activate:
             if not registry.registry_path.exists():
                 write_json_atomic(registry.registry_path, {"active": {}})
             registry.set_active(model_id, args.version)
