@@ -8,10 +8,42 @@
   the definition position_trajectories uses too), so a position missing on the group's
   first date (a partial first flight, a missed photo, a late joiner) still counts on every
   later date it was graded. first_date / days_since_start are the group's first date.
+
+  stored_baselines: position_day is position_trajectories, whose rows carry the baseline
+  already (first_date, change_from_first_day: own_first_day's columns); then only its rows
+  that `rows_filter` keeps are estimated (an incremental build's dates), and the group's
+  first date is still taken over all of its rows.
 #}
-{% macro treatment_effect_estimate(position_day, group_by) %}
+{% macro treatment_effect_estimate(position_day, group_by, stored_baselines=false, rows_filter='1 = 1') %}
 {%- set keys = group_by | join(', ') -%}
-with position_day as (
+with
+{%- if stored_baselines %}
+own_baseline as (
+    select
+        {{ keys }},
+        position_id,
+        area,
+        date,
+        first_date as position_first_date,
+        change_from_first_day
+    from {{ position_day }}
+    where {{ rows_filter }}
+),
+
+-- Each group of the rows kept, its first date over all of its rows (on PostgreSQL a lookup
+-- of position_trajectories' (disease_type, first_date) index per group, not a scan).
+trial_start as (
+    select
+        {{ keys }},
+        (
+            select min(every_row.first_date)
+            from {{ position_day }} as every_row
+            where 1 = 1 {{ same_group_columns('every_row', 'estimated', group_by) }}
+        ) as first_date
+    from (select distinct {{ keys }} from own_baseline) as estimated
+),
+{%- else %}
+position_day as (
     select {{ keys }}, position_id, area, date, mean_grade
     from {{ position_day }}
 ),
@@ -28,6 +60,7 @@ own_baseline as (
         {{ own_first_day(group_by + ['position_id']) }}
     from position_day
 ),
+{%- endif %}
 
 -- A position counts on every date after its own first graded date.
 changes as (
