@@ -45,10 +45,11 @@
 
 {#
   The dates treatment_effect rebuilds, after position_trajectories was built: the changed
-  days, the dates of the (position, disease) curves position_trajectories reset (first date
-  on or after the earliest changed day: their changes moved on every date), and every date
-  when a disease's first date (the trial's start, in first_date and days_since_start) moved.
-  Any other date has the same trajectory rows as before and the same trial start.
+  days and the dates of the (position, disease) curves position_trajectories reset (first
+  date on or after the earliest changed day: their changes moved on every date). Any other
+  date has the same trajectory rows as before. A disease's first date (the trial's start,
+  in first_date and days_since_start) moves only when the earliest changed day is on or
+  before it: then every curve of that disease was reset and all of its dates are here.
 #}
 {% macro effect_days_to_rebuild() %}
     {%- if not execute or not is_incremental() -%}
@@ -58,30 +59,11 @@
     {%- if changed | length == 0 -%}
         {{ return([]) }}
     {%- endif -%}
-    {%- set trajectories = ref('position_trajectories') -%}
-    {#- Per disease built so far, its first date now (a lookup of the (disease_type,
-        first_date) index on PostgreSQL, not a scan). -#}
-    {%- set moved -%}
-        select count(*)
-        from (
-            select disease_type, min(first_date) as first_date
-            from {{ this }}
-            group by disease_type
-        ) as built
-        where built.first_date is distinct from (
-            select min(trajectories.first_date)
-            from {{ trajectories }} as trajectories
-            where trajectories.disease_type = built.disease_type
-        )
-    {%- endset -%}
-    {%- if run_query(moved).columns[0].values()[0] > 0 -%}
-        {%- set reset = "select distinct cast(date as text) from " ~ trajectories -%}
-    {%- else -%}
-        {%- set reset = "select distinct cast(date as text) from " ~ trajectories
-            ~ " where first_date >= " ~ earliest_day_to_rebuild() -%}
-    {%- endif -%}
-    {%- set reset_days = run_query(reset).columns[0].values() | list -%}
-    {{ return((changed + reset_days) | unique | sort | list) }}
+    {%- set reset = run_query(
+        "select distinct cast(date as text) from " ~ ref('position_trajectories')
+        ~ " where first_date >= " ~ earliest_day_to_rebuild()
+    ).columns[0].values() | list -%}
+    {{ return((changed + reset) | unique | sort | list) }}
 {% endmacro %}
 
 {# "<column> in (date literals)", or a predicate that is false when nothing changed;

@@ -3,9 +3,8 @@
 -- baselines position_trajectories stores.
 --
 -- Incremental: a build replaces the dates effect_days_to_rebuild() names (the changed
--- days, every date of a curve position_trajectories reset, every date when a disease's
--- first date moved); a date's estimate depends only on that date's trajectory rows and on
--- the disease's first date.
+-- days and every date of a curve position_trajectories reset); a date's estimate depends
+-- only on that date's trajectory rows and on the disease's first date.
 {{ incremental_by_day(days_macro='effect_days_to_rebuild') }}
 {{ treatment_effect_estimate(
     ref('position_trajectories'),
