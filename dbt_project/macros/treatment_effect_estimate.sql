@@ -30,17 +30,12 @@ own_baseline as (
     where {{ rows_filter }}
 ),
 
--- Each group of the rows kept, its first date over all of its rows (on PostgreSQL a lookup
--- of position_trajectories' (disease_type, first_date) index per group, not a scan).
+-- Each group's first date over all of its rows, not only the kept ones. A scan and a
+-- group by: a correlated min() per group was evaluated per row on PostgreSQL (minutes).
 trial_start as (
-    select
-        {{ keys }},
-        (
-            select min(every_row.first_date)
-            from {{ position_day }} as every_row
-            where 1 = 1 {{ same_group_columns('every_row', 'estimated', group_by) }}
-        ) as first_date
-    from (select distinct {{ keys }} from own_baseline) as estimated
+    select {{ keys }}, min(first_date) as first_date
+    from {{ position_day }}
+    group by {{ keys }}
 ),
 {%- else %}
 position_day as (
