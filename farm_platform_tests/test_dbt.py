@@ -21,7 +21,7 @@ import math
 import shutil
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -929,25 +929,31 @@ INCREMENTAL_OUTPUTS = (
 LATE_PHOTO = ("T2", DAYS[0])  # uploaded two days late: T2's first graded day moves back
 
 
-def _stamped(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    """`frame` stamped now, as a run stamps the rows it writes."""
-    now = datetime.now(UTC)
-    return frame.with_columns(pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias(column))
+def _stamped(frame: pl.DataFrame, column: str, at: datetime) -> pl.DataFrame:
+    """`frame` stamped `at`, as a run stamps the rows it writes."""
+    return frame.with_columns(pl.lit(at, dtype=pl.Datetime("us", "UTC")).alias(column))
+
+
+def _day_photos(day: date) -> list[tuple[str, date]]:
+    """The photos of `day` the image runs write that morning (T2's first one comes late)."""
+    return [(p, day) for p in CONTROL + TREATED if photographed(p, day) and (p, day) != LATE_PHOTO]
 
 
 def _photo_rows(farm: Farm, photos: list[tuple[str, date]]) -> dict:
-    """The rows the image pipeline writes for `photos`, stamped with the run's time."""
+    """The rows the image pipeline writes for `photos`, stamped now: the time the run
+    starts grading them (it may commit them later)."""
+    now = datetime.now(UTC)
     keys = pl.DataFrame(
         {"position_id": [p for p, _ in photos], "date": [d for _, d in photos]},
         schema={"position_id": pl.String, "date": pl.Date},
     )
     return {
         "drone_images": _stamped(
-            farm.drone_images.join(keys, on=["position_id", "date"]), "ingested_at"
+            farm.drone_images.join(keys, on=["position_id", "date"]), "ingested_at", now
         ),
         "leaf_crops": farm.leaf_crops.join(keys, on=["position_id", "date"]),
         "disease_grades": _stamped(
-            farm.disease_grades.join(keys, on=["position_id", "date"]), "graded_at"
+            farm.disease_grades.join(keys, on=["position_id", "date"]), "graded_at", now
         ),
     }
 
@@ -1004,15 +1010,8 @@ def _changed_days(url: str) -> list[date]:
     )
 
 
-def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
-    """Write the farm morning by morning; yield after each morning its name and the dates
-    an incremental build must rebuild (None: every date)."""
-
-    def day_photos(day: date) -> list[tuple[str, date]]:
-        return [
-            (p, day) for p in CONTROL + TREATED if photographed(p, day) and (p, day) != LATE_PHOTO
-        ]
-
+def _empty_warehouse(url: str, farm: Farm) -> None:
+    """The warehouse's tables, the registry and no photo yet."""
     load_warehouse(
         url,
         farm.__class__(
@@ -1020,18 +1019,24 @@ def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
             *(f.clear() for f in (farm.drone_images, farm.leaf_crops, farm.disease_grades)),
         ),
     )
-    _write(url, _photo_rows(farm, day_photos(DAYS[0])))
+
+
+def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
+    """Write the farm morning by morning; yield after each morning its name and the dates
+    an incremental build must rebuild (None: every date)."""
+    _empty_warehouse(url, farm)
+    _write(url, _photo_rows(farm, _day_photos(DAYS[0])))
     yield "day 0 without T2's photo", None  # the first build: every date
     for index in (1, 2):
-        _write(url, _photo_rows(farm, day_photos(DAYS[index])))
+        _write(url, _photo_rows(farm, _day_photos(DAYS[index])))
         yield f"day {index}", {DAYS[index]}
     _write(url, _photo_rows(farm, [LATE_PHOTO]))
-    _write(url, _photo_rows(farm, day_photos(DAYS[3])))
+    _write(url, _photo_rows(farm, _day_photos(DAYS[3])))
     yield "day 3 and T2's late first photo of day 0", {DAYS[0], DAYS[3]}
 
     # Backfill of day 1: disease_0 re-graded with the same models (its rows replaced, one
     # grade lower on every leaf of the treated area, C0 now with three leaves instead of four).
-    day1 = _photo_rows(farm, day_photos(DAYS[1]))
+    day1 = _photo_rows(farm, _day_photos(DAYS[1]))
     grades = day1["disease_grades"].filter(
         (pl.col("disease_type") == "disease_0")
         & ~((pl.col("position_id") == "C0") & (pl.col("leaf_crop_idx") == 3))
@@ -1075,55 +1080,42 @@ def _incremental_project(farm: Farm, destination: Path) -> Path:
     return project
 
 
-def _check_incremental_equals_full_refresh(farm: Farm, project: Path, url: str, copy_url) -> None:
-    built_days: set[date] = set()
-    for when, expected_days in _mornings(farm, url):
-        build = dbt_build(project, url)
-        assert build.success, (when, sorted(build.failed()))
-        written = set(
-            WarehouseResource(url=url).query("SELECT DISTINCT date FROM disease_grades")["date"]
-        )
-        built_days |= written
-        assert set(_changed_days(url)) == (
-            built_days if expected_days is None else expected_days
-        ), when
-        full_url = copy_url(url)
-        if full_url is None:
-            continue
-        full = invoke_dbt_build(project, full_url, full_refresh=True)
-        assert full.success, (when, sorted(full.failed()))
-        assert set(_changed_days(full_url)) == built_days, when
-        _assert_same_outputs(_outputs(url), _outputs(full_url), when)
+def _assert_equals_a_full_refresh(project: Path, url: str, full_url: str, when: str) -> None:
+    """`dbt build --full-refresh` of `full_url` (a copy of `url`) gives every incremental
+    output of `url`, row for row."""
+    full = invoke_dbt_build(project, full_url, full_refresh=True)
+    assert full.success, (when, sorted(full.failed()))
+    _assert_same_outputs(_outputs(url), _outputs(full_url), when)
 
 
-def test_incremental_builds_equal_a_full_refresh_duckdb(farm: Farm, tmp_path: Path) -> None:
-    project = _incremental_project(farm, tmp_path / "project")
-    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+@contextlib.contextmanager
+def _warehouse_and_copy(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, Callable[[str], str]]]:
+    """An empty warehouse of `db` and a function that copies it, for a full refresh beside
+    the incremental one."""
+    if db == "duckdb":
 
-    def copy(url: str) -> str:
-        # The same warehouse in another file, for a full refresh beside the incremental one.
-        source = WarehouseResource(url=url).duckdb_path
-        target = tmp_path / "full_refresh.duckdb"
-        for suffix in ("", ".wal"):
-            target.with_name(target.name + suffix).unlink(missing_ok=True)
-            if source.with_name(source.name + suffix).exists():
-                shutil.copyfile(
-                    source.with_name(source.name + suffix), target.with_name(target.name + suffix)
-                )
-        return f"duckdb:///{target}"
+        def copy_duckdb(url: str) -> str:
+            source = WarehouseResource(url=url).duckdb_path
+            target = tmp_path / "full_refresh.duckdb"
+            for suffix in ("", ".wal"):
+                target.with_name(target.name + suffix).unlink(missing_ok=True)
+                if source.with_name(source.name + suffix).exists():
+                    shutil.copyfile(
+                        source.with_name(source.name + suffix),
+                        target.with_name(target.name + suffix),
+                    )
+            return f"duckdb:///{target}"
 
-    _check_incremental_equals_full_refresh(farm, project, url, copy)
-
-
-def test_incremental_builds_equal_a_full_refresh_postgres(
-    farm: Farm, tmp_path: Path, postgres_url: str
-) -> None:
+        yield f"duckdb:///{tmp_path / 'warehouse.duckdb'}", copy_duckdb
+        return
     import psycopg
 
-    project = _incremental_project(farm, tmp_path / "project")
+    postgres_url = request.getfixturevalue("postgres_url")
     base, _, _ = postgres_url.rpartition("/")
 
-    def copy(url: str) -> str:
+    def copy_postgres(url: str) -> str:
         # CREATE DATABASE … TEMPLATE copies the warehouse (no one else may be connected).
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute("DROP DATABASE IF EXISTS farm_full_refresh WITH (FORCE)")
@@ -1131,4 +1123,57 @@ def test_incremental_builds_equal_a_full_refresh_postgres(
         return f"{base}/farm_full_refresh"
 
     with fresh_postgres_database(postgres_url, "farm_incremental") as url:
-        _check_incremental_equals_full_refresh(farm, project, url, copy)
+        yield url, copy_postgres
+
+
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_incremental_builds_equal_a_full_refresh(
+    db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    project = _incremental_project(farm, tmp_path / "project")
+    built_days: set[date] = set()
+    with _warehouse_and_copy(db, tmp_path, request) as (url, copy_url):
+        for when, expected_days in _mornings(farm, url):
+            build = dbt_build(project, url)
+            assert build.success, (when, sorted(build.failed()))
+            written = set(
+                WarehouseResource(url=url).query("SELECT DISTINCT date FROM disease_grades")["date"]
+            )
+            built_days |= written
+            assert set(_changed_days(url)) == (
+                built_days if expected_days is None else expected_days
+            ), when
+            full_url = copy_url(url)
+            _assert_equals_a_full_refresh(project, url, full_url, when)
+            assert set(_changed_days(full_url)) == built_days, when
+
+
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_rows_committed_after_a_build_they_predate_are_rebuilt_next(
+    db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The late-commit margin. A run stamps its rows when it starts grading (t0) and commits
+    them later; a build that starts in between (t1 > t0) does not see them and becomes the
+    watermark, so the next build must take rows stamped before t1 again. Here a run grades
+    day 2 and T2's late first photo of day 0 (its whole curve moves) and commits after a
+    build: the next build rebuilds both dates and equals a full refresh. With the margin at
+    0 it rebuilds nothing and the marts lack day 2."""
+    project = dbt_project_copy(farm.positions, tmp_path / "project")  # the shipped margin
+    with _warehouse_and_copy(db, tmp_path, request) as (url, copy_url):
+        _empty_warehouse(url, farm)
+        _write(url, _photo_rows(farm, _day_photos(DAYS[0]) + _day_photos(DAYS[1])))
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+
+        uncommitted = _photo_rows(farm, _day_photos(DAYS[2]) + [LATE_PHOTO])  # stamped t0
+        stamped_at = uncommitted["disease_grades"]["graded_at"].max()
+        build = dbt_build(project, url)  # starts at t1, before the run commits
+        assert build.success, sorted(build.failed())
+        watermark = build.query("SELECT build_started_at FROM analytics_watermark").item()
+        assert watermark > stamped_at, "the build must start after the rows were stamped"
+        _write(url, uncommitted)
+
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        assert {DAYS[0], DAYS[2]} <= set(_changed_days(url))
+        _assert_equals_a_full_refresh(project, url, copy_url(url), "a commit after a build")

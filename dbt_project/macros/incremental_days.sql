@@ -43,9 +43,35 @@
     {%- endif -%}
 {% endmacro %}
 
-{# "<column> in (date literals)", or a predicate that is false when nothing changed. #}
-{% macro in_days_to_rebuild(column) %}
-    {%- set days = days_to_rebuild() -%}
+{#
+  The dates treatment_effect rebuilds, after position_trajectories was built: the changed
+  days and the dates of the (position, disease) curves position_trajectories reset (first
+  date on or after the earliest changed day: their changes moved on every date). Any other
+  date has the same trajectory rows as before. A disease's first date (the trial's start,
+  in first_date and days_since_start) moves only when the earliest changed day is on or
+  before it: then every curve of that disease was reset and all of its dates are here.
+#}
+{% macro effect_days_to_rebuild() %}
+    {%- if not execute or not is_incremental() -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {%- set changed = days_to_rebuild() -%}
+    {%- if changed | length == 0 -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {%- set reset = run_query(
+        "select distinct cast(date as text) from " ~ ref('position_trajectories')
+        ~ " where first_date >= " ~ earliest_day_to_rebuild()
+    ).columns[0].values() | list -%}
+    {{ return((changed + reset) | unique | sort | list) }}
+{% endmacro %}
+
+{# "<column> in (date literals)", or a predicate that is false when nothing changed;
+   `days`: the dates (days_to_rebuild() by default). #}
+{% macro in_days_to_rebuild(column, days=none) %}
+    {%- if days is none -%}
+        {%- set days = days_to_rebuild() -%}
+    {%- endif -%}
     {%- if days | length == 0 -%}
         1 = 0
     {%- else -%}
@@ -54,14 +80,16 @@
 {% endmacro %}
 
 {#
-  Pre-hook of an incremental model: delete the rows of the dates to rebuild (and, with
-  `reset_column`, every row whose baseline date in that column is one of them or later), so that a date whose new slice is empty (every photo of it held back, or
-  re-graded to no leaves) leaves no stale rows behind; the model then appends the new slice.
-  dbt's delete+insert only deletes the keys present in the new slice, hence this hook.
+  Pre-hook of an incremental model: delete the rows of the dates to rebuild (`days`, by
+  default days_to_rebuild(); and, with `reset_column`, every row whose baseline date in that
+  column is one of them or later), so that a date whose new slice is empty (every photo of
+  it held back, or re-graded to no leaves) leaves no stale rows behind; the model then
+  appends the new slice. dbt's delete+insert only deletes the keys present in the new
+  slice, hence this hook.
 #}
-{% macro delete_days_to_rebuild(reset_column=none) %}
+{% macro delete_days_to_rebuild(reset_column=none, days=none) %}
     {%- if is_incremental() -%}
-        delete from {{ this }} where {{ in_days_to_rebuild('date') }}
+        delete from {{ this }} where {{ in_days_to_rebuild('date', days) }}
         {%- if reset_column %} or {{ reset_column }} >= {{ earliest_day_to_rebuild() }}{% endif %}
     {%- else -%}
         select 1
@@ -69,9 +97,9 @@
 {% endmacro %}
 
 {# The slice an incremental model reads: its changed days, or everything on a full build. #}
-{% macro changed_days_filter(column) %}
+{% macro changed_days_filter(column, days=none) %}
     {%- if is_incremental() -%}
-        {{ in_days_to_rebuild(column) }}
+        {{ in_days_to_rebuild(column, days) }}
     {%- else -%}
         1 = 1
     {%- endif -%}
@@ -114,12 +142,15 @@
   The configuration of a model incremental by day: `{{ incremental_by_day() }}` at its top.
   Appends the new slice after the pre-hook deleted the rows it replaces (append and hooks
   work the same on dbt-duckdb and dbt-postgres). The ref() records the dependency on
-  int_changed_days at parse time.
+  int_changed_days at parse time. `days_macro`: the name of a macro that lists the dates
+  to rebuild instead of days_to_rebuild() (the model filters its slice on the same list).
 #}
-{% macro incremental_by_day(reset_column=none) %}
+{% macro incremental_by_day(reset_column=none, days_macro=none) %}
     {%- do ref('int_changed_days') -%}
     {%- if reset_column -%}
         {%- set hook = "{{ delete_days_to_rebuild(reset_column='" ~ reset_column ~ "') }}" -%}
+    {%- elif days_macro -%}
+        {%- set hook = "{{ delete_days_to_rebuild(days=" ~ days_macro ~ "()) }}" -%}
     {%- else -%}
         {%- set hook = "{{ delete_days_to_rebuild() }}" -%}
     {%- endif -%}

@@ -8,10 +8,37 @@
   the definition position_trajectories uses too), so a position missing on the group's
   first date (a partial first flight, a missed photo, a late joiner) still counts on every
   later date it was graded. first_date / days_since_start are the group's first date.
+
+  stored_baselines: position_day is position_trajectories, whose rows carry the baseline
+  already (first_date, change_from_first_day: own_first_day's columns); then only its rows
+  that `rows_filter` keeps are estimated (an incremental build's dates), and the group's
+  first date is still taken over all of its rows.
 #}
-{% macro treatment_effect_estimate(position_day, group_by) %}
+{% macro treatment_effect_estimate(position_day, group_by, stored_baselines=false, rows_filter='1 = 1') %}
 {%- set keys = group_by | join(', ') -%}
-with position_day as (
+with
+{%- if stored_baselines %}
+own_baseline as (
+    select
+        {{ keys }},
+        position_id,
+        area,
+        date,
+        first_date as position_first_date,
+        change_from_first_day
+    from {{ position_day }}
+    where {{ rows_filter }}
+),
+
+-- Each group's first date over all of its rows, not only the kept ones. A scan and a
+-- group by: a correlated min() per group was evaluated per row on PostgreSQL (minutes).
+trial_start as (
+    select {{ keys }}, min(first_date) as first_date
+    from {{ position_day }}
+    group by {{ keys }}
+),
+{%- else %}
+position_day as (
     select {{ keys }}, position_id, area, date, mean_grade
     from {{ position_day }}
 ),
@@ -28,6 +55,7 @@ own_baseline as (
         {{ own_first_day(group_by + ['position_id']) }}
     from position_day
 ),
+{%- endif %}
 
 -- A position counts on every date after its own first graded date.
 changes as (

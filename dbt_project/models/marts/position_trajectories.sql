@@ -9,6 +9,9 @@
 -- after the change or on/after it both times, so the old rows' first_date tells which
 -- pairs to delete and the new one which to insert.
 {{ incremental_by_day(reset_column='first_date') }}
+-- PostgreSQL: the rows of the dates treatment_effect rebuilds and the curves reset since a
+-- date (effect_days_to_rebuild), without scanning the table.
+{{ config(indexes=[{'columns': ['date']}, {'columns': ['first_date']}]) }}
 with position_day as (
     -- The active grader version's rows: the grades stg_active_disease_grades keeps.
     select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade

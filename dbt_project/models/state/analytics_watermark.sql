@@ -6,6 +6,7 @@
 -- depends_on: {{ ref('coverage') }}
 -- depends_on: {{ ref('int_position_day_by_version') }}
 -- depends_on: {{ ref('position_trajectories') }}
+-- depends_on: {{ ref('treatment_effect') }}
 -- depends_on: {{ ref('int_version_pairs_by_day') }}
 {{ config(materialized='table') }}
 select * from {{ ref('int_source_state') }}
