@@ -179,9 +179,7 @@ def stratum_table(
         idx = groups[(dimension, value)]
         tp, fp, fn = (sum(per_photo[i][k] for i in idx) for k in range(3))
         errors = np.array([per_photo[i][3] for i in idx], np.float64)
-        precision = tp / max(tp + fp, 1)
-        recall = tp / max(tp + fn, 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-9) if tp + fp + fn else 1.0
+        f1 = detection_scores(tp, fp, fn)[2] if tp + fp + fn else 1.0
         row = {
             "stratum": dimension,
             "value": value,
@@ -258,6 +256,13 @@ def match(pred: np.ndarray, truth: np.ndarray, threshold: float = IOU_THRESHOLD)
     return result
 
 
+def detection_scores(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 from counts of true and false detections and missed leaves."""
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+
+
 def detector_metrics(
     detections: Sequence[Sequence[Detection]], data: Heldout
 ) -> tuple[dict[str, Any], list[list[int]]]:
@@ -274,9 +279,7 @@ def detector_metrics(
         fn += len(truth) - len(hit)
         full = iou_matrix(pred, truth)
         ious.extend(full[i, j] for i, j in enumerate(m) if j >= 0)
-    precision = tp / max(tp + fp, 1)
-    recall = tp / max(tp + fn, 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+    precision, recall, f1 = detection_scores(tp, fp, fn)
     metrics = {
         "iou_threshold": IOU_THRESHOLD,
         "images": len(data.images),
