@@ -60,9 +60,14 @@ def start_model_server(
     return process
 
 
-def oip_environment(grpc_url: str) -> dict[str, str]:
-    """What a pipeline process needs to infer on the server at `grpc_url`."""
-    return {FARM_INFERENCE: "oip", FARM_OIP_URL: grpc_url}
+def grpc_url(grpc_port: int) -> str:
+    """The FARM_OIP_URL of a local server's gRPC port (gRPC carries the data)."""
+    return f"grpc://127.0.0.1:{grpc_port}"
+
+
+def oip_environment(url: str) -> dict[str, str]:
+    """What a pipeline process needs to infer on the server at `url`."""
+    return {FARM_INFERENCE: "oip", FARM_OIP_URL: url}
 
 
 @dataclass
@@ -83,7 +88,7 @@ class ModelServerProcess:
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
+        return grpc_url(self.grpc_port)
 
     def environment(self) -> dict[str, str]:
         return oip_environment(self.grpc_url)

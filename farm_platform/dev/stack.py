@@ -40,7 +40,7 @@ from farm_platform.dev.emulators import (
     start_gcs_emulator,
     start_pubsub_emulator,
 )
-from farm_platform.dev.model_server import oip_environment, start_model_server
+from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform.dev.processes import free_port, pid_alive, stop_pids, terminate
 
 STATE_FILE = "stack.json"
@@ -125,7 +125,7 @@ def _info_from_state(state: dict[str, Any], state_dir: Path) -> StackInfo:
         pubsub_host=state["pubsub_host"],
         storage_host=state["storage_host"],
         state_dir=state_dir,
-        oip_url=f"grpc://127.0.0.1:{grpc_port}" if grpc_port else None,
+        oip_url=grpc_url(int(grpc_port)) if grpc_port else None,
     )
 
 
@@ -151,8 +151,11 @@ def _live_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
 
 
 def _dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
+    """The stack's processes that do not run: an emulator dead or never recorded, the model
+    server if the stack has one and it died."""
     live = _live_processes(state, state_dir)
-    return [key for key in _PROCESS_KEYS if key in state and key not in live]
+    expected = [*_EMULATOR_PIDS, *(["model_server_pid"] if "model_server_pid" in state else [])]
+    return [key for key in expected if key not in live]
 
 
 def load_stack(state_dir: Path | None = None) -> StackInfo:
@@ -165,10 +168,10 @@ def load_stack(state_dir: Path | None = None) -> StackInfo:
             "start one with `farm-platform stack up`."
         )
     dead = _dead_processes(state, state_dir)
-    if dead or not all(key in state for key in _EMULATOR_PIDS):
+    if dead:
         raise StackError(
             f"The local stack recorded in {state_dir / STATE_FILE} is not running "
-            f"({', '.join(dead) or 'an emulator'} gone; logs in {state_dir}). "
+            f"({', '.join(dead)} gone; logs in {state_dir}). "
             "Run `farm-platform stack up` to repair it, or `farm-platform stack down` first "
             "to start afresh."
         )
@@ -303,7 +306,7 @@ def restart_dead_emulators(
 def _repair(state: dict[str, Any], state_dir: Path) -> None:
     """Restart whatever part of the recorded stack died, in place; nothing if all runs."""
     dead = _dead_processes(state, state_dir)
-    if not dead and all(key in state for key in _EMULATOR_PIDS):
+    if not dead:
         return
     info = _info_from_state(state, state_dir)
     pubsub, gcs = restart_dead_emulators(
@@ -434,7 +437,7 @@ class LocalStack:
                 )
                 self._procs.append(proc)
                 self._record_owner()
-                info = replace(info, oip_url=f"grpc://127.0.0.1:{grpc_port}")
+                info = replace(info, oip_url=grpc_url(grpc_port))
         except BaseException:
             self.stop()
             raise
