@@ -138,8 +138,13 @@ def test_interval_covers_the_population_effect_and_finds_healing(tmp_path):
     result = reported_vs_true_effect(config, tmp_path)
     estimand = population_effect(config.effect, config.days)[-1]
     assert result.height == 5
-    for row in result.iter_rows(named=True):
-        assert row["ci_low"] <= estimand <= row["ci_high"], (row, estimand)
+    # One farm, five 95 % intervals: a single miss is ordinary (about 1 farm in 5 has one),
+    # two or more happen on about 2 % of farms. Coverage itself is measured over many farms
+    # in benchmarks/effect_recovery.py.
+    rows = list(result.iter_rows(named=True))
+    missed = [row for row in rows if not row["ci_low"] <= estimand <= row["ci_high"]]
+    assert len(missed) <= 1, (missed, estimand)
+    for row in rows:
         assert row["effect"] < 0, row  # treated leaves heal faster
     assert result["significant"].sum() >= 3
 
