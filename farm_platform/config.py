@@ -7,9 +7,11 @@ CLI command can set the environment first). README's "Configuration" table lists
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 # The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
@@ -313,3 +315,17 @@ def bucket_url(value: str) -> str:
             "buckets are supported"
         )
     return value
+
+
+@contextlib.contextmanager
+def process_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in this process's environment until the block ends; then the environment
+    as it was (a command run in-process, as tests run it, must not leak its stack's
+    settings into the next caller)."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

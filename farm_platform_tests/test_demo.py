@@ -26,12 +26,16 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(
         pytest.importorskip("kserve")
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "demo"
+    environment_before = dict(os.environ)
     try:
         code = run_demo(
             FarmConfig(positions=4, days=2, seed=5), workdir, keep=True, model_server=model_server
         )
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
+        # Run in-process, the demo leaves the caller's environment as it found it: its
+        # stack's settings (a model server's FARM_INFERENCE above all) must not leak.
+        assert dict(os.environ) == environment_before
         lines = out.splitlines()
         heading = next(i for i, line in enumerate(lines) if line.endswith("on this demo with:"))
         printed = lines[heading + 1].strip()

@@ -13,7 +13,6 @@ DuckDB paths are read by `config.duckdb_path`, as `WarehouseResource` reads them
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from farm_platform.config import REPO_ROOT, duckdb_path
+from farm_platform.config import REPO_ROOT, duckdb_path, process_environment
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 # profiles.yml lives in the project directory.
@@ -110,13 +109,8 @@ def _postgres_environment(url: str) -> dict[str, str]:
 def dbt_connection(warehouse_url: str) -> Iterator[None]:
     """The process environment that `profiles.yml` reads, for the duration of a dbt call;
     the environment as it was afterwards."""
-    saved = dict(os.environ)
-    os.environ.update(dbt_environment(warehouse_url))
-    try:
+    with process_environment(dbt_environment(warehouse_url)):
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def dbt_project_copy(positions: Path | Any, destination: Path) -> Path:

@@ -31,6 +31,7 @@ from farm_platform.config import (
     FARM_REPORTS,
     FARM_WAREHOUSE,
     WORKSPACE_FILE,
+    process_environment,
 )
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.resources.field_map import read_field_map
@@ -88,7 +89,7 @@ def run_demo(
             # On disk, so the report outlives the emulated bucket.
             FARM_REPORTS: str(workdir / "reports"),
         }
-        os.environ.update(environment)
+        cleanup.enter_context(process_environment(environment))
         print(
             f"[demo] simulating {config.positions} positions × {config.days} days "
             f"(seed {config.seed}, true effect {config.effect}/day) into {stack.bucket_url()}"
