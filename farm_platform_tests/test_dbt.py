@@ -1177,3 +1177,42 @@ def test_rows_committed_after_a_build_they_predate_are_rebuilt_next(
         assert build.success, sorted(build.failed())
         assert {DAYS[0], DAYS[2]} <= set(_changed_days(url))
         _assert_equals_a_full_refresh(project, url, copy_url(url), "a commit after a build")
+
+
+def test_a_partial_build_leaves_the_watermark_for_the_models_it_left_out(
+    farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A build of some incremental models (a `--select`, a subset materialized in the UI)
+    that includes analytics_watermark must not advance it: the models it left out would
+    then never rebuild the days that changed. The next complete build takes them and
+    equals a full refresh."""
+    project = _incremental_project(farm, tmp_path / "project")
+    subset = ["+daily_severity", "+coverage", "analytics_watermark"]
+
+    with _warehouse_and_copy("duckdb", tmp_path, request) as (url, copy_url):
+
+        def watermark() -> pl.DataFrame:
+            return WarehouseResource(url=url).query("SELECT * FROM analytics_watermark")
+
+        _empty_warehouse(url, farm)
+        _write(url, _photo_rows(farm, _day_photos(DAYS[0])))
+        partial = invoke_dbt_build(project, url, select=subset)
+        assert partial.success, sorted(partial.failed())
+        assert watermark().is_empty()  # no complete build yet
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        assert set(_changed_days(url)) == {DAYS[0]}
+        after_complete = watermark()
+        assert after_complete.height == 1
+
+        _write(url, _photo_rows(farm, _day_photos(DAYS[1])))
+        partial = invoke_dbt_build(project, url, select=subset)
+        assert partial.success, sorted(partial.failed())
+        assert_frame_equal(watermark(), after_complete)
+
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        assert set(_changed_days(url)) == {DAYS[1]}
+        assert watermark()["build_started_at"].item() > after_complete["build_started_at"].item()
+        when = "a partial build, then a complete one"
+        _assert_equals_a_full_refresh(project, url, copy_url(url), when)

@@ -14,6 +14,7 @@ import pytest
 from farm_platform.dev.demo import run_demo
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.dev.stack import load_stack, stack_down
+from farm_platform.resources.warehouse import WarehouseResource
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,10 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(
         )
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
+        # The report run's dbt build was complete (every model selected), so it advanced
+        # the watermark the next morning's build starts from.
+        warehouse = WarehouseResource(url=f"duckdb:///{workdir / 'warehouse.duckdb'}")
+        assert warehouse.query("SELECT count(*) AS n FROM analytics_watermark")["n"].item() == 1
         # Run in-process, the demo leaves the caller's environment as it found it: its
         # stack's settings (a model server's FARM_INFERENCE above all) must not leak.
         assert dict(os.environ) == environment_before

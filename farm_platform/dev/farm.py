@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,11 +158,15 @@ class DbtBuildOutcome:
 
 
 def invoke_dbt_build(
-    project_dir: Path, warehouse_url: str, full_refresh: bool = False
+    project_dir: Path,
+    warehouse_url: str,
+    full_refresh: bool = False,
+    select: Sequence[str] = (),
 ) -> DbtBuildOutcome:
     """`dbt build` of `project_dir` against the warehouse, every node's status; raises only
     when dbt itself could not run (not when a model or test fails). The incremental models
-    take only the changed days unless `full_refresh` (`dbt build --full-refresh`)."""
+    take only the changed days unless `full_refresh` (`dbt build --full-refresh`); `select`
+    builds only those nodes (`dbt build --select …`)."""
     from dbt.cli.main import dbtRunner
 
     with dbt_connection(warehouse_url):
@@ -178,6 +183,7 @@ def invoke_dbt_build(
                 "--log-path",
                 str(project_dir / "logs"),
                 *(["--full-refresh"] if full_refresh else []),
+                *(["--select", *select] if select else []),
             ]
         )
     if outcome.exception is not None:
