@@ -1179,8 +1179,9 @@ def test_rows_committed_after_a_build_they_predate_are_rebuilt_next(
         _assert_equals_a_full_refresh(project, url, copy_url(url), "a commit after a build")
 
 
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
 def test_a_partial_build_leaves_the_watermark_for_the_models_it_left_out(
-    farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
+    db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A build of some incremental models (a `--select`, a subset materialized in the UI)
     that includes analytics_watermark must not advance it: the models it left out would
@@ -1189,7 +1190,7 @@ def test_a_partial_build_leaves_the_watermark_for_the_models_it_left_out(
     project = _incremental_project(farm, tmp_path / "project")
     subset = ["+daily_severity", "+coverage", "analytics_watermark"]
 
-    with _warehouse_and_copy("duckdb", tmp_path, request) as (url, copy_url):
+    with _warehouse_and_copy(db, tmp_path, request) as (url, copy_url):
 
         def watermark() -> pl.DataFrame:
             return WarehouseResource(url=url).query("SELECT * FROM analytics_watermark")
