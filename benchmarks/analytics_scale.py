@@ -385,7 +385,7 @@ def warehouse_url(db: str, workdir: Path, days: int) -> Iterator[str]:
         finally:
             path.unlink(missing_ok=True)
         return
-    from conftest import postgres_server
+    from farm_platform.dev.postgres import postgres_server
 
     with postgres_server(POSTGRES_SETTINGS) as url:
         yield url

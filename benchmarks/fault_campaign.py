@@ -43,6 +43,7 @@ from farm_platform.dev.stack import LocalStack
 from farm_platform.images.sensors import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map
+from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 DAY = dt.date(2026, 11, 20)
@@ -194,7 +195,8 @@ def fault_restart_pubsub(campaign: Campaign, instance: DagsterInstance) -> None:
     campaign.local_stack.recover()
     campaign.subscribe_to_dead_letters()
     positions = [f"P{i:03d}" for i in range(campaign.photos)]
-    reconcile(bucket, campaign.warehouse, positions, DAY, DAY, [])
+    pubsub = PubSubResource(project=campaign.stack.project)
+    reconcile(bucket, campaign.warehouse, positions, DAY, DAY, [], instance, pubsub)
 
 
 def fault_lock_warehouse(campaign: Campaign, instance: DagsterInstance) -> None:

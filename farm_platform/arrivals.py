@@ -10,8 +10,10 @@ with the trial, not with the sensor cursor, and it is the de-duplication state:
 - `confirm`: on the next tick the cursor that Dagster stored with the run request proves
   the run is recorded; only then are the held messages acknowledged. Claims of a tick that
   died before Dagster stored it are released and claimed again.
-- `requeue`: the photos of a failed run go back to pending (bounded attempts), so
-  de-duplication never hides a photo whose rows are missing.
+- `requeue_run`: the photos of a failed run go back to pending (bounded attempts, then
+  dead-lettered), so de-duplication never hides a photo whose rows are missing.
+- `stranded`: photos handed to a stored run that never ingested them; `reconcile` puts
+  those of finished runs back with `requeue_run`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Requeued:
+    """What became of a failed run's photos."""
+
+    pending: int  # back in the queue: the sensor hands them to a new run
+    dead_lettered: int  # out of attempts
+
+
+@dataclass(frozen=True)
 class HeldMessage:
     """The message that announced a photo, for dead-lettering it."""
 
@@ -68,6 +78,10 @@ class HeldMessage:
     generation: str
     message_id: str | None
     published_at: dt.datetime | None
+
+
+# Run keys of the sensor's runs; a failed run with another key has no claimed photos.
+PHOTO_RUN_KEY_PREFIX = "photos-"
 
 
 def _in(values: Sequence[object]) -> str:
@@ -220,13 +234,13 @@ class ArrivalQueue:
 
     # ------------------------------------------------------------------ runs
 
-    def requeue(self, run_key: str, max_attempts: int) -> tuple[int, pl.DataFrame]:
-        """Put the photos of a failed run back to pending; those that already had
-        `max_attempts` are returned instead (position_id, date, generation, …) and stay
-        handed to the failed run."""
+    def requeue_run(self, run_key: str, max_attempts: int, pubsub: Any, failure: str) -> Requeued:
+        """Put the photos claimed by a failed run back to pending; those that already had
+        `max_attempts` runs are dead-lettered with `failure` and forgotten. Idempotent: a
+        second call for the same run finds nothing claimed by it."""
         claimed = self._query("SELECT * FROM image_arrivals WHERE run_key = %s", [run_key])
         if not claimed.height:
-            return 0, claimed
+            return Requeued(0, 0)
         exhausted = claimed.filter(pl.col("attempts") >= max_attempts)
         self.warehouse.execute(
             [
@@ -237,7 +251,9 @@ class ArrivalQueue:
                 )
             ]
         )
-        return claimed.height - exhausted.height, exhausted
+        if exhausted.height:
+            self.give_up(exhausted, pubsub, f"photo failed in {max_attempts} runs; last: {failure}")
+        return Requeued(claimed.height - exhausted.height, exhausted.height)
 
     def give_up(self, arrivals: pl.DataFrame, pubsub: Any, error: str) -> None:
         """Dead-letter the announcing messages of `arrivals` (rows of image_arrivals), then
@@ -261,6 +277,22 @@ class ArrivalQueue:
                 )
                 for row in arrivals.iter_rows(named=True)
             ]
+        )
+
+    def stranded(self, start: dt.date, end: dt.date) -> pl.DataFrame:
+        """Photos of the days handed to a run that Dagster stored, which never ingested them:
+        no `drone_images` row at their generation and no newer announcement of the photo.
+        Columns position_id, date, generation, run_key. Whether their run is still going is
+        the Dagster instance's to say."""
+        return self._query(
+            "SELECT a.position_id, a.date, a.generation, a.run_key FROM image_arrivals AS a"
+            " WHERE a.requested_at IS NOT NULL AND a.date BETWEEN %s AND %s"
+            " AND NOT EXISTS (SELECT 1 FROM drone_images AS i WHERE i.position_id ="
+            " a.position_id AND i.date = a.date AND i.generation = a.generation)"
+            " AND NOT EXISTS (SELECT 1 FROM image_arrivals AS n WHERE n.position_id ="
+            " a.position_id AND n.date = a.date AND n.received_at > a.received_at)"
+            " ORDER BY a.date, a.position_id",
+            [start, end],
         )
 
     def recorded_positions(self, date: dt.date) -> list[str]:
@@ -312,7 +344,7 @@ def _run_key(date: dt.date, positions: Sequence[str], now: dt.datetime) -> str:
     digest = hashlib.sha1(
         "\n".join([date.isoformat(), now.isoformat(), *positions]).encode()
     ).hexdigest()
-    return f"photos-{date.isoformat()}-{digest[:16]}"
+    return f"{PHOTO_RUN_KEY_PREFIX}{date.isoformat()}-{digest[:16]}"
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -189,6 +189,11 @@ def webserver_url() -> str:
     return os.environ.get(DAGSTER_WEBSERVER_URL) or DEFAULT_WEBSERVER_URL
 
 
+def max_photo_attempts() -> int:
+    """Runs a photo gets before its message is dead-lettered."""
+    return int(env_number(FARM_MAX_PHOTO_ATTEMPTS, DEFAULT_MAX_PHOTO_ATTEMPTS))
+
+
 def max_severity_jump() -> float:
     return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
 

@@ -12,26 +12,18 @@
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.postgres import postgres_server
 from farm_platform.dev.stack import LocalStack, StackInfo
 
 # --------------------------------------------------------------------------- code locations
@@ -108,174 +100,12 @@ def fresh_subscription(local_stack: StackInfo, subscriber: Any) -> Iterator[Subs
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-_PG_PREFIX = "farm-pg-"
-_PG_SUPERUSER = "farm"
-
-
-def _postgres_bin_dir() -> Path | None:
-    override = os.environ.get("FARM_PG_BIN")
-    candidates = [override] if override else []
-    # Newest installed major version first; Debian keeps each under its own directory.
-    candidates += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"),
-        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        candidates.append(str(Path(on_path).parent))
-    for candidate in candidates:
-        if candidate and all((Path(candidate) / b).exists() for b in ("initdb", "pg_ctl")):
-            return Path(candidate)
-    return None
-
-
-def _unprivileged_user() -> pwd.struct_passwd | None:
-    """PostgreSQL refuses to run as root; pick an account to run it as (None: we are not root)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    pytest.fail(
-        "Running as root and neither a `postgres` nor a `nobody` user exists to run "
-        "PostgreSQL as; create one (`useradd --system postgres`)."
-    )
-
-
-def _run_as(
-    user: pwd.struct_passwd | None, args: list[str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    extra: dict[str, Any] = {}
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
-    if user is not None:
-        extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        env["HOME"] = str(cwd)
-    return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **extra
-    )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_orphaned_postgres() -> None:
-    """Stop servers and remove data dirs left by earlier sessions that died uncleanly."""
-    for base in Path(tempfile.gettempdir()).glob(_PG_PREFIX + "*"):
-        try:
-            owner_pid = int(json.loads((base / "owner.json").read_text())["owner_pid"])
-        except (OSError, ValueError, KeyError):
-            with contextlib.suppress(OSError):
-                if time.time() - base.stat().st_mtime > 600:
-                    shutil.rmtree(base, ignore_errors=True)
-            continue
-        if _alive(owner_pid):
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            postmaster = int((base / "data" / "postmaster.pid").read_text().split()[0])
-            cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes()
-            if str(base).encode() in cmdline:
-                os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server with a `farm` database; trust auth on 127.0.0.1 only."""
     with postgres_server() as url:
         yield url
-
-
-@contextlib.contextmanager
-def postgres_server(settings: str = "") -> Iterator[str]:
-    """A throwaway PostgreSQL server with a `farm` database, stopped and removed on exit;
-    `settings`: extra `-c name=value` server options. Also used outside pytest
-    (benchmarks/analytics_scale.py)."""
-    import psycopg
-
-    bin_dir = _postgres_bin_dir()
-    if bin_dir is None:
-        pytest.fail(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin "
-            "or on PATH. Install them (`apt-get install postgresql-15`) or set FARM_PG_BIN to "
-            "their directory."
-        )
-    _sweep_orphaned_postgres()
-    user = _unprivileged_user()
-    # Not under pytest's tmp dirs: those are 0700 root and the postgres user cannot enter them.
-    base = Path(tempfile.mkdtemp(prefix=_PG_PREFIX)).resolve()
-    (base / "owner.json").write_text(json.dumps({"owner_pid": os.getpid()}))
-    if user is not None:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    data = base / "data"
-    log = base / "postgres.log"
-    pg_ctl = str(bin_dir / "pg_ctl")
-    started = False
-    try:
-        result = _run_as(
-            user,
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                _PG_SUPERUSER,
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-            cwd=base,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"initdb failed:\n{result.stdout}\n{result.stderr}")
-        port = 0
-        for _attempt in range(3):
-            port = _free_port()
-            # Durability is pointless for a throwaway test server; speed is not.
-            options = (
-                f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off {settings}"
-            )
-            result = _run_as(
-                user,
-                [pg_ctl, "start", "-w", "-t", "60", "-D", str(data), "-l", str(log), "-o", options],
-                cwd=base,
-                timeout=90,
-            )
-            if result.returncode == 0:
-                started = True
-                break
-            # A port picked free can be taken before postgres binds it: try another.
-            if "already in use" not in log.read_text(errors="replace"):
-                break
-        if not started:
-            pytest.fail(
-                f"PostgreSQL did not start:\n{result.stdout}\n{result.stderr}\n"
-                f"{log.read_text(errors='replace')[-3000:]}"
-            )
-        admin_url = f"postgresql://{_PG_SUPERUSER}@127.0.0.1:{port}/postgres"
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute("CREATE DATABASE farm")
-        yield f"postgresql://{_PG_SUPERUSER}@127.0.0.1:{port}/farm"
-    finally:
-        if started:
-            _run_as(user, [pg_ctl, "stop", "-m", "fast", "-w", "-D", str(data)], cwd=base)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _clear_backlog(subscriber: Any, path: str) -> None:

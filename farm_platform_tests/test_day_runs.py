@@ -158,6 +158,8 @@ def test_unusable_photos_are_recorded_and_never_graded_and_the_rest_are(graded, 
 def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones(graded, tmp_path):
     import datetime as dt
 
+    from dagster import DagsterInstance
+
     from farm_platform.admin.reconcile import reconcile
     from farm_platform.arrivals import ArrivalQueue
     from farm_platform.ml.registry import ModelRegistry
@@ -184,12 +186,13 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
     ]
     positions = ["P000", "P001", "P002"]
 
-    result = reconcile(bucket, warehouse, positions, day, next_day, graders)
+    instance = DagsterInstance.ephemeral()
+    result = reconcile(bucket, warehouse, positions, day, next_day, graders, instance, None)
 
     assert result.in_bucket == 4
     assert result.recorded == [lost]
     assert result.ungraded == [ImageKey("P000", day)]
-    again = reconcile(bucket, warehouse, positions, day, next_day, graders)
+    again = reconcile(bucket, warehouse, positions, day, next_day, graders, instance, None)
     assert again.recorded == []  # the queue knows it now
     # The sensor's next claim hands it to a run, which grades it.
     queue = ArrivalQueue(warehouse)

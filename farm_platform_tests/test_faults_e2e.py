@@ -21,7 +21,12 @@ from dagster import DagsterRunStatus, RunsFilter
 from test_pipeline_e2e import Platform, assert_grades_match_crops, assert_no_duplicate_keys
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
+from farm_platform.dev.daemon import (
+    wait_for_failed_tick,
+    wait_for_photos,
+    wait_for_sensor_tick_in_progress,
+)
+from farm_platform.dev.postgres import PostgresServer
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.sensors import PHOTOS_TAG
 
@@ -30,13 +35,24 @@ CONFIG = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 20), seed=
 
 
 @pytest.fixture
-def platform(local_stack, default_subscription, tmp_path, monkeypatch) -> Platform:
+def make_platform(local_stack, default_subscription, tmp_path, monkeypatch):
+    """`make_platform(warehouse_url=None)`: a Platform with short timeouts (DuckDB unless
+    told otherwise)."""
     for name, value in local_stack.environment().items():
         monkeypatch.setenv(name, value)
-    platform = Platform(local_stack, tmp_path)
-    platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
-    platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
-    return platform
+
+    def make(warehouse_url: str | None = None) -> Platform:
+        platform = Platform(local_stack, tmp_path, warehouse_url=warehouse_url)
+        platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
+        platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+        return platform
+
+    return make
+
+
+@pytest.fixture
+def platform(make_platform) -> Platform:
+    return make_platform()
 
 
 def first_image_run(instance, daemon, statuses, timeout: float = 180):
@@ -50,18 +66,38 @@ def first_image_run(instance, daemon, statuses, timeout: float = 180):
     pytest.fail(f"no image run in {statuses}\n{daemon.log_tail()}")
 
 
-def processes(group: int, marker: bytes) -> list[int]:
-    """Pids in the daemon's process group whose command line contains `marker`."""
+def processes(group: int, marker: str) -> list[int]:
+    """Pids in the daemon's process group whose command line contains `marker` (its
+    arguments joined by spaces: /proc separates them with NUL bytes)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if os.getpgid(int(proc.name)) == group and marker in (proc / "cmdline").read_bytes():
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.getpgid(int(proc.name)) == group and marker in command:
                 found.append(int(proc.name))
         except (OSError, ProcessLookupError):
             continue
     return found
+
+
+def kill_and_confirm(pids: list[int]) -> None:
+    """SIGKILL each process and wait until it is gone (reaped or a zombie)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            assert time.monotonic() < deadline, f"process {pid} survived SIGKILL"
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
 
 
 def assert_graded_exactly_once(platform: Platform, instance, photos: int) -> None:
@@ -81,18 +117,19 @@ def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
             first_image_run(instance, daemon, [DagsterRunStatus.STARTED])
             group = daemon.process.pid
             deadline = time.monotonic() + 60
-            while not processes(group, b"spawn_main"):  # the run worker
+            while not processes(group, "spawn_main"):  # the run worker
                 assert time.monotonic() < deadline, daemon.log_tail()
                 time.sleep(0.2)
             if victim == "daemon":
                 daemon.stop(kill=True)  # the daemon, its code servers and the run worker
                 daemon = platform.daemon().start()
             else:
-                doomed = processes(group, b"spawn_main")
+                doomed = processes(group, "spawn_main")
                 if victim == "run worker and code server":
-                    doomed += processes(group, b"api grpc")
-                for pid in doomed:
-                    os.kill(pid, signal.SIGKILL)
+                    code_servers = processes(group, "api grpc")
+                    assert code_servers, "no code server found to kill: nothing was tested"
+                    doomed += code_servers
+                kill_and_confirm(doomed)
             wait_for_photos(
                 instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
             )
@@ -125,20 +162,44 @@ def test_a_daemon_killed_mid_tick_loses_and_doubles_nothing(platform):
 
 
 def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform):
+    """Another process holds the DuckDB file while the run starts (3 s lock timeout) and
+    until the requeue sensor has failed on it too: the failed run's photos must survive
+    the outage of the very warehouse that records them."""
     with platform.instance() as instance, platform.daemon() as daemon:
         photos = platform.simulate(CONFIG)
         statuses = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
         first_image_run(instance, daemon, statuses)
-        # Another process holds the DuckDB file while the run starts (3 s lock timeout).
         holder = duckdb.connect(str(platform.warehouse.duckdb_path))
         try:
             first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
+            wait_for_failed_tick(instance, daemon, "requeue_failed_photos", 120)
         finally:
             holder.close()
         wait_for_photos(
             instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
         )
         assert_graded_exactly_once(platform, instance, photos)
+
+
+def test_postgresql_killed_as_a_run_starts_loses_and_doubles_nothing(make_platform):
+    """The PostgreSQL warehouse is killed (-9, every backend) as the day's run starts and
+    stays down until the requeue sensor has failed on it; restarted on the same data, the
+    platform grades every photo once without a human."""
+    with PostgresServer(durable=True) as server:
+        platform = make_platform(server.url)
+        with platform.instance() as instance, platform.daemon() as daemon:
+            photos = platform.simulate(CONFIG)
+            first_image_run(instance, daemon, [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+            server.kill()
+            try:
+                first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
+                wait_for_failed_tick(instance, daemon, "requeue_failed_photos", 120)
+            finally:
+                server.restart()
+            wait_for_photos(
+                instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
+            )
+            assert_graded_exactly_once(platform, instance, photos)
 
 
 def test_a_model_server_that_dies_mid_run_loses_and_doubles_nothing(platform, tmp_path):

@@ -8,9 +8,12 @@ import time
 import uuid
 
 import pytest
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
+from dagster._core.utils import make_new_run_id
 from PIL import Image
 
-from farm_platform.arrivals import Arrival, ArrivalQueue
+from farm_platform.arrivals import Arrival, ArrivalQueue, Requeued
+from farm_platform.images.sensors import RUN_KEY_TAG
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
@@ -219,18 +222,19 @@ def test_a_failed_runs_photos_are_requeued_then_dead_lettered(farm, queue, dead_
     for attempt in range(1, 4):
         (claim,) = outcome.claims
         outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
-        # The run of `claim` failed.
-        requeued, exhausted = queue.requeue(claim.run_key, max_attempts=3)
+        # The run of `claim` failed; its requeue is retried (the first try's warehouse
+        # write may be the one that failed): the second call finds nothing left to do.
+        first = queue.requeue_run(claim.run_key, 3, pubsub, "run r failed")
+        assert queue.requeue_run(claim.run_key, 3, pubsub, "run r failed") == Requeued(0, 0)
         if attempt < 3:
-            assert (requeued, exhausted.height) == (1, 0)
+            assert first == Requeued(pending=1, dead_lettered=0)
             assert queue.waiting_count() == 1
             outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
             assert claimed(outcome) == ["P001"]  # de-duplication does not hide it
         else:
-            assert (requeued, exhausted.height) == (0, 1)
-            queue.give_up(exhausted, pubsub, "photo failed in 3 runs")
+            assert first == Requeued(pending=0, dead_lettered=1)
     (letter,) = drain(dead_letters)
-    assert letter.attributes["error"] == "photo failed in 3 runs"
+    assert letter.attributes["error"] == "photo failed in 3 runs; last: run r failed"
     assert letter.attributes["eventType"] == "OBJECT_FINALIZE"  # the original message
     assert queue.warehouse.query("SELECT * FROM image_arrivals").height == 0
 
@@ -432,7 +436,11 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
         # fake-gcs-server retries a failed publish for up to a minute, so P001's notification
         # is either lost or delivered late, once the restart has re-created the topic.
         # Reconciliation records the photo exactly when no tick has; either way one claim.
-        result = reconcile(bucket, queue.warehouse, POSITIONS, date, date, [])
+        instance = DagsterInstance.ephemeral()
+        (run_of_p000,) = during.claims
+        _stored_run(instance, run_of_p000.run_key, DagsterRunStatus.STARTED)  # still going
+        result = reconcile(bucket, queue.warehouse, POSITIONS, date, date, [], instance, pubsub)
+        assert (result.stranded, result.in_runs) == ([], 1)
         announced_late = claimed(after) == ["P001"]
         assert result.recorded == ([] if announced_late else [ImageKey("P001", date)])
         found = tick(pubsub, bucket, queue, after.cursor, wait_seconds=0)
@@ -478,3 +486,89 @@ def test_a_burst_of_duplicates_and_bad_messages_claims_each_photo_once(
     assert sorted(p for claim in claims for p in claim.positions) == POSITIONS
     assert dead_lettered == bad
     assert len(drain(dead_letters)) == bad
+
+
+def _handed_to_a_stored_run(pubsub, bucket, queue, position: str, date: dt.date) -> str:
+    """Announce a photo, claim it and confirm the claim (Dagster stored the run request):
+    its message is acknowledged, so from here only the arrival queue knows the photo."""
+    upload(bucket, ImageKey(position, date))
+    outcome = tick(pubsub, bucket, queue)
+    (claim,) = outcome.claims
+    tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
+    assert queue.pending_count() == 0
+    return claim.run_key
+
+
+def _stored_run(instance, run_key: str, status: DagsterRunStatus = DagsterRunStatus.FAILURE):
+    """A sensor run of the image pipeline as Dagster stored it: started, then ended with
+    `status` (a failure or cancellation through its event, as the run worker reports it)."""
+    run = instance.add_run(
+        DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id=make_new_run_id(),
+            tags={RUN_KEY_TAG: run_key},
+            status=DagsterRunStatus.STARTED,
+        )
+    )
+    if status == DagsterRunStatus.FAILURE:
+        instance.report_run_failed(run)
+    elif status == DagsterRunStatus.CANCELED:
+        instance.report_run_canceled(run)
+    return run
+
+
+def _evaluate_requeue(instance, warehouse, pubsub, cursor):
+    from farm_platform.images.sensors import requeue_failed_photos
+
+    context = build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"warehouse": warehouse, "pubsub": pubsub},
+    )
+    return requeue_failed_photos(context)
+
+
+def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(farm, queue, tmp_path):
+    """The warehouse is unusable when the run fails and when the requeue sensor first
+    evaluates it: that tick raises and keeps its cursor, so the next tick (warehouse back)
+    requeues the photos. Dagster's run_failure_sensor moved its cursor past the run."""
+    pubsub, bucket, date, _ = farm
+    failed_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P001", date)
+    canceled_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P002", date)
+    with DagsterInstance.ephemeral() as instance:
+        _stored_run(instance, failed_key)
+        _stored_run(instance, canceled_key, DagsterRunStatus.CANCELED)
+        # A run that is not the sensor's: nothing of it is in the queue.
+        _stored_run(instance, "")
+
+        # The outage: a warehouse that refuses connections (nothing listens on port 9).
+        down = WarehouseResource(url="postgresql://farm@127.0.0.1:9/farm")
+        with pytest.raises(Exception, match="connect"):
+            _evaluate_requeue(instance, down, pubsub, None)
+        assert queue.waiting_count() == 0  # nothing requeued yet, and nothing forgotten
+
+        result = _evaluate_requeue(instance, queue.warehouse, pubsub, None)
+        assert queue.waiting_count() == 2
+        outcome = tick(pubsub, bucket, queue, wait_seconds=0)
+        assert claimed(outcome) == ["P001", "P002"]
+        # Past the handled runs: the next tick requeues nothing twice.
+        again = _evaluate_requeue(instance, queue.warehouse, pubsub, result.cursor)
+        assert again.cursor == result.cursor
+        assert queue.waiting_count() == 0
+
+
+def test_reconcile_requeues_photos_stranded_by_runs_that_ended(farm, queue):
+    from farm_platform.admin.reconcile import reconcile
+
+    pubsub, bucket, date, _ = farm
+    stranded_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P000", date)
+    running_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P003", date)
+    with DagsterInstance.ephemeral() as instance:
+        _stored_run(instance, stranded_key)  # the requeue of it never happened
+        _stored_run(instance, running_key, DagsterRunStatus.STARTED)
+        result = reconcile(bucket, queue.warehouse, POSITIONS, date, date, [], instance, pubsub)
+    assert result.stranded == [ImageKey("P000", date)]
+    assert result.in_runs == 1
+    assert result.recorded == []  # announced, so not "never seen"
+    outcome = tick(pubsub, bucket, queue, wait_seconds=0)
+    assert claimed(outcome) == ["P000"]

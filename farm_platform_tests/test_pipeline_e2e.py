@@ -36,13 +36,15 @@ IMAGE_ASSETS = [DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values()]
 class Platform:
     """A private DAGSTER_HOME, warehouse and field map on the session's emulators."""
 
-    def __init__(self, stack, root: Path):
+    def __init__(self, stack, root: Path, warehouse_url: str | None = None):
         self.stack = stack
         self.root = root
         self.dagster_home = root / "dagster"
         prepare_dagster_home(self.dagster_home)
         self.field_map = root / "positions.csv"
-        self.warehouse = WarehouseResource(url=f"duckdb:///{root / 'warehouse.duckdb'}")
+        self.warehouse = WarehouseResource(
+            url=warehouse_url or f"duckdb:///{root / 'warehouse.duckdb'}"
+        )
         self.environment = {
             **stack.environment(),
             FARM_WAREHOUSE: self.warehouse.url,

@@ -198,7 +198,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     from farm_platform.admin.reconcile import reconcile
     from farm_platform.config import field_map_path
     from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.resources import BucketResource, WarehouseResource
+    from farm_platform.resources import BucketResource, PubSubResource, WarehouseResource
     from farm_platform.resources.field_map import read_field_map
 
     bucket = config.bucket_url(config.require(config.FARM_BUCKET))
@@ -208,20 +208,30 @@ def _reconcile(args: argparse.Namespace) -> int:
         for card in ModelRegistry().active_cards().values()
         if card.task == "disease_grader"
     ]
-    result = reconcile(
-        BucketResource(url=bucket),
-        WarehouseResource(url=warehouse),
-        list(read_field_map(field_map_path())),
-        args.date_from,
-        args.date_to,
-        graders,
-    )
+    project = config.require(config.FARM_GCP_PROJECT)
+    with open_instance() as instance:
+        result = reconcile(
+            BucketResource(url=bucket),
+            WarehouseResource(url=warehouse),
+            list(read_field_map(field_map_path())),
+            args.date_from,
+            args.date_to,
+            graders,
+            instance,
+            PubSubResource(project=project),
+        )
     print(f"{result.in_bucket} photo(s) in the bucket from {args.date_from} to {args.date_to}")
     print(
         f"{len(result.recorded)} never announced: recorded in the arrival queue, the sensor "
         "hands them to runs"
     )
     for key in result.recorded[: args.limit]:
+        print(f"  {key.date_str} {key.position_id}")
+    print(
+        f"{len(result.stranded)} handed to runs that ended without them: back in the arrival "
+        f"queue ({result.in_runs} more in runs still queued or going)"
+    )
+    for key in result.stranded[: args.limit]:
         print(f"  {key.date_str} {key.position_id}")
     print(
         f"{len(result.ungraded)} ingested without grades of the active models: "

@@ -7,6 +7,11 @@ position of the field map and every day of the range, the photo's object is look
 never seen, at the generation the bucket has, is recorded as an arrival, so the sensor
 hands it to a run as it would any other. Photos that were ingested but have no grades from
 the active models are listed: they need a backfill, not new work.
+
+Photos handed to a run that never ingested them are *stranded* once that run has ended
+(failed, canceled, or gone): `requeue_failed_photos` normally puts them back, and this is
+the net under it. Those of ended runs are requeued (or dead-lettered, out of attempts);
+those whose run is still queued or going are only counted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from farm_platform.arrivals import Arrival, ArrivalQueue
 from farm_platform.layout import ImageKey
@@ -31,6 +37,37 @@ class Reconciliation:
     in_bucket: int
     recorded: list[ImageKey]  # never announced: now in the arrival queue
     ungraded: list[ImageKey]  # ingested, readable, no grades from the active models
+    stranded: list[ImageKey]  # handed to a run that ended without them: requeued
+    in_runs: int  # handed to runs still queued or going
+
+
+def requeue_stranded(
+    queue: ArrivalQueue, instance: Any, pubsub: Any, start: dt.date, end: dt.date
+) -> tuple[list[ImageKey], int]:
+    """Requeue the days' photos whose run ended without ingesting them (one that failed
+    while the warehouse was down, one canceled, one the instance never had). Returns the
+    requeued photos and the number still in unfinished runs."""
+    from dagster import RunsFilter
+
+    from farm_platform import config
+    from farm_platform.images.sensors import RUN_KEY_TAG
+
+    stranded = queue.stranded(start, end)
+    requeued: list[ImageKey] = []
+    in_runs = 0
+    for (run_key,), photos in stranded.group_by("run_key", maintain_order=True):
+        runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: run_key}))
+        if any(not run.is_finished for run in runs):
+            in_runs += photos.height
+            continue
+        ended = (
+            f"run {runs[0].run_id} ended {runs[0].status.value} without ingesting the photo"
+            if runs
+            else f"no Dagster run has key {run_key}"
+        )
+        queue.requeue_run(run_key, config.max_photo_attempts(), pubsub, ended)
+        requeued += [ImageKey(p, d) for p, d in photos.select("position_id", "date").rows()]
+    return requeued, in_runs
 
 
 def reconcile(
@@ -40,9 +77,13 @@ def reconcile(
     start: dt.date,
     end: dt.date,
     active_graders: Sequence[tuple[str, str]],
+    instance: Any,
+    pubsub: Any,
     threads: int = 16,
 ) -> Reconciliation:
-    """Record the range's unannounced photos in the arrival queue; list the ungraded ones."""
+    """Record the range's unannounced photos in the arrival queue, requeue its stranded
+    ones (`instance`: the Dagster instance whose runs were handed them), list the
+    ungraded ones."""
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
     keys = [
@@ -65,10 +106,13 @@ def reconcile(
         and (key.position_id, key.date, None) not in known
     ]
     queue.record(missing, now)
+    stranded, in_runs = requeue_stranded(queue, instance, pubsub, start, end)
     return Reconciliation(
         in_bucket=len(in_bucket),
         recorded=[arrival.key for arrival in missing],
         ungraded=_ungraded(warehouse, start, end, active_graders),
+        stranded=stranded,
+        in_runs=in_runs,
     )
 
 

@@ -137,19 +137,43 @@ def processed_photos(warehouse: Any) -> int:
     return int(warehouse.query("SELECT count(*) AS n FROM drone_images")["n"][0])
 
 
+def sensor_ticks(instance: DagsterInstance, sensor_name: str, limit: int = 20) -> list[Any]:
+    """The sensor's latest ticks, newest first (none before its first evaluation)."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == sensor_name:
+            origin, selector = state.instigator_origin_id, state.selector_id
+            return list(instance.get_ticks(origin, selector, limit=limit))
+    return []
+
+
+def wait_for_failed_tick(
+    instance: DagsterInstance, daemon: DaemonProcess, sensor_name: str, timeout: float
+) -> Any:
+    """The first failed tick of the sensor (its evaluation raised); fault tests hold an
+    outage until a sensor has met it."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    deadline = time.monotonic() + timeout
+    while True:
+        failed = [t for t in sensor_ticks(instance, sensor_name) if t.status == TickStatus.FAILURE]
+        if failed:
+            return failed[0]
+        if not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(f"{sensor_name} never failed a tick\n{daemon.log_tail()}")
+        time.sleep(0.2)
+
+
 def wait_for_sensor_tick_in_progress(
     instance: DagsterInstance, daemon: DaemonProcess, after: Callable[[], None], timeout: float
 ) -> None:
     """Call `after()`, then return while a `drone_image_sensor` tick that started after the
     call is still being evaluated (fault tests kill the daemon right then)."""
-    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+    from dagster._core.scheduler.instigation import TickStatus
 
     def ticks() -> list[Any]:
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if state.instigator_name == "drone_image_sensor":
-                origin, selector = state.instigator_origin_id, state.selector_id
-                return list(instance.get_ticks(origin, selector, limit=5))
-        return []
+        return sensor_ticks(instance, "drone_image_sensor", limit=5)
 
     deadline = time.monotonic() + timeout
     while not ticks():

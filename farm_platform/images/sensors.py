@@ -3,26 +3,30 @@
 - `drone_image_sensor`: Pub/Sub messages → runs of day partitions with their photo lists.
   The protocol (held messages, the arrival queue, de-duplication) lives in
   `farm_platform.ingest` and `farm_platform.arrivals`; here claims become run requests.
-- `requeue_failed_photos`: the photos of a failed sensor run go back to the arrival queue
-  (de-duplication never hides a photo whose rows are missing); after
-  `FARM_MAX_PHOTO_ATTEMPTS` runs a photo is dead-lettered with the last failure.
+- `requeue_failed_photos`: the photos of a failed or canceled sensor run go back to the
+  arrival queue (de-duplication never hides a photo whose rows are missing); after
+  `FARM_MAX_PHOTO_ATTEMPTS` runs a photo is dead-lettered with the last failure. Retried
+  until the requeue commits (a warehouse outage only delays it).
 - `model_registry_sensor`: a model asset is materialized when its active version changes,
   so Dagster marks every partition graded with the old version stale.
 """
 
+import json
+
 from dagster import (
+    DagsterEventType,
     DefaultSensorStatus,
-    RunFailureSensorContext,
     RunRequest,
+    RunsFilter,
+    RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    run_failure_sensor,
     sensor,
 )
 
 from farm_platform import config
-from farm_platform.arrivals import ArrivalQueue, Claim
+from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
@@ -103,36 +107,73 @@ def drone_image_sensor(
 
 
 RUN_KEY_TAG = "dagster/run_key"
+# Failed-run events handled per event type and tick: a burst of failures is worked off at
+# this pace (Dagster's own run_failure_sensor handles 5 runs a tick).
+REQUEUE_EVENTS_PER_TICK = 200
+FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
 
-@run_failure_sensor(
+@sensor(
     name="requeue_failed_photos",
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=10,
-    description="Puts the photos of a failed image run back in the arrival queue (bounded "
-    "attempts), then dead-letters them.",
+    description="Puts the photos of a failed or canceled image run back in the arrival queue "
+    "(bounded attempts), then dead-letters them. Its cursor moves only past requeues that "
+    "committed.",
 )
 def requeue_failed_photos(
-    context: RunFailureSensorContext, warehouse: WarehouseResource, pubsub: PubSubResource
-) -> None:
-    run_key = context.dagster_run.tags.get(RUN_KEY_TAG, "")
-    if not run_key.startswith("photos-"):
-        return
-    max_attempts = int(
-        config.env_number(config.FARM_MAX_PHOTO_ATTEMPTS, config.DEFAULT_MAX_PHOTO_ATTEMPTS)
-    )
+    context: SensorEvaluationContext, warehouse: WarehouseResource, pubsub: PubSubResource
+) -> SensorResult:
+    """Not a `run_failure_sensor`: Dagster moves that one's cursor past a run even when the
+    evaluation raised, so a warehouse outage at that moment stranded the run's photos for
+    good. Here the cursor (the last handled event's storage id, per event type) is stored
+    only with a tick that succeeded; a tick that raises is evaluated again from the same
+    place, and requeueing a run twice is harmless (`ArrivalQueue.requeue_run`)."""
+    after = json.loads(context.cursor) if context.cursor else {}
+    max_attempts = config.max_photo_attempts()
     queue = ArrivalQueue(warehouse)
-    requeued, exhausted = queue.requeue(run_key, max_attempts)
-    reason = (context.failure_event.message or "run failed").splitlines()[0]
-    context.log.info(f"run {context.dagster_run.run_id} failed: {requeued} photo(s) requeued")
-    if exhausted.height:
-        queue.give_up(
-            exhausted,
-            pubsub,
-            f"photo failed in {max_attempts} runs; last run {context.dagster_run.run_id}: "
-            + reason,
+    handled = {"runs": 0, "pending": 0, "dead_lettered": 0}
+    for event_type in FAILED_RUN_EVENTS:
+        records = context.instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(
+                event_type=event_type, after_storage_id=after.get(event_type.value)
+            ),
+            limit=REQUEUE_EVENTS_PER_TICK,
+            ascending=True,
+        ).records
+        runs = (
+            {
+                run.run_id: run
+                for run in context.instance.get_runs(
+                    RunsFilter(run_ids=[record.run_id for record in records])
+                )
+            }
+            if records
+            else {}
         )
-        context.log.warning(f"{exhausted.height} photo(s) dead-lettered after {max_attempts} runs")
+        for record in records:
+            run = runs.get(record.run_id)
+            run_key = run.tags.get(RUN_KEY_TAG, "") if run else ""
+            if run_key.startswith(PHOTO_RUN_KEY_PREFIX):
+                reason = (record.event_log_entry.message or "run failed").splitlines()[0]
+                outcome = queue.requeue_run(
+                    run_key, max_attempts, pubsub, f"run {record.run_id}: {reason}"
+                )
+                handled["runs"] += 1
+                handled["pending"] += outcome.pending
+                handled["dead_lettered"] += outcome.dead_lettered
+                if outcome.pending or outcome.dead_lettered:
+                    context.log.info(
+                        f"run {record.run_id} ({event_type.value}): {outcome.pending} photo(s)"
+                        f" requeued, {outcome.dead_lettered} dead-lettered after"
+                        f" {max_attempts} runs"
+                    )
+            after[event_type.value] = record.storage_id
+    summary = (
+        f"{handled['runs']} failed image run(s): {handled['pending']} photo(s) requeued, "
+        f"{handled['dead_lettered']} dead-lettered"
+    )
+    return SensorResult(cursor=json.dumps(after, sort_keys=True), skip_reason=summary)
 
 
 DATA_VERSION_TAG = "dagster/data_version"

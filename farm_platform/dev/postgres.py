@@ -1,0 +1,281 @@
+"""A private PostgreSQL server from the installed binaries (tests, benchmarks, fault tests).
+
+`PostgresServer` runs `initdb` in a temporary folder and `pg_ctl start` on a free port of
+127.0.0.1 with trust authentication for local connections only, then creates the `farm`
+database. It can be killed (`kill`, SIGKILL of the postmaster, as a crash) and started
+again on the same port and data, which is what the fault tests need. Servers left behind by
+a process that died are swept on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+PG_PREFIX = "farm-pg-"
+SUPERUSER = "farm"
+DATABASE = "farm"
+
+
+class PostgresError(RuntimeError):
+    """The server could not be set up or started; the message says why."""
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where `initdb` and `pg_ctl` are: $FARM_PG_BIN, the newest Debian major version, PATH."""
+    override = os.environ.get("FARM_PG_BIN")
+    candidates = [override] if override else []
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(str(Path(on_path).parent))
+    for candidate in candidates:
+        if candidate and all((Path(candidate) / b).exists() for b in ("initdb", "pg_ctl")):
+            return Path(candidate)
+    return None
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    """PostgreSQL refuses to run as root; the account to run it as (None: we are not root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise PostgresError(
+        "Running as root and neither a `postgres` nor a `nobody` user exists to run "
+        "PostgreSQL as; create one (`useradd --system postgres`)."
+    )
+
+
+def _run_as(
+    user: pwd.struct_passwd | None, args: list[str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    extra: dict[str, Any] = {}
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
+    if user is not None:
+        extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        env["HOME"] = str(cwd)
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **extra
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if proc.name.isdigit() and int(fields[1]) == pid:
+                found.append(int(proc.name))
+    return found
+
+
+def _sweep_orphaned() -> None:
+    """Stop servers and remove data dirs left by earlier processes that died uncleanly."""
+    for base in Path(tempfile.gettempdir()).glob(PG_PREFIX + "*"):
+        try:
+            owner_pid = int(json.loads((base / "owner.json").read_text())["owner_pid"])
+        except (OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError):
+                if time.time() - base.stat().st_mtime > 600:
+                    shutil.rmtree(base, ignore_errors=True)
+            continue
+        if _alive(owner_pid):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int((base / "data" / "postmaster.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes()
+            if str(base).encode() in cmdline:
+                os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresServer:
+    """One throwaway server; `settings`: extra `-c name=value` server options.
+
+    `durable`: a commit is in the WAL before it returns (synchronous_commit on), so a killed
+    server loses no committed row. Off (the default, for speed) a kill may lose the last
+    few hundred milliseconds of commits: fine for tests that never kill it."""
+
+    def __init__(self, settings: str = "", durable: bool = False):
+        self.settings = settings
+        self.durable = durable
+        self.port = 0
+        self.base: Path | None = None
+        self._user: pwd.struct_passwd | None = None
+        self._bin: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """`postgresql://farm@127.0.0.1:PORT/farm`: trust auth, local connections only."""
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def data(self) -> Path:
+        assert self.base is not None, "start the server first"
+        return self.base / "data"
+
+    def start(self) -> PostgresServer:
+        """initdb, start on a free port, create the database."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> PostgresServer:
+        import psycopg
+
+        self._bin = postgres_bin_dir()
+        if self._bin is None:
+            raise PostgresError(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found in "
+                "/usr/lib/postgresql/*/bin or on PATH. Install them (`apt-get install "
+                "postgresql-15`) or set FARM_PG_BIN to their directory."
+            )
+        _sweep_orphaned()
+        self._user = _unprivileged_user()
+        # Not under pytest's tmp dirs: those are 0700 root and the postgres user cannot
+        # enter them.
+        self.base = Path(tempfile.mkdtemp(prefix=PG_PREFIX)).resolve()
+        (self.base / "owner.json").write_text(json.dumps({"owner_pid": os.getpid()}))
+        if self._user is not None:
+            os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
+        result = self._run(
+            "initdb",
+            ["-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8"],
+            ["--no-locale", "--no-sync"],
+        )
+        if result.returncode != 0:
+            raise PostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        for _attempt in range(3):
+            self.port = free_port()
+            if self._pg_ctl_start():
+                break
+            # A port picked free can be taken before postgres binds it: try another.
+            if "already in use" not in self.log():
+                break
+        else:
+            raise PostgresError(f"PostgreSQL did not start:\n{self.log()[-3000:]}")
+        if not self.running():
+            raise PostgresError(f"PostgreSQL did not start:\n{self.log()[-3000:]}")
+        admin_url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        return self
+
+    def restart(self) -> None:
+        """Start again on the same port and data (after `kill`): crash recovery runs."""
+        if not self._pg_ctl_start():
+            raise PostgresError(f"PostgreSQL did not restart:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend: a crash, as the OOM killer or a lost
+        machine would leave it, not a shutdown."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        victims = [pid, *_children(pid)]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(victim) for victim in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def running(self) -> bool:
+        pid = self.postmaster_pid()
+        return pid is not None and _alive(pid)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and remove its folder."""
+        if self.base is None:
+            return
+        if self.running():
+            self._run("pg_ctl", ["stop", "-m", "fast", "-w", "-D", str(self.data)])
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.base = None
+
+    def log(self) -> str:
+        path = self.base / "postgres.log" if self.base else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def _pg_ctl_start(self) -> bool:
+        # Durability is pointless for a throwaway server; speed is not.
+        commit = "on" if self.durable else "off"
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} -c fsync=off "
+            f"-c synchronous_commit={commit} -c full_page_writes=off {self.settings}"
+        )
+        log = str(self.base / "postgres.log") if self.base else "postgres.log"
+        result = self._run(
+            "pg_ctl",
+            ["start", "-w", "-t", "60", "-D", str(self.data), "-l", log, "-o", options],
+            timeout=90,
+        )
+        return result.returncode == 0
+
+    def _run(
+        self, program: str, args: list[str], more: list[str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        assert self._bin is not None and self.base is not None
+        command = [str(self._bin / program), *args, *(more or [])]
+        return _run_as(self._user, command, cwd=self.base, timeout=timeout)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def postgres_server(settings: str = "") -> Iterator[str]:
+    """The URL of a throwaway server, stopped and removed on exit."""
+    with PostgresServer(settings) as server:
+        yield server.url
