@@ -17,6 +17,7 @@ from farm_platform.analytics.report_data import (
     confusion_matrix,
     version_effect_comparison,
 )
+from farm_platform.resources.warehouse import WarehouseResource
 
 
 def test_one_lineage_graph_from_drone_images_to_the_report(location_env):
@@ -371,3 +372,57 @@ def test_severity_plots_cover_a_bounded_window_whatever_the_trial_length():
     # The page renders the long trial's severity plot beside its other plots.
     page = render_report(dataclasses.replace(report_data(ungraded=[]), severity=severity))
     assert '<img alt="mean grade per day and area" src="data:image/png;base64,' in page
+
+
+def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
+    location_env, tmp_path, monkeypatch
+):
+    """FARM_FIELD_MAP with 12 positions, 8 of them the tracked seed's ids in the other
+    arm: the `positions` seed and stg_positions that the Dagster asset builds are that
+    field map, not the checkout's seed (dagster-dbt ran dbt in the checkout's project
+    whatever project the asset body chose, so the report split the arms wrongly)."""
+    from dagster import AssetSelection, materialize
+
+    from farm_platform.analytics.dbt_env import DBT_PROJECT_DIR
+    from farm_platform.resources.field_map import read_field_map
+
+    tracked = pl.read_csv(DBT_PROJECT_DIR / "seeds" / "positions.csv")
+    swapped = tracked.with_columns(
+        area=pl.when(pl.col("area") == "control").then(pl.lit("treated")).otherwise(pl.lit("control"))
+    ).with_columns(dose_ml_per_sqft=pl.when(pl.col("area") == "treated").then(120.0).otherwise(0.0))
+    extra = pl.DataFrame(
+        {
+            "position_id": [f"Q{i:03d}" for i in range(4)],
+            "area": ["control", "treated"] * 2,
+            "latitude": [51.99] * 4,
+            "longitude": [5.67 + i / 1000 for i in range(4)],
+            "dose_ml_per_sqft": [0.0, 120.0] * 2,
+        }
+    )
+    field_map = tmp_path / "positions.csv"
+    pl.concat([swapped, extra]).write_csv(field_map)
+    warehouse_url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    monkeypatch.setenv("FARM_FIELD_MAP", str(field_map))
+    monkeypatch.setenv("FARM_WAREHOUSE", warehouse_url)
+    # Only the tests of the selected models: the relationships tests from the grade
+    # tables read models this build does not select.
+    monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+
+    from farm_platform.analytics.dbt_models import farm_dbt_models
+    from farm_platform.analytics.definitions import defs as analytics
+
+    result = materialize(
+        [farm_dbt_models],
+        resources={
+            "dbt": analytics.resources["dbt"],
+            "warehouse": WarehouseResource(url=warehouse_url),
+        },
+        selection=AssetSelection.keys("positions", "stg_positions"),
+    )
+    assert result.success
+    loaded = WarehouseResource(url=warehouse_url).query(
+        "SELECT position_id, area FROM stg_positions ORDER BY position_id"
+    )
+    expected = sorted((p.position_id, p.area) for p in read_field_map(field_map).values())
+    assert loaded.rows() == expected
+    assert loaded.height == 12

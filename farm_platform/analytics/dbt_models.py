@@ -75,9 +75,12 @@ class DbtBuildConfig(Config):
     )
 
 
+# No `project=`: dagster-dbt then runs every `dbt.cli` in that project's folder, whatever
+# project_dir the resource below names, and the copy holding FARM_FIELD_MAP's seed would
+# never be used (the checkout's seed was built instead). What it would add is code
+# references in the UI.
 @dbt_assets(
     manifest=dbt_project.manifest_path,
-    project=dbt_project,
     dagster_dbt_translator=FarmDbtTranslator(
         settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
     ),
