@@ -34,6 +34,10 @@ REPO_MODELS_DIR = REPO_ROOT / "models"
 # First day of the trial's calendar; photos dated earlier are dead-lettered.
 FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
 DEFAULT_TRIAL_START_DATE = "2026-01-01"
+# The farm's time zone (IANA name): a photo's date is its local calendar day there, and
+# day partitions and the report's schedule follow that calendar.
+FARM_TRIAL_TIMEZONE = "FARM_TRIAL_TIMEZONE"
+DEFAULT_TRIAL_TIMEZONE = "UTC"
 # The severity_jump check warns when a position's mean grade moves more than this in a day.
 FARM_MAX_SEVERITY_JUMP = "FARM_MAX_SEVERITY_JUMP"
 DEFAULT_MAX_SEVERITY_JUMP = 1.5
@@ -111,6 +115,7 @@ CONFIG_VARIABLES = (
     FARM_WAREHOUSE_LOCK_SECONDS,
     FARM_MODELS_DIR,
     FARM_TRIAL_START_DATE,
+    FARM_TRIAL_TIMEZONE,
     FARM_MAX_SEVERITY_JUMP,
     FARM_INFERENCE,
     FARM_OIP_URL,
@@ -183,6 +188,28 @@ def trial_start_date() -> dt.date:
         return dt.date.fromisoformat(raw)
     except ValueError:
         raise ConfigError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def trial_timezone() -> str:
+    """`$FARM_TRIAL_TIMEZONE`, an IANA time zone name (default UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = os.environ.get(FARM_TRIAL_TIMEZONE) or DEFAULT_TRIAL_TIMEZONE
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{FARM_TRIAL_TIMEZONE}={name!r} is not an IANA time zone (e.g. Europe/Amsterdam, "
+            "Australia/Brisbane, UTC)"
+        ) from None
+    return name
+
+
+def trial_today() -> dt.date:
+    """Today's date on the farm's calendar."""
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(trial_timezone())).date()
 
 
 def webserver_url() -> str:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from farm_platform.config import trial_timezone
 from farm_platform.layout import (
     ImageKey,
     LayoutError,
@@ -155,7 +156,7 @@ def _parse_drone_message(
     if "date" in payload and _as_date(payload["date"]) != key.date:
         return Rejected(f"date {payload['date']!r} disagrees with the path {image_uri!r}")
     if "captured_at" in payload:
-        _check_timestamp(payload["captured_at"])
+        _check_captured_at(payload["captured_at"], key.date)
     _check_known(key, known_positions, valid_dates)
     return ImageArrival(key, image_uri, None, "drone_controller")
 
@@ -166,11 +167,26 @@ def _as_date(value: object) -> dt.date:
     return parse_date(value)
 
 
-def _check_timestamp(value: object) -> None:
+def _check_captured_at(value: object, path_date: dt.date) -> None:
+    """An ISO 8601 time on the path's date, on the farm's calendar (FARM_TRIAL_TIMEZONE;
+    a time without a zone is the farm's local time)."""
+    from zoneinfo import ZoneInfo
+
     try:
-        dt.datetime.fromisoformat(str(value))
+        captured = dt.datetime.fromisoformat(str(value))
     except ValueError:
-        raise LayoutError(f"bad captured_at {value!r}: expected ISO 8601") from None
+        raise LayoutError(f"bad captured_at {str(value)[:60]!r}: expected ISO 8601") from None
+    zone = trial_timezone()
+    local = (
+        captured.replace(tzinfo=ZoneInfo(zone))
+        if captured.tzinfo is None
+        else captured.astimezone(ZoneInfo(zone))
+    )
+    if local.date() != path_date:
+        raise LayoutError(
+            f"captured_at {str(value)[:60]!r} is on {local.date()} in the trial's time zone "
+            f"{zone}, not on the path's date {path_date}: fix the drone's clock or the path"
+        )
 
 
 def _check_known(

@@ -388,7 +388,9 @@ def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
 
     tracked = pl.read_csv(DBT_PROJECT_DIR / "seeds" / "positions.csv")
     swapped = tracked.with_columns(
-        area=pl.when(pl.col("area") == "control").then(pl.lit("treated")).otherwise(pl.lit("control"))
+        area=pl.when(pl.col("area") == "control")
+        .then(pl.lit("treated"))
+        .otherwise(pl.lit("control"))
     ).with_columns(dose_ml_per_sqft=pl.when(pl.col("area") == "treated").then(120.0).otherwise(0.0))
     extra = pl.DataFrame(
         {

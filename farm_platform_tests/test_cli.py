@@ -63,6 +63,26 @@ DATES = ["--from", "2026-06-01", "--to", "2026-06-02"]
         (["dlq", "list"], {}, "dlq: FARM_GCP_PROJECT is not set: or pass --project"),
         (["replay", "--since", "2026-06-01"], {}, "replay: FARM_GCP_PROJECT is not set"),
         (["stack", "env"], {}, "stack: No local stack is running"),
+        (
+            ["replay", "--since", "2026-06-01", "--subscription", "../../x", "--project", "p"],
+            {},
+            "replay: --subscription '../../x' is not a Pub/Sub subscription name",
+        ),
+        (
+            ["dlq", "list", "--subscription", "projects/other/subscriptions/s", "--project", "p"],
+            {},
+            "is a full path: give the subscription's short name, and --project",
+        ),
+        (
+            ["reconcile", "--from", "0001-01-01", "--to", "9999-12-31"],
+            {"FARM_BUCKET": "gs://farm", "FARM_WAREHOUSE": "duckdb:///w.duckdb"},
+            "is 3652059 days: reconcile at most 366 at a time",
+        ),
+        (
+            ["reconcile", "--from", "2026-06-05", "--to", "2026-06-01"],
+            {"FARM_BUCKET": "gs://farm", "FARM_WAREHOUSE": "duckdb:///w.duckdb"},
+            "reconcile: --to 2026-06-01 is before --from 2026-06-05",
+        ),
     ],
 )
 def test_a_missing_or_malformed_setting_is_one_line(tmp_path, args, environment, expected):

@@ -95,6 +95,13 @@ def test_notifications_that_ask_for_no_work_are_ignored(object_id, bucket, event
             drone(image_uri="gs://farm-images/P000/2026-06-01/image.png", captured_at="noon"),
             "bad captured_at",
         ),
+        *[
+            (
+                drone(image_uri="gs://farm-images/P000/2026-06-01/image.png", captured_at=at),
+                "not on the path's date 2026-06-01",
+            )
+            for at in ("2026-06-02T09:15:00+00:00", "2099-06-01T09:00:00Z", "1900-06-01T09:00")
+        ],
     ],
 )
 def test_invalid_drone_messages_are_rejected_with_the_reason(data, reason):
@@ -152,3 +159,36 @@ def test_the_error_attribute_is_cut_in_bytes_not_characters():
     cut = cut_to_bytes(error, 1024)
     assert len(cut.encode()) <= 1024 and cut == "é" * 512
     assert cut_to_bytes("short", 1024) == "short"
+
+
+def test_a_farm_east_of_utc_dates_its_photos_by_its_own_calendar(monkeypatch):
+    """Brisbane (UTC+10) at 07:00 local on 2026-11-26 is 21:00 UTC on 2026-11-25: the
+    photo's path date is the farm's day, which is a valid partition on the farm's clock."""
+    from farm_platform.partitions import valid_dates
+
+    monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "Australia/Brisbane")
+    uri = "gs://farm-images/P000/2026-11-26/image.png"
+    captured = "2026-11-25T21:00:00+00:00"
+    farm_today = dt.date(2026, 11, 26)  # while UTC is still on the 25th
+    first, _ = DATES
+    accepted = parse_message(
+        drone(image_uri=uri, captured_at=captured), {}, BUCKET, KNOWN, (first, farm_today)
+    )
+    assert isinstance(accepted, ImageArrival), accepted
+    assert valid_dates(farm_today)[1] == farm_today
+    # The same instant read on UTC's calendar is the day before the path's.
+    monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "UTC")
+    rejected = parse_message(
+        drone(image_uri=uri, captured_at=captured), {}, BUCKET, KNOWN, (first, farm_today)
+    )
+    assert isinstance(rejected, Rejected) and "on 2026-11-25 in the trial's time zone UTC" in (
+        rejected.error
+    )
+
+
+def test_a_trial_time_zone_that_does_not_exist_is_named(monkeypatch):
+    from farm_platform.config import ConfigError, trial_today
+
+    monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ConfigError, match="FARM_TRIAL_TIMEZONE='Mars/Olympus' is not an IANA"):
+        trial_today()

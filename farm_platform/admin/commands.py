@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,29 @@ def date_arg(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# Pub/Sub's rule for a subscription's name (3-255 characters, a letter first, not goog*).
+SUBSCRIPTION_NAME = re.compile(r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+
+
+def subscription_name(value: str) -> str:
+    """`--subscription`: a subscription's short name in the command's project."""
+    if SUBSCRIPTION_NAME.fullmatch(value):
+        return value
+    if value.startswith("projects/"):
+        raise ConfigError(
+            f"--subscription {value[:120]!r} is a full path: give the subscription's short "
+            "name, and --project for another project"
+        )
+    raise ConfigError(
+        f"--subscription {value[:80]!r} is not a Pub/Sub subscription name (3-255 letters, "
+        "digits or -_.~+%, starting with a letter)"
+    )
+
+
+# reconcile looks up every position's photo of every day: a year of days at most a call.
+MAX_RECONCILE_DAYS = 366
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from farm_platform.admin.dead_letters import (
         dead_letter_queue,
@@ -33,7 +57,7 @@ def _dlq(args: argparse.Namespace) -> int:
     )
 
     project = args.project or config.require(config.FARM_GCP_PROJECT, "or pass --project")
-    queue = dead_letter_queue(project, args.subscription)
+    queue = dead_letter_queue(project, subscription_name(args.subscription))
     if args.action == "list":
         letters = list_dead_letters(queue, args.limit)
         for letter in letters:
@@ -183,7 +207,7 @@ def _replay(args: argparse.Namespace) -> int:
         since = parse_timestamp(args.since)
     except ValueError as exc:
         raise ConfigError(f"--since: {exc}") from None
-    path = replay(project, args.subscription, since=since)
+    path = replay(project, subscription_name(args.subscription), since=since)
     print(
         f"seeked {path} to {since.isoformat()}: messages published since then are delivered again"
     )
@@ -200,6 +224,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     from farm_platform.ml.registry import ModelRegistry
     from farm_platform.resources import BucketResource, PubSubResource, WarehouseResource
     from farm_platform.resources.field_map import read_field_map
+
+    days = (args.date_to - args.date_from).days + 1
+    if days < 1:
+        raise ConfigError(f"--to {args.date_to} is before --from {args.date_from}")
+    if days > MAX_RECONCILE_DAYS:
+        raise ConfigError(
+            f"--from {args.date_from} --to {args.date_to} is {days} days: reconcile at most "
+            f"{MAX_RECONCILE_DAYS} at a time (each day looks up every position's photo)"
+        )
 
     bucket = config.bucket_url(config.require(config.FARM_BUCKET))
     warehouse = config.require(config.FARM_WAREHOUSE)

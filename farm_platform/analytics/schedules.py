@@ -13,6 +13,7 @@ from dagster import (
 
 from farm_platform.analytics.dbt_models import farm_dbt_models
 from farm_platform.analytics.report import effectiveness_report
+from farm_platform.config import trial_timezone
 
 daily_report_job = define_asset_job(
     "daily_effectiveness_report",
@@ -24,7 +25,8 @@ daily_report_job = define_asset_job(
 @schedule(
     job=daily_report_job,
     cron_schedule="0 6 * * *",
-    execution_timezone="UTC",
+    # 06:00 on the farm's clock, for the farm's yesterday.
+    execution_timezone=trial_timezone(),
     default_status=DefaultScheduleStatus.RUNNING,
 )
 def daily_report_schedule(context: ScheduleEvaluationContext) -> RunRequest:
