@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -33,10 +32,13 @@ from farm_platform import config
 from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.dev.daemon import (
     DaemonProcess,
+    wait_for_failed_tick,
     wait_for_photos,
     wait_for_sensor_tick_in_progress,
 )
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.postgres import PostgresServer
+from farm_platform.dev.processes import kill_now, processes_in_group
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.render import png_header_only
 from farm_platform.dev.stack import LocalStack
@@ -58,14 +60,20 @@ class Campaign:
     photos: int
     daemon: DaemonProcess | None = None
     bad_sent: int = 0
+    # The warehouse: a DuckDB file in workdir, unless a PostgreSQL server is given.
+    postgres: PostgresServer | None = None
 
     def __post_init__(self) -> None:
         assert self.local_stack.info is not None, "start the LocalStack first"
         self.stack = self.local_stack.info
         self.config = FarmConfig(positions=self.photos, days=1, start_date=DAY, seed=31)
         self.dagster_home = self.workdir / "dagster"
-        prepare_dagster_home(self.dagster_home)
-        self.warehouse = WarehouseResource(url=f"duckdb:///{self.workdir / 'warehouse.duckdb'}")
+        prepare_dagster_home(self.dagster_home, quick_polling=True)
+        self.warehouse = WarehouseResource(
+            url=self.postgres.url
+            if self.postgres
+            else f"duckdb:///{self.workdir / 'warehouse.duckdb'}"
+        )
         positions = write_field_map(field_map(self.config), self.workdir / "positions.csv")
         self.environment = {
             **self.stack.environment(),
@@ -136,35 +144,29 @@ def first_image_run(instance: DagsterInstance, statuses: list[DagsterRunStatus])
     raise RuntimeError(f"no image run became {statuses}")
 
 
-def kill_in_group(group: int, *markers: bytes) -> int:
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            if os.getpgid(int(proc.name)) == group and any(m in cmdline for m in markers):
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed += 1
-        except (OSError, ProcessLookupError):
-            continue
-    return killed
-
-
-def kill_worker(campaign: Campaign, instance: DagsterInstance, *markers: bytes) -> None:
+def kill_worker(campaign: Campaign, instance: DagsterInstance, *markers: str) -> None:
+    """kill -9 of the run worker and the processes named by the other `markers` (each
+    must be found: a fault that kills nothing tests nothing)."""
     first_image_run(instance, [DagsterRunStatus.STARTED])
     group = campaign.daemon.process.pid
     deadline = time.monotonic() + 60
-    while not kill_in_group(group, *markers) and time.monotonic() < deadline:
+    while not processes_in_group(group, markers[0]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {markers[0]!r} process to kill")
         time.sleep(0.2)
+    victims = [pid for marker in markers for pid in processes_in_group(group, marker)]
+    missing = [marker for marker in markers if not processes_in_group(group, marker)]
+    if missing:
+        raise RuntimeError(f"no {missing} process to kill")
+    kill_now(victims)
 
 
 def fault_kill_worker(campaign: Campaign, instance: DagsterInstance) -> None:
-    kill_worker(campaign, instance, b"spawn_main")
+    kill_worker(campaign, instance, "spawn_main")
 
 
 def fault_kill_worker_and_code_server(campaign: Campaign, instance: DagsterInstance) -> None:
-    kill_worker(campaign, instance, b"spawn_main", b"api grpc")
+    kill_worker(campaign, instance, "spawn_main", "api grpc")
 
 
 def fault_kill_daemon_mid_run(campaign: Campaign, instance: DagsterInstance) -> None:
@@ -200,12 +202,29 @@ def fault_restart_pubsub(campaign: Campaign, instance: DagsterInstance) -> None:
 
 
 def fault_lock_warehouse(campaign: Campaign, instance: DagsterInstance) -> None:
+    """Another process holds the DuckDB file from the run's start until the requeue sensor
+    has failed on it too: the warehouse is down exactly when the failed run's photos must
+    be put back."""
     first_image_run(instance, [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED])
     holder = duckdb.connect(str(campaign.warehouse.duckdb_path))
     try:
         first_image_run(instance, [DagsterRunStatus.FAILURE])
+        wait_for_failed_tick(instance, campaign.daemon, "requeue_failed_photos", 180)
     finally:
         holder.close()
+
+
+def fault_kill_postgres(campaign: Campaign, instance: DagsterInstance) -> None:
+    """The PostgreSQL warehouse killed (-9, every backend) as the day's run starts, kept
+    down until the requeue sensor has failed on it, then restarted on the same data."""
+    assert campaign.postgres is not None
+    first_image_run(instance, [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+    campaign.postgres.kill()
+    try:
+        first_image_run(instance, [DagsterRunStatus.FAILURE])
+        wait_for_failed_tick(instance, campaign.daemon, "requeue_failed_photos", 180)
+    finally:
+        campaign.postgres.restart()
 
 
 def fault_poison_messages(campaign: Campaign, instance: DagsterInstance) -> None:
@@ -249,6 +268,9 @@ def fault_burst(campaign: Campaign, instance: DagsterInstance) -> None:
 
 
 BOMB_POSITION = "P001"
+POSTGRES_FAULT = (
+    "PostgreSQL warehouse killed -9 as a run starts, restarted after the requeue failed"
+)
 
 
 BEFORE_UPLOAD, AFTER_UPLOAD, UPLOADS_ITSELF = "before upload", "after upload", "uploads itself"
@@ -259,7 +281,11 @@ FAULTS: dict[str, tuple[Callable[[Campaign, DagsterInstance], None], str]] = {
     "kill -9 daemon mid-run": (fault_kill_daemon_mid_run, AFTER_UPLOAD),
     "kill -9 daemon mid-tick": (fault_kill_daemon_mid_tick, UPLOADS_ITSELF),
     "Pub/Sub emulator restarted mid-stream": (fault_restart_pubsub, AFTER_UPLOAD),
-    "warehouse locked past its timeout": (fault_lock_warehouse, AFTER_UPLOAD),
+    "warehouse locked past its timeout, through the failed run's requeue": (
+        fault_lock_warehouse,
+        AFTER_UPLOAD,
+    ),
+    POSTGRES_FAULT: (fault_kill_postgres, AFTER_UPLOAD),
     "poison and forged messages": (fault_poison_messages, BEFORE_UPLOAD),
     "decompression bomb among good photos": (lambda campaign, instance: None, BEFORE_UPLOAD),
     "10,000-message burst of duplicates and bad messages": (fault_burst, AFTER_UPLOAD),
@@ -270,8 +296,9 @@ def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
     inject, when = FAULTS[name]
     local_stack = LocalStack()
     local_stack.start()
+    postgres = PostgresServer(durable=True).start() if name == POSTGRES_FAULT else None
     try:
-        campaign = Campaign(local_stack, workdir, photos)
+        campaign = Campaign(local_stack, workdir, photos, postgres=postgres)
         bomb = name.startswith("decompression")
         extra = (
             {ImageKey(BOMB_POSITION, DAY).relative_path(): png_header_only(40_000, 40_000)}
@@ -305,6 +332,8 @@ def run_fault(name: str, photos: int, workdir: Path) -> dict[str, Any]:
         return tally(name, campaign, letters, failed_runs)
     finally:
         local_stack.stop()
+        if postgres is not None:
+            postgres.stop()
 
 
 def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -> dict[str, Any]:
@@ -321,7 +350,7 @@ def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -
     unusable = images.filter(images["error"].is_not_null())["position_id"].to_list()
     doubled = query(
         "SELECT count(*) AS n FROM (SELECT position_id, date, leaf_crop_idx, disease_type,"
-        " disease_model_version FROM disease_grades GROUP BY ALL HAVING count(*) > 1)"
+        " disease_model_version FROM disease_grades GROUP BY position_id, date, leaf_crop_idx, disease_type, disease_model_version HAVING count(*) > 1)"
     )["n"][0]
     sent = campaign.photos
     accounted = set(graded) | set(no_leaves) | set(unusable)

@@ -58,6 +58,10 @@ FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
 DEFAULT_RUN_CHUNK_PHOTOS = 64
 # A sensor run that has not finished after this many seconds, plus half a second per photo,
 # is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
+# How often the ingest sensors tick (the model-registry sensor: three times as long).
+# Dagster's sensor daemon loops every 5 s at best, so values under 5 act as 5.
+FARM_SENSOR_INTERVAL_SECONDS = "FARM_SENSOR_INTERVAL_SECONDS"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 10
 FARM_RUN_TIMEOUT_SECONDS = "FARM_RUN_TIMEOUT_SECONDS"
 DEFAULT_RUN_TIMEOUT_SECONDS = 600.0
 RUN_TIMEOUT_SECONDS_PER_PHOTO = 0.5
@@ -112,6 +116,7 @@ CONFIG_VARIABLES = (
     FARM_RUN_CHUNK_PHOTOS,
     FARM_MAX_PHOTO_ATTEMPTS,
     FARM_RUN_TIMEOUT_SECONDS,
+    FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE_LOCK_SECONDS,
     FARM_MODELS_DIR,
     FARM_TRIAL_START_DATE,
@@ -214,6 +219,11 @@ def trial_today() -> dt.date:
 
 def webserver_url() -> str:
     return os.environ.get(DAGSTER_WEBSERVER_URL) or DEFAULT_WEBSERVER_URL
+
+
+def sensor_interval_seconds() -> int:
+    """`$FARM_SENSOR_INTERVAL_SECONDS`: the ingest sensors' minimum interval."""
+    return max(1, int(env_number(FARM_SENSOR_INTERVAL_SECONDS, DEFAULT_SENSOR_INTERVAL_SECONDS)))
 
 
 def max_photo_attempts() -> int:

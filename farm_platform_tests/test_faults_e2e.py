@@ -10,10 +10,7 @@ died once its `dagster/max_runtime` has passed (FARM_RUN_TIMEOUT_SECONDS, short 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 import time
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -27,6 +24,7 @@ from farm_platform.dev.daemon import (
     wait_for_sensor_tick_in_progress,
 )
 from farm_platform.dev.postgres import PostgresServer
+from farm_platform.dev.processes import kill_now, processes_in_group
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.sensors import PHOTOS_TAG
 
@@ -66,40 +64,6 @@ def first_image_run(instance, daemon, statuses, timeout: float = 180):
     pytest.fail(f"no image run in {statuses}\n{daemon.log_tail()}")
 
 
-def processes(group: int, marker: str) -> list[int]:
-    """Pids in the daemon's process group whose command line contains `marker` (its
-    arguments joined by spaces: /proc separates them with NUL bytes)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if os.getpgid(int(proc.name)) == group and marker in command:
-                found.append(int(proc.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return found
-
-
-def kill_and_confirm(pids: list[int]) -> None:
-    """SIGKILL each process and wait until it is gone (reaped or a zombie)."""
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    for pid in pids:
-        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
-            assert time.monotonic() < deadline, f"process {pid} survived SIGKILL"
-            time.sleep(0.05)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
-
-
 def assert_graded_exactly_once(platform: Platform, instance, photos: int) -> None:
     failed = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
     assert failed, "the fault did not fail a run: nothing was tested"
@@ -117,19 +81,19 @@ def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
             first_image_run(instance, daemon, [DagsterRunStatus.STARTED])
             group = daemon.process.pid
             deadline = time.monotonic() + 60
-            while not processes(group, "spawn_main"):  # the run worker
+            while not processes_in_group(group, "spawn_main"):  # the run worker
                 assert time.monotonic() < deadline, daemon.log_tail()
                 time.sleep(0.2)
             if victim == "daemon":
                 daemon.stop(kill=True)  # the daemon, its code servers and the run worker
                 daemon = platform.daemon().start()
             else:
-                doomed = processes(group, "spawn_main")
+                doomed = processes_in_group(group, "spawn_main")
                 if victim == "run worker and code server":
-                    code_servers = processes(group, "api grpc")
+                    code_servers = processes_in_group(group, "api grpc")
                     assert code_servers, "no code server found to kill: nothing was tested"
                     doomed += code_servers
-                kill_and_confirm(doomed)
+                kill_now(doomed)
             wait_for_photos(
                 instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
             )

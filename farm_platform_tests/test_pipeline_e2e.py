@@ -18,7 +18,13 @@ from dagster import (
 )
 
 from farm_platform.admin.instance import prepare_dagster_home
-from farm_platform.config import DAGSTER_HOME, DRONE_IMAGE_TOPIC, FARM_FIELD_MAP, FARM_WAREHOUSE
+from farm_platform.config import (
+    DAGSTER_HOME,
+    DRONE_IMAGE_TOPIC,
+    FARM_FIELD_MAP,
+    FARM_SENSOR_INTERVAL_SECONDS,
+    FARM_WAREHOUSE,
+)
 from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
@@ -40,7 +46,7 @@ class Platform:
         self.stack = stack
         self.root = root
         self.dagster_home = root / "dagster"
-        prepare_dagster_home(self.dagster_home)
+        prepare_dagster_home(self.dagster_home, quick_polling=True)
         self.field_map = root / "positions.csv"
         self.warehouse = WarehouseResource(
             url=warehouse_url or f"duckdb:///{root / 'warehouse.duckdb'}"
@@ -50,6 +56,8 @@ class Platform:
             FARM_WAREHOUSE: self.warehouse.url,
             FARM_FIELD_MAP: str(self.field_map),
             DAGSTER_HOME: str(self.dagster_home),
+            # The daemon's fastest sensor loop: tests wait on every tick.
+            FARM_SENSOR_INTERVAL_SECONDS: "5",
         }
         self.fs, _ = bucket_filesystem(stack.bucket_url())
 

@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from farm_platform.dev.processes import child_pids, free_port, kill_now, pid_alive
 
 PG_PREFIX = "farm-pg-"
 SUPERUSER = "farm"
@@ -78,27 +79,6 @@ def _run_as(
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if proc.name.isdigit() and int(fields[1]) == pid:
-                found.append(int(proc.name))
-    return found
-
-
 def _sweep_orphaned() -> None:
     """Stop servers and remove data dirs left by earlier processes that died uncleanly."""
     for base in Path(tempfile.gettempdir()).glob(PG_PREFIX + "*"):
@@ -109,7 +89,7 @@ def _sweep_orphaned() -> None:
                 if time.time() - base.stat().st_mtime > 600:
                     shutil.rmtree(base, ignore_errors=True)
             continue
-        if _alive(owner_pid):
+        if pid_alive(owner_pid):
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
             postmaster = int((base / "data" / "postmaster.pid").read_text().split()[0])
@@ -117,12 +97,6 @@ def _sweep_orphaned() -> None:
             if str(base).encode() in cmdline:
                 os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown
         shutil.rmtree(base, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:
@@ -208,15 +182,8 @@ class PostgresServer:
         """SIGKILL the postmaster and every backend: a crash, as the OOM killer or a lost
         machine would leave it, not a shutdown."""
         pid = self.postmaster_pid()
-        if pid is None:
-            return
-        victims = [pid, *_children(pid)]
-        for victim in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while any(_alive(victim) for victim in victims) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if pid is not None:
+            kill_now([pid, *child_pids(pid)])
 
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -225,7 +192,7 @@ class PostgresServer:
 
     def running(self) -> bool:
         pid = self.postmaster_pid()
-        return pid is not None and _alive(pid)
+        return pid is not None and pid_alive(pid)
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its folder."""

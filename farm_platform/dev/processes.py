@@ -76,16 +76,58 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
             if stat.rsplit(")", 1)[1].split()[0] == "Z":
                 return False
             if marker is not None:
-                cmdline = (
-                    (proc_dir / "cmdline")
-                    .read_bytes()
-                    .replace(b"\0", b" ")
-                    .decode(errors="replace")
-                )
-                return marker in cmdline
+                return marker in command_line(pid)
         except (OSError, IndexError):
             return False
     return True
+
+
+def command_line(pid: int) -> str:
+    """The process's arguments joined by spaces (/proc separates them with NUL bytes)."""
+    return (
+        (Path("/proc") / str(pid) / "cmdline")
+        .read_bytes()
+        .replace(b"\0", b" ")
+        .decode(errors="replace")
+    )
+
+
+def _proc_pids() -> list[int]:
+    return [int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()]
+
+
+def processes_in_group(group: int, marker: str) -> list[int]:
+    """Live pids of process group `group` whose command line contains `marker`."""
+    found = []
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError, ProcessLookupError):
+            if os.getpgid(pid) == group and marker in command_line(pid) and pid_alive(pid):
+                found.append(pid)
+    return found
+
+
+def child_pids(parent: int) -> list[int]:
+    found = []
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(pid)
+    return found
+
+
+def kill_now(pids: list[int], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGKILL each process (a crash, not a shutdown) and return once all are gone;
+    raise if one survives."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes survived SIGKILL: {[p for p in pids if pid_alive(p)]}")
+        time.sleep(0.05)
 
 
 def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:

@@ -72,7 +72,7 @@ def claim_run_request(claim: Claim, tick_summary: str = "") -> RunRequest:
 @sensor(
     name="drone_image_sensor",
     asset_selection=list(IMAGE_PIPELINE),
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=config.sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
     description="Pulls drone_image messages; new photos become runs of their day partition.",
 )
@@ -116,7 +116,7 @@ FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED
 @sensor(
     name="requeue_failed_photos",
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=config.sensor_interval_seconds(),
     description="Puts the photos of a failed or canceled image run back in the arrival queue "
     "(bounded attempts), then dead-letters them. Its cursor moves only past requeues that "
     "committed.",
@@ -182,7 +182,7 @@ DATA_VERSION_TAG = "dagster/data_version"
 @sensor(
     name="model_registry_sensor",
     asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=3 * config.sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
     description="Records a model asset's new data version when registry.json activates one.",
 )
