@@ -348,9 +348,10 @@ def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -
         " (SELECT 1 FROM leaf_crops AS c WHERE c.position_id = i.position_id)"
     )["position_id"].to_list()
     unusable = images.filter(images["error"].is_not_null())["position_id"].to_list()
+    grade_key = "position_id, date, leaf_crop_idx, disease_type, disease_model_version"
     doubled = query(
-        "SELECT count(*) AS n FROM (SELECT position_id, date, leaf_crop_idx, disease_type,"
-        " disease_model_version FROM disease_grades GROUP BY position_id, date, leaf_crop_idx, disease_type, disease_model_version HAVING count(*) > 1)"
+        f"SELECT count(*) AS n FROM (SELECT {grade_key} FROM disease_grades"
+        f" GROUP BY {grade_key} HAVING count(*) > 1) AS doubled"
     )["n"][0]
     sent = campaign.photos
     accounted = set(graded) | set(no_leaves) | set(unusable)
