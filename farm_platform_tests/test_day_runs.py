@@ -233,3 +233,46 @@ def test_a_run_reports_every_check_it_selected(graded, tmp_path, selection):
         and record.asset_materialization.asset_key.to_user_string() == "partition_quality"
     ]
     assert [event.partition for event in quality] == [DAY]
+
+
+def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(
+    graded, tmp_path, monkeypatch
+):
+    """The bucket refuses the last photo's crops (a file stands where their folder goes):
+    the run fails after the other photos' rows were committed. The day's drone_images
+    asset then carries an observation saying how many photos' rows stand, so the UI does
+    not show a bare FAILURE beside rows that are in the warehouse."""
+    import shutil
+    from pathlib import Path
+
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from farm_platform.ml.registry import ModelRegistry
+
+    resources = copy_farm(graded, tmp_path)
+    monkeypatch.setenv("FARM_RUN_CHUNK_PHOTOS", "1")  # one commit per photo
+    root = Path(resources["bucket"].root.removeprefix("file://"))
+    in_the_way = root / "P002" / DAY / ModelRegistry().detector().id
+    shutil.rmtree(in_the_way)
+    in_the_way.write_text("not a folder")
+
+    with DagsterInstance.ephemeral() as instance:
+        assert not materialize_day(resources, DAY, ["P000", "P001", "P002"], instance=instance)
+        (failed,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+        committed = (
+            resources["warehouse"]
+            .query(
+                "SELECT position_id FROM drone_images WHERE dagster_run_id = %s ORDER BY 1",
+                [failed.run_id],
+            )["position_id"]
+            .to_list()
+        )
+        assert committed == ["P000", "P001"]
+        (observation,) = [
+            record.asset_observation
+            for record in instance.fetch_observations(AssetKey("drone_images"), limit=5).records
+        ]
+    assert observation.partition == DAY
+    assert observation.metadata["committed_photos"].value == 2
+    assert observation.metadata["photos"].value == 3
+    assert "failed after committing the rows of 2 of its 3 photo(s)" in observation.description

@@ -68,6 +68,9 @@ class DayResult:
     grades: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
     written_crop_uris: set[str] = field(default_factory=set)
     clock: StageClock = field(default_factory=StageClock)
+    # Photos whose rows are committed: if the run then fails, they stand (and are replaced
+    # when the photos are graded again).
+    committed_photos: int = 0
 
     def image_rows(self) -> pl.DataFrame:
         return _concat(self.images, DRONE_IMAGES_TABLE.polars_schema)
@@ -93,12 +96,14 @@ def grade_day(
     warehouse: WarehouseResource,
     registry: Any,
     announcements: dict[str, Any],
+    result: DayResult | None = None,
 ) -> DayResult:
-    """Process `plan.positions`' photos of `plan.date`; every chunk's rows are committed
-    before this returns (or it raises)."""
+    """Process `plan.positions`' photos of `plan.date` into `result`; every chunk's rows
+    are committed before this returns (or it raises: `result.committed_photos` then says
+    how many were committed before the failure)."""
     from farm_platform.ml import inference
 
-    result = DayResult()
+    result = result if result is not None else DayResult()
     detector, graders = _models(plan, registry)
     keys = [ImageKey(position, plan.date) for position in plan.positions]
     chunks = [keys[i : i + plan.chunk_photos] for i in range(0, len(keys), plan.chunk_photos)]
@@ -114,13 +119,14 @@ def grade_day(
         result.clock.add("decode", started)
         return photos
 
-    def write(crop_rows: pl.DataFrame, crops: list[Any], writes: list[Any]) -> None:
+    def write(photos: int, crop_rows: pl.DataFrame, crops: list[Any], writes: list[Any]) -> None:
         if plan.detect:  # else the crops are the stored ones, re-cut
             started = time.perf_counter()
             inference.write_crops(crop_rows, crops, bucket.filesystem)
             result.clock.add("crop_write", started)
         started = time.perf_counter()
         warehouse.replace_many(writes)
+        result.committed_photos += photos
         result.clock.add("warehouse_write", started)
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
@@ -144,7 +150,7 @@ def grade_day(
             # At most two chunks of crops wait for the writer: memory stays flat.
             while len(in_flight) >= 2:
                 in_flight.pop(0).result()
-            in_flight.append(writer.submit(write, crop_rows, crops, writes))
+            in_flight.append(writer.submit(write, len(photos), crop_rows, crops, writes))
             if plan.detect:
                 result.written_crop_uris.update(crop_rows["crop_uri"].to_list())
         for future in in_flight:

@@ -18,6 +18,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -102,6 +103,23 @@ class PhotoRunConfig(Config):
     )
 
 
+def _partly_committed(
+    context: AssetExecutionContext, committed: int, photos: int
+) -> Iterator[AssetObservation]:
+    note = (
+        f"run {context.run.run_id} failed after committing the rows of {committed} of its "
+        f"{photos} photo(s): those rows stand and are replaced when the photos are graded "
+        "again (a sensor run's photos are requeued; a UI or backfill run is retried)"
+    )
+    context.log.error(note)
+    yield AssetObservation(
+        asset_key=DRONE_IMAGES,
+        partition=context.partition_key,
+        description=note,
+        metadata={"committed_photos": committed, "photos": photos, "outcome": "run failed"},
+    )
+
+
 def photo_run_config(positions: Sequence[str]) -> dict[str, Any]:
     """Run config of a run over these positions' photos of its day."""
     return {"ops": {OP_NAME: {"config": {"positions": list(positions)}}}}
@@ -152,7 +170,15 @@ def image_pipeline(
         + f"; models {where}"
     )
     announcements = queue.announcements(date, positions)
-    day = grade_day(plan, bucket, warehouse, registry, announcements)
+    day = DayResult()
+    try:
+        grade_day(plan, bucket, warehouse, registry, announcements, day)
+    except Exception:
+        if day.committed_photos:
+            # The run will show FAILURE while some of its photos' rows are in the
+            # warehouse: say so on the day's asset, not only in this run's log.
+            yield from _partly_committed(context, day.committed_photos, len(positions))
+        raise
     _dead_letter_unusable(context, day, announcements, pubsub)
 
     results = _check_day(context, day, plan, bucket, warehouse)
