@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3.11
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint check
+.PHONY: install demo test test-fast lint check
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -32,8 +32,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two pytest workers, one module each: the daemon tests mostly wait on ticks and runs.
+PYTEST_PARALLEL := -n 2 --dist loadfile
+
+# Every test: each guarantee (faults, end-to-end stories, the UI) included.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
+
+# Unit and in-process tests: no daemon, no browser, no long dbt builds. After each change.
+test-fast: install
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # Data-quality gate: the suites and dbt tests on a clean simulated farm and on corrupted
 # copies; fails unless the clean data passes and every corruption is caught.

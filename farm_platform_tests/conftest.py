@@ -26,6 +26,42 @@ from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.postgres import postgres_server
 from farm_platform.dev.stack import LocalStack, StackInfo
 
+# --------------------------------------------------------------------------- leaks
+
+
+def _live_children() -> set[tuple[int, str]]:
+    """This process's live child processes (pid, command line); zombies are gone."""
+    from farm_platform.dev.processes import child_pids, command_line, pid_alive
+
+    children = set()
+    for pid in child_pids(os.getpid()):
+        with contextlib.suppress(OSError):
+            if pid_alive(pid):
+                children.add((pid, command_line(pid)[:200]))
+    return children
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_trace() -> Iterator[None]:
+    """A test leaves os.environ, the working directory and this process's children as it
+    found them: a leaked variable (the demo's FARM_INFERENCE once broke 44 later tests) or
+    a server left running fails the test that leaked it, not a later one. Session
+    fixtures (the stack, PostgreSQL) start before this snapshot and are not counted."""
+    environment, cwd, children = dict(os.environ), os.getcwd(), _live_children()
+    yield
+    changed = {
+        name: (environment.get(name), os.environ.get(name))
+        for name in set(environment) | set(os.environ)
+        if environment.get(name) != os.environ.get(name)
+    }
+    assert not changed, f"the test leaked environment variables (before, after): {changed}"
+    assert os.getcwd() == cwd, f"the test left the working directory at {os.getcwd()}"
+    deadline = time.monotonic() + 10  # a stopped server may take a moment to exit
+    while (left := _live_children() - children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"the test left child processes running: {sorted(left)}"
+
+
 # --------------------------------------------------------------------------- code locations
 
 # What a code location needs to load (it refuses to without): values that are never used
