@@ -11,12 +11,6 @@ from farm_platform.config import DAGSTER_HOME, REPO_ROOT, ConfigError
 
 # The instance configuration shipped with the project (README, "Instance configuration").
 DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
-# Production's storage (README, "Running against real GCP and PostgreSQL"): dagster-postgres.
-POSTGRES_STORAGE_YAML = """\
-storage:
-  postgres:
-    postgres_url: "{postgres_url}"
-"""
 
 
 # Polling of the run queue and of run monitoring for tests and benchmarks, which wait on
@@ -30,11 +24,14 @@ QUICK_POLLING = {
 def prepare_dagster_home(
     dagster_home: Path,
     max_concurrent_runs: int = 1,
-    postgres_url: str | None = None,
+    postgres_db: dict[str, Any] | None = None,
     quick_polling: bool = False,
 ) -> None:
     """A DAGSTER_HOME with the shipped dagster.yaml and its storage created: SQLite files in
-    the folder, or the PostgreSQL database at `postgres_url`."""
+    the folder, or dagster-postgres storage (runs, event logs, schedules and sensor ticks)
+    in the database `postgres_db` names (dagster-postgres's `postgres_db` keys; give the
+    password as `{"env": "VARIABLE"}` so that it is read from the environment, never
+    written here)."""
     from dagster import DagsterInstance
 
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -44,8 +41,10 @@ def prepare_dagster_home(
     for shipped, quick in QUICK_POLLING.items() if quick_polling else ():
         assert shipped in config, f"dagster.yaml no longer says {shipped!r}"
         config = config.replace(shipped, quick)
-    if postgres_url:
-        config += POSTGRES_STORAGE_YAML.format(postgres_url=postgres_url)
+    if postgres_db:
+        import yaml
+
+        config += yaml.safe_dump({"storage": {"postgres": {"postgres_db": postgres_db}}})
     (dagster_home / "dagster.yaml").write_text(config)
     # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
     # at the same moment race on its schema migrations.

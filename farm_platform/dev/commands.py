@@ -18,10 +18,12 @@ def _print_environment(environment: dict[str, str]) -> None:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from farm_platform.dev import stack
+    from farm_platform.dev import production, stack
 
-    state_dir = Path(args.state_dir) if args.state_dir else None
+    state_dir = (Path(args.state_dir) if args.state_dir else stack.default_state_dir()).resolve()
     if args.action == "up":
+        if args.production:
+            production.credentials()  # before anything starts
         info = stack.stack_up(
             state_dir,
             project=args.project,
@@ -30,6 +32,13 @@ def _stack(args: argparse.Namespace) -> int:
             gcs_port=args.gcs_port,
             model_server=args.model_server,
         )
+        if args.production:
+            topology = production.production_up(
+                state_dir, info.environment(), args.replicas, args.max_concurrent_runs
+            )
+            print(
+                f"# production topology: Dagster UI {topology.webserver_url}, logs in {state_dir}"
+            )
         if info.oip_url:
             print(f"# model server: {info.oip_url} (log: {info.state_dir / 'model-server.log'})")
         print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
@@ -38,15 +47,27 @@ def _stack(args: argparse.Namespace) -> int:
     elif args.action == "env":
         _print_environment(_shell_environment(stack.load_stack(state_dir)))
     else:
-        stopped = stack.stack_down(state_dir)
+        topology_stopped = production.production_down(state_dir)
+        stopped = stack.stack_down(state_dir) or topology_stopped
         print("local stack stopped" if stopped else "no local stack was running")
     return 0
 
 
 def _shell_environment(info: Any) -> dict[str, str]:
     """The stack's variables, plus a field map of its own: a farm simulated against this
-    stack writes its positions there, and the platform pointed at the stack reads them."""
-    return {**info.environment(), config.FARM_FIELD_MAP: str(info.state_dir / "positions.csv")}
+    stack writes its positions there, and the platform pointed at the stack reads them.
+    With a production topology, its variables too; the password stays a reference to
+    $FARM_PG_PASSWORD, expanded by the shell that evaluates these lines."""
+    from farm_platform.dev.production import PG_PASSWORD, load_production
+
+    environment = {
+        **info.environment(),
+        config.FARM_FIELD_MAP: str(info.state_dir / "positions.csv"),
+    }
+    topology = load_production(info.state_dir)
+    if topology is not None:
+        environment.update(topology.environment("${" + PG_PASSWORD + "}"))
+    return environment
 
 
 def _state_dir_flag(args: argparse.Namespace) -> str:
@@ -178,6 +199,22 @@ def add_dev_commands(commands: Any) -> None:
         action="store_true",
         help="up: also start a model server (`models serve`; the serve extra) and send the "
         "stack's inference to it (FARM_INFERENCE=oip in `stack env`)",
+    )
+    stack_parser.add_argument(
+        "--production",
+        action="store_true",
+        help="up: also start the production topology: PostgreSQL (instance storage and "
+        "warehouse), a gRPC code server per code location, dagster-daemon, dagster-webserver "
+        "and model-server replicas; needs FARM_PG_PASSWORD and FARM_OIP_TOKEN exported",
+    )
+    stack_parser.add_argument(
+        "--replicas", type=int, default=2, help="model-server replicas (default: %(default)s)"
+    )
+    stack_parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=4,
+        help="the production run queue's limit (default: %(default)s)",
     )
     stack_parser.set_defaults(handler=_stack)
 

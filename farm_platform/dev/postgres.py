@@ -67,7 +67,11 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 
 
 def _run_as(
-    user: pwd.struct_passwd | None, args: list[str], cwd: Path, timeout: float = 60
+    user: pwd.struct_passwd | None,
+    args: list[str],
+    cwd: Path,
+    timeout: float = 60,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     extra: dict[str, Any] = {}
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
@@ -75,7 +79,14 @@ def _run_as(
         extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         env["HOME"] = str(cwd)
     return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **extra
+        args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        **extra,
     )
 
 
@@ -104,20 +115,42 @@ class PostgresServer:
 
     `durable`: a commit is in the WAL before it returns (synchronous_commit on), so a killed
     server loses no committed row. Off (the default, for speed) a kill may lose the last
-    few hundred milliseconds of commits: fine for tests that never kill it."""
+    few hundred milliseconds of commits: fine for tests that never kill it.
 
-    def __init__(self, settings: str = "", durable: bool = False):
+    `base`: a folder of its own that outlives this process (the production topology's);
+    by default a temporary folder, removed on `stop`. `password`: password authentication
+    (scram) for `farm` instead of trust; it is handed to initdb on a pipe, never a file.
+    `databases`: created on the first start."""
+
+    def __init__(
+        self,
+        settings: str = "",
+        durable: bool = False,
+        base: Path | None = None,
+        password: str | None = None,
+        databases: tuple[str, ...] = (DATABASE,),
+        port: int = 0,
+    ):
         self.settings = settings
         self.durable = durable
-        self.port = 0
-        self.base: Path | None = None
+        self.port = port
+        self.base: Path | None = base.resolve() if base else None
+        self.temporary = base is None
+        self.password = password
+        self.databases = databases
         self._user: pwd.struct_passwd | None = None
         self._bin: Path | None = None
 
     @property
     def url(self) -> str:
-        """`postgresql://farm@127.0.0.1:PORT/farm`: trust auth, local connections only."""
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+        """`postgresql://farm[:password]@127.0.0.1:PORT/farm`: local connections only."""
+        return self.database_url(DATABASE)
+
+    def database_url(self, database: str) -> str:
+        from urllib.parse import quote
+
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{database}"
 
     @property
     def data(self) -> Path:
@@ -133,8 +166,6 @@ class PostgresServer:
             raise
 
     def _start(self) -> PostgresServer:
-        import psycopg
-
         self._bin = postgres_bin_dir()
         if self._bin is None:
             raise PostgresError(
@@ -142,39 +173,74 @@ class PostgresServer:
                 "/usr/lib/postgresql/*/bin or on PATH. Install them (`apt-get install "
                 "postgresql-15`) or set FARM_PG_BIN to their directory."
             )
-        _sweep_orphaned()
         self._user = _unprivileged_user()
-        # Not under pytest's tmp dirs: those are 0700 root and the postgres user cannot
-        # enter them.
-        self.base = Path(tempfile.mkdtemp(prefix=PG_PREFIX)).resolve()
-        (self.base / "owner.json").write_text(json.dumps({"owner_pid": os.getpid()}))
+        if self.temporary:
+            _sweep_orphaned()
+            # Not under pytest's tmp dirs: those are 0700 root and the postgres user cannot
+            # enter them.
+            self.base = Path(tempfile.mkdtemp(prefix=PG_PREFIX)).resolve()
+            (self.base / "owner.json").write_text(json.dumps({"owner_pid": os.getpid()}))
+        assert self.base is not None
+        self.base.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
             os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
-        result = self._run(
-            "initdb",
-            ["-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8"],
-            ["--no-locale", "--no-sync"],
-        )
-        if result.returncode != 0:
-            raise PostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        fresh = not (self.data / "PG_VERSION").exists()
+        if fresh:
+            self._initdb()
+        else:
+            self._remove_stale_lock()
         for _attempt in range(3):
-            self.port = free_port()
+            self.port = self.port or free_port()
             if self._pg_ctl_start():
                 break
             # A port picked free can be taken before postgres binds it: try another.
             if "already in use" not in self.log():
                 break
-        else:
-            raise PostgresError(f"PostgreSQL did not start:\n{self.log()[-3000:]}")
+            self.port = 0
         if not self.running():
             raise PostgresError(f"PostgreSQL did not start:\n{self.log()[-3000:]}")
-        admin_url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+        if fresh:
+            self._create_databases()
         return self
+
+    def _initdb(self) -> None:
+        # With a password, TCP connections need it (scram) and the Unix socket in `base` is
+        # trusted: that is how the password is set, so it never passes through a file.
+        auth = (
+            ["--auth-local=trust", "--auth-host=scram-sha-256"]
+            if self.password
+            else ["--auth=trust"]
+        )
+        command = [str(self._bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, *auth]
+        command += ["-E", "UTF8", "--no-locale", "--no-sync"]
+        result = _run_as(self._user, command, cwd=self.base)
+        if result.returncode != 0:
+            raise PostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+
+    def _create_databases(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            host=str(self.base),
+            port=self.port,
+            user=SUPERUSER,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        ) as conn:
+            if self.password:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(SUPERUSER), sql.Literal(self.password)
+                    )
+                )
+            for database in self.databases:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
     def restart(self) -> None:
         """Start again on the same port and data (after `kill`): crash recovery runs."""
+        self._remove_stale_lock()
         if not self._pg_ctl_start():
             raise PostgresError(f"PostgreSQL did not restart:\n{self.log()[-3000:]}")
 
@@ -184,6 +250,15 @@ class PostgresServer:
         pid = self.postmaster_pid()
         if pid is not None:
             kill_now([pid, *child_pids(pid)])
+
+    def _remove_stale_lock(self) -> None:
+        """A killed postmaster stays a zombie until its parent reaps it, and PostgreSQL
+        refuses to start while the pid in its lock file exists: drop the lock of a dead one."""
+        pid = self.postmaster_pid()
+        if pid is not None and not pid_alive(pid):
+            assert self.base is not None
+            for lock in [self.data / "postmaster.pid", *self.base.glob(".s.PGSQL.*.lock")]:
+                lock.unlink(missing_ok=True)
 
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -195,13 +270,17 @@ class PostgresServer:
         return pid is not None and pid_alive(pid)
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its folder."""
+        """Stop the server (fast shutdown); a temporary server's folder goes with it. Also
+        stops a server this object did not start (one recorded in `base`)."""
         if self.base is None:
             return
+        if self._bin is None:
+            self._bin, self._user = postgres_bin_dir(), _unprivileged_user()
         if self.running():
             self._run("pg_ctl", ["stop", "-m", "fast", "-w", "-D", str(self.data)])
-        shutil.rmtree(self.base, ignore_errors=True)
-        self.base = None
+        if self.temporary:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
 
     def log(self) -> str:
         path = self.base / "postgres.log" if self.base else None
@@ -223,11 +302,12 @@ class PostgresServer:
         return result.returncode == 0
 
     def _run(
-        self, program: str, args: list[str], more: list[str] | None = None, timeout: float = 60
+        self, program: str, args: list[str], timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         assert self._bin is not None and self.base is not None
-        command = [str(self._bin / program), *args, *(more or [])]
-        return _run_as(self._user, command, cwd=self.base, timeout=timeout)
+        return _run_as(
+            self._user, [str(self._bin / program), *args], cwd=self.base, timeout=timeout
+        )
 
     def __enter__(self) -> PostgresServer:
         return self.start()

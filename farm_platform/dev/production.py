@@ -1,0 +1,324 @@
+"""The production topology on one machine: `farm-platform stack up --production`.
+
+Beside the emulator stack, each process production runs, on its own:
+
+- PostgreSQL: Dagster's instance storage (dagster-postgres: runs, event logs, schedules,
+  sensor ticks; database `dagster`) and the warehouse (database `farm`);
+- one gRPC code server per code location (`dagster code-server start`), and a workspace
+  file that points at them (`grpc_server`): a code change restarts a code server, not
+  the daemon or the webserver;
+- `dagster-daemon` (exactly one: Dagster does not support two) and `dagster-webserver`;
+- model-server replicas (`models serve`), which every run shares (FARM_OIP_URL lists them).
+
+Everything binds 127.0.0.1. The credentials come from the environment of `stack up`:
+`FARM_PG_PASSWORD` (PostgreSQL's password for `farm`) and `FARM_OIP_TOKEN` (the model
+servers' bearer token). The files here (state, dagster.yaml, workspace) only name those
+variables; `stack env` prints the warehouse URL with `${FARM_PG_PASSWORD}` unexpanded.
+`stack up` on a half-dead topology restarts what died, in dependency order; `stack down`
+stops it all. State lives in `<stack dir>/production.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm_platform import config
+from farm_platform.dev.emulators import StackError
+from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
+from farm_platform.dev.postgres import SUPERUSER, PostgresServer
+from farm_platform.dev.processes import free_port, pid_alive, spawn, stop_pids
+
+PRODUCTION_FILE = "production.json"
+PG_PASSWORD = "FARM_PG_PASSWORD"
+OIP_TOKEN = "FARM_OIP_TOKEN"
+CODE_LOCATIONS = {
+    "farm_platform": "farm_platform.images.definitions",
+    "farm_platform_analytics": "farm_platform.analytics.definitions",
+}
+DAGSTER_DATABASE = "dagster"
+WAREHOUSE_DATABASE = "farm"
+# Code servers import torch-free definitions, but dbt's manifest and dagster itself take a
+# while on a loaded 2-core machine.
+START_TIMEOUT_SECONDS = 180.0
+
+
+@dataclass(frozen=True)
+class Production:
+    """A running production topology: where each part answers."""
+
+    state_dir: Path
+    pg_port: int
+    code_server_ports: dict[str, int]
+    webserver_port: int
+    replica_grpc_ports: list[int]
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster"
+
+    @property
+    def workspace(self) -> Path:
+        return self.state_dir / "workspace.yaml"
+
+    @property
+    def webserver_url(self) -> str:
+        return f"http://127.0.0.1:{self.webserver_port}"
+
+    def warehouse_url(self, password: str) -> str:
+        """The warehouse's URL with `password` in it (pass "${FARM_PG_PASSWORD}" for a shell)."""
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.pg_port}/{WAREHOUSE_DATABASE}"
+
+    def environment(self, password: str) -> dict[str, str]:
+        """What the platform's processes need, beyond the emulator stack's variables."""
+        urls = ",".join(grpc_url(port) for port in self.replica_grpc_ports)
+        return {
+            config.DAGSTER_HOME: str(self.dagster_home),
+            config.FARM_WAREHOUSE: self.warehouse_url(password),
+            config.DAGSTER_WEBSERVER_URL: self.webserver_url,
+            **oip_environment(urls),
+        }
+
+
+def credentials() -> tuple[str, str]:
+    """FARM_PG_PASSWORD and FARM_OIP_TOKEN from the environment (StackError if unset)."""
+    import os
+    from urllib.parse import quote
+
+    missing = [name for name in (PG_PASSWORD, OIP_TOKEN) if not os.environ.get(name)]
+    if missing:
+        raise StackError(
+            f"the production topology takes its credentials from the environment: export "
+            f"{' and '.join(missing)} first (e.g. `export {missing[0]}=$(openssl rand -hex 16)`)"
+        )
+    return quote(os.environ[PG_PASSWORD], safe=""), os.environ[OIP_TOKEN]
+
+
+def production_up(
+    state_dir: Path,
+    stack_environment: dict[str, str],
+    replicas: int,
+    max_concurrent_runs: int,
+    quick_polling: bool = False,
+) -> Production:
+    """Start the topology (or restart what died of a recorded one) and return it.
+    `stack_environment`: the emulator stack's variables, and any setting its processes
+    should run with."""
+    password, _token = credentials()
+    state = read_production(state_dir) or {
+        "pg_port": free_port(),
+        "code_server_ports": {name: free_port() for name in CODE_LOCATIONS},
+        "webserver_port": free_port(),
+        "replica_ports": [[free_port(), free_port()] for _ in range(replicas)],
+        "max_concurrent_runs": max_concurrent_runs,
+        "pids": {},
+    }
+    production = _production(state, state_dir)
+    environment = {
+        **stack_environment,
+        **production.environment(password),
+        config.FARM_FIELD_MAP: str(state_dir / "positions.csv"),
+        # Materializations stored in batches, not an INSERT each.
+        "DAGSTER_EVENT_BATCH_SIZE": "1000",
+    }
+    pids: dict[str, int] = state["pids"]
+    dead = set(dead_processes(state, state_dir))
+    try:
+        if "postgres" in dead:
+            pids["postgres"] = _start_postgres(state, state_dir)
+        if not production.dagster_home.exists():
+            _prepare_instance(production, int(state["max_concurrent_runs"]), quick_polling)
+        for name, module in CODE_LOCATIONS.items():
+            if f"code_server:{name}" in dead:
+                port = production.code_server_ports[name]
+                pids[f"code_server:{name}"] = _start_code_server(
+                    name, module, port, state_dir, environment
+                )
+        if "daemon" in dead or "webserver" in dead:
+            _write_workspace(production)
+        if "daemon" in dead:
+            pids["daemon"] = _start(
+                [_tool("dagster-daemon"), "run", "-w", str(production.workspace)],
+                "daemon",
+                state_dir,
+                environment,
+            )
+        if "webserver" in dead:
+            pids["webserver"] = _start_webserver(production, environment)
+        for index, (port, grpc_port) in enumerate(state["replica_ports"]):
+            if f"model_server:{index}" in dead:
+                pids[f"model_server:{index}"] = start_model_server(
+                    config.models_dir().resolve(),
+                    port,
+                    grpc_port,
+                    state_dir / f"model-server-{index}.log",
+                    watch_seconds=config.DEFAULT_REGISTRY_WATCH_SECONDS,
+                    detached=True,
+                ).pid
+    finally:
+        _write_production(state_dir, state)
+    return production
+
+
+def read_production(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / PRODUCTION_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def load_production(state_dir: Path) -> Production | None:
+    state = read_production(state_dir)
+    return _production(state, state_dir) if state else None
+
+
+def production_down(state_dir: Path) -> bool:
+    """Stop every process of the topology (PostgreSQL last); False if none was recorded."""
+    state = read_production(state_dir)
+    if state is None:
+        return False
+    order = [key for key in state["pids"] if key != "postgres"]
+    for key in order:
+        stop_pids([int(state["pids"][key])], _marker(state, key, state_dir))
+    if "postgres" in state["pids"]:
+        PostgresServer(base=state_dir / "postgres", port=int(state["pg_port"])).stop()
+    (state_dir / PRODUCTION_FILE).unlink(missing_ok=True)
+    return True
+
+
+def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
+    """The topology's processes that do not run (never started, or died), by state key."""
+    expected = ["postgres", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
+    expected += ["daemon", "webserver"]
+    expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
+    return [
+        key
+        for key in expected
+        if key not in state["pids"]
+        or not pid_alive(int(state["pids"][key]), _marker(state, key, state_dir))
+    ]
+
+
+def _production(state: dict[str, Any], state_dir: Path) -> Production:
+    return Production(
+        state_dir=state_dir,
+        pg_port=int(state["pg_port"]),
+        code_server_ports={name: int(port) for name, port in state["code_server_ports"].items()},
+        webserver_port=int(state["webserver_port"]),
+        replica_grpc_ports=[int(grpc_port) for _, grpc_port in state["replica_ports"]],
+    )
+
+
+def _marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
+    """What the recorded process's command line holds, so that a reused pid is not ours."""
+    if key == "postgres":
+        return str(state_dir / "postgres")
+    if key.startswith("code_server:"):
+        return f"-p {state['code_server_ports'][key.split(':', 1)[1]]} "
+    if key == "webserver":
+        return f"-p {state['webserver_port']} "
+    if key.startswith("model_server:"):
+        return f"--grpc-port {state['replica_ports'][int(key.split(':', 1)[1])][1]} "
+    return str(state_dir / "workspace.yaml")  # the daemon
+
+
+def _write_production(state_dir: Path, state: dict[str, Any]) -> None:
+    tmp = state_dir / (PRODUCTION_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(state_dir / PRODUCTION_FILE)
+
+
+def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
+    import os
+
+    server = PostgresServer(
+        base=state_dir / "postgres",
+        password=os.environ[PG_PASSWORD],
+        databases=(WAREHOUSE_DATABASE, DAGSTER_DATABASE),
+        port=int(state["pg_port"]),
+        durable=True,
+    ).start()
+    pid = server.postmaster_pid()
+    assert pid is not None
+    return pid
+
+
+def _prepare_instance(
+    production: Production, max_concurrent_runs: int, quick_polling: bool
+) -> None:
+    from farm_platform.admin.instance import prepare_dagster_home
+
+    prepare_dagster_home(
+        production.dagster_home,
+        max_concurrent_runs=max_concurrent_runs,
+        quick_polling=quick_polling,
+        postgres_db={
+            "username": SUPERUSER,
+            "password": {"env": PG_PASSWORD},
+            "hostname": "127.0.0.1",
+            "port": production.pg_port,
+            "db_name": DAGSTER_DATABASE,
+            # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://, and dagster-postgres's
+            # `NOTIFY run_events, $1` then fails on every event.
+            "scheme": "postgresql+psycopg2",
+        },
+    )
+
+
+def _write_workspace(production: Production) -> None:
+    import yaml
+
+    servers = [
+        {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": name}}
+        for name, port in production.code_server_ports.items()
+    ]
+    production.workspace.write_text(yaml.safe_dump({"load_from": servers}))
+
+
+def _tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _start(args: list[str], name: str, state_dir: Path, environment: dict[str, str]) -> int:
+    import os
+
+    log = state_dir / f"{name}.log"
+    return spawn(args, log, env={**os.environ, **environment}, detached=True).pid
+
+
+def _start_code_server(
+    name: str, module: str, port: int, state_dir: Path, environment: dict[str, str]
+) -> int:
+    args = [_tool("dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
+    args += ["-m", module, "--location-name", name]
+    pid = _start(args, f"code-server-{name}", state_dir, environment)
+    _wait_for_port(port, pid, f"code server {name}", state_dir / f"code-server-{name}.log")
+    return pid
+
+
+def _start_webserver(production: Production, environment: dict[str, str]) -> int:
+    port = production.webserver_port
+    args = [_tool("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
+    args += ["-w", str(production.workspace)]
+    pid = _start(args, "webserver", production.state_dir, environment)
+    _wait_for_port(port, pid, "the webserver", production.state_dir / "webserver.log")
+    return pid
+
+
+def _wait_for_port(port: int, pid: int, what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise StackError(f"{what} exited before it listened on {port}; {log}:\n{tail}")
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise StackError(f"{what} did not listen on 127.0.0.1:{port} in {START_TIMEOUT_SECONDS} s")
