@@ -28,10 +28,9 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "demo"
     environment_before = dict(os.environ)
+    farm = FarmConfig(positions=4, days=2, seed=5)
     try:
-        code = run_demo(
-            FarmConfig(positions=4, days=2, seed=5), workdir, keep=True, model_server=model_server
-        )
+        code = run_demo(farm, workdir, keep=True, model_server=model_server)
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
         # The report run's dbt build was complete (every model selected), so it advanced
@@ -49,6 +48,8 @@ def test_demo_keep_prints_a_ui_command_that_works_as_printed(
         environment = dict(word.split("=", 1) for word in words[1:] if "=" in word)
         for name in ("DAGSTER_HOME", "FARM_BUCKET", "FARM_WAREHOUSE", "FARM_FIELD_MAP"):
             assert name in environment, name
+        # The UI's day partitions begin with the demo farm's first day, not a year before.
+        assert environment["FARM_TRIAL_START_DATE"] == farm.start_date.isoformat()
         # The stack the command points at is still up ...
         info = load_stack(workdir / "stack")
         assert environment["PUBSUB_EMULATOR_HOST"] == info.pubsub_host

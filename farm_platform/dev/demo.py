@@ -29,6 +29,7 @@ from farm_platform.config import (
     DAGSTER_HOME,
     FARM_FIELD_MAP,
     FARM_REPORTS,
+    FARM_TRIAL_START_DATE,
     FARM_WAREHOUSE,
     WORKSPACE_FILE,
     process_environment,
@@ -88,6 +89,9 @@ def run_demo(
             FARM_FIELD_MAP: str(field_map),
             # On disk, so the report outlives the emulated bucket.
             FARM_REPORTS: str(workdir / "reports"),
+            # The trial begins on the simulated farm's first day: the UI's day partitions
+            # are then the farm's days, not a year of "Missing" ones before it.
+            FARM_TRIAL_START_DATE: config.start_date.isoformat(),
         }
         cleanup.enter_context(process_environment(environment))
         print(
