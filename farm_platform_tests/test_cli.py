@@ -113,6 +113,42 @@ def test_a_stack_that_is_down_is_one_line_not_half_a_minute_of_retries(tmp_path)
     assert "farm-platform stack up" in line
 
 
+def test_reconcile_and_replay_with_their_service_down_are_one_line(tmp_path):
+    """Issue 28: reconcile printed 46 tracebacks over 38 s with the storage emulator down,
+    replay a RetryError after 57 s with Pub/Sub down."""
+    (tmp_path / "positions.csv").write_text(DEFAULT_FIELD_MAP_PATH.read_text())
+    (tmp_path / "dagster").mkdir()
+    storage_down = f"http://127.0.0.1:{free_port()}"
+    line = one_line_error(
+        farm_platform(
+            "reconcile",
+            *DATES,
+            cwd=tmp_path,
+            FARM_BUCKET="gs://farm-images",
+            FARM_WAREHOUSE=f"duckdb:///{tmp_path / 'w.duckdb'}",
+            FARM_GCP_PROJECT="farm-local",
+            FARM_FIELD_MAP=str(tmp_path / "positions.csv"),
+            DAGSTER_HOME=str(tmp_path / "dagster"),
+            STORAGE_EMULATOR_HOST=storage_down,
+            GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+        )
+    )
+    assert line.startswith(f"farm-platform reconcile: the GCS emulator at {storage_down}"), line
+    pubsub_down = f"127.0.0.1:{free_port()}"
+    line = one_line_error(
+        farm_platform(
+            "replay",
+            "--since",
+            "2026-06-01",
+            "--project",
+            "p",
+            cwd=tmp_path,
+            PUBSUB_EMULATOR_HOST=pubsub_down,
+        )
+    )
+    assert line.startswith("farm-platform replay: Pub/Sub did not answer seek"), line
+
+
 def test_a_bucket_that_does_not_exist_is_one_line(tmp_path, local_stack):
     environment = {**local_stack.environment(), "FARM_BUCKET": "gs://nope"}
     line = one_line_error(farm_platform("simulate", cwd=tmp_path, **environment))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm_platform.arrivals import Arrival, ArrivalQueue
-from farm_platform.layout import ImageKey
+from farm_platform.layout import ImageKey, check_bucket
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
@@ -86,6 +86,8 @@ def reconcile(
     ungraded ones."""
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
+    # One clear sentence when the bucket does not answer, not a traceback per lookup.
+    check_bucket(bucket.root)
     keys = [
         ImageKey(position, start + dt.timedelta(days=offset))
         for offset in range((end - start).days + 1)

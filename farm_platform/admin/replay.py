@@ -17,7 +17,6 @@ that is what re-processing is for, and it does not depend on the queue.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from farm_platform import config
 
@@ -33,25 +32,13 @@ def parse_timestamp(value: str) -> dt.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
 
 
-def seek_subscription(subscriber: Any, project: str, subscription: str, since: dt.datetime) -> str:
-    """Seek `subscription` to `since`; returns the subscription path."""
-    from google.protobuf import timestamp_pb2
-
-    path = subscriber.subscription_path(project, subscription)
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(since.astimezone(dt.UTC).replace(tzinfo=None))
-    subscriber.seek(request={"subscription": path, "time": stamp})
-    return path
-
-
 def replay(
     project: str, subscription: str = config.DEFAULT_SUBSCRIPTION, *, since: dt.datetime
 ) -> str:
-    """Seek with the standard client (it honours PUBSUB_EMULATOR_HOST by itself)."""
-    from google.cloud import pubsub_v1
+    """Seek the subscription to `since` (bounded: PubSubUnavailable when Pub/Sub does not
+    answer); returns the subscription path."""
+    from farm_platform.resources.pubsub import PubSubResource
 
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
-        return seek_subscription(subscriber, project, subscription, since)
-    finally:
-        subscriber.close()
+    pubsub = PubSubResource(project=project, subscription=subscription)
+    pubsub.seek(since)
+    return pubsub.subscription_path

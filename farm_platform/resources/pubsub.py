@@ -112,6 +112,27 @@ class PubSubResource(ConfigurableResource):
                 f"the emulator at ${config.PUBSUB_EMULATOR_HOST}) is up."
             ) from exc
 
+    def seek(self, since: Any, timeout_seconds: float = 10.0) -> None:
+        """Seek the subscription to `since` (an aware datetime): messages published since
+        then are delivered again."""
+        import datetime as dt
+
+        from google.api_core import exceptions
+        from google.protobuf import timestamp_pb2
+
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(since.astimezone(dt.UTC).replace(tzinfo=None))
+        try:
+            self._call(
+                "seek", {"subscription": self.subscription_path, "time": stamp}, timeout_seconds
+            )
+        except exceptions.DeadlineExceeded as exc:
+            raise PubSubUnavailable(
+                f"Pub/Sub did not answer seek on {self.subscription_path} within "
+                f"{timeout_seconds:.0f} s. Check that Pub/Sub (or the emulator at "
+                f"${config.PUBSUB_EMULATOR_HOST}) is up."
+            ) from exc
+
     def pull(self, max_messages: int, timeout_seconds: float = 5.0) -> list[PulledMessage]:
         """One synchronous pull; an empty list when nothing is waiting."""
         from google.api_core import exceptions
