@@ -1126,6 +1126,7 @@ def _warehouse_and_copy(
         yield url, copy_postgres
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db", ["duckdb", "postgres"])
 def test_incremental_builds_equal_a_full_refresh(
     db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
@@ -1148,6 +1149,7 @@ def test_incremental_builds_equal_a_full_refresh(
             assert set(_changed_days(full_url)) == built_days, when
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db", ["duckdb", "postgres"])
 def test_rows_committed_after_a_build_they_predate_are_rebuilt_next(
     db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest
@@ -1179,6 +1181,7 @@ def test_rows_committed_after_a_build_they_predate_are_rebuilt_next(
         _assert_equals_a_full_refresh(project, url, copy_url(url), "a commit after a build")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db", ["duckdb", "postgres"])
 def test_a_partial_build_leaves_the_watermark_for_the_models_it_left_out(
     db: str, farm: Farm, tmp_path: Path, request: pytest.FixtureRequest

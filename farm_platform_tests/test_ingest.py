@@ -295,6 +295,7 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
     assert redelivered(subscriber, subscription.path, outcome.acknowledged_ids) == 0
 
 
+@pytest.mark.slow
 def test_dead_letters_can_be_listed_and_replayed_once_fixed(
     farm, queue, publisher, subscriber, dead_letters, local_stack
 ):
@@ -456,6 +457,7 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
         stack.stop()
 
 
+@pytest.mark.slow
 def test_a_burst_of_duplicates_and_bad_messages_claims_each_photo_once(
     farm, queue, publisher, dead_letters, drain
 ):

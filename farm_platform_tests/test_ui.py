@@ -14,6 +14,8 @@ from farm_platform.dev.farm import grade_simulated_farm
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.dev.ui import Browser, webserver
 
+pytestmark = pytest.mark.slow  # a browser and a webserver
+
 # The trial ends today, so the partitions page holds only the farm's days.
 START = dt.date.today() - dt.timedelta(days=1)
 CONFIG = FarmConfig(positions=3, days=2, start_date=START, seed=3)
