@@ -41,6 +41,10 @@ def _live_children() -> set[tuple[int, str]]:
     return children
 
 
+# pytest itself moves this from "(setup)" to "(teardown)" around every test.
+PYTEST_OWN_VARIABLES = {"PYTEST_CURRENT_TEST"}
+
+
 @pytest.fixture(autouse=True)
 def leaves_no_trace() -> Iterator[None]:
     """A test leaves os.environ, the working directory and this process's children as it
@@ -52,7 +56,7 @@ def leaves_no_trace() -> Iterator[None]:
     changed = {
         name: (environment.get(name), os.environ.get(name))
         for name in set(environment) | set(os.environ)
-        if environment.get(name) != os.environ.get(name)
+        if environment.get(name) != os.environ.get(name) and name not in PYTEST_OWN_VARIABLES
     }
     assert not changed, f"the test leaked environment variables (before, after): {changed}"
     assert os.getcwd() == cwd, f"the test left the working directory at {os.getcwd()}"
