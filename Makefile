@@ -11,10 +11,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall only when the dependencies change. The serve extra too: the model-server tests
-# run against a real kserve server process.
+# run against a real kserve server process; and deploy: test_deploy.py builds run pods' Jobs
+# with dagster-k8s and validates the manifests offline.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash scripts/install_system_deps.sh
-	$(BIN)/pip install --quiet -e '.[dev,serve]'
+	$(BIN)/pip install --quiet -e '.[dev,serve,deploy]'
 	touch $@
 
 # dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.

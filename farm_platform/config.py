@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 # The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +95,21 @@ TORCH_DTYPES = ("float32", "bfloat16")
 # The decode pool's workers, and torch's CPU threads when the models run on CPU;
 # default: the cores this process may use.
 FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
+# Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
+# object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
+FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
+# The keys dagster-k8s accepts in that tag (its USER_DEFINED_K8S_JOB_CONFIG_SCHEMA; a test
+# compares the two). Checked here so that a typo fails the sensor's tick with the variable's
+# name, not every run at launch with dagster-k8s's config error.
+RUN_K8S_CONFIG_KEYS = (
+    "container_config",
+    "pod_template_spec_metadata",
+    "pod_spec_config",
+    "job_config",
+    "job_metadata",
+    "job_spec_config",
+    "merge_behavior",
+)
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -128,6 +145,7 @@ CONFIG_VARIABLES = (
     FARM_TORCH_DEVICE,
     FARM_TORCH_DTYPE,
     FARM_TORCH_THREADS,
+    FARM_RUN_K8S_CONFIG,
 )
 
 
@@ -321,6 +339,47 @@ def torch_dtype() -> str:
     if value not in TORCH_DTYPES:
         raise ConfigError(f"{FARM_TORCH_DTYPE}={raw!r}: use one of {', '.join(TORCH_DTYPES)}")
     return value
+
+
+def run_k8s_config() -> dict[str, Any]:
+    """`$FARM_RUN_K8S_CONFIG` as a dict ({} when unset): the image runs' `dagster-k8s/config`."""
+    raw = os.environ.get(FARM_RUN_K8S_CONFIG)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{FARM_RUN_K8S_CONFIG} is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{FARM_RUN_K8S_CONFIG} must be a JSON object such as "
+            '{"container_config": {...}, "pod_spec_config": {...}}, not '
+            f"{type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(RUN_K8S_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{FARM_RUN_K8S_CONFIG} has unknown key(s) {', '.join(unknown)}: use "
+            f"{', '.join(RUN_K8S_CONFIG_KEYS)}"
+        )
+    return value
+
+
+def requests_gpu(k8s_config: Mapping[str, Any]) -> bool:
+    """Whether a `dagster-k8s/config` asks its container for a GPU (a `*/gpu` limit above 0:
+    Kubernetes schedules GPUs by limit only)."""
+    container = k8s_config.get("container_config") or {}
+    limits = (container.get("resources") or {}).get("limits") or {}
+    for name, amount in limits.items():
+        if str(name).endswith("/gpu"):
+            try:
+                if float(amount) > 0:
+                    return True
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{FARM_RUN_K8S_CONFIG}: {name}={amount!r} is not a number of GPUs"
+                ) from None
+    return False
 
 
 def require(name: str, hint: str = "") -> str:

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import polars  # noqa: F401  (see PYTEST_OWN_VARIABLES)
 import pytest
 
+import farm_platform.layout  # noqa: F401
 from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.postgres import postgres_server
@@ -41,6 +43,19 @@ def _live_children() -> set[tuple[int, str]]:
     return children
 
 
+# pytest itself moves this from "(setup)" to "(teardown)" around every test. And
+# farm_platform.layout and polars set variables when first imported
+# (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, _RJEM_MALLOC_CONF): imported above, before any test's
+# snapshot, so the first test to import them is not blamed for it.
+PYTEST_OWN_VARIABLES = {"PYTEST_CURRENT_TEST"}
+
+
+def _long_lived(children: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Children other than multiprocessing's resource tracker: one per interpreter, started
+    by the first test that uses multiprocessing, and meant to live until pytest exits."""
+    return {child for child in children if "multiprocessing.resource_tracker" not in child[1]}
+
+
 @pytest.fixture(autouse=True)
 def leaves_no_trace() -> Iterator[None]:
     """A test leaves os.environ, the working directory and this process's children as it
@@ -52,12 +67,12 @@ def leaves_no_trace() -> Iterator[None]:
     changed = {
         name: (environment.get(name), os.environ.get(name))
         for name in set(environment) | set(os.environ)
-        if environment.get(name) != os.environ.get(name) and name != "PYTEST_CURRENT_TEST"
+        if environment.get(name) != os.environ.get(name) and name not in PYTEST_OWN_VARIABLES
     }
     assert not changed, f"the test leaked environment variables (before, after): {changed}"
     assert os.getcwd() == cwd, f"the test left the working directory at {os.getcwd()}"
     deadline = time.monotonic() + 10  # a stopped server may take a moment to exit
-    while (left := _live_children() - children) and time.monotonic() < deadline:
+    while (left := _long_lived(_live_children() - children)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"the test left child processes running: {sorted(left)}"
 

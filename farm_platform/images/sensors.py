@@ -12,6 +12,7 @@
 """
 
 import json
+from collections.abc import Mapping
 
 from dagster import (
     DagsterEventType,
@@ -29,6 +30,7 @@ from farm_platform import config
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
+from farm_platform.images.run_tags import image_run_k8s_tags
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
@@ -51,10 +53,15 @@ def run_timeout_seconds(photos: int) -> int:
     return int(base + config.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
 
 
-def claim_run_request(claim: Claim, tick_summary: str = "") -> RunRequest:
-    """One run of the claim's day partition over exactly its photos."""
+def claim_run_request(
+    claim: Claim, tick_summary: str = "", k8s_tags: Mapping[str, str] | None = None
+) -> RunRequest:
+    """One run of the claim's day partition over exactly its photos; `k8s_tags` (default:
+    from `FARM_RUN_K8S_CONFIG`) give its pod on Kubernetes a GPU and cores."""
     from farm_platform.images.pipeline import photo_run_config
 
+    if k8s_tags is None:
+        k8s_tags = image_run_k8s_tags()
     return RunRequest(
         run_key=claim.run_key,
         partition_key=claim.date.isoformat(),
@@ -64,6 +71,7 @@ def claim_run_request(claim: Claim, tick_summary: str = "") -> RunRequest:
             MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
             MAX_RETRIES_TAG: "0",
             **({TICK_TAG: tick_summary} if tick_summary else {}),
+            **k8s_tags,
         },
         run_config=photo_run_config(claim.positions),
     )
@@ -83,6 +91,9 @@ def drone_image_sensor(
     field_map: FieldMapResource,
     warehouse: WarehouseResource,
 ) -> SensorResult:
+    # Read before claiming: a malformed FARM_RUN_K8S_CONFIG then fails the tick with its
+    # name while every photo is still in the queue, instead of after its claim.
+    k8s_tags = image_run_k8s_tags()
     outcome = ingest_tick(
         IngestCursor.from_json(context.cursor),
         pubsub,
@@ -100,7 +111,10 @@ def drone_image_sensor(
     elif stats.pulled or stats.acknowledged or outcome.claims:
         context.log.info(summary)
     return SensorResult(
-        run_requests=[claim_run_request(claim, tick_summary=summary) for claim in outcome.claims],
+        run_requests=[
+            claim_run_request(claim, tick_summary=summary, k8s_tags=k8s_tags)
+            for claim in outcome.claims
+        ],
         cursor=outcome.cursor.to_json(),
         skip_reason=None if outcome.claims else summary,
     )

@@ -1,0 +1,30 @@
+"""Kubernetes tags of the image runs (sensor and backfill alike), from `FARM_RUN_K8S_CONFIG`.
+
+Only image runs carry them: they decode and grade photos, so they are the runs that need a
+GPU node and many cores; the daily report's runs stay on the launcher's small default pod.
+"""
+
+from __future__ import annotations
+
+import json
+
+from farm_platform import config
+
+# dagster-k8s's K8sRunLauncher merges this tag's JSON into the run's Job (container
+# resources, node selector, tolerations): dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY.
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The run coordinator limits runs with this tag (deploy/helm/values.yaml): as many GPU runs
+# at once as the GPU node pool has GPUs, however many days are queued.
+DEVICE_TAG = "farm/device"
+
+
+def image_run_k8s_tags() -> dict[str, str]:
+    """The `dagster-k8s/config` tag (and `farm/device: gpu` when it asks for a GPU), or {}
+    when `FARM_RUN_K8S_CONFIG` is unset. Raises ConfigError naming the variable."""
+    k8s_config = config.run_k8s_config()
+    if not k8s_config:
+        return {}
+    tags = {K8S_CONFIG_TAG: json.dumps(k8s_config, sort_keys=True)}
+    if config.requests_gpu(k8s_config):
+        tags[DEVICE_TAG] = "gpu"
+    return tags
