@@ -113,6 +113,7 @@ def test_a_stack_that_is_down_is_one_line_not_half_a_minute_of_retries(tmp_path)
     assert "farm-platform stack up" in line
 
 
+@pytest.mark.slow
 def test_reconcile_and_replay_with_their_service_down_are_one_line(tmp_path):
     """Issue 28: reconcile printed 46 tracebacks over 38 s with the storage emulator down,
     replay a RetryError after 57 s with Pub/Sub down."""

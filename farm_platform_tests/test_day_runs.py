@@ -73,6 +73,7 @@ def test_chunk_size_does_not_change_a_single_row(graded, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_day_at_once_write_each_photo_once(graded, tmp_path):
     """Two run processes of the same day against one DuckDB file: the second waits for the
     file lock instead of failing, and each photo's rows replace the other's."""

@@ -286,6 +286,7 @@ def test_a_day_graded_through_the_server_equals_the_day_graded_in_the_run(
     assert served.select(columns).equals(local.select(columns))
 
 
+@pytest.mark.slow
 def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each_photo_once(
     graded_locally: Any,
     models_dir: Path,

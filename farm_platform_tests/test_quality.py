@@ -108,6 +108,7 @@ def test_clean_farm_passes_dbt_build(farm, tmp_path) -> None:
     assert gate.dbt_failures(tmp_path, url, snapshot.positions, "clean") == []
 
 
+@pytest.mark.slow
 def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tmp_path) -> None:
     from farm_platform.analytics.report import render_report
     from farm_platform.analytics.report_data import load_report_data

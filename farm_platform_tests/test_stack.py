@@ -235,6 +235,7 @@ def test_stack_up_repairs_a_restarted_pubsub_emulator_in_place(
         stack_down(state_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_stack_up_with_a_model_server_serves_the_registry_and_repairs_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
