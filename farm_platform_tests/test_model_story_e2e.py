@@ -23,7 +23,7 @@ from farm_platform.admin.backfill import backfill_progress
 from farm_platform.admin.model_versions import stale_partitions
 from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
-from farm_platform.dev.daemon import UNFINISHED_STATUSES
+from farm_platform.dev.daemon import UNFINISHED_STATUSES, wait_for_ticks
 from farm_platform.dev.farm import dbt_build
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.keys import GRADES_BY_DISEASE, LEAF_CROPS, MODEL_ASSETS
@@ -117,7 +117,7 @@ def test_new_grader_version_story(story: Platform, capsys):
         capsys.readouterr()
         assert cli.main(["replay", "--since", published_at.isoformat()]) == 0
         assert "seeked" in capsys.readouterr().out
-        time.sleep(25)  # two sensor ticks
+        wait_for_ticks(instance, daemon, 2, 120)
         assert len(instance.get_run_records(RunsFilter())) == runs_before
         assert grade_counts(platform) == v1
 

@@ -25,7 +25,7 @@ from farm_platform.config import (
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE,
 )
-from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
+from farm_platform.dev.daemon import DaemonProcess, wait_for_photos, wait_for_ticks
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.images.sensors import PHOTOS_TAG
@@ -235,7 +235,7 @@ def test_simulated_farm_and_bad_messages_end_to_end(
         # The same message again is not new work.
         again = json.dumps({"image_uri": f"{bucket}/P000/2026-11-01/image.png"}).encode()
         publisher.publish(topic, again).result(timeout=10)
-        time.sleep(35)  # three sensor ticks
+        wait_for_ticks(instance, daemon, 3, 120)
         assert len(image_runs(instance)) == len(runs)
 
 
@@ -293,7 +293,8 @@ def test_daemon_killed_after_a_tick_loses_and_duplicates_nothing(platform, subsc
         with platform.daemon() as restarted:
             platform.wait(instance, images, restarted)
             runs = len(image_runs(instance))
-            time.sleep(25)  # two more ticks: redeliveries must not start more work
+            # Two more ticks: redeliveries must not start more work.
+            wait_for_ticks(instance, restarted, 2, 120)
             assert len(image_runs(instance)) == runs
             assert platform.rows("SELECT count(*) AS n FROM drone_images")["n"][0] == images
             assert sorted(runs_per_day(instance)) == ["2026-11-10", "2026-11-11", "2026-11-12"]

@@ -148,6 +148,34 @@ def sensor_ticks(instance: DagsterInstance, sensor_name: str, limit: int = 20) -
     return []
 
 
+def wait_for_ticks(
+    instance: DagsterInstance,
+    daemon: DaemonProcess,
+    count: int,
+    timeout: float,
+    sensor_name: str = "drone_image_sensor",
+) -> None:
+    """Return once `count` ticks of the sensor that start after this call have ended
+    (tests that show nothing happens wait on ticks, not on a guess of their interval)."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    before = max((tick.tick_id for tick in sensor_ticks(instance, sensor_name)), default=0)
+    deadline = time.monotonic() + timeout
+    while True:
+        ended = [
+            tick
+            for tick in sensor_ticks(instance, sensor_name)
+            if tick.tick_id > before + 1 and tick.status != TickStatus.STARTED
+        ]
+        if len(ended) >= count:
+            return
+        if not daemon.alive() or time.monotonic() > deadline:
+            raise PipelineFailed(
+                f"{sensor_name} ended {len(ended)} of {count} ticks\n{daemon.log_tail()}"
+            )
+        time.sleep(0.5)
+
+
 def wait_for_failed_tick(
     instance: DagsterInstance, daemon: DaemonProcess, sensor_name: str, timeout: float
 ) -> Any:
