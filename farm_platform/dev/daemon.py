@@ -165,7 +165,7 @@ def wait_for_ticks(
         ended = [
             tick
             for tick in sensor_ticks(instance, sensor_name)
-            if tick.tick_id > before + 1 and tick.status != TickStatus.STARTED
+            if tick.tick_id > before and tick.status != TickStatus.STARTED
         ]
         if len(ended) >= count:
             return
