@@ -52,7 +52,7 @@ def leaves_no_trace() -> Iterator[None]:
     changed = {
         name: (environment.get(name), os.environ.get(name))
         for name in set(environment) | set(os.environ)
-        if environment.get(name) != os.environ.get(name)
+        if environment.get(name) != os.environ.get(name) and name != "PYTEST_CURRENT_TEST"
     }
     assert not changed, f"the test leaked environment variables (before, after): {changed}"
     assert os.getcwd() == cwd, f"the test left the working directory at {os.getcwd()}"
