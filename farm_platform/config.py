@@ -75,7 +75,7 @@ DEFAULT_MAX_PHOTO_ATTEMPTS = 3
 # model server at FARM_OIP_URL (`oip`; README, "Model server").
 FARM_INFERENCE = "FARM_INFERENCE"
 INFERENCE_MODES = ("local", "oip")
-# One address, or several replicas' addresses comma-separated: the client spreads requests over them.
+# One address, or several replicas' comma-separated: the client spreads requests over them.
 FARM_OIP_URL = "FARM_OIP_URL"
 # A bearer token: the server requires it when set, the client sends it when set.
 FARM_OIP_TOKEN = "FARM_OIP_TOKEN"
