@@ -161,6 +161,11 @@ class OipClient:
         """Make every replica load the registry's active version of `model_id` (no restart)."""
 
         def send(url: str) -> None:
+            if url.startswith("grpc://"):
+                pb, _ = self._grpc_modules()
+                request = pb.RepositoryModelLoadRequest(model_name=model_id)
+                self._grpc_call(url, "RepositoryModelLoad", request, f"reloading {model_id}")
+                return
             response = self._http(url, "POST", f"/v2/repository/models/{model_id}/load")
             if response.status_code != 200:
                 raise OipError(f"reloading {model_id} on {url}: {_reason(response)}")
@@ -248,18 +253,22 @@ class OipClient:
             self._stubs[url] = stubs.GRPCInferenceServiceStub(channel)
         return self._stubs[url]
 
-    def _grpc_infer(self, url: str, request: Any) -> tuple[Reported, dict[str, np.ndarray]]:
+    def _grpc_call(self, url: str, method: str, request: Any, what: str) -> Any:
+        """One gRPC call: _Unreachable when no server answered, OipError for a refusal."""
         import grpc
 
         try:
-            response = self._grpc_stub(url).ModelInfer(
+            return getattr(self._grpc_stub(url), method)(
                 request, timeout=self.timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise _Unreachable(exc.code().name) from None
             detail = " ".join(str(exc.details()).split())[:300]
-            raise OipError(f"{request.model_name} on {url}: {exc.code().name}: {detail}") from None
+            raise OipError(f"{what} on {url}: {exc.code().name}: {detail}") from None
+
+    def _grpc_infer(self, url: str, request: Any) -> tuple[Reported, dict[str, np.ndarray]]:
+        response = self._grpc_call(url, "ModelInfer", request, request.model_name)
         decoded: dict[str, np.ndarray] = {}
         for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
             dtype = _DTYPES.get(output.datatype)

@@ -30,8 +30,9 @@ import grpc
 import kserve
 import numpy as np
 from grpc import aio
+from grpc_interceptor.exceptions import FailedPrecondition
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.logging import logger
 from kserve.model_server import app as rest_app
 from kserve.model_server import args as kserve_args
@@ -302,6 +303,18 @@ class RegistryServicer(InferenceServicer):
         check_version(self.repository, request.name, request.version)
         metadata = await self._data_plane.model_metadata(model_name=request.name)
         return pb.ModelMetadataResponse(**{"versions": [], **metadata})
+
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """kserve 0.21's reads a dict that the extension's load (returning None) never
+        gives, so every call failed INTERNAL; and a failed load answered UNAVAILABLE, which
+        a client takes for a server that is down: FAILED_PRECONDITION with the reason."""
+        try:
+            await self._mode_repository_extension.load(model_name=request.model_name)
+        except ModelNotReady as exc:
+            raise FailedPrecondition(str(exc)) from None
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
 
     async def ModelReady(  # noqa: N802
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext
