@@ -11,6 +11,8 @@ import json
 import secrets
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -462,11 +464,27 @@ def test_a_server_with_a_token_answers_health_checks_without_it(
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def _kill_on_arrival(server: ModelServerProcess, calls_seen: int) -> threading.Thread:
+    """SIGKILL `server` as soon as its log shows one more ModelInfer call than
+    `calls_seen`: while it computes the answer (kserve logs each call as it starts)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while server.log_path.read_text().count("ModelInfer") <= calls_seen:
+            assert time.monotonic() < deadline, "the request never reached the replica"
+            time.sleep(0.002)
+        kill_now([server.pid])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
 def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
     replicas: list[ModelServerProcess], models_dir: Path
 ) -> None:
     registry = ModelRegistry(models_dir)
-    card = registry.grader_for("disease_1")
+    card, detector_card = registry.grader_for("disease_1"), registry.detector()
     grader = inference.load_grader(card, registry)
     a, b = (server.grpc_url for server in replicas)
     client = oip.OipClient(f"{a},{b}", timeout=10, token=TOKEN)
@@ -476,18 +494,33 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
     oip.check_versions(client, list(registry.active_cards().values()))
     assert client.answered == {a: 7, b: 7}  # every replica was asked about every model
 
-    batch = np.random.default_rng(3).integers(0, 256, (16, 8, 48, 48, 3), dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (16, 8, 48, 48, 3), dtype=np.uint8)
     for n, crops in enumerate(batch):
-        if n == len(batch) // 2:
-            assert client.answered == {a: 7 + 4, b: 7 + 4}
-            kill_now([replicas[1].pid])
+        if n == 9:
+            assert client.answered == {a: 7 + 5, b: 7 + 4}
+            assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4
+            # The next request (b's turn) kills b mid-computation; a answers it instead.
+            photos = rng.integers(0, 256, (36, 256, 256, 3), dtype=np.uint8)
+            killer = _kill_on_arrival(replicas[1], 6 + 4)
+            served_boxes = oip.remote_detector(client, detector_card).run(photos)
+            killer.join()
+            local = inference.load_detector(detector_card, registry)
+            # In the server's batches of 32, so that the float sums run in the same order.
+            local_boxes = [*inference.run_detector(local, photos[:32])]
+            local_boxes += inference.run_detector(local, photos[32:])
+            for (boxes, scores), (want_boxes, want_scores) in zip(
+                served_boxes, local_boxes, strict=True
+            ):
+                assert np.array_equal(boxes, want_boxes) and np.array_equal(scores, want_scores)
+            assert client.answered == {a: 7 + 5 + 1, b: 7 + 4}  # b never answered it
         _, served = client.infer(card.id, {"crops": crops}, oip.GRADER_OUTPUTS)
         index, confidence = inference.run_grader(grader, inference.to_tensor(crops))
         assert np.array_equal(served["index"], index)
         assert np.allclose(served["confidence"], confidence, rtol=0, atol=1e-6)
-    assert client.answered == {a: 7 + 4 + 8, b: 7 + 4}
-    # b's own log: it served its share before it was killed
-    assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4
+    assert client.answered == {a: 7 + 5 + 1 + 7, b: 7 + 4}
+    # b's own log: its share, then the request it was killed in
+    assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4 + 1
 
     # The version check passes on the replica it can still reach.
     oip.check_versions(client, [card])

@@ -46,13 +46,15 @@ DETECTOR_INPUT = "images"
 DETECTOR_OUTPUTS = ("boxes", "scores", "counts")
 GRADER_INPUT = "crops"
 GRADER_OUTPUTS = ("index", "confidence")
-T = TypeVar("T")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _DTYPES = {
     "UINT8": np.dtype("<u1"),
     "INT64": np.dtype("<i8"),
     "FP32": np.dtype("<f4"),
 }
+
+
+T = TypeVar("T")
 
 
 class OipError(RuntimeError):
@@ -96,6 +98,8 @@ class OipClient:
 
     def __post_init__(self) -> None:
         self.urls = tuple(u.strip().rstrip("/") for u in self.url.split(",") if u.strip())
+        if not self.urls:
+            raise ValueError("OipClient needs a model server address")
         self.url = ",".join(self.urls)
         # Answers per replica: how the requests spread (the tests and the logs read it).
         self.answered: Counter[str] = Counter()
