@@ -77,7 +77,10 @@ DEFAULT_MAX_PHOTO_ATTEMPTS = 3
 # model server at FARM_OIP_URL (`oip`; README, "Model server").
 FARM_INFERENCE = "FARM_INFERENCE"
 INFERENCE_MODES = ("local", "oip")
+# One address, or several replicas' comma-separated: the client spreads requests over them.
 FARM_OIP_URL = "FARM_OIP_URL"
+# A bearer token: the server requires it when set, the client sends it when set.
+FARM_OIP_TOKEN = "FARM_OIP_TOKEN"
 # One request's limit; a request that times out or cannot connect is tried this many times.
 FARM_OIP_TIMEOUT_SECONDS = "FARM_OIP_TIMEOUT_SECONDS"
 DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
@@ -141,6 +144,7 @@ CONFIG_VARIABLES = (
     FARM_MAX_SEVERITY_JUMP,
     FARM_INFERENCE,
     FARM_OIP_URL,
+    FARM_OIP_TOKEN,
     FARM_OIP_TIMEOUT_SECONDS,
     FARM_TORCH_DEVICE,
     FARM_TORCH_DTYPE,
@@ -263,14 +267,21 @@ def inference_mode() -> str:
 
 def oip_url() -> str:
     """`$FARM_OIP_URL`: the model server's gRPC (grpc://host:port) or REST (http://host:port)
-    address, without a trailing slash."""
-    url = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
-    if not url.startswith(("grpc://", "http://", "https://")):
-        raise ConfigError(
-            f"{FARM_OIP_URL}={url!r} must start with grpc:// (the server's --grpc-port) or "
-            "http:// (its --port)"
-        )
-    return url.rstrip("/")
+    address, or its replicas' addresses comma-separated, without trailing slashes."""
+    raw = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
+    urls = [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
+    for url in urls or [raw]:
+        if not url.startswith(("grpc://", "http://", "https://")):
+            raise ConfigError(
+                f"{FARM_OIP_URL}={raw!r}: {url!r} must start with grpc:// (the server's "
+                "--grpc-port) or http:// (its --port)"
+            )
+    return ",".join(urls)
+
+
+def oip_token() -> str | None:
+    """`$FARM_OIP_TOKEN`: the bearer token the model server requires, if any."""
+    return os.environ.get(FARM_OIP_TOKEN) or None
 
 
 def oip_timeout_seconds() -> float:

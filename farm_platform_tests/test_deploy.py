@@ -432,12 +432,8 @@ def test_the_model_servers_ports_are_the_clis_flags():
 
     (doc,) = load_all(INFERENCE_SERVICE)
     (container,) = doc["spec"]["predictor"]["containers"]
-    args = list(container["args"])
-    # --host is being added to `models serve` on another branch (README); the rest must
-    # parse with today's CLI, and name the ports the probes and KServe use.
-    if "--host" not in build_parser().format_help() and "--host" in args:
-        del args[args.index("--host") : args.index("--host") + 2]
-    parsed = build_parser().parse_args([*container["command"][1:], *args])
+    parsed = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert parsed.host == "0.0.0.0"  # the pod's address; locally the default is loopback
     assert parsed.grpc_port == container["ports"][0]["containerPort"]
     assert parsed.port == container["readinessProbe"]["httpGet"]["port"]
 

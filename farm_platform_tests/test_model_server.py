@@ -4,9 +4,15 @@ over loopback. Needs the `serve` extra; skipped without it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import ipaddress
 import json
+import secrets
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,9 @@ import pytest
 
 from farm_platform import config
 from farm_platform import config as config_module
-from farm_platform.config import REPO_MODELS_DIR
+from farm_platform.config import REPO_MODELS_DIR, REPO_ROOT
 from farm_platform.dev.model_server import ModelServerProcess
-from farm_platform.dev.processes import free_port
+from farm_platform.dev.processes import free_port, kill_now
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
@@ -135,18 +141,20 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
         client.reload("disease_2_grader")
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
-    server: str, models_dir: Path
+    transport: str, server_urls: dict[str, str], models_dir: Path
 ) -> None:
     registry = ModelRegistry(models_dir)
-    client = oip.OipClient(server)
+    client = oip.OipClient(server_urls[transport])
     weights = models_dir / "disease_2_grader" / "v2" / "weights.pt"
     original = weights.read_bytes()
     registry.set_active("disease_2_grader", "v2")
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     try:
-        with pytest.raises(oip.OipError, match="sha256"):
+        with pytest.raises(oip.OipError, match="sha256") as failure:
             client.reload("disease_2_grader")
+        assert not isinstance(failure.value, oip.OipUnavailable)
         reported, _ = client.infer(
             "disease_2_grader", {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
         )
@@ -241,6 +249,306 @@ def test_grpc_without_the_serve_extra_says_what_to_install(
     client = oip.OipClient(f"grpc://127.0.0.1:{free_port()}")
     with pytest.raises(oip.OipError, match=r"serve extra \(pip install '.\[serve\]'\)"):
         client.infer("leaf_detector", {"images": np.zeros((0, 256, 256, 3), np.uint8)}, ())
+
+
+# ---------------------------------------------------------------------------------------
+# The protocol's metadata, versioned paths, the listening address
+
+
+def _grpc_stub(url: str) -> Any:
+    import grpc
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    return GRPCInferenceServiceStub(grpc.insecure_channel(url.removeprefix("grpc://")))
+
+
+def _grpc_metadata(url: str, model_id: str, version: str = "") -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    answer = _grpc_stub(url).ModelMetadata(pb.ModelMetadataRequest(name=model_id, version=version))
+    metadata = MessageToDict(answer, preserving_proto_field_name=True)
+    # proto3 JSON writes int64 as strings
+    for tensor in (*metadata["inputs"], *metadata["outputs"]):
+        tensor["shape"] = [int(n) for n in tensor["shape"]]
+    return metadata
+
+
+def test_metadata_names_the_active_version_and_the_tensors_each_model_takes_and_gives(
+    server_urls: dict[str, str], models_dir: Path
+) -> None:
+    import requests
+
+    registry = ModelRegistry(models_dir)
+    client = oip.OipClient(server_urls["grpc"])
+    for model_id, card in registry.active_cards().items():
+        rest = requests.get(f"{server_urls['http']}/v2/models/{model_id}", timeout=10).json()
+        assert rest == _grpc_metadata(server_urls["grpc"], model_id)
+        assert rest["versions"] == [card.version]
+        assert rest["platform"] == "pytorch"
+        height, width = card.input_size
+        [taken] = rest["inputs"]
+        assert taken["datatype"] == "UINT8"
+        assert taken["shape"] == [-1, height, width, 3]
+        # What the metadata says the model gives is what it gives, for two inputs.
+        _, answer = client.infer(
+            model_id,
+            {taken["name"]: np.zeros((2, height, width, 3), np.uint8)},
+            tuple(output["name"] for output in rest["outputs"]),
+        )
+        assert [o["name"] for o in rest["outputs"]] == list(answer)
+        for output in rest["outputs"]:
+            array = answer[output["name"]]
+            assert oip._datatype(array.dtype) == output["datatype"]
+            assert len(array.shape) == len(output["shape"])
+            assert all(d == -1 or d == n for d, n in zip(output["shape"], array.shape, strict=True))
+    counts = requests.get(f"{server_urls['http']}/v2/models/leaf_detector", timeout=10).json()
+    assert counts["outputs"][2] == {"name": "counts", "datatype": "INT64", "shape": [-1]}
+
+
+def test_the_versioned_path_serves_the_active_version_and_names_it_for_another(
+    server_urls: dict[str, str],
+) -> None:
+    import grpc
+    import requests
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    http, grpc_url = server_urls["http"], server_urls["grpc"]
+    model = f"{http}/v2/models/disease_0_grader"
+    unversioned = requests.get(model, timeout=10).json()
+    assert requests.get(f"{model}/versions/v1", timeout=10).json() == unversioned
+    assert _grpc_metadata(grpc_url, "disease_0_grader", "v1") == unversioned
+    assert requests.get(f"{model}/versions/v1/ready", timeout=10).json()["ready"] is True
+    body, head = oip._rest_request({"crops": np.zeros((1, 48, 48, 3), np.uint8)}, ("index",))
+    headers = {"Content-Type": "application/octet-stream", oip.HEADER_LENGTH: str(head)}
+    served = requests.post(f"{model}/versions/v1/infer", data=body, headers=headers, timeout=10)
+    assert served.status_code == 200
+    assert oip._decode_response(served)[0] == oip.Reported("disease_0_grader", "v1")
+    request = pb.ModelInferRequest(
+        model_name="disease_0_grader",
+        model_version="v1",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="crops", datatype="UINT8", shape=[0, 48, 48, 3]
+            )
+        ],
+        raw_input_contents=[b""],
+    )
+    assert _grpc_stub(grpc_url).ModelInfer(request, timeout=10).model_version == "v1"
+
+    expected = "disease_0_grader version v9 is not served: the active version is v1"
+    for refused in (
+        requests.get(f"{model}/versions/v9", timeout=10),
+        requests.post(f"{model}/versions/v9/infer", data=body, headers=headers, timeout=10),
+    ):
+        assert refused.status_code == 404
+        assert refused.json()["error"].startswith(expected)
+    request.model_version = "v9"
+    for call in (
+        lambda: _grpc_stub(grpc_url).ModelInfer(request, timeout=10),
+        lambda: _grpc_metadata(grpc_url, "disease_0_grader", "v9"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused_call:
+            call()
+        assert refused_call.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused_call.value.details().startswith(expected)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of this machine's listening TCP sockets on `port`."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                # Each 32-bit word is in host (little-endian) byte order.
+                raw = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 2 * width, 8)
+                )
+                ip = ipaddress.ip_address(raw)
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_a_server_started_without_host_listens_on_loopback_only(
+    server_urls: dict[str, str],
+) -> None:
+    ports = [int(url.rsplit(":", 1)[1]) for url in server_urls.values()]
+    for port in ports:
+        assert _listening_addresses(port) == {"127.0.0.1"}
+    outward = _outward_address()
+    if outward is None:
+        return
+    for port in ports:
+        with socket.socket() as sock:
+            sock.settimeout(5)
+            assert sock.connect_ex((outward, port)) != 0, f"{outward}:{port} answered"
+
+
+def test_the_kubernetes_manifest_listens_on_the_pods_address() -> None:
+    import yaml
+
+    manifest = yaml.safe_load((REPO_ROOT / "deploy/kserve/inference-service.yaml").read_text())
+    [container] = manifest["spec"]["predictor"]["containers"]
+    command = [*container["command"], *container.get("args", [])]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    [token] = [e for e in container["env"] if e["name"] == config.FARM_OIP_TOKEN]
+    assert "secretKeyRef" in token["valueFrom"]
+
+
+# ---------------------------------------------------------------------------------------
+# Two replicas that require a token
+
+TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ModelServerProcess]]:
+    logs = tmp_path_factory.mktemp("replicas")
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(ModelServerProcess(models_dir, logs / f"{n}.log", token=TOKEN))
+            for n in "ab"
+        ]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_server_with_a_token_serves_only_requests_that_carry_it(
+    transport: str, replicas: list[ModelServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = replicas[0]
+    url = server.grpc_url if transport == "grpc" else server.http_url
+    crops = {"crops": np.zeros((1, 48, 48, 3), np.uint8)}
+    refused = "UNAUTHENTICATED" if transport == "grpc" else "HTTP 401"
+    for token, reason in ((None, "no bearer token"), ("not-" + TOKEN, "wrong bearer token")):
+        client = oip.OipClient(url, token=token)
+        with pytest.raises(oip.OipError, match=f"{refused}: {reason}") as failure:
+            client.infer("disease_0_grader", crops, oip.GRADER_OUTPUTS)
+        assert "\n" not in str(failure.value)
+    monkeypatch.setenv(config.FARM_OIP_URL, url)
+    monkeypatch.setenv(config.FARM_OIP_TOKEN, TOKEN)
+    reported, _ = oip.OipClient.from_env().infer("disease_0_grader", crops, oip.GRADER_OUTPUTS)
+    assert reported == oip.Reported("disease_0_grader", "v1")
+
+
+def test_a_server_with_a_token_answers_health_checks_without_it(
+    replicas: list[ModelServerProcess],
+) -> None:
+    import grpc
+    import requests
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    server = replicas[0]
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert requests.get(server.http_url + path, timeout=10).status_code == 200
+    assert requests.get(server.http_url + "/v2/models", timeout=10).status_code == 401
+    stub = _grpc_stub(server.grpc_url)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="leaf_detector"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _kill_on_arrival(server: ModelServerProcess, calls_seen: int) -> threading.Thread:
+    """SIGKILL `server` as soon as its log shows one more ModelInfer call than
+    `calls_seen`: while it computes the answer (kserve logs each call as it starts)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while server.log_path.read_text().count("ModelInfer") <= calls_seen:
+            assert time.monotonic() < deadline, "the request never reached the replica"
+            time.sleep(0.002)
+        kill_now([server.pid])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
+def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
+    replicas: list[ModelServerProcess], models_dir: Path
+) -> None:
+    registry = ModelRegistry(models_dir)
+    card, detector_card = registry.grader_for("disease_1"), registry.detector()
+    grader = inference.load_grader(card, registry)
+    a, b = (server.grpc_url for server in replicas)
+    client = oip.OipClient(f"{a},{b}", timeout=10, token=TOKEN)
+
+    client.reload(card.id)  # on every replica
+    assert client.answered == {a: 1, b: 1}
+    oip.check_versions(client, list(registry.active_cards().values()))
+    assert client.answered == {a: 7, b: 7}  # every replica was asked about every model
+
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (16, 8, 48, 48, 3), dtype=np.uint8)
+    for n, crops in enumerate(batch):
+        if n == 9:
+            assert client.answered == {a: 7 + 5, b: 7 + 4}
+            assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4
+            # The next request (b's turn) kills b mid-computation; a answers it instead.
+            photos = rng.integers(0, 256, (36, 256, 256, 3), dtype=np.uint8)
+            killer = _kill_on_arrival(replicas[1], 6 + 4)
+            served_boxes = oip.remote_detector(client, detector_card).run(photos)
+            killer.join()
+            local = inference.load_detector(detector_card, registry)
+            # In the server's batches of 32, so that the float sums run in the same order.
+            local_boxes = [*inference.run_detector(local, photos[:32])]
+            local_boxes += inference.run_detector(local, photos[32:])
+            for (boxes, scores), (want_boxes, want_scores) in zip(
+                served_boxes, local_boxes, strict=True
+            ):
+                assert np.array_equal(boxes, want_boxes) and np.array_equal(scores, want_scores)
+            assert client.answered == {a: 7 + 5 + 1, b: 7 + 4}  # b never answered it
+        _, served = client.infer(card.id, {"crops": crops}, oip.GRADER_OUTPUTS)
+        index, confidence = inference.run_grader(grader, inference.to_tensor(crops))
+        assert np.array_equal(served["index"], index)
+        assert np.allclose(served["confidence"], confidence, rtol=0, atol=1e-6)
+    assert client.answered == {a: 7 + 5 + 1 + 7, b: 7 + 4}
+    # b's own log: its share, then the request it was killed in
+    assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4 + 1
+
+    # The version check passes on the replica it can still reach.
+    oip.check_versions(client, [card])
+
+
+def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
+    urls = [f"grpc://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    client = oip.OipClient(",".join(urls), timeout=1)
+    registry = ModelRegistry()
+    for attempt in (
+        lambda: client.infer("disease_0_grader", {"crops": np.zeros((0, 48, 48, 3), np.uint8)}, ()),
+        lambda: oip.check_versions(client, [registry.grader_for("disease_0")]),
+    ):
+        with pytest.raises(oip.OipUnavailable) as failure:
+            attempt()
+        message = str(failure.value)
+        assert "\n" not in message
+        assert message.startswith(f"model servers {urls[0]}, {urls[1]} unreachable after 3 tries")
+
+
+def test_a_list_of_server_addresses_is_checked_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(config.FARM_OIP_URL, " grpc://127.0.0.1:1/, http://127.0.0.1:2")
+    assert config.oip_url() == "grpc://127.0.0.1:1,http://127.0.0.1:2"
+    monkeypatch.setenv(config.FARM_OIP_URL, "grpc://127.0.0.1:1,127.0.0.1:2")
+    with pytest.raises(config.ConfigError, match="'127.0.0.1:2' must start with grpc://"):
+        config.oip_url()
 
 
 # ---------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def _models(args: argparse.Namespace) -> int:
     elif args.action == "reload":
         from farm_platform.ml.oip import OipClient
 
-        client = OipClient(args.url or config.oip_url())
+        client = OipClient(args.url or config.oip_url(), token=config.oip_token())
         for model_id, version in sorted(registry.active_versions().items()):
             client.reload(model_id)
             print(f"{client.url}: {model_id} reloaded (registry's active version: {version})")
@@ -142,11 +142,18 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         registry.verify_weights(registry.card(model_id, version))
     print(
         f"serving {', '.join(sorted(registry.active_versions()))} from {registry.models_dir}: "
-        f"REST http://0.0.0.0:{args.port}/v2, gRPC :{args.grpc_port}",
+        f"REST http://{serving.grpc_address(args.host, args.port)}/v2, "
+        f"gRPC {serving.grpc_address(args.host, args.grpc_port)}"
+        + (f" (bearer token from ${config.FARM_OIP_TOKEN})" if config.oip_token() else ""),
         flush=True,
     )
     serving.serve(
-        registry, http_port=args.port, grpc_port=args.grpc_port, watch_seconds=args.watch_seconds
+        registry,
+        http_port=args.port,
+        grpc_port=args.grpc_port,
+        watch_seconds=args.watch_seconds,
+        host=args.host,
+        token=config.oip_token(),
     )
     return 0
 
@@ -312,6 +319,11 @@ def add_admin_commands(commands: Any) -> None:
     stale_parser.add_argument("--limit", type=int, default=20, help="partitions shown per asset")
     serve_parser = model_actions.add_parser(
         "serve", help="Open Inference Protocol server of the active models (serve extra)"
+    )
+    serve_parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address REST and gRPC listen on (0.0.0.0: every interface, e.g. in a pod)",
     )
     serve_parser.add_argument("--port", type=int, default=8080, help="REST port")
     serve_parser.add_argument("--grpc-port", type=int, default=8081, help="gRPC port")

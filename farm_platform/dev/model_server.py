@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
 from types import TracebackType
 
-from farm_platform.config import FARM_INFERENCE, FARM_OIP_URL
+from farm_platform.config import FARM_INFERENCE, FARM_OIP_TOKEN, FARM_OIP_URL
 from farm_platform.dev.emulators import wait_ready
 from farm_platform.dev.processes import free_port, spawn, terminate
 
@@ -27,9 +28,11 @@ def start_model_server(
     *,
     watch_seconds: float,
     detached: bool,
+    token: str | None = None,
 ) -> Popen[bytes]:
     """Start `farm-platform models serve` and return once it answers ready (StackError if
-    it exits or stays silent first, with its log's last lines)."""
+    it exits or stays silent first, with its log's last lines); with a `token`, it requires
+    it (FARM_OIP_TOKEN in its environment only)."""
     process = spawn(
         [
             sys.executable,
@@ -47,7 +50,7 @@ def start_model_server(
             str(watch_seconds),
         ],
         log_path,
-        env=None,
+        env={**os.environ, FARM_OIP_TOKEN: token} if token else None,
         detached=detached,
     )
     wait_ready(
@@ -80,7 +83,13 @@ class ModelServerProcess:
     grpc_port: int = field(default_factory=free_port)
     # Off by default: a test that switches versions decides when the server follows.
     watch_seconds: float = 0.0
+    token: str | None = None
     _process: Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "the server is not started"
+        return self._process.pid
 
     @property
     def http_url(self) -> str:
@@ -101,6 +110,7 @@ class ModelServerProcess:
             self.log_path,
             watch_seconds=self.watch_seconds,
             detached=False,
+            token=self.token,
         )
         return self
 

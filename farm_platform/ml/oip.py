@@ -1,7 +1,10 @@
 """The client of the model server: Open Inference Protocol (KServe v2), gRPC or REST.
 
 `FARM_OIP_URL` picks the transport: `grpc://host:port` (the pipeline's choice) or
-`http://host:port`. Tensors travel as raw little-endian bytes either way (gRPC's
+`http://host:port`; several addresses, comma-separated, are replicas: requests take them in
+turn, and one a replica cannot answer (refused, reset, timed out) goes to the next, within
+the same bounded tries. With `FARM_OIP_TOKEN` set, every request carries it as a bearer
+token. Tensors travel as raw little-endian bytes either way (gRPC's
 `raw_input_contents`; REST's binary extension, a JSON header then the bytes), so pixels and
 scores arrive bit for bit and server results equal local ones. REST needs only `requests`;
 gRPC uses the protocol's stubs that kserve ships (the serve extra). Why gRPC for data:
@@ -20,11 +23,13 @@ version than the run's is refused (`OipVersionMismatch`), so one run never mixes
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import requests
@@ -49,12 +54,19 @@ _DTYPES = {
 }
 
 
+T = TypeVar("T")
+
+
 class OipError(RuntimeError):
     """The model server answered something the run cannot use."""
 
 
 class OipUnavailable(OipError):
     """The model server could not be reached within the bounded retries."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason  # the last try's (ConnectionError, UNAVAILABLE, ...)
 
 
 class OipVersionMismatch(OipError):
@@ -69,110 +81,147 @@ class Reported:
     version: str
 
 
+class _Unreachable(Exception):
+    """One try found no server (refused, reset, UNAVAILABLE, timeout): the next may."""
+
+
 @dataclass
 class OipClient:
-    """Bounded requests to one server: each request `timeout` seconds, `attempts` tries."""
+    """Bounded requests to a server or its replicas (`url`: one address, or several
+    comma-separated): each request `timeout` seconds, `attempts` tries in all, the replicas
+    taken in turn; with a `token`, every request carries `authorization: Bearer <token>`."""
 
     url: str
     timeout: float = config.DEFAULT_OIP_TIMEOUT_SECONDS
     attempts: int = config.OIP_ATTEMPTS
+    token: str | None = None
 
     def __post_init__(self) -> None:
-        self.url = self.url.rstrip("/")
+        self.urls = tuple(u.strip().rstrip("/") for u in self.url.split(",") if u.strip())
+        if not self.urls:
+            raise ValueError("OipClient needs a model server address")
+        self.url = ",".join(self.urls)
+        # Answers per replica: how the requests spread (the tests and the logs read it).
+        self.answered: Counter[str] = Counter()
+        self._turn = itertools.count()
         self._session = requests.Session()
-        self._stub: Any = None
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if self.token:
+            self._session.headers["authorization"] = f"Bearer {self.token}"
+            self._metadata = (("authorization", f"Bearer {self.token}"),)
+        self._stubs: dict[str, Any] = {}
 
     @classmethod
     def from_env(cls) -> OipClient:
-        return cls(config.oip_url(), timeout=config.oip_timeout_seconds())
+        return cls(config.oip_url(), timeout=config.oip_timeout_seconds(), token=config.oip_token())
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        last: Exception | None = None
+    def _call(self, send: Callable[[str], T], replica: str | None = None) -> T:
+        """`send` to the replicas in turn, starting at the next in the rotation (or only to
+        `replica`), until one answers: `attempts` tries in all, a pause (0.5 s, then 1 s)
+        only before trying a replica again, so one that is down costs no wait."""
+        urls = (replica,) if replica else self._rotation()
+        reason = "no answer"
         for attempt in range(self.attempts):
-            _backoff(attempt)
+            turn, index = divmod(attempt, len(urls))
+            if index == 0:
+                _backoff(turn)
             try:
-                return self._session.request(
-                    method, self.url + path, timeout=self.timeout, **kwargs
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = exc
-        raise self._unavailable(type(last).__name__ if last else "no answer")
+                answer = send(urls[index])
+            except _Unreachable as exc:
+                reason = str(exc)
+                continue
+            self.answered[urls[index]] += 1
+            return answer
+        raise self._unavailable(reason, urls)
 
-    def _unavailable(self, reason: str) -> OipUnavailable:
+    def _rotation(self) -> tuple[str, ...]:
+        start = next(self._turn) % len(self.urls)
+        return self.urls[start:] + self.urls[:start]
+
+    def _unavailable(self, reason: str, urls: tuple[str, ...]) -> OipUnavailable:
+        where = f"model server {urls[0]}" if len(urls) == 1 else f"model servers {', '.join(urls)}"
         return OipUnavailable(
-            f"model server {self.url} unreachable after {self.attempts} tries "
-            f"({reason}, {self.timeout:g} s each): is `farm-platform models serve` running?"
+            f"{where} unreachable after {self.attempts} tries "
+            f"({reason}, {self.timeout:g} s each): is `farm-platform models serve` running?",
+            reason,
         )
 
-    def ready(self) -> bool:
+    def _http(self, url: str, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
-            return self._request("GET", "/v2/health/ready").status_code == 200
+            return self._session.request(method, url + path, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Unreachable(type(exc).__name__) from None
+
+    def ready(self) -> bool:
+        """Whether a replica answers ready."""
+        try:
+            return self._call(
+                lambda url: self._http(url, "GET", "/v2/health/ready").status_code == 200
+            )
         except OipUnavailable:
             return False
 
     def reload(self, model_id: str) -> None:
-        """Make the server load the registry's active version of `model_id` (no restart)."""
-        response = self._request("POST", f"/v2/repository/models/{model_id}/load")
-        if response.status_code != 200:
-            raise OipError(f"reloading {model_id} on {self.url}: {_reason(response)}")
+        """Make every replica load the registry's active version of `model_id` (no restart)."""
+
+        def send(url: str) -> None:
+            if url.startswith("grpc://"):
+                pb, _ = self._grpc_modules()
+                request = pb.RepositoryModelLoadRequest(model_name=model_id)
+                self._grpc_call(url, "RepositoryModelLoad", request, f"reloading {model_id}")
+                return
+            response = self._http(url, "POST", f"/v2/repository/models/{model_id}/load")
+            if response.status_code != 200:
+                raise OipError(f"reloading {model_id} on {url}: {_reason(response)}")
+
+        for url in self.urls:
+            self._call(send, replica=url)
 
     def infer(
-        self, model_id: str, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]
+        self,
+        model_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: tuple[str, ...],
+        replica: str | None = None,
     ) -> tuple[Reported, dict[str, np.ndarray]]:
-        """One inference request; the outputs and who computed them."""
+        """One inference request (to the next replica, or to `replica`); the outputs and who
+        computed them."""
         arrays = {
             name: np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
             for name, array in inputs.items()
         }
-        if self.url.startswith("grpc://"):
-            return self._grpc_infer(model_id, arrays, outputs)
-        header = {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(array.shape),
-                    "datatype": _datatype(array.dtype),
-                    "parameters": {"binary_data_size": array.nbytes},
-                }
-                for name, array in arrays.items()
-            ],
-            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
-        }
-        head = json.dumps(header).encode()
-        body = b"".join([head, *(array.tobytes() for array in arrays.values())])
-        response = self._request(
+        grpc_request = None
+        rest_request = None
+
+        def send(url: str) -> tuple[Reported, dict[str, np.ndarray]]:
+            nonlocal grpc_request, rest_request
+            if url.startswith("grpc://"):
+                grpc_request = grpc_request or self._grpc_request(model_id, arrays, outputs)
+                return self._grpc_infer(url, grpc_request)
+            rest_request = rest_request or _rest_request(arrays, outputs)
+            return self._rest_infer(url, model_id, *rest_request)
+
+        return self._call(send, replica)
+
+    def _rest_infer(
+        self, url: str, model_id: str, body: bytes, header_length: int
+    ) -> tuple[Reported, dict[str, np.ndarray]]:
+        response = self._http(
+            url,
             "POST",
             f"/v2/models/{model_id}/infer",
             data=body,
-            headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))},
+            headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(header_length)},
         )
         if response.status_code != 200:
-            raise OipError(f"{model_id} on {self.url}: {_reason(response)}")
+            raise OipError(f"{model_id} on {url}: {_reason(response)}")
         return _decode_response(response)
 
-    def _grpc_infer(
+    def _grpc_request(
         self, model_id: str, arrays: Mapping[str, np.ndarray], outputs: tuple[str, ...]
-    ) -> tuple[Reported, dict[str, np.ndarray]]:
-        import grpc
-
-        try:
-            from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-        except ImportError:
-            raise OipError(
-                f"{config.FARM_OIP_URL}={self.url} needs the protocol's gRPC stubs from the "
-                "serve extra (pip install '.[serve]'); or use the server's http:// address"
-            ) from None
-
-        if self._stub is None:
-            from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
-
-            channel = grpc.insecure_channel(
-                self.url.removeprefix("grpc://"),
-                # A day's chunk of photos answers with a few MB; the server caps requests.
-                options=[("grpc.max_receive_message_length", 64 << 20)],
-            )
-            self._stub = GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(
+    ) -> Any:
+        pb, _ = self._grpc_modules()
+        return pb.ModelInferRequest(
             model_name=model_id,
             inputs=[
                 pb.ModelInferRequest.InferInputTensor(
@@ -183,22 +232,47 @@ class OipClient:
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs],
             raw_input_contents=[array.tobytes() for array in arrays.values()],
         )
-        retried = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        last: grpc.RpcError | None = None
-        for attempt in range(self.attempts):
-            _backoff(attempt)
-            try:
-                response = self._stub.ModelInfer(request, timeout=self.timeout)
-                break
-            except grpc.RpcError as exc:
-                if exc.code() not in retried:
-                    detail = " ".join(str(exc.details()).split())[:300]
-                    raise OipError(
-                        f"{model_id} on {self.url}: {exc.code().name}: {detail}"
-                    ) from None
-                last = exc
-        else:
-            raise self._unavailable(last.code().name if last else "no answer")
+
+    def _grpc_modules(self) -> tuple[Any, Any]:
+        """The protocol's messages and stubs."""
+        try:
+            from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+        except ImportError:
+            raise OipError(
+                f"{config.FARM_OIP_URL}={self.url} needs the protocol's gRPC stubs from the "
+                "serve extra (pip install '.[serve]'); or use the server's http:// address"
+            ) from None
+        return grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+
+    def _grpc_stub(self, url: str) -> Any:
+        if url not in self._stubs:
+            import grpc
+
+            channel = grpc.insecure_channel(
+                url.removeprefix("grpc://"),
+                # A day's chunk of photos answers with a few MB; the server caps requests.
+                options=[("grpc.max_receive_message_length", 64 << 20)],
+            )
+            _, stubs = self._grpc_modules()
+            self._stubs[url] = stubs.GRPCInferenceServiceStub(channel)
+        return self._stubs[url]
+
+    def _grpc_call(self, url: str, method: str, request: Any, what: str) -> Any:
+        """One gRPC call: _Unreachable when no server answered, OipError for a refusal."""
+        import grpc
+
+        try:
+            return getattr(self._grpc_stub(url), method)(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise _Unreachable(exc.code().name) from None
+            detail = " ".join(str(exc.details()).split())[:300]
+            raise OipError(f"{what} on {url}: {exc.code().name}: {detail}") from None
+
+    def _grpc_infer(self, url: str, request: Any) -> tuple[Reported, dict[str, np.ndarray]]:
+        response = self._grpc_call(url, "ModelInfer", request, request.model_name)
         decoded: dict[str, np.ndarray] = {}
         for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
             dtype = _DTYPES.get(output.datatype)
@@ -206,6 +280,25 @@ class OipClient:
                 raise OipError(f"unexpected datatype {output.datatype} of {output.name}")
             decoded[output.name] = np.frombuffer(raw, dtype=dtype).reshape(list(output.shape))
         return Reported(response.model_name, response.model_version), decoded
+
+
+def _rest_request(arrays: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> tuple[bytes, int]:
+    """The binary extension's body (a JSON header, then the tensors' bytes) and the
+    header's length."""
+    header = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": _datatype(array.dtype),
+                "parameters": {"binary_data_size": array.nbytes},
+            }
+            for name, array in arrays.items()
+        ],
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+    }
+    head = json.dumps(header).encode()
+    return b"".join([head, *(array.tobytes() for array in arrays.values())]), len(head)
 
 
 def _backoff(attempt: int) -> None:
@@ -261,18 +354,29 @@ def _checked(card: ModelCard, reported: Reported) -> None:
 
 
 def check_versions(client: OipClient, cards: list[ModelCard]) -> None:
-    """Ask the server for each card's model with an empty batch: it must answer, and with
-    the card's version, before a run sends it any photo."""
-    for card in cards:
-        height, width = card.input_size
-        if card.task == "leaf_detector":
-            name, outputs = DETECTOR_INPUT, DETECTOR_OUTPUTS
-        else:
-            name, outputs = GRADER_INPUT, GRADER_OUTPUTS
-        reported, _ = client.infer(
-            card.id, {name: np.zeros((0, height, width, 3), np.uint8)}, outputs
-        )
-        _checked(card, reported)
+    """Ask every replica for each card's model with an empty batch: each that answers must
+    answer with the card's version, before a run sends any photo. A replica that cannot be
+    reached is passed over (its later answers are checked like all); none: OipUnavailable."""
+    unreachable: list[OipUnavailable] = []
+    for url in client.urls:
+        try:
+            for card in cards:
+                _checked(card, _empty_request(client, card, url))
+        except OipUnavailable as exc:
+            unreachable.append(exc)
+    if len(unreachable) == len(client.urls):
+        raise client._unavailable(unreachable[-1].reason, client.urls)
+
+
+def _empty_request(client: OipClient, card: ModelCard, replica: str) -> Reported:
+    height, width = card.input_size
+    if card.task == "leaf_detector":
+        name, outputs = DETECTOR_INPUT, DETECTOR_OUTPUTS
+    else:
+        name, outputs = GRADER_INPUT, GRADER_OUTPUTS
+    empty = {name: np.zeros((0, height, width, 3), np.uint8)}
+    reported, _ = client.infer(card.id, empty, outputs, replica=replica)
+    return reported
 
 
 def remote_detector(client: OipClient, card: ModelCard) -> DetectorRunner:

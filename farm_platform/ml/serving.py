@@ -8,27 +8,69 @@ request's many photos or crops in batches, through the same code as local infere
 A new active version reaches the server without a restart: it watches the registry (every
 `watch_seconds`), and `POST /v2/repository/models/<id>/load` reloads a model at once. A
 version whose weights fail their check is not swapped in: the old one keeps serving.
+
+Each model's metadata names its active version, `pytorch` and its tensors; a versioned path
+(`/v2/models/<id>/versions/<v>`, gRPC's `model_version`) is served for the active version and
+refused, naming it, for any other. It listens on `host` (127.0.0.1 unless told), and with a
+token every call but the health checks needs `authorization: Bearer <token>`.
 Needs the `serve` extra (kserve).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import re
 import threading
+from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any
 
+import grpc
 import kserve
 import numpy as np
-from kserve.errors import InvalidInput, ModelNotFound
+from grpc import aio
+from grpc_interceptor.exceptions import FailedPrecondition
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.logging import logger
+from kserve.model_server import app as rest_app
+from kserve.model_server import args as kserve_args
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import (
+    add_GRPCInferenceServiceServicer_to_server,
+)
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import RESTServer
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from farm_platform.ml import inference
-from farm_platform.ml.oip import DETECTOR_INPUT, GRADER_INPUT
+from farm_platform.ml.oip import DETECTOR_INPUT, DETECTOR_OUTPUTS, GRADER_INPUT, GRADER_OUTPUTS
 from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
 
 # Per forward pass: a request may carry any number of photos or crops.
 DETECTOR_BATCH = 32
 GRADER_BATCH = 256
+PLATFORM = "pytorch"
+# What `_detect` and `_grade` answer, in the client's order; -1: as many as the request.
+OUTPUT_TYPES = {
+    "boxes": ("FP32", [-1, 4]),
+    "scores": ("FP32", [-1]),
+    "counts": ("INT64", [-1]),
+    "index": ("INT64", [-1]),
+    "confidence": ("FP32", [-1]),
+}
+# Probes (Kubernetes' included) carry no token.
+HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+HEALTH_METHODS = frozenset(
+    {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
+)
 
 
 class RegistryModel(kserve.Model):
@@ -45,6 +87,16 @@ class RegistryModel(kserve.Model):
     @property
     def card(self) -> ModelCard | None:
         return self._loaded[0] if self._loaded else None
+
+    @property
+    def versions(self) -> list[str]:
+        return [self._loaded[0].version] if self._loaded else []
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return tensor_metadata(self._loaded[0])[0] if self._loaded else []
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return tensor_metadata(self._loaded[0])[1] if self._loaded else []
 
     def load(self) -> bool:
         with self._lock:
@@ -75,6 +127,42 @@ class RegistryModel(kserve.Model):
             use_binary_outputs=payload.use_binary_outputs,
             requested_outputs=payload.request_outputs,
         )
+
+
+def tensor_metadata(card: ModelCard) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's input and outputs as the protocol's metadata: name, datatype, shape."""
+    height, width = card.input_size
+    if card.task == "leaf_detector":
+        name, outputs = DETECTOR_INPUT, DETECTOR_OUTPUTS
+    else:
+        name, outputs = GRADER_INPUT, GRADER_OUTPUTS
+    inputs = [{"name": name, "datatype": "UINT8", "shape": [-1, height, width, 3]}]
+    return inputs, [
+        {"name": output, "datatype": OUTPUT_TYPES[output][0], "shape": OUTPUT_TYPES[output][1]}
+        for output in outputs
+    ]
+
+
+class VersionNotServed(ModelNotFound):
+    """A version other than the active one: not found (REST 404, gRPC NOT_FOUND)."""
+
+    def __init__(self, model_id: str, version: str, active: str) -> None:
+        self.reason = (
+            f"{model_id} version {version} is not served: the active version is {active} "
+            f"(/v2/models/{model_id}/versions/{active})"
+        )
+
+
+def check_version(repository: kserve.ModelRepository, model_id: str, version: str) -> None:
+    """Pass for no version or the active one; else VersionNotServed / ModelNotFound."""
+    if not version:
+        return
+    model = repository.get_model(model_id)
+    card = model.card if isinstance(model, RegistryModel) else None
+    if card is None:
+        raise ModelNotFound(model_id)
+    if version != card.version:
+        raise VersionNotServed(model_id, version, card.version)
 
 
 def _input(payload: InferRequest, name: str, card: ModelCard) -> np.ndarray:
@@ -185,19 +273,255 @@ class RegistryWatch(threading.Thread):
             self.check()
 
 
+class RegistryDataPlane(DataPlane):
+    """kserve 0.21's metadata leaves `versions` out and `platform` empty: fills them."""
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        metadata = await super().model_metadata(model_name)
+        model = self.get_model_from_registry(model_name)
+        if isinstance(model, RegistryModel):
+            metadata.update(versions=model.versions, platform=PLATFORM)
+        return metadata
+
+
+class RegistryServicer(InferenceServicer):
+    """kserve 0.21's gRPC servicer ignores `version` / `model_version` (any version would
+    be answered by the active one) and drops `versions`: checks and fills them."""
+
+    def __init__(
+        self,
+        data_plane: DataPlane,
+        extension: ModelRepositoryExtension,
+        repository: kserve.ModelRepository,
+    ) -> None:
+        super().__init__(data_plane, extension)
+        self.repository = repository
+
+    async def ModelMetadata(  # noqa: N802 (the protocol's name)
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        check_version(self.repository, request.name, request.version)
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(**{"versions": [], **metadata})
+
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """kserve 0.21's reads a dict that the extension's load (returning None) never
+        gives, so every call failed INTERNAL; and a failed load answered UNAVAILABLE, which
+        a client takes for a server that is down: FAILED_PRECONDITION with the reason."""
+        try:
+            await self._mode_repository_extension.load(model_name=request.model_name)
+        except ModelNotReady as exc:
+            raise FailedPrecondition(str(exc)) from None
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        check_version(self.repository, request.name, request.version)
+        return await super().ModelReady(request, context)
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        check_version(self.repository, request.model_name, request.model_version)
+        return await super().ModelInfer(request, context)
+
+
+def token_refusal(authorization: str | None, token: str) -> str | None:
+    """Why a call with this `authorization` is refused (one line), or None to serve it."""
+    if not authorization:
+        return "no bearer token: this server needs `authorization: Bearer <FARM_OIP_TOKEN>`"
+    scheme, _, given = authorization.partition(" ")
+    # Constant time: the comparison must not tell a caller how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        return "wrong bearer token (authorization: Bearer <FARM_OIP_TOKEN>)"
+    return None
+
+
+class BearerTokenMiddleware:
+    """REST: 401 with the reason unless the request carries the token (health excepted)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in HEALTH_PATHS:
+            headers = dict(scope["headers"])
+            value = headers.get(b"authorization")
+            refusal = token_refusal(value.decode("latin-1") if value else None, self.token)
+            if refusal:
+                response = JSONResponse(
+                    {"error": refusal}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_VERSIONED_PATH = re.compile(
+    r"^/v2/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/ready|/infer)?$"
+)
+
+
+class ActiveVersionMiddleware:
+    """kserve 0.21's REST endpoints raise NotImplementedError for every versioned path:
+    this serves `/v2/models/<id>/versions/<v>[/ready|/infer]` as `/v2/models/<id>[...]`
+    when v is the active version, and answers 404 naming the active one otherwise."""
+
+    def __init__(self, app: ASGIApp, repository: kserve.ModelRepository) -> None:
+        self.app = app
+        self.repository = repository
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _VERSIONED_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if match:
+            try:
+                check_version(self.repository, match["model"], match["version"])
+            except ModelNotFound as exc:
+                await JSONResponse({"error": str(exc)}, status_code=404)(scope, receive, send)
+                return
+            path = f"/v2/models/{match['model']}{match['rest'] or ''}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):
+    """gRPC: UNAUTHENTICATED with the reason unless the metadata carries the token (health
+    excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        given = dict(details.invocation_metadata or ()).get("authorization")
+        refusal = None if details.method in HEALTH_METHODS else token_refusal(given, self.token)
+        if refusal is None:
+            return await continuation(details)
+
+        async def refuse(request: bytes, context: aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class RegistryGRPCServer(GRPCServer):
+    """kserve 0.21's GRPCServer.start fixes the address ([::]), the interceptors and the
+    servicer, with no option to change them: the same start with ours."""
+
+    def __init__(self, host: str, token: str | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.host = host
+        self.token = token
+
+    async def start(self, max_workers: int) -> None:
+        interceptors: list[aio.ServerInterceptor] = [
+            LoggingInterceptor(),
+            ExceptionToStatusInterceptor(),
+        ]
+        if self.token:
+            interceptors.insert(0, BearerTokenInterceptor(self.token))
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
+                (
+                    "grpc.max_receive_message_length",
+                    self._kwargs["grpc_max_receive_message_length"],
+                ),
+            ],
+        )
+        servicer = RegistryServicer(
+            self._data_plane, self._model_repository_extension, self._data_plane.model_registry
+        )
+        add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._server.add_insecure_port(grpc_address(self.host, self._port))
+        logger.info("Starting gRPC server on %s", grpc_address(self.host, self._port))
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class RegistryModelServer(kserve.ModelServer):
+    """kserve's ModelServer with our data plane, middleware and gRPC server on `host`."""
+
+    def __init__(
+        self,
+        repository: RegistryRepository,
+        host: str,
+        http_port: int,
+        grpc_port: int,
+        token: str | None,
+    ) -> None:
+        super().__init__(
+            http_port=http_port,
+            grpc_port=grpc_port,
+            registered_models=repository,
+            # One process: the models live once in memory and torch uses the cores.
+            workers=1,
+            enable_latency_logging=False,
+        )
+        self.host = host
+        self.token = token
+        self.dataplane = RegistryDataPlane(model_registry=repository)
+
+    def start(self, models: list[kserve.Model]) -> None:
+        """kserve 0.21's `start` (its one-worker path) binds 0.0.0.0 and [::] with no option
+        to change it: the same steps, on `host`."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        # kserve builds its REST app on this module-level FastAPI app (its hook for custom
+        # routes and middleware); the last added runs first: the token before the path.
+        rest_app.add_middleware(ActiveVersionMiddleware, repository=self.registered_models)
+        if self.token:
+            rest_app.add_middleware(BearerTokenMiddleware, token=self.token)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self._rest_server.config.host = self.host
+        self._grpc_server = RegistryGRPCServer(
+            self.host,
+            self.token,
+            self.grpc_port,
+            self.dataplane,
+            self.model_repository_extension,
+            kwargs=vars(kserve_args),
+            grace_period=self.grace_period,
+        )
+        self.servers += [self._rest_server.start(), self._grpc_server.start(self.max_threads)]
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
 def serve(
-    registry: ModelRegistry, http_port: int, grpc_port: int, watch_seconds: float = 5.0
+    registry: ModelRegistry,
+    http_port: int,
+    grpc_port: int,
+    watch_seconds: float = 5.0,
+    host: str = "127.0.0.1",
+    token: str | None = None,
 ) -> None:
-    """Serve until SIGTERM / SIGINT (blocks); `watch_seconds` 0 turns the watch off."""
+    """Serve until SIGTERM / SIGINT (blocks); `watch_seconds` 0 turns the watch off; with
+    a `token`, every call but the health checks must carry it."""
     repository = RegistryRepository(registry)
-    server = kserve.ModelServer(
-        http_port=http_port,
-        grpc_port=grpc_port,
-        registered_models=repository,
-        # One process: the models live once in memory and torch uses the cores.
-        workers=1,
-        enable_latency_logging=False,
-    )
+    server = RegistryModelServer(repository, host, http_port, grpc_port, token)
     models = registry_models(registry)
     if watch_seconds > 0:
         RegistryWatch(repository, watch_seconds).start()
