@@ -24,7 +24,7 @@ from farm_platform import config
 from farm_platform import config as config_module
 from farm_platform.config import REPO_MODELS_DIR, REPO_ROOT
 from farm_platform.dev.model_server import ModelServerProcess
-from farm_platform.dev.processes import free_port, kill_now
+from farm_platform.dev.processes import free_port, kill_now, listening_addresses
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
@@ -354,23 +354,6 @@ def test_the_versioned_path_serves_the_active_version_and_names_it_for_another(
         assert refused_call.value.details().startswith(expected)
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses of this machine's listening TCP sockets on `port`."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                # Each 32-bit word is in host (little-endian) byte order.
-                raw = b"".join(
-                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 2 * width, 8)
-                )
-                ip = ipaddress.ip_address(raw)
-                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
-    return found
-
-
 def _outward_address() -> str | None:
     """This machine's address on its default route (no packet is sent), if any."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -387,7 +370,7 @@ def test_a_server_started_without_host_listens_on_loopback_only(
 ) -> None:
     ports = [int(url.rsplit(":", 1)[1]) for url in server_urls.values()]
     for port in ports:
-        assert _listening_addresses(port) == {"127.0.0.1"}
+        assert listening_addresses(port) == {"127.0.0.1"}
     outward = _outward_address()
     if outward is None:
         return

@@ -4,6 +4,7 @@ recorded pid is still ours, and stopping them."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -153,3 +154,20 @@ def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(pid_alive(p, marker) for p in pids):
             time.sleep(0.05)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of this machine's listening TCP sockets on `port`."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                # Each 32-bit word is in host (little-endian) byte order.
+                raw = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 2 * width, 8)
+                )
+                ip = ipaddress.ip_address(raw)
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
