@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 
 import duckdb
 import pytest
@@ -125,6 +126,21 @@ def test_a_daemon_killed_mid_tick_loses_and_doubles_nothing(platform):
             daemon.stop(kill=True)
 
 
+def outage_through_the_requeue(
+    platform: Platform, instance, daemon, photos: int, end: Callable[[], None]
+) -> None:
+    """The warehouse outage begun by the caller lasts until the day's run failed and the
+    requeue sensor failed on it too; `end` ends it. Then every photo must be graded once,
+    by the daemon alone."""
+    try:
+        first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
+        wait_for_failed_tick(instance, daemon, "requeue_failed_photos", 120)
+    finally:
+        end()
+    wait_for_photos(instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True)
+    assert_graded_exactly_once(platform, instance, photos)
+
+
 def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform):
     """Another process holds the DuckDB file while the run starts (3 s lock timeout) and
     until the requeue sensor has failed on it too: the failed run's photos must survive
@@ -134,15 +150,7 @@ def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform)
         statuses = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
         first_image_run(instance, daemon, statuses)
         holder = duckdb.connect(str(platform.warehouse.duckdb_path))
-        try:
-            first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
-            wait_for_failed_tick(instance, daemon, "requeue_failed_photos", 120)
-        finally:
-            holder.close()
-        wait_for_photos(
-            instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
-        )
-        assert_graded_exactly_once(platform, instance, photos)
+        outage_through_the_requeue(platform, instance, daemon, photos, end=holder.close)
 
 
 def test_postgresql_killed_as_a_run_starts_loses_and_doubles_nothing(make_platform):
@@ -155,15 +163,7 @@ def test_postgresql_killed_as_a_run_starts_loses_and_doubles_nothing(make_platfo
             photos = platform.simulate(CONFIG)
             first_image_run(instance, daemon, [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
             server.kill()
-            try:
-                first_image_run(instance, daemon, [DagsterRunStatus.FAILURE], timeout=120)
-                wait_for_failed_tick(instance, daemon, "requeue_failed_photos", 120)
-            finally:
-                server.restart()
-            wait_for_photos(
-                instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
-            )
-            assert_graded_exactly_once(platform, instance, photos)
+            outage_through_the_requeue(platform, instance, daemon, photos, end=server.restart)
 
 
 def test_a_model_server_that_dies_mid_run_loses_and_doubles_nothing(platform, tmp_path):
