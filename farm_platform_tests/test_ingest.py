@@ -574,3 +574,26 @@ def test_reconcile_requeues_photos_stranded_by_runs_that_ended(farm, queue):
     assert result.recorded == []  # announced, so not "never seen"
     outcome = tick(pubsub, bucket, queue, wait_seconds=0)
     assert claimed(outcome) == ["P000"]
+
+
+def test_a_burst_of_20_failed_runs_is_requeued_in_one_tick(farm, queue):
+    """Dagster's run_status_sensor handles 5 runs a tick; requeue_failed_photos takes up to
+    REQUEUE_EVENTS_PER_TICK failure events a tick, so 20 failed runs at once are all back in
+    the queue after one evaluation."""
+    from farm_platform.images.sensors import REQUEUE_EVENTS_PER_TICK
+
+    pubsub, _, date, _ = farm
+    assert REQUEUE_EVENTS_PER_TICK >= 20
+    now = dt.datetime.now(dt.UTC)
+    queue.record(arrivals_of(date, [f"P{i:03d}" for i in range(20)], now), now)
+    claims = queue.claim(1, dt.timedelta(0), now)  # one run per photo
+    assert len(claims) == 20
+    run_keys = [claim.run_key for claim in claims]
+    queue.confirm(run_keys, now)  # Dagster stored the 20 runs
+    assert queue.pending_count() == 0
+    with DagsterInstance.ephemeral() as instance:
+        for run_key in run_keys:
+            _stored_run(instance, run_key)
+        result = _evaluate_requeue(instance, queue.warehouse, pubsub, None)
+        assert queue.waiting_count() == 20
+        assert "20 failed image run(s): 20 photo(s) requeued" in result.skip_reason.skip_message
