@@ -60,6 +60,9 @@ FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
 DEFAULT_RUN_CHUNK_PHOTOS = 64
 # A sensor run that has not finished after this many seconds, plus half a second per photo,
 # is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
+# The production topology's Celery broker (redis://:password@host:port/0), for Dagster's
+# CeleryRunLauncher and the run workers; set in their environment, never in a file.
+FARM_CELERY_BROKER = "FARM_CELERY_BROKER"
 # How often the ingest sensors tick (the model-registry sensor: three times as long).
 # Dagster's sensor daemon loops every 5 s at best, so values under 5 act as 5.
 FARM_SENSOR_INTERVAL_SECONDS = "FARM_SENSOR_INTERVAL_SECONDS"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what farm_platform needs outside Python, when it is missing:
 # Java and the Google Cloud Pub/Sub emulator (local stack), PostgreSQL 15 server binaries (tests),
-# Chromium (the UI check drives it headless through Playwright).
+# Chromium (the UI check drives it headless through Playwright), Redis (the production
+# topology's Celery broker).
 set -euo pipefail
 
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The production topology's Celery broker (`farm-platform stack up --production`).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 emulator_present() {
   [ -d /usr/lib/google-cloud-sdk/platform/pubsub-emulator ] ||
     { command -v gcloud >/dev/null 2>&1 &&

@@ -83,11 +83,11 @@ def launch_backfill(
 
     from farm_platform.images.graph import image_asset_graph
     from farm_platform.images.pipeline import photo_run_config
-    from farm_platform.images.run_tags import image_run_k8s_tags
+    from farm_platform.images.run_tags import image_run_tags
 
     # Every run of this backfill is an image run (the image location's graph): the same
     # Kubernetes pod settings as the sensor's runs. Read first, so a bad value adds nothing.
-    k8s_tags = image_run_k8s_tags()
+    launcher_tags = image_run_tags()
     graph = asset_graph or image_asset_graph()
     missing = [key.to_user_string() for key in asset_keys if not graph.has(key)]
     if missing:
@@ -108,7 +108,7 @@ def launch_backfill(
         partition_names=partitions,
         asset_selection=list(asset_keys),
         backfill_timestamp=time.time(),
-        tags={BACKFILL_SOURCE_TAG: "cli", **k8s_tags},
+        tags={BACKFILL_SOURCE_TAG: "cli", **launcher_tags},
         dynamic_partitions_store=instance,
         all_partitions=False,
         title=check_valid_title(title)

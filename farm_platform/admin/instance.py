@@ -26,12 +26,14 @@ def prepare_dagster_home(
     max_concurrent_runs: int = 1,
     postgres_db: dict[str, Any] | None = None,
     quick_polling: bool = False,
+    run_launcher: dict[str, Any] | None = None,
 ) -> None:
     """A DAGSTER_HOME with the shipped dagster.yaml and its storage created: SQLite files in
     the folder, or dagster-postgres storage (runs, event logs, schedules and sensor ticks)
     in the database `postgres_db` names (dagster-postgres's `postgres_db` keys; give the
     password as `{"env": "VARIABLE"}` so that it is read from the environment, never
-    written here)."""
+    written here). `run_launcher`: the instance's run launcher (module, class, config)
+    instead of Dagster's default, which runs each run as a local process."""
     from dagster import DagsterInstance
 
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -41,10 +43,12 @@ def prepare_dagster_home(
     for shipped, quick in QUICK_POLLING.items() if quick_polling else ():
         assert shipped in config, f"dagster.yaml no longer says {shipped!r}"
         config = config.replace(shipped, quick)
-    if postgres_db:
-        import yaml
+    import yaml
 
+    if postgres_db:
         config += yaml.safe_dump({"storage": {"postgres": {"postgres_db": postgres_db}}})
+    if run_launcher:
+        config += yaml.safe_dump({"run_launcher": run_launcher})
     (dagster_home / "dagster.yaml").write_text(config)
     # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
     # at the same moment race on its schema migrations.

@@ -14,6 +14,7 @@ from dagster import (
 from farm_platform.analytics.dbt_models import farm_dbt_models
 from farm_platform.analytics.report import effectiveness_report
 from farm_platform.config import trial_timezone
+from farm_platform.images.run_tags import ANALYTICS_QUEUE, CELERY_QUEUE_TAG
 
 daily_report_job = define_asset_job(
     "daily_effectiveness_report",
@@ -31,4 +32,8 @@ daily_report_job = define_asset_job(
 )
 def daily_report_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     yesterday = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
-    return RunRequest(run_key=yesterday, partition_key=yesterday)
+    return RunRequest(
+        run_key=yesterday,
+        partition_key=yesterday,
+        tags={CELERY_QUEUE_TAG: ANALYTICS_QUEUE},
+    )

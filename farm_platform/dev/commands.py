@@ -204,8 +204,9 @@ def add_dev_commands(commands: Any) -> None:
         "--production",
         action="store_true",
         help="up: also start the production topology: PostgreSQL (instance storage and "
-        "warehouse), a gRPC code server per code location, dagster-daemon, dagster-webserver "
-        "and model-server replicas; needs FARM_PG_PASSWORD and FARM_OIP_TOKEN exported",
+        "warehouse), a gRPC code server per code location, dagster-daemon, dagster-webserver, "
+        "Redis and two Celery run workers, and model-server replicas; needs FARM_PG_PASSWORD, "
+        "FARM_REDIS_PASSWORD and FARM_OIP_TOKEN exported",
     )
     stack_parser.add_argument(
         "--replicas", type=int, default=2, help="model-server replicas (default: %(default)s)"

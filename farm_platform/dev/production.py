@@ -8,14 +8,18 @@ Beside the emulator stack, each process production runs, on its own:
   file that points at them (`grpc_server`): a code change restarts a code server, not
   the daemon or the webserver;
 - `dagster-daemon` (exactly one: Dagster does not support two) and `dagster-webserver`;
+- Redis and two Celery workers: Dagster's `CeleryRunLauncher` (dagster-celery) runs each
+  whole run as a Celery task on a worker, routed by its `dagster-celery/queue` tag (image
+  runs to the `images` worker, the report's to the `analytics` one); workers could sit on
+  other machines;
 - model-server replicas (`models serve`), which every run shares (FARM_OIP_URL lists them).
 
 Everything binds 127.0.0.1. The credentials come from the environment of `stack up`:
-`FARM_PG_PASSWORD` (PostgreSQL's password for `farm`) and `FARM_OIP_TOKEN` (the model
-servers' bearer token). The files here (state, dagster.yaml, workspace) only name those
-variables; `stack env` prints the warehouse URL with `${FARM_PG_PASSWORD}` unexpanded.
-`stack up` on a half-dead topology restarts what died, in dependency order; `stack down`
-stops it all. State lives in `<stack dir>/production.json`.
+`FARM_PG_PASSWORD` (PostgreSQL's password for `farm`), `FARM_REDIS_PASSWORD` (the Celery
+broker's) and `FARM_OIP_TOKEN` (the model servers' bearer token). The files here (state,
+dagster.yaml, workspace) only name those variables; `stack env` prints the warehouse URL
+with `${FARM_PG_PASSWORD}` unexpanded. `stack up` on a half-dead topology restarts what
+died, in dependency order; `stack down` stops it all. State lives in `<stack dir>/production.json`.
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ from farm_platform.dev.emulators import StackError
 from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform.dev.postgres import SUPERUSER, PostgresServer
 from farm_platform.dev.processes import free_port, pid_alive, spawn, stop_pids
+from farm_platform.images.run_tags import ANALYTICS_QUEUE, IMAGES_QUEUE
 
 PRODUCTION_FILE = "production.json"
 PG_PASSWORD = "FARM_PG_PASSWORD"
+REDIS_PASSWORD = "FARM_REDIS_PASSWORD"
 OIP_TOKEN = "FARM_OIP_TOKEN"
+CREDENTIALS = (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN)
+# One Celery worker per queue (farm_platform.images.run_tags).
+WORKER_QUEUES = (IMAGES_QUEUE, ANALYTICS_QUEUE)
 CODE_LOCATIONS = {
     "farm_platform": "farm_platform.images.definitions",
     "farm_platform_analytics": "farm_platform.analytics.definitions",
@@ -86,17 +95,18 @@ class Production:
 
 
 def credentials() -> tuple[str, str]:
-    """FARM_PG_PASSWORD and FARM_OIP_TOKEN from the environment (StackError if unset)."""
+    """The PostgreSQL password and the Celery broker's URL, URL-quoted, from the environment
+    (StackError naming what is unset; FARM_OIP_TOKEN too, which the processes inherit)."""
     import os
     from urllib.parse import quote
 
-    missing = [name for name in (PG_PASSWORD, OIP_TOKEN) if not os.environ.get(name)]
+    missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
         raise StackError(
             f"the production topology takes its credentials from the environment: export "
             f"{' and '.join(missing)} first (e.g. `export {missing[0]}=$(openssl rand -hex 16)`)"
         )
-    return quote(os.environ[PG_PASSWORD], safe=""), os.environ[OIP_TOKEN]
+    return quote(os.environ[PG_PASSWORD], safe=""), quote(os.environ[REDIS_PASSWORD], safe="")
 
 
 def production_up(
@@ -109,9 +119,10 @@ def production_up(
     """Start the topology (or restart what died of a recorded one) and return it.
     `stack_environment`: the emulator stack's variables, and any setting its processes
     should run with."""
-    password, _token = credentials()
+    password, redis_password = credentials()
     state = read_production(state_dir) or {
         "pg_port": free_port(),
+        "redis_port": free_port(),
         "code_server_ports": {name: free_port() for name in CODE_LOCATIONS},
         "webserver_port": free_port(),
         "replica_ports": [[free_port(), free_port()] for _ in range(replicas)],
@@ -125,12 +136,15 @@ def production_up(
         config.FARM_FIELD_MAP: str(state_dir / "positions.csv"),
         # Materializations stored in batches, not an INSERT each.
         "DAGSTER_EVENT_BATCH_SIZE": "1000",
+        config.FARM_CELERY_BROKER: f"redis://:{redis_password}@127.0.0.1:{state['redis_port']}/0",
     }
     pids: dict[str, int] = state["pids"]
     dead = set(dead_processes(state, state_dir))
     try:
         if "postgres" in dead:
             pids["postgres"] = _start_postgres(state, state_dir)
+        if "redis" in dead:
+            pids["redis"] = _start_redis(int(state["redis_port"]), state_dir)
         if not production.dagster_home.exists():
             _prepare_instance(production, int(state["max_concurrent_runs"]), quick_polling)
         for name, module in CODE_LOCATIONS.items():
@@ -150,6 +164,9 @@ def production_up(
             )
         if "webserver" in dead:
             pids["webserver"] = _start_webserver(production, environment)
+        for queue in WORKER_QUEUES:
+            if f"worker:{queue}" in dead:
+                pids[f"worker:{queue}"] = _start_worker(queue, state_dir, environment)
         for index, (port, grpc_port) in enumerate(state["replica_ports"]):
             if f"model_server:{index}" in dead:
                 pids[f"model_server:{index}"] = start_model_server(
@@ -193,8 +210,8 @@ def production_down(state_dir: Path) -> bool:
 
 def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
     """The topology's processes that do not run (never started, or died), by state key."""
-    expected = ["postgres", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
-    expected += ["daemon", "webserver"]
+    expected = ["postgres", "redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
+    expected += ["daemon", "webserver", *(f"worker:{queue}" for queue in WORKER_QUEUES)]
     expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
     return [
         key
@@ -224,6 +241,10 @@ def _marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
         return f"-p {state['webserver_port']} "
     if key.startswith("model_server:"):
         return f"--grpc-port {state['replica_ports'][int(key.split(':', 1)[1])][1]} "
+    if key == "redis":
+        return f":{state['redis_port']}"
+    if key.startswith("worker:"):
+        return f"-n {key.split(':', 1)[1]}@"
     return str(state_dir / "workspace.yaml")  # the daemon
 
 
@@ -267,6 +288,15 @@ def _prepare_instance(
             # `NOTIFY run_events, $1` then fails on every event.
             "scheme": "postgresql+psycopg2",
         },
+        run_launcher={
+            "module": "dagster_celery.launcher",
+            "class": "CeleryRunLauncher",
+            "config": {
+                "broker": {"env": config.FARM_CELERY_BROKER},
+                "backend": {"env": config.FARM_CELERY_BROKER},
+                "default_queue": IMAGES_QUEUE,
+            },
+        },
     )
 
 
@@ -308,6 +338,43 @@ def _start_webserver(production: Production, environment: dict[str, str]) -> int
     pid = _start(args, "webserver", production.state_dir, environment)
     _wait_for_port(port, pid, "the webserver", production.state_dir / "webserver.log")
     return pid
+
+
+def _start_redis(port: int, state_dir: Path) -> int:
+    """Redis as the Celery broker: loopback only, no persistence (a lost queue is the same
+    as a lost tick: the queued runs are in PostgreSQL, and run monitoring fails those that
+    never start). Its configuration, password included, goes in on stdin, not in a file."""
+    import os
+    import shutil
+    import subprocess
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise StackError("redis-server is not installed: `apt-get install redis-server`")
+    log = state_dir / "redis.log"
+    settings = (
+        f"bind 127.0.0.1\nport {port}\nrequirepass {os.environ[REDIS_PASSWORD]}\n"
+        f'save ""\nappendonly no\ndir {state_dir}\nlogfile {log}\n'
+    )
+    process = subprocess.Popen(
+        [executable, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write(settings.encode())
+    process.stdin.close()
+    _wait_for_port(port, process.pid, "redis-server", log)
+    return process.pid
+
+
+def _start_worker(queue: str, state_dir: Path, environment: dict[str, str]) -> int:
+    args = [_tool("celery"), "-A", "farm_platform.dev.celery_app", "worker", "-Q", queue]
+    # One run at a time per worker: a run already uses this machine's cores.
+    args += ["-n", f"{queue}@%h", "-c", "1", "--loglevel", "INFO"]
+    return _start(args, f"worker-{queue}", state_dir, environment)
 
 
 def _wait_for_port(port: int, pid: int, what: str, log: Path) -> None:

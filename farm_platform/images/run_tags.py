@@ -1,4 +1,5 @@
-"""Kubernetes tags of the image runs (sensor and backfill alike), from `FARM_RUN_K8S_CONFIG`.
+"""Tags of the image runs (sensor and backfill alike): their Celery queue, and their
+Kubernetes pod settings from `FARM_RUN_K8S_CONFIG`.
 
 Only image runs carry them: they decode and grade photos, so they are the runs that need a
 GPU node and many cores; the daily report's runs stay on the launcher's small default pod.
@@ -16,6 +17,17 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 # The run coordinator limits runs with this tag (deploy/helm/values.yaml): as many GPU runs
 # at once as the GPU node pool has GPUs, however many days are queued.
 DEVICE_TAG = "farm/device"
+# Dagster's CeleryRunLauncher sends a run to the queue its tag names (the production
+# topology's workers listen on one each); untagged runs go to the launcher's default queue.
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+IMAGES_QUEUE = "images"
+ANALYTICS_QUEUE = "analytics"
+
+
+def image_run_tags() -> dict[str, str]:
+    """Every tag an image run carries for its launcher: the Celery queue, and the
+    Kubernetes ones (`image_run_k8s_tags`)."""
+    return {CELERY_QUEUE_TAG: IMAGES_QUEUE, **image_run_k8s_tags()}
 
 
 def image_run_k8s_tags() -> dict[str, str]:

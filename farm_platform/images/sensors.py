@@ -30,7 +30,7 @@ from farm_platform import config
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
-from farm_platform.images.run_tags import image_run_k8s_tags
+from farm_platform.images.run_tags import image_run_tags
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
@@ -54,14 +54,14 @@ def run_timeout_seconds(photos: int) -> int:
 
 
 def claim_run_request(
-    claim: Claim, tick_summary: str = "", k8s_tags: Mapping[str, str] | None = None
+    claim: Claim, tick_summary: str = "", launcher_tags: Mapping[str, str] | None = None
 ) -> RunRequest:
-    """One run of the claim's day partition over exactly its photos; `k8s_tags` (default:
+    """One run of the claim's day partition over exactly its photos; `launcher_tags` (default:
     from `FARM_RUN_K8S_CONFIG`) give its pod on Kubernetes a GPU and cores."""
     from farm_platform.images.pipeline import photo_run_config
 
-    if k8s_tags is None:
-        k8s_tags = image_run_k8s_tags()
+    if launcher_tags is None:
+        launcher_tags = image_run_tags()
     return RunRequest(
         run_key=claim.run_key,
         partition_key=claim.date.isoformat(),
@@ -71,7 +71,7 @@ def claim_run_request(
             MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
             MAX_RETRIES_TAG: "0",
             **({TICK_TAG: tick_summary} if tick_summary else {}),
-            **k8s_tags,
+            **launcher_tags,
         },
         run_config=photo_run_config(claim.positions),
     )
@@ -93,7 +93,7 @@ def drone_image_sensor(
 ) -> SensorResult:
     # Read before claiming: a malformed FARM_RUN_K8S_CONFIG then fails the tick with its
     # name while every photo is still in the queue, instead of after its claim.
-    k8s_tags = image_run_k8s_tags()
+    launcher_tags = image_run_tags()
     outcome = ingest_tick(
         IngestCursor.from_json(context.cursor),
         pubsub,
@@ -112,7 +112,7 @@ def drone_image_sensor(
         context.log.info(summary)
     return SensorResult(
         run_requests=[
-            claim_run_request(claim, tick_summary=summary, k8s_tags=k8s_tags)
+            claim_run_request(claim, tick_summary=summary, launcher_tags=launcher_tags)
             for claim in outcome.claims
         ],
         cursor=outcome.cursor.to_json(),

@@ -1,0 +1,31 @@
+"""The Celery app of the production topology's run workers (`celery -A` this module).
+
+Dagster's `CeleryRunLauncher` (dagster-celery) sends each run as a Celery task; these are
+the same tasks (`create_execute_job_task`), registered on an app whose broker comes from
+`FARM_CELERY_BROKER` in the environment. (`dagster-celery worker start` would write the
+broker URL, password included, into a file under DAGSTER_HOME.) A worker executes a whole
+run in its process with the run's default executor: the Celery launcher is not combined with
+the Celery executor, which Dagster's own issues report broken.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
+
+from farm_platform.config import FARM_CELERY_BROKER
+from farm_platform.images.run_tags import IMAGES_QUEUE
+
+app = make_app(
+    {
+        "broker": os.environ[FARM_CELERY_BROKER],
+        "backend": os.environ[FARM_CELERY_BROKER],
+        "include": [],
+        "config_source": {},
+        "task_default_queue": IMAGES_QUEUE,
+    }
+)
+execute_job = create_execute_job_task(app)
+resume_job = create_resume_job_task(app)
