@@ -224,3 +224,26 @@ def dead_letters(local_stack: StackInfo, subscriber: Any) -> Iterator[str]:
     yield path
     with contextlib.suppress(Exception):
         subscriber.delete_subscription(subscription=path)
+
+
+# --------------------------------------------------------------------------- fault tests
+
+
+@pytest.fixture
+def make_platform(local_stack, default_subscription, tmp_path, monkeypatch):
+    """`make_platform(warehouse_url=None)`: a Platform (test_pipeline_e2e) for the fault
+    tests, with short run and warehouse-lock timeouts; DuckDB unless told otherwise."""
+    from test_pipeline_e2e import Platform
+
+    from farm_platform import config
+
+    for name, value in local_stack.environment().items():
+        monkeypatch.setenv(name, value)
+
+    def make(warehouse_url: str | None = None) -> Any:
+        platform = Platform(local_stack, tmp_path, warehouse_url=warehouse_url)
+        platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
+        platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+        return platform
+
+    return make
