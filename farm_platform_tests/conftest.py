@@ -28,31 +28,6 @@ from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.postgres import postgres_server
 from farm_platform.dev.stack import LocalStack, StackInfo
 
-# --------------------------------------------------------------------------- order
-
-# The modules that take longest, longest first (pytest's --durations on a clean-clone CI
-# run, 2026-12-04: the model story alone ~250 s). xdist's `--dist loadfile` hands modules to
-# the two workers in collection order; started last, these left one worker running for
-# minutes after the other had finished.
-LONGEST_MODULES = [
-    "test_model_story_e2e.py",
-    "test_dbt.py",
-    "test_demo.py",
-    "test_faults_e2e.py",
-    "test_pipeline_e2e.py",
-    "test_outages_e2e.py",
-    "test_production_e2e.py",
-    "test_ui.py",
-]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
-    # A stable sort: each module's tests keep their order (the production topology's last
-    # test stops it).
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 # --------------------------------------------------------------------------- leaks
 
 
