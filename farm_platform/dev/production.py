@@ -25,6 +25,7 @@ died, in dependency order; `stack down` stops it all. State lives in `<stack dir
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -97,7 +98,6 @@ class Production:
 def credentials() -> tuple[str, str]:
     """The PostgreSQL password and the Celery broker's URL, URL-quoted, from the environment
     (StackError naming what is unset; FARM_OIP_TOKEN too, which the processes inherit)."""
-    import os
     from urllib.parse import quote
 
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
@@ -255,7 +255,6 @@ def _write_production(state_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
-    import os
 
     server = PostgresServer(
         base=state_dir / "postgres",
@@ -315,7 +314,6 @@ def _tool(name: str) -> str:
 
 
 def _start(args: list[str], name: str, state_dir: Path, environment: dict[str, str]) -> int:
-    import os
 
     log = state_dir / f"{name}.log"
     return spawn(args, log, env={**os.environ, **environment}, detached=True).pid
@@ -344,7 +342,6 @@ def _start_redis(port: int, state_dir: Path) -> int:
     """Redis as the Celery broker: loopback only, no persistence (a lost queue is the same
     as a lost tick: the queued runs are in PostgreSQL, and run monitoring fails those that
     never start). Its configuration, password included, goes in on stdin, not in a file."""
-    import os
     import shutil
     import subprocess
 
