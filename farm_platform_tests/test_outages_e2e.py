@@ -16,6 +16,7 @@ from test_pipeline_e2e import Platform
 from farm_platform import config
 from farm_platform.dev.daemon import wait_for_failed_tick, wait_for_photos
 from farm_platform.dev.postgres import PostgresServer
+from farm_platform.resources.warehouse import WarehouseResource
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,11 @@ def test_a_warehouse_locked_past_its_timeout_loses_and_doubles_nothing(platform)
         photos = platform.simulate(CONFIG)
         statuses = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
         first_image_run(instance, daemon, statuses)
-        holder = duckdb.connect(str(platform.warehouse.duckdb_path))
+        # The platform's processes open the file only during their turn at its lock file:
+        # taken for a moment, it lets this outsider in between two of their connections.
+        patient = WarehouseResource(url=platform.warehouse.url, lock_timeout_seconds=60)
+        with patient.exclusive_access():
+            holder = duckdb.connect(str(platform.warehouse.duckdb_path))
         outage_through_the_requeue(platform, instance, daemon, photos, end=holder.close)
 
 
