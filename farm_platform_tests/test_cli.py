@@ -99,6 +99,30 @@ def test_an_empty_farm_is_refused(tmp_path, option):
     assert not list(tmp_path.rglob("*.png"))
 
 
+def test_stack_commands_point_at_the_demos_stack_when_none_runs_at_the_default(tmp_path):
+    """Issue 28: after `demo --keep`, `stack env` said no stack ran and `stack down` said
+    nothing was running (exit 0) while the demo's emulators ran under .farm/demo/stack."""
+    demo_stack = tmp_path / ".farm" / "demo" / "stack"
+    started = farm_platform("stack", "up", "--state-dir", str(demo_stack), cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    try:
+        line = one_line_error(farm_platform("stack", "env", cwd=tmp_path))
+        assert f"No local stack is running in {tmp_path / '.farm' / 'stack'}" in line
+        assert f"add `--state-dir {demo_stack}` to the command" in line
+        down = farm_platform("stack", "down", cwd=tmp_path)
+        assert down.returncode == 0, down.stderr
+        assert f"--state-dir {demo_stack}" in down.stdout
+        # The hint is the command that works.
+        found = farm_platform("stack", "env", "--state-dir", str(demo_stack), cwd=tmp_path)
+        assert found.returncode == 0 and "PUBSUB_EMULATOR_HOST" in found.stdout, found.stderr
+    finally:
+        stopped = farm_platform("stack", "down", "--state-dir", str(demo_stack), cwd=tmp_path)
+    assert stopped.stdout.strip() == "local stack stopped", stopped.stderr
+    # With nothing running anywhere, the answer says how to start one.
+    line = one_line_error(farm_platform("stack", "env", cwd=tmp_path))
+    assert line.endswith("start one with `farm-platform stack up`.")
+
+
 def test_a_stack_that_is_down_is_one_line_not_half_a_minute_of_retries(tmp_path):
     down = f"http://127.0.0.1:{free_port()}"
     result = farm_platform(

@@ -49,7 +49,11 @@ def _stack(args: argparse.Namespace) -> int:
     else:
         topology_stopped = production.production_down(state_dir)
         stopped = stack.stack_down(state_dir) or topology_stopped
-        print("local stack stopped" if stopped else "no local stack was running")
+        if stopped:
+            print("local stack stopped")
+        else:
+            hint = stack.elsewhere_hint(state_dir)
+            print(f"no local stack was running in {state_dir}" + (f"; {hint}" if hint else ""))
     return 0
 
 

@@ -158,14 +158,35 @@ def _dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
     return [key for key in expected if key not in live]
 
 
+def other_running_stacks(state_dir: Path, under: Path = Path(".farm")) -> list[Path]:
+    """State dirs below `under` (the demo's `.farm/demo/stack`, a `--state-dir` of one's
+    own) whose emulators run, other than `state_dir`: what a `stack` command given no
+    `--state-dir` points the user at when nothing runs at the default."""
+    found = []
+    for state_file in sorted([*under.glob(f"*/{STATE_FILE}"), *under.glob(f"*/*/{STATE_FILE}")]):
+        other = state_file.parent.resolve()
+        with contextlib.suppress(StackError):
+            state = _read_state(other)
+            if other != state_dir.resolve() and state and not _dead_processes(state, other):
+                found.append(other)
+    return found
+
+
+def elsewhere_hint(state_dir: Path) -> str:
+    """How to reach the stacks that run elsewhere; "" if none does."""
+    others = other_running_stacks(state_dir)
+    flags = " or ".join(f"`--state-dir {other}`" for other in others)
+    return f"one runs elsewhere: add {flags} to the command" if others else ""
+
+
 def load_stack(state_dir: Path | None = None) -> StackInfo:
     """The stack recorded in `state_dir`; StackError unless both emulators still run."""
     state_dir = (state_dir or default_state_dir()).resolve()
     state = _read_state(state_dir)
     if state is None:
         raise StackError(
-            f"No local stack is running (no {state_dir / STATE_FILE}); "
-            "start one with `farm-platform stack up`."
+            f"No local stack is running in {state_dir} (no {STATE_FILE}); "
+            + (elsewhere_hint(state_dir) or "start one with `farm-platform stack up`.")
         )
     dead = _dead_processes(state, state_dir)
     if dead:
