@@ -37,11 +37,11 @@ from farm_platform.dev.daemon import (
     wait_for_sensor_tick_in_progress,
 )
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.postgres import PostgresServer
 from farm_platform.dev.processes import kill_now, processes_in_group
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.render import png_header_only
-from farm_platform.dev.stack import LocalStack
 from farm_platform.images.sensors import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map

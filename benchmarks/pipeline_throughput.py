@@ -51,10 +51,10 @@ from dagster import DagsterInstance, RunsFilter
 from farm_platform import config as farm_config
 from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.dev.daemon import UNFINISHED_STATUSES, DaemonProcess, wait_for_photos
+from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
-from farm_platform.dev.stack import LocalStack
 from farm_platform.images.keys import DRONE_IMAGES
 from farm_platform.images.sensors import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem, join

@@ -25,8 +25,9 @@ import pytest
 import farm_platform.layout  # noqa: F401
 from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.postgres import postgres_server
-from farm_platform.dev.stack import LocalStack, StackInfo
+from farm_platform.dev.stack import StackInfo
 
 # --------------------------------------------------------------------------- leaks
 

@@ -409,7 +409,7 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
     topology, and the photo uploaded while notifications were dropped is found by
     reconciliation. Every photo is claimed exactly once."""
     from farm_platform.admin.reconcile import reconcile
-    from farm_platform.dev.stack import LocalStack
+    from farm_platform.dev.local_stack import LocalStack
 
     stack = LocalStack()
     info = stack.start()

@@ -33,8 +33,8 @@ from farm_platform.config import (
     REPO_MODELS_DIR,
 )
 from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
+from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
-from farm_platform.dev.stack import LocalStack
 from farm_platform.dev.ui import Browser, webserver
 from farm_platform.images.keys import GRADES_BY_DISEASE, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry

@@ -53,7 +53,8 @@ def run_demo(
 
     from farm_platform.admin.instance import prepare_dagster_home
     from farm_platform.dev.daemon import DaemonProcess, PipelineFailed, wait_for_photos
-    from farm_platform.dev.stack import LocalStack, stack_up
+    from farm_platform.dev.local_stack import LocalStack
+    from farm_platform.dev.stack import stack_up
 
     started = time.monotonic()
     workdir = workdir.resolve()
