@@ -56,6 +56,26 @@ def test_dbt_tests_are_asset_checks(location_env):
     assert any("not_null" in name for name in checks)
 
 
+def test_the_morning_schedule_reports_the_farms_yesterday_and_says_so(location_env):
+    from dagster import build_schedule_context
+
+    from farm_platform.analytics.definitions import defs as analytics
+    from farm_platform.config import trial_timezone
+
+    schedule = analytics.get_schedule_def("daily_report_schedule")
+    assert schedule.execution_timezone == trial_timezone()
+    assert "yesterday" in schedule.description  # the UI's schedule page names the day
+    morning = dt.datetime(2026, 6, 3, 6, 0, tzinfo=dt.UTC)
+    [request] = schedule.evaluate_tick(
+        build_schedule_context(
+            scheduled_execution_time=morning, repository_def=analytics.get_repository_def()
+        )
+    ).run_requests
+    assert request.partition_key == "2026-06-02"
+    assert request.run_key == "2026-06-02"  # one report run per day, however often it ticks
+    assert request.tags["dagster-celery/queue"] == "analytics"
+
+
 def test_the_image_code_location_does_not_import_dbt(location_env):
     probe = "import sys, farm_platform.images.definitions; print('dbt' in sys.modules)"
     result = subprocess.run(

@@ -29,6 +29,11 @@ daily_report_job = define_asset_job(
     # 06:00 on the farm's clock, for the farm's yesterday.
     execution_timezone=trial_timezone(),
     default_status=DefaultScheduleStatus.RUNNING,
+    # The UI shows this on the schedule's page, which otherwise names no day at all.
+    description=(
+        "Every morning at 06:00 on the farm's clock (FARM_TRIAL_TIMEZONE): the dbt build and "
+        "the effectiveness report of the farm's yesterday, which is the run's day partition."
+    ),
 )
 def daily_report_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     yesterday = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
