@@ -110,6 +110,14 @@ class IngestStats:
             f"{self.runs} run(s) requested for {self.photos_requested} photo(s)"
         )
 
+    def run_tag(self) -> str:
+        """The tick, short enough for the UI's runs table, which cuts tags at ~40
+        characters (the whole summary is in the tick's log)."""
+        return (
+            f"{self.new_images} new, {self.duplicates} dup, "
+            f"{self.dead_lettered} dead-lettered of {self.pulled}"
+        )
+
 
 @dataclass
 class IngestOutcome:

@@ -13,7 +13,7 @@ from dagster._core.utils import make_new_run_id
 from PIL import Image
 
 from farm_platform.arrivals import Arrival, ArrivalQueue, Requeued
-from farm_platform.images.sensors import RUN_KEY_TAG
+from farm_platform.images.sensors import RUN_KEY_TAG, TICK_TAG, claim_run_request
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
@@ -113,6 +113,9 @@ def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):
     assert claimed(outcome) == POSITIONS
     # Every message is held until the run is stored: eight ack ids wait in the queue.
     assert len(queue.held_ack_ids()) == 8
+    # The run's tick tag fits the UI's runs table (it cut the whole summary at "…0 new").
+    tag = claim_run_request(outcome.claims[0], outcome.stats.run_tag()).tags[TICK_TAG]
+    assert tag == "4 new, 4 dup, 0 dead-lettered of 8"
 
 
 def test_messages_are_acknowledged_only_after_their_run_is_stored(farm, queue, subscriber):

@@ -112,7 +112,7 @@ def drone_image_sensor(
         context.log.info(summary)
     return SensorResult(
         run_requests=[
-            claim_run_request(claim, tick_summary=summary, launcher_tags=launcher_tags)
+            claim_run_request(claim, tick_summary=stats.run_tag(), launcher_tags=launcher_tags)
             for claim in outcome.claims
         ],
         cursor=outcome.cursor.to_json(),
