@@ -115,9 +115,15 @@ def test_list_warns_about_a_corrupted_active_model(models_dir, tmp_path, capsys)
     assert "* disease_3_grader   v1" in out and "  disease_3_grader   v2" in out
 
 
-def test_list_of_sound_models_has_no_warning(models_dir, capsys):
+def test_list_of_sound_models_has_no_warning_and_labels_its_figures(models_dir, capsys):
     assert cli.main(["models", "--models-dir", str(models_dir), "list"]) == 0
-    assert "WARNING" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "WARNING" not in out
+    # Each figure says what it is: the card's own, not README's re-measured table.
+    card = ModelRegistry(models_dir).card(GRADER, "v1")
+    exact = card.metrics["heldout"]["detected_boxes"]["exact"]
+    assert f"card: held-out exact grade {exact:.3f}" in out
+    assert "card: held-out F1 0." in out
 
 
 def test_evaluate_script_uses_farm_models_dir(models_dir, tmp_path):

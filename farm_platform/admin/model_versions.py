@@ -163,10 +163,12 @@ def _metric_summary(card: ModelCard) -> str:
     heldout = card.metrics.get("heldout") if isinstance(card.metrics, Mapping) else None
     if isinstance(heldout, Mapping):
         detected = heldout.get("detected_boxes")
+        # Labelled as what they are: the card's own figures, taken when the version was
+        # trained (README's table re-measures the graders on the active detector's crops).
         if isinstance(detected, Mapping) and "exact" in detected:
-            return f"exact {detected['exact']}"
+            return f"card: held-out exact grade {detected['exact']:.3f}"
         if "f1" in heldout:
-            return f"F1 {heldout['f1']}"
+            return f"card: held-out F1 {heldout['f1']:.3f}"
     return ""
 
 
