@@ -15,6 +15,7 @@ from typing import Any
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform.config import WORKSPACE_FILE
+from farm_platform.dev.processes import kill_now, processes_in_group, wait_until_gone
 
 FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 UNFINISHED_STATUSES = (
@@ -62,6 +63,13 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        # The group's other members (run workers, code servers) outlive the leader by a
+        # moment, still writing logs and storage: the caller may remove their folder next.
+        members = processes_in_group(self.process.pid, "")
+        try:
+            wait_until_gone(members, timeout=30)
+        except RuntimeError:
+            kill_now(members)
         self.process = None
 
     def log_tail(self, lines: int = 40) -> str:

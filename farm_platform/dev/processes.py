@@ -118,17 +118,22 @@ def child_pids(parent: int) -> list[int]:
     return found
 
 
+def wait_until_gone(pids: list[int], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Return once none of `pids` runs; RuntimeError naming the survivors after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes still running: {[p for p in pids if pid_alive(p)]}")
+        time.sleep(0.05)
+
+
 def kill_now(pids: list[int], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     """SIGKILL each process (a crash, not a shutdown) and return once all are gone;
     raise if one survives."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while any(pid_alive(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes survived SIGKILL: {[p for p in pids if pid_alive(p)]}")
-        time.sleep(0.05)
+    wait_until_gone(pids, timeout)
 
 
 def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
