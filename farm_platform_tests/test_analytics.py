@@ -347,7 +347,7 @@ def test_the_report_reads_as_words_for_a_reader():
     assert "no rows" not in table_after(page, "<h2>Model version comparison</h2>")
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
     assert images == [
-        "effect per day with its interval, per disease",
+        "effect per day with its intervals, per disease",
         "mean grade per day and area",
         "positions by latitude and longitude, coloured by mean grade",
     ]
@@ -448,3 +448,31 @@ def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
     expected = sorted((p.position_id, p.area) for p in read_field_map(field_map).values())
     assert loaded.rows() == expected
     assert loaded.height == 12
+
+
+def test_the_effect_plots_band_is_the_interval_the_decision_uses():
+    """Issue 28: the plot drew the single-day band, below 0, beside a headline that said
+    "not conclusive" from the always-valid interval."""
+    from farm_platform.analytics.report import EFFECT_PLOT_CAPTION
+    from farm_platform.analytics.report_plots import effect_bands
+
+    day = dt.date(2026, 6, 3)
+    effects = pl.DataFrame(
+        {
+            "disease_type": ["disease_0"] * 3,
+            "date": [day - dt.timedelta(days=d) for d in (2, 1, 0)],
+            "effect": [None, -0.3, -0.4],
+            "ci_low": [None, -0.5, -0.6],
+            "ci_high": [None, -0.1, -0.2],
+            "sequential_ci_low": [None, -0.9, -0.8],
+            "sequential_ci_high": [None, 0.3, 0.0],
+        }
+    )
+    bands = effect_bands(effects)
+    assert bands["date"].to_list() == [day - dt.timedelta(days=1), day]  # no interval, no point
+    assert bands["band_low"].to_list() == [-0.9, -0.8]
+    assert bands["band_high"].to_list() == [0.3, 0.0]
+    assert bands["day_low"].to_list() == [-0.5, -0.6]
+    page = render_report(report_data(ungraded=[]))
+    assert EFFECT_PLOT_CAPTION in page
+    assert "band: the always-valid 95 % interval the headline decides with" in page.lower()

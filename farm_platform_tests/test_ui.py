@@ -78,3 +78,26 @@ def test_a_dbt_assets_storage_names_the_warehouse(ui):
     text = browser.open(f"{base}/assets/treatment_effect")
     assert "warehouse.main.treatment_effect" in text  # the farm's warehouse.duckdb
     assert "memory.main" not in text
+
+
+def test_the_schedule_page_says_which_day_it_reports(ui):
+    base, browser, _ = ui
+    text = browser.open(f"{base}/locations/farm_platform_analytics/schedules/daily_report_schedule")
+    assert "daily_report_schedule" in text
+    assert "the effectiveness report of the farm's yesterday" in text
+
+
+def test_the_report_says_its_plotted_band_is_the_decisions(ui, tmp_path):
+    """Issue 28: the effect plot drew the single-day band beside a headline that decided
+    with the always-valid one; the page now says which band is which, as a reader sees it."""
+    from test_analytics import report_data
+
+    from farm_platform.analytics.report import render_report
+
+    _, browser, _ = ui
+    page = tmp_path / "effectiveness_report.html"
+    page.write_text(render_report(report_data(ungraded=[])))
+    text = browser.open(page.as_uri(), settle_ms=0)
+    assert "Effect over time, with the interval the decision uses" in text
+    assert "Shaded band: the always-valid 95 % interval the headline decides with" in text
+    assert "each day's own 95 % interval, shown for reference, not a decision" in text

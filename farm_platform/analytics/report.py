@@ -139,6 +139,15 @@ give.</p>
 {_table(version_effect_comparison(data.version_effects))}"""
 
 
+# What the effect plot's band is, in the reader's words (report_plots.effect_bands).
+EFFECT_PLOT_CAPTION = (
+    "Effect in grade points (treated minus control change since the first day; below 0: the "
+    "treated plants got less sick). Shaded band: the always-valid 95 % interval the headline "
+    "decides with. Dashed lines: each day's own 95 % interval, shown for reference, not a "
+    "decision."
+)
+
+
 def _image(alt: str, png_base64: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png_base64}">'
 
@@ -166,6 +175,7 @@ def render_report(data: ReportData) -> str:
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 8px}}.warn{{background:#fff3cd;padding:.6em}}
+.caption{{color:#555;font-size:.9em;max-width:60em}}
 img{{max-width:100%}}</style>
 </head><body>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
@@ -179,8 +189,9 @@ interval alone excludes 0; <em>holm_significant</em>: still so after Holm's adju
 across the day's diseases; <em>sequential_…</em>: the always-valid interval and decision
 the headline uses.</p>
 {_table(_displayed(effect_summary(data), names))}
-<h2>Effect over time, with its 95 % interval</h2>
-{_image("effect per day with its interval, per disease", plot_effect(effects, names))}
+<h2>Effect over time, with the interval the decision uses</h2>
+{_image("effect per day with its intervals, per disease", plot_effect(effects, names))}
+<p class="caption">{EFFECT_PLOT_CAPTION}</p>
 <h2>Severity over time, treated vs control</h2>
 {_image("mean grade per day and area", plot_severity(data.severity, names))}
 <h2>The field on {data.day}</h2>

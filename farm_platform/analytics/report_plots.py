@@ -70,36 +70,72 @@ def plot_severity(severity: pl.DataFrame, names: dict[str, str]) -> str:
                 )
             title = disease_label(disease, names)
             axis.set_title(f"{title}, {label}" if label else title, fontsize=9)
-            _date_axis(axis, mdates)
-        axes[row][0].set_ylabel("mean grade")
+            _date_axis(axis, mdates, frame["date"].to_list())
+        axes[row][0].set_ylabel("mean grade (0 none – 3 severe)", fontsize=8)
     if diseases:  # an empty trial has no lines to label
         axes[0][0].legend(fontsize=7)
     return _png(figure, plt)
 
 
+def effect_bands(effects: pl.DataFrame) -> pl.DataFrame:
+    """What the effect plot draws, per disease and day of the last PLOT_RECENT_DAYS days
+    with an interval: the effect, the band (`band_low/high`: the always-valid interval the
+    headline decides with) and the day's own 95 % interval (`day_low/high`: not a decision,
+    drawn as dashed lines)."""
+    columns = ["disease_type", "date", "effect", "band_low", "band_high", "day_low", "day_high"]
+    if effects.is_empty():
+        return pl.DataFrame(schema={c: effects.schema.get(c, pl.Float64) for c in columns[:3]})
+    rows = effects.filter(pl.col("sequential_ci_low").is_not_null())
+    if rows.height:
+        last = rows["date"].max()
+        rows = rows.filter(pl.col("date") > last - dt.timedelta(days=PLOT_RECENT_DAYS))
+    return rows.select(
+        "disease_type",
+        "date",
+        "effect",
+        pl.col("sequential_ci_low").alias("band_low"),
+        pl.col("sequential_ci_high").alias("band_high"),
+        pl.col("ci_low").alias("day_low"),
+        pl.col("ci_high").alias("day_high"),
+    ).sort("disease_type", "date")
+
+
 def plot_effect(effects: pl.DataFrame, names: dict[str, str]) -> str:
-    """The effect per day with its 95 % interval as a band, one panel per disease."""
+    """The effect per day, one panel per disease: the band is the interval the decision
+    uses, the dashed lines the day's own interval."""
     plt, mdates = _pyplot()
-    decided = effects.filter(pl.col("ci_low").is_not_null()) if effects.height else effects
-    if decided.height:
-        last = decided["date"].max()
-        decided = decided.filter(pl.col("date") > last - dt.timedelta(days=PLOT_RECENT_DAYS))
-    diseases = sorted(decided["disease_type"].unique().to_list()) if decided.height else []
+    bands = effect_bands(effects)
+    diseases = sorted(bands["disease_type"].unique().to_list()) if bands.height else []
     figure, axes = plt.subplots(
-        1, max(len(diseases), 1), figsize=(3.2 * max(len(diseases), 1), 2.8), squeeze=False
+        1, max(len(diseases), 1), figsize=(3.2 * max(len(diseases), 1), 2.9), squeeze=False
     )
     for axis, disease in zip(axes[0], diseases, strict=False):
-        rows = decided.filter(pl.col("disease_type") == disease).sort("date")
+        rows = bands.filter(pl.col("disease_type") == disease)
         dates = rows["date"].to_list()
         axis.fill_between(
-            dates, rows["ci_low"].to_list(), rows["ci_high"].to_list(), color="#9ecae1"
+            dates,
+            rows["band_low"].to_list(),
+            rows["band_high"].to_list(),
+            color="#9ecae1",
+            label="always-valid 95 % (decides)",
         )
-        axis.plot(dates, rows["effect"].to_list(), marker="o", color="#08519c")
+        for bound in ("day_low", "day_high"):
+            axis.plot(
+                dates,
+                rows[bound].to_list(),
+                linestyle="--",
+                linewidth=0.8,
+                color="#6b6b6b",
+                label="this day alone (no decision)" if bound == "day_low" else None,
+            )
+        axis.plot(dates, rows["effect"].to_list(), marker="o", color="#08519c", label="effect")
         axis.axhline(0, color="#555555", linewidth=0.8)
         axis.set_title(disease_label(disease, names), fontsize=9)
-        _date_axis(axis, mdates)
-    axes[0][0].set_ylabel(f"effect, 95 % interval (last {PLOT_RECENT_DAYS} days)")
-    if not diseases:
+        _date_axis(axis, mdates, dates)
+    axes[0][0].set_ylabel("effect, grade points\n(treated − control)", fontsize=8)
+    if diseases:
+        axes[0][0].legend(fontsize=6)
+    else:
         axes[0][0].text(0.5, 0.5, "no interval yet", ha="center", transform=axes[0][0].transAxes)
     return _png(figure, plt)
 
@@ -149,11 +185,16 @@ def plot_field(positions: pl.DataFrame) -> str:
     return _png(figure, plt)
 
 
-def _date_axis(axis: Any, mdates: Any) -> None:
-    # A bounded number of ticks whatever the span (a tick per day cost seconds).
-    locator = mdates.AutoDateLocator(maxticks=8)
+def _date_axis(axis: Any, mdates: Any, dates: list[Any]) -> None:
+    """Ticks on whole days, every few days or on Mondays over long spans: at most ~8 of
+    them whatever the span (a tick per day cost seconds), never at half days."""
+    span = (max(dates) - min(dates)).days + 1 if dates else 1
+    if span <= 56:
+        locator = mdates.DayLocator(interval=max(1, -(-span // 8)))
+    else:
+        locator = mdates.WeekdayLocator(byweekday=mdates.MO, interval=-(-span // 56))
     axis.xaxis.set_major_locator(locator)
-    axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axis.xaxis.set_major_formatter(mdates.DateFormatter("%b-%d"))
     axis.tick_params(axis="x", labelrotation=45, labelsize=7)
 
 
