@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm_platform.ml.registry import (
     CARD_FILE,
+    PRECISION_RECORD,
     ModelCard,
     ModelRegistry,
     ModelRegistryError,
@@ -182,6 +183,47 @@ def _exists(card: ModelCard, destination: Path | str) -> ModelExistsError:
         f"{card.id} {card.version} is already registered at {destination}: "
         "give the new model another version"
     )
+
+
+@dataclass(frozen=True)
+class PushedModels:
+    added: list[AddedModel]
+    already_there: list[str]  # "<id> <version>" the destination held, same sha256
+    active: dict[str, str]
+
+
+def push_models(source: Path | str, registry: ModelRegistry | None = None) -> PushedModels:
+    """Make the models folder of `registry` (typically a bucket) hold every version of the
+    local models folder `source` and its active versions: each missing version is added as
+    `add_model` adds it (validated, weights before card), the bfloat16 record is copied, and
+    then the active versions are set in one registry write. A version the destination holds
+    with other weights is refused (versions are immutable). Running it again changes
+    nothing."""
+    registry = registry or ModelRegistry()
+    local = ModelRegistry(Path(source))
+    active = local.active_versions()
+    present = set(registry.model_versions())
+    added, already = [], []
+    for model_id, version in local.model_versions():
+        card = local.card(model_id, version)
+        if (model_id, version) in present:
+            theirs = registry.card(model_id, version)
+            if theirs.sha256 != card.sha256:
+                raise ModelExistsError(
+                    f"{model_id} {version} is already registered at {registry.models_dir} with "
+                    f"other weights (sha256 {theirs.sha256}, here {card.sha256}): versions "
+                    "are immutable; give the new model another version"
+                )
+            already.append(f"{model_id} {version}")
+            continue
+        folder = local.weights_path(card)
+        assert isinstance(folder, Path)
+        added.append(add_model(folder.parent, registry))
+    precision = local.read_json(PRECISION_RECORD)
+    if precision is not None:
+        registry.store.write_json(PRECISION_RECORD, precision)
+    registry.set_active_versions(active)
+    return PushedModels(added, already, active)
 
 
 # --------------------------------------------------------------------------- list / activate

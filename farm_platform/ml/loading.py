@@ -15,14 +15,17 @@ import torch
 from farm_platform import config
 from farm_platform.config import ConfigError
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
-from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
+from farm_platform.ml.registry import (
+    PRECISION_RECORD,
+    ModelCard,
+    ModelRegistry,
+    ModelRegistryError,
+)
 
 # bfloat16 is offered only for models whose measured agreement with float32 meets these
 # (issue 17): grades equal on this share of crops, detector F1 within this distance.
 BFLOAT16_MIN_GRADE_AGREEMENT = 0.995
 BFLOAT16_MAX_F1_CHANGE = 0.005
-# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
-PRECISION_RECORD = "precision.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Cards may only name classes from our own code: a card is data and must not be able to
 # make the platform import arbitrary modules.

@@ -35,6 +35,8 @@ from farm_platform.ml.model_store import (
 
 REGISTRY_FILE = "registry.json"
 CARD_FILE = "card.json"
+# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
+PRECISION_RECORD = "precision.json"
 TASKS = ("leaf_detector", "disease_grader")
 DETECTOR_MODEL_ID = "leaf_detector"
 DISEASE_TYPES = tuple(f"disease_{k}" for k in range(5))
@@ -400,6 +402,8 @@ class ModelRegistry:
                 generation = "0"  # only if there is still none
             else:
                 data, generation = self._read_registry_generation()
+            if generation != "0" and all(data["active"].get(m) == v for m, v in versions.items()):
+                return  # already so: no new generation for the watchers to read
             data["active"].update(versions)
             data["active"] = dict(sorted(data["active"].items()))
             try:
