@@ -220,7 +220,7 @@ def push_models(source: Path | str, registry: ModelRegistry | None = None) -> Pu
         assert isinstance(folder, Path)
         added.append(add_model(folder.parent, registry))
     precision = local.read_json(PRECISION_RECORD)
-    if precision is not None:
+    if precision is not None and registry.read_json(PRECISION_RECORD) != precision:
         registry.store.write_json(PRECISION_RECORD, precision)
     registry.set_active_versions(active)
     return PushedModels(added, already, active)
