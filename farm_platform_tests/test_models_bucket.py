@@ -5,6 +5,7 @@ registry sensor, the model server's registry watch, and a version switch mid-day
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,39 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
         " WHERE disease_type <> 'disease_3'"
     )
     assert others["disease_model_version"].to_list() == ["v1"]
+
+
+@pytest.mark.slow
+def test_a_served_model_switches_to_the_buckets_new_version_without_a_restart(models_url, tmp_path):
+    """`farm-platform models serve --models-dir gs://…` for real, one process throughout: its
+    registry watch loads each version activated in the bucket (the corrupt-upload case is
+    the in-process test above)."""
+    pytest.importorskip("kserve")
+    import numpy as np
+
+    from farm_platform.dev.model_server import ModelServerProcess
+    from farm_platform.ml import oip
+
+    remote = ModelRegistry(models_url)
+    add_model(retrained_version(tmp_path), remote)
+    crops = {"crops": np.zeros((1, 48, 48, 3), np.uint8)}
+
+    def served_version() -> str:
+        reported, _ = client.infer(GRADER, crops, oip.GRADER_OUTPUTS)
+        return reported.version
+
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while served_version() != version and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert served_version() == version
+
+    with ModelServerProcess(models_url, tmp_path / "server.log", watch_seconds=1) as server:
+        client = oip.OipClient(server.grpc_url)
+        assert served_version() == "v1"
+        activate_model(GRADER, "v2", remote)
+        wait_for("v2")
+        activate_model(GRADER, "v1", remote)
+        wait_for("v1")
+    log = (tmp_path / "server.log").read_text()
+    assert f"registry watch: {GRADER} v1 -> v2" in log and f"{GRADER} v2 -> v1" in log
