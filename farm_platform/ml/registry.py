@@ -208,10 +208,19 @@ class ModelCard:
         if not path.is_file():
             raise ModelCardError(f"model card {path} does not exist")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             raise ModelCardError(f"model card {path} is not valid JSON: {exc}") from None
-        return cls.from_json(data, source=path)
+        return cls.from_bytes(raw, source=path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str | Path) -> ModelCard:
+        """A card from its file's bytes; `source` (a path, or an object's URL) names it."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelCardError(f"model card {source} is not valid JSON: {exc}") from None
+        return cls.from_json(data, source=source)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -296,24 +305,13 @@ class ModelRegistry:
                 raise ModelNotFoundError(f"bad {name} {value!r}")
         relative = f"{model_id}/{version}/{CARD_FILE}"
         path = self.store.location(relative)
-        if isinstance(path, Path):
-            if not path.is_file():
-                raise ModelNotFoundError(
-                    f"no model card for {model_id} {version}: {path} is missing"
-                )
-            card = ModelCard.from_file(path)
-        else:
-            try:
-                raw = self.store.read_bytes(relative)
-            except FileNotFoundError:
-                raise ModelNotFoundError(
-                    f"no model card for {model_id} {version}: {path} is missing"
-                ) from None
-            try:
-                data = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ModelCardError(f"model card {path} is not valid JSON: {exc}") from None
-            card = ModelCard.from_json(data, source=path)
+        try:
+            raw = self.store.read_bytes(relative)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ModelNotFoundError(
+                f"no model card for {model_id} {version}: {path} is missing"
+            ) from None
+        card = ModelCard.from_bytes(raw, source=path)
         if (card.id, card.version) != (model_id, version):
             raise ModelCardError(
                 f"model card {path}: id/version {card.id}/{card.version} do not match "
