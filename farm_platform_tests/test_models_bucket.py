@@ -329,10 +329,16 @@ def _graded_versions(resources: dict[str, Any], disease: str) -> list[tuple[str,
 
 @pytest.mark.slow
 def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatch):
-    """The run grades its whole day with the versions it took at its start; the next run of
-    the day (the backfill) grades with the new one, beside the old rows."""
+    """The run grades its whole day with the versions it took at its start; the registry
+    sensor then marks the day stale, and the day's next run (the backfill) grades with the
+    new version, beside the old rows."""
+    from dagster import DagsterInstance, build_sensor_context, materialize
+
+    from farm_platform.admin.model_versions import stale_partitions, stale_summary
     from farm_platform.dev.farm import farm_resources, materialize_day
     from farm_platform.dev.simulate import FarmConfig, write_farm
+    from farm_platform.images.registered_models import registered_models
+    from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import BucketResource
 
     config = FarmConfig(positions=3, days=1, seed=8)
@@ -354,14 +360,32 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
             activate_model(GRADER, "v2", ModelRegistry(models_url))
         return real_read_many(self, uris, *args, **kwargs)
 
-    monkeypatch.setattr(BucketResource, "read_many", switch_after_the_first_chunk)
-    assert materialize_day(resources, day, positions)
-    assert len(reads) == 3 and remote.active_versions()[GRADER] == "v2"
-    during = _graded_versions(resources, "disease_3")
-    assert [version for _, version in during] == ["v1"]  # one run, one version: no mix
+    def registry_sensor_run(instance: DagsterInstance) -> None:
+        """What the daemon does: the sensor's tick, then the run it asks for."""
+        context = build_sensor_context(instance=instance, resources=resources)
+        request = model_registry_sensor(context)
+        assert materialize(
+            [registered_models],
+            selection=request.asset_selection,
+            instance=instance,
+            resources=resources,
+        ).success
 
-    monkeypatch.setattr(BucketResource, "read_many", real_read_many)
-    assert materialize_day(resources, day)  # the backfill of the day
+    with DagsterInstance.ephemeral() as instance:
+        registry_sensor_run(instance)
+        monkeypatch.setattr(BucketResource, "read_many", switch_after_the_first_chunk)
+        assert materialize_day(resources, day, positions, instance)
+        assert len(reads) == 3 and remote.active_versions()[GRADER] == "v2"
+        during = _graded_versions(resources, "disease_3")
+        assert [version for _, version in during] == ["v1"]  # one run, one version: no mix
+
+        registry_sensor_run(instance)  # sees the bucket registry's new generation
+        assert {k: n for k, n in stale_summary(stale_partitions(instance)).items() if n} == {
+            "disease_3_grades": 1
+        }
+        monkeypatch.setattr(BucketResource, "read_many", real_read_many)
+        assert materialize_day(resources, day, instance=instance)  # the backfill of the day
+        assert not any(stale_partitions(instance).values())
     after = _graded_versions(resources, "disease_3")
     assert [version for _, version in after] == ["v1", "v2"]
     grades = resources["warehouse"].query(
