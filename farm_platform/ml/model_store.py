@@ -38,14 +38,8 @@ from farm_platform import config
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-BUCKET_SCHEMES = ("gs://", "gcs://")
 # A registry rewritten between our generation check and our read: read again, this often.
 _READ_ATTEMPTS = 5
-
-
-def is_bucket_url(location: Path | str | None) -> bool:
-    """True for `gs://…` (a bucket); False for a local folder, as a path or `file://` URL."""
-    return isinstance(location, str) and location.startswith(BUCKET_SCHEMES)
 
 
 class RegistryConflict(RuntimeError):
