@@ -232,10 +232,10 @@ def test_registry_writes_only_over_the_generation_they_read(models_url, tmp_path
 
 
 def test_the_registry_sensor_watches_the_registry_object_generation(models_url, tmp_path):
-    from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
+    from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 
     from farm_platform.images.keys import MODEL_ASSETS
-    from farm_platform.images.registered_models import MODEL_VERSIONS, registered_models
+    from farm_platform.images.registered_models import MODEL_VERSIONS
     from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
 
@@ -258,12 +258,7 @@ def test_the_registry_sensor_watches_the_registry_object_generation(models_url, 
         first = tick(instance)
         assert isinstance(first, RunRequest)
         assert set(first.asset_selection) == {*MODEL_ASSETS.values(), MODEL_VERSIONS}
-        assert materialize(
-            [registered_models],
-            selection=first.asset_selection,
-            instance=instance,
-            resources=resources,
-        ).success
+        record_model_assets(instance, first.asset_selection, resources)
         generation = ModelRegistry(models_url).generation()
         settled = tick(instance)
         assert isinstance(settled, SkipReason) and "records its active version" in str(
@@ -318,6 +313,18 @@ def test_the_model_server_follows_the_bucket_and_keeps_serving_through_a_bad_upl
     assert repository.get_model("leaf_detector").card.version == remote.detector().version
 
 
+def record_model_assets(instance: Any, selection: Any, resources: dict[str, Any]) -> None:
+    """The run the registry sensor asks for: the model assets it names, materialized."""
+    from dagster import materialize
+
+    from farm_platform.images.registered_models import registered_models
+
+    result = materialize(
+        [registered_models], selection=selection, instance=instance, resources=resources
+    )
+    assert result.success
+
+
 def _graded_versions(resources: dict[str, Any], disease: str) -> list[tuple[str, str]]:
     frame = resources["warehouse"].query(
         "SELECT DISTINCT dagster_run_id, disease_model_version FROM disease_grades"
@@ -332,12 +339,11 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     """The run grades its whole day with the versions it took at its start; the registry
     sensor then marks the day stale, and the day's next run (the backfill) grades with the
     new version, beside the old rows."""
-    from dagster import DagsterInstance, build_sensor_context, materialize
+    from dagster import DagsterInstance, build_sensor_context
 
     from farm_platform.admin.model_versions import stale_partitions, stale_summary
     from farm_platform.dev.farm import farm_resources, materialize_day
     from farm_platform.dev.simulate import FarmConfig, write_farm
-    from farm_platform.images.registered_models import registered_models
     from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import BucketResource
 
@@ -363,13 +369,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     def registry_sensor_run(instance: DagsterInstance) -> None:
         """What the daemon does: the sensor's tick, then the run it asks for."""
         context = build_sensor_context(instance=instance, resources=resources)
-        request = model_registry_sensor(context)
-        assert materialize(
-            [registered_models],
-            selection=request.asset_selection,
-            instance=instance,
-            resources=resources,
-        ).success
+        record_model_assets(instance, model_registry_sensor(context).asset_selection, resources)
 
     with DagsterInstance.ephemeral() as instance:
         registry_sensor_run(instance)
