@@ -28,9 +28,11 @@ COPY farm_platform ./farm_platform
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}" \
     && pip install -e ".[serve,deploy]"
 
-# The registry and weights the code location reads, the dbt project and its manifest
-# (dagster-dbt loads it at import: built here, as `make` does).
-COPY models ./models
+# No model weights in the image: the pods read the models from the bucket
+# (FARM_MODELS_DIR=gs://BUCKET/models, deploy/k8s/configmap-env.yaml), so a new model version
+# needs no new image. Only the training and evaluation scripts come along. The dbt project
+# and its manifest (dagster-dbt loads it at import: built here, as `make` does).
+COPY models/train.py models/evaluate.py ./models/
 COPY dbt_project ./dbt_project
 COPY workspace.yaml dagster.yaml ./
 RUN cd dbt_project && dbt parse --quiet --profiles-dir . && chown -R farm /app/dbt_project

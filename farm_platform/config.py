@@ -30,9 +30,11 @@ DAGSTER_HOME = "DAGSTER_HOME"
 # Not in the original contract: lets a test or a second farm use its own positions.csv.
 FARM_FIELD_MAP = "FARM_FIELD_MAP"
 DEFAULT_FIELD_MAP_PATH = REPO_ROOT / "dbt_project" / "seeds" / "positions.csv"
-# The models folder (cards, weights, registry.json).
+# The models folder (cards, weights, registry.json): a local folder or a bucket folder
+# (gs://BUCKET/models), and where weights read from a bucket are kept (by sha256).
 FARM_MODELS_DIR = "FARM_MODELS_DIR"
 REPO_MODELS_DIR = REPO_ROOT / "models"
+FARM_MODELS_CACHE = "FARM_MODELS_CACHE"
 # First day of the trial's calendar; photos dated earlier are dead-lettered.
 FARM_TRIAL_START_DATE = "FARM_TRIAL_START_DATE"
 DEFAULT_TRIAL_START_DATE = "2026-01-01"
@@ -142,6 +144,7 @@ CONFIG_VARIABLES = (
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE_LOCK_SECONDS,
     FARM_MODELS_DIR,
+    FARM_MODELS_CACHE,
     FARM_TRIAL_START_DATE,
     FARM_TRIAL_TIMEZONE,
     FARM_MAX_SEVERITY_JUMP,
@@ -207,9 +210,24 @@ def simulated_field_map_path() -> Path:
     return Path(os.environ.get(FARM_FIELD_MAP) or Path(".farm") / "positions.csv").resolve()
 
 
-def models_dir() -> Path:
-    """`$FARM_MODELS_DIR`, else the repository's models/."""
-    return Path(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
+def parse_models_dir(location: Path | str) -> Path | str:
+    """A models folder as the platform keeps it: the URL of a bucket folder
+    (`gs://BUCKET/models`, no trailing slash) as a str, or a local Path (`file://` too)."""
+    text = str(location)
+    if text.startswith(("gs://", "gcs://")):
+        return text.rstrip("/")
+    return Path(text.removeprefix("file://"))
+
+
+def models_dir() -> Path | str:
+    """`$FARM_MODELS_DIR` (a folder or a bucket folder's URL), else the repository's models/."""
+    return parse_models_dir(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
+
+
+def absolute_models_dir() -> Path | str:
+    """`models_dir()` with a local folder made absolute (for a process started elsewhere)."""
+    location = models_dir()
+    return location.resolve() if isinstance(location, Path) else location
 
 
 def trial_start_date() -> dt.date:

@@ -116,12 +116,13 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
-def bucket_filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+def bucket_filesystem(url: str, listings_cache: bool = True) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem and the path (without protocol) of a bucket or object URL:
-    gs:// (or a GCS emulator), or a local file:// folder."""
+    gs:// (or a GCS emulator), or a local file:// folder. `listings_cache=False`: every
+    listing and `info` asks the store (another process's writes are seen at once)."""
     import fsspec
 
-    options: dict[str, object] = {}
+    options: dict[str, object] = {} if listings_cache else {"use_listings_cache": False}
     if url.startswith(("gs://", "gcs://")) and os.environ.get("STORAGE_EMULATOR_HOST"):
         # The emulator accepts any request; without this gcsfs looks for credentials.
         options["token"] = "anon"

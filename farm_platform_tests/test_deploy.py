@@ -414,11 +414,30 @@ def test_the_inference_service_is_kserves_own_and_serves_the_bucket_on_gpus():
     assert predictor["scaleMetric"] == "cpu" and 0 < predictor["scaleTarget"] <= 100
     (container,) = predictor["containers"]
     env = {item["name"]: item.get("value") for item in container["env"]}
-    assert re.fullmatch(r"gs://[^/]+/models", env["STORAGE_URI"])
-    assert env["FARM_MODELS_DIR"] == "/mnt/models"  # where KServe's initializer copies it
+    # The server reads the bucket itself and follows its registry: no storage-initializer
+    # copy, which would be a snapshot taken at the pod's start.
+    assert re.fullmatch(r"gs://[^/]+/models", env[config.FARM_MODELS_DIR])
+    assert "STORAGE_URI" not in env and "storageUri" not in json.dumps(doc)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["command"] == ["farm-platform", "models", "serve"]
+
+
+def test_every_pod_reads_the_models_from_the_bucket_and_the_image_bakes_none_in():
+    (service,) = load_all(INFERENCE_SERVICE)
+    (container,) = service["spec"]["predictor"]["containers"]
+    served = {item["name"]: item.get("value") for item in container["env"]}
+    (configmap,) = load_all(DEPLOY / "k8s" / "configmap-env.yaml")
+    # Sensors, runs and model servers: one registry, so one active version everywhere.
+    assert configmap["data"][config.FARM_MODELS_DIR] == served[config.FARM_MODELS_DIR]
+    assert config.parse_models_dir(served[config.FARM_MODELS_DIR]) == "gs://BUCKET/models"
+    copies = [
+        line.split()[1:-1]
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    ]
+    from_models = [source for sources in copies for source in sources if "models" in source]
+    assert from_models and all(source.endswith(".py") for source in from_models), copies
 
 
 def test_a_misspelled_inference_service_field_is_caught():

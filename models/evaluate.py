@@ -554,6 +554,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and measuring on one must not drop the other's figures.
         device_type = args.device.split(":")[0]
         print_bfloat16_comparison(record, registry, device_type)
+        if not isinstance(registry.models_dir, Path):
+            raise SystemExit(
+                f"--compare-bfloat16 records into a local models folder, not "
+                f"{registry.models_dir}: measure with --models-dir on a local copy, then "
+                "`farm-platform models --models-dir <bucket folder> push <copy>`"
+            )
         path = registry.models_dir / PRECISION_RECORD
         stored = json.loads(path.read_text()) if path.exists() else {"bfloat16": {}}
         stored["bfloat16"][device_type] = {

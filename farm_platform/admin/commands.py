@@ -96,6 +96,14 @@ def _models(args: argparse.Namespace) -> int:
                 "  not active; activate with: "
                 f"farm-platform models activate {card.id} {card.version}"
             )
+    elif args.action == "push":
+        pushed = model_admin.push_models(Path(args.source), registry)
+        for added in pushed.added:
+            print(f"uploaded {added.card.id} {added.card.version} to {added.path} ({added.check})")
+        for name in pushed.already_there:
+            print(f"already there: {name} (same sha256)")
+        active = ", ".join(f"{m} {v}" for m, v in sorted(pushed.active.items()))
+        print(f"active in {registry.registry_path}: {active}")
     elif args.action == "activate":
         previous = model_admin.activate_model(args.model_id, args.version, registry)
         print(f"activated {args.model_id} {args.version} (was {previous or 'none'})")
@@ -300,13 +308,20 @@ def add_admin_commands(commands: Any) -> None:
     models_parser.add_argument(
         "--models-dir",
         default=None,
-        help=f"models folder (default: ${FARM_MODELS_DIR} or ./models)",
+        help=f"models folder, or a bucket folder gs://BUCKET/models (default: ${FARM_MODELS_DIR} "
+        "or ./models)",
     )
     model_actions = models_parser.add_subparsers(dest="action", required=True)
     add_parser = model_actions.add_parser("add", help="validate and register a model folder")
     add_parser.add_argument("path", help="folder with card.json and the weights")
     add_parser.add_argument("--activate", action="store_true", help="also make it the live version")
     model_actions.add_parser("list", help="every registered version (* = active)")
+    push_parser = model_actions.add_parser(
+        "push",
+        help="copy a local models folder's versions (validated) and active versions to "
+        "--models-dir, e.g. a bucket; registry last",
+    )
+    push_parser.add_argument("source", help="local models folder, e.g. models")
     activate_parser = model_actions.add_parser("activate", help="make a version the live one")
     activate_parser.add_argument("model_id", help="e.g. disease_3_grader (see `models list`)")
     activate_parser.add_argument("version", help="a registered version, e.g. v2")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm_platform.ml.registry import (
     CARD_FILE,
+    PRECISION_RECORD,
     ModelCard,
     ModelRegistry,
     ModelRegistryError,
@@ -96,7 +97,7 @@ def check_model_runs(card: ModelCard, registry: ModelRegistry) -> str:
 @dataclass(frozen=True)
 class AddedModel:
     card: ModelCard
-    path: Path
+    path: Path | str
     activated: bool
     check: str
 
@@ -106,30 +107,44 @@ def add_model(
 ) -> AddedModel:
     """Validate the model folder `source` (card.json + weights) and register it.
 
-    Nothing in the models folder changes unless every check passes.
-    """
+    Nothing in the models folder changes unless every check passes. In a bucket the version
+    is validated in a local staging folder, then uploaded: weights first, the card last and
+    only if no card is there (a version exists once its card does), and registry.json, with
+    `activate`, after both (README, "Models in a bucket")."""
     registry = registry or ModelRegistry()
     source = Path(source)
     if not source.is_dir():
         raise ModelRegistryError(f"{source} is not a folder with {CARD_FILE} and the weights")
     card = ModelCard.from_file(source / CARD_FILE)
+    add = _add_to_bucket if registry.in_bucket else _add_to_folder
+    destination, check = add(source, card, registry)
+    if activate:
+        registry.set_active(card.id, card.version)
+    return AddedModel(registry.card(card.id, card.version), destination, activate, check)
+
+
+def _validate_staged(source: Path, card: ModelCard, staging: Path) -> tuple[Path, str]:
+    """Copy `source` to `staging/<id>/<version>/`, check card, sha256 and a forward pass;
+    the staged folder and what the forward pass gave."""
+    staged = staging / card.id / card.version
+    staged.parent.mkdir(parents=True)
+    shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    staged_registry = ModelRegistry(staging)
+    staged_card = staged_registry.card(card.id, card.version)
+    staged_registry.verify_weights(staged_card)
+    return staged, check_model_runs(staged_card, staged_registry)
+
+
+def _add_to_folder(source: Path, card: ModelCard, registry: ModelRegistry) -> tuple[Path, str]:
+    assert isinstance(registry.models_dir, Path)
     destination = registry.models_dir / card.id / card.version
     if destination.exists():
-        raise ModelExistsError(
-            f"{card.id} {card.version} is already registered at {destination}: "
-            "give the new model another version"
-        )
+        raise _exists(card, destination)
     registry.models_dir.mkdir(parents=True, exist_ok=True)
     # Staging inside the models folder: the final rename stays on one filesystem (atomic).
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=registry.models_dir))
     try:
-        staged = staging / card.id / card.version
-        staged.parent.mkdir(parents=True)
-        shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__", ".*"))
-        staged_registry = ModelRegistry(staging)
-        staged_card = staged_registry.card(card.id, card.version)
-        staged_registry.verify_weights(staged_card)
-        check = check_model_runs(staged_card, staged_registry)
+        staged, check = _validate_staged(source, card, staging)
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:
             staged.rename(destination)  # fails if someone registered it meanwhile
@@ -138,9 +153,77 @@ def add_model(
         destination.chmod(0o755)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if activate:
-        registry.set_active(card.id, card.version)
-    return AddedModel(registry.card(card.id, card.version), destination, activate, check)
+    return destination, check
+
+
+def _add_to_bucket(source: Path, card: ModelCard, registry: ModelRegistry) -> tuple[str, str]:
+    folder = f"{card.id}/{card.version}"
+    destination = str(registry.store.location(folder))
+    if registry.store.exists(f"{folder}/{CARD_FILE}"):
+        raise _exists(card, destination)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    try:
+        staged, check = _validate_staged(source, card, staging)
+        files = sorted(p for p in staged.rglob("*") if p.is_file() and p.name != CARD_FILE)
+        for path in files:  # weights (and anything beside them) first
+            registry.store.put_file(path, f"{folder}/{path.relative_to(staged).as_posix()}")
+        try:
+            registry.store.put_file(staged / CARD_FILE, f"{folder}/{CARD_FILE}", create_only=True)
+        except FileExistsError:
+            raise ModelExistsError(
+                f"cannot register {destination}: its card appeared meanwhile"
+            ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination, check
+
+
+def _exists(card: ModelCard, destination: Path | str) -> ModelExistsError:
+    return ModelExistsError(
+        f"{card.id} {card.version} is already registered at {destination}: "
+        "give the new model another version"
+    )
+
+
+@dataclass(frozen=True)
+class PushedModels:
+    added: list[AddedModel]
+    already_there: list[str]  # "<id> <version>" the destination held, same sha256
+    active: dict[str, str]
+
+
+def push_models(source: Path | str, registry: ModelRegistry | None = None) -> PushedModels:
+    """Make the models folder of `registry` (typically a bucket) hold every version of the
+    local models folder `source` and its active versions: each missing version is added as
+    `add_model` adds it (validated, weights before card), the bfloat16 record is copied, and
+    then the active versions are set in one registry write. A version the destination holds
+    with other weights is refused (versions are immutable). Running it again changes
+    nothing."""
+    registry = registry or ModelRegistry()
+    local = ModelRegistry(Path(source))
+    active = local.active_versions()
+    present = set(registry.model_versions())
+    added, already = [], []
+    for model_id, version in local.model_versions():
+        card = local.card(model_id, version)
+        if (model_id, version) in present:
+            theirs = registry.card(model_id, version)
+            if theirs.sha256 != card.sha256:
+                raise ModelExistsError(
+                    f"{model_id} {version} is already registered at {registry.models_dir} with "
+                    f"other weights (sha256 {theirs.sha256}, here {card.sha256}): versions "
+                    "are immutable; give the new model another version"
+                )
+            already.append(f"{model_id} {version}")
+            continue
+        folder = local.weights_path(card)
+        assert isinstance(folder, Path)
+        added.append(add_model(folder.parent, registry))
+    precision = local.read_json(PRECISION_RECORD)
+    if precision is not None and registry.read_json(PRECISION_RECORD) != precision:
+        registry.store.write_json(PRECISION_RECORD, precision)
+    registry.set_active_versions(active)
+    return PushedModels(added, already, active)
 
 
 # --------------------------------------------------------------------------- list / activate
@@ -175,17 +258,11 @@ def _metric_summary(card: ModelCard) -> str:
 def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
     registry = registry or ModelRegistry()
     active = registry.active_versions()
-    model_ids = sorted(
-        set(active)
-        | {
-            p.parent.parent.name
-            for p in registry.models_dir.glob(f"*/*/{CARD_FILE}")
-            if not p.parent.parent.name.startswith(".")
-        }
-    )
+    registered = registry.model_versions()
+    model_ids = sorted(set(active) | {model_id for model_id, _ in registered})
     rows = []
     for model_id in model_ids:
-        for version in registry.versions(model_id):
+        for version in sorted(v for m, v in registered if m == model_id):
             is_active = active.get(model_id) == version
             # A corrupted version is listed with the reason, never skipped and never fatal:
             # a list that hides or crashes on a broken active model is how it goes unseen.

@@ -40,7 +40,7 @@ class GradedFarm:
 
 
 def farm_resources(
-    bucket_url: str, warehouse_url: str, models_dir: Path | None = None
+    bucket_url: str, warehouse_url: str, models_dir: Path | str | None = None
 ) -> dict[str, object]:
     """The image pipeline's resources over a bucket and warehouse, with no Pub/Sub: no
     message announces these photos, so nothing is dead-lettered from a run."""
@@ -97,7 +97,7 @@ def grade_simulated_farm(
     config: FarmConfig,
     workdir: Path,
     instance: DagsterInstance | None = None,
-    models_dir: Path | None = None,
+    models_dir: Path | str | None = None,
 ) -> GradedFarm:
     """Simulate `config` into a folder bucket under `workdir` and materialize the model
     assets and `image_pipeline` over it in this process, one run per day with the day's

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from farm_platform.config import DEFAULT_REGISTRY_WATCH_SECONDS, models_dir
+from farm_platform.config import DEFAULT_REGISTRY_WATCH_SECONDS, absolute_models_dir
 from farm_platform.dev.emulators import (
     create_pubsub_topology,
     start_gcs_emulator,
@@ -109,7 +109,7 @@ class LocalStack:
             if self.model_server:
                 grpc_port = free_port()
                 proc = start_model_server(
-                    models_dir(),
+                    absolute_models_dir(),
                     free_port(),
                     grpc_port,
                     self._dir / "model-server.log",

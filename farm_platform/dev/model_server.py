@@ -21,7 +21,7 @@ START_TIMEOUT_SECONDS = 180.0
 
 
 def start_model_server(
-    models_dir: Path,
+    models_dir: Path | str,
     port: int,
     grpc_port: int,
     log_path: Path,
@@ -75,9 +75,10 @@ def oip_environment(url: str) -> dict[str, str]:
 
 @dataclass
 class ModelServerProcess:
-    """`with ModelServerProcess(models_dir, log) as server:` serves until the block ends."""
+    """`with ModelServerProcess(models_dir, log) as server:` serves until the block ends
+    (`models_dir`: a folder or a bucket folder's URL)."""
 
-    models_dir: Path
+    models_dir: Path | str
     log_path: Path
     port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)

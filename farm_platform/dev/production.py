@@ -170,7 +170,7 @@ def production_up(
         for index, (port, grpc_port) in enumerate(state["replica_ports"]):
             if f"model_server:{index}" in dead:
                 pids[f"model_server:{index}"] = start_model_server(
-                    config.models_dir().resolve(),
+                    config.absolute_models_dir(),
                     port,
                     grpc_port,
                     state_dir / f"model-server-{index}.log",

@@ -29,7 +29,8 @@ from farm_platform.config import (
     FARM_SUBSCRIPTION,
     PUBSUB_EMULATOR_HOST,
     STORAGE_EMULATOR_HOST,
-    models_dir,
+    absolute_models_dir,
+    parse_models_dir,
 )
 from farm_platform.dev.emulators import (
     StackError,
@@ -268,9 +269,9 @@ def _start_recorded_model_server(state: dict[str, Any], state_dir: Path) -> None
     It watches the registry, so `farm-platform models activate` reaches it unrestarted."""
     state.setdefault("model_server_port", free_port())
     state.setdefault("model_server_grpc_port", free_port())
-    state.setdefault("models_dir", str(models_dir().resolve()))
+    state.setdefault("models_dir", str(absolute_models_dir()))
     process = start_model_server(
-        Path(state["models_dir"]),
+        parse_models_dir(state["models_dir"]),
         int(state["model_server_port"]),
         int(state["model_server_grpc_port"]),
         state_dir / "model-server.log",

@@ -8,7 +8,8 @@
   `FARM_MAX_PHOTO_ATTEMPTS` runs a photo is dead-lettered with the last failure. Retried
   until the requeue commits (a warehouse outage only delays it).
 - `model_registry_sensor`: a model asset is materialized when its active version changes,
-  so Dagster marks every partition graded with the old version stale.
+  so Dagster marks every partition graded with the old version stale. It watches the
+  registry's generation, so a registry in a bucket costs one metadata request a tick.
 """
 
 import json
@@ -203,7 +204,16 @@ DATA_VERSION_TAG = "dagster/data_version"
 def model_registry_sensor(
     context: SensorEvaluationContext, models: ModelRegistryResource
 ) -> RunRequest | SkipReason:
-    active = models.registry().active_versions()
+    """Watches registry.json's generation (a bucket object's, or a local file's stand-in):
+    while it is the one whose active versions every model asset already records, a tick
+    reads nothing more. Any other generation is read (pinned to that generation) and each
+    model asset whose recorded version differs is materialized."""
+    registry = models.registry()
+    watched = json.loads(context.cursor) if context.cursor else {}
+    generation = registry.generation()
+    if generation is not None and watched.get("settled") == generation:
+        return SkipReason(f"registry generation {generation} unchanged and recorded")
+    active, generation = registry.active_versions_at()
     changed, transitions = [], []
     for model_id, asset_key in MODEL_ASSETS.items():
         latest = context.instance.fetch_materializations(asset_key, limit=1).records
@@ -215,7 +225,10 @@ def model_registry_sensor(
             # The record's storage id makes v1 -> v2 -> v1 -> v2 four distinct run keys.
             since = record.storage_id if record else 0
             transitions.append(f"{model_id}:{since}:{recorded}->{active.get(model_id)}")
+    # Settled only once every asset records this generation's versions: until the run that
+    # records them succeeds, each tick compares again (and a failed run is asked again).
+    context.update_cursor(json.dumps({"settled": None if changed else generation}))
     if not changed:
-        return SkipReason("every model asset records its active version")
+        return SkipReason(f"every model asset records its active version (generation {generation})")
     # The warehouse's model_versions table follows the registry too.
     return RunRequest(run_key=";".join(transitions), asset_selection=[*changed, MODEL_VERSIONS])

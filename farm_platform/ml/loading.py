@@ -15,14 +15,17 @@ import torch
 from farm_platform import config
 from farm_platform.config import ConfigError
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
-from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
+from farm_platform.ml.registry import (
+    PRECISION_RECORD,
+    ModelCard,
+    ModelRegistry,
+    ModelRegistryError,
+)
 
 # bfloat16 is offered only for models whose measured agreement with float32 meets these
 # (issue 17): grades equal on this share of crops, detector F1 within this distance.
 BFLOAT16_MIN_GRADE_AGREEMENT = 0.995
 BFLOAT16_MAX_F1_CHANGE = 0.005
-# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
-PRECISION_RECORD = "precision.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Cards may only name classes from our own code: a card is data and must not be able to
 # make the platform import arbitrary modules.
@@ -125,7 +128,7 @@ def _load(
         card.id,
         card.version,
         card.sha256,
-        str(Path(path).resolve()),
+        str(path.resolve()),
         card.architecture,
         json.dumps(dict(card.architecture_kwargs), sort_keys=True),
         placement,
@@ -154,15 +157,18 @@ def load_grader(
     return model
 
 
-def read_precision_record(models_dir: Path, device_type: str) -> dict[str, Any]:
+def read_precision_record(models_dir: Path | str, device_type: str) -> dict[str, Any]:
     """The measured float32/bfloat16 agreement per model id on `device_type` ("cpu",
     "cuda"): {} before any measurement there. CPU and CUDA bfloat16 kernels do not round
-    alike, so each kind of device has its own measurement."""
-    path = Path(models_dir) / PRECISION_RECORD
-    if not path.exists():
-        return {}
+    alike, so each kind of device has its own measurement. `models_dir`: a folder or a
+    bucket folder's URL."""
+    registry = ModelRegistry(models_dir)
+    path = registry.store.location(PRECISION_RECORD)
     try:
-        models = json.loads(path.read_text())["bfloat16"].get(device_type, {}).get("models", {})
+        record = registry.read_json(PRECISION_RECORD)
+        if record is None:
+            return {}
+        models = record["bfloat16"].get(device_type, {}).get("models", {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelRegistryError(f"{path} is not a precision record: {exc}") from None
     if not isinstance(models, dict):
@@ -203,7 +209,7 @@ def bfloat16_refusal(
     return None
 
 
-def require_bfloat16_agreement(card: ModelCard, models_dir: Path, device_type: str) -> None:
+def require_bfloat16_agreement(card: ModelCard, models_dir: Path | str, device_type: str) -> None:
     """ConfigError unless `card`'s recorded bfloat16 agreement on `device_type` meets the rule."""
     measured = read_precision_record(models_dir, device_type).get(card.id)
     why = bfloat16_refusal(card, measured, device_type)

@@ -12,20 +12,31 @@ This module must not import torch: Dagster loads it with the code location.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from farm_platform import config
+from farm_platform.ml.model_store import (
+    BucketModelStore,
+    RegistryConflict,
+    WeightsMismatch,
+    open_store,
+)
+from farm_platform.ml.model_store import (  # imported from here by models/*.py and tests
+    sha256_file as sha256_file,
+)
+from farm_platform.ml.model_store import (
+    write_json_atomic as write_json_atomic,
+)
 
 REGISTRY_FILE = "registry.json"
 CARD_FILE = "card.json"
+# Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
+PRECISION_RECORD = "precision.json"
 TASKS = ("leaf_detector", "disease_grader")
 DETECTOR_MODEL_ID = "leaf_detector"
 DISEASE_TYPES = tuple(f"disease_{k}" for k in range(5))
@@ -57,14 +68,6 @@ class ModelFileMissingError(ModelRegistryError):
 
 class ModelChecksumError(ModelRegistryError):
     """A weights file whose sha256 differs from its card."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,19 @@ class ModelCard:
         if not path.is_file():
             raise ModelCardError(f"model card {path} does not exist")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             raise ModelCardError(f"model card {path} is not valid JSON: {exc}") from None
-        return cls.from_json(data, source=path)
+        return cls.from_bytes(raw, source=path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str | Path) -> ModelCard:
+        """A card from its file's bytes; `source` (a path, or an object's URL) names it."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelCardError(f"model card {source} is not valid JSON: {exc}") from None
+        return cls.from_json(data, source=source)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,25 +236,30 @@ class ModelCard:
 
 
 class ModelRegistry:
-    """The models folder: cards, weights and which version of each model is active."""
+    """The models folder: cards, weights and which version of each model is active.
+
+    `models_dir` is a local folder (a Path) or a bucket folder (`gs://BUCKET/models`, a str;
+    `farm_platform.ml.model_store` says how it is read and written)."""
 
     def __init__(self, models_dir: Path | str | None = None) -> None:
-        self.models_dir = Path(models_dir) if models_dir else config.models_dir()
+        self.models_dir: Path | str = (
+            config.parse_models_dir(models_dir) if models_dir else config.models_dir()
+        )
+        self.store = open_store(self.models_dir)
 
     @property
-    def registry_path(self) -> Path:
-        return self.models_dir / REGISTRY_FILE
+    def in_bucket(self) -> bool:
+        return isinstance(self.store, BucketModelStore)
 
-    def _read_registry(self) -> dict[str, Any]:
+    @property
+    def registry_path(self) -> Path | str:
+        return self.store.location(REGISTRY_FILE)
+
+    def _parse_registry(self, raw: bytes) -> dict[str, Any]:
         path = self.registry_path
-        if not path.is_file():
-            raise ModelRegistryError(
-                f"model registry {path} does not exist: run `python models/train.py` "
-                "or point the registry at the models folder"
-            )
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelRegistryError(f"model registry {path} is not valid JSON: {exc}") from None
         active = data.get("active") if isinstance(data, dict) else None
         if not isinstance(active, dict) or not all(
@@ -253,6 +270,32 @@ class ModelRegistry:
             )
         return data
 
+    def _read_registry_generation(self) -> tuple[dict[str, Any], str]:
+        """The registry and the generation it was read at (read together)."""
+        try:
+            raw, generation = self.store.read_with_generation(REGISTRY_FILE)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ModelRegistryError(
+                f"model registry {self.registry_path} does not exist: run `python "
+                "models/train.py` or point the registry at the models folder"
+            ) from None
+        except OSError as exc:
+            raise ModelRegistryError(f"model registry {self.registry_path}: {exc}") from None
+        return self._parse_registry(raw), generation
+
+    def _read_registry(self) -> dict[str, Any]:
+        return self._read_registry_generation()[0]
+
+    def generation(self) -> str | None:
+        """The registry object's generation (a bucket's; for a local file a stand-in that
+        changes whenever it is replaced), None when there is none."""
+        return self.store.generation(REGISTRY_FILE)
+
+    def active_versions_at(self) -> tuple[dict[str, str], str]:
+        """The active versions and the registry generation they were read at."""
+        data, generation = self._read_registry_generation()
+        return dict(data["active"]), generation
+
     def active_versions(self) -> dict[str, str]:
         return dict(self._read_registry()["active"])
 
@@ -260,10 +303,15 @@ class ModelRegistry:
         for name, value in (("model id", model_id), ("version", version)):
             if not _NAME_PATTERN.match(value or ""):
                 raise ModelNotFoundError(f"bad {name} {value!r}")
-        path = self.models_dir / model_id / version / CARD_FILE
-        if not path.is_file():
-            raise ModelNotFoundError(f"no model card for {model_id} {version}: {path} is missing")
-        card = ModelCard.from_file(path)
+        relative = f"{model_id}/{version}/{CARD_FILE}"
+        path = self.store.location(relative)
+        try:
+            raw = self.store.read_bytes(relative)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ModelNotFoundError(
+                f"no model card for {model_id} {version}: {path} is missing"
+            ) from None
+        card = ModelCard.from_bytes(raw, source=path)
         if (card.id, card.version) != (model_id, version):
             raise ModelCardError(
                 f"model card {path}: id/version {card.id}/{card.version} do not match "
@@ -271,11 +319,12 @@ class ModelRegistry:
             )
         return card
 
+    def model_versions(self) -> list[tuple[str, str]]:
+        """(model_id, version) of every registered version (each has a card)."""
+        return self.store.card_paths()
+
     def versions(self, model_id: str) -> list[str]:
-        folder = self.models_dir / model_id
-        if not folder.is_dir():
-            return []
-        return sorted(p.parent.name for p in folder.glob(f"*/{CARD_FILE}"))
+        return sorted(v for m, v in self.model_versions() if m == model_id)
 
     def active_card(self, model_id: str) -> ModelCard:
         active = self.active_versions()
@@ -299,19 +348,34 @@ class ModelRegistry:
             )
         return self.active_card(grader_model_id(disease_type))
 
-    def weights_path(self, card: ModelCard) -> Path:
-        directory = card.directory or self.models_dir / card.id / card.version
-        return directory / card.weights
+    def weights_path(self, card: ModelCard) -> Path | str:
+        """Where the card's weights are: a local path, or their object's URL in a bucket."""
+        if card.directory is not None:
+            return card.directory / card.weights
+        return self.store.location(f"{card.id}/{card.version}/{card.weights}")
 
     def verify_weights(self, card: ModelCard) -> Path:
-        """Check the weights file against the card's sha256; return its path."""
+        """Check the weights file against the card's sha256; return its local path (for a
+        bucket: the copy in the local cache, downloaded if the cache lacks it)."""
         path = self.weights_path(card)
-        if not path.is_file():
-            raise ModelFileMissingError(
-                f"weights of {card.id} {card.version} are missing: {path} does not exist; "
-                "run `python models/train.py` to train and write them"
-            )
-        actual = sha256_file(path)
+        if isinstance(path, Path):
+            if not path.is_file():
+                raise ModelFileMissingError(
+                    f"weights of {card.id} {card.version} are missing: {path} does not exist; "
+                    "run `python models/train.py` to train and write them"
+                )
+            actual = sha256_file(path)
+        else:
+            relative = f"{card.id}/{card.version}/{card.weights}"
+            try:
+                return self.store.weights_file(relative, card.sha256)
+            except FileNotFoundError:
+                raise ModelFileMissingError(
+                    f"weights of {card.id} {card.version} are missing: {path} does not exist; "
+                    "upload the version again with `farm-platform models add`"
+                ) from None
+            except WeightsMismatch as exc:
+                actual = exc.actual
         if actual != card.sha256:
             raise ModelChecksumError(
                 f"weights of {card.id} {card.version} at {path} do not match the card: "
@@ -321,25 +385,43 @@ class ModelRegistry:
 
     def set_active(self, model_id: str, version: str) -> None:
         """Make `version` the live version of `model_id` (its card must exist and be valid)."""
-        card = self.card(model_id, version)
-        self.verify_weights(card)
-        data = self._read_registry() if self.registry_path.exists() else {"active": {}}
-        data["active"][model_id] = version
-        data["active"] = dict(sorted(data["active"].items()))
-        write_json_atomic(self.registry_path, data)
+        self.set_active_versions({model_id: version})
+
+    def set_active_versions(self, versions: Mapping[str, str]) -> None:
+        """Make each `version` the live one of its model, in one write of registry.json,
+        after checking every card and its weights. In a bucket the write is made only over
+        the generation that was read, so a concurrent activation is never lost: on a
+        conflict the registry is read again and the change applied to it."""
+        for model_id, version in versions.items():
+            self.verify_weights(self.card(model_id, version))
+        for _ in range(_WRITE_ATTEMPTS):
+            if self.store.generation(REGISTRY_FILE) is None:
+                data: dict[str, Any] = {"active": {}}
+                generation = "0"  # only if there is still none
+            else:
+                data, generation = self._read_registry_generation()
+            if generation != "0" and all(data["active"].get(m) == v for m, v in versions.items()):
+                return  # already so: no new generation for the watchers to read
+            data["active"].update(versions)
+            data["active"] = dict(sorted(data["active"].items()))
+            try:
+                self.store.write_json(REGISTRY_FILE, data, if_generation=generation)
+                return
+            except RegistryConflict:
+                continue
+        raise ModelRegistryError(
+            f"model registry {self.registry_path} kept changing while being written "
+            f"({_WRITE_ATTEMPTS} tries): try again"
+        )
+
+    def read_json(self, relative: str) -> Any | None:
+        """Another JSON file of the models folder (e.g. precision.json); None if absent."""
+        try:
+            raw = self.store.read_bytes(relative)
+        except FileNotFoundError:
+            return None
+        return json.loads(raw)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace a JSON file in one step so a concurrent reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        # mkstemp creates 0600 files; cards and the registry are meant to be shared and committed.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Writers racing for registry.json: each conflict costs one read and one write.
+_WRITE_ATTEMPTS = 10

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from farm_platform.ml import inference
 from farm_platform.ml.oip import DETECTOR_INPUT, DETECTOR_OUTPUTS, GRADER_INPUT, GRADER_OUTPUTS
-from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
+from farm_platform.ml.registry import ModelCard, ModelRegistry
 
 # Per forward pass: a request may carry any number of photos or crops.
 DETECTOR_BATCH = 32
@@ -253,9 +253,11 @@ class RegistryWatch(threading.Thread):
         self.stopped = threading.Event()
 
     def check(self) -> None:
+        # Any failure keeps the served versions and the watch alive: a registry in a bucket
+        # can also fail to answer (network, permissions), not only be wrong.
         try:
             active = self.repository.registry.active_versions()
-        except ModelRegistryError as exc:
+        except Exception as exc:
             logger.warning("registry watch: %s", exc)
             return
         for name, model in list(self.repository.get_models().items()):
@@ -265,7 +267,7 @@ class RegistryWatch(threading.Thread):
             try:
                 model.load()
                 logger.info("registry watch: %s %s -> %s", name, card.version, active[name])
-            except ModelRegistryError as exc:
+            except Exception as exc:
                 logger.warning("registry watch: keeping %s %s: %s", name, card.version, exc)
 
     def run(self) -> None:

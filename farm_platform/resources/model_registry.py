@@ -10,10 +10,12 @@ from farm_platform.ml.registry import ModelRegistry
 
 
 class ModelRegistryResource(ConfigurableResource):
-    """Cards, weights and the active version of each model, in a `models/` folder."""
+    """Cards, weights and the active version of each model, in a `models/` folder or a
+    bucket folder (`gs://BUCKET/models`)."""
 
     models_dir: str = Field(
-        default=str(REPO_MODELS_DIR), description="folder with registry.json and model cards"
+        default=str(REPO_MODELS_DIR),
+        description="folder, or gs:// bucket folder, with registry.json and model cards",
     )
 
     def registry(self) -> ModelRegistry:
