@@ -476,3 +476,22 @@ def test_the_effect_plots_band_is_the_interval_the_decision_uses():
     page = render_report(report_data(ungraded=[]))
     assert EFFECT_PLOT_CAPTION in page
     assert "band: the always-valid 95 % interval the headline decides with" in page.lower()
+
+
+@pytest.mark.parametrize("days", [1, 3, 20, 200])
+def test_plot_ticks_fall_on_whole_days_a_few_of_them(days):
+    """Issue 26: ticks at half days ("Jun-02 12:00") and a locator warning over short trials."""
+    from farm_platform.analytics.report_plots import _date_axis, _pyplot
+
+    plt, mdates = _pyplot()
+    figure, axis = plt.subplots()
+    dates = [dt.date(2026, 6, 1) + dt.timedelta(days=d) for d in range(days)]
+    axis.plot(dates, range(days))
+    _date_axis(axis, mdates, dates)
+    ticks = [mdates.num2date(tick).replace(tzinfo=None) for tick in axis.get_xticks()]
+    plt.close(figure)
+    assert 1 <= len(ticks) <= 9
+    assert all(tick.hour == tick.minute == 0 for tick in ticks)
+    assert dates[0] <= ticks[0].date() and ticks[-1].date() <= dates[-1]
+    if days > 56:
+        assert {tick.weekday() for tick in ticks} == {0}  # Mondays over long trials

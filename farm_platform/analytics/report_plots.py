@@ -186,14 +186,19 @@ def plot_field(positions: pl.DataFrame) -> str:
 
 
 def _date_axis(axis: Any, mdates: Any, dates: list[Any]) -> None:
-    """Ticks on whole days, every few days or on Mondays over long spans: at most ~8 of
-    them whatever the span (a tick per day cost seconds), never at half days."""
-    span = (max(dates) - min(dates)).days + 1 if dates else 1
+    """At most ~8 ticks, on whole days: every few days, or on Mondays over long spans, never
+    at half days. Placed by hand: matplotlib's day locators walk a calendar rule that cost
+    seconds a panel, and its automatic one picked half days over short trials."""
+    if not dates:
+        return
+    first, last = min(dates), max(dates)
+    span = (last - first).days + 1
     if span <= 56:
-        locator = mdates.DayLocator(interval=max(1, -(-span // 8)))
+        start, step = first, max(1, -(-span // 8))
     else:
-        locator = mdates.WeekdayLocator(byweekday=mdates.MO, interval=-(-span // 56))
-    axis.xaxis.set_major_locator(locator)
+        start, step = first + dt.timedelta(days=-first.weekday() % 7), 7 * -(-span // 56)
+    ticks = [start + dt.timedelta(days=d) for d in range(0, (last - start).days + 1, step)]
+    axis.set_xticks(ticks)
     axis.xaxis.set_major_formatter(mdates.DateFormatter("%b-%d"))
     axis.tick_params(axis="x", labelrotation=45, labelsize=7)
 
