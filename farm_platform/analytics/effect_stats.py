@@ -24,6 +24,7 @@ scipy is imported only when a rule is computed.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import polars as pl
@@ -207,3 +208,130 @@ def treatment_effect_frame(position_day: pl.DataFrame) -> pl.DataFrame:
         )
         .sort(*group, "date")
     )
+
+
+# Columns a report adds to say what it decided, and when (carry_decisions).
+LOCK_COLUMNS = {
+    "decided_on": pl.Date,
+    "decision": pl.Boolean,
+    "decided_effect": pl.Float64,
+    "revised": pl.Boolean,
+}
+_MOVED = 1e-9
+
+
+def carry_decisions(
+    current: pl.DataFrame,
+    previous: pl.DataFrame | None,
+    report_day: dt.date,
+    previous_day: dt.date | None = None,
+) -> pl.DataFrame:
+    """`current` (add_decisions' rows) with each look's decision as first made.
+
+    A look is a (disease, date) row. The report that first shows it decides it with the
+    always-valid rule (`sequential_significant`) at its spent alpha; that decision stands in
+    every later report (`decision`, `decided_on`: the report's day, `decided_effect`). A
+    later report whose row moved (late photos, a re-grade, a grader switch's backfill)
+    still computes the day's and the always-valid intervals of the new numbers, but they
+    decide nothing: the look's alpha was spent when it was decided, and re-testing it would
+    spend it again. `revised` marks those rows. `previous`: the previous report's table
+    (this function's output; a table without its columns: every look it holds decided on
+    `previous_day` as its `sequential_significant` said)."""
+    if current.is_empty():
+        return current.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in LOCK_COLUMNS.items())
+    fresh = current.with_columns(
+        decided_on=pl.lit(report_day, dtype=pl.Date),
+        decision=pl.col("sequential_significant"),
+        decided_effect=pl.col("effect"),
+        revised=pl.lit(False),
+    )
+    if previous is None or previous.is_empty():
+        return fresh
+    before = previous
+    if "decision" not in before.columns:
+        before = before.with_columns(
+            decided_on=pl.lit(previous_day, dtype=pl.Date),
+            decision=pl.col("sequential_significant"),
+            decided_effect=pl.col("effect"),
+        )
+    before = before.select(
+        pl.col("disease_type").cast(pl.String),
+        pl.col("date").cast(pl.Date),
+        pl.col("decided_on").cast(pl.Date).alias("_decided_on"),
+        pl.col("decision").cast(pl.Boolean).alias("_decision"),
+        pl.col("decided_effect").cast(pl.Float64).alias("_decided_effect"),
+        pl.col("effect").cast(pl.Float64).alias("_effect_before"),
+        (pl.col("n_treated") + pl.col("n_control")).cast(pl.Int64).alias("_n_before"),
+        pl.col("revised").cast(pl.Boolean).alias("_revised")
+        if "revised" in previous.columns
+        else pl.lit(False).alias("_revised"),
+    )
+    joined = fresh.join(before, on=["disease_type", "date"], how="left")
+    seen = pl.col("_decided_on").is_not_null()
+    moved = _moved(pl.col("effect"), pl.col("_effect_before")) | (
+        (pl.col("n_treated") + pl.col("n_control")).cast(pl.Int64) != pl.col("_n_before")
+    )
+    return joined.with_columns(
+        decided_on=pl.when(seen).then(pl.col("_decided_on")).otherwise(pl.col("decided_on")),
+        decision=pl.when(seen).then(pl.col("_decision")).otherwise(pl.col("decision")),
+        decided_effect=pl.when(seen)
+        .then(pl.col("_decided_effect"))
+        .otherwise(pl.col("decided_effect")),
+        revised=pl.when(seen)
+        .then(pl.col("_revised").fill_null(False) | moved.fill_null(True))
+        .otherwise(pl.lit(False)),
+    ).drop(c for c in joined.columns if c.startswith("_"))
+
+
+def _moved(after: pl.Expr, before: pl.Expr) -> pl.Expr:
+    return ((after - before).abs() > _MOVED) | (after.is_null() != before.is_null())
+
+
+def moved_since(current: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
+    """The looks whose numbers changed since the previous report (carry_decisions' rows of
+    both): disease, date, the effect and positions before and after, the calls of the day's
+    interval and of the always-valid one before and after (those after decide nothing), and
+    the decision that stands. A look the previous report had and this one has not is listed
+    with no numbers after."""
+    columns = {
+        "disease_type": pl.String,
+        "date": pl.Date,
+        "effect_before": pl.Float64,
+        "effect_after": pl.Float64,
+        "positions_before": pl.Int64,
+        "positions_after": pl.Int64,
+        "day_call_before": pl.Boolean,
+        "day_call_after": pl.Boolean,
+        "always_valid_before": pl.Boolean,
+        "always_valid_after": pl.Boolean,
+        "decision": pl.Boolean,
+        "decided_on": pl.Date,
+    }
+    if previous is None or previous.is_empty():
+        return pl.DataFrame(schema=columns)
+
+    def side(frame: pl.DataFrame, suffix: str) -> pl.DataFrame:
+        return frame.select(
+            pl.col("disease_type").cast(pl.String),
+            pl.col("date").cast(pl.Date),
+            pl.col("effect").cast(pl.Float64).alias(f"effect_{suffix}"),
+            (pl.col("n_treated") + pl.col("n_control")).cast(pl.Int64).alias(f"positions_{suffix}"),
+            pl.col("significant").cast(pl.Boolean).alias(f"day_call_{suffix}"),
+            pl.col("sequential_significant").cast(pl.Boolean).alias(f"always_valid_{suffix}"),
+            *(
+                [pl.col("decision"), pl.col("decided_on").cast(pl.Date)]
+                if suffix == "after"
+                else []
+            ),
+        )
+
+    after = (
+        side(current, "after")
+        if not current.is_empty()
+        else pl.DataFrame(schema={c: t for c, t in columns.items() if not c.endswith("_before")})
+    )
+    both = side(previous, "before").join(after, on=["disease_type", "date"], how="left")
+    changed = _moved(pl.col("effect_after"), pl.col("effect_before")) | (
+        pl.col("positions_after") != pl.col("positions_before")
+    ).fill_null(True)
+    return both.filter(changed).select(list(columns)).sort("date", "disease_type")

@@ -1,0 +1,313 @@
+"""Trials that do not go to plan (issue 27), through dbt on DuckDB and PostgreSQL: a grader
+version switched on mid-trial, photos that arrive after their day's report, and positions
+that leave the trial.
+
+The farm is test_dbt.py's synthetic farm (7 + 7 positions, 4 days, a known effect of −0.5
+grade a day on disease_0); each test changes one thing about it and checks the marts and
+the report's words against expectations computed here from the rows written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_dbt import (
+    CROPPER,
+    DAYS,
+    KNOWN_EFFECT_PER_DAY,
+    LAST_DAY,
+    MODEL_VERSIONS,
+    TOLERANCE,
+    TREATED,
+    Build,
+    Farm,
+    _position_changes,
+    dbt_build,
+    fresh_postgres_database,
+    load_warehouse,
+    synthetic_farm,
+)
+
+from farm_platform.analytics.dbt_env import dbt_project_copy
+from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
+from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.report_data import effect_decisions, load_report_data, revisions
+from farm_platform.resources.warehouse import WarehouseResource
+
+NAMES = {"disease_0": "brown spot", "disease_3": "vein streak"}
+
+
+@contextlib.contextmanager
+def _warehouse(db: str, tmp: Path, request: pytest.FixtureRequest, name: str) -> Iterator[str]:
+    if db == "duckdb":
+        yield f"duckdb:///{tmp / 'warehouse.duckdb'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_url"), name) as url:
+        yield url
+
+
+def _report(build: Build, day=LAST_DAY):
+    return load_report_data(WarehouseResource(url=build.url), day, disease_names=NAMES)
+
+
+# --------------------------------------------------------------------------- grader switch
+
+# disease_0's grader v2 goes live on the third day: v1 graded days 0–1, v2 grades days 2–3.
+# v2 grades one leaf of each treated position one grade higher on the last day, so its
+# estimate there differs from v1's known effect and tells the two apart.
+SWITCH_DAY = DAYS[2]
+SWITCH_VERSIONS = [
+    (m, v, (v == "v2") if m == "disease_0_grader" else active, task, disease, recorded)
+    for m, v, active, task, disease, recorded in MODEL_VERSIONS
+] + [("disease_0_grader", "v2", True, "disease_grader", "disease_0", "2024-06-05")]
+
+
+def _v2_grades(farm: Farm) -> pl.DataFrame:
+    """v2's disease_0 grades of every photo (on the active cropper)."""
+    rows = farm.disease_grades.filter(
+        (pl.col("disease_type") == "disease_0")
+        & (pl.col("cropper_model_version") == CROPPER[1])
+        & (pl.col("disease_model_version") == "v1")
+    )
+    bump = (
+        pl.col("position_id").is_in(TREATED)
+        & (pl.col("date") == LAST_DAY)
+        & (pl.col("leaf_crop_idx") == 0)
+    )
+    return rows.with_columns(
+        disease_model_version=pl.lit("v2"),
+        predicted_grade=pl.when(bump)
+        .then((pl.col("predicted_grade") + 1).clip(0, 3))
+        .otherwise(pl.col("predicted_grade")),
+    )
+
+
+def switched_farm() -> tuple[Farm, pl.DataFrame]:
+    """The farm as it stands after the switch without a backfill, and the backfill's rows
+    (v2's grades of the days before the switch)."""
+    farm = synthetic_farm()
+    v2 = _v2_grades(farm)
+    old = farm.disease_grades.filter(
+        (pl.col("disease_type") != "disease_0")
+        | (pl.col("date") < SWITCH_DAY)
+        | (pl.col("cropper_model_version") != CROPPER[1])
+    )
+    grades = pl.concat([old, v2.filter(pl.col("date") >= SWITCH_DAY)])
+    backfill = v2.filter(pl.col("date") < SWITCH_DAY).with_columns(
+        graded_at=pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC"))
+    )
+    return Farm(farm.positions, farm.drone_images, farm.leaf_crops, grades), backfill
+
+
+def _disease_0_effect(build: Build) -> list[dict]:
+    return build.query(
+        "SELECT * FROM treatment_effect WHERE disease_type = 'disease_0' ORDER BY date"
+    ).to_dicts()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_trial(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    farm, backfill = switched_farm()
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    with _warehouse(db, tmp_path, request, "farm_switch") as url:
+        load_warehouse(url, farm, model_versions=SWITCH_VERSIONS)
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+
+        # v2 graded only the days since the switch: the estimate stays on v1, from the
+        # trial's first day (no restart of the baseline or of the look count), and ends
+        # where v1 stopped grading.
+        chosen = build.query(
+            "SELECT * FROM int_estimate_versions WHERE disease_type = 'disease_0'"
+        ).to_dicts()
+        assert len(chosen) == 1
+        assert chosen[0]["disease_model_version"] == "v1"
+        assert chosen[0]["active_version"] == "v2"
+        assert chosen[0]["complete_through"] == DAYS[1]
+        assert chosen[0]["active_missing_photos"] == 14 * 2  # days 0 and 1, every position
+        assert (chosen[0]["active_missing_from"], chosen[0]["active_missing_to"]) == (
+            DAYS[0],
+            DAYS[1],
+        )
+        rows = _disease_0_effect(build)
+        assert [(r["date"], r["first_date"], r["days_since_start"]) for r in rows] == [
+            (DAYS[1], DAYS[0], 1)
+        ]
+        assert abs(rows[0]["effect"] - KNOWN_EFFECT_PER_DAY) < TOLERANCE
+
+        # The report says which version the estimate uses, why, and what to backfill; its
+        # version section agrees with the per-version table beside it.
+        data = _report(build)
+        lines = summary_lines(data)
+        line = next(text for text in lines if text.startswith("disease_0"))
+        assert "disease_0_grader v1" in line and "v2" in line, line
+        assert f"{DAYS[0]} to {DAYS[1]}" in line, line
+        assert f"no estimate after {DAYS[1]}" in line, line
+        from farm_platform.analytics.report import render_report
+
+        page = render_report(data)
+        assert "nothing to compare yet" not in page
+        assert "no day graded by both" in page
+
+        # The backfill of the days before the switch completes v2's history: the estimate
+        # moves to v2 on every date (the whole curve is rebuilt by the incremental build).
+        WarehouseResource(url=url).replace_many([("disease_grades", backfill, None)])
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        changed = build.query("SELECT date FROM int_changed_days ORDER BY date")["date"]
+        assert changed.to_list() == DAYS
+        chosen = build.query(
+            "SELECT * FROM int_estimate_versions WHERE disease_type = 'disease_0'"
+        ).to_dicts()
+        assert chosen[0]["disease_model_version"] == "v2"
+        assert chosen[0]["active_missing_photos"] == 0
+        all_grades = pl.concat([farm.disease_grades, backfill], how="vertical_relaxed")
+        changes = _position_changes(
+            Farm(farm.positions, farm.drone_images, farm.leaf_crops, all_grades),
+            "disease_0",
+            "v2",
+        )
+        rows = _disease_0_effect(build)
+        assert [(r["date"], r["first_date"]) for r in rows] == [(d, DAYS[0]) for d in DAYS[1:]]
+        for row in rows:
+            arms = changes[row["date"]]
+            expected = statistics.fmean(arms["treated"]) - statistics.fmean(arms["control"])
+            assert abs(row["effect"] - expected) < TOLERANCE, row
+        assert abs(rows[-1]["effect"] - 3 * KNOWN_EFFECT_PER_DAY) > 0.01  # v2's, not v1's
+        line = next(text for text in summary_lines(_report(build)) if text.startswith("disease_0"))
+        assert "not the active" not in line, line
+
+
+# --------------------------------------------------------------------------- late photos
+
+# Half of day 2's photos (positions 4..6 of each area) arrive after day 2's report.
+LATE = {(f"{area}{i}", DAYS[2]) for area in "CT" for i in (4, 5, 6)}
+
+
+def _photos(farm: Farm, keep) -> Farm:
+    def rows(frame: pl.DataFrame) -> pl.DataFrame:
+        mask = [keep(p, d) for p, d in frame.select("position_id", "date").iter_rows()]
+        return frame.filter(pl.Series(mask, dtype=pl.Boolean))
+
+    return Farm(
+        farm.positions, rows(farm.drone_images), rows(farm.leaf_crops), rows(farm.disease_grades)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_late_photos_revise_a_reported_day_visibly_and_its_decision_stands(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    farm = synthetic_farm()
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    with _warehouse(db, tmp_path, request, "farm_late") as url:
+        # Day 2's report, before the late half of its photos.
+        load_warehouse(url, _photos(farm, lambda p, d: d <= DAYS[2] and (p, d) not in LATE))
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        first = _report(build, DAYS[2])
+        assert revisions(first).is_empty()
+        before = effect_decisions(first)
+        assert set(before["decided_on"]) == {DAYS[2]}
+        assert not before["revised"].any()
+
+        # The late photos of day 2 and day 3's photos, then day 3's report.
+        stamp = datetime.now(UTC)
+        arrived = _photos(farm, lambda p, d: (p, d) in LATE or d == DAYS[3])
+        WarehouseResource(url=url).replace_many(
+            [
+                (
+                    "drone_images",
+                    arrived.drone_images.with_columns(ingested_at=pl.lit(stamp)),
+                    None,
+                ),
+                ("leaf_crops", arrived.leaf_crops, None),
+                (
+                    "disease_grades",
+                    arrived.disease_grades.with_columns(graded_at=pl.lit(stamp)),
+                    None,
+                ),
+            ]
+        )
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        data = _report(build, DAYS[3])
+        data = dataclasses.replace(data, previous_effect=before, previous_day=DAYS[2])
+
+        # What moved: day 2, both diseases, with the positions before and after.
+        moved = revisions(data)
+        assert set(zip(moved["disease_type"], moved["date"], strict=True)) == {
+            ("disease_0", DAYS[2]),
+            ("disease_3", DAYS[2]),
+        }
+        assert set(moved["positions_before"]) == {8} and set(moved["positions_after"]) == {14}
+        decided = {
+            (r["disease_type"], r["date"]): r for r in effect_decisions(data).iter_rows(named=True)
+        }
+        # The revised looks keep the decision day 2's report made; day 3 is decided now.
+        for disease in ("disease_0", "disease_3"):
+            row = decided[disease, DAYS[2]]
+            assert row["revised"] is True and row["decided_on"] == DAYS[2], row
+            old = before.filter(
+                (pl.col("disease_type") == disease) & (pl.col("date") == DAYS[2])
+            ).row(0, named=True)
+            assert row["decision"] == old["sequential_significant"]
+            assert abs(row["decided_effect"] - old["effect"]) < TOLERANCE
+            assert decided[disease, DAYS[3]]["decided_on"] == DAYS[3]
+            assert decided[disease, DAYS[1]]["revised"] is False
+        # disease_0 was decided conclusive on day 1 (look 1), and the headline says so.
+        assert decided["disease_0", DAYS[1]]["decision"] is True
+        line = next(t for t in summary_lines(data) if t.startswith("disease_0"))
+        assert f"conclusive, valid under daily looks at five diseases; decided on {DAYS[1]}" in line
+        from farm_platform.analytics.report import render_report
+
+        page = render_report(data)
+        assert f"2 look(s) moved since the report of {DAYS[2]}" in page
+        assert KNOWN_EFFECT_PER_DAY  # the known effect is what both reports estimate
+
+
+def test_a_revised_look_decides_nothing_and_a_decision_stands() -> None:
+    """The rule on its own (no dbt): a look the previous report decided 'not conclusive'
+    whose late photos now give an always-valid interval that excludes 0 stays undecided and
+    is marked revised; one decided conclusive stays conclusive when its revision does not."""
+    look = {
+        "disease_type": "disease_0",
+        "days_since_start": 2,
+        "n_treated": 6,
+        "n_control": 6,
+        "df": 10.0,
+        "significant": True,
+    }
+    previous = pl.DataFrame(
+        [
+            {**look, "date": DAYS[1], "effect": -0.2, "std_error": 0.1},
+            {**look, "date": DAYS[2], "effect": -1.0, "std_error": 0.1},
+        ]
+    )
+    previous = carry_decisions(add_decisions(previous), None, DAYS[2])
+    assert previous["decision"].to_list() == [False, True]
+    revised = pl.DataFrame(
+        [
+            {**look, "date": DAYS[1], "effect": -1.0, "std_error": 0.1, "n_treated": 7},
+            {**look, "date": DAYS[2], "effect": -0.1, "std_error": 0.1, "n_treated": 7},
+        ]
+    )
+    current = carry_decisions(add_decisions(revised), previous, DAYS[3], DAYS[2])
+    assert current["sequential_significant"].to_list() == [True, False]  # the new numbers
+    assert current["decision"].to_list() == [False, True]  # what was decided stands
+    assert current["revised"].to_list() == [True, True]
+    assert current["decided_on"].to_list() == [DAYS[2], DAYS[2]]
+    moved = moved_since(current, previous)
+    assert moved["always_valid_before"].to_list() == [False, True]
+    assert moved["always_valid_after"].to_list() == [True, False]
