@@ -311,3 +311,39 @@ def test_a_revised_look_decides_nothing_and_a_decision_stands() -> None:
     moved = moved_since(current, previous)
     assert moved["always_valid_before"].to_list() == [False, True]
     assert moved["always_valid_after"].to_list() == [True, False]
+
+
+def test_a_look_decided_late_spends_its_own_share_of_the_day() -> None:
+    # One disease of five tested on a date (the others were decided earlier, or have no
+    # estimate yet): it spends a fifth of the look's alpha, not all of it.
+    row = {
+        "disease_type": "disease_0",
+        "date": DAYS[2],
+        "days_since_start": 2,
+        "n_treated": 6,
+        "n_control": 6,
+        "df": 10.0,
+        "effect": -0.5,
+        "std_error": 0.1,
+    }
+    alone = add_decisions(pl.DataFrame([row]))["sequential_alpha"].item()
+    shared = add_decisions(pl.DataFrame([row]), diseases=5)["sequential_alpha"].item()
+    assert shared == pytest.approx(alone / 5)
+
+
+def test_the_report_compares_with_the_latest_earlier_report(tmp_path: Path) -> None:
+    import fsspec
+
+    from farm_platform.analytics.report import previous_report
+
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path / "reports")
+    for day, effect in ((DAYS[0], -0.1), (DAYS[1], -0.2), (DAYS[3], -0.4)):
+        folder = tmp_path / "reports" / day.isoformat()
+        folder.mkdir(parents=True)
+        pl.DataFrame({"effect": [effect]}).write_parquet(folder / "treatment_effect.parquet")
+    (tmp_path / "reports" / "not-a-day").mkdir()
+    assert previous_report(fs, root, DAYS[0]) == (None, None)
+    day, table = previous_report(fs, root, DAYS[3])  # the report of DAYS[2] was never made
+    assert day == DAYS[1] and table["effect"].to_list() == [-0.2]
+    assert previous_report(fs, str(tmp_path / "none"), DAYS[3]) == (None, None)

@@ -84,11 +84,19 @@ def holm(p_values: list[float | None], alpha: float = ALPHA) -> list[bool | None
     return decisions
 
 
-def add_decisions(effect: pl.DataFrame, alpha: float = ALPHA) -> pl.DataFrame:
+def add_decisions(
+    effect: pl.DataFrame, alpha: float = ALPHA, diseases: int | None = None
+) -> pl.DataFrame:
     """`effect` (rows of treatment_effect: disease_type, date, days_since_start, effect,
     std_error, df) with p_value, holm_significant, sequential_alpha, sequential_ci_low,
     sequential_ci_high and sequential_significant added. A row without an interval (too
-    few positions, or none in an arm) gets nulls and no decision."""
+    few positions, or none in an arm) gets nulls and no decision.
+
+    `diseases`: how many diseases the trial estimates (the report passes its graders'
+    count). A look's alpha is split over max(diseases, those tested that day), so a
+    disease whose look on a date is decided after the others' (its estimate starts later,
+    e.g. a grader switch whose backfill completed) spends its own share, not a second
+    share of a budget already split over the others."""
     extra = {
         "p_value": pl.Float64,
         "holm_significant": pl.Boolean,
@@ -103,7 +111,7 @@ def add_decisions(effect: pl.DataFrame, alpha: float = ALPHA) -> pl.DataFrame:
     for _, day in effect.sort("date", "disease_type").group_by("date", maintain_order=True):
         rows = day.to_dicts()
         p_values = [_p_value(r["effect"], r["std_error"], r["df"]) for r in rows]
-        tested = sum(p is not None for p in p_values)
+        tested = max(sum(p is not None for p in p_values), diseases or 0)
         for row, p, holm_call in zip(rows, p_values, holm(p_values, alpha), strict=True):
             row["p_value"], row["holm_significant"] = p, holm_call
             row["sequential_alpha"] = row["sequential_ci_low"] = row["sequential_ci_high"] = None

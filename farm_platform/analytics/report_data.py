@@ -106,8 +106,12 @@ def effect_decisions(data: ReportData) -> pl.DataFrame:
     """treatment_effect up to the report's day with the decision rules of effect_stats:
     Holm across the diseases of each day, the always-valid rule over daily looks, and each
     look's decision as the report that first showed it made it (carry_decisions)."""
+    diseases = data.estimate_versions.height or None
     return carry_decisions(
-        add_decisions(data.effect), data.previous_effect, data.day, data.previous_day
+        add_decisions(data.effect, diseases=diseases),
+        data.previous_effect,
+        data.day,
+        data.previous_day,
     )
 
 
