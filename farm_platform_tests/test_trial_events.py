@@ -38,7 +38,12 @@ from test_dbt import (
 from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
 from farm_platform.analytics.headline import summary_lines
-from farm_platform.analytics.report_data import effect_decisions, load_report_data, revisions
+from farm_platform.analytics.report_data import (
+    attrition,
+    effect_decisions,
+    load_report_data,
+    revisions,
+)
 from farm_platform.resources.warehouse import WarehouseResource
 
 NAMES = {"disease_0": "brown spot", "disease_3": "vein streak"}
@@ -347,3 +352,77 @@ def test_the_report_compares_with_the_latest_earlier_report(tmp_path: Path) -> N
     day, table = previous_report(fs, root, DAYS[3])  # the report of DAYS[2] was never made
     assert day == DAYS[1] and table["effect"].to_list() == [-0.2]
     assert previous_report(fs, str(tmp_path / "none"), DAYS[3]) == (None, None)
+
+
+# --------------------------------------------------------------------------- attrition
+
+# The slowest-healing position of each arm (T1, C1: the largest offsets) stops being
+# photographed after day 1; on the last day C6 is not photographed and T6's photo is
+# unreadable (the synthetic farm's own gaps), so they have left as of that day too.
+DROPPED = {"T1", "C1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    farm = _photos(synthetic_farm(), lambda p, d: not (p in DROPPED and d > DAYS[1]))
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    with _warehouse(db, tmp_path, request, "farm_attrition") as url:
+        load_warehouse(url, farm)
+        build = dbt_build(project, url)
+        assert build.success, sorted(build.failed())
+        data = _report(build)
+        summary = attrition(data).filter(pl.col("disease_type") == "disease_0").row(0, named=True)
+
+    # Expectations from the rows written (disease_0, active grades, active cropper).
+    leaves: dict[tuple[str, object], list[int]] = {}
+    for row in farm.active_grades():
+        if row["disease_type"] == "disease_0":
+            leaves.setdefault((row["position_id"], row["date"]), []).append(row["predicted_grade"])
+    means = {key: statistics.fmean(values) for key, values in leaves.items()}
+    dates = {p: sorted(d for q, d in means if q == p) for p, _ in means}
+    latest = max(d for _, d in means)
+    left = {p for p, ds in dates.items() if ds[-1] < latest}
+    assert left == {"T1", "C1", "C6", "T6"}
+    assert summary["latest_date"] == LAST_DAY
+    assert (summary["treated_left"], summary["treated_positions"]) == (2, 7)
+    assert (summary["control_left"], summary["control_positions"]) == (2, 7)
+
+    def area(p: str) -> str:
+        return "treated" if p.startswith("T") else "control"
+
+    stayers = set(dates) - left
+    differences = []
+    for p in sorted(left):
+        last = dates[p][-1]
+        same_day = [means[s, last] for s in stayers if area(s) == area(p) and (s, last) in means]
+        differences.append(means[p, last] - statistics.fmean(same_day))
+    from scipy import stats
+
+    test = stats.ttest_1samp(differences, 0.0)
+    assert summary["leavers_tested"] == 4
+    assert abs(summary["leavers_minus_stayers"] - statistics.fmean(differences)) < TOLERANCE
+    assert abs(summary["difference_p_value"] - test.pvalue) < 1e-9
+
+    def did(positions: set[str]) -> float:
+        change = {p: means[p, dates[p][-1]] - means[p, dates[p][0]] for p in positions}
+        arm = {a: [c for p, c in change.items() if area(p) == a] for a in ("treated", "control")}
+        return statistics.fmean(arm["treated"]) - statistics.fmean(arm["control"])
+
+    # Followed throughout = graded on the first and the last day = the stayers here; the
+    # headline's estimate on the last day is over the same positions.
+    assert abs(summary["effect_followed_throughout"] - did(stayers)) < TOLERANCE
+    headline = data.effect.filter(
+        (pl.col("disease_type") == "disease_0") & (pl.col("date") == LAST_DAY)
+    )["effect"].item()
+    assert abs(summary["effect_graded_on_latest"] - headline) < TOLERANCE
+    assert abs(summary["effect_leavers_carried_forward"] - did(set(dates))) < TOLERANCE
+    assert summary["followed_ci_low"] < summary["effect_followed_throughout"]
+
+    from farm_platform.analytics.report import render_report
+
+    page = render_report(data)
+    assert "Positions left the trial" in page
+    assert f"not graded on {LAST_DAY}): 2 of 7 treated, 2 of 7 control" in page

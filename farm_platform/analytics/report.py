@@ -19,10 +19,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from farm_platform.analytics.attrition import attrition_lines
 from farm_platform.analytics.effect_stats import DECISION_REFERENCES
 from farm_platform.analytics.headline import summary_lines
 from farm_platform.analytics.report_data import (
     ReportData,
+    attrition,
     confusion_matrix,
     effect_decisions,
     effect_summary,
@@ -206,6 +208,26 @@ grades give.</p>
     return "\n".join(parts)
 
 
+def _attrition(data: ReportData) -> tuple[str, str]:
+    """(the warning beside the headline, the section's body) about positions that left."""
+    summary = attrition(data)
+    lines = attrition_lines(summary, data.disease_names)
+    warning = (
+        "<p class='warn'>Positions left the trial: "
+        + " ".join(html.escape(line) + "." for line in lines)
+        + "</p>"
+        if lines
+        else ""
+    )
+    body = """<p>A position has left a disease's estimate when it was last graded before that
+disease's latest date. Leavers vs stayers: each leaver's mean grade on its last graded day
+minus the mean of its arm's stayers that day (Student-t interval and p-value over the
+leavers). The latest effect three ways: over the positions graded that day (the headline),
+over the positions followed throughout (graded on the first and the latest day), and with
+each leaver's last change carried forward (a sensitivity check, not an estimate).</p>"""
+    return warning, body + _table(_coverage_dates(summary))
+
+
 def _revisions(data: ReportData) -> str:
     """What moved since the previous report: the looks whose photos or grades changed."""
     if data.previous_effect is None:
@@ -257,6 +279,7 @@ def render_report(data: ReportData) -> str:
         )
     names = data.disease_names
     effects = effect_decisions(data)
+    left_warning, left_section = _attrition(data)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -267,6 +290,7 @@ img{{max-width:100%}}</style>
 {warning}
 <h2>Decision per disease (valid under daily looks at five diseases)<sup>*</sup></h2>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
+{left_warning}
 <h2>Revised since the previous report</h2>
 {_revisions(data)}
 <p>Difference in differences of the mean grade, treated minus control, each position's
@@ -289,6 +313,8 @@ report that first showed the look made (<em>decided_on</em>), which stands;
 {_image("positions by latitude and longitude, coloured by mean grade", plot_field(data.field))}
 <h2>Coverage on {data.day}</h2>
 {_table(_coverage(data.coverage))}
+<h2>Positions that left the trial</h2>
+{left_section}
 <h2>Held back by data-quality checks</h2>
 {held_back}
 <h2>Model versions used (active)</h2>

@@ -5,6 +5,11 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from farm_platform.analytics.attrition import (
+    ATTRITION_COLUMNS,
+    attrition_summary,
+    load_attrition,
+)
 from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -31,6 +36,10 @@ class ReportData:
     # day: what this report's revisions are measured against (None: no earlier report).
     previous_effect: pl.DataFrame | None = None
     previous_day: dt.date | None = None
+    # attrition.load_attrition: each position's last graded row per disease, and the
+    # stayers' mean grade per arm on the dates leavers were last graded.
+    last_grades: pl.DataFrame = field(default_factory=pl.DataFrame)
+    stayers: pl.DataFrame = field(default_factory=pl.DataFrame)
     # disease_type -> the readable name in its grader's model card.
     disease_names: dict[str, str] = field(default_factory=dict)
     # Every position of the field map: area, latitude, longitude and its latest mean grade
@@ -63,6 +72,7 @@ def load_report_data(
         "SELECT DISTINCT position_id FROM stg_active_disease_grades WHERE date = %s", [day]
     )
     positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
+    last_grades, stayers = load_attrition(warehouse, day)
     return ReportData(
         day=day,
         effect=upto("treatment_effect"),
@@ -86,6 +96,8 @@ def load_report_data(
         estimate_versions=warehouse.query(
             "SELECT * FROM int_estimate_versions ORDER BY disease_type"
         ),
+        last_grades=last_grades,
+        stayers=stayers,
         previous_effect=previous_effect,
         previous_day=previous_day,
         disease_names=active_disease_names() if disease_names is None else disease_names,
@@ -213,3 +225,11 @@ def versions_per_disease(version_effects: pl.DataFrame) -> pl.DataFrame:
         pl.col("ci_low").last(),
         pl.col("ci_high").last(),
     ).sort("disease_type", "disease_model_version")
+
+
+def attrition(data: ReportData) -> pl.DataFrame:
+    """Per disease: positions that left per arm, leavers vs stayers, and the latest effect
+    three ways (farm_platform.analytics.attrition)."""
+    if data.last_grades.is_empty():
+        return pl.DataFrame(schema=ATTRITION_COLUMNS)
+    return attrition_summary(data.last_grades, data.stayers)
