@@ -9,14 +9,20 @@ and acts on the first "significant" is wrong far more often than 5 %. Two adjust
   error over the five diseases of a single, pre-chosen day is at most 5 %.
 - Alpha spending over looks (`sequential_*`, the report's headline): look k (k days after
   the trial's first date) spends alpha_k = 0.05 · 6 / (π² k²), and within a look the
-  alpha_k is split evenly over the diseases with an interval (Bonferroni). The alphas over
-  all looks sum to 0.05 (Σ 1/k² = π²/6), so by the union bound the chance that ANY
-  disease on ANY day is called while the medicine does nothing is at most 5 %, however
-  long the trial runs, whenever the reader stops, and whatever the correlation between
-  days (Lan & DeMets 1983 for spending; the 6/(π² k²) sequence is the union-bound
-  confidence sequence of Darling & Robbins 1967). The matching intervals
-  (`sequential_ci_low/high`) hold for every disease and every day at once: an always-valid
-  simultaneous confidence sequence. It needs no planned trial length; the price is width.
+  alpha_k is split evenly over the trial's diseases (Bonferroni; over those tested that
+  day when more). The alphas over all looks sum to 0.05 (Σ 1/k² = π²/6), so by the union
+  bound the chance that ANY disease on ANY day is called while the medicine does nothing
+  is at most 5 %, however long the trial runs, whenever the reader stops, and whatever the
+  correlation between days. This is a Bonferroni (union-bound) spending SEQUENCE over
+  calendar looks, the 6/(π² k²) sequence of Darling & Robbins 1967. It is NOT the
+  Lan–DeMets spending function: there is no information fraction, because the trial has
+  no planned final information (length, positions) to take a fraction of, and it does not
+  use the correlation between looks, which a Lan–DeMets boundary does (so it is
+  conservative against one). The matching intervals (`sequential_ci_low/high`) hold for
+  every disease and every day at once: an always-valid simultaneous confidence sequence.
+- A look is decided ONCE, by the first report that shows it (`carry_decisions`): photos
+  that arrive later, a re-grade or a grader switch's backfill revise its numbers, not its
+  decision, so no look spends its alpha twice; a decision once made stands.
 
 Every interval uses the Student-t quantile at floor(Welch df), as the dbt model does.
 scipy is imported only when a rule is computed.
@@ -34,8 +40,7 @@ ALPHA = 0.05
 _T_TABLE_MAX_DF = 200
 _T_NORMAL_DF = 1_000_000
 DECISION_REFERENCES = (
-    "Lan, K. K. G. & DeMets, D. L. (1983). Discrete sequential boundaries for clinical "
-    "trials. Biometrika 70(3), 659–663. Darling, D. A. & Robbins, H. (1967). Confidence "
+    "Darling, D. A. & Robbins, H. (1967). Confidence "
     "sequences for mean, variance, and median. PNAS 58(1), 66–68. Holm, S. (1979). A simple "
     "sequentially rejective multiple test procedure. Scand. J. Statist. 6(2), 65–70."
 )

@@ -327,10 +327,13 @@ report that first showed the look made (<em>decided_on</em>), which stands;
 {_table(_displayed(effects, names))}
 <p><small>* The headline's rule: a report read every day, five diseases at a time, calls
 far more false results than each 95 % interval suggests. Look k (k days after the trial's
-first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the day's diseases;
-the spent amounts sum to 0.05, so the chance that any disease is ever called on any day
-while the medicine does nothing is at most 5 %, whenever the reader stops (alpha spending
-with a union bound; no planned trial length needed). The always-valid interval is the
+first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the trial's diseases;
+the spent amounts sum to 0.05, so by the union bound the chance that any disease is ever
+called on any day while the medicine does nothing is at most 5 %, whenever the reader
+stops (a Bonferroni spending sequence over calendar looks: no information fraction and no
+planned trial length, so not the Lan–DeMets spending function, and conservative against
+one). A look is decided once, by the first report that shows it; later revisions of its
+photos or grades update its numbers, not its decision. The always-valid interval is the
 effect ± the Student-t quantile at that level × std_error, at floor(Welch df) like the
 day's interval. References: {html.escape(DECISION_REFERENCES)}</small></p>
 </body></html>
