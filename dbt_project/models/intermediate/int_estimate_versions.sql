@@ -17,6 +17,8 @@
 -- fingerprints this table, and a change of choice rebuilds every date (a backfill that
 -- completes moves every baseline of that disease).
 {{ config(materialized='table') }}
+{#- Recorded at parse time, when the grades are not read yet (lineage: the grades feed this). -#}
+{%- do source('farm', 'disease_grades') -%}
 {%- set compared = [] -%}
 {%- if execute -%}
     {%- set rows = run_query(
