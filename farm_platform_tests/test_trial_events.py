@@ -426,3 +426,32 @@ def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways
     page = render_report(data)
     assert "Positions left the trial" in page
     assert f"not graded on {LAST_DAY}): 2 of 7 treated, 2 of 7 control" in page
+
+
+def test_attrition_words_when_the_leavers_cannot_be_tested() -> None:
+    # Leavers whose differences from the stayers are all the same (no spread), and one
+    # leaver alone: no test, said in words, never a p-value of 0.
+    from farm_platform.analytics.attrition import attrition_lines, one_sample
+
+    assert one_sample([0.25, 0.25])["p"] is None
+    assert one_sample([0.25])["p"] is None
+    base = {
+        "disease_type": "disease_3",
+        "latest_date": LAST_DAY,
+        "treated_positions": 7,
+        "treated_left": 1,
+        "control_positions": 7,
+        "control_left": 1,
+        "leavers_minus_stayers": 0.25,
+        "difference_ci_low": None,
+        "difference_ci_high": None,
+        "difference_p_value": None,
+        "effect_followed_throughout": None,
+        "effect_leavers_carried_forward": None,
+    }
+    frame = pl.DataFrame(
+        [{**base, "leavers_tested": 2}, {**base, "disease_type": "disease_4", "leavers_tested": 1}]
+    )
+    same, alone = attrition_lines(frame)
+    assert "no spread to test with" in same and "p =" not in same
+    assert "one leaver: too few to test" in alone

@@ -117,8 +117,7 @@ def one_sample(values: list[float]) -> dict[str, float | None]:
     if len(values) < 2:
         return out
     se = statistics.stdev(values) / math.sqrt(len(values))
-    if se <= 0:
-        out["p"] = 0.0 if out["mean"] else 1.0
+    if se <= 0:  # no spread among the differences: nothing to test with
         return out
     from scipy import stats
 
@@ -234,8 +233,13 @@ def attrition_lines(summary: pl.DataFrame, names: dict[str, str] | None = None) 
             )
             if row["difference_p_value"] < 0.05:
                 line += ": the leavers differed, so the latest estimate may be biased"
+        elif row["leavers_tested"] == 1:
+            line += "; one leaver: too few to test whether the leavers differed from the stayers"
         elif row["leavers_tested"]:
-            line += "; too few leavers to test whether they differed from the stayers"
+            line += (
+                f"; the leavers all graded {row['leavers_minus_stayers']:+.3f} against the "
+                "stayers of their arm that day: no spread to test with"
+            )
         if row["effect_followed_throughout"] is not None:
             line += (
                 f". Effect among positions followed throughout "
