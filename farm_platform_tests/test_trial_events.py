@@ -28,7 +28,9 @@ from test_dbt import (
     TREATED,
     Build,
     Farm,
+    _assert_equals_a_full_refresh,
     _position_changes,
+    _warehouse_and_copy,
     dbt_build,
     fresh_postgres_database,
     load_warehouse,
@@ -124,7 +126,7 @@ def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_tri
 ) -> None:
     farm, backfill = switched_farm()
     project = dbt_project_copy(farm.positions, tmp_path / "project")
-    with _warehouse(db, tmp_path, request, "farm_switch") as url:
+    with _warehouse_and_copy(db, tmp_path, request) as (url, copy_url):
         load_warehouse(url, farm, model_versions=SWITCH_VERSIONS)
         build = dbt_build(project, url)
         assert build.success, sorted(build.failed())
@@ -171,6 +173,7 @@ def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_tri
         assert build.success, sorted(build.failed())
         changed = build.query("SELECT date FROM int_changed_days ORDER BY date")["date"]
         assert changed.to_list() == DAYS
+        _assert_equals_a_full_refresh(project, url, copy_url(url), "a switch's backfill")
         chosen = build.query(
             "SELECT * FROM int_estimate_versions WHERE disease_type = 'disease_0'"
         ).to_dicts()
