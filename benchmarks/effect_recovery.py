@@ -167,19 +167,25 @@ def _visible(case: str, rows: pl.DataFrame, report: int, days: int, seed: int) -
 
 
 def _dropped(case: str, rows: pl.DataFrame, days: int, positions: int, seed: int) -> set[str]:
-    """Positions that stop being photographed from mid-trial: the sickest (highest mean
-    grade over the diseases the day before) or random ones, one in twelve."""
+    """Positions that stop being photographed from mid-trial, one in twelve: those healing
+    worst so far (the largest rise of mean grade, over the diseases, from the first day to
+    the day before) or random ones."""
     if not case.startswith("dropout"):
         return set()
     count, start = max(1, positions // 12), days // 2
-    before = (
-        rows.filter(pl.col("day") == start - 1)
+    grade = pl.col("mean_grade")
+    change = (
+        rows.filter(pl.col("day").is_in([0, start - 1]))
+        .sort("day")
+        .group_by("position_id", "disease_type")
+        .agg((grade.last() - grade.first()).alias("change"))
         .group_by("position_id")
-        .agg(pl.col("mean_grade").mean())
+        .agg(pl.col("change").mean())
+        .sort("position_id")
     )
     if case == "dropout-informative":
-        return set(before.sort("mean_grade", descending=True)["position_id"][:count])
-    return set(before.sample(count, seed=seed)["position_id"])
+        return set(change.sort("change", descending=True)["position_id"][:count])
+    return set(change.sample(count, seed=seed)["position_id"])
 
 
 def case_effects(case: str, config: FarmConfig, estimand: list[float]) -> pl.DataFrame:
