@@ -3,6 +3,9 @@
     python benchmarks/effect_recovery.py [--seeds 200] [--positions 12] [--days 5]
                                          [--effect 0.15] [--pipeline-seeds 0]
                                          [--no-effect-only]
+                                         [--cases plain switch-restart switch-no-backfill
+                                          switch-backfill late-photos dropout-informative
+                                          dropout-random]
 
 The estimand is the POPULATION effect: the expected difference in differences of mean true
 grade (treated minus control, each position from its own first day) on new farms with the
@@ -125,6 +128,117 @@ def summarize(results: pl.DataFrame) -> None:
         )
 
 
+# Trial events (issue 27), each scored through the report's rules as reports are made day
+# by day: every report sees the rows visible that morning, decides the looks it is the
+# first to show (effect_stats.carry_decisions), and keeps the earlier decisions.
+CASES = (
+    "plain",
+    "switch-restart",
+    "switch-no-backfill",
+    "switch-backfill",
+    "late-photos",
+    "dropout-informative",
+    "dropout-random",
+)
+SWITCHED = "disease_0"
+
+
+def _visible(case: str, rows: pl.DataFrame, report: int, days: int, seed: int) -> pl.DataFrame:
+    """The position-day rows a report `report` days after the trial's first day sees under
+    `case` (rows carry `day`: days since the first day)."""
+    seen = rows.filter(pl.col("day") <= report)
+    switch, backfilled = days // 2, days // 2 + 2
+    switched = pl.col("disease_type") == SWITCHED
+    if case == "switch-restart" and report >= switch:
+        # Today's behaviour before issue 27: only the new version's grades (from the
+        # switch on) count, as if the trial had begun at the switch.
+        return seen.filter(~switched | (pl.col("day") >= switch))
+    if case == "switch-no-backfill" and report >= switch:
+        # The rule: the old version keeps the estimate; it graded nothing after the switch.
+        return seen.filter(~switched | (pl.col("day") < switch))
+    if case == "switch-backfill" and switch <= report < backfilled:
+        # Until the backfill completes (perfect graders: then the rows are the truth).
+        return seen.filter(~switched | (pl.col("day") < switch))
+    if case == "late-photos" and report < days:
+        # Half of each day's photos (a random half per day) arrive after its report.
+        late = (pl.col("position_id") + pl.col("day").cast(pl.String)).hash(seed) % 2 == 0
+        return seen.filter((pl.col("day") < report) | ~late)
+    return seen
+
+
+def _dropped(case: str, rows: pl.DataFrame, days: int, positions: int, seed: int) -> set[str]:
+    """Positions that stop being photographed from mid-trial, one in twelve: those healing
+    worst so far (the largest rise of mean grade, over the diseases, from the first day to
+    the day before) or random ones."""
+    if not case.startswith("dropout"):
+        return set()
+    count, start = max(1, positions // 12), days // 2
+    grade = pl.col("mean_grade")
+    change = (
+        rows.filter(pl.col("day").is_in([0, start - 1]))
+        .sort("day")
+        .group_by("position_id", "disease_type")
+        .agg((grade.last() - grade.first()).alias("change"))
+        .group_by("position_id")
+        .agg(pl.col("change").mean())
+        .sort("position_id")
+    )
+    if case == "dropout-informative":
+        return set(change.sort("change", descending=True)["position_id"][:count])
+    return set(change.sample(count, seed=seed)["position_id"])
+
+
+def case_effects(case: str, config: FarmConfig, estimand: list[float]) -> pl.DataFrame:
+    """The last report's rows of one simulated farm under `case`, with the decisions as
+    made report by report, beside the estimand of each row's day since the trial began."""
+    from farm_platform.analytics.effect_stats import carry_decisions
+
+    truth = true_position_day(config)
+    start = truth["date"].min()
+    rows = truth.with_columns(day=(pl.col("date") - start).dt.total_days())
+    dropped = _dropped(case, rows, config.days, config.positions, config.seed)
+    rows = rows.filter(
+        ~(pl.col("position_id").is_in(list(dropped)) & (pl.col("day") >= config.days // 2))
+    )
+    decided = None
+    # One report per day, and one more for the photos of the last day that came late.
+    for report in range(1, config.days + 1):
+        seen = _visible(case, rows, min(report, config.days - 1), config.days, config.seed)
+        if case == "late-photos" and report == config.days:
+            seen = rows
+        effect = add_decisions(treatment_effect_frame(seen.drop("day")), diseases=5)
+        decided = carry_decisions(effect, decided, start + dt.timedelta(days=report))
+    return decided.with_columns(
+        seed=pl.lit(config.seed),
+        true_effect=pl.lit(config.effect),
+        estimand=((pl.col("date") - start).dt.total_days()).map_elements(
+            lambda k: estimand[k], return_dtype=pl.Float64
+        ),
+    )
+
+
+def summarize_cases(case: str, results: pl.DataFrame) -> None:
+    """Per effect: last-day coverage and bias (each disease's last estimated day), and the
+    share of trials with a false (no effect) or right-way (effect) decision that stands."""
+    last = results.filter(pl.col("date") == pl.col("date").max().over("seed", "disease_type"))
+    covered = (pl.col("ci_low") <= pl.col("estimand")) & (pl.col("estimand") <= pl.col("ci_high"))
+    for effect, rows in results.group_by("true_effect", maintain_order=True):
+        day = last.filter(pl.col("true_effect") == effect[0])
+        error = day["effect"] - day["estimand"]
+        call = pl.col("decision").fill_null(False) & (
+            (pl.col("true_effect") == 0) | (pl.col("decided_effect") < 0)
+        )
+        per_trial = rows.with_columns(called=call).group_by("seed").agg(pl.col("called").any())
+        kind = "false 'conclusive'" if effect[0] == 0 else "right-way 'conclusive'"
+        print(
+            f"  {case:20s} effect {effect[0]:.2f}/day: last-day coverage "
+            f"{_rate(day.select(covered).to_series())}, bias {error.mean():+.4f} "
+            f"(± {error.std() / math.sqrt(error.len()):.4f}); trials with a {kind} decision "
+            f"{_rate(per_trial['called'])}",
+            flush=True,
+        )
+
+
 def pipeline_last_day(seeds: int, config: FarmConfig, estimand: list[float]) -> None:
     """Through the real detector, graders and dbt: last-day coverage of the estimand."""
     from farm_platform.dev.farm import reported_vs_true_effect
@@ -158,6 +272,12 @@ def main() -> int:
     parser.add_argument(
         "--no-effect-only", action="store_true", help="only the farms without an effect"
     )
+    parser.add_argument(
+        "--cases",
+        nargs="*",
+        choices=CASES,
+        help="score these trial events (issue 27) report by report instead of the plain run",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.INFO)
@@ -166,6 +286,18 @@ def main() -> int:
         f"{dt.date.today()}: {args.seeds} seeds per effect, {args.positions} positions, "
         f"{args.days} days, 5 diseases; fast path (true grades, no rendering)"
     )
+    if args.cases:
+        for case in args.cases:
+            frames = []
+            for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
+                estimand = [float(x) for x in population_effect(effect, args.days)]
+                for seed in range(args.seeds):
+                    config = FarmConfig(
+                        positions=args.positions, days=args.days, seed=seed, effect=effect
+                    )
+                    frames.append(case_effects(case, config, estimand))
+            summarize_cases(case, pl.concat(frames, how="diagonal_relaxed"))
+        return 0
     frames = []
     for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
         estimand = [float(x) for x in population_effect(effect, args.days)]

@@ -183,7 +183,10 @@ def test_the_headline_uses_the_rule_valid_under_daily_looks():
     assert float(low) < -0.545 and float(high) > 0
     page = render_report(data)
     assert "valid under daily looks" in page
-    assert "Lan, K. K. G. &amp; DeMets" in page and "Holm, S. (1979)" in page
+    # The references are what is implemented (issue 27): a union-bound spending sequence,
+    # not the Lan–DeMets spending function, which the footnote says it is not.
+    assert "Darling, D. A. &amp; Robbins" in page and "Holm, S. (1979)" in page
+    assert "not the Lan–DeMets spending function" in page
     assert "sequential_significant" in page and "holm_significant" in page
 
 

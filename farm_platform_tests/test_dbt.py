@@ -228,7 +228,12 @@ def synthetic_farm() -> Farm:
     )
 
 
-def load_warehouse(url: str, farm: Farm, extra_grades: pl.DataFrame | None = None) -> None:
+def load_warehouse(
+    url: str,
+    farm: Farm,
+    extra_grades: pl.DataFrame | None = None,
+    model_versions: list[tuple[Any, ...]] | None = None,
+) -> None:
     warehouse = WarehouseResource(url=url)
     warehouse.create_schema()
     warehouse.replace_rows("drone_images", farm.drone_images)
@@ -241,7 +246,7 @@ def load_warehouse(url: str, farm: Farm, extra_grades: pl.DataFrame | None = Non
         f"('{model}', '{version}', {str(active).lower()}, '{task}', "
         f"{'NULL' if disease is None else repr(disease)}, '{'a' * 64}', "
         f"CAST('{recorded} 00:00:00+00' AS TIMESTAMP WITH TIME ZONE))"
-        for model, version, active, task, disease, recorded in MODEL_VERSIONS
+        for model, version, active, task, disease, recorded in model_versions or MODEL_VERSIONS
     )
     with warehouse.connect() as connection:
         connection.execute(MODEL_VERSIONS_DDL)

@@ -3,7 +3,14 @@ why there is none."""
 
 import math
 
-from farm_platform.analytics.report_data import ReportData, effect_summary
+import polars as pl
+
+from farm_platform.analytics.report_data import (
+    ReportData,
+    effect_decisions,
+    effect_summary,
+    estimate_version_notes,
+)
 
 # Below this Welch df the report says plainly that the interval rests on few positions.
 FEW_DF = 5
@@ -42,10 +49,25 @@ def disease_label(disease: str, names: dict[str, str]) -> str:
     return f"{disease} ({names[disease]})" if disease in names else disease
 
 
-def _verdict(row: dict[str, object]) -> str:
+def _verdict(row: dict[str, object], decided: dict[str, object] | None = None) -> str:
+    """The disease's call: `decided`, its earliest look decided conclusive (a decision once
+    made stands, whatever later looks or revisions say), else the latest look's."""
+    if decided is not None:
+        direction = (
+            "treated heal faster" if decided["decided_effect"] < 0 else "treated heal slower"
+        )
+        when = f"decided on {decided['date']} (look {decided['days_since_start']}"
+        if decided["decided_on"] != decided["date"]:
+            when += f", in the report of {decided['decided_on']}"
+        when += ")"
+        return f"{direction}: conclusive, valid under daily looks at five diseases; {when}"
     direction = "treated heal faster" if row["effect"] < 0 else "treated heal slower"
-    if row.get("sequential_significant"):
-        return f"{direction}: conclusive, valid under daily looks at five diseases"
+    if row.get("revised") and row.get("sequential_significant"):
+        return (
+            "not conclusive: this look was decided before its photos changed; the revised "
+            "always-valid interval excludes 0 but a revised look decides nothing (its error "
+            "budget was spent when it was decided)"
+        )
     if row["significant"]:
         return (
             "not conclusive yet: the day's 95 % interval excludes 0, but the always-valid "
@@ -58,19 +80,33 @@ def summary_lines(data: ReportData) -> list[str]:
     """The report's headline: per disease, the decision under the always-valid rule, or in
     words why there is none (no numbers that could read as a conclusion)."""
     summary = effect_summary(data)
+    decisions = effect_decisions(data)
+    conclusive = (
+        decisions.filter(pl.col("decision").fill_null(False)).sort("date")
+        if "decision" in decisions.columns
+        else decisions.clear()
+    )
     lines = []
     for row in summary.iter_rows(named=True):
+        first = conclusive.filter(pl.col("disease_type") == row["disease_type"])
+        decided = first.row(0, named=True) if first.height else None
         row["label"] = disease_label(row["disease_type"], data.disease_names)
         reason = _no_estimate(row)
         if reason is not None:
             lines.append(reason)
             continue
         line = (
-            f"{row['label']}: {_verdict(row)}. Effect {row['effect']:+.3f} grade after "
+            f"{row['label']}: {_verdict(row, decided)}. Effect {row['effect']:+.3f} grade after "
             f"{row['days_since_start']} days; always-valid 95 % interval "
             f"[{row['sequential_ci_low']:+.3f}, {row['sequential_ci_high']:+.3f}]; "
-            f"this day alone: 95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            f"this day alone (not a decision): 95% CI [{row['ci_low']:+.3f}, "
+            f"{row['ci_high']:+.3f}]"
         )
+        if row.get("revised"):
+            line += (
+                f". Revised: this look's photos or grades changed after the report of "
+                f"{row['decided_on']} decided it; its numbers are updated, its decision is not"
+            )
         if row["df"] < FEW_DF:
             line += (
                 f". Few positions ({row['n_treated']} treated, {row['n_control']} control): "
@@ -88,4 +124,23 @@ def summary_lines(data: ReportData) -> list[str]:
         )
     if not lines:
         lines.append("No estimate yet: no grades.")
-    return lines
+    return _with_version_notes(lines, estimate_version_notes(data), data.disease_names)
+
+
+def _with_version_notes(
+    lines: list[str], notes: dict[str, str], names: dict[str, str]
+) -> list[str]:
+    """Each disease's line with the reason its estimate is not on the active grader version
+    (a switch whose backfill has not covered the trial), and a line of its own for a disease
+    that has no line."""
+    noted = set()
+    out = []
+    for line in lines:
+        disease = line.split(" ", 1)[0].rstrip(":")
+        if disease in notes:
+            line = f"{line}. {notes[disease]}"
+            noted.add(disease)
+        out.append(line)
+    for disease in sorted(set(notes) - noted):
+        out.append(f"{disease_label(disease, names)}: {notes[disease]}")
+    return out

@@ -5,6 +5,7 @@ and Parquet under `{reports root}/{date}/`. matplotlib is imported only when a r
 rendered.
 """
 
+import datetime as dt
 import html
 
 import polars as pl
@@ -18,15 +19,19 @@ from dagster import (
 )
 from pydantic import Field
 
+from farm_platform.analytics.attrition import attrition_lines
 from farm_platform.analytics.effect_stats import DECISION_REFERENCES
 from farm_platform.analytics.headline import summary_lines
 from farm_platform.analytics.report_data import (
     ReportData,
+    attrition,
     confusion_matrix,
     effect_decisions,
     effect_summary,
     load_report_data,
+    revisions,
     version_effect_comparison,
+    versions_per_disease,
 )
 from farm_platform.analytics.report_plots import plot_effect, plot_field, plot_severity
 from farm_platform.layout import bucket_filesystem, join, parse_date
@@ -61,8 +66,17 @@ EFFECT_COLUMNS = [
     "sequential_ci_low",
     "sequential_ci_high",
     "sequential_significant",
+    "decision",
+    "decided_on",
+    "revised",
 ]
-DECISION_COLUMNS = ("significant", "holm_significant", "sequential_significant")
+DECISION_COLUMNS = (
+    "significant",
+    "holm_significant",
+    "sequential_significant",
+    "decision",
+    "revised",
+)
 
 
 class ReportStoreResource(ConfigurableResource):
@@ -122,21 +136,124 @@ def _coverage(coverage: pl.DataFrame) -> pl.DataFrame:
     return coverage.with_columns(pl.col("missing_positions").cast(pl.String).fill_null(""))
 
 
+def _estimate_versions(data: ReportData) -> str:
+    """Which grader version each disease's estimate uses, and why."""
+    if data.estimate_versions.is_empty():
+        return "<p><em>no grader versions recorded</em></p>"
+    shown = data.estimate_versions.select(
+        "disease_type",
+        pl.col("disease_model_id").alias("grader"),
+        pl.col("disease_model_version").alias("estimate_uses"),
+        "active_version",
+        pl.col("complete_through").alias("estimate_version_complete_through"),
+        pl.col("active_missing_photos").alias("photos_the_active_version_has_not_graded"),
+        "active_missing_from",
+        "active_missing_to",
+    )
+    return f"""<p>The effect estimate of a disease uses the grader version that has graded
+the trial's whole history: the active one, or, after a switch, the previous one until the
+active one's backfill covers every photo since the trial's first day. Its baselines, look
+count and error budget carry on across the switch; its estimate ends where that version
+stopped grading. Severity plots and coverage use the active version.</p>
+{_table(_coverage_dates(shown))}"""
+
+
+def _coverage_dates(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.col(c).cast(pl.String).fill_null("")
+        for c in frame.columns
+        if frame.schema[c] in (pl.Date, pl.Datetime)
+    )
+
+
 def _version_comparison(data: ReportData) -> str:
-    if data.agreement.is_empty() and data.confusion.is_empty():
+    """The version section, in agreement with the per-version table it shows: a disease
+    that several versions graded on different days is said to have no day in common, not
+    left out as if one version had graded it."""
+    per_version = versions_per_disease(data.version_effects)
+    several = (
+        set(per_version.group_by("disease_type").len().filter(pl.col("len") > 1)["disease_type"])
+        if per_version.height
+        else set()
+    )
+    compared = {
+        disease
+        for frame in (data.agreement, data.confusion)
+        if frame.height
+        for disease in frame["disease_type"]
+    }
+    apart = sorted(several - compared)
+    if not several and not compared:
         return (
-            "<p>Only one version of each grader has graded these leaves: there is nothing to "
-            "compare yet. A new version's backfill fills this section.</p>"
+            "<p>Only one version of each grader has graded these leaves: there is nothing "
+            "to compare yet. A new version's backfill fills this section.</p>"
         )
-    return f"""<p>Two versions of a grader on the same leaves: how often they agree, the grades
-one gave where the other gave each grade, and the treatment effect each version's grades
-give.</p>
+    parts = []
+    if apart:
+        parts.append(f"""<p>More than one grader version has graded {html.escape(", ".join(apart))},
+but there is no day graded by both: nothing to compare leaf for leaf until a backfill
+re-grades days the other version graded.</p>""")
+    if compared:
+        parts.append(f"""<p>Two versions of a grader on the same leaves: how often they agree, the
+grades one gave where the other gave each grade, and the treatment effect each version's
+grades give.</p>
 <h3>Agreement</h3>
 {_table(data.agreement)}
 <h3>Confusion of grades (rows: the earlier version's grade; columns: the later one's)</h3>
 {_table(confusion_matrix(data.confusion), "{{:.0f}}")}
 <h3>Treatment effect under each version (latest date both graded)</h3>
-{_table(version_effect_comparison(data.version_effects))}"""
+{_table(version_effect_comparison(data.version_effects))}""")
+    parts.append(f"""<h3>Every version's own estimate (each from its own first graded day)</h3>
+{_table(_coverage_dates(per_version))}""")
+    return "\n".join(parts)
+
+
+def _attrition(data: ReportData) -> tuple[str, str]:
+    """(the warning beside the headline, the section's body) about positions that left."""
+    summary = attrition(data)
+    lines = attrition_lines(summary, data.disease_names)
+    warning = (
+        "<p class='warn'>Positions left the trial: "
+        + " ".join(html.escape(line) + "." for line in lines)
+        + "</p>"
+        if lines
+        else ""
+    )
+    body = """<p>A position has left a disease's estimate when it was last graded before that
+disease's latest date. Leavers vs stayers: each leaver's mean grade on its last graded day
+minus the mean of its arm's stayers that day (Student-t interval and p-value over the
+leavers). The latest effect three ways: over the positions graded that day (the headline),
+over the positions followed throughout (graded on the first and the latest day), and with
+each leaver's last change carried forward (a sensitivity check, not an estimate).</p>"""
+    return warning, body + _table(_coverage_dates(summary))
+
+
+def _revisions(data: ReportData) -> str:
+    """What moved since the previous report: the looks whose photos or grades changed."""
+    if data.previous_effect is None:
+        return "<p>No earlier report to compare with: every look shown is decided here.</p>"
+    moved = revisions(data)
+    if moved.is_empty():
+        return (
+            f"<p>Nothing moved since the report of {data.previous_day}: every look it "
+            "showed has the same numbers.</p>"
+        )
+    flipped = moved.filter(
+        (pl.col("day_call_before") != pl.col("day_call_after")).fill_null(True)
+        | (pl.col("always_valid_before") != pl.col("always_valid_after")).fill_null(True)
+    )
+    days = ", ".join(sorted({str(d) for d in moved["date"]}))
+    diseases = ", ".join(sorted(set(moved["disease_type"])))
+    head = f"{moved.height} look(s) moved since the report of {data.previous_day}"
+    rule = (
+        "A look is decided once, by the first report that shows it; a revised look's new "
+        "intervals are shown but decide nothing (its share of the error budget was spent "
+        "when it was decided), so the decision column keeps what was decided and when."
+    )
+    return f"""<p class='warn'>{head} (late photos, a re-grade or a backfill):
+days {html.escape(days)}; diseases {html.escape(diseases)}; {flipped.height} with a call
+that flipped. {rule}</p>
+{_table(_coverage_dates(moved))}"""
 
 
 # What the effect plot's band is, in the reader's words (report_plots.effect_bands).
@@ -171,6 +288,7 @@ def render_report(data: ReportData) -> str:
         )
     names = data.disease_names
     effects = effect_decisions(data)
+    left_warning, left_section = _attrition(data)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -182,12 +300,18 @@ img{{max-width:100%}}</style>
 {warning}
 <h2>Decision per disease (valid under daily looks at five diseases)<sup>*</sup></h2>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
+{left_warning}
+<h2>Revised since the previous report</h2>
+{_revisions(data)}
 <p>Difference in differences of the mean grade, treated minus control, each position's
 change measured from its own first graded day, positions as the unit (Welch standard
-error). Negative = treated leaves heal faster. <em>significant</em>: this day's 95 %
-interval alone excludes 0; <em>holm_significant</em>: still so after Holm's adjustment
-across the day's diseases; <em>sequential_…</em>: the always-valid interval and decision
-the headline uses.</p>
+error). Negative = treated leaves heal faster. <em>significant</em> and
+<em>holm_significant</em> are NOT decisions: this day's 95 % interval alone excludes 0, and
+still so after Holm's adjustment across the day's diseases (each valid for one pre-chosen
+day only; over daily looks they call most no-effect trials). <em>sequential_…</em>: the
+always-valid interval of the current numbers; <em>decision</em>: the always-valid call the
+report that first showed the look made (<em>decided_on</em>), which stands;
+<em>revised</em>: the look's numbers changed since.</p>
 {_table(_displayed(effect_summary(data), names))}
 <h2>Effect over time, with the interval the decision uses</h2>
 {_image("effect per day with its intervals, per disease", plot_effect(effects, names))}
@@ -200,24 +324,51 @@ the headline uses.</p>
 {_image("positions by latitude and longitude, coloured by mean grade", plot_field(data.field))}
 <h2>Coverage on {data.day}</h2>
 {_table(_coverage(data.coverage))}
+<h2>Positions that left the trial</h2>
+{left_section}
 <h2>Held back by data-quality checks</h2>
 {held_back}
 <h2>Model versions used (active)</h2>
 {_table(data.models)}
+<h2>Grader version behind each estimate</h2>
+{_estimate_versions(data)}
 <h2>Model version comparison</h2>
 {_version_comparison(data)}
 <h2>Effect over time</h2>
 {_table(_displayed(effects, names))}
 <p><small>* The headline's rule: a report read every day, five diseases at a time, calls
 far more false results than each 95 % interval suggests. Look k (k days after the trial's
-first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the day's diseases;
-the spent amounts sum to 0.05, so the chance that any disease is ever called on any day
-while the medicine does nothing is at most 5 %, whenever the reader stops (alpha spending
-with a union bound; no planned trial length needed). The always-valid interval is the
+first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the trial's diseases;
+the spent amounts sum to 0.05, so by the union bound the chance that any disease is ever
+called on any day while the medicine does nothing is at most 5 %, whenever the reader
+stops (a Bonferroni spending sequence over calendar looks: no information fraction and no
+planned trial length, so not the Lan–DeMets spending function, and conservative against
+one). A look is decided once, by the first report that shows it; later revisions of its
+photos or grades update its numbers, not its decision. The always-valid interval is the
 effect ± the Student-t quantile at that level × std_error, at floor(Welch df) like the
 day's interval. References: {html.escape(DECISION_REFERENCES)}</small></p>
 </body></html>
 """
+
+
+def previous_report(fs, root: str, day: dt.date) -> tuple[dt.date | None, pl.DataFrame | None]:
+    """The latest report before `day` under `root` and its treatment_effect table (with the
+    decisions it carried), or (None, None): what this report's revisions and standing
+    decisions are measured against."""
+    days = []
+    for path in fs.ls(root, detail=False) if fs.exists(root) else []:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            earlier = dt.date.fromisoformat(name)
+        except ValueError:
+            continue
+        if earlier < day and fs.exists(join(root, name, "treatment_effect.parquet")):
+            days.append(earlier)
+    if not days:
+        return None, None
+    latest = max(days)
+    with fs.open(join(root, latest.isoformat(), "treatment_effect.parquet"), "rb") as handle:
+        return latest, pl.read_parquet(handle)
 
 
 @asset(
@@ -232,8 +383,9 @@ def effectiveness_report(
     context: AssetExecutionContext, warehouse: WarehouseResource, reports: ReportStoreResource
 ) -> MaterializeResult:
     day = parse_date(context.partition_key)
-    data = load_report_data(warehouse, day)
     fs, root = bucket_filesystem(reports.root)
+    previous_day, previous = previous_report(fs, root, day)
+    data = load_report_data(warehouse, day, previous_effect=previous, previous_day=previous_day)
     folder = join(root, day.isoformat())
     fs.makedirs(folder, exist_ok=True)
     report_path = join(folder, "effectiveness_report.html")

@@ -5,7 +5,12 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from farm_platform.analytics.effect_stats import add_decisions
+from farm_platform.analytics.attrition import (
+    ATTRITION_COLUMNS,
+    attrition_summary,
+    load_attrition,
+)
+from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
 from farm_platform.resources.warehouse import WarehouseResource
 
 
@@ -24,6 +29,17 @@ class ReportData:
     # held_back_partitions of dates <= day: (position, date, disease) a holding
     # data-quality check failed on, left out of every figure.
     held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # int_estimate_versions: per disease, the grader version the effect estimate uses, the
+    # active one, and what the active one has still to backfill.
+    estimate_versions: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # The previous report's treatment_effect table (with the decisions it carried) and its
+    # day: what this report's revisions are measured against (None: no earlier report).
+    previous_effect: pl.DataFrame | None = None
+    previous_day: dt.date | None = None
+    # attrition.load_attrition: each position's last graded row per disease, and the
+    # stayers' mean grade per arm on the dates leavers were last graded.
+    last_grades: pl.DataFrame = field(default_factory=pl.DataFrame)
+    stayers: pl.DataFrame = field(default_factory=pl.DataFrame)
     # disease_type -> the readable name in its grader's model card.
     disease_names: dict[str, str] = field(default_factory=dict)
     # Every position of the field map: area, latitude, longitude and its latest mean grade
@@ -43,7 +59,11 @@ def active_disease_names() -> dict[str, str]:
 
 
 def load_report_data(
-    warehouse: WarehouseResource, day: dt.date, disease_names: dict[str, str] | None = None
+    warehouse: WarehouseResource,
+    day: dt.date,
+    disease_names: dict[str, str] | None = None,
+    previous_effect: pl.DataFrame | None = None,
+    previous_day: dt.date | None = None,
 ) -> ReportData:
     def upto(table: str) -> pl.DataFrame:
         return warehouse.query(f"SELECT * FROM {table} WHERE date <= %s ORDER BY date", [day])
@@ -52,6 +72,7 @@ def load_report_data(
         "SELECT DISTINCT position_id FROM stg_active_disease_grades WHERE date = %s", [day]
     )
     positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
+    last_grades, stayers = load_attrition(warehouse, day)
     return ReportData(
         day=day,
         effect=upto("treatment_effect"),
@@ -72,6 +93,13 @@ def load_report_data(
             " WHERE date <= %s ORDER BY date DESC, position_id, disease_type",
             [day],
         ),
+        estimate_versions=warehouse.query(
+            "SELECT * FROM int_estimate_versions ORDER BY disease_type"
+        ),
+        last_grades=last_grades,
+        stayers=stayers,
+        previous_effect=previous_effect,
+        previous_day=previous_day,
         disease_names=active_disease_names() if disease_names is None else disease_names,
         field=warehouse.query(
             "WITH latest AS (SELECT position_id, max(date) AS date FROM position_trajectories"
@@ -88,8 +116,20 @@ def load_report_data(
 
 def effect_decisions(data: ReportData) -> pl.DataFrame:
     """treatment_effect up to the report's day with the decision rules of effect_stats:
-    Holm across the diseases of each day, and the always-valid rule over daily looks."""
-    return add_decisions(data.effect)
+    Holm across the diseases of each day, the always-valid rule over daily looks, and each
+    look's decision as the report that first showed it made it (carry_decisions)."""
+    diseases = data.estimate_versions.height or None
+    return carry_decisions(
+        add_decisions(data.effect, diseases=diseases),
+        data.previous_effect,
+        data.day,
+        data.previous_day,
+    )
+
+
+def revisions(data: ReportData) -> pl.DataFrame:
+    """The looks whose numbers moved since the previous report (effect_stats.moved_since)."""
+    return moved_since(effect_decisions(data), data.previous_effect)
 
 
 def effect_summary(data: ReportData) -> pl.DataFrame:
@@ -142,3 +182,54 @@ def confusion_matrix(confusion: pl.DataFrame) -> pl.DataFrame:
         ("grade_b=" + pl.col("grade_b").cast(pl.String)).alias("grade_b")
     ).pivot(on="grade_b", index=index, values="n", sort_columns=True)
     return wide.fill_null(0).sort(index)
+
+
+def estimate_version_notes(data: ReportData) -> dict[str, str]:
+    """disease_type -> why its estimate does not use the active grader version (only the
+    diseases where it does not): the estimand across a grader switch (int_estimate_versions)."""
+    notes = {}
+    for row in data.estimate_versions.iter_rows(named=True):
+        used, active = row["disease_model_version"], row["active_version"]
+        if active is None or used == active:
+            continue
+        model = row["disease_model_id"]
+        disease = row["disease_type"]
+        first, last = row["active_missing_from"], row["active_missing_to"]
+        note = (
+            f"Estimate from {model} {used}, not the active {active}: {active} has not graded "
+            f"{row['active_missing_photos']} photo(s) of the trial's history, from {first} to "
+            f"{last}. The estimate stays on {used} (its baselines, look count and error budget "
+            f"carry on) until a backfill covers them: farm-platform backfill --assets "
+            f"{disease}_grades --from {first} --to {last}"
+        )
+        through = row["complete_through"]
+        if through is not None and through < data.day:
+            note += f"; {used} graded up to {through}: no estimate after {through}"
+        notes[disease] = note
+    return notes
+
+
+def versions_per_disease(version_effects: pl.DataFrame) -> pl.DataFrame:
+    """Per disease and grader version in model_version_effects: the dates it has an
+    estimate for and its latest estimate (one row each)."""
+    if version_effects.is_empty():
+        return version_effects
+    latest = version_effects.sort("date").group_by(
+        "disease_type", "disease_model_version", maintain_order=True
+    )
+    return latest.agg(
+        pl.col("version_active").last(),
+        pl.col("date").min().alias("first_estimate"),
+        pl.col("date").max().alias("last_estimate"),
+        pl.col("effect").last().alias("latest_effect"),
+        pl.col("ci_low").last(),
+        pl.col("ci_high").last(),
+    ).sort("disease_type", "disease_model_version")
+
+
+def attrition(data: ReportData) -> pl.DataFrame:
+    """Per disease: positions that left per arm, leavers vs stayers, and the latest effect
+    three ways (farm_platform.analytics.attrition)."""
+    if data.last_grades.is_empty():
+        return pl.DataFrame(schema=ATTRITION_COLUMNS)
+    return attrition_summary(data.last_grades, data.stayers)

@@ -9,8 +9,9 @@
 -- here; leaf_crops has no stamp and is always written together with its photo's grades.
 --
 -- Every date is rebuilt on a first build, on `--full-refresh`, and when the model
--- registry (an active version, a new version's registration order) or the field map
--- changed: those change rows of every date.
+-- registry (an active version, a new version's registration order), the field map or the
+-- grader version an estimate uses (int_estimate_versions) changed: those change rows of
+-- every date.
 -- depends_on: {{ ref('int_source_state') }}
 {{ config(materialized='table') }}
 {%- set previous = none -%}
@@ -19,11 +20,16 @@
     {%- set watermark = adapter.get_relation(
         database=this.database, schema=this.schema, identifier='analytics_watermark'
     ) -%}
-    {%- if watermark is not none -%}
+    {#- A watermark written before a fingerprint existed cannot vouch for it: rebuild all. -#}
+    {%- if watermark is not none and 'estimate_versions_fingerprint' in (
+        adapter.get_columns_in_relation(watermark) | map(attribute='name') | map('lower') | list
+    ) -%}
         {%- set rows = run_query(
             "select extract(epoch from previous.build_started_at), "
             ~ "case when previous.models_fingerprint = latest.models_fingerprint "
             ~ "and previous.positions_fingerprint = latest.positions_fingerprint "
+            ~ "and coalesce(previous.estimate_versions_fingerprint, '') "
+            ~ "= coalesce(latest.estimate_versions_fingerprint, '') "
             ~ "then 1 else 0 end "
             ~ "from " ~ watermark ~ " as previous cross join "
             ~ ref('int_source_state') ~ " as latest"

@@ -1,5 +1,5 @@
--- Mean grade of each position per date and disease (active grades), and its change since
--- the position's own first graded date.
+-- Mean grade of each position per date and disease (the grades of the version the estimate
+-- uses, int_estimate_versions), and its change since the position's own first graded date.
 --
 -- Incremental. A row depends on its own date and on the position's first graded date, so
 -- a build replaces the rows of the changed days and, for every (position, disease) whose
@@ -13,13 +13,24 @@
 -- date (effect_days_to_rebuild), without scanning the table.
 {{ config(indexes=[{'columns': ['date']}, {'columns': ['first_date']}]) }}
 with position_day as (
-    -- The active grader version's rows: the grades stg_active_disease_grades keeps.
-    select position_id, area, dose_ml_per_sqft, date, disease_type, leaves, mean_grade
-    from {{ ref('int_position_day_by_version') }}
-    where grader_is_active
+    -- The rows of the grader version the estimate uses (int_estimate_versions: the active
+    -- one, or the old one until the active one has backfilled the trial's history).
+    select
+        by_version.position_id,
+        by_version.area,
+        by_version.dose_ml_per_sqft,
+        by_version.date,
+        by_version.disease_type,
+        by_version.leaves,
+        by_version.mean_grade
+    from {{ ref('int_position_day_by_version') }} as by_version
+    inner join {{ ref('int_estimate_versions') }} as estimate
+        on estimate.disease_type = by_version.disease_type
+        and estimate.disease_model_id = by_version.disease_model_id
+        and estimate.disease_model_version = by_version.disease_model_version
     {%- if is_incremental() %}
-        -- Rows before the earliest changed day belong to pairs whose first day is kept.
-        and date >= {{ earliest_day_to_rebuild() }}
+    -- Rows before the earliest changed day belong to pairs whose first day is kept.
+    where by_version.date >= {{ earliest_day_to_rebuild() }}
     {%- endif %}
 ),
 
