@@ -1,6 +1,7 @@
 """The fault campaign: break the running platform on purpose and count what survives.
 
     python benchmarks/fault_campaign.py [--photos 8] [--only NAME ...]
+    python benchmarks/fault_campaign.py --production [--photos 8] [--only NAME ...]
 
 Each fault gets a fresh local stack, DAGSTER_HOME and DuckDB warehouse, the real
 dagster-daemon, and a simulated day of `--photos` photos announced by their GCS
@@ -47,6 +48,9 @@ from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from production_faults import PRODUCTION_FAULTS, run_production_faults  # noqa: E402
 
 DAY = dt.date(2026, 11, 20)
 
@@ -371,10 +375,20 @@ def tally(name: str, campaign: Campaign, letters: list[Any], failed_runs: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=8)
-    parser.add_argument("--only", nargs="*", choices=sorted(FAULTS), help="default: all")
+    parser.add_argument(
+        "--only", nargs="*", choices=sorted([*FAULTS, *PRODUCTION_FAULTS]), help="default: all"
+    )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="the rows of the production topology (benchmarks/production_faults.py) instead",
+    )
     args = parser.parse_args()
     rows = []
-    for name in args.only or FAULTS:
+    if args.production:
+        names = [name for name in args.only or PRODUCTION_FAULTS if name in PRODUCTION_FAULTS]
+        rows = run_production_faults(names, args.photos)
+    for name in [] if args.production else [n for n in args.only or FAULTS if n in FAULTS]:
         print(f"== {name}", flush=True)
         with tempfile.TemporaryDirectory(prefix="farm-faults-") as workdir:
             rows.append(run_fault(name, args.photos, Path(workdir)))

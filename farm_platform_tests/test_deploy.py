@@ -312,6 +312,38 @@ def dagster_yaml() -> dict[str, Any]:
     return yaml.safe_load((REPO / "dagster.yaml").read_text())
 
 
+def test_runs_per_day_is_a_setting_of_the_instance_and_one_by_default(tmp_path):
+    """`prepare_dagster_home(runs_per_day=N)` (`stack up --production --runs-per-day N`)
+    raises the per-day tag limit the shipped dagster.yaml sets to one, nothing else."""
+    from farm_platform.admin.instance import prepare_dagster_home
+
+    limits = {}
+    for runs in (1, 3):
+        home = tmp_path / str(runs)
+        prepare_dagster_home(home, max_concurrent_runs=4, runs_per_day=runs)
+        limits[runs] = yaml.safe_load((home / "dagster.yaml").read_text())["run_coordinator"]
+    shipped = dagster_yaml()["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert limits[1]["config"]["tag_concurrency_limits"] == shipped
+    assert shipped == [
+        {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    ]
+    assert limits[3]["config"]["tag_concurrency_limits"] == [{**shipped[0], "limit": 3}]
+    assert limits[3]["config"]["max_concurrent_runs"] == 4
+    with pytest.raises(ValueError):
+        prepare_dagster_home(tmp_path / "0", runs_per_day=0)
+
+
+def test_only_the_sensors_own_runs_share_a_days_grading_lock():
+    from farm_platform.images.sensors import PHOTOS_TAG, grades_claimed_photos
+
+    sensor_run = {"dagster/sensor_name": "drone_image_sensor", PHOTOS_TAG: "3"}
+    assert grades_claimed_photos(sensor_run)
+    # A re-execution copies the photo list of a run whose photos may be claimed again.
+    assert not grades_claimed_photos({**sensor_run, "dagster/parent_run_id": "r"})
+    assert not grades_claimed_photos({"dagster/backfill": "b"})  # a whole-day backfill
+    assert not grades_claimed_photos({})  # UI "Materialize"
+
+
 def test_values_render_instance_settings_dagster_accepts():
     from dagster._config import process_config
     from dagster._core.run_coordinator import QueuedRunCoordinator
@@ -524,3 +556,46 @@ def test_service_accounts_use_workload_identity_and_no_key_file():
     every_file = "\n".join(path.read_text() for path in DEPLOY.rglob("*.yaml"))
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in every_file
     assert "private_key" not in every_file
+
+
+def test_the_celery_launcher_fails_a_started_run_whose_worker_does_not_run_it(monkeypatch):
+    """FarmCeleryRunLauncher: a task Celery says STARTED counts as running only while its
+    worker lists it among its active tasks; missing past the grace (or the worker silent),
+    the run's worker is reported dead; a broker it cannot reach gives no verdict."""
+    from types import SimpleNamespace
+
+    from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+    from dagster_celery.launcher import CeleryRunLauncher
+
+    from farm_platform.dev.celery_launcher import FarmCeleryRunLauncher
+
+    run = SimpleNamespace(run_id="r1", tags={"dagster-celery/task_id": "t1"})
+    active: dict[str, Any] = {"images@vm": [{"id": "t1"}]}
+
+    class Inspect:
+        def active(self):
+            if active is None:
+                raise ConnectionError("broker down")
+            return active
+
+    def launcher(grace: float) -> FarmCeleryRunLauncher:
+        made = FarmCeleryRunLauncher(
+            lost_worker_grace_seconds=grace, default_queue="images", broker="redis://x:1/0"
+        )
+        made.celery = SimpleNamespace(
+            AsyncResult=lambda task_id: SimpleNamespace(info={"hostname": "images@vm"}),
+            control=SimpleNamespace(inspect=lambda destination, timeout: Inspect()),
+        )
+        return made
+
+    running = CheckRunHealthResult(WorkerStatus.RUNNING)  # the task's state: STARTED
+    monkeypatch.setattr(CeleryRunLauncher, "check_run_worker_health", lambda self, run: running)
+    assert launcher(0).check_run_worker_health(run).status == WorkerStatus.RUNNING
+    active = {"images@vm": [{"id": "another task"}]}  # a restarted worker of that name
+    assert launcher(3600).check_run_worker_health(run).status == WorkerStatus.RUNNING
+    dead = launcher(0).check_run_worker_health(run)
+    assert dead.status == WorkerStatus.FAILED and "the worker died" in dead.msg
+    active = {}  # no answer
+    assert launcher(0).check_run_worker_health(run).status == WorkerStatus.FAILED
+    active = None  # the broker is down
+    assert launcher(0).check_run_worker_health(run).status == WorkerStatus.RUNNING

@@ -3,7 +3,9 @@ instance on PostgreSQL, a gRPC code server per code location, the daemon and web
 their own processes, two model-server replicas behind one FARM_OIP_URL, and the warehouse
 on PostgreSQL, runs launched as Celery tasks on two workers (Redis as the broker). A day is
 graded end to end through it, and again after a code server was killed mid-run and the
-topology repaired by `stack up`."""
+topology repaired by `stack up`; the daemon, a Celery worker and Redis are killed -9 and
+repaired; the sensor's runs of one day grade side by side while a whole-day run of it
+waits for them."""
 
 from __future__ import annotations
 
@@ -16,19 +18,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform import config
 from farm_platform.dev.daemon import sensor_ticks, wait_for_photos
-from farm_platform.dev.processes import kill_now, listening_addresses, pid_alive
+from farm_platform.dev.processes import child_pids, kill_now, listening_addresses, pid_alive
 from farm_platform.dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
     Production,
     dead_processes,
+    launch_day_run,
     production_down,
     production_up,
     read_production,
@@ -105,7 +109,12 @@ def _settings(info: StackInfo) -> dict[str, str]:
     return {
         **info.environment(),
         config.FARM_SENSOR_INTERVAL_SECONDS: "5",
-        config.FARM_RUN_TIMEOUT_SECONDS: "30",
+        # Runs held at their commit by the tests below wait for other runs to start (tens of
+        # seconds on a loaded 2-core machine) within their timeout; a dead worker is found by
+        # the launcher's health check (celery_launcher) long before it.
+        config.FARM_RUN_TIMEOUT_SECONDS: "300",
+        # Batches of 3 photos: a day of 9 photos is 3 sensor runs, which run side by side.
+        config.FARM_RUN_MAX_PHOTOS: "3",
     }
 
 
@@ -203,6 +212,213 @@ def test_a_daemon_killed_and_restarted_keeps_its_sensor_state_in_postgresql(topo
         wait_for_photos(instance, topology.warehouse, graded + photos, 420)
         newer = sensor_ticks(instance, "drone_image_sensor", limit=1000)
         assert max(t.tick_id for t in newer) > max(t.tick_id for t in after)
+
+
+def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_them(topology):
+    """Four runs of one day at once: the sensor's three runs of a 9-photo day, and a
+    whole-day run (UI "Materialize" through the webserver) started while they grade. An
+    outside writer holds the grades table (a SHARE lock: reads go on, writes wait), so the
+    sensor's runs grade and then wait to commit, and the whole-day run surely arrives while
+    they run. From the runs' own events: the sensor's runs graded at the same time, the
+    whole-day run graded none of its photos while any of them did; then every photo of
+    the day has its rows once."""
+    from farm_platform.images.pipeline import GRADING_COMMITTED, GRADING_STARTED, LOCK_WAITING
+    from farm_platform.resources.warehouse import DAY_GRADING_LOCK_PREFIX
+
+    day = _day(3).isoformat()
+    graded_before = len(graded_rows_per_photo(topology))
+    with topology.instance() as instance:
+        with _grades_held(topology):
+            photos = topology.simulate(FarmConfig(positions=9, days=1, seed=53, start_date=_day(3)))
+            assert photos == 9
+
+            def claimed() -> list | None:
+                runs = _runs_of_day(instance, day)
+                return runs if sum(int(run.tags[PHOTOS_TAG]) for run in runs) >= 9 else None
+
+            sensor_runs = _wait(claimed, 120, "the sensor's runs of the day's 9 photos")
+            assert len(sensor_runs) == 3, "the 9 photos were not claimed as 3 batches of 3"
+            for run in sensor_runs:
+                _wait(
+                    lambda run=run: _said(instance, run.run_id, GRADING_STARTED),
+                    120,
+                    f"sensor run {run.run_id} grading",
+                )
+            whole_day = launch_day_run(topology.production.webserver_url, day)
+            # The whole-day run is in its op: waiting for the day, or (were it not kept
+            # out) grading beside the sensor's runs, which the spans below would show.
+            _wait(
+                lambda: (
+                    _said(instance, whole_day, LOCK_WAITING)
+                    or _said(instance, whole_day, GRADING_STARTED)
+                ),
+                120,
+                "the whole-day run's op",
+            )
+            # Four runs of the day at once, none of them has committed yet.
+            started = instance.get_run_records(
+                RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={"dagster/partition": day})
+            )
+            assert len(started) == 4, [r.dagster_run.run_id for r in started]
+            assert not any(_said(instance, r.run_id, GRADING_COMMITTED) for r in sensor_runs)
+            # PostgreSQL holds an exclusive request on the day's grading lock back.
+            kept_out = topology.warehouse.query(
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND mode = 'ExclusiveLock' AND objid = (hashtext(%s)::bigint & 4294967295)::oid",
+                [f"{DAY_GRADING_LOCK_PREFIX}{day}"],
+            )["n"][0]
+        wait_for_photos(
+            instance, topology.warehouse, graded_before + photos, 300, tolerate_failed_runs=True
+        )
+        runs = [*sensor_runs, instance.get_run_by_id(whole_day)]
+        failures = {
+            run.run_id: [e.user_message for e in instance.all_logs(run.run_id)][-6:]
+            for run in runs
+            if instance.get_run_by_id(run.run_id).status != DagsterRunStatus.SUCCESS
+        }
+        assert not failures, failures
+        spans = {
+            run.run_id: (
+                _said(instance, run.run_id, GRADING_STARTED),
+                _said(instance, run.run_id, GRADING_COMMITTED),
+            )
+            for run in runs
+        }
+    sensor_spans = [spans[run.run_id] for run in sensor_runs]
+    # The sensor's runs graded side by side: all three were grading at once.
+    assert max(begin for begin, _ in sensor_spans) < min(end for _, end in sensor_spans)
+    # The whole-day run (every photo of the day) began grading after the last of them
+    # committed, though it started while they graded.
+    begin, _ = spans[whole_day]
+    assert begin > max(end for _, end in sensor_spans), (spans, whole_day)
+    assert kept_out == 1, "no run waited for the day's exclusive grading lock"
+    positions = [
+        set(run.run_config["ops"]["image_pipeline"]["config"]["positions"]) for run in sensor_runs
+    ]
+    assert sum(len(p) for p in positions) == 9 and len(set().union(*positions)) == 9
+    # Every photo of the day graded, its rows once (the key never repeats).
+    rows = topology.warehouse.query(
+        "SELECT count(*) AS n, count(DISTINCT (position_id, leaf_crop_idx, disease_type,"
+        " cropper_model_version, disease_model_version)) AS keys,"
+        " count(DISTINCT position_id) AS photos FROM disease_grades WHERE date = %s",
+        [_day(3)],
+    ).row(0, named=True)
+    assert rows["photos"] == 9 and rows["n"] == rows["keys"] > 0
+
+
+def test_a_celery_worker_killed_mid_run_loses_no_photo(topology):
+    """kill -9 of the `images` worker and its pool (its machine lost) while it executes a
+    run: nothing updates the run's task, which stays STARTED in Redis; the launcher's health
+    check finds no worker running it (farm_platform.dev.celery_launcher), run monitoring
+    fails the run, and its photos go to a new run on the worker `stack up --production`
+    restarted. Every photo graded once."""
+    day = _day(4).isoformat()
+    graded = len(graded_rows_per_photo(topology))
+    with topology.instance() as instance:
+        with _grades_held(topology):  # the run grades, then waits to commit: mid-run
+            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=59, start_date=_day(4)))
+            victim = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
+            worker = topology.pids()["worker:images"]
+            kill_now([worker, *child_pids(worker)])  # the worker and its pool
+        _repair(topology)
+        wait_for_photos(
+            instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
+        )
+        assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.FAILURE
+        assert _said(instance, victim.run_id, "the worker died")
+    _assert_graded_once(topology, [day], photos)
+
+
+def test_redis_restarted_mid_run_loses_no_photo_and_fails_no_run(topology):
+    """kill -9 of Redis (the broker and result backend) while a run executes; `stack up
+    --production` restarts it on its append-only file. The running run's task is still
+    STARTED there, so run monitoring leaves the run alone and it succeeds; the workers
+    reconnect and take the next run. Every photo graded once, no run failed."""
+    day = _day(5).isoformat()
+    graded = len(graded_rows_per_photo(topology))
+    with topology.instance() as instance:
+        with _grades_held(topology):
+            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=61, start_date=_day(5)))
+            running = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
+            victim = topology.pids()["redis"]
+            kill_now([victim])
+            _repair(topology)
+            assert topology.pids()["redis"] != victim
+        # After the restart: a new day's photos are a new task through the broker.
+        photos += topology.simulate(FarmConfig(positions=3, days=1, seed=67, start_date=_day(6)))
+        wait_for_photos(
+            instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
+        )
+        assert instance.get_run_by_id(running.run_id).status == DagsterRunStatus.SUCCESS
+        for date in (day, _day(6).isoformat()):
+            statuses = {run.status for run in _runs_of_day(instance, date)}
+            assert statuses == {DagsterRunStatus.SUCCESS}, (date, statuses)
+    _assert_graded_once(topology, [day, _day(6).isoformat()], photos)
+
+
+def _assert_graded_once(topology: Topology, days: list[str], photos: int) -> None:
+    """Every photo of these days graded (5 diseases a leaf), none twice."""
+    per_photo = {key: n for key, n in graded_rows_per_photo(topology).items() if key[1] in days}
+    assert len(per_photo) == photos
+    assert all(n % 5 == 0 and n > 0 for n in per_photo.values())
+    doubled = topology.warehouse.query(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM disease_grades GROUP BY position_id, date,"
+        " leaf_crop_idx, disease_type, cropper_model_version, disease_model_version"
+        " HAVING count(*) > 1) AS doubled"
+    )["n"][0]
+    assert doubled == 0
+
+
+@contextlib.contextmanager
+def _grades_held(topology: Topology) -> Iterator[None]:
+    """An outside writer holds the grades table (SHARE: reads go on, writes wait), so that a
+    run grades and then waits to commit, mid-run, for as long as a test needs."""
+    import psycopg
+
+    topology.warehouse.create_schema()
+    with psycopg.connect(topology.environment[config.FARM_WAREHOUSE]) as blocker:
+        blocker.execute("LOCK TABLE disease_grades IN SHARE MODE")
+        try:
+            yield
+        finally:
+            blocker.rollback()
+
+
+def _grading_run(instance: DagsterInstance, day: str):
+    """A run of the day that has begun grading, or None."""
+    from farm_platform.images.pipeline import GRADING_STARTED
+
+    return next(
+        (r for r in _runs_of_day(instance, day) if _said(instance, r.run_id, GRADING_STARTED)),
+        None,
+    )
+
+
+def _runs_of_day(instance: DagsterInstance, day: str) -> list:
+    return [
+        record.dagster_run
+        for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": day}))
+    ]
+
+
+def _said(instance: DagsterInstance, run_id: str, words: str) -> float | None:
+    """When the run first logged a message (or Dagster an event of it) containing `words`
+    (epoch seconds), or None."""
+
+    def text(entry: Any) -> str:
+        event = entry.dagster_event
+        return f"{entry.user_message or ''} {(event.message or '') if event else ''}"
+
+    times = [e.timestamp for e in instance.all_logs(run_id) if words in text(e)]
+    return min(times) if times else None
+
+
+def _wait(probe, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return found
 
 
 def _repair(topology: Topology) -> None:

@@ -170,3 +170,70 @@ def test_postgres_has_the_indexes_of_incremental_builds(postgres_url):
         ("partition_quality", "(date)"),
         ("partition_quality", "(checked_at, date)"),
     } <= found
+
+
+def test_day_grading_lock_lets_sensor_runs_share_a_day_and_a_whole_day_run_wait(postgres_url):
+    """On PostgreSQL, shared holders of a day's grading lock (the sensor's runs) hold it
+    together; an exclusive request (a whole-day run) waits until they leave, and a shared
+    request made after it queues behind it, so it is not starved. Other days are free."""
+    import threading
+
+    warehouse = WarehouseResource(url=postgres_url)
+    day = dt.date(2026, 7, 1)
+    with warehouse.day_grading_lock(day, exclusive=False) as first:
+        with warehouse.day_grading_lock(day, exclusive=False) as second:
+            assert first and second  # two sensor runs of one day at once
+        waiting = threading.Event()
+        holding = threading.Event()
+        release = threading.Event()
+
+        def whole_day_run() -> None:
+            with warehouse.day_grading_lock(day, exclusive=True, waiting=waiting.set):
+                holding.set()
+                release.wait(30)
+
+        exclusive = threading.Thread(target=whole_day_run)
+        exclusive.start()
+        assert waiting.wait(30), "the exclusive request did not wait for the shared holder"
+        _wait_for_ungranted_advisory_locks(warehouse, 1)
+        late_waiting = threading.Event()
+        late_holding = threading.Event()
+
+        def late_sensor_run() -> None:
+            with warehouse.day_grading_lock(day, exclusive=False, waiting=late_waiting.set):
+                late_holding.set()
+
+        late = threading.Thread(target=late_sensor_run)
+        late.start()
+        assert late_waiting.wait(30), "a later shared request went past the waiting exclusive"
+        _wait_for_ungranted_advisory_locks(warehouse, 2)
+        assert not holding.is_set()
+        # Another day is not held up.
+        with warehouse.day_grading_lock(day + dt.timedelta(days=1), exclusive=True) as other:
+            assert other
+    assert holding.wait(30), "the exclusive request never got the lock"
+    assert not late_holding.is_set(), "a shared holder ran beside the exclusive one"
+    release.set()
+    exclusive.join(30)
+    late.join(30)
+    assert late_holding.is_set()
+
+
+def test_day_grading_lock_is_none_on_duckdb(tmp_path):
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
+    with warehouse.day_grading_lock(dt.date(2026, 7, 1), exclusive=True) as locked:
+        assert locked is False
+
+
+def _wait_for_ungranted_advisory_locks(warehouse: WarehouseResource, expected: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        frame = warehouse.query(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        if frame["n"][0] == expected:
+            return
+        assert time.monotonic() < deadline, f"{frame['n'][0]} advisory locks wait"
+        time.sleep(0.05)

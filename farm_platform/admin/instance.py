@@ -20,6 +20,10 @@ QUICK_POLLING = {
     "poll_interval_seconds: 20": "poll_interval_seconds: 3",
 }
 
+# The shipped limit of runs per day partition (the tag limit's value), which
+# `prepare_dagster_home(runs_per_day=...)` replaces.
+RUNS_PER_DAY_LIMIT = "applyLimitPerUniqueValue: true\n        limit: 1\n"
+
 
 def prepare_dagster_home(
     dagster_home: Path,
@@ -27,18 +31,28 @@ def prepare_dagster_home(
     postgres_db: dict[str, Any] | None = None,
     quick_polling: bool = False,
     run_launcher: dict[str, Any] | None = None,
+    runs_per_day: int = 1,
 ) -> None:
     """A DAGSTER_HOME with the shipped dagster.yaml and its storage created: SQLite files in
     the folder, or dagster-postgres storage (runs, event logs, schedules and sensor ticks)
     in the database `postgres_db` names (dagster-postgres's `postgres_db` keys; give the
     password as `{"env": "VARIABLE"}` so that it is read from the environment, never
     written here). `run_launcher`: the instance's run launcher (module, class, config)
-    instead of Dagster's default, which runs each run as a local process."""
+    instead of Dagster's default, which runs each run as a local process. `runs_per_day`:
+    how many runs of one day partition may run at once (the `dagster/partition` tag
+    limit); more than one only with the warehouse on PostgreSQL, whose per-day advisory
+    locks keep a whole-day run from grading beside the sensor's runs."""
     from dagster import DagsterInstance
 
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = DAGSTER_YAML.read_text().replace(
         "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
+    )
+    if runs_per_day < 1:
+        raise ValueError(f"runs_per_day must be at least 1, not {runs_per_day}")
+    assert RUNS_PER_DAY_LIMIT in config, f"dagster.yaml no longer says {RUNS_PER_DAY_LIMIT!r}"
+    config = config.replace(
+        RUNS_PER_DAY_LIMIT, RUNS_PER_DAY_LIMIT.replace("limit: 1", f"limit: {runs_per_day}")
     )
     for shipped, quick in QUICK_POLLING.items() if quick_polling else ():
         assert shipped in config, f"dagster.yaml no longer says {shipped!r}"

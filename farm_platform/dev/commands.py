@@ -34,7 +34,11 @@ def _stack(args: argparse.Namespace) -> int:
         )
         if args.production:
             topology = production.production_up(
-                state_dir, info.environment(), args.replicas, args.max_concurrent_runs
+                state_dir,
+                info.environment(),
+                args.replicas,
+                args.max_concurrent_runs,
+                runs_per_day=args.runs_per_day,
             )
             print(
                 f"# production topology: Dagster UI {topology.webserver_url}, logs in {state_dir}"
@@ -220,6 +224,14 @@ def add_dev_commands(commands: Any) -> None:
         type=int,
         default=4,
         help="the production run queue's limit (default: %(default)s)",
+    )
+    stack_parser.add_argument(
+        "--runs-per-day",
+        type=int,
+        default=None,
+        help="the production topology's runs of one day partition at once: the sensor's "
+        "runs grade disjoint photos side by side, a whole-day run waits for the day's "
+        "PostgreSQL lock (default: --max-concurrent-runs; 1 is one run per day as on DuckDB)",
     )
     stack_parser.set_defaults(handler=_stack)
 

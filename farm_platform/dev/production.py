@@ -95,6 +95,42 @@ class Production:
         }
 
 
+def launch_day_run(webserver_url: str, day: str) -> str:
+    """Launch a run of a whole day partition of the image assets through the webserver's
+    GraphQL, as the UI's "Materialize" of one partition does; returns its run id."""
+    import urllib.request
+
+    from farm_platform.images.keys import IMAGE_PIPELINE
+
+    query = """mutation Launch($params: ExecutionParams!) {
+      launchRun(executionParams: $params) {
+        __typename ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message }
+      }
+    }"""
+    params = {
+        "selector": {
+            "repositoryLocationName": "farm_platform",
+            "repositoryName": "__repository__",
+            "jobName": "__ASSET_JOB",
+            "assetSelection": [{"path": key.path} for key in IMAGE_PIPELINE],
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+    }
+    request = urllib.request.Request(
+        f"{webserver_url}/graphql",
+        data=json.dumps({"query": query, "variables": {"params": params}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    launched = (answer.get("data") or {}).get("launchRun") or {}
+    if launched.get("__typename") != "LaunchRunSuccess":
+        raise StackError(f"the run of {day} was not launched: {answer}")
+    return launched["run"]["runId"]
+
+
 def credentials() -> tuple[str, str]:
     """The PostgreSQL password and the Celery broker's URL, URL-quoted, from the environment
     (StackError naming what is unset; FARM_OIP_TOKEN too, which the processes inherit)."""
@@ -115,10 +151,12 @@ def production_up(
     replicas: int,
     max_concurrent_runs: int,
     quick_polling: bool = False,
+    runs_per_day: int | None = None,
 ) -> Production:
     """Start the topology (or restart what died of a recorded one) and return it.
     `stack_environment`: the emulator stack's variables, and any setting its processes
-    should run with."""
+    should run with. `runs_per_day`: runs of one day partition at once (default: as many
+    as the run queue allows); the `images` worker runs `max_concurrent_runs` at once."""
     password, redis_password = credentials()
     state = read_production(state_dir) or {
         "pg_port": free_port(),
@@ -127,6 +165,7 @@ def production_up(
         "webserver_port": free_port(),
         "replica_ports": [[free_port(), free_port()] for _ in range(replicas)],
         "max_concurrent_runs": max_concurrent_runs,
+        "runs_per_day": runs_per_day or max_concurrent_runs,
         "pids": {},
     }
     production = _production(state, state_dir)
@@ -146,7 +185,12 @@ def production_up(
         if "redis" in dead:
             pids["redis"] = _start_redis(int(state["redis_port"]), state_dir)
         if not production.dagster_home.exists():
-            _prepare_instance(production, int(state["max_concurrent_runs"]), quick_polling)
+            _prepare_instance(
+                production,
+                int(state["max_concurrent_runs"]),
+                quick_polling,
+                int(state.get("runs_per_day", 1)),
+            )
         for name, module in CODE_LOCATIONS.items():
             if f"code_server:{name}" in dead:
                 port = production.code_server_ports[name]
@@ -166,7 +210,8 @@ def production_up(
             pids["webserver"] = _start_webserver(production, environment)
         for queue in WORKER_QUEUES:
             if f"worker:{queue}" in dead:
-                pids[f"worker:{queue}"] = _start_worker(queue, state_dir, environment)
+                runs = int(state["max_concurrent_runs"]) if queue == IMAGES_QUEUE else 1
+                pids[f"worker:{queue}"] = _start_worker(queue, runs, state_dir, environment)
         for index, (port, grpc_port) in enumerate(state["replica_ports"]):
             if f"model_server:{index}" in dead:
                 pids[f"model_server:{index}"] = start_model_server(
@@ -269,7 +314,7 @@ def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
 
 
 def _prepare_instance(
-    production: Production, max_concurrent_runs: int, quick_polling: bool
+    production: Production, max_concurrent_runs: int, quick_polling: bool, runs_per_day: int
 ) -> None:
     from farm_platform.admin.instance import prepare_dagster_home
 
@@ -277,6 +322,8 @@ def _prepare_instance(
         production.dagster_home,
         max_concurrent_runs=max_concurrent_runs,
         quick_polling=quick_polling,
+        # The warehouse is PostgreSQL: the sensor's runs of one day grade side by side.
+        runs_per_day=runs_per_day,
         postgres_db={
             "username": SUPERUSER,
             "password": {"env": PG_PASSWORD},
@@ -287,13 +334,16 @@ def _prepare_instance(
             # `NOTIFY run_events, $1` then fails on every event.
             "scheme": "postgresql+psycopg2",
         },
+        # dagster-celery's launcher, which also fails a run whose worker died
+        # (farm_platform.dev.celery_launcher).
         run_launcher={
-            "module": "dagster_celery.launcher",
-            "class": "CeleryRunLauncher",
+            "module": "farm_platform.dev.celery_launcher",
+            "class": "FarmCeleryRunLauncher",
             "config": {
                 "broker": {"env": config.FARM_CELERY_BROKER},
                 "backend": {"env": config.FARM_CELERY_BROKER},
                 "default_queue": IMAGES_QUEUE,
+                "lost_worker_grace_seconds": 10.0 if quick_polling else 60.0,
             },
         },
     )
@@ -339,9 +389,13 @@ def _start_webserver(production: Production, environment: dict[str, str]) -> int
 
 
 def _start_redis(port: int, state_dir: Path) -> int:
-    """Redis as the Celery broker: loopback only, no persistence (a lost queue is the same
-    as a lost tick: the queued runs are in PostgreSQL, and run monitoring fails those that
-    never start). Its configuration, password included, goes in on stdin, not in a file."""
+    """Redis as the Celery broker and result backend: loopback only, every write appended
+    to `<state dir>/appendonlydir` and synced before it is answered, so that a Redis
+    restarted in place (even after kill -9) still holds the queued runs' tasks and the
+    running ones' states. Without them a restart would strand the queued runs until run
+    monitoring's start timeout, and make every running run's task state unknown, which run
+    monitoring takes for a dead worker: it would fail runs that are still grading. Its
+    configuration, password included, goes in on stdin, not in a file."""
     import shutil
     import subprocess
 
@@ -351,7 +405,7 @@ def _start_redis(port: int, state_dir: Path) -> int:
     log = state_dir / "redis.log"
     settings = (
         f"bind 127.0.0.1\nport {port}\nrequirepass {os.environ[REDIS_PASSWORD]}\n"
-        f'save ""\nappendonly no\ndir {state_dir}\nlogfile {log}\n'
+        f'save ""\nappendonly yes\nappendfsync always\ndir {state_dir}\nlogfile {log}\n'
     )
     process = subprocess.Popen(
         [executable, "-"],
@@ -367,10 +421,15 @@ def _start_redis(port: int, state_dir: Path) -> int:
     return process.pid
 
 
-def _start_worker(queue: str, state_dir: Path, environment: dict[str, str]) -> int:
+def _start_worker(queue: str, runs: int, state_dir: Path, environment: dict[str, str]) -> int:
+    """A Celery worker of `queue` that executes up to `runs` runs at once (prefork
+    processes): the `images` worker as many as the run queue lets start, since its runs
+    wait on the model servers more than they compute; the report's one at a time."""
     args = [_tool("celery"), "-A", "farm_platform.dev.celery_app", "worker", "-Q", queue]
-    # One run at a time per worker: a run already uses this machine's cores.
-    args += ["-n", f"{queue}@%h", "-c", "1", "--loglevel", "INFO"]
+    args += ["-n", f"{queue}@%h", "-c", str(runs), "--loglevel", "INFO"]
+    # A task goes to a pool process that is free: by default Celery also hands one to a
+    # process still executing a run, where it waits for that run to end.
+    args += ["-O", "fair", "--prefetch-multiplier", "1"]
     return _start(args, f"worker-{queue}", state_dir, environment)
 
 

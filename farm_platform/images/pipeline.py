@@ -9,6 +9,7 @@ torch and Great Expectations are imported inside the op: loading the code locati
 not pay for them.
 """
 
+import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -61,6 +62,12 @@ OP_NAME = "image_pipeline"
 # One day per backfill run: a day of a real trial is thousands of photos, so a run's
 # start-up is a small share, and each run's metadata and checks describe exactly one day.
 DAY_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+# What a run logs when it waits for its day's grading lock, once it holds it and begins
+# grading, and once every row it wrote is committed (the tests read these events' times).
+LOCK_WAITING = "waiting for the day's grading lock"
+GRADING_STARTED = "grading began"
+GRADING_COMMITTED = "grading committed"
 
 IMAGE_SPECS = [
     AssetSpec(
@@ -141,8 +148,46 @@ def image_pipeline(
     models: ModelRegistryResource,
     pubsub: PubSubResource,
 ) -> Iterator[MaterializeResult | Any]:
+    from farm_platform.images.sensors import grades_claimed_photos
+
     op_started = time.perf_counter()
     date = parse_date(context.partition_key)
+    # The sensor's runs of a day share its grading lock (their claimed photos are disjoint);
+    # any other run of the day (UI, backfill) holds it alone (README, "Several runs of one
+    # day"). The results are handed to Dagster once the rows are committed and the lock let
+    # go: storing their events needs no lock.
+    mode = "shared" if grades_claimed_photos(context.run.tags) else "exclusive"
+    events: list[Any] = []
+    failure: Exception | None = None
+    with warehouse.day_grading_lock(
+        date,
+        exclusive=mode == "exclusive",
+        waiting=lambda: context.log.info(f"{date}: {LOCK_WAITING}, {mode}"),
+    ) as locked:
+        lock = f"{mode} day lock" if locked else "no day lock"
+        try:
+            for event in _process_day(
+                context, config, date, bucket, warehouse, models, pubsub, lock, op_started
+            ):
+                events.append(event)
+        except Exception as exc:  # raised below, after the lock is let go
+            failure = exc
+    yield from events
+    if failure is not None:
+        raise failure
+
+
+def _process_day(
+    context: AssetExecutionContext,
+    config: PhotoRunConfig,
+    date: dt.date,
+    bucket: BucketResource,
+    warehouse: WarehouseResource,
+    models: ModelRegistryResource,
+    pubsub: PubSubResource,
+    lock: str,
+    op_started: float,
+) -> Iterator[MaterializeResult | Any]:
     queue = ArrivalQueue(warehouse)
     positions = tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date))
     selected = context.selected_asset_keys
@@ -171,6 +216,8 @@ def image_pipeline(
     )
     announcements = queue.announcements(date, positions)
     day = DayResult()
+    # Evidence for the tests and an operator: when this run's grading began and ended.
+    context.log.info(f"{date}: {GRADING_STARTED} ({lock}): {', '.join(positions)}")
     try:
         grade_day(plan, bucket, warehouse, registry, announcements, day)
     except Exception:
@@ -182,6 +229,7 @@ def image_pipeline(
     _dead_letter_unusable(context, day, announcements, pubsub)
 
     results = _check_day(context, day, plan, bucket, warehouse)
+    context.log.info(f"{date}: {GRADING_COMMITTED} ({lock}): {len(positions)} photo(s)")
     day.clock.seconds["op_total"] = time.perf_counter() - op_started
     per_photo = {"photos": len(positions), "unreadable": len(day.unreadable)}
     if plan.record_images:

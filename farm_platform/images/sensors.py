@@ -49,6 +49,24 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 MAX_RETRIES_TAG = "dagster/max_retries"
 
 
+SENSOR_NAME_TAG = "dagster/sensor_name"
+# Dagster's tag on a re-execution (UI "Re-execute"), which copies its parent's photo list.
+PARENT_RUN_TAG = "dagster/parent_run_id"
+DRONE_IMAGE_SENSOR = "drone_image_sensor"
+
+
+def grades_claimed_photos(tags: Mapping[str, str]) -> bool:
+    """Whether a run grades photos the arrival queue claimed for it alone: a run the drone
+    image sensor requested, not a re-execution of one (whose photos may have been requeued
+    and claimed again). Such runs share their day's grading lock; every other run of a day
+    (UI, backfill, re-execution) takes it exclusively."""
+    return (
+        tags.get(SENSOR_NAME_TAG) == DRONE_IMAGE_SENSOR
+        and PHOTOS_TAG in tags
+        and PARENT_RUN_TAG not in tags
+    )
+
+
 def run_timeout_seconds(photos: int) -> int:
     base = config.env_number(config.FARM_RUN_TIMEOUT_SECONDS, config.DEFAULT_RUN_TIMEOUT_SECONDS)
     return int(base + config.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
@@ -79,7 +97,7 @@ def claim_run_request(
 
 
 @sensor(
-    name="drone_image_sensor",
+    name=DRONE_IMAGE_SENSOR,
     asset_selection=list(IMAGE_PIPELINE),
     minimum_interval_seconds=config.sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,

@@ -154,9 +154,15 @@ class Table:
 
     def index_ddl(self) -> list[str]:
         """CREATE INDEX IF NOT EXISTS statements of `postgres_indexes`."""
+        return [statement for _, statement in self.indexes()]
+
+    def indexes(self) -> list[tuple[str, str]]:
+        """(name, CREATE INDEX IF NOT EXISTS statement) of each of `postgres_indexes`."""
         return [
-            f"CREATE INDEX IF NOT EXISTS {self.name}_by_{'_'.join(columns)} "
-            f"ON {self.name} ({', '.join(columns)})"
+            (
+                name := f"{self.name}_by_{'_'.join(columns)}",
+                f"CREATE INDEX IF NOT EXISTS {name} ON {self.name} ({', '.join(columns)})",
+            )
             for columns in self.postgres_indexes
         ]
 

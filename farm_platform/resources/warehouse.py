@@ -10,10 +10,11 @@ by the same models are replaced in one transaction; rows of other model versions
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from pydantic import Field
 
 from farm_platform.config import duckdb_path
 from farm_platform.resources.tables import TABLES, Table
+
+# The key of a day's grading lock (`day_grading_lock`); not the key of the per-day
+# transaction lock of the writes (`_lock_days`), which a run holding this one takes too.
+DAY_GRADING_LOCK_PREFIX = "farm_day_grading:"
 
 # PostgreSQL warehouses whose secondary indexes this process has made sure of.
 _INDEXED_WAREHOUSES: set[str] = set()
@@ -105,14 +110,46 @@ class WarehouseResource(ConfigurableResource):
                     raise
                 time.sleep(0.2)
 
+    @contextlib.contextmanager
+    def day_grading_lock(
+        self, date: dt.date, exclusive: bool, waiting: Callable[[], None] | None = None
+    ) -> Iterator[bool]:
+        """Hold the day's grading lock while inside: on PostgreSQL a session advisory lock
+        on a connection of its own, shared (the sensor's runs: their claimed photos are
+        disjoint, so they grade side by side) or exclusive (a run of the whole day or of
+        hand-picked photos: alone, after the shared holders leave; PostgreSQL queues later
+        shared requests behind it, so it is not starved). A run process that dies drops its
+        connection, and PostgreSQL releases the lock. `waiting` is called once when the
+        lock is not free at once. Yields whether a lock is held: on DuckDB there is none
+        (one writer, and one run per day, dagster.yaml's tag limit)."""
+        if self.dialect != "postgresql":
+            yield False
+            return
+        import psycopg
+
+        key = f"{DAY_GRADING_LOCK_PREFIX}{date.isoformat()}"
+        mode = "" if exclusive else "_shared"
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            taken = connection.execute(
+                f"SELECT pg_try_advisory_lock{mode}(hashtext(%s))", [key]
+            ).fetchone()
+            if not (taken and taken[0]):
+                if waiting is not None:
+                    waiting()
+                connection.execute(f"SELECT pg_advisory_lock{mode}(hashtext(%s))", [key])
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    connection.execute(f"SELECT pg_advisory_unlock{mode}(hashtext(%s))", [key])
+
     def create_schema(self) -> None:
         """Every table, and on PostgreSQL their secondary indexes."""
         with self.connect() as connection:
             for table in TABLES.values():
                 connection.execute(table.ddl())
-                if self.dialect == "postgresql":
-                    for statement in table.index_ddl():
-                        connection.execute(statement)
+            if self.dialect == "postgresql":
+                _create_missing_indexes(connection)
 
     def replace_rows(
         self, table_name: str, frame: pl.DataFrame, scopes: pl.DataFrame | None = None
@@ -176,11 +213,8 @@ class WarehouseResource(ConfigurableResource):
         for table in TABLES.values():
             connection.execute(table.ddl())
         if self.dialect == "postgresql" and self.url not in _INDEXED_WAREHOUSES:
-            # Once per process and warehouse, not per write: CREATE INDEX takes a SHARE lock
-            # on its table even when the index exists, which would serialize the writers.
-            for table in TABLES.values():
-                for statement in table.index_ddl():
-                    connection.execute(statement)
+            # Once per process and warehouse, not per write.
+            _create_missing_indexes(connection)
             _INDEXED_WAREHOUSES.add(self.url)
 
     def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
@@ -243,6 +277,22 @@ class WarehouseResource(ConfigurableResource):
             [table_name],
         )
         return bool(frame["n"][0])
+
+
+def _create_missing_indexes(connection: Any) -> None:
+    """Create the PostgreSQL indexes that do not exist yet. Only those: CREATE INDEX takes a
+    SHARE lock on its table even when the index exists, and waits behind any write queued
+    on it, so a run starting beside a long write (another run's commit) would wait for it."""
+    existing = {
+        row[0]
+        for row in connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        ).fetchall()
+    }
+    for table in TABLES.values():
+        for name, statement in table.indexes():
+            if name not in existing:
+                connection.execute(statement)
 
 
 def _frame(

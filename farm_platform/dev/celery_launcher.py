@@ -1,0 +1,91 @@
+"""Dagster's `CeleryRunLauncher`, which also notices a run whose Celery worker died.
+
+dagster-celery's launcher reports a run's health from its task's state in the result
+backend: SUCCESS, FAILURE, or STARTED (running). When only the pool process that executes a
+run dies, Celery itself marks the task FAILURE (WorkerLostError) and run monitoring fails
+the run at its next poll. When the whole worker dies (kill -9 of the worker and its pool, its
+machine lost), nobody updates the task: it stays STARTED, and run monitoring would only fail
+the run at its `dagster/max_runtime`. Here a STARTED task is also looked for among the tasks
+its worker (by the hostname Celery stored when the task started) says it is running
+(`inspect().active()`, a broadcast the worker's main process answers while a run executes).
+A task its worker has not been running for `lost_worker_grace_seconds` on end (no answer, or
+a restarted worker of the same name that does not run it) is reported FAILED; run
+monitoring then fails the run, and `requeue_failed_photos` hands its photos to a new run.
+
+The grace period keeps a slow answer from failing a run that still executes (which would
+then be graded twice, though its rows stay single).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import Field
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+DEFAULT_LOST_WORKER_GRACE_SECONDS = 60.0
+# How long one look at the workers waits for their answer.
+INSPECT_TIMEOUT_SECONDS = 2.0
+
+
+class FarmCeleryRunLauncher(CeleryRunLauncher):
+    """`CeleryRunLauncher` whose health check also fails a run whose worker is gone."""
+
+    def __init__(
+        self, lost_worker_grace_seconds: float = DEFAULT_LOST_WORKER_GRACE_SECONDS, **kwargs: Any
+    ) -> None:
+        self.lost_worker_grace_seconds = float(lost_worker_grace_seconds)
+        # Run id -> when its worker was first seen not running it (this process's clock).
+        self._missing_since: dict[str, float] = {}
+        super().__init__(**kwargs)
+
+    @classmethod
+    def config_type(cls) -> Any:
+        return {
+            **CeleryRunLauncher.config_type(),
+            "lost_worker_grace_seconds": Field(
+                float,
+                is_required=False,
+                default_value=DEFAULT_LOST_WORKER_GRACE_SECONDS,
+                description="How long a STARTED run's Celery worker may not run its task "
+                "before run monitoring fails the run (its worker died).",
+            ),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> Any:
+        return cls(inst_data=inst_data, **config_value)
+
+    def check_run_worker_health(self, run: Any) -> CheckRunHealthResult:
+        health = super().check_run_worker_health(run)
+        if health.status != WorkerStatus.RUNNING:
+            self._missing_since.pop(run.run_id, None)
+            return health
+        task_id = run.tags[DAGSTER_CELERY_TASK_ID_TAG]
+        started = self.celery.AsyncResult(task_id).info
+        hostname = started.get("hostname") if isinstance(started, dict) else None
+        if not hostname:
+            return health
+        try:
+            active = self.celery.control.inspect(
+                destination=[hostname], timeout=INSPECT_TIMEOUT_SECONDS
+            ).active()
+        except Exception:  # the broker is down: no verdict on the worker
+            return health
+        if any(task.get("id") == task_id for task in (active or {}).get(hostname, [])):
+            self._missing_since.pop(run.run_id, None)
+            return health
+        now = time.monotonic()
+        since = self._missing_since.setdefault(run.run_id, now)
+        if now - since < self.lost_worker_grace_seconds:
+            return health
+        self._missing_since.pop(run.run_id, None)
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"Celery worker {hostname} has not been running task {task_id} for "
+            f"{self.lost_worker_grace_seconds:.0f} s: the worker died",
+        )
