@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.headline import overall_answer, summary_lines
 from farm_platform.analytics.report import render_report
 from farm_platform.analytics.report_data import (
     ReportData,
@@ -138,6 +138,13 @@ def test_summary_names_direction_and_significance(ungraded):
     assert "no significant difference" in lines[1]
     page = render_report(report_data(ungraded))
     assert ("no grades for" in page) == bool(ungraded)
+    # One sentence at the top says the same as the headline's lines.
+    answer = (
+        "In short: treated plants heal faster from disease_0; "
+        "no conclusive answer yet for the other 1 disease."
+    )
+    assert overall_answer(report_data(ungraded)) == answer
+    assert f"<strong>{answer}</strong>" in page
 
 
 def test_an_arm_without_positions_is_said_not_crashed_on():

@@ -76,20 +76,53 @@ def _verdict(row: dict[str, object], decided: dict[str, object] | None = None) -
     return "no significant difference"
 
 
+def _first_conclusive_looks(data: ReportData) -> dict[str, dict[str, object]]:
+    """Per disease, its earliest look decided conclusive: the decision that stands."""
+    decisions = effect_decisions(data)
+    if "decision" not in decisions.columns:
+        return {}
+    first: dict[str, dict[str, object]] = {}
+    for row in (
+        decisions.filter(pl.col("decision").fill_null(False)).sort("date").iter_rows(named=True)
+    ):
+        first.setdefault(row["disease_type"], row)
+    return first
+
+
+def overall_answer(data: ReportData) -> str:
+    """The report's answer in one sentence, from the same decisions as the headline."""
+    decided = _first_conclusive_looks(data)
+    named = {disease: data.disease_names.get(disease, disease) for disease in sorted(decided)}
+    faster = [named[d] for d in named if decided[d]["decided_effect"] < 0]
+    slower = [named[d] for d in named if decided[d]["decided_effect"] >= 0]
+    summary = effect_summary(data)
+    graded = set(data.severity["disease_type"]) if data.severity.height else set()
+    if summary.height:
+        graded |= set(summary["disease_type"])
+    open_count = len(graded - set(decided))
+    parts = []
+    if faster:
+        parts.append(f"treated plants heal faster from {', '.join(faster)}")
+    if slower:
+        parts.append(f"treated plants heal slower from {', '.join(slower)}")
+    if open_count:
+        rest = "the other" if parts else "any of the"
+        parts.append(
+            f"no conclusive answer yet for {rest} {open_count} disease{'s' * (open_count > 1)}"
+        )
+    if not parts:
+        return "In short: no grades yet, so no answer."
+    return "In short: " + "; ".join(parts) + "."
+
+
 def summary_lines(data: ReportData) -> list[str]:
     """The report's headline: per disease, the decision under the always-valid rule, or in
     words why there is none (no numbers that could read as a conclusion)."""
     summary = effect_summary(data)
-    decisions = effect_decisions(data)
-    conclusive = (
-        decisions.filter(pl.col("decision").fill_null(False)).sort("date")
-        if "decision" in decisions.columns
-        else decisions.clear()
-    )
+    first_decisions = _first_conclusive_looks(data)
     lines = []
     for row in summary.iter_rows(named=True):
-        first = conclusive.filter(pl.col("disease_type") == row["disease_type"])
-        decided = first.row(0, named=True) if first.height else None
+        decided = first_decisions.get(row["disease_type"])
         row["label"] = disease_label(row["disease_type"], data.disease_names)
         reason = _no_estimate(row)
         if reason is not None:

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from farm_platform.analytics.attrition import attrition_lines
 from farm_platform.analytics.effect_stats import DECISION_REFERENCES
-from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.headline import overall_answer, summary_lines
 from farm_platform.analytics.report_data import (
     ReportData,
     attrition,
@@ -297,6 +297,9 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}.warn{{background:#fff3cd;padding:
 img{{max-width:100%}}</style>
 </head><body>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
+<p><strong>{html.escape(overall_answer(data))}</strong></p>
+<p class="caption">Grades are per leaf, from 0 (no disease) to 3 (severe); an effect is in
+grade points.</p>
 {warning}
 <h2>Decision per disease (valid under daily looks at five diseases)<sup>*</sup></h2>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>

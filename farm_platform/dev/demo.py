@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey
 
-from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.headline import overall_answer, summary_lines
 from farm_platform.analytics.report_data import load_report_data
 from farm_platform.config import (
     DAGSTER_HOME,
@@ -147,6 +147,7 @@ def run_demo(
 
     print(f"\n[demo] report: {report}")
     data = load_report_data(warehouse, report_day)
+    print(f"[demo] {overall_answer(data)}")
     print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")
     for line in summary_lines(data):
         print(f"  {line}")
