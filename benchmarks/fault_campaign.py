@@ -43,7 +43,7 @@ from farm_platform.dev.postgres import PostgresServer
 from farm_platform.dev.processes import kill_now, processes_in_group
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.render import png_header_only
-from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.pubsub import PubSubResource

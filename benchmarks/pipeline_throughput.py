@@ -56,7 +56,7 @@ from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.images.keys import DRONE_IMAGES
-from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem, join
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource

@@ -334,7 +334,7 @@ def test_runs_per_day_is_a_setting_of_the_instance_and_one_by_default(tmp_path):
 
 
 def test_only_the_sensors_own_runs_share_a_days_grading_lock():
-    from farm_platform.images.sensors import PHOTOS_TAG, grades_claimed_photos
+    from farm_platform.images.run_tags import PHOTOS_TAG, grades_claimed_photos
 
     sensor_run = {"dagster/sensor_name": "drone_image_sensor", PHOTOS_TAG: "3"}
     assert grades_claimed_photos(sensor_run)

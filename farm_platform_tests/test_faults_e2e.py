@@ -24,7 +24,7 @@ from farm_platform.dev.daemon import (
 )
 from farm_platform.dev.processes import kill_now, processes_in_group
 from farm_platform.dev.simulate import FarmConfig
-from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.images.run_tags import PHOTOS_TAG
 
 pytestmark = pytest.mark.slow
 CONFIG = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 20), seed=13)

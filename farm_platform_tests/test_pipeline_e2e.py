@@ -28,7 +28,7 @@ from farm_platform.config import (
 from farm_platform.dev.daemon import DaemonProcess, wait_for_photos, wait_for_ticks
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
-from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform.quality.expectations import IMAGE_QUALITY

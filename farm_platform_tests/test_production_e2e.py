@@ -39,8 +39,7 @@ from farm_platform.dev.production import (
 )
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.dev.stack import StackInfo, stack_down, stack_up
-from farm_platform.images.run_tags import CELERY_QUEUE_TAG, IMAGES_QUEUE
-from farm_platform.images.sensors import PHOTOS_TAG
+from farm_platform.images.run_tags import CELERY_QUEUE_TAG, IMAGES_QUEUE, PHOTOS_TAG
 from farm_platform.resources.warehouse import WarehouseResource
 
 pytestmark = pytest.mark.slow

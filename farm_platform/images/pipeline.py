@@ -49,6 +49,7 @@ from farm_platform.images.keys import (
     MODEL_ASSETS,
     PARTITION_QUALITY,
 )
+from farm_platform.images.run_tags import grades_claimed_photos
 from farm_platform.layout import parse_date
 from farm_platform.partitions import daily_partitions
 from farm_platform.quality import history
@@ -148,8 +149,6 @@ def image_pipeline(
     models: ModelRegistryResource,
     pubsub: PubSubResource,
 ) -> Iterator[MaterializeResult | Any]:
-    from farm_platform.images.sensors import grades_claimed_photos
-
     op_started = time.perf_counter()
     date = parse_date(context.partition_key)
     # The sensor's runs of a day share its grading lock (their claimed photos are disjoint);

@@ -8,8 +8,16 @@ GPU node and many cores; the daily report's runs stay on the launcher's small de
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from farm_platform import config
+
+# How many photos a run was handed (benchmarks and tests count runs by it).
+PHOTOS_TAG = "farm/photos"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+# Dagster's tag on a re-execution (UI "Re-execute"), which copies its parent's photo list.
+PARENT_RUN_TAG = "dagster/parent_run_id"
+DRONE_IMAGE_SENSOR = "drone_image_sensor"
 
 # dagster-k8s's K8sRunLauncher merges this tag's JSON into the run's Job (container
 # resources, node selector, tolerations): dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY.
@@ -40,3 +48,15 @@ def image_run_k8s_tags() -> dict[str, str]:
     if config.requests_gpu(k8s_config):
         tags[DEVICE_TAG] = "gpu"
     return tags
+
+
+def grades_claimed_photos(tags: Mapping[str, str]) -> bool:
+    """Whether a run grades photos the arrival queue claimed for it alone: a run the drone
+    image sensor requested, not a re-execution of one (whose photos may have been requeued
+    and claimed again). Such runs share their day's grading lock; every other run of a day
+    (UI, backfill, re-execution) takes it exclusively."""
+    return (
+        tags.get(SENSOR_NAME_TAG) == DRONE_IMAGE_SENSOR
+        and PHOTOS_TAG in tags
+        and PARENT_RUN_TAG not in tags
+    )

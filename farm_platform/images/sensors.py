@@ -31,7 +31,7 @@ from farm_platform import config
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
-from farm_platform.images.run_tags import image_run_tags
+from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG, image_run_tags
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
@@ -39,32 +39,11 @@ from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 
-# Run tags: how many photos a run was handed (benchmarks and tests count runs by it), and
-# Dagster's run timeout, enforced by run monitoring (dagster.yaml).
-PHOTOS_TAG = "farm/photos"
 # What the tick that requested the run saw (pulled, new, duplicates, dead-lettered, ...).
 TICK_TAG = "farm/tick"
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 # requeue_failed_photos re-batches a failed sensor run's photos: no Dagster run retry too.
 MAX_RETRIES_TAG = "dagster/max_retries"
-
-
-SENSOR_NAME_TAG = "dagster/sensor_name"
-# Dagster's tag on a re-execution (UI "Re-execute"), which copies its parent's photo list.
-PARENT_RUN_TAG = "dagster/parent_run_id"
-DRONE_IMAGE_SENSOR = "drone_image_sensor"
-
-
-def grades_claimed_photos(tags: Mapping[str, str]) -> bool:
-    """Whether a run grades photos the arrival queue claimed for it alone: a run the drone
-    image sensor requested, not a re-execution of one (whose photos may have been requeued
-    and claimed again). Such runs share their day's grading lock; every other run of a day
-    (UI, backfill, re-execution) takes it exclusively."""
-    return (
-        tags.get(SENSOR_NAME_TAG) == DRONE_IMAGE_SENSOR
-        and PHOTOS_TAG in tags
-        and PARENT_RUN_TAG not in tags
-    )
 
 
 def run_timeout_seconds(photos: int) -> int:
