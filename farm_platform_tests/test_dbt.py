@@ -1032,12 +1032,13 @@ def _mornings(farm: Farm, url: str) -> Iterator[tuple[str, set[date] | None]]:
     _empty_warehouse(url, farm)
     _write(url, _photo_rows(farm, _day_photos(DAYS[0])))
     yield "day 0 without T2's photo", None  # the first build: every date
-    for index in (1, 2):
-        _write(url, _photo_rows(farm, _day_photos(DAYS[index])))
-        yield f"day {index}", {DAYS[index]}
+    _write(url, _photo_rows(farm, _day_photos(DAYS[1])))
+    yield "day 1", {DAYS[1]}
+    # Two new days in one morning (a missed build), and a late photo of the first day.
+    _write(url, _photo_rows(farm, _day_photos(DAYS[2])))
     _write(url, _photo_rows(farm, [LATE_PHOTO]))
     _write(url, _photo_rows(farm, _day_photos(DAYS[3])))
-    yield "day 3 and T2's late first photo of day 0", {DAYS[0], DAYS[3]}
+    yield "days 2 and 3 and T2's late first photo of day 0", {DAYS[0], DAYS[2], DAYS[3]}
 
     # Backfill of day 1: disease_0 re-graded with the same models (its rows replaced, one
     # grade lower on every leaf of the treated area, C0 now with three leaves instead of four).

@@ -1,8 +1,8 @@
 """The fault campaign through the real dagster-daemon: break the platform on purpose, let
 it recover without a human, and require every photo graded exactly once.
 
-Run workers are killed (alone, with their code server, or with the whole daemon), and the
-daemon mid-tick. The outages of the services a run needs (the warehouse, the model server)
+Run workers are killed (with their code server, or with the whole daemon), and the daemon
+mid-tick. The outages of the services a run needs (the warehouse, the model server)
 are in test_outages_e2e.py: two modules, so that two pytest workers share them. Dagster's
 run monitoring fails a run whose worker died once its `dagster/max_runtime` has passed
 (FARM_RUN_TIMEOUT_SECONDS, short here), and `requeue_failed_photos` hands its photos to a
@@ -54,7 +54,10 @@ def assert_graded_exactly_once(platform: Platform, instance, photos: int) -> Non
     assert_grades_match_crops(platform)
 
 
-@pytest.mark.parametrize("victim", ["run worker", "run worker and code server", "daemon"])
+# "run worker" alone is a subset of the second case (the same run monitoring and requeue
+# bring the photos back; there the daemon restarts the code server too): kept out of the
+# suite's time budget, measured as its own row by benchmarks/fault_campaign.py.
+@pytest.mark.parametrize("victim", ["run worker and code server", "daemon"])
 def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
     with platform.instance() as instance:
         daemon = platform.daemon().start()
@@ -70,12 +73,9 @@ def test_a_killed_run_loses_and_doubles_nothing(platform, victim):
                 daemon.stop(kill=True)  # the daemon, its code servers and the run worker
                 daemon = platform.daemon().start()
             else:
-                doomed = processes_in_group(group, "spawn_main")
-                if victim == "run worker and code server":
-                    code_servers = processes_in_group(group, "api grpc")
-                    assert code_servers, "no code server found to kill: nothing was tested"
-                    doomed += code_servers
-                kill_now(doomed)
+                code_servers = processes_in_group(group, "api grpc")
+                assert code_servers, "no code server found to kill: nothing was tested"
+                kill_now(processes_in_group(group, "spawn_main") + code_servers)
             wait_for_photos(
                 instance, platform.warehouse, photos, 300, daemon, tolerate_failed_runs=True
             )

@@ -193,13 +193,14 @@ def test_new_grader_version_story(story: Platform, capsys):
         still = stale_partitions(instance, [DISEASE_3_GRADES])[DISEASE_3_GRADES]
         assert [p.partition_key for p in still] == [(START + dt.timedelta(days=2)).isoformat()]
 
-        # A backfill of some positions only, over days already backfilled: their rows are
+        # A backfill of some positions only, over a day already backfilled: their rows are
         # re-graded in place (a re-run adds no row), the others untouched.
         before = platform.rows(
             "SELECT position_id, dagster_run_id FROM disease_grades"
             " WHERE disease_model_version = 'v2' GROUP BY 1, 2"
         )
-        assert cli.main([*backfill_args, "--positions", "P001"]) == 0
+        one_day = [*backfill_args[:3], "--from", str(last), *backfill_args[5:]]
+        assert cli.main([*one_day, "--positions", "P001"]) == 0
         assert "COMPLETED_SUCCESS" in capsys.readouterr().out
         after_positions = platform.rows(
             "SELECT position_id, dagster_run_id FROM disease_grades"
