@@ -204,12 +204,13 @@ def stratum_table(
             ("severity", stratum["severity"]),
             ("leaves", count_bin(stratum["leaves"])),
             ("size x severity", f"{stratum['size']} px, grade {stratum['severity']}"),
+            ("size x leaves", f"{stratum['size']} px, {count_bin(stratum['leaves'])} leaves"),
         ):
             if key not in groups:
                 keys.append(key)
                 groups[key] = []
             groups[key].append(i)
-    order = ["size", "severity", "leaves", "size x severity"]
+    order = ["size", "severity", "leaves", "size x severity", "size x leaves"]
     rows = []
     for dimension, value in sorted(keys, key=lambda k: order.index(k[0])):
         idx = groups[(dimension, value)]
