@@ -3,6 +3,8 @@ and the evaluation renderer family they are tested with."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
@@ -28,6 +30,26 @@ def test_psi_is_small_on_the_reference_distribution_and_large_on_a_shifted_one()
     assert not same.drifted and same.statistic < 0.1
     assert shifted.drifted and shifted.statistic > shifted.threshold > drift.PSI_THRESHOLD
     assert few.statistic is None and not few.drifted  # too few values: not compared
+
+
+def test_report_says_which_days_drifted_and_nothing_when_none():
+    from farm_platform.analytics.report import drift_warning
+    from farm_platform.analytics.report_data import ReportData
+
+    empty = pl.DataFrame()
+    data = ReportData(DAY, empty, empty, empty, [], empty, empty)
+    assert drift_warning(data) == ""
+    drifted = pl.DataFrame(
+        {
+            "date": [DAY, DAY, DAY.replace(day=2)],
+            "model_id": ["leaf_detector", "disease_3_grader", "disease_3_grader"],
+        }
+    )
+    page = drift_warning(dataclasses.replace(data, drifted=drifted))
+    detector, graders = page.split("</p>")[:2]
+    assert "look unlike the detector&#x27;s evaluation data; treat their counts with care" in page
+    assert str(DAY) in detector and "2026-06-02" not in detector
+    assert "2026-06-02 (disease_3_grader)" in graders
 
 
 def test_eval_renderer_is_deterministic_and_its_boxes_hold_every_leaf():
@@ -97,3 +119,6 @@ def test_a_day_of_the_eval_familys_hardest_photos_raises_the_detector_drift_warn
     rows = drift_rows(resources["warehouse"])
     assert rows.filter(pl.col("model_id") == "leaf_detector")["drifted"].any()
     assert drift.drifted_days(resources["warehouse"], DAY) == [DAY]
+    lines = drift.report_lines(drift.drifted_models(resources["warehouse"], DAY))
+    assert lines[0].startswith("The photos of these days look unlike the detector's")
+    assert str(DAY) in lines[0]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from farm_platform.analytics.effect_stats import add_decisions
+from farm_platform.quality.drift import drifted_models
 from farm_platform.resources.warehouse import WarehouseResource
 
 
@@ -24,6 +25,9 @@ class ReportData:
     # held_back_partitions of dates <= day: (position, date, disease) a holding
     # data-quality check failed on, left out of every figure.
     held_back: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # Days up to the report's whose model outputs drifted from the models' evaluation data
+    # (quality/drift.py, table model_drift): date, model_id.
+    drifted: pl.DataFrame = field(default_factory=pl.DataFrame)
     # disease_type -> the readable name in its grader's model card.
     disease_names: dict[str, str] = field(default_factory=dict)
     # Every position of the field map: area, latitude, longitude and its latest mean grade
@@ -73,6 +77,7 @@ def load_report_data(
             [day],
         ),
         disease_names=active_disease_names() if disease_names is None else disease_names,
+        drifted=drifted_models(warehouse, day),
         field=warehouse.query(
             "WITH latest AS (SELECT position_id, max(date) AS date FROM position_trajectories"
             " WHERE date <= %s GROUP BY position_id),"

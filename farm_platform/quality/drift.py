@@ -206,14 +206,43 @@ def drift_rows(
     return pl.DataFrame(rows, schema=MODEL_DRIFT_TABLE.polars_schema)
 
 
-def drifted_days(warehouse: Any, day: dt.date) -> list[dt.date]:
-    """Days up to `day` on which an active model's outputs drifted (table model_drift)."""
+def drifted_models(warehouse: Any, day: dt.date) -> pl.DataFrame:
+    """date, model_id: the days up to `day` on which an active model's outputs drifted
+    (table model_drift), oldest first."""
     if not warehouse.table_exists("model_drift"):
-        return []
-    frame = warehouse.query(
-        "SELECT DISTINCT d.date FROM model_drift AS d JOIN model_versions AS m"
+        return pl.DataFrame(schema={"date": pl.Date, "model_id": pl.String})
+    return warehouse.query(
+        "SELECT DISTINCT d.date, d.model_id FROM model_drift AS d JOIN model_versions AS m"
         " ON d.model_id = m.model_id AND d.model_version = m.version"
-        " WHERE m.active AND d.drifted AND d.date <= %s ORDER BY d.date",
+        " WHERE m.active AND d.drifted AND d.date <= %s ORDER BY d.date, d.model_id",
         [day],
     )
-    return list(frame["date"])
+
+
+def drifted_days(warehouse: Any, day: dt.date) -> list[dt.date]:
+    """Days up to `day` on which any active model's outputs drifted."""
+    return sorted(set(drifted_models(warehouse, day)["date"]))
+
+
+def report_lines(drifted: pl.DataFrame) -> list[str]:
+    """The daily report's warnings for `drifted_models`: the detector's days (their leaf
+    counts, and so every mean, are in doubt), then the graders'."""
+    lines = []
+    detector = drifted.filter(pl.col("model_id") == "leaf_detector")
+    if detector.height:
+        days = ", ".join(str(d) for d in detector["date"])
+        lines.append(
+            f"The photos of these days look unlike the detector's evaluation data; treat "
+            f"their counts with care: {days}."
+        )
+    graders = drifted.filter(pl.col("model_id") != "leaf_detector")
+    if graders.height:
+        per_day = graders.group_by("date", maintain_order=True).agg("model_id")
+        days = "; ".join(
+            f"{row['date']} ({', '.join(row['model_id'])})" for row in per_day.iter_rows(named=True)
+        )
+        lines.append(
+            "The graders' confidence on these days' crops is unlike their evaluation data; "
+            f"treat those grades with care: {days}."
+        )
+    return lines
