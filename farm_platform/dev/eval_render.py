@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -393,6 +395,31 @@ def _optics(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).copy()
 
 
+def paint_photo(
+    placed: list[tuple[EvalLeaf, _Patch, tuple[float, float, float, float]]],
+    grades: np.ndarray,
+    size: int,
+    ground_rng: np.random.Generator,
+    day_rng: np.random.Generator,
+) -> np.ndarray:
+    """Paint placed leaves with their grades: soil from `ground_rng` (a position's soil is
+    the same every day), sun, light and optics from `day_rng`."""
+    image = _ground(ground_rng, size)
+    sun = day_rng.uniform(0, 2 * math.pi)
+    darkness = day_rng.uniform(0.3, 0.6)
+    for (leaf, patch, _), leaf_grades in zip(placed, grades, strict=True):
+        sx, sy, shade = _shadow(
+            patch, leaf.height * math.cos(sun), leaf.height * math.sin(sun), size
+        )
+        rows, cols, layer = _paste(image, sx, sy, shade)
+        image[rows, cols] *= (1.0 - darkness * layer)[:, :, None]
+        rgb = _leaf_pixels(leaf, patch, leaf_grades, size)
+        h, w = patch.alpha.shape
+        window = image[patch.y0 : patch.y0 + h, patch.x0 : patch.x0 + w]
+        window += (rgb - window) * patch.alpha[:, :, None]
+    return _optics(day_rng, image)
+
+
 def render_eval_photo(
     rng: np.random.Generator, n_leaves: int, size: int, severity: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -408,20 +435,7 @@ def render_eval_photo(
         grades[rng.random(n) < 0.25] = 0
     else:
         grades = np.full((n, NUM_DISEASES), int(severity), np.int64)
-    image = _ground(rng, size)
-    sun = rng.uniform(0, 2 * math.pi)
-    darkness = rng.uniform(0.3, 0.6)
-    for (leaf, patch, _), leaf_grades in zip(placed, grades, strict=True):
-        sx, sy, shade = _shadow(
-            patch, leaf.height * math.cos(sun), leaf.height * math.sin(sun), size
-        )
-        rows, cols, layer = _paste(image, sx, sy, shade)
-        image[rows, cols] *= (1.0 - darkness * layer)[:, :, None]
-        rgb = _leaf_pixels(leaf, patch, leaf_grades, size)
-        h, w = patch.alpha.shape
-        window = image[patch.y0 : patch.y0 + h, patch.x0 : patch.x0 + w]
-        window += (rgb - window) * patch.alpha[:, :, None]
-    pixels = _optics(rng, image)
+    pixels = paint_photo(placed, grades, size, rng, rng)
     boxes = np.array([box for _, _, box in placed], np.float64).reshape(-1, 4)
     return pixels, boxes, np.asarray(grades, np.int64).reshape(-1, NUM_DISEASES)
 
@@ -443,3 +457,35 @@ def render_eval_images(
             render_eval_photo(rng, int(rng.integers(leaves[0], leaves[1] + 1)), size, severity)
         )
     return out
+
+
+def eval_farm_photos(config: Any) -> Iterator[tuple[Any, bytes]]:
+    """A simulated farm (`dev.simulate.FarmConfig`) drawn by this family: the same
+    positions, days and disease dynamics (so the same true effect) as the training
+    renderer's farm, each position's leaves placed once (a fixed view, like a drone on a
+    fixed route) and painted each day with the day's true grades of its leaves in view;
+    (key, PNG) per photo."""
+    from farm_platform.dev.simulate import dynamics
+    from farm_platform.dev.simulate.farm import control_count, position_id
+    from farm_platform.dev.simulate.render import encode_png
+    from farm_platform.layout import ImageKey
+
+    n_control = control_count(config.positions)
+    for index in range(config.positions):
+        latents = dynamics.simulate_latents(
+            config.seed, index, config.days, index >= n_control, config.effect
+        )
+        grades = dynamics.grades_from_latents(latents)  # (days, leaves, diseases)
+        layout_rng = np.random.default_rng((EVAL_SEED, 0xFA12, config.seed, index))
+        placed = place_leaves(layout_rng, latents.shape[1], config.image_size)
+        ground_seed = int(layout_rng.integers(0, 2**31 - 1))
+        for day, date in enumerate(config.dates):
+            day_rng = np.random.default_rng((EVAL_SEED, 0xDA7, config.seed, index, day))
+            pixels = paint_photo(
+                placed,
+                grades[day, : len(placed)],
+                config.image_size,
+                np.random.default_rng(ground_seed),
+                day_rng,
+            )
+            yield ImageKey(position_id(index), date), encode_png(pixels)
