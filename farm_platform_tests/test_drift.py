@@ -62,6 +62,21 @@ def test_eval_renderer_is_deterministic_and_its_boxes_hold_every_leaf():
         assert (ba[:, :2] >= 0).all() and (ba[:, 2:] <= 96).all() and (ba[:, 2:] > ba[:, :2]).all()
 
 
+def test_eval_family_draws_a_farms_photos_deterministically_at_its_size():
+    from farm_platform.dev.eval_render import eval_farm_photos
+    from farm_platform.dev.simulate import simulate_truth
+    from farm_platform.ml.inference import decode_png
+
+    config = FarmConfig(positions=2, days=2, seed=3, image_size=128)
+    photos = list(eval_farm_photos(config))
+    assert [key for key, _ in photos] == sorted(
+        (key for key, _ in simulate_truth(config)), key=lambda k: (k.position_id, k.date)
+    )
+    assert photos == list(eval_farm_photos(config))
+    assert decode_png(photos[0][1]).shape == (128, 128, 3)
+    assert photos[0][1] != photos[1][1]  # another day, another light
+
+
 @pytest.fixture(scope="module")
 def ordinary(tmp_path_factory) -> GradedFarm:
     return grade_simulated_farm(CONFIG, tmp_path_factory.mktemp("drift") / "farm")
