@@ -634,7 +634,7 @@ def test_stratum_table_scores_perfect_split_and_missed_detections() -> None:
 
     perfect = evaluate.stratum_table([detections(b) for b in data.boxes], data, strata.strata)
     kinds = {r["stratum"] for r in perfect}
-    assert kinds == {"size", "severity", "leaves", "size x severity"}
+    assert kinds == {"size", "severity", "leaves", "size x severity", "size x leaves"}
     assert {r["value"] for r in perfect if r["stratum"] == "severity"} == {0, 1, 2, 3}
     assert sum(r["photos"] for r in perfect if r["stratum"] == "size") == len(data.images)
     for row in perfect:
@@ -663,6 +663,24 @@ def test_stratum_table_scores_perfect_split_and_missed_detections() -> None:
     for row in missed:
         if row["true_leaves"]:
             assert row["f1"] == 0.0 and row["count_error"] < 0 and not row["meets_targets"]
+
+
+def test_eval_family_strata_cover_small_photos_and_score_their_own_boxes() -> None:
+    """The evaluation family (issue 25) through the same stratum table: 96 and 128 px
+    photos, boxes in the photo's pixels, its true boxes scored perfect."""
+    evaluate = _evaluate_module()
+    strata = evaluate.render_strata(seed=7, per_cell=1, sizes=(96, 128), renderer="eval")
+    data = strata.data
+    assert [img.shape[:2] for img in data.images] == [(s["size"],) * 2 for s in strata.strata]
+    assert len(data.images) == 2 * len(evaluate.STRATA_SEVERITIES) * len(evaluate.LEAF_COUNT_BINS)
+    rows = evaluate.stratum_table(
+        [[inference.Detection(*map(float, box), 1.0) for box in b] for b in data.boxes],
+        data,
+        strata.strata,
+    )
+    assert {r["value"] for r in rows if r["stratum"] == "size"} == {96, 128}
+    assert all(r["f1"] == 1.0 and r["meets_targets"] for r in rows)
+    assert all(g.shape == (len(b), 5) for g, b in zip(data.grades, data.boxes, strict=True))
 
 
 def test_grader_figures_count_false_detections_as_wrong() -> None:

@@ -173,10 +173,11 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
         for key in graph.asset_check_keys
     }
     expected = {("drone_images", "image_quality"), ("leaf_crops", "leaf_crops_valid")}
-    expected |= {("leaf_crops", "leaves_vanished")}
+    expected |= {("leaf_crops", "leaves_vanished"), ("leaf_crops", "detector_drift")}
     for k in range(5):
         expected |= {(f"disease_{k}_grades", "grades_valid")}
         expected |= {(f"disease_{k}_grades", "severity_jump")}
+        expected |= {(f"disease_{k}_grades", "grader_drift")}  # issue 25
     assert set(specs) == expected
     for spec in specs.values():
         # One evaluation per day; a failing photo is held back by partition_quality, not by

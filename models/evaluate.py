@@ -63,6 +63,12 @@ IOU_THRESHOLD = 0.5
 STRATA_SEED = 3000  # never a training seed (training: 1000.., 4000..)
 STRATA_PER_CELL = 16  # photos per (size, severity, leaf-count) cell
 STRATA_SIZES = (256, 640)
+RENDERERS = ("training", "eval")
+# The evaluation family (farm_platform/dev/eval_render.py, issue 25): its own seeds, and
+# every photo size of issue 25's targets.
+EVAL_STRATA_SEED = 7000
+EVAL_HELDOUT_SEED = 7100
+EVAL_STRATA_SIZES = (96, 128, 256, 640)
 STRATA_SEVERITIES = (0, 1, 2, 3)
 LEAF_COUNT_BINS = ((0, 5), (6, 12), (13, 20))
 # Targets of issue 15, checked in every stratum.
@@ -79,7 +85,9 @@ class Heldout:
     pngs: list[bytes]
 
 
-def render(seed: int, count: int) -> Heldout:
+def render(seed: int, count: int, renderer: str = "training") -> Heldout:
+    if renderer == "eval":
+        return render_eval(seed, count)
     from farm_platform.dev.simulate import render_training_images
 
     data = Heldout([], [], [], [])
@@ -93,14 +101,37 @@ def render(seed: int, count: int) -> Heldout:
     return data
 
 
+def render_eval(seed: int, count: int, size: int = 256) -> Heldout:
+    """`count` photos of the evaluation family (0-20 leaves, grades drawn at random)."""
+    from farm_platform.dev.eval_render import render_eval_images
+    from farm_platform.dev.simulate.render import encode_png
+
+    data = Heldout([], [], [], [])
+    for pixels, boxes, grades in render_eval_images(seed, count, size):
+        data.images.append(pixels)
+        data.pngs.append(encode_png(pixels))
+        data.boxes.append(boxes)
+        data.grades.append(grades)
+    return data
+
+
 def render_photo(
-    rng: np.random.Generator, n_leaves: int, size: int, severity: int | None
+    rng: np.random.Generator,
+    n_leaves: int,
+    size: int,
+    severity: int | None,
+    renderer: str = "training",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One simulator photo of `size` px: pixels, true boxes (n, 4) and grades (n, 5).
+    """One photo of `size` px: pixels, true boxes (n, 4) and grades (n, 5).
 
     `severity` g puts every disease of every leaf at grade g (the heaviest lesions of that
     grade: spots, blotches, necrosis together); None draws each grade uniformly 0..3 as
-    `render_training_images` does (without its healthy fifth)."""
+    `render_training_images` does (without its healthy fifth). `renderer` "eval" draws it
+    with the evaluation family instead (farm_platform/dev/eval_render.py)."""
+    if renderer == "eval":
+        from farm_platform.dev.eval_render import render_eval_photo
+
+        return render_eval_photo(rng, n_leaves, size, severity)
     from farm_platform.dev.simulate import MAX_GRADE, NUM_DISEASES
     from farm_platform.dev.simulate import render as simulator
 
@@ -128,19 +159,24 @@ def count_bin(leaves: int) -> str:
     raise ValueError(f"{leaves} leaves is outside every bin {LEAF_COUNT_BINS}")
 
 
-def render_strata(seed: int = STRATA_SEED, per_cell: int = STRATA_PER_CELL) -> Stratified:
+def render_strata(
+    seed: int = STRATA_SEED,
+    per_cell: int = STRATA_PER_CELL,
+    sizes: Sequence[int] = STRATA_SIZES,
+    renderer: str = "training",
+) -> Stratified:
     """`per_cell` photos for every photo size x severity x requested leaf-count bin.
 
     A crowded photo may fit fewer leaves than requested; its bin is that of the leaves
     actually placed (the true count)."""
     out = Stratified(Heldout([], [], [], []), [])
-    for size in STRATA_SIZES:
+    for size in sizes:
         for severity in STRATA_SEVERITIES:
             for b, (low, high) in enumerate(LEAF_COUNT_BINS):
                 for i in range(per_cell):
                     rng = np.random.default_rng((seed, size, severity, b, i))
                     pixels, boxes, grades = render_photo(
-                        rng, int(rng.integers(low, high + 1)), size, severity
+                        rng, int(rng.integers(low, high + 1)), size, severity, renderer
                     )
                     out.data.images.append(pixels)
                     out.data.boxes.append(boxes)
@@ -168,12 +204,13 @@ def stratum_table(
             ("severity", stratum["severity"]),
             ("leaves", count_bin(stratum["leaves"])),
             ("size x severity", f"{stratum['size']} px, grade {stratum['severity']}"),
+            ("size x leaves", f"{stratum['size']} px, {count_bin(stratum['leaves'])} leaves"),
         ):
             if key not in groups:
                 keys.append(key)
                 groups[key] = []
             groups[key].append(i)
-    order = ["size", "severity", "leaves", "size x severity"]
+    order = ["size", "severity", "leaves", "size x severity", "size x leaves"]
     rows = []
     for dimension, value in sorted(keys, key=lambda k: order.index(k[0])):
         idx = groups[(dimension, value)]
@@ -448,6 +485,90 @@ def compare_bfloat16(registry: ModelRegistry, data: Heldout, device: str = "cpu"
     return record
 
 
+def drift_references(
+    registry: ModelRegistry, data: Heldout
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per active model: the reference distribution of each output feature the daily drift
+    checks compare (farm_platform/quality/drift.py), on `data` as the pipeline sees it:
+    the active detector's boxes, and each grader's confidence on the crops it cuts."""
+    import polars as pl
+
+    from farm_platform.ml.inference import run_grader
+    from farm_platform.quality import drift
+
+    detector_card_ = registry.detector()
+    detections = detect_leaves(data.images, load_detector(detector_card_, registry), 32)
+    photos = pl.DataFrame(
+        {
+            "position_id": [str(i) for i in range(len(data.images))],
+            "width": [img.shape[1] for img in data.images],
+            "height": [img.shape[0] for img in data.images],
+        }
+    )
+    crops = pl.DataFrame(
+        [
+            {
+                "position_id": str(i),
+                "x0": d.x0,
+                "y0": d.y0,
+                "x1": d.x1,
+                "y1": d.y1,
+                "score": d.score,
+            }
+            for i, found in enumerate(detections)
+            for d in found
+        ],
+        schema={
+            "position_id": pl.String,
+            **dict.fromkeys(("x0", "y0", "x1", "y1", "score"), pl.Float64),
+        },
+    )
+    features = drift.detector_features(photos, crops)
+    out = {detector_card_.id: {name: drift.reference(values) for name, values in features.items()}}
+    cut = [
+        cut_crop(img, (d.x0, d.y0, d.x1, d.y1))
+        for img, found in zip(data.images, detections, strict=True)
+        for d in found
+    ]
+    for disease in DISEASE_TYPES:
+        card = registry.grader_for(disease)
+        grader = load_grader(card, registry)
+        inputs = prepare_crops(cut, (card.input_size[0], card.input_size[1]))
+        confidence = np.concatenate(
+            [run_grader(grader, inputs[i : i + 256])[1] for i in range(0, len(cut), 256)]
+        )
+        out[card.id] = {"confidence": drift.reference(confidence.astype(np.float64))}
+    return out
+
+
+def record_drift_reference(registry: ModelRegistry, seed: int, count: int) -> int:
+    """Measure the drift references and write them into the active models' cards
+    (metrics.drift_reference; the weights and their sha256 are untouched)."""
+    from farm_platform.quality import drift
+
+    if not isinstance(registry.models_dir, Path):
+        raise SystemExit("--record-drift-reference writes local cards; push them afterwards")
+    references = drift_references(registry, render(seed, count))
+    detector = registry.detector()
+    for model_id, features in references.items():
+        card = registry.active_card(model_id)
+        path = registry.models_dir / model_id / card.version / "card.json"
+        stored = json.loads(path.read_text())
+        stored["metrics"][drift.REFERENCE_KEY] = {
+            "statistic": "psi",
+            "measured": dt.date.today().isoformat(),
+            "photos": f"training renderer, held-out seed {seed}, {count} photos of 256 px",
+            "detector": f"{detector.id} {detector.version}",
+            "features": features,
+        }
+        write_json_atomic(path, stored)
+        print(
+            f"{model_id} {card.version}: "
+            + ", ".join(f"{k} n={v['n']} mean={v['mean']:.3f}" for k, v in features.items())
+        )
+    return 0
+
+
 def print_bfloat16_comparison(
     record: dict[str, Any], registry: ModelRegistry, device_type: str
 ) -> None:
@@ -526,23 +647,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="evaluate this leaf_detector version instead of the active one",
     )
+    parser.add_argument(
+        "--renderer",
+        choices=RENDERERS,
+        default="training",
+        help="training: the simulator the models were trained on (other seeds); eval: the "
+        "evaluation family training never sees (farm_platform/dev/eval_render.py)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="with --strata: photo sizes, comma-separated (default 256,640 for the training "
+        "renderer, 96,128,256,640 for eval)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="without --strata, --renderer eval: photo size"
+    )
+    parser.add_argument(
+        "--record-drift-reference",
+        action="store_true",
+        help="record the active models' output distributions on the held-out photos into "
+        "their cards (metrics.drift_reference), which the daily drift checks compare with",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.record_drift_reference:
+        return record_drift_reference(ModelRegistry(args.models_dir), args.seed, args.count)
     if args.strata:
         registry = ModelRegistry(args.models_dir)
-        strata = render_strata(STRATA_SEED, args.per_cell)
+        eval_family = args.renderer == "eval"
+        seed = EVAL_STRATA_SEED if eval_family else STRATA_SEED
+        default_sizes = EVAL_STRATA_SIZES if eval_family else STRATA_SIZES
+        sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else list(default_sizes)
+        strata = render_strata(seed, args.per_cell, sizes, args.renderer)
         card = detector_card(registry, args.detector_version)
         rows = evaluate_strata(registry, strata, args.detector_version)
         print(
-            f"strata: simulator seed {STRATA_SEED}, {len(strata.strata)} photos "
+            f"strata: {args.renderer} renderer seed {seed}, {len(strata.strata)} photos "
             f"({args.per_cell} per size x severity x leaf-count cell), "
             f"{card.id} {card.version} ({time.perf_counter() - started:.0f} s)"
         )
         print_strata(rows, f"{card.id} {card.version}")
         if args.json:
-            args.json.write_text(json.dumps({"detector": card.version, "strata": rows}, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {"detector": card.version, "renderer": args.renderer, "strata": rows},
+                    indent=2,
+                )
+            )
         return 0
-    data = render(args.seed, args.count)
+    if args.renderer == "eval":
+        seed = EVAL_HELDOUT_SEED if args.seed == HELDOUT_SEED else args.seed
+        data = render_eval(seed, args.count, args.size)
+        label = f"evaluation family: seed {seed}, {args.count} photos of {args.size} px"
+    else:
+        data = render(args.seed, args.count)
+        label = f"held-out: simulator seed {args.seed}, {args.count} images"
     registry = ModelRegistry(args.models_dir)
     if args.compare_bfloat16:
         record = compare_bfloat16(registry, data, args.device)
@@ -576,17 +736,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report = evaluate(registry, data, detector_version=args.detector_version)
     current = simulator_fingerprint()
-    for card in registry.active_cards().values():
+    for card in registry.active_cards().values() if args.renderer == "training" else ():
         trained_on = card.training.get("simulator_source_sha256")
         if trained_on != current:
             print(
                 f"WARNING: {card.id} {card.version} was trained on simulator source "
                 f"{trained_on or 'unknown'}, the simulator is now {current}: retrain"
             )
-    print(
-        f"held-out: simulator seed {args.seed}, {args.count} images "
-        f"({time.perf_counter() - started:.0f} s)"
-    )
+    print(f"{label} ({time.perf_counter() - started:.0f} s)")
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -269,6 +269,14 @@ def _image(alt: str, png_base64: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png_base64}">'
 
 
+def drift_warning(data: ReportData) -> str:
+    """The drift checks' lines (quality/drift.py), beside the effect; empty when none."""
+    from farm_platform.quality.drift import report_lines
+
+    lines = report_lines(data.drifted) if not data.drifted.is_empty() else []
+    return "".join(f"<p class='warn'>{html.escape(line)}</p>" for line in lines)
+
+
 def render_report(data: ReportData) -> str:
     warning = ""
     if data.ungraded:
@@ -301,6 +309,7 @@ img{{max-width:100%}}</style>
 <p class="caption">Grades are per leaf, from 0 (no disease) to 3 (severe); an effect is in
 grade points.</p>
 {warning}
+{drift_warning(data)}
 <h2>Decision per disease (valid under daily looks at five diseases)<sup>*</sup></h2>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
 {left_warning}

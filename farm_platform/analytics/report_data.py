@@ -11,6 +11,7 @@ from farm_platform.analytics.attrition import (
     load_attrition,
 )
 from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
+from farm_platform.quality.drift import drifted_models
 from farm_platform.resources.warehouse import WarehouseResource
 
 
@@ -40,6 +41,9 @@ class ReportData:
     # stayers' mean grade per arm on the dates leavers were last graded.
     last_grades: pl.DataFrame = field(default_factory=pl.DataFrame)
     stayers: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # Days up to the report's whose model outputs drifted from the models' evaluation data
+    # (quality/drift.py, table model_drift): date, model_id.
+    drifted: pl.DataFrame = field(default_factory=pl.DataFrame)
     # disease_type -> the readable name in its grader's model card.
     disease_names: dict[str, str] = field(default_factory=dict)
     # Every position of the field map: area, latitude, longitude and its latest mean grade
@@ -101,6 +105,7 @@ def load_report_data(
         previous_effect=previous_effect,
         previous_day=previous_day,
         disease_names=active_disease_names() if disease_names is None else disease_names,
+        drifted=drifted_models(warehouse, day),
         field=warehouse.query(
             "WITH latest AS (SELECT position_id, max(date) AS date FROM position_trajectories"
             " WHERE date <= %s GROUP BY position_id),"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,8 @@ from farm_platform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
+
+    from farm_platform.layout import ImageKey
 
 # Console logs of in-process runs at WARNING: a farm is hundreds of partitions of output.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -98,11 +100,14 @@ def grade_simulated_farm(
     workdir: Path,
     instance: DagsterInstance | None = None,
     models_dir: Path | str | None = None,
+    photos: Callable[[FarmConfig], Iterable[tuple[ImageKey, bytes]]] | None = None,
 ) -> GradedFarm:
     """Simulate `config` into a folder bucket under `workdir` and materialize the model
     assets and `image_pipeline` over it in this process, one run per day with the day's
     photos listed as the sensor lists them, on `instance` (default: a throwaway one) with
-    the models of `models_dir` (default: the repository's); raises if a run fails."""
+    the models of `models_dir` (default: the repository's); raises if a run fails.
+    `photos` (e.g. `dev.eval_render.eval_farm_photos`) redraws every photo of the farm
+    with another renderer before grading; the truth stays the simulator's."""
     from dagster import DagsterInstance, materialize
 
     from farm_platform.images.registered_models import registered_models
@@ -113,6 +118,10 @@ def grade_simulated_farm(
     field_map = workdir / "positions.csv"
     summary = write_farm(config, bucket_url, field_map, truth_url=str(workdir / "truth"))
     resources = farm_resources(bucket_url, f"duckdb:///{workdir / 'warehouse.duckdb'}", models_dir)
+    if photos is not None:
+        bucket = resources["bucket"]
+        for key, png in photos(config):
+            bucket.write(bucket.image_uri(key), png)
     positions = list(read_field_map(field_map))
     with contextlib.ExitStack() as stack:
         if instance is None:
@@ -128,9 +137,14 @@ def grade_simulated_farm(
     return GradedFarm(bucket_url, field_map, resources["warehouse"], summary)
 
 
-def reported_vs_true_effect(config: FarmConfig, workdir: Path) -> pl.DataFrame:
-    """Per disease: the reported effect and interval on the last day, and the true DiD."""
-    farm = grade_simulated_farm(config, workdir)
+def reported_vs_true_effect(
+    config: FarmConfig,
+    workdir: Path,
+    photos: Callable[[FarmConfig], Iterable[tuple[ImageKey, bytes]]] | None = None,
+) -> pl.DataFrame:
+    """Per disease: the reported effect and interval on the last day, and the true DiD
+    (of the training renderer's leaves in view); `photos` as in grade_simulated_farm."""
+    farm = grade_simulated_farm(config, workdir, photos=photos)
     dbt_build(dbt_project_copy(farm.field_map, workdir / "dbt_project"), farm.warehouse.url)
     reported = farm.warehouse.query(
         "SELECT disease_type, effect, ci_low, ci_high, significant FROM treatment_effect"

@@ -27,6 +27,8 @@ from dagster import (
 
 from farm_platform.images.keys import IMAGE_PIPELINE, PARTITION_QUALITY
 from farm_platform.partitions import daily_partitions
+from farm_platform.quality import drift
+from farm_platform.quality.drift import DETECTOR_DRIFT, GRADER_DRIFT
 from farm_platform.quality.expectations import (
     ERROR,
     GRADES_VALID,
@@ -157,3 +159,134 @@ def record(
     if frames:
         warehouse.replace_rows("partition_quality", pl.concat(frames))
     return [day_result(result) for result in results]
+
+
+def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> list[AssetCheckSpec]:
+    """WARN checks: the day's model outputs against the card's evaluation-time reference."""
+    rule = (
+        f"population-stability index over the reference's decile bins above "
+        f"{drift.PSI_THRESHOLD} + {drift.SAMPLING_ALLOWANCE:g} x (bins - 1) x (1/n + 1/n_ref) "
+        f"(features with fewer than {drift.MIN_VALUES} values that day are not compared)"
+    )
+    return [
+        AssetCheckSpec(
+            DETECTOR_DRIFT,
+            asset=detector_asset,
+            partitions_def=daily_partitions,
+            description="WARNING: the day's photos look unlike the detector's evaluation data: "
+            "detection score, boxes per photo or box size relative to the photo drifted from "
+            f"the reference on the model card; {rule}. Never holds photos back; the report "
+            "names the day.",
+        ),
+        *[
+            AssetCheckSpec(
+                GRADER_DRIFT,
+                asset=asset,
+                partitions_def=daily_partitions,
+                description="WARNING: the grader's confidence on the day's crops drifted from "
+                f"the reference on its model card; {rule}.",
+            )
+            for asset in grade_assets
+        ],
+    ]
+
+
+def drift_checks(
+    log: DagsterLogManager,
+    warehouse: WarehouseResource,
+    date: dt.date,
+    detector_card: object,
+    grader_cards: dict[AssetKey, object],
+    detect: bool,
+    run_id: str,
+) -> dict[AssetKey, list[AssetCheckResult]]:
+    """The day's drift checks (over every stored row of the day, so the day's last run
+    judges the whole day), their outcomes stored in `model_drift`."""
+    import polars as pl
+
+    from farm_platform.images.keys import LEAF_CROPS
+
+    checked_at = dt.datetime.now(dt.UTC)
+    cropper = (detector_card.id, detector_card.version)  # type: ignore[attr-defined]
+    jobs = []
+    if detect:
+        jobs.append(
+            (
+                LEAF_CROPS,
+                DETECTOR_DRIFT,
+                detector_card,
+                lambda: drift.day_detector_features(warehouse, date, cropper),
+            )
+        )
+    for asset, card in grader_cards.items():
+        jobs.append(
+            (
+                asset,
+                GRADER_DRIFT,
+                card,
+                lambda card=card: drift.day_grader_features(
+                    warehouse, date, card.disease_type, cropper, (card.id, card.version)
+                ),
+            )
+        )
+    out: dict[AssetKey, list[AssetCheckResult]] = {}
+    frames = []
+    for asset, name, card, features in jobs:
+        references = drift.card_reference(card)
+        model = f"{card.id} {card.version}"  # type: ignore[attr-defined]
+        if references is None:
+            out[asset] = [
+                AssetCheckResult(
+                    asset_key=asset,
+                    check_name=name,
+                    passed=True,
+                    severity=AssetCheckSeverity.WARN,
+                    description=f"not compared: {model}'s card records no {drift.REFERENCE_KEY}",
+                    metadata={"compared": False},
+                )
+            ]
+            continue
+        results = drift.compare(references, features())
+        drifted = [r.feature for r in results if r.drifted]
+        frames.append(
+            drift.drift_rows(date, (card.id, card.version), results, checked_at, run_id)  # type: ignore[attr-defined]
+        )
+        if drifted:
+            log.warning(f"{date}: {model}'s outputs drifted from its evaluation data: {drifted}")
+        out[asset] = [
+            AssetCheckResult(
+                asset_key=asset,
+                check_name=name,
+                passed=not drifted,
+                severity=AssetCheckSeverity.WARN,
+                description=(
+                    f"{model}: {', '.join(drifted)} unlike the evaluation data"
+                    if drifted
+                    else f"{model}: outputs like the evaluation data"
+                ),
+                metadata={
+                    "compared": True,
+                    "statistic": "psi",
+                    "drifted_features": MetadataValue.json(drifted),
+                    **{
+                        f"{r.feature}_psi": r.statistic if r.statistic is not None else -1.0
+                        for r in results
+                    },
+                    "features": MetadataValue.json(
+                        {
+                            r.feature: {
+                                "psi": r.statistic,
+                                "threshold": r.threshold,
+                                "n": r.n,
+                                "day_mean": r.day_mean,
+                                "reference": dict(r.reference),
+                            }
+                            for r in results
+                        }
+                    ),
+                },
+            )
+        ]
+    if frames:
+        warehouse.replace_rows("model_drift", pl.concat(frames))
+    return out

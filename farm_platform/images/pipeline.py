@@ -100,6 +100,7 @@ IMAGE_CHECK_SPECS = [
     checks.image_quality_spec(DRONE_IMAGES),
     *checks.leaf_crops_specs(LEAF_CROPS),
     *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
+    *checks.drift_specs(LEAF_CROPS, list(GRADES_BY_DISEASE.values())),
 ]
 
 
@@ -228,6 +229,7 @@ def _process_day(
     _dead_letter_unusable(context, day, announcements, pubsub)
 
     results = _check_day(context, day, plan, bucket, warehouse)
+    _add_drift_checks(context, results, plan, warehouse)
     context.log.info(f"{date}: {GRADING_COMMITTED} ({lock}): {len(positions)} photo(s)")
     day.clock.seconds["op_total"] = time.perf_counter() - op_started
     per_photo = {"photos": len(positions), "unreadable": len(day.unreadable)}
@@ -337,6 +339,30 @@ def _check_day(
     )
     day.clock.add("checks", started)
     return by_asset
+
+
+def _add_drift_checks(
+    context: AssetExecutionContext,
+    results: dict[AssetKey, list[AssetCheckResult]],
+    plan: GradingPlan,
+    warehouse: WarehouseResource,
+) -> None:
+    """The selected drift checks of the day (checks.drift_checks) added to `results`."""
+    started = time.perf_counter()
+    selected = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
+    graders = {
+        GRADES_BY_DISEASE[card.disease_type]: card
+        for card in plan.grader_cards
+        if (GRADES_BY_DISEASE[card.disease_type], checks.GRADER_DRIFT) in selected
+    }
+    detect = plan.detect and (LEAF_CROPS, checks.DETECTOR_DRIFT) in selected
+    found = checks.drift_checks(
+        context.log, warehouse, plan.date, plan.detector_card, graders, detect, context.run.run_id
+    )
+    for asset, drift_results in found.items():
+        results.setdefault(asset, []).extend(drift_results)
+    day_clock_note = time.perf_counter() - started
+    context.log.debug(f"drift checks took {day_clock_note:.2f} s")
 
 
 def _dead_letter_unusable(

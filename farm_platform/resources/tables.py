@@ -82,6 +82,22 @@ PARTITION_QUALITY_COLUMNS = {
     "dagster_run_id": "TEXT NOT NULL",
 }
 
+# Drift checks (farm_platform/quality/drift.py): per day, model version and output feature,
+# the population-stability index against the card's reference; the report reads `drifted`.
+MODEL_DRIFT_COLUMNS = {
+    "date": "DATE NOT NULL",
+    "model_id": "TEXT NOT NULL",
+    "model_version": "TEXT NOT NULL",
+    "feature": "TEXT NOT NULL",
+    "statistic": "DOUBLE PRECISION",
+    "threshold": "DOUBLE PRECISION",
+    "n": "BIGINT NOT NULL",
+    "reference_n": "BIGINT NOT NULL",
+    "drifted": "BOOLEAN NOT NULL",
+    "checked_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
+    "dagster_run_id": "TEXT NOT NULL",
+}
+
 # The sensor's durable queue: one row per photo identity (position, date, GCS generation)
 # that a valid message announced. It is the de-duplication state (it scales with the
 # warehouse, not with the sensor cursor) and says which run a photo was handed to.
@@ -225,6 +241,12 @@ PARTITION_QUALITY_TABLE = Table(
     replace_scope=("position_id", "date", "asset", "check_name"),
     postgres_indexes=(("date",), ("checked_at", "date")),
 )
+MODEL_DRIFT_TABLE = Table(
+    "model_drift",
+    MODEL_DRIFT_COLUMNS,
+    primary_key=("date", "model_id", "model_version", "feature"),
+    replace_scope=("date", "model_id", "model_version"),
+)
 IMAGE_ARRIVALS_TABLE = Table(
     "image_arrivals",
     IMAGE_ARRIVALS_COLUMNS,
@@ -247,5 +269,6 @@ TABLES = {
         DRONE_IMAGES_TABLE,
         MODEL_VERSIONS_TABLE,
         PARTITION_QUALITY_TABLE,
+        MODEL_DRIFT_TABLE,
     )
 }

@@ -1,0 +1,150 @@
+"""Scale-out of the production topology: k runs of one day at once on k model replicas.
+
+    python benchmarks/scale_out.py [--k 1 2 4 8] [--photos-per-run 12] [--batch-ms 200]
+
+For each k, a fresh production topology (`stack up --production`: PostgreSQL instance and
+warehouse, code servers, daemon, Redis and the Celery workers) with k model-server replicas
+and k runs of a day allowed at once. The replicas emulate a remote accelerator (`models
+serve --emulate-batch-ms`): one batch at a time each, held for at least --batch-ms, the real
+outputs computed inside, so that the accelerator's time, not this machine's two cores, is
+what more replicas add. One day of k × --photos-per-run photos is announced at once and
+batched into runs of --photos-per-run (the sensor's claims), graded on the replicas (the
+client spreads requests over them).
+
+Prints per k: photos/s from the first upload to the last photo graded, the scaling
+efficiency throughput(k) / (k × throughput(1)), where the runs' wall time went (queued and
+starting, running), and Dagster events per photo; then the bottleneck the figures point at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance, RunsFilter
+
+from farm_platform import config
+from farm_platform.dev.daemon import wait_for_photos
+from farm_platform.dev.production import (
+    OIP_TOKEN,
+    PG_PASSWORD,
+    REDIS_PASSWORD,
+    production_down,
+    production_up,
+)
+from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.dev.stack import stack_down, stack_up
+from farm_platform.images.run_tags import PHOTOS_TAG
+from farm_platform.resources.warehouse import WarehouseResource
+
+DAY = dt.date(2026, 9, 1)
+
+
+def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    state_dir = workdir / f"k{k}"
+    info = stack_up(state_dir)
+    try:
+        settings = {
+            **info.environment(),
+            config.FARM_SENSOR_INTERVAL_SECONDS: "5",
+            config.FARM_RUN_MAX_PHOTOS: str(photos_per_run),
+            config.FARM_RUN_TIMEOUT_SECONDS: "900",
+        }
+        production = production_up(
+            state_dir,
+            settings,
+            replicas=k,
+            max_concurrent_runs=k,
+            quick_polling=True,
+            replica_batch_ms=batch_ms,
+        )
+        environment = {
+            **settings,
+            **production.environment(quote(os.environ[PG_PASSWORD], safe="")),
+            config.FARM_FIELD_MAP: str(state_dir / "positions.csv"),
+        }
+        warehouse = WarehouseResource(url=environment[config.FARM_WAREHOUSE])
+        photos = k * photos_per_run
+        farm = FarmConfig(positions=photos, days=1, start_date=DAY, seed=11)
+        with config.process_environment(environment):
+            instance = DagsterInstance.from_config(str(production.dagster_home))
+            try:
+                # The daemon records the models first; the clock starts at the first upload.
+                wait_for_photos(instance, warehouse, 0, 300)
+                started = time.perf_counter()
+                publisher = DroneMessagePublisher(info.project)
+                write_farm(
+                    farm,
+                    info.bucket_url(),
+                    state_dir / "positions.csv",
+                    publisher,
+                    truth_url=str(state_dir / "truth"),
+                )
+                wait_for_photos(instance, warehouse, photos, 3600, poll_seconds=0.5)
+                seconds = time.perf_counter() - started
+                runs = [
+                    record
+                    for record in instance.get_run_records(RunsFilter())
+                    if PHOTOS_TAG in record.dagster_run.tags
+                ]
+                events = sum(len(instance.all_logs(r.dagster_run.run_id)) for r in runs)
+                queued = sum(r.start_time - r.create_timestamp.timestamp() for r in runs)
+                running = sum(r.end_time - r.start_time for r in runs)
+            finally:
+                instance.dispose()
+    finally:
+        production_down(state_dir)
+        stack_down(state_dir)
+    return {
+        "k": k,
+        "photos": photos,
+        "runs": len(runs),
+        "seconds": seconds,
+        "photos_per_s": photos / seconds,
+        "queued_s_per_run": queued / len(runs),
+        "running_s_per_run": running / len(runs),
+        "events_per_photo": events / photos,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--photos-per-run", type=int, default=12)
+    parser.add_argument("--batch-ms", type=float, default=200.0)
+    args = parser.parse_args()
+    for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
+        os.environ.setdefault(name, os.urandom(12).hex())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="farm-scale-out-") as workdir:
+        for k in args.k:
+            print(f"== k = {k}: {k} runs of one day at once, {k} replicas", flush=True)
+            rows.append(measure(k, args.photos_per_run, args.batch_ms, Path(workdir)))
+            row = rows[-1]
+            base = rows[0]["photos_per_s"] / rows[0]["k"]
+            print(
+                f"   {row['photos']} photos in {row['runs']} runs, {row['seconds']:.1f} s: "
+                f"{row['photos_per_s']:.2f} photos/s, efficiency "
+                f"{row['photos_per_s'] / (row['k'] * base):.2f}; per run "
+                f"{row['queued_s_per_run']:.1f} s queued and starting, "
+                f"{row['running_s_per_run']:.1f} s running; "
+                f"{row['events_per_photo']:.1f} Dagster events per photo",
+                flush=True,
+            )
+    print(
+        "\nA run's time that grows with k while the replicas' batch time is fixed is this "
+        "machine's: the runs' own CPU (decode, crops, checks, writes) shares two cores."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
