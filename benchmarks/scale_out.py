@@ -125,6 +125,7 @@ def main() -> int:
         os.environ.setdefault(name, os.urandom(12).hex())
     rows = []
     with tempfile.TemporaryDirectory(prefix="farm-scale-out-") as workdir:
+        Path(workdir).chmod(0o755)  # PostgreSQL runs as another user
         for k in args.k:
             print(f"== k = {k}: {k} runs of one day at once, {k} replicas", flush=True)
             rows.append(measure(k, args.photos_per_run, args.batch_ms, Path(workdir)))

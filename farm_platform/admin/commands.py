@@ -24,6 +24,17 @@ def date_arg(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def non_negative_float(value: str) -> float:
+    """An argparse type: a number of at least 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return number
+
+
 # Pub/Sub's rule for a subscription's name (3-255 characters, a letter first, not goog*).
 SUBSCRIPTION_NAME = re.compile(r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
@@ -162,6 +173,7 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         watch_seconds=args.watch_seconds,
         host=args.host,
         token=config.oip_token(),
+        emulated_batch_seconds=args.emulate_batch_ms / 1000,
     )
     return 0
 
@@ -347,6 +359,13 @@ def add_admin_commands(commands: Any) -> None:
         type=float,
         default=config.DEFAULT_REGISTRY_WATCH_SECONDS,
         help="how often the server checks the registry for a new active version (0: never)",
+    )
+    serve_parser.add_argument(
+        "--emulate-batch-ms",
+        type=non_negative_float,
+        default=0.0,
+        help="benchmarks only: serve one batch at a time and hold each for at least this "
+        "long, as a remote accelerator would (benchmarks/scale_out.py)",
     )
     reload_parser = model_actions.add_parser(
         "reload", help="make a running model server load the registry's active versions"

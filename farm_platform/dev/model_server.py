@@ -29,6 +29,7 @@ def start_model_server(
     watch_seconds: float,
     detached: bool,
     token: str | None = None,
+    emulate_batch_ms: float = 0.0,
 ) -> Popen[bytes]:
     """Start `farm-platform models serve` and return once it answers ready (StackError if
     it exits or stays silent first, with its log's last lines); with a `token`, it requires
@@ -48,6 +49,7 @@ def start_model_server(
             str(grpc_port),
             "--watch-seconds",
             str(watch_seconds),
+            *(["--emulate-batch-ms", str(emulate_batch_ms)] if emulate_batch_ms else []),
         ],
         log_path,
         env={**os.environ, FARM_OIP_TOKEN: token} if token else None,
@@ -85,6 +87,8 @@ class ModelServerProcess:
     # Off by default: a test that switches versions decides when the server follows.
     watch_seconds: float = 0.0
     token: str | None = None
+    # Benchmarks: a remote accelerator's batch time (`models serve --emulate-batch-ms`).
+    emulate_batch_ms: float = 0.0
     _process: Popen[bytes] | None = None
 
     @property
@@ -112,6 +116,7 @@ class ModelServerProcess:
             watch_seconds=self.watch_seconds,
             detached=False,
             token=self.token,
+            emulate_batch_ms=self.emulate_batch_ms,
         )
         return self
 

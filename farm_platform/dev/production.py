@@ -152,6 +152,7 @@ def production_up(
     max_concurrent_runs: int,
     quick_polling: bool = False,
     runs_per_day: int | None = None,
+    replica_batch_ms: float = 0.0,
 ) -> Production:
     """Start the topology (or restart what died of a recorded one) and return it.
     `stack_environment`: the emulator stack's variables, and any setting its processes
@@ -166,6 +167,8 @@ def production_up(
         "replica_ports": [[free_port(), free_port()] for _ in range(replicas)],
         "max_concurrent_runs": max_concurrent_runs,
         "runs_per_day": runs_per_day or max_concurrent_runs,
+        # benchmarks/scale_out.py: replicas that time batches like a remote accelerator.
+        "replica_batch_ms": replica_batch_ms,
         "pids": {},
     }
     production = _production(state, state_dir)
@@ -221,6 +224,7 @@ def production_up(
                     state_dir / f"model-server-{index}.log",
                     watch_seconds=config.DEFAULT_REGISTRY_WATCH_SECONDS,
                     detached=True,
+                    emulate_batch_ms=float(state.get("replica_batch_ms", 0.0)),
                 ).pid
     finally:
         _write_production(state_dir, state)

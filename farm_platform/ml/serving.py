@@ -19,10 +19,12 @@ Needs the `serve` extra (kserve).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -73,8 +75,31 @@ HEALTH_METHODS = frozenset(
 )
 
 
+class EmulatedAccelerator:
+    """A remote accelerator's timing, for the scale-out benchmark on a machine without one:
+    one batch at a time per server, each held for at least `batch_seconds` (the real
+    outputs are computed inside). Off (0) outside benchmarks."""
+
+    def __init__(self, batch_seconds: float = 0.0) -> None:
+        self.batch_seconds = batch_seconds
+        self._busy = threading.Lock()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self.batch_seconds <= 0:
+            yield
+            return
+        with self._busy:
+            started = time.monotonic()
+            yield
+            time.sleep(max(0.0, self.batch_seconds - (time.monotonic() - started)))
+
+
 class RegistryModel(kserve.Model):
     """One model id; `load` (re)reads the registry's active version of it."""
+
+    # Shared by every model of the server: one (emulated) accelerator per replica.
+    accelerator = EmulatedAccelerator()
 
     def __init__(self, model_id: str, registry: ModelRegistry) -> None:
         super().__init__(model_id)
@@ -115,10 +140,11 @@ class RegistryModel(kserve.Model):
         if self._loaded is None:
             raise InvalidInput(f"model {self.name} is not loaded")
         card, network = self._loaded
-        if card.task == "leaf_detector":
-            outputs = _detect(network, _input(payload, DETECTOR_INPUT, card))
-        else:
-            outputs = _grade(network, _input(payload, GRADER_INPUT, card))
+        with self.accelerator.batch():
+            if card.task == "leaf_detector":
+                outputs = _detect(network, _input(payload, DETECTOR_INPUT, card))
+            else:
+                outputs = _grade(network, _input(payload, GRADER_INPUT, card))
         return InferResponse(
             response_id=payload.id or "",
             model_name=card.id,
@@ -519,9 +545,12 @@ def serve(
     watch_seconds: float = 5.0,
     host: str = "127.0.0.1",
     token: str | None = None,
+    emulated_batch_seconds: float = 0.0,
 ) -> None:
     """Serve until SIGTERM / SIGINT (blocks); `watch_seconds` 0 turns the watch off; with
-    a `token`, every call but the health checks must carry it."""
+    a `token`, every call but the health checks must carry it; `emulated_batch_seconds`:
+    see EmulatedAccelerator (benchmarks only)."""
+    RegistryModel.accelerator = EmulatedAccelerator(emulated_batch_seconds)
     repository = RegistryRepository(registry)
     server = RegistryModelServer(repository, host, http_port, grpc_port, token)
     models = registry_models(registry)
