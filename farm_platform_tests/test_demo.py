@@ -19,7 +19,10 @@ from farm_platform.resources.warehouse import WarehouseResource
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("model_server", [False, True], ids=["models in the run", "model server"])
+# The `--model-server` variant (the same demo, ~2 min more) is out of the suite's time
+# budget: grading on the model server through the daemon is test_outages_e2e's and
+# test_model_server's; the printed command's FARM_INFERENCE=oip is checked below when run.
+@pytest.mark.parametrize("model_server", [False], ids=["models in the run"])
 def test_demo_keep_prints_a_ui_command_that_works_as_printed(
     tmp_path, capsys, monkeypatch, model_server
 ):
