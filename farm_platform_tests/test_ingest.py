@@ -3,9 +3,9 @@ arrival queue in a real DuckDB warehouse."""
 
 import datetime as dt
 import io
+import itertools
 import json
 import time
-import itertools
 
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
@@ -40,7 +40,9 @@ def queue(tmp_path) -> ArrivalQueue:
 # whole day. A random pick among 300 days collided (two tests drew one day). Two days apart,
 # as a test may use the next day too; August to October 2026 lies in the trial, in the past
 # (a future photo is a dead letter), and no other test module uses it.
-_DAYS_OF_THIS_PROCESS = (dt.date(2026, 8, 1) + dt.timedelta(days=n) for n in itertools.count(step=2))
+_DAYS_OF_THIS_PROCESS = (
+    dt.date(2026, 8, 1) + dt.timedelta(days=n) for n in itertools.count(step=2)
+)
 
 
 @pytest.fixture
