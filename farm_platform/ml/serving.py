@@ -9,10 +9,8 @@ A new active version reaches the server without a restart: it watches the regist
 `watch_seconds`), and `POST /v2/repository/models/<id>/load` reloads a model at once. A
 version whose weights fail their check is not swapped in: the old one keeps serving.
 
-Each model's metadata names its active version, `pytorch` and its tensors; a versioned path
-(`/v2/models/<id>/versions/<v>`, gRPC's `model_version`) is served for the active version and
-refused, naming it, for any other. It listens on `host` (127.0.0.1 unless told), and with a
-token every call but the health checks needs `authorization: Bearer <token>`.
+Each model's metadata names its active version, `pytorch` and its tensors. It listens on
+`host` (127.0.0.1 unless told); ml/server_guards.py holds the versioned paths and the token.
 Needs the `serve` extra (kserve).
 """
 
@@ -20,15 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
 import kserve
 import numpy as np
 from grpc import aio
@@ -49,12 +44,16 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from farm_platform.ml import inference
 from farm_platform.ml.oip import DETECTOR_INPUT, DETECTOR_OUTPUTS, GRADER_INPUT, GRADER_OUTPUTS
 from farm_platform.ml.registry import ModelCard, ModelRegistry
+from farm_platform.ml.server_guards import (
+    ActiveVersionMiddleware,
+    BearerTokenInterceptor,
+    BearerTokenMiddleware,
+    check_version,
+)
 
 # Per forward pass: a request may carry any number of photos or crops.
 DETECTOR_BATCH = 32
@@ -68,11 +67,6 @@ OUTPUT_TYPES = {
     "index": ("INT64", [-1]),
     "confidence": ("FP32", [-1]),
 }
-# Probes (Kubernetes' included) carry no token.
-HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
-HEALTH_METHODS = frozenset(
-    {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
-)
 
 
 class EmulatedAccelerator:
@@ -167,28 +161,6 @@ def tensor_metadata(card: ModelCard) -> tuple[list[dict[str, Any]], list[dict[st
         {"name": output, "datatype": OUTPUT_TYPES[output][0], "shape": OUTPUT_TYPES[output][1]}
         for output in outputs
     ]
-
-
-class VersionNotServed(ModelNotFound):
-    """A version other than the active one: not found (REST 404, gRPC NOT_FOUND)."""
-
-    def __init__(self, model_id: str, version: str, active: str) -> None:
-        self.reason = (
-            f"{model_id} version {version} is not served: the active version is {active} "
-            f"(/v2/models/{model_id}/versions/{active})"
-        )
-
-
-def check_version(repository: kserve.ModelRepository, model_id: str, version: str) -> None:
-    """Pass for no version or the active one; else VersionNotServed / ModelNotFound."""
-    if not version:
-        return
-    model = repository.get_model(model_id)
-    card = model.card if isinstance(model, RegistryModel) else None
-    if card is None:
-        raise ModelNotFound(model_id)
-    if version != card.version:
-        raise VersionNotServed(model_id, version, card.version)
 
 
 def _input(payload: InferRequest, name: str, card: ModelCard) -> np.ndarray:
@@ -355,88 +327,6 @@ class RegistryServicer(InferenceServicer):
     ) -> pb.ModelInferResponse:
         check_version(self.repository, request.model_name, request.model_version)
         return await super().ModelInfer(request, context)
-
-
-def token_refusal(authorization: str | None, token: str) -> str | None:
-    """Why a call with this `authorization` is refused (one line), or None to serve it."""
-    if not authorization:
-        return "no bearer token: this server needs `authorization: Bearer <FARM_OIP_TOKEN>`"
-    scheme, _, given = authorization.partition(" ")
-    # Constant time: the comparison must not tell a caller how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        return "wrong bearer token (authorization: Bearer <FARM_OIP_TOKEN>)"
-    return None
-
-
-class BearerTokenMiddleware:
-    """REST: 401 with the reason unless the request carries the token (health excepted)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in HEALTH_PATHS:
-            headers = dict(scope["headers"])
-            value = headers.get(b"authorization")
-            refusal = token_refusal(value.decode("latin-1") if value else None, self.token)
-            if refusal:
-                response = JSONResponse(
-                    {"error": refusal}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-_VERSIONED_PATH = re.compile(
-    r"^/v2/models/(?P<model>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/ready|/infer)?$"
-)
-
-
-class ActiveVersionMiddleware:
-    """kserve 0.21's REST endpoints raise NotImplementedError for every versioned path:
-    this serves `/v2/models/<id>/versions/<v>[/ready|/infer]` as `/v2/models/<id>[...]`
-    when v is the active version, and answers 404 naming the active one otherwise."""
-
-    def __init__(self, app: ASGIApp, repository: kserve.ModelRepository) -> None:
-        self.app = app
-        self.repository = repository
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _VERSIONED_PATH.match(scope["path"]) if scope["type"] == "http" else None
-        if match:
-            try:
-                check_version(self.repository, match["model"], match["version"])
-            except ModelNotFound as exc:
-                await JSONResponse({"error": str(exc)}, status_code=404)(scope, receive, send)
-                return
-            path = f"/v2/models/{match['model']}{match['rest'] or ''}"
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-        await self.app(scope, receive, send)
-
-
-class BearerTokenInterceptor(aio.ServerInterceptor):
-    """gRPC: UNAUTHENTICATED with the reason unless the metadata carries the token (health
-    excepted)."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        given = dict(details.invocation_metadata or ()).get("authorization")
-        refusal = None if details.method in HEALTH_METHODS else token_refusal(given, self.token)
-        if refusal is None:
-            return await continuation(details)
-
-        async def refuse(request: bytes, context: aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-
-        return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 def grpc_address(host: str, port: int) -> str:
