@@ -31,12 +31,12 @@ from farm_platform.dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
-    launch_day_run,
     production_down,
     production_up,
     read_production,
 )
 from farm_platform.dev.stack import stack_down, stack_up
+from farm_platform.dev.ui import launch_day_run
 from farm_platform.resources.warehouse import WarehouseResource
 
 FIRST_DAY = dt.date(2026, 10, 1)

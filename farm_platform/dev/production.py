@@ -95,42 +95,6 @@ class Production:
         }
 
 
-def launch_day_run(webserver_url: str, day: str) -> str:
-    """Launch a run of a whole day partition of the image assets through the webserver's
-    GraphQL, as the UI's "Materialize" of one partition does; returns its run id."""
-    import urllib.request
-
-    from farm_platform.images.keys import IMAGE_PIPELINE
-
-    query = """mutation Launch($params: ExecutionParams!) {
-      launchRun(executionParams: $params) {
-        __typename ... on LaunchRunSuccess { run { runId } }
-        ... on PythonError { message }
-      }
-    }"""
-    params = {
-        "selector": {
-            "repositoryLocationName": "farm_platform",
-            "repositoryName": "__repository__",
-            "jobName": "__ASSET_JOB",
-            "assetSelection": [{"path": key.path} for key in IMAGE_PIPELINE],
-        },
-        "runConfigData": {},
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
-    }
-    request = urllib.request.Request(
-        f"{webserver_url}/graphql",
-        data=json.dumps({"query": query, "variables": {"params": params}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.loads(response.read())
-    launched = (answer.get("data") or {}).get("launchRun") or {}
-    if launched.get("__typename") != "LaunchRunSuccess":
-        raise StackError(f"the run of {day} was not launched: {answer}")
-    return launched["run"]["runId"]
-
-
 def credentials() -> tuple[str, str]:
     """The PostgreSQL password and the Celery broker's URL, URL-quoted, from the environment
     (StackError naming what is unset; FARM_OIP_TOKEN too, which the processes inherit)."""

@@ -1,10 +1,12 @@
 """The real Dagster UI for tests and screenshots: `dagster-webserver` on the project's
 workspace, read with Playwright driving Debian's headless Chromium (no browser download:
-`apt-get install chromium`, `pip install playwright`)."""
+`apt-get install chromium`, `pip install playwright`); and what the UI's buttons do, through
+the webserver's GraphQL."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -110,3 +112,37 @@ class Browser:
         self.open(url, click, settle_ms=4000)
         self.page.screenshot(path=str(path))
         print(f"wrote {path} ({url})")
+
+
+def launch_day_run(webserver_url: str, day: str) -> str:
+    """Launch a run of a whole day partition of the image assets through the webserver's
+    GraphQL, as the UI's "Materialize" of one partition does; returns its run id."""
+    from farm_platform.images.keys import IMAGE_PIPELINE
+
+    query = """mutation Launch($params: ExecutionParams!) {
+      launchRun(executionParams: $params) {
+        __typename ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message }
+      }
+    }"""
+    params = {
+        "selector": {
+            "repositoryLocationName": "farm_platform",
+            "repositoryName": "__repository__",
+            "jobName": "__ASSET_JOB",
+            "assetSelection": [{"path": key.path} for key in IMAGE_PIPELINE],
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+    }
+    request = urllib.request.Request(
+        f"{webserver_url}/graphql",
+        data=json.dumps({"query": query, "variables": {"params": params}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    launched = (answer.get("data") or {}).get("launchRun") or {}
+    if launched.get("__typename") != "LaunchRunSuccess":
+        raise RuntimeError(f"the run of {day} was not launched: {answer}")
+    return launched["run"]["runId"]
