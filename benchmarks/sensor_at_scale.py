@@ -24,7 +24,7 @@ Shortcuts, and why:
 - the bucket (--bucket local, the default) is a local folder (`file://`), and each photo
   is announced by a drone-controller message, the contract's other form, published to the
   Pub/Sub emulator. On fake-gcs-server (--bucket emulator: uploads through its API, its
-  OBJECT_FINALIZE notifications) uploading is quick (~400 photos/s), but the lookups are
+  OBJECT_FINALIZE notifications) uploading is quick (~350 photos/s), but the lookups are
   not: gcsfs's `info()` sends a prefix listing beside each object GET, and the emulator's
   filesystem backend walks every object of the bucket for a listing (57 ms at 2,000
   objects), so past a few thousand photos its lookups measure the emulator. Cloud Storage
