@@ -34,13 +34,16 @@ pipeline without the GCS emulator's cost per object (each crop is an object).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,15 @@ class Platform:
                 publisher.publish(uri, photo.key, "bench", captured_at(photo.key, index))
             publisher.flush()
 
+    @contextlib.contextmanager
+    def daemon_stopped(self) -> Iterator[None]:
+        """The daemon and its run processes are stopped on the way out, also after an error:
+        none may go on writing into the benchmark's folder."""
+        try:
+            yield
+        finally:
+            self.daemon.stop()
+
     def start(self) -> DagsterInstance:
         self.daemon.start()
         instance = DagsterInstance.from_config(str(self.dagster_home))
@@ -146,6 +158,20 @@ class Platform:
                 raise RuntimeError(self.daemon.log_tail())
             time.sleep(1)
         return instance
+
+
+def remove_tree(path: Path, seconds: float = 60.0) -> None:
+    """Remove the benchmark's folder, and wait for it: a process a phase stopped may still
+    finish a write into it (a killed run worker first completes the system call it is in),
+    and a folder that gains a file while it is removed fails with ENOTEMPTY; try again."""
+    deadline = time.monotonic() + seconds
+    while path.exists():
+        try:
+            shutil.rmtree(path)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def image_runs(instance: DagsterInstance) -> list[Any]:
@@ -181,7 +207,7 @@ def bench(
     inference = server.environment() if server else None
     platform = Platform(stack, workdir, name, n_images, local, run_max_photos, inference)
     sampler = RunMemorySampler()
-    with platform.start() as instance:
+    with platform.daemon_stopped(), platform.start() as instance:
         sampler.start()
         print("   uploading", flush=True)
         started = time.perf_counter()
@@ -205,7 +231,6 @@ def bench(
             for stage, seconds in stage_seconds(instance, run.run_id).items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
             events += len(instance.all_logs(run.run_id))
-    platform.daemon.stop()
 
     print("   bare model path on the same photos", flush=True)
     bare = measure_bare_path([photo.png for photo in photos], batch_size=32)
@@ -292,7 +317,7 @@ def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
     photos = list(simulate_images(config))
     platform = Platform(stack, workdir, "trickle", seconds)
     latencies: list[float] = []
-    with platform.start() as instance:
+    with platform.daemon_stopped(), platform.start() as instance:
         print(f"\n== trickle: 1 photo/s for {seconds} s", flush=True)
         uploaded_at: dict[str, float] = {}
         for photo in photos:
@@ -306,7 +331,6 @@ def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
             time.sleep(0.5)
             latencies.extend(_newly_graded(platform, uploaded_at))
         runs = len(image_runs(instance))
-    platform.daemon.stop()
     ordered = sorted(latencies)
     result = {
         "photos": len(photos),
@@ -355,7 +379,8 @@ def main() -> int:
     args = parser.parse_args()
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
     # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
-    with tempfile.TemporaryDirectory(prefix="farm-bench-") as workdir:
+    workdir = tempfile.mkdtemp(prefix="farm-bench-")
+    try:
         local = args.bucket == "local"
         for n_images in args.images:
             throughput = {}
@@ -377,6 +402,8 @@ def main() -> int:
         if args.trickle_seconds:
             with LocalStack() as stack:
                 trickle(stack, Path(workdir), args.trickle_seconds)
+    finally:
+        remove_tree(Path(workdir))
     return 0
 
 

@@ -262,6 +262,20 @@ def test_decode_png() -> None:
     assert issubclass(inference.ImageDecodeError, ValueError)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 40, 3), (40, 1, 3), (51, 22, 3), (256, 256, 3)])
+def test_encoded_crops_are_lossless_rgb_pngs(shape) -> None:
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = inference.encode_png(pixels[::1, ::1])  # and a view, not only a fresh array
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (shape[1], shape[0]))
+        image.verify()  # chunk CRCs
+    assert np.array_equal(inference.decode_png(data), pixels)
+    crop = pixels[: max(1, shape[0] // 2), : max(1, shape[1] // 2)]  # not contiguous
+    assert np.array_equal(inference.decode_png(inference.encode_png(crop)), crop)
+    with pytest.raises(ValueError, match="H, W, 3"):
+        inference.encode_png(pixels[..., 0])
+
+
 # ---------------------------------------------------------------------------------------
 # Inference
 

@@ -7,6 +7,7 @@ and grades whatever the batch size (up to float rounding in the scores).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -244,10 +245,15 @@ def write_crops(
     }
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols:
-        # Object stores have no folders (and gcsfs would probe the bucket per call).
-        for parent in sorted({path.rsplit("/", 1)[0] for path in payload}):
-            fs.makedirs(parent, exist_ok=True)
-    if getattr(fs, "async_impl", False):
+        # A folder bucket: plain files, without fsspec's per-call work (a photo's ~15
+        # crops share one folder; object stores have no folders, and gcsfs would probe
+        # the bucket per call).
+        for parent in {path.rsplit("/", 1)[0] for path in payload}:
+            os.makedirs(parent, exist_ok=True)
+        for path, data in payload.items():
+            with open(path, "wb") as file:
+                file.write(data)
+    elif getattr(fs, "async_impl", False):
         # One call, every object in flight at once: gcsfs's default gather batch is the
         # limit otherwise (measured against the GCS emulator: 5.5 ms per crop object
         # with the default, 1.9 ms with all of a chunk's ~1,000 crops in one gather).
