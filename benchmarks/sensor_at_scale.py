@@ -105,8 +105,6 @@ from farm_platform.resources.warehouse import WarehouseResource
 
 DAY = dt.date(2026, 9, 1)
 LOCATION = "farm_platform"
-# simulate's flights take 37 s a position from 09:00: 1,200 positions end before 22:00.
-POSITIONS_PER_DRONE = 1200
 # Epoch with milliseconds, pid, database: log lines are matched to ticks by time.
 LOG_LINE_PREFIX = "%n [%p] %d "
 LOG_LINE = re.compile(r"^(?P<epoch>\d+\.\d+) \[(?P<pid>\d+)\] (?P<db>\S*) LOG:  (?P<text>.*)$")
@@ -280,9 +278,7 @@ def announce_day(info: StackInfo, bucket_url: str, photos: int) -> float:
         if publisher is None:
             continue
         for index, key in zip(indexes, keys, strict=True):
-            # A drone flies POSITIONS_PER_DRONE positions: its captured_at stays in the day,
-            # which the sensor checks.
-            when = captured_at(key, index % POSITIONS_PER_DRONE)
+            when = captured_at(key, index)
             publisher.publish(join(bucket_url, key.relative_path()), key, "bench", when)
     if publisher is not None:
         publisher.flush()

@@ -68,6 +68,10 @@ class DroneMessagePublisher:
         return len(futures)
 
 
+# Positions one drone flies in a day, from _FLIGHT_START: 1,200 at 37 s end before 22:00.
+POSITIONS_PER_DRONE = 1200
+
+
 @dataclass
 class SimulationSummary:
     images: int
@@ -87,8 +91,13 @@ def _object_uri(bucket_url: str, key: ImageKey) -> str:
 
 
 def captured_at(key: ImageKey, position_index: int) -> dt.datetime:
+    """When the photo was taken: each drone flies POSITIONS_PER_DRONE positions from the
+    flight's start, so a farm of any size is photographed within its day (the sensor
+    dead-letters a photo captured on another day; one drone for 5,000 positions would have
+    flown past midnight)."""
     start = dt.datetime.combine(key.date, _FLIGHT_START)
-    return start + dt.timedelta(seconds=_SECONDS_PER_POSITION * position_index)
+    flown = position_index % POSITIONS_PER_DRONE
+    return start + dt.timedelta(seconds=_SECONDS_PER_POSITION * flown)
 
 
 def write_farm(
