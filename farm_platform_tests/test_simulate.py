@@ -252,3 +252,32 @@ def test_truth_without_rendering_is_the_truth_of_the_photos():
     config = FarmConfig(positions=3, days=2, seed=5)
     rendered = [(image.key, image.leaves) for image in simulate_images(config)]
     assert list(simulate_truth(config)) == rendered
+
+
+def test_the_field_map_resource_parses_a_file_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from farm_platform.resources import field_map as module
+
+    path = module.write_field_map([_position("P000", "control")], tmp_path / "positions.csv")
+    parses = []
+    real = module.read_field_map
+    monkeypatch.setattr(module, "read_field_map", lambda p: parses.append(p) or real(p))
+    resource = module.FieldMapResource(path=str(path))
+    assert list(resource.positions()) == ["P000"]
+    resource.positions()["P999"] = None  # a caller's change stays its own
+    assert list(resource.positions()) == ["P000"]
+    assert len(parses) == 1, "an unchanged field map was parsed again"
+
+    module.write_field_map([_position("P000", "control"), _position("P001", "treated")], path)
+    assert list(resource.positions()) == ["P000", "P001"]
+    path.write_text("position_id,area\nP000,control\n")
+    with pytest.raises(module.FieldMapError, match="has columns"):
+        resource.positions()
+    path.unlink()
+    with pytest.raises(module.FieldMapError, match="does not exist"):
+        resource.positions()
+
+
+def _position(position_id: str, area: str):
+    from farm_platform.resources.field_map import Position
+
+    return Position(position_id, area, 0.0, 0.0, 0.0 if area == "control" else 1.0)
