@@ -78,7 +78,7 @@ from dagster import DagsterInstance, RunsFilter
 from farm_platform import config
 from farm_platform.arrivals import ArrivalQueue
 from farm_platform.dev.daemon import sensor_ticks
-from farm_platform.dev.postgres import PostgresServer
+from farm_platform.dev.postgres import PostgresServer, fresh_database
 from farm_platform.dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
@@ -393,14 +393,6 @@ def describe_ticks(
     return ticks
 
 
-def scratch_warehouse(server: PostgresServer, name: str) -> WarehouseResource:
-    """A new, empty warehouse database on the same server."""
-    with psycopg.connect(server.database_url("farm"), autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name}")
-        connection.execute(f"CREATE DATABASE {name}")
-    return WarehouseResource(url=server.database_url(name))
-
-
 def tick_probe(
     server: PostgresServer, info: StackInfo, environment: dict[str, str], since: float
 ) -> dict[str, float]:
@@ -414,7 +406,7 @@ def tick_probe(
     pubsub.seek(dt.datetime.fromtimestamp(since, dt.UTC))
     timed_pubsub = Timed(pubsub)
     bucket = Timed(BucketResource(url=environment[config.FARM_BUCKET]))
-    scratch = scratch_warehouse(server, "tick_probe")
+    scratch = WarehouseResource(url=fresh_database(server.url, "tick_probe"))
     # A tick's queue checks the schema once, as every tick's does; creating it is not a tick's.
     scratch.create_schema()
     warehouse = Timed(scratch)
@@ -456,7 +448,7 @@ def claim_probe(server: PostgresServer, photos: int, max_photos: int) -> dict[st
     from farm_platform.arrivals import Arrival
     from farm_platform.resources.pubsub import PulledMessage
 
-    warehouse = Timed(scratch_warehouse(server, "claim_probe"))
+    warehouse = Timed(WarehouseResource(url=fresh_database(server.url, "claim_probe")))
     queue = ArrivalQueue(warehouse)  # type: ignore[arg-type]
     now = dt.datetime.now(dt.UTC)
     arrivals = [

@@ -36,6 +36,7 @@ from farm_platform.analytics.effect_stats import treatment_effect_frame
 from farm_platform.analytics.headline import summary_lines
 from farm_platform.analytics.report_data import effect_decisions, load_report_data
 from farm_platform.dev.farm import DbtBuildOutcome, invoke_dbt_build
+from farm_platform.dev.postgres import fresh_database
 from farm_platform.dev.simulate import FarmConfig, field_map, simulate_truth, true_position_day
 from farm_platform.ml.registry import DISEASE_TYPES
 from farm_platform.resources.warehouse import WarehouseResource
@@ -286,18 +287,6 @@ def dbt_build(project: Path, warehouse_url: str) -> Build:
     return Build(project, warehouse_url, invoke_dbt_build(project, warehouse_url))
 
 
-@contextlib.contextmanager
-def fresh_postgres_database(postgres_url: str, name: str) -> Iterator[str]:
-    """A new database on the session server (dropped first if a previous run left one)."""
-    import psycopg
-
-    base, _, _ = postgres_url.rpartition("/")
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{base}/{name}"
-
-
 @pytest.fixture(scope="module")
 def farm() -> Farm:
     return synthetic_farm()
@@ -322,14 +311,12 @@ def built_farm(
     """`dbt build` of `farm` in a fresh warehouse of the database `request.param` names."""
     tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
     project = dbt_project_copy(farm.positions, tmp / "project")
-    with contextlib.ExitStack() as stack:
-        if request.param == "duckdb":
-            url = f"duckdb:///{tmp / 'warehouse.duckdb'}"
-        else:
-            postgres_url = request.getfixturevalue("postgres_url")
-            url = stack.enter_context(fresh_postgres_database(postgres_url, name))
-        load_warehouse(url, farm)
-        yield dbt_build(project, url)
+    if request.param == "duckdb":
+        url = f"duckdb:///{tmp / 'warehouse.duckdb'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_url"), name)
+    load_warehouse(url, farm)
+    yield dbt_build(project, url)
 
 
 # --------------------------------------------------------------------------- the clean build
@@ -1129,8 +1116,7 @@ def _warehouse_and_copy(
             admin.execute("CREATE DATABASE farm_full_refresh TEMPLATE farm_incremental")
         return f"{base}/farm_full_refresh"
 
-    with fresh_postgres_database(postgres_url, "farm_incremental") as url:
-        yield url, copy_postgres
+    yield fresh_database(postgres_url, "farm_incremental"), copy_postgres
 
 
 @pytest.mark.slow

@@ -32,7 +32,6 @@ from test_dbt import (
     _position_changes,
     _warehouse_and_copy,
     dbt_build,
-    fresh_postgres_database,
     load_warehouse,
     synthetic_farm,
 )
@@ -46,6 +45,7 @@ from farm_platform.analytics.report_data import (
     load_report_data,
     revisions,
 )
+from farm_platform.dev.postgres import fresh_database
 from farm_platform.resources.warehouse import WarehouseResource
 
 NAMES = {"disease_0": "brown spot", "disease_3": "vein streak"}
@@ -56,8 +56,7 @@ def _warehouse(db: str, tmp: Path, request: pytest.FixtureRequest, name: str) ->
     if db == "duckdb":
         yield f"duckdb:///{tmp / 'warehouse.duckdb'}"
         return
-    with fresh_postgres_database(request.getfixturevalue("postgres_url"), name) as url:
-        yield url
+    yield fresh_database(request.getfixturevalue("postgres_url"), name)
 
 
 def _report(build: Build, day=LAST_DAY):

@@ -326,3 +326,17 @@ def postgres_server(settings: str = "") -> Iterator[str]:
     """The URL of a throwaway server, stopped and removed on exit."""
     with PostgresServer(settings) as server:
         yield server.url
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """A new, empty database `name` on the server `server_url` reaches (dropped first, with
+    any connection a previous run left to it); its URL."""
+    import psycopg
+    from psycopg import sql
+
+    base, _, _ = server_url.rpartition("/")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        database = sql.Identifier(name)
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(database))
+    return f"{base}/{name}"
