@@ -138,26 +138,24 @@ class Platform:
             publisher.flush()
 
     @contextlib.contextmanager
-    def daemon_stopped(self) -> Iterator[None]:
-        """The daemon and its run processes are stopped on the way out, also after an error:
-        none may go on writing into the benchmark's folder."""
+    def running(self) -> Iterator[DagsterInstance]:
+        """The daemon started and its models recorded; on the way out, also after an error,
+        the daemon and its run processes stopped: none may go on writing into the
+        benchmark's folder."""
+        self.daemon.start()
         try:
-            yield
+            with DagsterInstance.from_config(str(self.dagster_home)) as instance:
+                # The daemon loads the code location and records the models first.
+                deadline = time.monotonic() + 180
+                while not instance.get_run_records(RunsFilter()) or instance.get_run_records(
+                    RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
+                ):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(self.daemon.log_tail())
+                    time.sleep(1)
+                yield instance
         finally:
             self.daemon.stop()
-
-    def start(self) -> DagsterInstance:
-        self.daemon.start()
-        instance = DagsterInstance.from_config(str(self.dagster_home))
-        # The daemon loads the code location and records the models first.
-        deadline = time.monotonic() + 180
-        while not instance.get_run_records(RunsFilter()) or instance.get_run_records(
-            RunsFilter(statuses=list(UNFINISHED_STATUSES)), limit=1
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError(self.daemon.log_tail())
-            time.sleep(1)
-        return instance
 
 
 def remove_tree(path: Path, seconds: float = 60.0) -> None:
@@ -207,7 +205,7 @@ def bench(
     inference = server.environment() if server else None
     platform = Platform(stack, workdir, name, n_images, local, run_max_photos, inference)
     sampler = RunMemorySampler()
-    with platform.daemon_stopped(), platform.start() as instance:
+    with platform.running() as instance:
         sampler.start()
         print("   uploading", flush=True)
         started = time.perf_counter()
@@ -317,7 +315,7 @@ def trickle(stack: LocalStack, workdir: Path, seconds: int) -> dict[str, float]:
     photos = list(simulate_images(config))
     platform = Platform(stack, workdir, "trickle", seconds)
     latencies: list[float] = []
-    with platform.daemon_stopped(), platform.start() as instance:
+    with platform.running() as instance:
         print(f"\n== trickle: 1 photo/s for {seconds} s", flush=True)
         uploaded_at: dict[str, float] = {}
         for photo in photos:
