@@ -31,6 +31,7 @@ scipy is imported only when a rule is computed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 
 import polars as pl
@@ -62,6 +63,9 @@ def tabulated_df(df: float | None) -> int | None:
     return min(whole, _T_TABLE_MAX_DF)
 
 
+# Cached: a report or a benchmark asks for the same few hundred (probability, df) pairs
+# again and again, and scipy's ppf costs milliseconds a call.
+@functools.lru_cache(maxsize=4096)
 def _t_quantile(probability: float, df: int) -> float:
     from scipy import stats
 
