@@ -239,7 +239,11 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
 
     from farm_platform.images.keys import MODEL_ASSETS
     from farm_platform.images.registered_models import MODEL_VERSIONS, registered_models
-    from farm_platform.images.sensors import model_registry_sensor
+    from farm_platform.images.sensors import (
+        MAX_RUNTIME_TAG,
+        model_registry_sensor,
+        run_timeout_seconds,
+    )
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
 
     models = ModelRegistryResource(models_dir=str(models_dir))
@@ -262,6 +266,9 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
         first = evaluate(instance)  # nothing recorded yet: every model
         assert isinstance(first, RunRequest)
         assert set(first.asset_selection) == {*MODEL_ASSETS.values(), MODEL_VERSIONS}
+        # Bounded: a model run whose worker died with the daemon must not hold the run
+        # queue (and the photos queued behind it) for ever; run monitoring fails it.
+        assert first.tags[MAX_RUNTIME_TAG] == str(run_timeout_seconds(0))
         record(instance, first.asset_selection)
         assert isinstance(evaluate(instance), SkipReason)
 
@@ -281,6 +288,20 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
         again = evaluate(instance)
         assert isinstance(again, RunRequest) and "v1->v2" in again.run_key
         assert len({to_v2.run_key, back.run_key, again.run_key}) == 3
+
+
+def test_the_shipped_instance_bounds_every_run_without_a_runtime_tag(tmp_path):
+    """A UI, backfill or report run whose worker died (the default run launcher cannot
+    see it) is failed by run monitoring after the instance's max runtime, instead of
+    holding the one-run queue for ever (seen: a daemon killed during a run)."""
+    from dagster import DagsterInstance
+
+    from farm_platform.admin.instance import prepare_dagster_home
+
+    prepare_dagster_home(tmp_path)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_monitoring_enabled
+        assert 3600 <= instance.run_monitoring_max_runtime_seconds <= 24 * 3600
 
 
 GRADE_ASSETS = {f"disease_{k}_grades" for k in range(5)}

@@ -228,4 +228,10 @@ def model_registry_sensor(
     if not changed:
         return SkipReason(f"every model asset records its active version (generation {generation})")
     # The warehouse's model_versions table follows the registry too.
-    return RunRequest(run_key=";".join(transitions), asset_selection=[*changed, MODEL_VERSIONS])
+    # A model run only records versions (seconds): bounded like a run of no photos, so that a
+    # worker that died with the daemon does not hold the run queue (run monitoring fails it).
+    return RunRequest(
+        run_key=";".join(transitions),
+        asset_selection=[*changed, MODEL_VERSIONS],
+        tags={MAX_RUNTIME_TAG: str(run_timeout_seconds(0))},
+    )
