@@ -29,6 +29,38 @@ from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.postgres import postgres_server
 from farm_platform.dev.stack import StackInfo
 
+# --------------------------------------------------------------------------- order
+
+# The modules that take longest, longest first: seconds of one module on one worker, from
+# pytest's durations in clean-clone runs on the 2-core machine (2026-12-04). With
+# `--dist loadfile --no-loadscope-reorder` (the Makefile) pytest-xdist hands modules to
+# workers in collection order; longest first keeps every worker busy to the end, where
+# xdist's own order (most tests first) left a 4-minute e2e module for last on one worker
+# while the others idled. Only wall time depends on it: every module runs either way, each
+# on one worker. Modules not listed follow in their usual order.
+LONGEST_MODULES_FIRST = (
+    "test_dbt.py",  # ~330 s
+    "test_production_e2e.py",  # ~260 s
+    "test_pipeline_e2e.py",  # ~250 s
+    "test_faults_e2e.py",  # ~230 s
+    "test_outages_e2e.py",  # ~200 s
+    "test_model_story_e2e.py",  # ~200 s
+    "test_demo.py",  # ~120 s
+    "test_trial_events.py",  # ~110 s
+    "test_quality.py",  # ~90 s
+    "test_ui.py",  # ~80 s
+    "test_ingest.py",  # ~75 s
+    "test_effect_recovery.py",  # ~65 s
+    "test_model_server.py",  # ~60 s
+    "test_cli.py",  # ~60 s
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
+
+
 # --------------------------------------------------------------------------- leaks
 
 
