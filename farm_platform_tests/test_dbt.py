@@ -444,9 +444,10 @@ def test_daily_severity_shares(build: Build, farm: Farm) -> None:
         key = (row["date"], AREA[row["position_id"]], row["disease_type"])
         groups[key].append((row["position_id"], row["predicted_grade"]))
     frame = build.query("SELECT * FROM daily_severity")
-    assert frame.height == len(groups) == len(DAYS) * 2 * 2
-    for row in frame.iter_rows(named=True):
-        values = groups[row["date"], row["area"], row["disease_type"]]
+    rows = {(r["date"], r["area"], r["disease_type"]): r for r in frame.iter_rows(named=True)}
+    assert frame.height == len(rows) == len(groups) == len(DAYS) * 2 * 2
+    for key, row in rows.items():
+        values = groups[key]
         grades = [g for _, g in values]
         assert row["images"] == len({p for p, _ in values})
         assert row["leaves"] == len(grades)
@@ -456,21 +457,13 @@ def test_daily_severity_shares(build: Build, farm: Farm) -> None:
     # By hand: day 0, control, disease_0: C0 C2 C4 C6 start at 3.0 (4 leaves of 3 each),
     # C1 C3 C5 at 2.75 (3, 3, 3, 2): 25 of 28 leaves severe, none healthy (the inactive
     # detector's all-healthy crops are not counted).
-    first = frame.filter(
-        (pl.col("date") == DAYS[0])
-        & (pl.col("area") == "control")
-        & (pl.col("disease_type") == "disease_0")
-    ).row(0, named=True)
+    first = rows[DAYS[0], "control", "disease_0"]
     assert (first["images"], first["leaves"]) == (7, 28)
     assert abs(first["share_severe"] - 25 / 28) < TOLERANCE
     assert first["share_healthy"] == 0
     # Day 3, treated, disease_0: T0 and T3 (mean 0.25: 1 0 0 0) have 3 healthy leaves each,
     # T4 (0.75: 1 1 1 0) one, T5 (0.5: 1 1 0 0) two: 9 of the 24 leaves of 6 readable photos.
-    last = frame.filter(
-        (pl.col("date") == LAST_DAY)
-        & (pl.col("area") == "treated")
-        & (pl.col("disease_type") == "disease_0")
-    ).row(0, named=True)
+    last = rows[LAST_DAY, "treated", "disease_0"]
     assert (last["images"], last["leaves"]) == (6, 24)
     assert abs(last["share_healthy"] - 9 / 24) < TOLERANCE
     assert last["share_severe"] == 0

@@ -5,7 +5,11 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from farm_platform.resources.tables import DISEASE_GRADES_COLUMNS, LEAF_CROPS_COLUMNS
+from farm_platform.resources.tables import (
+    DISEASE_GRADES_COLUMNS,
+    DISEASE_GRADES_TABLE,
+    LEAF_CROPS_COLUMNS,
+)
 from farm_platform.resources.warehouse import WarehouseError, WarehouseResource
 
 GRADED_AT = dt.datetime(2026, 6, 2, 8, 0, tzinfo=dt.UTC)
@@ -82,19 +86,7 @@ def test_other_partitions_are_untouched(warehouse):
 def test_scopes_clear_a_partition_that_has_no_rows_any_more(warehouse):
     warehouse.replace_rows("disease_grades", grades())
     empty = grades().head(0)
-    scopes = (
-        grades()
-        .head(1)
-        .select(
-            "position_id",
-            "date",
-            "disease_type",
-            "cropper_model_id",
-            "cropper_model_version",
-            "disease_model_id",
-            "disease_model_version",
-        )
-    )
+    scopes = grades().head(1).select(DISEASE_GRADES_TABLE.replace_scope)
     warehouse.replace_rows("disease_grades", empty, scopes=scopes)
     assert count(warehouse) == 0
 

@@ -9,13 +9,17 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform.config import WORKSPACE_FILE
-from farm_platform.dev.processes import kill_now, processes_in_group, wait_until_gone
+from farm_platform.dev.processes import (
+    StartedInWith,
+    kill_now,
+    processes_in_group,
+    wait_until_gone,
+)
 
 FAILED_STATUSES = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 UNFINISHED_STATUSES = (
@@ -27,7 +31,7 @@ UNFINISHED_STATUSES = (
 )
 
 
-class DaemonProcess:
+class DaemonProcess(StartedInWith["DaemonProcess"]):
     """`dagster-daemon run` in its own process group, logging to a file."""
 
     def __init__(self, dagster_home: Path, environment: Mapping[str, str], log_path: Path):
@@ -76,17 +80,6 @@ class DaemonProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def __enter__(self) -> DaemonProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class PipelineFailed(RuntimeError):

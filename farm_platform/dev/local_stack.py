@@ -21,7 +21,13 @@ from farm_platform.dev.emulators import (
     start_pubsub_emulator,
 )
 from farm_platform.dev.model_server import grpc_url, start_model_server
-from farm_platform.dev.processes import free_port, pid_alive, stop_pids, terminate
+from farm_platform.dev.processes import (
+    StartedInWith,
+    free_port,
+    pid_alive,
+    stop_pids,
+    terminate,
+)
 from farm_platform.dev.stack import StackInfo, create_topology, restart_dead_emulators
 
 # Temp dirs of LocalStack instances; a crashed owner leaves them (and maybe emulators) behind.
@@ -46,7 +52,7 @@ def _sweep_orphaned_local_stacks() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class LocalStack:
+class LocalStack(StartedInWith[StackInfo]):
     """Both emulators (and with `model_server`, a model server) in a private temp dir for
     the life of a `with` block (tests, demo).
 
@@ -150,9 +156,3 @@ class LocalStack:
         if self._dir is not None and not self.keep_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
-
-    def __enter__(self) -> StackInfo:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

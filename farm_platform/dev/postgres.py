@@ -21,10 +21,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from farm_platform.dev.processes import child_pids, free_port, kill_now, pid_alive
+from farm_platform.dev.processes import (
+    StartedInWith,
+    child_pids,
+    free_port,
+    kill_now,
+    pid_alive,
+)
 
 PG_PREFIX = "farm-pg-"
 SUPERUSER = "farm"
@@ -110,7 +115,7 @@ def _sweep_orphaned() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-class PostgresServer:
+class PostgresServer(StartedInWith["PostgresServer"]):
     """One throwaway server; `settings`: extra `-c name=value` server options.
 
     `durable`: a commit is in the WAL before it returns (synchronous_commit on), so a killed
@@ -308,17 +313,6 @@ class PostgresServer:
         return _run_as(
             self._user, [str(self._bin / program), *args], cwd=self.base, timeout=timeout
         )
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

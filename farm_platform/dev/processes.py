@@ -11,8 +11,37 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import Generic, TypeVar
 
 STOP_TIMEOUT_SECONDS = 10.0
+
+_Started = TypeVar("_Started")
+
+
+class StartedInWith(Generic[_Started]):
+    """`with thing as started:` runs `start()` and always `stop()` on leaving.
+
+    The servers and daemons of the dev stack leave processes and folders behind when a
+    test or command fails half-way; one base class keeps their `with` blocks alike.
+    """
+
+    def start(self) -> _Started:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Started:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_port() -> int:

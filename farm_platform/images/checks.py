@@ -43,54 +43,45 @@ from farm_platform.resources.warehouse import WarehouseResource
 _SEVERITY = {"ERROR": AssetCheckSeverity.ERROR, "WARN": AssetCheckSeverity.WARN}
 
 
-def image_quality_spec(asset: AssetKey) -> AssetCheckSpec:
+def _day_check(name: str, asset: AssetKey, description: str) -> AssetCheckSpec:
+    """A check of `asset`, evaluated per day partition like every check of this module (a
+    run grades one day; see the module's docstring)."""
     return AssetCheckSpec(
-        IMAGE_QUALITY,
-        asset=asset,
-        partitions_def=daily_partitions,
-        description="Great Expectations suite `drone_images`: the object exists, decodes as an "
-        "image, width/height/bytes within bounds.",
+        name, asset=asset, partitions_def=daily_partitions, description=description
     )
 
 
+# What each data-quality check's spec says in the UI, by check name.
+_QUALITY_DESCRIPTIONS = {
+    IMAGE_QUALITY: "Great Expectations suite `drone_images`: the object exists, decodes as an "
+    "image, width/height/bytes within bounds.",
+    LEAF_CROPS_VALID: "Great Expectations suites `leaf_crops` + `leaf_counts`: 0–20 leaves, "
+    "boxes inside the image, scores in [0, 1], crop objects exist, model id/version "
+    "present. A failing photo's grades are held back from dbt and reports.",
+    LEAVES_VANISHED: "WARNING: the position had leaves yesterday and none today.",
+    GRADES_VALID: "Great Expectations suites `disease_<k>_grades` + `grade_counts`: one "
+    "row per crop, grade within the model card's scale, confidence in [0, 1], keys not "
+    "null and unique, model versions = the registry's active ones. A failing photo is "
+    "held back from dbt and reports (dbt model held_back_partitions).",
+    SEVERITY_JUMP: "WARNING: the position's mean grade moved more than the bound "
+    "(FARM_MAX_SEVERITY_JUMP) since yesterday.",
+}
+
+
+def _quality_checks(asset: AssetKey, *names: str) -> list[AssetCheckSpec]:
+    return [_day_check(name, asset, _QUALITY_DESCRIPTIONS[name]) for name in names]
+
+
+def image_quality_spec(asset: AssetKey) -> AssetCheckSpec:
+    return _day_check(IMAGE_QUALITY, asset, _QUALITY_DESCRIPTIONS[IMAGE_QUALITY])
+
+
 def leaf_crops_specs(asset: AssetKey) -> list[AssetCheckSpec]:
-    return [
-        AssetCheckSpec(
-            LEAF_CROPS_VALID,
-            asset=asset,
-            partitions_def=daily_partitions,
-            description="Great Expectations suites `leaf_crops` + `leaf_counts`: 0–20 leaves, "
-            "boxes inside the image, scores in [0, 1], crop objects exist, model id/version "
-            "present. A failing photo's grades are held back from dbt and reports.",
-        ),
-        AssetCheckSpec(
-            LEAVES_VANISHED,
-            asset=asset,
-            partitions_def=daily_partitions,
-            description="WARNING: the position had leaves yesterday and none today.",
-        ),
-    ]
+    return _quality_checks(asset, LEAF_CROPS_VALID, LEAVES_VANISHED)
 
 
 def grades_specs(asset: AssetKey) -> list[AssetCheckSpec]:
-    return [
-        AssetCheckSpec(
-            GRADES_VALID,
-            asset=asset,
-            partitions_def=daily_partitions,
-            description="Great Expectations suites `disease_<k>_grades` + `grade_counts`: one "
-            "row per crop, grade within the model card's scale, confidence in [0, 1], keys not "
-            "null and unique, model versions = the registry's active ones. A failing photo is "
-            "held back from dbt and reports (dbt model held_back_partitions).",
-        ),
-        AssetCheckSpec(
-            SEVERITY_JUMP,
-            asset=asset,
-            partitions_def=daily_partitions,
-            description="WARNING: the position's mean grade moved more than the bound "
-            "(FARM_MAX_SEVERITY_JUMP) since yesterday.",
-        ),
-    ]
+    return _quality_checks(asset, GRADES_VALID, SEVERITY_JUMP)
 
 
 def day_result(result: CheckResult) -> AssetCheckResult:
@@ -169,21 +160,19 @@ def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> l
         f"(features with fewer than {drift.MIN_VALUES} values that day are not compared)"
     )
     return [
-        AssetCheckSpec(
+        _day_check(
             DETECTOR_DRIFT,
-            asset=detector_asset,
-            partitions_def=daily_partitions,
-            description="WARNING: the day's photos look unlike the detector's evaluation data: "
+            detector_asset,
+            "WARNING: the day's photos look unlike the detector's evaluation data: "
             "detection score, boxes per photo or box size relative to the photo drifted from "
             f"the reference on the model card; {rule}. Never holds photos back; the report "
             "names the day.",
         ),
         *[
-            AssetCheckSpec(
+            _day_check(
                 GRADER_DRIFT,
-                asset=asset,
-                partitions_def=daily_partitions,
-                description="WARNING: the grader's confidence on the day's crops drifted from "
+                asset,
+                "WARNING: the grader's confidence on the day's crops drifted from "
                 f"the reference on its model card; {rule}.",
             )
             for asset in grade_assets

@@ -116,6 +116,12 @@ class ModelCard:
                 raise fail(name, f"must be {kind_name}, got {value!r}")
             return value
 
+        def matching(name: str, pattern: re.Pattern[str], why: str) -> str:
+            value: str = required(name, str)
+            if not pattern.match(value):
+                raise fail(name, f"= {value!r} {why}")
+            return value
+
         model_id = required("id", str)
         version = required("version", str)
         for name, value in (("id", model_id), ("version", version)):
@@ -152,16 +158,14 @@ class ModelCard:
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
         ):
             raise fail("input_size", f"= {size!r} must be [height, width] positive integers")
-        architecture = required("architecture", str)
-        if not _ARCHITECTURE_PATTERN.match(architecture):
-            raise fail("architecture", f"= {architecture!r} must look like 'package.module:Class'")
+        architecture = matching(
+            "architecture", _ARCHITECTURE_PATTERN, "must look like 'package.module:Class'"
+        )
         kwargs = required("architecture_kwargs", dict)
         weights = required("weights", str)
         if not weights or "/" in weights or "\\" in weights or weights in (".", ".."):
             raise fail("weights", f"= {weights!r} must be a file name beside the card")
-        sha = required("sha256", str)
-        if not _SHA256_PATTERN.match(sha):
-            raise fail("sha256", f"= {sha!r} must be 64 lowercase hex digits")
+        sha = matching("sha256", _SHA256_PATTERN, "must be 64 lowercase hex digits")
         training = required("training", dict)
         metrics = required("metrics", dict)
         created_at = required("created_at", str)

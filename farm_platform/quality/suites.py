@@ -128,21 +128,27 @@ def leaf_crops_suite() -> Any:
     )
 
 
-def leaf_counts_suite(max_leaves: int = MAX_LEAVES_PER_IMAGE) -> Any:
-    """One row per partition: `leaves` (crops of the active detector on the photo)."""
+def _at_most_suite(suite_name: str, column: str, max_value: float, name: str) -> Any:
+    """A suite of the one expectation `0 <= column <= max_value`, named `name`: the
+    per-photo leaf count and the day-to-day severity change are bounded alike."""
     import great_expectations as gx
 
     return _suite(
-        "leaf_counts",
+        suite_name,
         [
             _named(
                 gx.expectations.ExpectColumnValuesToBeBetween(
-                    column="leaves", min_value=0, max_value=max_leaves
+                    column=column, min_value=0, max_value=max_value
                 ),
-                "leaf_count_0_to_20",
+                name,
             )
         ],
     )
+
+
+def leaf_counts_suite(max_leaves: int = MAX_LEAVES_PER_IMAGE) -> Any:
+    """One row per partition: `leaves` (crops of the active detector on the photo)."""
+    return _at_most_suite("leaf_counts", "leaves", max_leaves, "leaf_count_0_to_20")
 
 
 def disease_grades_suite(
@@ -240,16 +246,4 @@ def leaves_vanished_suite() -> Any:
 
 def severity_jump_suite(max_jump: float = DEFAULT_MAX_SEVERITY_JUMP) -> Any:
     """One row per partition: `jump` = |mean grade today − yesterday| (null: no yesterday)."""
-    import great_expectations as gx
-
-    return _suite(
-        "severity_jump",
-        [
-            _named(
-                gx.expectations.ExpectColumnValuesToBeBetween(
-                    column="jump", min_value=0, max_value=max_jump
-                ),
-                "severity_jump_within_bound",
-            )
-        ],
-    )
+    return _at_most_suite("severity_jump", "jump", max_jump, "severity_jump_within_bound")

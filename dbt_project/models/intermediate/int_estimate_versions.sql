@@ -96,14 +96,12 @@ missing as (
         history.date
     from versions
     inner join history
-        on history.disease_type = versions.disease_type
-        and history.disease_model_id = versions.disease_model_id
+        on {{ keys_match('history', 'versions', ['disease_type', 'disease_model_id']) }}
     left join photos
-        on photos.disease_type = versions.disease_type
-        and photos.disease_model_id = versions.disease_model_id
-        and photos.disease_model_version = versions.disease_model_version
-        and photos.position_id = history.position_id
-        and photos.date = history.date
+        on {{ keys_match(
+            'photos', 'versions', ['disease_type', 'disease_model_id', 'disease_model_version']
+        ) }}
+        and {{ keys_match('photos', 'history', ['position_id', 'date']) }}
     where photos.position_id is null
 ),
 
@@ -136,9 +134,9 @@ ranked as (
         coalesce(registry.registration_order, 0) as registration_order
     from versions
     left join gaps
-        on gaps.disease_type = versions.disease_type
-        and gaps.disease_model_id = versions.disease_model_id
-        and gaps.disease_model_version = versions.disease_model_version
+        on {{ keys_match(
+            'gaps', 'versions', ['disease_type', 'disease_model_id', 'disease_model_version']
+        ) }}
     inner join registry
         on registry.model_id = versions.disease_model_id
         and registry.version = versions.disease_model_version

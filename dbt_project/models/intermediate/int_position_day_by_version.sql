@@ -4,15 +4,13 @@
 -- model_version_effects. A table, incremental by date: the marts above it read ~1 row per
 -- position, day and disease instead of re-aggregating every grade of the history.
 {{ incremental_by_day() }}
+{%- set by = [
+    'grades.position_id', 'positions.area', 'positions.dose_ml_per_sqft', 'grades.date',
+    'grades.disease_type', 'grades.disease_model_id', 'grades.disease_model_version',
+    'grades.grader_is_active',
+] %}
 select
-    grades.position_id,
-    positions.area,
-    positions.dose_ml_per_sqft,
-    grades.date,
-    grades.disease_type,
-    grades.disease_model_id,
-    grades.disease_model_version,
-    grades.grader_is_active,
+    {{ by | join(',\n    ') }},
     count(*) as leaves,
     avg(cast(grades.predicted_grade as double precision)) as mean_grade
 from {{ ref('stg_disease_grades') }} as grades
@@ -20,12 +18,4 @@ inner join {{ ref('stg_positions') }} as positions
     on positions.position_id = grades.position_id
 where grades.cropper_is_active and not grades.is_held_back
     and {{ changed_days_filter('grades.date') }}
-group by
-    grades.position_id,
-    positions.area,
-    positions.dose_ml_per_sqft,
-    grades.date,
-    grades.disease_type,
-    grades.disease_model_id,
-    grades.disease_model_version,
-    grades.grader_is_active
+group by {{ by | join(', ') }}

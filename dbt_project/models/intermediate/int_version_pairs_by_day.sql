@@ -45,12 +45,9 @@ versions as (
         select distinct grades.disease_model_id, grades.disease_model_version
         from grades
         inner join compared_days
-            on compared_days.date = grades.date
-            and compared_days.disease_model_id = grades.disease_model_id
+            on {{ keys_match('compared_days', 'grades', ['date', 'disease_model_id']) }}
     ) as seen
-    left join {{ ref('stg_model_versions') }} as registry
-        on registry.model_id = seen.disease_model_id
-        and registry.version = seen.disease_model_version
+    {{ left_join_registry('registry', 'seen.disease_model_id', 'seen.disease_model_version') }}
 ),
 
 compared as (
@@ -60,11 +57,9 @@ compared as (
         versions.active as version_active
     from grades
     inner join compared_days
-        on compared_days.date = grades.date
-        and compared_days.disease_model_id = grades.disease_model_id
+        on {{ keys_match('compared_days', 'grades', ['date', 'disease_model_id']) }}
     inner join versions
-        on versions.disease_model_id = grades.disease_model_id
-        and versions.disease_model_version = grades.disease_model_version
+        on {{ keys_match('versions', 'grades', ['disease_model_id', 'disease_model_version']) }}
 )
 
 select
@@ -80,13 +75,11 @@ select
     count(*) as n
 from compared as a
 inner join compared as b
-    on b.disease_type = a.disease_type
-    and b.disease_model_id = a.disease_model_id
-    and b.position_id = a.position_id
-    and b.date = a.date
-    and b.leaf_crop_idx = a.leaf_crop_idx
-    and b.cropper_model_id = a.cropper_model_id
-    and b.cropper_model_version = a.cropper_model_version
+    -- The same leaf (photo, crop, cropper version), disease and grader.
+    on {{ keys_match('b', 'a', [
+        'disease_type', 'disease_model_id', 'position_id', 'date', 'leaf_crop_idx',
+        'cropper_model_id', 'cropper_model_version',
+    ]) }}
     and b.version_order > a.version_order
 group by
     a.date,

@@ -34,26 +34,25 @@ graded as (
 ),
 
 -- Every position of the field map on every date the farm was flown.
+field_days as (
+    select dates.date, positions.area, positions.position_id
+    from dates
+    cross join positions
+),
+
 position_day as (
     select
-        dates.date,
-        positions.area,
-        positions.position_id,
+        field_days.date,
+        field_days.area,
+        field_days.position_id,
         case when images.position_id is not null then 1 else 0 end as photographed,
         case when images.is_readable then 1 else 0 end as readable,
         case when graded.position_id is not null then 1 else 0 end as graded,
         coalesce(leaves.leaves, 0) as leaves
-    from dates
-    cross join positions
-    left join images
-        on images.position_id = positions.position_id
-        and images.date = dates.date
-    left join leaves
-        on leaves.position_id = positions.position_id
-        and leaves.date = dates.date
-    left join graded
-        on graded.position_id = positions.position_id
-        and graded.date = dates.date
+    from field_days
+    left join images on {{ keys_match('images', 'field_days', ['position_id', 'date']) }}
+    left join leaves on {{ keys_match('leaves', 'field_days', ['position_id', 'date']) }}
+    left join graded on {{ keys_match('graded', 'field_days', ['position_id', 'date']) }}
 )
 
 select

@@ -1,12 +1,11 @@
 -- How often two versions of a grader agree on the leaves both graded: the per-day counts
 -- of int_version_pairs_by_day summed over the dates (a few rows per day and pair).
+{%- set by = [
+    'disease_type', 'disease_model_id', 'version_a', 'version_b', 'version_a_active',
+    'version_b_active',
+] %}
 select
-    disease_type,
-    disease_model_id,
-    version_a,
-    version_b,
-    version_a_active,
-    version_b_active,
+    {{ by | join(',\n    ') }},
     cast(sum(n) as bigint) as leaves_compared,
     cast(sum(case when grade_a = grade_b then n else 0 end) as bigint) as leaves_agreeing,
     cast(sum(case when grade_a = grade_b then n else 0 end) as double precision)
@@ -17,10 +16,4 @@ select
     min(date) as first_date,
     max(date) as last_date
 from {{ ref('int_version_pairs_by_day') }}
-group by
-    disease_type,
-    disease_model_id,
-    version_a,
-    version_b,
-    version_a_active,
-    version_b_active
+group by {{ by | join(', ') }}

@@ -44,9 +44,7 @@ select
     effects.*,
     coalesce(registry.active, false) as version_active
 from effects
-left join {{ ref('stg_model_versions') }} as registry
-    on registry.model_id = effects.disease_model_id
-    and registry.version = effects.disease_model_version
+{{ left_join_registry('registry', 'effects.disease_model_id', 'effects.disease_model_version') }}
 
 union all
 

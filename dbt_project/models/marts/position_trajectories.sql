@@ -25,9 +25,9 @@ with position_day as (
         by_version.mean_grade
     from {{ ref('int_position_day_by_version') }} as by_version
     inner join {{ ref('int_estimate_versions') }} as estimate
-        on estimate.disease_type = by_version.disease_type
-        and estimate.disease_model_id = by_version.disease_model_id
-        and estimate.disease_model_version = by_version.disease_model_version
+        on {{ keys_match(
+            'estimate', 'by_version', ['disease_type', 'disease_model_id', 'disease_model_version']
+        ) }}
     {%- if is_incremental() %}
     -- Rows before the earliest changed day belong to pairs whose first day is kept.
     where by_version.date >= {{ earliest_day_to_rebuild() }}

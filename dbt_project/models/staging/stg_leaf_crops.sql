@@ -20,6 +20,4 @@ select
     crops.*,
     coalesce(versions.active, false) as is_active
 from crops
-left join {{ ref('stg_model_versions') }} as versions
-    on versions.model_id = crops.cropper_model_id
-    and versions.version = crops.cropper_model_version
+{{ left_join_registry('versions', 'crops.cropper_model_id', 'crops.cropper_model_version') }}
