@@ -85,10 +85,16 @@ def evaluate_case(
     case: Case, clean: Snapshot, dbt: Callable[[pl.DataFrame], list[str]]
 ) -> CaseOutcome:
     corrupted = case.corrupt(clean)
-    found = caught_by(run_suites(corrupted))
+    failed_tests = dbt(corrupted.positions) if case.uses_dbt else []
+    return judge_case(case, run_suites(corrupted), failed_tests)
+
+
+def judge_case(case: Case, results: list[CheckResult], failed_tests: list[str]) -> CaseOutcome:
+    """Whether the case's named check caught it, from the suites' results over the corrupted
+    snapshot and the dbt tests that failed on it."""
+    found = caught_by(results)
     asset, check_name, expectation = case.expected
     if case.uses_dbt:
-        failed_tests = dbt(corrupted.positions)
         found += [f"dbt:{name}" for name in failed_tests]
         caught = any(name.startswith(check_name) for name in failed_tests)
     else:
