@@ -191,9 +191,9 @@ def _dropped(case: str, rows: pl.DataFrame, days: int, positions: int, seed: int
 # Each case is scored in one pass instead of report by report (60 looks × 1,000 seeds would
 # cost hours a case): a look's estimate uses only its own day's rows and each position's
 # first day, so the rows every look's first report saw can stand in one frame and be
-# decided at once (`first_reported`), and the numbers come from the last report's rows.
-# `case_effects` checks this against the report-by-report scoring on the first seeds of
-# every run, and stops if they differ.
+# decided at once (`late_photos_first_reported`), and the numbers come from the last
+# report's rows. `case_effects` checks this against the report-by-report scoring on the
+# first seeds of every run, and stops if they differ.
 CHECKED_SEEDS = 3
 
 
@@ -211,15 +211,16 @@ def last_reported(case: str, rows: pl.DataFrame, config: FarmConfig) -> pl.DataF
     return _visible(case, rows, config.days - 1, config.days, config.seed)
 
 
-def first_reported(case: str, rows: pl.DataFrame, config: FarmConfig) -> pl.DataFrame:
-    """Every look's day as the first report that showed it saw it, with each position's
-    first day. Only late photos move a day after its report; in the other cases a day's
-    rows are final when first shown (a backfill shows the switched days only once done)."""
-    if case != "late-photos":
-        return last_reported(case, rows, config)
+def late_photos_first_reported(rows: pl.DataFrame, config: FarmConfig) -> pl.DataFrame:
+    """Under late photos, every look's day as the first report that showed it saw it (its
+    on-time half), with each position's first day. Only late photos move a day after its
+    report; in the other cases a day's rows are final when first shown (a backfill shows
+    the switched days only once done), so the last report's rows decide every look."""
     first_days = rows.filter(pl.col("day") == pl.col("day").min().over("position_id"))
     own_days = [
-        _visible(case, rows, report, config.days, config.seed).filter(pl.col("day") == report)
+        _visible("late-photos", rows, report, config.days, config.seed).filter(
+            pl.col("day") == report
+        )
         for report in range(1, config.days)
     ]
     return pl.concat([first_days, *own_days])
@@ -243,10 +244,13 @@ def case_effects(
         ~(pl.col("position_id").is_in(list(dropped)) & (pl.col("day") >= config.days // 2))
     )
     looks = ["disease_type", "date"]
-    first = _decided(first_reported(case, rows, config)).select(
-        *looks, decision="sequential_significant", decided_effect="effect"
+    last = _decided(last_reported(case, rows, config))
+    first = last if case != "late-photos" else _decided(late_photos_first_reported(rows, config))
+    decided = last.join(
+        first.select(*looks, decision="sequential_significant", decided_effect="effect"),
+        on=looks,
+        how="left",
     )
-    decided = _decided(last_reported(case, rows, config)).join(first, on=looks, how="left")
     if config.seed < CHECKED_SEEDS:
         reports = None
         # One report per day, and one more for the photos of the last day that came late.
