@@ -567,8 +567,16 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
     with pytest.raises(ConfigError, match="FARM_TORCH_DTYPE=bfloat16 refused: no float32"):
         inference.load_detector(registry.detector(), registry)
 
-    # A real measurement, on fewer held-out images than models/evaluate.py uses.
-    measured = evaluate.compare_bfloat16(registry, evaluate.render(2000, 16))
+    # A real measurement, on fewer held-out images than models/evaluate.py uses, through
+    # the saved-photos file a GPU machine without the simulator measures from.
+    rendered = evaluate.render(2000, 16)
+    evaluate.save_heldout(rendered, models_copy / "heldout.npz")
+    saved = evaluate.load_heldout(models_copy / "heldout.npz")
+    assert saved.pngs == rendered.pngs
+    for field in ("images", "boxes", "grades"):
+        for got, want in zip(getattr(saved, field), getattr(rendered, field), strict=True):
+            np.testing.assert_array_equal(got, want)
+    measured = evaluate.compare_bfloat16(registry, saved)
     assert sorted(measured) == sorted(MODEL_IDS)
     assert all(m["crops"] > 50 for k, m in measured.items() if k != "leaf_detector")
     record = {"bfloat16": {"cpu": {"models": measured}}}

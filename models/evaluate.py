@@ -3,6 +3,8 @@
     python models/evaluate.py [--seed 2000] [--count 300] [--json out.json]
     python models/evaluate.py --strata [--per-cell 16] [--json out.json]
     python models/evaluate.py --compare-bfloat16 [--device cpu]
+    python models/evaluate.py --save-photos heldout.npz   # then, where only torch is:
+    python models/evaluate.py --compare-bfloat16 --device cuda --photos heldout.npz
 
 Images come from the simulator with a seed that training never uses. Prints detector
 precision / recall / F1 at IoU 0.5, and per disease the exact-grade and within-one
@@ -99,6 +101,44 @@ def render(seed: int, count: int, renderer: str = "training") -> Heldout:
         )
         data.grades.append(np.array([lf.grades for lf in sim.leaves], np.int64).reshape(-1, 5))
     return data
+
+
+def save_heldout(data: Heldout, path: Path) -> None:
+    """The photos (PNG bytes) and their truth in one .npz, for `load_heldout` on a machine
+    that cannot render them (the simulator needs the whole platform installed; a lent GPU
+    machine may have only torch)."""
+    counts = np.array([len(boxes) for boxes in data.boxes], np.int64)
+    np.savez_compressed(
+        path,
+        png_bytes=np.frombuffer(b"".join(data.pngs), np.uint8),
+        png_lengths=np.array([len(png) for png in data.pngs], np.int64),
+        leaf_counts=counts,
+        boxes=np.concatenate([b.reshape(-1, 4) for b in data.boxes])
+        if len(counts)
+        else np.zeros((0, 4)),
+        grades=np.concatenate([g.reshape(-1, 5) for g in data.grades])
+        if len(counts)
+        else np.zeros((0, 5), np.int64),
+    )
+
+
+def load_heldout(path: Path) -> Heldout:
+    with np.load(path) as saved:
+        png_ends = np.cumsum(saved["png_lengths"])
+        leaf_ends = np.cumsum(saved["leaf_counts"])
+        png_bytes = saved["png_bytes"].tobytes()
+        boxes, grades = saved["boxes"], saved["grades"]
+    pngs = [
+        png_bytes[end - n : end]
+        for end, n in zip(png_ends, np.diff(png_ends, prepend=0), strict=True)
+    ]
+    starts = leaf_ends - np.diff(leaf_ends, prepend=0)
+    return Heldout(
+        images=[decode_png(png) for png in pngs],
+        boxes=[boxes[a:b].astype(np.float64) for a, b in zip(starts, leaf_ends, strict=True)],
+        grades=[grades[a:b].astype(np.int64) for a, b in zip(starts, leaf_ends, strict=True)],
+        pngs=pngs,
+    )
 
 
 def render_eval(seed: int, count: int, size: int = 256) -> Heldout:
@@ -664,6 +704,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--size", type=int, default=256, help="without --strata, --renderer eval: photo size"
     )
     parser.add_argument(
+        "--save-photos",
+        type=Path,
+        help="render the held-out photos (--seed, --count) into this .npz and stop",
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        help="the held-out photos from a --save-photos file instead of rendering them (with "
+        "the --seed and --count they were saved with, which the record names)",
+    )
+    parser.add_argument(
         "--record-drift-reference",
         action="store_true",
         help="record the active models' output distributions on the held-out photos into "
@@ -700,9 +751,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = EVAL_HELDOUT_SEED if args.seed == HELDOUT_SEED else args.seed
         data = render_eval(seed, args.count, args.size)
         label = f"evaluation family: seed {seed}, {args.count} photos of {args.size} px"
+    elif args.photos:
+        data = load_heldout(args.photos)
+        label = f"held-out: {len(data.pngs)} images of {args.photos} (seed {args.seed})"
     else:
         data = render(args.seed, args.count)
         label = f"held-out: simulator seed {args.seed}, {args.count} images"
+    if args.save_photos:
+        save_heldout(data, args.save_photos)
+        print(f"{label} saved to {args.save_photos}")
+        return 0
     registry = ModelRegistry(args.models_dir)
     if args.compare_bfloat16:
         record = compare_bfloat16(registry, data, args.device)
@@ -728,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "device": args.device,
                 "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "heldout_seed": args.seed,
-                "heldout_images": args.count,
+                "heldout_images": len(data.pngs),
             },
             "models": record,
         }
