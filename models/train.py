@@ -33,6 +33,7 @@ from typing import Any
 
 import evaluate  # models/evaluate.py, beside this script (its folder is on sys.path)
 import numpy as np
+import randomize  # models/randomize.py
 import torch
 import torch.nn.functional as F
 
@@ -83,6 +84,12 @@ ROBUST_SIZES = (128, 192, 256, 384, 512, 640)  # photo sizes, scaled to IMAGE_SI
 NOISE_MAX = 8.0  # sensor noise std per training photo ~ U(0, NOISE_MAX) grey levels
 GAIN_STD = 0.08  # per-photo, per-channel gain ~ N(1, GAIN_STD)
 
+# Issue 25: photos of the training renderer at every size of the evaluation strata, through
+# models/randomize.py (shadows, residue, lighting, blur, noise, JPEG), for the detector and
+# the graders alike. Their own seeds: never a held-out, strata or evaluation-family seed.
+RANDOMIZED_SEED = 9000
+RANDOMIZED_SIZES = (96, 128, 160, 192, 256, 384, 512, 640)
+
 GRADER_SIZE = 48
 GRADER_KWARGS = {"input_size": GRADER_SIZE, "num_grades": 4, "width": 16}
 GRADER_EPOCHS = 16
@@ -129,6 +136,37 @@ def _render_robust_chunk(
         scaled = scale_for_detector([pixels], IMAGE_SIZE)[0]
         out.append((scaled, (boxes * (IMAGE_SIZE / size)).astype(np.float32), grades))
     return out
+
+
+def _render_randomized_chunk(
+    args: tuple[int, int, int],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    from farm_platform.dev.simulate import MAX_GRADE, MAX_LEAVES
+    from farm_platform.ml.inference import scale_for_detector
+
+    seed, start, count = args
+    out = []
+    for i in range(start, start + count):
+        rng = np.random.default_rng((seed, 0xD0A1, i))
+        size = int(rng.choice(RANDOMIZED_SIZES))
+        severity = int(rng.integers(0, MAX_GRADE + 1)) if rng.random() < 0.3 else None
+        pixels, boxes, grades = evaluate.render_photo(
+            rng, int(rng.integers(0, MAX_LEAVES + 1)), size, severity
+        )
+        if rng.random() < 0.4:
+            pixels, boxes, kept = randomize.zoom(rng, pixels, boxes)
+            grades = grades[kept]
+        side = pixels.shape[0]
+        scaled = scale_for_detector([randomize.randomize_photo(rng, pixels)], IMAGE_SIZE)[0]
+        out.append((scaled, (boxes * (IMAGE_SIZE / side)).astype(np.float32), grades))
+    return out
+
+
+def render_randomized_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
+    """Photos for robustness (issue 25): RANDOMIZED_SIZES, through models/randomize.py at
+    their own size, then scaled to IMAGE_SIZE (boxes too) as inference does."""
+    jobs = [(seed, s, min(CHUNK, count - s)) for s in range(0, count, CHUNK)]
+    return _render_in_two_processes(_render_randomized_chunk, jobs)
 
 
 def render_robust_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
@@ -472,6 +510,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the detector's extra photos at other sizes and severities (seed 4000)",
     )
     parser.add_argument(
+        "--randomized-images",
+        type=int,
+        default=0,
+        help=f"photos through models/randomize.py (seed {RANDOMIZED_SEED}, sizes "
+        f"{RANDOMIZED_SIZES[0]}-{RANDOMIZED_SIZES[-1]} px) for the detector and the graders "
+        "(issue 25's robust recipe: 1600)",
+    )
+    parser.add_argument(
         "--plain-detector",
         action="store_true",
         help="v1's detector recipe: no extra photos, no noise or gain",
@@ -516,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_images, extra_boxes, _ = render_robust_set(ROBUST_SEED, args.robust_images)
         detector_images = np.concatenate([images, extra_images])
         detector_boxes = boxes + extra_boxes
+    if args.randomized_images > 0:
+        extra_images, extra_boxes, extra_grades = render_randomized_set(
+            RANDOMIZED_SEED, args.randomized_images
+        )
+        images = np.concatenate([images, extra_images])
+        boxes, grades = boxes + extra_boxes, grades + extra_grades
+        detector_images = np.concatenate([detector_images, extra_images])
+        detector_boxes = detector_boxes + extra_boxes
     heldout = evaluate.render(HELDOUT_SEED, args.heldout_images)
     render_seconds = time.perf_counter() - t0
     n_chunks = math.ceil(args.train_images / CHUNK)
@@ -529,6 +583,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heldout_seed": HELDOUT_SEED,
         "heldout_images": args.heldout_images,
         "image_size": IMAGE_SIZE,
+        **(
+            {
+                "randomized_images": {
+                    "count": args.randomized_images,
+                    "seed": RANDOMIZED_SEED,
+                    "sizes": list(RANDOMIZED_SIZES),
+                    "severity": "30 % with every leaf at one grade 0..3, the rest at random",
+                    "factors": randomize.FACTORS,
+                    "how": "randomized at the photo's size, then scaled to image_size as "
+                    "inference does; detector and graders (crops of the scaled photo)",
+                }
+            }
+            if args.randomized_images > 0
+            else {}
+        ),
         "torch_seed": args.seed,
         "device": f"cpu, {args.threads} threads"
         + (" (detector and graders side by side, 1 each)" if side_by_side else ""),
