@@ -4,12 +4,14 @@ and the evaluation renderer family they are tested with."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
+from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.dev.eval_render import render_eval_images
 from farm_platform.dev.farm import QUIET_RUN_CONFIG, GradedFarm, copy_farm, grade_simulated_farm
 from farm_platform.dev.simulate import FarmConfig
@@ -101,11 +103,21 @@ def test_a_day_of_the_eval_familys_hardest_photos_raises_the_detector_drift_warn
     ordinary, tmp_path
 ):
     """96 px photos, every disease at grade 3, 13-20 leaves, drawn by the evaluation family
-    (never trained on), graded by the shipped models (not trained for robustness)."""
+    (never trained on), graded by a detector trained without robustness: v2, v3's
+    predecessor (issue 25), with its own card's reference."""
     from farm_platform.images.pipeline import image_pipeline, photo_run_config
+    from farm_platform.images.registered_models import registered_models
+    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.resources import ModelRegistryResource
     from farm_platform.resources.field_map import read_field_map
 
-    resources = copy_farm(ordinary, tmp_path)
+    models_dir = tmp_path / "models"
+    shutil.copytree(REPO_MODELS_DIR, models_dir, ignore=shutil.ignore_patterns("*.py"))
+    ModelRegistry(models_dir).set_active("leaf_detector", "v2")
+    resources = {
+        **copy_farm(ordinary, tmp_path),
+        "models": ModelRegistryResource(models_dir=str(models_dir)),
+    }
     bucket = resources["bucket"]
     positions = sorted(read_field_map(ordinary.field_map))
     photos = render_eval_images(7900, len(positions), 96, severity=3, leaves=(13, 20))
@@ -113,6 +125,8 @@ def test_a_day_of_the_eval_familys_hardest_photos_raises_the_detector_drift_warn
         bucket.write(bucket.image_uri(ImageKey(position, DAY)), encode_png(pixels))
 
     with DagsterInstance.ephemeral() as instance:
+        # v2 made active, as `models activate` and the registry sensor's run would record it.
+        assert materialize([registered_models], instance=instance, resources=resources).success
         result = materialize(
             [image_pipeline],
             instance=instance,

@@ -118,62 +118,48 @@ def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, n
     return out
 
 
-def _render_robust_chunk(
-    args: tuple[int, int, int],
+# The detector's extra photos at other sizes: (random stream tag, sizes, share of photos
+# with every leaf at one severity, through models/randomize.py).
+SIZED_SETS = {
+    "robust": (0x5CA1E, ROBUST_SIZES, 0.5, False),
+    "randomized": (0xD0A1, RANDOMIZED_SIZES, 0.3, True),
+}
+
+
+def _render_sized_chunk(
+    args: tuple[str, int, int, int],
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     from farm_platform.dev.simulate import MAX_GRADE, MAX_LEAVES
     from farm_platform.ml.inference import scale_for_detector
 
-    seed, start, count = args
+    kind, seed, start, count = args
+    tag, sizes, one_severity, randomized = SIZED_SETS[kind]
     out = []
     for i in range(start, start + count):
-        rng = np.random.default_rng((seed, 0x5CA1E, i))
-        size = int(rng.choice(ROBUST_SIZES))
-        severity = int(rng.integers(0, MAX_GRADE + 1)) if rng.random() < 0.5 else None
+        rng = np.random.default_rng((seed, tag, i))
+        size = int(rng.choice(sizes))
+        severity = int(rng.integers(0, MAX_GRADE + 1)) if rng.random() < one_severity else None
         pixels, boxes, grades = evaluate.render_photo(
             rng, int(rng.integers(0, MAX_LEAVES + 1)), size, severity
         )
-        scaled = scale_for_detector([pixels], IMAGE_SIZE)[0]
-        out.append((scaled, (boxes * (IMAGE_SIZE / size)).astype(np.float32), grades))
-    return out
-
-
-def _render_randomized_chunk(
-    args: tuple[int, int, int],
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from farm_platform.dev.simulate import MAX_GRADE, MAX_LEAVES
-    from farm_platform.ml.inference import scale_for_detector
-
-    seed, start, count = args
-    out = []
-    for i in range(start, start + count):
-        rng = np.random.default_rng((seed, 0xD0A1, i))
-        size = int(rng.choice(RANDOMIZED_SIZES))
-        severity = int(rng.integers(0, MAX_GRADE + 1)) if rng.random() < 0.3 else None
-        pixels, boxes, grades = evaluate.render_photo(
-            rng, int(rng.integers(0, MAX_LEAVES + 1)), size, severity
-        )
-        if rng.random() < 0.4:
-            pixels, boxes, kept = randomize.zoom(rng, pixels, boxes)
-            grades = grades[kept]
+        if randomized:
+            if rng.random() < 0.4:
+                pixels, boxes, kept = randomize.zoom(rng, pixels, boxes)
+                grades = grades[kept]
+            pixels = randomize.randomize_photo(rng, pixels)
         side = pixels.shape[0]
-        scaled = scale_for_detector([randomize.randomize_photo(rng, pixels)], IMAGE_SIZE)[0]
+        scaled = scale_for_detector([pixels], IMAGE_SIZE)[0]
         out.append((scaled, (boxes * (IMAGE_SIZE / side)).astype(np.float32), grades))
     return out
 
 
-def render_randomized_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
-    """Photos for robustness (issue 25): RANDOMIZED_SIZES, through models/randomize.py at
-    their own size, then scaled to IMAGE_SIZE (boxes too) as inference does."""
-    jobs = [(seed, s, min(CHUNK, count - s)) for s in range(0, count, CHUNK)]
-    return _render_in_two_processes(_render_randomized_chunk, jobs)
-
-
-def render_robust_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
-    """The detector's extra photos: sizes ROBUST_SIZES scaled to IMAGE_SIZE (boxes too),
-    half with every leaf at one severity grade 0..3 (`evaluate.render_photo`)."""
-    jobs = [(seed, s, min(CHUNK, count - s)) for s in range(0, count, CHUNK)]
-    return _render_in_two_processes(_render_robust_chunk, jobs)
+def render_sized_set(kind: str, seed: int, count: int) -> tuple[np.ndarray, list, list]:
+    """Photos rendered at other sizes and scaled to IMAGE_SIZE (boxes too) as inference
+    does. "robust" (v2's detector): ROBUST_SIZES, half with every leaf at one severity grade
+    0..3 (`evaluate.render_photo`). "randomized" (issue 25): RANDOMIZED_SIZES, each photo
+    through models/randomize.py at its own size, for the detector and the graders."""
+    jobs = [(kind, seed, s, min(CHUNK, count - s)) for s in range(0, count, CHUNK)]
+    return _render_in_two_processes(_render_sized_chunk, jobs)
 
 
 def render_training_set(seed: int, count: int) -> tuple[np.ndarray, list, list]:
@@ -559,12 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, boxes, grades = render_training_set(TRAIN_SEED, args.train_images)
     detector_images, detector_boxes = images, boxes
     if DETECTOR_MODEL_ID in targets and args.robust_images > 0:
-        extra_images, extra_boxes, _ = render_robust_set(ROBUST_SEED, args.robust_images)
+        extra_images, extra_boxes, _ = render_sized_set("robust", ROBUST_SEED, args.robust_images)
         detector_images = np.concatenate([images, extra_images])
         detector_boxes = boxes + extra_boxes
     if args.randomized_images > 0:
-        extra_images, extra_boxes, extra_grades = render_randomized_set(
-            RANDOMIZED_SEED, args.randomized_images
+        extra_images, extra_boxes, extra_grades = render_sized_set(
+            "randomized", RANDOMIZED_SEED, args.randomized_images
         )
         images = np.concatenate([images, extra_images])
         boxes, grades = boxes + extra_boxes, grades + extra_grades
