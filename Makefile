@@ -8,25 +8,14 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-
-$(BIN)/uv: | $(BIN)/python
-	$(BIN)/pip install --quiet uv==0.13.9
-
-# uv installs the same pins as pip (the two freezes were compared) in a fraction of pip's
-# ~90 s from empty caches, CI's first step. It compiles the bytecode at install as pip does:
-# uncompiled, a clean-clone test run was far slower (a quarter of the tests in 27 minutes),
-# its many short-lived Dagster and torch processes compiling modules again. uv reads no pip
-# configuration, so a machine's own wheel folder (pip's find-links: on the CI machines, torch's CPU build) is passed on;
-# without it torch 2.13.0 comes from PyPI, as with pip.
-PIP_FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall only when the dependencies change. The serve extra too: the model-server tests
 # run against a real kserve server process; and deploy: test_deploy.py builds run pods' Jobs
 # with dagster-k8s and validates the manifests offline.
-$(VENV)/.installed: pyproject.toml | $(BIN)/uv
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash scripts/install_system_deps.sh
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
-		$(foreach links,$(PIP_FIND_LINKS),--find-links $(links)) -e '.[dev,serve,deploy]'
+	$(BIN)/pip install --quiet -e '.[dev,serve,deploy]'
 	touch $@
 
 # dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.
