@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars  # noqa: F401  (see PYTEST_OWN_VARIABLES)
 import pytest
 
 import farm_platform.layout  # noqa: F401
-from farm_platform.config import DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DRONE_IMAGE_TOPIC
+from farm_platform.config import (
+    DEAD_LETTER_TOPIC,
+    DEFAULT_SUBSCRIPTION,
+    DRONE_IMAGE_TOPIC,
+    REPO_MODELS_DIR,
+)
 from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
 from farm_platform.dev.local_stack import LocalStack
 from farm_platform.dev.postgres import postgres_server
@@ -108,6 +115,17 @@ def leaves_no_trace() -> Iterator[None]:
     while (left := _long_lived(_live_children() - children)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"the test left child processes running: {sorted(left)}"
+
+
+# --------------------------------------------------------------------------- models
+
+
+def copy_repo_models(target: Path) -> Path:
+    """A throwaway copy of the repository's models folder at `target` (cards, weights,
+    registry; no scripts), for tests that register or activate versions: never the
+    repository's own."""
+    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return target
 
 
 # --------------------------------------------------------------------------- code locations

@@ -4,14 +4,13 @@ and the evaluation renderer family they are tested with."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import copy_repo_models
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
-from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.dev.eval_render import render_eval_images
 from farm_platform.dev.farm import QUIET_RUN_CONFIG, GradedFarm, copy_farm, grade_simulated_farm
 from farm_platform.dev.simulate import FarmConfig
@@ -111,8 +110,7 @@ def test_a_day_of_the_eval_familys_hardest_photos_raises_the_detector_drift_warn
     from farm_platform.resources import ModelRegistryResource
     from farm_platform.resources.field_map import read_field_map
 
-    models_dir = tmp_path / "models"
-    shutil.copytree(REPO_MODELS_DIR, models_dir, ignore=shutil.ignore_patterns("*.py"))
+    models_dir = copy_repo_models(tmp_path / "models")
     ModelRegistry(models_dir).set_active("leaf_detector", "v2")
     resources = {
         **copy_farm(ordinary, tmp_path),

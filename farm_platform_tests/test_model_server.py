@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import copy_repo_models
 
 from farm_platform import config
 from farm_platform import config as config_module
-from farm_platform.config import REPO_MODELS_DIR, REPO_ROOT
+from farm_platform.config import REPO_ROOT
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.processes import free_port, kill_now, listening_addresses
 from farm_platform.layout import ImageKey
@@ -36,8 +37,7 @@ oip = pytest.importorskip("farm_platform.ml.oip")
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped models plus a v2 of disease_2_grader (same weights), inactive."""
-    target = tmp_path_factory.mktemp("served") / "models"
-    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    target = copy_repo_models(tmp_path_factory.mktemp("served") / "models")
     v2 = target / "disease_2_grader" / "v2"
     shutil.copytree(target / "disease_2_grader" / "v1", v2)
     card = json.loads((v2 / "card.json").read_text())

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import copy_repo_models
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from test_pipeline_e2e import Platform, assert_no_duplicate_keys
 
@@ -79,8 +80,7 @@ def copy_as_new_version(models_dir: Path, target: Path, version: str) -> Path:
 
 @pytest.fixture
 def story(local_stack, default_subscription, tmp_path, monkeypatch) -> Platform:
-    models_dir = tmp_path / "models"
-    shutil.copytree(REPO_MODELS_DIR, models_dir, ignore=shutil.ignore_patterns("*.py"))
+    models_dir = copy_repo_models(tmp_path / "models")
     platform = Platform(local_stack, tmp_path / "farm")
     platform.models_dir = models_dir
     platform.environment[FARM_MODELS_DIR] = str(models_dir)

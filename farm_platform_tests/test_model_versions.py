@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import copy_repo_models
 
 from farm_platform import cli
 from farm_platform.admin.model_versions import (
@@ -33,9 +34,7 @@ GRADER = "disease_3_grader"
 @pytest.fixture()
 def models_dir(tmp_path: Path) -> Path:
     """A throwaway copy of the repository's models folder (never the repository's own)."""
-    target = tmp_path / "models"
-    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    return target
+    return copy_repo_models(tmp_path / "models")
 
 
 def new_version(

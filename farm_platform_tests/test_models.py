@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import copy_repo_models
 from PIL import Image
 
 from farm_platform.config import REPO_MODELS_DIR
@@ -69,9 +70,7 @@ def registry() -> ModelRegistry:
 @pytest.fixture()
 def models_copy(tmp_path: Path) -> Path:
     """A throwaway copy of the models folder (cards, weights, registry; no scripts)."""
-    target = tmp_path / "models"
-    shutil.copytree(REPO_MODELS_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    return target
+    return copy_repo_models(tmp_path / "models")
 
 
 @pytest.fixture(scope="module")
