@@ -123,20 +123,22 @@ def save_heldout(data: Heldout, path: Path) -> None:
 
 
 def load_heldout(path: Path) -> Heldout:
+    """The photos and truth `save_heldout` wrote."""
     with np.load(path) as saved:
-        png_ends = np.cumsum(saved["png_lengths"])
-        leaf_ends = np.cumsum(saved["leaf_counts"])
+        png_lengths, leaf_counts = saved["png_lengths"], saved["leaf_counts"]
         png_bytes = saved["png_bytes"].tobytes()
         boxes, grades = saved["boxes"], saved["grades"]
-    pngs = [
-        png_bytes[end - n : end]
-        for end, n in zip(png_ends, np.diff(png_ends, prepend=0), strict=True)
-    ]
-    starts = leaf_ends - np.diff(leaf_ends, prepend=0)
+
+    def spans(lengths: np.ndarray) -> list[tuple[int, int]]:
+        ends = np.cumsum(lengths)
+        return list(zip((ends - lengths).tolist(), ends.tolist(), strict=True))
+
+    pngs = [png_bytes[a:b] for a, b in spans(png_lengths)]
+    leaves = spans(leaf_counts)
     return Heldout(
         images=[decode_png(png) for png in pngs],
-        boxes=[boxes[a:b].astype(np.float64) for a, b in zip(starts, leaf_ends, strict=True)],
-        grades=[grades[a:b].astype(np.int64) for a, b in zip(starts, leaf_ends, strict=True)],
+        boxes=[boxes[a:b].astype(np.float64) for a, b in leaves],
+        grades=[grades[a:b].astype(np.int64) for a, b in leaves],
         pngs=pngs,
     )
 

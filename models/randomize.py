@@ -1,17 +1,19 @@
 """Domain randomization of training photos (issue 25): what a real drone photo does to the
 training renderer's clean ones, drawn at random per photo.
 
-Applied by `models/train.py --randomized` to photos of the *training* renderer
+Applied by `models/train.py --randomized-images N` to photos of the *training* renderer
 (`farm_platform/dev/simulate`, through `evaluate.render_photo`), at the photo's own size
 before it is scaled to the detector's input, as a camera would. Nothing here is taken from
 the evaluation family (`farm_platform/dev/eval_render.py`): its code, parameters and seeds
 stay unseen by training, so its figures measure generalization, not memory.
 
-The factors, each with its own probability: a lighting gradient and vignetting, a colour
-cast and gamma, soft cast shadows, dead leaf-shaped and straw residue on top (not leaves:
-the detector must learn to leave them), defocus or motion blur, shot and read noise, and a
-JPEG round trip. Leaf boxes and grades do not change: residue and shadows cover at most a
-small part of a leaf, as in a field.
+The factors, each with its own probability (`FACTORS`): a zoom into a window that cuts no
+leaf (`zoom`: the leaves outside it are dropped with their boxes), then in
+`randomize_photo` soft cast shadows, dead leaf-shaped and straw residue on top (not leaves:
+the detector must learn to leave them), a lighting gradient and vignetting, a colour cast
+and gamma, defocus or motion blur, shot and read noise, and a JPEG round trip. These leave
+the boxes and grades as they are: residue and shadows cover at most a small part of a
+leaf, as in a field.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     python models/train.py [--only leaf_detector|disease_3_grader|graders|all] [--seed N]
                            [--version v1] [--threads 2] [--no-activate] [--out DIR]
                            [--robust-images 800 | --plain-detector]
+                           [--randomized-images 1600] [--detector-epochs N]
 
 Writes `models/<model_id>/<version>/{weights.pt,card.json}` (card with sha256, training
 description and held-out metrics) and makes the new versions active in `registry.json`.
@@ -16,6 +17,10 @@ smaller relative to the leaf) and half of them with every leaf at one severity g
 every training photo gets sensor noise of a random strength, for 14 epochs.
 `--plain-detector` is v1's recipe (the 1,600 photos at 256 px, flips and transposition
 only, 10 epochs).
+`--randomized-images 1600 --detector-epochs 12` is issue 25's robust recipe (the detector
+v3): as many more
+photos drawn at 96 to 640 px and passed through `models/randomize.py` (shadows, residue,
+lighting, blur, noise, JPEG, zoom), for the detector and the graders.
 """
 
 from __future__ import annotations
@@ -118,8 +123,8 @@ def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, n
     return out
 
 
-# The detector's extra photos at other sizes: (random stream tag, sizes, share of photos
-# with every leaf at one severity, through models/randomize.py).
+# Photos drawn at other sizes (`render_sized_set`): random stream tag, sizes, share of photos
+# with every leaf at one severity, and whether they go through models/randomize.py.
 SIZED_SETS = {
     "robust": (0x5CA1E, ROBUST_SIZES, 0.5, False),
     "randomized": (0xD0A1, RANDOMIZED_SIZES, 0.3, True),
@@ -569,25 +574,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heldout_seed": HELDOUT_SEED,
         "heldout_images": args.heldout_images,
         "image_size": IMAGE_SIZE,
-        **(
-            {
-                "randomized_images": {
-                    "count": args.randomized_images,
-                    "seed": RANDOMIZED_SEED,
-                    "sizes": list(RANDOMIZED_SIZES),
-                    "severity": "30 % with every leaf at one grade 0..3, the rest at random",
-                    "factors": randomize.FACTORS,
-                    "how": "randomized at the photo's size, then scaled to image_size as "
-                    "inference does; detector and graders (crops of the scaled photo)",
-                }
-            }
-            if args.randomized_images > 0
-            else {}
-        ),
         "torch_seed": args.seed,
         "device": f"cpu, {args.threads} threads"
         + (" (detector and graders side by side, 1 each)" if side_by_side else ""),
     }
+    if args.randomized_images > 0:
+        data["randomized_images"] = {
+            "count": args.randomized_images,
+            "seed": RANDOMIZED_SEED,
+            "sizes": list(RANDOMIZED_SIZES),
+            "severity": "30 % with every leaf at one grade 0..3, the rest at random",
+            "factors": randomize.FACTORS,
+            "how": "randomized at the photo's size, then scaled to image_size as inference "
+            "does; detector and graders (crops of the scaled photo)",
+        }
     log(f"data ready: {data['train_leaves']} training leaves ({render_seconds:.0f} s)")
 
     registry = ModelRegistry(MODELS_DIR)
