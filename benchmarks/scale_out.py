@@ -14,11 +14,18 @@ client spreads requests over them).
 Prints per k: photos/s from the first upload to the last photo graded, the scaling
 efficiency throughput(k) / (k × throughput(1)), where the runs' wall time went (queued and
 starting, running), and Dagster events per photo; then the bottleneck the figures point at.
+The photos are rendered before the clock starts (drones make them, not the platform).
+It also counts the CPU seconds the machine spent in that window, in all and per process of
+the topology (each with the run workers and the rest it started; the emulators, which stand
+in for Cloud Storage and Pub/Sub, are the machine's remainder), and the ceiling the
+topology's CPU puts on efficiency: with c CPU seconds per photo at k = 1 and `cores` cores,
+no k can pass `cores / c` photos/s, so efficiency(k) ≤ cores / (c · k · thr(1)).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from dagster import DagsterInstance, RunsFilter
 
 from farm_platform import config
@@ -37,13 +45,48 @@ from farm_platform.dev.production import (
     REDIS_PASSWORD,
     production_down,
     production_up,
+    read_production,
 )
-from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, field_map, simulate_images
+from farm_platform.dev.simulate.publish import captured_at
 from farm_platform.dev.stack import stack_down, stack_up
 from farm_platform.images.run_tags import PHOTOS_TAG
+from farm_platform.layout import bucket_filesystem, join, raw_image_uri
+from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 
 DAY = dt.date(2026, 9, 1)
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and everything it started: the live ones' own and reaped
+    children's times (a reaped process's time is in its parent's children times)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _cpu_by_role(state_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of each process of the topology, replicas and workers summed."""
+    state = read_production(state_dir) or {"pids": {}}
+    by_role: dict[str, float] = {}
+    for key, pid in state["pids"].items():
+        role = key.split(":", 1)[0] if key.startswith(("model_server", "worker")) else key
+        by_role[role] = by_role.get(role, 0.0) + _tree_cpu_seconds(int(pid))
+    return by_role
+
+
+def _busy_cpu_seconds() -> float:
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
 
 
 def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict[str, Any]:
@@ -74,22 +117,28 @@ def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict
         warehouse = WarehouseResource(url=environment[config.FARM_WAREHOUSE])
         photos = k * photos_per_run
         farm = FarmConfig(positions=photos, days=1, start_date=DAY, seed=11)
+        # Rendered before the clock: drones, not the platform, make the photos.
+        images = list(simulate_images(farm))
+        write_field_map(field_map(farm), state_dir / "positions.csv")
+        fs, root = bucket_filesystem(info.bucket_url())
         with config.process_environment(environment):
             instance = DagsterInstance.from_config(str(production.dagster_home))
             try:
                 # The daemon records the models first; the clock starts at the first upload.
                 wait_for_photos(instance, warehouse, 0, 300)
+                cpu_before, busy_before = _cpu_by_role(state_dir), _busy_cpu_seconds()
                 started = time.perf_counter()
                 publisher = DroneMessagePublisher(info.project)
-                write_farm(
-                    farm,
-                    info.bucket_url(),
-                    state_dir / "positions.csv",
-                    publisher,
-                    truth_url=str(state_dir / "truth"),
-                )
+                for index, image in enumerate(images):
+                    fs.pipe_file(join(root, image.key.relative_path()), image.png)
+                    uri = raw_image_uri(info.bucket_url(), image.key)
+                    publisher.publish(uri, image.key, "bench", captured_at(image.key, index))
+                publisher.flush()
                 wait_for_photos(instance, warehouse, photos, 3600, poll_seconds=0.5)
                 seconds = time.perf_counter() - started
+                busy = _busy_cpu_seconds() - busy_before
+                cpu_after = _cpu_by_role(state_dir)
+                cpu = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
                 runs = [
                     record
                     for record in instance.get_run_records(RunsFilter())
@@ -112,6 +161,10 @@ def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict
         "queued_s_per_run": queued / len(runs),
         "running_s_per_run": running / len(runs),
         "events_per_photo": events / photos,
+        "cpu_s_per_photo": busy / photos,
+        "topology_cpu_s_per_photo": sum(cpu.values()) / photos,
+        "cores_busy": busy / seconds,
+        "cpu_s_per_photo_by_role": {role: cpu[role] / photos for role in sorted(cpu)},
     }
 
 
@@ -124,6 +177,7 @@ def main() -> int:
     for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
         os.environ.setdefault(name, os.urandom(12).hex())
     rows = []
+    cores = psutil.cpu_count()
     with tempfile.TemporaryDirectory(prefix="farm-scale-out-") as workdir:
         Path(workdir).chmod(0o755)  # PostgreSQL runs as another user
         for k in args.k:
@@ -138,6 +192,18 @@ def main() -> int:
                 f"{row['queued_s_per_run']:.1f} s queued and starting, "
                 f"{row['running_s_per_run']:.1f} s running; "
                 f"{row['events_per_photo']:.1f} Dagster events per photo",
+                flush=True,
+            )
+            ceiling = cores / (rows[0]["topology_cpu_s_per_photo"] * row["k"] * base)
+            roles = ", ".join(
+                f"{role} {value:.2f}" for role, value in row["cpu_s_per_photo_by_role"].items()
+            )
+            print(
+                f"   CPU: {row['cores_busy']:.2f} of {cores} cores busy, "
+                f"{row['cpu_s_per_photo']:.2f} CPU s per photo on the machine, "
+                f"{row['topology_cpu_s_per_photo']:.2f} in the topology's processes "
+                f"({roles}); "
+                f"the CPU's ceiling on efficiency here {min(ceiling, 1.0):.2f}",
                 flush=True,
             )
     print(
