@@ -4,9 +4,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import LOCATION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# `dagster definitions validate -w` starts a gRPC code server per location, one after the
+# other (~9 s): out of process, so `make test` runs these, not the fast tier. The fast tier
+# still loads both locations (the tests below).
+validates_with_code_servers = pytest.mark.slow
 
 
 def validate_workspace(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -26,6 +33,7 @@ def validate_workspace(environment: dict[str, str]) -> subprocess.CompletedProce
     )
 
 
+@validates_with_code_servers
 def test_workspace_validates_with_dagster_cli(tmp_path):
     result = validate_workspace(
         {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **LOCATION_ENV}
@@ -34,6 +42,7 @@ def test_workspace_validates_with_dagster_cli(tmp_path):
     assert "Validation successful for code location farm_platform" in result.stderr + result.stdout
 
 
+@validates_with_code_servers
 def test_a_code_location_without_its_settings_names_what_is_missing(tmp_path):
     environment = {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **LOCATION_ENV}
     del environment["FARM_WAREHOUSE"]
