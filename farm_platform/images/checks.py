@@ -130,8 +130,9 @@ def record(
     warehouse: WarehouseResource,
     results: Sequence[CheckResult],
     run_id: str,
-) -> list[AssetCheckResult]:
-    """Store the outcomes in `partition_quality`, log failures; the day's check results."""
+) -> dict[AssetKey, list[AssetCheckResult]]:
+    """Store the outcomes in `partition_quality` (one transaction for the run's checks of
+    every asset), log failures; the day's check results by asset."""
     import polars as pl
 
     checked_at = dt.datetime.now(dt.UTC)
@@ -149,7 +150,10 @@ def record(
     frames = [result.quality_rows(checked_at, run_id) for result in results if result.outcomes]
     if frames:
         warehouse.replace_rows("partition_quality", pl.concat(frames))
-    return [day_result(result) for result in results]
+    by_asset: dict[AssetKey, list[AssetCheckResult]] = {}
+    for result in results:
+        by_asset.setdefault(AssetKey(result.asset), []).append(day_result(result))
+    return by_asset
 
 
 def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> list[AssetCheckSpec]:

@@ -323,10 +323,7 @@ def _check_day(
         graders=[grader_batch(card) for card in plan.grader_cards],
     )
     results = validate_photos(batch, max_severity_jump(), context.log.error)
-    by_asset: dict[AssetKey, list[AssetCheckResult]] = {}
-    for asset in {AssetKey(result.asset) for result in results}:
-        mine = [result for result in results if AssetKey(result.asset) == asset]
-        by_asset[asset] = checks.record(context.log, warehouse, mine, context.run.run_id)
+    by_asset = checks.record(context.log, warehouse, results, context.run.run_id)
     context.log_event(
         AssetMaterialization(
             PARTITION_QUALITY,
