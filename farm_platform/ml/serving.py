@@ -72,15 +72,17 @@ OUTPUT_TYPES = {
 class EmulatedAccelerator:
     """A remote accelerator's timing, for the scale-out benchmark on a machine without one:
     one batch at a time per server, each held for at least `batch_seconds` (the real
-    outputs are computed inside). Off (0) outside benchmarks."""
+    outputs are computed inside). An empty batch (a run's version check) has nothing to
+    compute, so it neither waits for the accelerator nor holds it. Off (0) outside
+    benchmarks."""
 
     def __init__(self, batch_seconds: float = 0.0) -> None:
         self.batch_seconds = batch_seconds
         self._busy = threading.Lock()
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        if self.batch_seconds <= 0:
+    def batch(self, items: int) -> Iterator[None]:
+        if self.batch_seconds <= 0 or items == 0:
             yield
             return
         with self._busy:
@@ -134,11 +136,10 @@ class RegistryModel(kserve.Model):
         if self._loaded is None:
             raise InvalidInput(f"model {self.name} is not loaded")
         card, network = self._loaded
-        with self.accelerator.batch():
-            if card.task == "leaf_detector":
-                outputs = _detect(network, _input(payload, DETECTOR_INPUT, card))
-            else:
-                outputs = _grade(network, _input(payload, GRADER_INPUT, card))
+        detector = card.task == "leaf_detector"
+        pixels = _input(payload, DETECTOR_INPUT if detector else GRADER_INPUT, card)
+        with self.accelerator.batch(len(pixels)):
+            outputs = _detect(network, pixels) if detector else _grade(network, pixels)
         return InferResponse(
             response_id=payload.id or "",
             model_name=card.id,
