@@ -463,6 +463,53 @@ def _kill_on_arrival(server: ModelServerProcess, calls_seen: int) -> threading.T
     return watcher
 
 
+def test_an_empty_batch_neither_waits_for_nor_holds_the_emulated_accelerator() -> None:
+    """A run's version check sends every replica an empty batch of each model. Held like a
+    real batch, it cost scale_out.py's runs 6 models x k replicas x the batch time each,
+    queued behind the other runs' batches: a run's time grew with k."""
+    from farm_platform.ml.serving import EmulatedAccelerator
+
+    accelerator = EmulatedAccelerator(batch_seconds=0.01)
+    holding, release, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with accelerator.batch(32):
+            holding.set()
+            release.wait(60)
+
+    def another_batch() -> None:
+        with accelerator.batch(1):
+            entered.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        with accelerator.batch(0):
+            assert not release.is_set()  # in and out while a real batch holds it
+        waiter = threading.Thread(target=another_batch)
+        waiter.start()
+        assert not entered.wait(0.5), "a real batch must wait for the accelerator"
+    finally:
+        release.set()
+        holder.join(60)
+    waiter.join(60)
+    assert entered.is_set()
+
+
+def test_clients_made_together_start_their_rotations_at_different_replicas() -> None:
+    """Every run makes its own client. When each rotation began at the first replica, runs
+    started together asked the same replica at the same moment, request after request, and
+    queued on it while the others idled (benchmarks/scale_out.py, 1 s batches: efficiency
+    0.34 at k = 4 with the cores 60 % idle)."""
+    urls = [f"grpc://127.0.0.1:{port}" for port in range(9001, 9005)]
+    firsts = [oip.OipClient(",".join(urls))._rotation()[0] for _ in range(64)]
+    # Random starts: missing a replica in 64 clients has a chance of 4 * (3/4)**64 < 1e-7.
+    assert set(firsts) == set(urls)
+    pinned = oip.OipClient(",".join(urls), first_replica=2)
+    assert [pinned._rotation()[0] for _ in range(3)] == [urls[2], urls[3], urls[0]]
+
+
 def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
     replicas: list[ModelServerProcess], models_dir: Path
 ) -> None:
@@ -470,7 +517,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
     card, detector_card = registry.grader_for("disease_1"), registry.detector()
     grader = inference.load_grader(card, registry)
     a, b = (server.grpc_url for server in replicas)
-    client = oip.OipClient(f"{a},{b}", timeout=10, token=TOKEN)
+    client = oip.OipClient(f"{a},{b}", timeout=10, token=TOKEN, first_replica=0)
 
     client.reload(card.id)  # on every replica
     assert client.answered == {a: 1, b: 1}

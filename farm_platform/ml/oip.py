@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -89,12 +90,16 @@ class _Unreachable(Exception):
 class OipClient:
     """Bounded requests to a server or its replicas (`url`: one address, or several
     comma-separated): each request `timeout` seconds, `attempts` tries in all, the replicas
-    taken in turn; with a `token`, every request carries `authorization: Bearer <token>`."""
+    taken in turn from `first_replica` (an index; by default a random one, as gRPC's
+    round_robin starts: runs started together would otherwise ask the same replica at the
+    same moment, request after request, and wait on each other while the others idle);
+    with a `token`, every request carries `authorization: Bearer <token>`."""
 
     url: str
     timeout: float = config.DEFAULT_OIP_TIMEOUT_SECONDS
     attempts: int = config.OIP_ATTEMPTS
     token: str | None = None
+    first_replica: int | None = None
 
     def __post_init__(self) -> None:
         self.urls = tuple(u.strip().rstrip("/") for u in self.url.split(",") if u.strip())
@@ -103,7 +108,8 @@ class OipClient:
         self.url = ",".join(self.urls)
         # Answers per replica: how the requests spread (the tests and the logs read it).
         self.answered: Counter[str] = Counter()
-        self._turn = itertools.count()
+        first = self.first_replica
+        self._turn = itertools.count(random.randrange(len(self.urls)) if first is None else first)
         self._session = requests.Session()
         self._metadata: tuple[tuple[str, str], ...] = ()
         if self.token:
@@ -139,6 +145,7 @@ class OipClient:
         return self.urls[start:] + self.urls[:start]
 
     def _unavailable(self, reason: str, urls: tuple[str, ...]) -> OipUnavailable:
+        urls = tuple(url for url in self.urls if url in urls)  # as configured, not as rotated
         where = f"model server {urls[0]}" if len(urls) == 1 else f"model servers {', '.join(urls)}"
         return OipUnavailable(
             f"{where} unreachable after {self.attempts} tries "
