@@ -47,12 +47,14 @@ from farm_platform.dev.production import (
     production_up,
     read_production,
 )
-from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, field_map, simulate_images
-from farm_platform.dev.simulate.publish import captured_at
+from farm_platform.dev.simulate import (
+    DroneMessagePublisher,
+    FarmConfig,
+    simulate_images,
+    write_farm,
+)
 from farm_platform.dev.stack import stack_down, stack_up
 from farm_platform.images.run_tags import PHOTOS_TAG
-from farm_platform.layout import bucket_filesystem, join, raw_image_uri
-from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 
 DAY = dt.date(2026, 9, 1)
@@ -119,8 +121,6 @@ def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict
         farm = FarmConfig(positions=photos, days=1, start_date=DAY, seed=11)
         # Rendered before the clock: drones, not the platform, make the photos.
         images = list(simulate_images(farm))
-        write_field_map(field_map(farm), state_dir / "positions.csv")
-        fs, root = bucket_filesystem(info.bucket_url())
         with config.process_environment(environment):
             instance = DagsterInstance.from_config(str(production.dagster_home))
             try:
@@ -129,11 +129,14 @@ def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict
                 cpu_before, busy_before = _cpu_by_role(state_dir), _busy_cpu_seconds()
                 started = time.perf_counter()
                 publisher = DroneMessagePublisher(info.project)
-                for index, image in enumerate(images):
-                    fs.pipe_file(join(root, image.key.relative_path()), image.png)
-                    uri = raw_image_uri(info.bucket_url(), image.key)
-                    publisher.publish(uri, image.key, "bench", captured_at(image.key, index))
-                publisher.flush()
+                write_farm(
+                    farm,
+                    info.bucket_url(),
+                    state_dir / "positions.csv",
+                    publisher,
+                    truth_url=str(state_dir / "truth"),
+                    images=images,
+                )
                 wait_for_photos(instance, warehouse, photos, 3600, poll_seconds=0.5)
                 seconds = time.perf_counter() - started
                 busy = _busy_cpu_seconds() - busy_before

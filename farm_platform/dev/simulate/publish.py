@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,14 @@ from farm_platform import config
 from farm_platform.layout import ImageKey, bucket_filesystem, join, raw_image_uri
 from farm_platform.resources.field_map import write_field_map
 
-from .farm import FarmConfig, LeafTruth, field_map, simulate_images, truth_frames
+from .farm import (
+    FarmConfig,
+    LeafTruth,
+    SimulatedImage,
+    field_map,
+    simulate_images,
+    truth_frames,
+)
 
 GROUND_TRUTH_DIR = "ground_truth"
 DRONE_ID = "sim-drone-1"
@@ -106,6 +114,7 @@ def write_farm(
     field_map_path: str | Path | None,
     publisher: DroneMessagePublisher | None = None,
     truth_url: str | None = None,
+    images: Iterable[SimulatedImage] | None = None,
 ) -> SimulationSummary:
     """Simulate `config` into `bucket_url` (gs://…, emulator, file://… or a plain folder).
 
@@ -114,7 +123,8 @@ def write_farm(
     elsewhere keeps a notified bucket to one notification per photo), the field map
     (if `field_map_path`) to that CSV, and one drone-controller message per photo
     to `publisher` right after its upload. The field map is written first, so a
-    sensor that sees a message already knows the position.
+    sensor that sees a message already knows the position. `images`: `config`'s photos
+    rendered already (a benchmark renders them before its clock); by default rendered here.
     """
     started = time.perf_counter()
     fs, root = bucket_filesystem(bucket_url)
@@ -125,7 +135,7 @@ def write_farm(
         map_path = write_field_map(positions, field_map_path)
 
     records: list[tuple[ImageKey, tuple[LeafTruth, ...]]] = []
-    for image in simulate_images(config):
+    for image in simulate_images(config) if images is None else images:
         fs.pipe_file(join(root, image.key.relative_path()), image.png)
         records.append((image.key, image.leaves))
         if publisher is not None:
