@@ -1070,7 +1070,9 @@ def _assert_equals_a_full_refresh(project: Path, url: str, full_url: str, when: 
     """`dbt build --full-refresh` of `full_url` (a copy of `url`) gives every incremental
     output of `url`, row for row. The incremental build ran the data tests; the reference
     needs only the models."""
-    full = invoke_dbt_build(project, full_url, full_refresh=True, tests=False)
+    full = invoke_dbt_build(
+        project, full_url, full_refresh=True, tests=False, target="target_full_refresh"
+    )
     assert full.success, (when, sorted(full.failed()))
     _assert_same_outputs(_outputs(url), _outputs(full_url), when)
 

@@ -177,12 +177,18 @@ def invoke_dbt_build(
     full_refresh: bool = False,
     select: Sequence[str] = (),
     tests: bool = True,
+    target: str = "target",
 ) -> DbtBuildOutcome:
     """`dbt build` of `project_dir` against the warehouse, every node's status; raises only
     when dbt itself could not run (not when a model or test fails). The incremental models
     take only the changed days unless `full_refresh` (`dbt build --full-refresh`); `select`
     builds only those nodes (`dbt build --select …`); without `tests` only seeds and models
-    are built (two thirds of a small build's time is its 98 data tests)."""
+    are built (two thirds of a small build's time is its 98 data tests).
+
+    `target` is the folder inside the project where dbt writes its manifest and keeps its
+    partial-parse state. dbt throws that state away and parses the whole project again
+    (2.6 s of a 4 s build) whenever the profile differs from the last build's: builds that
+    alternate between two warehouses on one project give each its own `target`."""
     from dbt.cli.main import dbtRunner
 
     with dbt_connection(warehouse_url):
@@ -195,7 +201,7 @@ def invoke_dbt_build(
                 "--profiles-dir",
                 str(project_dir),
                 "--target-path",
-                str(project_dir / "target"),
+                str(project_dir / target),
                 "--log-path",
                 str(project_dir / "logs"),
                 *(["--full-refresh"] if full_refresh else []),
