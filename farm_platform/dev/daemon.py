@@ -155,9 +155,11 @@ def wait_for_ticks(
     count: int,
     timeout: float,
     sensor_name: str = "drone_image_sensor",
+    where: Callable[[Any], bool] | None = None,
 ) -> None:
     """Return once `count` ticks of the sensor that start after this call have ended
-    (tests that show nothing happens wait on ticks, not on a guess of their interval)."""
+    (tests that show nothing happens wait on ticks, not on a guess of their interval);
+    with `where`, only the ended ticks (InstigatorTick) it accepts count."""
     from dagster._core.scheduler.instigation import TickStatus
 
     before = max((tick.tick_id for tick in sensor_ticks(instance, sensor_name)), default=0)
@@ -166,13 +168,16 @@ def wait_for_ticks(
         ended = [
             tick
             for tick in sensor_ticks(instance, sensor_name)
-            if tick.tick_id > before and tick.status != TickStatus.STARTED
+            if tick.tick_id > before
+            and tick.status != TickStatus.STARTED
+            and (where is None or where(tick))
         ]
         if len(ended) >= count:
             return
         if not daemon.alive() or time.monotonic() > deadline:
             raise PipelineFailed(
-                f"{sensor_name} ended {len(ended)} of {count} ticks\n{daemon.log_tail()}"
+                f"{sensor_name} ended {len(ended)} of {count} {'matching ' if where else ''}ticks\n"
+                + daemon.log_tail()
             )
         time.sleep(0.5)
 
