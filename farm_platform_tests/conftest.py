@@ -295,6 +295,7 @@ def make_platform(local_stack, default_subscription, tmp_path, monkeypatch):
         platform = Platform(local_stack, tmp_path, warehouse_url=warehouse_url)
         platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
         platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+        platform.record_active_models()
         return platform
 
     return make

@@ -26,7 +26,12 @@ from farm_platform.config import (
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE,
 )
-from farm_platform.dev.daemon import DaemonProcess, wait_for_photos, wait_for_ticks
+from farm_platform.dev.daemon import (
+    DaemonProcess,
+    ended_tick_id,
+    wait_for_photos,
+    wait_for_ticks,
+)
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.images.run_tags import PHOTOS_TAG
@@ -68,6 +73,26 @@ class Platform:
     def instance(self) -> DagsterInstance:
         return DagsterInstance.from_config(str(self.dagster_home))
 
+    def record_active_models(self) -> None:
+        """Record the registry's active versions on the instance, in this process, as the
+        model_registry_sensor's first run does on a fresh one: the daemon then starts on a
+        platform that has run before, and its first image run does not queue behind a model
+        run (a run process, ~5 s). The fresh instance's model run is the model story's and
+        the demo's."""
+        from dagster import materialize
+
+        from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
+        from farm_platform.images.registered_models import registered_models
+        from farm_platform.resources import ModelRegistryResource
+
+        models_dir = self.environment.get(FARM_MODELS_DIR, str(REPO_MODELS_DIR))
+        resources = {
+            "models": ModelRegistryResource(models_dir=models_dir),
+            "warehouse": self.warehouse,
+        }
+        with self.instance() as instance:
+            assert materialize([registered_models], instance=instance, resources=resources).success
+
     def simulate(self, config: FarmConfig) -> int:
         summary = write_farm(
             config,
@@ -89,7 +114,9 @@ class Platform:
 def platform(local_stack, default_subscription, tmp_path, monkeypatch):
     for name, value in local_stack.environment().items():
         monkeypatch.setenv(name, value)
-    return Platform(local_stack, tmp_path)
+    platform = Platform(local_stack, tmp_path)
+    platform.record_active_models()
+    return platform
 
 
 def image_runs(instance: DagsterInstance) -> list:
@@ -235,6 +262,7 @@ def test_simulated_farm_and_bad_messages_end_to_end(
 
         # The same message again is not new work.
         again = json.dumps({"image_uri": f"{bucket}/P000/2026-11-01/image.png"}).encode()
+        before = ended_tick_id(instance)
         publisher.publish(topic, again).result(timeout=10)
         # The tick that pulls it counts it a duplicate and requests nothing (a tick that
         # requests a run ends the wait too, and fails the assertion).
@@ -243,6 +271,7 @@ def test_simulated_farm_and_bad_messages_end_to_end(
             daemon,
             1,
             120,
+            after=before,
             where=lambda tick: (
                 bool(tick.run_ids)
                 or re.search(r"\b[1-9]\d* duplicates", tick.skip_reason or "") is not None

@@ -149,6 +149,14 @@ def sensor_ticks(instance: DagsterInstance, sensor_name: str, limit: int = 20) -
     return []
 
 
+def ended_tick_id(instance: DagsterInstance, sensor_name: str = "drone_image_sensor") -> int:
+    """The id of the sensor's newest ended tick (0: none yet), for `wait_for_ticks(after=)`."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    ticks = sensor_ticks(instance, sensor_name)
+    return max((t.tick_id for t in ticks if t.status != TickStatus.STARTED), default=0)
+
+
 def wait_for_ticks(
     instance: DagsterInstance,
     daemon: DaemonProcess,
@@ -156,13 +164,18 @@ def wait_for_ticks(
     timeout: float,
     sensor_name: str = "drone_image_sensor",
     where: Callable[[Any], bool] | None = None,
+    after: int | None = None,
 ) -> None:
     """Return once `count` ticks of the sensor that start after this call have ended
     (tests that show nothing happens wait on ticks, not on a guess of their interval);
-    with `where`, only the ended ticks (InstigatorTick) it accepts count."""
+    with `where`, only the ended ticks (InstigatorTick) it accepts count; with `after` (from
+    `ended_tick_id` taken before the event), every tick that had not ended by then counts,
+    so that a tick already running when the event happened is not missed."""
     from dagster._core.scheduler.instigation import TickStatus
 
-    before = max((tick.tick_id for tick in sensor_ticks(instance, sensor_name)), default=0)
+    before = after
+    if before is None:
+        before = max((tick.tick_id for tick in sensor_ticks(instance, sensor_name)), default=0)
     deadline = time.monotonic() + timeout
     while True:
         ended = [
