@@ -82,15 +82,13 @@ class Platform:
         the demo's."""
         from dagster import materialize
 
-        from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
+        from farm_platform.config import FARM_MODELS_DIR
+        from farm_platform.dev.farm import farm_resources
         from farm_platform.images.registered_models import registered_models
-        from farm_platform.resources import ModelRegistryResource
 
-        models_dir = self.environment.get(FARM_MODELS_DIR, str(REPO_MODELS_DIR))
-        resources = {
-            "models": ModelRegistryResource(models_dir=models_dir),
-            "warehouse": self.warehouse,
-        }
+        resources = farm_resources(
+            self.stack.bucket_url(), self.warehouse.url, self.environment.get(FARM_MODELS_DIR)
+        )
         with self.instance() as instance:
             assert materialize([registered_models], instance=instance, resources=resources).success
 
