@@ -19,6 +19,8 @@ from typing import Any
 # The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+# The image pipeline's code location, as workspace.yaml names it.
+IMAGE_LOCATION = "farm_platform"
 
 FARM_BUCKET = "FARM_BUCKET"
 FARM_WAREHOUSE = "FARM_WAREHOUSE"

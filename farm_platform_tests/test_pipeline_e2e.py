@@ -26,12 +26,14 @@ from farm_platform.config import (
     FARM_FIELD_MAP,
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE,
+    IMAGE_LOCATION,
 )
 from farm_platform.dev.daemon import (
     DaemonProcess,
     ended_tick_id,
     wait_for_photos,
     wait_for_ticks,
+    workspace_of,
 )
 from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
@@ -69,7 +71,13 @@ class Platform:
         self.fs, _ = bucket_filesystem(stack.bucket_url())
 
     def daemon(self) -> DaemonProcess:
-        return DaemonProcess(self.dagster_home, self.environment, self.root / "daemon.log")
+        """The daemon over the image location alone: these tests grade photos, and the
+        analytics location (its schedule fires once a day) would only add a code server
+        that the daemon starts again at every workspace reload (each minute)."""
+        workspace = workspace_of([IMAGE_LOCATION], self.root / "workspace.yaml")
+        return DaemonProcess(
+            self.dagster_home, self.environment, self.root / "daemon.log", workspace
+        )
 
     def instance(self) -> DagsterInstance:
         return DagsterInstance.from_config(str(self.dagster_home))

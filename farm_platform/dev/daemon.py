@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +31,45 @@ UNFINISHED_STATUSES = (
 )
 
 
-class DaemonProcess(StartedInWith["DaemonProcess"]):
-    """`dagster-daemon run` in its own process group, logging to a file."""
+def workspace_of(locations: Sequence[str], destination: Path) -> Path:
+    """A workspace file at `destination` with only the named code locations of the
+    project's workspace.yaml, as that file declares them."""
+    import yaml
 
-    def __init__(self, dagster_home: Path, environment: Mapping[str, str], log_path: Path):
+    def name(entry: dict[str, Any]) -> str:
+        return next(iter(entry.values()))["location_name"]  # {python_module: {...}}
+
+    entries = yaml.safe_load(WORKSPACE_FILE.read_text())["load_from"]
+    chosen = [entry for entry in entries if name(entry) in locations]
+    missing = set(locations) - {name(entry) for entry in chosen}
+    if missing:
+        raise ValueError(f"{WORKSPACE_FILE} declares no code location {sorted(missing)}")
+    destination.write_text(yaml.safe_dump({"load_from": chosen}))
+    return destination
+
+
+class DaemonProcess(StartedInWith["DaemonProcess"]):
+    """`dagster-daemon run` in its own process group, logging to a file; over the project's
+    workspace.yaml, or `workspace` (e.g. one of `workspace_of`'s)."""
+
+    def __init__(
+        self,
+        dagster_home: Path,
+        environment: Mapping[str, str],
+        log_path: Path,
+        workspace: Path = WORKSPACE_FILE,
+    ):
         self.dagster_home = dagster_home
         self.environment = {**os.environ, **environment, "DAGSTER_HOME": str(dagster_home)}
         self.log_path = log_path
+        self.workspace = workspace
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         executable = Path(sys.executable).with_name("dagster-daemon")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(executable), "run", "-w", str(WORKSPACE_FILE)],
+            [str(executable), "run", "-w", str(self.workspace)],
             env=self.environment,
             stdout=log,
             stderr=subprocess.STDOUT,

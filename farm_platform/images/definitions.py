@@ -30,7 +30,7 @@ def _optional_env(name: str, default: str) -> str | EnvVar:
 
 
 config.require_for_location(
-    "farm_platform", (config.FARM_BUCKET, config.FARM_WAREHOUSE, config.FARM_GCP_PROJECT)
+    config.IMAGE_LOCATION, (config.FARM_BUCKET, config.FARM_WAREHOUSE, config.FARM_GCP_PROJECT)
 )
 config.bucket_url(os.environ[config.FARM_BUCKET])
 
