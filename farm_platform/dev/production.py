@@ -48,7 +48,7 @@ CREDENTIALS = (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN)
 # One Celery worker per queue (farm_platform.images.run_tags).
 WORKER_QUEUES = (IMAGES_QUEUE, ANALYTICS_QUEUE)
 CODE_LOCATIONS = {
-    "farm_platform": "farm_platform.images.definitions",
+    config.IMAGE_LOCATION: "farm_platform.images.definitions",
     "farm_platform_analytics": "farm_platform.analytics.definitions",
 }
 DAGSTER_DATABASE = "dagster"

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from farm_platform.config import WORKSPACE_FILE
+from farm_platform.config import IMAGE_LOCATION, WORKSPACE_FILE
 from farm_platform.dev.processes import free_port, terminate
 
 CHROMIUM_HINT = "install Debian's browser: apt-get install chromium"
@@ -127,7 +127,7 @@ def launch_day_run(webserver_url: str, day: str) -> str:
     }"""
     params = {
         "selector": {
-            "repositoryLocationName": "farm_platform",
+            "repositoryLocationName": IMAGE_LOCATION,
             "repositoryName": "__repository__",
             "jobName": "__ASSET_JOB",
             "assetSelection": [{"path": key.path} for key in IMAGE_PIPELINE],
