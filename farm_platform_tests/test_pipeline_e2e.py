@@ -2,6 +2,7 @@
 
 import collections
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dagster import (
     DagsterInstance,
     RunsFilter,
 )
+from fsspec import AbstractFileSystem
 
 from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.config import (
@@ -68,7 +70,12 @@ class Platform:
             # The daemon's fastest sensor loop: tests wait on every tick.
             FARM_SENSOR_INTERVAL_SECONDS: "5",
         }
-        self.fs, _ = bucket_filesystem(stack.bucket_url())
+
+    @functools.cached_property
+    def fs(self) -> AbstractFileSystem:
+        """The bucket's filesystem, made when first used: gcsfs reads STORAGE_EMULATOR_HOST
+        then, and without it looks for Google credentials (~15 s here) and the real GCS."""
+        return bucket_filesystem(self.stack.bucket_url())[0]
 
     def daemon(self) -> DaemonProcess:
         """The daemon over the image location alone: these tests grade photos, and the
@@ -195,9 +202,12 @@ def assert_grades_match_crops(platform: Platform) -> int:
     return crops.height
 
 
-def test_simulated_farm_and_bad_messages_end_to_end(
+def test_simulated_farm_bad_messages_and_a_reupload_end_to_end(
     platform, subscriber, publisher, dead_letters, drain
 ):
+    """One daemon through three stories: a farm with broken uploads and bad messages, a
+    repeated message, and a photo uploaded again later the same day. Each assertion's
+    message names its story: one scenario, not three daemons and three setups."""
     config = FarmConfig(positions=4, days=2, start_date=dt.date(2026, 11, 1), seed=7)
     images = platform.simulate(config)
     bucket = platform.stack.bucket_url()
@@ -290,36 +300,28 @@ def test_simulated_farm_and_bad_messages_end_to_end(
         )
         assert len(image_runs(instance)) == len(runs)
 
-
-def test_a_day_in_two_batches_and_a_reupload_keep_each_photo_once(platform):
-    bucket = platform.stack.bucket_url()
-    config = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 5), seed=5)
-    with platform.daemon() as daemon, platform.instance() as instance:
-        images = platform.simulate(config)  # the field map has four positions
-        platform.wait(instance, images, daemon)
-        first_generation = platform.rows(
-            "SELECT generation FROM drone_images WHERE position_id = 'P000'"
-        )["generation"][0]
-
-        # Later the same day: P000 is photographed again (a new generation of its object).
-        data = platform.fs.cat_file(f"{bucket}/P001/2026-11-05/image.png")
-        platform.fs.pipe_file(f"{bucket}/P000/2026-11-05/image.png", data)
+        # Later, P000 is photographed again on its first day (a new generation of its
+        # object): the day's next run replaces the photo's rows, it adds none.
+        day = "2026-11-01"
+        photo = f"position_id = 'P000' AND date = DATE '{day}'"
+        first_generation = platform.rows(f"SELECT generation FROM drone_images WHERE {photo}")
+        runs_of_day = runs_per_day(instance)[day]
+        data = platform.fs.cat_file(f"{bucket}/P001/{day}/image.png")
+        platform.fs.pipe_file(f"{bucket}/P000/{day}/image.png", data)
         deadline = time.monotonic() + 120
-        while runs_per_day(instance)["2026-11-05"] < 2:
-            assert time.monotonic() < deadline, daemon.log_tail()
+        while runs_per_day(instance)[day] == runs_of_day:
+            assert time.monotonic() < deadline, f"no run for the re-upload\n{daemon.log_tail()}"
             time.sleep(1)
-        platform.wait(instance, images, daemon)
-
-        assert materializations_per_partition(instance, DRONE_IMAGES)["2026-11-05"] == 2
-        second = platform.rows("SELECT * FROM drone_images WHERE position_id = 'P000'")
-        assert second.height == 1  # replaced, not added
-        assert second["generation"][0] != first_generation
+        platform.wait(instance, images + 4, daemon)
+        assert materializations_per_partition(instance, DRONE_IMAGES)[day] == runs_of_day + 1
+        again = platform.rows(f"SELECT generation, sha256 FROM drone_images WHERE {photo}")
+        assert again.height == 1, f"the re-upload added a row: {again}"
+        assert again["generation"][0] != first_generation["generation"][0]
+        same_as = f"position_id = 'P001' AND date = DATE '{day}'"
         assert (
-            second["sha256"][0]
-            == platform.rows("SELECT sha256 FROM drone_images WHERE position_id = 'P001'")[
-                "sha256"
-            ][0]
-        )
+            again["sha256"][0]
+            == platform.rows(f"SELECT sha256 FROM drone_images WHERE {same_as}")["sha256"][0]
+        ), "the re-upload's row is not the new photo's"
         assert_no_duplicate_keys(platform)
         assert_grades_match_crops(platform)
 
