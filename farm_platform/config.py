@@ -59,6 +59,10 @@ FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
 DEFAULT_RUN_MAX_PHOTOS = 2000
 FARM_BATCH_MAX_WAIT_SECONDS = "FARM_BATCH_MAX_WAIT_SECONDS"
 DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
+# ... or when its day has gone quiet: nothing announced for it in this long (the flight's
+# upload is over). The tests' farms upload in one burst and set it to 1.
+FARM_BATCH_QUIET_SECONDS = "FARM_BATCH_QUIET_SECONDS"
+DEFAULT_BATCH_QUIET_SECONDS = 5.0
 # Photos a run reads, decodes, grades and writes at a time: bounds a run's memory.
 FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
 DEFAULT_RUN_CHUNK_PHOTOS = 64
@@ -140,6 +144,7 @@ CONFIG_VARIABLES = (
     FARM_REPORTS,
     FARM_RUN_MAX_PHOTOS,
     FARM_BATCH_MAX_WAIT_SECONDS,
+    FARM_BATCH_QUIET_SECONDS,
     FARM_RUN_CHUNK_PHOTOS,
     FARM_MAX_PHOTO_ATTEMPTS,
     FARM_RUN_TIMEOUT_SECONDS,

@@ -51,7 +51,7 @@ class IngestSettings:
     max_wait_seconds: float = config.DEFAULT_BATCH_MAX_WAIT_SECONDS
     # A day whose newest announcement is this old, in a tick that drained the subscription,
     # has stopped uploading: its waiting photos run at once.
-    quiet_after_seconds: float = 5.0
+    quiet_after_seconds: float = config.DEFAULT_BATCH_QUIET_SECONDS
     # Long enough for the next tick to acknowledge held messages, short enough that a
     # tick that dies before Dagster stores it has its messages redelivered soon.
     ack_extension_seconds: int = 120
@@ -65,6 +65,9 @@ class IngestSettings:
             ),
             max_wait_seconds=config.env_number(
                 config.FARM_BATCH_MAX_WAIT_SECONDS, config.DEFAULT_BATCH_MAX_WAIT_SECONDS
+            ),
+            quiet_after_seconds=config.env_number(
+                config.FARM_BATCH_QUIET_SECONDS, config.DEFAULT_BATCH_QUIET_SECONDS
             ),
         )
 

@@ -12,6 +12,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_
 from dagster._core.utils import make_new_run_id
 from PIL import Image
 
+from farm_platform import config
 from farm_platform.arrivals import Arrival, ArrivalQueue, Requeued
 from farm_platform.images.sensors import RUN_KEY_TAG, TICK_TAG, claim_run_request
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
@@ -97,6 +98,27 @@ def redelivered(subscriber, subscription_path: str, ack_ids: list[str]) -> int:
 
 def claimed(outcome) -> list[str]:
     return sorted(position for claim in outcome.claims for position in claim.positions)
+
+
+def test_a_day_is_quiet_after_the_window_its_setting_gives(farm, queue, monkeypatch):
+    """FARM_BATCH_QUIET_SECONDS: an upload ~2 s old has ended its day's flight with a 1 s
+    window (its photo runs at once); with the default 5 s it is still uploading."""
+    pubsub, bucket, date, _ = farm
+    monkeypatch.setenv(config.FARM_BATCH_QUIET_SECONDS, "0")
+    with pytest.raises(config.ConfigError, match="FARM_BATCH_QUIET_SECONDS"):
+        IngestSettings.from_env()
+
+    monkeypatch.setenv(config.FARM_BATCH_QUIET_SECONDS, "1")
+    upload(bucket, ImageKey("P000", date))
+    time.sleep(2)
+    quiet = tick(pubsub, bucket, queue, settings=IngestSettings.from_env())
+    assert claimed(quiet) == ["P000"]
+
+    monkeypatch.delenv(config.FARM_BATCH_QUIET_SECONDS)
+    upload(bucket, ImageKey("P001", date))
+    time.sleep(2)
+    busy = tick(pubsub, bucket, queue, quiet.cursor, settings=IngestSettings.from_env())
+    assert busy.stats.new_images == 1 and busy.claims == []
 
 
 def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):

@@ -25,6 +25,7 @@ from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.config import (
     DAGSTER_HOME,
     DRONE_IMAGE_TOPIC,
+    FARM_BATCH_QUIET_SECONDS,
     FARM_FIELD_MAP,
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE,
@@ -69,6 +70,8 @@ class Platform:
             DAGSTER_HOME: str(self.dagster_home),
             # The daemon's fastest sensor loop: tests wait on every tick.
             FARM_SENSOR_INTERVAL_SECONDS: "5",
+            # The simulated farms upload in one burst: their days are quiet at once.
+            FARM_BATCH_QUIET_SECONDS: "1",
         }
 
     @functools.cached_property

@@ -27,6 +27,7 @@ from farm_platform.analytics.headline import overall_answer, summary_lines
 from farm_platform.analytics.report_data import load_report_data
 from farm_platform.config import (
     DAGSTER_HOME,
+    FARM_BATCH_QUIET_SECONDS,
     FARM_FIELD_MAP,
     FARM_REPORTS,
     FARM_SENSOR_INTERVAL_SECONDS,
@@ -98,6 +99,9 @@ def run_demo(
             # are then the farm's days, not a year of "Missing" ones before it.
             FARM_TRIAL_START_DATE: config.start_date.isoformat(),
             FARM_SENSOR_INTERVAL_SECONDS: "5",
+            # The simulated farm uploads in one burst before the daemon starts: its days
+            # are quiet at once, and need not wait the 5 s a real flight's upload gets.
+            FARM_BATCH_QUIET_SECONDS: "1",
         }
         cleanup.enter_context(process_environment(environment))
         print(
