@@ -211,6 +211,72 @@ def test_day_grading_lock_lets_sensor_runs_share_a_day_and_a_whole_day_run_wait(
     assert late_holding.is_set()
 
 
+def test_the_sensor_records_a_days_photos_while_a_run_of_that_day_waits_to_commit(
+    postgres_url,
+):
+    """A run's write of a day holds the day's write lock while it waits behind another
+    writer of the grades table. The arrival queue took that lock too, so the sensor's tick
+    recording more photos of the day hung until the run committed: the production e2e's
+    9-photo day timed out after 300 s, its sensor's tick still running. The queue's tables
+    are the sensor's own and take no day lock."""
+    import threading
+
+    import psycopg
+
+    from farm_platform.arrivals import Arrival, ArrivalQueue
+    from farm_platform.dev.postgres import fresh_database
+    from farm_platform.layout import ImageKey
+    from farm_platform.resources.pubsub import PulledMessage
+
+    url = fresh_database(postgres_url, "farm_day_lock")
+    warehouse = WarehouseResource(url=url)
+    warehouse.create_schema()
+    day = dt.date(2026, 6, 1)
+    with psycopg.connect(url) as other_writer:
+        other_writer.execute("LOCK TABLE disease_grades IN SHARE MODE")
+        run = threading.Thread(
+            target=warehouse.replace_many, args=([("disease_grades", grades(date=day), None)],)
+        )
+        run.start()
+        _wait_for_a_write_waiting_on(warehouse, "disease_grades")
+
+        arrival = Arrival(
+            ImageKey("P001", day),
+            "1",
+            f"gs://farm/P001/{day}/image.png",
+            PulledMessage("ack-1", "1", GRADED_AT.isoformat(), b"{}", {}),
+        )
+        recorded = []
+        tick = threading.Thread(
+            target=lambda: recorded.append(ArrivalQueue(warehouse).record([arrival], GRADED_AT))
+        )
+        tick.start()
+        tick.join(60)
+        hung = tick.is_alive()
+        other_writer.rollback()  # the run may commit now, whatever the outcome
+    run.join(60)
+    tick.join(60)
+    assert not hung, "recording the day's new photo waited for the run's commit"
+    assert recorded[0].new == 1
+    assert count(warehouse) == 3  # the run committed afterwards
+
+
+def _wait_for_a_write_waiting_on(warehouse: WarehouseResource, table: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        frame = warehouse.query(
+            "SELECT count(*) AS n FROM pg_locks AS l JOIN pg_class AS c ON l.relation = c.oid"
+            " WHERE c.relname = %s AND NOT l.granted",
+            [table],
+        )
+        if frame["n"][0]:
+            return
+        assert time.monotonic() < deadline, f"no write waits on {table}"
+        time.sleep(0.05)
+
+
 def test_day_grading_lock_is_none_on_duckdb(tmp_path):
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
     with warehouse.day_grading_lock(dt.date(2026, 7, 1), exclusive=True) as locked:

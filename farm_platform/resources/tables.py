@@ -149,6 +149,10 @@ class Table:
     # which leads with the replace scope's columns, serves the writer's replace-by-photo.
     # DuckDB prunes those scans with its zone maps; an ART index would only slow its writes.
     postgres_indexes: tuple[tuple[str, ...], ...] = ()
+    # On PostgreSQL a write takes a lock on each day it replaces rows of, so that two runs
+    # writing one day take turns. The arrival queue's tables are the sensor's own: a tick
+    # recording a day's new photos must not wait for a run of that day to commit.
+    day_locked: bool = True
 
     @property
     def column_names(self) -> list[str]:
@@ -252,6 +256,7 @@ IMAGE_ARRIVALS_TABLE = Table(
     IMAGE_ARRIVALS_COLUMNS,
     primary_key=("position_id", "date", "generation"),
     replace_scope=("position_id", "date", "generation"),
+    day_locked=False,
 )
 ARRIVAL_ACKS_TABLE = Table(
     "arrival_acks",

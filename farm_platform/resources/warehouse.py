@@ -180,7 +180,9 @@ class WarehouseResource(ConfigurableResource):
             prepared.append((table, frame, replaced.unique()))
         with self.connect() as connection:
             self._ensure_schema(connection)
-            self._lock_days(connection, [replaced for _, _, replaced in prepared])
+            self._lock_days(
+                connection, [replaced for table, _, replaced in prepared if table.day_locked]
+            )
             for table, frame, replaced in prepared:
                 self._delete_scopes(connection, table, replaced)
                 if frame.height:
