@@ -243,8 +243,12 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
             # This wait ran past 120 s in CI (2026-12-04) and past 300 s on 2026-12-05: a
             # tick that saw part of the day claimed a batch, whose run then waited to commit
             # holding the day's write lock, and the next tick hung recording the rest on
-            # that lock (fixed; test_warehouse has the case). A timeout prints the ticks.
-            sensor_runs = _wait(claimed, 120, "the sensor's runs of the day's 9 photos", instance)
+            # that lock (fixed; test_warehouse has the case). Once more past 120 s after the
+            # fix, its sensor pulling nothing in its last ticks (cause not found): a timeout
+            # prints every tick that pulled something, and the sensor's log.
+            sensor_runs = _wait(
+                claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology
+            )
             assert len(sensor_runs) == 3, "the 9 photos were not claimed as 3 batches of 3"
             for run in sensor_runs:
                 _wait(
@@ -421,27 +425,47 @@ def _said(instance: DagsterInstance, run_id: str, words: str) -> float | None:
     return min(times) if times else None
 
 
-def _wait(probe, timeout: float, what: str, instance: DagsterInstance | None = None):
+def _wait(
+    probe,
+    timeout: float,
+    what: str,
+    instance: DagsterInstance | None = None,
+    topology: Topology | None = None,
+):
     """Poll `probe` until it returns something; on timeout, say what the image sensor's
-    last ticks did (with `instance`), so a failure in CI can be read from its message."""
+    ticks did (with `instance`) and the end of its code server's log (with `topology`), so
+    a failure in CI can be read from its message."""
     deadline = time.monotonic() + timeout
     while not (found := probe()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + _sensor_story(instance))
+            log = topology.state_dir / "code-server-farm_platform.log" if topology else None
+            tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise AssertionError(
+                f"timed out waiting for {what}"
+                + _sensor_story(instance)
+                + (f"\nthe image location's code server log ends:\n{tail}" if tail else "")
+            )
         time.sleep(0.2)
     return found
 
 
 def _sensor_story(instance: DagsterInstance | None) -> str:
+    """The image sensor's ticks of the last minutes: the newest five, and every older one
+    that pulled a message or requested a run, with their times."""
     if instance is None:
         return ""
-    ticks = sensor_ticks(instance, DRONE_IMAGE_SENSOR, limit=5)
+    ticks = sensor_ticks(instance, DRONE_IMAGE_SENSOR, limit=200)
     told = [
-        f"tick {tick.tick_id} {tick.status.value}: "
-        f"{tick.skip_reason or tick.error or f'{len(tick.run_ids)} run(s)'}"
-        for tick in ticks
+        f"tick {tick.tick_id} at {time.strftime('%H:%M:%S', time.gmtime(tick.timestamp))}"
+        f" {tick.status.value}: {tick.skip_reason or tick.error or f'{len(tick.run_ids)} run(s)'}"
+        for index, tick in enumerate(ticks)
+        if index < 5 or tick.run_ids or "pulled 0 messages" not in (tick.skip_reason or "")
     ]
-    return "; the image sensor's last ticks, newest first:\n" + "\n".join(told or ["none"])
+    return (
+        f"; now {time.strftime('%H:%M:%S', time.gmtime())}; the image sensor's ticks, newest"
+        " first (older ones only if they pulled or requested something):\n"
+        + "\n".join(told or ["none"])
+    )
 
 
 def _repair(topology: Topology) -> None:
