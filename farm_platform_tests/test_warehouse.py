@@ -1,6 +1,7 @@
 """The warehouse on real DuckDB and real PostgreSQL: schema, keys, idempotent writes."""
 
 import datetime as dt
+from collections.abc import Sequence
 
 import polars as pl
 import pytest
@@ -187,7 +188,7 @@ def test_day_grading_lock_lets_sensor_runs_share_a_day_and_a_whole_day_run_wait(
         exclusive = threading.Thread(target=whole_day_run)
         exclusive.start()
         assert waiting.wait(30), "the exclusive request did not wait for the shared holder"
-        _wait_for_ungranted_advisory_locks(warehouse, 1)
+        _wait_for_ungranted_locks(warehouse, 1)
         late_waiting = threading.Event()
         late_holding = threading.Event()
 
@@ -198,7 +199,7 @@ def test_day_grading_lock_lets_sensor_runs_share_a_day_and_a_whole_day_run_wait(
         late = threading.Thread(target=late_sensor_run)
         late.start()
         assert late_waiting.wait(30), "a later shared request went past the waiting exclusive"
-        _wait_for_ungranted_advisory_locks(warehouse, 2)
+        _wait_for_ungranted_locks(warehouse, 2)
         assert not holding.is_set()
         # Another day is not held up.
         with warehouse.day_grading_lock(day + dt.timedelta(days=1), exclusive=True) as other:
@@ -238,7 +239,7 @@ def test_the_sensor_records_a_days_photos_while_a_run_of_that_day_waits_to_commi
             target=warehouse.replace_many, args=([("disease_grades", grades(date=day), None)],)
         )
         run.start()
-        _wait_for_a_write_waiting_on(warehouse, "disease_grades")
+        _wait_for_ungranted_locks(warehouse, 1, "c.relname = %s", ["disease_grades"])
 
         arrival = Arrival(
             ImageKey("P001", day),
@@ -261,37 +262,30 @@ def test_the_sensor_records_a_days_photos_while_a_run_of_that_day_waits_to_commi
     assert count(warehouse) == 3  # the run committed afterwards
 
 
-def _wait_for_a_write_waiting_on(warehouse: WarehouseResource, table: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while True:
-        frame = warehouse.query(
-            "SELECT count(*) AS n FROM pg_locks AS l JOIN pg_class AS c ON l.relation = c.oid"
-            " WHERE c.relname = %s AND NOT l.granted",
-            [table],
-        )
-        if frame["n"][0]:
-            return
-        assert time.monotonic() < deadline, f"no write waits on {table}"
-        time.sleep(0.05)
-
-
 def test_day_grading_lock_is_none_on_duckdb(tmp_path):
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
     with warehouse.day_grading_lock(dt.date(2026, 7, 1), exclusive=True) as locked:
         assert locked is False
 
 
-def _wait_for_ungranted_advisory_locks(warehouse: WarehouseResource, expected: int) -> None:
+def _wait_for_ungranted_locks(
+    warehouse: WarehouseResource,
+    expected: int,
+    which: str = "l.locktype = 'advisory'",
+    parameters: Sequence[object] = (),
+) -> None:
+    """Wait until `expected` lock requests matching `which` (pg_locks `l`, pg_class `c` of
+    a relation lock) wait in PostgreSQL."""
     import time
 
     deadline = time.monotonic() + 30
     while True:
         frame = warehouse.query(
-            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            "SELECT count(*) AS n FROM pg_locks AS l LEFT JOIN pg_class AS c"
+            f" ON l.relation = c.oid WHERE NOT l.granted AND {which}",
+            parameters,
         )
         if frame["n"][0] == expected:
             return
-        assert time.monotonic() < deadline, f"{frame['n'][0]} advisory locks wait"
+        assert time.monotonic() < deadline, f"{frame['n'][0]} lock requests wait ({which})"
         time.sleep(0.05)
