@@ -92,6 +92,31 @@ def test_scopes_clear_a_partition_that_has_no_rows_any_more(warehouse):
     assert count(warehouse) == 0
 
 
+def test_writes_of_one_table_in_one_call_each_replace_their_own_scope(warehouse):
+    """A run's chunk hands `replace_many` one grades write per disease (they become one
+    DELETE and one INSERT): each write's rows replace its scope, none removes another's."""
+    warehouse.replace_many(
+        [
+            ("disease_grades", grades(position="P000", grade=1), None),
+            ("disease_grades", grades(position="P001", grade=1), None),
+            ("disease_grades", grades(position="P002", grade=1), None),
+        ]
+    )
+    gone = grades(position="P001").head(1).select(DISEASE_GRADES_TABLE.replace_scope)
+    warehouse.replace_many(
+        [
+            ("disease_grades", grades(position="P000", leaves=2, grade=2), None),
+            ("disease_grades", grades(position="P001").head(0), gone),
+            ("disease_grades", grades(position="P003", leaves=1, grade=3), None),
+        ]
+    )
+    rows = warehouse.query(
+        "SELECT position_id, predicted_grade, count(*) AS n FROM disease_grades"
+        " GROUP BY 1, 2 ORDER BY 1"
+    ).rows()
+    assert rows == [("P000", 2, 2), ("P002", 1, 3), ("P003", 3, 1)]
+
+
 def test_primary_key_rejects_duplicate_rows(warehouse):
     duplicated = pl.concat([grades(leaves=1), grades(leaves=1)])
     with pytest.raises(Exception, match="(?i)duplicate|primary key|unique"):

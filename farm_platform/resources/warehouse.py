@@ -165,19 +165,7 @@ class WarehouseResource(ConfigurableResource):
     def replace_many(self, writes: Sequence[tuple[str, pl.DataFrame, pl.DataFrame | None]]) -> None:
         """Several `replace_rows` in one transaction: a photo's rows in every table appear
         (and replace the old ones) together or not at all."""
-        prepared = []
-        for table_name, frame, scopes in writes:
-            table = TABLES[table_name]
-            missing = set(table.column_names) - set(frame.columns)
-            if missing:
-                raise WarehouseError(f"frame for {table.name} lacks columns {sorted(missing)}")
-            frame = frame.select(table.column_names).cast(table.polars_schema)
-            replaced = frame.select(table.replace_scope)
-            if scopes is not None:
-                replaced = pl.concat(
-                    [replaced, scopes.select(table.replace_scope)], how="vertical_relaxed"
-                )
-            prepared.append((table, frame, replaced.unique()))
+        prepared = prepare_writes(writes)
         with self.connect() as connection:
             self._ensure_schema(connection)
             self._lock_days(
@@ -360,3 +348,33 @@ def _busy(lock_path: Path, timeout: float) -> WarehouseError:
         "platform holds it); raise FARM_WAREHOUSE_LOCK_SECONDS, or use PostgreSQL for "
         "concurrent work"
     )
+
+
+def prepare_writes(
+    writes: Sequence[tuple[str, pl.DataFrame, pl.DataFrame | None]],
+) -> list[tuple[Table, pl.DataFrame, pl.DataFrame]]:
+    """Each table's rows and the scopes they replace (theirs and the writes' `scopes`).
+
+    The writes of one table become one DELETE and one INSERT: a statement costs ~4 ms on
+    DuckDB whatever its size, and a run's chunk makes seven writes, five of them grades
+    (benchmarks/warehouse_write.py). Writes of one table must not share a primary key."""
+    frames: dict[str, list[pl.DataFrame]] = {}
+    replaced: dict[str, list[pl.DataFrame]] = {}
+    for table_name, frame, scopes in writes:
+        table = TABLES[table_name]
+        missing = set(table.column_names) - set(frame.columns)
+        if missing:
+            raise WarehouseError(f"frame for {table.name} lacks columns {sorted(missing)}")
+        frame = frame.select(table.column_names).cast(table.polars_schema)
+        frames.setdefault(table_name, []).append(frame)
+        replaced.setdefault(table_name, []).append(frame.select(table.replace_scope))
+        if scopes is not None:
+            replaced[table_name].append(scopes.select(table.replace_scope))
+    return [
+        (
+            TABLES[name],
+            pl.concat(frames[name]),
+            pl.concat(replaced[name], how="vertical_relaxed").unique(),
+        )
+        for name in frames
+    ]
