@@ -103,6 +103,7 @@ class Platform:
         local: bool = False,
         run_max_photos: int | None = None,
         inference: dict[str, str] | None = None,
+        run_torch_threads: int | None = None,
     ) -> None:
         self.dagster_home = workdir / f"dagster-{name}"
         prepare_dagster_home(self.dagster_home)
@@ -121,7 +122,11 @@ class Platform:
         if run_max_photos:
             self.environment[farm_config.FARM_RUN_MAX_PHOTOS] = str(run_max_photos)
         os.environ.update(self.environment)
-        self.daemon = DaemonProcess(self.dagster_home, self.environment, workdir / f"{name}.log")
+        # The runs' torch threads only: the bare path keeps the machine's default.
+        daemon_environment = dict(self.environment)
+        if run_torch_threads:
+            daemon_environment[farm_config.FARM_TORCH_THREADS] = str(run_torch_threads)
+        self.daemon = DaemonProcess(self.dagster_home, daemon_environment, workdir / f"{name}.log")
         self.bucket_url = bucket_url
         self.local = local
         self.project = stack.project
@@ -195,6 +200,7 @@ def bench(
     local: bool,
     run_max_photos: int | None,
     server: ModelServerProcess | None = None,
+    run_torch_threads: int | None = None,
 ) -> dict[str, Any]:
     config = FarmConfig(positions=n_images, days=1, start_date=START, seed=5)
     where = "a local folder bucket" if local else "the GCS emulator"
@@ -203,7 +209,9 @@ def bench(
     photos = list(simulate_images(config))
     name = f"n{n_images}{'-local' if local else ''}{'-oip' if server else ''}"
     inference = server.environment() if server else None
-    platform = Platform(stack, workdir, name, n_images, local, run_max_photos, inference)
+    platform = Platform(
+        stack, workdir, name, n_images, local, run_max_photos, inference, run_torch_threads
+    )
     sampler = RunMemorySampler()
     with platform.running() as instance:
         sampler.start()
@@ -368,6 +376,12 @@ def main() -> int:
         "--run-max-photos", type=int, help="FARM_RUN_MAX_PHOTOS (default: the platform's)"
     )
     parser.add_argument(
+        "--run-torch-threads",
+        type=int,
+        help="FARM_TORCH_THREADS of the runs only (default: the platform's); the bare path "
+        "keeps the machine's default",
+    )
+    parser.add_argument(
         "--inference",
         nargs="+",
         choices=["local", "oip"],
@@ -385,7 +399,14 @@ def main() -> int:
             for mode in args.inference:
                 with LocalStack() as stack:
                     if mode == "local":
-                        figures = bench(n_images, stack, Path(workdir), local, args.run_max_photos)
+                        figures = bench(
+                            n_images,
+                            stack,
+                            Path(workdir),
+                            local,
+                            args.run_max_photos,
+                            run_torch_threads=args.run_torch_threads,
+                        )
                     else:
                         log = Path(workdir) / "model-server.log"
                         with ModelServerProcess(farm_config.models_dir(), log) as server:
