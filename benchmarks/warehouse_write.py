@@ -22,7 +22,6 @@ from pathlib import Path
 
 import polars as pl
 
-from farm_platform.resources.tables import TABLES
 from farm_platform.resources.warehouse import WarehouseResource, prepare_writes
 
 DAY = dt.date(2026, 6, 1)
@@ -86,9 +85,8 @@ def chunk_writes(first: int, photos: int, leaves: int) -> list[Write]:
 
 
 def timed_steps(warehouse: WarehouseResource, writes: Sequence[Write]) -> dict[str, float]:
-    """Seconds per step of `replace_many`'s transaction for one chunk (DuckDB)."""
-    import duckdb
-
+    """Seconds per step of `replace_many`'s transaction for one chunk (DuckDB), through
+    the warehouse's own connect, schema, DELETE and INSERT."""
     steps: dict[str, float] = {}
 
     def step(name: str, started: float) -> float:
@@ -97,11 +95,10 @@ def timed_steps(warehouse: WarehouseResource, writes: Sequence[Write]) -> dict[s
         return now
 
     started = time.perf_counter()
-    connection = duckdb.connect(str(warehouse.duckdb_path))
+    connection = warehouse._connect_duckdb()
     started = step("connect", started)
     connection.execute("BEGIN TRANSACTION")
-    for table in TABLES.values():
-        connection.execute(table.ddl())
+    warehouse._ensure_schema(connection)
     started = step("tables' DDL", started)
     merged = prepare_writes(writes)
     started = step("frames", started)

@@ -185,8 +185,8 @@ def test_a_code_server_killed_mid_run_is_repaired_and_loses_nothing(topology):
             time.sleep(0.2)
         victim = topology.pids()["code_server:farm_platform"]
         # The code server and the process it serves from, as when its machine is lost.
-        # Killing the proxy alone left that child running for ~60 s more; in a failed run
-        # the next test's sensor then pulled nothing for minutes (a lead, not proven).
+        # Killing the proxy alone left that child running for ~60 s more. (Suspected of
+        # the next test's blind sensor ticks; that test still failed once since: README.)
         kill_now([victim, *child_pids(victim)])
         assert not pid_alive(victim)
         assert "code_server:farm_platform" in dead_processes(
