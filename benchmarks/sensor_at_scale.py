@@ -417,7 +417,7 @@ def tick_probe(
         timed_pubsub,  # type: ignore[arg-type]
         bucket,  # type: ignore[arg-type]
         queue,
-        positions,
+        lambda: positions,
         IngestSettings.from_env(),
     )
     ended = time.perf_counter()

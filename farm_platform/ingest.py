@@ -22,10 +22,11 @@ acknowledged as a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,9 +137,12 @@ def ingest_tick(
     pubsub: PubSubResource,
     bucket: BucketResource,
     queue: ArrivalQueue,
-    field_map_positions: Sequence[str],
+    known_positions: Callable[[], Collection[str]],
     settings: IngestSettings | None = None,
 ) -> IngestOutcome:
+    """`known_positions` is asked after the pull: a position added to the field map just
+    before its first photo was announced is known to the tick that pulls the announcement
+    (asked before the pull, the tick dead-lettered those photos as unknown positions)."""
     settings = settings or IngestSettings()
     started = time.monotonic()
     now = dt.datetime.now(dt.UTC)
@@ -154,7 +158,16 @@ def ingest_tick(
         stats.pubsub_error = str(exc)
         messages, drained = [], False
     stats.pulled = len(messages)
-    classified = _classify(messages, bucket, frozenset(field_map_positions), settings, started)
+    try:
+        known = frozenset(known_positions())
+    except Exception:
+        # A field map that cannot be read fails the tick with its error; what the tick
+        # pulled is released at once rather than held until its ack deadline.
+        with contextlib.suppress(PubSubUnavailable):
+            if messages:
+                pubsub.extend_deadline([message.ack_id for message in messages], 0)
+        raise
+    classified = _classify(messages, bucket, known, settings, started)
 
     ack_now: list[str] = []
     dead_letters: list[tuple[PulledMessage, str]] = []

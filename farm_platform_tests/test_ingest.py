@@ -74,7 +74,9 @@ def tick(pubsub, bucket, queue, cursor=None, wait_seconds: float = 10.0, setting
     """
     deadline = time.monotonic() + wait_seconds
     while True:
-        outcome = ingest_tick(cursor or IngestCursor(), pubsub, bucket, queue, POSITIONS, settings)
+        outcome = ingest_tick(
+            cursor or IngestCursor(), pubsub, bucket, queue, lambda: POSITIONS, settings
+        )
         if outcome.stats.pulled or time.monotonic() > deadline:
             return outcome
 
@@ -147,6 +149,96 @@ def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):
     # The run's tick tag fits the UI's runs table (it cut the whole summary at "…0 new").
     tag = claim_run_request(outcome.claims[0], outcome.stats.run_tag()).tags[TICK_TAG]
     assert tag == "4 new, 4 dup, 0 dead-lettered of 8"
+
+
+def test_a_position_the_field_map_gains_while_a_tick_pulls_is_known_to_that_tick(
+    farm, queue, tmp_path
+):
+    """A farm adds a position to its field map, then its drone announces the first photo
+    of it. A tick that started before the map changed and pulls the announcement after it
+    records the photo: the tick asks the field map after pulling. (Asked before, it
+    dead-lettered it: a 9-position day that followed a 4-position one lost 5 photos so
+    in CI, 2026-12-05.)"""
+    from farm_platform.resources.field_map import FieldMapResource, Position, write_field_map
+
+    pubsub, bucket, date, _ = farm
+    path = tmp_path / "positions.csv"
+
+    def write_map(position_ids: list[str]) -> None:
+        write_field_map([Position(p, "control", 0.0, 0.0, 0.0) for p in position_ids], path)
+
+    write_map(POSITIONS)
+    field_map = FieldMapResource(path=str(path))
+    upload(bucket, ImageKey("P777", date))
+
+    class MapGrowsBeforeThePullReturns:
+        """The subscription, with the field map gaining P777 before the first non-empty
+        pull hands its messages to the tick."""
+
+        grown = False
+
+        def pull(self, *args, **kwargs):
+            messages = pubsub.pull(*args, **kwargs)
+            if messages and not self.grown:
+                self.grown = True
+                write_map([*POSITIONS, "P777"])
+            return messages
+
+        def __getattr__(self, name):
+            return getattr(pubsub, name)
+
+    growing = MapGrowsBeforeThePullReturns()
+    deadline = time.monotonic() + 10
+    outcome = ingest_tick(IngestCursor(), growing, bucket, queue, field_map.positions, SETTINGS)
+    while not outcome.stats.pulled and time.monotonic() < deadline:
+        outcome = ingest_tick(IngestCursor(), growing, bucket, queue, field_map.positions, SETTINGS)
+    assert growing.grown, "the photo's notification never arrived"
+    assert (outcome.stats.dead_lettered, outcome.stats.new_images) == (0, 1)
+    assert claimed(outcome) == ["P777"]
+
+
+def test_a_tick_whose_field_map_cannot_be_read_fails_and_holds_back_no_message(
+    farm, queue, tmp_path
+):
+    """The field map is missing: the tick fails with the error that says what to do, and
+    what it had pulled is released at once, not held for the subscription's 60 s ack
+    deadline: once the map is back, the next ticks record the photo within seconds."""
+    from farm_platform.resources.field_map import (
+        FieldMapError,
+        FieldMapResource,
+        Position,
+        write_field_map,
+    )
+
+    pubsub, bucket, date, _ = farm
+    path = tmp_path / "positions.csv"
+    field_map = FieldMapResource(path=str(path))
+    upload(bucket, ImageKey("P000", date))
+
+    class CountingPulls:
+        pulled = 0
+
+        def pull(self, *args, **kwargs):
+            messages = pubsub.pull(*args, **kwargs)
+            self.pulled += len(messages)
+            return messages
+
+        def __getattr__(self, name):
+            return getattr(pubsub, name)
+
+    counting = CountingPulls()
+    deadline = time.monotonic() + 10
+    while not counting.pulled and time.monotonic() < deadline:
+        with pytest.raises(FieldMapError, match="does not exist: run `farm-platform simulate`"):
+            ingest_tick(IngestCursor(), counting, bucket, queue, field_map.positions, SETTINGS)
+    assert counting.pulled == 1, "the photo's notification never arrived"
+
+    write_field_map([Position("P000", "control", 0.0, 0.0, 0.0)], path)
+    deadline = time.monotonic() + 20
+    outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, field_map.positions, SETTINGS)
+    while not outcome.stats.pulled and time.monotonic() < deadline:
+        outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, field_map.positions, SETTINGS)
+    assert outcome.stats.new_images == 1 and claimed(outcome) == ["P000"]
 
 
 def test_messages_are_acknowledged_only_after_their_run_is_stored(farm, queue, subscriber):
@@ -364,10 +456,10 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
     drone_letter = next(letter for letter in replayed if "eventType" not in letter.attributes)
     assert original_attributes(drone_letter) == {"drone_id": "d-9"}
     known = [*POSITIONS, "P404"]
-    outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, known, SETTINGS)
+    outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, lambda: known, SETTINGS)
     deadline = time.monotonic() + 15
     while outcome.stats.pulled < 2 and time.monotonic() < deadline:
-        more = ingest_tick(outcome.cursor, pubsub, bucket, queue, known, SETTINGS)
+        more = ingest_tick(outcome.cursor, pubsub, bucket, queue, lambda: known, SETTINGS)
         outcome.stats.pulled += more.stats.pulled
         outcome.claims += more.claims
         outcome.cursor = more.cursor
@@ -461,7 +553,7 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
 
         stack.kill_pubsub_emulator()
         upload(bucket, ImageKey("P001", date))  # its notification is dropped
-        during = ingest_tick(recorded.cursor, pubsub, bucket, queue, POSITIONS, SETTINGS)
+        during = ingest_tick(recorded.cursor, pubsub, bucket, queue, lambda: POSITIONS, SETTINGS)
         assert "did not answer" in during.stats.pubsub_error
         assert claimed(during) == ["P000"]  # the queue's work goes on without Pub/Sub
 

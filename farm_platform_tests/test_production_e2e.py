@@ -184,9 +184,8 @@ def test_a_code_server_killed_mid_run_is_repaired_and_loses_nothing(topology):
             assert time.monotonic() < deadline, "no run started"
             time.sleep(0.2)
         victim = topology.pids()["code_server:farm_platform"]
-        # The code server and the process it serves from, as when its machine is lost.
-        # Killing the proxy alone left that child running for ~60 s more. (Suspected of
-        # the next test's blind sensor ticks; that test still failed once since: README.)
+        # The code server and the process it serves from, as when its machine is lost
+        # (killing the proxy alone left that child running for ~60 s more).
         kill_now([victim, *child_pids(victim)])
         assert not pid_alive(victim)
         assert "code_server:farm_platform" in dead_processes(
@@ -246,9 +245,11 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
             # This wait ran past 120 s in CI (2026-12-04) and past 300 s on 2026-12-05: a
             # tick that saw part of the day claimed a batch, whose run then waited to commit
             # holding the day's write lock, and the next tick hung recording the rest on
-            # that lock (fixed; test_warehouse has the case). Once more past 120 s after the
-            # fix, its sensor pulling nothing in its last ticks (cause not found): a timeout
-            # prints every tick that pulled something, and the sensor's log.
+            # that lock (fixed; test_warehouse has the case). Then past 300 s in about one
+            # full run in four: a tick that had read the 4-position field map before this
+            # farm's rewrote it dead-lettered 5 of the 9 photos (fixed: the sensor reads the
+            # map after pulling; test_ingest has the case). A timeout prints every tick that
+            # pulled something, and the sensor's log.
             sensor_runs = _wait(
                 claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from concurrent.futures import Future
 
 import numpy as np
@@ -269,6 +270,12 @@ def test_the_field_map_resource_parses_a_file_once_and_again_when_it_changes(tmp
 
     module.write_field_map([_position("P000", "control"), _position("P001", "treated")], path)
     assert list(resource.positions()) == ["P000", "P001"]
+    # A rewrite of the same size within the file system's mtime tick is a new version too.
+    stamp = path.stat().st_mtime_ns
+    module.write_field_map([_position("P000", "control"), _position("P002", "treated")], path)
+    os.utime(path, ns=(stamp, stamp))
+    assert list(resource.positions()) == ["P000", "P002"]
+    assert [p.name for p in tmp_path.iterdir()] == ["positions.csv"], "a partial file was left"
     path.write_text("position_id,area\nP000,control\n")
     with pytest.raises(module.FieldMapError, match="has columns"):
         resource.positions()

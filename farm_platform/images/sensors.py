@@ -97,7 +97,7 @@ def drone_image_sensor(
         pubsub,
         bucket,
         ArrivalQueue(warehouse),
-        list(field_map.positions()),
+        field_map.positions,
         IngestSettings.from_env(),
     )
     stats = outcome.stats

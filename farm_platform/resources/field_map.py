@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,13 +74,17 @@ def read_field_map(path: str | Path | None = None) -> dict[str, Position]:
 
 
 def write_field_map(positions: list[Position], path: str | Path) -> Path:
+    """Write the map beside `path`, then rename it over `path`: a sensor reading it at the
+    same moment sees the old map or the new one, never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELD_MAP_COLUMNS)
         writer.writeheader()
         for position in positions:
             writer.writerow(asdict(position))
+    os.replace(partial, path)
     return path
 
 
@@ -100,10 +105,12 @@ class FieldMapResource(ConfigurableResource):
             stat = path.stat()
         except FileNotFoundError:
             return read_field_map(path)  # its error says what to do
-        return dict(_parsed(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return dict(_parsed(str(path.resolve()), version))
 
 
 @functools.lru_cache(maxsize=4)
-def _parsed(path: str, mtime_ns: int, size: int) -> dict[str, Position]:
-    """One parse per version of the file (a rewrite moves its mtime or size)."""
+def _parsed(path: str, version: tuple[int, int, int]) -> dict[str, Position]:
+    """One parse per version of the file: a rewrite (a new inode, as `write_field_map`
+    renames) or an edit in place (its mtime or size) is a new version."""
     return read_field_map(path)
