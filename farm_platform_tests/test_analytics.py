@@ -62,7 +62,7 @@ def test_the_morning_schedule_reports_the_farms_yesterday_and_says_so(location_e
     from farm_platform.analytics.definitions import defs as analytics
     from farm_platform.config import trial_timezone
 
-    schedule = analytics.get_schedule_def("daily_report_schedule")
+    schedule = analytics.resolve_schedule_def("daily_report_schedule")
     assert schedule.execution_timezone == trial_timezone()
     assert "yesterday" in schedule.description  # the UI's schedule page names the day
     morning = dt.datetime(2026, 6, 3, 6, 0, tzinfo=dt.UTC)
@@ -449,7 +449,7 @@ def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
             "dbt": analytics.resources["dbt"],
             "warehouse": WarehouseResource(url=warehouse_url),
         },
-        selection=AssetSelection.keys("positions", "stg_positions"),
+        selection=AssetSelection.assets("positions", "stg_positions"),
     )
     assert result.success
     loaded = WarehouseResource(url=warehouse_url).query(
