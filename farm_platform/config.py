@@ -2,19 +2,19 @@
 
 Resources get theirs through Dagster `EnvVar` in the code locations' `definitions.py`;
 everything else calls the readers below (at call time, never at import, so a test or a
-CLI command can set the environment first). README's "Configuration" table lists them.
+CLI command can set the environment first), except `FARM_RUN_K8S_CONFIG`, whose reader
+lives with the run tags it becomes (`images/run_tags.py`). README's "Configuration" table
+lists them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 # The checkout: models/, dbt_project/ and workspace.yaml live here (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +66,6 @@ DEFAULT_BATCH_QUIET_SECONDS = 5.0
 # Photos a run reads, decodes, grades and writes at a time: bounds a run's memory.
 FARM_RUN_CHUNK_PHOTOS = "FARM_RUN_CHUNK_PHOTOS"
 DEFAULT_RUN_CHUNK_PHOTOS = 64
-# A sensor run that has not finished after this many seconds, plus half a second per photo,
-# is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
 # The production topology's Celery broker (redis://:password@host:port/0), for Dagster's
 # CeleryRunLauncher and the run workers; set in their environment, never in a file.
 FARM_CELERY_BROKER = "FARM_CELERY_BROKER"
@@ -75,6 +73,8 @@ FARM_CELERY_BROKER = "FARM_CELERY_BROKER"
 # Dagster's sensor daemon loops every 5 s at best, so values under 5 act as 5.
 FARM_SENSOR_INTERVAL_SECONDS = "FARM_SENSOR_INTERVAL_SECONDS"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 10
+# A sensor run that has not finished after this many seconds, plus half a second per photo,
+# is failed by Dagster's run monitoring (its worker may be dead) and its photos requeued.
 FARM_RUN_TIMEOUT_SECONDS = "FARM_RUN_TIMEOUT_SECONDS"
 DEFAULT_RUN_TIMEOUT_SECONDS = 600.0
 RUN_TIMEOUT_SECONDS_PER_PHOTO = 0.5
@@ -112,18 +112,6 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
-# The keys dagster-k8s accepts in that tag (its USER_DEFINED_K8S_JOB_CONFIG_SCHEMA; a test
-# compares the two). Checked here so that a typo fails the sensor's tick with the variable's
-# name, not every run at launch with dagster-k8s's config error.
-RUN_K8S_CONFIG_KEYS = (
-    "container_config",
-    "pod_template_spec_metadata",
-    "pod_spec_config",
-    "job_config",
-    "job_metadata",
-    "job_spec_config",
-    "merge_behavior",
-)
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -378,47 +366,6 @@ def torch_dtype() -> str:
     if value not in TORCH_DTYPES:
         raise ConfigError(f"{FARM_TORCH_DTYPE}={raw!r}: use one of {', '.join(TORCH_DTYPES)}")
     return value
-
-
-def run_k8s_config() -> dict[str, Any]:
-    """`$FARM_RUN_K8S_CONFIG` as a dict ({} when unset): the image runs' `dagster-k8s/config`."""
-    raw = os.environ.get(FARM_RUN_K8S_CONFIG)
-    if raw is None or raw.strip() == "":
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{FARM_RUN_K8S_CONFIG} is not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{FARM_RUN_K8S_CONFIG} must be a JSON object such as "
-            '{"container_config": {...}, "pod_spec_config": {...}}, not '
-            f"{type(value).__name__}"
-        )
-    unknown = sorted(set(value) - set(RUN_K8S_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{FARM_RUN_K8S_CONFIG} has unknown key(s) {', '.join(unknown)}: use "
-            f"{', '.join(RUN_K8S_CONFIG_KEYS)}"
-        )
-    return value
-
-
-def requests_gpu(k8s_config: Mapping[str, Any]) -> bool:
-    """Whether a `dagster-k8s/config` asks its container for a GPU (a `*/gpu` limit above 0:
-    Kubernetes schedules GPUs by limit only)."""
-    container = k8s_config.get("container_config") or {}
-    limits = (container.get("resources") or {}).get("limits") or {}
-    for name, amount in limits.items():
-        if str(name).endswith("/gpu"):
-            try:
-                if float(amount) > 0:
-                    return True
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"{FARM_RUN_K8S_CONFIG}: {name}={amount!r} is not a number of GPUs"
-                ) from None
-    return False
 
 
 def require(name: str, hint: str = "") -> str:

@@ -84,7 +84,9 @@ def test_a_malformed_run_k8s_config_names_the_variable(monkeypatch, raw, says):
 def test_the_accepted_keys_are_dagster_k8s_own():
     from dagster_k8s.job import USER_DEFINED_K8S_JOB_CONFIG_SCHEMA
 
-    assert set(config.RUN_K8S_CONFIG_KEYS) == set(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA.fields)
+    from farm_platform.images.run_tags import RUN_K8S_CONFIG_KEYS
+
+    assert set(RUN_K8S_CONFIG_KEYS) == set(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA.fields)
 
 
 def test_sensor_runs_carry_the_k8s_tag_and_gpu_runs_the_device_tag(monkeypatch):

@@ -8,7 +8,9 @@ GPU node and many cores; the daily report's runs stay on the launcher's small de
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from typing import Any
 
 from farm_platform import config
 
@@ -31,6 +33,19 @@ CELERY_QUEUE_TAG = "dagster-celery/queue"
 IMAGES_QUEUE = "images"
 ANALYTICS_QUEUE = "analytics"
 
+# The keys dagster-k8s accepts in that tag (its USER_DEFINED_K8S_JOB_CONFIG_SCHEMA; a test
+# compares the two). Checked here so that a typo fails the sensor's tick with the variable's
+# name, not every run at launch with dagster-k8s's config error.
+RUN_K8S_CONFIG_KEYS = (
+    "container_config",
+    "pod_template_spec_metadata",
+    "pod_spec_config",
+    "job_config",
+    "job_metadata",
+    "job_spec_config",
+    "merge_behavior",
+)
+
 
 def image_run_tags() -> dict[str, str]:
     """Every tag an image run carries for its launcher: the Celery queue, and the
@@ -41,11 +56,11 @@ def image_run_tags() -> dict[str, str]:
 def image_run_k8s_tags() -> dict[str, str]:
     """The `dagster-k8s/config` tag (and `farm/device: gpu` when it asks for a GPU), or {}
     when `FARM_RUN_K8S_CONFIG` is unset. Raises ConfigError naming the variable."""
-    k8s_config = config.run_k8s_config()
+    k8s_config = run_k8s_config()
     if not k8s_config:
         return {}
     tags = {K8S_CONFIG_TAG: json.dumps(k8s_config, sort_keys=True)}
-    if config.requests_gpu(k8s_config):
+    if requests_gpu(k8s_config):
         tags[DEVICE_TAG] = "gpu"
     return tags
 
@@ -60,3 +75,46 @@ def grades_claimed_photos(tags: Mapping[str, str]) -> bool:
         and PHOTOS_TAG in tags
         and PARENT_RUN_TAG not in tags
     )
+
+
+def run_k8s_config() -> dict[str, Any]:
+    """`$FARM_RUN_K8S_CONFIG` as a dict ({} when unset): the image runs' `dagster-k8s/config`."""
+    raw = os.environ.get(config.FARM_RUN_K8S_CONFIG)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise config.ConfigError(
+            f"{config.FARM_RUN_K8S_CONFIG} is not valid JSON ({error})"
+        ) from None
+    if not isinstance(value, dict):
+        raise config.ConfigError(
+            f"{config.FARM_RUN_K8S_CONFIG} must be a JSON object such as "
+            '{"container_config": {...}, "pod_spec_config": {...}}, not '
+            f"{type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(RUN_K8S_CONFIG_KEYS))
+    if unknown:
+        raise config.ConfigError(
+            f"{config.FARM_RUN_K8S_CONFIG} has unknown key(s) {', '.join(unknown)}: use "
+            f"{', '.join(RUN_K8S_CONFIG_KEYS)}"
+        )
+    return value
+
+
+def requests_gpu(k8s_config: Mapping[str, Any]) -> bool:
+    """Whether a `dagster-k8s/config` asks its container for a GPU (a `*/gpu` limit above 0:
+    Kubernetes schedules GPUs by limit only)."""
+    container = k8s_config.get("container_config") or {}
+    limits = (container.get("resources") or {}).get("limits") or {}
+    for name, amount in limits.items():
+        if str(name).endswith("/gpu"):
+            try:
+                if float(amount) > 0:
+                    return True
+            except (TypeError, ValueError):
+                raise config.ConfigError(
+                    f"{config.FARM_RUN_K8S_CONFIG}: {name}={amount!r} is not a number of GPUs"
+                ) from None
+    return False
