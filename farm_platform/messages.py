@@ -18,7 +18,7 @@ import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
-from farm_platform.config import trial_timezone
+from farm_platform.config import field_map_path, trial_timezone
 from farm_platform.layout import (
     ImageKey,
     LayoutError,
@@ -195,7 +195,8 @@ def _check_known(
     if key.position_id not in known_positions:
         raise LayoutError(
             f"unknown position {key.position_id!r}: it is not in the field map "
-            "(dbt_project/seeds/positions.csv); add it there, then replay this message"
+            f"({field_map_path()}); add it there, then replay this message "
+            f"(`farm-platform dlq replay --match {key.position_id}`)"
         )
     first, last = valid_dates
     if not first <= key.date <= last:

@@ -423,38 +423,55 @@ def test_every_bad_message_is_dead_lettered_with_its_reason(
 
 @pytest.mark.slow
 def test_dead_letters_can_be_listed_and_replayed_once_fixed(
-    farm, queue, publisher, subscriber, dead_letters, local_stack
+    farm, queue, publisher, subscriber, dead_letters, local_stack, capsys
 ):
+    """Photos of two positions the field map does not know yet are dead-lettered; once one
+    of them joins the map, `farm-platform dlq replay --match` puts back that position's
+    dead letters alone (`--dry-run` first says which), and the sensor claims its photo."""
     from farm_platform.admin.dead_letters import (
         dead_letter_queue,
         error_of,
         list_dead_letters,
         original_attributes,
-        replay_dead_letters,
     )
+    from farm_platform.cli import main
 
     pubsub, bucket, date, subscription = farm
-    key = ImageKey("P404", date)  # a position the field map does not know yet
+    key = ImageKey("P404", date)  # positions the field map does not know yet
     uri = upload(bucket, key)
+    upload(bucket, ImageKey("P405", date))
     publish(publisher, subscription.topic_path, {"image_uri": uri}, drone_id="d-9")
     deadline = time.monotonic() + 15
     rejected = 0
-    while rejected < 2 and time.monotonic() < deadline:
+    while rejected < 3 and time.monotonic() < deadline:
         rejected += tick(pubsub, bucket, queue).stats.dead_lettered
-    assert rejected == 2  # the storage notification and the drone message
+    assert rejected == 3  # P404's storage notification and drone message, P405's notification
 
-    dlq = dead_letter_queue(local_stack.project, dead_letters.rsplit("/", 1)[1])
+    dead_name = dead_letters.rsplit("/", 1)[1]
+    dlq = dead_letter_queue(local_stack.project, dead_name)
     listed = list_dead_letters(dlq)
-    assert len(listed) == 2
-    assert all("unknown position 'P404'" in error_of(letter) for letter in listed)
-    # Listing does not consume them.
-    assert len(list_dead_letters(dlq)) == 2
-
-    # The cause is fixed (P404 joins the field map); replay puts the originals back.
-    replayed = replay_dead_letters(dlq)
-    assert len(replayed) == 2
-    drone_letter = next(letter for letter in replayed if "eventType" not in letter.attributes)
+    errors = sorted(error_of(letter) for letter in listed)
+    assert [error.split(":")[0] for error in errors] == [
+        "unknown position 'P404'",
+        "unknown position 'P404'",
+        "unknown position 'P405'",
+    ]
+    # The error names the field map the sensor read and the command that replays it.
+    assert f"not in the field map ({config.field_map_path()})" in errors[0]
+    assert "`farm-platform dlq replay --match P404`" in errors[0]
+    drone_letter = next(letter for letter in listed if "eventType" not in letter.attributes)
     assert original_attributes(drone_letter) == {"drone_id": "d-9"}
+
+    # P404 joins the field map; its dead letters alone go back, the dry run first.
+    replay = ["dlq", "replay", "--project", local_stack.project, "--subscription", dead_name]
+    assert main([*replay, "--match", "P404", "--dry-run"]) == 0
+    assert "would replay 2 dead letter(s)" in capsys.readouterr().out
+    assert len(list_dead_letters(dlq)) == 3, "listing or the dry run consumed a dead letter"
+    assert main([*replay, "--match", "P404"]) == 0
+    assert "replayed 2 dead letter(s)" in capsys.readouterr().out
+    [left] = list_dead_letters(dlq)
+    assert "'P405'" in error_of(left)
+
     known = [*POSITIONS, "P404"]
     outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, lambda: known, SETTINGS)
     deadline = time.monotonic() + 15
@@ -464,7 +481,6 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
         outcome.claims += more.claims
         outcome.cursor = more.cursor
     assert [(c.date, c.positions) for c in outcome.claims] == [(key.date, ("P404",))]
-    assert list_dead_letters(dlq) == []
 
 
 def test_poison_and_forged_messages_are_dead_lettered_and_ingestion_goes_on(
