@@ -30,8 +30,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from farm_platform import config
 
@@ -262,17 +263,28 @@ def open_store(location: Path | str) -> LocalModelStore | BucketModelStore:
     return LocalModelStore(location)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace a JSON file in one step so a concurrent reader never sees half of it."""
+def write_text_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Replace a text file in one step so a concurrent reader sees the old file or the new
+    one, never half of it: `write` fills a temporary file beside it, renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        # mkstemp creates 0600 files; cards and the registry are meant to be shared and committed.
+        with os.fdopen(fd, "w", newline="") as handle:
+            write(handle)
+        # mkstemp creates 0600 files; cards, the registry and the field map are meant to be
+        # shared (and the first two committed).
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace a JSON file in one step so a concurrent reader never sees half of it."""
+
+    def dump(handle: TextIO) -> None:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+    write_text_atomic(path, dump)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH, field_map_path
+from farm_platform.ml.model_store import write_text_atomic
 
 FIELD_MAP_COLUMNS = ("position_id", "area", "latitude", "longitude", "dose_ml_per_sqft")
 AREAS = ("control", "treated")
@@ -74,17 +75,16 @@ def read_field_map(path: str | Path | None = None) -> dict[str, Position]:
 
 
 def write_field_map(positions: list[Position], path: str | Path) -> Path:
-    """Write the map beside `path`, then rename it over `path`: a sensor reading it at the
-    same moment sees the old map or the new one, never a half-written file."""
+    """Replace the map in one step: a sensor reading it at the same moment sees the old map
+    or the new one, never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with partial.open("w", newline="") as handle:
+
+    def rows(handle: TextIO) -> None:
         writer = csv.DictWriter(handle, fieldnames=FIELD_MAP_COLUMNS)
         writer.writeheader()
-        for position in positions:
-            writer.writerow(asdict(position))
-    os.replace(partial, path)
+        writer.writerows(asdict(position) for position in positions)
+
+    write_text_atomic(path, rows)
     return path
 
 
