@@ -66,7 +66,15 @@ def publish(publisher, topic_path: str, payload, **attributes) -> None:
     publisher.publish(topic_path, data, **attributes).result(timeout=10)
 
 
-def tick(pubsub, bucket, queue, cursor=None, wait_seconds: float = 10.0, settings=SETTINGS):
+def tick(
+    pubsub,
+    bucket,
+    queue,
+    cursor=None,
+    wait_seconds: float = 10.0,
+    settings=SETTINGS,
+    known_positions=lambda: POSITIONS,
+):
     """One ingest tick; if nothing has arrived yet, tick again until something does.
 
     A synchronous pull may come back empty while a just-published message is still on its
@@ -75,10 +83,26 @@ def tick(pubsub, bucket, queue, cursor=None, wait_seconds: float = 10.0, setting
     deadline = time.monotonic() + wait_seconds
     while True:
         outcome = ingest_tick(
-            cursor or IngestCursor(), pubsub, bucket, queue, lambda: POSITIONS, settings
+            cursor or IngestCursor(), pubsub, bucket, queue, known_positions, settings
         )
         if outcome.stats.pulled or time.monotonic() > deadline:
             return outcome
+
+
+class WatchedPulls:
+    """The subscription, with `on_pull(messages)` called on each pull's messages before the
+    tick gets them (the moment between a tick's pull and its use of them)."""
+
+    def __init__(self, pubsub: PubSubResource, on_pull) -> None:
+        self._pubsub, self._on_pull = pubsub, on_pull
+
+    def pull(self, *args, **kwargs) -> list[PulledMessage]:
+        messages = self._pubsub.pull(*args, **kwargs)
+        self._on_pull(messages)
+        return messages
+
+    def __getattr__(self, name: str):
+        return getattr(self._pubsub, name)
 
 
 def redelivered(subscriber, subscription_path: str, ack_ids: list[str]) -> int:
@@ -170,29 +194,16 @@ def test_a_position_the_field_map_gains_while_a_tick_pulls_is_known_to_that_tick
     write_map(POSITIONS)
     field_map = FieldMapResource(path=str(path))
     upload(bucket, ImageKey("P777", date))
+    grown = []
 
-    class MapGrowsBeforeThePullReturns:
-        """The subscription, with the field map gaining P777 before the first non-empty
-        pull hands its messages to the tick."""
+    def grow_before_the_first_messages_reach_the_tick(messages: list) -> None:
+        if messages and not grown:
+            write_map([*POSITIONS, "P777"])
+            grown.append(True)
 
-        grown = False
-
-        def pull(self, *args, **kwargs):
-            messages = pubsub.pull(*args, **kwargs)
-            if messages and not self.grown:
-                self.grown = True
-                write_map([*POSITIONS, "P777"])
-            return messages
-
-        def __getattr__(self, name):
-            return getattr(pubsub, name)
-
-    growing = MapGrowsBeforeThePullReturns()
-    deadline = time.monotonic() + 10
-    outcome = ingest_tick(IngestCursor(), growing, bucket, queue, field_map.positions, SETTINGS)
-    while not outcome.stats.pulled and time.monotonic() < deadline:
-        outcome = ingest_tick(IngestCursor(), growing, bucket, queue, field_map.positions, SETTINGS)
-    assert growing.grown, "the photo's notification never arrived"
+    growing = WatchedPulls(pubsub, grow_before_the_first_messages_reach_the_tick)
+    outcome = tick(growing, bucket, queue, known_positions=field_map.positions)
+    assert grown, "the photo's notification never arrived"
     assert (outcome.stats.dead_lettered, outcome.stats.new_images) == (0, 1)
     assert claimed(outcome) == ["P777"]
 
@@ -215,29 +226,16 @@ def test_a_tick_whose_field_map_cannot_be_read_fails_and_holds_back_no_message(
     field_map = FieldMapResource(path=str(path))
     upload(bucket, ImageKey("P000", date))
 
-    class CountingPulls:
-        pulled = 0
-
-        def pull(self, *args, **kwargs):
-            messages = pubsub.pull(*args, **kwargs)
-            self.pulled += len(messages)
-            return messages
-
-        def __getattr__(self, name):
-            return getattr(pubsub, name)
-
-    counting = CountingPulls()
+    pulled: list = []
+    counting = WatchedPulls(pubsub, pulled.extend)
     deadline = time.monotonic() + 10
-    while not counting.pulled and time.monotonic() < deadline:
+    while not pulled and time.monotonic() < deadline:
         with pytest.raises(FieldMapError, match="does not exist: run `farm-platform simulate`"):
             ingest_tick(IngestCursor(), counting, bucket, queue, field_map.positions, SETTINGS)
-    assert counting.pulled == 1, "the photo's notification never arrived"
+    assert len(pulled) == 1, "the photo's notification never arrived"
 
     write_field_map([Position("P000", "control", 0.0, 0.0, 0.0)], path)
-    deadline = time.monotonic() + 20
-    outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, field_map.positions, SETTINGS)
-    while not outcome.stats.pulled and time.monotonic() < deadline:
-        outcome = ingest_tick(IngestCursor(), pubsub, bucket, queue, field_map.positions, SETTINGS)
+    outcome = tick(pubsub, bucket, queue, wait_seconds=20, known_positions=field_map.positions)
     assert outcome.stats.new_images == 1 and claimed(outcome) == ["P000"]
 
 
