@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from docs_table import add_write_docs_flag, write_docs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -403,7 +404,9 @@ def main() -> int:
         action="store_true",
         help="PostgreSQL: also time disease_grades' date index against monthly partitions",
     )
+    add_write_docs_flag(parser)
     args = parser.parse_args()
+    table = []
     print(f"PostgreSQL settings: {POSTGRES_SETTINGS}", flush=True)
     print("| db | days | grade rows | step | wall s | CPU s | peak RSS MB | days rebuilt | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
@@ -429,6 +432,17 @@ def main() -> int:
                         flush=True,
                     )
                 print(f"<!-- {db} {days} days generated in {generated:.0f} s -->", flush=True)
+                figures = [
+                    f"{m.wall_s:.1f} s / {m.cpu_s:.1f} s / {m.peak_rss_mb:,.0f} MB"
+                    for m in results.values()
+                ]
+                table.append((db, f"{days} days", f"{rows / 1e6:.1f} M", *figures))
+    if args.write_docs:
+        steps = [
+            f"{step}: wall / CPU / peak RSS" for step in ("full build", "daily build", "report")
+        ]
+        note = f"{args.positions} positions, {args.leaves} leaves per photo."
+        write_docs("analytics_scale", ["db", "history", "grade rows", *steps], table, note=note)
     return 0
 
 

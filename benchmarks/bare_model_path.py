@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from docs_table import add_write_docs_flag, write_docs
+
 from farm_platform import config
 from farm_platform.layout import ImageKey
 from farm_platform.ml.inference import (
@@ -190,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default $FARM_TORCH_DEVICE)")
     parser.add_argument("--dtype", help="float32 or bfloat16 (default $FARM_TORCH_DTYPE)")
     parser.add_argument("--threads", type=int, help="$FARM_TORCH_THREADS")
+    add_write_docs_flag(parser)
     args = parser.parse_args(argv)
     # Through the environment, so that the platform's own reader resolves (and refuses) them.
     for name, value in (
@@ -214,9 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "".join(f"{stage + '/s':>10}" for stage in STAGES)
         + f"{'GPU busy':>10}{'peak RSS MB':>13}"
     )
+    rows = []
     for batch_size in args.batch_sizes:
         r = measure_bare_path(pngs, batch_size, repeats=args.repeats)
         busy = "-" if r["gpu_busy_share"] is None else f"{r['gpu_busy_share']:.0%}"
+        rows.append((batch_size, f"{r['images_per_s']:.1f}", f"{r['ms_per_image']:.2f}", busy))
+        rows[-1] += (*(f"{r['stage_images_per_s'][s]:.0f}" for s in STAGES), r["peak_rss_mb"])
         print(
             f"{r['batch_size']:>6}{r['images_per_s']:>10.2f}{r['ms_per_image']:>10.2f}"
             f"{r['leaves_per_s']:>10.1f}"
@@ -224,6 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"{busy:>10}{r['peak_rss_mb']:>13.1f}"
         )
     print(f"torch threads {r['threads']}, cpus {r['cpus']}, leaves graded per pass {r['leaves']}")
+    if args.write_docs:  # one table per kind of device: cpu, cuda
+        columns = ["batch", "photos/s", "ms/photo", "GPU busy", *(f"{s}/s" for s in STAGES)]
+        write_docs(
+            f"bare_model_path-{placement.device.split(':')[0]}",
+            [*columns, "peak RSS MB"],
+            rows,
+            note=f"{placement.dtype}, {len(pngs)} held-out photos, "
+            f"median of {args.repeats} passes.",
+        )
     return 0
 
 

@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 
 import polars as pl
+from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform.analytics.effect_stats import add_decisions, treatment_effect_frame
 from farm_platform.dev.simulate import FarmConfig, true_position_day
@@ -79,7 +80,7 @@ def _calls(results: pl.DataFrame, column: str) -> pl.DataFrame:
     return results.with_columns(called=call & right_way)
 
 
-def summarize(results: pl.DataFrame) -> None:
+def summarize(results: pl.DataFrame) -> list[tuple[str, ...]]:
     last_day = results.filter(pl.col("date") == pl.col("date").max().over("seed", "true_effect"))
     covered = (pl.col("ci_low") <= pl.col("estimand")) & (pl.col("estimand") <= pl.col("ci_high"))
     print("\nEstimate vs the population effect (95 % interval of each disease-day)")
@@ -104,6 +105,7 @@ def summarize(results: pl.DataFrame) -> None:
     print("\nCalled 'significant' (no effect: false positives; effect: power, right way only)")
     header = f"  {'rule':38s} {'effect':>6s} {'per disease-day':>16s} "
     print(header + f"{'per report':>16s} {'per trial (daily reader)':>26s}")
+    table = []
     for name, column in RULES.items():
         for effect, rows in results.group_by("true_effect", maintain_order=True):
             called = _calls(rows, column)
@@ -113,6 +115,8 @@ def summarize(results: pl.DataFrame) -> None:
                 f"  {name:38s} {effect[0]:6.2f} {_rate(called['called']):>16s} "
                 f"{_rate(per_report):>16s} {_rate(per_trial):>26s}"
             )
+            rates = (_rate(called["called"]), _rate(per_report), _rate(per_trial))
+            table.append((name, f"{effect[0]:.2f}", *rates))
     effect_rows = _calls(results.filter(pl.col("true_effect") != 0), "sequential_significant")
     if effect_rows.height:
         first = (
@@ -126,6 +130,7 @@ def summarize(results: pl.DataFrame) -> None:
             f"\nHeadline rule under the effect: {first.height} of {pairs} (farm, disease) "
             f"pairs called by the last day{when}"
         )
+    return table
 
 
 # Trial events (issue 27), each scored through the report's rules as reports are made day
@@ -271,11 +276,12 @@ def case_effects(
     )
 
 
-def summarize_cases(case: str, results: pl.DataFrame) -> None:
+def summarize_cases(case: str, results: pl.DataFrame) -> list[tuple[str, ...]]:
     """Per effect: last-day coverage and bias (each disease's last estimated day), and the
     share of trials with a false (no effect) or right-way (effect) decision that stands."""
     last = results.filter(pl.col("date") == pl.col("date").max().over("seed", "disease_type"))
     covered = (pl.col("ci_low") <= pl.col("estimand")) & (pl.col("estimand") <= pl.col("ci_high"))
+    table = []
     for effect, rows in results.group_by("true_effect", maintain_order=True):
         day = last.filter(pl.col("true_effect") == effect[0])
         error = day["effect"] - day["estimand"]
@@ -291,6 +297,10 @@ def summarize_cases(case: str, results: pl.DataFrame) -> None:
             f"{_rate(per_trial['called'])}",
             flush=True,
         )
+        bias = f"{error.mean():+.4f} ± {error.std() / math.sqrt(error.len()):.4f}"
+        table.append((case, f"{effect[0]:.2f}", _rate(day.select(covered).to_series()), bias))
+        table[-1] += (f"{kind}: {_rate(per_trial['called'])}",)
+    return table
 
 
 def pipeline_last_day(seeds: int, config: FarmConfig, estimand: list[float]) -> None:
@@ -330,9 +340,11 @@ def main() -> int:
         "--cases",
         nargs="*",
         choices=CASES,
-        help="score these trial events (issue 27) report by report instead of the plain run",
+        help="score these trial events report by report instead of the plain run",
     )
+    add_write_docs_flag(parser)
     args = parser.parse_args()
+    setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
     warnings.filterwarnings("ignore")
     logging.disable(logging.INFO)
 
@@ -351,8 +363,12 @@ def main() -> int:
                 rows = farm_rows(config)
                 for case in args.cases:
                     frames[case].append(case_effects(case, rows, config, estimand))
+        table = []
         for case, case_frames in frames.items():
-            summarize_cases(case, pl.concat(case_frames, how="diagonal_relaxed"))
+            table += summarize_cases(case, pl.concat(case_frames, how="diagonal_relaxed"))
+        if args.write_docs:
+            columns = ["case", "effect/day", "last-day coverage", "bias", "trials decided"]
+            write_docs("effect_recovery-cases", columns, table, note=setup)
         return 0
     frames = []
     for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
@@ -364,7 +380,10 @@ def main() -> int:
             config = FarmConfig(positions=args.positions, days=args.days, effect=effect)
             pipeline_last_day(args.pipeline_seeds, config, estimand)
     if frames:
-        summarize(pl.concat(frames))
+        table = summarize(pl.concat(frames))
+        if args.write_docs:
+            columns = ["rule", "effect/day", "per disease-day", "per report", "per trial"]
+            write_docs("effect_recovery", columns, table, note=setup)
     return 0
 
 

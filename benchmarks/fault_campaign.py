@@ -28,6 +28,7 @@ from typing import Any
 
 import duckdb
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config
 from farm_platform.admin.instance import prepare_dagster_home
@@ -383,6 +384,7 @@ def main() -> int:
         action="store_true",
         help="the rows of the production topology (benchmarks/production_faults.py) instead",
     )
+    add_write_docs_flag(parser)
     args = parser.parse_args()
     rows = []
     if args.production:
@@ -398,6 +400,10 @@ def main() -> int:
     print("|" + " --- |" * len(columns))
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    if args.write_docs:  # the production topology's rows are a table of their own
+        table = [[row[c] for c in columns] for row in rows]
+        name = "fault_campaign-production" if args.production else "fault_campaign"
+        write_docs(name, columns, table, note=f"{args.photos} photos of one day per fault.")
     return 0 if all(row["lost"] == 0 and row["doubled rows"] == 0 for row in rows) else 1
 
 

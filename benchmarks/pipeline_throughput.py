@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from bare_model_path import measure_bare_path
 from dagster import DagsterInstance, RunsFilter
+from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config as farm_config
 from farm_platform.admin.instance import prepare_dagster_home
@@ -367,6 +368,10 @@ def _newly_graded(platform: Platform, uploaded_at: dict[str, float]) -> list[flo
     return [now - uploaded_at[p] for p in fresh]
 
 
+DOCS_COLUMNS = ["bucket", "inference", "photos", "runs", "end_to_end_photos_per_s"]
+DOCS_COLUMNS += ["bare_photos_per_s", "ratio", "dagster_events_per_photo", "peak_run_rss_mb"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="*", default=[1000, 5000])
@@ -388,7 +393,9 @@ def main() -> int:
         default=["local"],
         help="where the models run; `local oip` measures both, one after the other",
     )
+    add_write_docs_flag(parser)
     args = parser.parse_args()
+    rows, note = [], ""
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
     # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
     workdir = tempfile.mkdtemp(prefix="farm-bench-")
@@ -415,14 +422,20 @@ def main() -> int:
                             )
                             request_overhead(server)
                 throughput[mode] = figures["end_to_end_photos_per_s"]
+                rows.append((args.bucket, mode, *(figures[c] for c in DOCS_COLUMNS[2:])))
             if len(throughput) == 2:
                 ratio = throughput["oip"] / throughput["local"]
                 print(f"  N = {n_images}: oip / local end-to-end throughput = {ratio:.2f}")
         if args.trickle_seconds:
             with LocalStack() as stack:
-                trickle(stack, Path(workdir), args.trickle_seconds)
+                late = trickle(stack, Path(workdir), args.trickle_seconds)
+            note = f"Trickle (1 photo/s): upload → rows p50 {late['p50_seconds']} s, " + (
+                f"p95 {late['p95_seconds']} s, max {late['max_seconds']} s."
+            )
     finally:
         remove_tree(Path(workdir))
+    if args.write_docs:
+        write_docs("pipeline_throughput", DOCS_COLUMNS, rows, note=note)
     return 0
 
 

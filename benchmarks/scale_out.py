@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 from dagster import DagsterInstance, RunsFilter
+from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config
 from farm_platform.dev.daemon import wait_for_photos
@@ -176,7 +177,9 @@ def main() -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--photos-per-run", type=int, default=12)
     parser.add_argument("--batch-ms", type=float, default=200.0)
+    add_write_docs_flag(parser)
     args = parser.parse_args()
+    table = []
     for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
         os.environ.setdefault(name, os.urandom(12).hex())
     rows = []
@@ -209,10 +212,26 @@ def main() -> int:
                 f"the CPU's ceiling on efficiency here {min(ceiling, 1.0):.2f}",
                 flush=True,
             )
+            table.append(
+                (k, f"{row['photos_per_s']:.2f}", f"{row['photos_per_s'] / (k * base):.2f}")
+            )
+            table[-1] += (f"{row['queued_s_per_run']:.1f} s / {row['running_s_per_run']:.1f} s",)
+            table[-1] += (f"{row['cores_busy']:.2f}", f"{row['topology_cpu_s_per_photo']:.2f}")
+            table[-1] += (f"{min(ceiling, 1.0):.2f}",)
     print(
         "\nA run's time that grows with k while the replicas' batch time is fixed is this "
         "machine's: the runs' own CPU (decode, crops, checks, writes) shares two cores."
     )
+    if args.write_docs:
+        write_docs(
+            "scale_out",
+            ["k (runs = replicas)", "photos/s", "efficiency `thr(k) / (k·thr(1))`"]
+            + ["per run: queued and starting / running", f"cores busy (of {cores})"]
+            + ["CPU s per photo in the topology", "the CPU's ceiling on efficiency"],
+            table,
+            note=f"{args.photos_per_run} photos per run, emulated accelerator batch "
+            f"{args.batch_ms:g} ms.",
+        )
     return 0
 
 

@@ -74,6 +74,7 @@ from urllib.parse import quote
 
 import psycopg
 from dagster import DagsterInstance, RunsFilter
+from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config
 from farm_platform.arrivals import ArrivalQueue
@@ -717,6 +718,25 @@ def report(result: dict[str, Any]) -> None:
     print(f"photos still pending in the arrival queue: {result['pending_after']}")
 
 
+def docs_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The drain's headline figures, for docs/benchmarks.md."""
+    photos, ticks = result["photos"], result["ticks"]
+    seconds = [t.seconds for t in ticks]
+    return [
+        ("photos of one day announced at once", f"{photos:,}"),
+        ("ticks to drain them", str(len(ticks))),
+        (
+            "seconds per tick: median / p95 / max",
+            f"{statistics.median(seconds):.1f} / "
+            f"{percentile(seconds, 0.95):.1f} / {max(seconds):.1f}",
+        ),
+        ("seconds of sensor per 1,000 photos", f"{sum(seconds) / photos * 1000:.2f}"),
+        ("Dagster event-log rows per photo", f"{result['events'] / photos:.4f}"),
+        ("runs per photo", f"{result['runs'] / photos:.5f}"),
+        ("photos still pending after the drain", str(result["pending_after"])),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=50_000)
@@ -728,6 +748,7 @@ def main() -> int:
         help="local: a folder bucket, drone-controller messages; emulator: uploads to "
         "fake-gcs-server and its notifications (its lookups slow down as the bucket grows)",
     )
+    add_write_docs_flag(parser)
     args = parser.parse_args()
     for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
         os.environ.setdefault(name, os.urandom(12).hex())
@@ -746,6 +767,8 @@ def main() -> int:
         f"\n(whole benchmark {time.perf_counter() - started:.0f} s; load average "
         f"{os.getloadavg()[0]:.1f})"
     )
+    if args.write_docs:
+        write_docs("sensor_at_scale", ["figure", "value"], docs_rows(result))
     return 0
 
 
