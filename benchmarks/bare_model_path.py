@@ -183,6 +183,13 @@ def measure_bare_path(
     }
 
 
+def device_name(device: str) -> str:
+    """The GPU's name on CUDA (what the figures depend on), else the device."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=256, help="held-out images to time")
@@ -236,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bare_model_path-{placement.device.split(':')[0]}",
             [*columns, "peak RSS MB"],
             rows,
-            note=f"{placement.dtype}, {len(pngs)} held-out photos, "
-            f"median of {args.repeats} passes.",
+            note=f"{device_name(placement.device)}, {placement.dtype}, {len(pngs)} held-out "
+            f"photos, median of {args.repeats} passes.",
         )
     return 0
 

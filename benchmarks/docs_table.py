@@ -63,13 +63,15 @@ def write_docs(
     page: Path = DOCS_PAGE,
 ) -> None:
     """Replace section `name` of `page` with this table, the machine and the command line."""
-    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    options = [arg for arg in sys.argv[1:] if arg != "--write-docs"]
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *options])
     body = "\n\n".join(
         part
         for part in (
             markdown_table(columns, rows),
             note,
-            f"Measured on {machine()} by `{command}`.",
+            f"Measured on {machine()} by `{command}` (load average "
+            f"{os.getloadavg()[0]:.1f} as it ended).",
         )
         if part
     )
