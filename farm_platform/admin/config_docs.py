@@ -154,6 +154,11 @@ OTHER_VARIABLES = (
     ),
     ("FARM_STACK_DIR", "where `farm-platform stack` keeps pids and logs", "`./.farm/stack`"),
     (
+        "FARM_DUCKDB_MEMORY_LIMIT",
+        "DuckDB's `memory_limit` in dbt's profile (`dbt_project/profiles.yml`)",
+        "`1GB`",
+    ),
+    (
         "FARM_PG_PASSWORD, FARM_REDIS_PASSWORD",
         "the production topology's passwords (`stack up --production`): read from the "
         "environment, never written to a file",
@@ -230,7 +235,7 @@ def render() -> str:
             "",
             "## Other variables",
             "",
-            "Not read by the code locations, but met by operators:",
+            "Outside CONFIG_VARIABLES (tools, dbt's profile, the local stack), met by operators:",
             "",
             *table(OTHER_VARIABLES),
             "",
