@@ -32,7 +32,7 @@ def add_write_docs_flag(parser: argparse.ArgumentParser) -> None:
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).strip() for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
