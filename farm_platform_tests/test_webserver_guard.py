@@ -13,6 +13,7 @@ import contextlib
 import functools
 import http.server
 import json
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -29,6 +30,9 @@ from farm_platform.dev.ui import webserver
 from farm_platform.webserver_guard import foreign_origin, non_query_operations
 
 DEFS = Path(__file__).with_name("webserver_guard_defs.py")
+# What the project's image runs as `dagster-webserver` (Dockerfile): Dagster's Helm chart
+# starts its webservers, the read-only one included, by that name.
+IMAGE_WEBSERVER = Path(__file__).parents[1] / "deploy" / "docker" / "dagster-webserver"
 LAUNCH = (
     "mutation Launch { launchRun(executionParams: { selector: { repositoryLocationName: "
     '"webserver_guard_defs.py", repositoryName: "__repository__", jobName: "hello" } }) '
@@ -39,16 +43,23 @@ EVIL = "http://evil.example"
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
-    """The operators' and the viewers' (read-only) webservers on one instance, and its home."""
+    """The operators' and the viewers' (read-only) webservers on one instance, and its home;
+    the viewers' one through the image's dagster-webserver script, as the cluster runs it."""
     workdir = tmp_path_factory.mktemp("guard")
     home = workdir / "dagster"
     prepare_dagster_home(home)
     environment = {**_base_environment(), config.DAGSTER_HOME: str(home)}
+    # The image's `python` for the viewers' one, started as the cluster starts it.
+    image_path = {"PATH": f"{Path(sys.executable).parent}:{environment.get('PATH', '')}"}
     workspace = ("-f", str(DEFS))
     with (
         webserver(environment, workdir / "operators.log", workspace=workspace) as operators,
         webserver(
-            environment, workdir / "viewers.log", workspace=workspace, read_only=True
+            {**environment, **image_path},
+            workdir / "viewers.log",
+            workspace=workspace,
+            read_only=True,
+            launcher=[str(IMAGE_WEBSERVER)],
         ) as viewers,
     ):
         yield operators, viewers, home

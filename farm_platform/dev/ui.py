@@ -35,14 +35,16 @@ def webserver(
     timeout: float = 180,
     workspace: Sequence[str] = ("-w", str(WORKSPACE_FILE)),
     read_only: bool = False,
+    launcher: Sequence[str] | None = None,
 ) -> Iterator[str]:
     """`dagster-webserver`, guarded as in production (farm_platform/webserver_guard.py), on
-    a free port with `environment`; its base URL once its code locations have loaded."""
-    from farm_platform.dev.webservers import webserver_command
+    a free port with `environment`; its base URL once its code locations have loaded.
+    `launcher`: what runs it with dagster-webserver's options (default: webservers.GUARDED)."""
+    from farm_platform.dev.webservers import GUARDED, webserver_command
 
     port = free_port()
     process = subprocess.Popen(
-        webserver_command(port, workspace, read_only),
+        webserver_command(port, workspace, read_only, launcher or GUARDED),
         env=dict(environment),
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,

@@ -18,11 +18,16 @@ def port_key(name: str) -> str:
     return f"{name}_port"
 
 
-def webserver_command(port: int, workspace: Sequence[str], read_only: bool = False) -> list[str]:
+GUARDED = (sys.executable, "-m", "farm_platform.webserver_guard")
+
+
+def webserver_command(
+    port: int, workspace: Sequence[str], read_only: bool = False, launcher: Sequence[str] = GUARDED
+) -> list[str]:
     """dagster-webserver's command line, guarded, on 127.0.0.1:`port`; `workspace`: its
-    workspace options (`-w FILE`, `-f FILE`, ...)."""
-    args = [sys.executable, "-m", "farm_platform.webserver_guard", "-h", "127.0.0.1"]
-    args += ["-p", str(port), *workspace]
+    workspace options (`-w FILE`, `-f FILE`, ...); `launcher`: what takes dagster-webserver's
+    options (the image's deploy/docker/dagster-webserver, say)."""
+    args = [*launcher, "-h", "127.0.0.1", "-p", str(port), *workspace]
     return args + (["--read-only"] if read_only else [])
 
 
