@@ -99,6 +99,7 @@ GET_MUTATIONS = {
     # %6D is "m": the document Dagster would execute after decoding is still a mutation.
     "percent-encoded": "query=%6Dutation%20%7B%20launchRun(executionParams%3A%20%7Bselector%3A"
     + urllib.parse.quote(LAUNCH.split("selector:", 1)[1]),
+    "encoded parameter name": "%71uery=" + urllib.parse.quote(LAUNCH),
     "plus for space": urllib.parse.urlencode({"query": LAUNCH}).replace("%20", "+"),
     "operationName selects it": urllib.parse.urlencode(
         {"query": "query Look { version } " + LAUNCH, "operationName": "Launch"}
@@ -113,7 +114,8 @@ GET_MUTATIONS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("query_string", GET_MUTATIONS.values(), ids=GET_MUTATIONS.keys())
-@pytest.mark.parametrize("path", ["/graphql", "/graphql/"])
+# Starlette routes on the decoded path: /%67raphql is /graphql.
+@pytest.mark.parametrize("path", ["/graphql", "/graphql/", "/%67raphql"])
 def test_a_mutation_sent_by_get_is_refused_and_launches_nothing(servers, query_string, path):
     operators, _, home = servers
     before = runs(home)
