@@ -219,7 +219,8 @@ def add_dev_commands(commands: Any) -> None:
         "--production",
         action="store_true",
         help="up: also start the production topology: PostgreSQL (instance storage and "
-        "warehouse), a gRPC code server per code location, dagster-daemon, dagster-webserver, "
+        "warehouse), a gRPC code server per code location, dagster-daemon, two guarded "
+        "dagster-webservers (operators', viewers' read-only), "
         "Redis and two Celery run workers, and model-server replicas; needs FARM_PG_PASSWORD, "
         "FARM_REDIS_PASSWORD and FARM_OIP_TOKEN exported",
     )
