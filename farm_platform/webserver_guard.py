@@ -65,8 +65,8 @@ def get_refusal(query_string: bytes) -> tuple[int, str] | None:
         try:
             kinds = non_query_operations(document)
         except GraphQLError as error:
-            # graphql-core fails to parse it when Dagster would execute it, too; refused
-            # here all the same, so that no reading of it ever reaches Dagster unchecked.
+            # Dagster's parse (the same graphql-core) would fail too; refused here all the
+            # same, so that nothing unread reaches it.
             return 400, f"the GraphQL document of this GET does not parse: {error.message}"
         if kinds:
             return 405, (
@@ -85,7 +85,7 @@ def foreign_origin(headers: Any, allowed: frozenset[str]) -> str | None:
     if origin is None:
         site = headers.get("sec-fetch-site")
         if site is not None:
-            return None if site in OWN_FETCH_SITES else f"a {site} page (Sec-Fetch-Site)"
+            return None if site in OWN_FETCH_SITES else f"another site (Sec-Fetch-Site: {site})"
         origin = headers.get("referer")
         if origin is None:
             return None

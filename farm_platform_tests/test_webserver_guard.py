@@ -126,12 +126,14 @@ def test_a_mutation_sent_by_get_is_refused_and_launches_nothing(servers, query_s
 
 
 @pytest.mark.slow
-def test_a_query_sent_by_get_is_still_answered(servers):
+def test_a_query_sent_by_get_is_still_answered_and_an_unreadable_one_refused(servers):
     operators, _, _ = servers
     status, answer = send(
         f"{operators}/graphql?" + urllib.parse.urlencode({"query": "{ version }"})
     )
     assert status == 200 and answer["data"]["version"]
+    status, answer = send(f"{operators}/graphql?" + urllib.parse.urlencode({"query": "mutation {"}))
+    assert status == 400 and "does not parse" in answer["errors"][0]["message"]
 
 
 FOREIGN = {
