@@ -27,6 +27,10 @@ COPY farm_platform ./farm_platform
 # (farm_platform/config.py, REPO_ROOT).
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}" \
     && pip install -e ".[serve,deploy]"
+# `dagster-webserver`, which Dagster's Helm chart runs for both webservers, is the guarded
+# one (deploy/docker/dagster-webserver: refuses mutations sent by GET or from another origin).
+COPY deploy/docker/dagster-webserver /usr/local/bin/dagster-webserver
+RUN chmod 0755 /usr/local/bin/dagster-webserver
 
 # No model weights in the image: the pods read the models from the bucket
 # (FARM_MODELS_DIR=gs://BUCKET/models, deploy/k8s/configmap-env.yaml), so a new model version

@@ -50,6 +50,9 @@ DEFAULT_MAX_SEVERITY_JUMP = 1.5
 # The Dagster UI's address, for the links commands print.
 DAGSTER_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
+# Origins (scheme://host[:port], comma-separated) whose pages may send the guarded webserver
+# anything but a GET (farm_platform/webserver_guard.py); unset: the host the request names.
+FARM_WEBSERVER_ALLOWED_ORIGINS = "FARM_WEBSERVER_ALLOWED_ORIGINS"
 # Where daily reports go; default {FARM_BUCKET}/reports.
 FARM_REPORTS = "FARM_REPORTS"
 
@@ -151,6 +154,7 @@ CONFIG_VARIABLES = (
     FARM_TORCH_DTYPE,
     FARM_TORCH_THREADS,
     FARM_RUN_K8S_CONFIG,
+    FARM_WEBSERVER_ALLOWED_ORIGINS,
 )
 
 
@@ -257,6 +261,39 @@ def trial_today() -> dt.date:
 
 def webserver_url() -> str:
     return os.environ.get(DAGSTER_WEBSERVER_URL) or DEFAULT_WEBSERVER_URL
+
+
+def url_origin(url: str) -> str | None:
+    """The origin (scheme://host[:port], lower case, no default port) of an http(s) URL."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def webserver_allowed_origins() -> frozenset[str]:
+    """`$FARM_WEBSERVER_ALLOWED_ORIGINS`: the origins whose pages may change anything."""
+    raw = os.environ.get(FARM_WEBSERVER_ALLOWED_ORIGINS) or ""
+    origins = set()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        origin = url_origin(item)
+        rest = item.split("://", 1)[-1].rstrip("/")
+        if origin is None or any(mark in rest for mark in "/?#@"):
+            raise ConfigError(
+                f"{FARM_WEBSERVER_ALLOWED_ORIGINS}={raw!r}: {item!r} is not an origin; give "
+                "the address the UI is opened at, scheme://host[:port] with no path, e.g. "
+                "https://dagster.example.com,http://127.0.0.1:3000"
+            )
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def sensor_interval_seconds() -> int:

@@ -549,6 +549,35 @@ def test_the_ingress_sends_each_host_to_a_webserver_behind_iap():
     assert ingress["metadata"]["annotations"]["kubernetes.io/ingress.allow-http"] == "false"
 
 
+def test_both_webservers_are_guarded_and_take_changes_only_from_the_iap_hosts(monkeypatch):
+    """Issue 40.4 on the cluster: the chart's only command for both webservers is
+    `dagster-webserver ...`; in the project's image that name is the guarded launcher
+    (test_webserver_guard runs the same script), and the origins it takes changes from
+    are the hosts IAP serves the UI at."""
+    import os
+
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip install -e" in line)
+    script = DEPLOY / "docker" / "dagster-webserver"
+    # After pip's own dagster-webserver, which it replaces.
+    assert (
+        lines.index(f"COPY {script.relative_to(REPO)} /usr/local/bin/dagster-webserver") > install
+    )
+    assert (
+        script.read_text().splitlines()[-1] == 'exec python -m farm_platform.webserver_guard "$@"'
+    )
+    assert os.access(script, os.X_OK)
+    webserver = values()["dagsterWebserver"]
+    assert webserver["enableReadOnly"] is True
+    env = {item["name"]: item["value"] for item in webserver["env"]}
+    monkeypatch.setenv(
+        config.FARM_WEBSERVER_ALLOWED_ORIGINS, env[config.FARM_WEBSERVER_ALLOWED_ORIGINS]
+    )
+    ingress = next(doc for _, doc in plain_manifests() if doc["kind"] == "Ingress")
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    assert config.webserver_allowed_origins() == {f"https://{host}" for host in hosts}
+
+
 def test_service_accounts_use_workload_identity_and_no_key_file():
     accounts = [doc for _, doc in plain_manifests() if doc["kind"] == "ServiceAccount"]
     names = {doc["metadata"]["name"] for doc in accounts}

@@ -163,10 +163,48 @@ def test_a_day_is_graded_through_the_production_topology(topology):
     assert not list((topology.production.dagster_home).glob("*.db")), "SQLite storage appeared"
     # Every process binds loopback only.
     ports = [topology.production.pg_port, topology.production.webserver_port]
+    ports.append(topology.production.viewer_webserver_port)
     ports += list(topology.production.code_server_ports.values())
     ports += topology.production.replica_grpc_ports
     for port in ports:
         assert listening_addresses(port) == {"127.0.0.1"}, port
+
+
+def test_the_webservers_refuse_forged_mutations_and_the_viewers_cannot_act(topology, capsys):
+    """Issue 40.4: the operators' and the viewers' webservers refuse a mutation sent by GET
+    and one from a page of another origin (a DNS-rebound one too: its Host agrees with its
+    Origin); the UI's own POST reaches Dagster, which lets only the operators' act."""
+    from urllib.parse import urlencode
+
+    from test_webserver_guard import EVIL, send
+
+    operators, viewers = topology.production.webserver_url, topology.production.viewer_url
+    launch = (
+        "mutation { launchRun(executionParams: { selector: { repositoryLocationName: "
+        f'"{config.IMAGE_LOCATION}", repositoryName: "__repository__", jobName: "no_such_job" '
+        "} }) { __typename } }"
+    )
+    launched = {}
+    for base in (operators, viewers):
+        assert send(f"{base}/graphql?" + urlencode({"query": launch}))[0] == 405
+        assert send(f"{base}/graphql", {"query": launch}, {"Origin": EVIL})[0] == 403
+        rebound = f"evil.example:{base.rsplit(':', 1)[1]}"
+        headers = {"Origin": f"http://{rebound}", "Host": rebound}
+        assert send(f"{base}/graphql", {"query": launch}, headers)[0] == 403
+        own = {"Origin": base.replace("127.0.0.1", "localhost")}
+        status, answer = send(f"{base}/graphql", {"query": launch}, own)
+        assert status == 200, answer
+        launched[base] = answer["data"]["launchRun"]["__typename"]
+    assert launched == {operators: "PipelineNotFoundError", viewers: "UnauthorizedError"}
+    for name in ("webserver", "viewer_webserver"):
+        assert "refused POST /graphql" in (topology.state_dir / f"{name}.log").read_text()
+    # `stack env` tells which address is which.
+    from farm_platform.cli import main
+
+    assert main(["stack", "env", "--state-dir", str(topology.state_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"operators (launch, cancel, wipe): {operators}\n" in printed
+    assert f"viewers (read-only): {viewers}\n" in printed
 
 
 def test_a_code_server_killed_mid_run_is_repaired_and_loses_nothing(topology):

@@ -40,9 +40,8 @@ def _stack(args: argparse.Namespace) -> int:
                 args.max_concurrent_runs,
                 runs_per_day=args.runs_per_day,
             )
-            print(
-                f"# production topology: Dagster UI {topology.webserver_url}, logs in {state_dir}"
-            )
+            print(f"# production topology: logs in {state_dir}")
+            _print_webservers(topology)
         if info.oip_url:
             print(f"# model server: {info.oip_url} (log: {info.state_dir / 'model-server.log'})")
         print(f"# local stack running (state in {info.state_dir}); point the platform at it with:")
@@ -50,6 +49,9 @@ def _stack(args: argparse.Namespace) -> int:
         _print_environment(_shell_environment(info))
     elif args.action == "env":
         _print_environment(_shell_environment(stack.load_stack(state_dir)))
+        topology = production.load_production(state_dir)
+        if topology is not None:
+            _print_webservers(topology)
     else:
         topology_stopped = production.production_down(state_dir)
         stopped = stack.stack_down(state_dir) or topology_stopped
@@ -59,6 +61,11 @@ def _stack(args: argparse.Namespace) -> int:
             hint = stack.elsewhere_hint(state_dir)
             print(f"no local stack was running in {state_dir}" + (f"; {hint}" if hint else ""))
     return 0
+
+
+def _print_webservers(topology: Any) -> None:
+    print(f"# Dagster UI for operators (launch, cancel, wipe): {topology.webserver_url}")
+    print(f"# Dagster UI for viewers (read-only): {topology.viewer_url}")
 
 
 def _shell_environment(info: Any) -> dict[str, str]:
@@ -212,7 +219,8 @@ def add_dev_commands(commands: Any) -> None:
         "--production",
         action="store_true",
         help="up: also start the production topology: PostgreSQL (instance storage and "
-        "warehouse), a gRPC code server per code location, dagster-daemon, dagster-webserver, "
+        "warehouse), a gRPC code server per code location, dagster-daemon, two guarded "
+        "dagster-webservers (operators', viewers' read-only), "
         "Redis and two Celery run workers, and model-server replicas; needs FARM_PG_PASSWORD, "
         "FARM_REDIS_PASSWORD and FARM_OIP_TOKEN exported",
     )

@@ -7,7 +7,9 @@ Beside the emulator stack, each process production runs, on its own:
 - one gRPC code server per code location (`dagster code-server start`), and a workspace
   file that points at them (`grpc_server`): a code change restarts a code server, not
   the daemon or the webserver;
-- `dagster-daemon` (exactly one: Dagster does not support two) and `dagster-webserver`;
+- `dagster-daemon` (exactly one: Dagster does not support two) and two `dagster-webserver`s,
+  guarded against forged mutations (farm_platform/webserver_guard.py): the operators' one
+  and the viewers' read-only one (farm_platform/dev/webservers.py);
 - Redis and two Celery workers: Dagster's `CeleryRunLauncher` (dagster-celery) runs each
   whole run as a Celery task on a worker, routed by its `dagster-celery/queue` tag (image
   runs to the `images` worker, the report's to the `analytics` one); workers could sit on
@@ -38,6 +40,7 @@ from farm_platform.dev.emulators import StackError
 from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform.dev.postgres import SUPERUSER, PostgresServer
 from farm_platform.dev.processes import free_port, pid_alive, spawn, stop_pids
+from farm_platform.dev.webservers import WEBSERVERS, own_origins, port_key, webserver_command
 from farm_platform.images.run_tags import ANALYTICS_QUEUE, IMAGES_QUEUE
 
 PRODUCTION_FILE = "production.json"
@@ -67,6 +70,7 @@ class Production:
     code_server_ports: dict[str, int]
     webserver_port: int
     replica_grpc_ports: list[int]
+    viewer_webserver_port: int = 0
 
     @property
     def dagster_home(self) -> Path:
@@ -79,6 +83,11 @@ class Production:
     @property
     def webserver_url(self) -> str:
         return f"http://127.0.0.1:{self.webserver_port}"
+
+    @property
+    def viewer_url(self) -> str:
+        """The read-only webserver's address, for people who only look."""
+        return f"http://127.0.0.1:{self.viewer_webserver_port}"
 
     def warehouse_url(self, password: str) -> str:
         """The warehouse's URL with `password` in it (pass "${FARM_PG_PASSWORD}" for a shell)."""
@@ -135,6 +144,7 @@ def production_up(
         "replica_batch_ms": replica_batch_ms,
         "pids": {},
     }
+    state.setdefault(port_key("viewer_webserver"), free_port())  # recorded before it existed
     production = _production(state, state_dir)
     environment = {
         **stack_environment,
@@ -164,7 +174,7 @@ def production_up(
                 pids[f"code_server:{name}"] = _start_code_server(
                     name, module, port, state_dir, environment
                 )
-        if "daemon" in dead or "webserver" in dead:
+        if dead & {"daemon", *WEBSERVERS}:
             _write_workspace(production)
         if "daemon" in dead:
             pids["daemon"] = _start(
@@ -173,8 +183,9 @@ def production_up(
                 state_dir,
                 environment,
             )
-        if "webserver" in dead:
-            pids["webserver"] = _start_webserver(production, environment)
+        for name in WEBSERVERS:
+            if name in dead:
+                pids[name] = _start_webserver(production, name, state, environment)
         for queue in WORKER_QUEUES:
             if f"worker:{queue}" in dead:
                 runs = int(state["max_concurrent_runs"]) if queue == IMAGES_QUEUE else 1
@@ -224,7 +235,7 @@ def production_down(state_dir: Path) -> bool:
 def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
     """The topology's processes that do not run (never started, or died), by state key."""
     expected = ["postgres", "redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
-    expected += ["daemon", "webserver", *(f"worker:{queue}" for queue in WORKER_QUEUES)]
+    expected += ["daemon", *WEBSERVERS, *(f"worker:{queue}" for queue in WORKER_QUEUES)]
     expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
     return [
         key
@@ -241,6 +252,7 @@ def _production(state: dict[str, Any], state_dir: Path) -> Production:
         code_server_ports={name: int(port) for name, port in state["code_server_ports"].items()},
         webserver_port=int(state["webserver_port"]),
         replica_grpc_ports=[int(grpc_port) for _, grpc_port in state["replica_ports"]],
+        viewer_webserver_port=int(state.get(port_key("viewer_webserver"), 0)),
     )
 
 
@@ -250,8 +262,8 @@ def _marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
         return str(state_dir / "postgres")
     if key.startswith("code_server:"):
         return f"-p {state['code_server_ports'][key.split(':', 1)[1]]} "
-    if key == "webserver":
-        return f"-p {state['webserver_port']} "
+    if key in WEBSERVERS:
+        return f"-p {state[port_key(key)]} "
     if key.startswith("model_server:"):
         return f"--grpc-port {state['replica_ports'][int(key.split(':', 1)[1])][1]} "
     if key == "redis":
@@ -347,12 +359,14 @@ def _start_code_server(
     return pid
 
 
-def _start_webserver(production: Production, environment: dict[str, str]) -> int:
-    port = production.webserver_port
-    args = [_tool("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
-    args += ["-w", str(production.workspace)]
-    pid = _start(args, "webserver", production.state_dir, environment)
-    _wait_for_port(port, pid, "the webserver", production.state_dir / "webserver.log")
+def _start_webserver(
+    production: Production, name: str, state: dict[str, Any], environment: dict[str, str]
+) -> int:
+    port = int(state[port_key(name)])
+    args = webserver_command(port, ["-w", str(production.workspace)], read_only=WEBSERVERS[name])
+    guarded = {**environment, **own_origins(port, environment)}
+    pid = _start(args, name, production.state_dir, guarded)
+    _wait_for_port(port, pid, f"the {name}", production.state_dir / f"{name}.log")
     return pid
 
 

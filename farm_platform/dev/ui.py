@@ -9,7 +9,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,21 +30,21 @@ def chromium() -> str:
 
 @contextlib.contextmanager
 def webserver(
-    environment: Mapping[str, str], log_path: Path, timeout: float = 180
+    environment: Mapping[str, str],
+    log_path: Path,
+    timeout: float = 180,
+    workspace: Sequence[str] = ("-w", str(WORKSPACE_FILE)),
+    read_only: bool = False,
+    launcher: Sequence[str] | None = None,
 ) -> Iterator[str]:
-    """`dagster-webserver` on a free port with `environment`; its base URL once both code
-    locations have loaded."""
+    """`dagster-webserver`, guarded as in production (farm_platform/webserver_guard.py), on
+    a free port with `environment`; its base URL once its code locations have loaded.
+    `launcher`: what runs it with dagster-webserver's options (default: webservers.GUARDED)."""
+    from farm_platform.dev.webservers import GUARDED, webserver_command
+
     port = free_port()
     process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-webserver")),
-            "-w",
-            str(WORKSPACE_FILE),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        webserver_command(port, workspace, read_only, launcher or GUARDED),
         env=dict(environment),
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
