@@ -23,7 +23,7 @@ UPDATE_SNAPSHOTS = "FARM_UPDATE_SNAPSHOTS"
 LAYERS = [
     ["config"],
     ["layout"],
-    ["partitions", "messages", "ml"],
+    ["partitions", "messages", "ml", "webserver_guard"],
     ["resources"],
     ["quality", "arrivals"],
     ["ingest"],
