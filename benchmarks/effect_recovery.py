@@ -15,7 +15,7 @@ position-to-position luck with the estimate and so makes any interval look right
 
 For every seed, a farm with the effect and one without go through the fast path: the true
 grades of the leaves in view (no rendering, perfect detector and graders) and the
-treatment_effect estimator in polars (`effect_stats.treatment_effect_frame`, shown equal to
+treatment_effect estimator in polars (`effect_frame.treatment_effect_frame`, shown equal to
 the dbt model by test_dbt.py::test_the_benchmark_fast_path_gives_dbt_numbers), then the
 report's decision rules (`effect_stats.add_decisions`). Grading error is therefore left
 out; `--pipeline-seeds K` also runs K seeds per effect through the real detector, graders
@@ -41,7 +41,8 @@ from pathlib import Path
 
 import polars as pl
 
-from farm_platform.analytics.effect_stats import add_decisions, treatment_effect_frame
+from farm_platform.analytics.effect_frame import treatment_effect_frame
+from farm_platform.analytics.effect_stats import add_decisions
 from farm_platform.dev.simulate import FarmConfig, true_position_day
 from farm_platform.dev.simulate.dynamics import population_effect
 
