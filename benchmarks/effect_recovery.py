@@ -2,7 +2,7 @@
 
     python benchmarks/effect_recovery.py [--seeds 200] [--positions 12] [--days 5]
                                          [--effect 0.15] [--pipeline-seeds 0]
-                                         [--no-effect-only]
+                                         [--no-effect-only] [--layouts [SHARE ...]]
                                          [--cases plain switch-restart switch-no-backfill
                                           switch-backfill late-photos dropout-informative
                                           dropout-random]
@@ -333,6 +333,15 @@ def main() -> int:
         choices=CASES,
         help="score these trial events (issue 27) report by report instead of the plain run",
     )
+    parser.add_argument(
+        "--layouts",
+        nargs="*",
+        type=float,
+        metavar="SHARE",
+        help="score the design cases (two areas, randomised, randomised in blocks with the "
+        "blocked and the Welch analysis) under a progression gradient of each SHARE of "
+        "--effect between the areas' centres (issue 43; e.g. --layouts 0 0.2 0.6)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.INFO)
@@ -341,6 +350,15 @@ def main() -> int:
         f"{dt.date.today()}: {args.seeds} seeds per effect, {args.positions} positions, "
         f"{args.days} days, 5 diseases; fast path (true grades, no rendering)"
     )
+    if args.layouts is not None:
+        from effect_layouts import run_layouts
+
+        effects = (0.0,) if args.no_effect_only else (args.effect, 0.0)
+        shares = args.layouts or [0.0, 0.2, 0.6]
+        run_layouts(
+            args.seeds, args.positions, args.days, effects, shares, summarize_cases, args.effect
+        )
+        return 0
     if args.cases:
         frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}
         for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):

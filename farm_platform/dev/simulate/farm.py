@@ -215,27 +215,34 @@ def simulate_truth(config: FarmConfig) -> Iterator[tuple[ImageKey, tuple[LeafTru
 def true_position_day(config: FarmConfig) -> pl.DataFrame:
     """Per position, date and disease_type: the mean TRUE grade of the leaves in view, with
     the position's area and block (null without blocks); the input the treatment_effect
-    estimator reads, as perfect models would record it (no rendering: the effect
-    benchmark's fast path)."""
-    leaves = truth_frames(simulate_truth(config), config)["leaves"]
-    areas = pl.DataFrame(
-        [(p.position_id, p.area, p.block) for p in field_map(config)],
-        schema={"position_id": pl.Utf8, "area": pl.Utf8, "block": pl.Utf8},
-        orient="row",
-    )
-    return (
-        leaves.join(areas, on="position_id")
-        .unpivot(
-            on=list(GRADE_COLUMNS),
-            index=["position_id", "area", "block", "date"],
-            variable_name="disease_type",
-            value_name="grade",
-        )
-        .with_columns(pl.col("disease_type").str.strip_prefix("grade_"))
-        .group_by("position_id", "area", "block", "date", "disease_type")
-        .agg(pl.col("grade").mean().alias("mean_grade"))
-        .sort("disease_type", "position_id", "date")
-    )
+    estimator reads, as perfect models would record it (no rendering and no leaf boxes:
+    the effect benchmark's fast path). A position with no leaf in view has no rows, as
+    `truth_frames` has none for it."""
+    columns: dict[str, list] = {
+        c: [] for c in ("position_id", "area", "block", "date", "disease_type", "mean_grade")
+    }
+    positions = field_map(config)
+    for position, (_, grades) in zip(positions, _position_worlds(config), strict=True):
+        if grades.shape[1] == 0:
+            continue
+        means = grades.mean(axis=1)  # (days, diseases)
+        for day, date in enumerate(config.dates):
+            for disease, value in zip(DISEASE_TYPES, means[day], strict=True):
+                columns["position_id"].append(position.position_id)
+                columns["area"].append(position.area)
+                columns["block"].append(position.block)
+                columns["date"].append(date)
+                columns["disease_type"].append(disease)
+                columns["mean_grade"].append(float(value))
+    schema = {
+        "position_id": pl.Utf8,
+        "area": pl.Utf8,
+        "block": pl.Utf8,
+        "date": pl.Date,
+        "disease_type": pl.Utf8,
+        "mean_grade": pl.Float64,
+    }
+    return pl.DataFrame(columns, schema=schema).sort("disease_type", "position_id", "date")
 
 
 def simulate_images(config: FarmConfig) -> Iterator[SimulatedImage]:
