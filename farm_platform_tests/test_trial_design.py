@@ -224,3 +224,61 @@ def test_a_gradient_biases_two_areas_and_not_randomised_blocks():
     two_areas, blocks = mean_effect("two-areas"), mean_effect("blocks")
     assert two_areas < -0.12, two_areas
     assert abs(blocks) < 0.03, blocks
+
+
+# --------------------------------------------------------------------------- dbt, both warehouses
+
+
+@pytest.mark.parametrize("db", ["duckdb", "postgres"])
+def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, request):
+    # The field map with block and assignment columns as the seed; a missed photo leaves
+    # its block partner outside any block with both arms that day.
+    from datetime import date
+
+    from polars.testing import assert_frame_equal
+    from test_dbt import dbt_build, load_warehouse, simulated_truth_farm
+
+    from farm_platform.analytics.dbt_env import dbt_project_copy
+    from farm_platform.analytics.effect_frame import treatment_effect_frame
+    from farm_platform.dev.postgres import fresh_database
+    from farm_platform.dev.simulate import true_position_day
+
+    config = FarmConfig(positions=8, days=3, seed=21, effect=0.15, layout="blocks", gradient=0.05)
+    skipped = {("P002", date(2026, 6, 3))}
+    farm = simulated_truth_farm(config, skipped)
+    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    if db == "duckdb":
+        url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_url"), "farm_blocked_design")
+    load_warehouse(url, farm)
+    built = dbt_build(project, url)
+    assert built.success, f"failed nodes: {sorted(built.failed())}"
+
+    design = built.query("SELECT * FROM trial_design").row(0, named=True)
+    assert design["design"] == RANDOMISED_BLOCKS
+    assert (design["assignment"], design["randomisation_seed"], design["blocks"]) == (
+        "randomised",
+        21,
+        4,
+    )
+    blocks = built.query("SELECT DISTINCT position_id, block FROM position_trajectories")
+    assert dict(blocks.iter_rows()) == {p.position_id: p.block for p in field_map(config)}
+
+    from_dbt = built.query("SELECT * FROM treatment_effect ORDER BY disease_type, date")
+    assert set(from_dbt["estimator"]) == {"within blocks"}
+    assert set(from_dbt["design"]) == {RANDOMISED_BLOCKS}
+    last = from_dbt.filter(pl.col("date") == date(2026, 6, 3))
+    assert set(last["n_blocks"]) == {3} and set(last["n_outside_blocks"]) == {1}
+    position_day = true_position_day(config).filter(
+        ~((pl.col("position_id") == "P002") & (pl.col("date") == date(2026, 6, 3)))
+    )
+    fast = treatment_effect_frame(position_day)
+    assert_frame_equal(
+        fast,
+        from_dbt.select(fast.columns),
+        check_dtypes=False,
+        check_exact=False,
+        rel_tol=0,
+        abs_tol=1e-5,
+    )
