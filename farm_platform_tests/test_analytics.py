@@ -199,6 +199,21 @@ def test_the_headline_names_the_design_and_words_its_calls_by_it(
     assert page.index(answer) < page.index(html.escape(line)) < page.index("Decision per disease")
 
 
+def test_the_effect_table_shows_the_blocked_estimator_and_its_blocks():
+    data = report_data([])
+    blocked = data.effect.with_columns(
+        estimator=pl.Series(["within blocks", "welch"]),
+        n_blocks=pl.Series([4, None], dtype=pl.Int64),
+        n_outside_blocks=pl.Series([1, None], dtype=pl.Int64),
+    )
+    data = dataclasses.replace(data, effect=blocked)
+    page = render_report(data)
+    assert "<td>within blocks</td><td>4</td><td>1</td>" in page
+    assert "<td>welch</td><td></td><td></td>" in page and "None" not in page
+    line = summary_lines(data)[0]
+    assert "; within 4 blocks (1 position(s) graded that day are in a block" in line
+
+
 def test_report_is_self_contained_html_with_plots_and_effects():
     page = render_report(report_data(ungraded=["P003"]))
     image = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)

@@ -63,6 +63,9 @@ EFFECT_COLUMNS = [
     "df",
     "ci_low",
     "ci_high",
+    "estimator",
+    "n_blocks",
+    "n_outside_blocks",
     "significant",
     "holm_significant",
     "sequential_ci_low",
@@ -108,11 +111,20 @@ def _displayed(effect: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame:
             for column in ("effect", "std_error")
             if column in shown.columns
         )
-    return shown.with_columns(
-        pl.when(pl.col(column)).then(pl.lit("yes")).otherwise(pl.lit("no")).alias(column)
-        for column in DECISION_COLUMNS
-        if column in shown.columns
-    ).select([c for c in EFFECT_COLUMNS if c in shown.columns])
+    return (
+        shown.with_columns(
+            pl.when(pl.col(column)).then(pl.lit("yes")).otherwise(pl.lit("no")).alias(column)
+            for column in DECISION_COLUMNS
+            if column in shown.columns
+        )
+        .with_columns(
+            # Blocks are counted only under the blocked estimator: an empty cell otherwise.
+            pl.col(column).cast(pl.String).fill_null("")
+            for column in ("n_blocks", "n_outside_blocks")
+            if column in shown.columns
+        )
+        .select([c for c in EFFECT_COLUMNS if c in shown.columns])
+    )
 
 
 def _coverage(coverage: pl.DataFrame) -> pl.DataFrame:
@@ -184,7 +196,10 @@ grade points.</p>
 {revisions_section(data)}
 <p>Difference in differences of the mean grade, treated minus control, each position's
 change measured from its own first graded day, positions as the unit (Welch standard
-error). Negative = treated leaves heal faster. <em>significant</em> and
+error; <em>estimator</em> "within blocks": treated minus control within each block with
+both arms, averaged over the <em>n_blocks</em> blocks, n_blocks − 1 df, and
+<em>n_outside_blocks</em> positions whose block lacked the other arm that day left out).
+Negative = treated leaves heal faster. <em>significant</em> and
 <em>holm_significant</em> are NOT decisions: this day's 95 % interval alone excludes 0, and
 still so after Holm's adjustment across the day's diseases (each valid for one pre-chosen
 day only; over daily looks they call most no-effect trials). <em>sequential_…</em>: the
