@@ -212,6 +212,14 @@ def test_the_effect_table_shows_the_blocked_estimator_and_its_blocks():
     assert "<td>welch</td><td></td><td></td>" in page and "None" not in page
     line = summary_lines(data)[0]
     assert "; within 4 blocks (1 position(s) graded that day are in a block" in line
+    one_block = blocked.with_columns(
+        n_blocks=pl.lit(1, dtype=pl.Int64), ci_low=pl.lit(None, dtype=pl.Float64)
+    )
+    line = summary_lines(dataclasses.replace(data, effect=one_block))[0]
+    assert line == (
+        "disease_0: no conclusion on 2026-06-03: 1 block(s) with both arms graded since their "
+        "first day; a blocked estimate needs at least 2 to build an interval"
+    )
 
 
 def test_report_is_self_contained_html_with_plots_and_effects():

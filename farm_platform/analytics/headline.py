@@ -89,6 +89,16 @@ def _no_estimate(row: dict[str, object]) -> str | None:
             f"{head}: only {arms} with a change since its first graded day; a difference from one "
             "position has no interval and decides nothing (at least 2 per area are needed)"
         )
+    if row.get("ci_low") is None and row.get("estimator") == "within blocks":
+        if (row.get("n_blocks") or 0) < 2:
+            return (
+                f"{head}: {row.get('n_blocks') or 0} block(s) with both arms graded since "
+                "their first day; a blocked estimate needs at least 2 to build an interval"
+            )
+        return (
+            f"{head}: every block's treated minus control difference is exactly the same, "
+            "so there is no spread to build an interval from"
+        )
     if row.get("ci_low") is None:
         return (
             f"{head}: every position changed by exactly the same amount, so there is no "
