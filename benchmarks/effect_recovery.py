@@ -2,7 +2,7 @@
 
     python benchmarks/effect_recovery.py [--seeds 200] [--positions 12] [--days 5]
                                          [--effect 0.15] [--pipeline-seeds 0]
-                                         [--no-effect-only]
+                                         [--no-effect-only] [--layouts [SHARE ...]]
                                          [--cases plain switch-restart switch-no-backfill
                                           switch-backfill late-photos dropout-informative
                                           dropout-random]
@@ -15,7 +15,7 @@ position-to-position luck with the estimate and so makes any interval look right
 
 For every seed, a farm with the effect and one without go through the fast path: the true
 grades of the leaves in view (no rendering, perfect detector and graders) and the
-treatment_effect estimator in polars (`effect_stats.treatment_effect_frame`, shown equal to
+treatment_effect estimator in polars (`effect_frame.treatment_effect_frame`, shown equal to
 the dbt model by test_dbt.py::test_the_benchmark_fast_path_gives_dbt_numbers), then the
 report's decision rules (`effect_stats.add_decisions`). Grading error is therefore left
 out; `--pipeline-seeds K` also runs K seeds per effect through the real detector, graders
@@ -42,7 +42,8 @@ from pathlib import Path
 import polars as pl
 from docs_table import add_write_docs_flag, write_docs
 
-from farm_platform.analytics.effect_stats import add_decisions, treatment_effect_frame
+from farm_platform.analytics.effect_frame import treatment_effect_frame
+from farm_platform.analytics.effect_stats import add_decisions
 from farm_platform.dev.simulate import FarmConfig, true_position_day
 from farm_platform.dev.simulate.dynamics import population_effect
 
@@ -342,6 +343,15 @@ def main() -> int:
         choices=CASES,
         help="score these trial events report by report instead of the plain run",
     )
+    parser.add_argument(
+        "--layouts",
+        nargs="*",
+        type=float,
+        metavar="SHARE",
+        help="score the design cases (two areas, randomised, randomised in blocks with the "
+        "blocked and the Welch analysis) under a progression gradient of each SHARE of "
+        "--effect between the areas' centres (e.g. --layouts 0 0.2 0.6)",
+    )
     add_write_docs_flag(parser)
     args = parser.parse_args()
     setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
@@ -352,6 +362,18 @@ def main() -> int:
         f"{dt.date.today()}: {args.seeds} seeds per effect, {args.positions} positions, "
         f"{args.days} days, 5 diseases; fast path (true grades, no rendering)"
     )
+    if args.layouts is not None:
+        from effect_layouts import run_layouts
+
+        effects = (0.0,) if args.no_effect_only else (args.effect, 0.0)
+        shares = args.layouts or [0.0, 0.2, 0.6]
+        table = run_layouts(
+            args.seeds, args.positions, args.days, effects, shares, summarize_cases, args.effect
+        )
+        if args.write_docs:
+            columns = ["layout, gradient", "effect/day", "last-day coverage", "bias", "trials"]
+            write_docs("effect_recovery-layouts", columns, table, note=setup)
+        return 0
     if args.cases:
         frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}
         for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):

@@ -12,6 +12,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from farm_platform.admin.commands import add_admin_commands
+    from farm_platform.admin.trial import add_trial_commands
     from farm_platform.dev.commands import add_dev_commands
 
     parser = argparse.ArgumentParser(
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_dev_commands(commands)
     add_admin_commands(commands)
+    add_trial_commands(commands)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime as dt
+import html
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from farm_platform.analytics.headline import overall_answer, summary_lines
+from farm_platform.analytics.headline import design_line, overall_answer, summary_lines
 from farm_platform.analytics.report import render_report
 from farm_platform.analytics.report_data import (
     ReportData,
@@ -117,6 +118,107 @@ def report_data(ungraded: list[str]) -> ReportData:
         ungraded=ungraded,
         models=pl.DataFrame({"model_id": ["disease_0_grader"], "version": ["v1"]}),
         agreement=pl.DataFrame(),
+        design=design_row("randomised in blocks"),
+    )
+
+
+def design_row(design: str) -> dict:
+    """The trial_design mart's row of a 8-position trial with that design."""
+    blocked = "blocks" in design
+    return {
+        "design": design,
+        "assignment": "randomised" if design.startswith("randomised") else "allocated",
+        "randomisation_seed": 42 if design.startswith("randomised") else None,
+        "blocks": 4 if blocked else 0,
+        "positions": 8,
+        "treated_positions": 4,
+        "control_positions": 4,
+    }
+
+
+@pytest.mark.parametrize(
+    ("design", "in_design_line", "in_call", "answer"),
+    [
+        (
+            "randomised in blocks",
+            "randomised within 4 blocks of neighbouring positions (seed 42)",
+            "disease_0: treated heal faster: conclusive, valid",
+            "In short: treated plants heal faster from disease_0; no conclusive answer yet for "
+            "the other 1 disease.",
+        ),
+        (
+            "randomised",
+            "arms randomised (seed 42), no blocks",
+            "disease_0: treated heal faster: conclusive, valid",
+            "In short: treated plants heal faster from disease_0; no conclusive answer yet for "
+            "the other 1 disease.",
+        ),
+        (
+            "allocated (two areas)",
+            "Design: two areas, control and treated allocated by hand (not randomised): the "
+            "effect is the medicine plus any difference in progression between the two areas",
+            "disease_0: the treated area heals faster than the control area: conclusive (that "
+            "is the medicine plus any difference in progression between the two areas), valid",
+            "In short: the treated area heals faster from disease_0 than the control area; that "
+            "is the medicine plus any difference in progression between the two areas, which "
+            "this design cannot tell apart; no conclusive answer yet for the other 1 disease.",
+        ),
+        (
+            "allocated in blocks",
+            "Design: 4 blocks, arms allocated by hand (not randomised): the effect is the "
+            "medicine plus any difference between the positions chosen for each arm",
+            "disease_0: the treated area heals faster than the control area: conclusive (that "
+            "is the medicine plus any difference between the positions chosen for each arm)",
+            "In short: the treated area heals faster from disease_0 than the control area; that "
+            "is the medicine plus any difference between the positions chosen for each arm, "
+            "which this design cannot tell apart; no conclusive answer yet for the other 1 "
+            "disease.",
+        ),
+        (
+            None,
+            "Design: not recorded, taken as two areas, control and treated allocated by hand",
+            "disease_0: the treated area heals faster than the control area: conclusive (that "
+            "is the medicine plus any difference in progression between the two areas)",
+            "In short: the treated area heals faster from disease_0 than the control area; that "
+            "is the medicine plus any difference in progression between the two areas, which "
+            "this design cannot tell apart; no conclusive answer yet for the other 1 disease.",
+        ),
+    ],
+)
+def test_the_headline_names_the_design_and_words_its_calls_by_it(
+    design, in_design_line, in_call, answer
+):
+    data = dataclasses.replace(report_data([]), design=design_row(design) if design else None)
+    line = design_line(data)
+    assert in_design_line in line
+    assert ("farm-platform trial design" in line) == (not (design or "").startswith("randomised"))
+    assert summary_lines(data)[0].startswith(in_call)
+    assert overall_answer(data) == answer
+    page = render_report(data)
+    # In the headline: after the one-sentence answer, before the per-disease decisions.
+    assert page.index(answer) < page.index(html.escape(line)) < page.index("Decision per disease")
+
+
+def test_the_effect_table_shows_the_blocked_estimator_and_its_blocks():
+    data = report_data([])
+    blocked = data.effect.with_columns(
+        estimator=pl.Series(["within blocks", "welch"]),
+        n_blocks=pl.Series([4, None], dtype=pl.Int64),
+        n_outside_blocks=pl.Series([1, None], dtype=pl.Int64),
+    )
+    data = dataclasses.replace(data, effect=blocked)
+    page = render_report(data)
+    assert "<td>within blocks</td><td>4</td><td>1</td>" in page
+    assert "<td>welch</td><td></td><td></td>" in page and "None" not in page
+    line = summary_lines(data)[0]
+    assert "; within 4 blocks (1 position(s) graded that day are in a block" in line
+    one_block = blocked.with_columns(
+        n_blocks=pl.lit(1, dtype=pl.Int64), ci_low=pl.lit(None, dtype=pl.Float64)
+    )
+    line = summary_lines(dataclasses.replace(data, effect=one_block))[0]
+    assert line == (
+        "disease_0: no conclusion on 2026-06-03: 1 block(s) with both arms graded since their "
+        "first day; a blocked estimate needs at least 2 to build an interval"
     )
 
 

@@ -32,8 +32,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from farm_platform.analytics.dbt_env import dbt_environment, dbt_project_copy
-from farm_platform.analytics.effect_stats import treatment_effect_frame
-from farm_platform.analytics.headline import summary_lines
+from farm_platform.analytics.effect_frame import treatment_effect_frame
+from farm_platform.analytics.headline import design_line, summary_lines
 from farm_platform.analytics.report_data import effect_decisions, load_report_data
 from farm_platform.dev.farm import DbtBuildOutcome, invoke_dbt_build
 from farm_platform.dev.postgres import fresh_database
@@ -575,7 +575,16 @@ def test_the_report_headline_from_the_built_marts(build: Build) -> None:
     assert len(lines) == 2
     # disease_0: 1.5 grades more healing in 3 days, conclusive even under the valid rule.
     # Each disease with the readable name of its grader's model card.
-    assert lines[0].startswith("disease_0 (brown spot): treated heal faster: conclusive"), lines
+    # The synthetic farm's map has no design columns: two areas allocated by hand, so the
+    # call is about the areas, and the design line says what the effect mixes in.
+    assert lines[0].startswith(
+        "disease_0 (brown spot): the treated area heals faster than the control area: "
+        "conclusive (that is the medicine plus any difference in progression between the two "
+        "areas)"
+    ), lines
+    assert data.design is not None and data.design["design"] == "allocated (two areas)"
+    assert data.design["positions"] == 14 and data.design["blocks"] == 0
+    assert "the effect is the medicine plus any difference in progression" in design_line(data)
     assert "Effect -1.500 grade after 3 days" in lines[0]
     assert lines[1].startswith("disease_3 (vein streak): no significant difference"), lines[1]
     decided = effect_decisions(data)
@@ -768,7 +777,14 @@ def simulated_truth_farm(config: FarmConfig, skipped: set[tuple[str, date]]) -> 
             FarmConfig(positions=9, days=5, seed=12, effect=0.0),
             {("P000", date(2026, 6, 1)), ("P006", date(2026, 6, 1)), ("P003", date(2026, 6, 3))},
         ),
+        # Randomised in blocks of two neighbours, a gradient across the field, and a missed
+        # photo that leaves its block partner outside any block with both arms that day.
+        (
+            FarmConfig(positions=10, days=4, seed=13, effect=0.15, layout="blocks", gradient=0.05),
+            {("P004", date(2026, 6, 3))},
+        ),
     ],
+    ids=["two-areas", "two-areas-gaps", "blocks"],
 )
 def test_the_benchmark_fast_path_gives_dbt_numbers(
     config: FarmConfig, skipped: set[tuple[str, date]], tmp_path: Path
@@ -796,7 +812,15 @@ def test_the_benchmark_fast_path_gives_dbt_numbers(
         rel_tol=0,
         abs_tol=1e-5,  # t quantiles: the seed's six decimals vs scipy's
     )
-    if skipped:
+    if config.layout == "blocks":
+        assert set(from_dbt["estimator"]) == {"within blocks"}
+        assert set(from_dbt["design"]) == {"randomised in blocks"}
+        assert from_dbt["n_blocks"].min() == 4 and from_dbt["n_outside_blocks"].max() == 1
+        assert (from_dbt["df"] == from_dbt["n_blocks"] - 1).all()
+    else:
+        assert set(from_dbt["estimator"]) == {"welch"}
+        assert set(from_dbt["design"]) == {"allocated (two areas)"}
+    if config.seed == 12:
         assert fast["n_late_baseline"].max() == 2
 
 

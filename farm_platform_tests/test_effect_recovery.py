@@ -14,13 +14,13 @@ import polars as pl
 import pytest
 from scipy import stats
 
+from farm_platform.analytics.effect_frame import treatment_effect_frame
 from farm_platform.analytics.effect_stats import (
     ALPHA,
     add_decisions,
     holm,
     spent_alpha,
     tabulated_df,
-    treatment_effect_frame,
 )
 from farm_platform.dev.farm import reported_vs_true_effect
 from farm_platform.dev.simulate import FarmConfig, true_position_day

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import statistics
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -278,9 +279,9 @@ def test_late_photos_revise_a_reported_day_visibly_and_its_decision_stands(
         calls = sorted(d for (k, d), r in decided.items() if k == "disease_0" and r["decision"])
         assert calls, decided
         line = next(t for t in summary_lines(data) if t.startswith("disease_0"))
-        assert (
-            f"conclusive, valid under daily looks at five diseases; decided on {calls[0]}" in line
-        )
+        # (Two allocated areas: the call says what the effect mixes in, then its rule.)
+        assert "conclusive (that is the medicine plus any difference in progression" in line
+        assert f"valid under daily looks at five diseases; decided on {calls[0]}" in line
         from farm_platform.analytics.report import render_report
 
         page = render_report(data)
@@ -451,6 +452,12 @@ def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways
     page = render_report(data)
     assert "Positions left the trial" in page
     assert f"not graded on {LAST_DAY}): 2 of 7 treated, 2 of 7 control" in page
+    # In the headline too, whatever the test of leavers against stayers says (issue 43).
+    line = next(text for text in summary_lines(data) if text.startswith("disease_0"))
+    assert "Positions left: 2 of 7 treated and 2 of 7 control" in line, line
+    assert f"the leavers graded {summary['leavers_minus_stayers']:+.3f} against" in line
+    assert "Sensitivity" in line and "carried forward" in line
+    assert html.escape(line) in page
 
 
 def test_attrition_words_when_the_leavers_cannot_be_tested() -> None:

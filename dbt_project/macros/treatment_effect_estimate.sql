@@ -1,9 +1,15 @@
 {#
-  Difference in differences with positions as the unit, and its Welch / Student-t 95 %
-  interval (the estimator is described on the treatment_effect model in _marts.yml).
+  Difference in differences with positions as the unit, and its Student-t 95 % interval
+  (the estimator is described on the treatment_effect model in _marts.yml). Without blocks:
+  treated minus control mean change, Welch standard error and df. When every position of
+  a date has a block (a blocked design): treated minus control mean change WITHIN each
+  block that has both arms that date, then the mean over those blocks, its standard error
+  from their spread and n_blocks − 1 df (a paired t for blocks of two); positions in a
+  block without the other arm that date are counted in n_outside_blocks.
 
   position_day: a relation with one row per position, date and group: position_id, area
-  ('control' or 'treated'), date, mean_grade, and the columns of `group_by`. Each
+  ('control' or 'treated'), block (null without blocks), date, mean_grade, and the columns
+  of `group_by`. Each
   position's change is taken from ITS OWN first graded date in the group (own_first_day,
   the definition position_trajectories uses too), so a position missing on the group's
   first date (a partial first flight, a missed photo, a late joiner) still counts on every
@@ -23,6 +29,7 @@ own_baseline as (
         {{ keys }},
         position_id,
         area,
+        block,
         date,
         first_date as position_first_date,
         change_from_first_day
@@ -39,7 +46,7 @@ trial_start as (
 ),
 {%- else %}
 position_day as (
-    select {{ keys }}, position_id, area, date, mean_grade
+    select {{ keys }}, position_id, area, block, date, mean_grade
     from {{ position_day }}
 ),
 
@@ -64,6 +71,7 @@ changes as (
         own_baseline.date,
         trial_start.first_date,
         own_baseline.area,
+        own_baseline.block,
         own_baseline.change_from_first_day as change,
         case when own_baseline.position_first_date > trial_start.first_date then 1 else 0 end
             as joined_late
@@ -81,6 +89,7 @@ by_area as (
         sum(case when area = 'treated' then 1 else 0 end) as n_treated,
         sum(case when area = 'control' then 1 else 0 end) as n_control,
         sum(joined_late) as n_late_baseline,
+        case when count(block) = count(*) then 1 else 0 end as blocked,
         avg(case when area = 'treated' then change end) as mean_change_treated,
         avg(case when area = 'control' then change end) as mean_change_control,
         var_samp(case when area = 'treated' then change end) as var_treated,
@@ -89,22 +98,64 @@ by_area as (
     group by {{ keys }}, date, first_date
 ),
 
+-- Treated minus control mean change within each block (null: the block lacks an arm).
+by_block as (
+    select
+        {{ keys }},
+        date,
+        block,
+        count(*) as positions,
+        avg(case when area = 'treated' then change end)
+            - avg(case when area = 'control' then change end) as difference
+    from changes
+    where block is not null
+    group by {{ keys }}, date, block
+),
+
+blocked as (
+    select
+        {{ keys }},
+        date,
+        count(difference) as n_blocks,
+        sum(case when difference is null then positions else 0 end) as n_outside_blocks,
+        avg(difference) as block_effect,
+        var_samp(difference) as block_var
+    from by_block
+    group by {{ keys }}, date
+),
+
 -- Squared standard errors of the two group means.
 welch as (
     select
         by_area.*,
-        mean_change_treated - mean_change_control as effect,
+        case when by_area.blocked = 1 then 'within blocks' else 'welch' end as estimator,
+        case when by_area.blocked = 1 then blocked.n_blocks end as n_blocks,
+        case when by_area.blocked = 1 then blocked.n_outside_blocks end as n_outside_blocks,
+        blocked.block_effect,
+        blocked.block_var,
         var_treated / n_treated as se2_treated,
         var_control / n_control as se2_control
     from by_area
+    left join blocked
+        on blocked.date = by_area.date {{ same_group_columns('blocked', 'by_area', group_by) }}
 ),
 
 estimates as (
     select
         welch.*,
-        sqrt(se2_treated + se2_control) as std_error,
-        -- Welch–Satterthwaite; undefined when both groups are constant (se = 0).
         case
+            when blocked = 1 then block_effect
+            else mean_change_treated - mean_change_control
+        end as effect,
+        case
+            when blocked = 1 then sqrt(block_var / n_blocks)
+            else sqrt(se2_treated + se2_control)
+        end as std_error,
+        case
+            -- Blocks: n_blocks − 1, undefined when every block differs by the same amount.
+            when blocked = 1 then
+                case when block_var > 0 then cast(n_blocks - 1 as double precision) end
+            -- Welch–Satterthwaite; undefined when both groups are constant (se = 0).
             when se2_treated + se2_control > 0
                 then (se2_treated + se2_control) * (se2_treated + se2_control)
                     / (
@@ -157,8 +208,13 @@ select
     t_quantile,
     ci_low,
     ci_high,
-    case when ci_low > 0 or ci_high < 0 then true else false end as significant
+    case when ci_low > 0 or ci_high < 0 then true else false end as significant,
+    estimator,
+    n_blocks,
+    n_outside_blocks,
+    trial_design.design
 from intervals
+cross join {{ ref('trial_design') }} as trial_design
 {% endmacro %}
 
 {# " and left.c = right.c" for every column c: a join on the group's columns. #}

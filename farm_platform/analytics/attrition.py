@@ -86,10 +86,12 @@ def _t(probability: float, df: float) -> float | None:
     return float(stats.t.ppf(probability, t_df))
 
 
-def welch_effect(treated: list[float], control: list[float]) -> dict[str, float | None]:
-    """mean(treated) − mean(control) with the Welch standard error and a Student-t 95 %
-    interval at floor(Welch df), as treatment_effect computes it (nulls without spread or
-    with fewer than two positions in an arm)."""
+def welch_effect(
+    treated: list[float], control: list[float], alpha: float = 0.05
+) -> dict[str, float | None]:
+    """mean(treated) − mean(control) with the Welch standard error and a Student-t
+    1 − `alpha` interval (95 % by default) at floor(Welch df), as treatment_effect computes
+    it (nulls without spread or with fewer than two positions in an arm)."""
     out: dict[str, float | None] = {"effect": None, "ci_low": None, "ci_high": None}
     if not treated or not control:
         return out
@@ -101,7 +103,7 @@ def welch_effect(treated: list[float], control: list[float]) -> dict[str, float 
     if a + b <= 0:
         return out
     df = (a + b) ** 2 / (a**2 / (len(treated) - 1) + b**2 / (len(control) - 1))
-    t = _t(0.975, df)
+    t = _t(1.0 - alpha / 2.0, df)
     if t is not None:
         half = t * math.sqrt(a + b)
         out["ci_low"], out["ci_high"] = out["effect"] - half, out["effect"] + half

@@ -1,5 +1,5 @@
-"""Decision rules over `treatment_effect` that stay honest under five diseases and daily looks,
-and a polars mirror of the dbt estimator for the effect benchmark's fast path.
+"""Decision rules over `treatment_effect` that stay honest under five diseases and daily looks
+(the polars mirror of the dbt estimator is effect_frame.treatment_effect_frame).
 
 The report reads `treatment_effect` every day for five diseases. Its per-row 95 % interval
 is right for one disease on one pre-chosen day; a reader who looks daily at five diseases
@@ -138,93 +138,6 @@ def add_decisions(
             )
         frames.append(pl.DataFrame(rows, schema={**day.schema, **extra}))
     return pl.concat(frames)
-
-
-def treatment_effect_frame(position_day: pl.DataFrame) -> pl.DataFrame:
-    """The treatment_effect mart computed in polars from position-day means (position_id,
-    area, date, disease_type, mean_grade): the same estimator as the dbt macro
-    treatment_effect_estimate (own-first-day baseline, Welch standard error and df,
-    Student-t 95 % interval at the tabulated floor(df)), the same columns.
-
-    Only the effect benchmark uses it, to score hundreds of farms without a dbt build each;
-    farm_platform_tests/test_effect_recovery.py shows it returns dbt's numbers.
-    """
-    group = ["disease_type"]
-    own = group + ["position_id"]
-    treated, control = pl.col("area") == "treated", pl.col("area") == "control"
-    changes = (
-        position_day.sort("date")
-        .with_columns(
-            position_first_date=pl.col("date").min().over(own),
-            change=pl.col("mean_grade") - pl.col("mean_grade").first().over(own),
-            first_date=pl.col("date").min().over(group),
-        )
-        .filter(pl.col("date") > pl.col("position_first_date"))
-    )
-    estimates = (
-        changes.group_by(*group, "date", "first_date")
-        .agg(
-            n_treated=treated.sum().cast(pl.Int64),
-            n_control=control.sum().cast(pl.Int64),
-            n_late_baseline=(pl.col("position_first_date") > pl.col("first_date"))
-            .sum()
-            .cast(pl.Int64),
-            mean_change_treated=pl.col("change").filter(treated).mean(),
-            mean_change_control=pl.col("change").filter(control).mean(),
-            var_treated=pl.col("change").filter(treated).var(ddof=1),
-            var_control=pl.col("change").filter(control).var(ddof=1),
-        )
-        .with_columns(
-            effect=pl.col("mean_change_treated") - pl.col("mean_change_control"),
-            se2_treated=pl.col("var_treated") / pl.col("n_treated"),
-            se2_control=pl.col("var_control") / pl.col("n_control"),
-        )
-        .with_columns(se2=pl.col("se2_treated") + pl.col("se2_control"))
-        .with_columns(
-            std_error=pl.col("se2").sqrt(),
-            df=pl.when(pl.col("se2") > 0).then(
-                pl.col("se2") ** 2
-                / (
-                    pl.col("se2_treated") ** 2 / (pl.col("n_treated") - 1)
-                    + pl.col("se2_control") ** 2 / (pl.col("n_control") - 1)
-                )
-            ),
-        )
-    )
-    quantiles = [
-        None if (t_df := tabulated_df(df)) is None else _t_quantile(0.975, t_df)
-        for df in estimates["df"]
-    ]
-    return (
-        estimates.with_columns(t_quantile=pl.Series(quantiles, dtype=pl.Float64))
-        .with_columns(
-            days_since_start=(pl.col("date") - pl.col("first_date")).dt.total_days(),
-            ci_low=pl.col("effect") - pl.col("t_quantile") * pl.col("std_error"),
-            ci_high=pl.col("effect") + pl.col("t_quantile") * pl.col("std_error"),
-        )
-        .with_columns(
-            significant=((pl.col("ci_low") > 0) | (pl.col("ci_high") < 0)).fill_null(False)
-        )
-        .select(
-            *group,
-            "date",
-            "first_date",
-            "days_since_start",
-            "n_treated",
-            "n_control",
-            "n_late_baseline",
-            "mean_change_treated",
-            "mean_change_control",
-            "effect",
-            "std_error",
-            "df",
-            "t_quantile",
-            "ci_low",
-            "ci_high",
-            "significant",
-        )
-        .sort(*group, "date")
-    )
 
 
 # Columns a report adds to say what it decided, and when (carry_decisions).

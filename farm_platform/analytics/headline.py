@@ -5,15 +5,68 @@ import math
 
 import polars as pl
 
+from farm_platform.analytics.dropout import dropout_sentence
+from farm_platform.analytics.effect_stats import ALPHA
 from farm_platform.analytics.report_data import (
     ReportData,
+    attrition,
     effect_decisions,
     effect_summary,
     estimate_version_notes,
 )
+from farm_platform.trial_design import (
+    ALLOCATED_AREAS,
+    ALLOCATED_BLOCKS,
+    RANDOMISED_BLOCKS,
+    RANDOMISED_ONLY,
+)
 
-# Below this Welch df the report says plainly that the interval rests on few positions.
+# Below this df the report says plainly that the interval rests on few positions.
 FEW_DF = 5
+# What an effect is, beyond the medicine, when the arms were not randomised.
+CONFOUNDING = {
+    ALLOCATED_AREAS: "the medicine plus any difference in progression between the two areas",
+    ALLOCATED_BLOCKS: "the medicine plus any difference between the positions chosen for each arm",
+}
+
+
+def _confounding(data: ReportData) -> str | None:
+    """What the effect mixes with the medicine; None when the arms were randomised. A trial
+    whose design is not recorded is taken as the founding design, two allocated areas."""
+    design = data.design["design"] if data.design else ALLOCATED_AREAS
+    return CONFOUNDING.get(design)
+
+
+def design_line(data: ReportData) -> str:
+    """The headline's sentence about how positions were assigned to the arms."""
+    design = data.design or {}
+    name = design.get("design")
+    seed, blocks = design.get("randomisation_seed"), design.get("blocks")
+    redesign = " `farm-platform trial design` sets up the next trial at random within blocks."
+    if name == RANDOMISED_BLOCKS:
+        return (
+            f"Design: randomised within {blocks} blocks of neighbouring positions (seed "
+            f"{seed}); each block's treated positions are compared with its own control "
+            "positions, so a difference in progression across the field does not enter the "
+            "effect."
+        )
+    if name == RANDOMISED_ONLY:
+        return (
+            f"Design: arms randomised (seed {seed}), no blocks; a difference in progression "
+            "across the field averages out over the draw but widens the intervals."
+        )
+    if name == ALLOCATED_BLOCKS:
+        return (
+            f"Design: {blocks} blocks, arms allocated by hand (not randomised): the effect is "
+            f"{CONFOUNDING[ALLOCATED_BLOCKS]}; no interval can tell them apart." + redesign
+        )
+    head = "Design: two areas" if name else "Design: not recorded, taken as two areas"
+    return (
+        f"{head}, control and treated allocated by hand (not randomised): the effect is "
+        f"{CONFOUNDING[ALLOCATED_AREAS]} (light, heating, airflow), and no interval can tell "
+        "them apart; a call below means the treated area did better or worse than the control "
+        "area, not that the medicine did." + redesign
+    )
 
 
 def _no_estimate(row: dict[str, object]) -> str | None:
@@ -36,6 +89,16 @@ def _no_estimate(row: dict[str, object]) -> str | None:
             f"{head}: only {arms} with a change since its first graded day; a difference from one "
             "position has no interval and decides nothing (at least 2 per area are needed)"
         )
+    if row.get("ci_low") is None and row.get("estimator") == "within blocks":
+        if (row.get("n_blocks") or 0) < 2:
+            return (
+                f"{head}: {row.get('n_blocks') or 0} block(s) with both arms graded since "
+                "their first day; a blocked estimate needs at least 2 to build an interval"
+            )
+        return (
+            f"{head}: every block's treated minus control difference is exactly the same, "
+            "so there is no spread to build an interval from"
+        )
     if row.get("ci_low") is None:
         return (
             f"{head}: every position changed by exactly the same amount, so there is no "
@@ -49,19 +112,30 @@ def disease_label(disease: str, names: dict[str, str]) -> str:
     return f"{disease} ({names[disease]})" if disease in names else disease
 
 
-def _verdict(row: dict[str, object], decided: dict[str, object] | None = None) -> str:
+def _direction(effect: float, confounding: str | None) -> str:
+    """The call's words: about the medicine under a randomised design, about the areas
+    otherwise."""
+    if confounding is None:
+        return "treated heal faster" if effect < 0 else "treated heal slower"
+    faster = "faster" if effect < 0 else "slower"
+    return f"the treated area heals {faster} than the control area"
+
+
+def _verdict(
+    row: dict[str, object],
+    decided: dict[str, object] | None = None,
+    confounding: str | None = None,
+) -> str:
     """The disease's call: `decided`, its earliest look decided conclusive (a decision once
     made stands, whatever later looks or revisions say), else the latest look's."""
     if decided is not None:
-        direction = (
-            "treated heal faster" if decided["decided_effect"] < 0 else "treated heal slower"
-        )
+        direction = _direction(decided["decided_effect"], confounding)
         when = f"decided on {decided['date']} (look {decided['days_since_start']}"
         if decided["decided_on"] != decided["date"]:
             when += f", in the report of {decided['decided_on']}"
         when += ")"
-        return f"{direction}: conclusive, valid under daily looks at five diseases; {when}"
-    direction = "treated heal faster" if row["effect"] < 0 else "treated heal slower"
+        what = f" (that is {confounding})" if confounding else ""
+        return f"{direction}: conclusive{what}, valid under daily looks at five diseases; {when}"
     if row.get("revised") and row.get("sequential_significant"):
         return (
             "not conclusive: this look was decided before its photos changed; the revised "
@@ -95,16 +169,21 @@ def overall_answer(data: ReportData) -> str:
     named = {disease: data.disease_names.get(disease, disease) for disease in sorted(decided)}
     faster = [named[d] for d in named if decided[d]["decided_effect"] < 0]
     slower = [named[d] for d in named if decided[d]["decided_effect"] >= 0]
+    confounding = _confounding(data)
     summary = effect_summary(data)
     graded = set(data.severity["disease_type"]) if data.severity.height else set()
     if summary.height:
         graded |= set(summary["disease_type"])
     open_count = len(graded - set(decided))
     parts = []
+    subject = "treated plants heal" if confounding is None else "the treated area heals"
+    than = "" if confounding is None else " than the control area"
     if faster:
-        parts.append(f"treated plants heal faster from {', '.join(faster)}")
+        parts.append(f"{subject} faster from {', '.join(faster)}{than}")
     if slower:
-        parts.append(f"treated plants heal slower from {', '.join(slower)}")
+        parts.append(f"{subject} slower from {', '.join(slower)}{than}")
+    if confounding and (faster or slower):
+        parts.append(f"that is {confounding}, which this design cannot tell apart")
     if open_count:
         rest = "the other" if parts else "any of the"
         parts.append(
@@ -120,6 +199,7 @@ def summary_lines(data: ReportData) -> list[str]:
     words why there is none (no numbers that could read as a conclusion)."""
     summary = effect_summary(data)
     first_decisions = _first_conclusive_looks(data)
+    confounding = _confounding(data)
     lines = []
     for row in summary.iter_rows(named=True):
         decided = first_decisions.get(row["disease_type"])
@@ -129,7 +209,8 @@ def summary_lines(data: ReportData) -> list[str]:
             lines.append(reason)
             continue
         line = (
-            f"{row['label']}: {_verdict(row, decided)}. Effect {row['effect']:+.3f} grade after "
+            f"{row['label']}: {_verdict(row, decided, confounding)}. "
+            f"Effect {row['effect']:+.3f} grade after "
             f"{row['days_since_start']} days; always-valid 95 % interval "
             f"[{row['sequential_ci_low']:+.3f}, {row['sequential_ci_high']:+.3f}]; "
             f"this day alone (not a decision): 95% CI [{row['ci_low']:+.3f}, "
@@ -140,10 +221,18 @@ def summary_lines(data: ReportData) -> list[str]:
                 f". Revised: this look's photos or grades changed after the report of "
                 f"{row['decided_on']} decided it; its numbers are updated, its decision is not"
             )
+        if row.get("estimator") == "within blocks":
+            line += f"; within {row['n_blocks']} blocks"
+            if row.get("n_outside_blocks"):
+                line += (
+                    f" ({row['n_outside_blocks']} position(s) graded that day are in a block "
+                    "whose other arm was not, and are not in the estimate)"
+                )
         if row["df"] < FEW_DF:
+            df_name = "df (blocks − 1)" if row.get("estimator") == "within blocks" else "Welch df"
             line += (
                 f". Few positions ({row['n_treated']} treated, {row['n_control']} control): "
-                f"Welch df {row['df']:.1f} is rounded down to {math.floor(row['df'])} for the "
+                f"{df_name} {row['df']:.1f} is rounded down to {math.floor(row['df'])} for the "
                 "t quantile, which widens the interval (conservative)"
             )
         lines.append(line)
@@ -157,7 +246,28 @@ def summary_lines(data: ReportData) -> list[str]:
         )
     if not lines:
         lines.append("No estimate yet: no grades.")
+    lines = _with_dropout(lines, data, summary)
     return _with_version_notes(lines, estimate_version_notes(data), data.disease_names)
+
+
+def _with_dropout(lines: list[str], data: ReportData, summary: pl.DataFrame) -> list[str]:
+    """Each disease's line with the positions that left its estimate, whatever a test of
+    leavers against stayers says (dropout.dropout_sentence)."""
+    levels = {
+        r["disease_type"]: r.get("sequential_alpha") or ALPHA for r in summary.iter_rows(named=True)
+    }
+    sentences = {}
+    for row in attrition(data).iter_rows(named=True):
+        disease = row["disease_type"]
+        last = data.last_grades.filter(pl.col("disease_type") == disease)
+        sentence = dropout_sentence(row, last, levels.get(disease, ALPHA))
+        if sentence:
+            sentences[disease] = sentence
+    out = []
+    for line in lines:
+        disease = line.split(" ", 1)[0].rstrip(":")
+        out.append(f"{line}. {sentences.pop(disease)}" if disease in sentences else line)
+    return out + [f"{disease}: {text}" for disease, text in sorted(sentences.items())]
 
 
 def _with_version_notes(

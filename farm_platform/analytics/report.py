@@ -19,27 +19,29 @@ from dagster import (
 )
 from pydantic import Field
 
-from farm_platform.analytics.attrition import attrition_lines
 from farm_platform.analytics.effect_stats import DECISION_REFERENCES
-from farm_platform.analytics.headline import overall_answer, summary_lines
+from farm_platform.analytics.headline import design_line, overall_answer, summary_lines
 from farm_platform.analytics.report_data import (
     ReportData,
-    attrition,
-    confusion_matrix,
     effect_decisions,
     effect_summary,
     load_report_data,
-    revisions,
-    version_effect_comparison,
-    versions_per_disease,
 )
 from farm_platform.analytics.report_plots import plot_effect, plot_field, plot_severity
+from farm_platform.analytics.report_sections import (
+    attrition_section,
+    estimate_versions_section,
+    revisions_section,
+    table,
+    version_comparison_section,
+)
 from farm_platform.layout import bucket_filesystem, join, parse_date
 from farm_platform.partitions import daily_partitions
 from farm_platform.resources.warehouse import WarehouseResource
 
 REPORT_MARTS = (
     "treatment_effect",
+    "trial_design",
     "daily_severity",
     "coverage",
     "model_version_agreement",
@@ -61,6 +63,9 @@ EFFECT_COLUMNS = [
     "df",
     "ci_low",
     "ci_high",
+    "estimator",
+    "n_blocks",
+    "n_outside_blocks",
     "significant",
     "holm_significant",
     "sequential_ci_low",
@@ -90,22 +95,6 @@ class ReportStoreResource(ConfigurableResource):
         return self.reports_url.rstrip("/") or join(self.bucket_url, "reports")
 
 
-def _cell(value: object, float_format: str) -> str:
-    text = float_format.format(value) if isinstance(value, float) else str(value)
-    return f"<td>{html.escape(text)}</td>"
-
-
-def _table(frame: pl.DataFrame, float_format: str = "{:.3f}") -> str:
-    if frame.is_empty():
-        return "<p><em>no rows</em></p>"
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in frame.columns)
-    body = "".join(
-        "<tr>" + "".join(_cell(value, float_format) for value in row) + "</tr>"
-        for row in frame.iter_rows()
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _displayed(effect: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame:
     """The effect table as read: by date then disease, the disease's readable name beside
     it, decisions as words, and no effect number where there is no interval (so a
@@ -122,11 +111,20 @@ def _displayed(effect: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame:
             for column in ("effect", "std_error")
             if column in shown.columns
         )
-    return shown.with_columns(
-        pl.when(pl.col(column)).then(pl.lit("yes")).otherwise(pl.lit("no")).alias(column)
-        for column in DECISION_COLUMNS
-        if column in shown.columns
-    ).select([c for c in EFFECT_COLUMNS if c in shown.columns])
+    return (
+        shown.with_columns(
+            pl.when(pl.col(column)).then(pl.lit("yes")).otherwise(pl.lit("no")).alias(column)
+            for column in DECISION_COLUMNS
+            if column in shown.columns
+        )
+        .with_columns(
+            # Blocks are counted only under the blocked estimator: an empty cell otherwise.
+            pl.col(column).cast(pl.String).fill_null("")
+            for column in ("n_blocks", "n_outside_blocks")
+            if column in shown.columns
+        )
+        .select([c for c in EFFECT_COLUMNS if c in shown.columns])
+    )
 
 
 def _coverage(coverage: pl.DataFrame) -> pl.DataFrame:
@@ -134,126 +132,6 @@ def _coverage(coverage: pl.DataFrame) -> pl.DataFrame:
     if "missing_positions" not in coverage.columns:
         return coverage
     return coverage.with_columns(pl.col("missing_positions").cast(pl.String).fill_null(""))
-
-
-def _estimate_versions(data: ReportData) -> str:
-    """Which grader version each disease's estimate uses, and why."""
-    if data.estimate_versions.is_empty():
-        return "<p><em>no grader versions recorded</em></p>"
-    shown = data.estimate_versions.select(
-        "disease_type",
-        pl.col("disease_model_id").alias("grader"),
-        pl.col("disease_model_version").alias("estimate_uses"),
-        "active_version",
-        pl.col("complete_through").alias("estimate_version_complete_through"),
-        pl.col("active_missing_photos").alias("photos_the_active_version_has_not_graded"),
-        "active_missing_from",
-        "active_missing_to",
-    )
-    return f"""<p>The effect estimate of a disease uses the grader version that has graded
-the trial's whole history: the active one, or, after a switch, the previous one until the
-active one's backfill covers every photo since the trial's first day. Its baselines, look
-count and error budget carry on across the switch; its estimate ends where that version
-stopped grading. Severity plots and coverage use the active version.</p>
-{_table(_coverage_dates(shown))}"""
-
-
-def _coverage_dates(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.with_columns(
-        pl.col(c).cast(pl.String).fill_null("")
-        for c in frame.columns
-        if frame.schema[c] in (pl.Date, pl.Datetime)
-    )
-
-
-def _version_comparison(data: ReportData) -> str:
-    """The version section, in agreement with the per-version table it shows: a disease
-    that several versions graded on different days is said to have no day in common, not
-    left out as if one version had graded it."""
-    per_version = versions_per_disease(data.version_effects)
-    several = (
-        set(per_version.group_by("disease_type").len().filter(pl.col("len") > 1)["disease_type"])
-        if per_version.height
-        else set()
-    )
-    compared = {
-        disease
-        for frame in (data.agreement, data.confusion)
-        if frame.height
-        for disease in frame["disease_type"]
-    }
-    apart = sorted(several - compared)
-    if not several and not compared:
-        return (
-            "<p>Only one version of each grader has graded these leaves: there is nothing "
-            "to compare yet. A new version's backfill fills this section.</p>"
-        )
-    parts = []
-    if apart:
-        parts.append(f"""<p>More than one grader version has graded {html.escape(", ".join(apart))},
-but there is no day graded by both: nothing to compare leaf for leaf until a backfill
-re-grades days the other version graded.</p>""")
-    if compared:
-        parts.append(f"""<p>Two versions of a grader on the same leaves: how often they agree, the
-grades one gave where the other gave each grade, and the treatment effect each version's
-grades give.</p>
-<h3>Agreement</h3>
-{_table(data.agreement)}
-<h3>Confusion of grades (rows: the earlier version's grade; columns: the later one's)</h3>
-{_table(confusion_matrix(data.confusion), "{{:.0f}}")}
-<h3>Treatment effect under each version (latest date both graded)</h3>
-{_table(version_effect_comparison(data.version_effects))}""")
-    parts.append(f"""<h3>Every version's own estimate (each from its own first graded day)</h3>
-{_table(_coverage_dates(per_version))}""")
-    return "\n".join(parts)
-
-
-def _attrition(data: ReportData) -> tuple[str, str]:
-    """(the warning beside the headline, the section's body) about positions that left."""
-    summary = attrition(data)
-    lines = attrition_lines(summary, data.disease_names)
-    warning = (
-        "<p class='warn'>Positions left the trial: "
-        + " ".join(html.escape(line) + "." for line in lines)
-        + "</p>"
-        if lines
-        else ""
-    )
-    body = """<p>A position has left a disease's estimate when it was last graded before that
-disease's latest date. Leavers vs stayers: each leaver's mean grade on its last graded day
-minus the mean of its arm's stayers that day (Student-t interval and p-value over the
-leavers). The latest effect three ways: over the positions graded that day (the headline),
-over the positions followed throughout (graded on the first and the latest day), and with
-each leaver's last change carried forward (a sensitivity check, not an estimate).</p>"""
-    return warning, body + _table(_coverage_dates(summary))
-
-
-def _revisions(data: ReportData) -> str:
-    """What moved since the previous report: the looks whose photos or grades changed."""
-    if data.previous_effect is None:
-        return "<p>No earlier report to compare with: every look shown is decided here.</p>"
-    moved = revisions(data)
-    if moved.is_empty():
-        return (
-            f"<p>Nothing moved since the report of {data.previous_day}: every look it "
-            "showed has the same numbers.</p>"
-        )
-    flipped = moved.filter(
-        (pl.col("day_call_before") != pl.col("day_call_after")).fill_null(True)
-        | (pl.col("always_valid_before") != pl.col("always_valid_after")).fill_null(True)
-    )
-    days = ", ".join(sorted({str(d) for d in moved["date"]}))
-    diseases = ", ".join(sorted(set(moved["disease_type"])))
-    head = f"{moved.height} look(s) moved since the report of {data.previous_day}"
-    rule = (
-        "A look is decided once, by the first report that shows it; a revised look's new "
-        "intervals are shown but decide nothing (its share of the error budget was spent "
-        "when it was decided), so the decision column keeps what was decided and when."
-    )
-    return f"""<p class='warn'>{head} (late photos, a re-grade or a backfill):
-days {html.escape(days)}; diseases {html.escape(diseases)}; {flipped.height} with a call
-that flipped. {rule}</p>
-{_table(_coverage_dates(moved))}"""
 
 
 # What the effect plot's band is, in the reader's words (report_plots.effect_bands).
@@ -288,7 +166,7 @@ def render_report(data: ReportData) -> str:
         held_back = (
             f"<p class='warn'>{data.held_back.height} photo × disease(s) failed a data-quality "
             "check and are held back: left out of every figure of this report until they are "
-            "re-graded or fixed:</p>" + _table(data.held_back)
+            "re-graded or fixed:</p>" + table(data.held_back)
         )
     else:
         held_back = (
@@ -296,7 +174,7 @@ def render_report(data: ReportData) -> str:
         )
     names = data.disease_names
     effects = effect_decisions(data)
-    left_warning, left_section = _attrition(data)
+    left_warning, left_section = attrition_section(data)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Effectiveness report {data.day}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -306,6 +184,7 @@ img{{max-width:100%}}</style>
 </head><body>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
 <p><strong>{html.escape(overall_answer(data))}</strong></p>
+<p class="warn">{html.escape(design_line(data))}</p>
 <p class="caption">Grades are per leaf, from 0 (no disease) to 3 (severe); an effect is in
 grade points.</p>
 {warning}
@@ -314,17 +193,20 @@ grade points.</p>
 <ul>{"".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(data))}</ul>
 {left_warning}
 <h2>Revised since the previous report</h2>
-{_revisions(data)}
+{revisions_section(data)}
 <p>Difference in differences of the mean grade, treated minus control, each position's
 change measured from its own first graded day, positions as the unit (Welch standard
-error). Negative = treated leaves heal faster. <em>significant</em> and
+error; <em>estimator</em> "within blocks": treated minus control within each block with
+both arms, averaged over the <em>n_blocks</em> blocks, n_blocks − 1 df, and
+<em>n_outside_blocks</em> positions whose block lacked the other arm that day left out).
+Negative = treated leaves heal faster. <em>significant</em> and
 <em>holm_significant</em> are NOT decisions: this day's 95 % interval alone excludes 0, and
 still so after Holm's adjustment across the day's diseases (each valid for one pre-chosen
 day only; over daily looks they call most no-effect trials). <em>sequential_…</em>: the
 always-valid interval of the current numbers; <em>decision</em>: the always-valid call the
 report that first showed the look made (<em>decided_on</em>), which stands;
 <em>revised</em>: the look's numbers changed since.</p>
-{_table(_displayed(effect_summary(data), names))}
+{table(_displayed(effect_summary(data), names))}
 <h2>Effect over time, with the interval the decision uses</h2>
 {_image("effect per day with its intervals, per disease", plot_effect(effects, names))}
 <p class="caption">{EFFECT_PLOT_CAPTION}</p>
@@ -335,19 +217,19 @@ report that first showed the look made (<em>decided_on</em>), which stands;
 (treated ▲, control ●): where disease sits at a glance.</p>
 {_image("positions by latitude and longitude, coloured by mean grade", plot_field(data.field))}
 <h2>Coverage on {data.day}</h2>
-{_table(_coverage(data.coverage))}
+{table(_coverage(data.coverage))}
 <h2>Positions that left the trial</h2>
 {left_section}
 <h2>Held back by data-quality checks</h2>
 {held_back}
 <h2>Model versions used (active)</h2>
-{_table(data.models)}
+{table(data.models)}
 <h2>Grader version behind each estimate</h2>
-{_estimate_versions(data)}
+{estimate_versions_section(data)}
 <h2>Model version comparison</h2>
-{_version_comparison(data)}
+{version_comparison_section(data)}
 <h2>Effect over time</h2>
-{_table(_displayed(effects, names))}
+{table(_displayed(effects, names))}
 <p><small>* The headline's rule: a report read every day, five diseases at a time, calls
 far more false results than each 95 % interval suggests. Look k (k days after the trial's
 first day) spends 0.05·6/(π²k²) of the error rate, split evenly over the trial's diseases;
@@ -414,7 +296,7 @@ def effectiveness_report(
         with fs.open(join(folder, f"{name}.parquet"), "wb") as handle:
             frame.write_parquet(handle)
         fs.pipe_file(join(folder, f"{name}.csv"), frame.write_csv().encode())
-    lines = summary_lines(data)
+    lines = [design_line(data), *summary_lines(data)]
     for line in lines:
         context.log.info(line)
     return MaterializeResult(

@@ -49,6 +49,9 @@ class ReportData:
     # Every position of the field map: area, latitude, longitude and its latest mean grade
     # (over the diseases, on its latest graded date up to the day; null if never graded).
     field: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # The trial_design mart's one row (design, assignment, randomisation_seed, blocks,
+    # positions, treated_positions, control_positions); None: not known.
+    design: dict | None = None
 
 
 def active_disease_names() -> dict[str, str]:
@@ -77,6 +80,7 @@ def load_report_data(
     )
     positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
     last_grades, stayers = load_attrition(warehouse, day)
+    design = warehouse.query("SELECT * FROM trial_design")
     return ReportData(
         day=day,
         effect=upto("treatment_effect"),
@@ -106,6 +110,7 @@ def load_report_data(
         previous_day=previous_day,
         disease_names=active_disease_names() if disease_names is None else disease_names,
         drifted=drifted_models(warehouse, day),
+        design=design.row(0, named=True) if design.height else None,
         field=warehouse.query(
             "WITH latest AS (SELECT position_id, max(date) AS date FROM position_trajectories"
             " WHERE date <= %s GROUP BY position_id),"

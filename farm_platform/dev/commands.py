@@ -98,6 +98,8 @@ def _farm_config(args: argparse.Namespace):
         start_date=args.start_date,
         seed=args.seed,
         effect=args.effect,
+        layout=args.layout,
+        gradient=args.gradient,
     )
 
 
@@ -158,7 +160,26 @@ def positive_int(value: str) -> int:
     return number
 
 
-def add_farm_options(parser: argparse.ArgumentParser, positions: int, days: int) -> None:
+def add_farm_options(
+    parser: argparse.ArgumentParser, positions: int, days: int, layout: str = "two-areas"
+) -> None:
+    from farm_platform.dev.simulate.farm import LAYOUTS
+
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=layout,
+        help="how the arms are assigned: two areas (control west, treated east: the founding "
+        "design), randomised, or randomised within blocks of two neighbours, as `trial "
+        "design` writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gradient",
+        type=float,
+        default=0.0,
+        help="extra disease progression per day at the west area's centre over the east's, "
+        "linear across the field (light, heating, airflow; default: %(default)s)",
+    )
     parser.add_argument(
         "--positions",
         type=positive_int,
@@ -271,7 +292,7 @@ def add_dev_commands(commands: Any) -> None:
     demo_parser = commands.add_parser(
         "demo", help="the main job end to end on a local stack (what `make demo` runs)"
     )
-    add_farm_options(demo_parser, positions=8, days=5)
+    add_farm_options(demo_parser, positions=8, days=5, layout="blocks")
     demo_parser.add_argument(
         "--workdir", default=".farm/demo", help="demo state and outputs (default: %(default)s)"
     )

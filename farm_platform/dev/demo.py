@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey
 
-from farm_platform.analytics.headline import overall_answer, summary_lines
+from farm_platform.analytics.headline import design_line, overall_answer, summary_lines
 from farm_platform.analytics.report_data import load_report_data
 from farm_platform.config import (
     DAGSTER_HOME,
@@ -157,6 +157,7 @@ def run_demo(
     print(f"\n[demo] report: {report}")
     data = load_report_data(warehouse, report_day)
     print(f"[demo] {overall_answer(data)}")
+    print(f"[demo] {design_line(data)}")
     print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")
     for line in summary_lines(data):
         print(f"  {line}")

@@ -5,7 +5,8 @@
 -- position, day and disease instead of re-aggregating every grade of the history.
 {{ incremental_by_day() }}
 {%- set by = [
-    'grades.position_id', 'positions.area', 'positions.dose_ml_per_sqft', 'grades.date',
+    'grades.position_id', 'positions.area', 'positions.block', 'positions.dose_ml_per_sqft',
+    'grades.date',
     'grades.disease_type', 'grades.disease_model_id', 'grades.disease_model_version',
     'grades.grader_is_active',
 ] %}

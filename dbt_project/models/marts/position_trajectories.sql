@@ -18,6 +18,7 @@ with position_day as (
     select
         by_version.position_id,
         by_version.area,
+        by_version.block,
         by_version.dose_ml_per_sqft,
         by_version.date,
         by_version.disease_type,
@@ -72,6 +73,7 @@ select
     date,
     disease_type,
     area,
+    block,
     dose_ml_per_sqft,
     leaves,
     mean_grade,
@@ -88,6 +90,7 @@ select
     position_day.date,
     position_day.disease_type,
     position_day.area,
+    position_day.block,
     position_day.dose_ml_per_sqft,
     position_day.leaves,
     position_day.mean_grade,

@@ -56,9 +56,12 @@ def position_rng(seed: int, position_index: int, stream: int, *extra: int) -> np
 
 
 def simulate_latents(
-    seed: int, position_index: int, days: int, treated: bool, effect: float
+    seed: int, position_index: int, days: int, treated: bool, effect: float, drift: float = 0.0
 ) -> np.ndarray:
-    """Latent severities of one position, shape (days, n_leaves, NUM_DISEASES), in [0, 3]."""
+    """Latent severities of one position, shape (days, n_leaves, NUM_DISEASES), in [0, 3].
+
+    `drift`: extra progression per day at this position's place in the field (a gradient of
+    light, heating or airflow; farm.FarmConfig.gradient), whichever arm it is in."""
     rng = position_rng(seed, position_index, STREAM_DYNAMICS)
     n_leaves = int(rng.integers(MIN_LEAVES, MAX_LEAVES + 1))
     start = _day_zero_latents(rng, (n_leaves, NUM_DISEASES))
@@ -66,7 +69,7 @@ def simulate_latents(
     if days <= 0:
         return latents
     latents[0] = start
-    step = _daily_step(treated, effect)
+    step = _daily_step(treated, effect) + drift
     for day in range(1, days):
         latents[day] = _next_day(latents[day - 1], step, rng)
     return latents

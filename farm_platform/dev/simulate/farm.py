@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import polars as pl
 
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import DISEASE_TYPES
-from farm_platform.resources.field_map import AREAS, Position
+from farm_platform.resources.field_map import AREAS, RANDOMISED, Position
 
 from . import dynamics, render
 from .dynamics import MAX_GRADE, MAX_LEAVES, NUM_DISEASES
@@ -61,6 +62,18 @@ class FarmConfig:
     effect: float = 0.15
     dose_ml_per_sqft: float = 120.0
     image_size: int = 256
+    # How arms are assigned to the same locations (LAYOUTS): the founding two areas (first
+    # half control, west; the rest treated, east), at random, or at random within pairs of
+    # neighbours (the recommended design).
+    layout: str = "two-areas"
+    # Extra progression of disease, latent units per day, that the WEST area's centre has
+    # over the east's, linear in longitude across the field: under two areas it reads as
+    # the medicine working (`gradient` per day) while the medicine does nothing.
+    gradient: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
 
     @property
     def dates(self) -> list[dt.date]:
@@ -84,6 +97,9 @@ class SimulatedImage:
     leaves: tuple[LeafTruth, ...]
 
 
+LAYOUTS = ("two-areas", "randomised", "blocks")
+
+
 def position_id(index: int) -> str:
     return f"P{index:03d}"
 
@@ -94,6 +110,31 @@ def control_count(positions: int) -> int:
 
 
 def field_map(config: FarmConfig) -> list[Position]:
+    """Positions P000.. on the locations of `two_area_map`, their arms as `config.layout`
+    assigns them with `config.seed`: two areas (the founding design, no design columns),
+    randomised (the same counts per arm, permuted), or randomised within blocks of two
+    neighbours (trial_design.randomised_blocks, what `farm-platform trial design` writes)."""
+    positions = two_area_map(config)
+    if config.layout == "randomised":
+        arms = np.random.default_rng((config.seed, 0xB10C)).permutation([p.area for p in positions])
+        dose = float(config.dose_ml_per_sqft)
+        return [
+            dataclasses.replace(
+                p,
+                area=str(arm),
+                dose_ml_per_sqft=dose if arm == AREAS[1] else 0.0,
+                assignment=f"{RANDOMISED}:{config.seed}",
+            )
+            for p, arm in zip(positions, arms, strict=True)
+        ]
+    if config.layout == "blocks":
+        from farm_platform.trial_design import randomised_blocks
+
+        return randomised_blocks(positions, config.seed, 2, float(config.dose_ml_per_sqft))
+    return positions
+
+
+def two_area_map(config: FarmConfig) -> list[Position]:
     """Positions P000.. on a grid; the first half is control (dose 0), the rest treated."""
     n_control = control_count(config.positions)
     result = []
@@ -124,14 +165,31 @@ def _truth(layout: render.Layout, grades: np.ndarray) -> tuple[LeafTruth, ...]:
     )
 
 
+def gradient_drift(config: FarmConfig) -> list[float]:
+    """Per position, the extra daily progression `config.gradient` puts at its location:
+    +gradient/2 at the west (control) area's centre, -gradient/2 at the east's, linear in
+    longitude in between and beyond."""
+    locations = two_area_map(config)
+    if not config.gradient or len(locations) < 2:
+        return [0.0] * len(locations)
+    west = [p.longitude for p in locations if p.area == AREAS[0]]
+    east = [p.longitude for p in locations if p.area == AREAS[1]]
+    centre_west, centre_east = float(np.mean(west)), float(np.mean(east))
+    middle = (centre_west + centre_east) / 2
+    return [
+        -config.gradient * (p.longitude - middle) / (centre_east - centre_west) for p in locations
+    ]
+
+
 def _position_worlds(config: FarmConfig) -> list[tuple[render.Layout, np.ndarray]]:
     """Per position: its photo layout and the true grades of the leaves in view, shape
     (days, leaves in view, NUM_DISEASES)."""
-    n_control = control_count(config.positions)
+    treated = [p.area == AREAS[1] for p in field_map(config)]
+    drift = gradient_drift(config)
     worlds = []
     for index in range(config.positions):
         latents = dynamics.simulate_latents(
-            config.seed, index, config.days, index >= n_control, config.effect
+            config.seed, index, config.days, treated[index], config.effect, drift[index]
         )
         layout = render.plan_layout(
             dynamics.position_rng(config.seed, index, dynamics.STREAM_LAYOUT),
@@ -156,27 +214,35 @@ def simulate_truth(config: FarmConfig) -> Iterator[tuple[ImageKey, tuple[LeafTru
 
 def true_position_day(config: FarmConfig) -> pl.DataFrame:
     """Per position, date and disease_type: the mean TRUE grade of the leaves in view, with
-    the position's area; the input the treatment_effect estimator reads, as perfect models
-    would record it (no rendering: the effect benchmark's fast path)."""
-    leaves = truth_frames(simulate_truth(config), config)["leaves"]
-    areas = pl.DataFrame(
-        [(p.position_id, p.area) for p in field_map(config)],
-        schema=["position_id", "area"],
-        orient="row",
-    )
-    return (
-        leaves.join(areas, on="position_id")
-        .unpivot(
-            on=list(GRADE_COLUMNS),
-            index=["position_id", "area", "date"],
-            variable_name="disease_type",
-            value_name="grade",
-        )
-        .with_columns(pl.col("disease_type").str.strip_prefix("grade_"))
-        .group_by("position_id", "area", "date", "disease_type")
-        .agg(pl.col("grade").mean().alias("mean_grade"))
-        .sort("disease_type", "position_id", "date")
-    )
+    the position's area and block (null without blocks); the input the treatment_effect
+    estimator reads, as perfect models would record it (no rendering and no leaf boxes:
+    the effect benchmark's fast path). A position with no leaf in view has no rows, as
+    `truth_frames` has none for it."""
+    columns: dict[str, list] = {
+        c: [] for c in ("position_id", "area", "block", "date", "disease_type", "mean_grade")
+    }
+    positions = field_map(config)
+    for position, (_, grades) in zip(positions, _position_worlds(config), strict=True):
+        if grades.shape[1] == 0:
+            continue
+        means = grades.mean(axis=1)  # (days, diseases)
+        for day, date in enumerate(config.dates):
+            for disease, value in zip(DISEASE_TYPES, means[day], strict=True):
+                columns["position_id"].append(position.position_id)
+                columns["area"].append(position.area)
+                columns["block"].append(position.block)
+                columns["date"].append(date)
+                columns["disease_type"].append(disease)
+                columns["mean_grade"].append(float(value))
+    schema = {
+        "position_id": pl.Utf8,
+        "area": pl.Utf8,
+        "block": pl.Utf8,
+        "date": pl.Date,
+        "disease_type": pl.Utf8,
+        "mean_grade": pl.Float64,
+    }
+    return pl.DataFrame(columns, schema=schema).sort("disease_type", "position_id", "date")
 
 
 def simulate_images(config: FarmConfig) -> Iterator[SimulatedImage]:
