@@ -112,6 +112,15 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
+# The production topology's watchdog (farm_platform.dev.liveness): how often it asks each
+# code server, how long it waits for an answer, and the missed answers in a row that get a
+# code server replaced.
+FARM_WATCHDOG_INTERVAL_SECONDS = "FARM_WATCHDOG_INTERVAL_SECONDS"
+DEFAULT_WATCHDOG_INTERVAL_SECONDS = 5.0
+FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS = "FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS"
+DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS = 5.0
+FARM_WATCHDOG_FAILURES = "FARM_WATCHDOG_FAILURES"
+DEFAULT_WATCHDOG_FAILURES = 3
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -151,6 +160,9 @@ CONFIG_VARIABLES = (
     FARM_TORCH_DTYPE,
     FARM_TORCH_THREADS,
     FARM_RUN_K8S_CONFIG,
+    FARM_WATCHDOG_INTERVAL_SECONDS,
+    FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS,
+    FARM_WATCHDOG_FAILURES,
 )
 
 
@@ -302,6 +314,24 @@ def oip_token() -> str | None:
 
 def oip_timeout_seconds() -> float:
     return env_number(FARM_OIP_TIMEOUT_SECONDS, DEFAULT_OIP_TIMEOUT_SECONDS)
+
+
+def watchdog_interval_seconds() -> float:
+    return env_number(FARM_WATCHDOG_INTERVAL_SECONDS, DEFAULT_WATCHDOG_INTERVAL_SECONDS)
+
+
+def code_server_check_timeout_seconds() -> float:
+    return env_number(
+        FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS, DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS
+    )
+
+
+def watchdog_failures() -> int:
+    """Missed answers in a row (a whole number >= 1) before a code server is replaced."""
+    value = env_number(FARM_WATCHDOG_FAILURES, DEFAULT_WATCHDOG_FAILURES)
+    if value != int(value):
+        raise ConfigError(f"{FARM_WATCHDOG_FAILURES}={value:g} is not a whole number")
+    return int(value)
 
 
 def available_cores() -> int:

@@ -89,3 +89,33 @@ class FarmCeleryRunLauncher(CeleryRunLauncher):
             f"Celery worker {hostname} has not been running task {task_id} for "
             f"{self.lost_worker_grace_seconds:.0f} s: the worker died",
         )
+
+
+def fail_runs_lost_before_start(instance: Any) -> dict[str, str]:
+    """Fail each STARTING run whose Celery task a worker took and then lost (the worker, or
+    the worker and Redis, died before the run began): run monitoring asks the launcher about
+    STARTED runs only, and would time a STARTING one out at its start timeout instead of the
+    lost-worker grace. Returns {run id: why} of the runs failed; `requeue_failed_photos`
+    hands their photos to new runs. A task still waiting in the queue (PENDING) gets no
+    verdict."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    launcher = instance.run_launcher
+    if not isinstance(launcher, FarmCeleryRunLauncher):
+        return {}
+    failed = {}
+    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
+        run = record.dagster_run
+        if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:  # not yet sent to the broker
+            continue
+        health = launcher.check_run_worker_health(run)
+        if health.status != WorkerStatus.FAILED:
+            continue
+        failed[run.run_id] = f"{health.msg}, before the run began"
+        instance.report_run_failed(
+            run,
+            failed[run.run_id],
+            JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
+        )
+    return failed
