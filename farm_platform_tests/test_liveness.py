@@ -98,6 +98,10 @@ def test_a_paused_code_server_is_dead_while_its_pid_lives_and_the_watchdog_repla
     assert new != old and pid_alive(new)
     assert code_server_answers(port, 2)
     assert watchdog.check_code_servers() == [] and watchdog.misses == {"tiny": 0}
+    # One that answers once the watchdog holds the lock (`stack up` replaced it meanwhile)
+    # is left as it is.
+    assert watchdog.replace("tiny") is None
+    assert read_production(tmp_path)["pids"]["code_server:tiny"] == new and pid_alive(new)
 
 
 @pytest.mark.slow

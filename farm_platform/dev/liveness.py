@@ -142,13 +142,14 @@ class Watchdog:
             self.misses[name] = self.misses.get(name, 0) + 1
             say(f"code server {name} on port {port} did not answer ({self.misses[name]} in a row)")
             if self.misses[name] >= self.failures:
-                self.replace(name)
                 self.misses[name] = 0
-                replaced.append(name)
+                if self.replace(name) is not None:
+                    replaced.append(name)
         return replaced
 
-    def replace(self, name: str) -> int:
-        """Kill code server `name` (parent and child) and start it again on its port."""
+    def replace(self, name: str) -> int | None:
+        """Kill code server `name` (parent and child) and start it again on its port; its new
+        pid, or None if it answers after all or the topology was stopped."""
         from farm_platform.dev.production import (
             CODE_LOCATIONS,
             _marker,
@@ -160,12 +161,15 @@ class Watchdog:
         with topology_lock(self.state_dir):
             state = read_production(self.state_dir)
             if state is None:  # `stack down` meanwhile
-                return 0
+                return None
             key = f"code_server:{name}"
             old = int(state["pids"].get(key, 0))
+            port = int(state["code_server_ports"][name])
+            # `stack up` may have replaced it while this waited for the lock.
+            if code_server_answers(port, self.timeout):
+                return None
             kill_process_group(old, _marker(state, key, self.state_dir))
             module = {**CODE_LOCATIONS, **self.modules}[name]
-            port = int(state["code_server_ports"][name])
             state["pids"][key] = _start_code_server(name, module, port, self.state_dir, {})
             _write_production(self.state_dir, state)
         say(f"code server {name} replaced: pid {old} killed, pid {state['pids'][key]} answers")
