@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -173,3 +174,25 @@ def test_a_starting_run_whose_worker_took_its_task_and_died_is_failed_at_the_gra
             "run-None": DagsterRunStatus.STARTING,
         }
         assert fail_runs_lost_before_start(instance) == {}  # a failed run is not failed again
+
+
+@pytest.mark.slow
+def test_a_code_server_that_never_answers_is_killed_and_named(tmp_path, monkeypatch):
+    """One whose definitions never finish loading holds the port and answers nothing: after
+    the wait it is killed (a retry can have the port) and the error names it and its log."""
+    from farm_platform.dev.emulators import StackError
+    from farm_platform.dev.liveness import wait_until_answers
+    from farm_platform.dev.processes import spawn
+
+    (tmp_path / "stuck_location.py").write_text("import time\n\ntime.sleep(600)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    port, log = free_port(), tmp_path / "code-server-stuck.log"
+    args = [str(Path(sys.executable).with_name("dagster")), "code-server", "start"]
+    args += ["-h", "127.0.0.1", "-p", str(port), "-m", "stuck_location"]
+    server = spawn(args, log, env=dict(os.environ), detached=True)
+    try:
+        with pytest.raises(StackError, match=f"stuck on 127.0.0.1:{port} did not answer in 8 s"):
+            wait_until_answers(port, server.pid, "stuck", log, timeout=8)
+        server.wait(timeout=10)
+    finally:
+        kill_process_group(server.pid, "")

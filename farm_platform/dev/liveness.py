@@ -24,7 +24,6 @@ import fcntl
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,12 +51,14 @@ def code_server_answers(port: int, timeout: float, host: str = "127.0.0.1") -> b
 
 def wait_until_answers(port: int, pid: int, what: str, log: Path, timeout: float) -> None:
     """Return once the code server answers; StackError with its log's end if its process
-    exits or it does not answer within `timeout` seconds."""
+    exits or it does not answer within `timeout` seconds (then it is killed, so that it
+    holds the port no longer)."""
     deadline = time.monotonic() + timeout
     while not code_server_answers(port, min(5.0, timeout)):
         if not pid_alive(pid) or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             verdict = "exited" if not pid_alive(pid) else f"did not answer in {timeout:.0f} s"
+            kill_process_group(pid, "")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"{what} on 127.0.0.1:{port} {verdict}; {log}:\n{tail}")
         time.sleep(0.5)
 
@@ -227,7 +228,7 @@ def _fail_lost_runs(instance: Any) -> None:
         for run_id, reason in fail_runs_lost_before_start(instance).items():
             say(f"run {run_id} failed: {reason}")
     except Exception as exc:  # PostgreSQL or the broker down: the next round asks again
-        print(f"looking for runs lost before they began failed: {exc!r}", file=sys.stderr)
+        say(f"looking for runs lost before they began failed: {exc!r}")
 
 
 def topology_status(state_dir: Path) -> tuple[list[str], bool]:
