@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -36,13 +37,16 @@ from test_production_e2e import (
     running_topology,
 )
 
+from farm_platform import config
 from farm_platform.dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
+from farm_platform.dev.liveness import topology_status
 from farm_platform.dev.processes import child_pids, kill_now, pid_alive
 from farm_platform.dev.production import REDIS_PASSWORD, read_production
 from farm_platform.dev.simulate import FarmConfig
 
 pytestmark = [pytest.mark.fault_campaign, pytest.mark.slow]
 PAUSE_SECONDS = 90
+SERVER = f"code_server:{config.IMAGE_LOCATION}"
 # The stated time: every photo of the day graded within this long after the fault began.
 GRADED_WITHIN_SECONDS = 300
 
@@ -76,17 +80,25 @@ def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topolo
             ),
             300,
         )
-        victim = topology.pids()["code_server:farm_platform"]
+        victim = topology.pids()[SERVER]
         paused = time.monotonic()
         os.kill(victim, signal.SIGSTOP)
         try:
-            time.sleep(PAUSE_SECONDS)
+            # What an operator sees meanwhile (before the watchdog's third missed answer).
+            with config.process_environment(topology.environment):
+                lines, healthy = topology_status(topology.state_dir)
+            assert not healthy
+            assert any(
+                line.startswith(f"{SERVER}: NOT ANSWERING (pid {victim} runs)") for line in lines
+            )
+            assert re.match(r"arrival queue: \d+ photo", lines[-1]), lines[-1]
+            time.sleep(PAUSE_SECONDS - (time.monotonic() - paused))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGCONT)
         # The watchdog replaced it meanwhile: the paused parent and its child are gone.
         assert not pid_alive(victim), "the paused code server was never replaced"
-        assert topology.pids()["code_server:farm_platform"] != victim
+        assert topology.pids()[SERVER] != victim
         watchdog_log = (topology.state_dir / "watchdog.log").read_text()
         assert "code server farm_platform replaced" in watchdog_log
         wait_for_photos(
