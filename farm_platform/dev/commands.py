@@ -78,7 +78,8 @@ def _code_server_check(args: argparse.Namespace) -> int:
     if code_server_answers(args.port, timeout, host=args.host):
         print(f"code server {args.host}:{args.port} answers")
         return 0
-    print(f"code server {args.host}:{args.port} did not answer within {timeout:g} s")
+    where = f"{args.host}:{args.port}"
+    print(f"code server {where} did not answer (unreachable, or silent for {timeout:g} s)")
     return 1
 
 

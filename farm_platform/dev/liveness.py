@@ -239,7 +239,7 @@ def topology_status(state_dir: Path) -> tuple[list[str], bool]:
 
     state = read_production(state_dir)
     if state is None:
-        return [f"no production topology recorded in {state_dir}"], False
+        return [f"no production topology recorded in {state_dir} (`stack up --production`)"], False
     dead = set(dead_processes(state, state_dir))
     timeout = config.code_server_check_timeout_seconds()
     lines, silent = [], []
