@@ -199,8 +199,8 @@ def watch(state_dir: Path) -> int:
         while read_production(state_dir) is not None:
             try:
                 watchdog.check_code_servers()
-            except StackError as exc:  # a replacement that did not start: try again
-                say(f"replacing a code server failed: {exc}")
+            except Exception as exc:  # e.g. a replacement that did not start: the next round
+                say(f"checking or replacing a code server failed: {exc}")
             _fail_lost_runs(instance)
             time.sleep(watchdog.interval)
     say("the topology was stopped; the watchdog ends")
@@ -215,7 +215,13 @@ def _instance() -> Iterator[Any]:
         return
     from dagster import DagsterInstance
 
-    with DagsterInstance.get() as instance:
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # the code servers are still watched without it
+        say(f"no Dagster instance, so no look for runs lost before they began: {exc!r}")
+        yield None
+        return
+    with instance:
         yield instance
 
 
