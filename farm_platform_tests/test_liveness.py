@@ -196,3 +196,59 @@ def test_a_code_server_that_never_answers_is_killed_and_named(tmp_path, monkeypa
         server.wait(timeout=10)
     finally:
         kill_process_group(server.pid, "")
+
+
+@pytest.mark.slow
+def test_a_task_a_dead_worker_took_before_it_began_fails_its_starting_run(tmp_path, monkeypatch):
+    """On the real broker: a worker took one run's task from the queue (Redis keeps it among
+    the unacknowledged messages, for an hour) and died before its pool began it, so Celery
+    still says PENDING. No live worker holds it: its STARTING run is failed at the grace.
+    The other run's task still waits in the queue: no verdict."""
+    import subprocess
+
+    from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+    from farm_platform.dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform.dev.processes import stop_pids
+    from farm_platform.dev.production import REDIS_PASSWORD, _start_redis
+
+    monkeypatch.setenv(REDIS_PASSWORD, "redis-secret")
+    port = free_port()
+    redis_pid = _start_redis(port, tmp_path)
+    broker = f"redis://:redis-secret@127.0.0.1:{port}/0"
+    (tmp_path / "dagster.yaml").write_text(
+        "run_launcher:\n  module: farm_platform.dev.celery_launcher\n"
+        f"  class: FarmCeleryRunLauncher\n  config:\n    broker: {broker}\n"
+        f"    backend: {broker}\n    default_queue: images\n    lost_worker_grace_seconds: 0\n"
+    )
+    # The worker: takes the oldest task, acknowledges nothing, dies (kill -9 has no goodbye).
+    worker = (
+        "import os, sys\nfrom kombu import Connection\n"
+        f"with Connection({broker!r}) as connection:\n"
+        "    message = connection.default_channel.basic_get('images', no_ack=False)\n"
+        "    print(message.headers['id'], flush=True)\n    os._exit(0)\n"
+    )
+    try:
+        with DagsterInstance.from_config(str(tmp_path)) as instance:
+            for name in ("taken", "queued"):
+                instance.run_launcher.celery.send_task(
+                    "execute_job", args=[{}], queue="images", task_id=f"task-{name}"
+                )
+                instance.add_run(
+                    DagsterRun(
+                        job_name="image_job",
+                        run_id=f"run-{name}",
+                        status=DagsterRunStatus.STARTING,
+                        tags={DAGSTER_CELERY_TASK_ID_TAG: f"task-{name}"},
+                    )
+                )
+            took = subprocess.run(
+                [sys.executable, "-c", worker], capture_output=True, text=True, check=True
+            )
+            assert took.stdout.strip() == "task-taken"
+            failed = fail_runs_lost_before_start(instance)
+            assert list(failed) == ["run-taken"], failed
+            assert "was taken from the queue and no live worker has held it" in failed["run-taken"]
+            assert instance.get_run_by_id("run-queued").status == DagsterRunStatus.STARTING
+    finally:
+        stop_pids([redis_pid], f":{port}")
