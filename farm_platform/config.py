@@ -115,6 +115,17 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
+# How often the production topology's watchdog (farm_platform.dev.liveness) asks each code
+# server for its id.
+FARM_WATCHDOG_INTERVAL_SECONDS = "FARM_WATCHDOG_INTERVAL_SECONDS"
+DEFAULT_WATCHDOG_INTERVAL_SECONDS = 5.0
+# How long one code server's answer is waited for (watchdog, stack up, stack status,
+# code-server-check and the Kubernetes probe).
+FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS = "FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS"
+DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS = 5.0
+# Missed answers in a row before the watchdog replaces a code server.
+FARM_WATCHDOG_FAILURES = "FARM_WATCHDOG_FAILURES"
+DEFAULT_WATCHDOG_FAILURES = 3
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -155,6 +166,9 @@ CONFIG_VARIABLES = (
     FARM_TORCH_THREADS,
     FARM_RUN_K8S_CONFIG,
     FARM_WEBSERVER_ALLOWED_ORIGINS,
+    FARM_WATCHDOG_INTERVAL_SECONDS,
+    FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS,
+    FARM_WATCHDOG_FAILURES,
 )
 
 
@@ -339,6 +353,24 @@ def oip_token() -> str | None:
 
 def oip_timeout_seconds() -> float:
     return env_number(FARM_OIP_TIMEOUT_SECONDS, DEFAULT_OIP_TIMEOUT_SECONDS)
+
+
+def watchdog_interval_seconds() -> float:
+    return env_number(FARM_WATCHDOG_INTERVAL_SECONDS, DEFAULT_WATCHDOG_INTERVAL_SECONDS)
+
+
+def code_server_check_timeout_seconds() -> float:
+    return env_number(
+        FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS, DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS
+    )
+
+
+def watchdog_failures() -> int:
+    """Missed answers in a row (a whole number >= 1) before a code server is replaced."""
+    value = env_number(FARM_WATCHDOG_FAILURES, DEFAULT_WATCHDOG_FAILURES)
+    if value != int(value):
+        raise ConfigError(f"{FARM_WATCHDOG_FAILURES}={value:g} is not a whole number")
+    return int(value)
 
 
 def available_cores() -> int:

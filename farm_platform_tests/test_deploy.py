@@ -407,6 +407,43 @@ def test_values_deploy_both_code_locations_of_the_workspace():
     assert ours["runLauncher"]["type"] == "K8sRunLauncher"
 
 
+def test_each_code_server_is_probed_for_its_serving_child_not_its_process():
+    """Issue 40: the liveness probe asks `code-server-check` (the server id, which only the
+    serving child answers) on the deployment's port, within the probe's own timeout; a
+    startup probe keeps it off while the definitions load. The chart writes the probes
+    into the container as they are: strictly valid Kubernetes probes."""
+    from farm_platform.cli import build_parser
+    from farm_platform.dev.commands import _code_server_check
+
+    for deployment in values()["dagster-user-deployments"]["deployments"]:
+        startup = {k: v for k, v in deployment["startupProbe"].items() if k != "enabled"}
+        assert deployment["startupProbe"]["enabled"] is True
+        liveness = deployment["livenessProbe"]
+        for probe in (startup, liveness):
+            command = probe["exec"]["command"]
+            assert command[0] == "farm-platform"
+            args = build_parser().parse_args(command[1:])
+            assert args.handler is _code_server_check
+            assert args.port == deployment["port"]
+            assert args.timeout < probe["timeoutSeconds"], deployment["name"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": deployment["name"]},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "code-server",
+                        "image": IMAGE,
+                        "startupProbe": startup,
+                        "livenessProbe": liveness,
+                    }
+                ]
+            },
+        }
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
 # ------------------------------------------------------------------ KServe and plain manifests
 
 

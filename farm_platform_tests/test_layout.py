@@ -25,7 +25,7 @@ LAYERS = [
     ["layout"],
     ["partitions", "messages", "ml", "webserver_guard"],
     ["resources"],
-    ["quality", "arrivals"],
+    ["quality", "arrivals", "trial_design"],
     ["ingest"],
     ["images"],  # code location `farm_platform`
     ["analytics"],  # code location `farm_platform_analytics`

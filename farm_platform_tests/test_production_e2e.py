@@ -92,6 +92,13 @@ class Topology:
 
 @pytest.fixture(scope="module")
 def topology() -> Iterator[Topology]:
+    with running_topology() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_topology() -> Iterator[Topology]:
+    """`stack up --production` in a folder of its own, stopped and removed afterwards."""
     # Not under pytest's tmp folders (0700): PostgreSQL runs as another user.
     state_dir = Path(tempfile.mkdtemp(prefix="farm-production-"))
     state_dir.chmod(0o755)
@@ -119,6 +126,8 @@ def _settings(info: StackInfo) -> dict[str, str]:
         config.FARM_RUN_TIMEOUT_SECONDS: "300",
         # Batches of 3 photos: a day of 9 photos is 3 sensor runs, which run side by side.
         config.FARM_RUN_MAX_PHOTOS: "3",
+        # The watchdog asks the code servers every 2 s (test_production_faults.py).
+        config.FARM_WATCHDOG_INTERVAL_SECONDS: "2",
     }
 
 
@@ -161,6 +170,7 @@ def test_a_day_is_graded_through_the_production_topology(topology):
     assert len(per_photo) == photos
     assert all(n % 5 == 0 and n > 0 for n in per_photo.values())
     assert not list((topology.production.dagster_home).glob("*.db")), "SQLite storage appeared"
+    assert pid_alive(topology.pids()["watchdog"]), "stack up started no watchdog"
     # Every process binds loopback only.
     ports = [topology.production.pg_port, topology.production.webserver_port]
     ports.append(topology.production.viewer_webserver_port)

@@ -14,6 +14,10 @@ monitoring then fails the run, and `requeue_failed_photos` hands its photos to a
 
 The grace period keeps a slow answer from failing a run that still executes (which would
 then be graded twice, though its rows stay single).
+
+Run monitoring asks the launcher about STARTED runs only; a run whose task a worker took and
+lost before the run began stays STARTING until the start timeout. The topology's watchdog
+(farm_platform.dev.liveness) calls `fail_runs_lost_before_start` for those (issue 40).
 """
 
 from __future__ import annotations
@@ -76,16 +80,93 @@ class FarmCeleryRunLauncher(CeleryRunLauncher):
             ).active()
         except Exception:  # the broker is down: no verdict on the worker
             return health
-        if any(task.get("id") == task_id for task in (active or {}).get(hostname, [])):
-            self._missing_since.pop(run.run_id, None)
-            return health
-        now = time.monotonic()
-        since = self._missing_since.setdefault(run.run_id, now)
-        if now - since < self.lost_worker_grace_seconds:
-            return health
-        self._missing_since.pop(run.run_id, None)
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED,
-            f"Celery worker {hostname} has not been running task {task_id} for "
+        running = any(task.get("id") == task_id for task in (active or {}).get(hostname, []))
+        return self._after_grace(
+            run.run_id,
+            health,
+            lost=not running,
+            why=f"Celery worker {hostname} has not been running task {task_id} for "
             f"{self.lost_worker_grace_seconds:.0f} s: the worker died",
         )
+
+    def check_taken_task(self, run: Any) -> CheckRunHealthResult:
+        """A STARTING run's worker health: as `check_run_worker_health`, and a task still
+        PENDING that a worker took from the queue (Redis keeps it among the unacknowledged
+        messages, which only its visibility timeout, an hour by default, hands back) while no
+        live worker reserves or runs it is FAILED after the grace too."""
+        health = self.check_run_worker_health(run)
+        if health.status != WorkerStatus.UNKNOWN:  # PENDING is UNKNOWN
+            return health
+        task_id = run.tags[DAGSTER_CELERY_TASK_ID_TAG]
+        try:
+            lost = self._taken_by_no_live_worker(task_id)
+        except Exception:  # the broker is down: no verdict
+            return health
+        return self._after_grace(
+            run.run_id,
+            health,
+            lost=lost,
+            why=f"Celery task {task_id} was taken from the queue and no live worker has held "
+            f"it for {self.lost_worker_grace_seconds:.0f} s: the worker died",
+        )
+
+    def _taken_by_no_live_worker(self, task_id: str) -> bool:
+        import json
+
+        with self.celery.connection_for_read() as connection:
+            channel = connection.default_channel
+            key = getattr(channel, "unacked_key", None)
+            if key is None:  # not Redis: no unacknowledged set to look in
+                return False
+            taken = any(
+                json.loads(raw)[0].get("headers", {}).get("id") == task_id
+                for raw in channel.client.hvals(key)
+            )
+        if not taken:
+            return False
+        inspect = self.celery.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
+        held = [*(inspect.reserved() or {}).values(), *(inspect.active() or {}).values()]
+        return not any(task.get("id") == task_id for tasks in held for task in tasks)
+
+    def _after_grace(
+        self, run_id: str, health: CheckRunHealthResult, lost: bool, why: str
+    ) -> CheckRunHealthResult:
+        """`health`, or FAILED with `why` once the run's task has been `lost` for the grace."""
+        if not lost:
+            self._missing_since.pop(run_id, None)
+            return health
+        now = time.monotonic()
+        since = self._missing_since.setdefault(run_id, now)
+        if now - since < self.lost_worker_grace_seconds:
+            return health
+        self._missing_since.pop(run_id, None)
+        return CheckRunHealthResult(WorkerStatus.FAILED, why)
+
+
+def fail_runs_lost_before_start(instance: Any) -> dict[str, str]:
+    """Fail each STARTING run whose Celery task a worker took and then lost (the worker, or
+    the worker and Redis, died before the run began): run monitoring asks the launcher about
+    STARTED runs only, and would time a STARTING one out at its start timeout instead of the
+    lost-worker grace. Returns {run id: why} of the runs failed; `requeue_failed_photos`
+    hands their photos to new runs. A task still waiting in the queue gets no verdict."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    launcher = instance.run_launcher
+    if not isinstance(launcher, FarmCeleryRunLauncher):
+        return {}
+    failed = {}
+    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTING])):
+        run = record.dagster_run
+        if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:  # not yet sent to the broker
+            continue
+        health = launcher.check_taken_task(run)
+        if health.status != WorkerStatus.FAILED:
+            continue
+        failed[run.run_id] = f"{health.msg}, before the run began"
+        instance.report_run_failed(
+            run,
+            failed[run.run_id],
+            JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
+        )
+    return failed

@@ -52,6 +52,16 @@ def _stack(args: argparse.Namespace) -> int:
         topology = production.load_production(state_dir)
         if topology is not None:
             _print_webservers(topology)
+    elif args.action == "status":
+        from farm_platform.dev.liveness import topology_status
+
+        lines, healthy = topology_status(state_dir)
+        print("\n".join(lines))
+        return 0 if healthy else 1
+    elif args.action == "watch":
+        from farm_platform.dev.liveness import watch
+
+        return watch(state_dir)
     else:
         topology_stopped = production.production_down(state_dir)
         stopped = stack.stack_down(state_dir) or topology_stopped
@@ -66,6 +76,18 @@ def _stack(args: argparse.Namespace) -> int:
 def _print_webservers(topology: Any) -> None:
     print(f"# Dagster UI for operators (launch, cancel, wipe): {topology.webserver_url}")
     print(f"# Dagster UI for viewers (read-only): {topology.viewer_url}")
+
+
+def _code_server_check(args: argparse.Namespace) -> int:
+    from farm_platform.dev.liveness import code_server_answers
+
+    timeout = args.timeout or config.code_server_check_timeout_seconds()
+    if code_server_answers(args.port, timeout, host=args.host):
+        print(f"code server {args.host}:{args.port} answers")
+        return 0
+    where = f"{args.host}:{args.port}"
+    print(f"code server {where} did not answer (unreachable, or silent for {timeout:g} s)")
+    return 1
 
 
 def _shell_environment(info: Any) -> dict[str, str]:
@@ -214,9 +236,13 @@ def add_dev_commands(commands: Any) -> None:
     )
     stack_parser.add_argument(
         "action",
-        choices=["up", "down", "env"],
+        choices=["up", "down", "env", "status", "watch"],
         help="up: start them (or repair a half-dead stack in place); down: stop them; "
-        "env: print the variables that point the platform at them",
+        "env: print the variables that point the platform at them; status: each process of "
+        "the production topology (running, dead, or a code server that does not answer) and "
+        "the photos waiting in the arrival queue (exit 1 unless all runs); watch: the production "
+        "topology's watchdog (`up --production` starts it), which replaces a code server "
+        "that stops answering",
     )
     stack_parser.add_argument(
         "--state-dir",
@@ -263,6 +289,22 @@ def add_dev_commands(commands: Any) -> None:
         "PostgreSQL lock (default: --max-concurrent-runs; 1 is one run per day as on DuckDB)",
     )
     stack_parser.set_defaults(handler=_stack)
+
+    check_parser = commands.add_parser(
+        "code-server-check",
+        help="exit 0 if the gRPC code server on --port answers (its serving child, not only "
+        "the process holding the port), else 1: the watchdog's question, and the Kubernetes "
+        "liveness probe of the code servers",
+    )
+    check_parser.add_argument("--port", type=int, required=True, help="the code server's port")
+    check_parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    check_parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for the answer (default: $FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS "
+        f"or {config.DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS:g})",
+    )
+    check_parser.set_defaults(handler=_code_server_check)
 
     simulate_parser = commands.add_parser(
         "simulate", help="render a synthetic farm's photos into a bucket"

@@ -21,7 +21,9 @@ Everything binds 127.0.0.1. The credentials come from the environment of `stack 
 broker's) and `FARM_OIP_TOKEN` (the model servers' bearer token). The files here (state,
 dagster.yaml, workspace) only name those variables; `stack env` prints the warehouse URL
 with `${FARM_PG_PASSWORD}` unexpanded. `stack up` on a half-dead topology restarts what
-died, in dependency order; `stack down` stops it all. State lives in `<stack dir>/production.json`.
+died, and a code server that runs but does not answer over gRPC, in dependency order; the
+watchdog it starts (`stack watch`, farm_platform.dev.liveness) does the same for the code
+servers on its own. `stack down` stops it all. State lives in `<stack dir>/production.json`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ from typing import Any
 
 from farm_platform import config
 from farm_platform.dev.emulators import StackError
+from farm_platform.dev.liveness import (
+    hold_topology_lock,
+    replace_silent_code_servers,
+    start_watchdog,
+    wait_until_answers,
+)
 from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform.dev.postgres import SUPERUSER, PostgresServer
 from farm_platform.dev.processes import free_port, pid_alive, spawn, stop_pids
@@ -155,8 +163,10 @@ def production_up(
         config.FARM_CELERY_BROKER: f"redis://:{redis_password}@127.0.0.1:{state['redis_port']}/0",
     }
     pids: dict[str, int] = state["pids"]
-    dead = set(dead_processes(state, state_dir))
+    lock = hold_topology_lock(state_dir)
     try:
+        dead = set(dead_processes(state, state_dir))
+        dead |= replace_silent_code_servers(state, state_dir, dead)
         if "postgres" in dead:
             pids["postgres"] = _start_postgres(state, state_dir)
         if "redis" in dead:
@@ -201,8 +211,11 @@ def production_up(
                     detached=True,
                     emulate_batch_ms=float(state.get("replica_batch_ms", 0.0)),
                 ).pid
+        if "watchdog" in dead:
+            pids["watchdog"] = start_watchdog(state_dir, environment)
     finally:
         _write_production(state_dir, state)
+        lock.close()
     return production
 
 
@@ -223,7 +236,8 @@ def production_down(state_dir: Path) -> bool:
     state = read_production(state_dir)
     if state is None:
         return False
-    order = [key for key in state["pids"] if key != "postgres"]
+    # The watchdog first: it would start again a code server stopped before it.
+    order = sorted((key for key in state["pids"] if key != "postgres"), key="watchdog".__ne__)
     for key in order:
         stop_pids([int(state["pids"][key])], _marker(state, key, state_dir))
     if "postgres" in state["pids"]:
@@ -237,6 +251,7 @@ def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
     expected = ["postgres", "redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
     expected += ["daemon", *WEBSERVERS, *(f"worker:{queue}" for queue in WORKER_QUEUES)]
     expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
+    expected += ["watchdog"]
     return [
         key
         for key in expected
@@ -270,6 +285,8 @@ def _marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
         return f":{state['redis_port']}"
     if key.startswith("worker:"):
         return f"-n {key.split(':', 1)[1]}@"
+    if key == "watchdog":
+        return f"watch --state-dir {state_dir}"
     return str(state_dir / "workspace.yaml")  # the daemon
 
 
@@ -355,7 +372,9 @@ def _start_code_server(
     args = [_tool("dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
     args += ["-m", module, "--location-name", name]
     pid = _start(args, f"code-server-{name}", state_dir, environment)
-    _wait_for_port(port, pid, f"code server {name}", state_dir / f"code-server-{name}.log")
+    log = state_dir / f"code-server-{name}.log"
+    # Listening is not serving: its child loads the definitions after that.
+    wait_until_answers(port, pid, f"code server {name}", log, START_TIMEOUT_SECONDS)
     return pid
 
 
