@@ -27,15 +27,15 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from farm_platform import config
 from farm_platform.cli import main
-from farm_platform.dev.liveness import (
-    Watchdog,
-    code_server_answers,
-    kill_process_group,
-    replace_silent_code_servers,
-    topology_status,
-)
+from farm_platform.dev.liveness import code_server_answers, kill_process_group
 from farm_platform.dev.processes import child_pids, free_port, pid_alive
-from farm_platform.dev.production import PRODUCTION_FILE, _start_code_server, read_production
+from farm_platform.dev.topology_processes import (
+    PRODUCTION_FILE,
+    read_production,
+    replace_silent_code_servers,
+    start_code_server,
+)
+from farm_platform.dev.watchdog import Watchdog, topology_status
 
 TINY_LOCATION = """
 from dagster import Definitions, asset
@@ -57,7 +57,7 @@ def code_server(tmp_path: Path, monkeypatch) -> Iterator[dict[str, Any]]:
     (tmp_path / "tiny_location.py").write_text(TINY_LOCATION)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
     port = free_port()
-    pid = _start_code_server("tiny", "tiny_location", port, tmp_path, {})
+    pid = start_code_server("tiny", "tiny_location", port, tmp_path, {})
     state = {
         "code_server_ports": {"tiny": port},
         "replica_ports": [],

@@ -53,13 +53,13 @@ def _stack(args: argparse.Namespace) -> int:
         if topology is not None:
             _print_webservers(topology)
     elif args.action == "status":
-        from farm_platform.dev.liveness import topology_status
+        from farm_platform.dev.watchdog import topology_status
 
         lines, healthy = topology_status(state_dir)
         print("\n".join(lines))
         return 0 if healthy else 1
     elif args.action == "watch":
-        from farm_platform.dev.liveness import watch
+        from farm_platform.dev.watchdog import watch
 
         return watch(state_dir)
     else:

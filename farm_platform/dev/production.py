@@ -28,45 +28,41 @@ servers on its own. `stack down` stops it all. State lives in `<stack dir>/produ
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm_platform import config
 from farm_platform.dev.emulators import StackError
-from farm_platform.dev.liveness import (
-    hold_topology_lock,
-    replace_silent_code_servers,
-    start_watchdog,
-    wait_until_answers,
-)
+from farm_platform.dev.liveness import hold_topology_lock
 from farm_platform.dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform.dev.postgres import SUPERUSER, PostgresServer
-from farm_platform.dev.processes import free_port, pid_alive, spawn, stop_pids
+from farm_platform.dev.processes import free_port, stop_pids
+from farm_platform.dev.topology_processes import (
+    CODE_LOCATIONS,
+    PRODUCTION_FILE,
+    WORKER_QUEUES,
+    dead_processes,
+    process_marker,
+    read_production,
+    replace_silent_code_servers,
+    start_code_server,
+    start_detached,
+    start_watchdog,
+    tool,
+    wait_for_port,
+    write_production,
+)
 from farm_platform.dev.webservers import WEBSERVERS, own_origins, port_key, webserver_command
-from farm_platform.images.run_tags import ANALYTICS_QUEUE, IMAGES_QUEUE
+from farm_platform.images.run_tags import IMAGES_QUEUE
 
-PRODUCTION_FILE = "production.json"
 PG_PASSWORD = "FARM_PG_PASSWORD"
 REDIS_PASSWORD = "FARM_REDIS_PASSWORD"
 OIP_TOKEN = "FARM_OIP_TOKEN"
 CREDENTIALS = (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN)
-# One Celery worker per queue (farm_platform.images.run_tags).
-WORKER_QUEUES = (IMAGES_QUEUE, ANALYTICS_QUEUE)
-CODE_LOCATIONS = {
-    config.IMAGE_LOCATION: "farm_platform.images.definitions",
-    "farm_platform_analytics": "farm_platform.analytics.definitions",
-}
 DAGSTER_DATABASE = "dagster"
 WAREHOUSE_DATABASE = "farm"
-# Code servers import torch-free definitions, but dbt's manifest and dagster itself take a
-# while on a loaded 2-core machine.
-START_TIMEOUT_SECONDS = 180.0
 
 
 @dataclass(frozen=True)
@@ -181,14 +177,14 @@ def production_up(
         for name, module in CODE_LOCATIONS.items():
             if f"code_server:{name}" in dead:
                 port = production.code_server_ports[name]
-                pids[f"code_server:{name}"] = _start_code_server(
+                pids[f"code_server:{name}"] = start_code_server(
                     name, module, port, state_dir, environment
                 )
         if dead & {"daemon", *WEBSERVERS}:
             _write_workspace(production)
         if "daemon" in dead:
-            pids["daemon"] = _start(
-                [_tool("dagster-daemon"), "run", "-w", str(production.workspace)],
+            pids["daemon"] = start_detached(
+                [tool("dagster-daemon"), "run", "-w", str(production.workspace)],
                 "daemon",
                 state_dir,
                 environment,
@@ -214,16 +210,9 @@ def production_up(
         if "watchdog" in dead:
             pids["watchdog"] = start_watchdog(state_dir, environment)
     finally:
-        _write_production(state_dir, state)
+        write_production(state_dir, state)
         lock.close()
     return production
-
-
-def read_production(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((state_dir / PRODUCTION_FILE).read_text())
-    except FileNotFoundError:
-        return None
 
 
 def load_production(state_dir: Path) -> Production | None:
@@ -239,25 +228,11 @@ def production_down(state_dir: Path) -> bool:
     # The watchdog first: it would start again a code server stopped before it.
     order = sorted((key for key in state["pids"] if key != "postgres"), key="watchdog".__ne__)
     for key in order:
-        stop_pids([int(state["pids"][key])], _marker(state, key, state_dir))
+        stop_pids([int(state["pids"][key])], process_marker(state, key, state_dir))
     if "postgres" in state["pids"]:
         PostgresServer(base=state_dir / "postgres", port=int(state["pg_port"])).stop()
     (state_dir / PRODUCTION_FILE).unlink(missing_ok=True)
     return True
-
-
-def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
-    """The topology's processes that do not run (never started, or died), by state key."""
-    expected = ["postgres", "redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
-    expected += ["daemon", *WEBSERVERS, *(f"worker:{queue}" for queue in WORKER_QUEUES)]
-    expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
-    expected += ["watchdog"]
-    return [
-        key
-        for key in expected
-        if key not in state["pids"]
-        or not pid_alive(int(state["pids"][key]), _marker(state, key, state_dir))
-    ]
 
 
 def _production(state: dict[str, Any], state_dir: Path) -> Production:
@@ -269,31 +244,6 @@ def _production(state: dict[str, Any], state_dir: Path) -> Production:
         replica_grpc_ports=[int(grpc_port) for _, grpc_port in state["replica_ports"]],
         viewer_webserver_port=int(state.get(port_key("viewer_webserver"), 0)),
     )
-
-
-def _marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
-    """What the recorded process's command line holds, so that a reused pid is not ours."""
-    if key == "postgres":
-        return str(state_dir / "postgres")
-    if key.startswith("code_server:"):
-        return f"-p {state['code_server_ports'][key.split(':', 1)[1]]} "
-    if key in WEBSERVERS:
-        return f"-p {state[port_key(key)]} "
-    if key.startswith("model_server:"):
-        return f"--grpc-port {state['replica_ports'][int(key.split(':', 1)[1])][1]} "
-    if key == "redis":
-        return f":{state['redis_port']}"
-    if key.startswith("worker:"):
-        return f"-n {key.split(':', 1)[1]}@"
-    if key == "watchdog":
-        return f"watch --state-dir {state_dir}"
-    return str(state_dir / "workspace.yaml")  # the daemon
-
-
-def _write_production(state_dir: Path, state: dict[str, Any]) -> None:
-    tmp = state_dir / (PRODUCTION_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(state_dir / PRODUCTION_FILE)
 
 
 def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
@@ -356,36 +306,14 @@ def _write_workspace(production: Production) -> None:
     production.workspace.write_text(yaml.safe_dump({"load_from": servers}))
 
 
-def _tool(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-def _start(args: list[str], name: str, state_dir: Path, environment: dict[str, str]) -> int:
-
-    log = state_dir / f"{name}.log"
-    return spawn(args, log, env={**os.environ, **environment}, detached=True).pid
-
-
-def _start_code_server(
-    name: str, module: str, port: int, state_dir: Path, environment: dict[str, str]
-) -> int:
-    args = [_tool("dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
-    args += ["-m", module, "--location-name", name]
-    pid = _start(args, f"code-server-{name}", state_dir, environment)
-    log = state_dir / f"code-server-{name}.log"
-    # Listening is not serving: its child loads the definitions after that.
-    wait_until_answers(port, pid, f"code server {name}", log, START_TIMEOUT_SECONDS)
-    return pid
-
-
 def _start_webserver(
     production: Production, name: str, state: dict[str, Any], environment: dict[str, str]
 ) -> int:
     port = int(state[port_key(name)])
     args = webserver_command(port, ["-w", str(production.workspace)], read_only=WEBSERVERS[name])
     guarded = {**environment, **own_origins(port, environment)}
-    pid = _start(args, name, production.state_dir, guarded)
-    _wait_for_port(port, pid, f"the {name}", production.state_dir / f"{name}.log")
+    pid = start_detached(args, name, production.state_dir, guarded)
+    wait_for_port(port, pid, f"the {name}", production.state_dir / f"{name}.log")
     return pid
 
 
@@ -418,7 +346,7 @@ def _start_redis(port: int, state_dir: Path) -> int:
     assert process.stdin is not None
     process.stdin.write(settings.encode())
     process.stdin.close()
-    _wait_for_port(port, process.pid, "redis-server", log)
+    wait_for_port(port, process.pid, "redis-server", log)
     return process.pid
 
 
@@ -426,23 +354,9 @@ def _start_worker(queue: str, runs: int, state_dir: Path, environment: dict[str,
     """A Celery worker of `queue` that executes up to `runs` runs at once (prefork
     processes): the `images` worker as many as the run queue lets start, since its runs
     wait on the model servers more than they compute; the report's one at a time."""
-    args = [_tool("celery"), "-A", "farm_platform.dev.celery_app", "worker", "-Q", queue]
+    args = [tool("celery"), "-A", "farm_platform.dev.celery_app", "worker", "-Q", queue]
     args += ["-n", f"{queue}@%h", "-c", str(runs), "--loglevel", "INFO"]
     # A task goes to a pool process that is free: by default Celery also hands one to a
     # process still executing a run, where it waits for that run to end.
     args += ["-O", "fair", "--prefetch-multiplier", "1"]
-    return _start(args, f"worker-{queue}", state_dir, environment)
-
-
-def _wait_for_port(port: int, pid: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise StackError(f"{what} exited before it listened on {port}; {log}:\n{tail}")
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise StackError(f"{what} did not listen on 127.0.0.1:{port} in {START_TIMEOUT_SECONDS} s")
+    return start_detached(args, f"worker-{queue}", state_dir, environment)
