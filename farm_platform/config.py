@@ -112,6 +112,11 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
+# `models activate` refuses a version whose AP, AP50 or F1 (detector) or exact or within-one
+# accuracy (grader) on a registered evaluation dataset is lower than the active version's by
+# more than this (an absolute share, 0..1); `--force --reason` overrides it.
+FARM_GATE_TOLERANCE = "FARM_GATE_TOLERANCE"
+DEFAULT_GATE_TOLERANCE = 0.01
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -151,6 +156,7 @@ CONFIG_VARIABLES = (
     FARM_TORCH_DTYPE,
     FARM_TORCH_THREADS,
     FARM_RUN_K8S_CONFIG,
+    FARM_GATE_TOLERANCE,
 )
 
 
@@ -271,6 +277,18 @@ def max_photo_attempts() -> int:
 
 def max_severity_jump() -> float:
     return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
+
+
+def gate_tolerance() -> float:
+    """`$FARM_GATE_TOLERANCE`: how much worse than the active version a new one may be."""
+    raw = os.environ.get(FARM_GATE_TOLERANCE) or ""
+    try:
+        value = float(raw) if raw else DEFAULT_GATE_TOLERANCE
+    except ValueError:
+        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} must be a share from 0 to 1")
+    return value
 
 
 def inference_mode() -> str:

@@ -1,0 +1,301 @@
+"""`farm-platform models evaluate` on COCO detection JSON, grade CSVs and grade folders;
+registered evaluation datasets (sha256); the activation gate (issue 42, parts 3 and 4)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_repo_models
+from PIL import Image
+
+from farm_platform import cli
+from farm_platform import config as farm_config
+from farm_platform.admin.evaluation import (
+    DATASETS_KEY,
+    EVALUATIONS_FILE,
+    read_evaluations,
+    registered_datasets,
+)
+from farm_platform.config import REPO_MODELS_DIR, ConfigError
+from farm_platform.ml.datasets import DatasetError, dataset_sha256, open_dataset, read_coco
+from farm_platform.ml.evaluation import coco_detector_metrics, grade_metrics
+from farm_platform.ml.registry import ACTIVATIONS_KEY, ModelRegistry
+
+DETECTOR = "leaf_detector"
+GRADER = "disease_3_grader"
+SHIPPED = REPO_MODELS_DIR / "datasets" / "eval_heldout"
+
+
+@pytest.fixture()
+def models_dir(tmp_path: Path) -> Path:
+    return copy_repo_models(tmp_path / "models")
+
+
+def models(models_dir: Path, *args: str) -> int:
+    return cli.main(["models", "--models-dir", str(models_dir), *args])
+
+
+def one_leaf_coco(tmp_path: Path, boxes: list[list[float]]) -> Path:
+    """A COCO file of one 40x40 photo per box, one leaf each, `photo_size` alternating."""
+    images, annotations = [], []
+    for i, box in enumerate(boxes, start=1):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 40, "height": 40})
+        images[-1]["photo_size"] = 40 if i % 2 else 80
+        annotations.append({"image_id": i, "category_id": 7, "bbox": box})
+    path = tmp_path / "leaves.json"
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 7, "name": "x"}]}
+    path.write_text(json.dumps(coco))
+    return path
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_coco_metrics_hand_computed(tmp_path):
+    dataset = read_coco(one_leaf_coco(tmp_path, [[0, 0, 10, 10], [20, 20, 10, 10]]))
+    exact = {1: [(0, 0, 10, 10, 0.9)], 2: [(20, 20, 30, 30, 0.8)]}
+    figures = coco_detector_metrics(dataset, exact)
+    assert (figures["ap"], figures["ap50"], figures["f1"], figures["abs_count_error"]) == (
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+    )
+    # Shifted 2 px: IoU 80/120 = 0.667, a match at IoU 0.50, 0.55, 0.60, 0.65 (4 of the 10
+    # thresholds): AP 0.4, AP50 and F1 at 0.5 still 1.
+    shifted = {1: [(2, 0, 12, 10, 0.9)], 2: [(22, 20, 32, 30, 0.8)]}
+    figures = coco_detector_metrics(dataset, shifted)
+    assert (figures["ap"], figures["ap50"], figures["f1"]) == (0.4, 1.0, 1.0)
+    # Shifted 5 px: IoU 50/150 = 0.333, no match anywhere; a leaf missed and a false box.
+    figures = coco_detector_metrics(dataset, {1: [(5, 0, 15, 10, 0.9)], 2: []})
+    assert (figures["ap"], figures["ap50"], figures["f1"]) == (0.0, 0.0, 0.0)
+    assert (figures["count_error"], figures["abs_count_error"]) == (-0.5, 0.5)
+    # One of two leaves found: recall 0.5 at precision 1 is 51 of COCO's 101 recall points.
+    figures = coco_detector_metrics(dataset, {1: exact[1]})
+    assert (figures["ap50"], figures["f1"]) == (round(51 / 101, 4), round(2 / 3, 4))
+
+
+def test_ground_truth_of_the_exported_set_scores_one_and_shifted_boxes_less():
+    dataset = read_coco(SHIPPED / "leaves" / "annotations.json")
+    truth: dict[int, list] = {}
+    moved: dict[int, list] = {}
+    for a in dataset.coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        truth.setdefault(a["image_id"], []).append((x, y, x + w, y + h, 1.0))
+        moved.setdefault(a["image_id"], []).append((x + w / 4, y, x + w * 1.25, y + h, 1.0))
+    perfect = coco_detector_metrics(dataset, truth)
+    assert perfect["ap"] == perfect["ap50"] == perfect["f1"] == 1.0
+    assert perfect["true_leaves"] == len(dataset.coco["annotations"]) == perfect["detections"]
+    # A quarter of the width off: IoU 0.6, matched at 0.5 but not at 0.7 and above.
+    worse = coco_detector_metrics(dataset, moved)
+    assert worse["ap50"] == 1.0 and worse["ap"] < 0.5
+
+
+def test_grade_metrics_hand_computed():
+    figures = grade_metrics([0, 1, 2, 3, 3], [0, 1, 3, 1, 3], 4)
+    assert figures["confusion"] == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 0, 1, 1]]
+    assert (figures["exact"], figures["within_one"]) == (0.6, 0.8)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_evaluate_detector_on_a_coco_file_through_the_cli(models_dir, tmp_path, capsys):
+    shutil.copytree(SHIPPED / "leaves", tmp_path / "leaves")
+    assert (
+        models(
+            models_dir,
+            "evaluate",
+            DETECTOR,
+            "v3",
+            "--dataset",
+            str(tmp_path / "leaves" / "annotations.json"),
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "AP " in out and "AP50" in out and "F1@0.5" in out and "count error" in out
+    assert "photo_size=128:" in out and "photo_size=256:" in out
+    # The shipped record of the registered copy stays; the ad-hoc one is added beside it.
+    records = read_evaluations(ModelRegistry(models_dir), DETECTOR, "v3")
+    adhoc = next(r for name, r in records.items() if name.startswith("annotations.json@"))
+    assert adhoc["overall"] == records["eval_leaves"]["overall"]
+    assert set(adhoc["strata"]) == {"photo_size", "leaves"}
+
+
+def grade_files(tmp_path: Path, disease: str = "disease_3") -> list[dict[str, str]]:
+    """The shipped grade CSV's rows of one disease, and its crops, copied."""
+    shutil.copytree(SHIPPED / "grades", tmp_path / "grades")
+    with open(tmp_path / "grades" / "grades.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["disease"] == disease]
+
+
+def test_grade_csv_and_grade_folders_give_the_same_confusion_matrix(models_dir, tmp_path):
+    rows = grade_files(tmp_path)
+    for row in rows:
+        target = tmp_path / "folders" / "disease_3" / row["grade"] / Path(row["path"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "grades" / row["path"], target)
+    assert (
+        models(
+            models_dir,
+            "evaluate",
+            GRADER,
+            "v1",
+            "--dataset",
+            str(tmp_path / "grades" / "grades.csv"),
+        )
+        == 0
+    )
+    assert models(models_dir, "evaluate", GRADER, "v1", "--dataset", str(tmp_path / "folders")) == 0
+    records = read_evaluations(ModelRegistry(models_dir), GRADER, "v1")
+    from_csv = next(r for n, r in records.items() if n.startswith("grades.csv@"))
+    from_folders = next(r for n, r in records.items() if n.startswith("folders@"))
+    confusion = np.array(from_csv["overall"]["confusion"])
+    assert confusion.sum() == len(rows) == from_csv["overall"]["crops"]
+    assert from_folders["overall"] == from_csv["overall"]
+    assert from_csv["overall"]["exact"] == round(np.trace(confusion) / confusion.sum(), 4)
+    assert set(from_csv["strata"]["photo_size"]) == {"128", "256"}
+    assert from_folders["strata"] == {}
+
+
+def test_a_detector_dataset_for_a_grader_and_bad_files_are_refused(models_dir, tmp_path, capsys):
+    leaves = SHIPPED / "leaves" / "annotations.json"
+    assert models(models_dir, "evaluate", GRADER, "v1", "--dataset", str(leaves)) == 2
+    assert "is a grader: evaluate it on a grade .csv" in capsys.readouterr().err
+    broken = json.loads(one_leaf_coco(tmp_path, [[0, 0, 10, 10]]).read_text())
+    broken["annotations"][0]["bbox"] = [0, 0, -1, 10]
+    (tmp_path / "leaves.json").write_text(json.dumps(broken))
+    with pytest.raises(DatasetError, match=r"annotations\[0\] 'bbox' = \[0, 0, -1, 10\]"):
+        open_dataset(tmp_path / "leaves.json")
+    (tmp_path / "g.csv").write_text("path,grade\nx.png,1\n")
+    with pytest.raises(DatasetError, match=r"columns \['disease'\] are missing"):
+        open_dataset(tmp_path / "g.csv")
+    (tmp_path / "g.csv").write_text("path,disease,grade\nmissing.png,disease_3,1\n")
+    with pytest.raises(DatasetError, match="line 2: path 'missing.png'"):
+        open_dataset(tmp_path / "g.csv")
+    rows = grade_files(tmp_path)
+    with open(tmp_path / "grades" / "bad.csv", "w", newline="") as handle:
+        handle.write(f"path,disease,grade\n{rows[0]['path']},disease_3,7\n")
+    assert (
+        models(
+            models_dir, "evaluate", GRADER, "v1", "--dataset", str(tmp_path / "grades" / "bad.csv")
+        )
+        == 2
+    )
+    assert "has grade 7, but disease_3_grader v1 grades [0, 1, 2, 3]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- registered
+
+
+def test_shipped_datasets_are_registered_and_are_what_export_heldout_makes(tmp_path, capsys):
+    registered = {entry.name: entry for entry in registered_datasets(ModelRegistry())}
+    assert {e.task for e in registered.values()} == {"leaf_detector", "disease_grader"}
+    out = tmp_path / "export"
+    # The shipped set's own command line (see the DOCS): the same bytes, the same sha256.
+    assert cli.main(["models", "export-heldout", str(out), "--crops-from", "4"]) == 0
+    models_dir = copy_repo_models(tmp_path / "models")
+    shutil.rmtree(models_dir / "datasets")
+    shutil.copytree(out, models_dir / "datasets" / "eval_heldout")
+    for entry in registered.values():
+        dataset = open_dataset(models_dir / entry.path)
+        assert dataset_sha256(dataset) == entry.sha256
+
+
+def test_a_dataset_whose_sha256_differs_is_refused(models_dir, capsys):
+    crop = next((models_dir / "datasets" / "eval_heldout" / "grades" / "crops").iterdir())
+    crop.write_bytes(crop.read_bytes() + b"\0")
+    assert models(models_dir, "evaluate", GRADER, "v1") == 2
+    err = capsys.readouterr().err
+    assert "registered dataset 'eval_grades'" in err and "does not match the registry" in err
+    # The gate cannot judge on it either: activation is refused, not waved through.
+    new_version(models_dir, GRADER, "v2", "v1")
+    assert models(models_dir, "activate", GRADER, "v2") == 2
+    assert "does not match the registry" in capsys.readouterr().err
+    assert ModelRegistry(models_dir).active_versions()[GRADER] == "v1"
+
+
+def new_version(models_dir: Path, model_id: str, version: str, weights_of: str) -> Path:
+    """A registered version `version` of `model_id` with the weights of `weights_of`."""
+    folder = models_dir / model_id / version
+    shutil.copytree(models_dir / model_id / weights_of, folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "version": version}))
+    (folder / EVALUATIONS_FILE).unlink(missing_ok=True)
+    return folder
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def test_a_worse_version_is_refused_then_forced_with_a_recorded_reason(models_dir, capsys):
+    new_version(models_dir, DETECTOR, "v4", "v1")  # v1's weights: worse than v3 on eval_leaves
+    assert models(models_dir, "activate", DETECTOR, "v4") == 2
+    err = capsys.readouterr().err
+    assert "refused: leaf_detector v4 is worse than the active v3" in err
+    assert "dataset 'eval_leaves': ap " in err and "FARM_GATE_TOLERANCE=0.01" in err
+    registry = ModelRegistry(models_dir)
+    assert registry.active_versions()[DETECTOR] == "v3"
+    # It was evaluated on the registered dataset on the way, and the record kept.
+    assert "eval_leaves" in read_evaluations(registry, DETECTOR, "v4")
+
+    assert models(models_dir, "activate", DETECTOR, "v4", "--force") == 2
+    assert "--force needs --reason" in capsys.readouterr().err
+    reason = "field photos: v3 misses wet leaves"
+    assert models(models_dir, "activate", DETECTOR, "v4", "--force", "--reason", reason) == 0
+    assert "FORCED over dataset 'eval_leaves'" in capsys.readouterr().out
+    assert registry.active_versions()[DETECTOR] == "v4"
+    (logged,) = json.loads((models_dir / "registry.json").read_text())[ACTIVATIONS_KEY]
+    assert logged["forced"] and logged["reason"] == reason and logged["previous"] == "v3"
+    assert {r["metric"] for r in logged["regressions"]} >= {"ap", "ap50", "f1"}
+    assert models(models_dir, "list") == 0
+    listed = capsys.readouterr().out
+    assert "FORCED active" in listed and reason in listed and "eval eval_leaves: AP" in listed
+
+
+def test_a_better_or_equal_version_activates(models_dir, monkeypatch, capsys):
+    registry = ModelRegistry(models_dir)
+    registry.set_active(DETECTOR, "v1")
+    assert models(models_dir, "activate", DETECTOR, "v3") == 0  # v3 beats v1
+    assert registry.active_versions()[DETECTOR] == "v3"
+    new_version(models_dir, GRADER, "v2", "v1")  # the same weights: equal, not worse
+    monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "0")
+    assert models(models_dir, "activate", GRADER, "v2") == 0
+    assert registry.active_versions()[GRADER] == "v2"
+    log = json.loads((models_dir / "registry.json").read_text())[ACTIVATIONS_KEY]
+    assert [(a["version"], a["forced"]) for a in log] == [("v3", False), ("v2", False)]
+
+
+def test_add_evaluates_on_every_registered_dataset_and_gates_activate(models_dir, tmp_path, capsys):
+    incoming = tmp_path / "incoming" / DETECTOR / "v5"
+    shutil.copytree(models_dir / DETECTOR / "v1", incoming)
+    card = json.loads((incoming / "card.json").read_text())
+    (incoming / "card.json").write_text(json.dumps({**card, "version": "v5"}))
+    # Figures that come with the folder are not believed: the version is evaluated afresh.
+    forged = {"eval_leaves": {"overall": {"ap": 1.0, "ap50": 1.0, "f1": 1.0}}}
+    (incoming / EVALUATIONS_FILE).write_text(json.dumps({"evaluations": forged}))
+    assert models(models_dir, "add", str(incoming), "--activate") == 2
+    captured = capsys.readouterr()
+    assert "leaf_detector v5 on eval_leaves" in captured.out
+    assert "refused: leaf_detector v5 is worse" in captured.err
+    registry = ModelRegistry(models_dir)
+    assert registry.versions(DETECTOR)[-1] == "v5"  # registered, not active
+    assert registry.active_versions()[DETECTOR] == "v3"
+    stored = read_evaluations(registry, DETECTOR, "v5")["eval_leaves"]["overall"]
+    assert stored["ap"] < 1.0
+
+
+def test_gate_tolerance_setting_is_validated(monkeypatch):
+    monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "2")
+    with pytest.raises(ConfigError, match="must be a share from 0 to 1"):
+        farm_config.gate_tolerance()
+    monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "")
+    assert farm_config.gate_tolerance() == farm_config.DEFAULT_GATE_TOLERANCE
+    assert DATASETS_KEY == "evaluation_datasets"
