@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from conftest import copy_repo_models
 from PIL import Image
+from test_models_bucket import bucket_env  # noqa: F401 - a fixture
 
 from farm_platform import cli
 from farm_platform import config as farm_config
 from farm_platform.admin.evaluation import (
     DATASETS_KEY,
     EVALUATIONS_FILE,
+    open_registered,
     read_evaluations,
     registered_datasets,
 )
@@ -299,3 +301,86 @@ def test_gate_tolerance_setting_is_validated(monkeypatch):
     monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "")
     assert farm_config.gate_tolerance() == farm_config.DEFAULT_GATE_TOLERANCE
     assert DATASETS_KEY == "evaluation_datasets"
+
+
+def test_evaluations_and_a_forced_activation_on_the_model_asset(models_dir, tmp_path):
+    from dagster import DagsterInstance, materialize
+
+    from farm_platform.admin.activation_gate import activate
+    from farm_platform.images.keys import MODEL_ASSETS
+    from farm_platform.images.registered_models import registered_models
+    from farm_platform.resources import ModelRegistryResource, WarehouseResource
+
+    registry = ModelRegistry(models_dir)
+    new_version(models_dir, DETECTOR, "v4", "v1")
+    assert activate(registry, DETECTOR, "v4", force=True, reason="wet season").forced
+    resources = {
+        "models": ModelRegistryResource(models_dir=str(models_dir)),
+        "warehouse": WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}"),
+    }
+    key = MODEL_ASSETS[DETECTOR]
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize(
+            [registered_models], selection=[key], instance=instance, resources=resources
+        ).success
+        event = instance.get_latest_materialization_event(key)
+    metadata = event.asset_materialization.metadata
+    assert metadata["model_version"].value == "v4"
+    assert metadata["evaluations"].value["eval_leaves"]["ap"] < 0.3
+    assert metadata["activation"].value["reason"] == "wet season"
+    assert metadata["activation"].value["forced"] is True
+
+
+def test_registered_datasets_in_a_bucket_are_pushed_read_and_checked(
+    bucket_env,  # noqa: F811 - the fixture imported above
+    tmp_path,
+    capsys,
+):
+    """`models push` carries the datasets; the bucket's copy is read into the local cache
+    and checked against the registry's sha256 at each use; `register-dataset` uploads."""
+    from test_models_bucket import new_bucket
+
+    from farm_platform.ml.model_store import BucketModelStore
+
+    url = f"gs://{new_bucket(bucket_env)}/models"
+    assert cli.main(["models", "--models-dir", url, "push", str(REPO_MODELS_DIR)]) == 0
+    remote = ModelRegistry(url)
+    assert registered_datasets(remote) == registered_datasets(ModelRegistry())
+    assert cli.main(["models", "--models-dir", url, "evaluate", GRADER, "v1"]) == 0
+    assert "disease_3_grader v1 on eval_grades" in capsys.readouterr().out
+    local = read_evaluations(ModelRegistry(), GRADER, "v1")["eval_grades"]
+    assert read_evaluations(remote, GRADER, "v1")["eval_grades"]["overall"] == local["overall"]
+
+    store = BucketModelStore(url)
+    crop = "datasets/eval_heldout/grades/crops/128_0000_00.png"
+    store.fs.pipe_file(store._key(crop), store.read_bytes(crop) + b"\0")
+    assert cli.main(["models", "--models-dir", url, "evaluate", GRADER, "v1"]) == 2
+    assert "does not match the registry: expected sha256" in capsys.readouterr().err
+
+    rows = grade_files(tmp_path)
+    with open(tmp_path / "grades" / "mine.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "disease", "grade"])
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in ("path", "disease", "grade")} for row in rows[:5])
+    args = ["register-dataset", "mine", str(tmp_path / "grades" / "mine.csv")]
+    assert cli.main(["models", "--models-dir", url, *args]) == 0
+    assert store.exists("datasets/mine/mine.csv") and store.exists(
+        f"datasets/mine/{rows[0]['path']}"
+    )
+    entry = next(e for e in registered_datasets(remote) if e.name == "mine")
+    assert len(open_registered(remote, entry).rows) == 5
+
+
+def test_the_reports_model_table_carries_evaluations_and_a_forced_reason(models_dir, monkeypatch):
+    import polars as pl
+
+    from farm_platform.admin.activation_gate import activate
+    from farm_platform.analytics.report_data import with_evaluations
+
+    new_version(models_dir, DETECTOR, "v4", "v1")
+    activate(ModelRegistry(models_dir), DETECTOR, "v4", force=True, reason="wet season")
+    monkeypatch.setenv(farm_config.FARM_MODELS_DIR, str(models_dir))
+    active = pl.DataFrame({"model_id": [DETECTOR, GRADER], "version": ["v4", "v1"]})
+    notes = with_evaluations(active)["evaluation"].to_list()
+    assert notes[0].startswith("eval eval_leaves: AP 0.204") and "'wet season'" in notes[0]
+    assert notes[1].startswith("eval eval_grades: exact 0.461")

@@ -116,8 +116,6 @@ def _models(args: argparse.Namespace) -> int:
             print(f"uploaded {added.card.id} {added.card.version} to {added.path} ({added.check})")
         for name in pushed.already_there:
             print(f"already there: {name} (same sha256)")
-        for name in evaluation_commands.push_datasets(Path(args.source), registry):
-            print(f"uploaded evaluation dataset {name}")
         active = ", ".join(f"{m} {v}" for m, v in sorted(pushed.active.items()))
         print(f"active in {registry.registry_path}: {active}")
     elif args.action == "activate":

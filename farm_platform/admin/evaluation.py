@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -190,7 +191,7 @@ def _download(registry: ModelRegistry, entry: RegisteredDataset) -> Path:
     cache = weights_cache_dir() / DATASETS_FOLDER / entry.sha256
     index = cache / Path(entry.path).name
     cache.mkdir(parents=True, exist_ok=True)
-    index.write_bytes(registry.store.read_bytes(entry.path))
+    _replace(index, registry.store.read_bytes(entry.path))
     folder = entry.path.rsplit("/", 1)[0]
     if dataset_kind(index) == "coco_detection":
         import json
@@ -205,10 +206,17 @@ def _download(registry: ModelRegistry, entry: RegisteredDataset) -> Path:
         target = cache / name
         if not target.resolve().is_relative_to(cache.resolve()):
             raise DatasetError(f"registered dataset {entry.name!r}: {name!r} leaves its folder")
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(registry.store.read_bytes(f"{folder}/{name}"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _replace(target, registry.store.read_bytes(f"{folder}/{name}"))
     return index
+
+
+def _replace(target: Path, data: bytes) -> None:
+    # Read afresh each time (a few hundred KB) and swapped in whole: a copy spoilt once is
+    # never kept, and another process reading the same copy never sees half a file.
+    part = target.with_name(f".{target.name}.{os.getpid()}")
+    part.write_bytes(data)
+    os.replace(part, target)
 
 
 # --------------------------------------------------------------------------- records

@@ -110,13 +110,6 @@ def print_record(card: ModelCard, record: Mapping[str, Any]) -> None:
     print(f"  stored in {card.id}/{card.version}/evaluations.json as {record['dataset']!r}")
 
 
-def push_datasets(source: Path, registry: ModelRegistry) -> list[str]:
-    """`models push`: the local folder's registered evaluation datasets go along."""
-    from farm_platform.admin.evaluation import push_datasets as push
-
-    return push(ModelRegistry(source), registry)
-
-
 def after_add(registry: ModelRegistry, card: ModelCard) -> None:
     """What `models add` runs once the version is registered: every registered dataset,
     evaluated afresh (figures that came in the version's folder are not taken on trust)."""
