@@ -384,3 +384,17 @@ def test_the_reports_model_table_carries_evaluations_and_a_forced_reason(models_
     notes = with_evaluations(active)["evaluation"].to_list()
     assert notes[0].startswith("eval eval_leaves: AP 0.204") and "'wet season'" in notes[0]
     assert notes[1].startswith("eval eval_grades: exact 0.461")
+
+
+def test_registered_paths_stay_inside_the_models_folder_and_reactivation_is_no_write(
+    models_dir, capsys
+):
+    registry_file = models_dir / "registry.json"
+    before = registry_file.read_bytes()
+    assert models(models_dir, "activate", DETECTOR, "v3") == 0  # already active
+    assert registry_file.read_bytes() == before
+    data = json.loads(before)
+    data[DATASETS_KEY]["eval_leaves"]["path"] = "../../outside/annotations.json"
+    registry_file.write_text(json.dumps(data))
+    assert models(models_dir, "evaluate", DETECTOR, "v3") == 2
+    assert "must lie inside the models folder" in capsys.readouterr().err

@@ -85,7 +85,10 @@ def activate(
         raise GateRefused('--force needs --reason "why this version goes live all the same"')
     tolerance = config.gate_tolerance() if tolerance is None else tolerance
     previous = registry.active_versions().get(model_id, "")
-    registry.card(model_id, version)  # an unknown version fails here, before evaluating
+    card = registry.card(model_id, version)  # an unknown version fails here, not later
+    if previous == version:
+        registry.verify_weights(card)
+        return Activation(previous, [], False)  # already live: nothing to gate or record
     regressions = gate_regressions(registry, model_id, version, tolerance)
     if regressions and not force:
         lines = "; ".join(r.describe(previous, version) for r in regressions)

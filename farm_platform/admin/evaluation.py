@@ -87,6 +87,11 @@ def registered_datasets(registry: ModelRegistry) -> list[RegisteredDataset]:
             raise ModelRegistryError(
                 f"model registry: {DATASETS_KEY}.{name} needs 'path' and a 64-digit 'sha256'"
             )
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ModelRegistryError(
+                f"model registry: {DATASETS_KEY}.{name} path {path!r} must lie inside the "
+                "models folder (relative, no '..')"
+            )
         found.append(RegisteredDataset(name, path, sha))
     return found
 
