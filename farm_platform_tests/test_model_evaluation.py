@@ -398,3 +398,30 @@ def test_registered_paths_stay_inside_the_models_folder_and_reactivation_is_no_w
     registry_file.write_text(json.dumps(data))
     assert models(models_dir, "evaluate", DETECTOR, "v3") == 2
     assert "must lie inside the models folder" in capsys.readouterr().err
+
+
+def test_a_grade_csv_with_boxes_grades_the_crops_cut_from_its_photos(models_dir, tmp_path):
+    rows = grade_files(tmp_path)[:12]
+    with open(tmp_path / "grades" / "boxed.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "disease", "grade", "x0", "y0", "x1", "y1"])
+        for n, row in enumerate(rows):
+            crop = np.asarray(Image.open(tmp_path / "grades" / row["path"]).convert("RGB"))
+            photo = np.full((120, 120, 3), 90, np.uint8)
+            height, width = crop.shape[:2]
+            photo[7 : 7 + height, 5 : 5 + width] = crop
+            Image.fromarray(photo).save(tmp_path / "grades" / f"photo{n}.png")
+            writer.writerow(
+                [f"photo{n}.png", "disease_3", row["grade"], 5, 7, 5 + width, 7 + height]
+            )
+    with open(tmp_path / "grades" / "crops.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "disease", "grade"])
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in ("path", "disease", "grade")} for row in rows)
+    for name in ("boxed.csv", "crops.csv"):
+        path = tmp_path / "grades" / name
+        assert models(models_dir, "evaluate", GRADER, "v1", "--dataset", str(path)) == 0
+    records = read_evaluations(ModelRegistry(models_dir), GRADER, "v1")
+    boxed = next(r for n, r in records.items() if n.startswith("boxed.csv@"))["overall"]
+    crops = next(r for n, r in records.items() if n.startswith("crops.csv@"))["overall"]
+    assert boxed == crops and boxed["crops"] == 12
