@@ -425,3 +425,28 @@ def test_a_grade_csv_with_boxes_grades_the_crops_cut_from_its_photos(models_dir,
     boxed = next(r for n, r in records.items() if n.startswith("boxed.csv@"))["overall"]
     crops = next(r for n, r in records.items() if n.startswith("crops.csv@"))["overall"]
     assert boxed == crops and boxed["crops"] == 12
+
+
+def test_grade_folders_register_and_are_evaluated_with_the_rest(models_dir, tmp_path, capsys):
+    rows = grade_files(tmp_path)[:10]
+    folders = models_dir / "datasets" / "mine"
+    for row in rows:
+        target = folders / "disease_3" / row["grade"] / Path(row["path"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "grades" / row["path"], target)
+    outside = tmp_path / "grades" / "grades.csv"
+    assert models(models_dir, "register-dataset", "mine", str(outside)) == 2
+    assert "is outside the models folder" in capsys.readouterr().err
+    (folders / "disease_3" / "stray.png").write_bytes(b"")
+    assert models(models_dir, "register-dataset", "mine", str(folders)) == 2
+    assert "holds 1 image(s) outside a grade folder (e.g. 'stray.png')" in capsys.readouterr().err
+    (folders / "disease_3" / "stray.png").unlink()
+    assert models(models_dir, "register-dataset", "mine", str(folders)) == 0
+    assert models(models_dir, "datasets") == 0
+    assert "mine                 disease_grader  datasets/mine" in capsys.readouterr().out
+    assert models(models_dir, "evaluate", GRADER, "v1") == 0
+    out = capsys.readouterr().out
+    assert "v1 on eval_grades" in out and "v1 on mine" in out and "(10 crops)" in out
+    # Another disease's grader finds no crops of its own there: shown, never gated on.
+    assert models(models_dir, "evaluate", "disease_0_grader", "v1") == 0
+    assert "v1 on mine (sha256" in capsys.readouterr().out

@@ -66,11 +66,9 @@ class RegisteredDataset:
 
     @property
     def task(self) -> str:
-        return (
-            "leaf_detector"
-            if dataset_kind(Path(self.path)) == "coco_detection"
-            else ("disease_grader")
-        )
+        """Which models it evaluates: COCO detection sets the detector, the rest graders."""
+        coco = Path(self.path).suffix.lower() == ".json"  # not a grade .csv or folder
+        return "leaf_detector" if coco else "disease_grader"
 
 
 def registered_datasets(registry: ModelRegistry) -> list[RegisteredDataset]:
@@ -188,7 +186,7 @@ def open_registered(
 
 def _download(registry: ModelRegistry, entry: RegisteredDataset) -> Path:
     """A bucket dataset's index file and the images it names, into the local cache."""
-    if dataset_kind(Path(entry.path)) == "grade_folders":
+    if Path(entry.path).suffix.lower() not in (".json", ".csv"):
         raise DatasetError(
             f"registered dataset {entry.name!r}: a bucket holds datasets with an index file "
             "(COCO .json or grade .csv), not grade folders"

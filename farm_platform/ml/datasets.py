@@ -207,11 +207,13 @@ def read_grade_csv(path: Path) -> GradeDataset:
 
 
 def read_grade_folders(path: Path) -> GradeDataset:
+    _no_loose_images(path)
     rows = []
     for folder in sorted(p for p in path.iterdir() if p.is_dir()):
         if folder.name.isdigit():
             rows += _grade_folder(folder, None)
         else:
+            _no_loose_images(folder)
             for grade_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
                 if not grade_folder.name.isdigit():
                     raise DatasetError(
@@ -224,6 +226,16 @@ def read_grade_folders(path: Path) -> GradeDataset:
             f"grade folders {path}: no images in ROOT/<grade>/ or ROOT/<disease>/<grade>/"
         )
     return GradeDataset(path, "grade_folders", tuple(rows))
+
+
+def _no_loose_images(folder: Path) -> None:
+    """An image outside a grade folder has no grade: refused, not skipped."""
+    loose = [p.name for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:
+        raise DatasetError(
+            f"grade folders: {folder} holds {len(loose)} image(s) outside a grade folder "
+            f"(e.g. {loose[0]!r}): move each into <grade>/ or <disease>/<grade>/"
+        )
 
 
 def _grade_folder(folder: Path, disease: str | None) -> list[GradeRow]:

@@ -66,6 +66,12 @@ def coco_detector_metrics(
         "categories": dataset.coco["categories"],
         "annotations": [a for a in dataset.coco["annotations"] if a["category_id"] == category],
     }
+    # Boxes of other categories are not leaves: left out of every figure, and counted.
+    wanted = set(ids)
+    others = sum(
+        a["category_id"] != category and a["image_id"] in wanted
+        for a in dataset.coco["annotations"]
+    )
     results = [
         {
             "image_id": image_id,
@@ -95,11 +101,7 @@ def coco_detector_metrics(
         evaluation.accumulate()
         evaluation.summarize()
     tp, fp, fn = _matches_at(evaluation, IOU_THRESHOLD)
-    true_counts = {i: 0 for i in ids}
-    for annotation in truth.dataset["annotations"]:
-        if annotation["image_id"] in true_counts and not annotation.get("iscrowd"):
-            true_counts[annotation["image_id"]] += 1
-    errors = np.array([len(detections.get(i, ())) - true_counts[i] for i in ids], np.float64)
+    errors = _count_errors(truth.dataset["annotations"], detections, ids)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -118,7 +120,19 @@ def coco_detector_metrics(
         "f1": round(f1, 4) if tp + fp + fn else None,
         "count_error": round(float(errors.mean()), 4) if len(ids) else None,
         "abs_count_error": round(float(np.abs(errors).mean()), 4) if len(ids) else None,
+        "other_category_boxes": int(others),
     }
+
+
+def _count_errors(
+    leaves: Sequence[Mapping[str, Any]], detections: Mapping[int, Sequence[Any]], ids: list[int]
+) -> np.ndarray:
+    """Per photo: detections minus true leaves (crowd boxes are not counted as leaves)."""
+    true_counts = dict.fromkeys(ids, 0)
+    for annotation in leaves:
+        if annotation["image_id"] in true_counts and not annotation.get("iscrowd"):
+            true_counts[annotation["image_id"]] += 1
+    return np.array([len(detections.get(i, ())) - true_counts[i] for i in ids], np.float64)
 
 
 def _matches_at(evaluation: Any, iou: float) -> tuple[int, int, int]:
