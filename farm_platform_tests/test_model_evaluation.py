@@ -450,3 +450,18 @@ def test_grade_folders_register_and_are_evaluated_with_the_rest(models_dir, tmp_
     # Another disease's grader finds no crops of its own there: shown, never gated on.
     assert models(models_dir, "evaluate", "disease_0_grader", "v1") == 0
     assert "v1 on mine (sha256" in capsys.readouterr().out
+
+
+def test_the_leaf_category_is_chosen_and_other_boxes_are_counted_not_scored(tmp_path):
+    path = one_leaf_coco(tmp_path, [[0, 0, 10, 10]])
+    coco = json.loads(path.read_text())
+    coco["categories"] = [{"id": 7, "name": "Leaf"}, {"id": 8, "name": "weed"}]
+    coco["annotations"].append({"image_id": 1, "category_id": 8, "bbox": [20, 20, 5, 5]})
+    path.write_text(json.dumps(coco))
+    figures = coco_detector_metrics(read_coco(path), {1: [(0, 0, 10, 10, 0.9)]})
+    assert (figures["ap"], figures["f1"], figures["true_leaves"]) == (1.0, 1.0, 1)
+    assert figures["other_category_boxes"] == 1
+    coco["categories"][0]["name"] = "stem"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match="2 categories and 0 named 'leaf'"):
+        read_coco(path)
