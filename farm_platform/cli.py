@@ -35,6 +35,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from farm_platform.config import ConfigError
     from farm_platform.dev.emulators import StackError
     from farm_platform.layout import BucketUnreachable, LayoutError
+    from farm_platform.ml.datasets import DatasetError
     from farm_platform.ml.oip import OipError
     from farm_platform.ml.registry import ModelRegistryError
     from farm_platform.resources.field_map import FieldMapError
@@ -45,6 +46,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
         BackfillError,
         BucketUnreachable,
         ConfigError,
+        DatasetError,
         FieldMapError,
         LayoutError,
         ModelRegistryError,

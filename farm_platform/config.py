@@ -115,7 +115,7 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
-# How often the production topology's watchdog (farm_platform.dev.liveness) asks each code
+# How often the production topology's watchdog (farm_platform.dev.watchdog) asks each code
 # server for its id.
 FARM_WATCHDOG_INTERVAL_SECONDS = "FARM_WATCHDOG_INTERVAL_SECONDS"
 DEFAULT_WATCHDOG_INTERVAL_SECONDS = 5.0
@@ -126,6 +126,11 @@ DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS = 5.0
 # Missed answers in a row before the watchdog replaces a code server.
 FARM_WATCHDOG_FAILURES = "FARM_WATCHDOG_FAILURES"
 DEFAULT_WATCHDOG_FAILURES = 3
+# `models activate` refuses a version whose AP, AP50 or F1 (detector) or exact or within-one
+# accuracy (grader) on a registered evaluation dataset is lower than the active version's by
+# more than this (an absolute share, 0..1); `--force --reason` overrides it.
+FARM_GATE_TOLERANCE = "FARM_GATE_TOLERANCE"
+DEFAULT_GATE_TOLERANCE = 0.01
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -169,6 +174,7 @@ CONFIG_VARIABLES = (
     FARM_WATCHDOG_INTERVAL_SECONDS,
     FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS,
     FARM_WATCHDOG_FAILURES,
+    FARM_GATE_TOLERANCE,
 )
 
 
@@ -322,6 +328,18 @@ def max_photo_attempts() -> int:
 
 def max_severity_jump() -> float:
     return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
+
+
+def gate_tolerance() -> float:
+    """`$FARM_GATE_TOLERANCE`: how much worse than the active version a new one may be."""
+    raw = os.environ.get(FARM_GATE_TOLERANCE) or ""
+    try:
+        value = float(raw) if raw else DEFAULT_GATE_TOLERANCE
+    except ValueError:
+        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} must be a share from 0 to 1")
+    return value
 
 
 def inference_mode() -> str:

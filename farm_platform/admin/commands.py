@@ -89,19 +89,22 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from farm_platform.admin import evaluation_commands
     from farm_platform.admin import model_versions as model_admin
     from farm_platform.ml.registry import ModelRegistry
 
     registry = ModelRegistry(args.models_dir)
+    if args.action in evaluation_commands.ACTIONS:
+        return evaluation_commands.run(args, registry)
     if args.action == "add":
-        added = model_admin.add_model(Path(args.path), registry, activate=args.activate)
+        added = model_admin.add_model(Path(args.path), registry)
         card = added.card
         print(f"registered {card.id} {card.version} at {added.path}")
         print(f"  sha256 {card.sha256} verified; loads; dummy forward pass: {added.check}")
-        if added.activated:
-            print(
-                f"  activated: {card.id} is now {card.version} (registry {registry.registry_path})"
-            )
+        # Evaluated on every registered dataset; --activate then goes through the gate.
+        evaluation_commands.after_add(registry, card)
+        if args.activate:
+            evaluation_commands.activate(args, registry, card.id, card.version)
         else:
             print(
                 "  not active; activate with: "
@@ -116,11 +119,12 @@ def _models(args: argparse.Namespace) -> int:
         active = ", ".join(f"{m} {v}" for m, v in sorted(pushed.active.items()))
         print(f"active in {registry.registry_path}: {active}")
     elif args.action == "activate":
-        previous = model_admin.activate_model(args.model_id, args.version, registry)
-        print(f"activated {args.model_id} {args.version} (was {previous or 'none'})")
+        evaluation_commands.activate(args, registry, args.model_id, args.version)
         print("  the model_registry_sensor records the new data version within 30 s;")
         print("  then: farm-platform models stale")
     elif args.action == "list":
+        from farm_platform.ml.evaluation_records import version_notes
+
         rows = model_admin.list_models(registry)
         for row in rows:
             mark = "*" if row.active else " "
@@ -131,6 +135,9 @@ def _models(args: argparse.Namespace) -> int:
             if row.problem:
                 which = "ACTIVE model" if row.active else "model"
                 print(f"    WARNING: {which} unusable: {row.problem}")
+            else:
+                for note in version_notes(registry, row.model_id, row.version):
+                    print(f"    {note}")
         print("(* = active)")
         # Exit 1 when a live model is broken, so scripts and CI notice, not only readers.
         if any(row.active and row.problem for row in rows):
@@ -314,6 +321,7 @@ def add_date_range(parser: argparse.ArgumentParser) -> None:
 
 
 def add_admin_commands(commands: Any) -> None:
+    from farm_platform.admin import evaluation_commands
     from farm_platform.config import FARM_MODELS_DIR
 
     models_parser = commands.add_parser("models", help="register, list, activate model versions")
@@ -326,7 +334,10 @@ def add_admin_commands(commands: Any) -> None:
     model_actions = models_parser.add_subparsers(dest="action", required=True)
     add_parser = model_actions.add_parser("add", help="validate and register a model folder")
     add_parser.add_argument("path", help="folder with card.json and the weights")
-    add_parser.add_argument("--activate", action="store_true", help="also make it the live version")
+    add_parser.add_argument(
+        "--activate", action="store_true", help="also make it the live version (gated)"
+    )
+    add_parser.add_argument("--reason", default=None, help="with --activate --force")
     model_actions.add_parser("list", help="every registered version (* = active)")
     push_parser = model_actions.add_parser(
         "push",
@@ -337,6 +348,14 @@ def add_admin_commands(commands: Any) -> None:
     activate_parser = model_actions.add_parser("activate", help="make a version the live one")
     activate_parser.add_argument("model_id", help="e.g. disease_3_grader (see `models list`)")
     activate_parser.add_argument("version", help="a registered version, e.g. v2")
+    for parser in (add_parser, activate_parser):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="activate although worse than the active version on a registered "
+            "evaluation dataset (needs --reason, which is recorded)",
+        )
+    activate_parser.add_argument("--reason", default=None, help="why, with --force (recorded)")
     stale_parser = model_actions.add_parser(
         "stale", help="stale partitions, from Dagster ($DAGSTER_HOME)"
     )
@@ -371,6 +390,7 @@ def add_admin_commands(commands: Any) -> None:
         "reload", help="make a running model server load the registry's active versions"
     )
     reload_parser.add_argument("--url", default=None, help=f"default: ${config.FARM_OIP_URL}")
+    evaluation_commands.add_parsers(model_actions)
     models_parser.set_defaults(handler=_models)
 
     backfill_parser = commands.add_parser(

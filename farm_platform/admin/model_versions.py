@@ -195,7 +195,8 @@ class PushedModels:
 def push_models(source: Path | str, registry: ModelRegistry | None = None) -> PushedModels:
     """Make the models folder of `registry` (typically a bucket) hold every version of the
     local models folder `source` and its active versions: each missing version is added as
-    `add_model` adds it (validated, weights before card), the bfloat16 record is copied, and
+    `add_model` adds it (validated, weights before card), the bfloat16 record and the
+    registered evaluation datasets (files, then their registry entry) are copied, and
     then the active versions are set in one registry write. A version the destination holds
     with other weights is refused (versions are immutable). Running it again changes
     nothing."""
@@ -222,6 +223,9 @@ def push_models(source: Path | str, registry: ModelRegistry | None = None) -> Pu
     precision = local.read_json(PRECISION_RECORD)
     if precision is not None and registry.read_json(PRECISION_RECORD) != precision:
         registry.store.write_json(PRECISION_RECORD, precision)
+    from farm_platform.admin.evaluation import push_datasets  # the gate's datasets go along
+
+    push_datasets(local, registry)
     registry.set_active_versions(active)
     return PushedModels(added, already, active)
 

@@ -65,6 +65,24 @@ def active_disease_names() -> dict[str, str]:
     }
 
 
+def with_evaluations(models: pl.DataFrame) -> pl.DataFrame:
+    """The active versions with their figures on the registered evaluation datasets and, for
+    a forced activation, its reason (`farm-platform models list` shows the same)."""
+    from farm_platform.ml.evaluation_records import version_notes
+    from farm_platform.ml.registry import ModelRegistry, ModelRegistryError
+
+    try:
+        registry = ModelRegistry()
+        notes = [
+            "; ".join(version_notes(registry, model_id, version))
+            for model_id, version in zip(models["model_id"], models["version"], strict=True)
+        ]
+    except (ModelRegistryError, OSError, ValueError) as exc:
+        # The report still goes out; the cell says why the figures are not there.
+        notes = [f"evaluations unreadable: {exc}"] * models.height
+    return models.with_columns(pl.Series("evaluation", notes, pl.String))
+
+
 def load_report_data(
     warehouse: WarehouseResource,
     day: dt.date,
@@ -87,8 +105,11 @@ def load_report_data(
         severity=upto("daily_severity"),
         coverage=warehouse.query("SELECT * FROM coverage WHERE date = %s ORDER BY area", [day]),
         ungraded=sorted(set(positions["position_id"]) - set(graded["position_id"])),
-        models=warehouse.query(
-            "SELECT model_id, version, sha256 FROM model_versions WHERE active ORDER BY model_id"
+        models=with_evaluations(
+            warehouse.query(
+                "SELECT model_id, version, sha256 FROM model_versions WHERE active"
+                " ORDER BY model_id"
+            )
         ),
         agreement=warehouse.query("SELECT * FROM model_version_agreement"),
         confusion=warehouse.query(

@@ -357,3 +357,7 @@ def add_dev_commands(commands: Any) -> None:
     )
     check_parser.add_argument("--workdir", help="keep the simulated farm here (default: temp)")
     check_parser.set_defaults(handler=_check)
+
+    from farm_platform.dev.heldout_export import add_heldout_command
+
+    add_heldout_command(commands)

@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from farm_platform.images.keys import MODEL_ASSETS
+from farm_platform.ml.evaluation_records import asset_metadata
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.tables import MODEL_VERSIONS_TABLE
@@ -67,6 +68,12 @@ def registered_models(
                 "task": card.task,
                 "disease_type": card.disease_type or "",
                 "metrics": card.metrics,
+                # `models evaluate` figures per registered dataset, and how it went live
+                # (a forced activation carries its reason).
+                **{
+                    name: MetadataValue.json(value)
+                    for name, value in asset_metadata(registry, card.id, card.version).items()
+                },
             },
         )
     if MODEL_VERSIONS in context.selected_asset_keys:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from farm_platform.ml.model_store import (
 )
 
 REGISTRY_FILE = "registry.json"
+# registry.json's log of activations made through the gate (farm_platform/admin/evaluation.py).
+ACTIVATIONS_KEY = "activations"
 CARD_FILE = "card.json"
 # Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
 PRECISION_RECORD = "precision.json"
@@ -391,23 +393,39 @@ class ModelRegistry:
         """Make `version` the live version of `model_id` (its card must exist and be valid)."""
         self.set_active_versions({model_id: version})
 
-    def set_active_versions(self, versions: Mapping[str, str]) -> None:
+    def set_active_versions(
+        self, versions: Mapping[str, str], record: Mapping[str, Any] | None = None
+    ) -> None:
         """Make each `version` the live one of its model, in one write of registry.json,
-        after checking every card and its weights. In a bucket the write is made only over
-        the generation that was read, so a concurrent activation is never lost: on a
-        conflict the registry is read again and the change applied to it."""
+        after checking every card and its weights. `record` (who, why: a forced activation's
+        reason) is appended to the registry's `activations` log in that same write."""
         for model_id, version in versions.items():
             self.verify_weights(self.card(model_id, version))
+
+        def change(data: dict[str, Any]) -> bool:
+            if record is None and all(data["active"].get(m) == v for m, v in versions.items()):
+                return False  # already so: no new generation for the watchers to read
+            data["active"].update(versions)
+            data["active"] = dict(sorted(data["active"].items()))
+            if record is not None:
+                data.setdefault(ACTIVATIONS_KEY, []).append(dict(record))
+            return True
+
+        self.update_registry(change)
+
+    def update_registry(self, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Apply `change` (True: it changed something) to registry.json and write it. In a
+        bucket the write is made only over the generation that was read, so a concurrent
+        writer is never lost: on a conflict the registry is read again and `change` applied
+        to it again."""
         for _ in range(_WRITE_ATTEMPTS):
             if self.store.generation(REGISTRY_FILE) is None:
                 data: dict[str, Any] = {"active": {}}
                 generation = "0"  # only if there is still none
             else:
                 data, generation = self._read_registry_generation()
-            if generation != "0" and all(data["active"].get(m) == v for m, v in versions.items()):
-                return  # already so: no new generation for the watchers to read
-            data["active"].update(versions)
-            data["active"] = dict(sorted(data["active"].items()))
+            if not change(data) and generation != "0":
+                return
             try:
                 self.store.write_json(REGISTRY_FILE, data, if_generation=generation)
                 return
