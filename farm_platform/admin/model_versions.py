@@ -46,11 +46,16 @@ class ModelExistsError(ModelRegistryError):
 
 
 def check_model_runs(card: ModelCard, registry: ModelRegistry) -> str:
-    """Load the model of a registered-layout card and run a dummy forward pass.
+    """Load the model of a registered-layout card and run a dummy forward pass (an ONNX or
+    TorchScript card: check its declared contract on a probe batch).
 
     Returns a short description of the output shapes; raises ModelRegistryError (or a
     subclass) saying what is wrong.
     """
+    if card.contract is not None:
+        from farm_platform.ml.probe import probe_exported
+
+        return probe_exported(card, registry)
     import torch
 
     from farm_platform.ml import inference
