@@ -97,7 +97,9 @@ def _models(args: argparse.Namespace) -> int:
         added = model_admin.add_model(Path(args.path), registry, activate=args.activate)
         card = added.card
         print(f"registered {card.id} {card.version} at {added.path}")
-        print(f"  sha256 {card.sha256} verified; loads; dummy forward pass: {added.check}")
+        # An exported model's check is its contract's, on a probe batch (ml/probe.py).
+        what = "contract on a probe batch" if card.contract else "dummy forward pass"
+        print(f"  sha256 {card.sha256} verified; loads; {what}: {added.check}")
         if added.activated:
             print(
                 f"  activated: {card.id} is now {card.version} (registry {registry.registry_path})"

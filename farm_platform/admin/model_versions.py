@@ -260,6 +260,10 @@ def _metric_summary(card: ModelCard) -> str:
     return ""
 
 
+def _format_label(card: ModelCard) -> str:
+    return "" if card.contract is None else f"[{card.format}]"
+
+
 def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
     registry = registry or ModelRegistry()
     active = registry.active_versions()
@@ -288,7 +292,7 @@ def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
                     is_active,
                     card.sha256,
                     card.created_at,
-                    _metric_summary(card),
+                    " ".join(filter(None, (_format_label(card), _metric_summary(card)))),
                     problem,
                 )
             )

@@ -23,7 +23,7 @@ from farm_platform.ml.contract import DetectorOutput, GraderOutput, InputContrac
 from farm_platform.ml.nms import non_max_suppression
 from farm_platform.ml.pixels import letterbox, parallel_map, resize_crop
 from farm_platform.ml.registry import ModelCard, ModelRegistryError
-from farm_platform.ml.runners import DetectorRunner, GraderRunner
+from farm_platform.ml.runners import DetectorRun, DetectorRunner, GraderRunner
 
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
@@ -203,6 +203,8 @@ def fit_photos(
         geometry = (size[1] / photo.shape[1], size[0] / photo.shape[0], 0, 0)
         return resize_crop(photo, size), geometry
 
+    if not photos:
+        return np.zeros((0, *size, 3), np.uint8), []
     fitted = parallel_map(fit, photos)
     return np.stack([image for image, _ in fitted]), [geometry for _, geometry in fitted]
 
@@ -291,33 +293,48 @@ def _raw_form(
     )
 
 
+def detect_fitted(model: ExportedModel, fitted: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(N, H, W, 3) uint8 photos already fitted to the input -> per photo boxes (k, 4) in
+    input pixels and scores (k,), best first (what the model server runs)."""
+    out = model.contract.output
+    assert isinstance(out, DetectorOutput)
+    decode = _boxes_form if out.form == "boxes" else _raw_form
+    batch = model.contract.input.batch or len(fitted)
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    for outputs in model.run(encode(fitted, model.contract.input)):
+        results.extend(decode(model, out, outputs, batch))
+    return results[: len(fitted)]
+
+
+def photo_detector(
+    run_fitted: DetectorRun, size: tuple[int, int], spec: InputContract
+) -> Callable[[Sequence[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Photos as they are -> fitted as `spec` says -> `run_fitted` (here or on the model
+    server) -> per photo boxes in the photo's pixels and scores."""
+
+    def run_photos(photos: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        fitted, geometry = fit_photos(photos, size, spec)
+        mapped = []
+        for (boxes, scores), (sx, sy, left, top) in zip(run_fitted(fitted), geometry, strict=True):
+            shift = np.array([left, top, left, top], np.float32)
+            scale = np.array([sx, sy, sx, sy], np.float32)
+            mapped.append((((boxes - shift) / scale).astype(np.float32), scores))
+        return mapped
+
+    return run_photos
+
+
 def detect_photos(
     model: ExportedModel, photos: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per photo: boxes (k, 4) in the photo's pixels and scores (k,), best first."""
-    out = model.contract.output
-    assert isinstance(out, DetectorOutput)
-    fitted, geometry = fit_photos(photos, model.input_size, model.contract.input)
-    decode = _boxes_form if out.form == "boxes" else _raw_form
-    batch = model.contract.input.batch or len(photos)
-    results: list[tuple[np.ndarray, np.ndarray]] = []
-    for outputs in model.run(encode(fitted, model.contract.input)):
-        results.extend(decode(model, out, outputs, batch))
-    results = results[: len(photos)]
-    mapped = []
-    for (boxes, scores), (sx, sy, left, top) in zip(results, geometry, strict=True):
-        back = (boxes - np.array([left, top, left, top], np.float32)) / np.array(
-            [sx, sy, sx, sy], np.float32
-        )
-        mapped.append((back.astype(np.float32), scores))
-    return mapped
+    return detector_runner(model).run_photos(photos)  # type: ignore[misc]
 
 
 def detector_runner(model: ExportedModel) -> DetectorRunner:
-    def run_square(scaled: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        return detect_photos(model, list(scaled))
-
-    return DetectorRunner(model.input_size[0], run_square, functools.partial(detect_photos, model))
+    run = functools.partial(detect_fitted, model)
+    spec = model.contract.input
+    return DetectorRunner(model.input_size[0], run, photo_detector(run, model.input_size, spec))
 
 
 # ------------------------------------------------------------------------------ grader
