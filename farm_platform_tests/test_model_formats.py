@@ -4,7 +4,9 @@ error is one line naming the card's field, and nothing is registered."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import pickle
@@ -108,9 +110,8 @@ def export(module: torch.nn.Module, example: torch.Tensor, path: Path, fmt: str,
             torch.jit.trace(module, example, check_trace=False).save(str(path))
         else:
             outputs = onnx.pop("outputs", ["output"])
-            axes = {name: {0: "batch"} for name in ["images", *outputs]}
-            if onnx.pop("static", False):
-                axes = {}
+            static = onnx.pop("static", False)
+            axes = {} if static else {name: {0: "batch"} for name in ["images", *outputs]}
             torch.onnx.export(
                 module,
                 (example,),
@@ -129,8 +130,7 @@ def version_folder(root: Path, model_id: str, weights: Path, **fields) -> Path:
     card = json.loads(
         (SHIPPED.models_dir / model_id / SHIPPED.versions(model_id)[-1] / "card.json").read_text()
     )
-    for name in ("architecture", "architecture_kwargs", "metrics"):
-        card.pop(name, None)
+    del card["architecture"], card["architecture_kwargs"]
     card.update(version=f"x{len(list(root.glob('*')))}", weights=weights.name, metrics={})
     card.update(
         sha256=sha256_file(weights), created_at=dt.datetime.now(dt.UTC).isoformat(), **fields
@@ -151,12 +151,13 @@ def photos() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def crops(photos) -> list[np.ndarray]:
+def crops(photos) -> tuple[pl.DataFrame, list[np.ndarray]]:
+    """The shipped detector's `leaf_crops` rows and crops of the photos."""
     detector = inference.load_detector(SHIPPED.detector())
     keyed = [(ImageKey(f"P{i}", dt.date(2024, 5, 1)), p) for i, p in enumerate(photos)]
-    _, cut = inference.crop_leaves(keyed, detector, SHIPPED.detector(), "file:///tmp/unused")
+    rows, cut = inference.crop_leaves(keyed, detector, SHIPPED.detector(), "file:///unused")
     assert len(cut) > 40
-    return cut
+    return rows, cut
 
 
 @pytest.fixture()
@@ -165,8 +166,13 @@ def models_dir(tmp_path: Path) -> Path:
 
 
 def _register(models_dir: Path, folder: Path):
-    added = add_model(folder, ModelRegistry(models_dir))
-    return added, ModelRegistry(models_dir).card(added.card.id, added.card.version)
+    """`farm-platform models add FOLDER`, then `models list`: what they printed, and the card."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["models", "--models-dir", str(models_dir), "add", str(folder)]) == 0
+        assert cli.main(["models", "--models-dir", str(models_dir), "list"]) == 0
+    card = json.loads((folder / "card.json").read_text())
+    return printed.getvalue(), ModelRegistry(models_dir).card(card["id"], card["version"])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -184,8 +190,10 @@ def test_exported_detector_finds_the_state_dict_detectors_leaves(fmt, photos, mo
     folder = version_folder(
         tmp_path / "in", "leaf_detector", weights, format=fmt, input={}, output=output
     )
-    added, card = _register(models_dir, folder)
-    assert "leaves found per probe photo" in added.check
+    printed, card = _register(models_dir, folder)
+    assert f"loads; contract on a probe batch: {fmt}: probe batch of 2 256x256" in printed
+    assert "leaves found per probe photo" in printed
+    assert f" {card.version}   " in printed and f"[{fmt}]" in printed  # models list
     exported = inference.load_detector(card, ModelRegistry(models_dir))
     assert isinstance(exported, inference.DetectorRunner)
     expected = inference.detect_leaves(photos, shipped)
@@ -220,15 +228,7 @@ def test_a_grader_with_another_class_order_grades_identically(
         tmp_path / "in", GRADER_ID, weights, format=fmt, input=model_input, output=output
     )
     _, card = _register(models_dir, folder)
-    rows = pl.DataFrame(
-        {
-            "position_id": ["P"] * len(crops),
-            "date": [dt.date(2024, 5, 1)] * len(crops),
-            "leaf_crop_idx": list(range(len(crops))),
-            "cropper_model_id": ["d"] * len(crops),
-            "cropper_model_version": ["v"] * len(crops),
-        }
-    )
+    rows, crops = crops
     expected = inference.grade_crops(crops, rows, shipped, card_v1)
     got = inference.grade_crops(
         crops, rows, inference.load_grader(card, ModelRegistry(models_dir)), card
