@@ -10,18 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
-from conftest import copy_repo_models
-from test_model_formats import (
-    GRADER_ID,
-    SHIPPED,
-    BoxesDetector,
-    PermutedGrader,
-    export,
-    version_folder,
-)
+from test_model_formats import GRADER_ID, SHIPPED
+from test_model_formats_pipeline import exported_models_dir
 
-from farm_platform.admin.model_versions import add_model
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.layout import ImageKey
 from farm_platform.ml import inference
@@ -36,26 +27,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped models, with an ONNX detector (letterboxed input) and a TorchScript
     grader of another class order active in their place."""
     root = tmp_path_factory.mktemp("served-formats")
-    target = copy_repo_models(root / "models")
-    registry = ModelRegistry(target)
-    detector = BoxesDetector(inference.load_detector(SHIPPED.detector()))
-    weights = export(detector, torch.rand(2, 3, 256, 256), root / "d.onnx", "onnx",
-                     outputs=["boxes", "scores"])  # fmt: skip
-    output = {"form": "boxes", "score_threshold": 0.3}
-    add_model(
-        version_folder(root / "in", "leaf_detector", weights, format="onnx",
-                       input={"resize": "letterbox", "pad_value": 114}, output=output),
-        registry, activate=True,
-    )  # fmt: skip
-    perm = [3, 1, 0, 2]
-    grader = PermutedGrader(inference.load_grader(SHIPPED.active_card(GRADER_ID)), perm)
-    weights = export(grader, torch.rand(2, 3, 48, 48), root / "g.pt", "torchscript")
-    add_model(
-        version_folder(root / "in", GRADER_ID, weights, format="torchscript", input={},
-                       output={"form": "logits", "label_map": perm}),
-        registry, activate=True,
-    )  # fmt: skip
-    return target
+    return exported_models_dir(root, {"resize": "letterbox", "pad_value": 114})
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +37,7 @@ def grpc_url(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield server.grpc_url
 
 
+@pytest.mark.slow
 def test_the_server_answers_as_the_exported_models_run_here(models_dir, grpc_url):
     simulate = pytest.importorskip("farm_platform.dev.simulate")
     arrays = [inference.decode_png(s.png) for s in simulate.render_training_images(2000, 6)]
