@@ -2,8 +2,9 @@
 
 `add_model` is atomic: the folder is copied to a staging folder inside the models folder,
 validated there (card, weights' sha256, the model loads and a dummy forward pass gives the
-output shape its card promises) and only then renamed into `<models>/<id>/<version>/` in
-one step. A refused model leaves the models folder exactly as it was.
+output shape its card promises; for an ONNX or TorchScript card, its declared contract on a
+probe batch, ml/probe.py) and only then renamed into `<models>/<id>/<version>/` in one
+step. A refused model leaves the models folder exactly as it was.
 
 `stale_partitions` asks Dagster itself (`CachingStaleStatusResolver`, what the UI uses)
 whether each materialized partition of the image assets is stale: a grade partition whose

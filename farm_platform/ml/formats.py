@@ -328,13 +328,13 @@ def detect_photos(
     model: ExportedModel, photos: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per photo: boxes (k, 4) in the photo's pixels and scores (k,), best first."""
-    return detector_runner(model).run_photos(photos)  # type: ignore[misc]
+    run = functools.partial(detect_fitted, model)
+    return photo_detector(run, model.input_size, model.contract.input)(photos)
 
 
 def detector_runner(model: ExportedModel) -> DetectorRunner:
     run = functools.partial(detect_fitted, model)
-    spec = model.contract.input
-    return DetectorRunner(model.input_size[0], run, photo_detector(run, model.input_size, spec))
+    return DetectorRunner(model.input_size[0], run, functools.partial(detect_photos, model))
 
 
 # ------------------------------------------------------------------------------ grader

@@ -4,7 +4,8 @@ Layout, relative to the models folder (default: `<repo>/models`):
 
     registry.json                      {"active": {"<model_id>": "<version>", ...}}
     <model_id>/<version>/card.json     the model card (fields: see ModelCard)
-    <model_id>/<version>/<weights>     the state_dict named by the card
+    <model_id>/<version>/<weights>     the file named by the card: a state_dict, or an
+                                       ONNX / TorchScript export (ml/contract.py)
 
 This module must not import torch: Dagster loads it with the code location.
 """
