@@ -100,7 +100,9 @@ def _models(args: argparse.Namespace) -> int:
         added = model_admin.add_model(Path(args.path), registry)
         card = added.card
         print(f"registered {card.id} {card.version} at {added.path}")
-        print(f"  sha256 {card.sha256} verified; loads; dummy forward pass: {added.check}")
+        # An exported model's check is its contract's, on a probe batch (ml/probe.py).
+        what = "contract on a probe batch" if card.contract else "dummy forward pass"
+        print(f"  sha256 {card.sha256} verified; loads; {what}: {added.check}")
         # Evaluated on every registered dataset; --activate then goes through the gate.
         evaluation_commands.after_add(registry, card)
         if args.activate:

@@ -2,8 +2,9 @@
 
 `add_model` is atomic: the folder is copied to a staging folder inside the models folder,
 validated there (card, weights' sha256, the model loads and a dummy forward pass gives the
-output shape its card promises) and only then renamed into `<models>/<id>/<version>/` in
-one step. A refused model leaves the models folder exactly as it was.
+output shape its card promises; for an ONNX or TorchScript card, its declared contract on a
+probe batch, ml/probe.py) and only then renamed into `<models>/<id>/<version>/` in one
+step. A refused model leaves the models folder exactly as it was.
 
 `stale_partitions` asks Dagster itself (`CachingStaleStatusResolver`, what the UI uses)
 whether each materialized partition of the image assets is stale: a grade partition whose
@@ -46,11 +47,16 @@ class ModelExistsError(ModelRegistryError):
 
 
 def check_model_runs(card: ModelCard, registry: ModelRegistry) -> str:
-    """Load the model of a registered-layout card and run a dummy forward pass.
+    """Load the model of a registered-layout card and run a dummy forward pass (an ONNX or
+    TorchScript card: check its declared contract on a probe batch).
 
     Returns a short description of the output shapes; raises ModelRegistryError (or a
     subclass) saying what is wrong.
     """
+    if card.contract is not None:
+        from farm_platform.ml.probe import probe_exported
+
+        return probe_exported(card, registry)
     import torch
 
     from farm_platform.ml import inference
@@ -259,6 +265,10 @@ def _metric_summary(card: ModelCard) -> str:
     return ""
 
 
+def _format_label(card: ModelCard) -> str:
+    return "" if card.contract is None else f"[{card.format}]"
+
+
 def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
     registry = registry or ModelRegistry()
     active = registry.active_versions()
@@ -287,7 +297,7 @@ def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
                     is_active,
                     card.sha256,
                     card.created_at,
-                    _metric_summary(card),
+                    " ".join(filter(None, (_format_label(card), _metric_summary(card)))),
                     problem,
                 )
             )

@@ -209,15 +209,17 @@ def _grade_chunk(
     result.clock.add("detect_crop", started)
 
     started = time.perf_counter()
-    prepared: dict[tuple[int, int], Any] = {}
+    prepared: dict[tuple[Any, ...], Any] = {}
     for card, grader in graders:
         size = (card.input_size[0], card.input_size[1])
-        if size not in prepared:
-            # Resize once for every grader that shares an input size (and device).
-            prepared[size] = inference.prepare_crops(
-                crops, size, *inference.model_placement(grader)
+        resizing = inference.crop_resizing(grader)
+        if (size, *resizing) not in prepared:
+            # Resize once for every grader that shares an input size and resizing.
+            prepared[(size, *resizing)] = inference.prepare_crops(
+                crops, size, *inference.model_placement(grader), *resizing
             )
-        grades = inference.grade_crops(prepared[size], crop_rows, grader, card).with_columns(
+        inputs = prepared[(size, *resizing)]
+        grades = inference.grade_crops(inputs, crop_rows, grader, card).with_columns(
             graded_at=pl.lit(graded_at, dtype=pl.Datetime("us", "UTC")),
             dagster_run_id=pl.lit(plan.run_id),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +39,19 @@ from farm_platform.ml.pixels import (  # noqa: F401 - the public entry of ml/
     cut_crop,
     decode_png,
     encode_png,
+    letterbox,
     parallel_map,
     prepare_crops,
     resize_crop,
     to_tensor,
 )
 from farm_platform.ml.registry import ModelCard, ModelRegistryError
+from farm_platform.ml.runners import (  # noqa: F401 - the public entry of ml/
+    DetectorRun,
+    DetectorRunner,
+    GraderRun,
+    GraderRunner,
+)
 
 LEAF_CROPS_SCHEMA: dict[str, pl.DataType] = {
     "position_id": pl.String(),
@@ -86,28 +93,6 @@ class Detection:
 
 # ---------------------------------------------------------------------------------------
 # Detection and cropping
-
-
-# Where a batch runs: in this process (the default) or on a model server (ml/oip.py). A
-# runner takes what the local model takes after the CPU-side preparation, so the same
-# preparation and post-processing code serves both and results are identical.
-DetectorRun = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
-GraderRun = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class DetectorRunner:
-    """`run`: (N, S, S, 3) uint8 -> per image (boxes (k, 4) in input pixels, scores (k,))."""
-
-    input_size: int
-    run: DetectorRun
-
-
-@dataclass(frozen=True)
-class GraderRunner:
-    """`run`: (N, 3, H, W) float in [0, 1] -> (class index (N,), confidence (N,) float32)."""
-
-    run: GraderRun
 
 
 def model_placement(
@@ -155,6 +140,13 @@ def grader_runner(grader: DiseaseGrader | GraderRunner) -> GraderRunner:
     return GraderRunner(functools.partial(run_grader, grader))
 
 
+def crop_resizing(grader: DiseaseGrader | GraderRunner) -> tuple[str, int]:
+    """How crops are resized for `grader`: ("stretch" | "letterbox", pad grey level)."""
+    if isinstance(grader, GraderRunner):
+        return grader.resize, grader.pad_value
+    return "stretch", 0
+
+
 def scale_for_detector(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Photos of another size are scaled to the detector input; boxes scale back."""
     for image in images:
@@ -182,10 +174,13 @@ def detect_leaves(
     results: list[list[Detection]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        raw = runner.run(scale_for_detector(chunk, size))
+        if runner.run_photos is not None:
+            raw, in_photo_pixels = runner.run_photos(chunk), True
+        else:
+            raw, in_photo_pixels = runner.run(scale_for_detector(chunk, size)), False
         for image, (boxes, scores) in zip(chunk, raw, strict=True):
             height, width = image.shape[:2]
-            sx, sy = width / size, height / size
+            sx, sy = (1.0, 1.0) if in_photo_pixels else (width / size, height / size)
             found = []
             for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist(), strict=True):
                 x0, x1 = min(max(x0 * sx, 0.0), width), min(max(x1 * sx, 0.0), width)
@@ -290,7 +285,7 @@ def grade_crops(
     if isinstance(crops, torch.Tensor):
         inputs = crops.to(device=device, dtype=dtype, non_blocking=True)
     else:
-        inputs = prepare_crops(list(crops), size, device, dtype)
+        inputs = prepare_crops(list(crops), size, device, dtype, *crop_resizing(grader))
     if tuple(inputs.shape[2:]) != size:
         raise ValueError(f"prepared crops are {tuple(inputs.shape[2:])}, the grader wants {size}")
     runner = grader_runner(grader)

@@ -21,6 +21,7 @@ from farm_platform.ml.registry import (
     ModelRegistry,
     ModelRegistryError,
 )
+from farm_platform.ml.runners import DetectorRunner, GraderRunner
 
 # bfloat16 is offered only for models whose measured agreement with float32 meets these
 # (issue 17): grades equal on this share of crops, detector F1 within this distance.
@@ -115,11 +116,21 @@ def _load_cached(
 
 def _load(
     card: ModelCard, task: str, registry: ModelRegistry | None, placement: Placement | None
-) -> torch.nn.Module:
+) -> Any:
     if card.task != task:
         raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
     registry = registry or _registry_for(card)
     path = registry.verify_weights(card)
+    if card.contract is not None:
+        # An exported model runs in the dtype its contract declares: FARM_TORCH_DTYPE and
+        # its bfloat16 rule are for the project's own architectures.
+        from farm_platform.ml import formats
+
+        device = (placement or configured_placement()).device
+        model = formats.load_card(card, str(path.resolve()), device)
+        if task == "leaf_detector":
+            return formats.detector_runner(model)
+        return formats.grader_runner(model)
     if placement is None:
         placement = configured_placement()
         if placement.dtype == "bfloat16":
@@ -137,23 +148,24 @@ def _load(
 
 def load_detector(
     card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
-) -> LeafDetector:
+) -> LeafDetector | DetectorRunner:
     """The detector of `card`, sha256-verified, in eval mode, cached per process.
 
     On the configured device and dtype unless `placement` says otherwise (an explicit
-    placement skips the bfloat16 rule: that is how the agreement is measured)."""
+    placement skips the bfloat16 rule: that is how the agreement is measured). An ONNX or
+    TorchScript card gives a `DetectorRunner` that applies its contract."""
     model = _load(card, "leaf_detector", registry, placement)
-    assert isinstance(model, LeafDetector)
+    assert isinstance(model, LeafDetector | DetectorRunner)
     return model
 
 
 def load_grader(
     card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
-) -> DiseaseGrader:
+) -> DiseaseGrader | GraderRunner:
     """The grader of `card`, sha256-verified, in eval mode, cached per process (placed as
-    `load_detector`'s)."""
+    `load_detector`'s; an ONNX or TorchScript card gives a `GraderRunner`)."""
     model = _load(card, "disease_grader", registry, placement)
-    assert isinstance(model, DiseaseGrader)
+    assert isinstance(model, DiseaseGrader | GraderRunner)
     return model
 
 

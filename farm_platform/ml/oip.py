@@ -400,7 +400,13 @@ def remote_detector(client: OipClient, card: ModelCard) -> DetectorRunner:
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
         ]
 
-    return DetectorRunner(card.input_size[0], run)
+    if card.contract is None:
+        return DetectorRunner(card.input_size[0], run)
+    # An exported model: photos are fitted (stretch or letterbox) here, boxes mapped back.
+    from farm_platform.ml.formats import photo_detector
+
+    size = (card.input_size[0], card.input_size[1])
+    return DetectorRunner(size[0], run, photo_detector(run, size, card.contract.input))
 
 
 def remote_grader(client: OipClient, card: ModelCard) -> GraderRunner:
@@ -417,4 +423,5 @@ def remote_grader(client: OipClient, card: ModelCard) -> GraderRunner:
         _checked(card, reported)
         return out["index"], out["confidence"]
 
-    return GraderRunner(run)
+    spec = card.contract.input if card.contract is not None else None
+    return GraderRunner(run, spec.resize, spec.pad_value) if spec else GraderRunner(run)

@@ -148,6 +148,21 @@ def resize_crop(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
 
 
+def letterbox(
+    image: np.ndarray, size: tuple[int, int], pad_value: int = 0
+) -> tuple[np.ndarray, tuple[float, float, int, int]]:
+    """`image` scaled to fit (H, W) with its aspect ratio kept, centred on a `pad_value`
+    grey; and (scale x, scale y, left pad, top pad): input x = photo x * scale x + left."""
+    height, width = size
+    scale = min(height / image.shape[0], width / image.shape[1])
+    new_w = max(1, min(width, round(image.shape[1] * scale)))
+    new_h = max(1, min(height, round(image.shape[0] * scale)))
+    left, top = (width - new_w) // 2, (height - new_h) // 2
+    canvas = np.full((height, width, 3), pad_value, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = resize_crop(image, (new_h, new_w))
+    return canvas, (new_w / image.shape[1], new_h / image.shape[0], left, top)
+
+
 def to_tensor(
     arrays: Sequence[np.ndarray] | np.ndarray,
     device: torch.device | None = None,
@@ -176,9 +191,16 @@ def prepare_crops(
     input_size: tuple[int, int],
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    resize: str = "stretch",
+    pad_value: int = 0,
 ) -> torch.Tensor:
-    """Resized grader input for many crops; compute once and pass to every grader."""
+    """Resized grader input for many crops; compute once and pass to every grader.
+
+    `resize`: "stretch" (the shipped graders) or "letterbox" on a `pad_value` grey."""
     if not crops:
         return torch.zeros((0, 3, *input_size), device=device, dtype=dtype)
-    resized = parallel_map(lambda crop: resize_crop(crop, input_size), crops)
+    if resize == "letterbox":
+        resized = parallel_map(lambda crop: letterbox(crop, input_size, pad_value)[0], crops)
+    else:
+        resized = parallel_map(lambda crop: resize_crop(crop, input_size), crops)
     return to_tensor(resized, device, dtype)

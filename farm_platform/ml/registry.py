@@ -4,7 +4,8 @@ Layout, relative to the models folder (default: `<repo>/models`):
 
     registry.json                      {"active": {"<model_id>": "<version>", ...}}
     <model_id>/<version>/card.json     the model card (fields: see ModelCard)
-    <model_id>/<version>/<weights>     the state_dict named by the card
+    <model_id>/<version>/<weights>     the file named by the card: a state_dict, or an
+                                       ONNX / TorchScript export (ml/contract.py)
 
 This module must not import torch: Dagster loads it with the code location.
 """
@@ -15,11 +16,12 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from farm_platform import config
+from farm_platform.ml.contract import ModelContract, parse_contract
 from farm_platform.ml.model_store import (
     BucketModelStore,
     RegistryConflict,
@@ -92,6 +94,13 @@ class ModelCard:
     # Where the card was read from; weights are resolved relative to it.
     directory: Path | None = field(default=None, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # An onnx / torchscript card's declared input and output (its "format", "input" and
+    # "output", kept in `extra`); None for a state_dict card.
+    contract: ModelContract | None = field(default=None, compare=False)
+
+    @property
+    def format(self) -> str:
+        return self.contract.format if self.contract is not None else "state_dict"
 
     @property
     def disease_name(self) -> str | None:
@@ -160,10 +169,15 @@ class ModelCard:
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
         ):
             raise fail("input_size", f"= {size!r} must be [height, width] positive integers")
-        architecture = matching(
-            "architecture", _ARCHITECTURE_PATTERN, "must look like 'package.module:Class'"
-        )
-        kwargs = required("architecture_kwargs", dict)
+        contract = parse_contract(data, task, grades, fail)
+        if contract is None:
+            architecture = matching(
+                "architecture", _ARCHITECTURE_PATTERN, "must look like 'package.module:Class'"
+            )
+            kwargs = required("architecture_kwargs", dict)
+        else:  # the exported file is the architecture
+            architecture = str(data.get("architecture", ""))
+            kwargs = dict(data.get("architecture_kwargs") or {})
         weights = required("weights", str)
         if not weights or "/" in weights or "\\" in weights or weights in (".", ".."):
             raise fail("weights", f"= {weights!r} must be a file name beside the card")
@@ -175,22 +189,8 @@ class ModelCard:
             dt.datetime.fromisoformat(created_at)
         except ValueError:
             raise fail("created_at", f"= {created_at!r} must be an ISO 8601 timestamp") from None
-        known = {
-            "id",
-            "version",
-            "task",
-            "disease_type",
-            "grades",
-            "input_size",
-            "architecture",
-            "architecture_kwargs",
-            "weights",
-            "sha256",
-            "training",
-            "metrics",
-            "created_at",
-        }
         directory = Path(source).parent if isinstance(source, Path) else None
+        known = {f.name for f in fields(cls)} - {"directory", "extra", "contract"}
         return cls(
             id=model_id,
             version=version,
@@ -207,6 +207,7 @@ class ModelCard:
             created_at=created_at,
             directory=directory,
             extra={k: v for k, v in data.items() if k not in known},
+            contract=contract,
         )
 
     @classmethod
@@ -231,6 +232,7 @@ class ModelCard:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
+        data.pop("contract")
         extra = data.pop("extra")
         data["grades"] = list(self.grades) if self.grades is not None else None
         data["input_size"] = list(self.input_size)

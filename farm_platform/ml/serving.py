@@ -181,9 +181,12 @@ def _input(payload: InferRequest, name: str, card: ModelCard) -> np.ndarray:
 def _detect(network: Any, images: np.ndarray) -> dict[str, np.ndarray]:
     boxes: list[np.ndarray] = []
     scores: list[np.ndarray] = []
+    # An exported model's runner takes photos fitted to its input (the client fits them).
+    run = network.run if isinstance(network, inference.DetectorRunner) else None
     for start in range(0, images.shape[0], DETECTOR_BATCH):
-        for found_boxes, found_scores in inference.run_detector(
-            network, images[start : start + DETECTOR_BATCH]
+        chunk = images[start : start + DETECTOR_BATCH]
+        for found_boxes, found_scores in (
+            run(chunk) if run else inference.run_detector(network, chunk)
         ):
             boxes.append(found_boxes)
             scores.append(found_scores)
@@ -198,9 +201,10 @@ def _grade(network: Any, crops: np.ndarray) -> dict[str, np.ndarray]:
     indices: list[np.ndarray] = []
     confidences: list[np.ndarray] = []
     device, dtype = inference.model_placement(network)
+    run = inference.grader_runner(network).run
     for start in range(0, crops.shape[0], GRADER_BATCH):
-        index, confidence = inference.run_grader(
-            network, inference.to_tensor(crops[start : start + GRADER_BATCH], device, dtype)
+        index, confidence = run(
+            inference.to_tensor(crops[start : start + GRADER_BATCH], device, dtype)
         )
         indices.append(index)
         confidences.append(confidence)
