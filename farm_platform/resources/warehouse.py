@@ -70,11 +70,15 @@ class WarehouseResource(ConfigurableResource):
                 connection = self._connect_duckdb()
                 try:
                     connection.execute("BEGIN TRANSACTION")
-                    yield connection
+                    try:
+                        yield connection
+                    except BaseException:
+                        _rollback_duckdb(connection)
+                        raise
+                    # A COMMIT that fails (a full disk) has ended the transaction itself:
+                    # no ROLLBACK after it, whose "no transaction is active" would be
+                    # reported in place of the real cause.
                     connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
                 finally:
                     connection.close()
         else:
@@ -267,6 +271,15 @@ class WarehouseResource(ConfigurableResource):
             [table_name],
         )
         return bool(frame["n"][0])
+
+
+def _rollback_duckdb(connection: Any) -> None:
+    """End a failed transaction. A statement that fails may have ended it already; the
+    rollback's own error must then not replace the failure being raised."""
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
+        connection.execute("ROLLBACK")
 
 
 def _create_missing_indexes(connection: Any) -> None:
