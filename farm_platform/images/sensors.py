@@ -132,9 +132,9 @@ FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED
     name="requeue_failed_photos",
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=config.sensor_interval_seconds(),
-    description="Puts the photos of a failed or canceled image run back in the arrival queue "
-    "(bounded attempts), then dead-letters them. Its cursor moves only past requeues that "
-    "committed.",
+    description="Puts the photos of a failed or canceled image run back in the arrival queue, "
+    "to wait longer after each failure (bounded attempts and time), then dead-letters them "
+    "with the failed step's error. Its cursor moves only past requeues that committed.",
 )
 def requeue_failed_photos(
     context: SensorEvaluationContext, warehouse: WarehouseResource, pubsub: PubSubResource
