@@ -142,6 +142,21 @@ def kill_and_repair(name: str, group: bool = False) -> Callable[[Topology, Any, 
     return fault
 
 
+def every_replica_down(seconds: float) -> Callable[[Topology, Any, dt.date], None]:
+    """Every model-server replica killed as the day's photos arrive, and brought back by
+    `stack up --production` after `seconds`: the runs fail within seconds meanwhile, and
+    the photos back off (the shipped 30 s, 2 min, 8 min) rather than being dead-lettered."""
+
+    def fault(topology: Topology, instance: DagsterInstance, day: dt.date) -> None:
+        pids = read_production(topology.state_dir)["pids"]
+        replicas = [pid for name, pid in pids.items() if name.startswith("model_server:")]
+        kill_now([pid for replica in replicas for pid in (replica, *child_pids(replica))])
+        time.sleep(seconds)
+        topology.repair()
+
+    return fault
+
+
 def whole_day_run_beside_sensor_runs(
     topology: Topology, instance: DagsterInstance, day: dt.date
 ) -> None:
@@ -153,6 +168,7 @@ PRODUCTION_FAULTS: dict[str, Callable[[Topology, Any, dt.date], None]] = {
     "production: kill -9 code server mid-run": kill_and_repair("code_server:farm_platform"),
     "production: kill -9 PostgreSQL mid-run, restart": kill_and_repair("postgres"),
     "production: kill -9 one model-server replica": kill_and_repair("model_server:0"),
+    "production: every model-server replica down 3 min": every_replica_down(180),
     "production: kill -9 Celery worker (and pool) mid-run": kill_and_repair(
         "worker:images", group=True
     ),

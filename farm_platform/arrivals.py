@@ -10,8 +10,10 @@ with the trial, not with the sensor cursor, and it is the de-duplication state:
 - `confirm`: on the next tick the cursor that Dagster stored with the run request proves
   the run is recorded; only then are the held messages acknowledged. Claims of a tick that
   died before Dagster stored it are released and claimed again.
-- `requeue_run`: the photos of a failed run go back to pending (bounded attempts, then
-  dead-lettered), so de-duplication never hides a photo whose rows are missing.
+- `requeue_run` (`farm_platform.retries`): the photos of a failed run go back to pending,
+  each not to be claimed before its back-off has passed; out of attempts or budget they
+  are dead-lettered and kept as such (`dead_lettered_at`) until a replay announces them
+  again. De-duplication never hides a photo whose rows are missing.
 - `stranded`: photos handed to a stored run that never ingested them; `reconcile` puts
   those of finished runs back with `requeue_run`.
 """
@@ -24,7 +26,6 @@ import hashlib
 import json
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 
@@ -62,14 +63,6 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Requeued:
-    """What became of a failed run's photos."""
-
-    pending: int  # back in the queue: the sensor hands them to a new run
-    dead_lettered: int  # out of attempts
-
-
-@dataclass(frozen=True)
 class HeldMessage:
     """The message that announced a photo, for dead-lettering it."""
 
@@ -93,7 +86,7 @@ class ArrivalQueue:
         self.warehouse = warehouse
         self._schema_ready = False
 
-    def _query(self, sql: str, parameters: Sequence[object] = ()) -> pl.DataFrame:
+    def query(self, sql: str, parameters: Sequence[object] = ()) -> pl.DataFrame:
         if not self._schema_ready:
             self.warehouse.create_schema()
             self._schema_ready = True
@@ -133,7 +126,7 @@ class ArrivalQueue:
 
     def _release_acks(self) -> list[str]:
         """Ack ids of messages whose photo is handed to a stored run; forgotten here."""
-        held = self._query(
+        held = self.query(
             "SELECT acks.ack_id FROM arrival_acks AS acks JOIN image_arrivals AS arrivals"
             " ON arrivals.position_id = acks.position_id AND arrivals.date = acks.date"
             " AND arrivals.generation = acks.generation"
@@ -152,9 +145,10 @@ class ArrivalQueue:
         if not arrivals:
             return RecordOutcome(0, 0, [])
         dates = sorted({arrival.key.date for arrival in arrivals})
-        known = self._query(
+        # A dead-lettered photo announced again (its dead letter replayed) is new work.
+        known = self.query(
             "SELECT position_id, date, generation, requested_at FROM image_arrivals"
-            f" WHERE date IN ({_in(dates)})",
+            f" WHERE date IN ({_in(dates)}) AND dead_lettered_at IS NULL",
             dates,
         )
         requested: dict[tuple[str, dt.date, str], bool] = {
@@ -186,7 +180,7 @@ class ArrivalQueue:
         return RecordOutcome(len(new_rows), duplicates, ack_now)
 
     def held_ack_ids(self) -> list[str]:
-        frame = self._query("SELECT ack_id FROM arrival_acks")
+        frame = self.query("SELECT ack_id FROM arrival_acks")
         return frame["ack_id"].to_list() if frame.height else []
 
     def claim(
@@ -199,10 +193,13 @@ class ArrivalQueue:
         """Hand pending photos to runs: full batches at once; the rest once the oldest has
         waited `max_wait`, or as soon as their day is quiet. `busy_dates`: the days still
         being uploaded, from a tick that drained the subscription (every other day is
-        quiet: its flight's upload is over); None when the tick did not see everything."""
-        pending = self._query(
+        quiet: its flight's upload is over); None when the tick did not see everything.
+        A photo backing off after a failed run waits until its `not_before`."""
+        pending = self.query(
             "SELECT position_id, date, min(received_at) AS first_received"
-            " FROM image_arrivals WHERE run_key IS NULL GROUP BY position_id, date"
+            " FROM image_arrivals WHERE run_key IS NULL"
+            " AND (not_before IS NULL OR not_before <= %s) GROUP BY position_id, date",
+            [now],
         )
         claims: list[Claim] = []
         if not pending.height:
@@ -213,7 +210,7 @@ class ArrivalQueue:
             rows = day.rows(named=True)
             for start in range(0, len(rows), max_photos):
                 batch = rows[start : start + max_photos]
-                waited = now - _utc(batch[0]["first_received"])
+                waited = now - as_utc(batch[0]["first_received"])
                 quiet = busy_dates is not None and date not in busy_dates
                 if len(batch) < max_photos and waited < max_wait and not quiet:
                     break
@@ -234,59 +231,26 @@ class ArrivalQueue:
 
     # ------------------------------------------------------------------ runs
 
-    def requeue_run(self, run_key: str, max_attempts: int, pubsub: Any, failure: str) -> Requeued:
-        """Put the photos claimed by a failed run back to pending; those that already had
-        `max_attempts` runs are dead-lettered with `failure` and forgotten. Idempotent: a
-        second call for the same run finds nothing claimed by it."""
-        claimed = self._query("SELECT * FROM image_arrivals WHERE run_key = %s", [run_key])
-        if not claimed.height:
-            return Requeued(0, 0)
-        exhausted = claimed.filter(pl.col("attempts") >= max_attempts)
-        self.warehouse.execute(
-            [
-                (
-                    "UPDATE image_arrivals SET run_key = NULL, requested_at = NULL"
-                    " WHERE run_key = %s AND attempts < %s",
-                    [run_key, max_attempts],
-                )
-            ]
-        )
-        if exhausted.height:
-            self.give_up(exhausted, pubsub, f"photo failed in {max_attempts} runs; last: {failure}")
-        return Requeued(claimed.height - exhausted.height, exhausted.height)
-
-    def give_up(self, arrivals: pl.DataFrame, pubsub: Any, error: str) -> None:
-        """Dead-letter the announcing messages of `arrivals` (rows of image_arrivals), then
-        forget them, so that replaying a dead letter is new work."""
-        pubsub.dead_letter(
-            [
-                (
-                    base64.b64decode(row["message_data"] or ""),
-                    json.loads(row["message_attributes"] or "{}"),
-                    error,
-                )
-                for row in arrivals.iter_rows(named=True)
-            ]
-        )
-        self.warehouse.execute(
-            [
-                (
-                    "DELETE FROM image_arrivals"
-                    " WHERE position_id = %s AND date = %s AND generation = %s",
-                    [row["position_id"], row["date"], row["generation"]],
-                )
-                for row in arrivals.iter_rows(named=True)
-            ]
-        )
-
     def stranded(self, start: dt.date, end: dt.date) -> pl.DataFrame:
         """Photos of the days handed to a run that Dagster stored, which never ingested them:
         no `drone_images` row at their generation and no newer announcement of the photo.
         Columns position_id, date, generation, run_key. Whether their run is still going is
         the Dagster instance's to say."""
-        return self._query(
-            "SELECT a.position_id, a.date, a.generation, a.run_key FROM image_arrivals AS a"
-            " WHERE a.requested_at IS NOT NULL AND a.date BETWEEN %s AND %s"
+        return self.not_ingested(
+            start,
+            end,
+            "a.position_id, a.date, a.generation, a.run_key",
+            "a.requested_at IS NOT NULL AND a.dead_lettered_at IS NULL",
+        )
+
+    def not_ingested(
+        self, start: dt.date, end: dt.date, columns: str, condition: str
+    ) -> pl.DataFrame:
+        """`columns` of the days' arrivals `a` matching `condition` that are the photo's
+        latest announcement and have no `drone_images` row at their generation."""
+        return self.query(
+            f"SELECT {columns} FROM image_arrivals AS a WHERE ({condition})"
+            " AND a.date BETWEEN %s AND %s"
             " AND NOT EXISTS (SELECT 1 FROM drone_images AS i WHERE i.position_id ="
             " a.position_id AND i.date = a.date AND i.generation = a.generation)"
             " AND NOT EXISTS (SELECT 1 FROM image_arrivals AS n WHERE n.position_id ="
@@ -298,8 +262,8 @@ class ArrivalQueue:
     def recorded_positions(self, date: dt.date) -> list[str]:
         """Every position with a photo of `date` the platform has recorded (announced or
         already ingested): what a run of the whole day processes. No bucket listing."""
-        frame = self._query(
-            "SELECT position_id FROM image_arrivals WHERE date = %s"
+        frame = self.query(
+            "SELECT position_id FROM image_arrivals WHERE date = %s AND dead_lettered_at IS NULL"
             " UNION SELECT position_id FROM drone_images WHERE date = %s",
             [date, date],
         )
@@ -309,7 +273,7 @@ class ArrivalQueue:
         """Per position, the latest announced generation of its photo of `date`."""
         if not positions:
             return {}
-        frame = self._query(
+        frame = self.query(
             "SELECT position_id, generation, message_id, published_at, message_data,"
             " message_attributes, received_at FROM image_arrivals"
             f" WHERE date = %s AND position_id IN ({_in(positions)})",
@@ -335,7 +299,7 @@ class ArrivalQueue:
         return self._count("run_key IS NULL")
 
     def _count(self, condition: str) -> int:
-        frame = self._query(f"SELECT count(*) AS n FROM image_arrivals WHERE {condition}")
+        frame = self.query(f"SELECT count(*) AS n FROM image_arrivals WHERE {condition}")
         return int(frame["n"][0])
 
 
@@ -347,7 +311,8 @@ def _run_key(date: dt.date, positions: Sequence[str], now: dt.datetime) -> str:
     return f"{PHOTO_RUN_KEY_PREFIX}{date.isoformat()}-{digest[:16]}"
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A warehouse timestamp as an aware datetime (DuckDB may give a naive UTC one)."""
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
@@ -366,6 +331,7 @@ def _arrival_rows(arrivals: Sequence[Arrival], now: dt.datetime) -> pl.DataFrame
             "run_key": [None] * len(arrivals),
             "requested_at": [None] * len(arrivals),
             "attempts": [0] * len(arrivals),
+            **{column: [None] * len(arrivals) for column in IMAGE_ARRIVALS_TABLE.added_columns},
         },
         schema=IMAGE_ARRIVALS_TABLE.polars_schema,
     )

@@ -84,9 +84,19 @@ RUN_TIMEOUT_SECONDS_PER_PHOTO = 0.5
 # How long a writer waits for a DuckDB warehouse file another process holds.
 FARM_WAREHOUSE_LOCK_SECONDS = "FARM_WAREHOUSE_LOCK_SECONDS"
 DEFAULT_WAREHOUSE_LOCK_SECONDS = 120.0
-# How often a photo is handed to a run before a failure dead-letters it.
+# How often a photo is handed to a run before a failure dead-letters it. Between runs it
+# waits, so that an outage of ten minutes costs no photo.
 FARM_MAX_PHOTO_ATTEMPTS = "FARM_MAX_PHOTO_ATTEMPTS"
-DEFAULT_MAX_PHOTO_ATTEMPTS = 3
+DEFAULT_MAX_PHOTO_ATTEMPTS = 4
+# The wait before a failed photo's second run; each later wait is 4 times longer (30 s,
+# 2 min, 8 min).
+FARM_RETRY_BACKOFF_SECONDS = "FARM_RETRY_BACKOFF_SECONDS"
+DEFAULT_RETRY_BACKOFF_SECONDS = 30.0
+RETRY_BACKOFF_FACTOR = 4
+# No photo gets another run that would start more than this long after its first failed
+# run: it is dead-lettered instead.
+FARM_RETRY_BUDGET_SECONDS = "FARM_RETRY_BUDGET_SECONDS"
+DEFAULT_RETRY_BUDGET_SECONDS = 1800.0
 # Where the models run: in the run's own process (`local`) or on an Open Inference Protocol
 # model server at FARM_OIP_URL (`oip`; README, "Model server").
 FARM_INFERENCE = "FARM_INFERENCE"
@@ -154,6 +164,8 @@ CONFIG_VARIABLES = (
     FARM_BATCH_QUIET_SECONDS,
     FARM_RUN_CHUNK_PHOTOS,
     FARM_MAX_PHOTO_ATTEMPTS,
+    FARM_RETRY_BACKOFF_SECONDS,
+    FARM_RETRY_BUDGET_SECONDS,
     FARM_RUN_TIMEOUT_SECONDS,
     FARM_SENSOR_INTERVAL_SECONDS,
     FARM_WAREHOUSE_LOCK_SECONDS,
@@ -324,6 +336,16 @@ def sensor_interval_seconds() -> int:
 def max_photo_attempts() -> int:
     """Runs a photo gets before its message is dead-lettered."""
     return int(env_number(FARM_MAX_PHOTO_ATTEMPTS, DEFAULT_MAX_PHOTO_ATTEMPTS))
+
+
+def retry_backoff_seconds() -> float:
+    """The wait before a failed photo's second run; each later wait is 4 times longer."""
+    return env_number(FARM_RETRY_BACKOFF_SECONDS, DEFAULT_RETRY_BACKOFF_SECONDS)
+
+
+def retry_budget_seconds() -> float:
+    """How long after its first failed run a photo may still be given another run."""
+    return env_number(FARM_RETRY_BUDGET_SECONDS, DEFAULT_RETRY_BUDGET_SECONDS)
 
 
 def max_severity_jump() -> float:

@@ -283,7 +283,8 @@ def dead_letters(local_stack: StackInfo, subscriber: Any) -> Iterator[str]:
 @pytest.fixture
 def make_platform(local_stack, default_subscription, tmp_path, monkeypatch):
     """`make_platform(warehouse_url=None)`: a Platform (test_pipeline_e2e) for the fault
-    tests, with short run and warehouse-lock timeouts; DuckDB unless told otherwise."""
+    tests, with short run and warehouse-lock timeouts and retry back-offs; DuckDB unless
+    told otherwise."""
     from test_pipeline_e2e import Platform
 
     from farm_platform import config
@@ -295,6 +296,9 @@ def make_platform(local_stack, default_subscription, tmp_path, monkeypatch):
         platform = Platform(local_stack, tmp_path, warehouse_url=warehouse_url)
         platform.environment[config.FARM_RUN_TIMEOUT_SECONDS] = "20"
         platform.environment[config.FARM_WAREHOUSE_LOCK_SECONDS] = "3"
+        # A failed run's photos retry after 2 s, 8 s, 32 s (the shipped 30 s, 2 min, 8 min
+        # are the fault campaign's, test_retries_e2e).
+        platform.environment[config.FARM_RETRY_BACKOFF_SECONDS] = "2"
         platform.record_active_models()
         return platform
 

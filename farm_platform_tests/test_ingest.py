@@ -13,13 +13,14 @@ from dagster._core.utils import make_new_run_id
 from PIL import Image
 
 from farm_platform import config
-from farm_platform.arrivals import Arrival, ArrivalQueue, Requeued
+from farm_platform.arrivals import Arrival, ArrivalQueue
 from farm_platform.images.sensors import RUN_KEY_TAG, TICK_TAG, claim_run_request
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource, PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.retries import Requeued, RetryPolicy, requeue_run
 
 POSITIONS = [f"P{i:03d}" for i in range(4)]
 # Claim pending photos at once: the tests of holding arrivals set their own limits.
@@ -343,14 +344,17 @@ def test_a_failed_runs_photos_are_requeued_then_dead_lettered(farm, queue, dead_
     pubsub, bucket, date, _ = farm
     upload(bucket, ImageKey("P001", date))
     outcome = tick(pubsub, bucket, queue)
+    # Back-offs of milliseconds: test_retries has the waits themselves.
+    policy = RetryPolicy(max_attempts=3, first_wait_seconds=0.001)
     for attempt in range(1, 4):
         (claim,) = outcome.claims
         outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
         # The run of `claim` failed; its requeue is retried (the first try's warehouse
         # write may be the one that failed): the second call finds nothing left to do.
-        first = queue.requeue_run(claim.run_key, 3, pubsub, "run r failed")
-        assert queue.requeue_run(claim.run_key, 3, pubsub, "run r failed") == Requeued(0, 0)
+        first = requeue_run(queue, claim.run_key, policy, pubsub, "run r failed")
+        assert requeue_run(queue, claim.run_key, policy, pubsub, "run r failed") == Requeued(0, 0)
         if attempt < 3:
+            time.sleep(0.1)  # past the back-off
             assert first == Requeued(pending=1, dead_lettered=0)
             assert queue.waiting_count() == 1
             outcome = tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0)
@@ -358,9 +362,13 @@ def test_a_failed_runs_photos_are_requeued_then_dead_lettered(farm, queue, dead_
         else:
             assert first == Requeued(pending=0, dead_lettered=1)
     (letter,) = drain(dead_letters)
-    assert letter.attributes["error"] == "photo failed in 3 runs; last: run r failed"
+    assert letter.attributes["error"].startswith("photo failed in 3 runs over ")
+    assert letter.attributes["error"].endswith(" min; last: run r failed")
     assert letter.attributes["eventType"] == "OBJECT_FINALIZE"  # the original message
-    assert queue.warehouse.query("SELECT * FROM image_arrivals").height == 0
+    # Kept as dead-lettered (reconcile says so), never claimed again.
+    (row,) = queue.warehouse.query("SELECT * FROM image_arrivals").rows(named=True)
+    assert row["dead_lettered_at"] is not None and row["failure"] == letter.attributes["error"]
+    assert not tick(pubsub, bucket, queue, outcome.cursor, wait_seconds=0).claims
 
 
 def test_every_bad_message_is_dead_lettered_with_its_reason(
@@ -670,11 +678,14 @@ def _evaluate_requeue(instance, warehouse, pubsub, cursor):
     return requeue_failed_photos(context)
 
 
-def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(farm, queue, tmp_path):
+def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(
+    farm, queue, tmp_path, monkeypatch
+):
     """The warehouse is unusable when the run fails and when the requeue sensor first
     evaluates it: that tick raises and keeps its cursor, so the next tick (warehouse back)
     requeues the photos. Dagster's run_failure_sensor moved its cursor past the run."""
     pubsub, bucket, date, _ = farm
+    monkeypatch.setenv(config.FARM_RETRY_BACKOFF_SECONDS, "0.001")  # claimed again at once
     failed_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P001", date)
     canceled_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P002", date)
     with DagsterInstance.ephemeral() as instance:
@@ -699,10 +710,11 @@ def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(farm, queue,
         assert queue.waiting_count() == 0
 
 
-def test_reconcile_requeues_photos_stranded_by_runs_that_ended(farm, queue):
+def test_reconcile_requeues_photos_stranded_by_runs_that_ended(farm, queue, monkeypatch):
     from farm_platform.admin.reconcile import reconcile
 
     pubsub, bucket, date, _ = farm
+    monkeypatch.setenv(config.FARM_RETRY_BACKOFF_SECONDS, "0.001")  # claimed again at once
     stranded_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P000", date)
     running_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P003", date)
     with DagsterInstance.ephemeral() as instance:

@@ -26,7 +26,7 @@ LAYERS = [
     ["partitions", "messages", "ml", "webserver_guard"],
     ["resources"],
     ["quality", "arrivals", "trial_design"],
-    ["ingest"],
+    ["ingest", "retries"],
     ["images"],  # code location `farm_platform`
     ["analytics"],  # code location `farm_platform_analytics`
     ["admin"],

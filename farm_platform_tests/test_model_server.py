@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -569,6 +570,9 @@ def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
         message = str(failure.value)
         assert "\n" not in message
         assert message.startswith(f"model servers {urls[0]}, {urls[1]} unreachable after 3 tries")
+        # The time the tries took, and the timeout as a limit, not as what each try took.
+        assert re.search(r"after 3 tries in [0-9]+\.[0-9] s \(", message), message
+        assert "a try waits up to 1 s" in message and "s each" not in message
 
 
 def test_a_list_of_server_addresses_is_checked_one_by_one(

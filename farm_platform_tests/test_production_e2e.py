@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,11 @@ CREDENTIALS = {PG_PASSWORD: PASSWORD, REDIS_PASSWORD: "redis-secret/x", OIP_TOKE
 
 
 class Topology:
-    def __init__(self, state_dir: Path, info: StackInfo, production: Production):
+    def __init__(
+        self, state_dir: Path, info: StackInfo, production: Production, settings: dict[str, str]
+    ):
         self.state_dir, self.info, self.production = state_dir, info, production
+        self.settings = settings  # what `stack up --production` was given
         from urllib.parse import quote
 
         self.environment = {
@@ -90,29 +93,32 @@ class Topology:
         return read_production(self.state_dir)["pids"]
 
 
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
-    with running_topology() as started:
-        yield started
-
-
 @contextlib.contextmanager
-def running_topology() -> Iterator[Topology]:
-    """`stack up --production` in a folder of its own, stopped and removed afterwards."""
+def production_topology(
+    settings: Callable[[StackInfo], dict[str, str]] | None = None,
+) -> Iterator[Topology]:
+    """The topology up with `settings(stack)` (default: `_settings`), down afterwards."""
     # Not under pytest's tmp folders (0700): PostgreSQL runs as another user.
     state_dir = Path(tempfile.mkdtemp(prefix="farm-production-"))
     state_dir.chmod(0o755)
     try:
         with config.process_environment(CREDENTIALS):
             info = stack_up(state_dir)
+            chosen = (settings or _settings)(info)
             production = production_up(
-                state_dir, _settings(info), replicas=2, max_concurrent_runs=4, quick_polling=True
+                state_dir, chosen, replicas=2, max_concurrent_runs=4, quick_polling=True
             )
-        yield Topology(state_dir, info, production)
+        yield Topology(state_dir, info, production, chosen)
     finally:
         production_down(state_dir)
         stack_down(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    with production_topology() as topology:
+        yield topology
 
 
 def _settings(info: StackInfo) -> dict[str, str]:
@@ -128,6 +134,9 @@ def _settings(info: StackInfo) -> dict[str, str]:
         config.FARM_RUN_MAX_PHOTOS: "3",
         # The watchdog asks the code servers every 2 s (test_production_faults.py).
         config.FARM_WATCHDOG_INTERVAL_SECONDS: "2",
+        # A failed run's photos retry after 5 s, 20 s, 80 s (the shipped back-off is the
+        # fault campaign's: test_retries_e2e).
+        config.FARM_RETRY_BACKOFF_SECONDS: "5",
     }
 
 
@@ -525,7 +534,7 @@ def _repair(topology: Topology) -> None:
     repair = subprocess.run(
         [str(Path(sys.executable).with_name("farm-platform")), "stack", "up", "--production"]
         + ["--state-dir", str(topology.state_dir)],
-        env={**os.environ, **_settings(topology.info), **CREDENTIALS},
+        env={**os.environ, **topology.settings, **CREDENTIALS},
         capture_output=True,
         text=True,
         timeout=300,

@@ -34,7 +34,7 @@ from test_production_e2e import (
     _said,
     _wait,
     graded_rows_per_photo,
-    running_topology,
+    production_topology,
 )
 
 from farm_platform import config
@@ -53,7 +53,7 @@ GRADED_WITHIN_SECONDS = 300
 
 @pytest.fixture(scope="module")
 def topology() -> Iterator[Topology]:
-    with running_topology() as started:
+    with production_topology() as started:
         yield started
 
 

@@ -124,6 +124,51 @@ def test_primary_key_rejects_duplicate_rows(warehouse):
     assert count(warehouse) == 0  # the failed write left nothing behind
 
 
+def test_a_commit_that_fails_on_a_full_disk_reports_the_full_disk(tmp_path):
+    """A DuckDB warehouse on a real 1 MiB tmpfs: the write's commit cannot write its WAL.
+    The error is the commit's own (no space left), not the failed ROLLBACK's after it."""
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here (needs root): {mounted.stderr!r}")
+    try:
+        warehouse = WarehouseResource(url=f"duckdb:///{disk / 'farm.duckdb'}")
+        warehouse.create_schema()
+        leaves = 20_000  # about 3 MB of rows: more than the disk has left
+        with pytest.raises(Exception) as failed:
+            warehouse.replace_rows("disease_grades", grades(leaves=leaves))
+        assert "No space left on device" in str(failed.value), failed.value
+        assert "rollback" not in str(failed.value).lower(), failed.value
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_commit_that_postgresql_refuses_reports_its_own_cause(postgres_url):
+    """A unique constraint checked at COMMIT (deferred) refuses the transaction there:
+    the error raised is PostgreSQL's refusal, naming the constraint."""
+    warehouse = WarehouseResource(url=postgres_url)
+    table = "deferred_commit_check"
+    with warehouse.connect() as connection:
+        connection.execute(f"DROP TABLE IF EXISTS {table}")
+        connection.execute(
+            f"CREATE TABLE {table} (k INTEGER, UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    try:
+        insert = (f"INSERT INTO {table} VALUES (%s)", [1])
+        with pytest.raises(Exception, match=f"{table}_k_key") as failed:
+            warehouse.execute([insert, insert])  # accepted; refused at COMMIT
+        assert type(failed.value).__name__ == "UniqueViolation"
+        assert warehouse.query(f"SELECT count(*) AS n FROM {table}")["n"][0] == 0
+    finally:
+        with warehouse.connect() as connection:
+            connection.execute(f"DROP TABLE {table}")
+
+
 def test_missing_columns_are_named(warehouse):
     with pytest.raises(WarehouseError, match="confidence"):
         warehouse.replace_rows("disease_grades", grades().drop("confidence"))

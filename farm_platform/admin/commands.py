@@ -289,25 +289,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             instance,
             PubSubResource(project=project),
         )
-    print(f"{result.in_bucket} photo(s) in the bucket from {args.date_from} to {args.date_to}")
-    print(
-        f"{len(result.recorded)} never announced: recorded in the arrival queue, the sensor "
-        "hands them to runs"
-    )
-    for key in result.recorded[: args.limit]:
-        print(f"  {key.date_str} {key.position_id}")
-    print(
-        f"{len(result.stranded)} handed to runs that ended without them: back in the arrival "
-        f"queue ({result.in_runs} more in runs still queued or going)"
-    )
-    for key in result.stranded[: args.limit]:
-        print(f"  {key.date_str} {key.position_id}")
-    print(
-        f"{len(result.ungraded)} ingested without grades of the active models: "
-        "re-grade them with `farm-platform backfill`"
-    )
-    for key in result.ungraded[: args.limit]:
-        print(f"  {key.date_str} {key.position_id}")
+    print("\n".join(result.report(args.date_from, args.date_to, args.limit)))
     return 0
 
 

@@ -12,6 +12,11 @@ Photos handed to a run that never ingested them are *stranded* once that run has
 (failed, canceled, or gone): `requeue_failed_photos` normally puts them back, and this is
 the net under it. Those of ended runs are requeued (or dead-lettered, out of attempts);
 those whose run is still queued or going are only counted.
+
+The other photos the platform has not graded are told apart and left alone, so that no
+photo is queued twice: those *dead-lettered* after their runs failed (with the reason; the
+dead letter is what to replay once the cause is fixed) and those *waiting in the arrival
+queue* (for a batch, or for their back-off after a failed run).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from farm_platform.arrivals import Arrival, ArrivalQueue
+from farm_platform.arrivals import Arrival, ArrivalQueue, as_utc
 from farm_platform.layout import ImageKey, check_bucket
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.retries import RetryPolicy, requeue_run
 
 RECONCILE_SOURCE = "farm-platform reconcile"
 
@@ -39,6 +45,49 @@ class Reconciliation:
     ungraded: list[ImageKey]  # ingested, readable, no grades from the active models
     stranded: list[ImageKey]  # handed to a run that ended without them: requeued
     in_runs: int  # handed to runs still queued or going
+    dead_lettered: list[tuple[ImageKey, str]]  # after failed runs, with the reason: left alone
+    waiting: list[tuple[ImageKey, dt.datetime | None]]  # in the queue, and since when retried
+
+    def report(self, start: dt.date, end: dt.date, limit: int) -> list[str]:
+        """What `farm-platform reconcile` prints: each kind, then up to `limit` of its photos."""
+        kinds: list[tuple[str, list[str]]] = [
+            (
+                f"{len(self.recorded)} never announced: recorded in the arrival queue, the "
+                "sensor hands them to runs",
+                [_named(key) for key in self.recorded],
+            ),
+            (
+                f"{len(self.dead_lettered)} dead-lettered after their runs failed: left alone; "
+                "replay their dead letters once the cause is fixed (`farm-platform dlq replay`)",
+                [f"{_named(key)}: {reason}" for key, reason in self.dead_lettered],
+            ),
+            (
+                f"{len(self.waiting)} waiting in the arrival queue (for a batch, or to retry "
+                "after a failed run): the sensor hands them to runs, nothing to do",
+                [
+                    _named(key) + (f" (retry at {at:%H:%M:%S} UTC)" if at else "")
+                    for key, at in self.waiting
+                ],
+            ),
+            (
+                f"{len(self.stranded)} handed to runs that ended without them: back in the "
+                f"arrival queue ({self.in_runs} more in runs still queued or going)",
+                [_named(key) for key in self.stranded],
+            ),
+            (
+                f"{len(self.ungraded)} ingested without grades of the active models: "
+                "re-grade them with `farm-platform backfill`",
+                [_named(key) for key in self.ungraded],
+            ),
+        ]
+        lines = [f"{self.in_bucket} photo(s) in the bucket from {start} to {end}"]
+        for title, photos in kinds:
+            lines += [title, *(f"  {photo}" for photo in photos[:limit])]
+        return lines
+
+
+def _named(key: ImageKey) -> str:
+    return f"{key.date_str} {key.position_id}"
 
 
 def requeue_stranded(
@@ -49,7 +98,6 @@ def requeue_stranded(
     requeued photos and the number still in unfinished runs."""
     from dagster import RunsFilter
 
-    from farm_platform import config
     from farm_platform.images.sensors import RUN_KEY_TAG
 
     stranded = queue.stranded(start, end)
@@ -65,7 +113,7 @@ def requeue_stranded(
             if runs
             else f"no Dagster run has key {run_key}"
         )
-        queue.requeue_run(run_key, config.max_photo_attempts(), pubsub, ended)
+        requeue_run(queue, run_key, RetryPolicy.from_env(), pubsub, ended)
         requeued += [ImageKey(p, d) for p, d in photos.select("position_id", "date").rows()]
     return requeued, in_runs
 
@@ -99,6 +147,7 @@ def reconcile(
 
     queue = ArrivalQueue(warehouse)
     known = _known_generations(warehouse, start, end)
+    dead_lettered, waiting = _not_yet_graded(queue, start, end)
     now = dt.datetime.now(dt.UTC)
     missing = [
         Arrival(key, info.generation, info.uri, _reconcile_message(info.uri, now))
@@ -115,6 +164,8 @@ def reconcile(
         ungraded=_ungraded(warehouse, start, end, active_graders),
         stranded=stranded,
         in_runs=in_runs,
+        dead_lettered=dead_lettered,
+        waiting=waiting,
     )
 
 
@@ -136,6 +187,27 @@ def _known_generations(
         [start, end, start, end],
     )
     return set(frame.rows())
+
+
+def _not_yet_graded(
+    queue: ArrivalQueue, start: dt.date, end: dt.date
+) -> tuple[list[tuple[ImageKey, str]], list[tuple[ImageKey, dt.datetime | None]]]:
+    """The days' announced photos not ingested at their latest generation: dead-lettered
+    (with the reason), and waiting in the queue (with when a failed one is retried)."""
+    frame = queue.not_ingested(
+        start,
+        end,
+        "a.position_id, a.date, a.failure, a.dead_lettered_at, a.not_before",
+        "a.dead_lettered_at IS NOT NULL OR a.requested_at IS NULL",
+    )
+    dead_lettered, waiting = [], []
+    for row in frame.iter_rows(named=True):
+        key = ImageKey(row["position_id"], row["date"])
+        if row["dead_lettered_at"] is not None:
+            dead_lettered.append((key, row["failure"] or "no reason recorded"))
+        else:
+            waiting.append((key, as_utc(row["not_before"]) if row["not_before"] else None))
+    return dead_lettered, waiting
 
 
 def _ungraded(

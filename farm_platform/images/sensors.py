@@ -4,9 +4,10 @@
   The protocol (held messages, the arrival queue, de-duplication) lives in
   `farm_platform.ingest` and `farm_platform.arrivals`; here claims become run requests.
 - `requeue_failed_photos`: the photos of a failed or canceled sensor run go back to the
-  arrival queue (de-duplication never hides a photo whose rows are missing); after
-  `FARM_MAX_PHOTO_ATTEMPTS` runs a photo is dead-lettered with the last failure. Retried
-  until the requeue commits (a warehouse outage only delays it).
+  arrival queue (de-duplication never hides a photo whose rows are missing), each waiting
+  longer after each failure (`farm_platform.retries`); after `FARM_MAX_PHOTO_ATTEMPTS`
+  runs, or its retry budget, a photo is dead-lettered with the failed step's own error.
+  Retried until the requeue commits (a warehouse outage only delays it).
 - `model_registry_sensor`: a model asset is materialized when its active version changes,
   so Dagster marks every partition graded with the old version stale. It watches the
   registry's generation, so a registry in a bucket costs one metadata request a tick.
@@ -14,6 +15,7 @@
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from dagster import (
     DagsterEventType,
@@ -38,6 +40,7 @@ from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform.retries import RetryPolicy, requeue_run
 
 # What the tick that requested the run saw (pulled, new, duplicates, dead-lettered, ...).
 TICK_TAG = "farm/tick"
@@ -129,9 +132,9 @@ FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED
     name="requeue_failed_photos",
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=config.sensor_interval_seconds(),
-    description="Puts the photos of a failed or canceled image run back in the arrival queue "
-    "(bounded attempts), then dead-letters them. Its cursor moves only past requeues that "
-    "committed.",
+    description="Puts the photos of a failed or canceled image run back in the arrival queue, "
+    "to wait longer after each failure (bounded attempts and time), then dead-letters them "
+    "with the failed step's error. Its cursor moves only past requeues that committed.",
 )
 def requeue_failed_photos(
     context: SensorEvaluationContext, warehouse: WarehouseResource, pubsub: PubSubResource
@@ -140,9 +143,9 @@ def requeue_failed_photos(
     evaluation raised, so a warehouse outage at that moment stranded the run's photos for
     good. Here the cursor (the last handled event's storage id, per event type) is stored
     only with a tick that succeeded; a tick that raises is evaluated again from the same
-    place, and requeueing a run twice is harmless (`ArrivalQueue.requeue_run`)."""
+    place, and requeueing a run twice is harmless (`retries.requeue_run`)."""
     after = json.loads(context.cursor) if context.cursor else {}
-    max_attempts = config.max_photo_attempts()
+    policy = RetryPolicy.from_env()
     queue = ArrivalQueue(warehouse)
     handled = {"runs": 0, "pending": 0, "dead_lettered": 0}
     for event_type in FAILED_RUN_EVENTS:
@@ -167,9 +170,12 @@ def requeue_failed_photos(
             run = runs.get(record.run_id)
             run_key = run.tags.get(RUN_KEY_TAG, "") if run else ""
             if run_key.startswith(PHOTO_RUN_KEY_PREFIX):
-                reason = (record.event_log_entry.message or "run failed").splitlines()[0]
-                outcome = queue.requeue_run(
-                    run_key, max_attempts, pubsub, f"run {record.run_id}: {reason}"
+                reason = (
+                    step_failure_cause(context.instance, record.run_id)
+                    or ((record.event_log_entry.message or "run failed").splitlines()[0])
+                )
+                outcome = requeue_run(
+                    queue, run_key, policy, pubsub, f"run {record.run_id}: {reason}"
                 )
                 handled["runs"] += 1
                 handled["pending"] += outcome.pending
@@ -177,8 +183,8 @@ def requeue_failed_photos(
                 if outcome.pending or outcome.dead_lettered:
                     context.log.info(
                         f"run {record.run_id} ({event_type.value}): {outcome.pending} photo(s)"
-                        f" requeued, {outcome.dead_lettered} dead-lettered after"
-                        f" {max_attempts} runs"
+                        f" requeued (the next try waits), {outcome.dead_lettered}"
+                        f" dead-lettered: {reason}"
                     )
             after[event_type.value] = record.storage_id
     summary = (
@@ -186,6 +192,29 @@ def requeue_failed_photos(
         f"{handled['dead_lettered']} dead-lettered"
     )
     return SensorResult(cursor=json.dumps(after, sort_keys=True), skip_reason=summary)
+
+
+def step_failure_cause(instance: Any, run_id: str) -> str | None:
+    """The first failed step's own error, `Class: its first line` (what failed, e.g.
+    OipUnavailable naming the model servers), not the run's "Steps failed: [...]"; None
+    when no step failed (a canceled run, a worker that died)."""
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        data = entry.dagster_event.step_failure_data if entry.dagster_event else None
+        error = data.error if data else None
+        # Dagster wraps the op's exception ("Error occurred while executing op ...").
+        while (
+            error is not None and error.cause is not None and error.cls_name.startswith("Dagster")
+        ):
+            error = error.cause
+        if error is None:
+            continue
+        lines = error.message.strip().splitlines()
+        # Python writes "module.Class: text"; the dead letter says "Class: text".
+        head, colon, text = (lines[0] if lines else "").partition(": ")
+        if not colon or head.rsplit(".", 1)[-1] != error.cls_name:
+            text = head + colon + text
+        return f"{error.cls_name}: {text}"
+    return None
 
 
 DATA_VERSION_TAG = "dagster/data_version"

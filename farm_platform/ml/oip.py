@@ -127,6 +127,7 @@ class OipClient:
         only before trying a replica again, so one that is down costs no wait."""
         urls = (replica,) if replica else self._rotation()
         reason = "no answer"
+        started = time.monotonic()
         for attempt in range(self.attempts):
             turn, index = divmod(attempt, len(urls))
             if index == 0:
@@ -138,18 +139,20 @@ class OipClient:
                 continue
             self.answered[urls[index]] += 1
             return answer
-        raise self._unavailable(reason, urls)
+        raise self._unavailable(reason, urls, time.monotonic() - started)
 
     def _rotation(self) -> tuple[str, ...]:
         start = next(self._turn) % len(self.urls)
         return self.urls[start:] + self.urls[:start]
 
-    def _unavailable(self, reason: str, urls: tuple[str, ...]) -> OipUnavailable:
+    def _unavailable(self, reason: str, urls: tuple[str, ...], seconds: float) -> OipUnavailable:
+        """`seconds`: how long the tries took (a refused connection fails at once; only a
+        server that accepts and never answers makes a try last its whole timeout)."""
         urls = tuple(url for url in self.urls if url in urls)  # as configured, not as rotated
         where = f"model server {urls[0]}" if len(urls) == 1 else f"model servers {', '.join(urls)}"
         return OipUnavailable(
-            f"{where} unreachable after {self.attempts} tries "
-            f"({reason}, {self.timeout:g} s each): is `farm-platform models serve` running?",
+            f"{where} unreachable after {self.attempts} tries in {seconds:.1f} s ({reason}; "
+            f"a try waits up to {self.timeout:g} s): is `farm-platform models serve` running?",
             reason,
         )
 
@@ -365,6 +368,7 @@ def check_versions(client: OipClient, cards: list[ModelCard]) -> None:
     answer with the card's version, before a run sends any photo. A replica that cannot be
     reached is passed over (its later answers are checked like all); none: OipUnavailable."""
     unreachable: list[OipUnavailable] = []
+    started = time.monotonic()
     for url in client.urls:
         try:
             for card in cards:
@@ -372,7 +376,7 @@ def check_versions(client: OipClient, cards: list[ModelCard]) -> None:
         except OipUnavailable as exc:
             unreachable.append(exc)
     if len(unreachable) == len(client.urls):
-        raise client._unavailable(unreachable[-1].reason, client.urls)
+        raise client._unavailable(unreachable[-1].reason, client.urls, time.monotonic() - started)
 
 
 def _empty_request(client: OipClient, card: ModelCard, replica: str) -> Reported:

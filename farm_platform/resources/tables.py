@@ -116,6 +116,13 @@ IMAGE_ARRIVALS_COLUMNS = {
     "run_key": "TEXT",
     "requested_at": "TIMESTAMP WITH TIME ZONE",
     "attempts": "INTEGER NOT NULL",
+    # Added 2026-12-07 (retries that back off): no run is handed the photo before
+    # `not_before`; its first failed run, the last failure's cause, and when it was
+    # dead-lettered (kept, so that `reconcile` can say so, until a replay makes it new).
+    "not_before": "TIMESTAMP WITH TIME ZONE",
+    "first_failed_at": "TIMESTAMP WITH TIME ZONE",
+    "failure": "TEXT",
+    "dead_lettered_at": "TIMESTAMP WITH TIME ZONE",
 }
 # Pub/Sub ack ids of messages held until the run they ask for is stored by Dagster.
 ARRIVAL_ACKS_COLUMNS = {
@@ -153,6 +160,9 @@ class Table:
     # writing one day take turns. The arrival queue's tables are the sensor's own: a tick
     # recording a day's new photos must not wait for a run of that day to commit.
     day_locked: bool = True
+    # Columns added after the table first shipped (nullable): an existing warehouse gets
+    # them with ALTER TABLE (`WarehouseResource` adds those it lacks).
+    added_columns: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -171,6 +181,9 @@ class Table:
             f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {columns},\n"
             f"  PRIMARY KEY ({', '.join(self.primary_key)})\n)"
         )
+
+    def add_column_ddl(self, column: str) -> str:
+        return f"ALTER TABLE {self.name} ADD COLUMN IF NOT EXISTS {column} {self.columns[column]}"
 
     def index_ddl(self) -> list[str]:
         """CREATE INDEX IF NOT EXISTS statements of `postgres_indexes`."""
@@ -257,6 +270,7 @@ IMAGE_ARRIVALS_TABLE = Table(
     primary_key=("position_id", "date", "generation"),
     replace_scope=("position_id", "date", "generation"),
     day_locked=False,
+    added_columns=("not_before", "first_failed_at", "failure", "dead_lettered_at"),
 )
 ARRIVAL_ACKS_TABLE = Table(
     "arrival_acks",

@@ -30,8 +30,9 @@ from farm_platform.resources.tables import TABLES, Table
 # transaction lock of the writes (`_lock_days`), which a run holding this one takes too.
 DAY_GRADING_LOCK_PREFIX = "farm_day_grading:"
 
-# PostgreSQL warehouses whose secondary indexes this process has made sure of.
-_INDEXED_WAREHOUSES: set[str] = set()
+# Warehouses whose added columns (and on PostgreSQL secondary indexes) this process has
+# made sure of.
+_MIGRATED_WAREHOUSES: set[str] = set()
 
 
 class WarehouseError(RuntimeError):
@@ -70,11 +71,15 @@ class WarehouseResource(ConfigurableResource):
                 connection = self._connect_duckdb()
                 try:
                     connection.execute("BEGIN TRANSACTION")
-                    yield connection
+                    try:
+                        yield connection
+                    except BaseException:
+                        _rollback_duckdb(connection)
+                        raise
+                    # A COMMIT that fails (a full disk) has ended the transaction itself:
+                    # no ROLLBACK after it, whose "no transaction is active" would be
+                    # reported in place of the real cause.
                     connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
                 finally:
                     connection.close()
         else:
@@ -148,6 +153,7 @@ class WarehouseResource(ConfigurableResource):
         with self.connect() as connection:
             for table in TABLES.values():
                 connection.execute(table.ddl())
+            _add_missing_columns(connection)
             if self.dialect == "postgresql":
                 _create_missing_indexes(connection)
 
@@ -202,10 +208,12 @@ class WarehouseResource(ConfigurableResource):
     def _ensure_schema(self, connection: Any) -> None:
         for table in TABLES.values():
             connection.execute(table.ddl())
-        if self.dialect == "postgresql" and self.url not in _INDEXED_WAREHOUSES:
+        if self.url not in _MIGRATED_WAREHOUSES:
             # Once per process and warehouse, not per write.
-            _create_missing_indexes(connection)
-            _INDEXED_WAREHOUSES.add(self.url)
+            _add_missing_columns(connection)
+            if self.dialect == "postgresql":
+                _create_missing_indexes(connection)
+            _MIGRATED_WAREHOUSES.add(self.url)
 
     def delete_partitions(self, table_name: str, scopes: pl.DataFrame) -> None:
         """Delete the rows matching each row of `scopes` (columns: the table's replace scope)."""
@@ -267,6 +275,31 @@ class WarehouseResource(ConfigurableResource):
             [table_name],
         )
         return bool(frame["n"][0])
+
+
+def _rollback_duckdb(connection: Any) -> None:
+    """End a failed transaction. A statement that fails may have ended it already; the
+    rollback's own error must then not replace the failure being raised."""
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
+        connection.execute("ROLLBACK")
+
+
+def _add_missing_columns(connection: Any) -> None:
+    """Give a warehouse made by an older release the columns added since. Only those that
+    are missing: ALTER TABLE locks its table (on PostgreSQL, against readers too) even when
+    the column exists."""
+    existing = set(
+        connection.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"
+        ).fetchall()
+    )
+    for table in TABLES.values():
+        for column in table.added_columns:
+            if (table.name, column) not in existing:
+                connection.execute(table.add_column_ddl(column))
 
 
 def _create_missing_indexes(connection: Any) -> None:
