@@ -1,5 +1,5 @@
 # One image for the code servers, the run pods, the webserver and daemon, and the model
-# server (README, "Deploying on Kubernetes"). Not built on the machine that wrote it: no
+# server (deploy/README.md). Not built on the machine that wrote it: no
 # container runtime or registry there.
 #   docker build -t REGISTRY/farm-platform:TAG .                      # CPU torch
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \

@@ -1,4 +1,5 @@
-# The two commands of README.md: `make demo` and `make test`. Each installs what it needs.
+# The commands of README.md: `make demo`, `make test`, `make test-fast`, `make test-faults`.
+# Each installs what it needs.
 VENV ?= .venv
 PYTHON ?= python3.11
 BIN := $(VENV)/bin

@@ -397,7 +397,8 @@ def main() -> int:
     args = parser.parse_args()
     rows, note = [], ""
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
-    # of objects in its bucket (README, "Throughput"), so phases must not inherit crops.
+    # of objects in its bucket (docs/benchmarks.md, "End-to-end throughput"), so phases
+    # must not inherit crops.
     workdir = tempfile.mkdtemp(prefix="farm-bench-")
     try:
         local = args.bucket == "local"

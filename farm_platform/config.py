@@ -3,8 +3,8 @@
 Resources get theirs through Dagster `EnvVar` in the code locations' `definitions.py`;
 everything else calls the readers below (at call time, never at import, so a test or a
 CLI command can set the environment first), except `FARM_RUN_K8S_CONFIG`, whose reader
-lives with the run tags it becomes (`images/run_tags.py`). README's "Configuration" table
-lists them.
+lives with the run tags it becomes (`images/run_tags.py`). docs/configuration.md
+lists them (generated from this module).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ FARM_WEBSERVER_ALLOWED_ORIGINS = "FARM_WEBSERVER_ALLOWED_ORIGINS"
 # Where daily reports go; default {FARM_BUCKET}/reports.
 FARM_REPORTS = "FARM_REPORTS"
 
-# Batching of arrivals into day runs (README, "The sensor"): a run starts when this many
+# Batching of arrivals into day runs (docs/ingest.md, "The sensor"): a run starts when this many
 # photos of one day wait, or when the oldest has waited this long.
 FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
 DEFAULT_RUN_MAX_PHOTOS = 2000
@@ -98,7 +98,7 @@ RETRY_BACKOFF_FACTOR = 4
 FARM_RETRY_BUDGET_SECONDS = "FARM_RETRY_BUDGET_SECONDS"
 DEFAULT_RETRY_BUDGET_SECONDS = 1800.0
 # Where the models run: in the run's own process (`local`) or on an Open Inference Protocol
-# model server at FARM_OIP_URL (`oip`; README, "Model server").
+# model server at FARM_OIP_URL (`oip`; docs/model-server-and-gpu.md).
 FARM_INFERENCE = "FARM_INFERENCE"
 INFERENCE_MODES = ("local", "oip")
 # One address, or several replicas' comma-separated: the client spreads requests over them.
@@ -111,7 +111,8 @@ DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
 OIP_ATTEMPTS = 3
 # How often `models serve` checks the registry for a new active version (0: never).
 DEFAULT_REGISTRY_WATCH_SECONDS = 5.0
-# Where the models run (README, "Inference on a GPU"): auto is CUDA when torch sees a GPU.
+# Where the models run (docs/model-server-and-gpu.md, "Inference on a GPU"): auto is
+# CUDA when torch sees a GPU.
 FARM_TORCH_DEVICE = "FARM_TORCH_DEVICE"
 DEFAULT_TORCH_DEVICE = "auto"
 # bfloat16 is only accepted for models whose recorded agreement with float32 passes the
@@ -122,7 +123,7 @@ TORCH_DTYPES = ("float32", "bfloat16")
 # The decode pool's workers, and torch's CPU threads when the models run on CPU;
 # default: the cores this process may use.
 FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
-# Kubernetes settings of the image runs' pods (README, "Deploying on Kubernetes"): a JSON
+# Kubernetes settings of the image runs' pods (deploy/README.md): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
 # How often the production topology's watchdog (farm_platform.dev.watchdog) asks each code
@@ -458,7 +459,7 @@ def torch_device(cuda_devices: int) -> str:
         raise ConfigError(
             f"{FARM_TORCH_DEVICE}={raw!r} but torch sees no CUDA device (a CPU build of torch, "
             "no GPU, or no driver): set it to auto or cpu, or install a CUDA build of torch "
-            "(README, Inference on a GPU)"
+            "(docs/model-server-and-gpu.md, Inference on a GPU)"
         )
     if index >= cuda_devices:
         raise ConfigError(
@@ -492,7 +493,7 @@ def require_for_location(location: str, names: tuple[str, ...]) -> None:
     if missing:
         raise ConfigError(
             f"code location {location} needs {', '.join(missing)} set in the environment of "
-            "the webserver, daemon and code server (README, Configuration)"
+            "the webserver, daemon and code server (docs/configuration.md)"
         )
 
 

@@ -1,4 +1,4 @@
-"""The bucket: its layout contract (README, "Bucket layout") and how to reach it.
+"""The bucket: its layout contract (docs/contracts.md, "Bucket layout") and how to reach it.
 
 raw image:  {FARM_BUCKET}/{position_id}/{date}/image.png
 leaf crop:  {FARM_BUCKET}/{position_id}/{date}/{cropper_model_id}/{cropper_model_version}/{idx}.png

@@ -1,4 +1,4 @@
-"""The Kubernetes deployment, offline (README, "Deploying on Kubernetes"): no cluster, no helm.
+"""The Kubernetes deployment, offline (deploy/README.md): no cluster, no helm.
 
 What runs here is the code that turns configuration into Kubernetes objects: dagster-k8s
 builds the Job of an image run from its tags and the launcher's settings in
@@ -27,7 +27,7 @@ DEPLOY = REPO / "deploy"
 VALUES = DEPLOY / "helm" / "values.yaml"
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inference-service.yaml"
 K8S_VERSION = "1.30"
-# The chart's names for release `dagster` in namespace `farm` (README's helm command).
+# The chart's names for release `dagster` in namespace `farm` (deploy/README.md's helm command).
 RELEASE = "dagster"
 NAMESPACE = "farm"
 IMAGE = "REGISTRY/farm-platform:TAG"

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "farm_platform"
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graphs.json"
 UPDATE_SNAPSHOTS = "FARM_UPDATE_SNAPSHOTS"
 
-# Rooms from the bottom up: a room imports only rooms below it. README, "Layout".
+# Rooms from the bottom up: a room imports only rooms below it. docs/architecture.md, "Layout".
 LAYERS = [
     ["config"],
     ["layout"],
@@ -66,7 +66,7 @@ def room(module: str) -> str:
 
 def test_every_room_has_a_layer():
     rooms = {room(module) for module in import_graph() if module != "farm_platform"}
-    assert rooms == set(RANK), "add the new room to LAYERS (and README's Layout)"
+    assert rooms == set(RANK), "add the new room to LAYERS (and docs/architecture.md's Layout)"
 
 
 def test_rooms_import_only_rooms_below_them():

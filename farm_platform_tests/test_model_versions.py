@@ -118,7 +118,7 @@ def test_list_of_sound_models_has_no_warning_and_labels_its_figures(models_dir, 
     assert cli.main(["models", "--models-dir", str(models_dir), "list"]) == 0
     out = capsys.readouterr().out
     assert "WARNING" not in out
-    # Each figure says what it is: the card's own, not README's re-measured table.
+    # Each figure says what it is: the card's own, not models/EVALUATION.md's re-measured table.
     card = ModelRegistry(models_dir).card(GRADER, "v1")
     exact = card.metrics["heldout"]["detected_boxes"]["exact"]
     assert f"card: held-out exact grade {exact:.3f}" in out

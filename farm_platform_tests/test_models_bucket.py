@@ -53,7 +53,7 @@ def new_bucket(stack: StackInfo) -> str:
 
 @pytest.fixture(scope="module")
 def pushed_models(local_stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The repository's models pushed once, the way README says, into a bucket of their own
+    """The repository's models pushed once, the way docs/models.md says, into a bucket of their own
     (not the farm bucket: no drone_image notifications); each test gets a copy."""
     url = f"gs://{new_bucket(local_stack)}/models"
     with pytest.MonkeyPatch.context() as env:

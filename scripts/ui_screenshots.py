@@ -1,4 +1,4 @@
-"""Screenshots of the Dagster UI for the README's "New model version" walkthrough.
+"""Screenshots of the Dagster UI for docs/models.md's "A new model version" walkthrough.
 
 Plays the story on a local stack — a small farm graded with disease_3_grader v1, v2
 registered and activated, the stale partitions, a backfill of two days — and captures the

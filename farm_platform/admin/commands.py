@@ -1,5 +1,6 @@
 """Operator commands of `farm-platform`: model versions, backfills, reconciliation,
-replay and dead letters (README, "New model version" and "Delivery")."""
+replay and dead letters (docs/models.md, "A new model version";
+docs/ingest.md, "The sensor")."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from farm_platform.config import DAGSTER_HOME, REPO_ROOT, ConfigError
 
-# The instance configuration shipped with the project (README, "Instance configuration").
+# The instance configuration shipped with the project (docs/operations.md, "Instance settings").
 DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
 
 
@@ -73,7 +73,7 @@ def open_instance() -> Any:
     """The instance of `$DAGSTER_HOME` (a DagsterInstance; close it, or use it in `with`).
 
     A folder without a dagster.yaml gets the shipped one, as `make demo` and README's
-    manual steps set it up; a missing or unset DAGSTER_HOME is a ConfigError."""
+    Dagster UI steps set it up; a missing or unset DAGSTER_HOME is a ConfigError."""
     from dagster import DagsterInstance
 
     home = os.environ.get(DAGSTER_HOME)

@@ -116,7 +116,7 @@ def add_model(
     Nothing in the models folder changes unless every check passes. In a bucket the version
     is validated in a local staging folder, then uploaded: weights first, the card last and
     only if no card is there (a version exists once its card does), and registry.json, with
-    `activate`, after both (README, "Models in a bucket")."""
+    `activate`, after both (docs/models.md, "Models in a bucket")."""
     registry = registry or ModelRegistry()
     source = Path(source)
     if not source.is_dir():
@@ -257,7 +257,8 @@ def _metric_summary(card: ModelCard) -> str:
     if isinstance(heldout, Mapping):
         detected = heldout.get("detected_boxes")
         # Labelled as what they are: the card's own figures, taken when the version was
-        # trained (README's table re-measures the graders on the active detector's crops).
+        # trained (models/EVALUATION.md's table re-measures the graders on the active
+        # detector's crops).
         if isinstance(detected, Mapping) and "exact" in detected:
             return f"card: held-out exact grade {detected['exact']:.3f}"
         if "f1" in heldout:

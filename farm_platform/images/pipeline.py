@@ -153,9 +153,9 @@ def image_pipeline(
     op_started = time.perf_counter()
     date = parse_date(context.partition_key)
     # The sensor's runs of a day share its grading lock (their claimed photos are disjoint);
-    # any other run of the day (UI, backfill) holds it alone (README, "Several runs of one
-    # day"). The results are handed to Dagster once the rows are committed and the lock let
-    # go: storing their events needs no lock.
+    # any other run of the day (UI, backfill) holds it alone (docs/production.md,
+    # "Several runs of one day"). The results are handed to Dagster once the rows are
+    # committed and the lock let go: storing their events needs no lock.
     mode = "shared" if grades_claimed_photos(context.run.tags) else "exclusive"
     events: list[Any] = []
     failure: Exception | None = None

@@ -1,4 +1,4 @@
-"""The warehouse tables: columns, keys and what a write replaces (README, "Warehouse").
+"""The warehouse tables: columns, keys and what a write replaces (docs/contracts.md).
 
 The inference assets write them and dbt reads them. Every table has a primary key; a
 write replaces the rows that share its `replace_scope` (a photo and the models that made
