@@ -55,7 +55,7 @@ def code_server(tmp_path: Path, monkeypatch) -> Iterator[dict[str, Any]]:
     """A real code server of a one-asset location, recorded in production.json as the
     production topology records its own; yields that state."""
     (tmp_path / "tiny_location.py").write_text(TINY_LOCATION)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    _importable_from(tmp_path, monkeypatch)
     port = free_port()
     pid = start_code_server("tiny", "tiny_location", port, tmp_path, {})
     state = {
@@ -115,6 +115,13 @@ def test_stack_up_replaces_a_code_server_that_runs_but_does_not_answer(code_serv
     assert not pid_alive(old)
     # One whose process is already known dead is left to `stack up`'s own restart.
     assert replace_silent_code_servers(code_server, tmp_path, {"code_server:tiny"}) == set()
+
+
+def _importable_from(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code servers this module starts import `tiny_location` from `folder` (and the
+    project as before: an install, or a checkout already on PYTHONPATH)."""
+    paths = [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
 
 
 def test_watchdog_settings_are_validated(monkeypatch):
@@ -185,7 +192,7 @@ def test_a_code_server_that_never_answers_is_killed_and_named(tmp_path, monkeypa
     from farm_platform.dev.processes import spawn
 
     (tmp_path / "stuck_location.py").write_text("import time\n\ntime.sleep(600)\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    _importable_from(tmp_path, monkeypatch)
     port, log = free_port(), tmp_path / "code-server-stuck.log"
     args = [str(Path(sys.executable).with_name("dagster")), "code-server", "start"]
     args += ["-h", "127.0.0.1", "-p", str(port), "-m", "stuck_location"]
