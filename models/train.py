@@ -4,6 +4,11 @@
                            [--version v1] [--threads 2] [--no-activate] [--out DIR]
                            [--robust-images 800 | --plain-detector]
                            [--randomized-images 1600] [--detector-epochs N]
+    python models/train.py --coco ANNOTATIONS.json --grades GRADES.csv|GRADE_FOLDERS
+                           --out DIR [--version t1] [--detector-epochs N] [--grader-epochs N]
+
+With --coco / --grades the architectures train on a team's labelled data instead of the
+simulator (models/train_labelled.py says how).
 
 Writes `models/<model_id>/<version>/{weights.pt,card.json}` (card with sha256, training
 description and held-out metrics) and makes the new versions active in `registry.json`.
@@ -519,7 +524,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"default {DETECTOR_EPOCHS} ({PLAIN_DETECTOR_EPOCHS} with --plain-detector)",
     )
+    import train_labelled  # models/train_labelled.py; it imports this module
+
+    train_labelled.add_arguments(parser)
     args = parser.parse_args(argv)
+    if train_labelled.labelled(args):
+        args.detector_epochs = args.detector_epochs or DETECTOR_EPOCHS
+        return train_labelled.train_from_datasets(args)
     if args.plain_detector:
         args.robust_images = 0
     if args.detector_epochs is None:
