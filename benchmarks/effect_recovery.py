@@ -352,6 +352,13 @@ def main() -> int:
         "blocked and the Welch analysis) under a progression gradient of each SHARE of "
         "--effect between the areas' centres (e.g. --layouts 0 0.2 0.6)",
     )
+    parser.add_argument(
+        "--pre-days",
+        type=int,
+        default=0,
+        help="with --layouts: days photographed before treatment begins (3 or more), "
+        "scored with and without the trend adjustment; --days are then the treated days",
+    )
     add_write_docs_flag(parser)
     args = parser.parse_args()
     setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
@@ -368,11 +375,19 @@ def main() -> int:
         effects = (0.0,) if args.no_effect_only else (args.effect, 0.0)
         shares = args.layouts or [0.0, 0.2, 0.6]
         table = run_layouts(
-            args.seeds, args.positions, args.days, effects, shares, summarize_cases, args.effect
+            args.seeds,
+            args.positions,
+            args.days,
+            effects,
+            shares,
+            summarize_cases,
+            args.effect,
+            args.pre_days,
         )
         if args.write_docs:
             columns = ["layout, gradient", "effect/day", "last-day coverage", "bias", "trials"]
-            write_docs("effect_recovery-layouts", columns, table, note=setup)
+            name = f"effect_recovery-layouts{'-pre' if args.pre_days else ''}"
+            write_docs(name, columns, table, note=setup + f" {args.pre_days} pre-days.")
         return 0
     if args.cases:
         frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}
