@@ -44,8 +44,9 @@ from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform.analytics.effect_frame import treatment_effect_frame
 from farm_platform.analytics.effect_stats import add_decisions
-from farm_platform.dev.simulate import FarmConfig, true_position_day
+from farm_platform.dev.simulate import DISEASE_TYPES, FarmConfig, true_position_day
 from farm_platform.dev.simulate.dynamics import population_effect
+from farm_platform.dev.simulate.grader_versions import graded_by_v2
 
 RULES = {
     "fixed 95 % per disease-day": "significant",
@@ -146,7 +147,9 @@ CASES = (
     "dropout-informative",
     "dropout-random",
 )
-SWITCHED = "disease_0"
+# Every grader is switched, to a second version that is biased and noisier
+# (dev/simulate/grader_versions.py): the rule's cases differ, and a backfill shows.
+SWITCHED = DISEASE_TYPES
 
 
 def _visible(case: str, rows: pl.DataFrame, report: int, days: int, seed: int) -> pl.DataFrame:
@@ -154,17 +157,23 @@ def _visible(case: str, rows: pl.DataFrame, report: int, days: int, seed: int) -
     `case` (rows carry `day`: days since the first day)."""
     seen = rows.filter(pl.col("day") <= report)
     switch, backfilled = days // 2, days // 2 + 2
-    switched = pl.col("disease_type") == SWITCHED
+    switched = pl.col("disease_type").is_in(SWITCHED)
+    by_v2 = seen.with_columns(
+        mean_grade=pl.when(switched).then("mean_grade_v2").otherwise("mean_grade")
+    )
     if case == "switch-restart" and report >= switch:
         # Today's behaviour before issue 27: only the new version's grades (from the
         # switch on) count, as if the trial had begun at the switch.
-        return seen.filter(~switched | (pl.col("day") >= switch))
+        return by_v2.filter(~switched | (pl.col("day") >= switch))
     if case == "switch-no-backfill" and report >= switch:
         # The rule: the old version keeps the estimate; it graded nothing after the switch.
         return seen.filter(~switched | (pl.col("day") < switch))
     if case == "switch-backfill" and switch <= report < backfilled:
-        # Until the backfill completes (perfect graders: then the rows are the truth).
+        # Until the backfill completes, the old version's rows before the switch...
         return seen.filter(~switched | (pl.col("day") < switch))
+    if case == "switch-backfill" and report >= backfilled:
+        # ... then the new version's grades of every day.
+        return by_v2
     if case == "late-photos" and report < days:
         # Half of each day's photos (a random half per day) arrive after its report.
         late = (pl.col("position_id") + pl.col("day").cast(pl.String)).hash(seed) % 2 == 0
@@ -207,7 +216,12 @@ def farm_rows(config: FarmConfig) -> pl.DataFrame:
     """One simulated farm's true position-day rows, with `day`: days since its first day.
     Computed once per seed and shared by every case (the simulation is most of the cost)."""
     truth = true_position_day(config)
-    return truth.with_columns(day=(pl.col("date") - truth["date"].min()).dt.total_days())
+    v2 = graded_by_v2(truth, config.seed).select(
+        "position_id", "disease_type", "date", mean_grade_v2="mean_grade"
+    )
+    return truth.join(v2, on=["position_id", "disease_type", "date"]).with_columns(
+        day=(pl.col("date") - truth["date"].min()).dt.total_days()
+    )
 
 
 def last_reported(case: str, rows: pl.DataFrame, config: FarmConfig) -> pl.DataFrame:
@@ -233,7 +247,7 @@ def late_photos_first_reported(rows: pl.DataFrame, config: FarmConfig) -> pl.Dat
 
 
 def _decided(view: pl.DataFrame) -> pl.DataFrame:
-    return add_decisions(treatment_effect_frame(view.drop("day")), diseases=5)
+    return add_decisions(treatment_effect_frame(view.drop("day", "mean_grade_v2")), diseases=5)
 
 
 def case_effects(
@@ -251,7 +265,14 @@ def case_effects(
     )
     looks = ["disease_type", "date"]
     last = _decided(last_reported(case, rows, config))
-    first = last if case != "late-photos" else _decided(late_photos_first_reported(rows, config))
+    first = last
+    if case == "late-photos":
+        first = _decided(late_photos_first_reported(rows, config))
+    if case == "switch-backfill":
+        # Looks before the switch were decided on the old version's grades; the others were
+        # first shown once the new version had backfilled every day.
+        cut = pl.col("date") < start + dt.timedelta(days=config.days // 2)
+        first = pl.concat([_decided(rows).filter(cut), last.filter(~cut)])
     decided = last.join(
         first.select(*looks, decision="sequential_significant", decided_effect="effect"),
         on=looks,
