@@ -110,3 +110,21 @@ def test_the_headline_shows_the_pre_period_and_the_pre_trend_test():
     differed = summary_lines(_data(diverging, dt.date(2026, 6, 9)))
     assert all("the arms' trends differed before treatment" in line for line in differed)
     assert pre_period_line(_data(parallel.clear(), dt.date(2026, 6, 9))) is None
+
+
+def test_the_report_page_shows_the_pre_period_and_its_placebo_looks():
+    import dataclasses
+
+    from test_analytics import report_data
+
+    from farm_platform.analytics.report import render_report
+
+    (_, trend), *_ = _farms(0.0, seeds=1)
+    with_pre = dataclasses.replace(
+        report_data(ungraded=[]), trend=trend.filter(pl.col("date") <= dt.date(2026, 6, 4))
+    )
+    page = render_report(with_pre)
+    assert "Pre-period: treatment begins on 2026-06-05; 4 pre-treatment day(s) so far." in page
+    assert "<th>days_from_treatment_start</th>" in page and "<td>-1</td>" in page
+    assert "Pre-trend test over the pre-period" in page
+    assert "Pre-period" not in render_report(report_data(ungraded=[]))

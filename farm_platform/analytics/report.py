@@ -162,7 +162,7 @@ def _pre_period_paragraph(data: ReportData) -> str:
     line = pre_period_line(data)
     if line is None:
         return ""
-    placebo = data.trend.filter(pl.col("period") == "pre").drop("period", "design")
+    placebo = data.trend.filter(pl.col("period") == "pre").drop("period", "design", strict=False)
     return f"<p class='warn'>{html.escape(line)}</p>" + (table(placebo) if placebo.height else "")
 
 
