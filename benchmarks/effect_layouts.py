@@ -7,6 +7,12 @@ west area's centre progresses faster than the east's by `share` × the medicine'
 per day, so under two areas it reads as the medicine working. The blocked layout is scored
 twice: with the blocked analysis (within-block differences, what the report does) and
 with the unblocked Welch analysis of the same farms, to measure what the blocks buy.
+
+With a pre-period (`--pre-days P`, issue 43 part 3) each farm has P days before treatment
+and `--days` from it, and every layout is scored by the report's rule on the effect net of
+each position's pre-treatment trend (effect_trend.trend_adjusted_frame, looks counted from
+treatment's first day); two areas also without the adjustment (the plain estimate from the
+last pre-period day, the same looks), to show what the adjustment buys and costs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import polars as pl
 
 from farm_platform.analytics.effect_frame import treatment_effect_frame
 from farm_platform.analytics.effect_stats import add_decisions
+from farm_platform.analytics.effect_trend import trend_adjusted_frame
 from farm_platform.dev.simulate import FarmConfig, true_position_day
 from farm_platform.dev.simulate.dynamics import population_effect
 
@@ -29,16 +36,37 @@ LAYOUT_CASES = (
 )
 
 
+def pre_period_cases(pre_days: int) -> list[tuple[str, bool, bool]]:
+    """(layout, analysed within its blocks, trend-adjusted): LAYOUT_CASES without a
+    pre-period; with one, two areas plain and trend-adjusted, and the randomised layouts
+    trend-adjusted (what the report decides on)."""
+    if not pre_days:
+        return [(layout, blocked, False) for layout, blocked in LAYOUT_CASES]
+    return [("two-areas", False, False)] + [
+        (layout, blocked, True) for layout, blocked in LAYOUT_CASES
+    ]
+
+
 def layout_effects(
-    config: FarmConfig, estimand: list[float], blocked_analysis: bool
+    config: FarmConfig, estimand: list[float], blocked_analysis: bool, adjusted: bool = False
 ) -> pl.DataFrame:
     """One farm's looks, each decided by the headline's rule as the report that first
     shows it would (no trial events: a look's rows are final when shown), beside the
-    estimand of its day."""
+    estimand of its look. With a pre-period: the trend-adjusted looks (`adjusted`) or the
+    plain estimate from the last pre-period day, both numbered from treatment's first day."""
     rows = true_position_day(config)
     if not blocked_analysis:
         rows = rows.with_columns(block=pl.lit(None, dtype=pl.String))
-    decided = add_decisions(treatment_effect_frame(rows), diseases=5)
+    if adjusted:
+        trend = trend_adjusted_frame(rows, config.dates[config.pre_days])
+        effect = trend.filter(pl.col("period") == "treatment").drop(
+            "period", "treatment_start", "days_from_treatment_start"
+        )
+    else:
+        effect = treatment_effect_frame(
+            rows.filter(pl.col("date") >= config.dates[max(config.pre_days - 1, 0)])
+        )
+    decided = add_decisions(effect, diseases=5)
     return decided.with_columns(
         decision=pl.col("sequential_significant"),
         decided_effect=pl.col("effect"),
@@ -58,27 +86,35 @@ def run_layouts(
     shares: list[float],
     summarize: Callable[[str, pl.DataFrame], list[tuple[str, ...]]],
     unit: float,
+    pre_days: int = 0,
 ) -> list[tuple[str, ...]]:
     """Every layout case at every gradient share (of `unit`, the medicine's effect per day),
     printed by `summarize` (effect_recovery.summarize_cases: coverage, bias and false or
-    right-way 'conclusive' trials, with their standard errors); returns summarize's rows."""
+    right-way 'conclusive' trials, with their standard errors); returns summarize's rows.
+    `pre_days`: days before treatment (then `days` more from it), the cases as
+    pre_period_cases names them."""
     table: list[tuple[str, ...]] = []
     for share in shares:
-        for layout, blocked in LAYOUT_CASES:
+        for layout, blocked, adjusted in pre_period_cases(pre_days):
             label = f"{layout}{'' if blocked or layout != 'blocks' else ' (Welch)'}"
+            if pre_days:
+                label += f", {pre_days} pre-days, " + ("trend-adjusted" if adjusted else "plain")
             label += f", gradient {share:.0%}"
             frames = []
             for effect in effects:
-                estimand = [float(x) for x in population_effect(effect, days)]
+                # Look k is k days after the last untreated day (the first date, or the last
+                # pre-period day), with both arms alike on it: the same estimand either way.
+                estimand = [float(x) for x in population_effect(effect, days + (pre_days > 0))]
                 for seed in range(seeds):
                     config = FarmConfig(
                         positions=positions,
-                        days=days,
+                        days=days + pre_days,
                         seed=seed,
                         effect=effect,
                         layout=layout,
                         gradient=share * unit,
+                        pre_days=pre_days,
                     )
-                    frames.append(layout_effects(config, estimand, blocked))
+                    frames.append(layout_effects(config, estimand, blocked, adjusted))
             table += summarize(label, pl.concat(frames, how="diagonal_relaxed"))
     return table

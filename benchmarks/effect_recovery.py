@@ -41,6 +41,7 @@ from pathlib import Path
 
 import polars as pl
 from docs_table import add_write_docs_flag, write_docs
+from effect_cases import CASES, case_effects, farm_rows
 
 from farm_platform.analytics.effect_frame import treatment_effect_frame
 from farm_platform.analytics.effect_stats import add_decisions
@@ -134,149 +135,6 @@ def summarize(results: pl.DataFrame) -> list[tuple[str, ...]]:
     return table
 
 
-# Trial events (issue 27), each scored through the report's rules as reports are made day
-# by day: every report sees the rows visible that morning, decides the looks it is the
-# first to show (effect_stats.carry_decisions), and keeps the earlier decisions.
-CASES = (
-    "plain",
-    "switch-restart",
-    "switch-no-backfill",
-    "switch-backfill",
-    "late-photos",
-    "dropout-informative",
-    "dropout-random",
-)
-SWITCHED = "disease_0"
-
-
-def _visible(case: str, rows: pl.DataFrame, report: int, days: int, seed: int) -> pl.DataFrame:
-    """The position-day rows a report `report` days after the trial's first day sees under
-    `case` (rows carry `day`: days since the first day)."""
-    seen = rows.filter(pl.col("day") <= report)
-    switch, backfilled = days // 2, days // 2 + 2
-    switched = pl.col("disease_type") == SWITCHED
-    if case == "switch-restart" and report >= switch:
-        # Today's behaviour before issue 27: only the new version's grades (from the
-        # switch on) count, as if the trial had begun at the switch.
-        return seen.filter(~switched | (pl.col("day") >= switch))
-    if case == "switch-no-backfill" and report >= switch:
-        # The rule: the old version keeps the estimate; it graded nothing after the switch.
-        return seen.filter(~switched | (pl.col("day") < switch))
-    if case == "switch-backfill" and switch <= report < backfilled:
-        # Until the backfill completes (perfect graders: then the rows are the truth).
-        return seen.filter(~switched | (pl.col("day") < switch))
-    if case == "late-photos" and report < days:
-        # Half of each day's photos (a random half per day) arrive after its report.
-        late = (pl.col("position_id") + pl.col("day").cast(pl.String)).hash(seed) % 2 == 0
-        return seen.filter((pl.col("day") < report) | ~late)
-    return seen
-
-
-def _dropped(case: str, rows: pl.DataFrame, days: int, positions: int, seed: int) -> set[str]:
-    """Positions that stop being photographed from mid-trial, one in twelve: those healing
-    worst so far (the largest rise of mean grade, over the diseases, from the first day to
-    the day before) or random ones."""
-    if not case.startswith("dropout"):
-        return set()
-    count, start = max(1, positions // 12), days // 2
-    grade = pl.col("mean_grade")
-    change = (
-        rows.filter(pl.col("day").is_in([0, start - 1]))
-        .sort("day")
-        .group_by("position_id", "disease_type")
-        .agg((grade.last() - grade.first()).alias("change"))
-        .group_by("position_id")
-        .agg(pl.col("change").mean())
-        .sort("position_id")
-    )
-    if case == "dropout-informative":
-        return set(change.sort("change", descending=True)["position_id"][:count])
-    return set(change.sample(count, seed=seed)["position_id"])
-
-
-# Each case is scored in one pass instead of report by report (60 looks × 1,000 seeds would
-# cost hours a case): a look's estimate uses only its own day's rows and each position's
-# first day, so the rows every look's first report saw can stand in one frame and be
-# decided at once (`late_photos_first_reported`), and the numbers come from the last
-# report's rows. `case_effects` checks this against the report-by-report scoring on the
-# first seeds of every run, and stops if they differ.
-CHECKED_SEEDS = 3
-
-
-def farm_rows(config: FarmConfig) -> pl.DataFrame:
-    """One simulated farm's true position-day rows, with `day`: days since its first day.
-    Computed once per seed and shared by every case (the simulation is most of the cost)."""
-    truth = true_position_day(config)
-    return truth.with_columns(day=(pl.col("date") - truth["date"].min()).dt.total_days())
-
-
-def last_reported(case: str, rows: pl.DataFrame, config: FarmConfig) -> pl.DataFrame:
-    """The rows the last report sees (late photos: one more report after the last day)."""
-    if case == "late-photos":
-        return rows
-    return _visible(case, rows, config.days - 1, config.days, config.seed)
-
-
-def late_photos_first_reported(rows: pl.DataFrame, config: FarmConfig) -> pl.DataFrame:
-    """Under late photos, every look's day as the first report that showed it saw it (its
-    on-time half), with each position's first day. Only late photos move a day after its
-    report; in the other cases a day's rows are final when first shown (a backfill shows
-    the switched days only once done), so the last report's rows decide every look."""
-    first_days = rows.filter(pl.col("day") == pl.col("day").min().over("position_id"))
-    own_days = [
-        _visible("late-photos", rows, report, config.days, config.seed).filter(
-            pl.col("day") == report
-        )
-        for report in range(1, config.days)
-    ]
-    return pl.concat([first_days, *own_days])
-
-
-def _decided(view: pl.DataFrame) -> pl.DataFrame:
-    return add_decisions(treatment_effect_frame(view.drop("day")), diseases=5)
-
-
-def case_effects(
-    case: str, rows: pl.DataFrame, config: FarmConfig, estimand: list[float]
-) -> pl.DataFrame:
-    """The last report's rows of one simulated farm (`farm_rows`) under `case`, with each
-    look's decision as its first report made it, beside the estimand of each row's day
-    since the trial began."""
-    from farm_platform.analytics.effect_stats import carry_decisions
-
-    start = rows["date"].min()
-    dropped = _dropped(case, rows, config.days, config.positions, config.seed)
-    rows = rows.filter(
-        ~(pl.col("position_id").is_in(list(dropped)) & (pl.col("day") >= config.days // 2))
-    )
-    looks = ["disease_type", "date"]
-    last = _decided(last_reported(case, rows, config))
-    first = last if case != "late-photos" else _decided(late_photos_first_reported(rows, config))
-    decided = last.join(
-        first.select(*looks, decision="sequential_significant", decided_effect="effect"),
-        on=looks,
-        how="left",
-    )
-    if config.seed < CHECKED_SEEDS:
-        reports = None
-        # One report per day, and one more for the photos of the last day that came late.
-        for report in range(1, config.days + 1):
-            seen = _visible(case, rows, min(report, config.days - 1), config.days, config.seed)
-            if case == "late-photos" and report == config.days:
-                seen = rows
-            reports = carry_decisions(_decided(seen), reports, start + dt.timedelta(days=report))
-        key = [*looks, "effect", "decision", "decided_effect"]
-        if not reports.select(key).sort(looks).equals(decided.select(key).sort(looks)):
-            raise SystemExit(f"{case}: one pass differs from the reports (seed {config.seed})")
-    return decided.with_columns(
-        seed=pl.lit(config.seed),
-        true_effect=pl.lit(config.effect),
-        estimand=((pl.col("date") - start).dt.total_days()).map_elements(
-            lambda k: estimand[k], return_dtype=pl.Float64
-        ),
-    )
-
-
 def summarize_cases(case: str, results: pl.DataFrame) -> list[tuple[str, ...]]:
     """Per effect: last-day coverage and bias (each disease's last estimated day), and the
     share of trials with a false (no effect) or right-way (effect) decision that stands."""
@@ -352,6 +210,13 @@ def main() -> int:
         "blocked and the Welch analysis) under a progression gradient of each SHARE of "
         "--effect between the areas' centres (e.g. --layouts 0 0.2 0.6)",
     )
+    parser.add_argument(
+        "--pre-days",
+        type=int,
+        default=0,
+        help="with --layouts: days photographed before treatment begins (3 or more), "
+        "scored with and without the trend adjustment; --days are then the treated days",
+    )
     add_write_docs_flag(parser)
     args = parser.parse_args()
     setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
@@ -368,11 +233,19 @@ def main() -> int:
         effects = (0.0,) if args.no_effect_only else (args.effect, 0.0)
         shares = args.layouts or [0.0, 0.2, 0.6]
         table = run_layouts(
-            args.seeds, args.positions, args.days, effects, shares, summarize_cases, args.effect
+            args.seeds,
+            args.positions,
+            args.days,
+            effects,
+            shares,
+            summarize_cases,
+            args.effect,
+            args.pre_days,
         )
         if args.write_docs:
             columns = ["layout, gradient", "effect/day", "last-day coverage", "bias", "trials"]
-            write_docs("effect_recovery-layouts", columns, table, note=setup)
+            name = f"effect_recovery-layouts{'-pre' if args.pre_days else ''}"
+            write_docs(name, columns, table, note=setup + f" {args.pre_days} pre-days.")
         return 0
     if args.cases:
         frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}

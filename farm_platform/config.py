@@ -142,6 +142,11 @@ DEFAULT_WATCHDOG_FAILURES = 3
 # more than this (an absolute share, 0..1); `--force --reason` overrides it.
 FARM_GATE_TOLERANCE = "FARM_GATE_TOLERANCE"
 DEFAULT_GATE_TOLERANCE = 0.01
+# The day treatment begins (YYYY-MM-DD); photos dated earlier form the pre-period: the
+# report tests the arms' pre-treatment trends on them (placebo looks) and decides on the
+# effect net of each position's pre-treatment trend. Unset: no pre-period. dbt reads it as
+# its var treatment_start.
+FARM_TREATMENT_START = "FARM_TREATMENT_START"
 
 DEFAULT_SUBSCRIPTION = "drone_image.dagster"
 DRONE_IMAGE_TOPIC = "drone_image"
@@ -188,6 +193,7 @@ CONFIG_VARIABLES = (
     FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS,
     FARM_WATCHDOG_FAILURES,
     FARM_GATE_TOLERANCE,
+    FARM_TREATMENT_START,
 )
 
 
@@ -268,6 +274,20 @@ def trial_start_date() -> dt.date:
         return dt.date.fromisoformat(raw)
     except ValueError:
         raise ConfigError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def treatment_start() -> dt.date | None:
+    """`$FARM_TREATMENT_START`: the day treatment begins, or None (unset: no pre-period)."""
+    raw = os.environ.get(FARM_TREATMENT_START)
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{FARM_TREATMENT_START}={raw!r} is not a date: give the day treatment begins as "
+            "YYYY-MM-DD, or unset it for a trial without a pre-period"
+        ) from None
 
 
 def trial_timezone() -> str:

@@ -156,3 +156,21 @@ def test_zero_effect_is_not_reported_as_significant(tmp_path):
     for row in result.iter_rows(named=True):
         assert row["ci_low"] <= 0.0 <= row["ci_high"], row
     assert not result["significant"].any(), result
+
+
+def test_the_second_grader_version_is_biased_and_noisier():
+    # The benchmark's switch cases (issue 43 part 5) rest on a second version that grades
+    # differently: a backfill by it must move the estimate, not reproduce the plain run.
+    from farm_platform.dev.simulate.grader_versions import V2_SCALE, graded_by_v2
+
+    config = FarmConfig(positions=24, days=6, seed=5, effect=0.3)
+    truth = true_position_day(config)
+    v2 = graded_by_v2(truth, config.seed)
+    assert v2.equals(graded_by_v2(truth, config.seed))
+    assert v2["mean_grade"].min() >= 0 and v2["mean_grade"].max() <= 3
+    last = truth["date"].max()
+    plain = treatment_effect_frame(truth).filter(pl.col("date") == last)
+    switched = treatment_effect_frame(v2).filter(pl.col("date") == last)
+    assert switched["effect"].mean() == pytest.approx(V2_SCALE * plain["effect"].mean(), abs=0.1)
+    assert switched["effect"].mean() > plain["effect"].mean() + 0.1
+    assert switched["std_error"].mean() > plain["std_error"].mean()

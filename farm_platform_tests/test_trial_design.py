@@ -230,9 +230,11 @@ def test_a_gradient_biases_two_areas_and_not_randomised_blocks():
 
 
 @pytest.mark.parametrize("db", ["duckdb", "postgres"])
-def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, request):
+def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, request, monkeypatch):
     # The field map with block and assignment columns as the seed; a missed photo leaves
-    # its block partner outside any block with both arms that day.
+    # its block partner outside any block with both arms that day. Treatment begins on the
+    # last day (FARM_TREATMENT_START): the first two form the pre-period, and the same build
+    # makes trend_adjusted_effect (placebo looks, the trend-adjusted look).
     from datetime import date
 
     from polars.testing import assert_frame_equal
@@ -240,8 +242,13 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
 
     from farm_platform.analytics.dbt_env import dbt_project_copy
     from farm_platform.analytics.effect_frame import treatment_effect_frame
+    from farm_platform.analytics.effect_trend import trend_adjusted_frame
+    from farm_platform.analytics.headline import summary_lines
+    from farm_platform.analytics.pre_period import pre_period_line
+    from farm_platform.analytics.report_data import load_report_data
     from farm_platform.dev.postgres import fresh_database
     from farm_platform.dev.simulate import true_position_day
+    from farm_platform.resources.warehouse import WarehouseResource
 
     config = FarmConfig(positions=8, days=3, seed=21, effect=0.15, layout="blocks", gradient=0.05)
     skipped = {("P002", date(2026, 6, 3))}
@@ -252,6 +259,7 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
     else:
         url = fresh_database(request.getfixturevalue("postgres_url"), "farm_blocked_design")
     load_warehouse(url, farm)
+    monkeypatch.setenv("FARM_TREATMENT_START", "2026-06-03")
     built = dbt_build(project, url)
     assert built.success, f"failed nodes: {sorted(built.failed())}"
 
@@ -274,11 +282,21 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
         ~((pl.col("position_id") == "P002") & (pl.col("date") == date(2026, 6, 3)))
     )
     fast = treatment_effect_frame(position_day)
-    assert_frame_equal(
-        fast,
-        from_dbt.select(fast.columns),
-        check_dtypes=False,
-        check_exact=False,
-        rel_tol=0,
-        abs_tol=1e-5,
-    )
+    same = {"check_dtypes": False, "check_exact": False, "rel_tol": 0, "abs_tol": 1e-5}
+    assert_frame_equal(fast, from_dbt.select(fast.columns), **same)
+
+    trend = built.query("SELECT * FROM trend_adjusted_effect ORDER BY disease_type, date")
+    assert trend.select("period", "date", "days_since_start").unique().sort("date").rows() == [
+        ("pre", date(2026, 6, 2), 1),
+        ("treatment", date(2026, 6, 3), 1),
+    ]
+    fast_trend = trend_adjusted_frame(position_day, date(2026, 6, 3))
+    assert_frame_equal(fast_trend, trend.select(fast_trend.columns), **same)
+
+    # The report decides on the trend-adjusted look, numbered from treatment's first day,
+    # and says so; each disease's line carries its pre-trend test.
+    data = load_report_data(WarehouseResource(url=url), date(2026, 6, 3), disease_names={})
+    assert data.effect["days_since_start"].to_list() == [1] * 5
+    assert "The effect is net of each position's pre-treatment trend" in pre_period_line(data)
+    lines = summary_lines(data)
+    assert len(lines) == 5 and all("Pre-trend test over the pre-period" in x for x in lines)

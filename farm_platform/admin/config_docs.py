@@ -143,6 +143,13 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "image run as that tag, plus `farm/device: gpu` when it asks for a GPU",
         "unset (no tag)",
     ),
+    config.FARM_TREATMENT_START: (
+        "the day treatment begins (YYYY-MM-DD): earlier photos form the pre-period; the "
+        "report tests the arms' pre-treatment trends on them (placebo looks) and decides on "
+        "the effect net of each position's pre-treatment trend. dbt reads it as its var "
+        "`treatment_start` (mart `trend_adjusted_effect`)",
+        "unset (no pre-period)",
+    ),
 }
 
 # Variables outside CONFIG_VARIABLES that an operator still meets (tools, the local stack).

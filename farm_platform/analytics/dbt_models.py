@@ -1,5 +1,6 @@
 """dbt models as Dagster assets, dbt tests as asset checks (dagster-dbt)."""
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,7 +24,13 @@ from farm_platform.analytics.dbt_env import (
     parse_dbt_project,
     warehouse_relation_prefix,
 )
-from farm_platform.config import FARM_BUCKET, FARM_WAREHOUSE, field_map_path, require_for_location
+from farm_platform.config import (
+    FARM_BUCKET,
+    FARM_WAREHOUSE,
+    field_map_path,
+    require_for_location,
+    treatment_start,
+)
 from farm_platform.images.keys import GRADES_BY_DISEASE
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -99,6 +106,11 @@ def farm_dbt_models(
     every incremental model) leaves the watermark where it was: the next complete build
     (the daily schedule's) takes again every day changed since the last complete one."""
     args = ["build", "--full-refresh"] if config.full_refresh else ["build"]
+    # Validated here (a bad date fails the run naming the setting) and handed to dbt as its
+    # var, the one place trend_adjusted_effect reads it from when Dagster builds.
+    start = treatment_start()
+    if start is not None:
+        args += ["--vars", json.dumps({"treatment_start": start.isoformat()})]
     # profiles.yml reads the connection from variables derived from FARM_WAREHOUSE; the
     # positions seed is the field map the image location uses (FARM_FIELD_MAP).
     # On DuckDB, no sensor tick may open the file between two of dbt's connections.

@@ -19,19 +19,29 @@ def treatment_effect_frame(position_day: pl.DataFrame) -> pl.DataFrame:
     Only the effect benchmark uses it, to score hundreds of farms without a dbt build each;
     farm_platform_tests/test_dbt.py shows it returns dbt's numbers.
     """
-    group = ["disease_type"]
-    own = group + ["position_id"]
-    if "block" not in position_day.columns:
-        position_day = position_day.with_columns(block=pl.lit(None, dtype=pl.String))
-    changes = (
-        position_day.sort("date")
-        .with_columns(
-            position_first_date=pl.col("date").min().over(own),
-            change=pl.col("mean_grade") - pl.col("mean_grade").first().over(own),
-            first_date=pl.col("date").min().over(group),
-        )
-        .filter(pl.col("date") > pl.col("position_first_date"))
+    own = ["disease_type", "position_id"]
+    changes = with_block(position_day).with_columns(
+        position_first_date=pl.col("date").min().over(own),
+        change=pl.col("mean_grade") - pl.col("mean_grade").sort_by("date").first().over(own),
     )
+    return effect_from_changes(changes)
+
+
+def with_block(position_day: pl.DataFrame) -> pl.DataFrame:
+    """`position_day` with a null `block` column where it has none (no blocked design)."""
+    if "block" in position_day.columns:
+        return position_day
+    return position_day.with_columns(block=pl.lit(None, dtype=pl.String))
+
+
+def effect_from_changes(changes: pl.DataFrame) -> pl.DataFrame:
+    """The estimator of treatment_effect_frame over given changes: rows of disease_type,
+    position_id, area, block, date, position_first_date and change (the position's change
+    since position_first_date, or another per-position quantity such as a trend-adjusted
+    change), the rows after each position's first date estimated per disease and date."""
+    group = ["disease_type"]
+    changes = changes.with_columns(first_date=pl.col("position_first_date").min().over(group))
+    changes = changes.filter(pl.col("date") > pl.col("position_first_date"))
     blocked = pl.col("blocked")
     estimates = (
         _arm_estimates(changes, group)

@@ -7,6 +7,7 @@ import polars as pl
 
 from farm_platform.analytics.dropout import dropout_sentence
 from farm_platform.analytics.effect_stats import ALPHA
+from farm_platform.analytics.pre_period import pre_trend_sentences
 from farm_platform.analytics.report_data import (
     ReportData,
     attrition,
@@ -238,14 +239,19 @@ def summary_lines(data: ReportData) -> list[str]:
         lines.append(line)
     estimated = set(summary["disease_type"]) if summary.height else set()
     graded = set(data.severity["disease_type"]) if data.severity.height else set()
+    graded |= set(data.trend["disease_type"]) if data.trend.height else set()
     for disease in sorted(graded - estimated):
-        lines.append(
-            f"{disease_label(disease, data.disease_names)}: no estimate yet: no position has "
-            "been graded on two days, so there is no change from a first day (baseline) to "
-            "compare"
+        why = (
+            f"treatment begins on {data.trend['treatment_start'][0]}, so no effect of the "
+            "medicine is estimated yet"
+            if data.trend.height
+            else "no position has been graded on two days, so there is no change from a first "
+            "day (baseline) to compare"
         )
+        lines.append(f"{disease_label(disease, data.disease_names)}: no estimate yet: {why}")
     if not lines:
         lines.append("No estimate yet: no grades.")
+    lines = _append_by_disease(lines, pre_trend_sentences(data))
     lines = _with_dropout(lines, data, summary)
     return _with_version_notes(lines, estimate_version_notes(data), data.disease_names)
 
@@ -263,6 +269,13 @@ def _with_dropout(lines: list[str], data: ReportData, summary: pl.DataFrame) -> 
         sentence = dropout_sentence(row, last, levels.get(disease, ALPHA))
         if sentence:
             sentences[disease] = sentence
+    return _append_by_disease(lines, sentences)
+
+
+def _append_by_disease(lines: list[str], sentences: dict[str, str]) -> list[str]:
+    """Each disease's line with its sentence appended, and a line of its own for a disease
+    that has no line."""
+    sentences = dict(sentences)
     out = []
     for line in lines:
         disease = line.split(" ", 1)[0].rstrip(":")

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from farm_platform.analytics.effect_stats import DECISION_REFERENCES
 from farm_platform.analytics.headline import design_line, overall_answer, summary_lines
+from farm_platform.analytics.pre_period import pre_period_line
 from farm_platform.analytics.report_data import (
     ReportData,
     effect_decisions,
@@ -41,6 +42,7 @@ from farm_platform.resources.warehouse import WarehouseResource
 
 REPORT_MARTS = (
     "treatment_effect",
+    "trend_adjusted_effect",
     "trial_design",
     "daily_severity",
     "coverage",
@@ -155,6 +157,15 @@ def drift_warning(data: ReportData) -> str:
     return "".join(f"<p class='warn'>{html.escape(line)}</p>" for line in lines)
 
 
+def _pre_period_paragraph(data: ReportData) -> str:
+    """The pre-period's sentence under the design's, and its placebo looks as a table."""
+    line = pre_period_line(data)
+    if line is None:
+        return ""
+    placebo = data.trend.filter(pl.col("period") == "pre").drop("period", "design", strict=False)
+    return f"<p class='warn'>{html.escape(line)}</p>" + (table(placebo) if placebo.height else "")
+
+
 def render_report(data: ReportData) -> str:
     warning = ""
     if data.ungraded:
@@ -185,6 +196,7 @@ img{{max-width:100%}}</style>
 <h1>Does the medicine speed up healing? — {data.day}</h1>
 <p><strong>{html.escape(overall_answer(data))}</strong></p>
 <p class="warn">{html.escape(design_line(data))}</p>
+{_pre_period_paragraph(data)}
 <p class="caption">Grades are per leaf, from 0 (no disease) to 3 (severe); an effect is in
 grade points.</p>
 {warning}
@@ -287,6 +299,7 @@ def effectiveness_report(
     for name, frame in (
         # With the decision columns the report adds (Holm, always-valid rule).
         ("treatment_effect", effect_decisions(data)),
+        ("trend_adjusted_effect", data.trend),
         ("daily_severity", data.severity),
         ("coverage", data.coverage),
         ("model_version_agreement", data.agreement),
@@ -296,7 +309,7 @@ def effectiveness_report(
         with fs.open(join(folder, f"{name}.parquet"), "wb") as handle:
             frame.write_parquet(handle)
         fs.pipe_file(join(folder, f"{name}.csv"), frame.write_csv().encode())
-    lines = [design_line(data), *summary_lines(data)]
+    lines = [design_line(data), *filter(None, [pre_period_line(data)]), *summary_lines(data)]
     for line in lines:
         context.log.info(line)
     return MaterializeResult(

@@ -44,6 +44,10 @@ class ReportData:
     # Days up to the report's whose model outputs drifted from the models' evaluation data
     # (quality/drift.py, table model_drift): date, model_id.
     drifted: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # trend_adjusted_effect of dates <= day (empty without a pre-period, FARM_TREATMENT_START):
+    # the placebo looks (period 'pre') and the trend-adjusted looks; with a pre-period,
+    # `effect` holds the trend-adjusted looks, the ones the report decides on.
+    trend: pl.DataFrame = field(default_factory=pl.DataFrame)
     # disease_type -> the readable name in its grader's model card.
     disease_names: dict[str, str] = field(default_factory=dict)
     # Every position of the field map: area, latitude, longitude and its latest mean grade
@@ -99,9 +103,11 @@ def load_report_data(
     positions = warehouse.query("SELECT position_id FROM stg_positions ORDER BY position_id")
     last_grades, stayers = load_attrition(warehouse, day)
     design = warehouse.query("SELECT * FROM trial_design")
+    trend = upto("trend_adjusted_effect")
     return ReportData(
         day=day,
-        effect=upto("treatment_effect"),
+        effect=decided_effect(upto("treatment_effect"), trend),
+        trend=trend,
         severity=upto("daily_severity"),
         coverage=warehouse.query("SELECT * FROM coverage WHERE date = %s ORDER BY area", [day]),
         ungraded=sorted(set(positions["position_id"]) - set(graded["position_id"])),
@@ -143,6 +149,16 @@ def load_report_data(
             [day],
         ),
     )
+
+
+def decided_effect(effect: pl.DataFrame, trend: pl.DataFrame) -> pl.DataFrame:
+    """The looks the report decides on: with a pre-period (trend_adjusted_effect has rows),
+    the trend-adjusted ones from the day treatment begins, numbered from it, and never the
+    plain ones too (one test per look: the error budget is spent once); else
+    treatment_effect's."""
+    if trend.is_empty():
+        return effect
+    return trend.filter(pl.col("period") == "treatment").select(effect.columns)
 
 
 def effect_decisions(data: ReportData) -> pl.DataFrame:

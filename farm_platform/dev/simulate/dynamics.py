@@ -56,12 +56,21 @@ def position_rng(seed: int, position_index: int, stream: int, *extra: int) -> np
 
 
 def simulate_latents(
-    seed: int, position_index: int, days: int, treated: bool, effect: float, drift: float = 0.0
+    seed: int,
+    position_index: int,
+    days: int,
+    treated: bool,
+    effect: float,
+    drift: float = 0.0,
+    treatment_day: int = 0,
 ) -> np.ndarray:
     """Latent severities of one position, shape (days, n_leaves, NUM_DISEASES), in [0, 3].
 
     `drift`: extra progression per day at this position's place in the field (a gradient of
-    light, heating or airflow; farm.FarmConfig.gradient), whichever arm it is in."""
+    light, heating or airflow; farm.FarmConfig.gradient), whichever arm it is in.
+    `treatment_day`: the first day whose step carries the medicine's effect (0: every
+    day's); the days before it are the pre-period (farm.FarmConfig.pre_days). The noise is
+    drawn the same either way (common random numbers)."""
     rng = position_rng(seed, position_index, STREAM_DYNAMICS)
     n_leaves = int(rng.integers(MIN_LEAVES, MAX_LEAVES + 1))
     start = _day_zero_latents(rng, (n_leaves, NUM_DISEASES))
@@ -69,8 +78,8 @@ def simulate_latents(
     if days <= 0:
         return latents
     latents[0] = start
-    step = _daily_step(treated, effect) + drift
     for day in range(1, days):
+        step = _daily_step(treated and day >= treatment_day, effect) + drift
         latents[day] = _next_day(latents[day - 1], step, rng)
     return latents
 

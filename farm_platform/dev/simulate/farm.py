@@ -70,10 +70,23 @@ class FarmConfig:
     # over the east's, linear in longitude across the field: under two areas it reads as
     # the medicine working (`gradient` per day) while the medicine does nothing.
     gradient: float = 0.0
+    # Days photographed before treatment begins (the pre-period, FARM_TREATMENT_START): of
+    # `days`, the first `pre_days` carry no effect; treatment begins on dates[pre_days].
+    pre_days: int = 0
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.pre_days < 0 or (self.pre_days and self.pre_days >= self.days):
+            raise ValueError(
+                f"pre_days={self.pre_days} must be from 0 to days - 1 ({self.days - 1}): "
+                "treatment has to begin within the simulated days"
+            )
+
+    @property
+    def treatment_start(self) -> dt.date | None:
+        """The day treatment begins, or None without a pre-period."""
+        return self.dates[self.pre_days] if self.pre_days else None
 
     @property
     def dates(self) -> list[dt.date]:
@@ -189,7 +202,13 @@ def _position_worlds(config: FarmConfig) -> list[tuple[render.Layout, np.ndarray
     worlds = []
     for index in range(config.positions):
         latents = dynamics.simulate_latents(
-            config.seed, index, config.days, treated[index], config.effect, drift[index]
+            config.seed,
+            index,
+            config.days,
+            treated[index],
+            config.effect,
+            drift[index],
+            treatment_day=config.pre_days,
         )
         layout = render.plan_layout(
             dynamics.position_rng(config.seed, index, dynamics.STREAM_LAYOUT),
