@@ -53,13 +53,18 @@ LONGEST_MODULES_FIRST = (
     "test_outages_e2e.py",  # ~200 s
     "test_model_story_e2e.py",  # ~200 s
     "test_demo.py",  # ~120 s
+    "test_foreign_models_e2e.py",  # ~115 s
     "test_trial_events.py",  # ~110 s
     "test_quality.py",  # ~90 s
     "test_ui.py",  # ~80 s
     "test_ingest.py",  # ~75 s
+    "test_trial_design.py",  # ~70 s
+    "test_webserver_guard.py",  # ~65 s
     "test_effect_recovery.py",  # ~65 s
     "test_model_server.py",  # ~60 s
     "test_cli.py",  # ~60 s
+    "test_liveness.py",  # ~45 s
+    "test_retries.py",  # ~45 s
 )
 
 
