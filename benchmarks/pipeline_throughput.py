@@ -274,7 +274,7 @@ def bench(
 
 def request_overhead(server: ModelServerProcess, repeats: int = 7) -> dict[str, float]:
     """Median ms of one request through the server minus the same forward pass in process."""
-    from farm_platform.ml import inference, oip
+    from farm_platform.ml import inference, oip, oip_runners
     from farm_platform.ml.registry import ModelRegistry
 
     registry = ModelRegistry(server.models_dir)
@@ -290,12 +290,12 @@ def request_overhead(server: ModelServerProcess, repeats: int = 7) -> dict[str, 
     cases = {
         "detector, 32 photos": (
             inference.detector_runner(inference.load_detector(detector_card, registry)).run,
-            oip.remote_detector(client, detector_card).run,
+            oip_runners.remote_detector(client, detector_card).run,
             photos,
         ),
         "grader, 256 crops": (
             inference.grader_runner(inference.load_grader(grader_card, registry)).run,
-            oip.remote_grader(client, grader_card).run,
+            oip_runners.remote_grader(client, grader_card).run,
             crops,
         ),
     }

@@ -109,6 +109,10 @@ FARM_OIP_TOKEN = "FARM_OIP_TOKEN"
 FARM_OIP_TIMEOUT_SECONDS = "FARM_OIP_TIMEOUT_SECONDS"
 DEFAULT_OIP_TIMEOUT_SECONDS = 60.0
 OIP_ATTEMPTS = 3
+# An external_oip model card (docs/models.md) may name variables of this prefix for its
+# server's address and bearer token (`server.url_setting`, `server.token_setting`), so that
+# neither is committed with the card; it may name no other variable.
+EXTERNAL_OIP_SETTING_PREFIX = "FARM_EXTERNAL_OIP_"
 # How often `models serve` checks the registry for a new active version (0: never).
 DEFAULT_REGISTRY_WATCH_SECONDS = 5.0
 # Where the models run (docs/model-server-and-gpu.md, "Inference on a GPU"): auto is
@@ -397,14 +401,33 @@ def oip_url() -> str:
     """`$FARM_OIP_URL`: the model server's gRPC (grpc://host:port) or REST (http://host:port)
     address, or its replicas' addresses comma-separated, without trailing slashes."""
     raw = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
+    return _oip_addresses(FARM_OIP_URL, raw)
+
+
+def _oip_addresses(name: str, raw: str) -> str:
     urls = [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
     for url in urls or [raw]:
         if not url.startswith(("grpc://", "http://", "https://")):
             raise ConfigError(
-                f"{FARM_OIP_URL}={raw!r}: {url!r} must start with grpc:// (the server's "
+                f"{name}={raw!r}: {url!r} must start with grpc:// (the server's "
                 "--grpc-port) or http:// (its --port)"
             )
     return ",".join(urls)
+
+
+def external_oip_url(name: str, card: str) -> str:
+    """The address an external_oip card (`card`: its id and version) names by setting."""
+    assert name.startswith(EXTERNAL_OIP_SETTING_PREFIX), name  # the card's parser checks it
+    raw = require(name, f"the model card {card} reads its server's address from it")
+    return _oip_addresses(name, raw)
+
+
+def external_oip_token(name: str | None) -> str | None:
+    """The bearer token an external_oip card names by setting, if any (None: unset)."""
+    if name is None:
+        return None
+    assert name.startswith(EXTERNAL_OIP_SETTING_PREFIX), name
+    return os.environ.get(name) or None
 
 
 def oip_token() -> str | None:

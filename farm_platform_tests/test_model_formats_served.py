@@ -20,6 +20,7 @@ from farm_platform.ml.registry import ModelRegistry
 
 pytest.importorskip("kserve")
 oip = pytest.importorskip("farm_platform.ml.oip")
+oip_runners = pytest.importorskip("farm_platform.ml.oip_runners")
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,12 @@ def test_the_server_answers_as_the_exported_models_run_here(models_dir, grpc_url
     client = oip.OipClient(grpc_url)
     detector_card, grader_card = registry.detector(), registry.active_card(GRADER_ID)
     assert (detector_card.format, grader_card.format) == ("onnx", "torchscript")
-    oip.check_versions(client, [detector_card, grader_card])
+    oip_runners.check_versions(client, [detector_card, grader_card])
     local_rows, crops = inference.crop_leaves(
         photos, inference.load_detector(detector_card, registry), detector_card, "file:///b"
     )
     served_rows, served_crops = inference.crop_leaves(
-        photos, oip.remote_detector(client, detector_card), detector_card, "file:///b"
+        photos, oip_runners.remote_detector(client, detector_card), detector_card, "file:///b"
     )
     assert local_rows.height > 40
     for column in ("x0", "y0", "x1", "y1", "score"):
@@ -64,7 +65,7 @@ def test_the_server_answers_as_the_exported_models_run_here(models_dir, grpc_url
         crops, local_rows, inference.load_grader(grader_card, registry), grader_card
     )
     served = inference.grade_crops(
-        served_crops, served_rows, oip.remote_grader(client, grader_card), grader_card, 50
+        served_crops, served_rows, oip_runners.remote_grader(client, grader_card), grader_card, 50
     )
     assert served["predicted_grade"].to_list() == local["predicted_grade"].to_list()
     np.testing.assert_allclose(served["confidence"], local["confidence"], rtol=0, atol=1e-6)

@@ -28,11 +28,13 @@ from farm_platform.config import REPO_ROOT
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.processes import free_port, kill_now, listening_addresses
 from farm_platform.layout import ImageKey
+from farm_platform.ml import oip_wire
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
 
 pytest.importorskip("kserve")
 inference = pytest.importorskip("farm_platform.ml.inference")
 oip = pytest.importorskip("farm_platform.ml.oip")
+oip_runners = pytest.importorskip("farm_platform.ml.oip_runners")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_server_results_equal_local_inference(
         photos, inference.load_detector(detector_card, registry), detector_card, "file:///b"
     )
     served_rows, served_crops = inference.crop_leaves(
-        photos, oip.remote_detector(client, detector_card), detector_card, "file:///b"
+        photos, oip_runners.remote_detector(client, detector_card), detector_card, "file:///b"
     )
     assert local_rows.height > 40
     assert served_rows.equals(local_rows)
@@ -105,7 +107,7 @@ def test_server_results_equal_local_inference(
             prepared, local_rows, inference.load_grader(card, registry), card
         )
         served = inference.grade_crops(
-            prepared, local_rows, oip.remote_grader(client, card), card, batch_size=50
+            prepared, local_rows, oip_runners.remote_grader(client, card), card, batch_size=50
         )
         assert served["predicted_grade"].to_list() == local["predicted_grade"].to_list()
         assert np.allclose(served["confidence"], local["confidence"], rtol=0, atol=1e-6)
@@ -122,8 +124,8 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
     try:
         card = registry.grader_for("disease_2")
         with pytest.raises(oip.OipVersionMismatch, match="computed disease_2_grader v1.*v2"):
-            oip.check_versions(client, [card])
-        grader = oip.remote_grader(grpc_client, card)
+            oip_runners.check_versions(client, [card])
+        grader = oip_runners.remote_grader(grpc_client, card)
         with pytest.raises(oip.OipVersionMismatch):
             grader.run(inference.prepare_crops([np.zeros((9, 9, 3), np.uint8)], (48, 48)))
 
@@ -132,11 +134,11 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
 
         assert main(["models", "--models-dir", str(models_dir), "reload", "--url", server]) == 0
         for transport in (client, grpc_client):
-            oip.check_versions(transport, list(registry.active_cards().values()))
+            oip_runners.check_versions(transport, list(registry.active_cards().values()))
         reported, _ = client.infer(
-            card.id, {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
+            card.id, {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip_runners.GRADER_OUTPUTS
         )
-        assert reported == oip.Reported("disease_2_grader", "v2")
+        assert reported == oip_wire.Reported("disease_2_grader", "v2")
     finally:
         registry.set_active("disease_2_grader", "v1")
         client.reload("disease_2_grader")
@@ -157,7 +159,9 @@ def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
             client.reload("disease_2_grader")
         assert not isinstance(failure.value, oip.OipUnavailable)
         reported, _ = client.infer(
-            "disease_2_grader", {"crops": np.zeros((1, 48, 48, 3), np.uint8)}, oip.GRADER_OUTPUTS
+            "disease_2_grader",
+            {"crops": np.zeros((1, 48, 48, 3), np.uint8)},
+            oip_runners.GRADER_OUTPUTS,
         )
         assert reported.version == "v1"
     finally:
@@ -199,7 +203,9 @@ def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
     client = oip.OipClient(server_urls[transport])
     with pytest.raises(oip.OipError, match=r"takes \[N, 48, 48, 3\], got \[1, 8, 8, 3\]"):
         client.infer(
-            "disease_0_grader", {"crops": np.zeros((1, 8, 8, 3), np.uint8)}, oip.GRADER_OUTPUTS
+            "disease_0_grader",
+            {"crops": np.zeros((1, 8, 8, 3), np.uint8)},
+            oip_runners.GRADER_OUTPUTS,
         )
 
 
@@ -300,7 +306,7 @@ def test_metadata_names_the_active_version_and_the_tensors_each_model_takes_and_
         assert [o["name"] for o in rest["outputs"]] == list(answer)
         for output in rest["outputs"]:
             array = answer[output["name"]]
-            assert oip._datatype(array.dtype) == output["datatype"]
+            assert oip_wire.datatype(array.dtype) == output["datatype"]
             assert len(array.shape) == len(output["shape"])
             assert all(d == -1 or d == n for d, n in zip(output["shape"], array.shape, strict=True))
     counts = requests.get(f"{server_urls['http']}/v2/models/leaf_detector", timeout=10).json()
@@ -320,11 +326,11 @@ def test_the_versioned_path_serves_the_active_version_and_names_it_for_another(
     assert requests.get(f"{model}/versions/v1", timeout=10).json() == unversioned
     assert _grpc_metadata(grpc_url, "disease_0_grader", "v1") == unversioned
     assert requests.get(f"{model}/versions/v1/ready", timeout=10).json()["ready"] is True
-    body, head = oip._rest_request({"crops": np.zeros((1, 48, 48, 3), np.uint8)}, ("index",))
-    headers = {"Content-Type": "application/octet-stream", oip.HEADER_LENGTH: str(head)}
+    body, head = oip_wire.rest_request({"crops": np.zeros((1, 48, 48, 3), np.uint8)}, ("index",))
+    headers = {"Content-Type": "application/octet-stream", oip_wire.HEADER_LENGTH: str(head)}
     served = requests.post(f"{model}/versions/v1/infer", data=body, headers=headers, timeout=10)
     assert served.status_code == 200
-    assert oip._decode_response(served)[0] == oip.Reported("disease_0_grader", "v1")
+    assert oip_wire.decode_response(served)[0] == oip_wire.Reported("disease_0_grader", "v1")
     request = pb.ModelInferRequest(
         model_name="disease_0_grader",
         model_version="v1",
@@ -421,12 +427,14 @@ def test_a_server_with_a_token_serves_only_requests_that_carry_it(
     for token, reason in ((None, "no bearer token"), ("not-" + TOKEN, "wrong bearer token")):
         client = oip.OipClient(url, token=token)
         with pytest.raises(oip.OipError, match=f"{refused}: {reason}") as failure:
-            client.infer("disease_0_grader", crops, oip.GRADER_OUTPUTS)
+            client.infer("disease_0_grader", crops, oip_runners.GRADER_OUTPUTS)
         assert "\n" not in str(failure.value)
     monkeypatch.setenv(config.FARM_OIP_URL, url)
     monkeypatch.setenv(config.FARM_OIP_TOKEN, TOKEN)
-    reported, _ = oip.OipClient.from_env().infer("disease_0_grader", crops, oip.GRADER_OUTPUTS)
-    assert reported == oip.Reported("disease_0_grader", "v1")
+    reported, _ = oip.OipClient.from_env().infer(
+        "disease_0_grader", crops, oip_runners.GRADER_OUTPUTS
+    )
+    assert reported == oip_wire.Reported("disease_0_grader", "v1")
 
 
 def test_a_server_with_a_token_answers_health_checks_without_it(
@@ -522,7 +530,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
 
     client.reload(card.id)  # on every replica
     assert client.answered == {a: 1, b: 1}
-    oip.check_versions(client, list(registry.active_cards().values()))
+    oip_runners.check_versions(client, list(registry.active_cards().values()))
     assert client.answered == {a: 7, b: 7}  # every replica was asked about every model
 
     rng = np.random.default_rng(3)
@@ -534,7 +542,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
             # The next request (b's turn) kills b mid-computation; a answers it instead.
             photos = rng.integers(0, 256, (36, 256, 256, 3), dtype=np.uint8)
             killer = _kill_on_arrival(replicas[1], 6 + 4)
-            served_boxes = oip.remote_detector(client, detector_card).run(photos)
+            served_boxes = oip_runners.remote_detector(client, detector_card).run(photos)
             killer.join()
             local = inference.load_detector(detector_card, registry)
             # In the server's batches of 32, so that the float sums run in the same order.
@@ -545,7 +553,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
             ):
                 assert np.array_equal(boxes, want_boxes) and np.array_equal(scores, want_scores)
             assert client.answered == {a: 7 + 5 + 1, b: 7 + 4}  # b never answered it
-        _, served = client.infer(card.id, {"crops": crops}, oip.GRADER_OUTPUTS)
+        _, served = client.infer(card.id, {"crops": crops}, oip_runners.GRADER_OUTPUTS)
         index, confidence = inference.run_grader(grader, inference.to_tensor(crops))
         assert np.array_equal(served["index"], index)
         assert np.allclose(served["confidence"], confidence, rtol=0, atol=1e-6)
@@ -554,7 +562,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
     assert replicas[1].log_path.read_text().count("ModelInfer") == 6 + 4 + 1
 
     # The version check passes on the replica it can still reach.
-    oip.check_versions(client, [card])
+    oip_runners.check_versions(client, [card])
 
 
 def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
@@ -563,7 +571,7 @@ def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
     registry = ModelRegistry()
     for attempt in (
         lambda: client.infer("disease_0_grader", {"crops": np.zeros((0, 48, 48, 3), np.uint8)}, ()),
-        lambda: oip.check_versions(client, [registry.grader_for("disease_0")]),
+        lambda: oip_runners.check_versions(client, [registry.grader_for("disease_0")]),
     ):
         with pytest.raises(oip.OipUnavailable) as failure:
             attempt()

@@ -409,14 +409,14 @@ def test_a_served_model_switches_to_the_buckets_new_version_without_a_restart(mo
     import numpy as np
 
     from farm_platform.dev.model_server import ModelServerProcess
-    from farm_platform.ml import oip
+    from farm_platform.ml import oip, oip_runners
 
     remote = ModelRegistry(models_url)
     add_model(retrained_version(tmp_path), remote)
     crops = {"crops": np.zeros((1, 48, 48, 3), np.uint8)}
 
     def served_version() -> str:
-        reported, _ = client.infer(GRADER, crops, oip.GRADER_OUTPUTS)
+        reported, _ = client.infer(GRADER, crops, oip_runners.GRADER_OUTPUTS)
         return reported.version
 
     def wait_for(version: str) -> None:

@@ -103,7 +103,9 @@ def _models(args: argparse.Namespace) -> int:
         print(f"registered {card.id} {card.version} at {added.path}")
         # An exported model's check is its contract's, on a probe batch (ml/probe.py).
         what = "contract on a probe batch" if card.contract else "dummy forward pass"
-        print(f"  sha256 {card.sha256} verified; loads; {what}: {added.check}")
+        # An external_oip card has no file: its sha256 is of what it declares.
+        checked = "its server answers" if card.external else "verified; loads"
+        print(f"  sha256 {card.sha256} {checked}; {what}: {added.check}")
         # Evaluated on every registered dataset; --activate then goes through the gate.
         evaluation_commands.after_add(registry, card)
         if args.activate:
@@ -151,9 +153,12 @@ def _models(args: argparse.Namespace) -> int:
         from farm_platform.ml.oip import OipClient
 
         client = OipClient(args.url or config.oip_url(), token=config.oip_token())
-        for model_id, version in sorted(registry.active_versions().items()):
-            client.reload(model_id)
-            print(f"{client.url}: {model_id} reloaded (registry's active version: {version})")
+        for model_id, card in sorted(registry.active_cards().items()):
+            if card.external is None:  # an external_oip card's model is on its own server
+                client.reload(model_id)
+                print(
+                    f"{client.url}: {model_id} reloaded (registry's active version: {card.version})"
+                )
     else:
         return _models_stale(args)
     return 0
@@ -162,6 +167,8 @@ def _models(args: argparse.Namespace) -> int:
 def _models_serve(args: argparse.Namespace, registry: Any) -> int:
     try:
         from farm_platform.ml import serving
+        from farm_platform.ml.serving_kserve import grpc_address
+        from farm_platform.ml.serving_plain import PlainSpec
     except ImportError as exc:
         raise ConfigError(
             f"`models serve` needs the serve extra ({exc}): pip install -e '.[serve]'"
@@ -171,8 +178,8 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         registry.verify_weights(registry.card(model_id, version))
     print(
         f"serving {', '.join(sorted(registry.active_versions()))} from {registry.models_dir}: "
-        f"REST http://{serving.grpc_address(args.host, args.port)}/v2, "
-        f"gRPC {serving.grpc_address(args.host, args.grpc_port)}"
+        f"REST http://{grpc_address(args.host, args.port)}/v2, "
+        f"gRPC {grpc_address(args.host, args.grpc_port)}"
         + (f" (bearer token from ${config.FARM_OIP_TOKEN})" if config.oip_token() else ""),
         flush=True,
     )
@@ -184,6 +191,7 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         host=args.host,
         token=config.oip_token(),
         emulated_batch_seconds=args.emulate_batch_ms / 1000,
+        plain=[PlainSpec.parse(text) for text in args.plain],
     )
     return 0
 
@@ -358,6 +366,14 @@ def add_admin_commands(commands: Any) -> None:
     )
     serve_parser.add_argument("--port", type=int, default=8080, help="REST port")
     serve_parser.add_argument("--grpc-port", type=int, default=8081, help="gRPC port")
+    serve_parser.add_argument(
+        "--plain",
+        action="append",
+        default=[],
+        metavar="MODEL_ID:VERSION=NAME:SERVED_VERSION",
+        help="also serve that version plain, as KServe or Triton would (its own tensors "
+        "INPUT__0, OUTPUT__<i>): to try an external_oip card against (docs/models.md)",
+    )
     serve_parser.add_argument(
         "--watch-seconds",
         type=float,

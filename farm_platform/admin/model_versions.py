@@ -223,9 +223,8 @@ def push_models(source: Path | str, registry: ModelRegistry | None = None) -> Pu
                 )
             already.append(f"{model_id} {version}")
             continue
-        folder = local.weights_path(card)
-        assert isinstance(folder, Path)
-        added.append(add_model(folder.parent, registry))
+        assert card.directory is not None  # a local folder's card knows its folder
+        added.append(add_model(card.directory, registry))
     precision = local.read_json(PRECISION_RECORD)
     if precision is not None and registry.read_json(PRECISION_RECORD) != precision:
         registry.store.write_json(PRECISION_RECORD, precision)

@@ -30,6 +30,7 @@ def start_model_server(
     detached: bool,
     token: str | None = None,
     emulate_batch_ms: float = 0.0,
+    plain: tuple[str, ...] = (),
 ) -> Popen[bytes]:
     """Start `farm-platform models serve` and return once it answers ready (StackError if
     it exits or stays silent first, with its log's last lines); with a `token`, it requires
@@ -50,6 +51,7 @@ def start_model_server(
             "--watch-seconds",
             str(watch_seconds),
             *(["--emulate-batch-ms", str(emulate_batch_ms)] if emulate_batch_ms else []),
+            *(arg for spec in plain for arg in ("--plain", spec)),
         ],
         log_path,
         env={**os.environ, FARM_OIP_TOKEN: token} if token else None,
@@ -89,6 +91,8 @@ class ModelServerProcess:
     token: str | None = None
     # Benchmarks: a remote accelerator's batch time (`models serve --emulate-batch-ms`).
     emulate_batch_ms: float = 0.0
+    # `models serve --plain` specs: versions also served plain (ml/serving_plain.py).
+    plain: tuple[str, ...] = ()
     _process: Popen[bytes] | None = None
 
     @property
@@ -117,6 +121,7 @@ class ModelServerProcess:
             detached=False,
             token=self.token,
             emulate_batch_ms=self.emulate_batch_ms,
+            plain=self.plain,
         )
         return self
 

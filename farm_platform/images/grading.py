@@ -159,21 +159,33 @@ def grade_day(
 
 
 def _models(plan: GradingPlan, registry: Any) -> tuple[Any, list[tuple[Any, Any]]]:
-    """The run's detector and graders: loaded here, or on the model server (FARM_INFERENCE)."""
-    from farm_platform.ml import inference
+    """The run's detector and graders: loaded here, or on the model server (FARM_INFERENCE);
+    an external_oip card's model runs on the server its card names, in either mode."""
+    from farm_platform.ml import inference, oip_runners
 
+    cards = ([plan.detector_card] if plan.detect else []) + list(plan.grader_cards)
+    client = None
     if config.inference_mode() == "oip":
         from farm_platform.ml import oip
 
         client = oip.OipClient.from_env()
-        cards = ([plan.detector_card] if plan.detect else []) + list(plan.grader_cards)
         # Before any photo: an unreachable server or another active version fails the run
         # now, with nothing written (its photos are requeued and retried).
-        oip.check_versions(client, cards)
-        detector = oip.remote_detector(client, plan.detector_card) if plan.detect else None
-        return detector, [(card, oip.remote_grader(client, card)) for card in plan.grader_cards]
-    detector = inference.load_detector(plan.detector_card, registry) if plan.detect else None
-    return detector, [(card, inference.load_grader(card, registry)) for card in plan.grader_cards]
+        oip_runners.check_versions(client, [card for card in cards if card.external is None])
+
+    def load(card: Any) -> Any:
+        detector = card.task == "leaf_detector"
+        if client is None or card.external is not None:
+            # In this process (an external card: loading asks its server, which runs it).
+            if detector:
+                return inference.load_detector(card, registry)
+            return inference.load_grader(card, registry)
+        if detector:
+            return oip_runners.remote_detector(client, card)
+        return oip_runners.remote_grader(client, card)
+
+    detector = load(plan.detector_card) if plan.detect else None
+    return detector, [(card, load(card)) for card in plan.grader_cards]
 
 
 def _grade_chunk(

@@ -12,9 +12,15 @@ location; `farm_platform.ml.formats` runs the models).
                "score_threshold", "iou_threshold" (raw), "max_detections"}
     "output", grader:   {"form": "logits" | "probabilities", "label_map": [grade per class],
                "class_names": [names] (optional)}
+    "server" (external_oip only): {"url": "grpc://host:port" | "http(s)://host:port", or
+               "url_setting": "FARM_EXTERNAL_OIP_<NAME>" (the variable holding it),
+               "token_setting": "FARM_EXTERNAL_OIP_<NAME>" (optional bearer token),
+               "model": name, "version": version, "input": tensor, "outputs": [tensors]}
 
 The input's size is the card's `input_size` ([height, width]). The model sees
-`(pixel * scale - mean) / std` per channel, in its own channel order and layout.
+`(pixel * scale - mean) / std` per channel, in its own channel order and layout. An
+external_oip model is the same contract on another server: the client encodes the input
+tensor and decodes the output tensors as it does for an ONNX file run here.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FORMATS = ("state_dict", "onnx", "torchscript")
+from farm_platform.config import EXTERNAL_OIP_SETTING_PREFIX
+
+EXTERNAL_OIP = "external_oip"
+FORMATS = ("state_dict", "onnx", "torchscript", EXTERNAL_OIP)
 _CHOICES = {
     "resize": ("stretch", "letterbox"),
     "channel_order": ("RGB", "BGR"),
@@ -70,10 +79,25 @@ class GraderOutput:
 
 
 @dataclass(frozen=True)
+class ExternalServer:
+    """Where an external_oip card's model runs: the server (its URL, or the setting that
+    holds it), the model's name and version there, and its tensors' names."""
+
+    url: str | None
+    url_setting: str | None
+    token_setting: str | None
+    model: str
+    version: str
+    input: str
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelContract:
     format: str
     input: InputContract
     output: DetectorOutput | GraderOutput
+    server: ExternalServer | None = None
 
 
 def _number(value: Any) -> bool:
@@ -205,7 +229,14 @@ def parse_contract(
     if model_format == "state_dict":
         for name in ("input", "output"):
             if name in data:
-                raise fail(name, "is for onnx and torchscript cards: a state_dict card has none")
+                raise fail(
+                    name,
+                    "is for onnx and torchscript cards (and external_oip): a state_dict "
+                    "card has none",
+                )
+    if model_format != EXTERNAL_OIP and "server" in data:
+        raise fail("server", f'is for external_oip cards only: this card is "{model_format}"')
+    if model_format == "state_dict":
         return None
     model_input = parse_input(data, fail)
     section = _section(data, "output", fail)
@@ -214,4 +245,73 @@ def parse_contract(
         output = _grader_output(section, grades or (), fail)
     else:
         output = _detector_output(section, fail)
-    return ModelContract(model_format, model_input, output)
+    server = _server(data, output, fail) if model_format == EXTERNAL_OIP else None
+    return ModelContract(model_format, model_input, output, server)
+
+
+def _setting(section: Mapping[str, Any], name: str, fail: Fail) -> str | None:
+    value = section.get(name)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.startswith(EXTERNAL_OIP_SETTING_PREFIX)
+        or not value.replace("_", "").isalnum()
+        or not value.isupper()
+    ):
+        # A card is data: it may only name variables set aside for it, never (say) a cloud
+        # credential that would then be sent to the server it names.
+        raise fail(
+            f"server.{name}",
+            f"= {value!r} must be an environment variable named "
+            f"{EXTERNAL_OIP_SETTING_PREFIX}<NAME> (capitals, digits, '_')",
+        )
+    return value
+
+
+def _name(section: Mapping[str, Any], name: str, fail: Fail) -> str:
+    value = section.get(name)
+    if not isinstance(value, str) or not value.strip() or "/" in value:
+        raise fail(f"server.{name}", f"= {value!r} must be a non-empty string without '/'")
+    return value
+
+
+def _server(
+    data: Mapping[str, Any], output: DetectorOutput | GraderOutput, fail: Fail
+) -> ExternalServer:
+    section = _section(data, "server", fail)
+    url, url_setting = section.get("url"), _setting(section, "url_setting", fail)
+    if (url is None) == (url_setting is None):
+        raise fail("server.url", "give either url (the server's address) or url_setting")
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("grpc://", "http://", "https://"))
+    ):
+        raise fail("server.url", f"= {url!r} must start with grpc://, http:// or https://")
+    outputs = section.get("outputs")
+    if (
+        not isinstance(outputs, list)
+        or not outputs
+        or len(set(map(str, outputs))) != len(outputs)
+        or not all(isinstance(o, str) and o for o in outputs)
+    ):
+        raise fail("server.outputs", f"= {outputs!r} must list the output tensors' names")
+    wanted = {"raw": 1, "logits": 1, "probabilities": 1}.get(output.form)
+    if isinstance(output, DetectorOutput) and output.form == "boxes":
+        wanted = 3 if output.classes is not None else 2
+        if len(outputs) not in (wanted, 3):
+            raise fail(
+                "server.outputs",
+                f"= {outputs!r}: output.form 'boxes' reads boxes, then scores"
+                + (", then labels (output.classes filters by them)" if wanted == 3 else ""),
+            )
+    elif len(outputs) != wanted:
+        raise fail("server.outputs", f"= {outputs!r}: output.form {output.form!r} reads 1 tensor")
+    return ExternalServer(
+        url=url.rstrip("/") if url else None,
+        url_setting=url_setting,
+        token_setting=_setting(section, "token_setting", fail),
+        model=_name(section, "model", fail),
+        version=_name(section, "version", fail),
+        input=_name(section, "input", fail),
+        outputs=tuple(outputs),
+    )

@@ -124,10 +124,13 @@ def _load(
     if card.contract is not None:
         # An exported model runs in the dtype its contract declares: FARM_TORCH_DTYPE and
         # its bfloat16 rule are for the project's own architectures.
-        from farm_platform.ml import formats
+        from farm_platform.ml import external_oip, formats
 
-        device = (placement or configured_placement()).device
-        model = formats.load_card(card, str(path.resolve()), device)
+        if path is None:  # its forward pass runs on the server its card names
+            model = external_oip.load_external(card)
+        else:
+            device = (placement or configured_placement()).device
+            model = formats.load_card(card, str(path.resolve()), device)
         if task == "leaf_detector":
             return formats.detector_runner(model)
         return formats.grader_runner(model)

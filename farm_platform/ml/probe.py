@@ -128,9 +128,16 @@ def _probe_grader(model: ExportedModel) -> str:
 
 
 def probe_exported(card: ModelCard, registry: ModelRegistry) -> str:
-    """Check an ONNX or TorchScript card's contract on a probe batch; what it gave."""
+    """Check an ONNX, TorchScript or external_oip card's contract on a probe batch (an
+    external one: its server's model metadata first, then the batch on that server);
+    what it gave."""
     path = registry.verify_weights(card)
-    model = formats.load_card(card, str(path.resolve()))
+    if path is None:
+        from farm_platform.ml.external_oip import load_external
+
+        model = load_external(card)
+    else:
+        model = formats.load_card(card, str(path.resolve()))
     _check_signature(model)
     spec = model.contract.input
     done = _probe_detector(model) if card.task == "leaf_detector" else _probe_grader(model)

@@ -12,16 +12,21 @@ This module must not import torch: Dagster loads it with the code location.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from farm_platform import config
-from farm_platform.ml.contract import ModelContract, parse_contract
+from farm_platform.ml.card_fields import (
+    DETECTOR_MODEL_ID,
+    DISEASE_TYPES,
+    NAME_PATTERN,
+    card_fields,
+    grader_model_id,
+)
+from farm_platform.ml.contract import EXTERNAL_OIP, ExternalServer, ModelContract
 from farm_platform.ml.model_store import (
     BucketModelStore,
     RegistryConflict,
@@ -41,17 +46,6 @@ ACTIVATIONS_KEY = "activations"
 CARD_FILE = "card.json"
 # Written by `python models/evaluate.py --compare-bfloat16`, next to registry.json.
 PRECISION_RECORD = "precision.json"
-TASKS = ("leaf_detector", "disease_grader")
-DETECTOR_MODEL_ID = "leaf_detector"
-DISEASE_TYPES = tuple(f"disease_{k}" for k in range(5))
-# Ids and versions become path segments of crop URIs and table keys.
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_ARCHITECTURE_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def grader_model_id(disease_type: str) -> str:
-    return f"{disease_type}_grader"
 
 
 class ModelRegistryError(ValueError):
@@ -94,13 +88,18 @@ class ModelCard:
     # Where the card was read from; weights are resolved relative to it.
     directory: Path | None = field(default=None, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
-    # An onnx / torchscript card's declared input and output (its "format", "input" and
-    # "output", kept in `extra`); None for a state_dict card.
+    # An onnx / torchscript / external_oip card's declared input and output (its "format",
+    # "input", "output" and, external, "server", kept in `extra`); None for a state_dict card.
     contract: ModelContract | None = field(default=None, compare=False)
 
     @property
     def format(self) -> str:
         return self.contract.format if self.contract is not None else "state_dict"
+
+    @property
+    def external(self) -> ExternalServer | None:
+        """Where an external_oip card's model runs; None for a model with a file here."""
+        return self.contract.server if self.contract is not None else None
 
     @property
     def disease_name(self) -> str | None:
@@ -110,104 +109,19 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str | Path = "<card>") -> ModelCard:
-        """Validate a parsed card; errors name the file and the field."""
+        """Validate a parsed card (ml/card_fields.py); errors name the file and the field."""
 
         def fail(name: str, why: str) -> ModelCardError:
             return ModelCardError(f"model card {source}: field {name!r} {why}")
 
         if not isinstance(data, Mapping):
             raise ModelCardError(f"model card {source}: expected a JSON object")
-
-        def required(name: str, kind: type | tuple[type, ...]) -> Any:
-            if name not in data:
-                raise fail(name, "is missing")
-            value = data[name]
-            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                kind_name = getattr(kind, "__name__", None) or "/".join(k.__name__ for k in kind)
-                raise fail(name, f"must be {kind_name}, got {value!r}")
-            return value
-
-        def matching(name: str, pattern: re.Pattern[str], why: str) -> str:
-            value: str = required(name, str)
-            if not pattern.match(value):
-                raise fail(name, f"= {value!r} {why}")
-            return value
-
-        model_id = required("id", str)
-        version = required("version", str)
-        for name, value in (("id", model_id), ("version", version)):
-            if not _NAME_PATTERN.match(value):
-                raise fail(name, f"= {value!r} must be letters, digits, '_', '.' or '-'")
-        task = required("task", str)
-        if task not in TASKS:
-            raise fail("task", f"= {task!r} must be one of {', '.join(TASKS)}")
-        if "disease_type" not in data:
-            raise fail("disease_type", "is missing (null for the detector)")
-        disease_type = data["disease_type"]
-        grades_value = data.get("grades")
-        grades: tuple[int, ...] | None = None
-        if task == "disease_grader":
-            if disease_type not in DISEASE_TYPES:
-                raise fail("disease_type", f"= {disease_type!r} must be one of disease_0..4")
-            if model_id != grader_model_id(disease_type):
-                raise fail("id", f"= {model_id!r} must be {grader_model_id(disease_type)!r}")
-            if (
-                not isinstance(grades_value, list)
-                or not grades_value
-                or not all(isinstance(g, int) and not isinstance(g, bool) for g in grades_value)
-                or grades_value != list(range(len(grades_value)))
-            ):
-                raise fail("grades", f"= {grades_value!r} must be a list 0, 1, ..., n-1")
-            grades = tuple(grades_value)
-        else:
-            if disease_type is not None:
-                raise fail("disease_type", "must be null for a leaf_detector")
-            if model_id != DETECTOR_MODEL_ID:
-                raise fail("id", f"= {model_id!r} must be {DETECTOR_MODEL_ID!r}")
-        size = required("input_size", list)
-        if len(size) != 2 or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
-        ):
-            raise fail("input_size", f"= {size!r} must be [height, width] positive integers")
-        contract = parse_contract(data, task, grades, fail)
-        if contract is None:
-            architecture = matching(
-                "architecture", _ARCHITECTURE_PATTERN, "must look like 'package.module:Class'"
-            )
-            kwargs = required("architecture_kwargs", dict)
-        else:  # the exported file is the architecture
-            architecture = str(data.get("architecture", ""))
-            kwargs = dict(data.get("architecture_kwargs") or {})
-        weights = required("weights", str)
-        if not weights or "/" in weights or "\\" in weights or weights in (".", ".."):
-            raise fail("weights", f"= {weights!r} must be a file name beside the card")
-        sha = matching("sha256", _SHA256_PATTERN, "must be 64 lowercase hex digits")
-        training = required("training", dict)
-        metrics = required("metrics", dict)
-        created_at = required("created_at", str)
-        try:
-            dt.datetime.fromisoformat(created_at)
-        except ValueError:
-            raise fail("created_at", f"= {created_at!r} must be an ISO 8601 timestamp") from None
-        directory = Path(source).parent if isinstance(source, Path) else None
+        parsed = card_fields(data, fail)
         known = {f.name for f in fields(cls)} - {"directory", "extra", "contract"}
         return cls(
-            id=model_id,
-            version=version,
-            task=task,
-            disease_type=disease_type,
-            grades=grades,
-            input_size=(size[0], size[1]),
-            architecture=architecture,
-            architecture_kwargs=dict(kwargs),
-            weights=weights,
-            sha256=sha,
-            training=dict(training),
-            metrics=dict(metrics),
-            created_at=created_at,
-            directory=directory,
+            **parsed,
+            directory=Path(source).parent if isinstance(source, Path) else None,
             extra={k: v for k, v in data.items() if k not in known},
-            contract=contract,
         )
 
     @classmethod
@@ -309,7 +223,7 @@ class ModelRegistry:
 
     def card(self, model_id: str, version: str) -> ModelCard:
         for name, value in (("model id", model_id), ("version", version)):
-            if not _NAME_PATTERN.match(value or ""):
+            if not NAME_PATTERN.match(value or ""):
                 raise ModelNotFoundError(f"bad {name} {value!r}")
         relative = f"{model_id}/{version}/{CARD_FILE}"
         path = self.store.location(relative)
@@ -362,9 +276,12 @@ class ModelRegistry:
             return card.directory / card.weights
         return self.store.location(f"{card.id}/{card.version}/{card.weights}")
 
-    def verify_weights(self, card: ModelCard) -> Path:
+    def verify_weights(self, card: ModelCard) -> Path | None:
         """Check the weights file against the card's sha256; return its local path (for a
-        bucket: the copy in the local cache, downloaded if the cache lacks it)."""
+        bucket: the copy in the local cache, downloaded if the cache lacks it). None for an
+        external_oip card: it has no file (`models add` checks it against its server)."""
+        if card.format == EXTERNAL_OIP:
+            return None
         path = self.weights_path(card)
         if isinstance(path, Path):
             if not path.is_file():

@@ -36,15 +36,15 @@ class VersionNotServed(ModelNotFound):
 
 
 def check_version(repository: kserve.ModelRepository, model_id: str, version: str) -> None:
-    """Pass for no version or the active one; else VersionNotServed / ModelNotFound."""
+    """Pass for no version or the one served; else VersionNotServed / ModelNotFound."""
     if not version:
         return
-    # Duck-typed: serving's RegistryModel carries the card of the version it serves.
-    card = getattr(repository.get_model(model_id), "card", None)
-    if card is None:
+    # Duck-typed: serving's models say which version they serve (none before a load).
+    versions = getattr(repository.get_model(model_id), "versions", None)
+    if not versions:
         raise ModelNotFound(model_id)
-    if version != card.version:
-        raise VersionNotServed(model_id, version, card.version)
+    if version not in versions:
+        raise VersionNotServed(model_id, version, versions[0])
 
 
 def token_refusal(authorization: str | None, token: str) -> str | None:
