@@ -5,6 +5,7 @@ A real server process (kserve) over loopback; needs the `serve` extra."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from test_model_formats import GRADER_ID, SHIPPED
 from test_model_formats_pipeline import exported_models_dir
 
+from farm_platform.admin.model_versions import add_model
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.layout import ImageKey
 from farm_platform.ml import inference
@@ -21,6 +23,9 @@ from farm_platform.ml.registry import ModelRegistry
 pytest.importorskip("kserve")
 oip = pytest.importorskip("farm_platform.ml.oip")
 oip_runners = pytest.importorskip("farm_platform.ml.oip_runners")
+
+
+DETECTOR = "x0"  # the ONNX detector's version in exported_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def grpc_url(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with ModelServerProcess(models_dir, log) as server:
+    # The ONNX detector also served plain, as a team's KServe or Triton would serve it.
+    with ModelServerProcess(
+        models_dir, log, plain=(f"leaf_detector:{DETECTOR}=leafboxes:3",)
+    ) as server:
         yield server.grpc_url
 
 
@@ -76,3 +84,39 @@ def test_the_server_answers_as_the_exported_models_run_here(models_dir, grpc_url
     )
     assert local["predicted_grade"].to_list() == shipped["predicted_grade"].to_list()
     assert isinstance(served, pl.DataFrame) and served["disease_model_version"][0] == "x1"
+
+
+def test_an_external_detector_card_finds_the_leaves_the_onnx_file_finds(
+    models_dir, grpc_url, tmp_path
+):
+    """An external_oip detector card (boxes form, letterbox) naming the ONNX detector served
+    plain: registered after its checks, its boxes are those of the ONNX file run here."""
+    registry = ModelRegistry(models_dir)
+    onnx_card = registry.card("leaf_detector", DETECTOR)
+    card = json.loads((models_dir / "leaf_detector" / DETECTOR / "card.json").read_text())
+    del card["weights"], card["sha256"]
+    server = {"model": "leafboxes", "version": "3", "input": "INPUT__0"}
+    card.update(
+        version="ext-d",
+        format="external_oip",
+        server={**server, "url": grpc_url, "outputs": ["OUTPUT__0", "OUTPUT__1"]},
+    )
+    folder = tmp_path / "ext-d"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps(card))
+    added = add_model(folder, registry)
+    assert "leaves found per probe photo" in added.check
+    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    arrays = [inference.decode_png(s.png) for s in simulate.render_training_images(2000, 4)]
+    photos = [(ImageKey(f"P{i}", dt.date(2024, 5, 1)), a) for i, a in enumerate(arrays)]
+    external = registry.card("leaf_detector", "ext-d")
+    local, _ = inference.crop_leaves(
+        photos, inference.load_detector(onnx_card, registry), onnx_card, "file:///b"
+    )
+    remote, _ = inference.crop_leaves(
+        photos, inference.load_detector(external, registry), external, "file:///b"
+    )
+    assert remote.height == local.height > 20
+    for column in ("x0", "y0", "x1", "y1", "score"):
+        np.testing.assert_allclose(remote[column], local[column], rtol=0, atol=1e-5)
+    assert set(remote["cropper_model_version"]) == {"ext-d"}
