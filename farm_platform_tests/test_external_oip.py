@@ -187,3 +187,38 @@ def test_a_server_that_goes_down_is_oip_unavailable_naming_the_card():
         model.session(np.zeros((1, 3, 48, 48), np.float32))
     with pytest.raises(ModelRegistryError, match="server.url"):
         external_oip.load_external(card)
+
+
+CARD_ERRORS = {
+    "no-address": (dict(SERVER), "'server.url' give either url"),
+    "two-addresses": (
+        {**SERVER, "url": "grpc://h:1", "url_setting": "FARM_EXTERNAL_OIP_X"},
+        "'server.url' give either url",
+    ),
+    "ftp-address": ({**SERVER, "url": "ftp://h:1"}, "'server.url' = 'ftp://h:1' must start"),
+    "two-outputs-for-a-grader": (
+        {**SERVER, "url": "grpc://h:1", "outputs": ["a", "b"]},
+        "'server.outputs' = ['a', 'b']: output.form 'logits' reads 1 tensor",
+    ),
+    "numeric-version": ({**SERVER, "url": "grpc://h:1", "version": 7}, "'server.version' = 7"),
+    "a-weights-file": ({**SERVER, "url": "grpc://h:1"}, "'weights' must be left out"),
+}
+
+
+@pytest.mark.parametrize("case", CARD_ERRORS, ids=list(CARD_ERRORS))
+def test_an_external_card_field_error_names_the_field(case):
+    from farm_platform.ml.registry import ModelCard
+
+    server, words = CARD_ERRORS[case]
+    extra = {"weights": "model.onnx"} if case == "a-weights-file" else {}
+    with pytest.raises(ModelCardError) as caught:
+        ModelCard.from_json(external_card(server, **extra))
+    assert words in str(caught.value), str(caught.value)
+
+
+def test_an_external_card_written_back_reads_the_same():
+    from farm_platform.ml.registry import ModelCard
+
+    card = ModelCard.from_json(external_card({**SERVER, "url": "grpc://h:1"}))
+    assert ModelCard.from_json(card.to_json()) == card
+    assert card.weights == "" and len(card.sha256) == 64
