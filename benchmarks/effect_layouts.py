@@ -17,7 +17,8 @@ last pre-period day, the same looks), to show what the adjustment buys and costs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import polars as pl
 
@@ -34,17 +35,29 @@ LAYOUT_CASES = (
     ("blocks", True),
     ("blocks", False),
 )
+LAYOUT_NAMES = ("two-areas", "randomised", "blocks")
 
 
-def pre_period_cases(pre_days: int) -> list[tuple[str, bool, bool]]:
+def pre_period_cases(
+    pre_days: int, layouts: Sequence[str] = LAYOUT_NAMES
+) -> list[tuple[str, bool, bool]]:
     """(layout, analysed within its blocks, trend-adjusted): LAYOUT_CASES without a
     pre-period; with one, two areas plain and trend-adjusted, and the randomised layouts
-    trend-adjusted (what the report decides on)."""
+    trend-adjusted (what the report decides on). Only the `layouts` named."""
     if not pre_days:
-        return [(layout, blocked, False) for layout, blocked in LAYOUT_CASES]
-    return [("two-areas", False, False)] + [
-        (layout, blocked, True) for layout, blocked in LAYOUT_CASES
-    ]
+        cases = [(layout, blocked, False) for layout, blocked in LAYOUT_CASES]
+    else:
+        cases = [("two-areas", False, False)] + [
+            (layout, blocked, True) for layout, blocked in LAYOUT_CASES
+        ]
+    return [case for case in cases if case[0] in layouts]
+
+
+# A farm's true grades, shared by the cases that score the same farm (two areas plain and
+# adjusted, blocks blocked and Welch): the simulation is half of a case's time.
+@functools.lru_cache(maxsize=4096)
+def _farm_rows(config: FarmConfig) -> pl.DataFrame:
+    return true_position_day(config)
 
 
 def layout_effects(
@@ -54,7 +67,7 @@ def layout_effects(
     shows it would (no trial events: a look's rows are final when shown), beside the
     estimand of its look. With a pre-period: the trend-adjusted looks (`adjusted`) or the
     plain estimate from the last pre-period day, both numbered from treatment's first day."""
-    rows = true_position_day(config)
+    rows = _farm_rows(config)
     if not blocked_analysis:
         rows = rows.with_columns(block=pl.lit(None, dtype=pl.String))
     if adjusted:
@@ -87,15 +100,18 @@ def run_layouts(
     summarize: Callable[[str, pl.DataFrame], list[tuple[str, ...]]],
     unit: float,
     pre_days: int = 0,
+    layouts: Sequence[str] = LAYOUT_NAMES,
 ) -> list[tuple[str, ...]]:
     """Every layout case at every gradient share (of `unit`, the medicine's effect per day),
     printed by `summarize` (effect_recovery.summarize_cases: coverage, bias and false or
-    right-way 'conclusive' trials, with their standard errors); returns summarize's rows.
-    `pre_days`: days before treatment (then `days` more from it), the cases as
-    pre_period_cases names them."""
+    right-way 'conclusive' trials, with their standard errors), each row with the mean
+    standard error of the last day's estimate added (what an analysis costs in power: the
+    positions it needs grow with its square); returns those rows. `pre_days`: days before
+    treatment (then `days` more from it), the cases as pre_period_cases names them for
+    `layouts`."""
     table: list[tuple[str, ...]] = []
     for share in shares:
-        for layout, blocked, adjusted in pre_period_cases(pre_days):
+        for layout, blocked, adjusted in pre_period_cases(pre_days, layouts):
             label = f"{layout}{'' if blocked or layout != 'blocks' else ' (Welch)'}"
             if pre_days:
                 label += f", {pre_days} pre-days, " + ("trend-adjusted" if adjusted else "plain")
@@ -116,5 +132,19 @@ def run_layouts(
                         pre_days=pre_days,
                     )
                     frames.append(layout_effects(config, estimand, blocked, adjusted))
-            table += summarize(label, pl.concat(frames, how="diagonal_relaxed"))
+            results = pl.concat(frames, how="diagonal_relaxed")
+            table += [
+                (*row, _last_day_std_error(results, float(row[1])))
+                for row in summarize(label, results)
+            ]
     return table
+
+
+def _last_day_std_error(results: pl.DataFrame, effect: float) -> str:
+    """Under `effect`: the mean standard error of each disease's last-day estimate, and in
+    brackets the standard deviation of those estimates over the farms, which it should
+    match when the interval is right (a bias, not a variance, then explains poor coverage)."""
+    rows = results.filter(pl.col("true_effect").round(6) == round(effect, 6))
+    last = rows.filter(pl.col("date") == pl.col("date").max().over("seed", "disease_type"))
+    errors = last.drop_nulls("std_error")
+    return f"{errors['std_error'].mean():.4f} ({errors['effect'].std():.4f})"

@@ -185,6 +185,17 @@ def pipeline_last_day(seeds: int, config: FarmConfig, estimand: list[float]) -> 
     )
 
 
+def write_layouts_docs(args: argparse.Namespace, table: list[tuple[str, ...]], setup: str) -> None:
+    """The --layouts table into its section: effect_recovery-layouts, with a pre-period
+    effect_recovery-layouts-preP, with a subset of the layouts their names appended."""
+    columns = ["layout, gradient", "effect/day", "last-day coverage", "bias", "trials"]
+    name = "effect_recovery-layouts" + (f"-pre{args.pre_days}" if args.pre_days else "")
+    if len(args.layout_names) < 3:
+        name += "-" + "-".join(sorted(args.layout_names))
+    note = setup + (f" {args.pre_days} pre-treatment days first." if args.pre_days else "")
+    write_docs(name, [*columns, "last-day std error (sd of estimates)"], table, note=note)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
@@ -217,6 +228,13 @@ def main() -> int:
         help="with --layouts: days photographed before treatment begins (3 or more), "
         "scored with and without the trend adjustment; --days are then the treated days",
     )
+    parser.add_argument(
+        "--layout-names",
+        nargs="+",
+        choices=("two-areas", "randomised", "blocks"),
+        default=["two-areas", "randomised", "blocks"],
+        help="with --layouts: score only these layouts (their own docs table)",
+    )
     add_write_docs_flag(parser)
     args = parser.parse_args()
     setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
@@ -241,11 +259,10 @@ def main() -> int:
             summarize_cases,
             args.effect,
             args.pre_days,
+            args.layout_names,
         )
         if args.write_docs:
-            columns = ["layout, gradient", "effect/day", "last-day coverage", "bias", "trials"]
-            name = f"effect_recovery-layouts{'-pre' if args.pre_days else ''}"
-            write_docs(name, columns, table, note=setup + f" {args.pre_days} pre-days.")
+            write_layouts_docs(args, table, setup)
         return 0
     if args.cases:
         frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}

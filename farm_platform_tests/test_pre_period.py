@@ -128,3 +128,22 @@ def test_the_report_page_shows_the_pre_period_and_its_placebo_looks():
     assert "<th>days_from_treatment_start</th>" in page and "<td>-1</td>" in page
     assert "Pre-trend test over the pre-period" in page
     assert "Pre-period" not in render_report(report_data(ungraded=[]))
+
+
+def test_a_pre_trend_test_without_an_interval_says_the_pre_period_cannot_tell():
+    # Too few positions in an arm, or no spread: the placebo look has no standard error,
+    # and the headline says the pre-period cannot answer rather than "no difference".
+    (_, trend), *_ = _farms(0.0, seeds=1)
+    pre = pl.col("period") == "pre"
+    no_interval = trend.with_columns(
+        std_error=pl.when(pre).then(None).otherwise(pl.col("std_error")),
+        df=pl.when(pre).then(None).otherwise(pl.col("df")),
+    )
+    lines = summary_lines(_data(no_interval, dt.date(2026, 6, 9)))
+    assert len(lines) == 5
+    assert all(
+        "no interval (too few positions or no spread): the pre-period cannot say whether the "
+        "arms' trends differed" in line
+        for line in lines
+    ), lines
+    assert not any("no difference detected" in line for line in lines)

@@ -226,6 +226,25 @@ def test_a_gradient_biases_two_areas_and_not_randomised_blocks():
     assert abs(blocks) < 0.03, blocks
 
 
+def test_the_demo_defaults_to_a_blocked_trial_that_can_answer():
+    # `make demo` is README's first command: its default farm is a randomised block design
+    # large enough that the headline's rule calls a working medicine on the perfect-grade
+    # fast path (8 positions called nothing); the two-area layout is one option away.
+    from farm_platform.analytics.effect_frame import treatment_effect_frame
+    from farm_platform.analytics.effect_stats import add_decisions
+    from farm_platform.cli import build_parser
+    from farm_platform.dev.commands import _farm_config
+    from farm_platform.dev.simulate import true_position_day
+
+    config = _farm_config(build_parser().parse_args(["demo"]))
+    assert design_name(field_map(config)) == RANDOMISED_BLOCKS
+    decided = add_decisions(treatment_effect_frame(true_position_day(config)), diseases=5)
+    called = decided.filter(pl.col("sequential_significant") & (pl.col("effect") < 0))
+    assert called["disease_type"].n_unique() >= 3, decided
+    two_areas = _farm_config(build_parser().parse_args(["demo", "--layout", "two-areas"]))
+    assert design_name(field_map(two_areas)) == ALLOCATED_AREAS
+
+
 # --------------------------------------------------------------------------- dbt, both warehouses
 
 

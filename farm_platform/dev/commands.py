@@ -334,7 +334,9 @@ def add_dev_commands(commands: Any) -> None:
     demo_parser = commands.add_parser(
         "demo", help="the main job end to end on a local stack (what `make demo` runs)"
     )
-    add_farm_options(demo_parser, positions=8, days=5, layout="blocks")
+    # 16 positions (8 blocks) over 3 days: the headline can call a working medicine, and
+    # the demo grades about as many photos, in fewer day runs, as 8 positions over 5 days.
+    add_farm_options(demo_parser, positions=16, days=3, layout="blocks")
     demo_parser.add_argument(
         "--workdir", default=".farm/demo", help="demo state and outputs (default: %(default)s)"
     )
