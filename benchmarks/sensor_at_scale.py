@@ -76,7 +76,7 @@ import psycopg
 from dagster import DagsterInstance, RunsFilter
 from docs_table import add_write_docs_flag, write_docs
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.arrivals import ArrivalQueue
 from farm_platform.dev.daemon import sensor_ticks
 from farm_platform.dev.postgres import PostgresServer, fresh_database
@@ -603,7 +603,7 @@ def report(result: dict[str, Any]) -> None:
     busy = sum(seconds)
     wall = ticks[-1].end - ticks[0].start
     settings = IngestSettings.from_env()
-    interval = config.sensor_interval_seconds()
+    interval = config_values.sensor_interval_seconds()
     print(
         f"\n{photos} photos of one day announced at once; the sensor every {interval} s, at "
         f"most {settings.max_messages_per_tick} messages a tick, runs of "

@@ -18,6 +18,7 @@ from farm_platform.images.sensors import RUN_KEY_TAG, TICK_TAG, claim_run_reques
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PubSubResource, PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.retries import Requeued, RetryPolicy, requeue_run
@@ -25,6 +26,8 @@ from farm_platform.retries import Requeued, RetryPolicy, requeue_run
 POSITIONS = [f"P{i:03d}" for i in range(4)]
 # Claim pending photos at once: the tests of holding arrivals set their own limits.
 SETTINGS = IngestSettings(pull_timeout_seconds=1.0, max_wait_seconds=0)
+# The requeue sensor's policy in these tests: a failed run's photos are claimable at once.
+RETRY_POLICY = IngestPolicyResource(retry_backoff_seconds=0.001)
 
 
 def png() -> bytes:
@@ -127,24 +130,24 @@ def claimed(outcome) -> list[str]:
     return sorted(position for claim in outcome.claims for position in claim.positions)
 
 
-def test_a_day_is_quiet_after_the_window_its_setting_gives(farm, queue, monkeypatch):
-    """FARM_BATCH_QUIET_SECONDS: an upload ~2 s old has ended its day's flight with a 1 s
-    window (its photo runs at once); with the default 5 s it is still uploading."""
+def test_a_day_is_quiet_after_the_window_its_setting_gives(farm, queue):
+    """The ingest policy's batch_quiet_seconds (FARM_BATCH_QUIET_SECONDS): an upload ~2 s
+    old has ended its day's flight with a 1 s window (its photo runs at once); with the
+    default 5 s it is still uploading."""
     pubsub, bucket, date, _ = farm
-    monkeypatch.setenv(config.FARM_BATCH_QUIET_SECONDS, "0")
     with pytest.raises(config.ConfigError, match="FARM_BATCH_QUIET_SECONDS"):
-        IngestSettings.from_env()
+        IngestSettings.from_policy(IngestPolicyResource(batch_quiet_seconds=0))
 
-    monkeypatch.setenv(config.FARM_BATCH_QUIET_SECONDS, "1")
+    one_second = IngestSettings.from_policy(IngestPolicyResource(batch_quiet_seconds=1))
     upload(bucket, ImageKey("P000", date))
     time.sleep(2)
-    quiet = tick(pubsub, bucket, queue, settings=IngestSettings.from_env())
+    quiet = tick(pubsub, bucket, queue, settings=one_second)
     assert claimed(quiet) == ["P000"]
 
-    monkeypatch.delenv(config.FARM_BATCH_QUIET_SECONDS)
+    default = IngestSettings.from_policy(IngestPolicyResource())
     upload(bucket, ImageKey("P001", date))
     time.sleep(2)
-    busy = tick(pubsub, bucket, queue, quiet.cursor, settings=IngestSettings.from_env())
+    busy = tick(pubsub, bucket, queue, quiet.cursor, settings=default)
     assert busy.stats.new_images == 1 and busy.claims == []
 
 
@@ -172,7 +175,8 @@ def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):
     # Every message is held until the run is stored: eight ack ids wait in the queue.
     assert len(queue.held_ack_ids()) == 8
     # The run's tick tag fits the UI's runs table (it cut the whole summary at "…0 new").
-    tag = claim_run_request(outcome.claims[0], outcome.stats.run_tag()).tags[TICK_TAG]
+    request = claim_run_request(outcome.claims[0], IngestPolicyResource(), outcome.stats.run_tag())
+    tag = request.tags[TICK_TAG]
     assert tag == "4 new, 4 dup, 0 dead-lettered of 8"
 
 
@@ -673,19 +677,16 @@ def _evaluate_requeue(instance, warehouse, pubsub, cursor):
     context = build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"warehouse": warehouse, "pubsub": pubsub},
+        resources={"warehouse": warehouse, "pubsub": pubsub, "ingest_policy": RETRY_POLICY},
     )
     return requeue_failed_photos(context)
 
 
-def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(
-    farm, queue, tmp_path, monkeypatch
-):
+def test_a_failed_runs_photos_are_requeued_after_a_warehouse_outage(farm, queue, tmp_path):
     """The warehouse is unusable when the run fails and when the requeue sensor first
     evaluates it: that tick raises and keeps its cursor, so the next tick (warehouse back)
     requeues the photos. Dagster's run_failure_sensor moved its cursor past the run."""
     pubsub, bucket, date, _ = farm
-    monkeypatch.setenv(config.FARM_RETRY_BACKOFF_SECONDS, "0.001")  # claimed again at once
     failed_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P001", date)
     canceled_key = _handed_to_a_stored_run(pubsub, bucket, queue, "P002", date)
     with DagsterInstance.ephemeral() as instance:

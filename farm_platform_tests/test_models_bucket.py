@@ -238,6 +238,7 @@ def test_the_registry_sensor_watches_the_registry_object_generation(models_url, 
     from farm_platform.images.registered_models import MODEL_VERSIONS
     from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     models = ModelRegistryResource(models_dir=models_url)
     resources = {
@@ -248,7 +249,9 @@ def test_the_registry_sensor_watches_the_registry_object_generation(models_url, 
 
     def tick(instance: DagsterInstance) -> RunRequest | SkipReason:
         context = build_sensor_context(
-            instance=instance, resources={"models": models}, cursor=cursor[0]
+            instance=instance,
+            resources={"models": models, "ingest_policy": IngestPolicyResource()},
+            cursor=cursor[0],
         )
         result = model_registry_sensor(context)
         cursor[0] = context.cursor
@@ -346,6 +349,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     from farm_platform.dev.simulate import FarmConfig, write_farm
     from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import BucketResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     config = FarmConfig(positions=3, days=1, seed=8)
     bucket_url = f"file://{tmp_path / 'bucket'}"
@@ -355,7 +359,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     positions = [f"P{i:03d}" for i in range(3)]
     remote = ModelRegistry(models_url)
     add_model(retrained_version(tmp_path), remote)
-    monkeypatch.setenv(farm_config.FARM_RUN_CHUNK_PHOTOS, "1")  # three chunks
+    resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)  # three chunks
 
     reads = []
     real_read_many = BucketResource.read_many

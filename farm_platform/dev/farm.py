@@ -45,15 +45,21 @@ def farm_resources(
     bucket_url: str, warehouse_url: str, models_dir: Path | str | None = None
 ) -> dict[str, object]:
     """The image pipeline's resources over a bucket and warehouse, with no Pub/Sub: no
-    message announces these photos, so nothing is dead-lettered from a run."""
+    message announces these photos, so nothing is dead-lettered from a run. The models run
+    in the run's process and the run policy is the default (a test replaces
+    `inference` or `ingest_policy` to change them)."""
     from farm_platform.ml.registry import ModelRegistry
     from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
+    from farm_platform.resources.inference import InferenceResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     return {
         "bucket": BucketResource(url=bucket_url),
         "warehouse": WarehouseResource(url=warehouse_url),
         "pubsub": PubSubResource(project="unused"),
         "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
+        "inference": InferenceResource(),
+        "ingest_policy": IngestPolicyResource(),
     }
 
 

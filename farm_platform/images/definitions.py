@@ -8,6 +8,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from farm_platform import config
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH, FARM_MODELS_DIR, REPO_MODELS_DIR
+from farm_platform.config_values import env_number
 from farm_platform.images.checks import partition_quality_spec
 from farm_platform.images.pipeline import image_pipeline
 from farm_platform.images.registered_models import registered_models
@@ -23,6 +24,9 @@ from farm_platform.resources import (
     PubSubResource,
     WarehouseResource,
 )
+from farm_platform.resources.environment import environment_fields
+from farm_platform.resources.inference import InferenceResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 
 
 def _optional_env(name: str, default: str) -> str | EnvVar:
@@ -41,7 +45,7 @@ defs = Definitions(
         "bucket": BucketResource(url=EnvVar(config.FARM_BUCKET)),
         "warehouse": WarehouseResource(
             url=EnvVar(config.FARM_WAREHOUSE),
-            lock_timeout_seconds=config.env_number(
+            lock_timeout_seconds=env_number(
                 config.FARM_WAREHOUSE_LOCK_SECONDS, config.DEFAULT_WAREHOUSE_LOCK_SECONDS
             ),
         ),
@@ -55,6 +59,10 @@ defs = Definitions(
         "field_map": FieldMapResource(
             path=_optional_env(config.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
         ),
+        # Every other runtime setting of this location: the variables that are set fill
+        # their fields (text as EnvVar, numbers read now), the rest keep the defaults.
+        "inference": InferenceResource(**environment_fields(InferenceResource)),
+        "ingest_policy": IngestPolicyResource(**environment_fields(IngestPolicyResource)),
     },
     # A run is one op: no step process (and torch import) per step.
     executor=in_process_executor,

@@ -20,9 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from farm_platform import config
 from farm_platform.images.photos import Photo, decode_photos, drone_image_rows
 from farm_platform.layout import ImageKey
+from farm_platform.ml.settings import InferenceSettings
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.tables import (
     DISEASE_GRADES_TABLE,
@@ -56,6 +56,7 @@ class GradingPlan:
     grader_cards: tuple[Any, ...]  # one per selected grade asset
     run_id: str
     chunk_photos: int
+    inference: InferenceSettings  # where and how the models run (the inference resource)
 
 
 @dataclass
@@ -104,6 +105,7 @@ def grade_day(
     from farm_platform.ml import inference
 
     result = result if result is not None else DayResult()
+    inference.use_threads(plan.inference.threads)
     detector, graders = _models(plan, registry)
     keys = [ImageKey(position, plan.date) for position in plan.positions]
     chunks = [keys[i : i + plan.chunk_photos] for i in range(0, len(keys), plan.chunk_photos)]
@@ -162,18 +164,26 @@ def _models(plan: GradingPlan, registry: Any) -> tuple[Any, list[tuple[Any, Any]
     """The run's detector and graders: loaded here, or on the model server (FARM_INFERENCE)."""
     from farm_platform.ml import inference
 
-    if config.inference_mode() == "oip":
+    settings = plan.inference
+    if settings.mode == "oip":
         from farm_platform.ml import oip
 
-        client = oip.OipClient.from_env()
+        client = oip.OipClient.from_settings(settings)
         cards = ([plan.detector_card] if plan.detect else []) + list(plan.grader_cards)
         # Before any photo: an unreachable server or another active version fails the run
         # now, with nothing written (its photos are requeued and retried).
         oip.check_versions(client, cards)
         detector = oip.remote_detector(client, plan.detector_card) if plan.detect else None
         return detector, [(card, oip.remote_grader(client, card)) for card in plan.grader_cards]
-    detector = inference.load_detector(plan.detector_card, registry) if plan.detect else None
-    return detector, [(card, inference.load_grader(card, registry)) for card in plan.grader_cards]
+    detector = (
+        inference.load_detector(plan.detector_card, registry, settings=settings)
+        if plan.detect
+        else None
+    )
+    return detector, [
+        (card, inference.load_grader(card, registry, settings=settings))
+        for card in plan.grader_cards
+    ]
 
 
 def _grade_chunk(

@@ -37,6 +37,7 @@ import requests
 
 from farm_platform import config
 from farm_platform.ml.registry import ModelCard
+from farm_platform.ml.settings import InferenceSettings
 
 if TYPE_CHECKING:  # torch loads only where a model runs (the CLI's error path must not)
     import torch
@@ -118,8 +119,9 @@ class OipClient:
         self._stubs: dict[str, Any] = {}
 
     @classmethod
-    def from_env(cls) -> OipClient:
-        return cls(config.oip_url(), timeout=config.oip_timeout_seconds(), token=config.oip_token())
+    def from_settings(cls, settings: InferenceSettings) -> OipClient:
+        """A client of the model server(s) `settings` name (mode oip)."""
+        return cls(settings.oip_url, timeout=settings.oip_timeout_seconds, token=settings.oip_token)
 
     def _call(self, send: Callable[[str], T], replica: str | None = None) -> T:
         """`send` to the replicas in turn, starting at the next in the rotation (or only to
