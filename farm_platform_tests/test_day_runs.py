@@ -258,6 +258,16 @@ def test_a_run_reports_every_check_it_selected(graded, tmp_path, selection):
         and record.asset_materialization.asset_key.to_user_string() == "partition_quality"
     ]
     assert [event.partition for event in quality] == [DAY]
+    # Every asset the run materialized says where its models ran (the inference resource).
+    materialized = [
+        record.asset_materialization.metadata
+        for record in evaluations
+        if record.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION
+        and record.asset_materialization.asset_key.to_user_string() != "partition_quality"
+    ]
+    assert materialized
+    assert all(metadata["inference"].value == "local" for metadata in materialized)
+    assert all(metadata["models_ran"].value.startswith("in this run") for metadata in materialized)
 
 
 def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(graded, tmp_path):

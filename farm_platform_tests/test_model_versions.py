@@ -238,7 +238,7 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
 
     from farm_platform.images.keys import MODEL_ASSETS
     from farm_platform.images.registered_models import MODEL_VERSIONS, registered_models
-    from farm_platform.images.sensors import MAX_RUNTIME_TAG, model_registry_sensor
+    from farm_platform.images.sensors import MAX_RUNTIME_TAG, model_registry_tick
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
     from farm_platform.resources.ingest_policy import IngestPolicyResource
 
@@ -251,10 +251,7 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
     policy = IngestPolicyResource()
 
     def evaluate(instance: DagsterInstance) -> RunRequest | SkipReason:
-        context = build_sensor_context(
-            instance=instance, resources={"models": models, "ingest_policy": policy}
-        )
-        return model_registry_sensor(context)
+        return model_registry_tick(build_sensor_context(instance=instance), models, policy)
 
     def record(instance: DagsterInstance, selection: list) -> None:
         assert materialize(

@@ -85,13 +85,14 @@ def materialize_day(
     `positions` (None: every photo of the day the platform has recorded); its success."""
     from dagster import DagsterInstance, materialize
 
-    from farm_platform.images.pipeline import image_pipeline, photo_run_config
+    from farm_platform.images.pipeline import build_image_pipeline, photo_run_config
+    from farm_platform.partitions import configured_day_partitions
 
     with contextlib.ExitStack() as stack:
         if instance is None:
             instance = stack.enter_context(DagsterInstance.ephemeral())
         return materialize(
-            [image_pipeline],
+            [build_image_pipeline(configured_day_partitions())],
             selection=selection,
             instance=instance,
             resources=resources,

@@ -8,15 +8,12 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from farm_platform import config
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH, FARM_MODELS_DIR, REPO_MODELS_DIR
-from farm_platform.config_values import env_number
+from farm_platform.config_values import env_number, sensor_interval_seconds
 from farm_platform.images.checks import partition_quality_spec
-from farm_platform.images.pipeline import image_pipeline
+from farm_platform.images.pipeline import build_image_pipeline
 from farm_platform.images.registered_models import registered_models
-from farm_platform.images.sensors import (
-    drone_image_sensor,
-    model_registry_sensor,
-    requeue_failed_photos,
-)
+from farm_platform.images.sensors import build_sensors
+from farm_platform.partitions import configured_day_partitions
 from farm_platform.resources import (
     BucketResource,
     FieldMapResource,
@@ -37,10 +34,12 @@ config.require_for_location(
     config.IMAGE_LOCATION, (config.FARM_BUCKET, config.FARM_WAREHOUSE, config.FARM_GCP_PROJECT)
 )
 config.bucket_url(os.environ[config.FARM_BUCKET])
+# The trial's calendar (FARM_TRIAL_START_DATE, FARM_TRIAL_TIMEZONE), read once here.
+days = configured_day_partitions()
 
 defs = Definitions(
-    assets=[registered_models, image_pipeline, partition_quality_spec()],
-    sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
+    assets=[registered_models, build_image_pipeline(days), partition_quality_spec(days)],
+    sensors=build_sensors(sensor_interval_seconds()),
     resources={
         "bucket": BucketResource(url=EnvVar(config.FARM_BUCKET)),
         "warehouse": WarehouseResource(

@@ -17,15 +17,18 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
     Config,
     MaterializeResult,
     MetadataValue,
+    PartitionsDefinition,
     multi_asset,
 )
 from pydantic import Field
@@ -47,7 +50,6 @@ from farm_platform.images.keys import (
 from farm_platform.images.run_tags import grades_claimed_photos
 from farm_platform.layout import parse_date
 from farm_platform.ml.settings import InferenceSettings
-from farm_platform.partitions import daily_partitions
 from farm_platform.quality import history
 from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos
 from farm_platform.resources.bucket import BucketResource
@@ -94,12 +96,16 @@ IMAGE_SPECS = [
         for disease, grades_key in GRADES_BY_DISEASE.items()
     ],
 ]
-IMAGE_CHECK_SPECS = [
-    checks.image_quality_spec(DRONE_IMAGES),
-    *checks.leaf_crops_specs(LEAF_CROPS),
-    *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
-    *checks.drift_specs(LEAF_CROPS, list(GRADES_BY_DISEASE.values())),
-]
+
+
+def image_check_specs(days: PartitionsDefinition) -> list[AssetCheckSpec]:
+    """Every check of the image assets, one result per day partition of `days`."""
+    return [
+        checks.image_quality_spec(DRONE_IMAGES, days),
+        *checks.leaf_crops_specs(LEAF_CROPS, days),
+        *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key, days)],
+        *checks.drift_specs(LEAF_CROPS, list(GRADES_BY_DISEASE.values()), days),
+    ]
 
 
 @dataclass(frozen=True)
@@ -178,14 +184,20 @@ def photo_run_config(
     return {"ops": {OP_NAME: {"config": {"positions": list(positions), **knobs}}}}
 
 
-@multi_asset(
-    name=OP_NAME,
-    specs=IMAGE_SPECS,
-    check_specs=IMAGE_CHECK_SPECS,
-    partitions_def=daily_partitions,
-    backfill_policy=DAY_BACKFILL_POLICY,
-    can_subset=True,
-)
+def build_image_pipeline(days: PartitionsDefinition) -> AssetsDefinition:
+    """The `image_pipeline` multi-asset over the day partitions `days` (the definitions
+    build them once when they load: `partitions.configured_day_partitions`)."""
+
+    return multi_asset(
+        name=OP_NAME,
+        specs=IMAGE_SPECS,
+        check_specs=image_check_specs(days),
+        partitions_def=days,
+        backfill_policy=DAY_BACKFILL_POLICY,
+        can_subset=True,
+    )(image_pipeline)
+
+
 def image_pipeline(
     context: AssetExecutionContext,
     config: PhotoRunConfig,
@@ -196,6 +208,7 @@ def image_pipeline(
     inference: InferenceResource,
     ingest_policy: IngestPolicyResource,
 ) -> Iterator[MaterializeResult | Any]:
+    """The op of `build_image_pipeline`'s multi-asset: one run of one day partition."""
     op_started = time.perf_counter()
     # Checked before the day's lock is taken: a bad setting fails the run with its name.
     run = RunSettings(

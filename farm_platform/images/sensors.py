@@ -23,13 +23,13 @@ from dagster import (
     RunRequest,
     RunsFilter,
     RunStatusChangeRecordsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from farm_platform import config_values
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
@@ -78,14 +78,40 @@ def claim_run_request(
     )
 
 
-@sensor(
-    name=DRONE_IMAGE_SENSOR,
-    asset_selection=list(IMAGE_PIPELINE),
-    minimum_interval_seconds=config_values.sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Pulls drone_image messages; new photos become runs of their day partition.",
-)
-def drone_image_sensor(
+def build_sensors(interval_seconds: int) -> list[SensorDefinition]:
+    """The image location's sensors: the ingest and requeue sensors tick every
+    `interval_seconds` (FARM_SENSOR_INTERVAL_SECONDS, read once when the definitions load),
+    the model-registry sensor every three times that."""
+    return [
+        sensor(
+            name=DRONE_IMAGE_SENSOR,
+            asset_selection=list(IMAGE_PIPELINE),
+            minimum_interval_seconds=interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Pulls drone_image messages; new photos become runs of their day "
+            "partition.",
+        )(drone_image_tick),
+        sensor(
+            name="requeue_failed_photos",
+            default_status=DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=interval_seconds,
+            description="Puts the photos of a failed or canceled image run back in the arrival "
+            "queue, to wait longer after each failure (bounded attempts and time), then "
+            "dead-letters them with the failed step's error. Its cursor moves only past "
+            "requeues that committed.",
+        )(requeue_failed_photos_tick),
+        sensor(
+            name="model_registry_sensor",
+            asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
+            minimum_interval_seconds=3 * interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Records a model asset's new data version when registry.json "
+            "activates one.",
+        )(model_registry_tick),
+    ]
+
+
+def drone_image_tick(
     context: SensorEvaluationContext,
     pubsub: PubSubResource,
     bucket: BucketResource,
@@ -129,15 +155,7 @@ REQUEUE_EVENTS_PER_TICK = 200
 FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
 
-@sensor(
-    name="requeue_failed_photos",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=config_values.sensor_interval_seconds(),
-    description="Puts the photos of a failed or canceled image run back in the arrival queue, "
-    "to wait longer after each failure (bounded attempts and time), then dead-letters them "
-    "with the failed step's error. Its cursor moves only past requeues that committed.",
-)
-def requeue_failed_photos(
+def requeue_failed_photos_tick(
     context: SensorEvaluationContext,
     warehouse: WarehouseResource,
     pubsub: PubSubResource,
@@ -224,14 +242,7 @@ def step_failure_cause(instance: Any, run_id: str) -> str | None:
 DATA_VERSION_TAG = "dagster/data_version"
 
 
-@sensor(
-    name="model_registry_sensor",
-    asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
-    minimum_interval_seconds=3 * config_values.sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Records a model asset's new data version when registry.json activates one.",
-)
-def model_registry_sensor(
+def model_registry_tick(
     context: SensorEvaluationContext,
     models: ModelRegistryResource,
     ingest_policy: IngestPolicyResource,
