@@ -29,7 +29,7 @@ from typing import Any
 
 from docs_table import add_write_docs_flag, write_docs
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.layout import ImageKey
 from farm_platform.ml.inference import (
     configured_placement,
@@ -42,8 +42,11 @@ from farm_platform.ml.inference import (
     model_placement,
     parallel_map,
     prepare_crops,
+    use_threads,
 )
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
+from farm_platform.ml.settings import InferenceSettings
+from farm_platform.resources.inference import InferenceResource
 
 MODEL_STAGES = ("detect", "crop", "grade")
 STAGES = ("decode", *MODEL_STAGES)
@@ -130,10 +133,14 @@ def _run(pngs: Sequence[bytes], batch_size: int, models: dict[str, Any], timer: 
 
 
 def measure_bare_path(
-    pngs: list[bytes], batch_size: int, registry: ModelRegistry | None = None, repeats: int = 1
+    pngs: list[bytes],
+    batch_size: int,
+    registry: ModelRegistry | None = None,
+    repeats: int = 1,
+    settings: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     """Images/s, ms/image, photos/s per stage and peak RSS of decode -> detect -> crop ->
-    5 graders, on the configured device and dtype (FARM_TORCH_DEVICE, FARM_TORCH_DTYPE).
+    5 graders, on the device and dtype of `settings` (the defaults without them).
 
     With `repeats` > 1 the median pass is reported: the CPU is often shared, and one
     unlucky pass should not be the figure."""
@@ -142,9 +149,9 @@ def measure_bare_path(
     registry = registry or ModelRegistry()
     detector_card = registry.detector()
     models = {
-        "detector": (detector_card, load_detector(detector_card, registry)),
+        "detector": (detector_card, load_detector(detector_card, registry, settings=settings)),
         "graders": [
-            (card, load_grader(card, registry))
+            (card, load_grader(card, registry, settings=settings))
             for card in (registry.grader_for(d) for d in DISEASE_TYPES)
         ],
     }
@@ -179,7 +186,7 @@ def measure_bare_path(
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "cpus": config.available_cores(),
+        "cpus": config_values.available_cores(),
     }
 
 
@@ -209,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value is not None:
             os.environ[name] = str(value)
-    placement = configured_placement()
+    settings = InferenceResource.from_environment().settings()
+    use_threads(settings.threads)
+    placement = configured_placement(settings)
 
     from farm_platform.dev.simulate import render_training_images
 
@@ -217,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(pngs)} held-out simulator PNGs (seed {args.seed}), warm-up batch excluded, "
         f"median of {args.repeats} passes; {placement.device} {placement.dtype}, "
-        f"{config.torch_threads()} CPU threads of {config.available_cores()} cores"
+        f"{settings.threads} CPU threads of {config_values.available_cores()} cores"
     )
     print(
         f"{'batch':>6}{'images/s':>10}{'ms/image':>10}{'leaves/s':>10}"
@@ -226,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = []
     for batch_size in args.batch_sizes:
-        r = measure_bare_path(pngs, batch_size, repeats=args.repeats)
+        r = measure_bare_path(pngs, batch_size, repeats=args.repeats, settings=settings)
         busy = "-" if r["gpu_busy_share"] is None else f"{r['gpu_busy_share']:.0%}"
         rows.append((batch_size, f"{r['images_per_s']:.1f}", f"{r['ms_per_image']:.2f}", busy))
         rows[-1] += (*(f"{r['stage_images_per_s'][s]:.0f}" for s in STAGES), r["peak_rss_mb"])

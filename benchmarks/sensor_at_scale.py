@@ -76,7 +76,7 @@ import psycopg
 from dagster import DagsterInstance, RunsFilter
 from docs_table import add_write_docs_flag, write_docs
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.arrivals import ArrivalQueue
 from farm_platform.dev.daemon import sensor_ticks
 from farm_platform.dev.postgres import PostgresServer, fresh_database
@@ -101,6 +101,7 @@ from farm_platform.layout import ImageKey, bucket_filesystem, join
 from farm_platform.quality.suites import MIN_IMAGE_SIDE
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource, write_field_map
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -412,6 +413,7 @@ def tick_probe(
     scratch.create_schema()
     warehouse = Timed(scratch)
     queue = ArrivalQueue(warehouse)  # type: ignore[arg-type]
+    policy = IngestPolicyResource.from_environment()
     started = time.perf_counter()
     outcome = ingest_tick(
         IngestCursor(),
@@ -419,13 +421,13 @@ def tick_probe(
         bucket,  # type: ignore[arg-type]
         queue,
         lambda: positions,
-        IngestSettings.from_env(),
+        IngestSettings.from_policy(policy),
     )
     ended = time.perf_counter()
     ingest = ended - started
     started = time.perf_counter()
     summary = outcome.stats.run_tag()
-    requests = [claim_run_request(claim, tick_summary=summary) for claim in outcome.claims]
+    requests = [claim_run_request(claim, policy, summary) for claim in outcome.claims]
     run_requests = time.perf_counter() - started
     pubsub.acknowledge(queue.held_ack_ids())
     return {
@@ -602,8 +604,8 @@ def report(result: dict[str, Any]) -> None:
     seconds = [t.seconds for t in ticks]
     busy = sum(seconds)
     wall = ticks[-1].end - ticks[0].start
-    settings = IngestSettings.from_env()
-    interval = config.sensor_interval_seconds()
+    settings = IngestSettings.from_policy(IngestPolicyResource.from_environment())
+    interval = config_values.sensor_interval_seconds()
     print(
         f"\n{photos} photos of one day announced at once; the sensor every {interval} s, at "
         f"most {settings.max_messages_per_tick} messages a tick, runs of "

@@ -1,10 +1,12 @@
-"""Every `FARM_*` variable: its name, its default and the one function that reads it.
+"""Every `FARM_*` variable: its name and its default (docs/configuration.md is generated
+from this module), and the readers of the settings that are not a resource's.
 
-Resources get theirs through Dagster `EnvVar` in the code locations' `definitions.py`;
-everything else calls the readers below (at call time, never at import, so a test or a
-CLI command can set the environment first), except `FARM_RUN_K8S_CONFIG`, whose reader
-lives with the run tags it becomes (`images/run_tags.py`). docs/configuration.md
-lists them (generated from this module).
+How a setting reaches the code: the code locations' `definitions.py` fill the Dagster
+resources' fields (`farm_platform.resources`) from the environment, through `EnvVar` or
+once when the definitions load, and the per-run knobs are run config; the resources check
+their fields with the validators in `farm_platform.config_values`. Command-line code reads
+a setting with `value(NAME)` and the same validators, or the readers below (at call time,
+never at import, so a test or a command can set the environment first).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -205,20 +206,6 @@ class ConfigError(ValueError):
     """A missing or malformed setting; the message names the variable and what to do."""
 
 
-def env_number(name: str, default: float) -> float:
-    """A positive number from the environment, or a clear error naming the variable."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be greater than 0")
-    return value
-
-
 DUCKDB_URL_PREFIX = "duckdb:///"
 
 
@@ -264,6 +251,12 @@ def parse_models_dir(location: Path | str) -> Path | str:
 def models_dir() -> Path | str:
     """`$FARM_MODELS_DIR` (a folder or a bucket folder's URL), else the repository's models/."""
     return parse_models_dir(os.environ.get(FARM_MODELS_DIR) or REPO_MODELS_DIR)
+
+
+def models_cache_dir() -> Path | None:
+    """`$FARM_MODELS_CACHE`: where weights read from a bucket are kept (None: the default)."""
+    raw = os.environ.get(FARM_MODELS_CACHE)
+    return Path(raw) if raw else None
 
 
 def absolute_models_dir() -> Path | str:
@@ -320,205 +313,9 @@ def webserver_url() -> str:
     return os.environ.get(DAGSTER_WEBSERVER_URL) or DEFAULT_WEBSERVER_URL
 
 
-def url_origin(url: str) -> str | None:
-    """The origin (scheme://host[:port], lower case, no default port) of an http(s) URL."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    default = {"http": 80, "https": 443}[parts.scheme]
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
-
-
-def webserver_allowed_origins() -> frozenset[str]:
-    """`$FARM_WEBSERVER_ALLOWED_ORIGINS`: the origins whose pages may change anything."""
-    raw = os.environ.get(FARM_WEBSERVER_ALLOWED_ORIGINS) or ""
-    origins = set()
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        origin = url_origin(item)
-        rest = item.split("://", 1)[-1].rstrip("/")
-        if origin is None or any(mark in rest for mark in "/?#@"):
-            raise ConfigError(
-                f"{FARM_WEBSERVER_ALLOWED_ORIGINS}={raw!r}: {item!r} is not an origin; give "
-                "the address the UI is opened at, scheme://host[:port] with no path, e.g. "
-                "https://dagster.example.com,http://127.0.0.1:3000"
-            )
-        origins.add(origin)
-    return frozenset(origins)
-
-
-def sensor_interval_seconds() -> int:
-    """`$FARM_SENSOR_INTERVAL_SECONDS`: the ingest sensors' minimum interval."""
-    return max(1, int(env_number(FARM_SENSOR_INTERVAL_SECONDS, DEFAULT_SENSOR_INTERVAL_SECONDS)))
-
-
-def max_photo_attempts() -> int:
-    """Runs a photo gets before its message is dead-lettered."""
-    return int(env_number(FARM_MAX_PHOTO_ATTEMPTS, DEFAULT_MAX_PHOTO_ATTEMPTS))
-
-
-def retry_backoff_seconds() -> float:
-    """The wait before a failed photo's second run; each later wait is 4 times longer."""
-    return env_number(FARM_RETRY_BACKOFF_SECONDS, DEFAULT_RETRY_BACKOFF_SECONDS)
-
-
-def retry_budget_seconds() -> float:
-    """How long after its first failed run a photo may still be given another run."""
-    return env_number(FARM_RETRY_BUDGET_SECONDS, DEFAULT_RETRY_BUDGET_SECONDS)
-
-
-def max_severity_jump() -> float:
-    return env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP)
-
-
-def gate_tolerance() -> float:
-    """`$FARM_GATE_TOLERANCE`: how much worse than the active version a new one may be."""
-    raw = os.environ.get(FARM_GATE_TOLERANCE) or ""
-    try:
-        value = float(raw) if raw else DEFAULT_GATE_TOLERANCE
-    except ValueError:
-        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"{FARM_GATE_TOLERANCE}={raw!r} must be a share from 0 to 1")
-    return value
-
-
-def inference_mode() -> str:
-    """`$FARM_INFERENCE`: `local` (default) or `oip`."""
-    mode = os.environ.get(FARM_INFERENCE) or "local"
-    if mode not in INFERENCE_MODES:
-        raise ConfigError(f"{FARM_INFERENCE}={mode!r} must be one of {', '.join(INFERENCE_MODES)}")
-    return mode
-
-
-def oip_url() -> str:
-    """`$FARM_OIP_URL`: the model server's gRPC (grpc://host:port) or REST (http://host:port)
-    address, or its replicas' addresses comma-separated, without trailing slashes."""
-    raw = require(FARM_OIP_URL, f"{FARM_INFERENCE}=oip needs the model server's address")
-    return _oip_addresses(FARM_OIP_URL, raw)
-
-
-def _oip_addresses(name: str, raw: str) -> str:
-    urls = [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
-    for url in urls or [raw]:
-        if not url.startswith(("grpc://", "http://", "https://")):
-            raise ConfigError(
-                f"{name}={raw!r}: {url!r} must start with grpc:// (the server's "
-                "--grpc-port) or http:// (its --port)"
-            )
-    return ",".join(urls)
-
-
-def external_oip_url(name: str, card: str) -> str:
-    """The address an external_oip card (`card`: its id and version) names by setting."""
-    assert name.startswith(EXTERNAL_OIP_SETTING_PREFIX), name  # the card's parser checks it
-    raw = require(name, f"the model card {card} reads its server's address from it")
-    return _oip_addresses(name, raw)
-
-
-def external_oip_token(name: str | None) -> str | None:
-    """The bearer token an external_oip card names by setting, if any (None: unset)."""
-    if name is None:
-        return None
-    assert name.startswith(EXTERNAL_OIP_SETTING_PREFIX), name
+def value(name: str) -> str | None:
+    """`$name`, or None when it is unset or empty (a validator in config_values reads it)."""
     return os.environ.get(name) or None
-
-
-def oip_token() -> str | None:
-    """`$FARM_OIP_TOKEN`: the bearer token the model server requires, if any."""
-    return os.environ.get(FARM_OIP_TOKEN) or None
-
-
-def oip_timeout_seconds() -> float:
-    return env_number(FARM_OIP_TIMEOUT_SECONDS, DEFAULT_OIP_TIMEOUT_SECONDS)
-
-
-def watchdog_interval_seconds() -> float:
-    return env_number(FARM_WATCHDOG_INTERVAL_SECONDS, DEFAULT_WATCHDOG_INTERVAL_SECONDS)
-
-
-def code_server_check_timeout_seconds() -> float:
-    return env_number(
-        FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS, DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS
-    )
-
-
-def watchdog_failures() -> int:
-    """Missed answers in a row (a whole number >= 1) before a code server is replaced."""
-    value = env_number(FARM_WATCHDOG_FAILURES, DEFAULT_WATCHDOG_FAILURES)
-    if value != int(value):
-        raise ConfigError(f"{FARM_WATCHDOG_FAILURES}={value:g} is not a whole number")
-    return int(value)
-
-
-def available_cores() -> int:
-    """Cores this process may run on: a container's or taskset's CPU set, not the host's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no sched_getaffinity outside Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def torch_threads() -> int:
-    """`$FARM_TORCH_THREADS` (a whole number >= 1), else `available_cores()`."""
-    raw = os.environ.get(FARM_TORCH_THREADS)
-    if raw is None or raw.strip() == "":
-        return available_cores()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{FARM_TORCH_THREADS}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{FARM_TORCH_THREADS}={raw!r} must be at least 1")
-    return value
-
-
-def torch_device(cuda_devices: int) -> str:
-    """The device the models run on: "cpu" or "cuda:N", from `$FARM_TORCH_DEVICE`.
-
-    `cuda_devices` is how many CUDA devices torch sees (the caller asks torch, so this
-    module never imports it). `auto` (the default) is cuda:0 when there is one, else cpu;
-    `cuda` or `cuda:N` naming a device that is not there is an error, never a silent CPU run.
-    """
-    raw = os.environ.get(FARM_TORCH_DEVICE) or DEFAULT_TORCH_DEVICE
-    value = raw.strip().lower()
-    if value == "auto":
-        return "cuda:0" if cuda_devices > 0 else "cpu"
-    if value == "cpu":
-        return "cpu"
-    named = re.fullmatch(r"cuda(?::([0-9]+))?", value)
-    if named is None:
-        raise ConfigError(
-            f"{FARM_TORCH_DEVICE}={raw!r}: use auto (CUDA when there is a GPU), cpu, cuda or cuda:N"
-        )
-    index = int(named.group(1) or 0)
-    if cuda_devices == 0:
-        raise ConfigError(
-            f"{FARM_TORCH_DEVICE}={raw!r} but torch sees no CUDA device (a CPU build of torch, "
-            "no GPU, or no driver): set it to auto or cpu, or install a CUDA build of torch "
-            "(docs/model-server-and-gpu.md, Inference on a GPU)"
-        )
-    if index >= cuda_devices:
-        raise ConfigError(
-            f"{FARM_TORCH_DEVICE}={raw!r} but torch sees {cuda_devices} CUDA device(s) "
-            f"(cuda:0..cuda:{cuda_devices - 1})"
-        )
-    return f"cuda:{index}"
-
-
-def torch_dtype() -> str:
-    """`$FARM_TORCH_DTYPE`: float32 (the default) or bfloat16."""
-    raw = os.environ.get(FARM_TORCH_DTYPE) or DEFAULT_TORCH_DTYPE
-    value = raw.strip().lower()
-    if value not in TORCH_DTYPES:
-        raise ConfigError(f"{FARM_TORCH_DTYPE}={raw!r}: use one of {', '.join(TORCH_DTYPES)}")
-    return value
 
 
 def require(name: str, hint: str = "") -> str:

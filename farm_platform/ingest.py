@@ -37,6 +37,7 @@ from farm_platform.layout import MISSING_OBJECT_ERROR
 from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
 from farm_platform.partitions import valid_dates
 from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PubSubResource, PubSubUnavailable, PulledMessage
 
 
@@ -59,17 +60,12 @@ class IngestSettings:
     object_lookup_threads: int = 16
 
     @classmethod
-    def from_env(cls) -> IngestSettings:
+    def from_policy(cls, policy: IngestPolicyResource) -> IngestSettings:
+        """The batching the sensor's `ingest_policy` resource sets."""
         return cls(
-            max_photos_per_run=int(
-                config.env_number(config.FARM_RUN_MAX_PHOTOS, config.DEFAULT_RUN_MAX_PHOTOS)
-            ),
-            max_wait_seconds=config.env_number(
-                config.FARM_BATCH_MAX_WAIT_SECONDS, config.DEFAULT_BATCH_MAX_WAIT_SECONDS
-            ),
-            quiet_after_seconds=config.env_number(
-                config.FARM_BATCH_QUIET_SECONDS, config.DEFAULT_BATCH_QUIET_SECONDS
-            ),
+            max_photos_per_run=int(policy.number("run_max_photos")),
+            max_wait_seconds=policy.number("batch_max_wait_seconds"),
+            quiet_after_seconds=policy.number("batch_quiet_seconds"),
         )
 
 

@@ -20,6 +20,7 @@ import polars as pl
 
 from farm_platform import config
 from farm_platform.arrivals import ArrivalQueue, as_utc
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,13 @@ class RetryPolicy:
     budget_seconds: float = config.DEFAULT_RETRY_BUDGET_SECONDS
 
     @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """FARM_MAX_PHOTO_ATTEMPTS, FARM_RETRY_BACKOFF_SECONDS, FARM_RETRY_BUDGET_SECONDS."""
+    def from_policy(cls, policy: IngestPolicyResource) -> RetryPolicy:
+        """What the `ingest_policy` resource sets (FARM_MAX_PHOTO_ATTEMPTS,
+        FARM_RETRY_BACKOFF_SECONDS, FARM_RETRY_BUDGET_SECONDS)."""
         return cls(
-            config.max_photo_attempts(),
-            config.retry_backoff_seconds(),
-            config.retry_budget_seconds(),
+            int(policy.number("max_photo_attempts")),
+            policy.number("retry_backoff_seconds"),
+            policy.number("retry_budget_seconds"),
         )
 
     def wait(self, attempts: int) -> dt.timedelta:

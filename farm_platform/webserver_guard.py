@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from farm_platform import config
+from farm_platform import config, config_values
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -89,7 +89,7 @@ def foreign_origin(headers: Any, allowed: frozenset[str]) -> str | None:
         origin = headers.get("referer")
         if origin is None:
             return None
-    normal = config.url_origin(origin)
+    normal = config_values.url_origin(origin)
     if normal is not None and (
         normal in allowed if allowed else _same_host(normal, headers.get("host"))
     ):
@@ -100,7 +100,9 @@ def foreign_origin(headers: Any, allowed: frozenset[str]) -> str | None:
 def _same_host(origin: str, host: str | None) -> bool:
     """True when `origin` names the host the request was sent to, by either scheme (TLS may
     end at a load balancer in front)."""
-    return bool(host) and origin in {config.url_origin(f"{s}://{host}") for s in ("http", "https")}
+    return bool(host) and origin in {
+        config_values.url_origin(f"{s}://{host}") for s in ("http", "https")
+    }
 
 
 class WebserverGuard:
@@ -162,7 +164,9 @@ def main() -> None:
     import dagster_webserver.cli as webserver_cli
 
     try:
-        origins = config.webserver_allowed_origins()
+        origins = config_values.webserver_allowed_origins(
+            config.value(config.FARM_WEBSERVER_ALLOWED_ORIGINS)
+        )
     except config.ConfigError as error:
         sys.exit(f"farm_platform.webserver_guard: {error}")
     build = getattr(webserver_cli, "create_app_from_workspace_process_context", None)

@@ -18,6 +18,7 @@ from farm_platform.dev.farm import (
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.dev.simulate.render import png_header_only
 from farm_platform.layout import ImageKey
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 
 CONFIG = FarmConfig(positions=3, days=1, seed=21)
 DAY = CONFIG.dates[0].isoformat()
@@ -53,9 +54,32 @@ def test_a_run_without_a_photo_list_processes_every_recorded_photo_of_its_day(gr
     assert grades.select(GRADE_KEY).is_unique().all()
 
 
-def test_chunk_size_does_not_change_a_single_row(graded, tmp_path, monkeypatch):
+def test_a_runs_chunk_size_and_severity_jump_are_its_run_config_else_the_policys():
+    """The sensor writes the policy's values into each run's config (the launchpad shows
+    them); a run given its own values uses them; one given none falls back to the policy."""
+    from farm_platform.config import ConfigError
+    from farm_platform.images.pipeline import OP_NAME, PhotoRunConfig, photo_run_config
+
+    policy = IngestPolicyResource(run_chunk_photos=5, max_severity_jump=0.5)
+    written = photo_run_config(["P000"], policy)["ops"][OP_NAME]["config"]
+    assert written == {"positions": ["P000"], "chunk_photos": 5, "max_severity_jump": 0.5}
+    assert photo_run_config(["P000"])["ops"][OP_NAME]["config"] == {"positions": ["P000"]}
+    unset = PhotoRunConfig()
+    assert (unset.chunk(policy), unset.severity_jump(policy)) == (5, 0.5)
+    assert (unset.chunk(IngestPolicyResource()), unset.severity_jump(IngestPolicyResource())) == (
+        64,
+        1.5,
+    )
+    own = PhotoRunConfig(chunk_photos=2, max_severity_jump=3.0)
+    assert (own.chunk(policy), own.severity_jump(policy)) == (2, 3.0)
+    with pytest.raises(ConfigError, match="FARM_RUN_CHUNK_PHOTOS=0"):
+        PhotoRunConfig(chunk_photos=0).chunk(policy)
+
+
+def test_chunk_size_does_not_change_a_single_row(graded, tmp_path):
     resources = copy_farm(graded, tmp_path)
-    monkeypatch.setenv("FARM_RUN_CHUNK_PHOTOS", "1")  # one photo at a time, three chunks
+    # One photo at a time, three chunks (FARM_RUN_CHUNK_PHOTOS=1 in a deployment).
+    resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)
     assert materialize_day(resources, DAY, ["P000", "P001", "P002"])
     numbers = ["x0", "y0", "x1", "y1", "score"]
     chunked = table(resources, "leaf_crops", CROP_KEY).drop("crop_uri")
@@ -234,11 +258,19 @@ def test_a_run_reports_every_check_it_selected(graded, tmp_path, selection):
         and record.asset_materialization.asset_key.to_user_string() == "partition_quality"
     ]
     assert [event.partition for event in quality] == [DAY]
+    # Every asset the run materialized says where its models ran (the inference resource).
+    materialized = [
+        record.asset_materialization.metadata
+        for record in evaluations
+        if record.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION
+        and record.asset_materialization.asset_key.to_user_string() != "partition_quality"
+    ]
+    assert materialized
+    assert all(metadata["inference"].value == "local" for metadata in materialized)
+    assert all(metadata["models_ran"].value.startswith("in this run") for metadata in materialized)
 
 
-def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(
-    graded, tmp_path, monkeypatch
-):
+def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(graded, tmp_path):
     """The bucket refuses the last photo's crops (a file stands where their folder goes):
     the run fails after the other photos' rows were committed. The day's drone_images
     asset then carries an observation saying how many photos' rows stand, so the UI does
@@ -251,7 +283,7 @@ def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(
     from farm_platform.ml.registry import ModelRegistry
 
     resources = copy_farm(graded, tmp_path)
-    monkeypatch.setenv("FARM_RUN_CHUNK_PHOTOS", "1")  # one commit per photo
+    resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)  # a commit per photo
     root = Path(resources["bucket"].root.removeprefix("file://"))
     in_the_way = root / "P002" / DAY / ModelRegistry().detector().id
     shutil.rmtree(in_the_way)

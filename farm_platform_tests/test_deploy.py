@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from farm_platform import config
+from farm_platform.config_values import webserver_allowed_origins
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -70,12 +71,11 @@ def snake(name: str) -> str:
         ('{"container_config": {"resources": {"limits": {"nvidia.com/gpu": "one"}}}}', "GPUs"),
     ],
 )
-def test_a_malformed_run_k8s_config_names_the_variable(monkeypatch, raw, says):
+def test_a_malformed_run_k8s_config_names_the_variable(raw, says):
     from farm_platform.images.run_tags import image_run_k8s_tags
 
-    monkeypatch.setenv(config.FARM_RUN_K8S_CONFIG, raw)
     with pytest.raises(config.ConfigError) as error:
-        image_run_k8s_tags()
+        image_run_k8s_tags(raw)
     message = str(error.value)
     assert config.FARM_RUN_K8S_CONFIG in message and says in message
     assert "\n" not in message
@@ -89,25 +89,24 @@ def test_the_accepted_keys_are_dagster_k8s_own():
     assert set(RUN_K8S_CONFIG_KEYS) == set(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA.fields)
 
 
-def test_sensor_runs_carry_the_k8s_tag_and_gpu_runs_the_device_tag(monkeypatch):
+def test_sensor_runs_carry_the_k8s_tag_and_gpu_runs_the_device_tag():
     from farm_platform.arrivals import Claim
     from farm_platform.images.sensors import claim_run_request
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     claim = Claim("photos:2026-06-01:1", dt.date(2026, 6, 1), ("P000", "P001"))
-    monkeypatch.delenv(config.FARM_RUN_K8S_CONFIG, raising=False)
-    plain = claim_run_request(claim).tags
+    plain = claim_run_request(claim, IngestPolicyResource()).tags
     assert "dagster-k8s/config" not in plain and "farm/device" not in plain
 
-    monkeypatch.setenv(config.FARM_RUN_K8S_CONFIG, json.dumps(GPU_RUN_CONFIG))
-    tags = claim_run_request(claim).tags
+    gpu = IngestPolicyResource(run_k8s_config=json.dumps(GPU_RUN_CONFIG))
+    tags = claim_run_request(claim, gpu).tags
     assert json.loads(tags["dagster-k8s/config"]) == GPU_RUN_CONFIG
     assert tags["farm/device"] == "gpu"
     assert tags["dagster/max_retries"] == "0"
 
     cpu_only = copy.deepcopy(GPU_RUN_CONFIG)
     del cpu_only["container_config"]["resources"]["limits"]["nvidia.com/gpu"]
-    monkeypatch.setenv(config.FARM_RUN_K8S_CONFIG, json.dumps(cpu_only))
-    tags = claim_run_request(claim).tags
+    tags = claim_run_request(claim, IngestPolicyResource(run_k8s_config=json.dumps(cpu_only))).tags
     assert "dagster-k8s/config" in tags and "farm/device" not in tags
 
 
@@ -198,10 +197,11 @@ def run_job(monkeypatch: pytest.MonkeyPatch, tags: dict[str, str]) -> dict[str, 
 def gpu_run_tags(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     from farm_platform.arrivals import Claim
     from farm_platform.images.sensors import claim_run_request
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
-    monkeypatch.setenv(config.FARM_RUN_K8S_CONFIG, json.dumps(GPU_RUN_CONFIG))
     claim = Claim("photos:2026-06-01:1", dt.date(2026, 6, 1), ("P000",))
-    return dict(claim_run_request(claim).tags)
+    policy = IngestPolicyResource(run_k8s_config=json.dumps(GPU_RUN_CONFIG))
+    return dict(claim_run_request(claim, policy).tags)
 
 
 def test_a_gpu_image_run_gets_a_gpu_pod_on_the_gpu_pool(monkeypatch):
@@ -607,12 +607,10 @@ def test_both_webservers_are_guarded_and_take_changes_only_from_the_iap_hosts(mo
     webserver = values()["dagsterWebserver"]
     assert webserver["enableReadOnly"] is True
     env = {item["name"]: item["value"] for item in webserver["env"]}
-    monkeypatch.setenv(
-        config.FARM_WEBSERVER_ALLOWED_ORIGINS, env[config.FARM_WEBSERVER_ALLOWED_ORIGINS]
-    )
+    allowed = webserver_allowed_origins(env[config.FARM_WEBSERVER_ALLOWED_ORIGINS])
     ingress = next(doc for _, doc in plain_manifests() if doc["kind"] == "Ingress")
     hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
-    assert config.webserver_allowed_origins() == {f"https://{host}" for host in hosts}
+    assert allowed == {f"https://{host}" for host in hosts}
 
 
 def test_service_accounts_use_workload_identity_and_no_key_file():

@@ -22,6 +22,7 @@ UPDATE_SNAPSHOTS = "FARM_UPDATE_SNAPSHOTS"
 # Rooms from the bottom up: a room imports only rooms below it. docs/architecture.md, "Layout".
 LAYERS = [
     ["config"],
+    ["config_values"],
     ["layout"],
     ["partitions", "messages", "ml", "webserver_guard"],
     ["resources"],

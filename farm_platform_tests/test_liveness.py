@@ -25,7 +25,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.cli import main
 from farm_platform.dev.liveness import code_server_answers, kill_process_group
 from farm_platform.dev.processes import child_pids, free_port, pid_alive
@@ -127,12 +127,12 @@ def _importable_from(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_watchdog_settings_are_validated(monkeypatch):
     monkeypatch.setenv(config.FARM_WATCHDOG_FAILURES, "2.5")
     with pytest.raises(config.ConfigError, match="FARM_WATCHDOG_FAILURES.*whole number"):
-        config.watchdog_failures()
+        config_values.watchdog_failures()
     monkeypatch.setenv(config.FARM_WATCHDOG_INTERVAL_SECONDS, "0")
     with pytest.raises(config.ConfigError, match="FARM_WATCHDOG_INTERVAL_SECONDS.*greater than 0"):
-        config.watchdog_interval_seconds()
+        config_values.watchdog_interval_seconds()
     monkeypatch.delenv(config.FARM_WATCHDOG_FAILURES)
-    assert config.watchdog_failures() == config.DEFAULT_WATCHDOG_FAILURES
+    assert config_values.watchdog_failures() == config.DEFAULT_WATCHDOG_FAILURES
 
 
 def test_a_starting_run_whose_worker_took_its_task_and_died_is_failed_at_the_grace(tmp_path):

@@ -294,12 +294,12 @@ def test_add_evaluates_on_every_registered_dataset_and_gates_activate(models_dir
     assert stored["ap"] < 1.0
 
 
-def test_gate_tolerance_setting_is_validated(monkeypatch):
-    monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "2")
-    with pytest.raises(ConfigError, match="must be a share from 0 to 1"):
-        farm_config.gate_tolerance()
-    monkeypatch.setenv(farm_config.FARM_GATE_TOLERANCE, "")
-    assert farm_config.gate_tolerance() == farm_config.DEFAULT_GATE_TOLERANCE
+def test_gate_tolerance_setting_is_validated():
+    from farm_platform.config_values import gate_tolerance
+
+    with pytest.raises(ConfigError, match="FARM_GATE_TOLERANCE.*must be a share from 0 to 1"):
+        gate_tolerance("2")
+    assert gate_tolerance("") == farm_config.DEFAULT_GATE_TOLERANCE
     assert DATASETS_KEY == "evaluation_datasets"
 
 

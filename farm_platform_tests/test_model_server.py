@@ -23,13 +23,14 @@ import pytest
 from conftest import copy_repo_models
 
 from farm_platform import config
-from farm_platform import config as config_module
 from farm_platform.config import REPO_ROOT
 from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.dev.processes import free_port, kill_now, listening_addresses
 from farm_platform.layout import ImageKey
 from farm_platform.ml import oip_wire
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
+from farm_platform.resources.inference import InferenceResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 
 pytest.importorskip("kserve")
 inference = pytest.importorskip("farm_platform.ml.inference")
@@ -210,15 +211,13 @@ def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
 
 
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
-def test_unreachable_server_fails_the_run_in_one_line(
-    scheme: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_server_fails_the_run_in_one_line(scheme: str) -> None:
     from farm_platform.images.grading import GradingPlan, _models
 
     registry = ModelRegistry()
-    monkeypatch.setenv(config.FARM_INFERENCE, "oip")
-    monkeypatch.setenv(config.FARM_OIP_URL, f"{scheme}://127.0.0.1:{free_port()}")
-    monkeypatch.setenv(config.FARM_OIP_TIMEOUT_SECONDS, "1")
+    unreachable = InferenceResource(
+        mode="oip", oip_url=f"{scheme}://127.0.0.1:{free_port()}", oip_timeout_seconds=1
+    )
     plan = GradingPlan(
         date=dt.date(2024, 5, 1),
         positions=("P000",),
@@ -228,6 +227,7 @@ def test_unreachable_server_fails_the_run_in_one_line(
         grader_cards=(registry.grader_for("disease_0"),),
         run_id="r",
         chunk_photos=8,
+        inference=unreachable.settings(),
     )
     with pytest.raises(oip.OipUnavailable) as failure:
         _models(plan, registry)
@@ -236,14 +236,14 @@ def test_unreachable_server_fails_the_run_in_one_line(
     assert f"unreachable after {config.OIP_ATTEMPTS} tries" in message
 
 
-def test_inference_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(config.FARM_INFERENCE, "remote")
+def test_inference_setting_is_checked() -> None:
     with pytest.raises(config.ConfigError, match="FARM_INFERENCE='remote'"):
-        config.inference_mode()
-    monkeypatch.setenv(config.FARM_INFERENCE, "oip")
-    monkeypatch.delenv(config.FARM_OIP_URL, raising=False)
+        InferenceResource(mode="remote").settings()
     with pytest.raises(config.ConfigError, match="FARM_OIP_URL is not set"):
-        config.oip_url()
+        InferenceResource(mode="oip").settings()
+    served = InferenceResource(mode="oip", oip_url="grpc://h:1/", oip_token="t").settings()
+    assert (served.oip_url, served.oip_token) == ("grpc://h:1", "t")
+    assert served.where() == "on the model server grpc://h:1"
 
 
 def test_grpc_without_the_serve_extra_says_what_to_install(
@@ -431,9 +431,10 @@ def test_a_server_with_a_token_serves_only_requests_that_carry_it(
         assert "\n" not in str(failure.value)
     monkeypatch.setenv(config.FARM_OIP_URL, url)
     monkeypatch.setenv(config.FARM_OIP_TOKEN, TOKEN)
-    reported, _ = oip.OipClient.from_env().infer(
-        "disease_0_grader", crops, oip_runners.GRADER_OUTPUTS
-    )
+    monkeypatch.setenv(config.FARM_INFERENCE, "oip")
+    settings = InferenceResource.from_environment().settings()
+    client = oip.OipClient.from_settings(settings)
+    reported, _ = client.infer("disease_0_grader", crops, oip_runners.GRADER_OUTPUTS)
     assert reported == oip_wire.Reported("disease_0_grader", "v1")
 
 
@@ -583,14 +584,14 @@ def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
         assert "a try waits up to 1 s" in message and "s each" not in message
 
 
-def test_a_list_of_server_addresses_is_checked_one_by_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv(config.FARM_OIP_URL, " grpc://127.0.0.1:1/, http://127.0.0.1:2")
-    assert config.oip_url() == "grpc://127.0.0.1:1,http://127.0.0.1:2"
-    monkeypatch.setenv(config.FARM_OIP_URL, "grpc://127.0.0.1:1,127.0.0.1:2")
+def test_a_list_of_server_addresses_is_checked_one_by_one() -> None:
+    from farm_platform.config_values import oip_url
+
+    assert oip_url(" grpc://127.0.0.1:1/, http://127.0.0.1:2") == (
+        "grpc://127.0.0.1:1,http://127.0.0.1:2"
+    )
     with pytest.raises(config.ConfigError, match="'127.0.0.1:2' must start with grpc://"):
-        config.oip_url()
+        oip_url("grpc://127.0.0.1:1,127.0.0.1:2")
 
 
 # ---------------------------------------------------------------------------------------
@@ -622,8 +623,7 @@ def test_a_day_graded_through_the_server_equals_the_day_graded_in_the_run(
 
     config, graded = graded_locally
     resources = copy_farm(graded, tmp_path)
-    monkeypatch.setenv(config_module.FARM_INFERENCE, "oip")
-    monkeypatch.setenv(config_module.FARM_OIP_URL, server_urls["grpc"])
+    resources["inference"] = InferenceResource(mode="oip", oip_url=server_urls["grpc"])
     assert materialize_day(resources, config.dates[0].isoformat())
 
     served = _grades(resources)
@@ -648,9 +648,10 @@ def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each
     config, graded = graded_locally
     day = config.dates[0].isoformat()
     resources = copy_farm(graded, tmp_path)
-    monkeypatch.setenv(config_module.FARM_INFERENCE, "oip")
-    monkeypatch.setenv(config_module.FARM_OIP_TIMEOUT_SECONDS, "2")
-    monkeypatch.setenv(config_module.FARM_RUN_CHUNK_PHOTOS, "1")  # three chunks
+    resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)  # three chunks
+
+    def on(server: ModelServerProcess) -> InferenceResource:
+        return InferenceResource(mode="oip", oip_url=server.grpc_url, oip_timeout_seconds=2)
 
     first = ModelServerProcess(models_dir, tmp_path / "first.log")
     requests_seen = []
@@ -667,14 +668,14 @@ def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each
 
     monkeypatch.setattr(oip.OipClient, "infer", infer_then_stop_the_server)
     with first:
-        monkeypatch.setenv(config_module.FARM_OIP_URL, first.grpc_url)
+        resources["inference"] = on(first)
         assert not materialize_day(resources, day)
     assert len(requests_seen) == 12
 
     # The retry (what the requeue sensor starts for a failed run's photos), on a new server.
     monkeypatch.setattr(oip.OipClient, "infer", real_infer)
     with ModelServerProcess(models_dir, tmp_path / "second.log") as second:
-        monkeypatch.setenv(config_module.FARM_OIP_URL, second.grpc_url)
+        resources["inference"] = on(second)
         assert materialize_day(resources, day)
 
     grades = _grades(resources)

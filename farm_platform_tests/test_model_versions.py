@@ -238,12 +238,9 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
 
     from farm_platform.images.keys import MODEL_ASSETS
     from farm_platform.images.registered_models import MODEL_VERSIONS, registered_models
-    from farm_platform.images.sensors import (
-        MAX_RUNTIME_TAG,
-        model_registry_sensor,
-        run_timeout_seconds,
-    )
+    from farm_platform.images.sensors import MAX_RUNTIME_TAG, model_registry_tick
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     models = ModelRegistryResource(models_dir=str(models_dir))
     resources = {
@@ -251,10 +248,10 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
         "warehouse": WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}"),
     }
     registry = ModelRegistry(models_dir)
+    policy = IngestPolicyResource()
 
     def evaluate(instance: DagsterInstance) -> RunRequest | SkipReason:
-        context = build_sensor_context(instance=instance, resources={"models": models})
-        return model_registry_sensor(context)
+        return model_registry_tick(build_sensor_context(instance=instance), models, policy)
 
     def record(instance: DagsterInstance, selection: list) -> None:
         assert materialize(
@@ -267,7 +264,7 @@ def test_registry_sensor_asks_for_exactly_the_models_whose_active_version_change
         assert set(first.asset_selection) == {*MODEL_ASSETS.values(), MODEL_VERSIONS}
         # Bounded: a model run whose worker died with the daemon must not hold the run
         # queue (and the photos queued behind it) for ever; run monitoring fails it.
-        assert first.tags[MAX_RUNTIME_TAG] == str(run_timeout_seconds(0))
+        assert first.tags[MAX_RUNTIME_TAG] == str(policy.run_timeout(0))
         record(instance, first.asset_selection)
         assert isinstance(evaluate(instance), SkipReason)
 

@@ -409,14 +409,10 @@ def _evaluate_module():
         ("cuda:1", 2, "cuda:1"),
     ],
 )
-def test_torch_device_resolution(monkeypatch, setting, cuda_devices, expected) -> None:
-    from farm_platform import config
+def test_torch_device_resolution(setting, cuda_devices, expected) -> None:
+    from farm_platform.config_values import torch_device
 
-    if setting is None:
-        monkeypatch.delenv(config.FARM_TORCH_DEVICE, raising=False)
-    else:
-        monkeypatch.setenv(config.FARM_TORCH_DEVICE, setting)
-    assert config.torch_device(cuda_devices) == expected
+    assert torch_device(setting, cuda_devices) == expected
 
 
 @pytest.mark.parametrize(
@@ -431,47 +427,54 @@ def test_torch_device_resolution(monkeypatch, setting, cuda_devices, expected) -
         ("mps", 0, "use auto"),
     ],
 )
-def test_torch_device_refusals(monkeypatch, setting, cuda_devices, words) -> None:
-    from farm_platform.config import FARM_TORCH_DEVICE, ConfigError, torch_device
+def test_torch_device_refusals(setting, cuda_devices, words) -> None:
+    from farm_platform.config import ConfigError
+    from farm_platform.config_values import torch_device
 
-    monkeypatch.setenv(FARM_TORCH_DEVICE, setting)
     with pytest.raises(ConfigError, match=f"FARM_TORCH_DEVICE='{setting}'.*{words}"):
-        torch_device(cuda_devices)
+        torch_device(setting, cuda_devices)
 
 
-def test_torch_dtype_and_threads(monkeypatch) -> None:
+def test_torch_dtype_and_threads_of_the_inference_resource() -> None:
     import os
 
-    from farm_platform import config
-
-    monkeypatch.delenv(config.FARM_TORCH_DTYPE, raising=False)
-    monkeypatch.delenv(config.FARM_TORCH_THREADS, raising=False)
-    assert config.torch_dtype() == "float32"
-    assert config.torch_threads() == len(os.sched_getaffinity(0))
-    monkeypatch.setenv(config.FARM_TORCH_DTYPE, "bfloat16")
-    assert config.torch_dtype() == "bfloat16"
-    monkeypatch.setenv(config.FARM_TORCH_DTYPE, "float16")
-    with pytest.raises(config.ConfigError, match="float32, bfloat16"):
-        config.torch_dtype()
-    monkeypatch.setenv(config.FARM_TORCH_THREADS, "3")
-    assert config.torch_threads() == 3
-    for bad in ("0", "two", "1.5"):
-        monkeypatch.setenv(config.FARM_TORCH_THREADS, bad)
-        with pytest.raises(config.ConfigError, match="FARM_TORCH_THREADS"):
-            config.torch_threads()
-
-
-def test_the_configured_placement_is_what_torch_can_do(monkeypatch) -> None:
     from farm_platform.config import ConfigError
+    from farm_platform.resources.inference import InferenceResource
 
-    monkeypatch.setenv("FARM_TORCH_DEVICE", "auto")
+    default = InferenceResource().settings()
+    assert (default.dtype, default.threads) == ("float32", len(os.sched_getaffinity(0)))
+    assert InferenceResource(torch_dtype="bfloat16").settings().dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="float32, bfloat16"):
+        InferenceResource(torch_dtype="float16").settings()
+    assert InferenceResource(torch_threads="3").settings().threads == 3
+    for bad in ("0", "two", "1.5"):
+        with pytest.raises(ConfigError, match="FARM_TORCH_THREADS"):
+            InferenceResource(torch_threads=bad).settings()
+
+
+def test_the_environment_fills_the_inference_resource(monkeypatch) -> None:
+    from farm_platform.resources.inference import InferenceResource
+
+    monkeypatch.setenv("FARM_TORCH_DEVICE", "cpu")
+    monkeypatch.setenv("FARM_TORCH_THREADS", "2")
+    monkeypatch.setenv("FARM_OIP_TIMEOUT_SECONDS", "7")
     monkeypatch.delenv("FARM_TORCH_DTYPE", raising=False)
+    settings = InferenceResource.from_environment().settings()
+    assert (settings.device, settings.dtype, settings.threads) == ("cpu", "float32", 2)
+    assert settings.oip_timeout_seconds == 7.0
+
+
+def test_the_configured_placement_is_what_torch_can_do() -> None:
+    from farm_platform.config import ConfigError
+    from farm_platform.ml.settings import InferenceSettings
+
     expected = "cuda:0" if torch.cuda.device_count() else "cpu"
     assert inference.configured_placement() == inference.Placement(expected, "float32")
     if torch.cuda.device_count() == 0:
-        monkeypatch.setenv("FARM_TORCH_DEVICE", "cuda")
         with pytest.raises(ConfigError, match="no CUDA device"):
-            inference.load_detector(ModelRegistry().detector())
+            inference.load_detector(
+                ModelRegistry().detector(), settings=InferenceSettings(device="cuda")
+            )
 
 
 def test_parallel_decode_and_crops_equal_the_sequential_ones(
@@ -490,7 +493,7 @@ def test_parallel_decode_and_crops_equal_the_sequential_ones(
     grader_card = registry.grader_for("disease_1")
     outputs = {}
     for threads in ("1", "4"):  # one worker is the sequential loop of old
-        monkeypatch.setenv("FARM_TORCH_THREADS", threads)
+        monkeypatch.setattr("farm_platform.ml.pixels._threads", int(threads))
         photos = decode_photos(keys, uris, pngs, inference)
         # A photo of another size than the detector's goes through the scaling path too.
         images = [(p.key, p.array) for p in photos if p.array is not None]
@@ -519,7 +522,7 @@ def test_parallel_decode_and_crops_equal_the_sequential_ones(
 
 
 def test_parallel_map_keeps_order_and_raises(monkeypatch) -> None:
-    monkeypatch.setenv("FARM_TORCH_THREADS", "3")
+    monkeypatch.setattr("farm_platform.ml.pixels._threads", 3)
     assert inference.parallel_map(lambda x: x * x, list(range(10))) == [x * x for x in range(10)]
     assert inference.parallel_map(str, []) == []
 
@@ -557,14 +560,14 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
 ) -> None:
     from farm_platform.config import ConfigError
     from farm_platform.ml.registry import write_json_atomic
+    from farm_platform.ml.settings import InferenceSettings
 
     evaluate = _evaluate_module()
     registry = ModelRegistry(models_copy)
     (models_copy / inference.PRECISION_RECORD).unlink(missing_ok=True)
-    monkeypatch.setenv("FARM_TORCH_DEVICE", "cpu")
-    monkeypatch.setenv("FARM_TORCH_DTYPE", "bfloat16")
+    bfloat16 = InferenceSettings(device="cpu", dtype="bfloat16")
     with pytest.raises(ConfigError, match="FARM_TORCH_DTYPE=bfloat16 refused: no float32"):
-        inference.load_detector(registry.detector(), registry)
+        inference.load_detector(registry.detector(), registry, settings=bfloat16)
 
     # A real measurement, on fewer held-out images than models/evaluate.py uses, through
     # the saved-photos file a GPU machine without the simulator measures from.
@@ -584,10 +587,11 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
         card = registry.active_card(model_id)
         load = inference.load_detector if card.task == "leaf_detector" else inference.load_grader
         if inference.bfloat16_refusal(card, figures, "cpu") is None:
-            assert inference.model_placement(load(card, registry))[1] == torch.bfloat16
+            placed = load(card, registry, settings=bfloat16)
+            assert inference.model_placement(placed)[1] == torch.bfloat16
         else:
             with pytest.raises(ConfigError, match="refused"):
-                load(card, registry)
+                load(card, registry, settings=bfloat16)
 
     # A CPU measurement says nothing of CUDA's bfloat16 kernels.
     with pytest.raises(ConfigError, match="on cuda: measure it"):
@@ -603,7 +607,7 @@ def test_bfloat16_is_accepted_or_refused_per_the_measured_agreement(
     record = {"bfloat16": {"cpu": {"models": failing}}}
     write_json_atomic(models_copy / inference.PRECISION_RECORD, record)
     with pytest.raises(ConfigError, match="disease_4_grader v1: bfloat16 grades agree"):
-        inference.load_grader(grader_card, registry)
+        inference.load_grader(grader_card, registry, settings=bfloat16)
 
 
 def test_the_shipped_bfloat16_record_covers_the_active_models(registry: ModelRegistry) -> None:
@@ -625,7 +629,7 @@ def _pools_and_result(items: list[int]) -> tuple[int, list[int]]:
 def test_a_forked_child_decodes_on_its_own_pool(monkeypatch) -> None:
     import multiprocessing
 
-    monkeypatch.setenv("FARM_TORCH_THREADS", "2")
+    monkeypatch.setattr("farm_platform.ml.pixels._threads", 2)
     assert inference.parallel_map(abs, [-1, -2, -3]) == [1, 2, 3]  # the parent's pool exists
     with multiprocessing.get_context("fork").Pool(1) as child:
         # Inherited pool threads do not exist in the child: work handed to them may wait

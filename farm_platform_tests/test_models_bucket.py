@@ -236,8 +236,9 @@ def test_the_registry_sensor_watches_the_registry_object_generation(models_url, 
 
     from farm_platform.images.keys import MODEL_ASSETS
     from farm_platform.images.registered_models import MODEL_VERSIONS
-    from farm_platform.images.sensors import model_registry_sensor
+    from farm_platform.images.sensors import model_registry_tick
     from farm_platform.resources import ModelRegistryResource, WarehouseResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     models = ModelRegistryResource(models_dir=models_url)
     resources = {
@@ -247,10 +248,8 @@ def test_the_registry_sensor_watches_the_registry_object_generation(models_url, 
     cursor: list[str | None] = [None]
 
     def tick(instance: DagsterInstance) -> RunRequest | SkipReason:
-        context = build_sensor_context(
-            instance=instance, resources={"models": models}, cursor=cursor[0]
-        )
-        result = model_registry_sensor(context)
+        context = build_sensor_context(instance=instance, cursor=cursor[0])
+        result = model_registry_tick(context, models, IngestPolicyResource())
         cursor[0] = context.cursor
         return result
 
@@ -344,8 +343,9 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     from farm_platform.admin.model_versions import stale_partitions, stale_summary
     from farm_platform.dev.farm import farm_resources, materialize_day
     from farm_platform.dev.simulate import FarmConfig, write_farm
-    from farm_platform.images.sensors import model_registry_sensor
+    from farm_platform.images.sensors import model_registry_tick
     from farm_platform.resources import BucketResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     config = FarmConfig(positions=3, days=1, seed=8)
     bucket_url = f"file://{tmp_path / 'bucket'}"
@@ -355,7 +355,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     positions = [f"P{i:03d}" for i in range(3)]
     remote = ModelRegistry(models_url)
     add_model(retrained_version(tmp_path), remote)
-    monkeypatch.setenv(farm_config.FARM_RUN_CHUNK_PHOTOS, "1")  # three chunks
+    resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)  # three chunks
 
     reads = []
     real_read_many = BucketResource.read_many
@@ -368,8 +368,9 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
 
     def registry_sensor_run(instance: DagsterInstance) -> None:
         """What the daemon does: the sensor's tick, then the run it asks for."""
-        context = build_sensor_context(instance=instance, resources=resources)
-        record_model_assets(instance, model_registry_sensor(context).asset_selection, resources)
+        context = build_sensor_context(instance=instance)
+        request = model_registry_tick(context, resources["models"], resources["ingest_policy"])
+        record_model_assets(instance, request.asset_selection, resources)
 
     with DagsterInstance.ephemeral() as instance:
         registry_sensor_run(instance)

@@ -165,7 +165,7 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
     location_env,
 ) -> None:
     from farm_platform.images.definitions import defs
-    from farm_platform.partitions import daily_partitions
+    from farm_platform.partitions import configured_day_partitions
 
     graph = defs.resolve_asset_graph()
     specs = {
@@ -182,7 +182,7 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
     for spec in specs.values():
         # One evaluation per day; a failing photo is held back by partition_quality, not by
         # failing the day's step (which Dagster does for a failed blocking check).
-        assert spec.partitions_def is daily_partitions and not spec.blocking
+        assert spec.partitions_def == configured_day_partitions() and not spec.blocking
 
 
 def test_loading_the_code_location_does_not_import_great_expectations(location_env) -> None:

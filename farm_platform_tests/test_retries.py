@@ -239,14 +239,16 @@ def test_the_dead_letter_names_the_failed_steps_own_error():
 
 
 def test_retry_settings_are_validated(monkeypatch):
-    monkeypatch.setenv(config.FARM_RETRY_BACKOFF_SECONDS, "0")
-    with pytest.raises(config.ConfigError, match="FARM_RETRY_BACKOFF_SECONDS='0'"):
-        RetryPolicy.from_env()
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
+
+    # Given to the resource (as a test or the UI's launchpad would) or by the environment.
+    with pytest.raises(config.ConfigError, match="FARM_RETRY_BACKOFF_SECONDS=0"):
+        RetryPolicy.from_policy(IngestPolicyResource(retry_backoff_seconds=0))
     monkeypatch.setenv(config.FARM_RETRY_BACKOFF_SECONDS, "5")
     monkeypatch.setenv(config.FARM_RETRY_BUDGET_SECONDS, "ten minutes")
     with pytest.raises(config.ConfigError, match="FARM_RETRY_BUDGET_SECONDS"):
-        RetryPolicy.from_env()
+        IngestPolicyResource.from_environment()
     monkeypatch.setenv(config.FARM_RETRY_BUDGET_SECONDS, "600")
-    policy = RetryPolicy.from_env()
+    policy = RetryPolicy.from_policy(IngestPolicyResource.from_environment())
     assert [policy.wait(n).total_seconds() for n in (1, 2, 3)] == [5, 20, 80]
     assert policy.budget_seconds == 600

@@ -298,9 +298,9 @@ def _materialize_report(url: str, root: Path, day) -> Path:
     """The effectiveness_report asset of `day` into `root`; the HTML's path."""
     from dagster import build_asset_context
 
-    from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
+    from farm_platform.analytics.report import ReportStoreResource, write_effectiveness_report
 
-    effectiveness_report(
+    write_effectiveness_report(
         build_asset_context(partition_key=day.isoformat()),
         warehouse=WarehouseResource(url=url),
         reports=ReportStoreResource(bucket_url=f"file://{root}", reports_url=f"file://{root}"),

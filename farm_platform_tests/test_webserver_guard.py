@@ -294,11 +294,10 @@ def test_a_browsers_origin_is_read_from_origin_then_sec_fetch_site_then_referer(
 
 
 def test_allowed_origins_are_validated(monkeypatch):
-    monkeypatch.setenv(
-        config.FARM_WEBSERVER_ALLOWED_ORIGINS, "https://UI.example:443/, http://a:3000"
-    )
-    assert config.webserver_allowed_origins() == {"https://ui.example", "http://a:3000"}
+    from farm_platform.config_values import webserver_allowed_origins
+
+    given = "https://UI.example:443/, http://a:3000"
+    assert webserver_allowed_origins(given) == {"https://ui.example", "http://a:3000"}
     for bad in ("ui.example", "https://ui.example/dagster", "ftp://ui.example", "http://u@h"):
-        monkeypatch.setenv(config.FARM_WEBSERVER_ALLOWED_ORIGINS, bad)
         with pytest.raises(config.ConfigError, match=config.FARM_WEBSERVER_ALLOWED_ORIGINS):
-            config.webserver_allowed_origins()
+            webserver_allowed_origins(bad)

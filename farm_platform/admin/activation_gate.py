@@ -13,7 +13,7 @@ import datetime as dt
 import getpass
 from dataclasses import dataclass
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.admin.evaluation import (
     GateRefused,
     registered_datasets,
@@ -80,7 +80,11 @@ def activate(
     and, forced, its reason and what it overrode go into registry.json in the same write."""
     if force and not (reason or "").strip():
         raise GateRefused('--force needs --reason "why this version goes live all the same"')
-    tolerance = config.gate_tolerance() if tolerance is None else tolerance
+    tolerance = (
+        config_values.gate_tolerance(config.value(config.FARM_GATE_TOLERANCE))
+        if tolerance is None
+        else tolerance
+    )
     previous = registry.active_versions().get(model_id, "")
     card = registry.card(model_id, version)  # an unknown version fails here, not later
     if previous == version:

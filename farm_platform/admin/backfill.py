@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from farm_platform import config
 from farm_platform.images.keys import DRONE_IMAGES
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def launch_backfill(
 
     # Every run of this backfill is an image run (the image location's graph): the same
     # Kubernetes pod settings as the sensor's runs. Read first, so a bad value adds nothing.
-    launcher_tags = image_run_tags()
+    launcher_tags = image_run_tags(config.value(config.FARM_RUN_K8S_CONFIG))
     graph = asset_graph or image_asset_graph()
     missing = [key.to_user_string() for key in asset_keys if not graph.has(key)]
     if missing:

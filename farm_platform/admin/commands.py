@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.admin.instance import open_instance
 from farm_platform.config import ConfigError
 
@@ -152,7 +152,8 @@ def _models(args: argparse.Namespace) -> int:
     elif args.action == "reload":
         from farm_platform.ml.oip import OipClient
 
-        client = OipClient(args.url or config.oip_url(), token=config.oip_token())
+        url = args.url or config_values.oip_url(config.value(config.FARM_OIP_URL))
+        client = OipClient(url, token=config.value(config.FARM_OIP_TOKEN))
         for model_id, card in sorted(registry.active_cards().items()):
             if card.external is None:  # an external_oip card's model is on its own server
                 client.reload(model_id)
@@ -173,6 +174,13 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         raise ConfigError(
             f"`models serve` needs the serve extra ({exc}): pip install -e '.[serve]'"
         ) from None
+    from farm_platform.resources.environment import environment_fields
+    from farm_platform.resources.inference import InferenceResource
+
+    # The server's device, dtype and threads (FARM_TORCH_*) and token; it runs the models
+    # itself, whatever FARM_INFERENCE says for the runs that share its environment.
+    fields = environment_fields(InferenceResource, env_vars=False)
+    settings = InferenceResource(**{**fields, "mode": "local"}).settings()
     # Fail here, in one line, on a missing or corrupted weights file, not in kserve's log.
     for model_id, version in sorted(registry.active_versions().items()):
         registry.verify_weights(registry.card(model_id, version))
@@ -180,7 +188,7 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         f"serving {', '.join(sorted(registry.active_versions()))} from {registry.models_dir}: "
         f"REST http://{grpc_address(args.host, args.port)}/v2, "
         f"gRPC {grpc_address(args.host, args.grpc_port)}"
-        + (f" (bearer token from ${config.FARM_OIP_TOKEN})" if config.oip_token() else ""),
+        + (f" (bearer token from ${config.FARM_OIP_TOKEN})" if settings.oip_token else ""),
         flush=True,
     )
     serving.serve(
@@ -189,9 +197,10 @@ def _models_serve(args: argparse.Namespace, registry: Any) -> int:
         grpc_port=args.grpc_port,
         watch_seconds=args.watch_seconds,
         host=args.host,
-        token=config.oip_token(),
+        token=settings.oip_token,
         emulated_batch_seconds=args.emulate_batch_ms / 1000,
         plain=[PlainSpec.parse(text) for text in args.plain],
+        settings=settings,
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""docs/configuration.md, generated from `farm_platform.config.CONFIG_VARIABLES`.
+"""docs/configuration.md, generated from `farm_platform.config.CONFIG_VARIABLES` and the
+resources' `VARIABLES`.
 
     python -m farm_platform.admin.config_docs --write    # regenerate docs/configuration.md
     python -m farm_platform.admin.config_docs            # print it
@@ -152,6 +153,76 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
     ),
 }
 
+# How a setting reaches the code besides the resources of `resource_routes` (appended there).
+ROUTES: dict[str, str] = {
+    config.FARM_BUCKET: "`bucket` resource `url`; analytics: `reports` resource `bucket_url`",
+    config.FARM_WAREHOUSE: "`warehouse` resource `url` (both code locations)",
+    config.FARM_GCP_PROJECT: "`pubsub` resource `project`",
+    config.FARM_SUBSCRIPTION: "`pubsub` resource `subscription`",
+    config.PUBSUB_EMULATOR_HOST: "the Google clients read it themselves",
+    config.STORAGE_EMULATOR_HOST: "the Google clients and gcsfs read it themselves",
+    config.DAGSTER_HOME: "Dagster reads it itself",
+    config.FARM_FIELD_MAP: "`field_map` resource `path`; dbt's build and commands: "
+    "`config.field_map_path()`",
+    config.FARM_REPORTS: "analytics: `reports` resource `reports_url`",
+    config.FARM_SENSOR_INTERVAL_SECONDS: "the sensors' minimum interval, set when "
+    "`images/sensors.py` builds them",
+    config.FARM_WAREHOUSE_LOCK_SECONDS: "`warehouse` resource `lock_timeout_seconds`",
+    config.FARM_MODELS_DIR: "`models` resource `models_dir`; commands: `ModelRegistry()`",
+    config.FARM_MODELS_CACHE: "commands and the sensors' registry reads: `ModelRegistry()`",
+    config.FARM_TRIAL_START_DATE: "the day partitions, built when the definitions load; the "
+    "sensor's tick (which dates are valid) and commands: `config.trial_start_date()`",
+    config.FARM_TRIAL_TIMEZONE: "the day partitions and the report's schedule, built when the "
+    "definitions load; the sensor's tick (a photo's day): `config.trial_timezone()`",
+    config.FARM_WEBSERVER_ALLOWED_ORIGINS: "the guarded webserver "
+    "(`farm_platform/webserver_guard.py`, not Dagster code)",
+    config.FARM_WATCHDOG_INTERVAL_SECONDS: "the production topology's watchdog (a command)",
+    config.FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS: "the watchdog and the `stack` commands",
+    config.FARM_WATCHDOG_FAILURES: "the production topology's watchdog (a command)",
+    config.FARM_GATE_TOLERANCE: "`farm-platform models activate` (a command)",
+    config.FARM_TREATMENT_START: "analytics: dbt's var `treatment_start`, set by the dbt asset",
+}
+# Per-run knobs: run config of image_pipeline whose default is a resource field.
+RUN_CONFIG_FIELDS = {
+    config.FARM_RUN_CHUNK_PHOTOS: "chunk_photos",
+    config.FARM_MAX_SEVERITY_JUMP: "max_severity_jump",
+}
+
+
+def resource_routes() -> dict[str, str]:
+    """Each setting a resource of the image location carries: where it lands."""
+    from farm_platform.resources.inference import InferenceResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
+
+    routes = {}
+    for key, resource in (
+        ("inference", InferenceResource),
+        ("ingest_policy", IngestPolicyResource),
+    ):
+        for field, name in resource.VARIABLES.items():
+            routes[name] = f"`{key}` resource `{field}`"
+            if name in ROUTES:
+                routes[name] += f"; {ROUTES[name]}"
+            if name in RUN_CONFIG_FIELDS:
+                routes[name] = (
+                    f"run config `{RUN_CONFIG_FIELDS[name]}` of `image_pipeline` (the sensor "
+                    f"writes it into each run; default: {routes[name]})"
+                )
+    return routes
+
+
+def route_rows() -> list[tuple[str, str]]:
+    """(name, how it reaches the code) of every CONFIG_VARIABLES entry, in its order."""
+    routes = {**ROUTES, **resource_routes()}
+    missing = [name for name in config.CONFIG_VARIABLES if name not in routes]
+    if missing:
+        raise ConfigDocsError(
+            f"{', '.join(missing)}: say how it reaches the code (a resource's VARIABLES, or "
+            f"ROUTES in {__name__}), then regenerate: {REGENERATE}"
+        )
+    return [(name, routes[name]) for name in config.CONFIG_VARIABLES]
+
+
 # Variables outside CONFIG_VARIABLES that an operator still meets (tools, the local stack).
 OTHER_VARIABLES = (
     (
@@ -239,6 +310,23 @@ def render() -> str:
             "them.",
             "",
             *table(settings_rows()),
+            "",
+            "## How a setting reaches the code",
+            "",
+            "The code locations' `definitions.py` fill Dagster resources from the environment",
+            "when they load: a text setting as `EnvVar` (the launchpad names the variable and",
+            "never shows a token's value), a number read and checked then. The `inference` and",
+            "`ingest_policy` resources (`farm_platform/resources/`) carry every setting of",
+            "where the models run and of how the sensors batch and retry; a run's chunk size",
+            "and severity-jump bound are its own run config, which the sensor fills. Library",
+            "code (`farm_platform/ml/`, `ingest.py`, `retries.py`) takes these values as",
+            "arguments; commands outside Dagster read them through `config.value` and the",
+            "validators in `farm_platform/config_values.py`. A change takes effect when the",
+            "code location is reloaded.",
+            "",
+            "| variable | reaches the code through |",
+            "| --- | --- |",
+            *[f"| `{name}` | {route} |" for name, route in route_rows()],
             "",
             "## Other variables",
             "",

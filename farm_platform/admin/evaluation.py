@@ -37,7 +37,7 @@ from farm_platform.ml.datasets import (
     open_dataset,
 )
 from farm_platform.ml.evaluation_records import EVALUATIONS_FILE, read_evaluations
-from farm_platform.ml.model_store import BucketModelStore, weights_cache_dir
+from farm_platform.ml.model_store import BucketModelStore, default_cache_dir
 from farm_platform.ml.registry import (
     REGISTRY_FILE,
     ModelCard,
@@ -191,7 +191,9 @@ def _download(registry: ModelRegistry, entry: RegisteredDataset) -> Path:
             f"registered dataset {entry.name!r}: a bucket holds datasets with an index file "
             "(COCO .json or grade .csv), not grade folders"
         )
-    cache = weights_cache_dir() / DATASETS_FOLDER / entry.sha256
+    store = registry.store
+    base = store.cache_dir if isinstance(store, BucketModelStore) else default_cache_dir()
+    cache = base / DATASETS_FOLDER / entry.sha256
     index = cache / Path(entry.path).name
     cache.mkdir(parents=True, exist_ok=True)
     _replace(index, registry.store.read_bytes(entry.path))

@@ -31,6 +31,7 @@ from typing import Any
 from farm_platform.arrivals import Arrival, ArrivalQueue, as_utc
 from farm_platform.layout import ImageKey, check_bucket
 from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform.retries import RetryPolicy, requeue_run
@@ -101,6 +102,8 @@ def requeue_stranded(
     from farm_platform.images.sensors import RUN_KEY_TAG
 
     stranded = queue.stranded(start, end)
+    # The retry policy the sensors run with: FARM_MAX_PHOTO_ATTEMPTS and FARM_RETRY_*.
+    policy = RetryPolicy.from_policy(IngestPolicyResource.from_environment())
     requeued: list[ImageKey] = []
     in_runs = 0
     for (run_key,), photos in stranded.group_by("run_key", maintain_order=True):
@@ -113,7 +116,13 @@ def requeue_stranded(
             if runs
             else f"no Dagster run has key {run_key}"
         )
-        requeue_run(queue, run_key, RetryPolicy.from_env(), pubsub, ended)
+        requeue_run(
+            queue,
+            run_key,
+            policy,
+            pubsub,
+            ended,
+        )
         requeued += [ImageKey(p, d) for p, d in photos.select("position_id", "date").rows()]
     return requeued, in_runs
 

@@ -8,14 +8,16 @@ from dagster_dbt import DbtCliResource
 from farm_platform import config
 from farm_platform.analytics.dbt_env import DBT_EXECUTABLE
 from farm_platform.analytics.dbt_models import dbt_project, farm_dbt_models
-from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
-from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
+from farm_platform.analytics.report import ReportStoreResource, build_effectiveness_report
+from farm_platform.analytics.schedules import build_daily_report_schedule, daily_report_job
+from farm_platform.partitions import configured_day_partitions
 from farm_platform.resources.warehouse import WarehouseResource
 
 defs = Definitions(
-    assets=[farm_dbt_models, effectiveness_report],
+    # The trial's calendar (FARM_TRIAL_START_DATE, FARM_TRIAL_TIMEZONE), read once here.
+    assets=[farm_dbt_models, build_effectiveness_report(configured_day_partitions())],
     jobs=[daily_report_job],
-    schedules=[daily_report_schedule],
+    schedules=[build_daily_report_schedule(config.trial_timezone())],
     resources={
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
         "warehouse": WarehouseResource(url=EnvVar(config.FARM_WAREHOUSE)),

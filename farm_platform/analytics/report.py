@@ -12,9 +12,11 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
     ConfigurableResource,
     MaterializeResult,
     MetadataValue,
+    PartitionsDefinition,
     asset,
 )
 from pydantic import Field
@@ -37,9 +39,9 @@ from farm_platform.analytics.report_sections import (
     version_comparison_section,
 )
 from farm_platform.layout import bucket_filesystem, join, parse_date
-from farm_platform.partitions import daily_partitions
 from farm_platform.resources.warehouse import WarehouseResource
 
+EFFECTIVENESS_REPORT = "effectiveness_report"
 REPORT_MARTS = (
     "treatment_effect",
     "trend_adjusted_effect",
@@ -277,17 +279,24 @@ def previous_report(fs, root: str, day: dt.date) -> tuple[dt.date | None, pl.Dat
         return latest, pl.read_parquet(handle)
 
 
-@asset(
-    partitions_def=daily_partitions,
-    deps=[AssetKey(mart) for mart in REPORT_MARTS],
-    group_name="reports",
-    kinds={"html"},
-    description="Daily HTML report (plots, effect with intervals, coverage, model versions) "
-    "plus the marts as CSV and Parquet, under {reports root}/{date}/.",
-)
-def effectiveness_report(
+def build_effectiveness_report(days: PartitionsDefinition) -> AssetsDefinition:
+    """The `effectiveness_report` asset over the day partitions `days` (the definitions
+    build them once when they load: `partitions.configured_day_partitions`)."""
+    return asset(
+        name=EFFECTIVENESS_REPORT,
+        partitions_def=days,
+        deps=[AssetKey(mart) for mart in REPORT_MARTS],
+        group_name="reports",
+        kinds={"html"},
+        description="Daily HTML report (plots, effect with intervals, coverage, model "
+        "versions) plus the marts as CSV and Parquet, under {reports root}/{date}/.",
+    )(write_effectiveness_report)
+
+
+def write_effectiveness_report(
     context: AssetExecutionContext, warehouse: WarehouseResource, reports: ReportStoreResource
 ) -> MaterializeResult:
+    """The body of `effectiveness_report`: the report of the context's day partition."""
     day = parse_date(context.partition_key)
     fs, root = bucket_filesystem(reports.root)
     previous_day, previous = previous_report(fs, root, day)

@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.admin.commands import date_arg
 
 
@@ -81,7 +81,7 @@ def _print_webservers(topology: Any) -> None:
 def _code_server_check(args: argparse.Namespace) -> int:
     from farm_platform.dev.liveness import code_server_answers
 
-    timeout = args.timeout or config.code_server_check_timeout_seconds()
+    timeout = args.timeout or config_values.code_server_check_timeout_seconds()
     if code_server_answers(args.port, timeout, host=args.host):
         print(f"code server {args.host}:{args.port} answers")
         return 0

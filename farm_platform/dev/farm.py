@@ -45,15 +45,21 @@ def farm_resources(
     bucket_url: str, warehouse_url: str, models_dir: Path | str | None = None
 ) -> dict[str, object]:
     """The image pipeline's resources over a bucket and warehouse, with no Pub/Sub: no
-    message announces these photos, so nothing is dead-lettered from a run."""
+    message announces these photos, so nothing is dead-lettered from a run. The models run
+    in the run's process and the run policy is the default (a test replaces
+    `inference` or `ingest_policy` to change them)."""
     from farm_platform.ml.registry import ModelRegistry
     from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
+    from farm_platform.resources.inference import InferenceResource
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
 
     return {
         "bucket": BucketResource(url=bucket_url),
         "warehouse": WarehouseResource(url=warehouse_url),
         "pubsub": PubSubResource(project="unused"),
         "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
+        "inference": InferenceResource(),
+        "ingest_policy": IngestPolicyResource(),
     }
 
 
@@ -79,13 +85,14 @@ def materialize_day(
     `positions` (None: every photo of the day the platform has recorded); its success."""
     from dagster import DagsterInstance, materialize
 
-    from farm_platform.images.pipeline import image_pipeline, photo_run_config
+    from farm_platform.images.pipeline import build_image_pipeline, photo_run_config
+    from farm_platform.partitions import configured_day_partitions
 
     with contextlib.ExitStack() as stack:
         if instance is None:
             instance = stack.enter_context(DagsterInstance.ephemeral())
         return materialize(
-            [image_pipeline],
+            [build_image_pipeline(configured_day_partitions())],
             selection=selection,
             instance=instance,
             resources=resources,

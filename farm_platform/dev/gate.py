@@ -23,7 +23,8 @@ from typing import Any
 
 import polars as pl
 
-from farm_platform.config import duckdb_path, max_severity_jump
+from farm_platform.config import DEFAULT_MAX_SEVERITY_JUMP, FARM_MAX_SEVERITY_JUMP, duckdb_path
+from farm_platform.config_values import env_number
 from farm_platform.dev.gate_cases import CASES, Case, Snapshot
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.layout import MISSING_OBJECT_ERROR
@@ -63,7 +64,9 @@ def run_suites(snapshot: Snapshot) -> list[CheckResult]:
         leaf_counts=leaf_counts,
         graders=[grader_batch(d, g) for d, g in sorted(snapshot.graders.items())],
     )
-    return validate_photos(batch, max_severity_jump(), print)
+    return validate_photos(
+        batch, env_number(FARM_MAX_SEVERITY_JUMP, DEFAULT_MAX_SEVERITY_JUMP), print
+    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.dev.emulators import StackError
 from farm_platform.dev.liveness import (
     code_server_answers,
@@ -121,7 +121,7 @@ def wait_for_port(port: int, pid: int, what: str, log: Path) -> None:
 def replace_silent_code_servers(state: dict[str, Any], state_dir: Path, dead: set[str]) -> set[str]:
     """For `stack up --production`: the state keys of recorded code servers whose process
     runs but does not answer over gRPC, killed with their child so that they start again."""
-    timeout = config.code_server_check_timeout_seconds()
+    timeout = config_values.code_server_check_timeout_seconds()
     silent = {
         f"code_server:{name}"
         for name, port in state["code_server_ports"].items()

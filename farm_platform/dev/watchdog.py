@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.dev.liveness import code_server_answers, kill_process_group, say, topology_lock
 from farm_platform.dev.topology_processes import (
     CODE_LOCATIONS,
@@ -84,9 +84,9 @@ def watch(state_dir: Path) -> int:
     """`farm-platform stack watch`: the watchdog's loop, until the topology is stopped."""
     watchdog = Watchdog(
         state_dir=state_dir,
-        interval=config.watchdog_interval_seconds(),
-        failures=config.watchdog_failures(),
-        timeout=config.code_server_check_timeout_seconds(),
+        interval=config_values.watchdog_interval_seconds(),
+        failures=config_values.watchdog_failures(),
+        timeout=config_values.code_server_check_timeout_seconds(),
     )
     say(
         f"watching the code servers of {state_dir} every {watchdog.interval:g} s "
@@ -142,7 +142,7 @@ def topology_status(state_dir: Path) -> tuple[list[str], bool]:
     if state is None:
         return [f"no production topology recorded in {state_dir} (`stack up --production`)"], False
     dead = set(dead_processes(state, state_dir))
-    timeout = config.code_server_check_timeout_seconds()
+    timeout = config_values.code_server_check_timeout_seconds()
     lines, silent = [], []
     for key in [*state["pids"], *sorted(dead - set(state["pids"]))]:
         pid = state["pids"].get(key)
@@ -154,7 +154,7 @@ def topology_status(state_dir: Path) -> tuple[list[str], bool]:
             silent.append(key)
             lines.append(
                 f"{key}: NOT ANSWERING (pid {pid} runs): its sensors do not tick; the watchdog "
-                f"replaces it after {config.watchdog_failures()} missed answers, "
+                f"replaces it after {config_values.watchdog_failures()} missed answers, "
                 "`stack up --production` at once"
             )
         else:

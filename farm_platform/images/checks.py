@@ -23,10 +23,10 @@ from dagster import (
     AssetSpec,
     DagsterLogManager,
     MetadataValue,
+    PartitionsDefinition,
 )
 
 from farm_platform.images.keys import IMAGE_PIPELINE, PARTITION_QUALITY
-from farm_platform.partitions import daily_partitions
 from farm_platform.quality import drift
 from farm_platform.quality.drift import DETECTOR_DRIFT, GRADER_DRIFT
 from farm_platform.quality.expectations import (
@@ -43,12 +43,12 @@ from farm_platform.resources.warehouse import WarehouseResource
 _SEVERITY = {"ERROR": AssetCheckSeverity.ERROR, "WARN": AssetCheckSeverity.WARN}
 
 
-def _day_check(name: str, asset: AssetKey, description: str) -> AssetCheckSpec:
+def _day_check(
+    name: str, asset: AssetKey, days: PartitionsDefinition, description: str
+) -> AssetCheckSpec:
     """A check of `asset`, evaluated per day partition like every check of this module (a
     run grades one day; see the module's docstring)."""
-    return AssetCheckSpec(
-        name, asset=asset, partitions_def=daily_partitions, description=description
-    )
+    return AssetCheckSpec(name, asset=asset, partitions_def=days, description=description)
 
 
 # What each data-quality check's spec says in the UI, by check name.
@@ -68,20 +68,22 @@ _QUALITY_DESCRIPTIONS = {
 }
 
 
-def _quality_checks(asset: AssetKey, *names: str) -> list[AssetCheckSpec]:
-    return [_day_check(name, asset, _QUALITY_DESCRIPTIONS[name]) for name in names]
+def _quality_checks(
+    asset: AssetKey, days: PartitionsDefinition, *names: str
+) -> list[AssetCheckSpec]:
+    return [_day_check(name, asset, days, _QUALITY_DESCRIPTIONS[name]) for name in names]
 
 
-def image_quality_spec(asset: AssetKey) -> AssetCheckSpec:
-    return _day_check(IMAGE_QUALITY, asset, _QUALITY_DESCRIPTIONS[IMAGE_QUALITY])
+def image_quality_spec(asset: AssetKey, days: PartitionsDefinition) -> AssetCheckSpec:
+    return _day_check(IMAGE_QUALITY, asset, days, _QUALITY_DESCRIPTIONS[IMAGE_QUALITY])
 
 
-def leaf_crops_specs(asset: AssetKey) -> list[AssetCheckSpec]:
-    return _quality_checks(asset, LEAF_CROPS_VALID, LEAVES_VANISHED)
+def leaf_crops_specs(asset: AssetKey, days: PartitionsDefinition) -> list[AssetCheckSpec]:
+    return _quality_checks(asset, days, LEAF_CROPS_VALID, LEAVES_VANISHED)
 
 
-def grades_specs(asset: AssetKey) -> list[AssetCheckSpec]:
-    return _quality_checks(asset, GRADES_VALID, SEVERITY_JUMP)
+def grades_specs(asset: AssetKey, days: PartitionsDefinition) -> list[AssetCheckSpec]:
+    return _quality_checks(asset, days, GRADES_VALID, SEVERITY_JUMP)
 
 
 def day_result(result: CheckResult) -> AssetCheckResult:
@@ -110,7 +112,7 @@ def day_result(result: CheckResult) -> AssetCheckResult:
     )
 
 
-def partition_quality_spec() -> AssetSpec:
+def partition_quality_spec(days: PartitionsDefinition) -> AssetSpec:
     """The `partition_quality` table as an asset of this location: written by the checks
     of every image run (each run logs a materialization of its day), read by dbt."""
     return AssetSpec(
@@ -118,7 +120,7 @@ def partition_quality_spec() -> AssetSpec:
         deps=list(IMAGE_PIPELINE),
         group_name="images",
         kinds={"duckdb"},
-        partitions_def=daily_partitions,
+        partitions_def=days,
         description="Outcome of every data-quality check per photo (position, date) and "
         "check: passed or failed, with what failed. Written by image_pipeline's checks; dbt's "
         "held_back_partitions keeps photos that failed an ERROR check out of the reports.",
@@ -156,7 +158,9 @@ def record(
     return by_asset
 
 
-def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> list[AssetCheckSpec]:
+def drift_specs(
+    detector_asset: AssetKey, grade_assets: Sequence[AssetKey], days: PartitionsDefinition
+) -> list[AssetCheckSpec]:
     """WARN checks: the day's model outputs against the card's evaluation-time reference."""
     rule = (
         f"population-stability index over the reference's decile bins above "
@@ -167,6 +171,7 @@ def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> l
         _day_check(
             DETECTOR_DRIFT,
             detector_asset,
+            days,
             "WARNING: the day's photos look unlike the detector's evaluation data: "
             "detection score, boxes per photo or box size relative to the photo drifted from "
             f"the reference on the model card; {rule}. Never holds photos back; the report "
@@ -176,6 +181,7 @@ def drift_specs(detector_asset: AssetKey, grade_assets: Sequence[AssetKey]) -> l
             _day_check(
                 GRADER_DRIFT,
                 asset,
+                days,
                 "WARNING: the grader's confidence on the day's crops drifted from "
                 f"the reference on its model card; {rule}.",
             )

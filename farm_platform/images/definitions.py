@@ -8,14 +8,12 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from farm_platform import config
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH, FARM_MODELS_DIR, REPO_MODELS_DIR
+from farm_platform.config_values import env_number, sensor_interval_seconds
 from farm_platform.images.checks import partition_quality_spec
-from farm_platform.images.pipeline import image_pipeline
+from farm_platform.images.pipeline import build_image_pipeline
 from farm_platform.images.registered_models import registered_models
-from farm_platform.images.sensors import (
-    drone_image_sensor,
-    model_registry_sensor,
-    requeue_failed_photos,
-)
+from farm_platform.images.sensors import build_sensors
+from farm_platform.partitions import configured_day_partitions
 from farm_platform.resources import (
     BucketResource,
     FieldMapResource,
@@ -23,6 +21,9 @@ from farm_platform.resources import (
     PubSubResource,
     WarehouseResource,
 )
+from farm_platform.resources.environment import environment_fields
+from farm_platform.resources.inference import InferenceResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 
 
 def _optional_env(name: str, default: str) -> str | EnvVar:
@@ -33,15 +34,17 @@ config.require_for_location(
     config.IMAGE_LOCATION, (config.FARM_BUCKET, config.FARM_WAREHOUSE, config.FARM_GCP_PROJECT)
 )
 config.bucket_url(os.environ[config.FARM_BUCKET])
+# The trial's calendar (FARM_TRIAL_START_DATE, FARM_TRIAL_TIMEZONE), read once here.
+days = configured_day_partitions()
 
 defs = Definitions(
-    assets=[registered_models, image_pipeline, partition_quality_spec()],
-    sensors=[drone_image_sensor, model_registry_sensor, requeue_failed_photos],
+    assets=[registered_models, build_image_pipeline(days), partition_quality_spec(days)],
+    sensors=build_sensors(sensor_interval_seconds()),
     resources={
         "bucket": BucketResource(url=EnvVar(config.FARM_BUCKET)),
         "warehouse": WarehouseResource(
             url=EnvVar(config.FARM_WAREHOUSE),
-            lock_timeout_seconds=config.env_number(
+            lock_timeout_seconds=env_number(
                 config.FARM_WAREHOUSE_LOCK_SECONDS, config.DEFAULT_WAREHOUSE_LOCK_SECONDS
             ),
         ),
@@ -55,6 +58,10 @@ defs = Definitions(
         "field_map": FieldMapResource(
             path=_optional_env(config.FARM_FIELD_MAP, str(DEFAULT_FIELD_MAP_PATH))
         ),
+        # Every other runtime setting of this location: the variables that are set fill
+        # their fields (text as EnvVar, numbers read now), the rest keep the defaults.
+        "inference": InferenceResource(**environment_fields(InferenceResource)),
+        "ingest_policy": IngestPolicyResource(**environment_fields(IngestPolicyResource)),
     },
     # A run is one op: no step process (and torch import) per step.
     executor=in_process_executor,

@@ -20,9 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from farm_platform import config
 from farm_platform.images.photos import Photo, decode_photos, drone_image_rows
 from farm_platform.layout import ImageKey
+from farm_platform.ml.settings import InferenceSettings
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.tables import (
     DISEASE_GRADES_TABLE,
@@ -56,6 +56,7 @@ class GradingPlan:
     grader_cards: tuple[Any, ...]  # one per selected grade asset
     run_id: str
     chunk_photos: int
+    inference: InferenceSettings  # where and how the models run (the inference resource)
 
 
 @dataclass
@@ -104,6 +105,7 @@ def grade_day(
     from farm_platform.ml import inference
 
     result = result if result is not None else DayResult()
+    inference.use_threads(plan.inference.threads)
     detector, graders = _models(plan, registry)
     keys = [ImageKey(position, plan.date) for position in plan.positions]
     chunks = [keys[i : i + plan.chunk_photos] for i in range(0, len(keys), plan.chunk_photos)]
@@ -163,12 +165,13 @@ def _models(plan: GradingPlan, registry: Any) -> tuple[Any, list[tuple[Any, Any]
     an external_oip card's model runs on the server its card names, in either mode."""
     from farm_platform.ml import inference, oip_runners
 
+    settings = plan.inference
     cards = ([plan.detector_card] if plan.detect else []) + list(plan.grader_cards)
     client = None
-    if config.inference_mode() == "oip":
+    if settings.mode == "oip":
         from farm_platform.ml import oip
 
-        client = oip.OipClient.from_env()
+        client = oip.OipClient.from_settings(settings)
         # Before any photo: an unreachable server or another active version fails the run
         # now, with nothing written (its photos are requeued and retried).
         oip_runners.check_versions(client, [card for card in cards if card.external is None])
@@ -178,8 +181,8 @@ def _models(plan: GradingPlan, registry: Any) -> tuple[Any, list[tuple[Any, Any]
         if client is None or card.external is not None:
             # In this process (an external card: loading asks its server, which runs it).
             if detector:
-                return inference.load_detector(card, registry)
-            return inference.load_grader(card, registry)
+                return inference.load_detector(card, registry, settings=settings)
+            return inference.load_grader(card, registry, settings=settings)
         if detector:
             return oip_runners.remote_detector(client, card)
         return oip_runners.remote_grader(client, card)

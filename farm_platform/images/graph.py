@@ -10,7 +10,9 @@ def image_asset_graph() -> Any:
     """The asset graph of the model assets and the image pipeline (no torch import)."""
     from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
-    from farm_platform.images.pipeline import image_pipeline
+    from farm_platform.images.pipeline import build_image_pipeline
     from farm_platform.images.registered_models import registered_models
+    from farm_platform.partitions import configured_day_partitions
 
-    return AssetGraph.from_assets([registered_models, image_pipeline])
+    pipeline = build_image_pipeline(configured_day_partitions())
+    return AssetGraph.from_assets([registered_models, pipeline])

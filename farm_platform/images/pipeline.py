@@ -12,32 +12,30 @@ not pay for them.
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
     Config,
     MaterializeResult,
     MetadataValue,
+    PartitionsDefinition,
     multi_asset,
 )
 from pydantic import Field
 
+from farm_platform import config as farm_config
 from farm_platform.arrivals import ArrivalQueue
-from farm_platform.config import (
-    DEFAULT_RUN_CHUNK_PHOTOS,
-    FARM_RUN_CHUNK_PHOTOS,
-    env_number,
-    inference_mode,
-    max_severity_jump,
-    oip_url,
-)
+from farm_platform.config_values import positive_number
 from farm_platform.images import checks
 from farm_platform.images.grading import DayResult, GradingPlan, grade_day
 from farm_platform.images.keys import (
@@ -51,10 +49,12 @@ from farm_platform.images.keys import (
 )
 from farm_platform.images.run_tags import grades_claimed_photos
 from farm_platform.layout import parse_date
-from farm_platform.partitions import daily_partitions
+from farm_platform.ml.settings import InferenceSettings
 from farm_platform.quality import history
 from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos
 from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.inference import InferenceResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
@@ -96,12 +96,25 @@ IMAGE_SPECS = [
         for disease, grades_key in GRADES_BY_DISEASE.items()
     ],
 ]
-IMAGE_CHECK_SPECS = [
-    checks.image_quality_spec(DRONE_IMAGES),
-    *checks.leaf_crops_specs(LEAF_CROPS),
-    *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key)],
-    *checks.drift_specs(LEAF_CROPS, list(GRADES_BY_DISEASE.values())),
-]
+
+
+def image_check_specs(days: PartitionsDefinition) -> list[AssetCheckSpec]:
+    """Every check of the image assets, one result per day partition of `days`."""
+    return [
+        checks.image_quality_spec(DRONE_IMAGES, days),
+        *checks.leaf_crops_specs(LEAF_CROPS, days),
+        *[spec for key in GRADES_BY_DISEASE.values() for spec in checks.grades_specs(key, days)],
+        *checks.drift_specs(LEAF_CROPS, list(GRADES_BY_DISEASE.values()), days),
+    ]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's knobs as resolved: its run config, else the resources' settings."""
+
+    inference: InferenceSettings
+    chunk_photos: int
+    max_severity_jump: float
 
 
 class PhotoRunConfig(Config):
@@ -110,6 +123,32 @@ class PhotoRunConfig(Config):
         description="Positions whose photo of the day this run processes (set by "
         "drone_image_sensor). Empty: every photo of the day the platform has recorded.",
     )
+    chunk_photos: int | None = Field(
+        default=None,
+        description="Photos read, decoded, graded and written at a time (bounds the run's "
+        "memory). Empty: the ingest_policy resource's (FARM_RUN_CHUNK_PHOTOS, default "
+        f"{farm_config.DEFAULT_RUN_CHUNK_PHOTOS}).",
+    )
+    max_severity_jump: float | None = Field(
+        default=None,
+        description="The severity_jump check warns when a position's mean grade moves more "
+        "than this in a day. Empty: the ingest_policy resource's (FARM_MAX_SEVERITY_JUMP, "
+        f"default {farm_config.DEFAULT_MAX_SEVERITY_JUMP}).",
+    )
+
+    def chunk(self, policy: IngestPolicyResource) -> int:
+        """`chunk_photos`, else the policy's; ConfigError names a bad value's variable."""
+        if self.chunk_photos is None:
+            return int(policy.number("run_chunk_photos"))
+        name = farm_config.FARM_RUN_CHUNK_PHOTOS
+        return int(positive_number(name, self.chunk_photos, farm_config.DEFAULT_RUN_CHUNK_PHOTOS))
+
+    def severity_jump(self, policy: IngestPolicyResource) -> float:
+        """`max_severity_jump`, else the policy's."""
+        if self.max_severity_jump is None:
+            return policy.number("max_severity_jump")
+        name = farm_config.FARM_MAX_SEVERITY_JUMP
+        return positive_number(name, self.max_severity_jump, farm_config.DEFAULT_MAX_SEVERITY_JUMP)
 
 
 def _partly_committed(
@@ -129,19 +168,36 @@ def _partly_committed(
     )
 
 
-def photo_run_config(positions: Sequence[str]) -> dict[str, Any]:
-    """Run config of a run over these positions' photos of its day."""
-    return {"ops": {OP_NAME: {"config": {"positions": list(positions)}}}}
+def photo_run_config(
+    positions: Sequence[str], policy: IngestPolicyResource | None = None
+) -> dict[str, Any]:
+    """Run config of a run over these positions' photos of its day; with the `policy`, its
+    chunk size and severity-jump threshold too, so that the run's launchpad shows them."""
+    knobs = (
+        {
+            "chunk_photos": int(policy.number("run_chunk_photos")),
+            "max_severity_jump": policy.number("max_severity_jump"),
+        }
+        if policy is not None
+        else {}
+    )
+    return {"ops": {OP_NAME: {"config": {"positions": list(positions), **knobs}}}}
 
 
-@multi_asset(
-    name=OP_NAME,
-    specs=IMAGE_SPECS,
-    check_specs=IMAGE_CHECK_SPECS,
-    partitions_def=daily_partitions,
-    backfill_policy=DAY_BACKFILL_POLICY,
-    can_subset=True,
-)
+def build_image_pipeline(days: PartitionsDefinition) -> AssetsDefinition:
+    """The `image_pipeline` multi-asset over the day partitions `days` (the definitions
+    build them once when they load: `partitions.configured_day_partitions`)."""
+
+    return multi_asset(
+        name=OP_NAME,
+        specs=IMAGE_SPECS,
+        check_specs=image_check_specs(days),
+        partitions_def=days,
+        backfill_policy=DAY_BACKFILL_POLICY,
+        can_subset=True,
+    )(image_pipeline)
+
+
 def image_pipeline(
     context: AssetExecutionContext,
     config: PhotoRunConfig,
@@ -149,8 +205,15 @@ def image_pipeline(
     warehouse: WarehouseResource,
     models: ModelRegistryResource,
     pubsub: PubSubResource,
+    inference: InferenceResource,
+    ingest_policy: IngestPolicyResource,
 ) -> Iterator[MaterializeResult | Any]:
+    """The op of `build_image_pipeline`'s multi-asset: one run of one day partition."""
     op_started = time.perf_counter()
+    # Checked before the day's lock is taken: a bad setting fails the run with its name.
+    run = RunSettings(
+        inference.settings(), config.chunk(ingest_policy), config.severity_jump(ingest_policy)
+    )
     date = parse_date(context.partition_key)
     # The sensor's runs of a day share its grading lock (their claimed photos are disjoint);
     # any other run of the day (UI, backfill) holds it alone (docs/production.md,
@@ -167,7 +230,7 @@ def image_pipeline(
         lock = f"{mode} day lock" if locked else "no day lock"
         try:
             for event in _process_day(
-                context, config, date, bucket, warehouse, models, pubsub, lock, op_started
+                context, config, run, date, bucket, warehouse, models, pubsub, lock, op_started
             ):
                 events.append(event)
         except Exception as exc:  # raised below, after the lock is let go
@@ -180,6 +243,7 @@ def image_pipeline(
 def _process_day(
     context: AssetExecutionContext,
     config: PhotoRunConfig,
+    run: RunSettings,
     date: dt.date,
     bucket: BucketResource,
     warehouse: WarehouseResource,
@@ -191,7 +255,7 @@ def _process_day(
     queue = ArrivalQueue(warehouse)
     positions = tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date))
     selected = context.selected_asset_keys
-    registry = models.registry()
+    registry = models.registry(run.inference.models_cache)
     detector_card = registry.detector()
     grader_cards = tuple(
         registry.grader_for(DISEASE_BY_GRADES[key])
@@ -205,14 +269,14 @@ def _process_day(
         detector_card=detector_card,
         grader_cards=grader_cards,
         run_id=context.run.run_id,
-        chunk_photos=int(env_number(FARM_RUN_CHUNK_PHOTOS, DEFAULT_RUN_CHUNK_PHOTOS)),
+        chunk_photos=run.chunk_photos,
+        inference=run.inference,
     )
     # Says where the grades come from, so a run's log tells a server-backed run apart.
-    where = "in this run" if inference_mode() == "local" else f"on the model server {oip_url()}"
     context.log.info(
         f"{date}: {len(positions)} photo(s)"
         + ("" if config.positions else " (every recorded photo of the day)")
-        + f"; models {where}"
+        + f"; models {run.inference.where()}, {run.chunk_photos} photos at a time"
     )
     announcements = queue.announcements(date, positions)
     day = DayResult()
@@ -228,11 +292,17 @@ def _process_day(
         raise
     _dead_letter_unusable(context, day, announcements, pubsub)
 
-    results = _check_day(context, day, plan, bucket, warehouse)
+    results = _check_day(context, day, plan, bucket, warehouse, run.max_severity_jump)
     _add_drift_checks(context, results, plan, warehouse)
     context.log.info(f"{date}: {GRADING_COMMITTED} ({lock}): {len(positions)} photo(s)")
     day.clock.seconds["op_total"] = time.perf_counter() - op_started
-    per_photo = {"photos": len(positions), "unreadable": len(day.unreadable)}
+    per_photo = {
+        "photos": len(positions),
+        "unreadable": len(day.unreadable),
+        # Where the models ran, on every asset the run materializes.
+        "inference": run.inference.mode,
+        "models_ran": run.inference.where(),
+    }
     if plan.record_images:
         yield MaterializeResult(
             asset_key=DRONE_IMAGES,
@@ -284,6 +354,7 @@ def _check_day(
     plan: GradingPlan,
     bucket: BucketResource,
     warehouse: WarehouseResource,
+    max_severity_jump: float,
 ) -> dict[AssetKey, list[AssetCheckResult]]:
     """Every selected asset's checks over the day's photos, stored in partition_quality."""
     import polars as pl
@@ -322,7 +393,7 @@ def _check_day(
         leaf_counts=lambda: history.leaf_counts(warehouse, cropper, date, date),
         graders=[grader_batch(card) for card in plan.grader_cards],
     )
-    results = validate_photos(batch, max_severity_jump(), context.log.error)
+    results = validate_photos(batch, max_severity_jump, context.log.error)
     by_asset = checks.record(context.log, warehouse, results, context.run.run_id)
     context.log_event(
         AssetMaterialization(

@@ -1,5 +1,6 @@
 """Tags of the image runs (sensor and backfill alike): their Celery queue, and their
-Kubernetes pod settings from `FARM_RUN_K8S_CONFIG`.
+Kubernetes pod settings from `FARM_RUN_K8S_CONFIG` (the `ingest_policy` resource's
+`run_k8s_config`; `farm-platform backfill` reads the variable).
 
 Only image runs carry them: they decode and grade photos, so they are the runs that need a
 GPU node and many cores; the daily report's runs stay on the launcher's small default pod.
@@ -8,7 +9,6 @@ GPU node and many cores; the daily report's runs stay on the launcher's small de
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,16 +47,16 @@ RUN_K8S_CONFIG_KEYS = (
 )
 
 
-def image_run_tags() -> dict[str, str]:
+def image_run_tags(k8s_config: str | None) -> dict[str, str]:
     """Every tag an image run carries for its launcher: the Celery queue, and the
-    Kubernetes ones (`image_run_k8s_tags`)."""
-    return {CELERY_QUEUE_TAG: IMAGES_QUEUE, **image_run_k8s_tags()}
+    Kubernetes ones (`image_run_k8s_tags`) from `FARM_RUN_K8S_CONFIG`'s text."""
+    return {CELERY_QUEUE_TAG: IMAGES_QUEUE, **image_run_k8s_tags(k8s_config)}
 
 
-def image_run_k8s_tags() -> dict[str, str]:
+def image_run_k8s_tags(raw: str | None) -> dict[str, str]:
     """The `dagster-k8s/config` tag (and `farm/device: gpu` when it asks for a GPU), or {}
-    when `FARM_RUN_K8S_CONFIG` is unset. Raises ConfigError naming the variable."""
-    k8s_config = run_k8s_config()
+    when `FARM_RUN_K8S_CONFIG` (`raw`) is unset. Raises ConfigError naming the variable."""
+    k8s_config = run_k8s_config(raw)
     if not k8s_config:
         return {}
     tags = {K8S_CONFIG_TAG: json.dumps(k8s_config, sort_keys=True)}
@@ -77,9 +77,9 @@ def grades_claimed_photos(tags: Mapping[str, str]) -> bool:
     )
 
 
-def run_k8s_config() -> dict[str, Any]:
-    """`$FARM_RUN_K8S_CONFIG` as a dict ({} when unset): the image runs' `dagster-k8s/config`."""
-    raw = os.environ.get(config.FARM_RUN_K8S_CONFIG)
+def run_k8s_config(raw: str | None) -> dict[str, Any]:
+    """`FARM_RUN_K8S_CONFIG`'s text as a dict ({} when unset): the image runs'
+    `dagster-k8s/config` (the `ingest_policy` resource carries the text)."""
     if raw is None or raw.strip() == "":
         return {}
     try:

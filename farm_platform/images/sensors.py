@@ -23,13 +23,13 @@ from dagster import (
     RunRequest,
     RunsFilter,
     RunStatusChangeRecordsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from farm_platform import config
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
@@ -37,6 +37,7 @@ from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG, image_
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
+from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
@@ -49,59 +50,85 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 MAX_RETRIES_TAG = "dagster/max_retries"
 
 
-def run_timeout_seconds(photos: int) -> int:
-    base = config.env_number(config.FARM_RUN_TIMEOUT_SECONDS, config.DEFAULT_RUN_TIMEOUT_SECONDS)
-    return int(base + config.RUN_TIMEOUT_SECONDS_PER_PHOTO * photos)
-
-
 def claim_run_request(
-    claim: Claim, tick_summary: str = "", launcher_tags: Mapping[str, str] | None = None
+    claim: Claim,
+    policy: IngestPolicyResource,
+    tick_summary: str = "",
+    launcher_tags: Mapping[str, str] | None = None,
 ) -> RunRequest:
-    """One run of the claim's day partition over exactly its photos; `launcher_tags` (default:
-    from `FARM_RUN_K8S_CONFIG`) give its pod on Kubernetes a GPU and cores."""
+    """One run of the claim's day partition over exactly its photos, bounded by the policy's
+    run timeout; `launcher_tags` (default: from its `run_k8s_config`) give its pod on
+    Kubernetes a GPU and cores."""
     from farm_platform.images.pipeline import photo_run_config
 
     if launcher_tags is None:
-        launcher_tags = image_run_tags()
+        launcher_tags = image_run_tags(policy.run_k8s_config)
     return RunRequest(
         run_key=claim.run_key,
         partition_key=claim.date.isoformat(),
         asset_selection=list(IMAGE_PIPELINE),
         tags={
             PHOTOS_TAG: str(len(claim.positions)),
-            MAX_RUNTIME_TAG: str(run_timeout_seconds(len(claim.positions))),
+            MAX_RUNTIME_TAG: str(policy.run_timeout(len(claim.positions))),
             MAX_RETRIES_TAG: "0",
             **({TICK_TAG: tick_summary} if tick_summary else {}),
             **launcher_tags,
         },
-        run_config=photo_run_config(claim.positions),
+        run_config=photo_run_config(claim.positions, policy),
     )
 
 
-@sensor(
-    name=DRONE_IMAGE_SENSOR,
-    asset_selection=list(IMAGE_PIPELINE),
-    minimum_interval_seconds=config.sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Pulls drone_image messages; new photos become runs of their day partition.",
-)
-def drone_image_sensor(
+def build_sensors(interval_seconds: int) -> list[SensorDefinition]:
+    """The image location's sensors: the ingest and requeue sensors tick every
+    `interval_seconds` (FARM_SENSOR_INTERVAL_SECONDS, read once when the definitions load),
+    the model-registry sensor every three times that."""
+    return [
+        sensor(
+            name=DRONE_IMAGE_SENSOR,
+            asset_selection=list(IMAGE_PIPELINE),
+            minimum_interval_seconds=interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Pulls drone_image messages; new photos become runs of their day "
+            "partition.",
+        )(drone_image_tick),
+        sensor(
+            name="requeue_failed_photos",
+            default_status=DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=interval_seconds,
+            description="Puts the photos of a failed or canceled image run back in the arrival "
+            "queue, to wait longer after each failure (bounded attempts and time), then "
+            "dead-letters them with the failed step's error. Its cursor moves only past "
+            "requeues that committed.",
+        )(requeue_failed_photos_tick),
+        sensor(
+            name="model_registry_sensor",
+            asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
+            minimum_interval_seconds=3 * interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Records a model asset's new data version when registry.json "
+            "activates one.",
+        )(model_registry_tick),
+    ]
+
+
+def drone_image_tick(
     context: SensorEvaluationContext,
     pubsub: PubSubResource,
     bucket: BucketResource,
     field_map: FieldMapResource,
     warehouse: WarehouseResource,
+    ingest_policy: IngestPolicyResource,
 ) -> SensorResult:
     # Read before claiming: a malformed FARM_RUN_K8S_CONFIG then fails the tick with its
     # name while every photo is still in the queue, instead of after its claim.
-    launcher_tags = image_run_tags()
+    launcher_tags = image_run_tags(ingest_policy.run_k8s_config)
     outcome = ingest_tick(
         IngestCursor.from_json(context.cursor),
         pubsub,
         bucket,
         ArrivalQueue(warehouse),
         field_map.positions,
-        IngestSettings.from_env(),
+        IngestSettings.from_policy(ingest_policy),
     )
     stats = outcome.stats
     summary = stats.summary()
@@ -113,7 +140,7 @@ def drone_image_sensor(
         context.log.info(summary)
     return SensorResult(
         run_requests=[
-            claim_run_request(claim, tick_summary=stats.run_tag(), launcher_tags=launcher_tags)
+            claim_run_request(claim, ingest_policy, stats.run_tag(), launcher_tags)
             for claim in outcome.claims
         ],
         cursor=outcome.cursor.to_json(),
@@ -128,16 +155,11 @@ REQUEUE_EVENTS_PER_TICK = 200
 FAILED_RUN_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
 
-@sensor(
-    name="requeue_failed_photos",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=config.sensor_interval_seconds(),
-    description="Puts the photos of a failed or canceled image run back in the arrival queue, "
-    "to wait longer after each failure (bounded attempts and time), then dead-letters them "
-    "with the failed step's error. Its cursor moves only past requeues that committed.",
-)
-def requeue_failed_photos(
-    context: SensorEvaluationContext, warehouse: WarehouseResource, pubsub: PubSubResource
+def requeue_failed_photos_tick(
+    context: SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    pubsub: PubSubResource,
+    ingest_policy: IngestPolicyResource,
 ) -> SensorResult:
     """Not a `run_failure_sensor`: Dagster moves that one's cursor past a run even when the
     evaluation raised, so a warehouse outage at that moment stranded the run's photos for
@@ -145,7 +167,7 @@ def requeue_failed_photos(
     only with a tick that succeeded; a tick that raises is evaluated again from the same
     place, and requeueing a run twice is harmless (`retries.requeue_run`)."""
     after = json.loads(context.cursor) if context.cursor else {}
-    policy = RetryPolicy.from_env()
+    policy = RetryPolicy.from_policy(ingest_policy)
     queue = ArrivalQueue(warehouse)
     handled = {"runs": 0, "pending": 0, "dead_lettered": 0}
     for event_type in FAILED_RUN_EVENTS:
@@ -220,15 +242,10 @@ def step_failure_cause(instance: Any, run_id: str) -> str | None:
 DATA_VERSION_TAG = "dagster/data_version"
 
 
-@sensor(
-    name="model_registry_sensor",
-    asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
-    minimum_interval_seconds=3 * config.sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Records a model asset's new data version when registry.json activates one.",
-)
-def model_registry_sensor(
-    context: SensorEvaluationContext, models: ModelRegistryResource
+def model_registry_tick(
+    context: SensorEvaluationContext,
+    models: ModelRegistryResource,
+    ingest_policy: IngestPolicyResource,
 ) -> RunRequest | SkipReason:
     """Watches registry.json's generation (a bucket object's, or a local file's stand-in):
     while it is the one whose active versions every model asset already records, a tick
@@ -262,5 +279,5 @@ def model_registry_sensor(
     return RunRequest(
         run_key=";".join(transitions),
         asset_selection=[*changed, MODEL_VERSIONS],
-        tags={MAX_RUNTIME_TAG: str(run_timeout_seconds(0))},
+        tags={MAX_RUNTIME_TAG: str(ingest_policy.run_timeout(0))},
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.ml.contract import ExternalServer
 from farm_platform.ml.formats import ContractError, ExportedModel, Signature
 from farm_platform.ml.oip import OipClient, OipError, OipUnavailable, OipVersionMismatch
@@ -34,23 +34,26 @@ def _server(card: ModelCard) -> ExternalServer:
 
 
 @functools.lru_cache(maxsize=16)
-def _client(url: str, token: str | None, hint: str) -> OipClient:
+def _client(url: str, token: str | None, hint: str, timeout_seconds: float) -> OipClient:
     # One client per server: its gRPC channels and HTTP session serve every run's batches.
-    return OipClient(url, timeout=config.oip_timeout_seconds(), token=token, hint=hint)
+    return OipClient(url, timeout=timeout_seconds, token=token, hint=hint)
 
 
-def server_client(card: ModelCard) -> OipClient:
+def server_client(
+    card: ModelCard, timeout_seconds: float = config.DEFAULT_OIP_TIMEOUT_SECONDS
+) -> OipClient:
     """The client of the card's server (its URL, or the setting's value; its token)."""
     server = _server(card)
     where = f"server.url_setting ${server.url_setting}" if server.url_setting else "server.url"
-    url = server.url or config.external_oip_url(
+    url = server.url or config_values.external_oip_url(
         str(server.url_setting), f"{card.id} {card.version}"
     )
     hint = (
         f"is the server of {card.id} {card.version} ({server.model} {server.version}) running, "
         f"and is the card's {where} its address?"
     )
-    return _client(url, config.external_oip_token(server.token_setting), hint)
+    token = config_values.external_oip_token(server.token_setting)
+    return _client(url, token, hint, timeout_seconds)
 
 
 def _label(card: ModelCard, client: OipClient) -> str:
@@ -131,13 +134,17 @@ def signature(card: ModelCard, client: OipClient) -> Signature:
     return Signature(server.input, shape, dtype)
 
 
-def load_external(card: ModelCard, check: bool = True) -> ExportedModel:
+def load_external(
+    card: ModelCard,
+    check: bool = True,
+    timeout_seconds: float = config.DEFAULT_OIP_TIMEOUT_SECONDS,
+) -> ExportedModel:
     """The card's model as an ExportedModel whose forward pass is a request to its server;
     with `check`, the server is asked first whether it serves the card's model, version
     and tensors (a run fails here, before any photo, if not)."""
     server = _server(card)
     assert card.contract is not None
-    client = server_client(card)
+    client = server_client(card, timeout_seconds)
     found = signature(card, client) if check else None
 
     def session(array: np.ndarray) -> list[np.ndarray]:

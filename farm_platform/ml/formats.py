@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from farm_platform import config
 from farm_platform.ml.contract import DetectorOutput, GraderOutput, InputContract, ModelContract
 from farm_platform.ml.nms import non_max_suppression
-from farm_platform.ml.pixels import letterbox, parallel_map, resize_crop
+from farm_platform.ml.pixels import cpu_threads, letterbox, parallel_map, resize_crop
 from farm_platform.ml.registry import ModelCard, ModelRegistryError
 from farm_platform.ml.runners import DetectorRun, DetectorRunner, GraderRunner
 
@@ -88,7 +87,7 @@ def _onnx_session(path: str) -> tuple[Callable[[np.ndarray], list[np.ndarray]], 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.torch_threads()
+    options.intra_op_num_threads = cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:

@@ -36,6 +36,7 @@ from farm_platform.ml.loading import (  # noqa: F401 - the public entry of ml/
 from farm_platform.ml.pixels import (  # noqa: F401 - the public entry of ml/
     ImageDecodeError,
     box_pixels,
+    cpu_threads,
     cut_crop,
     decode_png,
     encode_png,
@@ -44,6 +45,7 @@ from farm_platform.ml.pixels import (  # noqa: F401 - the public entry of ml/
     prepare_crops,
     resize_crop,
     to_tensor,
+    use_threads,
 )
 from farm_platform.ml.registry import ModelCard, ModelRegistryError
 from farm_platform.ml.runners import (  # noqa: F401 - the public entry of ml/

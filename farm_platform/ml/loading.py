@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from farm_platform import config
+from farm_platform import config, config_values
 from farm_platform.config import ConfigError
 from farm_platform.ml.architectures import DiseaseGrader, LeafDetector
+from farm_platform.ml.pixels import cpu_threads
 from farm_platform.ml.registry import (
     PRECISION_RECORD,
     ModelCard,
@@ -22,6 +23,7 @@ from farm_platform.ml.registry import (
     ModelRegistryError,
 )
 from farm_platform.ml.runners import DetectorRunner, GraderRunner
+from farm_platform.ml.settings import InferenceSettings
 
 # bfloat16 is offered only for models whose measured agreement with float32 meets these
 # (issue 17): grades equal on this share of crops, detector F1 within this distance.
@@ -56,12 +58,15 @@ class Placement:
 def _set_threads(placement: Placement) -> None:
     # On a GPU torch's own CPU work is small (box decoding, copies) and the cores are
     # needed to decode photos for it; spinning intra-op threads would take them.
-    torch.set_num_threads(1 if placement.device.startswith("cuda") else config.torch_threads())
+    torch.set_num_threads(1 if placement.device.startswith("cuda") else cpu_threads())
 
 
-def configured_placement() -> Placement:
-    """`FARM_TORCH_DEVICE` and `FARM_TORCH_DTYPE`, resolved against the GPUs torch sees."""
-    return Placement(config.torch_device(torch.cuda.device_count()), config.torch_dtype())
+def configured_placement(settings: InferenceSettings | None = None) -> Placement:
+    """The settings' device and dtype (FARM_TORCH_DEVICE, FARM_TORCH_DTYPE; the defaults
+    without `settings`), the device resolved against the GPUs torch sees."""
+    settings = settings or InferenceSettings()
+    device = config_values.torch_device(settings.device, torch.cuda.device_count())
+    return Placement(device, config_values.torch_dtype(settings.dtype))
 
 
 def _registry_for(card: ModelCard) -> ModelRegistry:
@@ -115,7 +120,11 @@ def _load_cached(
 
 
 def _load(
-    card: ModelCard, task: str, registry: ModelRegistry | None, placement: Placement | None
+    card: ModelCard,
+    task: str,
+    registry: ModelRegistry | None,
+    placement: Placement | None,
+    settings: InferenceSettings | None,
 ) -> Any:
     if card.task != task:
         raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
@@ -127,15 +136,16 @@ def _load(
         from farm_platform.ml import external_oip, formats
 
         if path is None:  # its forward pass runs on the server its card names
-            model = external_oip.load_external(card)
+            timeout = (settings or InferenceSettings()).oip_timeout_seconds
+            model = external_oip.load_external(card, timeout_seconds=timeout)
         else:
-            device = (placement or configured_placement()).device
+            device = (placement or configured_placement(settings)).device
             model = formats.load_card(card, str(path.resolve()), device)
         if task == "leaf_detector":
             return formats.detector_runner(model)
         return formats.grader_runner(model)
     if placement is None:
-        placement = configured_placement()
+        placement = configured_placement(settings)
         if placement.dtype == "bfloat16":
             require_bfloat16_agreement(card, registry.models_dir, placement.torch_device.type)
     return _load_cached(
@@ -150,24 +160,31 @@ def _load(
 
 
 def load_detector(
-    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+    card: ModelCard,
+    registry: ModelRegistry | None = None,
+    placement: Placement | None = None,
+    settings: InferenceSettings | None = None,
 ) -> LeafDetector | DetectorRunner:
     """The detector of `card`, sha256-verified, in eval mode, cached per process.
 
-    On the configured device and dtype unless `placement` says otherwise (an explicit
-    placement skips the bfloat16 rule: that is how the agreement is measured). An ONNX or
-    TorchScript card gives a `DetectorRunner` that applies its contract."""
-    model = _load(card, "leaf_detector", registry, placement)
+    On the device and dtype of `settings` (the defaults without them) unless `placement`
+    says otherwise (an explicit placement skips the bfloat16 rule: that is how the
+    agreement is measured). An ONNX or TorchScript card gives a `DetectorRunner` that
+    applies its contract."""
+    model = _load(card, "leaf_detector", registry, placement, settings)
     assert isinstance(model, LeafDetector | DetectorRunner)
     return model
 
 
 def load_grader(
-    card: ModelCard, registry: ModelRegistry | None = None, placement: Placement | None = None
+    card: ModelCard,
+    registry: ModelRegistry | None = None,
+    placement: Placement | None = None,
+    settings: InferenceSettings | None = None,
 ) -> DiseaseGrader | GraderRunner:
     """The grader of `card`, sha256-verified, in eval mode, cached per process (placed as
     `load_detector`'s; an ONNX or TorchScript card gives a `GraderRunner`)."""
-    model = _load(card, "disease_grader", registry, placement)
+    model = _load(card, "disease_grader", registry, placement, settings)
     assert isinstance(model, DiseaseGrader | GraderRunner)
     return model
 

@@ -15,9 +15,9 @@ is not there yet and never reads half of anything:
   (`ifGenerationMatch`): two activations at once never lose one another's change;
 - a reader takes the registry's generation first and then reads exactly that generation.
 
-Weights are downloaded once per process into a local cache keyed by their sha256
-(`FARM_MODELS_CACHE`), checked against the card before they are kept there, and checked
-again like local weights whenever a model loads.
+Weights are downloaded once per process into a local cache keyed by their sha256 (the
+folder the caller names: FARM_MODELS_CACHE), checked against the card before they are
+kept there, and checked again like local weights whenever a model loads.
 
 No torch here, and gcsfs is imported only when a bucket is used.
 """
@@ -33,8 +33,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
-
-from farm_platform import config
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -97,10 +95,11 @@ class LocalModelStore:
 class BucketModelStore:
     """A models folder in a bucket (gcsfs; the GCS emulator via STORAGE_EMULATOR_HOST)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cache_dir: Path | None = None) -> None:
         from farm_platform.layout import bucket_filesystem
 
         self.url = url.rstrip("/")
+        self.cache_dir = cache_dir or default_cache_dir()
         # No listings cache: another process's new registry generation or version must be
         # seen at the next look, not when a cache expires.
         self.fs: AbstractFileSystem
@@ -202,7 +201,7 @@ class BucketModelStore:
         downloaded only when the cache does not already hold those bytes (so at most once
         per process). FileNotFoundError if the object is missing; WeightsMismatch (with the
         actual sha256) if its bytes are not those of `sha256`, and then nothing is cached."""
-        cached = weights_cache_dir() / sha256 / relative.rsplit("/", 1)[-1]
+        cached = self.cache_dir / sha256 / relative.rsplit("/", 1)[-1]
         with _DOWNLOAD_LOCK:
             if cached.is_file() and sha256_file(cached) == sha256:
                 return cached
@@ -239,11 +238,9 @@ _DOWNLOAD_LOCK = threading.Lock()
 DOWNLOADS: list[str] = []
 
 
-def weights_cache_dir() -> Path:
-    """`$FARM_MODELS_CACHE`, else `$XDG_CACHE_HOME/farm_platform/models` (~/.cache/…)."""
-    configured = os.environ.get(config.FARM_MODELS_CACHE)
-    if configured:
-        return Path(configured)
+def default_cache_dir() -> Path:
+    """Where weights are kept when FARM_MODELS_CACHE is unset:
+    `$XDG_CACHE_HOME/farm_platform/models` (~/.cache/…)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "farm_platform" / "models"
 
@@ -256,10 +253,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_store(location: Path | str) -> LocalModelStore | BucketModelStore:
-    """The store of a models folder: `location` as `config.parse_models_dir` gives it."""
+def open_store(
+    location: Path | str, cache_dir: Path | None = None
+) -> LocalModelStore | BucketModelStore:
+    """The store of a models folder: `location` as `config.parse_models_dir` gives it;
+    weights read from a bucket are kept in `cache_dir` (default: `default_cache_dir()`)."""
     if isinstance(location, str):
-        return BucketModelStore(location)
+        return BucketModelStore(location, cache_dir)
     return LocalModelStore(location)
 
 

@@ -33,6 +33,7 @@ import requests
 from farm_platform import config
 from farm_platform.ml import oip_wire as wire
 from farm_platform.ml.oip_wire import Reported
+from farm_platform.ml.settings import InferenceSettings
 
 T = TypeVar("T")
 
@@ -91,8 +92,9 @@ class OipClient:
         self._stubs: dict[str, Any] = {}
 
     @classmethod
-    def from_env(cls) -> OipClient:
-        return cls(config.oip_url(), timeout=config.oip_timeout_seconds(), token=config.oip_token())
+    def from_settings(cls, settings: InferenceSettings) -> OipClient:
+        """A client of the model server(s) `settings` name (mode oip)."""
+        return cls(settings.oip_url, timeout=settings.oip_timeout_seconds, token=settings.oip_token)
 
     def _call(self, send: Callable[[str], T], replica: str | None = None) -> T:
         """`send` to the replicas in turn, starting at the next in the rotation (or only to

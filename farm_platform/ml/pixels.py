@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from farm_platform import config
+from farm_platform.config_values import available_cores
 
 
 class ImageDecodeError(ValueError):
@@ -34,6 +34,21 @@ _pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
 # A forked child inherits the pools but not their threads: work handed to them would wait
 # forever. It makes its own on first use.
 os.register_at_fork(after_in_child=_pools.clear)
+# The CPU workers of this process, like torch's own thread count a process-wide setting:
+# `use_threads` sets it from the caller's InferenceSettings (FARM_TORCH_THREADS); until
+# then, the cores this process may use.
+_threads: int | None = None
+
+
+def use_threads(threads: int) -> None:
+    """Run the CPU pools (and ONNX and torch CPU work) on `threads` workers from now on."""
+    global _threads
+    _threads = threads
+
+
+def cpu_threads() -> int:
+    """The workers `use_threads` set, else the cores this process may use."""
+    return _threads or available_cores()
 
 
 def _cpu_pool(purpose: str, workers: int) -> ThreadPoolExecutor:
@@ -49,13 +64,13 @@ def _cpu_pool(purpose: str, workers: int) -> ThreadPoolExecutor:
 def parallel_map(
     function: Callable[[_T], _R], items: Sequence[_T], purpose: str = "crops"
 ) -> list[_R]:
-    """`[function(item) for item in items]`, in order, on `FARM_TORCH_THREADS` workers.
+    """`[function(item) for item in items]`, in order, on `cpu_threads()` workers.
 
     Items go in one contiguous slice per worker: a crop resize takes microseconds, and a
     task per item would cost more in hand-offs than it saves. Each `purpose` has its own
     pool: the next chunk's decoding (`"decode"`, in a reader thread) must not queue ahead
     of this chunk's crop resizing, which the device waits for."""
-    workers = config.torch_threads()
+    workers = cpu_threads()
     if workers < 2 or len(items) < 2:
         return [function(item) for item in items]
     step = math.ceil(len(items) / workers)

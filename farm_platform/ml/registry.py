@@ -161,13 +161,17 @@ class ModelRegistry:
     """The models folder: cards, weights and which version of each model is active.
 
     `models_dir` is a local folder (a Path) or a bucket folder (`gs://BUCKET/models`, a str;
-    `farm_platform.ml.model_store` says how it is read and written)."""
+    `farm_platform.ml.model_store` says how it is read and written); weights read from a
+    bucket are kept in `cache_dir`. The image runs name both (their `models` and
+    `inference` resources); a caller that names neither gets FARM_MODELS_DIR's and
+    FARM_MODELS_CACHE's (commands, scripts and the sensors' registry reads)."""
 
-    def __init__(self, models_dir: Path | str | None = None) -> None:
-        self.models_dir: Path | str = (
-            config.parse_models_dir(models_dir) if models_dir else config.models_dir()
-        )
-        self.store = open_store(self.models_dir)
+    def __init__(
+        self, models_dir: Path | str | None = None, cache_dir: Path | str | None = None
+    ) -> None:
+        cache_dir = cache_dir or config.models_cache_dir()
+        self.models_dir: Path | str = config.parse_models_dir(models_dir or config.models_dir())
+        self.store = open_store(self.models_dir, Path(cache_dir) if cache_dir else None)
 
     @property
     def in_bucket(self) -> bool:

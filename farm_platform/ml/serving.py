@@ -38,6 +38,7 @@ from farm_platform.ml.oip_runners import (
 from farm_platform.ml.registry import ModelCard, ModelRegistry, ModelRegistryError
 from farm_platform.ml.serving_kserve import RegistryModelServer
 from farm_platform.ml.serving_plain import PlainSpec, infer_output, plain_models
+from farm_platform.ml.settings import InferenceSettings
 
 # Per forward pass: a request may carry any number of photos or crops.
 DETECTOR_BATCH = 32
@@ -80,9 +81,12 @@ class RegistryModel(kserve.Model):
     # Shared by every model of the server: one (emulated) accelerator per replica.
     accelerator = EmulatedAccelerator()
 
-    def __init__(self, model_id: str, registry: ModelRegistry) -> None:
+    def __init__(
+        self, model_id: str, registry: ModelRegistry, settings: InferenceSettings | None = None
+    ) -> None:
         super().__init__(model_id)
         self.registry = registry
+        self.settings = settings
         # Card and network swap together, so a request never pairs one's version with
         # the other's weights while a reload runs.
         self._loaded: tuple[ModelCard, Any] | None = None
@@ -112,9 +116,9 @@ class RegistryModel(kserve.Model):
                     f"{card.external.version}), not on this one"
                 )
             if card.task == "leaf_detector":
-                network: Any = inference.load_detector(card, self.registry)
+                network: Any = inference.load_detector(card, self.registry, settings=self.settings)
             else:
-                network = inference.load_grader(card, self.registry)
+                network = inference.load_grader(card, self.registry, settings=self.settings)
             self._loaded = (card, network)
             self.ready = True
         return True
@@ -206,26 +210,30 @@ def _grade(network: Any, crops: np.ndarray) -> dict[str, np.ndarray]:
 class RegistryRepository(kserve.ModelRepository):
     """The repository extension's load call re-reads the registry (the reload call)."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, settings: InferenceSettings | None = None) -> None:
         super().__init__(str(registry.models_dir))
         self.registry = registry
+        self.settings = settings
 
     def load(self, name: str) -> bool:
         model = self.get_model(name)
         if model is None:
             if name not in self.registry.active_versions():
                 raise ModelNotFound(name)
-            model = RegistryModel(name, self.registry)
+            model = RegistryModel(name, self.registry, self.settings)
             self.update(model)
         return model.load()
 
 
-def registry_models(registry: ModelRegistry) -> list[RegistryModel]:
-    """Every active model of the registry, loaded (weights checked) and ready; an
-    external_oip card's model is left to its own server."""
+def registry_models(
+    registry: ModelRegistry, settings: InferenceSettings | None = None
+) -> list[RegistryModel]:
+    """Every active model of the registry, loaded (weights checked) and ready, on the
+    device and dtype of `settings` (the defaults without them); an external_oip card's
+    model is left to its own server."""
     active = registry.active_cards()
     models = [
-        RegistryModel(model_id, registry)
+        RegistryModel(model_id, registry, settings)
         for model_id, card in sorted(active.items())
         if card.external is None
     ]
@@ -275,15 +283,22 @@ def serve(
     token: str | None = None,
     emulated_batch_seconds: float = 0.0,
     plain: Sequence[PlainSpec] = (),
+    settings: InferenceSettings | None = None,
 ) -> None:
     """Serve until SIGTERM / SIGINT (blocks); `watch_seconds` 0 turns the watch off; with
     a `token`, every call but the health checks must carry it; `emulated_batch_seconds`:
     see EmulatedAccelerator (benchmarks only); `plain`: versions also served plain
-    (ml/serving_plain.py)."""
+    (ml/serving_plain.py); `settings`: the models' device, dtype and CPU threads (the
+    defaults without them)."""
     RegistryModel.accelerator = EmulatedAccelerator(emulated_batch_seconds)
-    repository = RegistryRepository(registry)
+    if settings is not None:
+        inference.use_threads(settings.threads)
+    repository = RegistryRepository(registry, settings)
     server = RegistryModelServer(repository, host, http_port, grpc_port, token)
-    models: list[kserve.Model] = [*registry_models(registry), *plain_models(list(plain), registry)]
+    models: list[kserve.Model] = [
+        *registry_models(registry, settings),
+        *plain_models(list(plain), registry),
+    ]
     if watch_seconds > 0:
         RegistryWatch(repository, watch_seconds).start()
     server.start(models)

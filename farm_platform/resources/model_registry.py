@@ -18,5 +18,7 @@ class ModelRegistryResource(ConfigurableResource):
         description="folder, or gs:// bucket folder, with registry.json and model cards",
     )
 
-    def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.models_dir)
+    def registry(self, cache_dir: str | None = None) -> ModelRegistry:
+        """The registry; weights read from a bucket are kept in `cache_dir` (the image
+        runs pass their `inference` resource's models_cache)."""
+        return ModelRegistry(self.models_dir, cache_dir)
