@@ -35,11 +35,12 @@ RUN chmod 0755 /usr/local/bin/dagster-webserver
 # No model weights in the image: the pods read the models from the bucket
 # (FARM_MODELS_DIR=gs://BUCKET/models, deploy/k8s/configmap-env.yaml), so a new model version
 # needs no new image. Only the training and evaluation scripts come along. The dbt project
-# and its manifest (dagster-dbt loads it at import: built here, as `make` does).
+# and its manifest (dagster-dbt loads it at import: prepared here, as `make` does).
 COPY models/train.py models/evaluate.py ./models/
 COPY dbt_project ./dbt_project
 COPY workspace.yaml dagster.yaml ./
-RUN cd dbt_project && dbt parse --quiet --profiles-dir . && chown -R farm /app/dbt_project
+RUN dagster-dbt project prepare-and-package --file farm_platform/analytics/dbt_project.py \
+    && chown -R farm /app/dbt_project
 
 USER farm
 EXPOSE 3030 8080 8081

@@ -19,11 +19,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,serve,deploy]'
 	touch $@
 
-# dagster-dbt loads the dbt manifest; build it whenever the dbt project changes.
+# dagster-dbt loads the dbt manifest; prepare it (dagster-dbt's `dbt parse`) whenever the
+# dbt project changes. `dagster dev` prepares it itself (DbtProject.prepare_if_dev).
 DBT_MANIFEST := dbt_project/target/manifest.json
-$(DBT_MANIFEST): $(VENV)/.installed dbt_project/dbt_project.yml dbt_project/profiles.yml \
+$(DBT_MANIFEST): $(VENV)/.installed farm_platform/analytics/dbt_project.py \
+		dbt_project/dbt_project.yml dbt_project/profiles.yml \
 		$(shell find dbt_project/models dbt_project/macros dbt_project/seeds dbt_project/tests -type f 2>/dev/null)
-	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dagster-dbt project prepare-and-package \
+		--file farm_platform/analytics/dbt_project.py
 
 install: $(VENV)/.installed $(DBT_MANIFEST)
 

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "farm_platform_tests"))
 
-from farm_platform.dev.farm import dbt_project_copy  # noqa: E402
+from farm_platform.dev.farm import dbt_workdir  # noqa: E402
 from farm_platform.resources.warehouse import TABLES, WarehouseResource  # noqa: E402
 
 DISEASES = 5
@@ -298,7 +298,7 @@ def run_one(
             "dose_ml_per_sqft": [0.0 if p % 2 == 0 else 120.0 for p in range(positions)],
         }
     )
-    project = dbt_project_copy(field_map, workdir / f"project-{url.split(':')[0]}-{days}")
+    project = dbt_workdir(field_map, workdir / f"project-{url.split(':')[0]}-{days}")
     first_day = first_day_of(days)
     started = time.perf_counter()
     generate_history(url, first_day, positions, days, leaves)

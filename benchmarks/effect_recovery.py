@@ -16,7 +16,7 @@ position-to-position luck with the estimate and so makes any interval look right
 For every seed, a farm with the effect and one without go through the fast path: the true
 grades of the leaves in view (no rendering, perfect detector and graders) and the
 treatment_effect estimator in polars (`effect_frame.treatment_effect_frame`, shown equal to
-the dbt model by test_dbt.py::test_the_benchmark_fast_path_gives_dbt_numbers), then the
+the dbt model by test_dbt_layouts.py::test_the_benchmark_fast_path_gives_dbt_numbers), then the
 report's decision rules (`effect_stats.add_decisions`). Grading error is therefore left
 out; `--pipeline-seeds K` also runs K seeds per effect through the real detector, graders
 and dbt (about a minute each) and scores their last day against the same estimand.

@@ -229,7 +229,7 @@ def duckdb_path(url: str) -> Path:
 
 
 def field_map_path() -> Path:
-    """`$FARM_FIELD_MAP`, else the dbt seed."""
+    """`$FARM_FIELD_MAP`, else the shipped field map (dbt_project/seeds/positions.csv)."""
     return Path(os.environ.get(FARM_FIELD_MAP) or DEFAULT_FIELD_MAP_PATH)
 
 

@@ -506,19 +506,25 @@ def test_severity_plots_cover_a_bounded_window_whatever_the_trial_length():
     assert '<img alt="mean grade per day and area" src="data:image/png;base64,' in page
 
 
-def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
-    location_env, tmp_path, monkeypatch
-):
-    """FARM_FIELD_MAP with 12 positions, 8 of them the tracked seed's ids in the other
-    arm: the `positions` seed and stg_positions that the Dagster asset builds are that
-    field map, not the checkout's seed (dagster-dbt ran dbt in the checkout's project
-    whatever project the asset body chose, so the report split the arms wrongly)."""
+def test_the_positions_asset_gives_dbt_the_configured_field_map(tmp_path, monkeypatch):
+    """A field map (FARM_FIELD_MAP) with 12 positions, 8 of them the shipped map's ids in
+    the other arm: the `positions` asset writes it to the warehouse and stg_positions, which
+    the dbt assets build from that source, is that map, not the shipped file."""
     from dagster import AssetSelection, materialize
+    from dagster_dbt import DbtCliResource
 
-    from farm_platform.analytics.dbt_env import DBT_PROJECT_DIR
-    from farm_platform.resources.field_map import read_field_map
+    from farm_platform.analytics.dbt_env import (
+        DBT_EXECUTABLE,
+        dbt_profiles_dir,
+        warehouse_relation_prefix,
+    )
+    from farm_platform.analytics.dbt_models import build_dbt_models
+    from farm_platform.analytics.dbt_project import farm_dbt_project
+    from farm_platform.analytics.positions import positions
+    from farm_platform.config import DEFAULT_FIELD_MAP_PATH
+    from farm_platform.resources.field_map import FieldMapResource, read_field_map
 
-    tracked = pl.read_csv(DBT_PROJECT_DIR / "seeds" / "positions.csv")
+    tracked = pl.read_csv(DEFAULT_FIELD_MAP_PATH)
     swapped = tracked.with_columns(
         area=pl.when(pl.col("area") == "control")
         .then(pl.lit("treated"))
@@ -535,31 +541,36 @@ def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
     )
     field_map = tmp_path / "positions.csv"
     pl.concat([swapped, extra]).write_csv(field_map)
-    warehouse_url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    monkeypatch.setenv("FARM_FIELD_MAP", str(field_map))
-    monkeypatch.setenv("FARM_WAREHOUSE", warehouse_url)
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     # Only the tests of the selected models: the relationships tests from the grade
     # tables read models this build does not select.
     monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")
 
-    from farm_platform.analytics.dbt_models import farm_dbt_models
-    from farm_platform.analytics.definitions import defs as analytics
-
+    dbt_models = build_dbt_models(warehouse_relation_prefix(url))
     result = materialize(
-        [farm_dbt_models],
+        [positions, dbt_models],
         resources={
-            "dbt": analytics.resources["dbt"],
-            "warehouse": WarehouseResource(url=warehouse_url),
+            "dbt": DbtCliResource(
+                project_dir=farm_dbt_project,
+                profiles_dir=str(dbt_profiles_dir(url)),
+                dbt_executable=DBT_EXECUTABLE,
+            ),
+            "warehouse": WarehouseResource(url=url),
+            "field_map": FieldMapResource(path=str(field_map)),
         },
         selection=AssetSelection.assets("positions", "stg_positions"),
     )
     assert result.success
-    loaded = WarehouseResource(url=warehouse_url).query(
+    loaded = WarehouseResource(url=url).query(
         "SELECT position_id, area FROM stg_positions ORDER BY position_id"
     )
     expected = sorted((p.position_id, p.area) for p in read_field_map(field_map).values())
     assert loaded.rows() == expected
     assert loaded.height == 12
+    # The lineage: the models read the `positions` asset; their storage is this warehouse's.
+    stg = dbt_models.specs_by_key[AssetKey("stg_positions")]
+    assert AssetKey("positions") in {dep.asset_key for dep in stg.deps}
+    assert stg.metadata["dagster/table_name"] == "warehouse.main.stg_positions"
 
 
 def test_the_effect_plots_band_is_the_interval_the_decision_uses():

@@ -22,10 +22,9 @@ from test_pipeline_e2e import Platform, assert_no_duplicate_keys, saw_duplicates
 from farm_platform import cli
 from farm_platform.admin.backfill import backfill_progress
 from farm_platform.admin.model_versions import stale_partitions
-from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
 from farm_platform.dev.daemon import UNFINISHED_STATUSES, ended_tick_id, wait_for_ticks
-from farm_platform.dev.farm import dbt_build
+from farm_platform.dev.farm import dbt_build, dbt_workdir
 from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.keys import GRADES_BY_DISEASE, LEAF_CROPS, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
@@ -230,7 +229,7 @@ def test_new_grader_version_story(story: Platform, capsys):
         assert_no_duplicate_keys(platform)
 
     # 4. The comparison mart: the v1/v2 pair, agreement 1.0 (same weights).
-    project = dbt_project_copy(platform.field_map, platform.root / "dbt_project")
+    project = dbt_workdir(platform.field_map, platform.root / "dbt_project")
     dbt_build(project, platform.warehouse.url)
     agreement = platform.rows("SELECT * FROM model_version_agreement")
     pair = agreement.filter(agreement["disease_model_id"] == GRADER)

@@ -256,15 +256,16 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
     # makes trend_adjusted_effect (placebo looks, the trend-adjusted look).
     from datetime import date
 
+    from dbt_farm import dbt_build, load_warehouse
     from polars.testing import assert_frame_equal
-    from test_dbt import dbt_build, load_warehouse, simulated_truth_farm
+    from test_dbt_layouts import simulated_truth_farm
 
-    from farm_platform.analytics.dbt_env import dbt_project_copy
     from farm_platform.analytics.effect_frame import treatment_effect_frame
     from farm_platform.analytics.effect_trend import trend_adjusted_frame
     from farm_platform.analytics.headline import summary_lines
     from farm_platform.analytics.pre_period import pre_period_line
     from farm_platform.analytics.report_data import load_report_data
+    from farm_platform.dev.farm import dbt_workdir
     from farm_platform.dev.postgres import fresh_database
     from farm_platform.dev.simulate import true_position_day
     from farm_platform.resources.warehouse import WarehouseResource
@@ -272,7 +273,7 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
     config = FarmConfig(positions=8, days=3, seed=21, effect=0.15, layout="blocks", gradient=0.05)
     skipped = {("P002", date(2026, 6, 3))}
     farm = simulated_truth_farm(config, skipped)
-    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    project = dbt_workdir(farm.positions, tmp_path / "project")
     if db == "duckdb":
         url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     else:

@@ -2,7 +2,7 @@
 version switched on mid-trial, photos that arrive after their day's report, and positions
 that leave the trial.
 
-The farm is test_dbt.py's synthetic farm (7 + 7 positions, 4 days, a known effect of −0.5
+The farm is dbt_farm.py's synthetic farm (7 + 7 positions, 4 days, a known effect of −0.5
 grade a day on disease_0); each test changes one thing about it and checks the marts and
 the report's words against expectations computed here from the rows written.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_dbt import (
+from dbt_farm import (
     CROPPER,
     DAYS,
     KNOWN_EFFECT_PER_DAY,
@@ -29,15 +29,13 @@ from test_dbt import (
     TREATED,
     Build,
     Farm,
-    _assert_equals_a_full_refresh,
     _position_changes,
-    _warehouse_and_copy,
     dbt_build,
     load_warehouse,
     synthetic_farm,
 )
+from test_dbt_incremental import _assert_equals_a_full_refresh, _warehouse_and_copy
 
-from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
 from farm_platform.analytics.headline import summary_lines
 from farm_platform.analytics.report_data import (
@@ -46,6 +44,7 @@ from farm_platform.analytics.report_data import (
     load_report_data,
     revisions,
 )
+from farm_platform.dev.farm import dbt_workdir
 from farm_platform.dev.postgres import fresh_database
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -125,7 +124,7 @@ def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_tri
     db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     farm, backfill = switched_farm()
-    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    project = dbt_workdir(farm.positions, tmp_path / "project")
     with _warehouse_and_copy(db, tmp_path, request) as (url, copy_url):
         load_warehouse(url, farm, model_versions=SWITCH_VERSIONS)
         build = dbt_build(project, url)
@@ -218,7 +217,7 @@ def test_late_photos_revise_a_reported_day_visibly_and_its_decision_stands(
     db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     farm = synthetic_farm()
-    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    project = dbt_workdir(farm.positions, tmp_path / "project")
     with _warehouse(db, tmp_path, request, "farm_late") as url:
         # Day 2's report, before the late half of its photos.
         load_warehouse(url, _photos(farm, lambda p, d: d <= DAYS[2] and (p, d) not in LATE))
@@ -394,7 +393,7 @@ def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways
     db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     farm = _photos(synthetic_farm(), lambda p, d: not (p in DROPPED and d > DAYS[1]))
-    project = dbt_project_copy(farm.positions, tmp_path / "project")
+    project = dbt_workdir(farm.positions, tmp_path / "project")
     with _warehouse(db, tmp_path, request, "farm_attrition") as url:
         load_warehouse(url, farm)
         build = dbt_build(project, url)

@@ -46,8 +46,8 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
     ),
     config.DAGSTER_HOME: ("the Dagster instance folder (its `dagster.yaml`)", "—"),
     config.FARM_FIELD_MAP: (
-        "the field map (`positions.csv` form) the sensor trusts and dbt seeds; dbt runs a "
-        "copy of the project when it is not the tracked seed. Replace it by renaming a "
+        "the field map (`positions.csv` form): the sensor trusts it, and the `positions` "
+        "asset copies it into the warehouse table dbt reads. Replace it by renaming a "
         "complete file over it",
         "`dbt_project/seeds/positions.csv`",
     ),
@@ -233,7 +233,8 @@ OTHER_VARIABLES = (
     ("FARM_STACK_DIR", "where `farm-platform stack` keeps pids and logs", "`./.farm/stack`"),
     (
         "FARM_DUCKDB_MEMORY_LIMIT",
-        "DuckDB's `memory_limit` in dbt's profile (`dbt_project/profiles.yml`)",
+        "DuckDB's `memory_limit` in the dbt profile the analytics definitions write "
+        "(`farm_platform/analytics/dbt_env.py`)",
         "`1GB`",
     ),
     (

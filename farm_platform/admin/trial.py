@@ -30,7 +30,9 @@ def _design(args: argparse.Namespace) -> int:
         f"block with seed {seed} (recorded as assignment randomised:{seed})"
     )
     if output == source:
-        print("The map was rewritten in place; reload the dbt seed with the next build.")
+        print(
+            "The map was rewritten in place; the next dbt build (its `positions` asset) reads it."
+        )
     return 0
 
 
@@ -45,7 +47,7 @@ def add_trial_commands(commands: Any) -> None:
         "are treated, drawn at random with --seed (recorded in the map's assignment column).",
     )
     design.add_argument(
-        "--field-map", help="the map to read (default: $FARM_FIELD_MAP, else the dbt seed)"
+        "--field-map", help="the map to read (default: $FARM_FIELD_MAP, else the shipped field map)"
     )
     design.add_argument("--output", help="where to write it (default: over the map read)")
     design.add_argument(

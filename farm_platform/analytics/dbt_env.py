@@ -1,54 +1,54 @@
-"""Where dbt finds the warehouse: environment variables derived from `FARM_WAREHOUSE`.
+"""Where dbt finds the warehouse: a dbt profile built from the `FARM_WAREHOUSE` URL.
 
-`dbt_project/profiles.yml` reads only the variables returned by `dbt_environment`, so one
-URL (the same one `WarehouseResource` takes) points both the inference assets and dbt at
-the same database. Pure standard library: importing this must not import dbt.
+The definitions write it once when they load (`write_dbt_profile`), and the `dbt` resource
+names its folder, so one URL (the same one `WarehouseResource` takes) points both the
+inference assets and dbt at the same database. Pure standard library: importing this must
+not import dbt.
 
-    duckdb:///abs/path/farm.duckdb      -> FARM_DBT_TARGET=duckdb,   FARM_DUCKDB_PATH=/abs/path/…
-    postgresql://user:pw@host:5432/db   -> FARM_DBT_TARGET=postgres, FARM_PG_HOST/PORT/USER/…
+    duckdb:///abs/path/farm.duckdb      -> type duckdb,   path /abs/path/farm.duckdb, schema main
+    postgresql://user:pw@host:5432/db   -> type postgres, host, port, user, …, schema public
 
 DuckDB paths are read by `config.duckdb_path`, as `WarehouseResource` reads them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
+import functools
+import json
+import os
 import shutil
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from farm_platform.config import REPO_ROOT, duckdb_path, process_environment
+from farm_platform.config import REPO_ROOT, duckdb_path
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
-# profiles.yml lives in the project directory.
-DBT_PROFILES_DIR = DBT_PROJECT_DIR
 # The dbt installed beside this interpreter, whether or not its venv is on PATH.
 DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
+# The profile's name (dbt_project.yml `profile:`) and its one target.
+DBT_PROFILE = "farm"
+DBT_TARGET = "warehouse"
 
 DUCKDB_SCHEMA = "main"
 POSTGRES_SCHEMA = "public"
 POSTGRES_DEFAULT_PORT = 5432
 
 
-def dbt_environment(warehouse_url: str) -> dict[str, str]:
-    """The FARM_* variables profiles.yml reads, for a `FARM_WAREHOUSE` URL.
+def dbt_output(warehouse_url: str) -> dict[str, Any]:
+    """The dbt target (a profile's `outputs` entry) of a `FARM_WAREHOUSE` URL.
 
-    Keys, always: FARM_DBT_TARGET (`duckdb` or `postgres`), FARM_DBT_SCHEMA (where the
-    warehouse tables are and the models go: `main` in DuckDB, `public` in PostgreSQL).
-    DuckDB: FARM_DUCKDB_PATH. PostgreSQL: FARM_PG_HOST, FARM_PG_PORT, FARM_PG_USER,
-    FARM_PG_PASSWORD (may be empty), FARM_PG_DBNAME, FARM_PG_SSLMODE (`prefer` unless the
-    URL says `?sslmode=…`).
-    """
+    DuckDB: `path`, schema `main`. PostgreSQL: host, port (5432), user, password (may be
+    empty), dbname, sslmode (`prefer` unless the URL says `?sslmode=…`), schema `public`.
+    The models go where the warehouse tables are."""
     url = (warehouse_url or "").strip()
     if url.startswith("duckdb://"):
-        return _duckdb_environment(url)
+        return _duckdb_output(url)
     if url.startswith(("postgresql://", "postgres://")):
-        return _postgres_environment(url)
+        return _postgres_output(url)
     raise ValueError(
         f"FARM_WAREHOUSE={warehouse_url!r} is not supported by dbt: use "
         "duckdb:////abs/path/farm.duckdb (or duckdb:///relative/path.duckdb) "
@@ -59,23 +59,26 @@ def dbt_environment(warehouse_url: str) -> dict[str, str]:
 def warehouse_relation_prefix(warehouse_url: str) -> str:
     """`database.schema` of the warehouse's tables, as dbt names them: DuckDB calls a file's
     database by its stem, PostgreSQL by the database name."""
-    environment = dbt_environment(warehouse_url)
-    if environment["FARM_DBT_TARGET"] == "duckdb":
-        database = Path(environment["FARM_DUCKDB_PATH"]).stem
-    else:
-        database = environment["FARM_PG_DBNAME"]
-    return f"{database}.{environment['FARM_DBT_SCHEMA']}"
+    output = dbt_output(warehouse_url)
+    database = Path(output["path"]).stem if output["type"] == "duckdb" else output["dbname"]
+    return f"{database}.{output['schema']}"
 
 
-def _duckdb_environment(url: str) -> dict[str, str]:
+def _duckdb_output(url: str) -> dict[str, Any]:
     return {
-        "FARM_DBT_TARGET": "duckdb",
-        "FARM_DBT_SCHEMA": DUCKDB_SCHEMA,
-        "FARM_DUCKDB_PATH": str(duckdb_path(url)),
+        "type": "duckdb",
+        "path": str(duckdb_path(url)),
+        "schema": DUCKDB_SCHEMA,
+        # One thread: with 4, a full refresh failed at random (a model read a table that
+        # another thread was swapping for its __dbt_backup), though it took 2/3 of the time.
+        "threads": 1,
+        # DuckDB takes up to 80 % of RAM by default: a full build of a year of grades
+        # (43 M rows) peaked at 5 GB. With a limit it spills to `<file>.tmp` instead.
+        "settings": {"memory_limit": "{{ env_var('FARM_DUCKDB_MEMORY_LIMIT', '1GB') }}"},
     }
 
 
-def _postgres_environment(url: str) -> dict[str, str]:
+def _postgres_output(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     try:
         port = parts.port or POSTGRES_DEFAULT_PORT
@@ -92,86 +95,38 @@ def _postgres_environment(url: str) -> dict[str, str]:
             f"FARM_WAREHOUSE={url!r}: dbt needs {', '.join(missing)} in the URL "
             "(postgresql://user[:password]@host[:port]/database)"
         )
-    sslmode = parse_qs(parts.query).get("sslmode", ["prefer"])[-1]
     return {
-        "FARM_DBT_TARGET": "postgres",
-        "FARM_DBT_SCHEMA": POSTGRES_SCHEMA,
-        "FARM_PG_HOST": str(host),
-        "FARM_PG_PORT": str(port),
-        "FARM_PG_USER": user,
-        "FARM_PG_PASSWORD": unquote(parts.password) if parts.password else "",
-        "FARM_PG_DBNAME": dbname,
-        "FARM_PG_SSLMODE": sslmode,
+        "type": "postgres",
+        "host": str(host),
+        "port": port,
+        "user": user,
+        "password": unquote(parts.password) if parts.password else "",
+        "dbname": dbname,
+        "sslmode": parse_qs(parts.query).get("sslmode", ["prefer"])[-1],
+        "schema": POSTGRES_SCHEMA,
+        "threads": 2,
     }
 
 
-@contextlib.contextmanager
-def dbt_connection(warehouse_url: str) -> Iterator[None]:
-    """The process environment that `profiles.yml` reads, for the duration of a dbt call;
-    the environment as it was afterwards."""
-    with process_environment(dbt_environment(warehouse_url)):
-        yield
+def write_dbt_profile(warehouse_url: str, folder: Path) -> Path:
+    """`folder/profiles.yml` with the one target of `warehouse_url`; `folder`.
+
+    The file may hold the PostgreSQL password, as the URL does: only its owner reads it."""
+    profile = {
+        DBT_PROFILE: {"target": DBT_TARGET, "outputs": {DBT_TARGET: dbt_output(warehouse_url)}}
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "profiles.yml"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(profile, handle, indent=2)  # JSON is YAML
+    return folder
 
 
-def dbt_project_copy(positions: Path | Any, destination: Path) -> Path:
-    """The dbt project copied to `destination` with `positions` (a field-map CSV or frame)
-    as its `positions` seed.
-
-    The seed in the repository is the production field map; a simulated or corrupted farm
-    must not overwrite it.
-    """
-    shutil.copytree(
-        DBT_PROJECT_DIR,
-        destination,
-        ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "positions.csv"),
-    )
-    seed = destination / "seeds" / "positions.csv"
-    import polars as pl
-
-    if isinstance(positions, pl.DataFrame):
-        positions.write_csv(seed)
-    else:
-        shutil.copyfile(positions, seed)
-    return destination
-
-
-def manifest_is_stale(project_dir: Path) -> bool:
-    """No manifest yet (a fresh checkout), or a model, macro, seed or the project file is
-    newer than it (a `git pull` without `make`): a stale manifest loads, and the next dbt
-    run fails on a model it does not know."""
-    manifest = project_dir / "target" / "manifest.json"
-    if not manifest.exists():
-        return True
-    built = manifest.stat().st_mtime
-    sources = [project_dir / "dbt_project.yml"]
-    for folder in ("models", "macros", "seeds"):
-        sources += (project_dir / folder).rglob("*")
-    return any(path.stat().st_mtime > built for path in sources if path.is_file())
-
-
-def parse_dbt_project(project_dir: Path) -> None:
-    """`dbt parse`: the manifest the analytics assets are built from (a few seconds)."""
-    parsed = subprocess.run(
-        [DBT_EXECUTABLE, "parse", "--quiet", "--profiles-dir", str(project_dir)],
-        cwd=project_dir,
-        capture_output=True,
-        text=True,
-    )
-    if parsed.returncode != 0:
-        raise RuntimeError(
-            f"dbt parse failed in {project_dir}; fix the project, then run `make`:\n"
-            + (parsed.stdout + parsed.stderr)[-2000:]
-        )
-
-
-@contextlib.contextmanager
-def dbt_project_for(field_map: Path) -> Iterator[Path]:
-    """The dbt project whose `positions` seed is `field_map`: the checkout's own when that
-    is its seed, else a temporary copy (a demo or simulated farm never rewrites the
-    tracked seed, which is the real farm's)."""
-    seed = DBT_PROJECT_DIR / "seeds" / "positions.csv"
-    if field_map.resolve() == seed.resolve():
-        yield DBT_PROJECT_DIR
-        return
-    with tempfile.TemporaryDirectory(prefix="farm-dbt-") as folder:
-        yield dbt_project_copy(field_map, Path(folder) / "dbt_project")
+@functools.cache
+def dbt_profiles_dir(warehouse_url: str) -> Path:
+    """A private folder holding the profile of `warehouse_url`, written once per process
+    (the definitions build the `dbt` resource from it) and removed when the process ends."""
+    folder = Path(tempfile.mkdtemp(prefix="farm-dbt-profile-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return write_dbt_profile(warehouse_url, folder)

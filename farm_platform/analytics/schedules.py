@@ -12,14 +12,15 @@ from dagster import (
     schedule,
 )
 
-from farm_platform.analytics.dbt_models import farm_dbt_models
 from farm_platform.analytics.report import EFFECTIVENESS_REPORT
 from farm_platform.images.run_tags import ANALYTICS_QUEUE, CELERY_QUEUE_TAG
 
 daily_report_job = define_asset_job(
     "daily_effectiveness_report",
-    selection=AssetSelection.assets(farm_dbt_models) | AssetSelection.assets(EFFECTIVENESS_REPORT),
-    description="dbt build (models and tests), then the effectiveness report of one day.",
+    # The `analytics` group: the field map's table and the dbt models (their tests too).
+    selection=AssetSelection.groups("analytics") | AssetSelection.assets(EFFECTIVENESS_REPORT),
+    description="The field map into the warehouse, dbt build (models and tests), then the "
+    "effectiveness report of one day.",
 )
 
 

@@ -3,22 +3,24 @@
 The sensor and daemon are covered by the end-to-end tests; here only the data matters.
 `grade_simulated_farm` runs the image assets over a simulated farm (the quality gate, the
 staleness tests and the effect check start from it); `reported_vs_true_effect` answers
-"does the reported effect recover the simulated one?"; `invoke_dbt_build` and
-`dbt_project_copy` are the one way the project runs dbt outside Dagster.
+"does the reported effect recover the simulated one?"; `dbt_workdir` and
+`invoke_dbt_build` are the one way the project runs dbt outside Dagster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from farm_platform.analytics.dbt_env import dbt_connection, dbt_project_copy
+from farm_platform.analytics.dbt_env import DBT_PROJECT_DIR, write_dbt_profile
+from farm_platform.analytics.positions import write_positions
 from farm_platform.dev.simulate import FarmConfig, SimulationSummary, write_farm
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -152,7 +154,7 @@ def reported_vs_true_effect(
     """Per disease: the reported effect and interval on the last day, and the true DiD
     (of the training renderer's leaves in view); `photos` as in grade_simulated_farm."""
     farm = grade_simulated_farm(config, workdir, photos=photos)
-    dbt_build(dbt_project_copy(farm.field_map, workdir / "dbt_project"), farm.warehouse.url)
+    dbt_build(dbt_workdir(farm.field_map, workdir / "dbt"), farm.warehouse.url)
     reported = farm.warehouse.query(
         "SELECT disease_type, effect, ci_low, ci_high, significant FROM treatment_effect"
         " WHERE date = %s",
@@ -178,44 +180,75 @@ class DbtBuildOutcome:
         )
 
 
+# The field map of a `dbt_workdir`, written to the warehouse before each of its builds,
+# and the project vars its builds override.
+WORKDIR_FIELD_MAP = "positions.csv"
+WORKDIR_VARS = "dbt_vars.json"
+
+
+def dbt_workdir(
+    positions: Path | pl.DataFrame,
+    destination: Path,
+    dbt_vars: Mapping[str, Any] | None = None,
+) -> Path:
+    """A folder for `invoke_dbt_build`'s builds whose field map is `positions` (a field-map
+    file or a frame of its columns): each build first writes it to the warehouse, as the
+    `positions` asset does before the daily build. A frame is written as it is, unchecked,
+    so that a corrupted map reaches dbt's tests. `dbt_vars` override the project's vars
+    (`dbt build --vars`) in every build of the folder."""
+    destination.mkdir(parents=True, exist_ok=True)
+    frame = positions if isinstance(positions, pl.DataFrame) else pl.read_csv(positions)
+    frame.write_csv(destination / WORKDIR_FIELD_MAP)
+    (destination / WORKDIR_VARS).write_text(json.dumps(dict(dbt_vars or {})))
+    return destination
+
+
 def invoke_dbt_build(
-    project_dir: Path,
+    workdir: Path,
     warehouse_url: str,
     full_refresh: bool = False,
     select: Sequence[str] = (),
     tests: bool = True,
     target: str = "target",
 ) -> DbtBuildOutcome:
-    """`dbt build` of `project_dir` against the warehouse, every node's status; raises only
-    when dbt itself could not run (not when a model or test fails). The incremental models
-    take only the changed days unless `full_refresh` (`dbt build --full-refresh`); `select`
-    builds only those nodes (`dbt build --select …`); without `tests` only seeds and models
-    are built (two thirds of a small build's time is its 98 data tests).
+    """`dbt build` of the project against the warehouse, every node's status; raises only
+    when dbt itself could not run (not when a model or test fails). The field map of
+    `workdir` (`dbt_workdir`) goes to the warehouse first. The incremental models take only
+    the changed days unless `full_refresh` (`dbt build --full-refresh`); `select` builds
+    only those nodes (`dbt build --select …`); without `tests` only seeds and models are
+    built, no data or unit test (two thirds of a small build's time is its 98 data tests).
 
-    `target` is the folder inside the project where dbt writes its manifest and keeps its
+    `target` is the folder inside `workdir` where dbt writes its manifest and keeps its
     partial-parse state. dbt throws that state away and parses the whole project again
     (2.6 s of a 4 s build) whenever the profile differs from the last build's: builds that
-    alternate between two warehouses on one project give each its own `target`."""
+    alternate between two warehouses give each its own `target`."""
     from dbt.cli.main import dbtRunner
 
-    with dbt_connection(warehouse_url):
-        outcome = dbtRunner().invoke(
-            [
-                "build",
-                "--quiet",
-                "--project-dir",
-                str(project_dir),
-                "--profiles-dir",
-                str(project_dir),
-                "--target-path",
-                str(project_dir / target),
-                "--log-path",
-                str(project_dir / "logs"),
-                *(["--full-refresh"] if full_refresh else []),
-                *(["--select", *select] if select else []),
-                *([] if tests else ["--exclude", "resource_type:test"]),
-            ]
-        )
+    field_map = workdir / WORKDIR_FIELD_MAP
+    if field_map.exists():
+        frame = pl.read_csv(field_map, infer_schema=False)
+        write_positions(WarehouseResource(url=warehouse_url), frame)
+    profiles = write_dbt_profile(warehouse_url, workdir / f"{target}_profile")
+    dbt_vars = workdir / WORKDIR_VARS
+    dbt_vars_json = dbt_vars.read_text() if dbt_vars.exists() else "{}"
+    outcome = dbtRunner().invoke(
+        [
+            "build",
+            "--quiet",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(profiles),
+            "--target-path",
+            str(workdir / target),
+            "--log-path",
+            str(workdir / "logs"),
+            *(["--full-refresh"] if full_refresh else []),
+            *(["--select", *select] if select else []),
+            *([] if tests else ["--exclude", "resource_type:test", "resource_type:unit_test"]),
+            *(["--vars", dbt_vars_json] if dbt_vars_json != "{}" else []),
+        ]
+    )
     if outcome.exception is not None:
         raise outcome.exception
     statuses = {
@@ -225,8 +258,8 @@ def invoke_dbt_build(
     return DbtBuildOutcome(success=outcome.success, statuses=statuses)
 
 
-def dbt_build(project_dir: Path, warehouse_url: str) -> None:
-    """`dbt build` of `project_dir` against the warehouse; raises if a model or test fails."""
-    outcome = invoke_dbt_build(project_dir, warehouse_url)
+def dbt_build(workdir: Path, warehouse_url: str) -> None:
+    """`invoke_dbt_build` of `workdir`; raises if a model or test fails."""
+    outcome = invoke_dbt_build(workdir, warehouse_url)
     if not outcome.success:
-        raise RuntimeError(f"dbt build of {project_dir} failed: {', '.join(outcome.failed())}")
+        raise RuntimeError(f"dbt build in {workdir} failed: {', '.join(outcome.failed())}")

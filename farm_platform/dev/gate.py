@@ -149,12 +149,11 @@ def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Pat
 def dbt_failures(
     workdir: Path, warehouse_url: str, positions: pl.DataFrame, name: str
 ) -> list[str]:
-    """`dbt build` on a copy of the project (and of the warehouse) with `positions` as the
-    field map; the names of the dbt tests/models that failed or errored."""
-    from farm_platform.analytics.dbt_env import dbt_project_copy
-    from farm_platform.dev.farm import invoke_dbt_build
+    """`dbt build` on a copy of the warehouse with `positions` as the field map; the names
+    of the dbt tests/models that failed or errored."""
+    from farm_platform.dev.farm import dbt_workdir, invoke_dbt_build
 
-    project = dbt_project_copy(positions, workdir / f"dbt_{name}")
+    project = dbt_workdir(positions, workdir / f"dbt_{name}")
     copy = workdir / f"warehouse_{name}.duckdb"
     shutil.copyfile(duckdb_path(warehouse_url), copy)
     return invoke_dbt_build(project, f"duckdb:///{copy}").failed()

@@ -207,7 +207,7 @@ CASES = [
         (tiny_image, ("drone_images", "image_quality", "width_in_bounds")),
         (leaves_vanished, ("leaf_crops", "leaves_vanished", "leaves_vanished")),
         (severity_jump, ("disease_0_grades", "severity_jump", "severity_jump_within_bound")),
-        (wrong_area_in_field_map, ("dbt", "accepted_values_positions_area", "")),
+        (wrong_area_in_field_map, ("dbt", "source_accepted_values_farm_positions_area", "")),
         (
             position_missing_from_field_map,
             ("dbt", "relationships_stg_disease_grades_position_id", ""),

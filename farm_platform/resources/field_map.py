@@ -1,8 +1,9 @@
 """The field map, `positions.csv`: which positions exist, in which area, at what dose, and
 (optionally, DESIGN.md revised 2026-12-06) in which block and how the arms were assigned.
 
-The sensor reads it to decide which positions are known, dbt loads it as a seed, and
-`FieldMapResource` hands it to the code location (`$FARM_FIELD_MAP`, else the dbt seed).
+The sensor reads it to decide which positions are known, the `positions` asset copies it
+into the warehouse table dbt reads, and `FieldMapResource` hands it to both code locations
+(`$FARM_FIELD_MAP`, else the shipped map dbt_project/seeds/positions.csv).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def write_field_map(positions: list[Position], path: str | Path) -> Path:
 
 
 class FieldMapResource(ConfigurableResource):
-    """`positions.csv`: the dbt seed and the sensor's list of known positions."""
+    """`positions.csv`: the sensor's list of known positions and the `positions` table's rows."""
 
     path: str = Field(
         default=str(DEFAULT_FIELD_MAP_PATH), description="positions.csv (FARM_FIELD_MAP)"

@@ -133,6 +133,19 @@ ARRIVAL_ACKS_COLUMNS = {
     "pulled_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
 }
 
+# The field map (DESIGN.md, Field map) as dbt reads it: the `positions` asset copies the
+# field-map file here whole; `block` and `assignment` are null where the file lacks them.
+POSITIONS_COLUMNS = {
+    "position_id": "TEXT NOT NULL",
+    "area": "TEXT NOT NULL",
+    "latitude": "DOUBLE PRECISION NOT NULL",
+    "longitude": "DOUBLE PRECISION NOT NULL",
+    "dose_ml_per_sqft": "DOUBLE PRECISION NOT NULL",
+    "block": "TEXT",
+    "assignment": "TEXT",
+}
+
+
 _POLARS_TYPES = {
     "BOOLEAN": pl.Boolean(),
     "TEXT": pl.String(),
@@ -278,6 +291,13 @@ ARRIVAL_ACKS_TABLE = Table(
     primary_key=("ack_id",),
     replace_scope=("ack_id",),
 )
+POSITIONS_TABLE = Table(
+    "positions",
+    POSITIONS_COLUMNS,
+    primary_key=("position_id",),
+    replace_scope=("position_id",),
+    day_locked=False,
+)
 TABLES = {
     table.name: table
     for table in (
@@ -289,5 +309,6 @@ TABLES = {
         MODEL_VERSIONS_TABLE,
         PARTITION_QUALITY_TABLE,
         MODEL_DRIFT_TABLE,
+        POSITIONS_TABLE,
     )
 }

@@ -182,6 +182,16 @@ class WarehouseResource(ConfigurableResource):
                 if frame.height:
                     self._insert(connection, table, frame)
 
+    def replace_table(self, table_name: str, frame: pl.DataFrame) -> None:
+        """Every row of the table replaced by `frame`, in one transaction: a reader sees
+        the old rows or the new ones."""
+        ((table, frame, _),) = prepare_writes([(table_name, frame, None)])
+        with self.connect() as connection:
+            self._ensure_schema(connection)
+            connection.execute(f"DELETE FROM {table.name}")
+            if frame.height:
+                self._insert(connection, table, frame)
+
     def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run write statements (`%s` placeholders) in one transaction."""
         with self.connect() as connection:
