@@ -58,7 +58,7 @@ def test_a_runs_chunk_size_and_severity_jump_are_its_run_config_else_the_policys
     """The sensor writes the policy's values into each run's config (the launchpad shows
     them); a run given its own values uses them; one given none falls back to the policy."""
     from farm_platform.config import ConfigError
-    from farm_platform.images.pipeline import OP_NAME, PhotoRunConfig, photo_run_config
+    from farm_platform.images.run_config import OP_NAME, PhotoRunConfig, photo_run_config
 
     policy = IngestPolicyResource(run_chunk_photos=5, max_severity_jump=0.5)
     written = photo_run_config(["P000"], policy)["ops"][OP_NAME]["config"]

@@ -83,7 +83,7 @@ def launch_backfill(
     from dagster._core.utils import make_new_backfill_id
 
     from farm_platform.images.graph import image_asset_graph
-    from farm_platform.images.pipeline import photo_run_config
+    from farm_platform.images.run_config import photo_run_config
     from farm_platform.images.run_tags import image_run_tags
 
     # Every run of this backfill is an image run (the image location's graph): the same

@@ -87,7 +87,8 @@ def materialize_day(
     `positions` (None: every photo of the day the platform has recorded); its success."""
     from dagster import DagsterInstance, materialize
 
-    from farm_platform.images.pipeline import build_image_pipeline, photo_run_config
+    from farm_platform.images.pipeline import build_image_pipeline
+    from farm_platform.images.run_config import photo_run_config
     from farm_platform.partitions import configured_day_partitions
 
     with contextlib.ExitStack() as stack:

@@ -12,7 +12,6 @@ not pay for them.
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
@@ -25,17 +24,13 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
-    Config,
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
     multi_asset,
 )
-from pydantic import Field
 
-from farm_platform import config as farm_config
 from farm_platform.arrivals import ArrivalQueue
-from farm_platform.config_values import positive_number
 from farm_platform.images import checks
 from farm_platform.images.grading import DayResult, GradingPlan, grade_day
 from farm_platform.images.keys import (
@@ -47,9 +42,9 @@ from farm_platform.images.keys import (
     MODEL_ASSETS,
     PARTITION_QUALITY,
 )
+from farm_platform.images.run_config import OP_NAME, PhotoRunConfig, RunSettings
 from farm_platform.images.run_tags import grades_claimed_photos
 from farm_platform.layout import parse_date
-from farm_platform.ml.settings import InferenceSettings
 from farm_platform.quality import history
 from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos
 from farm_platform.resources.bucket import BucketResource
@@ -59,7 +54,6 @@ from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
 
-OP_NAME = "image_pipeline"
 # One day per backfill run: a day of a real trial is thousands of photos, so a run's
 # start-up is a small share, and each run's metadata and checks describe exactly one day.
 DAY_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
@@ -108,49 +102,6 @@ def image_check_specs(days: PartitionsDefinition) -> list[AssetCheckSpec]:
     ]
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """A run's knobs as resolved: its run config, else the resources' settings."""
-
-    inference: InferenceSettings
-    chunk_photos: int
-    max_severity_jump: float
-
-
-class PhotoRunConfig(Config):
-    positions: list[str] = Field(
-        default_factory=list,
-        description="Positions whose photo of the day this run processes (set by "
-        "drone_image_sensor). Empty: every photo of the day the platform has recorded.",
-    )
-    chunk_photos: int | None = Field(
-        default=None,
-        description="Photos read, decoded, graded and written at a time (bounds the run's "
-        "memory). Empty: the ingest_policy resource's (FARM_RUN_CHUNK_PHOTOS, default "
-        f"{farm_config.DEFAULT_RUN_CHUNK_PHOTOS}).",
-    )
-    max_severity_jump: float | None = Field(
-        default=None,
-        description="The severity_jump check warns when a position's mean grade moves more "
-        "than this in a day. Empty: the ingest_policy resource's (FARM_MAX_SEVERITY_JUMP, "
-        f"default {farm_config.DEFAULT_MAX_SEVERITY_JUMP}).",
-    )
-
-    def chunk(self, policy: IngestPolicyResource) -> int:
-        """`chunk_photos`, else the policy's; ConfigError names a bad value's variable."""
-        if self.chunk_photos is None:
-            return int(policy.number("run_chunk_photos"))
-        name = farm_config.FARM_RUN_CHUNK_PHOTOS
-        return int(positive_number(name, self.chunk_photos, farm_config.DEFAULT_RUN_CHUNK_PHOTOS))
-
-    def severity_jump(self, policy: IngestPolicyResource) -> float:
-        """`max_severity_jump`, else the policy's."""
-        if self.max_severity_jump is None:
-            return policy.number("max_severity_jump")
-        name = farm_config.FARM_MAX_SEVERITY_JUMP
-        return positive_number(name, self.max_severity_jump, farm_config.DEFAULT_MAX_SEVERITY_JUMP)
-
-
 def _partly_committed(
     context: AssetExecutionContext, committed: int, photos: int
 ) -> Iterator[AssetObservation]:
@@ -166,22 +117,6 @@ def _partly_committed(
         description=note,
         metadata={"committed_photos": committed, "photos": photos, "outcome": "run failed"},
     )
-
-
-def photo_run_config(
-    positions: Sequence[str], policy: IngestPolicyResource | None = None
-) -> dict[str, Any]:
-    """Run config of a run over these positions' photos of its day; with the `policy`, its
-    chunk size and severity-jump threshold too, so that the run's launchpad shows them."""
-    knobs = (
-        {
-            "chunk_photos": int(policy.number("run_chunk_photos")),
-            "max_severity_jump": policy.number("max_severity_jump"),
-        }
-        if policy is not None
-        else {}
-    )
-    return {"ops": {OP_NAME: {"config": {"positions": list(positions), **knobs}}}}
 
 
 def build_image_pipeline(days: PartitionsDefinition) -> AssetsDefinition:

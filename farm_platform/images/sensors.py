@@ -33,6 +33,7 @@ from dagster import (
 from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
+from farm_platform.images.run_config import photo_run_config
 from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG, image_run_tags
 from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
@@ -59,8 +60,6 @@ def claim_run_request(
     """One run of the claim's day partition over exactly its photos, bounded by the policy's
     run timeout; `launcher_tags` (default: from its `run_k8s_config`) give its pod on
     Kubernetes a GPU and cores."""
-    from farm_platform.images.pipeline import photo_run_config
-
     if launcher_tags is None:
         launcher_tags = image_run_tags(policy.run_k8s_config)
     return RunRequest(
