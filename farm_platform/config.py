@@ -57,11 +57,15 @@ FARM_WEBSERVER_ALLOWED_ORIGINS = "FARM_WEBSERVER_ALLOWED_ORIGINS"
 FARM_REPORTS = "FARM_REPORTS"
 
 # Batching of arrivals into day runs (docs/ingest.md, "The sensor"): a run starts when this many
-# photos of one day wait, or when the oldest has waited this long.
+# photos of one day wait, or when the oldest nears the latency budget: a run's cost is
+# mostly fixed, so a flight's photos are graded in few large runs, not one every few seconds.
 FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
 DEFAULT_RUN_MAX_PHOTOS = 2000
+FARM_GRADE_WITHIN_SECONDS = "FARM_GRADE_WITHIN_SECONDS"
+DEFAULT_GRADE_WITHIN_SECONDS = 300.0
+# An upper bound on the wait the budget gives (unset: none), for a farm that wants its runs
+# sooner than the budget without changing it.
 FARM_BATCH_MAX_WAIT_SECONDS = "FARM_BATCH_MAX_WAIT_SECONDS"
-DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
 # ... or when its day has gone quiet: nothing announced for it in this long (the flight's
 # upload is over). The tests' farms upload in one burst and set it to 1.
 FARM_BATCH_QUIET_SECONDS = "FARM_BATCH_QUIET_SECONDS"
@@ -166,6 +170,7 @@ CONFIG_VARIABLES = (
     FARM_FIELD_MAP,
     FARM_REPORTS,
     FARM_RUN_MAX_PHOTOS,
+    FARM_GRADE_WITHIN_SECONDS,
     FARM_BATCH_MAX_WAIT_SECONDS,
     FARM_BATCH_QUIET_SECONDS,
     FARM_RUN_CHUNK_PHOTOS,
@@ -213,6 +218,19 @@ def env_number(name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def batch_max_wait_seconds() -> float:
+    """How long a busy day's oldest waiting photo waits for its run to grow: the latency
+    budget (FARM_GRADE_WITHIN_SECONDS) less one sensor interval, since the tick after the
+    one that finds it under the budget comes that much later; then its run grades it. At
+    most FARM_BATCH_MAX_WAIT_SECONDS when that is set."""
+    budget = env_number(FARM_GRADE_WITHIN_SECONDS, DEFAULT_GRADE_WITHIN_SECONDS)
+    interval = env_number(FARM_SENSOR_INTERVAL_SECONDS, DEFAULT_SENSOR_INTERVAL_SECONDS)
+    wait = max(0.0, budget - interval)
+    if os.environ.get(FARM_BATCH_MAX_WAIT_SECONDS):
+        wait = min(wait, env_number(FARM_BATCH_MAX_WAIT_SECONDS, wait))
+    return wait
 
 
 DUCKDB_URL_PREFIX = "duckdb:///"

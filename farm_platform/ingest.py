@@ -49,7 +49,9 @@ class IngestSettings:
     # evaluation timeout (60 s by default); what does not fit waits for the next tick.
     tick_budget_seconds: float = 30.0
     max_photos_per_run: int = config.DEFAULT_RUN_MAX_PHOTOS
-    max_wait_seconds: float = config.DEFAULT_BATCH_MAX_WAIT_SECONDS
+    max_wait_seconds: float = (
+        config.DEFAULT_GRADE_WITHIN_SECONDS - config.DEFAULT_SENSOR_INTERVAL_SECONDS
+    )
     # A day whose newest announcement is this old, in a tick that drained the subscription,
     # has stopped uploading: its waiting photos run at once.
     quiet_after_seconds: float = config.DEFAULT_BATCH_QUIET_SECONDS
@@ -64,9 +66,7 @@ class IngestSettings:
             max_photos_per_run=int(
                 config.env_number(config.FARM_RUN_MAX_PHOTOS, config.DEFAULT_RUN_MAX_PHOTOS)
             ),
-            max_wait_seconds=config.env_number(
-                config.FARM_BATCH_MAX_WAIT_SECONDS, config.DEFAULT_BATCH_MAX_WAIT_SECONDS
-            ),
+            max_wait_seconds=config.batch_max_wait_seconds(),
             quiet_after_seconds=config.env_number(
                 config.FARM_BATCH_QUIET_SECONDS, config.DEFAULT_BATCH_QUIET_SECONDS
             ),
