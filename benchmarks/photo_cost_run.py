@@ -25,8 +25,9 @@ from pipeline_throughput import Platform, image_runs, stage_seconds
 from farm_platform import config
 from farm_platform.dev.daemon import wait_for_photos
 from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.simulate import FarmConfig, simulate_images
+from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.layout import bucket_filesystem
+from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 
 DAY = dt.date(2026, 6, 1)
@@ -77,7 +78,12 @@ def measure(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         # The platform's cost while nothing arrives (sensor ticks, the daemon's loops).
         with CpuMeter(roots) as idle_meter:
             time.sleep(scenario.idle_s)
-        idle = {g: s / scenario.idle_s for g, s in idle_meter.by_group().items() if g != EMULATORS}
+        # A run process still exiting after the models' run is not the idle platform's.
+        idle = {
+            group: seconds / scenario.idle_s
+            for group, seconds in idle_meter.by_group().items()
+            if group not in (EMULATORS, "run workers")
+        }
         sessions_before = postgres_sessions(pg_url) if pg_url else 0
         tracker = LatencyTracker(platform.warehouse)
         machine_before = busy_cpu_seconds()
@@ -120,8 +126,9 @@ def _feed(platform: Any, photos: list[Any], interval: float, tracker: LatencyTra
         next_at += interval
 
 
-def _wait_runs_ended(instance: DagsterInstance, seconds: float = 120) -> None:
-    """Rows are committed before a run's last events: wait for its end to count them."""
+def _wait_runs_ended(instance: DagsterInstance, seconds: float = 1800) -> None:
+    """Rows are committed before a run's checks and last events: wait for its end to
+    count them (and its CPU)."""
     deadline = time.monotonic() + seconds
     while any(r.end_time is None for r in image_runs(instance)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -190,6 +197,8 @@ def _production(
         os.environ.setdefault(name, os.urandom(12).hex())
     state_dir = workdir / "state"
     info = dev_stack.stack_up(state_dir)
+    farm = FarmConfig(positions=scenario.photos, days=1, start_date=DAY, seed=5)
+    write_field_map(field_map(farm), state_dir / "positions.csv")
     try:
         bucket = f"file://{workdir / 'bucket'}"
         settings = {**info.environment(), config.FARM_BUCKET: bucket}
