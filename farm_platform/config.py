@@ -58,11 +58,15 @@ FARM_WEBSERVER_ALLOWED_ORIGINS = "FARM_WEBSERVER_ALLOWED_ORIGINS"
 FARM_REPORTS = "FARM_REPORTS"
 
 # Batching of arrivals into day runs (docs/ingest.md, "The sensor"): a run starts when this many
-# photos of one day wait, or when the oldest has waited this long.
+# photos of one day wait, or when the oldest nears the latency budget: a run's cost is
+# mostly fixed, so a flight's photos are graded in few large runs, not one every few seconds.
 FARM_RUN_MAX_PHOTOS = "FARM_RUN_MAX_PHOTOS"
 DEFAULT_RUN_MAX_PHOTOS = 2000
+FARM_GRADE_WITHIN_SECONDS = "FARM_GRADE_WITHIN_SECONDS"
+DEFAULT_GRADE_WITHIN_SECONDS = 300.0
+# An upper bound on the wait the budget gives (unset: none), for a farm that wants its runs
+# sooner than the budget without changing it.
 FARM_BATCH_MAX_WAIT_SECONDS = "FARM_BATCH_MAX_WAIT_SECONDS"
-DEFAULT_BATCH_MAX_WAIT_SECONDS = 15.0
 # ... or when its day has gone quiet: nothing announced for it in this long (the flight's
 # upload is over). The tests' farms upload in one burst and set it to 1.
 FARM_BATCH_QUIET_SECONDS = "FARM_BATCH_QUIET_SECONDS"
@@ -171,6 +175,7 @@ CONFIG_VARIABLES = (
     FARM_FIELD_MAP,
     FARM_REPORTS,
     FARM_RUN_MAX_PHOTOS,
+    FARM_GRADE_WITHIN_SECONDS,
     FARM_BATCH_MAX_WAIT_SECONDS,
     FARM_BATCH_QUIET_SECONDS,
     FARM_RUN_CHUNK_PHOTOS,

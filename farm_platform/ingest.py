@@ -50,7 +50,9 @@ class IngestSettings:
     # evaluation timeout (60 s by default); what does not fit waits for the next tick.
     tick_budget_seconds: float = 30.0
     max_photos_per_run: int = config.DEFAULT_RUN_MAX_PHOTOS
-    max_wait_seconds: float = config.DEFAULT_BATCH_MAX_WAIT_SECONDS
+    max_wait_seconds: float = (
+        config.DEFAULT_GRADE_WITHIN_SECONDS - config.DEFAULT_SENSOR_INTERVAL_SECONDS
+    )
     # A day whose newest announcement is this old, in a tick that drained the subscription,
     # has stopped uploading: its waiting photos run at once.
     quiet_after_seconds: float = config.DEFAULT_BATCH_QUIET_SECONDS
@@ -64,7 +66,7 @@ class IngestSettings:
         """The batching the sensor's `ingest_policy` resource sets."""
         return cls(
             max_photos_per_run=int(policy.number("run_max_photos")),
-            max_wait_seconds=policy.number("batch_max_wait_seconds"),
+            max_wait_seconds=policy.batch_wait_seconds(),
             quiet_after_seconds=policy.number("batch_quiet_seconds"),
         )
 

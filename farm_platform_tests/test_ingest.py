@@ -48,6 +48,29 @@ def test_a_day_is_quiet_after_the_window_its_setting_gives(farm, queue):
     assert busy.stats.new_images == 1 and busy.claims == []
 
 
+def test_a_busy_days_photo_runs_when_it_nears_its_latency_budget(farm, queue, monkeypatch):
+    """FARM_GRADE_WITHIN_SECONDS: while the day still uploads, its oldest photo waits for
+    its run to grow until the budget less one sensor interval; FARM_BATCH_MAX_WAIT_SECONDS
+    only lowers that wait."""
+    pubsub, bucket, date, _ = farm
+    assert IngestPolicyResource().batch_wait_seconds() == 290  # 300 s budget, 10 s ticks
+    assert IngestPolicyResource(batch_max_wait_seconds=600).batch_wait_seconds() == 290
+    assert IngestPolicyResource(batch_max_wait_seconds=15).batch_wait_seconds() == 15
+    monkeypatch.setenv(config.FARM_GRADE_WITHIN_SECONDS, "soon")
+    with pytest.raises(config.ConfigError, match="FARM_GRADE_WITHIN_SECONDS"):
+        IngestPolicyResource.from_environment()
+    monkeypatch.delenv(config.FARM_GRADE_WITHIN_SECONDS)
+
+    policy = IngestPolicyResource(grade_within_seconds=6, sensor_interval_seconds=5)
+    upload(bucket, ImageKey("P000", date))
+    busy = tick(pubsub, bucket, queue, settings=IngestSettings.from_policy(policy))
+    assert busy.stats.new_images == 1 and busy.claims == []  # the day uploads: it waits
+    time.sleep(1.5)
+    upload(bucket, ImageKey("P001", date))  # still uploading: the day is not quiet
+    due = tick(pubsub, bucket, queue, busy.cursor, settings=IngestSettings.from_policy(policy))
+    assert claimed(due) == ["P000", "P001"]  # the oldest neared its budget: one run of both
+
+
 def test_both_forms_of_one_upload_are_one_unit_of_work(farm, queue, publisher):
     pubsub, bucket, date, subscription = farm
     keys = [ImageKey(position, date) for position in POSITIONS]

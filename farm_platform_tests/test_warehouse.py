@@ -359,3 +359,36 @@ def _wait_for_ungranted_locks(
             return
         assert time.monotonic() < deadline, f"{frame['n'][0]} lock requests wait ({which})"
         time.sleep(0.05)
+
+
+def test_a_session_reuses_one_postgres_connection_per_thread_and_rolls_back_a_failure(
+    postgres_url,
+):
+    """Inside `session()` a run's statements share a connection per thread (one backend),
+    each `connect` still one transaction: a failed write leaves nothing and the connection
+    goes on; outside a session every `connect` is a connection of its own."""
+    import threading
+
+    warehouse = WarehouseResource(url=postgres_url)
+    warehouse.create_schema()
+    warehouse.execute([("DELETE FROM disease_grades", [])])
+
+    def backend() -> int:
+        return warehouse.query("SELECT pg_backend_pid() AS pid")["pid"][0]
+
+    with warehouse.session():
+        first = backend()
+        warehouse.replace_rows("disease_grades", grades(position="P001"))
+        with pytest.raises(WarehouseError, match="lacks columns"):
+            warehouse.replace_rows("disease_grades", grades(position="P002").drop("confidence"))
+        with pytest.raises(Exception, match="(?i)duplicate|unique"):
+            warehouse.replace_rows("disease_grades", pl.concat([grades("P003"), grades("P003")]))
+        assert count(warehouse, "position_id = 'P003'") == 0  # rolled back, connection usable
+        assert backend() == first
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.append(backend()))
+        thread.start()
+        thread.join()
+        assert other and other[0] != first
+    assert count(warehouse, "position_id = 'P001'") == 3
+    assert backend() != backend()  # no session: a connection per statement

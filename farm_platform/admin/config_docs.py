@@ -56,7 +56,17 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "photos of one day that make a full batch: a run starts at once",
         None,
     ),
-    config.FARM_BATCH_MAX_WAIT_SECONDS: ("longest a photo waits for its batch to fill", None),
+    config.FARM_GRADE_WITHIN_SECONDS: (
+        "a photo's latency budget while its day's flight is still uploading: a run grows "
+        "until its oldest photo has waited this less one sensor interval, then grades "
+        "(a photo is graded within the budget plus one run). Larger: fewer, larger runs "
+        "and less CPU per photo; smaller: photos graded sooner, at more CPU per photo",
+        None,
+    ),
+    config.FARM_BATCH_MAX_WAIT_SECONDS: (
+        "an upper bound on how long a photo waits for its batch to grow (below the budget's)",
+        "unset (the budget decides)",
+    ),
     config.FARM_BATCH_QUIET_SECONDS: (
         "a day with nothing announced for this long has finished uploading: its waiting "
         "photos run at once. Raise it for drones that pause longer between uploads",

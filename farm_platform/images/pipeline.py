@@ -157,11 +157,15 @@ def image_pipeline(
     mode = "shared" if grades_claimed_photos(context.run.tags) else "exclusive"
     events: list[Any] = []
     failure: Exception | None = None
-    with warehouse.day_grading_lock(
-        date,
-        exclusive=mode == "exclusive",
-        waiting=lambda: context.log.info(f"{date}: {LOCK_WAITING}, {mode}"),
-    ) as locked:
+    # On PostgreSQL the run's statements share a connection per thread (warehouse.session).
+    with (
+        warehouse.session(),
+        warehouse.day_grading_lock(
+            date,
+            exclusive=mode == "exclusive",
+            waiting=lambda: context.log.info(f"{date}: {LOCK_WAITING}, {mode}"),
+        ) as locked,
+    ):
         lock = f"{mode} day lock" if locked else "no day lock"
         try:
             for event in _process_day(

@@ -121,14 +121,15 @@ def drone_image_tick(
     # Read before claiming: a malformed FARM_RUN_K8S_CONFIG then fails the tick with its
     # name while every photo is still in the queue, instead of after its claim.
     launcher_tags = image_run_tags(ingest_policy.run_k8s_config)
-    outcome = ingest_tick(
-        IngestCursor.from_json(context.cursor),
-        pubsub,
-        bucket,
-        ArrivalQueue(warehouse),
-        field_map.positions,
-        IngestSettings.from_policy(ingest_policy),
-    )
+    with warehouse.session():  # on PostgreSQL, the tick's statements share a connection
+        outcome = ingest_tick(
+            IngestCursor.from_json(context.cursor),
+            pubsub,
+            bucket,
+            ArrivalQueue(warehouse),
+            field_map.positions,
+            IngestSettings.from_policy(ingest_policy),
+        )
     stats = outcome.stats
     summary = stats.summary()
     # An idle tick (the usual case, every 10 s) writes nothing to the log; the tick list

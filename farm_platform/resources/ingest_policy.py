@@ -1,7 +1,8 @@
 """How the ingest sensors batch photos into runs and retry them, and the image runs'
 per-run defaults, as a Dagster resource (docs/ingest.md, "The sensor").
 
-The definitions fill its fields from FARM_RUN_MAX_PHOTOS, FARM_BATCH_MAX_WAIT_SECONDS,
+The definitions fill its fields from FARM_RUN_MAX_PHOTOS, FARM_GRADE_WITHIN_SECONDS,
+FARM_BATCH_MAX_WAIT_SECONDS, FARM_SENSOR_INTERVAL_SECONDS,
 FARM_BATCH_QUIET_SECONDS, FARM_RUN_TIMEOUT_SECONDS, FARM_MAX_PHOTO_ATTEMPTS,
 FARM_RETRY_BACKOFF_SECONDS, FARM_RETRY_BUDGET_SECONDS, FARM_RUN_K8S_CONFIG,
 FARM_RUN_CHUNK_PHOTOS and FARM_MAX_SEVERITY_JUMP; `IngestSettings.from_policy`,
@@ -25,7 +26,9 @@ class IngestPolicyResource(ConfigurableResource):
 
     VARIABLES: ClassVar[dict[str, str]] = {
         "run_max_photos": config.FARM_RUN_MAX_PHOTOS,
+        "grade_within_seconds": config.FARM_GRADE_WITHIN_SECONDS,
         "batch_max_wait_seconds": config.FARM_BATCH_MAX_WAIT_SECONDS,
+        "sensor_interval_seconds": config.FARM_SENSOR_INTERVAL_SECONDS,
         "batch_quiet_seconds": config.FARM_BATCH_QUIET_SECONDS,
         "run_timeout_seconds": config.FARM_RUN_TIMEOUT_SECONDS,
         "max_photo_attempts": config.FARM_MAX_PHOTO_ATTEMPTS,
@@ -39,9 +42,18 @@ class IngestPolicyResource(ConfigurableResource):
     run_max_photos: int = Field(
         default=config.DEFAULT_RUN_MAX_PHOTOS, description="photos of one day that start a run"
     )
+    grade_within_seconds: float = Field(
+        default=config.DEFAULT_GRADE_WITHIN_SECONDS,
+        description="a photo's latency budget: a busy day's run grows until its oldest "
+        "waiting photo nears it",
+    )
     batch_max_wait_seconds: float = Field(
-        default=config.DEFAULT_BATCH_MAX_WAIT_SECONDS,
-        description="a run starts once the oldest waiting photo has waited this long",
+        default=0.0,
+        description="an upper bound on the wait the budget gives; 0: none",
+    )
+    sensor_interval_seconds: float = Field(
+        default=config.DEFAULT_SENSOR_INTERVAL_SECONDS,
+        description="the ingest sensor's interval: the next tick may come this much later",
     )
     batch_quiet_seconds: float = Field(
         default=config.DEFAULT_BATCH_QUIET_SECONDS,
@@ -82,6 +94,18 @@ class IngestPolicyResource(ConfigurableResource):
         """A numeric field, checked: ConfigError names its variable."""
         name = self.VARIABLES[field]
         return positive_number(name, getattr(self, field), type(self).model_fields[field].default)
+
+    def batch_wait_seconds(self) -> float:
+        """How long a busy day's oldest waiting photo waits for its run to grow: the latency
+        budget less one sensor interval (the tick after the one that finds it under the
+        budget comes that much later), then its run grades it; at most
+        batch_max_wait_seconds when that is set."""
+        wait = max(
+            0.0, self.number("grade_within_seconds") - self.number("sensor_interval_seconds")
+        )
+        if self.batch_max_wait_seconds:
+            wait = min(wait, self.number("batch_max_wait_seconds"))
+        return wait
 
     def run_timeout(self, photos: int) -> int:
         """A sensor run's `dagster/max_runtime` for `photos` photos."""

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,16 @@ from pydantic import Field
 
 from farm_platform.config import duckdb_path
 from farm_platform.resources.tables import TABLES, Table
+from farm_platform.resources.warehouse_connections import (
+    WarehouseError,
+    connect_duckdb,
+    file_turn,
+    postgres_connection,
+    postgres_session,
+    rollback_duckdb,
+)
+
+__all__ = ["WarehouseError", "WarehouseResource", "prepare_writes"]
 
 # The key of a day's grading lock (`day_grading_lock`); not the key of the per-day
 # transaction lock of the writes (`_lock_days`), which a run holding this one takes too.
@@ -33,10 +39,6 @@ DAY_GRADING_LOCK_PREFIX = "farm_day_grading:"
 # Warehouses whose added columns (and on PostgreSQL secondary indexes) this process has
 # made sure of.
 _MIGRATED_WAREHOUSES: set[str] = set()
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse URL or a frame written to it is wrong."""
 
 
 class WarehouseResource(ConfigurableResource):
@@ -74,7 +76,7 @@ class WarehouseResource(ConfigurableResource):
                     try:
                         yield connection
                     except BaseException:
-                        _rollback_duckdb(connection)
+                        rollback_duckdb(connection)
                         raise
                     # A COMMIT that fails (a full disk) has ended the transaction itself:
                     # no ROLLBACK after it, whose "no transaction is active" would be
@@ -83,9 +85,7 @@ class WarehouseResource(ConfigurableResource):
                 finally:
                     connection.close()
         else:
-            import psycopg
-
-            with psycopg.connect(self.url) as connection:
+            with postgres_connection(self.url) as connection:
                 yield connection
 
     @contextlib.contextmanager
@@ -99,21 +99,19 @@ class WarehouseResource(ConfigurableResource):
             return
         path = self.duckdb_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_turn(path.with_name(path.name + ".lock"), self.lock_timeout_seconds):
+        with file_turn(path.with_name(path.name + ".lock"), self.lock_timeout_seconds):
             yield
 
     def _connect_duckdb(self) -> Any:
-        import duckdb
+        return connect_duckdb(self.duckdb_path, self.lock_timeout_seconds)
 
-        deadline = time.monotonic() + self.lock_timeout_seconds
-        # A process outside the platform (a notebook, the DuckDB CLI) may hold the file.
-        while True:
-            try:
-                return duckdb.connect(str(self.duckdb_path))
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    def session(self) -> contextlib.AbstractContextManager[None]:
+        """While inside, `connect` reuses one PostgreSQL connection per thread (a run's
+        statements then pay for one connection, not one each); nothing on DuckDB, whose
+        file the platform's processes take turns at statement by statement."""
+        if self.dialect != "postgresql":
+            return contextlib.nullcontext()
+        return postgres_session(self.url)
 
     @contextlib.contextmanager
     def day_grading_lock(
@@ -287,15 +285,6 @@ class WarehouseResource(ConfigurableResource):
         return bool(frame["n"][0])
 
 
-def _rollback_duckdb(connection: Any) -> None:
-    """End a failed transaction. A statement that fails may have ended it already; the
-    rollback's own error must then not replace the failure being raised."""
-    import duckdb
-
-    with contextlib.suppress(duckdb.Error):
-        connection.execute("ROLLBACK")
-
-
 def _add_missing_columns(connection: Any) -> None:
     """Give a warehouse made by an older release the columns added since. Only those that
     are missing: ALTER TABLE locks its table (on PostgreSQL, against readers too) even when
@@ -333,64 +322,6 @@ def _frame(
 ) -> pl.DataFrame:
     names = [column[0] for column in description or []]
     return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-
-
-@dataclass
-class _Turn:
-    """This process's hold on one lock file: every thread of the process shares it."""
-
-    mutex: threading.Lock = field(default_factory=threading.Lock)
-    handle: Any = None
-    holders: int = 0
-
-
-_turns: dict[Path, _Turn] = {}
-_turns_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def _file_turn(lock_path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive flock on `lock_path` held while any thread of this process is inside:
-    the threads of one run (reader, writer) use the database together, other processes
-    wait their turn."""
-    with _turns_guard:
-        turn = _turns.setdefault(lock_path, _Turn())
-    deadline = time.monotonic() + timeout
-    if not turn.mutex.acquire(timeout=timeout):
-        raise _busy(lock_path, timeout)
-    try:
-        if turn.holders == 0:
-            handle = open(lock_path, "a")  # noqa: SIM115 - held until the last holder leaves
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        handle.close()
-                        raise _busy(lock_path, timeout) from None
-                    time.sleep(0.05)
-            turn.handle = handle
-        turn.holders += 1
-    finally:
-        turn.mutex.release()
-    try:
-        yield
-    finally:
-        with turn.mutex:
-            turn.holders -= 1
-            if turn.holders == 0:
-                fcntl.flock(turn.handle, fcntl.LOCK_UN)
-                turn.handle.close()
-                turn.handle = None
-
-
-def _busy(lock_path: Path, timeout: float) -> WarehouseError:
-    return WarehouseError(
-        f"{lock_path.with_suffix('')} stayed busy for {timeout:.0f} s (another process of the "
-        "platform holds it); raise FARM_WAREHOUSE_LOCK_SECONDS, or use PostgreSQL for "
-        "concurrent work"
-    )
 
 
 def prepare_writes(
