@@ -136,28 +136,31 @@ def _wait_runs_ended(instance: DagsterInstance, seconds: float = 1800) -> None:
 
 def _run_figures(instance: DagsterInstance, cpu: dict[str, float], photos: int) -> dict[str, Any]:
     runs = image_runs(instance)
-    n = max(1, len(runs))
     emulators = cpu.pop(EMULATORS, 0.0)
     events = sum(len(instance.all_logs(r.dagster_run.run_id)) for r in runs)
-    outside_op = op_wall = 0.0
-    for record in runs:
+    outside_op = op_wall = queued = 0.0
+    ran = [r for r in runs if r.start_time and r.end_time]  # a canceled run never started
+    for record in ran:
         stages = stage_seconds(instance, record.dagster_run.run_id)
         op_wall += stages.get("op_total", 0.0)
-        outside_op += (record.end_time or 0) - (record.start_time or 0) - stages.get("op_total", 0)
-    queued = sum((r.start_time or 0) - r.create_timestamp.timestamp() for r in runs)
+        outside_op += record.end_time - record.start_time - stages.get("op_total", 0.0)
+        queued += record.start_time - record.create_timestamp.timestamp()
+    n = max(1, len(ran))
     return {
         "runs": len(runs),
         "events": events,
         "cpu_s_by_group": cpu,
         "platform_cpu_s": sum(cpu.values()),
         "emulator_cpu_s": emulators,
-        "cpu_s_per_run_by_group": {g: s / n for g, s in sorted(cpu.items(), key=lambda i: -i[1])},
+        "cpu_s_per_run_by_group": {
+            g: s / max(1, len(runs)) for g, s in sorted(cpu.items(), key=lambda i: -i[1])
+        },
         "run_wall_s": {
             "created → started": queued / n,
             "the op": op_wall / n,
             "in the run, outside the op": outside_op / n,
         },
-        "photos_per_run": photos / n,
+        "photos_per_run": photos / max(1, len(runs)),
     }
 
 
