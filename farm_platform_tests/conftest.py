@@ -31,10 +31,10 @@ from farm_platform.config import (
     DRONE_IMAGE_TOPIC,
     REPO_MODELS_DIR,
 )
-from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.postgres import postgres_server
-from farm_platform.dev.stack import StackInfo
+from farm_platform_dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.postgres import postgres_server
+from farm_platform_dev.stack import StackInfo
 
 # --------------------------------------------------------------------------- order
 
@@ -78,7 +78,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _live_children() -> set[tuple[int, str]]:
     """This process's live child processes (pid, command line); zombies are gone."""
-    from farm_platform.dev.processes import child_pids, command_line, pid_alive
+    from farm_platform_dev.processes import child_pids, command_line, pid_alive
 
     children = set()
     for pid in child_pids(os.getpid()):

@@ -11,13 +11,13 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from farm_platform.analytics.headline import design_line, overall_answer, summary_lines
-from farm_platform.analytics.report import render_report
-from farm_platform.analytics.report_data import (
+from farm_platform.report.data import (
     ReportData,
     confusion_matrix,
     version_effect_comparison,
 )
+from farm_platform.report.headline import design_line, overall_answer, summary_lines
+from farm_platform.report.render import render_report
 from farm_platform.resources.warehouse import WarehouseResource
 
 
@@ -466,7 +466,7 @@ def test_the_report_reads_as_words_for_a_reader():
 
 
 def test_severity_plots_cover_a_bounded_window_whatever_the_trial_length():
-    from farm_platform.analytics.report_plots import (
+    from farm_platform.report.plots import (
         PLOT_OVERVIEW_POINTS,
         PLOT_RECENT_DAYS,
         severity_plot_frames,
@@ -565,8 +565,8 @@ def test_the_dbt_assets_load_the_configured_field_map_not_the_tracked_seed(
 def test_the_effect_plots_band_is_the_interval_the_decision_uses():
     """Issue 28: the plot drew the single-day band, below 0, beside a headline that said
     "not conclusive" from the always-valid interval."""
-    from farm_platform.analytics.report import EFFECT_PLOT_CAPTION
-    from farm_platform.analytics.report_plots import effect_bands
+    from farm_platform.report.plots import effect_bands
+    from farm_platform.report.render import EFFECT_PLOT_CAPTION
 
     day = dt.date(2026, 6, 3)
     effects = pl.DataFrame(
@@ -593,7 +593,7 @@ def test_the_effect_plots_band_is_the_interval_the_decision_uses():
 @pytest.mark.parametrize("days", [1, 3, 20, 200])
 def test_plot_ticks_fall_on_whole_days_a_few_of_them(days):
     """Issue 26: ticks at half days ("Jun-02 12:00") and a locator warning over short trials."""
-    from farm_platform.analytics.report_plots import _date_axis, _pyplot
+    from farm_platform.report.plots import _date_axis, _pyplot
 
     plt, mdates = _pyplot()
     figure, axis = plt.subplots()

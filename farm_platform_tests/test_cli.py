@@ -15,7 +15,7 @@ import pytest
 
 from farm_platform.cli import build_parser
 from farm_platform.config import DEFAULT_FIELD_MAP_PATH
-from farm_platform.dev.processes import free_port
+from farm_platform_dev.processes import free_port
 
 COMMAND = str(Path(sys.executable).with_name("farm-platform"))
 

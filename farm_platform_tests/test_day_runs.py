@@ -9,15 +9,15 @@ import sys
 import polars as pl
 import pytest
 
-from farm_platform.dev.farm import (
+from farm_platform.layout import ImageKey
+from farm_platform_dev.farm import (
     GradedFarm,
     copy_farm,
     grade_simulated_farm,
     materialize_day,
 )
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.simulate.render import png_header_only
-from farm_platform.layout import ImageKey
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.simulate.render import png_header_only
 
 CONFIG = FarmConfig(positions=3, days=1, seed=21)
 DAY = CONFIG.dates[0].isoformat()
@@ -79,7 +79,7 @@ def test_two_runs_of_one_day_at_once_write_each_photo_once(graded, tmp_path):
     file lock instead of failing, and each photo's rows replace the other's."""
     resources = copy_farm(graded, tmp_path)
     program = (
-        "import sys; from farm_platform.dev.farm import farm_resources, materialize_day; "
+        "import sys; from farm_platform_dev.farm import farm_resources, materialize_day; "
         "ok = materialize_day(farm_resources(sys.argv[1], sys.argv[2]), sys.argv[3], "
         "sys.argv[4].split(',') if sys.argv[4] else None); sys.exit(0 if ok else 1)"
     )
@@ -162,7 +162,7 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
     from dagster import DagsterInstance
 
     from farm_platform.admin.reconcile import reconcile
-    from farm_platform.arrivals import ArrivalQueue
+    from farm_platform.ingest.arrivals import ArrivalQueue
     from farm_platform.ml.registry import ModelRegistry
 
     resources = copy_farm(graded, tmp_path)

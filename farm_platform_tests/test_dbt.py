@@ -32,14 +32,14 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from farm_platform.analytics.dbt_env import dbt_environment, dbt_project_copy
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.headline import design_line, summary_lines
-from farm_platform.analytics.report_data import effect_decisions, load_report_data
-from farm_platform.dev.farm import DbtBuildOutcome, invoke_dbt_build
-from farm_platform.dev.postgres import fresh_database
-from farm_platform.dev.simulate import FarmConfig, field_map, simulate_truth, true_position_day
 from farm_platform.ml.registry import DISEASE_TYPES
+from farm_platform.report.data import effect_decisions, load_report_data
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.headline import design_line, summary_lines
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.farm import DbtBuildOutcome, invoke_dbt_build
+from farm_platform_dev.postgres import fresh_database
+from farm_platform_dev.simulate import FarmConfig, field_map, simulate_truth, true_position_day
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
 LAST_DAY = DAYS[-1]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from farm_platform.dev.demo import run_demo
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.stack import load_stack, stack_down
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.demo import run_demo
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.stack import load_stack, stack_down
 
 pytestmark = pytest.mark.slow
 

@@ -90,8 +90,8 @@ def test_the_accepted_keys_are_dagster_k8s_own():
 
 
 def test_sensor_runs_carry_the_k8s_tag_and_gpu_runs_the_device_tag(monkeypatch):
-    from farm_platform.arrivals import Claim
     from farm_platform.images.sensors import claim_run_request
+    from farm_platform.ingest.arrivals import Claim
 
     claim = Claim("photos:2026-06-01:1", dt.date(2026, 6, 1), ("P000", "P001"))
     monkeypatch.delenv(config.FARM_RUN_K8S_CONFIG, raising=False)
@@ -196,8 +196,8 @@ def run_job(monkeypatch: pytest.MonkeyPatch, tags: dict[str, str]) -> dict[str, 
 
 
 def gpu_run_tags(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    from farm_platform.arrivals import Claim
     from farm_platform.images.sensors import claim_run_request
+    from farm_platform.ingest.arrivals import Claim
 
     monkeypatch.setenv(config.FARM_RUN_K8S_CONFIG, json.dumps(GPU_RUN_CONFIG))
     claim = Claim("photos:2026-06-01:1", dt.date(2026, 6, 1), ("P000",))
@@ -413,7 +413,7 @@ def test_each_code_server_is_probed_for_its_serving_child_not_its_process():
     startup probe keeps it off while the definitions load. The chart writes the probes
     into the container as they are: strictly valid Kubernetes probes."""
     from farm_platform.cli import build_parser
-    from farm_platform.dev.commands import _code_server_check
+    from farm_platform_dev.commands import _code_server_check
 
     for deployment in values()["dagster-user-deployments"]["deployments"]:
         startup = {k: v for k, v in deployment["startupProbe"].items() if k != "enabled"}
@@ -639,7 +639,7 @@ def test_the_celery_launcher_fails_a_started_run_whose_worker_does_not_run_it(mo
     from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
     from dagster_celery.launcher import CeleryRunLauncher
 
-    from farm_platform.dev.celery_launcher import FarmCeleryRunLauncher
+    from farm_platform_dev.celery_launcher import FarmCeleryRunLauncher
 
     run = SimpleNamespace(run_id="r1", tags={"dagster-celery/task_id": "t1"})
     active: dict[str, Any] = {"images@vm": [{"id": "t1"}]}

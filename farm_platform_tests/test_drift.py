@@ -11,12 +11,12 @@ import pytest
 from conftest import copy_repo_models
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
-from farm_platform.dev.eval_render import render_eval_images
-from farm_platform.dev.farm import QUIET_RUN_CONFIG, GradedFarm, copy_farm, grade_simulated_farm
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.simulate.render import encode_png
 from farm_platform.layout import ImageKey
 from farm_platform.quality import drift
+from farm_platform_dev.eval_render import render_eval_images
+from farm_platform_dev.farm import QUIET_RUN_CONFIG, GradedFarm, copy_farm, grade_simulated_farm
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.simulate.render import encode_png
 
 CONFIG = FarmConfig(positions=12, days=1, seed=25)
 DAY = CONFIG.dates[0]
@@ -34,8 +34,8 @@ def test_psi_is_small_on_the_reference_distribution_and_large_on_a_shifted_one()
 
 
 def test_report_says_which_days_drifted_and_nothing_when_none():
-    from farm_platform.analytics.report import drift_warning
-    from farm_platform.analytics.report_data import ReportData
+    from farm_platform.report.data import ReportData
+    from farm_platform.report.render import drift_warning
 
     empty = pl.DataFrame()
     data = ReportData(DAY, empty, empty, empty, [], empty, empty)
@@ -64,9 +64,9 @@ def test_eval_renderer_is_deterministic_and_its_boxes_hold_every_leaf():
 
 
 def test_eval_family_draws_a_farms_photos_deterministically_at_its_size():
-    from farm_platform.dev.eval_render import eval_farm_photos
-    from farm_platform.dev.simulate import simulate_truth
     from farm_platform.ml.inference import decode_png
+    from farm_platform_dev.eval_render import eval_farm_photos
+    from farm_platform_dev.simulate import simulate_truth
 
     config = FarmConfig(positions=2, days=2, seed=3, image_size=128)
     photos = list(eval_farm_photos(config))

@@ -6,10 +6,10 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from farm_platform.analytics.attrition import attrition_summary, welch_effect
-from farm_platform.analytics.dropout import dropout_sentence, tipping_point
-from farm_platform.analytics.headline import summary_lines
-from farm_platform.analytics.report_data import ReportData
+from farm_platform.report.attrition import attrition_summary, welch_effect
+from farm_platform.report.data import ReportData
+from farm_platform.report.dropout import dropout_sentence, tipping_point
+from farm_platform.report.headline import summary_lines
 
 FIRST, LATEST = dt.date(2026, 6, 1), dt.date(2026, 6, 6)
 LEFT_ON = dt.date(2026, 6, 3)

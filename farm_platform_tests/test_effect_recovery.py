@@ -14,17 +14,17 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.effect_stats import (
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.effect_stats import (
     ALPHA,
     add_decisions,
     holm,
     spent_alpha,
     tabulated_df,
 )
-from farm_platform.dev.farm import reported_vs_true_effect
-from farm_platform.dev.simulate import FarmConfig, true_position_day
-from farm_platform.dev.simulate.dynamics import population_effect
+from farm_platform_dev.farm import reported_vs_true_effect
+from farm_platform_dev.simulate import FarmConfig, true_position_day
+from farm_platform_dev.simulate.dynamics import population_effect
 
 # --------------------------------------------------------------------------- the estimand
 
@@ -161,7 +161,7 @@ def test_zero_effect_is_not_reported_as_significant(tmp_path):
 def test_the_second_grader_version_is_biased_and_noisier():
     # The benchmark's switch cases (issue 43 part 5) rest on a second version that grades
     # differently: a backfill by it must move the estimate, not reproduce the plain run.
-    from farm_platform.dev.simulate.grader_versions import V2_SCALE, graded_by_v2
+    from farm_platform_dev.simulate.grader_versions import V2_SCALE, graded_by_v2
 
     config = FarmConfig(positions=24, days=6, seed=5, effect=0.3)
     truth = true_position_day(config)

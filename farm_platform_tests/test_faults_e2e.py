@@ -18,13 +18,13 @@ import pytest
 from dagster import DagsterRunStatus, RunsFilter
 from test_pipeline_e2e import Platform, assert_grades_match_crops, assert_no_duplicate_keys
 
-from farm_platform.dev.daemon import (
+from farm_platform.images.run_tags import PHOTOS_TAG
+from farm_platform_dev.daemon import (
     wait_for_photos,
     wait_for_sensor_tick_in_progress,
 )
-from farm_platform.dev.processes import kill_now, processes_in_group
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.images.run_tags import PHOTOS_TAG
+from farm_platform_dev.processes import kill_now, processes_in_group
+from farm_platform_dev.simulate import FarmConfig
 
 pytestmark = pytest.mark.slow
 CONFIG = FarmConfig(positions=4, days=1, start_date=dt.date(2026, 11, 20), seed=13)

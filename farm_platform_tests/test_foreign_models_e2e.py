@@ -35,10 +35,10 @@ from test_pipeline_e2e import Platform, assert_no_duplicate_keys
 
 from farm_platform import cli
 from farm_platform.config import REPO_MODELS_DIR
-from farm_platform.dev.simulate import FarmConfig
 from farm_platform.ml.nms import non_max_suppression
 from farm_platform.ml.pixels import decode_png
 from farm_platform.ml.registry import ACTIVATIONS_KEY, ModelRegistry
+from farm_platform_dev.simulate import FarmConfig
 
 pytestmark = pytest.mark.slow
 DAY_1, DAY_2 = dt.date(2026, 7, 1), dt.date(2026, 7, 2)
@@ -174,7 +174,7 @@ def test_foreign_family_models_grade_a_day_locally_and_on_the_model_server(
     # through without --force), on the model server.
     code, out = cli_out(capsys, "activate", "leaf_detector", "f2")
     assert code == 0, out
-    from farm_platform.dev.model_server import ModelServerProcess
+    from farm_platform_dev.model_server import ModelServerProcess
 
     with ModelServerProcess(platform.models_dir, tmp_path / "server.log") as server:
         platform.environment.update(server.environment())

@@ -13,14 +13,14 @@ from dagster._core.utils import make_new_run_id
 from PIL import Image
 
 from farm_platform import config
-from farm_platform.arrivals import Arrival, ArrivalQueue
 from farm_platform.images.sensors import RUN_KEY_TAG, TICK_TAG, claim_run_request
-from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
+from farm_platform.ingest.arrivals import Arrival, ArrivalQueue
+from farm_platform.ingest.retries import Requeued, RetryPolicy, requeue_run
+from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource, PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.retries import Requeued, RetryPolicy, requeue_run
 
 POSITIONS = [f"P{i:03d}" for i in range(4)]
 # Claim pending photos at once: the tests of holding arrivals set their own limits.
@@ -557,7 +557,7 @@ def test_a_pubsub_outage_stops_no_work_and_reconcile_finds_the_unannounced_photo
     topology, and the photo uploaded while notifications were dropped is found by
     reconciliation. Every photo is claimed exactly once."""
     from farm_platform.admin.reconcile import reconcile
-    from farm_platform.dev.local_stack import LocalStack
+    from farm_platform_dev.local_stack import LocalStack
 
     stack = LocalStack()
     info = stack.start()

@@ -15,22 +15,28 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "farm_platform"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "farm_platform"
+# The dev harness (simulator, emulators, demo, daemon wrapper): a package of its own that the
+# container image does not install; one room, `dev`, above everything but the CLI.
+DEV_PACKAGE = REPO / "farm_platform_dev"
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graphs.json"
 UPDATE_SNAPSHOTS = "FARM_UPDATE_SNAPSHOTS"
 
 # Rooms from the bottom up: a room imports only rooms below it. docs/architecture.md, "Layout".
+# Plain Python without Dagster: ingest (messages, arrival queue, tick, retries), grading and
+# report; Dagster definitions and their wiring: images and analytics; resources: resources.
 LAYERS = [
     ["config"],
     ["layout"],
-    ["partitions", "messages", "ml", "webserver_guard"],
+    ["partitions", "ml", "webserver_guard"],
     ["resources"],
-    ["quality", "arrivals", "trial_design"],
-    ["ingest", "retries"],
+    ["quality", "trial_design"],
+    ["ingest", "grading", "report"],
     ["images"],  # code location `farm_platform`
     ["analytics"],  # code location `farm_platform_analytics`
     ["admin"],
-    ["dev"],
+    ["dev"],  # the farm_platform_dev package
     ["cli"],
 ]
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
@@ -38,13 +44,17 @@ CODE_LOCATIONS = ["farm_platform.images.definitions", "farm_platform.analytics.d
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def source_files() -> list[Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *DEV_PACKAGE.rglob("*.py")])
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module → the farm_platform modules it imports (the package root itself excluded)."""
-    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    """Module → the farm_platform(_dev) modules it imports (the package roots excluded)."""
+    modules = {module_name(path): path for path in source_files()}
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -55,17 +65,20 @@ def import_graph() -> dict[str, set[str]]:
             else:
                 continue
             graph[name].update(
-                target for target in candidates if target in modules and target != "farm_platform"
+                target for target in candidates if target in modules and target not in ROOTS
             )
     return {name: graph[name] for name in modules}
 
 
+ROOTS = ("farm_platform", "farm_platform_dev")
+
+
 def room(module: str) -> str:
-    return module.split(".")[1]
+    return "dev" if module.split(".")[0] == "farm_platform_dev" else module.split(".")[1]
 
 
 def test_every_room_has_a_layer():
-    rooms = {room(module) for module in import_graph() if module != "farm_platform"}
+    rooms = {room(module) for module in import_graph() if module not in ROOTS}
     assert rooms == set(RANK), "add the new room to LAYERS (and docs/architecture.md's Layout)"
 
 
@@ -73,7 +86,7 @@ def test_rooms_import_only_rooms_below_them():
     upward = sorted(
         f"{source} -> {target}"
         for source, targets in import_graph().items()
-        if source != "farm_platform"
+        if source not in ROOTS
         for target in targets
         if room(target) != room(source) and RANK[room(target)] >= RANK[room(source)]
     )

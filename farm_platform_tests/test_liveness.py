@@ -27,15 +27,15 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from farm_platform import config
 from farm_platform.cli import main
-from farm_platform.dev.liveness import code_server_answers, kill_process_group
-from farm_platform.dev.processes import child_pids, free_port, pid_alive
-from farm_platform.dev.topology_processes import (
+from farm_platform_dev.liveness import code_server_answers, kill_process_group
+from farm_platform_dev.processes import child_pids, free_port, pid_alive
+from farm_platform_dev.topology_processes import (
     PRODUCTION_FILE,
     read_production,
     replace_silent_code_servers,
     start_code_server,
 )
-from farm_platform.dev.watchdog import Watchdog, topology_status
+from farm_platform_dev.watchdog import Watchdog, topology_status
 
 TINY_LOCATION = """
 from dagster import Definitions, asset
@@ -143,10 +143,10 @@ def test_a_starting_run_whose_worker_took_its_task_and_died_is_failed_at_the_gra
     queued, a run not yet sent, and a STARTED run (run monitoring's) are left alone."""
     from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-    from farm_platform.dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform_dev.celery_launcher import fail_runs_lost_before_start
 
     (tmp_path / "dagster.yaml").write_text(
-        "run_launcher:\n  module: farm_platform.dev.celery_launcher\n"
+        "run_launcher:\n  module: farm_platform_dev.celery_launcher\n"
         "  class: FarmCeleryRunLauncher\n  config:\n    broker: redis://127.0.0.1:1/0\n"
         "    lost_worker_grace_seconds: 0\n"
     )
@@ -187,9 +187,9 @@ def test_a_starting_run_whose_worker_took_its_task_and_died_is_failed_at_the_gra
 def test_a_code_server_that_never_answers_is_killed_and_named(tmp_path, monkeypatch):
     """One whose definitions never finish loading holds the port and answers nothing: after
     the wait it is killed (a retry can have the port) and the error names it and its log."""
-    from farm_platform.dev.emulators import StackError
-    from farm_platform.dev.liveness import wait_until_answers
-    from farm_platform.dev.processes import spawn
+    from farm_platform_dev.emulators import StackError
+    from farm_platform_dev.liveness import wait_until_answers
+    from farm_platform_dev.processes import spawn
 
     (tmp_path / "stuck_location.py").write_text("import time\n\ntime.sleep(600)\n")
     _importable_from(tmp_path, monkeypatch)
@@ -215,16 +215,16 @@ def test_a_task_a_dead_worker_took_before_it_began_fails_its_starting_run(tmp_pa
 
     from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-    from farm_platform.dev.celery_launcher import fail_runs_lost_before_start
-    from farm_platform.dev.processes import stop_pids
-    from farm_platform.dev.production import REDIS_PASSWORD, _start_redis
+    from farm_platform_dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform_dev.processes import stop_pids
+    from farm_platform_dev.production import REDIS_PASSWORD, _start_redis
 
     monkeypatch.setenv(REDIS_PASSWORD, "redis-secret")
     port = free_port()
     redis_pid = _start_redis(port, tmp_path)
     broker = f"redis://:redis-secret@127.0.0.1:{port}/0"
     (tmp_path / "dagster.yaml").write_text(
-        "run_launcher:\n  module: farm_platform.dev.celery_launcher\n"
+        "run_launcher:\n  module: farm_platform_dev.celery_launcher\n"
         f"  class: FarmCeleryRunLauncher\n  config:\n    broker: {broker}\n"
         f"    backend: {broker}\n    default_queue: images\n    lost_worker_grace_seconds: 0\n"
     )

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from farm_platform.ingest.messages import Ignored, ImageArrival, Rejected, parse_message
 from farm_platform.layout import ImageKey
-from farm_platform.messages import Ignored, ImageArrival, Rejected, parse_message
 
 BUCKET = "gs://farm-images"
 KNOWN = {"P000", "P001"}

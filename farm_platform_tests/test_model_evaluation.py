@@ -375,7 +375,7 @@ def test_the_reports_model_table_carries_evaluations_and_a_forced_reason(models_
     import polars as pl
 
     from farm_platform.admin.activation_gate import activate
-    from farm_platform.analytics.report_data import with_evaluations
+    from farm_platform.report.data import with_evaluations
 
     new_version(models_dir, DETECTOR, "v4", "v1")
     activate(ModelRegistry(models_dir), DETECTOR, "v4", force=True, reason="wet season")

@@ -144,7 +144,7 @@ def version_folder(root: Path, model_id: str, weights: Path, **fields) -> Path:
 
 @pytest.fixture(scope="module")
 def photos() -> list[np.ndarray]:
-    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    simulate = pytest.importorskip("farm_platform_dev.simulate")
     arrays = [inference.decode_png(s.png) for s in simulate.render_training_images(2000, 6)]
     # Not square: boxes scale back per axis.
     return [*arrays, arrays[0][:192], arrays[1][:, :200]]

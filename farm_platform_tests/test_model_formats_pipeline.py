@@ -20,10 +20,10 @@ from test_model_formats import (
 )
 
 from farm_platform.admin.model_versions import add_model
-from farm_platform.dev.farm import grade_simulated_farm
-from farm_platform.dev.simulate import FarmConfig
 from farm_platform.ml import inference
 from farm_platform.ml.registry import ModelRegistry
+from farm_platform_dev.farm import grade_simulated_farm
+from farm_platform_dev.simulate import FarmConfig
 
 CONFIG = FarmConfig(positions=8, days=1, seed=42)
 

@@ -13,10 +13,10 @@ import pytest
 from test_model_formats import GRADER_ID, SHIPPED
 from test_model_formats_pipeline import exported_models_dir
 
-from farm_platform.dev.model_server import ModelServerProcess
 from farm_platform.layout import ImageKey
 from farm_platform.ml import inference
 from farm_platform.ml.registry import ModelRegistry
+from farm_platform_dev.model_server import ModelServerProcess
 
 pytest.importorskip("kserve")
 oip = pytest.importorskip("farm_platform.ml.oip")
@@ -39,7 +39,7 @@ def grpc_url(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_the_server_answers_as_the_exported_models_run_here(models_dir, grpc_url):
-    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    simulate = pytest.importorskip("farm_platform_dev.simulate")
     arrays = [inference.decode_png(s.png) for s in simulate.render_training_images(2000, 6)]
     photos = [
         (ImageKey(f"P{i}", dt.date(2024, 5, 1)), photo)

@@ -25,10 +25,10 @@ from conftest import copy_repo_models
 from farm_platform import config
 from farm_platform import config as config_module
 from farm_platform.config import REPO_ROOT
-from farm_platform.dev.model_server import ModelServerProcess
-from farm_platform.dev.processes import free_port, kill_now, listening_addresses
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import DISEASE_TYPES, ModelRegistry
+from farm_platform_dev.model_server import ModelServerProcess
+from farm_platform_dev.processes import free_port, kill_now, listening_addresses
 
 pytest.importorskip("kserve")
 inference = pytest.importorskip("farm_platform.ml.inference")
@@ -63,7 +63,7 @@ def server(server_urls: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def photos() -> list[tuple[ImageKey, np.ndarray]]:
-    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    simulate = pytest.importorskip("farm_platform_dev.simulate")
     # The held-out seed of test_models.py: leaves from none to crowded.
     return [
         (ImageKey(f"P{i:03d}", dt.date(2024, 5, 1)), inference.decode_png(sim.png))
@@ -207,7 +207,7 @@ def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
 def test_unreachable_server_fails_the_run_in_one_line(
     scheme: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from farm_platform.images.grading import GradingPlan, _models
+    from farm_platform.grading.chunks import GradingPlan, _models
 
     registry = ModelRegistry()
     monkeypatch.setenv(config.FARM_INFERENCE, "oip")
@@ -593,8 +593,8 @@ GRADE_KEY = ["position_id", "leaf_crop_idx", "disease_type"]
 
 @pytest.fixture(scope="module")
 def graded_locally(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from farm_platform.dev.farm import grade_simulated_farm
-    from farm_platform.dev.simulate import FarmConfig
+    from farm_platform_dev.farm import grade_simulated_farm
+    from farm_platform_dev.simulate import FarmConfig
 
     config = FarmConfig(positions=3, days=1, seed=21)
     return config, grade_simulated_farm(config, tmp_path_factory.mktemp("farm") / "farm")
@@ -610,7 +610,7 @@ def test_a_day_graded_through_the_server_equals_the_day_graded_in_the_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from farm_platform.dev.farm import copy_farm, materialize_day
+    from farm_platform_dev.farm import copy_farm, materialize_day
 
     config, graded = graded_locally
     resources = copy_farm(graded, tmp_path)
@@ -635,7 +635,7 @@ def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from farm_platform.dev.farm import copy_farm, materialize_day
+    from farm_platform_dev.farm import copy_farm, materialize_day
 
     config, graded = graded_locally
     day = config.dates[0].isoformat()

@@ -24,11 +24,11 @@ from farm_platform.admin.backfill import backfill_progress
 from farm_platform.admin.model_versions import stale_partitions
 from farm_platform.analytics.dbt_env import dbt_project_copy
 from farm_platform.config import FARM_MODELS_DIR, REPO_MODELS_DIR
-from farm_platform.dev.daemon import UNFINISHED_STATUSES, ended_tick_id, wait_for_ticks
-from farm_platform.dev.farm import dbt_build
-from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.keys import GRADES_BY_DISEASE, LEAF_CROPS, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
+from farm_platform_dev.daemon import UNFINISHED_STATUSES, ended_tick_id, wait_for_ticks
+from farm_platform_dev.farm import dbt_build
+from farm_platform_dev.simulate import FarmConfig
 
 pytestmark = pytest.mark.slow
 GRADER = "disease_3_grader"

@@ -319,11 +319,11 @@ def test_a_new_version_makes_exactly_the_partitions_it_feeds_stale(
     from dagster import DagsterInstance, materialize
 
     from farm_platform.admin.model_versions import stale_partitions
-    from farm_platform.dev.farm import grade_simulated_farm
-    from farm_platform.dev.simulate import FarmConfig
     from farm_platform.images.keys import MODEL_ASSETS
     from farm_platform.images.registered_models import registered_models
     from farm_platform.resources import ModelRegistryResource
+    from farm_platform_dev.farm import grade_simulated_farm
+    from farm_platform_dev.simulate import FarmConfig
 
     config = FarmConfig(positions=2, days=2, seed=4)
     with DagsterInstance.ephemeral() as instance:

@@ -75,7 +75,7 @@ def models_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sample_images() -> list[tuple[ImageKey, np.ndarray]]:
-    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    simulate = pytest.importorskip("farm_platform_dev.simulate")
     # Held-out seed, leaves from none to crowded; a few images keep the test fast.
     sims = list(simulate.render_training_images(2000, 12))
     assert sum(len(s.leaves) for s in sims) > 40, "the sample should contain many leaves"
@@ -477,9 +477,9 @@ def test_the_configured_placement_is_what_torch_can_do(monkeypatch) -> None:
 def test_parallel_decode_and_crops_equal_the_sequential_ones(
     registry: ModelRegistry, sample_images, monkeypatch
 ) -> None:
-    from farm_platform.images.photos import decode_photos
+    from farm_platform.grading.photos import decode_photos
 
-    simulate = pytest.importorskip("farm_platform.dev.simulate")
+    simulate = pytest.importorskip("farm_platform_dev.simulate")
     pngs: list[bytes | None] = [s.png for s in simulate.render_training_images(2000, 9)]
     pngs[3] = b"not a png"  # an error keeps its place among the photos
     pngs[6] = None  # a missing object too

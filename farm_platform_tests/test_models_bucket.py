@@ -23,8 +23,6 @@ from farm_platform.admin.model_versions import (
     push_models,
 )
 from farm_platform.config import REPO_MODELS_DIR
-from farm_platform.dev.emulators import create_bucket
-from farm_platform.dev.stack import StackInfo
 from farm_platform.ml import model_store
 from farm_platform.ml.registry import (
     ModelChecksumError,
@@ -32,6 +30,8 @@ from farm_platform.ml.registry import (
     ModelRegistry,
     ModelRegistryError,
 )
+from farm_platform_dev.emulators import create_bucket
+from farm_platform_dev.stack import StackInfo
 
 
 @pytest.fixture()
@@ -342,10 +342,10 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
     from dagster import DagsterInstance, build_sensor_context
 
     from farm_platform.admin.model_versions import stale_partitions, stale_summary
-    from farm_platform.dev.farm import farm_resources, materialize_day
-    from farm_platform.dev.simulate import FarmConfig, write_farm
     from farm_platform.images.sensors import model_registry_sensor
     from farm_platform.resources import BucketResource
+    from farm_platform_dev.farm import farm_resources, materialize_day
+    from farm_platform_dev.simulate import FarmConfig, write_farm
 
     config = FarmConfig(positions=3, days=1, seed=8)
     bucket_url = f"file://{tmp_path / 'bucket'}"
@@ -408,8 +408,8 @@ def test_a_served_model_switches_to_the_buckets_new_version_without_a_restart(mo
     pytest.importorskip("kserve")
     import numpy as np
 
-    from farm_platform.dev.model_server import ModelServerProcess
     from farm_platform.ml import oip
+    from farm_platform_dev.model_server import ModelServerProcess
 
     remote = ModelRegistry(models_url)
     add_model(retrained_version(tmp_path), remote)

@@ -14,10 +14,10 @@ from test_faults_e2e import CONFIG, assert_graded_exactly_once, first_image_run
 from test_pipeline_e2e import Platform
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_failed_tick, wait_for_photos
-from farm_platform.dev.postgres import PostgresServer
 from farm_platform.images.sensors import step_failure_cause
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import wait_for_failed_tick, wait_for_photos
+from farm_platform_dev.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_a_model_server_that_dies_mid_run_loses_and_doubles_nothing(platform, tm
     hands its photos back, and once the server is restarted on its port every photo is
     graded once, through the daemon and its sensors alone."""
     pytest.importorskip("kserve")
-    from farm_platform.dev.model_server import ModelServerProcess
+    from farm_platform_dev.model_server import ModelServerProcess
 
     server = ModelServerProcess(config.models_dir(), tmp_path / "server.log")
     platform.environment.update(server.environment())

@@ -31,14 +31,6 @@ from farm_platform.config import (
     FARM_WAREHOUSE,
     IMAGE_LOCATION,
 )
-from farm_platform.dev.daemon import (
-    DaemonProcess,
-    ended_tick_id,
-    wait_for_photos,
-    wait_for_ticks,
-    workspace_of,
-)
-from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem
@@ -46,6 +38,14 @@ from farm_platform.ml.registry import ModelRegistry
 from farm_platform.quality.expectations import IMAGE_QUALITY
 from farm_platform.resources.tables import DISEASE_GRADES_COLUMNS
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import (
+    DaemonProcess,
+    ended_tick_id,
+    wait_for_photos,
+    wait_for_ticks,
+    workspace_of,
+)
+from farm_platform_dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 
 pytestmark = pytest.mark.slow
 IMAGE_ASSETS = [DRONE_IMAGES, LEAF_CROPS, *GRADES_BY_DISEASE.values()]
@@ -101,8 +101,8 @@ class Platform:
         from dagster import materialize
 
         from farm_platform.config import FARM_MODELS_DIR
-        from farm_platform.dev.farm import farm_resources
         from farm_platform.images.registered_models import registered_models
+        from farm_platform_dev.farm import farm_resources
 
         resources = farm_resources(
             self.stack.bucket_url(), self.warehouse.url, self.environment.get(FARM_MODELS_DIR)

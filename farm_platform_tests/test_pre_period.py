@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 
 from farm_platform import config
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.effect_trend import pre_trend_tests, trend_adjusted_frame
-from farm_platform.analytics.headline import summary_lines
-from farm_platform.analytics.pre_period import pre_period_line
-from farm_platform.analytics.report_data import ReportData, decided_effect
-from farm_platform.dev.simulate import FarmConfig, true_position_day
+from farm_platform.report.data import ReportData, decided_effect
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.effect_trend import pre_trend_tests, trend_adjusted_frame
+from farm_platform.report.headline import summary_lines
+from farm_platform.report.pre_period import pre_period_line
+from farm_platform_dev.simulate import FarmConfig, true_position_day
 
 
 def test_the_treatment_start_setting_is_a_date_or_unset(monkeypatch):
@@ -117,7 +117,7 @@ def test_the_report_page_shows_the_pre_period_and_its_placebo_looks():
 
     from test_analytics import report_data
 
-    from farm_platform.analytics.report import render_report
+    from farm_platform.report.render import render_report
 
     (_, trend), *_ = _farms(0.0, seeds=1)
     with_pre = dataclasses.replace(

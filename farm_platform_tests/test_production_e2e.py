@@ -24,9 +24,16 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform import config
-from farm_platform.dev.daemon import sensor_ticks, wait_for_photos
-from farm_platform.dev.processes import child_pids, kill_now, listening_addresses, pid_alive
-from farm_platform.dev.production import (
+from farm_platform.images.run_tags import (
+    CELERY_QUEUE_TAG,
+    DRONE_IMAGE_SENSOR,
+    IMAGES_QUEUE,
+    PHOTOS_TAG,
+)
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import sensor_ticks, wait_for_photos
+from farm_platform_dev.processes import child_pids, kill_now, listening_addresses, pid_alive
+from farm_platform_dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -36,16 +43,9 @@ from farm_platform.dev.production import (
     production_up,
     read_production,
 )
-from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
-from farm_platform.dev.stack import StackInfo, stack_down, stack_up
-from farm_platform.dev.ui import launch_day_run
-from farm_platform.images.run_tags import (
-    CELERY_QUEUE_TAG,
-    DRONE_IMAGE_SENSOR,
-    IMAGES_QUEUE,
-    PHOTOS_TAG,
-)
-from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform_dev.stack import StackInfo, stack_down, stack_up
+from farm_platform_dev.ui import launch_day_run
 
 pytestmark = pytest.mark.slow
 PASSWORD = "pg-secret/with:symbols"
@@ -382,7 +382,7 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
 def test_a_celery_worker_killed_mid_run_loses_no_photo(topology):
     """kill -9 of the `images` worker and its pool (its machine lost) while it executes a
     run: nothing updates the run's task, which stays STARTED in Redis; the launcher's health
-    check finds no worker running it (farm_platform.dev.celery_launcher), run monitoring
+    check finds no worker running it (farm_platform_dev.celery_launcher), run monitoring
     fails the run, and its photos go to a new run on the worker `stack up --production`
     restarted. Every photo graded once."""
     day = _day(4).isoformat()

@@ -38,11 +38,11 @@ from test_production_e2e import (
 )
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
-from farm_platform.dev.processes import child_pids, kill_now, pid_alive
-from farm_platform.dev.production import REDIS_PASSWORD, read_production
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.watchdog import topology_status
+from farm_platform_dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
+from farm_platform_dev.processes import child_pids, kill_now, pid_alive
+from farm_platform_dev.production import REDIS_PASSWORD, read_production
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.watchdog import topology_status
 
 pytestmark = [pytest.mark.fault_campaign, pytest.mark.slow]
 PAUSE_SECONDS = 90

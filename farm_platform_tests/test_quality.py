@@ -17,9 +17,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from farm_platform.dev import gate, gate_cases
 from farm_platform.quality import expectations as quality
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev import gate, gate_cases
 
 SUITE_CASES = [case for case in gate_cases.CASES if not case.uses_dbt]
 DBT_CASES = [case for case in gate_cases.CASES if case.uses_dbt]
@@ -110,8 +110,8 @@ def test_clean_farm_passes_dbt_build(farm, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tmp_path) -> None:
-    from farm_platform.analytics.report import render_report
-    from farm_platform.analytics.report_data import load_report_data
+    from farm_platform.report.data import load_report_data
+    from farm_platform.report.render import render_report
 
     snapshot, url, _ = farm
     case = next(c for c in gate_cases.CASES if c.name == "out_of_range_grade")

@@ -15,13 +15,13 @@ from dagster import DagsterInstance, job, op
 
 from farm_platform import config
 from farm_platform.admin.reconcile import reconcile
-from farm_platform.arrivals import Arrival, ArrivalQueue
+from farm_platform.ingest.arrivals import Arrival, ArrivalQueue
+from farm_platform.ingest.retries import Requeued, RetryPolicy, requeue_run
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.pubsub import PubSubResource, PulledMessage
 from farm_platform.resources.tables import IMAGE_ARRIVALS_TABLE, Table
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.retries import Requeued, RetryPolicy, requeue_run
 
 T0 = dt.datetime(2026, 7, 3, 6, tzinfo=dt.UTC)
 DATE = T0.date()
@@ -33,7 +33,7 @@ AT_ONCE = dt.timedelta(0)
 def warehouse(request, tmp_path) -> WarehouseResource:
     if request.param == "duckdb":
         return WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
-    from farm_platform.dev.postgres import fresh_database
+    from farm_platform_dev.postgres import fresh_database
 
     return WarehouseResource(url=fresh_database(request.getfixturevalue("postgres_url"), "retries"))
 

@@ -24,10 +24,10 @@ from test_production_e2e import (
 )
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos
-from farm_platform.dev.processes import child_pids, kill_now, pid_alive
-from farm_platform.dev.simulate import FarmConfig
 from farm_platform.images.sensors import step_failure_cause
+from farm_platform_dev.daemon import wait_for_photos
+from farm_platform_dev.processes import child_pids, kill_now, pid_alive
+from farm_platform_dev.simulate import FarmConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault_campaign, pytest.mark.timeout(1800)]
 OUTAGE_SECONDS = 180

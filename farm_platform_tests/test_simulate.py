@@ -13,7 +13,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from farm_platform.dev.simulate import (
+from farm_platform.layout import ImageKey
+from farm_platform.resources.field_map import read_field_map
+from farm_platform_dev.simulate import (
     DISEASE_TYPES,
     MAX_GRADE,
     MAX_LEAVES,
@@ -27,8 +29,6 @@ from farm_platform.dev.simulate import (
     simulate_truth,
     write_farm,
 )
-from farm_platform.layout import ImageKey
-from farm_platform.resources.field_map import read_field_map
 
 SMALL = FarmConfig(positions=4, days=3, seed=3)
 GRADE_COLUMNS = [f"grade_{d}" for d in DISEASE_TYPES]

@@ -22,14 +22,14 @@ from farm_platform.config import (
     DEFAULT_SUBSCRIPTION,
     DRONE_IMAGE_TOPIC,
 )
-from farm_platform.dev.emulators import (
+from farm_platform.layout import bucket_filesystem
+from farm_platform_dev.emulators import (
     StackError,
     pubsub_subscriber,
     start_gcs_emulator,
     start_pubsub_emulator,
 )
-from farm_platform.dev.stack import StackInfo, load_stack, stack_down, stack_up
-from farm_platform.layout import bucket_filesystem
+from farm_platform_dev.stack import StackInfo, load_stack, stack_down, stack_up
 
 INSTALL_HINT = "apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -104,7 +104,7 @@ def test_topics_and_subscriptions_exist(
 
 @pytest.mark.timeout(60)
 def test_create_topology_is_idempotent(local_stack: StackInfo, subscriber: Any) -> None:
-    from farm_platform.dev.stack import create_topology
+    from farm_platform_dev.stack import create_topology
 
     create_topology(local_stack)  # must not raise AlreadyExists or HTTP 409
     path = subscriber.subscription_path(local_stack.project, DEFAULT_SUBSCRIPTION)

@@ -16,8 +16,8 @@ from conftest import copy_repo_models
 from test_model_formats import _register
 
 from farm_platform.config import REPO_MODELS_DIR
-from farm_platform.dev.heldout_export import export_heldout
 from farm_platform.ml.datasets import dataset_sha256, open_dataset
+from farm_platform_dev.heldout_export import export_heldout
 
 TRAIN = REPO_MODELS_DIR / "train.py"
 BRIEF = ["--version", "t1", "--detector-epochs", "1", "--grader-epochs", "1", "--threads", "1"]

@@ -10,8 +10,6 @@ import polars as pl
 import pytest
 
 from farm_platform.cli import main
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.simulate.farm import field_map, gradient_drift, two_area_map
 from farm_platform.resources.field_map import (
     FieldMapError,
     Position,
@@ -28,6 +26,8 @@ from farm_platform.trial_design import (
     neighbour_order,
     randomised_blocks,
 )
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.simulate.farm import field_map, gradient_drift, two_area_map
 
 
 def _grid(rows: int, columns: int) -> list[Position]:
@@ -204,8 +204,8 @@ def test_the_gradient_runs_from_the_west_area_to_the_east():
 
 def test_a_gradient_biases_two_areas_and_not_randomised_blocks():
     # No medicine, a strong gradient: two areas look like healing, blocks do not.
-    from farm_platform.analytics.effect_frame import treatment_effect_frame
-    from farm_platform.dev.simulate import true_position_day
+    from farm_platform.report.effect_frame import treatment_effect_frame
+    from farm_platform_dev.simulate import true_position_day
 
     def mean_effect(layout: str) -> float:
         frames = [
@@ -241,14 +241,14 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
     from test_dbt import dbt_build, load_warehouse, simulated_truth_farm
 
     from farm_platform.analytics.dbt_env import dbt_project_copy
-    from farm_platform.analytics.effect_frame import treatment_effect_frame
-    from farm_platform.analytics.effect_trend import trend_adjusted_frame
-    from farm_platform.analytics.headline import summary_lines
-    from farm_platform.analytics.pre_period import pre_period_line
-    from farm_platform.analytics.report_data import load_report_data
-    from farm_platform.dev.postgres import fresh_database
-    from farm_platform.dev.simulate import true_position_day
+    from farm_platform.report.data import load_report_data
+    from farm_platform.report.effect_frame import treatment_effect_frame
+    from farm_platform.report.effect_trend import trend_adjusted_frame
+    from farm_platform.report.headline import summary_lines
+    from farm_platform.report.pre_period import pre_period_line
     from farm_platform.resources.warehouse import WarehouseResource
+    from farm_platform_dev.postgres import fresh_database
+    from farm_platform_dev.simulate import true_position_day
 
     config = FarmConfig(positions=8, days=3, seed=21, effect=0.15, layout="blocks", gradient=0.05)
     skipped = {("P002", date(2026, 6, 3))}

@@ -38,16 +38,16 @@ from test_dbt import (
 )
 
 from farm_platform.analytics.dbt_env import dbt_project_copy
-from farm_platform.analytics.effect_stats import add_decisions, carry_decisions, moved_since
-from farm_platform.analytics.headline import summary_lines
-from farm_platform.analytics.report_data import (
+from farm_platform.report.data import (
     attrition,
     effect_decisions,
     load_report_data,
     revisions,
 )
-from farm_platform.dev.postgres import fresh_database
+from farm_platform.report.effect_stats import add_decisions, carry_decisions, moved_since
+from farm_platform.report.headline import summary_lines
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.postgres import fresh_database
 
 NAMES = {"disease_0": "brown spot", "disease_3": "vein streak"}
 
@@ -160,7 +160,7 @@ def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_tri
         assert "disease_0_grader v1" in line and "v2" in line, line
         assert f"{DAYS[0]} to {DAYS[1]}" in line, line
         assert f"no estimate after {DAYS[1]}" in line, line
-        from farm_platform.analytics.report import render_report
+        from farm_platform.report.render import render_report
 
         page = render_report(data)
         assert "nothing to compare yet" not in page
@@ -282,7 +282,7 @@ def test_late_photos_revise_a_reported_day_visibly_and_its_decision_stands(
         # (Two allocated areas: the call says what the effect mixes in, then its rule.)
         assert "conclusive (that is the medicine plus any difference in progression" in line
         assert f"valid under daily looks at five diseases; decided on {calls[0]}" in line
-        from farm_platform.analytics.report import render_report
+        from farm_platform.report.render import render_report
 
         page = render_report(data)
         assert f"2 look(s) moved since the report of {DAYS[2]}" in page
@@ -298,7 +298,8 @@ def _materialize_report(url: str, root: Path, day) -> Path:
     """The effectiveness_report asset of `day` into `root`; the HTML's path."""
     from dagster import build_asset_context
 
-    from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
+    from farm_platform.analytics.report import effectiveness_report
+    from farm_platform.resources.report_store import ReportStoreResource
 
     effectiveness_report(
         build_asset_context(partition_key=day.isoformat()),
@@ -365,7 +366,7 @@ def test_a_look_decided_late_spends_its_own_share_of_the_day() -> None:
 def test_the_report_compares_with_the_latest_earlier_report(tmp_path: Path) -> None:
     import fsspec
 
-    from farm_platform.analytics.report import previous_report
+    from farm_platform.report.render import previous_report
 
     fs = fsspec.filesystem("file")
     root = str(tmp_path / "reports")
@@ -447,7 +448,7 @@ def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways
     assert abs(summary["effect_leavers_carried_forward"] - did(set(dates))) < TOLERANCE
     assert summary["followed_ci_low"] < summary["effect_followed_throughout"]
 
-    from farm_platform.analytics.report import render_report
+    from farm_platform.report.render import render_report
 
     page = render_report(data)
     assert "Positions left the trial" in page
@@ -463,7 +464,7 @@ def test_positions_that_leave_are_counted_tested_and_the_effect_shown_three_ways
 def test_attrition_words_when_the_leavers_cannot_be_tested() -> None:
     # Leavers whose differences from the stayers are all the same (no spread), and one
     # leaver alone: no test, said in words, never a p-value of 0.
-    from farm_platform.analytics.attrition import attrition_lines, one_sample
+    from farm_platform.report.attrition import attrition_lines, one_sample
 
     assert one_sample([0.25, 0.25])["p"] is None
     assert one_sample([0.25])["p"] is None

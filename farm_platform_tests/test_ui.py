@@ -10,9 +10,9 @@ import pytest
 from dagster import DagsterInstance
 
 from farm_platform.admin.instance import prepare_dagster_home
-from farm_platform.dev.farm import grade_simulated_farm
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.ui import Browser, webserver
+from farm_platform_dev.farm import grade_simulated_farm
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.ui import Browser, webserver
 
 pytestmark = pytest.mark.slow  # a browser and a webserver
 
@@ -94,7 +94,7 @@ def test_the_report_says_its_plotted_band_is_the_decisions(ui, tmp_path):
     with the always-valid one; the page now says which band is which, as a reader sees it."""
     from test_analytics import report_data
 
-    from farm_platform.analytics.report import render_report
+    from farm_platform.report.render import render_report
 
     _, browser, _ = ui
     page = tmp_path / "effectiveness_report.html"

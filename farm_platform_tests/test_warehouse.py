@@ -294,10 +294,10 @@ def test_the_sensor_records_a_days_photos_while_a_run_of_that_day_waits_to_commi
 
     import psycopg
 
-    from farm_platform.arrivals import Arrival, ArrivalQueue
-    from farm_platform.dev.postgres import fresh_database
+    from farm_platform.ingest.arrivals import Arrival, ArrivalQueue
     from farm_platform.layout import ImageKey
     from farm_platform.resources.pubsub import PulledMessage
+    from farm_platform_dev.postgres import fresh_database
 
     url = fresh_database(postgres_url, "farm_day_lock")
     warehouse = WarehouseResource(url=url)

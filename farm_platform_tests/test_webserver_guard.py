@@ -26,8 +26,8 @@ from dagster import DagsterInstance
 
 from farm_platform import config
 from farm_platform.admin.instance import prepare_dagster_home
-from farm_platform.dev.ui import webserver
 from farm_platform.webserver_guard import foreign_origin, non_query_operations
+from farm_platform_dev.ui import webserver
 
 DEFS = Path(__file__).with_name("webserver_guard_defs.py")
 # What the project's image runs as `dagster-webserver` (Dockerfile): Dagster's Helm chart
@@ -241,7 +241,7 @@ def attack_site(page: str, folder: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_in_a_browser_a_foreign_page_launches_nothing_and_the_ui_still_does(servers, tmp_path):
-    from farm_platform.dev.ui import Browser
+    from farm_platform_dev.ui import Browser
 
     operators, _, home = servers
     get = urllib.parse.urlencode({"query": LAUNCH})

@@ -8,8 +8,9 @@ from dagster_dbt import DbtCliResource
 from farm_platform import config
 from farm_platform.analytics.dbt_env import DBT_EXECUTABLE
 from farm_platform.analytics.dbt_models import dbt_project, farm_dbt_models
-from farm_platform.analytics.report import ReportStoreResource, effectiveness_report
+from farm_platform.analytics.report import effectiveness_report
 from farm_platform.analytics.schedules import daily_report_job, daily_report_schedule
+from farm_platform.resources.report_store import ReportStoreResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 defs = Definitions(

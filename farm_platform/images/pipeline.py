@@ -29,7 +29,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from farm_platform.arrivals import ArrivalQueue
 from farm_platform.config import (
     DEFAULT_RUN_CHUNK_PHOTOS,
     FARM_RUN_CHUNK_PHOTOS,
@@ -38,8 +37,8 @@ from farm_platform.config import (
     max_severity_jump,
     oip_url,
 )
+from farm_platform.grading.chunks import DayResult, GradingPlan, grade_day
 from farm_platform.images import checks
-from farm_platform.images.grading import DayResult, GradingPlan, grade_day
 from farm_platform.images.keys import (
     DETECTOR_MODEL_ID,
     DISEASE_BY_GRADES,
@@ -50,6 +49,7 @@ from farm_platform.images.keys import (
     PARTITION_QUALITY,
 )
 from farm_platform.images.run_tags import grades_claimed_photos
+from farm_platform.ingest.arrivals import ArrivalQueue
 from farm_platform.layout import parse_date
 from farm_platform.partitions import daily_partitions
 from farm_platform.quality import history
