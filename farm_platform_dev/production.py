@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from farm_platform import config
-from farm_platform.images.run_tags import IMAGES_QUEUE
 from farm_platform_dev.emulators import StackError
 from farm_platform_dev.liveness import hold_topology_lock
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
@@ -55,6 +54,7 @@ from farm_platform_dev.topology_processes import (
     wait_for_port,
     write_production,
 )
+from farm_platform_dev.vm_artifacts import instance_config, worker_arguments, workspace_config
 from farm_platform_dev.webservers import WEBSERVERS, own_origins, port_key, webserver_command
 
 PG_PASSWORD = "FARM_PG_PASSWORD"
@@ -158,61 +158,66 @@ def production_up(
         "DAGSTER_EVENT_BATCH_SIZE": "1000",
         config.FARM_CELERY_BROKER: f"redis://:{redis_password}@127.0.0.1:{state['redis_port']}/0",
     }
-    pids: dict[str, int] = state["pids"]
     lock = hold_topology_lock(state_dir)
     try:
         dead = set(dead_processes(state, state_dir))
         dead |= replace_silent_code_servers(state, state_dir, dead)
-        if "postgres" in dead:
-            pids["postgres"] = _start_postgres(state, state_dir)
-        if "redis" in dead:
-            pids["redis"] = _start_redis(int(state["redis_port"]), state_dir)
-        if not production.dagster_home.exists():
-            _prepare_instance(
-                production,
-                int(state["max_concurrent_runs"]),
-                quick_polling,
-                int(state.get("runs_per_day", 1)),
-            )
-        for name, module in CODE_LOCATIONS.items():
-            if f"code_server:{name}" in dead:
-                port = production.code_server_ports[name]
-                pids[f"code_server:{name}"] = start_code_server(
-                    name, module, port, state_dir, environment
-                )
-        if dead & {"daemon", *WEBSERVERS}:
-            _write_workspace(production)
-        if "daemon" in dead:
-            pids["daemon"] = start_detached(
-                [tool("dagster-daemon"), "run", "-w", str(production.workspace)],
-                "daemon",
-                state_dir,
-                environment,
-            )
-        for name in WEBSERVERS:
-            if name in dead:
-                pids[name] = _start_webserver(production, name, state, environment)
-        for queue in WORKER_QUEUES:
-            if f"worker:{queue}" in dead:
-                runs = int(state["max_concurrent_runs"]) if queue == IMAGES_QUEUE else 1
-                pids[f"worker:{queue}"] = _start_worker(queue, runs, state_dir, environment)
-        for index, (port, grpc_port) in enumerate(state["replica_ports"]):
-            if f"model_server:{index}" in dead:
-                pids[f"model_server:{index}"] = start_model_server(
-                    config.absolute_models_dir(),
-                    port,
-                    grpc_port,
-                    state_dir / f"model-server-{index}.log",
-                    watch_seconds=config.DEFAULT_REGISTRY_WATCH_SECONDS,
-                    detached=True,
-                    emulate_batch_ms=float(state.get("replica_batch_ms", 0.0)),
-                ).pid
-        if "watchdog" in dead:
-            pids["watchdog"] = start_watchdog(state_dir, environment)
+        _restart_dead(production, state, dead, environment, quick_polling)
     finally:
         write_production(state_dir, state)
         lock.close()
     return production
+
+
+def _restart_dead(
+    production: Production,
+    state: dict[str, Any],
+    dead: set[str],
+    environment: dict[str, str],
+    quick_polling: bool,
+) -> None:
+    """Start each of the topology's processes named in `dead`, in dependency order, and
+    record its pid in `state`."""
+    state_dir, pids = production.state_dir, state["pids"]
+    if "postgres" in dead:
+        pids["postgres"] = _start_postgres(state, state_dir)
+    if "redis" in dead:
+        pids["redis"] = _start_redis(int(state["redis_port"]), state_dir)
+    if not production.dagster_home.exists():
+        runs_per_day = int(state.get("runs_per_day", 1))
+        max_runs = int(state["max_concurrent_runs"])
+        _prepare_instance(production, max_runs, quick_polling, runs_per_day)
+    for name, module in CODE_LOCATIONS.items():
+        if f"code_server:{name}" in dead:
+            port = production.code_server_ports[name]
+            pids[f"code_server:{name}"] = start_code_server(
+                name, module, port, state_dir, environment
+            )
+    if dead & {"daemon", *WEBSERVERS}:
+        _write_workspace(production)
+    if "daemon" in dead:
+        daemon = [tool("dagster-daemon"), "run", "-w", str(production.workspace)]
+        pids["daemon"] = start_detached(daemon, "daemon", state_dir, environment)
+    for name in WEBSERVERS:
+        if name in dead:
+            pids[name] = _start_webserver(production, name, state, environment)
+    for queue in WORKER_QUEUES:
+        if f"worker:{queue}" in dead:
+            runs = int(state["max_concurrent_runs"])
+            pids[f"worker:{queue}"] = _start_worker(queue, runs, state_dir, environment)
+    for index, (port, grpc_port) in enumerate(state["replica_ports"]):
+        if f"model_server:{index}" in dead:
+            pids[f"model_server:{index}"] = start_model_server(
+                config.absolute_models_dir(),
+                port,
+                grpc_port,
+                state_dir / f"model-server-{index}.log",
+                watch_seconds=config.DEFAULT_REGISTRY_WATCH_SECONDS,
+                detached=True,
+                emulate_batch_ms=float(state.get("replica_batch_ms", 0.0)),
+            ).pid
+    if "watchdog" in dead:
+        pids["watchdog"] = start_watchdog(state_dir, environment)
 
 
 def load_production(state_dir: Path) -> Production | None:
@@ -263,47 +268,15 @@ def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
 def _prepare_instance(
     production: Production, max_concurrent_runs: int, quick_polling: bool, runs_per_day: int
 ) -> None:
-    from farm_platform.admin.instance import prepare_dagster_home
+    """The instance is deploy/vm/dagster.yaml, filled in for this machine."""
+    from farm_platform.admin.instance import write_instance
 
-    prepare_dagster_home(
-        production.dagster_home,
-        max_concurrent_runs=max_concurrent_runs,
-        quick_polling=quick_polling,
-        # The warehouse is PostgreSQL: the sensor's runs of one day grade side by side.
-        runs_per_day=runs_per_day,
-        postgres_db={
-            "username": SUPERUSER,
-            "password": {"env": PG_PASSWORD},
-            "hostname": "127.0.0.1",
-            "port": production.pg_port,
-            "db_name": DAGSTER_DATABASE,
-            # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://, and dagster-postgres's
-            # `NOTIFY run_events, $1` then fails on every event.
-            "scheme": "postgresql+psycopg2",
-        },
-        # dagster-celery's launcher, which also fails a run whose worker died
-        # (farm_platform_dev.celery_launcher).
-        run_launcher={
-            "module": "farm_platform_dev.celery_launcher",
-            "class": "FarmCeleryRunLauncher",
-            "config": {
-                "broker": {"env": config.FARM_CELERY_BROKER},
-                "backend": {"env": config.FARM_CELERY_BROKER},
-                "default_queue": IMAGES_QUEUE,
-                "lost_worker_grace_seconds": 10.0 if quick_polling else 60.0,
-            },
-        },
-    )
+    text = instance_config(production.pg_port, max_concurrent_runs, runs_per_day, quick_polling)
+    write_instance(production.dagster_home, text)
 
 
 def _write_workspace(production: Production) -> None:
-    import yaml
-
-    servers = [
-        {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": name}}
-        for name, port in production.code_server_ports.items()
-    ]
-    production.workspace.write_text(yaml.safe_dump({"load_from": servers}))
+    production.workspace.write_text(workspace_config(production.code_server_ports))
 
 
 def _start_webserver(
@@ -351,12 +324,7 @@ def _start_redis(port: int, state_dir: Path) -> int:
 
 
 def _start_worker(queue: str, runs: int, state_dir: Path, environment: dict[str, str]) -> int:
-    """A Celery worker of `queue` that executes up to `runs` runs at once (prefork
-    processes): the `images` worker as many as the run queue lets start, since its runs
-    wait on the model servers more than they compute; the report's one at a time."""
-    args = [tool("celery"), "-A", "farm_platform_dev.celery_app", "worker", "-Q", queue]
-    args += ["-n", f"{queue}@%h", "-c", str(runs), "--loglevel", "INFO"]
-    # A task goes to a pool process that is free: by default Celery also hands one to a
-    # process still executing a run, where it waits for that run to end.
-    args += ["-O", "fair", "--prefetch-multiplier", "1"]
+    """The Celery worker of `queue` as deploy/vm/workers.yaml says; the `images` worker runs
+    up to `runs` runs at once."""
+    args = [tool("celery"), *worker_arguments(queue, images_concurrency=runs)]
     return start_detached(args, f"worker-{queue}", state_dir, environment)

@@ -5,7 +5,7 @@ production.json as `watchdog`) asks each code server every FARM_WATCHDOG_INTERVA
 one that missed FARM_WATCHDOG_FAILURES answers in a row is killed, its whole process group
 (parent and child), and started again on its port, where the daemon's reconnect finds it.
 Each round it also fails a run whose Celery task was taken but whose worker died before the
-run began (farm_platform_dev.celery_launcher.fail_runs_lost_before_start): run monitoring
+run began (farm_platform.launcher.celery_launcher.fail_runs_lost_before_start): run monitoring
 only times such a run out at its start timeout.
 """
 
@@ -125,7 +125,7 @@ def _instance() -> Iterator[Any]:
 def _fail_lost_runs(instance: Any) -> None:
     if instance is None:
         return
-    from farm_platform_dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform.launcher.celery_launcher import fail_runs_lost_before_start
 
     try:
         for run_id, reason in fail_runs_lost_before_start(instance).items():

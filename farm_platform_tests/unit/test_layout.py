@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "farm_platform"
 # The dev harness (simulator, emulators, demo, daemon wrapper): a package of its own that the
 # container image does not install; one room, `dev`, above everything but the CLI.
@@ -35,6 +35,7 @@ LAYERS = [
     ["ingest", "grading", "report"],
     ["images"],  # code location `farm_platform`
     ["analytics"],  # code location `farm_platform_analytics`
+    ["launcher"],  # the instance's Celery run launcher and app (deploy/vm/dagster.yaml)
     ["admin"],
     ["dev"],  # the farm_platform_dev package
     ["cli"],

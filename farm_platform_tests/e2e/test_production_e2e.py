@@ -147,6 +147,20 @@ def graded_rows_per_photo(topology: Topology) -> dict[tuple[str, str], int]:
     return {(r["position_id"], str(r["date"])): r["n"] for r in rows.to_dicts()}
 
 
+def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
+    """`stack up --production` starts from deploy/vm/: its instance and workspace are the
+    artifacts filled in for this machine, and its Celery workers run as workers.yaml says."""
+    from farm_platform_dev.processes import command_line
+    from farm_platform_dev.vm_artifacts import instance_config, workspace_config
+
+    production = topology.production
+    instance = instance_config(production.pg_port, 4, 4, quick_polling=True)
+    assert (production.dagster_home / "dagster.yaml").read_text() == instance
+    assert production.workspace.read_text() == workspace_config(production.code_server_ports)
+    worker = command_line(topology.pids()["worker:images"])
+    assert "farm_platform.launcher.celery_app" in worker and "-c 4" in worker
+
+
 def test_a_day_is_graded_through_the_production_topology(topology):
     photos = topology.simulate(FarmConfig(positions=4, days=1, seed=41))
     with topology.instance() as instance:
@@ -382,7 +396,7 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
 def test_a_celery_worker_killed_mid_run_loses_no_photo(topology):
     """kill -9 of the `images` worker and its pool (its machine lost) while it executes a
     run: nothing updates the run's task, which stays STARTED in Redis; the launcher's health
-    check finds no worker running it (farm_platform_dev.celery_launcher), run monitoring
+    check finds no worker running it (farm_platform.launcher.celery_launcher), run monitoring
     fails the run, and its photos go to a new run on the worker `stack up --production`
     restarted. Every photo graded once."""
     day = _day(4).isoformat()
