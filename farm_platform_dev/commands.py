@@ -82,18 +82,6 @@ def _print_webservers(topology: Any) -> None:
     print(f"# Dagster UI for viewers (read-only): {topology.viewer_url}")
 
 
-def _code_server_check(args: argparse.Namespace) -> int:
-    from farm_platform_dev.liveness import code_server_answers
-
-    timeout = args.timeout or config.code_server_check_timeout_seconds()
-    if code_server_answers(args.port, timeout, host=args.host):
-        print(f"code server {args.host}:{args.port} answers")
-        return 0
-    where = f"{args.host}:{args.port}"
-    print(f"code server {where} did not answer (unreachable, or silent for {timeout:g} s)")
-    return 1
-
-
 def _shell_environment(info: Any) -> dict[str, str]:
     """The stack's variables, plus a field map of its own: a farm simulated against this
     stack writes its positions there, and the platform pointed at the stack reads them.
@@ -235,6 +223,14 @@ def add_farm_options(
 
 
 def add_dev_commands(commands: Any) -> None:
+    from farm_platform_dev.heldout_export import add_heldout_command
+
+    _add_stack_command(commands)
+    _add_farm_commands(commands)
+    add_heldout_command(commands)
+
+
+def _add_stack_command(commands: Any) -> None:
     stack_parser = commands.add_parser(
         "stack", help="the local Pub/Sub and GCS emulators, with topics, subscriptions, bucket"
     )
@@ -294,22 +290,8 @@ def add_dev_commands(commands: Any) -> None:
     )
     stack_parser.set_defaults(handler=_stack)
 
-    check_parser = commands.add_parser(
-        "code-server-check",
-        help="exit 0 if the gRPC code server on --port answers (its serving child, not only "
-        "the process holding the port), else 1: the watchdog's question, and the Kubernetes "
-        "liveness probe of the code servers",
-    )
-    check_parser.add_argument("--port", type=int, required=True, help="the code server's port")
-    check_parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
-    check_parser.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds to wait for the answer (default: $FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS "
-        f"or {config.DEFAULT_CODE_SERVER_CHECK_TIMEOUT_SECONDS:g})",
-    )
-    check_parser.set_defaults(handler=_code_server_check)
 
+def _add_farm_commands(commands: Any) -> None:
     simulate_parser = commands.add_parser(
         "simulate", help="render a synthetic farm's photos into a bucket"
     )
@@ -361,7 +343,3 @@ def add_dev_commands(commands: Any) -> None:
     )
     check_parser.add_argument("--workdir", help="keep the simulated farm here (default: temp)")
     check_parser.set_defaults(handler=_check)
-
-    from farm_platform_dev.heldout_export import add_heldout_command
-
-    add_heldout_command(commands)

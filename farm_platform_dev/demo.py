@@ -40,6 +40,94 @@ from farm_platform.resources.field_map import read_field_map
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform_dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 
+# How the demo prints its tables.
+TABLE_STYLE = {
+    "tbl_rows": 100,
+    "tbl_cols": 20,
+    "tbl_width_chars": 140,
+    "float_precision": 2,
+    "tbl_hide_dataframe_shape": True,
+    "tbl_hide_column_data_types": True,
+}
+
+
+def _clear_workdir(workdir: Path) -> None:
+    """The previous demo's state gone, its stack (kept with --keep) stopped first."""
+    if workdir.exists():
+        if (workdir / "stack").exists():
+            from farm_platform_dev.stack import stack_down
+
+            stack_down(workdir / "stack")
+        shutil.rmtree(workdir)
+
+
+def _demo_environment(
+    stack: Any, config: FarmConfig, workdir: Path, warehouse_url: str, field_map: Path
+) -> dict[str, str]:
+    """The settings the demo's daemon and runs take."""
+    return {
+        **stack.environment(),
+        FARM_WAREHOUSE: warehouse_url,
+        DAGSTER_HOME: str(workdir / "dagster"),
+        # The demo farm's own field map: the tracked dbt seed is the real farm's.
+        FARM_FIELD_MAP: str(field_map),
+        # On disk, so the report outlives the emulated bucket.
+        FARM_REPORTS: str(workdir / "reports"),
+        # The trial begins on the simulated farm's first day: the UI's day partitions
+        # are then the farm's days, not a year of "Missing" ones before it.
+        FARM_TRIAL_START_DATE: config.start_date.isoformat(),
+        FARM_SENSOR_INTERVAL_SECONDS: "5",
+        # The simulated farm uploads in one burst before the daemon starts: its days
+        # are quiet at once, and need not wait the 5 s a real flight's upload gets.
+        FARM_BATCH_QUIET_SECONDS: "1",
+    }
+
+
+def _print_report(
+    warehouse: WarehouseResource, report: str, report_day: dt.date, workdir: Path
+) -> None:
+    """The report's answer beside the simulated truth."""
+    print(f"\n[demo] report: {report}")
+    data = load_report_data(warehouse, report_day)
+    print(f"[demo] {overall_answer(data)}")
+    print(f"[demo] {design_line(data)}")
+    print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")
+    for line in summary_lines(data):
+        print(f"  {line}")
+    truth = pl.read_parquet(workdir / "ground_truth" / "effect.parquet")
+    print("[demo] simulated truth (realized difference in differences of the true grades):")
+    for row in truth.sort("disease_type").iter_rows(named=True):
+        print(f"  {row['disease_type']}: {row['realized_did']:+.3f}")
+
+
+def _print_browse_hint(environment: dict[str, str], workdir: Path, keep: bool) -> None:
+    """How to open the Dagster UI on this demo."""
+    if keep:
+        command = " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items())
+        print(
+            "\nThe demo's local stack is still up. Open the Dagster UI on this demo with:\n"
+            f"  env {command} {Path(sys.executable).with_name('dagster')} dev -w {WORKSPACE_FILE}"
+            f"\nStop the stack afterwards: farm-platform stack down --state-dir {workdir / 'stack'}"
+        )
+    else:
+        print("\nTo browse a demo in the Dagster UI: .venv/bin/farm-platform demo --keep")
+
+
+def _simulate_farm(config: FarmConfig, stack: Any, field_map: Path, workdir: Path) -> None:
+    """The simulated farm's photos into the stack's bucket, and its drone messages."""
+    print(
+        f"[demo] simulating {config.positions} positions × {config.days} days "
+        f"(seed {config.seed}, true effect {config.effect}/day) into {stack.bucket_url()}"
+    )
+    publisher = DroneMessagePublisher(stack.project)
+    summary = write_farm(
+        config, stack.bucket_url(), field_map, publisher, str(workdir / "ground_truth")
+    )
+    print(
+        f"[demo] uploaded {summary.images} photos ({summary.leaves} leaves); "
+        f"{summary.published} drone messages + {summary.images} storage notifications"
+    )
+
 
 def run_demo(
     config: FarmConfig,
@@ -60,12 +148,7 @@ def run_demo(
 
     started = time.monotonic()
     workdir = workdir.resolve()
-    if workdir.exists():
-        if (workdir / "stack").exists():
-            from farm_platform_dev.stack import stack_down
-
-            stack_down(workdir / "stack")
-        shutil.rmtree(workdir)
+    _clear_workdir(workdir)
     dagster_home = workdir / "dagster"
     # A demo is watched: its run queue is polled every 1 s and its sensors tick every 5 s
     # (below), so each run starts seconds sooner. A long-lived instance keeps Dagster's
@@ -87,35 +170,9 @@ def run_demo(
         if stack.oip_url:
             print(f"[demo] the runs grade on the model server at {stack.oip_url}")
         field_map = workdir / "positions.csv"
-        environment = {
-            **stack.environment(),
-            FARM_WAREHOUSE: warehouse_url,
-            DAGSTER_HOME: str(dagster_home),
-            # The demo farm's own field map: the tracked dbt seed is the real farm's.
-            FARM_FIELD_MAP: str(field_map),
-            # On disk, so the report outlives the emulated bucket.
-            FARM_REPORTS: str(workdir / "reports"),
-            # The trial begins on the simulated farm's first day: the UI's day partitions
-            # are then the farm's days, not a year of "Missing" ones before it.
-            FARM_TRIAL_START_DATE: config.start_date.isoformat(),
-            FARM_SENSOR_INTERVAL_SECONDS: "5",
-            # The simulated farm uploads in one burst before the daemon starts: its days
-            # are quiet at once, and need not wait the 5 s a real flight's upload gets.
-            FARM_BATCH_QUIET_SECONDS: "1",
-        }
+        environment = _demo_environment(stack, config, workdir, warehouse_url, field_map)
         cleanup.enter_context(process_environment(environment))
-        print(
-            f"[demo] simulating {config.positions} positions × {config.days} days "
-            f"(seed {config.seed}, true effect {config.effect}/day) into {stack.bucket_url()}"
-        )
-        publisher = DroneMessagePublisher(stack.project)
-        summary = write_farm(
-            config, stack.bucket_url(), field_map, publisher, str(workdir / "ground_truth")
-        )
-        print(
-            f"[demo] uploaded {summary.images} photos ({summary.leaves} leaves); "
-            f"{summary.published} drone messages + {summary.images} storage notifications"
-        )
+        _simulate_farm(config, stack, field_map, workdir)
         print("[demo] running dagster-daemon: drone_image_sensor → day runs → warehouse")
         with (
             DaemonProcess(dagster_home, environment, workdir / "daemon.log") as daemon,
@@ -139,14 +196,7 @@ def run_demo(
                 f"\n[demo] graded in {time.monotonic() - started:.0f} s: {expected} images in "
                 f"{runs} Dagster runs; warehouse {warehouse.duckdb_path}\n"
             )
-            with pl.Config(
-                tbl_rows=100,
-                tbl_cols=20,
-                tbl_width_chars=140,
-                float_precision=2,
-                tbl_hide_dataframe_shape=True,
-                tbl_hide_column_data_types=True,
-            ):
+            with pl.Config(**TABLE_STYLE):
                 print(daily_area_summary(warehouse, field_map))
             report_day = config.start_date + dt.timedelta(days=config.days - 1)
             print(f"\n[demo] queued the daily report job for {report_day}: dbt build, report")
@@ -154,27 +204,9 @@ def run_demo(
             if report is None:
                 return 1
 
-    print(f"\n[demo] report: {report}")
-    data = load_report_data(warehouse, report_day)
-    print(f"[demo] {overall_answer(data)}")
-    print(f"[demo] {design_line(data)}")
-    print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")
-    for line in summary_lines(data):
-        print(f"  {line}")
-    truth = pl.read_parquet(workdir / "ground_truth" / "effect.parquet")
-    print("[demo] simulated truth (realized difference in differences of the true grades):")
-    for row in truth.sort("disease_type").iter_rows(named=True):
-        print(f"  {row['disease_type']}: {row['realized_did']:+.3f}")
+    _print_report(warehouse, report, report_day, workdir)
     print(f"\n[demo] done in {time.monotonic() - started:.0f} s")
-    if keep:
-        command = " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items())
-        print(
-            "\nThe demo's local stack is still up. Open the Dagster UI on this demo with:\n"
-            f"  env {command} {Path(sys.executable).with_name('dagster')} dev -w {WORKSPACE_FILE}"
-            f"\nStop the stack afterwards: farm-platform stack down --state-dir {workdir / 'stack'}"
-        )
-    else:
-        print("\nTo browse a demo in the Dagster UI: .venv/bin/farm-platform demo --keep")
+    _print_browse_hint(environment, workdir, keep)
     return 0
 
 

@@ -1,20 +1,12 @@
-"""Whether a code server of the production topology serves, and the lock its repairs take.
-
-A pid says nothing about whether a code server serves. `dagster code-server start` serves
-from a child process, which shuts itself down after 30 s without a heartbeat from its
-parent: after a pause of the parent (SIGSTOP, a VM paused or migrated) the parent keeps its
-pid and port and answers nothing, and every sensor of its location stops. Dagster's gRPC
-health check answers for the parent alone (it still says SERVING then); `GetServerId` is
-forwarded to the child, so it is the question asked here, with a timeout, since a stopped
-process accepts connections (the kernel does) and never replies. The watchdog that acts on
-it: farm_platform_dev.watchdog.
-"""
+"""Waiting for a code server of the production topology to answer, stopping a process
+group, and the lock the topology's repairs take. Whether a code server serves:
+farm_platform/admin/code_server_check.py; the watchdog that acts on it:
+farm_platform_dev.watchdog."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import signal
 import time
@@ -22,22 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from farm_platform.admin.code_server_check import code_server_answers
 from farm_platform_dev.emulators import StackError
 from farm_platform_dev.processes import child_pids, kill_now, pid_alive
 
 LOCK_FILE = "production.lock"
-
-
-def code_server_answers(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
-    """True if the code server on `port` answers `GetServerId` within `timeout` seconds:
-    its serving child is there, not only the process that holds the port."""
-    from dagster._grpc.client import DagsterGrpcClient
-
-    try:
-        DagsterGrpcClient(port=port, host=host).get_server_id(timeout=math.ceil(timeout))
-    except Exception:  # unreachable, timed out, or no child to forward to
-        return False
-    return True
 
 
 def wait_until_answers(port: int, pid: int, what: str, log: Path, timeout: float) -> None:

@@ -13,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from farm_platform import config
+from farm_platform.admin.code_server_check import code_server_answers
 from farm_platform.images.run_tags import ANALYTICS_QUEUE, IMAGES_QUEUE
 from farm_platform_dev.emulators import StackError
-from farm_platform_dev.liveness import (
-    code_server_answers,
-    kill_process_group,
-    say,
-    wait_until_answers,
-)
+from farm_platform_dev.liveness import kill_process_group, say, wait_until_answers
 from farm_platform_dev.processes import pid_alive, spawn
 from farm_platform_dev.webservers import WEBSERVERS, port_key
 

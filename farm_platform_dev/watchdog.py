@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from farm_platform import config
-from farm_platform_dev.liveness import code_server_answers, kill_process_group, say, topology_lock
+from farm_platform.admin.code_server_check import code_server_answers
+from farm_platform_dev.liveness import kill_process_group, say, topology_lock
 from farm_platform_dev.topology_processes import (
     CODE_LOCATIONS,
     dead_processes,

@@ -129,23 +129,29 @@ def _pre_period_paragraph(data: ReportData) -> str:
     return f"<p class='warn'>{html.escape(line)}</p>" + (table(placebo) if placebo.height else "")
 
 
-def render_report(data: ReportData) -> str:
-    warning = ""
-    if data.ungraded:
-        warning = (
-            f"<p class='warn'>{len(data.ungraded)} position(s) have no grades for {data.day} "
-            f"yet and are not in this day's figures: {html.escape(', '.join(data.ungraded))}</p>"
-        )
-    if not data.held_back.is_empty():
-        held_back = (
-            f"<p class='warn'>{data.held_back.height} photo × disease(s) failed a data-quality "
-            "check and are held back: left out of every figure of this report until they are "
-            "re-graded or fixed:</p>" + table(data.held_back)
-        )
-    else:
-        held_back = (
+def _ungraded_warning(data: ReportData) -> str:
+    if not data.ungraded:
+        return ""
+    return (
+        f"<p class='warn'>{len(data.ungraded)} position(s) have no grades for {data.day} "
+        f"yet and are not in this day's figures: {html.escape(', '.join(data.ungraded))}</p>"
+    )
+
+
+def _held_back_section(data: ReportData) -> str:
+    if data.held_back.is_empty():
+        return (
             "<p>Nothing was held back: every data-quality check that holds photos back passed.</p>"
         )
+    return (
+        f"<p class='warn'>{data.held_back.height} photo × disease(s) failed a data-quality "
+        "check and are held back: left out of every figure of this report until they are "
+        "re-graded or fixed:</p>" + table(data.held_back)
+    )
+
+
+def render_report(data: ReportData) -> str:
+    warning, held_back = _ungraded_warning(data), _held_back_section(data)
     names = data.disease_names
     effects = effect_decisions(data)
     left_warning, left_section = attrition_section(data)

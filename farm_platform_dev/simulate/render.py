@@ -37,38 +37,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dynamics import MAX_LEAVES, NUM_DISEASES
+from .lesions import frame, paint_lesions, paint_tissue
 
 MIN_LEAF_LENGTH = 28.0  # long axis at 256 px, scaled with image size
 MAX_LEAF_LENGTH = 70.0
 MAX_OCCLUSION = 0.3
 _PLACEMENT_ATTEMPTS = 120
 _SHADOW_OFFSET = 2
-
-_YELLOW = np.array([222.0, 206.0, 58.0], dtype=np.float32)
-_NECROSIS = np.array([182.0, 130.0, 62.0], dtype=np.float32)
-_NECROSIS_EDGE = np.array([84.0, 54.0, 28.0], dtype=np.float32)
-_POWDER = np.array([232.0, 232.0, 224.0], dtype=np.float32)
-_SPOT_CORE = np.array([58.0, 36.0, 20.0], dtype=np.float32)
-_SPOT_RING = np.array([186.0, 150.0, 100.0], dtype=np.float32)
-_STREAK = np.array([14.0, 14.0, 12.0], dtype=np.float32)
-_MIDRIB = np.array([168.0, 200.0, 128.0], dtype=np.float32)
-_VEIN = np.array([120.0, 168.0, 92.0], dtype=np.float32)
-
-# Amount of each disease per grade (index = grade).
-_SPOT_COUNT = (0, 2, 5, 10)
-_SPOT_SCALE = (0.0, 1.0, 1.15, 1.35)
-_BLOTCH_COUNT = (0, 1, 2, 4)
-_BLOTCH_RADIUS = (0.0, 0.65, 0.95, 1.2)  # times the leaf half-width
-_POWDER_COUNT = (0, 2, 4, 7)
-_POWDER_RADIUS = (0.0, 0.3, 0.4, 0.5)
-_STREAK_COUNT = (0, 2, 4, 7)
-_STREAK_WIDTH = (0.0, 0.85, 0.95, 1.35)
-_NECROSIS_TIP = (2.0, 0.5, 0.25, 0.0)  # necrotic where s > this (2 = nowhere)
-_NECROSIS_MARGIN = (2.0, 2.0, 0.78, 0.62)  # ... or where |t| > this (toward the tip)
-_NECROSIS_MARGIN_FROM = (2.0, 2.0, -0.1, -0.55)  # margin necrosis only where s > this
-
-_VEIN_SLOPE = 0.8  # side veins run forward: u - _VEIN_SLOPE * |v| = const
-_VEIN_NORM = math.sqrt(1.0 + _VEIN_SLOPE**2)
 
 
 @dataclass(frozen=True)
@@ -243,114 +218,20 @@ def _soil(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32).copy()
 
 
-def _mix(rgb: np.ndarray, color: np.ndarray, weight: np.ndarray) -> None:
-    """Blend toward `color` (an RGB triple or a per-pixel (h, w, 3) array) by `weight`."""
-    rgb += (color - rgb) * weight[:, :, None]
-
-
 def _paint_leaf(
     rgb: np.ndarray, geo: _Geometry, leaf: LeafParams, grades: np.ndarray, tex: np.ndarray
 ) -> None:
     """Paint leaf tissue and lesions into `rgb` (the leaf's own patch, float32)."""
-    u, v, s, w = geo.u, geo.v, geo.s, geo.w
-    av = np.abs(v)
-    wsafe = np.maximum(w, 1e-3)
-    t = v / wsafe
-    a, b = leaf.half_length, leaf.half_width
+    leaf_frame = frame(geo.u, geo.v, geo.s, geo.w, leaf.half_length, leaf.half_width)
     plan = np.random.default_rng(leaf.lesion_seed)
-    h, wd = u.shape
-
-    # Tissue: base colour, one side of the midrib a little brighter, darker rim, texture.
-    shade = 1.0 + 0.07 * np.tanh(v / (0.35 * b)) + 0.05 * tex[:h, :wd]
-    rgb[:] = np.asarray(leaf.color, dtype=np.float32)[None, None, :] * shade[:, :, None]
-    period = max(5.0, a / 3.2)
-    vein_coord = u - _VEIN_SLOPE * av
-    phase = np.mod(vein_coord, period)
-    vein_dist = np.minimum(phase, period - phase) / _VEIN_NORM
-    _mix(rgb, _VEIN, 0.35 * np.clip(0.8 - vein_dist, 0, 1) * (av > 0.8))
-    _mix(rgb, _MIDRIB, 0.65 * np.clip(1.1 - av, 0, 1) * (np.abs(s) < 0.93))
-
-    # disease_1: yellow blotches, elongated along the leaf, mostly in the base half.
-    g = int(grades[1])
-    centers = [(-0.45, 0.0), (-0.05, 0.1), (-0.75, -0.1), (0.3, 0.0)]
-    jitter = plan.uniform(-0.12, 0.12, (4, 2))
-    if g:
-        radius = _BLOTCH_RADIUS[g] * b
-        weight = np.zeros_like(u)
-        for k in range(_BLOTCH_COUNT[g]):
-            cs, ct = centers[k][0] + jitter[k, 0], centers[k][1] + jitter[k, 1]
-            cu, cv = cs * a, ct * b * 0.5
-            d = np.sqrt(((u - cu) / 1.7) ** 2 + (v - cv) ** 2)
-            weight = np.maximum(weight, np.clip((radius - d) / (0.3 * radius), 0, 1))
-        _mix(rgb, _YELLOW, 0.92 * weight)
-
-    # disease_4: necrosis from the tip, then along the margins; wavy front, dark rim.
-    g = int(grades[4])
-    wave_phase = plan.uniform(0, 2 * math.pi, 2)
-    if g:
-        front = _NECROSIS_TIP[g] + 0.06 * np.sin(7.0 * t + wave_phase[0])
-        depth = s - front  # > 0 inside
-        margin = np.where(
-            s > _NECROSIS_MARGIN_FROM[g],
-            np.abs(t) - _NECROSIS_MARGIN[g] + 0.04 * np.sin(9.0 * s + wave_phase[1]),
-            -10.0,
-        )
-        depth_px = np.maximum(depth * a, margin * wsafe)
-        dead = np.clip(depth_px + 0.5, 0, 1)
-        _mix(rgb, _NECROSIS * (0.92 + 0.12 * tex[:h, :wd, None]), dead)
-        rim = np.clip(1.2 - np.abs(depth_px), 0, 1)
-        _mix(rgb, _NECROSIS_EDGE, 0.8 * rim)
-
-    # disease_2: white powdery patches with speckle.
-    g = int(grades[2])
-    centers2 = np.stack([plan.uniform(-0.75, 0.7, 7), plan.uniform(-0.6, 0.6, 7)], axis=1)
-    if g:
-        radius = max(2.2, _POWDER_RADIUS[g] * 2.0 * b)
-        weight = np.zeros_like(u)
-        for cs, ct in centers2[: _POWDER_COUNT[g]]:
-            cu = cs * a
-            cv = ct * b * (1.0 - cs * cs)
-            d = np.sqrt((u - cu) ** 2 + (v - cv) ** 2)
-            weight = np.maximum(weight, np.clip((radius - d) / (0.45 * radius), 0, 1))
-        speckle = 0.55 + 0.45 * tex[h : 2 * h, :wd]
-        # Capped opacity: yellowing/necrosis under the powder must still show.
-        _mix(rgb, _POWDER, np.clip(weight * speckle, 0, 0.85))
-
-    # disease_0: dark round spots with a lighter ring.
-    g = int(grades[0])
-    centers0 = np.stack([plan.uniform(-0.72, 0.72, 10), plan.uniform(-0.62, 0.62, 10)], axis=1)
-    if g:
-        r = max(1.7, 0.046 * 2 * a) * _SPOT_SCALE[g]
-        core = np.zeros_like(u)
-        ring = np.zeros_like(u)
-        for cs, ct in centers0[: _SPOT_COUNT[g]]:
-            cu = cs * a
-            cv = ct * b * (1.0 - cs * cs)
-            d = np.sqrt((u - cu) ** 2 + (v - cv) ** 2)
-            core = np.maximum(core, np.clip(r - d + 0.5, 0, 1))
-            ring = np.maximum(ring, np.clip(1.65 * r - d + 0.5, 0, 1))
-        _mix(rgb, _SPOT_RING, 0.9 * ring)
-        _mix(rgb, _SPOT_CORE, core)
-
-    # disease_3: black streaks along the side veins.
-    g = int(grades[3])
-    k_lo, k_hi = -int(0.8 * a / period), int(0.55 * a / period)
-    slots = [(k, side) for k in range(k_lo, k_hi + 1) for side in (-1.0, 1.0)]
-    order = plan.permutation(len(slots))
-    starts = plan.uniform(0.05, 0.3, len(slots))
-    if g:
-        width = _STREAK_WIDTH[g]
-        weight = np.zeros_like(u)
-        for idx in order[: _STREAK_COUNT[g]]:
-            k, side = slots[idx]
-            dist = np.abs(vein_coord - k * period) / _VEIN_NORM
-            along = (v * side > 0) & (t * side > starts[idx]) & (t * side < 0.92)
-            weight = np.maximum(weight, np.clip(width - dist + 0.5, 0, 1) * along)
-        _mix(rgb, _STREAK, weight)
-
+    h, wd = leaf_frame.u.shape
+    period, vein_coord = paint_tissue(rgb, leaf_frame, leaf.color, tex[:h, :wd])
+    # Each lesion's random draws come in this order whatever the grades, so a leaf's lesions
+    # stay where they were as its grades change from day to day.
+    paint_lesions(rgb, leaf_frame, plan, grades, tex, period, vein_coord)
     # A darker rim after the lesions keeps the silhouette visible even when a
     # lesion (necrosis, yellowing) has the colour of soil or of another leaf.
-    rgb *= (1.0 - 0.3 * np.clip(1.0 - (w - av) / 1.3, 0, 1))[:, :, None]
+    rgb *= (1.0 - 0.3 * np.clip(1.0 - (leaf_frame.w - leaf_frame.av) / 1.3, 0, 1))[:, :, None]
 
 
 def render_layout(layout: Layout, grades: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -26,8 +26,9 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
 from farm_platform import config
+from farm_platform.admin.code_server_check import code_server_answers
 from farm_platform.cli import main
-from farm_platform_dev.liveness import code_server_answers, kill_process_group
+from farm_platform_dev.liveness import kill_process_group
 from farm_platform_dev.processes import child_pids, free_port, pid_alive
 from farm_platform_dev.topology_processes import (
     PRODUCTION_FILE,

@@ -441,7 +441,8 @@ def test_the_cli_without_the_dev_package_offers_the_operator_commands():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     commands = set(result.stdout.split())
-    assert {"models", "backfill"} <= commands, commands
+    # code-server-check: the code servers' liveness probe in the cluster (deploy/helm).
+    assert {"models", "backfill", "dlq", "code-server-check"} <= commands, commands
     assert not {"demo", "stack", "simulate"} & commands, commands
 
 
