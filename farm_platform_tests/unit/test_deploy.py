@@ -523,8 +523,8 @@ def test_each_code_server_is_probed_for_its_serving_child_not_its_process():
     serving child answers) on the deployment's port, within the probe's own timeout; a
     startup probe keeps it off while the definitions load. The chart writes the probes
     into the container as they are: strictly valid Kubernetes probes."""
+    from farm_platform.admin.code_server_check import _code_server_check
     from farm_platform.cli import build_parser
-    from farm_platform_dev.commands import _code_server_check
 
     for deployment in values()["dagster-user-deployments"]["deployments"]:
         startup = {k: v for k, v in deployment["startupProbe"].items() if k != "enabled"}
