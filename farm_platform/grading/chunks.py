@@ -5,7 +5,7 @@ Memory stays flat as a run's photo count grows: photos go through in chunks of
 the models, and each chunk's crop objects and warehouse rows are written in a second
 thread (crop objects first, then the chunk's rows of every table in one transaction), at
 most two chunks behind. What the checks need (rows, not pixels) is kept for the day.
-No Dagster here: `assets/inference.py` wraps it.
+No Dagster here: `images/pipeline.py` wraps it.
 """
 
 from __future__ import annotations
