@@ -21,6 +21,8 @@ RUN useradd --create-home --uid 10001 farm \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The runtime package only: the dev harness (farm_platform_dev) and the `dev` extra never
+# come in (farm_platform_tests/unit/test_deploy.py builds the wheel from these files).
 COPY farm_platform ./farm_platform
 # The same pins as pyproject.toml; torch from the chosen index, everything else from PyPI.
 # Editable, as `make` installs it: the package finds models/ and dbt_project/ beside itself

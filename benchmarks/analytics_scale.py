@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "farm_platform_tests"))
 
-from farm_platform.dev.farm import dbt_workdir  # noqa: E402
 from farm_platform.resources.warehouse import TABLES, WarehouseResource  # noqa: E402
+from farm_platform_dev.farm import dbt_workdir  # noqa: E402
 
 DISEASES = 5
 # Assets whose checks the image pipeline records per photo (farm_platform/quality).
@@ -132,14 +132,15 @@ def measure(code: str, env: dict[str, str], rss_limit_mb: float) -> Measured:
 
 DBT_BUILD = """
 from pathlib import Path
-from farm_platform.dev.farm import invoke_dbt_build
+from farm_platform_dev.farm import invoke_dbt_build
 outcome = invoke_dbt_build(Path({project!r}), {url!r}, full_refresh={full!r})
 assert outcome.success, outcome.failed()
 """
 
 REPORT = """
 import datetime as dt
-from farm_platform.analytics.report import load_report_data, render_report
+from farm_platform.report.data import load_report_data
+from farm_platform.report.render import render_report
 from farm_platform.resources.warehouse import WarehouseResource
 data = load_report_data(WarehouseResource(url={url!r}), dt.date.fromisoformat({day!r}))
 page = render_report(data)
@@ -386,7 +387,7 @@ def warehouse_url(db: str, workdir: Path, days: int) -> Iterator[str]:
         finally:
             path.unlink(missing_ok=True)
         return
-    from farm_platform.dev.postgres import postgres_server
+    from farm_platform_dev.postgres import postgres_server
 
     with postgres_server(POSTGRES_SETTINGS) as url:
         yield url

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_threads(settings.threads)
     placement = configured_placement(settings)
 
-    from farm_platform.dev.simulate import render_training_images
+    from farm_platform_dev.simulate import render_training_images
 
     pngs = [sim.png for sim in render_training_images(args.seed, args.count)]
     print(

@@ -8,10 +8,10 @@ import datetime as dt
 
 import polars as pl
 
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.effect_stats import add_decisions
-from farm_platform.dev.simulate import DISEASE_TYPES, FarmConfig, true_position_day
-from farm_platform.dev.simulate.grader_versions import graded_by_v2
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.effect_stats import add_decisions
+from farm_platform_dev.simulate import DISEASE_TYPES, FarmConfig, true_position_day
+from farm_platform_dev.simulate.grader_versions import graded_by_v2
 
 # Trial events (issue 27), each scored through the report's rules as reports are made day
 # by day: every report sees the rows visible that morning, decides the looks it is the
@@ -134,7 +134,7 @@ def case_effects(
     """The last report's rows of one simulated farm (`farm_rows`) under `case`, with each
     look's decision as its first report made it, beside the estimand of each row's day
     since the trial began."""
-    from farm_platform.analytics.effect_stats import carry_decisions
+    from farm_platform.report.effect_stats import carry_decisions
 
     start = rows["date"].min()
     dropped = _dropped(case, rows, config.days, config.positions, config.seed)

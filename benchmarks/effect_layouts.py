@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.effect_stats import add_decisions
-from farm_platform.analytics.effect_trend import trend_adjusted_frame
-from farm_platform.dev.simulate import FarmConfig, true_position_day
-from farm_platform.dev.simulate.dynamics import population_effect
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.effect_stats import add_decisions
+from farm_platform.report.effect_trend import trend_adjusted_frame
+from farm_platform_dev.simulate import FarmConfig, true_position_day
+from farm_platform_dev.simulate.dynamics import population_effect
 
 # (layout, analysed within its blocks)
 LAYOUT_CASES = (

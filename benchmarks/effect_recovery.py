@@ -9,7 +9,7 @@
 
 The estimand is the POPULATION effect: the expected difference in differences of mean true
 grade (treated minus control, each position from its own first day) on new farms with the
-simulator's parameters, `farm_platform.dev.simulate.dynamics.population_effect`. It is not the
+simulator's parameters, `farm_platform_dev.simulate.dynamics.population_effect`. It is not the
 difference in differences of the same leaves' true grades, which shares the farm's
 position-to-position luck with the estimate and so makes any interval look right.
 
@@ -43,10 +43,10 @@ import polars as pl
 from docs_table import add_write_docs_flag, write_docs
 from effect_cases import CASES, case_effects, farm_rows
 
-from farm_platform.analytics.effect_frame import treatment_effect_frame
-from farm_platform.analytics.effect_stats import add_decisions
-from farm_platform.dev.simulate import FarmConfig, true_position_day
-from farm_platform.dev.simulate.dynamics import population_effect
+from farm_platform.report.effect_frame import treatment_effect_frame
+from farm_platform.report.effect_stats import add_decisions
+from farm_platform_dev.simulate import FarmConfig, true_position_day
+from farm_platform_dev.simulate.dynamics import population_effect
 
 RULES = {
     "fixed 95 % per disease-day": "significant",
@@ -164,7 +164,7 @@ def summarize_cases(case: str, results: pl.DataFrame) -> list[tuple[str, ...]]:
 
 def pipeline_last_day(seeds: int, config: FarmConfig, estimand: list[float]) -> None:
     """Through the real detector, graders and dbt: last-day coverage of the estimand."""
-    from farm_platform.dev.farm import reported_vs_true_effect
+    from farm_platform_dev.farm import reported_vs_true_effect
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="farm-effect-") as workdir:

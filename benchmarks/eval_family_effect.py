@@ -25,10 +25,10 @@ from pathlib import Path
 import polars as pl
 from docs_table import add_write_docs_flag, write_docs
 
-from farm_platform.dev.eval_render import eval_farm_photos
-from farm_platform.dev.farm import reported_vs_true_effect
-from farm_platform.dev.simulate import FarmConfig
-from farm_platform.dev.simulate.dynamics import population_effect
+from farm_platform_dev.eval_render import eval_farm_photos
+from farm_platform_dev.farm import reported_vs_true_effect
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.simulate.dynamics import population_effect
 
 FAMILIES = {"training renderer": None, "evaluation family": eval_farm_photos}
 

@@ -32,23 +32,23 @@ from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config
 from farm_platform.admin.instance import prepare_dagster_home
-from farm_platform.dev.daemon import (
-    DaemonProcess,
-    wait_for_failed_tick,
-    wait_for_photos,
-    wait_for_sensor_tick_in_progress,
-)
-from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.postgres import PostgresServer
-from farm_platform.dev.processes import kill_now, processes_in_group
-from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.dev.simulate.render import png_header_only
 from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import ImageKey, join
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import (
+    DaemonProcess,
+    wait_for_failed_tick,
+    wait_for_photos,
+    wait_for_sensor_tick_in_progress,
+)
+from farm_platform_dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.postgres import PostgresServer
+from farm_platform_dev.processes import kill_now, processes_in_group
+from farm_platform_dev.simulate import FarmConfig, field_map, simulate_images
+from farm_platform_dev.simulate.render import png_header_only
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from production_faults import PRODUCTION_FAULTS, run_production_faults  # noqa: E402

@@ -23,12 +23,12 @@ from photo_cost_meter import (
 from pipeline_throughput import Platform, image_runs, stage_seconds
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform.layout import bucket_filesystem
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import wait_for_photos
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.simulate import FarmConfig, field_map, simulate_images
 
 DAY = dt.date(2026, 6, 1)
 EMULATORS = "emulators"
@@ -192,8 +192,8 @@ def _topology(
 def _production(
     scenario: Scenario, workdir: Path
 ) -> Iterator[tuple[Any, DagsterInstance, Roots, str | None]]:
-    from farm_platform.dev import production as topology
-    from farm_platform.dev import stack as dev_stack
+    from farm_platform_dev import production as topology
+    from farm_platform_dev import stack as dev_stack
 
     password = topology.PG_PASSWORD
     for name in (password, topology.REDIS_PASSWORD, topology.OIP_TOKEN):

@@ -54,16 +54,16 @@ from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config as farm_config
 from farm_platform.admin.instance import prepare_dagster_home
-from farm_platform.dev.daemon import UNFINISHED_STATUSES, DaemonProcess, wait_for_photos
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.model_server import ModelServerProcess
-from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
 from farm_platform.images.keys import DRONE_IMAGES
 from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem, join
 from farm_platform.resources.field_map import write_field_map
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import UNFINISHED_STATUSES, DaemonProcess, wait_for_photos
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.model_server import ModelServerProcess
+from farm_platform_dev.simulate import FarmConfig, field_map, simulate_images
+from farm_platform_dev.simulate.publish import DroneMessagePublisher, captured_at
 
 START = dt.date(2026, 6, 1)
 

@@ -24,10 +24,11 @@ from typing import Any
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos
-from farm_platform.dev.postgres import PostgresServer
-from farm_platform.dev.processes import child_pids, kill_now
-from farm_platform.dev.production import (
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import wait_for_photos
+from farm_platform_dev.postgres import PostgresServer
+from farm_platform_dev.processes import child_pids, kill_now
+from farm_platform_dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -35,9 +36,8 @@ from farm_platform.dev.production import (
     production_up,
     read_production,
 )
-from farm_platform.dev.stack import stack_down, stack_up
-from farm_platform.dev.ui import launch_day_run
-from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.stack import stack_down, stack_up
+from farm_platform_dev.ui import launch_day_run
 
 FIRST_DAY = dt.date(2026, 10, 1)
 

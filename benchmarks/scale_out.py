@@ -39,8 +39,10 @@ from dagster import DagsterInstance, RunsFilter
 from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config
-from farm_platform.dev.daemon import wait_for_photos
-from farm_platform.dev.production import (
+from farm_platform.images.run_tags import PHOTOS_TAG
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import wait_for_photos
+from farm_platform_dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -48,15 +50,13 @@ from farm_platform.dev.production import (
     production_up,
     read_production,
 )
-from farm_platform.dev.simulate import (
+from farm_platform_dev.simulate import (
     DroneMessagePublisher,
     FarmConfig,
     simulate_images,
     write_farm,
 )
-from farm_platform.dev.stack import stack_down, stack_up
-from farm_platform.images.run_tags import PHOTOS_TAG
-from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.stack import stack_down, stack_up
 
 DAY = dt.date(2026, 9, 1)
 

@@ -10,11 +10,11 @@ created; seconds of sensor per 1,000 photos; where a tick's time goes; the claim
 time with every photo waiting; and Dagster event-log rows and runs per photo.
 
 Real here:
-- the production topology of `stack up --production` (farm_platform.dev.production):
+- the production topology of `stack up --production` (farm_platform_dev.production):
   PostgreSQL for the Dagster instance (dagster-postgres: runs, event logs, sensor ticks)
   and for the warehouse; the image code location on its own gRPC code server; the real
-  `dagster-daemon` evaluating the real `drone_image_sensor` (farm_platform.ingest and
-  farm_platform.arrivals) at the shipped interval, tick limits and batch size; the
+  `dagster-daemon` evaluating the real `drone_image_sensor` (farm_platform.ingest.tick and
+  farm_platform.ingest.arrivals) at the shipped interval, tick limits and batch size; the
   webserver, Redis and the Celery workers, idle beside it as in production;
 - the Pub/Sub emulator: the sensor pulls every announcement from `drone_image`, holds and
   acknowledges them; it looks each photo's object up in the bucket, records the arrivals
@@ -77,10 +77,20 @@ from dagster import DagsterInstance, RunsFilter
 from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config, config_values
-from farm_platform.arrivals import ArrivalQueue
-from farm_platform.dev.daemon import sensor_ticks
-from farm_platform.dev.postgres import PostgresServer, fresh_database
-from farm_platform.dev.production import (
+from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG
+from farm_platform.images.sensors import TICK_TAG, claim_run_request
+from farm_platform.ingest.arrivals import ArrivalQueue
+from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
+from farm_platform.layout import ImageKey, bucket_filesystem, join
+from farm_platform.quality.suites import MIN_IMAGE_SIDE
+from farm_platform.resources.bucket import BucketResource
+from farm_platform.resources.field_map import FieldMapResource, write_field_map
+from farm_platform.resources.ingest_policy import IngestPolicyResource
+from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import sensor_ticks
+from farm_platform_dev.postgres import PostgresServer, fresh_database
+from farm_platform_dev.production import (
     OIP_TOKEN,
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -90,20 +100,10 @@ from farm_platform.dev.production import (
     production_up,
     read_production,
 )
-from farm_platform.dev.simulate import FarmConfig, field_map, simulate_images
-from farm_platform.dev.simulate.farm import position_id
-from farm_platform.dev.simulate.publish import DroneMessagePublisher, captured_at
-from farm_platform.dev.stack import StackInfo, stack_down, stack_up
-from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG
-from farm_platform.images.sensors import TICK_TAG, claim_run_request
-from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
-from farm_platform.layout import ImageKey, bucket_filesystem, join
-from farm_platform.quality.suites import MIN_IMAGE_SIDE
-from farm_platform.resources.bucket import BucketResource
-from farm_platform.resources.field_map import FieldMapResource, write_field_map
-from farm_platform.resources.ingest_policy import IngestPolicyResource
-from farm_platform.resources.pubsub import PubSubResource
-from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.simulate import FarmConfig, field_map, simulate_images
+from farm_platform_dev.simulate.farm import position_id
+from farm_platform_dev.simulate.publish import DroneMessagePublisher, captured_at
+from farm_platform_dev.stack import StackInfo, stack_down, stack_up
 
 DAY = dt.date(2026, 9, 1)
 LOCATION = "farm_platform"
@@ -448,7 +448,7 @@ def tick_probe(
 def claim_probe(server: PostgresServer, photos: int, max_photos: int) -> dict[str, float]:
     """The production `ArrivalQueue.claim` with all `photos` of the day waiting, on a
     scratch database of the same server: its SELECT of waiting photos and its UPDATEs."""
-    from farm_platform.arrivals import Arrival
+    from farm_platform.ingest.arrivals import Arrival
     from farm_platform.resources.pubsub import PulledMessage
 
     warehouse = Timed(WarehouseResource(url=fresh_database(server.url, "claim_probe")))

@@ -135,7 +135,7 @@ FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
 # Kubernetes settings of the image runs' pods (deploy/README.md): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
-# How often the production topology's watchdog (farm_platform.dev.watchdog) asks each code
+# How often the production topology's watchdog (farm_platform_dev.watchdog) asks each code
 # server for its id.
 FARM_WATCHDOG_INTERVAL_SECONDS = "FARM_WATCHDOG_INTERVAL_SECONDS"
 DEFAULT_WATCHDOG_INTERVAL_SECONDS = 5.0

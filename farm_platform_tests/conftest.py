@@ -33,10 +33,10 @@ from farm_platform.config import (
     DRONE_IMAGE_TOPIC,
     REPO_MODELS_DIR,
 )
-from farm_platform.dev.emulators import pubsub_publisher, pubsub_subscriber
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.postgres import postgres_server
-from farm_platform.dev.stack import StackInfo
+from farm_platform_dev.emulators import pubsub_publisher, pubsub_subscriber
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.postgres import postgres_server
+from farm_platform_dev.stack import StackInfo
 
 # --------------------------------------------------------------------------- order
 
@@ -76,7 +76,22 @@ LONGEST_MODULES_FIRST = (
 )
 
 
+# Tests by place: the folder is the marker. e2e (daemon stories, the demo, the UI) is `slow`
+# as a whole; in unit/ and integration/ single tests carry `slow` where they take long, so
+# `make test-fast` (not slow, not fault_campaign) is unit + the quick in-process ones.
+FOLDER_MARKERS = {"unit": ("unit",), "integration": ("integration",), "e2e": ("e2e", "slow")}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(
+                f"{item.path}: a test module belongs in unit/, integration/ or e2e/ "
+                "(farm_platform_tests/conftest.py, FOLDER_MARKERS)"
+            )
+        for marker in FOLDER_MARKERS[folder]:
+            item.add_marker(marker)
     rank = {name: position for position, name in enumerate(LONGEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
 
@@ -86,7 +101,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _live_children() -> set[tuple[int, str]]:
     """This process's live child processes (pid, command line); zombies are gone."""
-    from farm_platform.dev.processes import child_pids, command_line, pid_alive
+    from farm_platform_dev.processes import child_pids, command_line, pid_alive
 
     children = set()
     for pid in child_pids(os.getpid()):
@@ -225,7 +240,7 @@ _INGEST_DAYS = (dt.date(2026, 8, 1) + dt.timedelta(days=n) for n in itertools.co
 @pytest.fixture
 def queue(tmp_path: Path) -> Any:
     """An arrival queue in a DuckDB warehouse of this test's own."""
-    from farm_platform.arrivals import ArrivalQueue
+    from farm_platform.ingest.arrivals import ArrivalQueue
     from farm_platform.resources.warehouse import WarehouseResource
 
     return ArrivalQueue(WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}"))

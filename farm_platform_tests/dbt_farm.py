@@ -28,9 +28,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from farm_platform.dev.farm import DbtBuildOutcome, dbt_workdir, invoke_dbt_build
-from farm_platform.dev.postgres import fresh_database
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.farm import DbtBuildOutcome, dbt_workdir, invoke_dbt_build
+from farm_platform_dev.postgres import fresh_database
 
 DAYS = [date(2024, 6, 3) + timedelta(days=d) for d in range(4)]
 LAST_DAY = DAYS[-1]

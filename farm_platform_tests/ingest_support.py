@@ -11,9 +11,9 @@ from dagster import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 from PIL import Image
 
-from farm_platform.arrivals import Arrival
 from farm_platform.images.sensors import RUN_KEY_TAG
-from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
+from farm_platform.ingest.arrivals import Arrival
+from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource

@@ -66,7 +66,7 @@ STRATA_SEED = 3000  # never a training seed (training: 1000.., 4000..)
 STRATA_PER_CELL = 16  # photos per (size, severity, leaf-count) cell
 STRATA_SIZES = (256, 640)
 RENDERERS = ("training", "eval")
-# The evaluation family (farm_platform/dev/eval_render.py, issue 25): its own seeds, and
+# The evaluation family (farm_platform_dev/eval_render.py, issue 25): its own seeds, and
 # every photo size of issue 25's targets.
 EVAL_STRATA_SEED = 7000
 EVAL_HELDOUT_SEED = 7100
@@ -90,7 +90,7 @@ class Heldout:
 def render(seed: int, count: int, renderer: str = "training") -> Heldout:
     if renderer == "eval":
         return render_eval(seed, count)
-    from farm_platform.dev.simulate import render_training_images
+    from farm_platform_dev.simulate import render_training_images
 
     data = Heldout([], [], [], [])
     for sim in render_training_images(seed, count):
@@ -145,8 +145,8 @@ def load_heldout(path: Path) -> Heldout:
 
 def render_eval(seed: int, count: int, size: int = 256) -> Heldout:
     """`count` photos of the evaluation family (0-20 leaves, grades drawn at random)."""
-    from farm_platform.dev.eval_render import render_eval_images
-    from farm_platform.dev.simulate.render import encode_png
+    from farm_platform_dev.eval_render import render_eval_images
+    from farm_platform_dev.simulate.render import encode_png
 
     data = Heldout([], [], [], [])
     for pixels, boxes, grades in render_eval_images(seed, count, size):
@@ -169,13 +169,13 @@ def render_photo(
     `severity` g puts every disease of every leaf at grade g (the heaviest lesions of that
     grade: spots, blotches, necrosis together); None draws each grade uniformly 0..3 as
     `render_training_images` does (without its healthy fifth). `renderer` "eval" draws it
-    with the evaluation family instead (farm_platform/dev/eval_render.py)."""
+    with the evaluation family instead (farm_platform_dev/eval_render.py)."""
     if renderer == "eval":
-        from farm_platform.dev.eval_render import render_eval_photo
+        from farm_platform_dev.eval_render import render_eval_photo
 
         return render_eval_photo(rng, n_leaves, size, severity)
-    from farm_platform.dev.simulate import MAX_GRADE, NUM_DISEASES
-    from farm_platform.dev.simulate import render as simulator
+    from farm_platform_dev.simulate import MAX_GRADE, NUM_DISEASES
+    from farm_platform_dev.simulate import render as simulator
 
     layout = simulator.plan_layout(rng, n_leaves, size)
     n = len(layout.leaves)
@@ -298,7 +298,7 @@ def simulator_fingerprint() -> str:
     """sha256 over the simulator's source: the models are only as valid as the images."""
     import hashlib
 
-    import farm_platform.dev.simulate as simulate
+    import farm_platform_dev.simulate as simulate
 
     digest = hashlib.sha256()
     for path in sorted(Path(simulate.__file__).parent.glob("*.py")):
@@ -694,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=RENDERERS,
         default="training",
         help="training: the simulator the models were trained on (other seeds); eval: the "
-        "evaluation family training never sees (farm_platform/dev/eval_render.py)",
+        "evaluation family training never sees (farm_platform_dev/eval_render.py)",
     )
     parser.add_argument(
         "--sizes",

@@ -221,7 +221,7 @@ def make_models(out: Path, photos: int = 100, seed: int = 0) -> dict[str, Path]:
     """Train both models on `photos` training-renderer photos and write the three folders."""
     torch.set_num_threads(1)
     images, boxes, grades = train.render_training_set(train.TRAIN_SEED, photos)
-    data = {"renderer": "farm_platform.dev.simulate.render_training_images", "photos": photos}
+    data = {"renderer": "farm_platform_dev.simulate.render_training_images", "photos": photos}
     detector, info = train_detector(images, boxes, seed, epochs=30)
     grader, grader_info = train_grader(*grader_crops(images, boxes, grades), seed, epochs=20)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,9 @@
 training renderer's clean ones, drawn at random per photo.
 
 Applied by `models/train.py --randomized-images N` to photos of the *training* renderer
-(`farm_platform/dev/simulate`, through `evaluate.render_photo`), at the photo's own size
+(`farm_platform_dev/simulate`, through `evaluate.render_photo`), at the photo's own size
 before it is scaled to the detector's input, as a camera would. Nothing here is taken from
-the evaluation family (`farm_platform/dev/eval_render.py`): its code, parameters and seeds
+the evaluation family (`farm_platform_dev/eval_render.py`): its code, parameters and seeds
 stay unseen by training, so its figures measure generalization, not memory.
 
 The factors, each with its own probability (`FACTORS`): a zoom into a window that cuts no

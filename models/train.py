@@ -61,7 +61,7 @@ from farm_platform.ml.registry import (
 )
 
 # Readable names the report shows beside disease_k: what the simulator draws for each
-# (farm_platform/dev/simulate/render.py).
+# (farm_platform_dev/simulate/render.py).
 DISEASE_NAMES = {
     "disease_0": "brown spot",
     "disease_1": "yellow blotch",
@@ -117,7 +117,7 @@ def log(message: str) -> None:
 
 
 def _render_chunk(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from farm_platform.dev.simulate import render_training_images
+    from farm_platform_dev.simulate import render_training_images
 
     seed, count = args
     out = []
@@ -139,8 +139,8 @@ SIZED_SETS = {
 def _render_sized_chunk(
     args: tuple[str, int, int, int],
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from farm_platform.dev.simulate import MAX_GRADE, MAX_LEAVES
     from farm_platform.ml.inference import scale_for_detector
+    from farm_platform_dev.simulate import MAX_GRADE, MAX_LEAVES
 
     kind, seed, start, count = args
     tag, sizes, one_severity, randomized = SIZED_SETS[kind]
@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_seconds = time.perf_counter() - t0
     n_chunks = math.ceil(args.train_images / CHUNK)
     data = {
-        "simulator": "farm_platform.dev.simulate.render_training_images",
+        "simulator": "farm_platform_dev.simulate.render_training_images",
         "simulator_source_sha256": evaluate.simulator_fingerprint(),
         "train_seeds": list(range(TRAIN_SEED, TRAIN_SEED + n_chunks)),
         "images_per_seed": CHUNK,

@@ -32,13 +32,13 @@ from farm_platform.config import (
     FARM_TRIAL_START_DATE,
     REPO_MODELS_DIR,
 )
-from farm_platform.dev.daemon import DaemonProcess, wait_for_photos
-from farm_platform.dev.local_stack import LocalStack
-from farm_platform.dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
-from farm_platform.dev.ui import Browser, webserver
 from farm_platform.images.keys import GRADES_BY_DISEASE, MODEL_ASSETS
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.warehouse import WarehouseResource
+from farm_platform_dev.daemon import DaemonProcess, wait_for_photos
+from farm_platform_dev.local_stack import LocalStack
+from farm_platform_dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
+from farm_platform_dev.ui import Browser, webserver
 
 GRADER = "disease_3_grader"
 DAYS = 4

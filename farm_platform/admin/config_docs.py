@@ -8,7 +8,7 @@ A setting's row is its name, what it means and its default. The meaning is the e
 `MEANINGS` below, else the comment block right above the setting's name in config.py (so a
 setting added there with a comment is documented by regenerating alone). The default is
 the entry's own text, else config's `DEFAULT_<NAME without FARM_>` constant, else "—".
-`farm_platform_tests/test_docs.py` fails when the page and CONFIG_VARIABLES disagree.
+`farm_platform_tests/unit/test_docs.py` fails when the page and CONFIG_VARIABLES disagree.
 """
 
 from __future__ import annotations

@@ -42,9 +42,6 @@ def prepare_dagster_home(
     how many runs of one day partition may run at once (the `dagster/partition` tag
     limit); more than one only with the warehouse on PostgreSQL, whose per-day advisory
     locks keep a whole-day run from grading beside the sensor's runs."""
-    from dagster import DagsterInstance
-
-    dagster_home.mkdir(parents=True, exist_ok=True)
     config = DAGSTER_YAML.read_text().replace(
         "max_concurrent_runs: 1", f"max_concurrent_runs: {max_concurrent_runs}"
     )
@@ -63,9 +60,17 @@ def prepare_dagster_home(
         config += yaml.safe_dump({"storage": {"postgres": {"postgres_db": postgres_db}}})
     if run_launcher:
         config += yaml.safe_dump({"run_launcher": run_launcher})
+    write_instance(dagster_home, config)
+
+
+def write_instance(dagster_home: Path, config: str) -> None:
+    """`config` as the dagster.yaml of `dagster_home`, and its storage created now: a daemon
+    and a reader initialising a fresh instance at the same moment race on its schema
+    migrations."""
+    from dagster import DagsterInstance
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
     (dagster_home / "dagster.yaml").write_text(config)
-    # Create the SQLite storage now: a daemon and a reader initialising a fresh instance
-    # at the same moment race on its schema migrations.
     DagsterInstance.from_config(str(dagster_home)).dispose()
 
 

@@ -28,13 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from farm_platform.arrivals import Arrival, ArrivalQueue, as_utc
+from farm_platform.ingest.arrivals import Arrival, ArrivalQueue, as_utc
+from farm_platform.ingest.retries import RetryPolicy, requeue_run
 from farm_platform.layout import ImageKey, check_bucket
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PulledMessage
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.retries import RetryPolicy, requeue_run
 
 RECONCILE_SOURCE = "farm-platform reconcile"
 

@@ -14,10 +14,11 @@ from farm_platform.analytics.dbt_env import (
 from farm_platform.analytics.dbt_models import build_dbt_models
 from farm_platform.analytics.dbt_project import farm_dbt_project
 from farm_platform.analytics.positions import positions
-from farm_platform.analytics.report import ReportStoreResource, build_effectiveness_report
+from farm_platform.analytics.report import build_effectiveness_report
 from farm_platform.analytics.schedules import build_daily_report_schedule, daily_report_job
 from farm_platform.partitions import configured_day_partitions
 from farm_platform.resources.field_map import FieldMapResource
+from farm_platform.resources.report_store import ReportStoreResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 # Name the location's missing settings before anything is built from them.

@@ -30,9 +30,8 @@ from dagster import (
     multi_asset,
 )
 
-from farm_platform.arrivals import ArrivalQueue
+from farm_platform.grading.chunks import DayResult, GradingPlan, grade_day
 from farm_platform.images import checks
-from farm_platform.images.grading import DayResult, GradingPlan, grade_day
 from farm_platform.images.keys import (
     DETECTOR_MODEL_ID,
     DISEASE_BY_GRADES,
@@ -44,6 +43,7 @@ from farm_platform.images.keys import (
 )
 from farm_platform.images.run_config import OP_NAME, PhotoRunConfig, RunSettings
 from farm_platform.images.run_tags import grades_claimed_photos
+from farm_platform.ingest.arrivals import ArrivalQueue
 from farm_platform.layout import parse_date
 from farm_platform.quality import history
 from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos

@@ -2,10 +2,10 @@
 
 - `drone_image_sensor`: Pub/Sub messages → runs of day partitions with their photo lists.
   The protocol (held messages, the arrival queue, de-duplication) lives in
-  `farm_platform.ingest` and `farm_platform.arrivals`; here claims become run requests.
+  `farm_platform.ingest.tick` and `farm_platform.ingest.arrivals`; here claims become run requests.
 - `requeue_failed_photos`: the photos of a failed or canceled sensor run go back to the
   arrival queue (de-duplication never hides a photo whose rows are missing), each waiting
-  longer after each failure (`farm_platform.retries`); after `FARM_MAX_PHOTO_ATTEMPTS`
+  longer after each failure (`farm_platform.ingest.retries`); after `FARM_MAX_PHOTO_ATTEMPTS`
   runs, or its retry budget, a photo is dead-lettered with the failed step's own error.
   Retried until the requeue commits (a warehouse outage only delays it).
 - `model_registry_sensor`: a model asset is materialized when its active version changes,
@@ -30,19 +30,19 @@ from dagster import (
     sensor,
 )
 
-from farm_platform.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
 from farm_platform.images.run_config import photo_run_config
 from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG, image_run_tags
-from farm_platform.ingest import IngestCursor, IngestSettings, ingest_tick
+from farm_platform.ingest.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
+from farm_platform.ingest.retries import RetryPolicy, requeue_run
+from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
 from farm_platform.resources.warehouse import WarehouseResource
-from farm_platform.retries import RetryPolicy, requeue_run
 
 # What the tick that requested the run saw (pulled, new, duplicates, dead-lettered, ...).
 TICK_TAG = "farm/tick"

@@ -6,7 +6,7 @@ that `farm_platform.quality.expectations` builds; the frame's columns are listed
 great_expectations is imported inside the functions: the code location must not load it.
 
 To add an expectation: append it to the suite's list with a new `meta` name, then add a
-corruption case that it catches in `farm_platform/dev/gate.py` (docs/data-quality.md).
+corruption case that it catches in `farm_platform_dev/gate.py` (docs/data-quality.md).
 """
 
 from __future__ import annotations

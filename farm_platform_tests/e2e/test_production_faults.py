@@ -1,0 +1,171 @@
+"""Issue 40's long faults on the production topology (`make test-faults`, marker
+`fault_campaign`; `make test` leaves them out): each one is repaired by the topology itself,
+with no `stack up` by hand, and counts lost and doubled photos as the other fault tests do.
+
+- A code server paused (SIGSTOP) for 90 s while the image sensor's tick runs, then
+  continued: its serving child shuts itself down after 30 s without its parent's heartbeat,
+  and the parent keeps its pid and port. The watchdog (`stack watch`) finds it silent over
+  gRPC and replaces it; the tick's messages come back and every photo is graded once.
+- The `images` worker and Redis killed -9 after the worker took a run's task (Celery says
+  STARTED) and before the run began (Dagster says STARTING), then restarted: the watchdog
+  fails the run at the lost-worker grace, not run monitoring's start timeout, and the
+  requeue sensor hands its photos to a new run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from dagster import DagsterRunStatus
+from test_production_e2e import (
+    Topology,
+    _assert_graded_once,
+    _day,
+    _repair,
+    _runs_of_day,
+    _said,
+    _wait,
+    graded_rows_per_photo,
+    production_topology,
+)
+
+from farm_platform import config
+from farm_platform_dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
+from farm_platform_dev.processes import child_pids, kill_now, pid_alive
+from farm_platform_dev.production import REDIS_PASSWORD, read_production
+from farm_platform_dev.simulate import FarmConfig
+from farm_platform_dev.watchdog import topology_status
+
+pytestmark = [pytest.mark.fault_campaign, pytest.mark.slow]
+PAUSE_SECONDS = 90
+SERVER = f"code_server:{config.IMAGE_LOCATION}"
+# The stated time: every photo of the day graded within this long after the fault began.
+GRADED_WITHIN_SECONDS = 300
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    with production_topology() as started:
+        yield started
+
+
+def _daemon_view(topology: Topology) -> SimpleNamespace:
+    """What wait_for_sensor_tick_in_progress asks of a daemon, for the topology's own."""
+
+    def log_tail() -> str:
+        log = topology.state_dir / "daemon.log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+    return SimpleNamespace(alive=lambda: pid_alive(topology.pids()["daemon"]), log_tail=log_tail)
+
+
+def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topology):
+    day = _day(20)
+    graded = len(graded_rows_per_photo(topology))
+    sent: list[int] = []
+    with topology.instance() as instance:
+        wait_for_sensor_tick_in_progress(
+            instance,
+            _daemon_view(topology),
+            lambda: sent.append(
+                topology.simulate(FarmConfig(positions=8, days=1, seed=71, start_date=day))
+            ),
+            300,
+        )
+        victim = topology.pids()[SERVER]
+        paused = time.monotonic()
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            # What an operator sees meanwhile (before the watchdog's third missed answer).
+            with config.process_environment(topology.environment):
+                lines, healthy = topology_status(topology.state_dir)
+            assert not healthy
+            assert any(
+                line.startswith(f"{SERVER}: NOT ANSWERING (pid {victim} runs)") for line in lines
+            )
+            assert re.match(r"arrival queue: \d+ photo", lines[-1]), lines[-1]
+            time.sleep(PAUSE_SECONDS - (time.monotonic() - paused))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        # The watchdog replaced it meanwhile: the paused parent and its child are gone.
+        assert not pid_alive(victim), "the paused code server was never replaced"
+        assert topology.pids()[SERVER] != victim
+        watchdog_log = (topology.state_dir / "watchdog.log").read_text()
+        assert "code server farm_platform replaced" in watchdog_log
+        wait_for_photos(
+            instance,
+            topology.warehouse,
+            graded + sent[0],
+            GRADED_WITHIN_SECONDS - (time.monotonic() - paused),
+            tolerate_failed_runs=True,
+        )
+        print(f"paused {PAUSE_SECONDS} s: every photo graded {time.monotonic() - paused:.0f} s")
+    _assert_graded_once(topology, [day.isoformat()], sent[0])
+
+
+def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grace(topology):
+    day = _day(21).isoformat()
+    graded = len(graded_rows_per_photo(topology))
+    with topology.instance() as instance:
+        photos = topology.simulate(FarmConfig(positions=3, days=1, seed=73, start_date=_day(21)))
+        victim = _wait(
+            lambda: _taken_not_begun(topology, instance, day), 300, "a run taken, not begun"
+        )
+        worker = topology.pids()["worker:images"]
+        pool = child_pids(worker)
+        for pid in pool:  # held where it is: it took the task, it does not begin the run
+            os.kill(pid, signal.SIGSTOP)
+        assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.STARTING, (
+            "the run began before its worker was stopped: nothing to test, rerun"
+        )
+        faulted = time.monotonic()
+        kill_now([worker, *pool, topology.pids()["redis"]])
+        _repair(topology)  # Redis and the worker come back; the run's task is lost
+        wait_for_photos(
+            instance,
+            topology.warehouse,
+            graded + photos,
+            GRADED_WITHIN_SECONDS,
+            tolerate_failed_runs=True,
+        )
+        print(f"worker and Redis killed: every photo graded {time.monotonic() - faulted:.0f} s")
+        assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.FAILURE
+        # Failed by the lost-worker check, not by run monitoring's start timeout.
+        assert _said(instance, victim.run_id, "before the run began")
+        assert not _said(instance, victim.run_id, "to start")
+        assert {run.status for run in _runs_of_day(instance, day)} <= {
+            DagsterRunStatus.SUCCESS,
+            DagsterRunStatus.FAILURE,
+        }
+    _assert_graded_once(topology, [day], photos)
+
+
+def _taken_not_begun(topology: Topology, instance, day: str):
+    """A run of the day still STARTING whose Celery task a pool process has taken (its state
+    in Redis is STARTED), or None."""
+    import redis
+
+    state = read_production(topology.state_dir)
+    broker = redis.Redis(
+        port=int(state["redis_port"]), password=topology.environment[REDIS_PASSWORD]
+    )
+    try:
+        for run in _runs_of_day(instance, day):
+            task = run.tags.get("dagster-celery/task_id")
+            if run.status != DagsterRunStatus.STARTING or not task:
+                continue
+            meta = broker.get(f"celery-task-meta-{task}")
+            if meta and json.loads(meta)["status"] == "STARTED":
+                return run
+    finally:
+        broker.close()
+    return None
