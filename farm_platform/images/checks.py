@@ -190,6 +190,56 @@ def drift_specs(
     ]
 
 
+def _not_compared(asset: AssetKey, name: str, model: str) -> AssetCheckResult:
+    return AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
+        passed=True,
+        severity=AssetCheckSeverity.WARN,
+        description=f"not compared: {model}'s card records no {drift.REFERENCE_KEY}",
+        metadata={"compared": False},
+    )
+
+
+def _drift_result(
+    asset: AssetKey, name: str, model: str, results: list, drifted: list[str]
+) -> AssetCheckResult:
+    """A drift check's outcome: a warning naming the drifted features, with every
+    feature's statistic, threshold and means as metadata."""
+    return AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
+        passed=not drifted,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{model}: {', '.join(drifted)} unlike the evaluation data"
+            if drifted
+            else f"{model}: outputs like the evaluation data"
+        ),
+        metadata={
+            "compared": True,
+            "statistic": "psi",
+            "drifted_features": MetadataValue.json(drifted),
+            **{
+                f"{r.feature}_psi": r.statistic if r.statistic is not None else -1.0
+                for r in results
+            },
+            "features": MetadataValue.json(
+                {
+                    r.feature: {
+                        "psi": r.statistic,
+                        "threshold": r.threshold,
+                        "n": r.n,
+                        "day_mean": r.day_mean,
+                        "reference": dict(r.reference),
+                    }
+                    for r in results
+                }
+            ),
+        },
+    )
+
+
 def drift_checks(
     log: DagsterLogManager,
     warehouse: WarehouseResource,
@@ -234,16 +284,7 @@ def drift_checks(
         references = drift.card_reference(card)
         model = f"{card.id} {card.version}"  # type: ignore[attr-defined]
         if references is None:
-            out[asset] = [
-                AssetCheckResult(
-                    asset_key=asset,
-                    check_name=name,
-                    passed=True,
-                    severity=AssetCheckSeverity.WARN,
-                    description=f"not compared: {model}'s card records no {drift.REFERENCE_KEY}",
-                    metadata={"compared": False},
-                )
-            ]
+            out[asset] = [_not_compared(asset, name, model)]
             continue
         results = drift.compare(references, features())
         drifted = [r.feature for r in results if r.drifted]
@@ -252,40 +293,7 @@ def drift_checks(
         )
         if drifted:
             log.warning(f"{date}: {model}'s outputs drifted from its evaluation data: {drifted}")
-        out[asset] = [
-            AssetCheckResult(
-                asset_key=asset,
-                check_name=name,
-                passed=not drifted,
-                severity=AssetCheckSeverity.WARN,
-                description=(
-                    f"{model}: {', '.join(drifted)} unlike the evaluation data"
-                    if drifted
-                    else f"{model}: outputs like the evaluation data"
-                ),
-                metadata={
-                    "compared": True,
-                    "statistic": "psi",
-                    "drifted_features": MetadataValue.json(drifted),
-                    **{
-                        f"{r.feature}_psi": r.statistic if r.statistic is not None else -1.0
-                        for r in results
-                    },
-                    "features": MetadataValue.json(
-                        {
-                            r.feature: {
-                                "psi": r.statistic,
-                                "threshold": r.threshold,
-                                "n": r.n,
-                                "day_mean": r.day_mean,
-                                "reference": dict(r.reference),
-                            }
-                            for r in results
-                        }
-                    ),
-                },
-            )
-        ]
+        out[asset] = [_drift_result(asset, name, model, results, drifted)]
     if frames:
         warehouse.replace_rows("model_drift", pl.concat(frames))
     return out

@@ -11,7 +11,7 @@ not pay for them.
 
 import datetime as dt
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
@@ -19,7 +19,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetMaterialization,
     AssetObservation,
     AssetsDefinition,
     AssetSpec,
@@ -32,6 +31,7 @@ from dagster import (
 
 from farm_platform.grading.chunks import DayResult, GradingPlan, grade_day
 from farm_platform.images import checks
+from farm_platform.images.day_checks import add_drift_checks, check_day
 from farm_platform.images.keys import (
     DETECTOR_MODEL_ID,
     DISEASE_BY_GRADES,
@@ -39,14 +39,11 @@ from farm_platform.images.keys import (
     GRADES_BY_DISEASE,
     LEAF_CROPS,
     MODEL_ASSETS,
-    PARTITION_QUALITY,
 )
 from farm_platform.images.run_config import OP_NAME, PhotoRunConfig, RunSettings
 from farm_platform.images.run_tags import grades_claimed_photos
 from farm_platform.ingest.arrivals import ArrivalQueue
 from farm_platform.layout import parse_date
-from farm_platform.quality import history
-from farm_platform.quality.validate import GraderBatch, PhotoBatch, validate_photos
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.inference import InferenceResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource
@@ -192,25 +189,9 @@ def _process_day(
     op_started: float,
 ) -> Iterator[MaterializeResult | Any]:
     queue = ArrivalQueue(warehouse)
-    positions = tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date))
-    selected = context.selected_asset_keys
     registry = models.registry(run.inference.models_cache)
-    detector_card = registry.detector()
-    grader_cards = tuple(
-        registry.grader_for(DISEASE_BY_GRADES[key])
-        for key in sorted(selected - {DRONE_IMAGES, LEAF_CROPS})
-    )
-    plan = GradingPlan(
-        date=date,
-        positions=positions,
-        record_images=DRONE_IMAGES in selected,
-        detect=LEAF_CROPS in selected,
-        detector_card=detector_card,
-        grader_cards=grader_cards,
-        run_id=context.run.run_id,
-        chunk_photos=run.chunk_photos,
-        inference=run.inference,
-    )
+    plan = _grading_plan(context, config, run, date, queue, registry)
+    positions = plan.positions
     # Says where the grades come from, so a run's log tells a server-backed run apart.
     context.log.info(
         f"{date}: {len(positions)} photo(s)"
@@ -231,8 +212,8 @@ def _process_day(
         raise
     _dead_letter_unusable(context, day, announcements, pubsub)
 
-    results = _check_day(context, day, plan, bucket, warehouse, run.max_severity_jump)
-    _add_drift_checks(context, results, plan, warehouse)
+    results = check_day(context, day, plan, bucket, warehouse, run.max_severity_jump)
+    add_drift_checks(context, results, plan, warehouse)
     context.log.info(f"{date}: {GRADING_COMMITTED} ({lock}): {len(positions)} photo(s)")
     day.clock.seconds["op_total"] = time.perf_counter() - op_started
     per_photo = {
@@ -242,6 +223,44 @@ def _process_day(
         "inference": run.inference.mode,
         "models_ran": run.inference.where(),
     }
+    yield from _materializations(plan, day, results, per_photo, queue)
+
+
+def _grading_plan(
+    context: AssetExecutionContext,
+    config: PhotoRunConfig,
+    run: RunSettings,
+    date: dt.date,
+    queue: ArrivalQueue,
+    registry: Any,
+) -> GradingPlan:
+    """What this run grades: its photos (the run config's, or every recorded photo of the
+    day), the selected assets and the active models."""
+    selected = context.selected_asset_keys
+    return GradingPlan(
+        date=date,
+        positions=tuple(sorted(set(config.positions))) or tuple(queue.recorded_positions(date)),
+        record_images=DRONE_IMAGES in selected,
+        detect=LEAF_CROPS in selected,
+        detector_card=registry.detector(),
+        grader_cards=tuple(
+            registry.grader_for(DISEASE_BY_GRADES[key])
+            for key in sorted(selected - {DRONE_IMAGES, LEAF_CROPS})
+        ),
+        run_id=context.run.run_id,
+        chunk_photos=run.chunk_photos,
+        inference=run.inference,
+    )
+
+
+def _materializations(
+    plan: GradingPlan,
+    day: DayResult,
+    results: dict[AssetKey, list[AssetCheckResult]],
+    per_photo: dict[str, Any],
+    queue: ArrivalQueue,
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Each selected asset's materialization, with its metadata, then its checks."""
     if plan.record_images:
         yield MaterializeResult(
             asset_key=DRONE_IMAGES,
@@ -251,7 +270,7 @@ def _process_day(
                     [f"{key.position_id}: {error}" for key, error in day.unreadable.items()][:20]
                 ),
                 "bytes": sum(photo.size_bytes for photo in day.photos),
-                "photos_recorded_for_day": len(queue.recorded_positions(date)),
+                "photos_recorded_for_day": len(queue.recorded_positions(plan.date)),
                 "stage_seconds": MetadataValue.json(
                     {stage: round(s, 3) for stage, s in day.clock.seconds.items()}
                 ),
@@ -264,12 +283,12 @@ def _process_day(
             metadata={
                 **per_photo,
                 "leaves": day.crop_rows().height,
-                "cropper_model_id": detector_card.id,
-                "cropper_model_version": detector_card.version,
+                "cropper_model_id": plan.detector_card.id,
+                "cropper_model_version": plan.detector_card.version,
             },
         )
         yield from results[LEAF_CROPS]
-    for card in grader_cards:
+    for card in plan.grader_cards:
         grades = day.grade_rows(card.disease_type)
         key = GRADES_BY_DISEASE[card.disease_type]
         yield MaterializeResult(
@@ -280,96 +299,11 @@ def _process_day(
                 "mean_grade": float(grades["predicted_grade"].mean()) if grades.height else 0.0,
                 "disease_model_id": card.id,
                 "disease_model_version": card.version,
-                "cropper_model_id": detector_card.id,
-                "cropper_model_version": detector_card.version,
+                "cropper_model_id": plan.detector_card.id,
+                "cropper_model_version": plan.detector_card.version,
             },
         )
         yield from results[key]
-
-
-def _check_day(
-    context: AssetExecutionContext,
-    day: DayResult,
-    plan: GradingPlan,
-    bucket: BucketResource,
-    warehouse: WarehouseResource,
-    max_severity_jump: float,
-) -> dict[AssetKey, list[AssetCheckResult]]:
-    """Every selected asset's checks over the day's photos, stored in partition_quality."""
-    import polars as pl
-
-    started = time.perf_counter()
-    date = plan.date
-    cropper = (plan.detector_card.id, plan.detector_card.version)
-    # Crops this run wrote exist (the write returned); others are asked of the bucket.
-    listed = history.crop_exists_checker(bucket.filesystem)
-
-    def crop_exists(uris: Sequence[str]) -> list[bool]:
-        unknown = [uri for uri in uris if uri not in day.written_crop_uris]
-        found = dict(zip(unknown, listed(unknown), strict=True)) if unknown else {}
-        return [uri in day.written_crop_uris or found[uri] for uri in uris]
-
-    def grader_batch(card: Any) -> GraderBatch:
-        grader = (card.id, card.version)
-        return GraderBatch(
-            disease_type=card.disease_type,
-            grader=grader,
-            scale=tuple(card.grades or ()),
-            rows=lambda: day.grade_rows(card.disease_type),
-            mean_grades=lambda: history.mean_grades(
-                warehouse, card.disease_type, grader, cropper, date, date
-            ),
-        )
-
-    exists = pl.Series("exists", [photo.exists for photo in day.photos], dtype=pl.Boolean())
-    batch = PhotoBatch(
-        photos=[(key.position_id, key.date) for key in day.readable_keys],
-        cropper=cropper,
-        images=day.image_rows().with_columns(exists) if plan.record_images else None,
-        crops=day.crop_rows,
-        check_crops=plan.detect,
-        crop_exists=crop_exists,
-        leaf_counts=lambda: history.leaf_counts(warehouse, cropper, date, date),
-        graders=[grader_batch(card) for card in plan.grader_cards],
-    )
-    results = validate_photos(batch, max_severity_jump, context.log.error)
-    by_asset = checks.record(context.log, warehouse, results, context.run.run_id)
-    context.log_event(
-        AssetMaterialization(
-            PARTITION_QUALITY,
-            partition=context.partition_key,
-            metadata={
-                "rows": sum(len(result.outcomes) for result in results),
-                "failed": sum(len(result.failed_partitions()) for result in results),
-            },
-        )
-    )
-    day.clock.add("checks", started)
-    return by_asset
-
-
-def _add_drift_checks(
-    context: AssetExecutionContext,
-    results: dict[AssetKey, list[AssetCheckResult]],
-    plan: GradingPlan,
-    warehouse: WarehouseResource,
-) -> None:
-    """The selected drift checks of the day (checks.drift_checks) added to `results`."""
-    started = time.perf_counter()
-    selected = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
-    graders = {
-        GRADES_BY_DISEASE[card.disease_type]: card
-        for card in plan.grader_cards
-        if (GRADES_BY_DISEASE[card.disease_type], checks.GRADER_DRIFT) in selected
-    }
-    detect = plan.detect and (LEAF_CROPS, checks.DETECTOR_DRIFT) in selected
-    found = checks.drift_checks(
-        context.log, warehouse, plan.date, plan.detector_card, graders, detect, context.run.run_id
-    )
-    for asset, drift_results in found.items():
-        results.setdefault(asset, []).extend(drift_results)
-    day_clock_note = time.perf_counter() - started
-    context.log.debug(f"drift checks took {day_clock_note:.2f} s")
 
 
 def _dead_letter_unusable(

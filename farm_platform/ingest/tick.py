@@ -157,8 +157,34 @@ def ingest_tick(
         stats.pubsub_error = str(exc)
         messages, drained = [], False
     stats.pulled = len(messages)
+    known = _known_or_release(known_positions, pubsub, messages)
+    classified = _classify(messages, bucket, known, settings, started)
+    arrivals, ack_now, deferred = _settle_all_but_arrivals(classified, pubsub, stats)
+    ack_now.extend(_record(arrivals, queue, pubsub, settings, now, stats))
+    if ack_now:
+        pubsub.acknowledge(ack_now)
+        stats.acknowledged += len(ack_now)
+
+    claims = queue.claim(
+        settings.max_photos_per_run,
+        dt.timedelta(seconds=settings.max_wait_seconds),
+        now,
+        # Which days are quiet is known only if this tick saw everything waiting.
+        busy_dates=_busy_dates(arrivals, settings, now) if drained and not deferred else None,
+    )
+    stats.runs = len(claims)
+    stats.photos_requested = sum(len(claim.positions) for claim in claims)
+    stats.seconds = time.monotonic() - started
+    return IngestOutcome(claims, IngestCursor([c.run_key for c in claims]), stats, ack_now)
+
+
+def _known_or_release(
+    known_positions: Callable[[], Collection[str]],
+    pubsub: PubSubResource,
+    messages: list[PulledMessage],
+) -> frozenset[str]:
     try:
-        known = frozenset(known_positions())
+        return frozenset(known_positions())
     except Exception:
         # A field map that cannot be read fails the tick with its error; what the tick
         # pulled is released at once rather than held until its ack deadline.
@@ -166,8 +192,17 @@ def ingest_tick(
             if messages:
                 pubsub.extend_deadline([message.ack_id for message in messages], 0)
         raise
-    classified = _classify(messages, bucket, known, settings, started)
 
+
+def _settle_all_but_arrivals(
+    classified: list[
+        tuple[PulledMessage, ImageArrival | Ignored | Rejected | _Deferred, str | None]
+    ],
+    pubsub: PubSubResource,
+    stats: IngestStats,
+) -> tuple[list[Arrival], list[str], list[str]]:
+    """The tick's arrivals; the ack ids to acknowledge (ignored and dead-lettered
+    messages); the deferred ones, released at once."""
     ack_now: list[str] = []
     dead_letters: list[tuple[PulledMessage, str]] = []
     arrivals: list[Arrival] = []
@@ -186,44 +221,45 @@ def ingest_tick(
         # Past the tick's budget: released at once, so the next tick gets them again.
         pubsub.extend_deadline(deferred, 0)
         stats.deferred = len(deferred)
-
     if dead_letters:
         pubsub.dead_letter(
             [(message.data, message.attributes, error) for message, error in dead_letters]
         )
         stats.dead_lettered = len(dead_letters)
         ack_now.extend(message.ack_id for message, _ in dead_letters)
+    return arrivals, ack_now, deferred
 
+
+def _record(
+    arrivals: list[Arrival],
+    queue: ArrivalQueue,
+    pubsub: PubSubResource,
+    settings: IngestSettings,
+    now: dt.datetime,
+    stats: IngestStats,
+) -> list[str]:
+    """Records the arrivals; holds the messages of new ones (acknowledged once their run
+    is stored) and returns the ack ids of those the queue already had."""
     recorded = queue.record(arrivals, now)
     stats.new_images, stats.duplicates = recorded.new, recorded.duplicates
-    ack_now.extend(recorded.ack_now)
     acknowledged_now = set(recorded.ack_now)
     held = [a.message.ack_id for a in arrivals if a.message.ack_id not in acknowledged_now]
     if held:
         pubsub.extend_deadline(held, settings.ack_extension_seconds)
-    if ack_now:
-        pubsub.acknowledge(ack_now)
-        stats.acknowledged += len(ack_now)
+    return list(recorded.ack_now)
 
+
+def _busy_dates(
+    arrivals: list[Arrival], settings: IngestSettings, now: dt.datetime
+) -> set[dt.date]:
     # A day is busy while its photos are still being announced: published in the last
     # `quiet_after_seconds`, so more of them may be on their way.
-    busy_dates = {
+    return {
         arrival.key.date
         for arrival in arrivals
         if (published := publish_datetime(arrival.message.publish_time)) is None
         or (now - published).total_seconds() < settings.quiet_after_seconds
     }
-    claims = queue.claim(
-        settings.max_photos_per_run,
-        dt.timedelta(seconds=settings.max_wait_seconds),
-        now,
-        # Which days are quiet is known only if this tick saw everything waiting.
-        busy_dates=busy_dates if drained and not deferred else None,
-    )
-    stats.runs = len(claims)
-    stats.photos_requested = sum(len(claim.positions) for claim in claims)
-    stats.seconds = time.monotonic() - started
-    return IngestOutcome(claims, IngestCursor([c.run_key for c in claims]), stats, ack_now)
 
 
 def _pull(
