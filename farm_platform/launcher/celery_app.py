@@ -10,18 +10,17 @@ the Celery executor, which Dagster's own issues report broken.
 
 from __future__ import annotations
 
-import os
-
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
-from farm_platform.config import FARM_CELERY_BROKER
+from farm_platform.config import FARM_CELERY_BROKER, require
 from farm_platform.images.run_tags import IMAGES_QUEUE
 
+BROKER = require(FARM_CELERY_BROKER, "the production topology's Redis URL, with its password")
 app = make_app(
     {
-        "broker": os.environ[FARM_CELERY_BROKER],
-        "backend": os.environ[FARM_CELERY_BROKER],
+        "broker": BROKER,
+        "backend": BROKER,
         "include": [],
         "config_source": {},
         "task_default_queue": IMAGES_QUEUE,
