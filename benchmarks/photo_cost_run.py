@@ -196,8 +196,7 @@ def _production(
     from farm_platform_dev import stack as dev_stack
 
     password = topology.PG_PASSWORD
-    for name in (password, topology.REDIS_PASSWORD, topology.OIP_TOKEN):
-        os.environ.setdefault(name, os.urandom(12).hex())
+    topology.throwaway_credentials()
     state_dir = workdir / "state"
     info = dev_stack.stack_up(state_dir)
     farm = FarmConfig(positions=scenario.photos, days=1, start_date=DAY, seed=5)

@@ -29,12 +29,11 @@ from farm_platform_dev.daemon import wait_for_photos
 from farm_platform_dev.postgres import PostgresServer
 from farm_platform_dev.processes import child_pids, kill_now
 from farm_platform_dev.production import (
-    OIP_TOKEN,
-    PG_PASSWORD,
-    REDIS_PASSWORD,
+    credentials,
     production_down,
     production_up,
     read_production,
+    throwaway_credentials,
 )
 from farm_platform_dev.stack import stack_down, stack_up
 from farm_platform_dev.ui import launch_day_run
@@ -46,20 +45,14 @@ class Topology:
     """The production topology the rows share, and how to break and repair it."""
 
     def __init__(self, state_dir: Path):
-        from urllib.parse import quote
-
         self.state_dir = state_dir
-        self.credentials = {
-            name: os.environ.get(name) or os.urandom(12).hex()
-            for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN)
-        }
-        os.environ.update(self.credentials)
+        self.credentials = throwaway_credentials()
         self.settings: dict[str, str] = {}
         self.info = self.repair()
         assert self.production is not None
         self.environment = {
             **self.info.environment(),
-            **self.production.environment(quote(self.credentials[PG_PASSWORD], safe="")),
+            **self.production.environment(credentials()[0]),
             config.FARM_FIELD_MAP: str(state_dir / "positions.csv"),
         }
         self.warehouse = WarehouseResource(url=self.environment[config.FARM_WAREHOUSE])

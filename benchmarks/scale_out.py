@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import sys
 import tempfile
 import time
@@ -43,12 +42,11 @@ from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform_dev.daemon import wait_for_photos
 from farm_platform_dev.production import (
-    OIP_TOKEN,
-    PG_PASSWORD,
-    REDIS_PASSWORD,
+    credentials,
     production_down,
     production_up,
     read_production,
+    throwaway_credentials,
 )
 from farm_platform_dev.simulate import (
     DroneMessagePublisher,
@@ -93,8 +91,6 @@ def _busy_cpu_seconds() -> float:
 
 
 def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict[str, Any]:
-    from urllib.parse import quote
-
     state_dir = workdir / f"k{k}"
     info = stack_up(state_dir)
     try:
@@ -114,7 +110,7 @@ def measure(k: int, photos_per_run: int, batch_ms: float, workdir: Path) -> dict
         )
         environment = {
             **settings,
-            **production.environment(quote(os.environ[PG_PASSWORD], safe="")),
+            **production.environment(credentials()[0]),
             config.FARM_FIELD_MAP: str(state_dir / "positions.csv"),
         }
         warehouse = WarehouseResource(url=environment[config.FARM_WAREHOUSE])
@@ -180,8 +176,7 @@ def main() -> int:
     add_write_docs_flag(parser)
     args = parser.parse_args()
     table = []
-    for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
-        os.environ.setdefault(name, os.urandom(12).hex())
+    throwaway_credentials()
     rows = []
     cores = psutil.cpu_count()
     with tempfile.TemporaryDirectory(prefix="farm-scale-out-") as workdir:

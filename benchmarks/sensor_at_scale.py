@@ -91,14 +91,13 @@ from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform_dev.daemon import sensor_ticks
 from farm_platform_dev.postgres import PostgresServer, fresh_database
 from farm_platform_dev.production import (
-    OIP_TOKEN,
     PG_PASSWORD,
-    REDIS_PASSWORD,
     Production,
     dead_processes,
     production_down,
     production_up,
     read_production,
+    throwaway_credentials,
 )
 from farm_platform_dev.simulate import FarmConfig, field_map, simulate_images
 from farm_platform_dev.simulate.farm import position_id
@@ -752,8 +751,7 @@ def main() -> int:
     )
     add_write_docs_flag(parser)
     args = parser.parse_args()
-    for name in (PG_PASSWORD, REDIS_PASSWORD, OIP_TOKEN):
-        os.environ.setdefault(name, os.urandom(12).hex())
+    throwaway_credentials()
     started = time.perf_counter()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="farm-sensor-scale-") as workdir:

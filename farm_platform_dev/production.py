@@ -122,6 +122,15 @@ def credentials() -> tuple[str, str]:
     return quote(os.environ[PG_PASSWORD], safe=""), quote(os.environ[REDIS_PASSWORD], safe="")
 
 
+def throwaway_credentials() -> dict[str, str]:
+    """The credentials of a topology that lives only as long as a benchmark: those exported,
+    random ones for the rest, put in os.environ (the processes inherit them)."""
+    for name in CREDENTIALS:
+        if not os.environ.get(name):
+            os.environ[name] = os.urandom(12).hex()
+    return {name: os.environ[name] for name in CREDENTIALS}
+
+
 def production_up(
     state_dir: Path,
     stack_environment: dict[str, str],
