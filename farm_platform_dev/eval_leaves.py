@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from farm_platform_dev.simulate.render import leaf_frame, solid_box
+
 MAX_LEAVES = 20
 MAX_OCCLUSION = 0.4  # a leaf may lose this much of its silhouette to later leaves
 _ATTEMPTS = 80
@@ -50,11 +52,7 @@ def leaf_patch(leaf: EvalLeaf, size: int, pad: int = 2) -> LeafPatch:
     y0 = max(0, int(leaf.cy - reach))
     x1 = min(size, int(math.ceil(leaf.cx + reach)) + 1)
     y1 = min(size, int(math.ceil(leaf.cy + reach)) + 1)
-    gx = np.arange(x0, x1, dtype=np.float32) + 0.5 - leaf.cx
-    gy = np.arange(y0, y1, dtype=np.float32) + 0.5 - leaf.cy
-    ca, sa = math.cos(leaf.angle), math.sin(leaf.angle)
-    along = gx[None, :] * ca + gy[:, None] * sa
-    across = -gx[None, :] * sa + gy[:, None] * ca
+    along, across = leaf_frame(leaf.cx, leaf.cy, leaf.angle, x0, x1, y0, y1)
     s = along / leaf.half_length
     inside = np.abs(s) < 1.0
     x = np.clip((s + 1.0) / 2.0, 0.0, 1.0)
@@ -70,20 +68,6 @@ def leaf_patch(leaf: EvalLeaf, size: int, pad: int = 2) -> LeafPatch:
     alpha = np.where(inside, np.clip(d + 0.5, 0.0, 1.0), 0.0).astype(np.float32)
     t = across / np.maximum(w, 1e-3)
     return LeafPatch(x0, y0, s, t, w, d, alpha)
-
-
-def _box(patch: LeafPatch) -> tuple[float, float, float, float] | None:
-    solid = patch.alpha >= 0.5
-    rows = np.flatnonzero(solid.any(axis=1))
-    cols = np.flatnonzero(solid.any(axis=0))
-    if len(rows) == 0:
-        return None
-    return (
-        float(patch.x0 + cols[0]),
-        float(patch.y0 + rows[0]),
-        float(patch.x0 + cols[-1] + 1),
-        float(patch.y0 + rows[-1] + 1),
-    )
 
 
 def _draw_leaf(rng: np.random.Generator, size: int, crowd: int) -> EvalLeaf:
@@ -121,7 +105,7 @@ def place_leaves(
         for _attempt in range(_ATTEMPTS):
             leaf = _draw_leaf(rng, size, n_leaves)
             patch = leaf_patch(leaf, size)
-            box = _box(patch)
+            box = solid_box(patch.alpha, patch.x0, patch.y0)
             if box is None or box[0] < 1 or box[1] < 1 or box[2] > size - 1 or box[3] > size - 1:
                 continue
             h, w = patch.alpha.shape

@@ -84,6 +84,33 @@ def _extent(half_length: float, half_width: float, angle: float) -> tuple[float,
     return half_length * c + half_width * s, half_length * s + half_width * c
 
 
+def leaf_frame(
+    cx: float, cy: float, angle: float, x0: int, x1: int, y0: int, y1: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel centres of the window [x0, x1) x [y0, y1) in the frame of a leaf centred at
+    (cx, cy) and turned by `angle`: (along its midrib, across it), in px; rows are y."""
+    xs = np.arange(x0, x1, dtype=np.float32) + 0.5 - cx
+    ys = np.arange(y0, y1, dtype=np.float32) + 0.5 - cy
+    cos, sin = math.cos(angle), math.sin(angle)
+    return xs[None, :] * cos + ys[:, None] * sin, -xs[None, :] * sin + ys[:, None] * cos
+
+
+def solid_box(alpha: np.ndarray, x0: int, y0: int) -> tuple[float, float, float, float] | None:
+    """The box (x0, y0, x1, y1) of a patch's pixels at least half covered, the patch's
+    top-left pixel at (x0, y0); None where none is."""
+    solid = alpha >= 0.5
+    rows = np.flatnonzero(solid.any(axis=1))
+    cols = np.flatnonzero(solid.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (
+        float(x0 + cols[0]),
+        float(y0 + rows[0]),
+        float(x0 + cols[-1] + 1),
+        float(y0 + rows[-1] + 1),
+    )
+
+
 def _geometry(leaf: LeafParams, size: int) -> _Geometry:
     ext_x, ext_y = _extent(leaf.half_length, leaf.half_width, leaf.angle)
     pad = _SHADOW_OFFSET + 2
@@ -91,28 +118,13 @@ def _geometry(leaf: LeafParams, size: int) -> _Geometry:
     px1 = min(size, int(math.ceil(leaf.cx + ext_x)) + pad)
     py0 = max(0, int(math.floor(leaf.cy - ext_y)) - pad)
     py1 = min(size, int(math.ceil(leaf.cy + ext_y)) + pad)
-    xs = np.arange(px0, px1, dtype=np.float32) + 0.5 - leaf.cx
-    ys = np.arange(py0, py1, dtype=np.float32) + 0.5 - leaf.cy
-    cos, sin = math.cos(leaf.angle), math.sin(leaf.angle)
-    u = xs[None, :] * cos + ys[:, None] * sin
-    v = -xs[None, :] * sin + ys[:, None] * cos
+    u, v = leaf_frame(leaf.cx, leaf.cy, leaf.angle, px0, px1, py0, py1)
     s = u / leaf.half_length
     # Pointed ellipse, a little wider toward the base.
     w = leaf.half_width * np.clip(1.0 - s * s, 0.0, None) * (1.0 - 0.18 * s)
     alpha = np.clip(w - np.abs(v) + 0.5, 0.0, 1.0)
     alpha[np.abs(s) >= 1.0] = 0.0
-    inside = alpha >= 0.5
-    rows = np.flatnonzero(inside.any(axis=1))
-    cols = np.flatnonzero(inside.any(axis=0))
-    if len(rows) == 0:
-        box = (float(px0), float(py0), float(px0 + 1), float(py0 + 1))
-    else:
-        box = (
-            float(px0 + cols[0]),
-            float(py0 + rows[0]),
-            float(px0 + cols[-1] + 1),
-            float(py0 + rows[-1] + 1),
-        )
+    box = solid_box(alpha, px0, py0) or (float(px0), float(py0), float(px0 + 1), float(py0 + 1))
     return _Geometry(px0, py0, u, v, s, w, alpha, box)
 
 
