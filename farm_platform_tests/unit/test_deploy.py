@@ -423,8 +423,7 @@ def test_the_image_installs_no_dev_code_and_no_dev_dependency(tmp_path):
 def test_the_cli_without_the_dev_package_offers_the_operator_commands():
     """In the image (no farm_platform_dev) `farm-platform` still runs: the operator
     commands, without the dev ones."""
-    import subprocess
-    import sys
+    from fresh_python import fresh_python
 
     program = (
         "import sys\n"
@@ -438,9 +437,7 @@ def test_the_cli_without_the_dev_package_offers_the_operator_commands():
         "commands = build_parser()._subparsers._group_actions[0].choices\n"
         "print(' '.join(sorted(commands)))"
     )
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    commands = set(result.stdout.split())
+    commands = set(fresh_python(program).split())
     # code-server-check: the code servers' liveness probe in the cluster (deploy/helm).
     assert {"models", "backfill", "dlq", "code-server-check"} <= commands, commands
     assert not {"demo", "stack", "simulate"} & commands, commands

@@ -10,8 +10,6 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import copy_repo_models
+from fresh_python import fresh_python
 from test_model_versions import snapshot
 
 from farm_platform import cli
@@ -395,5 +394,4 @@ def test_the_shipped_models_do_not_import_onnxruntime() -> None:
         "[inference.load_grader(r.grader_for(f'disease_{k}')) for k in range(5)]\n"
         "assert not {'onnxruntime', 'onnx'} & set(sys.modules), 'onnx was imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    fresh_python(code)

@@ -7,7 +7,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import copy_repo_models
+from fresh_python import fresh_python
 from PIL import Image
 
 from farm_platform.config import REPO_MODELS_DIR
@@ -239,8 +239,7 @@ def test_registry_import_does_not_import_torch() -> None:
         "r.ModelRegistry().active_cards()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    fresh_python(code)
 
 
 # ---------------------------------------------------------------------------------------
