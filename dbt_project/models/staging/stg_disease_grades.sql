@@ -18,11 +18,6 @@ with grades as (
         cast(graded_at as timestamp with time zone) as graded_at,
         cast(dagster_run_id as text) as dagster_run_id
     from {{ source('farm', 'disease_grades') }}
-),
-
-versions as (
-    select model_id, version, active
-    from {{ ref('stg_model_versions') }}
 )
 
 select
@@ -35,12 +30,8 @@ select
     end as is_active,
     held.position_id is not null as is_held_back
 from grades
-left join versions as grader
-    on grader.model_id = grades.disease_model_id
-    and grader.version = grades.disease_model_version
-left join versions as cropper
-    on cropper.model_id = grades.cropper_model_id
-    and cropper.version = grades.cropper_model_version
+{{ left_join_registry('grader', 'grades.disease_model_id', 'grades.disease_model_version') }}
+{{ left_join_registry('cropper', 'grades.cropper_model_id', 'grades.cropper_model_version') }}
 left join {{ ref('held_back_partitions') }} as held
     on held.position_id = grades.position_id
     and held.date = grades.date
