@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from torch import nn
 
 from farm_platform.ml.inference import cut_crop, resize_crop, scale_for_detector
 from farm_platform.ml.registry import sha256_file
+from farm_platform_dev.model_export import export_model
 
 DETECTOR_SIZE = 128
 STRIDE = 4
@@ -178,27 +178,6 @@ def train_grader(crops: np.ndarray, classes: np.ndarray, seed: int, epochs: int)
     return model, {"epochs": epochs, "crops": len(y_all), "final_loss": round(loss, 4)}
 
 
-def export(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """ONNX (`.onnx`, batch dimension dynamic) or TorchScript (`.pt`, traced)."""
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter and torch.jit are deprecated
-        if path.suffix == ".pt":
-            torch.jit.trace(model, example, check_trace=False).save(str(path))
-        else:
-            axes = {"images": {0: "batch"}, "output": {0: "batch"}}
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["images"],
-                output_names=["output"],
-                dynamic_axes=axes,
-            )
-    return path
-
-
 def write_version(out: Path, model_id: str, version: str, weights: Path, **card: Any) -> Path:
     """`out/<model_id>/<version>/` with the exported file and its card."""
     folder = out / model_id / version
@@ -239,11 +218,12 @@ def make_models(out: Path, photos: int = 100, seed: int = 0) -> dict[str, Path]:
         ("f1", "detector.onnx", "onnx"),
         ("f2", "detector.pt", "torchscript"),
     ):
-        weights = export(detector, example, out / name)
+        weights = export_model(detector, example, out / name, fmt)
         folders[f"leaf_detector {version}"] = write_version(
             out, "leaf_detector", version, weights, format=fmt, **detector_card
         )
-    weights = export(grader, torch.rand(2, GRADER_SIZE, GRADER_SIZE, 3) * 255, out / "grader.onnx")
+    example = torch.rand(2, GRADER_SIZE, GRADER_SIZE, 3) * 255
+    weights = export_model(grader, example, out / "grader.onnx", "onnx")
     folders["disease_0_grader f1"] = write_version(
         out,
         "disease_0_grader",

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from farm_platform.admin.model_versions import add_model
 from farm_platform.layout import ImageKey
 from farm_platform.ml import inference
 from farm_platform.ml.registry import ModelRegistry, ModelRegistryError, sha256_file
+from farm_platform_dev.model_export import export_model
 
 # Exported and state_dict models run different kernels (onnxruntime's, TorchScript's
 # graph): boxes agree within this many pixels, scores and confidences within this.
@@ -101,29 +101,6 @@ RAW_ANCHORS = [
 ]
 
 
-def export(module: torch.nn.Module, example: torch.Tensor, path: Path, fmt: str, **onnx) -> Path:
-    module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter and torch.jit are deprecated
-        if fmt == "torchscript":
-            torch.jit.trace(module, example, check_trace=False).save(str(path))
-        else:
-            outputs = onnx.pop("outputs", ["output"])
-            static = onnx.pop("static", False)
-            axes = {} if static else {name: {0: "batch"} for name in ["images", *outputs]}
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["images"],
-                output_names=outputs,
-                dynamic_axes=axes,
-                **onnx,
-            )
-    return path
-
-
 def version_folder(root: Path, model_id: str, weights: Path, **fields) -> Path:
     """A new version folder (card + weights) of `model_id`, its card from v1's plus `fields`."""
     card = json.loads(
@@ -178,7 +155,7 @@ def _register(models_dir: Path, folder: Path):
 def test_exported_detector_finds_the_state_dict_detectors_leaves(fmt, photos, models_dir, tmp_path):
     shipped = inference.load_detector(SHIPPED.detector())
     suffix = "onnx" if fmt == "onnx" else "pt"
-    weights = export(
+    weights = export_model(
         BoxesDetector(shipped),
         torch.rand(2, 3, 256, 256),
         tmp_path / f"d.{suffix}",
@@ -220,7 +197,9 @@ def test_a_grader_with_another_class_order_grades_identically(
     shipped = inference.load_grader(card_v1)
     perm = [2, 0, 3, 1]
     example = torch.rand(2, 48, 48, 3) * 255 if nhwc_bgr else torch.rand(2, 3, 48, 48)
-    weights = export(PermutedGrader(shipped, perm, nhwc_bgr), example, tmp_path / "g.bin", fmt)
+    weights = export_model(
+        PermutedGrader(shipped, perm, nhwc_bgr), example, tmp_path / "g.bin", fmt
+    )
     model_input = {"layout": "NHWC", "channel_order": "BGR", "scale": 1.0} if nhwc_bgr else {}
     output = {"form": "probabilities" if nhwc_bgr else "logits", "label_map": perm}
     folder = version_folder(
@@ -243,7 +222,7 @@ def test_raw_predictions_get_threshold_class_filter_and_nms(models_dir, tmp_path
     predictions = torch.tensor(
         [[*box, _logit(leaf), _logit(weed)] for box, leaf, weed in RAW_ANCHORS]
     )
-    weights = export(
+    weights = export_model(
         RawDetector(predictions), torch.rand(1, 3, 256, 256), tmp_path / "raw.pt", "torchscript"
     )
     output = {
@@ -278,7 +257,9 @@ def _grader_folder(
     tmp_path: Path, fmt: str = "onnx", size: int = 48, static: bool = False, **card
 ) -> Path:
     grader = inference.load_grader(SHIPPED.active_card(GRADER_ID))
-    weights = export(grader, torch.rand(1, 3, size, size), tmp_path / "g.bin", fmt, static=static)
+    weights = export_model(
+        grader, torch.rand(1, 3, size, size), tmp_path / "g.bin", fmt, static=static
+    )
     card.setdefault("format", fmt)
     card.setdefault("input", {})
     card.setdefault("output", {"form": "logits", "label_map": [0, 1, 2, 3]})
@@ -286,7 +267,7 @@ def _grader_folder(
 
 
 def _raw_folder(tmp_path: Path, **output) -> Path:
-    weights = export(
+    weights = export_model(
         RawDetector(torch.zeros(3, 6)), torch.rand(1, 3, 256, 256), tmp_path / "r.pt", "torchscript"
     )
     return version_folder(
