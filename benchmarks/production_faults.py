@@ -46,7 +46,7 @@ class Topology:
 
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
-        self.credentials = throwaway_credentials()
+        throwaway_credentials()
         self.settings: dict[str, str] = {}
         self.info = self.repair()
         assert self.production is not None
