@@ -15,7 +15,6 @@ from test_model_formats import (
     SHIPPED,
     BoxesDetector,
     PermutedGrader,
-    export,
     version_folder,
 )
 
@@ -23,6 +22,7 @@ from farm_platform.admin.model_versions import add_model
 from farm_platform.ml import inference
 from farm_platform.ml.registry import ModelRegistry
 from farm_platform_dev.farm import grade_simulated_farm
+from farm_platform_dev.model_export import export_model
 from farm_platform_dev.simulate import FarmConfig
 
 CONFIG = FarmConfig(positions=8, days=1, seed=42)
@@ -35,7 +35,7 @@ def exported_models_dir(root: Path, detector_input: dict) -> Path:
     target = copy_repo_models(root / "models")
     registry = ModelRegistry(target)
     detector = BoxesDetector(inference.load_detector(SHIPPED.detector()))
-    weights = export(
+    weights = export_model(
         detector, torch.rand(2, 3, 256, 256), root / "d.onnx", "onnx", outputs=["boxes", "scores"]
     )
     output = {"form": "boxes", "score_threshold": 0.3}
@@ -45,7 +45,7 @@ def exported_models_dir(root: Path, detector_input: dict) -> Path:
     add_model(folder, registry, activate=True)
     perm = [3, 1, 0, 2]
     grader = PermutedGrader(inference.load_grader(SHIPPED.active_card(GRADER_ID)), perm)
-    weights = export(grader, torch.rand(2, 3, 48, 48), root / "g.pt", "torchscript")
+    weights = export_model(grader, torch.rand(2, 3, 48, 48), root / "g.pt", "torchscript")
     output = {"form": "logits", "label_map": perm}
     folder = version_folder(
         root / "in", GRADER_ID, weights, format="torchscript", input={}, output=output
