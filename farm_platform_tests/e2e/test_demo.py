@@ -87,8 +87,18 @@ def graded_on(dagster_home: Path) -> set[str]:
     marker = "; models "
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         return {
-            event.message.split(marker, 1)[1].removeprefix("on the model server ")
+            _place(event.message.split(marker, 1)[1])
             for run in instance.get_runs()
             for event in instance.all_logs(run.run_id)
             if marker in (event.message or "")
         }
+
+
+def _place(said: str) -> str:
+    """ "in this run" or the model server's address, from the op's line "…; models in this
+    run (cpu, float32, 2 CPU threads), 64 photos at a time" or "…; models on the model
+    server grpc://…, 64 photos at a time"."""
+    where = said.rsplit(", ", 1)[0]
+    if where.startswith("in this run"):
+        return "in this run"
+    return where.removeprefix("on the model server ")
