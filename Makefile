@@ -9,14 +9,14 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip uv==0.9.5
 
 # Reinstall only when the dependencies change. The serve extra too: the model-server tests
 # run against a real kserve server process; and deploy: test_deploy.py builds run pods' Jobs
 # with dagster-k8s and validates the manifests offline.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash scripts/install_system_deps.sh
-	$(BIN)/pip install --quiet -e '.[dev,serve,deploy]'
+	bash scripts/install_python_deps.sh $(VENV) -e '.[dev,serve,deploy]'
 	touch $@
 
 # dagster-dbt loads the dbt manifest; prepare it (dagster-dbt's `dbt parse`) whenever the
