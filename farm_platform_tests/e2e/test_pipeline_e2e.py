@@ -329,6 +329,10 @@ def test_simulated_farm_bad_messages_and_a_reupload_end_to_end(
         assert_grades_match_crops(platform)
 
 
+# The daemon killed after a tick requested a run is in `make test`'s time as
+# test_faults_e2e.py's "daemon" case; this variant (more photos arrive while it is down, and
+# two ticks of redeliveries must start nothing) runs with `make test-faults`.
+@pytest.mark.fault_campaign
 def test_daemon_killed_after_a_tick_loses_and_duplicates_nothing(platform, subscriber):
     config = FarmConfig(positions=4, days=2, start_date=dt.date(2026, 11, 10), seed=11)
     images = platform.simulate(config)

@@ -3,9 +3,9 @@ instance on PostgreSQL, a gRPC code server per code location, the daemon and web
 their own processes, two model-server replicas behind one FARM_OIP_URL, and the warehouse
 on PostgreSQL, runs launched as Celery tasks on two workers (Redis as the broker). A day is
 graded end to end through it, and again after a code server was killed mid-run and the
-topology repaired by `stack up`; the daemon, a Celery worker and Redis are killed -9 and
-repaired; the sensor's runs of one day grade side by side while a whole-day run of it
-waits for them."""
+topology repaired by `stack up`; the daemon is killed -9 and restarted; the sensor's runs of
+one day grade side by side while a whole-day run of it waits for them. A Celery worker and
+Redis killed mid-run are in test_production_faults.py (`make test-faults`)."""
 
 from __future__ import annotations
 
@@ -391,56 +391,6 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
         [_day(3)],
     ).row(0, named=True)
     assert rows["photos"] == 9 and rows["n"] == rows["keys"] > 0
-
-
-def test_a_celery_worker_killed_mid_run_loses_no_photo(topology):
-    """kill -9 of the `images` worker and its pool (its machine lost) while it executes a
-    run: nothing updates the run's task, which stays STARTED in Redis; the launcher's health
-    check finds no worker running it (farm_platform.launcher.celery_launcher), run monitoring
-    fails the run, and its photos go to a new run on the worker `stack up --production`
-    restarted. Every photo graded once."""
-    day = _day(4).isoformat()
-    graded = len(graded_rows_per_photo(topology))
-    with topology.instance() as instance:
-        with _grades_held(topology):  # the run grades, then waits to commit: mid-run
-            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=59, start_date=_day(4)))
-            victim = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
-            worker = topology.pids()["worker:images"]
-            kill_now([worker, *child_pids(worker)])  # the worker and its pool
-        _repair(topology)
-        wait_for_photos(
-            instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
-        )
-        assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.FAILURE
-        assert _said(instance, victim.run_id, "the worker died")
-    _assert_graded_once(topology, [day], photos)
-
-
-def test_redis_restarted_mid_run_loses_no_photo_and_fails_no_run(topology):
-    """kill -9 of Redis (the broker and result backend) while a run executes; `stack up
-    --production` restarts it on its append-only file. The running run's task is still
-    STARTED there, so run monitoring leaves the run alone and it succeeds; the workers
-    reconnect and take the next run. Every photo graded once, no run failed."""
-    day = _day(5).isoformat()
-    graded = len(graded_rows_per_photo(topology))
-    with topology.instance() as instance:
-        with _grades_held(topology):
-            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=61, start_date=_day(5)))
-            running = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
-            victim = topology.pids()["redis"]
-            kill_now([victim])
-            _repair(topology)
-            assert topology.pids()["redis"] != victim
-        # After the restart: a new day's photos are a new task through the broker.
-        photos += topology.simulate(FarmConfig(positions=3, days=1, seed=67, start_date=_day(6)))
-        wait_for_photos(
-            instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
-        )
-        assert instance.get_run_by_id(running.run_id).status == DagsterRunStatus.SUCCESS
-        for date in (day, _day(6).isoformat()):
-            statuses = {run.status for run in _runs_of_day(instance, date)}
-            assert statuses == {DagsterRunStatus.SUCCESS}, (date, statuses)
-    _assert_graded_once(topology, [day, _day(6).isoformat()], photos)
 
 
 def _assert_graded_once(topology: Topology, days: list[str], photos: int) -> None:
