@@ -166,10 +166,21 @@ def kill_now(pids: list[int], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 
 
 def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    stop_processes([(pid, marker) for pid in pids], timeout)
+
+
+def stop_processes(
+    processes: list[tuple[int, str | None]], timeout: float = STOP_TIMEOUT_SECONDS
+) -> None:
+    """SIGTERM each (pid, marker) whose pid still runs the process the marker names, all at
+    once, then SIGKILL what is left after `timeout`: a topology stops in its slowest
+    process's time, not the sum of them all."""
+
+    def alive() -> list[tuple[int, str | None]]:
+        return [(pid, marker) for pid, marker in processes if pid_alive(pid, marker)]
+
     def signal_all(sig: int) -> None:
-        for pid in pids:
-            if not pid_alive(pid, marker):
-                continue
+        for pid, _ in alive():
             try:
                 # Detached emulators lead their own process group; take the group down.
                 if os.getpgid(pid) == pid:
@@ -179,15 +190,13 @@ def stop_pids(pids: list[int], marker: str | None, timeout: float = STOP_TIMEOUT
             except ProcessLookupError:
                 pass
 
-    signal_all(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(p, marker) for p in pids):
-        time.sleep(0.1)
-    if any(pid_alive(p, marker) for p in pids):
-        signal_all(signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        signal_all(sig)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(pid_alive(p, marker) for p in pids):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.05)
+        if not alive():
+            return
 
 
 def listening_addresses(port: int) -> set[str]:

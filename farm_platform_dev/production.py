@@ -38,7 +38,7 @@ from farm_platform_dev.emulators import StackError
 from farm_platform_dev.liveness import hold_topology_lock
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform_dev.postgres import SUPERUSER, PostgresServer
-from farm_platform_dev.processes import free_port, stop_pids
+from farm_platform_dev.processes import free_port, stop_processes
 from farm_platform_dev.topology_processes import (
     CODE_LOCATIONS,
     PRODUCTION_FILE,
@@ -239,10 +239,14 @@ def production_down(state_dir: Path) -> bool:
     state = read_production(state_dir)
     if state is None:
         return False
-    # The watchdog first: it would start again a code server stopped before it.
-    order = sorted((key for key in state["pids"] if key != "postgres"), key="watchdog".__ne__)
-    for key in order:
-        stop_pids([int(state["pids"][key])], process_marker(state, key, state_dir))
+
+    def stop(keys: list[str]) -> None:
+        stop_processes([(int(state["pids"][k]), process_marker(state, k, state_dir)) for k in keys])
+
+    # The watchdog first: it would start again a code server stopped before it. Then the
+    # rest at once.
+    stop([key for key in state["pids"] if key == "watchdog"])
+    stop([key for key in state["pids"] if key not in ("watchdog", "postgres")])
     if "postgres" in state["pids"]:
         PostgresServer(base=state_dir / "postgres", port=int(state["pg_port"])).stop()
     (state_dir / PRODUCTION_FILE).unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from farm_platform_dev.emulators import (
     start_pubsub_emulator,
 )
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
-from farm_platform_dev.processes import free_port, pid_alive, stop_pids, terminate
+from farm_platform_dev.processes import free_port, pid_alive, stop_processes, terminate
 
 STATE_FILE = "stack.json"
 STACK_DIR_ENV = "FARM_STACK_DIR"
@@ -339,9 +339,13 @@ def _repair(state: dict[str, Any], state_dir: Path) -> None:
 
 
 def _stop_recorded(state: dict[str, Any], state_dir: Path) -> None:
-    for key in _PROCESS_KEYS:
-        if key in state:
-            stop_pids([int(state[key])], _process_marker(state, key, state_dir))
+    stop_processes(
+        [
+            (int(state[key]), _process_marker(state, key, state_dir))
+            for key in _PROCESS_KEYS
+            if key in state
+        ]
+    )
 
 
 def stack_down(state_dir: Path | None = None) -> bool:
