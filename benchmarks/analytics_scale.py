@@ -139,10 +139,13 @@ assert outcome.success, outcome.failed()
 
 REPORT = """
 import datetime as dt
+from farm_platform.admin.configured import configured_registry
 from farm_platform.report.data import load_report_data
 from farm_platform.report.render import render_report
 from farm_platform.resources.warehouse import WarehouseResource
-data = load_report_data(WarehouseResource(url={url!r}), dt.date.fromisoformat({day!r}))
+data = load_report_data(
+    WarehouseResource(url={url!r}), dt.date.fromisoformat({day!r}), configured_registry()
+)
 page = render_report(data)
 assert "Does the medicine speed up healing" in page
 """

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.ml.inference import (
     PRECISION_RECORD,
     Detection,
@@ -725,9 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.record_drift_reference:
-        return record_drift_reference(ModelRegistry(args.models_dir), args.seed, args.count)
+        return record_drift_reference(configured_registry(args.models_dir), args.seed, args.count)
     if args.strata:
-        registry = ModelRegistry(args.models_dir)
+        registry = configured_registry(args.models_dir)
         eval_family = args.renderer == "eval"
         seed = EVAL_STRATA_SEED if eval_family else STRATA_SEED
         default_sizes = EVAL_STRATA_SIZES if eval_family else STRATA_SIZES
@@ -763,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_heldout(data, args.save_photos)
         print(f"{label} saved to {args.save_photos}")
         return 0
-    registry = ModelRegistry(args.models_dir)
+    registry = configured_registry(args.models_dir)
     if args.compare_bfloat16:
         record = compare_bfloat16(registry, data, args.device)
         print(
