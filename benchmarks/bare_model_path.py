@@ -30,6 +30,7 @@ from typing import Any
 from docs_table import add_write_docs_flag, write_docs
 
 from farm_platform import config, config_values
+from farm_platform.admin.configured import configured_registry
 from farm_platform.layout import ImageKey
 from farm_platform.ml.inference import (
     configured_placement,
@@ -146,7 +147,7 @@ def measure_bare_path(
     unlucky pass should not be the figure."""
     import torch
 
-    registry = registry or ModelRegistry()
+    registry = registry or configured_registry()
     detector_card = registry.detector()
     models = {
         "detector": (detector_card, load_detector(detector_card, registry, settings=settings)),

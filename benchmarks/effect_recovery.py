@@ -196,7 +196,7 @@ def write_layouts_docs(args: argparse.Namespace, table: list[tuple[str, ...]], s
     write_docs(name, [*columns, "last-day std error (sd of estimates)"], table, note=note)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--positions", type=int, default=12)
@@ -236,7 +236,11 @@ def main() -> int:
         help="with --layouts: score only these layouts (their own docs table)",
     )
     add_write_docs_flag(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = parser().parse_args()
     setup = f"{args.seeds} seeds per effect, {args.positions} positions, {args.days} days."
     warnings.filterwarnings("ignore")
     logging.disable(logging.INFO)
@@ -265,22 +269,7 @@ def main() -> int:
             write_layouts_docs(args, table, setup)
         return 0
     if args.cases:
-        frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}
-        for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
-            estimand = [float(x) for x in population_effect(effect, args.days)]
-            for seed in range(args.seeds):
-                config = FarmConfig(
-                    positions=args.positions, days=args.days, seed=seed, effect=effect
-                )
-                rows = farm_rows(config)
-                for case in args.cases:
-                    frames[case].append(case_effects(case, rows, config, estimand))
-        table = []
-        for case, case_frames in frames.items():
-            table += summarize_cases(case, pl.concat(case_frames, how="diagonal_relaxed"))
-        if args.write_docs:
-            columns = ["case", "effect/day", "last-day coverage", "bias", "trials decided"]
-            write_docs("effect_recovery-cases", columns, table, note=setup)
+        run_cases(args, setup)
         return 0
     frames = []
     for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
@@ -297,6 +286,24 @@ def main() -> int:
             columns = ["rule", "effect/day", "per disease-day", "per report", "per trial"]
             write_docs("effect_recovery", columns, table, note=setup)
     return 0
+
+
+def run_cases(args: argparse.Namespace, setup: str) -> None:
+    """--cases: each trial event scored report by report."""
+    frames: dict[str, list[pl.DataFrame]] = {case: [] for case in args.cases}
+    for effect in (0.0,) if args.no_effect_only else (args.effect, 0.0):
+        estimand = [float(x) for x in population_effect(effect, args.days)]
+        for seed in range(args.seeds):
+            config = FarmConfig(positions=args.positions, days=args.days, seed=seed, effect=effect)
+            rows = farm_rows(config)
+            for case in args.cases:
+                frames[case].append(case_effects(case, rows, config, estimand))
+    table = []
+    for case, case_frames in frames.items():
+        table += summarize_cases(case, pl.concat(case_frames, how="diagonal_relaxed"))
+    if args.write_docs:
+        columns = ["case", "effect/day", "last-day coverage", "bias", "trials decided"]
+        write_docs("effect_recovery-cases", columns, table, note=setup)
 
 
 if __name__ == "__main__":

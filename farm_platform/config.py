@@ -12,7 +12,6 @@ never at import, so a test or a command can set the environment first).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -268,50 +267,6 @@ def absolute_models_dir() -> Path | str:
     """`models_dir()` with a local folder made absolute (for a process started elsewhere)."""
     location = models_dir()
     return location.resolve() if isinstance(location, Path) else location
-
-
-def trial_start_date() -> dt.date:
-    raw = os.environ.get(FARM_TRIAL_START_DATE) or DEFAULT_TRIAL_START_DATE
-    try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise ConfigError(f"{FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)") from None
-
-
-def treatment_start() -> dt.date | None:
-    """`$FARM_TREATMENT_START`: the day treatment begins, or None (unset: no pre-period)."""
-    raw = os.environ.get(FARM_TREATMENT_START)
-    if not raw:
-        return None
-    try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{FARM_TREATMENT_START}={raw!r} is not a date: give the day treatment begins as "
-            "YYYY-MM-DD, or unset it for a trial without a pre-period"
-        ) from None
-
-
-def trial_timezone() -> str:
-    """`$FARM_TRIAL_TIMEZONE`, an IANA time zone name (default UTC)."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    name = os.environ.get(FARM_TRIAL_TIMEZONE) or DEFAULT_TRIAL_TIMEZONE
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"{FARM_TRIAL_TIMEZONE}={name!r} is not an IANA time zone (e.g. Europe/Amsterdam, "
-            "Australia/Brisbane, UTC)"
-        ) from None
-    return name
-
-
-def trial_today() -> dt.date:
-    """Today's date on the farm's calendar."""
-    from zoneinfo import ZoneInfo
-
-    return dt.datetime.now(ZoneInfo(trial_timezone())).date()
 
 
 def webserver_url() -> str:

@@ -9,6 +9,7 @@ them on `config.value(NAME)`.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 
@@ -228,3 +229,42 @@ def sensor_interval_seconds() -> int:
     """`$FARM_SENSOR_INTERVAL_SECONDS`: the ingest sensors' minimum interval."""
     name = config.FARM_SENSOR_INTERVAL_SECONDS
     return max(1, int(env_number(name, config.DEFAULT_SENSOR_INTERVAL_SECONDS)))
+
+
+def trial_start_date(raw: str | None) -> dt.date:
+    """`FARM_TRIAL_START_DATE`: the trial's first day partition (YYYY-MM-DD)."""
+    raw = raw or config.DEFAULT_TRIAL_START_DATE
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{config.FARM_TRIAL_START_DATE}={raw!r} is not a date (YYYY-MM-DD)"
+        ) from None
+
+
+def treatment_start(raw: str | None) -> dt.date | None:
+    """`FARM_TREATMENT_START`: the day treatment begins, or None (unset: no pre-period)."""
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{config.FARM_TREATMENT_START}={raw!r} is not a date: give the day treatment "
+            "begins as YYYY-MM-DD, or unset it for a trial without a pre-period"
+        ) from None
+
+
+def trial_timezone(raw: str | None) -> str:
+    """`FARM_TRIAL_TIMEZONE`: an IANA time zone name (default UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = raw or config.DEFAULT_TRIAL_TIMEZONE
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{config.FARM_TRIAL_TIMEZONE}={name!r} is not an IANA time zone (e.g. "
+            "Europe/Amsterdam, Australia/Brisbane, UTC)"
+        ) from None
+    return name

@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.config import (
     DAGSTER_HOME,
     FARM_BATCH_QUIET_SECONDS,
@@ -88,7 +89,7 @@ def _print_report(
 ) -> None:
     """The report's answer beside the simulated truth."""
     print(f"\n[demo] report: {report}")
-    data = load_report_data(warehouse, report_day)
+    data = load_report_data(warehouse, report_day, configured_registry())
     print(f"[demo] {overall_answer(data)}")
     print(f"[demo] {design_line(data)}")
     print("[demo] treatment effect (treated minus control, change in mean grade since day 1):")

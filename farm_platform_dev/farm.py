@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.analytics.dbt_env import DBT_PROJECT_DIR, write_dbt_profile
 from farm_platform.analytics.positions import write_positions
 from farm_platform.resources.warehouse import WarehouseResource
@@ -50,7 +51,6 @@ def farm_resources(
     message announces these photos, so nothing is dead-lettered from a run. The models run
     in the run's process and the run policy is the default (a test replaces
     `inference` or `ingest_policy` to change them)."""
-    from farm_platform.ml.registry import ModelRegistry
     from farm_platform.resources import BucketResource, ModelRegistryResource, PubSubResource
     from farm_platform.resources.inference import InferenceResource
     from farm_platform.resources.ingest_policy import IngestPolicyResource
@@ -59,7 +59,9 @@ def farm_resources(
         "bucket": BucketResource(url=bucket_url),
         "warehouse": WarehouseResource(url=warehouse_url),
         "pubsub": PubSubResource(project="unused"),
-        "models": ModelRegistryResource(models_dir=str(models_dir or ModelRegistry().models_dir)),
+        "models": ModelRegistryResource(
+            models_dir=str(models_dir or configured_registry().models_dir)
+        ),
         "inference": InferenceResource(),
         "ingest_policy": IngestPolicyResource(),
     }
@@ -87,9 +89,9 @@ def materialize_day(
     `positions` (None: every photo of the day the platform has recorded); its success."""
     from dagster import DagsterInstance, materialize
 
+    from farm_platform.admin.configured import configured_day_partitions
     from farm_platform.images.pipeline import build_image_pipeline
     from farm_platform.images.run_config import photo_run_config
-    from farm_platform.partitions import configured_day_partitions
 
     with contextlib.ExitStack() as stack:
         if instance is None:

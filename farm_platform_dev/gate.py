@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.config import DEFAULT_MAX_SEVERITY_JUMP, FARM_MAX_SEVERITY_JUMP, duckdb_path
 from farm_platform.config_values import env_number
 from farm_platform.layout import MISSING_OBJECT_ERROR
@@ -111,12 +112,11 @@ def judge_case(case: Case, results: list[CheckResult], failed_tests: list[str]) 
 def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Path]:
     """Run the real assets on a simulated farm; the snapshot, warehouse URL and field map."""
     from farm_platform.layout import bucket_filesystem
-    from farm_platform.ml.registry import ModelRegistry
     from farm_platform_dev.farm import grade_simulated_farm
 
     farm = grade_simulated_farm(config, workdir)
     warehouse, field_map = farm.warehouse, farm.field_map
-    registry = ModelRegistry()
+    registry = configured_registry()
     detector = registry.detector()
     cropper = (detector.id, detector.version)
     graders = {}

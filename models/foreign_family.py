@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import train  # models/train.py (this folder is on sys.path)
+import train_data  # models/train_data.py
+import train_nets  # models/train_nets.py
 from torch import nn
 
 from farm_platform.ml.inference import cut_crop, resize_crop, scale_for_detector
@@ -137,13 +138,17 @@ def train_detector(photos: np.ndarray, boxes: list[np.ndarray], seed: int, epoch
         for idx in torch.randperm(len(scaled), generator=gen).split(batch):
             flips = [bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist()]
             x = torch.from_numpy(scaled[idx.numpy()]).permute(0, 3, 1, 2).float()
-            x = (train._dihedral_images(x, *flips) / 255.0 - 0.5) / 0.25
-            bxs = [train._dihedral_boxes(boxes[i], *flips, DETECTOR_SIZE) for i in idx.tolist()]
-            heat_t, size_t, off_t, mask_t = train.detector_targets(bxs, cells, STRIDE, SIZE_SCALE)
+            x = (train_data._dihedral_images(x, *flips) / 255.0 - 0.5) / 0.25
+            bxs = [
+                train_data._dihedral_boxes(boxes[i], *flips, DETECTOR_SIZE) for i in idx.tolist()
+            ]
+            heat_t, size_t, off_t, mask_t = train_nets.detector_targets(
+                bxs, cells, STRIDE, SIZE_SCALE
+            )
             heat, size, off = model.heads(x)
             npos = mask_t.sum().clamp(min=1)
             l1 = F.l1_loss(size, size_t, reduction="none") + F.l1_loss(off, off_t, reduction="none")
-            yield train.focal_loss(heat, heat_t) + (l1 * mask_t).sum() / npos
+            yield train_nets.focal_loss(heat, heat_t) + (l1 * mask_t).sum() / npos
 
     loss = _fit(model, batches, epochs, math.ceil(len(scaled) / batch))
     return model, {"epochs": epochs, "photos": len(scaled), "final_loss": round(loss, 4)}
@@ -171,7 +176,7 @@ def train_grader(crops: np.ndarray, classes: np.ndarray, seed: int, epochs: int)
     def batches(epoch: int):
         for idx in torch.randperm(len(y_all), generator=gen).split(batch):
             flips = [bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist()]
-            x = train._dihedral_images(x_all[idx], *flips)
+            x = train_data._dihedral_images(x_all[idx], *flips)
             yield F.cross_entropy(model.logits(x), y_all[idx])
 
     loss = _fit(model, batches, epochs, math.ceil(len(y_all) / batch))
@@ -199,7 +204,7 @@ def write_version(out: Path, model_id: str, version: str, weights: Path, **card:
 def make_models(out: Path, photos: int = 100, seed: int = 0) -> dict[str, Path]:
     """Train both models on `photos` training-renderer photos and write the three folders."""
     torch.set_num_threads(1)
-    images, boxes, grades = train.render_training_set(train.TRAIN_SEED, photos)
+    images, boxes, grades = train_data.render_training_set(train_data.TRAIN_SEED, photos)
     data = {"renderer": "farm_platform_dev.simulate.render_training_images", "photos": photos}
     detector, info = train_detector(images, boxes, seed, epochs=30)
     grader, grader_info = train_grader(*grader_crops(images, boxes, grades), seed, epochs=20)

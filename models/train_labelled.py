@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import train  # models/train.py (this folder is on sys.path)
+import train_data  # models/train_data.py
+import train_nets  # models/train_nets.py
 
 from farm_platform.ml.architectures import DiseaseGrader
 from farm_platform.ml.datasets import (
@@ -106,18 +108,18 @@ def train_grader(
     model = DiseaseGrader(**train.GRADER_KWARGS)
     model.train()
     n = len(labels)
-    steps = epochs * math.ceil(n / train.GRADER_BATCH)
-    opt = torch.optim.AdamW(model.parameters(), lr=train.GRADER_LR, weight_decay=1e-4)
+    steps = epochs * math.ceil(n / train_nets.GRADER_BATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=train_nets.GRADER_LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, train.GRADER_LR, total_steps=steps, pct_start=0.15
+        opt, train_nets.GRADER_LR, total_steps=steps, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(crops).permute(0, 3, 1, 2), torch.from_numpy(labels)
     started = time.perf_counter()
     for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(train.GRADER_BATCH):
+        for idx in torch.randperm(n, generator=gen).split(train_nets.GRADER_BATCH):
             flips = (bool(b) for b in torch.randint(0, 2, (3,), generator=gen).tolist())
-            x = train._dihedral_images(x_all[idx].float().div_(255.0), *flips)
+            x = train_data._dihedral_images(x_all[idx].float().div_(255.0), *flips)
             gain = 1 + 0.08 * torch.randn(len(idx), 3, 1, 1, generator=gen)
             loss = F.cross_entropy(model((x * gain).clamp_(0, 1)), y_all[idx])
             opt.zero_grad(set_to_none=True)
@@ -126,7 +128,7 @@ def train_grader(
             sched.step()
     model.eval()
     counts = np.bincount(labels, minlength=len(GRADES)).tolist()
-    info = {"epochs": epochs, "crops": n, "grade_counts": counts, "lr": train.GRADER_LR}
+    info = {"epochs": epochs, "crops": n, "grade_counts": counts, "lr": train_nets.GRADER_LR}
     return model, {**info, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -204,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train the graders of the diseases in this grade CSV or ROOT/<disease>/<grade>/",
     )
     parser.add_argument(
-        "--grader-epochs", type=int, default=train.GRADER_EPOCHS, help="with --grades"
+        "--grader-epochs", type=int, default=train_nets.GRADER_EPOCHS, help="with --grades"
     )
 
 

@@ -82,6 +82,7 @@ def launch_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
+    from farm_platform.admin.configured import configured_day_partitions
     from farm_platform.images.graph import image_asset_graph
     from farm_platform.images.run_config import photo_run_config
     from farm_platform.images.run_tags import image_run_tags
@@ -89,7 +90,7 @@ def launch_backfill(
     # Every run of this backfill is an image run (the image location's graph): the same
     # Kubernetes pod settings as the sensor's runs. Read first, so a bad value adds nothing.
     launcher_tags = image_run_tags(config.value(config.FARM_RUN_K8S_CONFIG))
-    graph = asset_graph or image_asset_graph()
+    graph = asset_graph or image_asset_graph(configured_day_partitions())
     missing = [key.to_user_string() for key in asset_keys if not graph.has(key)]
     if missing:
         raise BackfillError(f"unknown asset(s) {', '.join(missing)}")

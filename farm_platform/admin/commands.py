@@ -125,9 +125,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
+    from farm_platform.admin.configured import configured_registry
     from farm_platform.admin.reconcile import reconcile
     from farm_platform.config import field_map_path
-    from farm_platform.ml.registry import ModelRegistry
     from farm_platform.resources import BucketResource, PubSubResource, WarehouseResource
     from farm_platform.resources.field_map import read_field_map
 
@@ -144,7 +144,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     warehouse = config.require(config.FARM_WAREHOUSE)
     graders = [
         (card.id, card.version)
-        for card in ModelRegistry().active_cards().values()
+        for card in configured_registry().active_cards().values()
         if card.task == "disease_grader"
     ]
     project = config.require(config.FARM_GCP_PROJECT)

@@ -178,19 +178,23 @@ ROUTES: dict[str, str] = {
     config.FARM_SENSOR_INTERVAL_SECONDS: "the sensors' minimum interval, set when "
     "`images/sensors.py` builds them",
     config.FARM_WAREHOUSE_LOCK_SECONDS: "`warehouse` resource `lock_timeout_seconds`",
-    config.FARM_MODELS_DIR: "`models` resource `models_dir`; commands: `ModelRegistry()`",
-    config.FARM_MODELS_CACHE: "commands and the sensors' registry reads: `ModelRegistry()`",
-    config.FARM_TRIAL_START_DATE: "the day partitions, built when the definitions load; the "
-    "sensor's tick (which dates are valid) and commands: `config.trial_start_date()`",
-    config.FARM_TRIAL_TIMEZONE: "the day partitions and the report's schedule, built when the "
-    "definitions load; the sensor's tick (a photo's day): `config.trial_timezone()`",
+    config.FARM_MODELS_DIR: "`models` resource `models_dir`; commands: "
+    "`admin.configured.configured_registry()`",
+    config.FARM_MODELS_CACHE: "`models` resource `models_cache` (the sensors' and the "
+    "report's registry reads); commands: `admin.configured.configured_registry()`",
+    config.FARM_TRIAL_START_DATE: "`trial_calendar` resource `start_date`, read once when the "
+    "definitions load: the day partitions and the sensor's tick (which dates are valid)",
+    config.FARM_TRIAL_TIMEZONE: "`trial_calendar` resource `timezone`, read once when the "
+    "definitions load: the day partitions, the report's schedule and the sensor's tick (a "
+    "photo's day)",
     config.FARM_WEBSERVER_ALLOWED_ORIGINS: "the guarded webserver "
     "(`farm_platform/webserver_guard.py`, not Dagster code)",
     config.FARM_WATCHDOG_INTERVAL_SECONDS: "the production topology's watchdog (a command)",
     config.FARM_CODE_SERVER_CHECK_TIMEOUT_SECONDS: "the watchdog and the `stack` commands",
     config.FARM_WATCHDOG_FAILURES: "the production topology's watchdog (a command)",
     config.FARM_GATE_TOLERANCE: "`farm-platform models activate` (a command)",
-    config.FARM_TREATMENT_START: "analytics: dbt's var `treatment_start`, set by the dbt asset",
+    config.FARM_TREATMENT_START: "analytics: `trial_calendar` resource `treatment_start`, "
+    "dbt's var `treatment_start` in the dbt asset's build",
 }
 # Per-run knobs: run config of image_pipeline whose default is a resource field.
 RUN_CONFIG_FIELDS = {

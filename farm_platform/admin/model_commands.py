@@ -108,9 +108,9 @@ def add_model_commands(commands: Any) -> None:
 def _models(args: argparse.Namespace) -> int:
     from farm_platform.admin import evaluation_commands
     from farm_platform.admin import model_versions as model_admin
-    from farm_platform.ml.registry import ModelRegistry
+    from farm_platform.admin.configured import configured_registry
 
-    registry = ModelRegistry(args.models_dir)
+    registry = configured_registry(args.models_dir)
     if args.action in evaluation_commands.ACTIONS:
         return evaluation_commands.run(args, registry)
     if args.action == "add":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.ml.registry import (
     CARD_FILE,
     PRECISION_RECORD,
@@ -117,7 +118,7 @@ def add_model(
     is validated in a local staging folder, then uploaded: weights first, the card last and
     only if no card is there (a version exists once its card does), and registry.json, with
     `activate`, after both (docs/models.md, "Models in a bucket")."""
-    registry = registry or ModelRegistry()
+    registry = registry or configured_registry()
     source = Path(source)
     if not source.is_dir():
         raise ModelRegistryError(f"{source} is not a folder with {CARD_FILE} and the weights")
@@ -206,7 +207,7 @@ def push_models(source: Path | str, registry: ModelRegistry | None = None) -> Pu
     then the active versions are set in one registry write. A version the destination holds
     with other weights is refused (versions are immutable). Running it again changes
     nothing."""
-    registry = registry or ModelRegistry()
+    registry = registry or configured_registry()
     local = ModelRegistry(Path(source))
     active = local.active_versions()
     present = set(registry.model_versions())
@@ -270,7 +271,7 @@ def _format_label(card: ModelCard) -> str:
 
 
 def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
-    registry = registry or ModelRegistry()
+    registry = registry or configured_registry()
     active = registry.active_versions()
     registered = registry.model_versions()
     model_ids = sorted(set(active) | {model_id for model_id, _ in registered})
@@ -306,7 +307,7 @@ def list_models(registry: ModelRegistry | None = None) -> list[ModelVersionRow]:
 
 def activate_model(model_id: str, version: str, registry: ModelRegistry | None = None) -> str:
     """Make `version` live; returns the previously active version (or '')."""
-    registry = registry or ModelRegistry()
+    registry = registry or configured_registry()
     previous = registry.active_versions().get(model_id, "")
     registry.set_active(model_id, version)
     return previous
@@ -354,9 +355,10 @@ def stale_partitions(
     """
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 
+    from farm_platform.admin.configured import configured_day_partitions
     from farm_platform.images.graph import image_asset_graph
 
-    graph = asset_graph or image_asset_graph()
+    graph = asset_graph or image_asset_graph(configured_day_partitions())
     resolver = CachingStaleStatusResolver(instance, graph, _loading_context(instance))
     partitioned = [key for key in graph.toposorted_asset_keys if graph.get(key).is_partitioned]
     wanted = set(asset_keys) if asset_keys is not None else set(partitioned)

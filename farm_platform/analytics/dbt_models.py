@@ -22,8 +22,8 @@ from dagster_dbt import (
 from pydantic import Field
 
 from farm_platform.analytics.dbt_project import farm_dbt_project
-from farm_platform.config import treatment_start
 from farm_platform.images.keys import GRADES_BY_DISEASE
+from farm_platform.resources.trial_calendar import TrialCalendarResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 DISEASE_GRADES_TABLE = AssetKey("disease_grades")
@@ -89,6 +89,7 @@ def build_dbt_models(relation_prefix: str) -> AssetsDefinition:
         context: AssetExecutionContext,
         dbt: DbtCliResource,
         warehouse: WarehouseResource,
+        trial_calendar: TrialCalendarResource,
         config: DbtBuildConfig,
     ) -> Iterator[Any]:
         """`dbt build`: the incremental models rebuild only the dates int_changed_days names
@@ -98,7 +99,13 @@ def build_dbt_models(relation_prefix: str) -> AssetsDefinition:
         A run of a subset of the dbt assets without analytics_watermark (which depends on
         every incremental model) leaves the watermark where it was: the next complete build
         (the daily schedule's) takes again every day changed since the last complete one."""
-        yield from _dbt_build(context, dbt, warehouse, config)
+        args = ["build", "--full-refresh"] if config.full_refresh else ["build"]
+        # dbt's var, the one place trend_adjusted_effect reads the treatment start from when
+        # Dagster builds (checked when the definitions load).
+        start = trial_calendar.calendar().treatment_start
+        if start is not None:
+            args += ["--vars", json.dumps({"treatment_start": start.isoformat()})]
+        yield from _dbt_build(context, dbt, warehouse, args)
 
     return farm_dbt_models
 
@@ -107,14 +114,8 @@ def _dbt_build(
     context: AssetExecutionContext,
     dbt: DbtCliResource,
     warehouse: WarehouseResource,
-    config: DbtBuildConfig,
+    args: list[str],
 ) -> Iterator[Any]:
-    args = ["build", "--full-refresh"] if config.full_refresh else ["build"]
-    # Validated here (a bad date fails the run naming the setting) and handed to dbt as its
-    # var, the one place trend_adjusted_effect reads it from when Dagster builds.
-    start = treatment_start()
-    if start is not None:
-        args += ["--vars", json.dumps({"treatment_start": start.isoformat()})]
     # On DuckDB, no sensor tick may open the file between two of dbt's connections.
     with warehouse.exclusive_access():
         yield from dbt.cli(args, context=context).stream()

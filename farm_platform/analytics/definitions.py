@@ -16,9 +16,11 @@ from farm_platform.analytics.dbt_project import farm_dbt_project
 from farm_platform.analytics.positions import positions
 from farm_platform.analytics.report import build_effectiveness_report
 from farm_platform.analytics.schedules import build_daily_report_schedule, daily_report_job
-from farm_platform.partitions import configured_day_partitions
+from farm_platform.resources.environment import environment_fields
 from farm_platform.resources.field_map import FieldMapResource
+from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.report_store import ReportStoreResource
+from farm_platform.resources.trial_calendar import TrialCalendarResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 # Name the location's missing settings before anything is built from them.
@@ -28,16 +30,19 @@ config.require_for_location("farm_platform_analytics", (config.FARM_BUCKET, conf
 # warehouse the inference assets write. The resource keeps the EnvVar, so the UI shows the
 # variable's name, not the URL (which may hold a password).
 warehouse_url = EnvVar(config.FARM_WAREHOUSE).get_value() or ""
+# The trial's calendar (FARM_TRIAL_START_DATE, FARM_TRIAL_TIMEZONE, FARM_TREATMENT_START),
+# read once here: the partitions, the schedule and the dbt build use the same values.
+trial_calendar = TrialCalendarResource.from_environment()
+calendar = trial_calendar.calendar()
 
 defs = Definitions(
     assets=[
         positions,
         build_dbt_models(warehouse_relation_prefix(warehouse_url)),
-        # The trial's calendar (FARM_TRIAL_START_DATE, FARM_TRIAL_TIMEZONE), read once here.
-        build_effectiveness_report(configured_day_partitions()),
+        build_effectiveness_report(calendar.day_partitions()),
     ],
     jobs=[daily_report_job],
-    schedules=[build_daily_report_schedule(config.trial_timezone())],
+    schedules=[build_daily_report_schedule(calendar.timezone)],
     resources={
         "dbt": DbtCliResource(
             project_dir=farm_dbt_project,
@@ -46,6 +51,9 @@ defs = Definitions(
         ),
         "warehouse": WarehouseResource(url=EnvVar(config.FARM_WAREHOUSE)),
         "field_map": FieldMapResource(path=str(config.field_map_path())),
+        # The report names the active graders' diseases and their evaluations.
+        "models": ModelRegistryResource(**environment_fields(ModelRegistryResource)),
+        "trial_calendar": trial_calendar,
         "reports": ReportStoreResource(
             bucket_url=EnvVar(config.FARM_BUCKET),
             reports_url=EnvVar(config.FARM_REPORTS) if os.environ.get(config.FARM_REPORTS) else "",

@@ -16,6 +16,7 @@ from farm_platform.report.data import effect_decisions, load_report_data
 from farm_platform.report.headline import design_line, summary_lines
 from farm_platform.report.pre_period import pre_period_line
 from farm_platform.report.render import previous_report, render_report
+from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.report_store import ReportStoreResource
 from farm_platform.resources.warehouse import WarehouseResource
 
@@ -34,7 +35,7 @@ REPORT_MARTS = (
 
 def build_effectiveness_report(days: PartitionsDefinition) -> AssetsDefinition:
     """The `effectiveness_report` asset over the day partitions `days` (the definitions
-    build them once when they load: `partitions.configured_day_partitions`)."""
+    build them once when they load, from their `trial_calendar`)."""
     return asset(
         name=EFFECTIVENESS_REPORT,
         partitions_def=days,
@@ -47,13 +48,18 @@ def build_effectiveness_report(days: PartitionsDefinition) -> AssetsDefinition:
 
 
 def write_effectiveness_report(
-    context: AssetExecutionContext, warehouse: WarehouseResource, reports: ReportStoreResource
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    reports: ReportStoreResource,
+    models: ModelRegistryResource,
 ) -> MaterializeResult:
     """The body of `effectiveness_report`: the report of the context's day partition."""
     day = parse_date(context.partition_key)
     fs, root = bucket_filesystem(reports.root)
     previous_day, previous = previous_report(fs, root, day)
-    data = load_report_data(warehouse, day, previous_effect=previous, previous_day=previous_day)
+    data = load_report_data(
+        warehouse, day, models.registry(), previous_effect=previous, previous_day=previous_day
+    )
     folder = join(root, day.isoformat())
     fs.makedirs(folder, exist_ok=True)
     report_path = join(folder, "effectiveness_report.html")

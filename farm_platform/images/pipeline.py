@@ -118,7 +118,7 @@ def _partly_committed(
 
 def build_image_pipeline(days: PartitionsDefinition) -> AssetsDefinition:
     """The `image_pipeline` multi-asset over the day partitions `days` (the definitions
-    build them once when they load: `partitions.configured_day_partitions`)."""
+    build them once when they load, from their `trial_calendar`)."""
 
     return multi_asset(
         name=OP_NAME,

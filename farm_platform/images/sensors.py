@@ -42,6 +42,7 @@ from farm_platform.resources.field_map import FieldMapResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.model_registry import ModelRegistryResource
 from farm_platform.resources.pubsub import PubSubResource
+from farm_platform.resources.trial_calendar import TrialCalendarResource
 from farm_platform.resources.warehouse import WarehouseResource
 
 # What the tick that requested the run saw (pulled, new, duplicates, dead-lettered, ...).
@@ -117,6 +118,7 @@ def drone_image_tick(
     field_map: FieldMapResource,
     warehouse: WarehouseResource,
     ingest_policy: IngestPolicyResource,
+    trial_calendar: TrialCalendarResource,
 ) -> SensorResult:
     # Read before claiming: a malformed FARM_RUN_K8S_CONFIG then fails the tick with its
     # name while every photo is still in the queue, instead of after its claim.
@@ -128,7 +130,7 @@ def drone_image_tick(
             bucket,
             ArrivalQueue(warehouse),
             field_map.positions,
-            IngestSettings.from_policy(ingest_policy),
+            IngestSettings.from_policy(ingest_policy, trial_calendar.calendar(), field_map.path),
         )
     stats = outcome.stats
     summary = stats.summary()

@@ -18,7 +18,6 @@ import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
-from farm_platform.config import field_map_path, trial_timezone
 from farm_platform.layout import (
     ImageKey,
     LayoutError,
@@ -62,6 +61,18 @@ class Rejected:
 ParsedMessage = ImageArrival | Ignored | Rejected
 
 
+@dataclass(frozen=True)
+class TrialFacts:
+    """What a message is checked against: the field map's positions (and the map's path,
+    which a rejection names), the first and last date that are day partitions, and the
+    farm's time zone (a `captured_at` without a zone is the farm's local time)."""
+
+    known_positions: Container[str]
+    valid_dates: tuple[dt.date, dt.date]
+    timezone: str
+    field_map: str
+
+
 def relative_object_path(image_uri: str, bucket_root: str) -> str:
     """The path of `image_uri` under `bucket_root`, or LayoutError if it lies elsewhere."""
     root = bucket_root.rstrip("/") + "/"
@@ -74,16 +85,15 @@ def parse_message(
     data: bytes,
     attributes: Mapping[str, str],
     bucket_root: str,
-    known_positions: Container[str],
-    valid_dates: tuple[dt.date, dt.date],
+    trial: TrialFacts,
 ) -> ParsedMessage:
     """Classify one message; never raises for bad input, returns Rejected with the reason."""
     try:
         # GCS always sets eventType; a drone message that merely carries a bucketId
         # attribute is still a drone message.
         if "eventType" in attributes:
-            return _parse_notification(attributes, bucket_root, known_positions, valid_dates)
-        return _parse_drone_message(data, bucket_root, known_positions, valid_dates)
+            return _parse_notification(attributes, bucket_root, trial)
+        return _parse_drone_message(data, bucket_root, trial)
     except LayoutError as exc:
         return Rejected(str(exc))
     except Exception as exc:  # noqa: BLE001 - a poison message must not stop the sensor
@@ -93,8 +103,7 @@ def parse_message(
 def _parse_notification(
     attributes: Mapping[str, str],
     bucket_root: str,
-    known_positions: Container[str],
-    valid_dates: tuple[dt.date, dt.date],
+    trial: TrialFacts,
 ) -> ParsedMessage:
     event_type = attributes.get("eventType")
     if event_type != OBJECT_FINALIZE:
@@ -111,7 +120,7 @@ def _parse_notification(
     if not is_raw_image_path(relative):
         return Ignored(f"object {image_uri} is not a raw drone image")
     key = parse_raw_image_path(relative)
-    _check_known(key, known_positions, valid_dates)
+    _check_known(key, trial)
     generation = attributes.get("objectGeneration")
     if generation is not None and not GENERATION_PATTERN.fullmatch(generation):
         return Rejected(
@@ -124,8 +133,7 @@ def _parse_notification(
 def _parse_drone_message(
     data: bytes,
     bucket_root: str,
-    known_positions: Container[str],
-    valid_dates: tuple[dt.date, dt.date],
+    trial: TrialFacts,
 ) -> ParsedMessage:
     if len(data) > MAX_DRONE_MESSAGE_BYTES:
         return Rejected(
@@ -156,8 +164,8 @@ def _parse_drone_message(
     if "date" in payload and _as_date(payload["date"]) != key.date:
         return Rejected(f"date {payload['date']!r} disagrees with the path {image_uri!r}")
     if "captured_at" in payload:
-        _check_captured_at(payload["captured_at"], key.date)
-    _check_known(key, known_positions, valid_dates)
+        _check_captured_at(payload["captured_at"], key.date, trial.timezone)
+    _check_known(key, trial)
     return ImageArrival(key, image_uri, None, "drone_controller")
 
 
@@ -167,7 +175,7 @@ def _as_date(value: object) -> dt.date:
     return parse_date(value)
 
 
-def _check_captured_at(value: object, path_date: dt.date) -> None:
+def _check_captured_at(value: object, path_date: dt.date, zone: str) -> None:
     """An ISO 8601 time on the path's date, on the farm's calendar (FARM_TRIAL_TIMEZONE;
     a time without a zone is the farm's local time)."""
     from zoneinfo import ZoneInfo
@@ -176,7 +184,6 @@ def _check_captured_at(value: object, path_date: dt.date) -> None:
         captured = dt.datetime.fromisoformat(str(value))
     except ValueError:
         raise LayoutError(f"bad captured_at {str(value)[:60]!r}: expected ISO 8601") from None
-    zone = trial_timezone()
     local = (
         captured.replace(tzinfo=ZoneInfo(zone))
         if captured.tzinfo is None
@@ -189,16 +196,14 @@ def _check_captured_at(value: object, path_date: dt.date) -> None:
         )
 
 
-def _check_known(
-    key: ImageKey, known_positions: Container[str], valid_dates: tuple[dt.date, dt.date]
-) -> None:
-    if key.position_id not in known_positions:
+def _check_known(key: ImageKey, trial: TrialFacts) -> None:
+    if key.position_id not in trial.known_positions:
         raise LayoutError(
             f"unknown position {key.position_id!r}: it is not in the field map "
-            f"({field_map_path()}); add it there, then replay this message "
+            f"({trial.field_map}); add it there, then replay this message "
             f"(`farm-platform dlq replay --match {key.position_id}`)"
         )
-    first, last = valid_dates
+    first, last = trial.valid_dates
     if not first <= key.date <= last:
         raise LayoutError(
             f"bad date {key.date_str}: outside the trial's partitions {first} .. {last}"

@@ -34,9 +34,15 @@ from typing import Any
 
 from farm_platform import config
 from farm_platform.ingest.arrivals import Arrival, ArrivalQueue, Claim, publish_datetime
-from farm_platform.ingest.messages import Ignored, ImageArrival, Rejected, parse_message
+from farm_platform.ingest.messages import (
+    Ignored,
+    ImageArrival,
+    Rejected,
+    TrialFacts,
+    parse_message,
+)
 from farm_platform.layout import MISSING_OBJECT_ERROR
-from farm_platform.partitions import valid_dates
+from farm_platform.partitions import TrialCalendar
 from farm_platform.resources.bucket import BucketResource
 from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform.resources.pubsub import PubSubResource, PubSubUnavailable, PulledMessage
@@ -61,14 +67,26 @@ class IngestSettings:
     # tick that dies before Dagster stores it has its messages redelivered soon.
     ack_extension_seconds: int = 120
     object_lookup_threads: int = 16
+    # Which dates are day partitions and a photo's local day (the `trial_calendar`
+    # resource's), and the field map's path that a rejection of an unknown position names.
+    calendar: TrialCalendar = TrialCalendar()
+    field_map: str = str(config.DEFAULT_FIELD_MAP_PATH)
 
     @classmethod
-    def from_policy(cls, policy: IngestPolicyResource) -> IngestSettings:
-        """The batching the sensor's `ingest_policy` resource sets."""
+    def from_policy(
+        cls,
+        policy: IngestPolicyResource,
+        calendar: TrialCalendar | None = None,
+        field_map: str = str(config.DEFAULT_FIELD_MAP_PATH),
+    ) -> IngestSettings:
+        """The batching the sensor's `ingest_policy` resource sets, over the trial's calendar
+        (the sensor's `trial_calendar` resource) and the field map at `field_map`."""
         return cls(
             max_photos_per_run=int(policy.number("run_max_photos")),
             max_wait_seconds=policy.batch_wait_seconds(),
             quiet_after_seconds=policy.number("batch_quiet_seconds"),
+            calendar=calendar or TrialCalendar(),
+            field_map=field_map,
         )
 
 
@@ -292,10 +310,14 @@ def _classify(
 ) -> list[tuple[PulledMessage, ImageArrival | Ignored | Rejected | _Deferred, str | None]]:
     """Parse every message and look its object up in the bucket: the generation a photo is
     recorded with is the bucket's, never the message's word for it."""
-    dates = valid_dates()
+    trial = TrialFacts(
+        known_positions,
+        settings.calendar.valid_dates(),
+        settings.calendar.timezone,
+        settings.field_map,
+    )
     parsed = [
-        parse_message(message.data, message.attributes, bucket.root, known_positions, dates)
-        for message in messages
+        parse_message(message.data, message.attributes, bucket.root, trial) for message in messages
     ]
 
     def look_up(item: ImageArrival) -> tuple[ImageArrival | Ignored | Rejected, str | None]:

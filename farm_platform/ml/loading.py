@@ -73,7 +73,10 @@ def _registry_for(card: ModelCard) -> ModelRegistry:
     # A card read from <models>/<id>/<version>/card.json knows its models folder.
     if card.directory is not None:
         return ModelRegistry(card.directory.parent.parent)
-    return ModelRegistry()
+    raise ModelRegistryError(
+        f"model {card.id} {card.version}: its card was not read from a models folder, so "
+        "its weights cannot be found: pass the registry it came from"
+    )
 
 
 def _architecture_class(path: str) -> type[torch.nn.Module]:

@@ -162,15 +162,12 @@ class ModelRegistry:
 
     `models_dir` is a local folder (a Path) or a bucket folder (`gs://BUCKET/models`, a str;
     `farm_platform.ml.model_store` says how it is read and written); weights read from a
-    bucket are kept in `cache_dir`. The image runs name both (their `models` and
-    `inference` resources); a caller that names neither gets FARM_MODELS_DIR's and
-    FARM_MODELS_CACHE's (commands, scripts and the sensors' registry reads)."""
+    bucket are kept in `cache_dir` (None: the user's cache folder). Dagster code has both
+    from its `models` resource; commands from `admin.registry.configured_registry`
+    (FARM_MODELS_DIR, FARM_MODELS_CACHE)."""
 
-    def __init__(
-        self, models_dir: Path | str | None = None, cache_dir: Path | str | None = None
-    ) -> None:
-        cache_dir = cache_dir or config.models_cache_dir()
-        self.models_dir: Path | str = config.parse_models_dir(models_dir or config.models_dir())
+    def __init__(self, models_dir: Path | str, cache_dir: Path | str | None = None) -> None:
+        self.models_dir: Path | str = config.parse_models_dir(models_dir)
         self.store = open_store(self.models_dir, Path(cache_dir) if cache_dir else None)
 
     @property

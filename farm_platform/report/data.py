@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from farm_platform.ml.registry import ModelRegistry
 from farm_platform.quality.drift import drifted_models
 from farm_platform.report.attrition import (
     ATTRITION_COLUMNS,
@@ -58,25 +59,22 @@ class ReportData:
     design: dict | None = None
 
 
-def active_disease_names() -> dict[str, str]:
+def active_disease_names(registry: ModelRegistry) -> dict[str, str]:
     """disease_type -> readable name, from the active graders' model cards."""
-    from farm_platform.ml.registry import ModelRegistry
-
     return {
         card.disease_type: card.disease_name
-        for card in ModelRegistry().active_cards().values()
+        for card in registry.active_cards().values()
         if card.disease_type and card.disease_name
     }
 
 
-def with_evaluations(models: pl.DataFrame) -> pl.DataFrame:
+def with_evaluations(models: pl.DataFrame, registry: ModelRegistry) -> pl.DataFrame:
     """The active versions with their figures on the registered evaluation datasets and, for
     a forced activation, its reason (`farm-platform models list` shows the same)."""
     from farm_platform.ml.evaluation_records import version_notes
-    from farm_platform.ml.registry import ModelRegistry, ModelRegistryError
+    from farm_platform.ml.registry import ModelRegistryError
 
     try:
-        registry = ModelRegistry()
         notes = [
             "; ".join(version_notes(registry, model_id, version))
             for model_id, version in zip(models["model_id"], models["version"], strict=True)
@@ -90,6 +88,7 @@ def with_evaluations(models: pl.DataFrame) -> pl.DataFrame:
 def load_report_data(
     warehouse: WarehouseResource,
     day: dt.date,
+    registry: ModelRegistry,
     disease_names: dict[str, str] | None = None,
     previous_effect: pl.DataFrame | None = None,
     previous_day: dt.date | None = None,
@@ -115,7 +114,8 @@ def load_report_data(
             warehouse.query(
                 "SELECT model_id, version, sha256 FROM model_versions WHERE active"
                 " ORDER BY model_id"
-            )
+            ),
+            registry,
         ),
         agreement=warehouse.query("SELECT * FROM model_version_agreement"),
         confusion=warehouse.query(
@@ -135,7 +135,7 @@ def load_report_data(
         stayers=stayers,
         previous_effect=previous_effect,
         previous_day=previous_day,
-        disease_names=active_disease_names() if disease_names is None else disease_names,
+        disease_names=active_disease_names(registry) if disease_names is None else disease_names,
         drifted=drifted_models(warehouse, day),
         design=design.row(0, named=True) if design.height else None,
         field=warehouse.query(

@@ -17,7 +17,7 @@ from typing import TextIO
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from farm_platform.config import DEFAULT_FIELD_MAP_PATH, field_map_path
+from farm_platform.config import DEFAULT_FIELD_MAP_PATH
 from farm_platform.ml.model_store import write_text_atomic
 
 FIELD_MAP_COLUMNS = ("position_id", "area", "latitude", "longitude", "dose_ml_per_sqft")
@@ -91,9 +91,9 @@ def _design_fields(row: dict[str, str]) -> dict[str, str | None]:
     return fields
 
 
-def read_field_map(path: str | Path | None = None) -> dict[str, Position]:
+def read_field_map(path: str | Path) -> dict[str, Position]:
     """Read positions.csv into {position_id: Position}, rejecting malformed rows."""
-    path = Path(path) if path else field_map_path()
+    path = Path(path)
     if not path.exists():
         raise FieldMapError(
             f"field map {path} does not exist: run `farm-platform simulate` or copy your "

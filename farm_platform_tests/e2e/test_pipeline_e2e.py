@@ -21,6 +21,7 @@ from dagster import (
 )
 from fsspec import AbstractFileSystem
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.instance import prepare_dagster_home
 from farm_platform.config import (
     DAGSTER_HOME,
@@ -34,7 +35,6 @@ from farm_platform.config import (
 from farm_platform.images.keys import DRONE_IMAGES, GRADES_BY_DISEASE, LEAF_CROPS
 from farm_platform.images.run_tags import PHOTOS_TAG
 from farm_platform.layout import bucket_filesystem
-from farm_platform.ml.registry import ModelRegistry
 from farm_platform.quality.expectations import IMAGE_QUALITY
 from farm_platform.resources.tables import DISEASE_GRADES_COLUMNS
 from farm_platform.resources.warehouse import WarehouseResource
@@ -193,7 +193,7 @@ def assert_grades_match_crops(platform: Platform) -> int:
     per_disease = grades.group_by("disease_type").len()
     assert sorted(per_disease["disease_type"].to_list()) == sorted(GRADES_BY_DISEASE)
     assert set(per_disease["len"].to_list()) == {crops.height}
-    active = ModelRegistry().active_versions()
+    active = configured_registry().active_versions()
     for row in (
         grades.select("disease_type", "disease_model_id", "disease_model_version")
         .unique()

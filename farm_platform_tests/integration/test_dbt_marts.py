@@ -29,6 +29,7 @@ from dbt_farm import (
 )
 from polars.testing import assert_frame_equal
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.report.data import effect_decisions, load_report_data
 from farm_platform.report.headline import design_line, summary_lines
 from farm_platform.resources.warehouse import WarehouseResource
@@ -206,7 +207,7 @@ def test_model_version_effects_answer_the_question_under_each_version(build: Bui
 
 def test_the_report_headline_from_the_built_marts(build: Build) -> None:
     # The report's decision rules over the real mart (types as each database returns them).
-    data = load_report_data(WarehouseResource(url=build.url), LAST_DAY)
+    data = load_report_data(WarehouseResource(url=build.url), LAST_DAY, configured_registry())
     lines = summary_lines(data)
     assert len(lines) == 2
     # disease_0: 1.5 grades more healing in 3 days, conclusive even under the valid rule.

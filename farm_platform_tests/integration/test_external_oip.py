@@ -21,6 +21,7 @@ from conftest import copy_repo_models
 from test_model_versions import snapshot
 
 from farm_platform import cli, config
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.model_versions import add_model
 from farm_platform.ml import inference
 from farm_platform.ml.registry import ModelCardError, ModelRegistry, ModelRegistryError
@@ -111,7 +112,7 @@ def test_a_day_graded_through_an_external_card_grades_as_the_shipped_grader(
 
 def shipped_grades(crop_rows: pl.DataFrame) -> pl.DataFrame:
     """The shipped disease_0 grader, run here, on the crops the run wrote to its bucket."""
-    card = ModelRegistry().grader_for("disease_0")
+    card = configured_registry().grader_for("disease_0")
     crops = [
         inference.decode_png(Path(uri.removeprefix("file://")).read_bytes())
         for uri in crop_rows["crop_uri"]

@@ -18,7 +18,6 @@ from ingest_support import (
     upload,
 )
 
-from farm_platform import config
 from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
 from farm_platform.layout import ImageKey
 from farm_platform.resources.bucket import BucketResource
@@ -117,7 +116,7 @@ def test_dead_letters_can_be_listed_and_replayed_once_fixed(
         "unknown position 'P405'",
     ]
     # The error names the field map the sensor read and the command that replays it.
-    assert f"not in the field map ({config.field_map_path()})" in errors[0]
+    assert f"not in the field map ({SETTINGS.field_map})" in errors[0]
     assert "`farm-platform dlq replay --match P404`" in errors[0]
     drone_letter = next(letter for letter in listed if "eventType" not in letter.attributes)
     assert original_attributes(drone_letter) == {"drone_id": "d-9"}
@@ -290,3 +289,43 @@ def test_a_burst_of_duplicates_and_bad_messages_claims_each_photo_once(
     assert sorted(p for claim in claims for p in claim.positions) == POSITIONS
     assert dead_lettered == bad
     assert len(drain(dead_letters)) == bad
+
+
+def test_the_sensor_takes_the_trials_calendar_and_field_map_from_its_resources(
+    farm, queue, dead_letters, drain, tmp_path
+):
+    """`drone_image_tick` as the definitions wire it: which dates are day partitions is its
+    `trial_calendar` resource's, and a rejection names its `field_map` resource's file."""
+    from dagster import build_sensor_context
+
+    from farm_platform.images.sensors import drone_image_tick
+    from farm_platform.resources.field_map import FieldMapResource, Position, write_field_map
+    from farm_platform.resources.ingest_policy import IngestPolicyResource
+    from farm_platform.resources.trial_calendar import TrialCalendarResource
+
+    pubsub, bucket, date, _ = farm
+    positions = tmp_path / "positions.csv"
+    write_field_map([Position("P000", "control", 52.0, 5.0, 0.0)], positions)
+    upload(bucket, ImageKey("P000", date))  # a day before the trial's first day
+    upload(bucket, ImageKey("P404", date))  # a position the map does not know
+    resources = {
+        "pubsub": pubsub,
+        "bucket": bucket,
+        "field_map": FieldMapResource(path=str(positions)),
+        "warehouse": queue.warehouse,
+        "ingest_policy": IngestPolicyResource(),
+        "trial_calendar": TrialCalendarResource(start_date=str(date + dt.timedelta(days=1))),
+    }
+    errors: list[str] = []
+    deadline = time.monotonic() + 20
+    with DagsterInstance.ephemeral() as instance:
+        while len(errors) < 2 and time.monotonic() < deadline:
+            drone_image_tick(build_sensor_context(instance=instance), **resources)
+            letters = drain(dead_letters, quiet_seconds=1)
+            errors += [letter.attributes["error"] for letter in letters]
+    assert sorted(error.split(":")[0] for error in errors) == [
+        f"bad date {date}",
+        "unknown position 'P404'",
+    ], errors
+    assert f"outside the trial's partitions {date + dt.timedelta(days=1)} .." in min(errors)
+    assert f"not in the field map ({positions})" in max(errors)

@@ -23,6 +23,7 @@ import pytest
 from conftest import copy_repo_models
 
 from farm_platform import config
+from farm_platform.admin.configured import configured_registry
 from farm_platform.config import REPO_ROOT
 from farm_platform.layout import ImageKey
 from farm_platform.ml import oip_wire
@@ -214,7 +215,7 @@ def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
 def test_unreachable_server_fails_the_run_in_one_line(scheme: str) -> None:
     from farm_platform.grading.chunks import GradingPlan, _models
 
-    registry = ModelRegistry()
+    registry = configured_registry()
     unreachable = InferenceResource(
         mode="oip", oip_url=f"{scheme}://127.0.0.1:{free_port()}", oip_timeout_seconds=1
     )
@@ -569,7 +570,7 @@ def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
 def test_replicas_all_unreachable_fail_in_one_line_naming_them() -> None:
     urls = [f"grpc://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
     client = oip.OipClient(",".join(urls), timeout=1)
-    registry = ModelRegistry()
+    registry = configured_registry()
     for attempt in (
         lambda: client.infer("disease_0_grader", {"crops": np.zeros((0, 48, 48, 3), np.uint8)}, ()),
         lambda: oip_runners.check_versions(client, [registry.grader_for("disease_0")]),

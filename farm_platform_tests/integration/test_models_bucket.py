@@ -15,6 +15,7 @@ from test_model_versions import GRADER, new_version
 
 from farm_platform import cli
 from farm_platform import config as farm_config
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.model_versions import (
     ModelExistsError,
     activate_model,
@@ -130,7 +131,7 @@ def test_push_list_add_activate_through_the_cli(models_url, tmp_path, capsys):
     # FARM_MODELS_DIR names the bucket for every command, as for a folder.
     with pytest.MonkeyPatch.context() as env:
         env.setenv(farm_config.FARM_MODELS_DIR, models_url + "/")
-        assert ModelRegistry().models_dir == models_url
+        assert configured_registry().models_dir == models_url
         assert activate_model(GRADER, "v2") == "v1"
     assert {(r.model_id, r.version): r.active for r in list_models(remote)}[GRADER, "v2"]
 

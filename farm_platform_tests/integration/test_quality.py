@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.quality import expectations as quality
 from farm_platform.resources.warehouse import WarehouseResource
 from farm_platform_dev import gate, gate_cases
@@ -153,7 +154,7 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
     per_disease = dict(zip(images["disease_type"], images["images"], strict=True))
     assert per_disease["disease_3"] == per_disease["disease_0"] - 1
 
-    data = load_report_data(built, date)
+    data = load_report_data(built, date, configured_registry())
     assert data.held_back.select("position_id", "disease_type").rows() == [(position, "disease_3")]
     page = render_report(data)
     assert "held back" in page and position in page and "disease_3_grades/grades_valid" in page
@@ -164,8 +165,8 @@ def test_a_failing_grade_partition_is_held_back_from_dbt_and_the_report(farm, tm
 def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
     location_env,
 ) -> None:
+    from farm_platform.admin.configured import configured_day_partitions
     from farm_platform.images.definitions import defs
-    from farm_platform.partitions import configured_day_partitions
 
     graph = defs.resolve_asset_graph()
     specs = {

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import pull_until_quiet
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.config import (
     DEAD_LETTER_SUBSCRIPTION,
     DEAD_LETTER_TOPIC,
@@ -244,7 +245,6 @@ def test_stack_up_with_a_model_server_serves_the_registry_and_repairs_it(
     emulators, the stack's environment pointed at it, restarted in place when it dies."""
     pytest.importorskip("kserve")
     from farm_platform.cli import main
-    from farm_platform.ml.registry import ModelRegistry
 
     state_dir = tmp_path / "stack"
     try:
@@ -255,7 +255,7 @@ def test_stack_up_with_a_model_server_serves_the_registry_and_repairs_it(
         assert os.getsid(state["model_server_pid"]) == state["model_server_pid"]
         with _NO_PROXY.open(f"{server}/v2/models", timeout=10) as response:
             listed = json.loads(response.read())["models"]
-        assert sorted(listed) == sorted(ModelRegistry().active_versions())
+        assert sorted(listed) == sorted(configured_registry().active_versions())
 
         capsys.readouterr()
         assert main(["stack", "env", "--state-dir", str(state_dir)]) == 0

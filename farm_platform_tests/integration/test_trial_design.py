@@ -260,6 +260,7 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
     from polars.testing import assert_frame_equal
     from test_dbt_layouts import simulated_truth_farm
 
+    from farm_platform.admin.configured import configured_registry
     from farm_platform.report.data import load_report_data
     from farm_platform.report.effect_frame import treatment_effect_frame
     from farm_platform.report.effect_trend import trend_adjusted_frame
@@ -315,7 +316,9 @@ def test_a_blocked_trial_through_dbt_is_estimated_within_blocks(db, tmp_path, re
 
     # The report decides on the trend-adjusted look, numbered from treatment's first day,
     # and says so; each disease's line carries its pre-trend test.
-    data = load_report_data(WarehouseResource(url=url), date(2026, 6, 3), disease_names={})
+    data = load_report_data(
+        WarehouseResource(url=url), date(2026, 6, 3), configured_registry(), disease_names={}
+    )
     assert data.effect["days_since_start"].to_list() == [1] * 5
     assert "The effect is net of each position's pre-treatment trend" in pre_period_line(data)
     lines = summary_lines(data)

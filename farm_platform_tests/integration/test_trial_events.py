@@ -36,6 +36,7 @@ from dbt_farm import (
 )
 from test_dbt_incremental import _assert_equals_a_full_refresh, _warehouse_and_copy
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.report.data import (
     attrition,
     effect_decisions,
@@ -60,7 +61,9 @@ def _warehouse(db: str, tmp: Path, request: pytest.FixtureRequest, name: str) ->
 
 
 def _report(build: Build, day=LAST_DAY):
-    return load_report_data(WarehouseResource(url=build.url), day, disease_names=NAMES)
+    return load_report_data(
+        WarehouseResource(url=build.url), day, configured_registry(), disease_names=NAMES
+    )
 
 
 # --------------------------------------------------------------------------- grader switch
@@ -298,12 +301,14 @@ def _materialize_report(url: str, root: Path, day) -> Path:
     from dagster import build_asset_context
 
     from farm_platform.analytics.report import write_effectiveness_report
+    from farm_platform.resources.model_registry import ModelRegistryResource
     from farm_platform.resources.report_store import ReportStoreResource
 
     write_effectiveness_report(
         build_asset_context(partition_key=day.isoformat()),
         warehouse=WarehouseResource(url=url),
         reports=ReportStoreResource(bucket_url=f"file://{root}", reports_url=f"file://{root}"),
+        models=ModelRegistryResource(),
     )
     return root / day.isoformat() / "effectiveness_report.html"
 

@@ -61,10 +61,10 @@ def test_the_morning_schedule_reports_the_farms_yesterday_and_says_so(location_e
     from dagster import build_schedule_context
 
     from farm_platform.analytics.definitions import defs as analytics
-    from farm_platform.config import trial_timezone
+    from farm_platform.analytics.definitions import trial_calendar
 
     schedule = analytics.resolve_schedule_def("daily_report_schedule")
-    assert schedule.execution_timezone == trial_timezone()
+    assert schedule.execution_timezone == trial_calendar.timezone
     assert "yesterday" in schedule.description  # the UI's schedule page names the day
     morning = dt.datetime(2026, 6, 3, 6, 0, tzinfo=dt.UTC)
     [request] = schedule.evaluate_tick(
@@ -523,6 +523,7 @@ def test_the_positions_asset_gives_dbt_the_configured_field_map(tmp_path, monkey
     from farm_platform.analytics.positions import positions
     from farm_platform.config import DEFAULT_FIELD_MAP_PATH
     from farm_platform.resources.field_map import FieldMapResource, read_field_map
+    from farm_platform.resources.trial_calendar import TrialCalendarResource
 
     tracked = pl.read_csv(DEFAULT_FIELD_MAP_PATH)
     swapped = tracked.with_columns(
@@ -557,6 +558,7 @@ def test_the_positions_asset_gives_dbt_the_configured_field_map(tmp_path, monkey
             ),
             "warehouse": WarehouseResource(url=url),
             "field_map": FieldMapResource(path=str(field_map)),
+            "trial_calendar": TrialCalendarResource(),
         },
         selection=AssetSelection.assets("positions", "stg_positions"),
     )

@@ -9,6 +9,7 @@ import sys
 import polars as pl
 import pytest
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.layout import ImageKey
 from farm_platform.resources.ingest_policy import IngestPolicyResource
 from farm_platform_dev.farm import (
@@ -187,7 +188,6 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
 
     from farm_platform.admin.reconcile import reconcile
     from farm_platform.ingest.arrivals import ArrivalQueue
-    from farm_platform.ml.registry import ModelRegistry
 
     resources = copy_farm(graded, tmp_path)
     bucket, warehouse = resources["bucket"], resources["warehouse"]
@@ -206,7 +206,7 @@ def test_reconcile_hands_unannounced_photos_to_the_queue_and_lists_ungraded_ones
     )
     graders = [
         (card.id, card.version)
-        for card in ModelRegistry().active_cards().values()
+        for card in configured_registry().active_cards().values()
         if card.task == "disease_grader"
     ]
     positions = ["P000", "P001", "P002"]
@@ -280,12 +280,10 @@ def test_a_run_that_fails_after_committing_some_photos_says_so_on_the_day(graded
 
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-    from farm_platform.ml.registry import ModelRegistry
-
     resources = copy_farm(graded, tmp_path)
     resources["ingest_policy"] = IngestPolicyResource(run_chunk_photos=1)  # a commit per photo
     root = Path(resources["bucket"].root.removeprefix("file://"))
-    in_the_way = root / "P002" / DAY / ModelRegistry().detector().id
+    in_the_way = root / "P002" / DAY / configured_registry().detector().id
     shutil.rmtree(in_the_way)
     in_the_way.write_text("not a folder")
 

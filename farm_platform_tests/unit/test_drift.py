@@ -104,11 +104,11 @@ def test_a_day_of_the_eval_familys_hardest_photos_raises_the_detector_drift_warn
     """96 px photos, every disease at grade 3, 13-20 leaves, drawn by the evaluation family
     (never trained on), graded by a detector trained without robustness: v2, v3's
     predecessor (issue 25), with its own card's reference."""
+    from farm_platform.admin.configured import configured_day_partitions
     from farm_platform.images.pipeline import build_image_pipeline
     from farm_platform.images.registered_models import registered_models
     from farm_platform.images.run_config import photo_run_config
     from farm_platform.ml.registry import ModelRegistry
-    from farm_platform.partitions import configured_day_partitions
     from farm_platform.resources import ModelRegistryResource
     from farm_platform.resources.field_map import read_field_map
 

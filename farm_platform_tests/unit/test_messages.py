@@ -5,16 +5,23 @@ import json
 
 import pytest
 
-from farm_platform.ingest.messages import Ignored, ImageArrival, Rejected, parse_message
+from farm_platform.ingest.messages import (
+    Ignored,
+    ImageArrival,
+    Rejected,
+    TrialFacts,
+    parse_message,
+)
 from farm_platform.layout import ImageKey
 
 BUCKET = "gs://farm-images"
 KNOWN = {"P000", "P001"}
 DATES = (dt.date(2026, 1, 1), dt.date(2026, 11, 25))
+TRIAL = TrialFacts(KNOWN, DATES, "UTC", "/farm/positions.csv")
 
 
 def parse(data: bytes = b"", **attributes: str):
-    return parse_message(data, attributes, BUCKET, KNOWN, DATES)
+    return parse_message(data, attributes, BUCKET, TRIAL)
 
 
 def drone(**payload) -> bytes:
@@ -161,34 +168,31 @@ def test_the_error_attribute_is_cut_in_bytes_not_characters():
     assert cut_to_bytes("short", 1024) == "short"
 
 
-def test_a_farm_east_of_utc_dates_its_photos_by_its_own_calendar(monkeypatch):
+def test_a_farm_east_of_utc_dates_its_photos_by_its_own_calendar():
     """Brisbane (UTC+10) at 07:00 local on 2026-11-26 is 21:00 UTC on 2026-11-25: the
     photo's path date is the farm's day, which is a valid partition on the farm's clock."""
-    from farm_platform.partitions import valid_dates
+    from farm_platform.partitions import TrialCalendar
 
-    monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "Australia/Brisbane")
     uri = "gs://farm-images/P000/2026-11-26/image.png"
     captured = "2026-11-25T21:00:00+00:00"
     farm_today = dt.date(2026, 11, 26)  # while UTC is still on the 25th
-    first, _ = DATES
-    accepted = parse_message(
-        drone(image_uri=uri, captured_at=captured), {}, BUCKET, KNOWN, (first, farm_today)
-    )
+    brisbane = TrialCalendar(DATES[0], "Australia/Brisbane")
+    assert brisbane.valid_dates(farm_today) == (DATES[0], farm_today)
+    facts = TrialFacts(KNOWN, brisbane.valid_dates(farm_today), brisbane.timezone, "map")
+    accepted = parse_message(drone(image_uri=uri, captured_at=captured), {}, BUCKET, facts)
     assert isinstance(accepted, ImageArrival), accepted
-    assert valid_dates(farm_today)[1] == farm_today
     # The same instant read on UTC's calendar is the day before the path's.
-    monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "UTC")
-    rejected = parse_message(
-        drone(image_uri=uri, captured_at=captured), {}, BUCKET, KNOWN, (first, farm_today)
-    )
+    utc = TrialFacts(KNOWN, brisbane.valid_dates(farm_today), "UTC", "map")
+    rejected = parse_message(drone(image_uri=uri, captured_at=captured), {}, BUCKET, utc)
     assert isinstance(rejected, Rejected) and "on 2026-11-25 in the trial's time zone UTC" in (
         rejected.error
     )
 
 
 def test_a_trial_time_zone_that_does_not_exist_is_named(monkeypatch):
-    from farm_platform.config import ConfigError, trial_today
+    from farm_platform.config import ConfigError
+    from farm_platform.resources.trial_calendar import TrialCalendarResource
 
     monkeypatch.setenv("FARM_TRIAL_TIMEZONE", "Mars/Olympus")
     with pytest.raises(ConfigError, match="FARM_TRIAL_TIMEZONE='Mars/Olympus' is not an IANA"):
-        trial_today()
+        TrialCalendarResource.from_environment().calendar()

@@ -16,6 +16,7 @@ from test_models_bucket import bucket_env  # noqa: F401 - a fixture
 
 from farm_platform import cli
 from farm_platform import config as farm_config
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.evaluation import (
     DATASETS_KEY,
     EVALUATIONS_FILE,
@@ -198,7 +199,7 @@ def test_a_detector_dataset_for_a_grader_and_bad_files_are_refused(models_dir, t
 
 
 def test_shipped_datasets_are_registered_and_are_what_export_heldout_makes(tmp_path, capsys):
-    registered = {entry.name: entry for entry in registered_datasets(ModelRegistry())}
+    registered = {entry.name: entry for entry in registered_datasets(configured_registry())}
     assert {e.task for e in registered.values()} == {"leaf_detector", "disease_grader"}
     out = tmp_path / "export"
     # The shipped set's own command line (see the DOCS): the same bytes, the same sha256.
@@ -345,10 +346,10 @@ def test_registered_datasets_in_a_bucket_are_pushed_read_and_checked(
     url = f"gs://{new_bucket(bucket_env)}/models"
     assert cli.main(["models", "--models-dir", url, "push", str(REPO_MODELS_DIR)]) == 0
     remote = ModelRegistry(url)
-    assert registered_datasets(remote) == registered_datasets(ModelRegistry())
+    assert registered_datasets(remote) == registered_datasets(configured_registry())
     assert cli.main(["models", "--models-dir", url, "evaluate", GRADER, "v1"]) == 0
     assert "disease_3_grader v1 on eval_grades" in capsys.readouterr().out
-    local = read_evaluations(ModelRegistry(), GRADER, "v1")["eval_grades"]
+    local = read_evaluations(configured_registry(), GRADER, "v1")["eval_grades"]
     assert read_evaluations(remote, GRADER, "v1")["eval_grades"]["overall"] == local["overall"]
 
     store = BucketModelStore(url)
@@ -379,9 +380,8 @@ def test_the_reports_model_table_carries_evaluations_and_a_forced_reason(models_
 
     new_version(models_dir, DETECTOR, "v4", "v1")
     activate(ModelRegistry(models_dir), DETECTOR, "v4", force=True, reason="wet season")
-    monkeypatch.setenv(farm_config.FARM_MODELS_DIR, str(models_dir))
     active = pl.DataFrame({"model_id": [DETECTOR, GRADER], "version": ["v4", "v1"]})
-    notes = with_evaluations(active)["evaluation"].to_list()
+    notes = with_evaluations(active, ModelRegistry(models_dir))["evaluation"].to_list()
     assert notes[0].startswith("eval eval_leaves: AP 0.204") and "'wet season'" in notes[0]
     assert notes[1].startswith("eval eval_grades: exact 0.461")
 

@@ -23,6 +23,7 @@ from fresh_python import fresh_python
 from test_model_versions import snapshot
 
 from farm_platform import cli
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.model_versions import add_model
 from farm_platform.layout import ImageKey
 from farm_platform.ml import inference
@@ -33,7 +34,7 @@ from farm_platform_dev.model_export import export_model
 # graph): boxes agree within this many pixels, scores and confidences within this.
 BOX_TOLERANCE_PX = 1e-3
 SCORE_TOLERANCE = 1e-5
-SHIPPED = ModelRegistry()
+SHIPPED = configured_registry()
 GRADER_ID = "disease_0_grader"
 
 
@@ -368,8 +369,8 @@ def test_the_shipped_models_do_not_import_onnxruntime() -> None:
     code = (
         "import sys, numpy as np\n"
         "from farm_platform.ml import inference\n"
-        "from farm_platform.ml.registry import ModelRegistry\n"
-        "r = ModelRegistry()\n"
+        "from farm_platform import config\nfrom farm_platform.ml.registry import ModelRegistry\n"
+        "r = ModelRegistry(config.REPO_MODELS_DIR)\n"
         "photo = np.zeros((256, 256, 3), np.uint8)\n"
         "inference.detect_leaves([photo], inference.load_detector(r.detector()))\n"
         "[inference.load_grader(r.grader_for(f'disease_{k}')) for k in range(5)]\n"

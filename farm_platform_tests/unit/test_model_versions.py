@@ -11,6 +11,7 @@ import pytest
 from conftest import copy_repo_models
 
 from farm_platform import cli
+from farm_platform.admin.configured import configured_registry
 from farm_platform.admin.model_versions import (
     ModelExistsError,
     ModelValidationError,
@@ -92,8 +93,8 @@ def test_add_and_activate_in_one_command(models_dir, tmp_path, capsys):
 def test_models_dir_from_environment(models_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FARM_MODELS_DIR", str(models_dir))
     add_model(new_version(models_dir, tmp_path), activate=True)
-    assert ModelRegistry().models_dir == models_dir
-    assert ModelRegistry().active_versions()[GRADER] == "v2"
+    assert configured_registry().models_dir == models_dir
+    assert configured_registry().active_versions()[GRADER] == "v2"
     # The repository's own registry is untouched.
     assert ModelRegistry(REPO_MODELS_DIR).active_versions()[GRADER] == "v1"
 

@@ -17,6 +17,7 @@ from conftest import copy_repo_models
 from fresh_python import fresh_python
 from PIL import Image
 
+from farm_platform.admin.configured import configured_registry
 from farm_platform.config import REPO_MODELS_DIR
 from farm_platform.layout import ImageKey
 from farm_platform.ml.registry import (
@@ -64,7 +65,7 @@ GRADES_COLUMNS = [
 
 @pytest.fixture(scope="module")
 def registry() -> ModelRegistry:
-    return ModelRegistry()
+    return configured_registry()
 
 
 @pytest.fixture()
@@ -236,7 +237,7 @@ def test_set_active_switches_version(models_copy: Path) -> None:
 def test_registry_import_does_not_import_torch() -> None:
     code = (
         "import sys, farm_platform.ml, farm_platform.ml.registry as r\n"
-        "r.ModelRegistry().active_cards()\n"
+        "r.ModelRegistry(r.config.REPO_MODELS_DIR).active_cards()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     fresh_python(code)
@@ -386,15 +387,17 @@ def test_grading_is_batch_size_invariant(registry: ModelRegistry, sample_images)
 
 
 def _evaluate_module():
-    """models/evaluate.py, a script beside the models rather than a package module."""
-    import importlib.util
+    """The modules of models/evaluate.py (the photos, the figures, the records) as one
+    namespace: scripts beside the models that import each other, not a package."""
+    import importlib
+    import types
 
-    spec = importlib.util.spec_from_file_location("evaluate", REPO_MODELS_DIR / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    # Its dataclasses look their module up in sys.modules while they are created.
-    sys.modules.setdefault("evaluate", module)
-    spec.loader.exec_module(module)
-    return module
+    if str(REPO_MODELS_DIR) not in sys.path:
+        sys.path.insert(0, str(REPO_MODELS_DIR))
+    names: dict = {}
+    for module in ("eval_photos", "eval_metrics", "eval_records"):
+        names.update(vars(importlib.import_module(module)))
+    return types.SimpleNamespace(**names)
 
 
 @pytest.mark.parametrize(
@@ -472,7 +475,7 @@ def test_the_configured_placement_is_what_torch_can_do() -> None:
     if torch.cuda.device_count() == 0:
         with pytest.raises(ConfigError, match="no CUDA device"):
             inference.load_detector(
-                ModelRegistry().detector(), settings=InferenceSettings(device="cuda")
+                configured_registry().detector(), settings=InferenceSettings(device="cuda")
             )
 
 

@@ -13,17 +13,23 @@ from farm_platform.report.effect_frame import treatment_effect_frame
 from farm_platform.report.effect_trend import pre_trend_tests, trend_adjusted_frame
 from farm_platform.report.headline import summary_lines
 from farm_platform.report.pre_period import pre_period_line
+from farm_platform.resources.trial_calendar import TrialCalendarResource
 from farm_platform_dev.simulate import FarmConfig, true_position_day
+
+
+def treatment_start() -> dt.date | None:
+    """The setting as the analytics location reads it when its definitions load."""
+    return TrialCalendarResource.from_environment().calendar().treatment_start
 
 
 def test_the_treatment_start_setting_is_a_date_or_unset(monkeypatch):
     monkeypatch.delenv(config.FARM_TREATMENT_START, raising=False)
-    assert config.treatment_start() is None
+    assert treatment_start() is None
     monkeypatch.setenv(config.FARM_TREATMENT_START, "2026-06-05")
-    assert config.treatment_start() == dt.date(2026, 6, 5)
+    assert treatment_start() == dt.date(2026, 6, 5)
     monkeypatch.setenv(config.FARM_TREATMENT_START, "5 June")
     with pytest.raises(config.ConfigError, match="FARM_TREATMENT_START='5 June' is not a date"):
-        config.treatment_start()
+        treatment_start()
 
 
 def test_the_simulated_pre_period_carries_no_effect():
