@@ -12,8 +12,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip uv==0.9.5
 
 # Reinstall only when the dependencies change. The serve extra too: the model-server tests
-# run against a real kserve server process; and deploy: test_deploy.py builds run pods' Jobs
-# with dagster-k8s and validates the manifests offline.
+# run against a real kserve server process; and deploy: test_deploy_*.py build run pods' Jobs
+# with dagster-k8s and validate the manifests offline.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash scripts/install_system_deps.sh
 	bash scripts/install_python_deps.sh $(VENV) -e '.[dev,serve,deploy]'

@@ -118,6 +118,70 @@ class Farm:
         ]
 
 
+# When every row of the synthetic farm was ingested and graded.
+STAMP = datetime(2024, 6, 10, tzinfo=UTC)
+
+
+def _crop_row(position: str, day: date, idx: int, cropper: tuple[str, str]) -> dict:
+    return {
+        "position_id": position,
+        "date": day,
+        "leaf_crop_idx": idx,
+        "x0": 0.0,
+        "y0": 0.0,
+        "x1": 10.0,
+        "y1": 10.0,
+        "score": 0.9,
+        "crop_uri": f"file:///b/{position}/{day}/{cropper[0]}/{cropper[1]}/{idx}.png",
+        "cropper_model_id": cropper[0],
+        "cropper_model_version": cropper[1],
+    }
+
+
+def _grade_row(
+    key: tuple[str, date, int],
+    disease: str,
+    value: int,
+    version: str,
+    cropper: tuple[str, str] = CROPPER,
+) -> dict:
+    """The grade of leaf `key` (position, day, crop index)."""
+    position, day, idx = key
+    return {
+        "position_id": position,
+        "date": day,
+        "leaf_crop_idx": idx,
+        "disease_type": disease,
+        "predicted_grade": value,
+        "cropper_model_id": cropper[0],
+        "cropper_model_version": cropper[1],
+        "disease_model_id": f"{disease}_grader",
+        "disease_model_version": version,
+        "confidence": 0.8,
+        "graded_at": STAMP,
+        "dagster_run_id": "run-1",
+    }
+
+
+def _image_row(position: str, day: date) -> dict:
+    is_readable = readable(position, day)
+    return {
+        "position_id": position,
+        "date": day,
+        "image_uri": f"file:///b/{position}/{day}/image.png",
+        "size_bytes": 1000,
+        "sha256": "0" * 64,
+        "width": 640 if is_readable else None,
+        "height": 480 if is_readable else None,
+        "error": None if is_readable else "cannot identify image file",
+        "ingested_at": STAMP,
+        "generation": "1",
+        "message_id": f"m-{position}-{day}",
+        "published_at": STAMP,
+        "dagster_run_id": "run-1",
+    }
+
+
 def synthetic_farm() -> Farm:
     positions = pl.DataFrame(
         {
@@ -128,90 +192,30 @@ def synthetic_farm() -> Farm:
             "dose_ml_per_sqft": [0.0] * 7 + [120.0] * 7,
         }
     )
-    stamp = datetime(2024, 6, 10, tzinfo=UTC)
     images, crops, grades = [], [], []
-
-    def crop(position: str, day: date, idx: int, cropper: tuple[str, str]) -> None:
-        crops.append(
-            {
-                "position_id": position,
-                "date": day,
-                "leaf_crop_idx": idx,
-                "x0": 0.0,
-                "y0": 0.0,
-                "x1": 10.0,
-                "y1": 10.0,
-                "score": 0.9,
-                "crop_uri": f"file:///b/{position}/{day}/{cropper[0]}/{cropper[1]}/{idx}.png",
-                "cropper_model_id": cropper[0],
-                "cropper_model_version": cropper[1],
-            }
-        )
-
-    def grade(
-        position: str,
-        day: date,
-        idx: int,
-        disease: str,
-        value: int,
-        version: str,
-        cropper: tuple[str, str] = CROPPER,
-    ) -> None:
-        grades.append(
-            {
-                "position_id": position,
-                "date": day,
-                "leaf_crop_idx": idx,
-                "disease_type": disease,
-                "predicted_grade": value,
-                "cropper_model_id": cropper[0],
-                "cropper_model_version": cropper[1],
-                "disease_model_id": f"{disease}_grader",
-                "disease_model_version": version,
-                "confidence": 0.8,
-                "graded_at": stamp,
-                "dagster_run_id": "run-1",
-            }
-        )
-
     for day_index, day in enumerate(DAYS):
         for position in CONTROL + TREATED:
             if photographed(position, day):
-                is_readable = readable(position, day)
-                images.append(
-                    {
-                        "position_id": position,
-                        "date": day,
-                        "image_uri": f"file:///b/{position}/{day}/image.png",
-                        "size_bytes": 1000,
-                        "sha256": "0" * 64,
-                        "width": 640 if is_readable else None,
-                        "height": 480 if is_readable else None,
-                        "error": None if is_readable else "cannot identify image file",
-                        "ingested_at": stamp,
-                        "generation": "1",
-                        "message_id": f"m-{position}-{day}",
-                        "published_at": stamp,
-                        "dagster_run_id": "run-1",
-                    }
-                )
+                images.append(_image_row(position, day))
             if not readable(position, day):
                 continue
             disease_0 = leaf_grades(mean_grade(position, day_index, "disease_0"))
             disease_3 = leaf_grades(mean_grade(position, day_index, "disease_3"))
             for idx in range(LEAVES_PER_PHOTO):
-                crop(position, day, idx, CROPPER)
-                grade(position, day, idx, "disease_0", disease_0[idx], "v1")
-                grade(position, day, idx, "disease_3", disease_3[idx], "v2")
+                key = (position, day, idx)
+                crops.append(_crop_row(position, day, idx, CROPPER))
+                grades.append(_grade_row(key, "disease_0", disease_0[idx], "v1"))
+                grades.append(_grade_row(key, "disease_3", disease_3[idx], "v2"))
                 old = disease_3[idx]
                 if position in TREATED and day == LAST_DAY and idx == 0:
                     old = old + 1 if old < 3 else old - 1  # v1 disagrees here only
-                grade(position, day, idx, "disease_3", old, "v1")
+                grades.append(_grade_row(key, "disease_3", old, "v1"))
             if day_index == 0:
                 # An inactive detector version's crops, all graded healthy: must not count.
                 for idx in range(LEAVES_PER_PHOTO):
-                    crop(position, day, idx, OLD_CROPPER)
-                    grade(position, day, idx, "disease_0", 0, "v1", cropper=OLD_CROPPER)
+                    crops.append(_crop_row(position, day, idx, OLD_CROPPER))
+                    key = (position, day, idx)
+                    grades.append(_grade_row(key, "disease_0", 0, "v1", cropper=OLD_CROPPER))
     return Farm(
         positions=positions,
         drone_images=pl.DataFrame(images, infer_schema_length=None),

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 from dagster import DagsterRunStatus
-from test_production_e2e import (
+from production_topology import (
     Topology,
     _assert_graded_once,
     _day,

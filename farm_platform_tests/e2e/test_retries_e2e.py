@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterRunStatus
-from test_production_e2e import (
+from production_topology import (
     Topology,
     _assert_graded_once,
     _repair,

@@ -92,7 +92,7 @@ def test_the_schedule_page_says_which_day_it_reports(ui):
 def test_the_report_says_its_plotted_band_is_the_decisions(ui, tmp_path):
     """Issue 28: the effect plot drew the single-day band beside a headline that decided
     with the always-valid one; the page now says which band is which, as a reader sees it."""
-    from test_analytics import report_data
+    from report_support import report_data
 
     from farm_platform.report.render import render_report
 

@@ -1,16 +1,22 @@
 """Models in a bucket (`FARM_MODELS_DIR=gs://…/models`), against the session's GCS emulator
 (fake-gcs-server): the CLI, the weights cache, the write order and its preconditions, the
-registry sensor, the model server's registry watch, and a version switch mid-day."""
+registry sensor, the model server's registry watch, and a version switch mid-day.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
+from models_bucket_support import (
+    graded_versions,
+    new_bucket,
+    objects,
+    record_model_assets,
+    retrained_version,
+)
 from test_model_versions import GRADER, new_version
 
 from farm_platform import cli
@@ -31,25 +37,7 @@ from farm_platform.ml.registry import (
     ModelRegistry,
     ModelRegistryError,
 )
-from farm_platform_dev.emulators import create_bucket
 from farm_platform_dev.stack import StackInfo
-
-
-@pytest.fixture()
-def bucket_env(
-    local_stack: StackInfo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> StackInfo:
-    """The emulator's address, and a weights cache of this test's own."""
-    monkeypatch.setenv(farm_config.STORAGE_EMULATOR_HOST, local_stack.storage_host)
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    monkeypatch.setenv(farm_config.FARM_MODELS_CACHE, str(tmp_path / "cache"))
-    return local_stack
-
-
-def new_bucket(stack: StackInfo) -> str:
-    bucket = f"models-{uuid.uuid4().hex[:10]}"
-    create_bucket(stack.project, stack.storage_host, bucket)
-    return bucket
 
 
 @pytest.fixture(scope="module")
@@ -71,32 +59,6 @@ def models_url(bucket_env: StackInfo, pushed_models: str) -> str:
     fs = model_store.BucketModelStore(pushed_models).fs
     fs.copy(pushed_models.removeprefix("gs://"), url.removeprefix("gs://"), recursive=True)
     return url
-
-
-def retrained_version(tmp_path: Path, version: str = "v2") -> Path:
-    """A new version of the disease_3 grader with weights of its own (v1's, nudged), so that
-    its sha256 is not one the cache already holds."""
-    torch = pytest.importorskip("torch")
-    from farm_platform.ml.registry import sha256_file
-
-    folder = new_version(REPO_MODELS_DIR, tmp_path, version=version)
-    state = torch.load(folder / "weights.pt", weights_only=True)
-    name = next(key for key, value in state.items() if value.is_floating_point())
-    state[name] = state[name] + 1e-3
-    torch.save(state, folder / "weights.pt")
-    card = json.loads((folder / "card.json").read_text())
-    card["sha256"] = sha256_file(folder / "weights.pt")
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
-    return folder
-
-
-def objects(url: str) -> dict[str, str]:
-    """Every object under `url`: its path below it and its generation."""
-    store = model_store.BucketModelStore(url)
-    return {
-        key.removeprefix(store.path + "/"): str(store.fs.info(key)["generation"])
-        for key in store.fs.find(store.path)
-    }
 
 
 def test_push_list_add_activate_through_the_cli(models_url, tmp_path, capsys):
@@ -313,27 +275,6 @@ def test_the_model_server_follows_the_bucket_and_keeps_serving_through_a_bad_upl
     assert repository.get_model("leaf_detector").card.version == remote.detector().version
 
 
-def record_model_assets(instance: Any, selection: Any, resources: dict[str, Any]) -> None:
-    """The run the registry sensor asks for: the model assets it names, materialized."""
-    from dagster import materialize
-
-    from farm_platform.images.registered_models import registered_models
-
-    result = materialize(
-        [registered_models], selection=selection, instance=instance, resources=resources
-    )
-    assert result.success
-
-
-def _graded_versions(resources: dict[str, Any], disease: str) -> list[tuple[str, str]]:
-    frame = resources["warehouse"].query(
-        "SELECT DISTINCT dagster_run_id, disease_model_version FROM disease_grades"
-        " WHERE disease_type = %s ORDER BY disease_model_version",
-        [disease],
-    )
-    return list(zip(frame["dagster_run_id"], frame["disease_model_version"], strict=True))
-
-
 @pytest.mark.slow
 def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatch):
     """The run grades its whole day with the versions it took at its start; the registry
@@ -378,7 +319,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
         monkeypatch.setattr(BucketResource, "read_many", switch_after_the_first_chunk)
         assert materialize_day(resources, day, positions, instance)
         assert len(reads) == 3 and remote.active_versions()[GRADER] == "v2"
-        during = _graded_versions(resources, "disease_3")
+        during = graded_versions(resources, "disease_3")
         assert [version for _, version in during] == ["v1"]  # one run, one version: no mix
 
         registry_sensor_run(instance)  # sees the bucket registry's new generation
@@ -388,7 +329,7 @@ def test_a_version_switch_while_a_day_is_graded(models_url, tmp_path, monkeypatc
         monkeypatch.setattr(BucketResource, "read_many", real_read_many)
         assert materialize_day(resources, day, instance=instance)  # the backfill of the day
         assert not any(stale_partitions(instance).values())
-    after = _graded_versions(resources, "disease_3")
+    after = graded_versions(resources, "disease_3")
     assert [version for _, version in after] == ["v1", "v2"]
     grades = resources["warehouse"].query(
         "SELECT disease_model_version, count(*) AS n FROM disease_grades"

@@ -18,7 +18,6 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import copy_repo_models
 from fresh_python import fresh_python
 from test_model_versions import snapshot
 
@@ -135,11 +134,6 @@ def crops(photos) -> tuple[pl.DataFrame, list[np.ndarray]]:
     rows, cut = inference.crop_leaves(keyed, detector, SHIPPED.detector(), "file:///unused")
     assert len(cut) > 40
     return rows, cut
-
-
-@pytest.fixture()
-def models_dir(tmp_path: Path) -> Path:
-    return copy_repo_models(tmp_path / "models")
 
 
 def _register(models_dir: Path, folder: Path):

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import copy_repo_models
 
 from farm_platform import cli
 from farm_platform.admin.configured import configured_registry
@@ -30,12 +29,6 @@ from farm_platform.ml.registry import (
 )
 
 GRADER = "disease_3_grader"
-
-
-@pytest.fixture()
-def models_dir(tmp_path: Path) -> Path:
-    """A throwaway copy of the repository's models folder (never the repository's own)."""
-    return copy_repo_models(tmp_path / "models")
 
 
 def new_version(

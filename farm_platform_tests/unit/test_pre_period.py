@@ -121,7 +121,7 @@ def test_the_headline_shows_the_pre_period_and_the_pre_trend_test():
 def test_the_report_page_shows_the_pre_period_and_its_placebo_looks():
     import dataclasses
 
-    from test_analytics import report_data
+    from report_support import report_data
 
     from farm_platform.report.render import render_report
 
