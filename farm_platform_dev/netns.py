@@ -133,6 +133,12 @@ class NetworkLayout:
         """The command prefix that runs a program on `host` (in its network namespace)."""
         return ["ip", "netns", "exec", self.namespace(host)]
 
+    def listening(self, host: str) -> set[str]:
+        """The addresses `host`'s TCP servers listen on (IPv4-mapped ones as IPv4)."""
+        lines = ip("netns", "exec", self.namespace(host), "ss", "-ltnH").splitlines()
+        local = {line.split()[3].rsplit(":", 1)[0] for line in lines if line.strip()}
+        return {address.strip("[]").removeprefix("::ffff:") for address in local}
+
     def set_link(self, host: str, up: bool) -> None:
         """Cut (`up` False) or restore `host`'s link to the bridge: its processes live on,
         unreachable, as a machine whose network dropped."""
