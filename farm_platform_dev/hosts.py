@@ -329,3 +329,30 @@ def hosts_down(state_dir: Path) -> bool:
     layout.down()
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return True
+
+
+def hosts_status(state_dir: Path) -> tuple[list[str], bool]:
+    """One line per host and service (`running (pid N)` or `DEAD`), and whether all run."""
+    from farm_platform_dev.processes import pid_alive
+
+    state = read_state(state_dir) or {"init": {}, "pids": {}}
+    lines, all_run = [], bool(state["init"])
+    for host in HOSTS:
+        services = {"init": state["init"].get(host, 0), **state["pids"].get(host, {})}
+        for name, pid in services.items():
+            alive = pid_alive(int(pid))
+            all_run &= alive
+            lines.append(f"{host:9} {name:38} {f'running (pid {pid})' if alive else 'DEAD'}")
+    return lines, all_run
+
+
+def restart_service(state_dir: Path, host: str, service: str) -> int:
+    """Start `host`'s `service` again (after it died or was killed) inside the host, and
+    record its new pid."""
+    hosts, state = load_hosts(state_dir), read_state(state_dir)
+    if hosts is None or state is None:
+        raise StackError(f"no hosts are running from {state_dir}")
+    started = run_agent(hosts, state, host, only=service)
+    state["pids"][host].update(started)
+    write_state(state_dir, state)
+    return started[service]

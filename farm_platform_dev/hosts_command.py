@@ -1,0 +1,88 @@
+"""`farm-platform hosts up|down|env|status`: the production topology across network
+namespaces (farm_platform_dev.hosts). Root only; the credentials come from the environment,
+as for `stack up --production`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from farm_platform import config
+
+DEFAULT_STATE_DIR = Path(".farm") / "hosts"
+
+
+def _hosts(args: argparse.Namespace) -> int:
+    from farm_platform_dev import hosts
+    from farm_platform_dev.emulators import StackError
+
+    state_dir = Path(args.state_dir or DEFAULT_STATE_DIR).resolve()
+    if args.action == "up":
+        try:
+            started = hosts.hosts_up(state_dir, max_concurrent_runs=args.max_concurrent_runs)
+        except StackError as exc:
+            print(f"farm-platform hosts up: {exc}")
+            return 1
+        for host in hosts.HOSTS:
+            print(f"# {host:9} {started.address(host):12} {started.host_dir(host)}")
+        print(f"# Dagster UI (control): {started.webserver_url}")
+        print(f'# eval "$(farm-platform hosts env --state-dir {state_dir})" to point here')
+        return 0
+    if args.action == "down":
+        stopped = hosts.hosts_down(state_dir)
+        print("hosts stopped" if stopped else f"no hosts were running from {state_dir}")
+        return 0
+    loaded = hosts.load_hosts(state_dir)
+    if loaded is None:
+        print(f"no hosts are running from {state_dir}: `farm-platform hosts up` first")
+        return 1
+    if args.action == "env":
+        for name, value in operator_environment(loaded).items():
+            print(f"export {name}={value}")
+        return 0
+    lines, all_run = hosts.hosts_status(state_dir)
+    print("\n".join(lines))
+    return 0 if all_run else 1
+
+
+def operator_environment(hosts: Any) -> dict[str, str]:
+    """What a shell on this machine needs to use the hosts (simulate, query, open the UI):
+    the shared services by address, the passwords left as references for the shell."""
+    from farm_platform_dev.model_server import oip_environment
+    from farm_platform_dev.production import PG_PASSWORD
+
+    return {
+        **hosts.stack.environment(),
+        **oip_environment(hosts.oip_url()),
+        config.FARM_WAREHOUSE: hosts.warehouse_url("${" + PG_PASSWORD + "}"),
+        config.DAGSTER_HOME: str(hosts.dagster_home("control")),
+        config.DAGSTER_WEBSERVER_URL: hosts.webserver_url,
+        config.FARM_FIELD_MAP: str(hosts.field_map("control")),
+    }
+
+
+def add_hosts_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "hosts",
+        help="the production topology across network namespaces on this machine (root): "
+        "cloud, db, control, worker-1, worker-2, model-1, model-2",
+    )
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "env", "status"],
+        help="up: build the hosts and start every service on its own; down: stop them and "
+        "remove every namespace and link; env: the variables a shell here needs; status: one "
+        "line per service (exit 1 unless all run)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        help=f"where the hosts' folders, logs and state live (default: ./{DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=4,
+        help="the run queue's limit; each worker host runs as many (default: %(default)s)",
+    )
+    parser.set_defaults(handler=_hosts)
