@@ -58,6 +58,15 @@ PORTS = {
     "model_http": 8080,
     "model_grpc": 8081,
 }
+# What hosts share, by address, and where each runs.
+SHARED_SERVICES = {
+    "pubsub": "cloud",
+    "gcs": "cloud",
+    "postgres": "db",
+    "redis": "db",
+    "model_grpc": "model-1",
+}
+PROXY_OFFSET = 10000
 STATE_FILE = "hosts.json"
 PROJECT, BUCKET = "farm-local", "farm-images"
 
@@ -72,9 +81,30 @@ class Hosts:
     quick_polling: bool = False
     # Platform settings every host's processes run with (FARM_SENSOR_INTERVAL_SECONDS, ...).
     settings: dict[str, str] = field(default_factory=dict)
+    # Every connection to a shared service through the delay proxy (farm_platform_dev.
+    # delay_proxy) on this machine's bridge address, delayed by `<state dir>/delay_ms`.
+    delayed: bool = False
 
     def address(self, host: str) -> str:
         return self.layout.address(host)
+
+    def service(self, name: str) -> tuple[str, int]:
+        """Where clients reach the shared service `name` (a PORTS key on its own host, or
+        the delay proxy's port for it)."""
+        if self.delayed:
+            return self.layout.gateway, PROXY_OFFSET + PORTS[name]
+        return self.address(SHARED_SERVICES[name]), PORTS[name]
+
+    def proxy_routes(self) -> list[str]:
+        """The delay proxy's LISTEN=TARGET pairs, one per shared service."""
+        return [
+            f"{self.layout.gateway}:{PROXY_OFFSET + PORTS[name]}={self.address(host)}:{PORTS[name]}"
+            for name, host in SHARED_SERVICES.items()
+        ]
+
+    @property
+    def delay_file(self) -> Path:
+        return self.state_dir / "delay_ms"
 
     def host_dir(self, host: str) -> Path:
         return self.state_dir / "hosts" / host
@@ -91,18 +121,20 @@ class Hosts:
     @property
     def stack(self) -> StackInfo:
         """The bucket and broker on `cloud`, as the emulator stack's variables name them."""
-        cloud = self.address("cloud")
-        pubsub, gcs = f"{cloud}:{PORTS['pubsub']}", f"http://{cloud}:{PORTS['gcs']}"
-        return StackInfo(PROJECT, BUCKET, pubsub, gcs, self.state_dir)
+        pubsub, gcs = ":".join(map(str, self.service("pubsub"))), self.service("gcs")
+        return StackInfo(PROJECT, BUCKET, pubsub, f"http://{gcs[0]}:{gcs[1]}", self.state_dir)
 
     @property
     def webserver_url(self) -> str:
         return f"http://{self.address('control')}:{PORTS['webserver']}"
 
     def warehouse_url(self, password: str) -> str:
-        return f"postgresql://farm:{password}@{self.address('db')}:{PORTS['postgres']}/farm"
+        host, port = self.service("postgres")
+        return f"postgresql://farm:{password}@{host}:{port}/farm"
 
     def oip_url(self) -> str:
+        if self.delayed:  # one proxied replica: the delay, not the spread, is measured
+            return "grpc://{}:{}".format(*self.service("model_grpc"))
         grpc = PORTS["model_grpc"]
         return ",".join(f"grpc://{self.address(host)}:{grpc}" for host in MODEL_HOSTS)
 
@@ -114,7 +146,7 @@ class Hosts:
 
         password, redis_password = credentials()
         private = self.host_dir(host)
-        broker = f"redis://:{redis_password}@{self.address('db')}:{PORTS['redis']}/0"
+        broker = "redis://:{}@{}:{}/0".format(redis_password, *self.service("redis"))
         return {
             **self.settings,
             **self.stack.environment(),
@@ -152,7 +184,7 @@ def load_hosts(state_dir: Path) -> Hosts | None:
         return None
     layout = NetworkLayout(HOSTS, prefix=state["prefix"], subnet=state["subnet"])
     runs, quick, settings = state["max_concurrent_runs"], state["quick_polling"], state["settings"]
-    return Hosts(state_dir, layout, runs, quick, settings)
+    return Hosts(state_dir, layout, runs, quick, settings, state.get("delayed", False))
 
 
 def hosts_up(
@@ -162,16 +194,23 @@ def hosts_up(
     settings: dict[str, str] | None = None,
     prefix: str = DEFAULT_PREFIX,
     subnet: str = DEFAULT_SUBNET,
+    delayed: bool = False,
 ) -> Hosts:
     """Build the hosts and start every service on its own; on any failure, everything made
-    is removed again (StackError naming the host and its agent's log)."""
+    is removed again (StackError naming the host and its agent's log). `delayed`: the
+    shared services are reached through the delay proxy (`set_delay`)."""
     from farm_platform_dev.production import credentials
 
     credentials()  # before anything is made
     layout = NetworkLayout(HOSTS, prefix=prefix, subnet=subnet)
-    hosts = Hosts(state_dir.resolve(), layout, max_concurrent_runs, quick_polling, settings or {})
+    hosts = Hosts(
+        state_dir.resolve(), layout, max_concurrent_runs, quick_polling, settings or {}, delayed
+    )
     state = build_hosts(hosts)
     try:
+        if delayed:
+            state["proxy"] = _start_proxy(hosts)
+            write_state(hosts.state_dir, state)
         for host in HOSTS:
             state["pids"][host] = run_agent(hosts, state, host)
             write_state(hosts.state_dir, state)
@@ -200,6 +239,7 @@ def build_hosts(hosts: Hosts) -> dict[str, Any]:
         "max_concurrent_runs": hosts.max_concurrent_runs,
         "quick_polling": hosts.quick_polling,
         "settings": hosts.settings,
+        "delayed": hosts.delayed,
         "init": {},
         "pids": {},
     }
@@ -216,6 +256,26 @@ def build_hosts(hosts: Hosts) -> dict[str, Any]:
         hosts_down(hosts.state_dir)
         raise
     return state
+
+
+def _start_proxy(hosts: Hosts) -> int:
+    """The delay proxy on this machine's bridge address, one port per shared service."""
+    from farm_platform_dev.processes import spawn
+    from farm_platform_dev.topology_processes import wait_for_port
+
+    set_delay(hosts, 0)
+    args = [sys.executable, "-m", "farm_platform_dev.delay_proxy", str(hosts.delay_file)]
+    log = hosts.state_dir / "delay-proxy.log"
+    pid = spawn([*args, *hosts.proxy_routes()], log, None, detached=True).pid
+    for name in SHARED_SERVICES:
+        wait_for_port(hosts.service(name)[1], pid, "the delay proxy", log, hosts.layout.gateway)
+    return pid
+
+
+def set_delay(hosts: Hosts, milliseconds: float) -> None:
+    """Each way between a host and a shared service, through the delay proxy (a round trip
+    costs twice this); taken up by the proxy within a second."""
+    hosts.delay_file.write_text(f"{milliseconds}\n")
 
 
 def _make_private_dirs(hosts: Hosts, host: str) -> None:
@@ -298,25 +358,17 @@ def _write_instance(hosts: Hosts, host: str) -> None:
     from farm_platform.admin.instance import write_instance
     from farm_platform_dev.vm_artifacts import instance_config
 
+    pg_host, pg_port = hosts.service("postgres")
     text = instance_config(
-        PORTS["postgres"],
+        pg_port,
         hosts.max_concurrent_runs,
         hosts.max_concurrent_runs,
         hosts.quick_polling,
-        pg_host=hosts.address("db"),
+        pg_host=pg_host,
         bucket=hosts.stack.bucket_url(),
     )
     with config.process_environment(hosts.environment(host)):
         write_instance(hosts.dagster_home(host), text)
-
-
-def publish_field_map(hosts: Hosts, farm: Any) -> None:
-    """The positions of the simulated `farm` (a FarmConfig) on every host that runs platform
-    code, as the trial's field map ships with the code, before any photo arrives."""
-    from farm_platform_dev.simulate.publish import field_map, write_field_map
-
-    for host in INSTANCE_HOSTS:
-        write_field_map(field_map(farm), hosts.field_map(host))
 
 
 def hosts_down(state_dir: Path) -> bool:
@@ -327,32 +379,9 @@ def hosts_down(state_dir: Path) -> bool:
         return False
     layout = NetworkLayout(HOSTS, prefix=state["prefix"], subnet=state["subnet"])
     layout.down()
+    if "proxy" in state:
+        from farm_platform_dev.processes import stop_pids
+
+        stop_pids([int(state["proxy"])], "farm_platform_dev.delay_proxy")
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return True
-
-
-def hosts_status(state_dir: Path) -> tuple[list[str], bool]:
-    """One line per host and service (`running (pid N)` or `DEAD`), and whether all run."""
-    from farm_platform_dev.processes import pid_alive
-
-    state = read_state(state_dir) or {"init": {}, "pids": {}}
-    lines, all_run = [], bool(state["init"])
-    for host in HOSTS:
-        services = {"init": state["init"].get(host, 0), **state["pids"].get(host, {})}
-        for name, pid in services.items():
-            alive = pid_alive(int(pid))
-            all_run &= alive
-            lines.append(f"{host:9} {name:38} {f'running (pid {pid})' if alive else 'DEAD'}")
-    return lines, all_run
-
-
-def restart_service(state_dir: Path, host: str, service: str) -> int:
-    """Start `host`'s `service` again (after it died or was killed) inside the host, and
-    record its new pid."""
-    hosts, state = load_hosts(state_dir), read_state(state_dir)
-    if hosts is None or state is None:
-        raise StackError(f"no hosts are running from {state_dir}")
-    started = run_agent(hosts, state, host, only=service)
-    state["pids"][host].update(started)
-    write_state(state_dir, state)
-    return started[service]

@@ -41,7 +41,7 @@ def _hosts(args: argparse.Namespace) -> int:
         for name, value in operator_environment(loaded).items():
             print(f"export {name}={value}")
         return 0
-    lines, all_run = hosts.hosts_status(state_dir)
+    lines, all_run = hosts_status(state_dir)
     print("\n".join(lines))
     return 0 if all_run else 1
 
@@ -86,3 +86,19 @@ def add_hosts_command(commands: Any) -> None:
         help="the run queue's limit; each worker host runs as many (default: %(default)s)",
     )
     parser.set_defaults(handler=_hosts)
+
+
+def hosts_status(state_dir: Path) -> tuple[list[str], bool]:
+    """One line per host and service (`running (pid N)` or `DEAD`), and whether all run."""
+    from farm_platform_dev.hosts import HOSTS, read_state
+    from farm_platform_dev.processes import pid_alive
+
+    state = read_state(state_dir) or {"init": {}, "pids": {}}
+    lines, all_run = [], bool(state["init"])
+    for host in HOSTS:
+        services = {"init": state["init"].get(host, 0), **state["pids"].get(host, {})}
+        for name, pid in services.items():
+            alive = pid_alive(int(pid))
+            all_run &= alive
+            lines.append(f"{host:9} {name:38} {f'running (pid {pid})' if alive else 'DEAD'}")
+    return lines, all_run

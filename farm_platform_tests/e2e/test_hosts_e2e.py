@@ -31,9 +31,9 @@ from farm_platform_dev.hosts import (
     hosts_down,
     hosts_up,
     on_host,
-    publish_field_map,
     read_state,
 )
+from farm_platform_dev.hosts_ops import publish_field_map
 from farm_platform_dev.simulate import DroneMessagePublisher, FarmConfig, write_farm
 
 pytestmark = [
