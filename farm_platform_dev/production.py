@@ -195,7 +195,7 @@ def _restart_dead(
     if not production.dagster_home.exists():
         runs_per_day = int(state.get("runs_per_day", 1))
         max_runs = int(state["max_concurrent_runs"])
-        bucket = environment[config.FARM_BUCKET]
+        bucket = _compute_log_bucket(state_dir, environment)
         # Opening it reaches the bucket (compute logs) as its processes will.
         with config.process_environment(environment):
             _prepare_instance(production, max_runs, quick_polling, runs_per_day, bucket)
@@ -275,6 +275,15 @@ def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
     pid = server.postmaster_pid()
     assert pid is not None
     return pid
+
+
+def _compute_log_bucket(state_dir: Path, environment: dict[str, str]) -> str:
+    """Where the compute logs go: FARM_BUCKET, or the emulator stack's bucket where the
+    photos live in a folder instead (a benchmark's file:// bucket)."""
+    from farm_platform_dev.stack import load_stack
+
+    bucket = environment[config.FARM_BUCKET]
+    return bucket if bucket.startswith("gs://") else load_stack(state_dir).bucket_url()
 
 
 def _prepare_instance(
