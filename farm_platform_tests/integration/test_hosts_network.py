@@ -28,6 +28,14 @@ pytestmark = pytest.mark.skipif(
 LAYOUT = NetworkLayout(HOSTS, prefix="fp45q", subnet="10.45.1.0/24")
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_of_this_layout() -> None:
+    """A run killed before its teardown must not fail every later one: this layout is the
+    tests' own."""
+    if LAYOUT.leftovers():
+        LAYOUT.down()
+
+
 @pytest.fixture
 def built(monkeypatch) -> Iterator[tuple[Hosts, dict]]:
     for name in CREDENTIALS:
