@@ -20,7 +20,9 @@ def _hosts(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir or DEFAULT_STATE_DIR).resolve()
     if args.action == "up":
         try:
-            started = hosts.hosts_up(state_dir, max_concurrent_runs=args.max_concurrent_runs)
+            started = hosts.hosts_up(
+                state_dir, max_concurrent_runs=args.max_concurrent_runs, delayed=args.delayed
+            )
         except StackError as exc:
             print(f"farm-platform hosts up: {exc}")
             return 1
@@ -37,6 +39,13 @@ def _hosts(args: argparse.Namespace) -> int:
     if loaded is None:
         print(f"no hosts are running from {state_dir}: `farm-platform hosts up` first")
         return 1
+    if args.action == "delay":
+        if not loaded.delayed or args.ms is None or args.ms < 0:
+            print("hosts delay --ms N (N >= 0) needs hosts started with `hosts up --delayed`")
+            return 1
+        hosts.set_delay(loaded, args.ms)
+        print(f"every shared service is now {args.ms:g} ms away each way")
+        return 0
     if args.action == "env":
         for name, value in operator_environment(loaded).items():
             print(f"export {name}={value}")
@@ -70,11 +79,18 @@ def add_hosts_command(commands: Any) -> None:
     )
     parser.add_argument(
         "action",
-        choices=["up", "down", "env", "status"],
+        choices=["up", "down", "env", "status", "delay"],
         help="up: build the hosts and start every service on its own; down: stop them and "
         "remove every namespace and link; env: the variables a shell here needs; status: one "
-        "line per service (exit 1 unless all run)",
+        "line per service (exit 1 unless all run); delay: set the delay of `up --delayed`",
     )
+    parser.add_argument(
+        "--delayed",
+        action="store_true",
+        help="up: reach every shared service through a delay proxy on this machine (the "
+        "latency between hosts, without tc netem); `hosts delay --ms N` sets it",
+    )
+    parser.add_argument("--ms", type=float, help="delay: milliseconds each way")
     parser.add_argument(
         "--state-dir",
         help=f"where the hosts' folders, logs and state live (default: ./{DEFAULT_STATE_DIR})",

@@ -44,3 +44,13 @@ def test_hosts_status_fails_while_a_host_is_dead_and_says_so_without_hosts(tmp_p
     _record(tmp_path, {host: 999999999 for host in HOSTS})
     assert main(["hosts", "status", "--state-dir", str(tmp_path)]) == 1
     assert "cloud     init" in capsys.readouterr().out
+
+
+def test_hosts_delay_needs_delayed_hosts_and_sets_the_proxy_s_delay(tmp_path, capsys):
+    _record(tmp_path, {})
+    assert main(["hosts", "delay", "--ms", "5", "--state-dir", str(tmp_path)]) == 1
+    assert "hosts up --delayed" in capsys.readouterr().out
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    (tmp_path / STATE_FILE).write_text(json.dumps({**state, "delayed": True}))
+    assert main(["hosts", "delay", "--ms", "5", "--state-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "delay_ms").read_text().strip() == "5.0"
