@@ -11,6 +11,10 @@ from typing import Any
 from farm_platform import config
 
 DEFAULT_STATE_DIR = Path(".farm") / "hosts"
+DELAYED_HELP = (
+    "up: reach every shared service through a delay proxy on this machine (the latency "
+    "between hosts, without tc netem); `hosts delay --ms N` sets it"
+)
 
 
 def _hosts(args: argparse.Namespace) -> int:
@@ -84,12 +88,7 @@ def add_hosts_command(commands: Any) -> None:
         "remove every namespace and link; env: the variables a shell here needs; status: one "
         "line per service (exit 1 unless all run); delay: set the delay of `up --delayed`",
     )
-    parser.add_argument(
-        "--delayed",
-        action="store_true",
-        help="up: reach every shared service through a delay proxy on this machine (the "
-        "latency between hosts, without tc netem); `hosts delay --ms N` sets it",
-    )
+    parser.add_argument("--delayed", action="store_true", help=DELAYED_HELP)
     parser.add_argument("--ms", type=float, help="delay: milliseconds each way")
     parser.add_argument(
         "--state-dir",
