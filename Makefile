@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3.11
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast test-faults lint check
+.PHONY: install demo test test-fast test-faults test-hosts lint check
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -44,16 +44,21 @@ PYTEST_PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
 
 # Every test but the long fault campaign: each guarantee (faults, end-to-end stories, the UI).
 test: lint
-	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not fault_campaign"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not fault_campaign and not hosts"
 
 # Unit and in-process tests: no daemon, no browser, no long dbt builds. After each change.
 test-fast: install
-	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not slow and not fault_campaign"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not slow and not fault_campaign and not hosts"
 
 # The long faults on the production topology (a paused code server, minutes of model-server
 # outage, ...): each takes minutes of waiting, so they run on demand, one at a time.
 test-faults: install
 	$(BIN)/pytest -m fault_campaign
+
+# The production topology across network namespaces (root only): a day graded end to end
+# across seven hosts, and the faults between them. Minutes each, on demand.
+test-hosts: install
+	$(BIN)/pytest -m hosts
 
 # Data-quality gate: the suites and dbt tests on a clean simulated farm and on corrupted
 # copies; fails unless the clean data passes and every corruption is caught.

@@ -224,8 +224,10 @@ def add_farm_options(
 
 def add_dev_commands(commands: Any) -> None:
     from farm_platform_dev.heldout_export import add_heldout_command
+    from farm_platform_dev.hosts_command import add_hosts_command
 
     _add_stack_command(commands)
+    add_hosts_command(commands)
     _add_farm_commands(commands)
     add_heldout_command(commands)
 

@@ -33,6 +33,8 @@ from farm_platform_dev.processes import free_port, spawn, terminate
 ACK_DEADLINE_SECONDS = 60
 RETENTION_SECONDS = 7 * 24 * 3600
 READY_TIMEOUT_SECONDS = 30.0
+# Where the emulators listen unless told: this machine only.
+LOOPBACK = "127.0.0.1"
 # Overrides for unusual installs; when set they are the only place looked at.
 PUBSUB_EMULATOR_DIR_ENV = "FARM_PUBSUB_EMULATOR_DIR"
 FAKE_GCS_SERVER_ENV = "FARM_FAKE_GCS_SERVER"
@@ -84,8 +86,16 @@ def _log_tail(log_path: Path, lines: int = 40) -> str:
 
 
 def wait_ready(
-    proc: subprocess.Popen[bytes], url: str, log_path: Path, what: str, timeout: float
+    proc: subprocess.Popen[bytes],
+    url: str,
+    log_path: Path,
+    what: str,
+    timeout: float,
+    probe: Any = None,
 ) -> None:
+    """Return once `url` answers 200 (or `probe()` is true); StackError if `proc` exits
+    or `timeout` passes first."""
+    probe = probe or (lambda: _http("GET", url, timeout=2.0) == 200)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -93,11 +103,9 @@ def wait_ready(
                 f"{what} exited with code {proc.returncode} before it was ready.\n"
                 f"Last lines of {log_path}:\n{_log_tail(log_path)}"
             )
-        try:
-            if _http("GET", url, timeout=2.0) == 200:
+        with contextlib.suppress(Exception):  # not serving yet
+            if probe():
                 return
-        except OSError:
-            pass
         time.sleep(0.1)
     terminate(proc)
     raise StackError(
@@ -204,8 +212,10 @@ def start_pubsub_emulator(
     *,
     detached: bool = False,
     timeout: float = READY_TIMEOUT_SECONDS,
+    host: str = LOOPBACK,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the Pub/Sub emulator on 127.0.0.1 and return it with "127.0.0.1:PORT" once it answers.
+    """Start the Pub/Sub emulator on `host` (127.0.0.1) and return it with "HOST:PORT" once
+    it answers.
 
     The emulator serves every project; `project` is what readiness is probed with.
     """
@@ -218,21 +228,19 @@ def start_pubsub_emulator(
             java,
             "-jar",
             str(jar),
-            "--host=127.0.0.1",
+            f"--host={host}",
             f"--port={chosen}",
             f"--dir={data_dir.resolve()}",
         ]
         proc = spawn(args, log_path, None, detached)
-        host = f"127.0.0.1:{chosen}"
+        address = f"{host}:{chosen}"
         # The REST gateway shares the gRPC port: a 200 here means the server is serving.
-        wait_ready(
-            proc,
-            f"http://{host}/v1/projects/{project}/topics",
-            log_path,
-            "The Pub/Sub emulator",
-            timeout,
-        )
-        return proc, host
+        # It forwards to the gRPC server on localhost, though: on another address, ask
+        # over gRPC, as the clients do.
+        grpc_probe = None if host == LOOPBACK else lambda: _lists_topics(address, project)
+        url = f"http://{address}/v1/projects/{project}/topics"
+        wait_ready(proc, url, log_path, "The Pub/Sub emulator", timeout, grpc_probe)
+        return proc, address
 
     return start_with_port_retry(start, port)
 
@@ -248,6 +256,7 @@ def start_gcs_emulator(
     bucket: str | None = None,
     detached: bool = False,
     timeout: float = READY_TIMEOUT_SECONDS,
+    host: str = LOOPBACK,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start fake-gcs-server publishing OBJECT_FINALIZE to `topic`; return it and its URL.
 
@@ -264,13 +273,13 @@ def start_gcs_emulator(
     env.pop(STORAGE_EMULATOR_HOST, None)
 
     def start(chosen: int) -> tuple[subprocess.Popen[bytes], str]:
-        url = f"http://127.0.0.1:{chosen}"
+        url = f"http://{host}:{chosen}"
         args = [
             str(binary),
             "-scheme",
             "http",
             "-host",
-            "127.0.0.1",
+            host,
             "-port",
             str(chosen),
             "-external-url",
@@ -308,6 +317,11 @@ def pubsub_publisher(pubsub_host: str) -> Any:
 
     transport = PublisherGrpcTransport(channel=grpc.insecure_channel(pubsub_host))
     return pubsub_v1.PublisherClient(transport=transport)
+
+
+def _lists_topics(pubsub_host: str, project: str) -> bool:
+    list(pubsub_publisher(pubsub_host).list_topics(project=f"projects/{project}", timeout=2))
+    return True
 
 
 def pubsub_subscriber(pubsub_host: str) -> Any:

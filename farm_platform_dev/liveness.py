@@ -21,17 +21,19 @@ from farm_platform_dev.processes import child_pids, kill_now, pid_alive
 LOCK_FILE = "production.lock"
 
 
-def wait_until_answers(port: int, pid: int, what: str, log: Path, timeout: float) -> None:
+def wait_until_answers(
+    port: int, pid: int, what: str, log: Path, timeout: float, host: str = "127.0.0.1"
+) -> None:
     """Return once the code server answers; StackError with its log's end if its process
     exits or it does not answer within `timeout` seconds (then it is killed, so that it
     holds the port no longer)."""
     deadline = time.monotonic() + timeout
-    while not code_server_answers(port, min(5.0, timeout)):
+    while not code_server_answers(port, min(5.0, timeout), host):
         if not pid_alive(pid) or time.monotonic() > deadline:
             verdict = "exited" if not pid_alive(pid) else f"did not answer in {timeout:.0f} s"
             kill_process_group(pid, "")
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise StackError(f"{what} on 127.0.0.1:{port} {verdict}; {log}:\n{tail}")
+            raise StackError(f"{what} on {host}:{port} {verdict}; {log}:\n{tail}")
         time.sleep(0.5)
 
 

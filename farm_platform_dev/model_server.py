@@ -31,10 +31,11 @@ def start_model_server(
     token: str | None = None,
     emulate_batch_ms: float = 0.0,
     plain: tuple[str, ...] = (),
+    host: str = "127.0.0.1",
 ) -> Popen[bytes]:
-    """Start `farm-platform models serve` and return once it answers ready (StackError if
-    it exits or stays silent first, with its log's last lines); with a `token`, it requires
-    it (FARM_OIP_TOKEN in its environment only)."""
+    """Start `farm-platform models serve` on `host` and return once it answers ready
+    (StackError if it exits or stays silent first, with its log's last lines); with a
+    `token`, it requires it (FARM_OIP_TOKEN in its environment only)."""
     process = spawn(
         [
             sys.executable,
@@ -48,6 +49,8 @@ def start_model_server(
             str(port),
             "--grpc-port",
             str(grpc_port),
+            "--host",
+            host,
             "--watch-seconds",
             str(watch_seconds),
             *(["--emulate-batch-ms", str(emulate_batch_ms)] if emulate_batch_ms else []),
@@ -59,7 +62,7 @@ def start_model_server(
     )
     wait_ready(
         process,
-        f"http://127.0.0.1:{port}/v2/health/ready",
+        f"http://{host}:{port}/v2/health/ready",
         log_path,
         "the model server",
         START_TIMEOUT_SECONDS,
@@ -67,9 +70,9 @@ def start_model_server(
     return process
 
 
-def grpc_url(grpc_port: int) -> str:
-    """The FARM_OIP_URL of a local server's gRPC port (gRPC carries the data)."""
-    return f"grpc://127.0.0.1:{grpc_port}"
+def grpc_url(grpc_port: int, host: str = "127.0.0.1") -> str:
+    """The FARM_OIP_URL of a server's gRPC port (gRPC carries the data)."""
+    return f"grpc://{host}:{grpc_port}"
 
 
 def oip_environment(url: str) -> dict[str, str]:

@@ -125,7 +125,8 @@ class PostgresServer(StartedInWith["PostgresServer"]):
     `base`: a folder of its own that outlives this process (the production topology's);
     by default a temporary folder, removed on `stop`. `password`: password authentication
     (scram) for `farm` instead of trust; it is handed to initdb on a pipe, never a file.
-    `databases`: created on the first start."""
+    `databases`: created on the first start. `listen`: the address it listens on;
+    `clients`: a network (CIDR) whose TCP connections are also let in, with the password."""
 
     def __init__(
         self,
@@ -135,7 +136,13 @@ class PostgresServer(StartedInWith["PostgresServer"]):
         password: str | None = None,
         databases: tuple[str, ...] = (DATABASE,),
         port: int = 0,
+        listen: str = "127.0.0.1",
+        clients: str | None = None,
     ):
+        if clients and not password:
+            raise PostgresError(f"clients from {clients} need a password: pass `password`")
+        self.listen = listen
+        self.clients = clients
         self.settings = settings
         self.durable = durable
         self.port = port
@@ -155,7 +162,7 @@ class PostgresServer(StartedInWith["PostgresServer"]):
         from urllib.parse import quote
 
         secret = f":{quote(self.password, safe='')}" if self.password else ""
-        return f"postgresql://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}{secret}@{self.listen}:{self.port}/{database}"
 
     @property
     def data(self) -> Path:
@@ -221,6 +228,9 @@ class PostgresServer(StartedInWith["PostgresServer"]):
         result = _run_as(self._user, command, cwd=self.base)
         if result.returncode != 0:
             raise PostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        if self.clients:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.clients} scram-sha-256\n")
 
     def _create_databases(self) -> None:
         import psycopg
@@ -295,7 +305,7 @@ class PostgresServer(StartedInWith["PostgresServer"]):
         # Durability is pointless for a throwaway server; speed is not.
         commit = "on" if self.durable else "off"
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} -c fsync=off "
+            f"-c listen_addresses={self.listen} -p {self.port} -k {self.base} -c fsync=off "
             f"-c synchronous_commit={commit} -c full_page_writes=off {self.settings}"
         )
         log = str(self.base / "postgres.log") if self.base else "postgres.log"

@@ -191,11 +191,14 @@ def _restart_dead(
     if "postgres" in dead:
         pids["postgres"] = _start_postgres(state, state_dir)
     if "redis" in dead:
-        pids["redis"] = _start_redis(int(state["redis_port"]), state_dir)
+        pids["redis"] = start_redis(int(state["redis_port"]), state_dir)
     if not production.dagster_home.exists():
         runs_per_day = int(state.get("runs_per_day", 1))
         max_runs = int(state["max_concurrent_runs"])
-        _prepare_instance(production, max_runs, quick_polling, runs_per_day)
+        bucket = _compute_log_bucket(state_dir, environment)
+        # Opening it reaches the bucket (compute logs) as its processes will.
+        with config.process_environment(environment):
+            _prepare_instance(production, max_runs, quick_polling, runs_per_day, bucket)
     for name, module in CODE_LOCATIONS.items():
         if f"code_server:{name}" in dead:
             port = production.code_server_ports[name]
@@ -278,13 +281,28 @@ def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
     return pid
 
 
+def _compute_log_bucket(state_dir: Path, environment: dict[str, str]) -> str:
+    """Where the compute logs go: FARM_BUCKET, or the emulator stack's bucket where the
+    photos live in a folder instead (a benchmark's file:// bucket)."""
+    from farm_platform_dev.stack import load_stack
+
+    bucket = environment[config.FARM_BUCKET]
+    return bucket if bucket.startswith("gs://") else load_stack(state_dir).bucket_url()
+
+
 def _prepare_instance(
-    production: Production, max_concurrent_runs: int, quick_polling: bool, runs_per_day: int
+    production: Production,
+    max_concurrent_runs: int,
+    quick_polling: bool,
+    runs_per_day: int,
+    bucket: str,
 ) -> None:
     """The instance is deploy/vm/dagster.yaml, filled in for this machine."""
     from farm_platform.admin.instance import write_instance
 
-    text = instance_config(production.pg_port, max_concurrent_runs, runs_per_day, quick_polling)
+    text = instance_config(
+        production.pg_port, max_concurrent_runs, runs_per_day, quick_polling, bucket=bucket
+    )
     write_instance(production.dagster_home, text)
 
 
@@ -303,8 +321,8 @@ def _start_webserver(
     return pid
 
 
-def _start_redis(port: int, state_dir: Path) -> int:
-    """Redis as the Celery broker and result backend: loopback only, every write appended
+def start_redis(port: int, state_dir: Path, host: str = "127.0.0.1") -> int:
+    """Redis as the Celery broker and result backend on `host` only, every write appended
     to `<state dir>/appendonlydir` and synced before it is answered, so that a Redis
     restarted in place (even after kill -9) still holds the queued runs' tasks and the
     running ones' states. Without them a restart would strand the queued runs until run
@@ -319,7 +337,7 @@ def _start_redis(port: int, state_dir: Path) -> int:
         raise StackError("redis-server is not installed: `apt-get install redis-server`")
     log = state_dir / "redis.log"
     settings = (
-        f"bind 127.0.0.1\nport {port}\nrequirepass {os.environ[REDIS_PASSWORD]}\n"
+        f"bind {host}\nport {port}\nrequirepass {os.environ[REDIS_PASSWORD]}\n"
         f'save ""\nappendonly yes\nappendfsync always\ndir {state_dir}\nlogfile {log}\n'
     )
     process = subprocess.Popen(
@@ -332,7 +350,7 @@ def _start_redis(port: int, state_dir: Path) -> int:
     assert process.stdin is not None
     process.stdin.write(settings.encode())
     process.stdin.close()
-    wait_for_port(port, process.pid, "redis-server", log)
+    wait_for_port(port, process.pid, "redis-server", log, host)
     return process.pid
 
 

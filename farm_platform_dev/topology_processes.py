@@ -32,17 +32,27 @@ CODE_LOCATIONS = {
 START_TIMEOUT_SECONDS = 180.0
 
 
-def read_production(state_dir: Path) -> dict[str, Any] | None:
+def read_state_file(path: Path) -> dict[str, Any] | None:
+    """A topology's recorded state (JSON), None if there is none."""
     try:
-        return json.loads((state_dir / PRODUCTION_FILE).read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return None
 
 
-def write_production(state_dir: Path, state: dict[str, Any]) -> None:
-    tmp = state_dir / (PRODUCTION_FILE + ".tmp")
+def write_state_file(path: Path, state: dict[str, Any]) -> None:
+    """`state` as `path`, replaced whole (a reader never sees half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(state_dir / PRODUCTION_FILE)
+    tmp.replace(path)
+
+
+def read_production(state_dir: Path) -> dict[str, Any] | None:
+    return read_state_file(state_dir / PRODUCTION_FILE)
+
+
+def write_production(state_dir: Path, state: dict[str, Any]) -> None:
+    write_state_file(state_dir / PRODUCTION_FILE, state)
 
 
 def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
@@ -89,18 +99,23 @@ def start_detached(args: list[str], name: str, state_dir: Path, environment: dic
 
 
 def start_code_server(
-    name: str, module: str, port: int, state_dir: Path, environment: dict[str, str]
+    name: str,
+    module: str,
+    port: int,
+    state_dir: Path,
+    environment: dict[str, str],
+    host: str = "127.0.0.1",
 ) -> int:
-    args = [tool("dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
+    args = [tool("dagster"), "code-server", "start", "-h", host, "-p", str(port)]
     args += ["-m", module, "--location-name", name]
     pid = start_detached(args, f"code-server-{name}", state_dir, environment)
     log = state_dir / f"code-server-{name}.log"
     # Listening is not serving: its child loads the definitions after that.
-    wait_until_answers(port, pid, f"code server {name}", log, START_TIMEOUT_SECONDS)
+    wait_until_answers(port, pid, f"code server {name}", log, START_TIMEOUT_SECONDS, host)
     return pid
 
 
-def wait_for_port(port: int, pid: int, what: str, log: Path) -> None:
+def wait_for_port(port: int, pid: int, what: str, log: Path, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -108,10 +123,10 @@ def wait_for_port(port: int, pid: int, what: str, log: Path) -> None:
             raise StackError(f"{what} exited before it listened on {port}; {log}:\n{tail}")
         with socket.socket() as probe:
             probe.settimeout(1)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
+            if probe.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
-    raise StackError(f"{what} did not listen on 127.0.0.1:{port} in {START_TIMEOUT_SECONDS} s")
+    raise StackError(f"{what} did not listen on {host}:{port} in {START_TIMEOUT_SECONDS} s")
 
 
 def replace_silent_code_servers(state: dict[str, Any], state_dir: Path, dead: set[str]) -> set[str]:

@@ -39,18 +39,26 @@ def render(artifact: Path, **values: Any) -> str:
 
 
 def instance_config(
-    pg_port: int, max_concurrent_runs: int, runs_per_day: int, quick_polling: bool = False
+    pg_port: int,
+    max_concurrent_runs: int,
+    runs_per_day: int,
+    quick_polling: bool = False,
+    pg_host: str = LOCALHOST,
+    *,
+    bucket: str,
 ) -> str:
-    """deploy/vm/dagster.yaml for this machine; `quick_polling`: the run queue, run
-    monitoring and the launcher's lost-worker check poll as tests wait on them."""
+    """deploy/vm/dagster.yaml for this machine, its compute logs in `bucket` (FARM_BUCKET,
+    gs://NAME); `quick_polling`: the run queue, run monitoring and the launcher's
+    lost-worker check poll as tests wait on them."""
     if runs_per_day < 1:
         raise ValueError(f"runs_per_day must be at least 1, not {runs_per_day}")
     text = render(
         INSTANCE,
         MAX_CONCURRENT_RUNS=max_concurrent_runs,
         RUNS_PER_DAY=runs_per_day,
-        PG_HOST=LOCALHOST,
+        PG_HOST=pg_host,
         PG_PORT=pg_port,
+        COMPUTE_LOG_BUCKET=gcs_bucket_name(bucket),
     )
     for shipped, quick in {**QUICK_POLLING, **QUICK_LAUNCHER}.items() if quick_polling else ():
         if shipped not in text:
@@ -59,11 +67,21 @@ def instance_config(
     return text
 
 
-def workspace_config(code_server_ports: dict[str, int]) -> str:
-    """deploy/vm/workspace.yaml pointing at this machine's code servers."""
+def gcs_bucket_name(bucket_url: str) -> str:
+    """NAME of `gs://NAME`: Dagster's GCS compute log manager takes a bucket's name."""
+    if not bucket_url.startswith("gs://") or not bucket_url[5:].strip("/"):
+        raise StackError(
+            f"the production topology keeps compute logs in a GCS bucket: FARM_BUCKET must be "
+            f"gs://NAME (the emulator stack's or a real one), not {bucket_url!r}"
+        )
+    return bucket_url[5:].strip("/").split("/", 1)[0]
+
+
+def workspace_config(code_server_ports: dict[str, int], host: str = LOCALHOST) -> str:
+    """deploy/vm/workspace.yaml pointing at the code servers on `host`."""
     return render(
         WORKSPACE,
-        CODE_SERVER_HOST=LOCALHOST,
+        CODE_SERVER_HOST=host,
         IMAGES_CODE_SERVER_PORT=code_server_ports["farm_platform"],
         ANALYTICS_CODE_SERVER_PORT=code_server_ports["farm_platform_analytics"],
     )

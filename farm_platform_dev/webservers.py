@@ -22,12 +22,16 @@ GUARDED = (sys.executable, "-m", "farm_platform.webserver_guard")
 
 
 def webserver_command(
-    port: int, workspace: Sequence[str], read_only: bool = False, launcher: Sequence[str] = GUARDED
+    port: int,
+    workspace: Sequence[str],
+    read_only: bool = False,
+    launcher: Sequence[str] = GUARDED,
+    host: str = "127.0.0.1",
 ) -> list[str]:
-    """dagster-webserver's command line, guarded, on 127.0.0.1:`port`; `workspace`: its
+    """dagster-webserver's command line, guarded, on `host`:`port`; `workspace`: its
     workspace options (`-w FILE`, `-f FILE`, ...); `launcher`: what takes dagster-webserver's
     options (the image's deploy/docker/dagster-webserver, say)."""
-    args = [*launcher, "-h", "127.0.0.1", "-p", str(port), *workspace]
+    args = [*launcher, "-h", host, "-p", str(port), *workspace]
     return args + (["--read-only"] if read_only else [])
 
 

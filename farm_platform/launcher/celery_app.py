@@ -26,5 +26,9 @@ app = make_app(
         "task_default_queue": IMAGES_QUEUE,
     }
 )
+# A run's steps write to stdout and stderr, which Dagster's compute log manager captures at
+# the file descriptors; Celery's default swaps sys.stdout/stderr for its logger, so every
+# step's captured log would be empty and the output only in the worker's own log.
+app.conf.worker_redirect_stdouts = False
 execute_job = create_execute_job_task(app)
 resume_job = create_resume_job_task(app)

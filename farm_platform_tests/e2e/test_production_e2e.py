@@ -60,7 +60,8 @@ def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
     from farm_platform_dev.vm_artifacts import instance_config, workspace_config
 
     production = topology.production
-    instance = instance_config(production.pg_port, 4, 4, quick_polling=True)
+    bucket = topology.environment[config.FARM_BUCKET]
+    instance = instance_config(production.pg_port, 4, 4, quick_polling=True, bucket=bucket)
     assert (production.dagster_home / "dagster.yaml").read_text() == instance
     assert production.workspace.read_text() == workspace_config(production.code_server_ports)
     worker = command_line(topology.pids()["worker:images"])

@@ -218,11 +218,11 @@ def test_a_task_a_dead_worker_took_before_it_began_fails_its_starting_run(tmp_pa
 
     from farm_platform.launcher.celery_launcher import fail_runs_lost_before_start
     from farm_platform_dev.processes import stop_pids
-    from farm_platform_dev.production import REDIS_PASSWORD, _start_redis
+    from farm_platform_dev.production import REDIS_PASSWORD, start_redis
 
     monkeypatch.setenv(REDIS_PASSWORD, "redis-secret")
     port = free_port()
-    redis_pid = _start_redis(port, tmp_path)
+    redis_pid = start_redis(port, tmp_path)
     broker = f"redis://:redis-secret@127.0.0.1:{port}/0"
     (tmp_path / "dagster.yaml").write_text(
         "run_launcher:\n  module: farm_platform.launcher.celery_launcher\n"

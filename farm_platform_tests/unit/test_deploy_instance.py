@@ -53,7 +53,14 @@ def test_the_vm_instance_is_the_shipped_one_on_postgresql_and_celery(monkeypatch
     from farm_platform_dev.emulators import StackError
     from farm_platform_dev.vm_artifacts import INSTANCE, instance_config, render
 
-    vm = yaml.safe_load(instance_config(pg_port=5433, max_concurrent_runs=4, runs_per_day=2))
+    vm = yaml.safe_load(
+        instance_config(pg_port=5433, max_concurrent_runs=4, runs_per_day=2, bucket="gs://farm")
+    )
+    # Compute logs in the bucket: a run's logs reach the UI from whichever worker ran it.
+    assert vm["compute_logs"]["class"] == "GCSComputeLogManager"
+    assert vm["compute_logs"]["config"]["bucket"] == "farm"
+    with pytest.raises(StackError, match="FARM_BUCKET must be gs://NAME"):
+        instance_config(5433, 4, 2, bucket="file:///tmp/bucket")
     monkeypatch.setenv("FARM_PG_PASSWORD", "secret")  # Dagster reads the secrets' variables
     monkeypatch.setenv("FARM_CELERY_BROKER", "redis://:secret@127.0.0.1:6379/0")
     processed = process_config(Shape(dagster_instance_config_schema()), vm)
