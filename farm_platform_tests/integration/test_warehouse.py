@@ -392,3 +392,44 @@ def test_a_session_reuses_one_postgres_connection_per_thread_and_rolls_back_a_fa
         assert other and other[0] != first
     assert count(warehouse, "position_id = 'P001'") == 3
     assert backend() != backend()  # no session: a connection per statement
+
+
+def test_a_duckdb_batch_opens_the_file_once_and_holds_its_turn(tmp_path, monkeypatch):
+    """Inside `batch()` a thread's statements share one connection to the file (a sensor
+    tick's confirm and claim open it once, not once a statement), each `connect` still one
+    transaction; another process waits for the batch's end."""
+    import subprocess
+    import sys
+
+    from farm_platform.resources import warehouse as warehouse_module
+    from farm_platform.resources import warehouse_connections
+
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'farm.duckdb'}")
+    warehouse.create_schema()
+    opened: list[object] = []
+    connect_duckdb = warehouse_connections.connect_duckdb
+
+    def counting_connect(*args):  # the real one, counted
+        opened.append(args)
+        return connect_duckdb(*args)
+
+    for module in (warehouse_connections, warehouse_module):
+        monkeypatch.setattr(module, "connect_duckdb", counting_connect)
+    reader = (
+        "from farm_platform.resources.warehouse import WarehouseResource;"
+        f"w = WarehouseResource(url={warehouse.url!r}, lock_timeout_seconds=1);"
+        "w.query('SELECT 1')"
+    )
+    with warehouse.batch():
+        warehouse.replace_rows("disease_grades", grades(position="P001"))
+        with pytest.raises(Exception, match="(?i)duplicate|constraint"):
+            warehouse.replace_rows("disease_grades", pl.concat([grades("P003"), grades("P003")]))
+        assert count(warehouse, "position_id = 'P003'") == 0  # rolled back, connection usable
+        with warehouse.batch():  # a batch inside a batch is the outer one
+            assert count(warehouse, "position_id = 'P001'") == 3
+        # Another process gets no turn while the batch lasts: it fails after its timeout.
+        other = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True)
+        assert other.returncode != 0 and "stayed busy" in other.stderr
+    assert len(opened) == 1
+    assert count(warehouse, "position_id = 'P001'") == 3
+    assert len(opened) == 2  # no batch: a connection per statement again
