@@ -48,8 +48,8 @@ class Scenario:
         return dataclasses.replace(self, photos=count, idle_s=15.0 if quick else 60.0)
 
 
-# --quick: a 64-photo burst and a 40-photo (80 s) flight, so that the three scenarios with
-# their start, idle window, runs and bare path fit in 5 minutes on 2 cores.
+# --quick: a 64-photo burst and a 40-photo (80 s) flight, so that burst and flight with their
+# start, idle window, runs and bare path take about 5 minutes on 2 cores.
 SCENARIOS = {
     "burst": Scenario("burst, embedded", 2000, 0.0, False, 64),
     "flight": Scenario("flight (1 photo / 2 s), embedded", 900, 2.0, False, 40),
