@@ -49,8 +49,9 @@ def workspace_of(locations: Sequence[str], destination: Path) -> Path:
 
 
 class DaemonProcess(StartedInWith["DaemonProcess"]):
-    """`dagster-daemon run` in its own process group, logging to a file; over the project's
-    workspace.yaml, or `workspace` (e.g. one of `workspace_of`'s)."""
+    """`dagster-daemon run` and a code server per location in their own process group,
+    logging to a file; over the project's workspace.yaml, or `workspace` (e.g. one of
+    `workspace_of`'s)."""
 
     def __init__(
         self,
@@ -66,10 +67,18 @@ class DaemonProcess(StartedInWith["DaemonProcess"]):
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
-        executable = Path(sys.executable).with_name("dagster-daemon")
+        # The daemon over code servers of its own that it does not replace every minute
+        # (farm_platform_dev/daemon_launcher.py).
+        served = self.log_path.with_suffix(".workspace.yaml")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(executable), "run", "-w", str(self.workspace)],
+            [
+                sys.executable,
+                "-m",
+                "farm_platform_dev.daemon_launcher",
+                str(self.workspace),
+                str(served),
+            ],
             env=self.environment,
             stdout=log,
             stderr=subprocess.STDOUT,

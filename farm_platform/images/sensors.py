@@ -19,6 +19,7 @@ from typing import Any
 
 from dagster import (
     DagsterEventType,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -34,6 +35,7 @@ from farm_platform.images.keys import IMAGE_PIPELINE, MODEL_ASSETS
 from farm_platform.images.registered_models import MODEL_VERSIONS
 from farm_platform.images.run_config import photo_run_config
 from farm_platform.images.run_tags import DRONE_IMAGE_SENSOR, PHOTOS_TAG, image_run_tags
+from farm_platform.images.sensor_evaluation import with_kept_resources
 from farm_platform.ingest.arrivals import PHOTO_RUN_KEY_PREFIX, ArrivalQueue, Claim
 from farm_platform.ingest.retries import RetryPolicy, requeue_run
 from farm_platform.ingest.tick import IngestCursor, IngestSettings, ingest_tick
@@ -90,7 +92,7 @@ def build_sensors(interval_seconds: int) -> list[SensorDefinition]:
             default_status=DefaultSensorStatus.RUNNING,
             description="Pulls drone_image messages; new photos become runs of their day "
             "partition.",
-        )(drone_image_tick),
+        )(with_kept_resources(drone_image_tick)),
         sensor(
             name="requeue_failed_photos",
             default_status=DefaultSensorStatus.RUNNING,
@@ -99,7 +101,7 @@ def build_sensors(interval_seconds: int) -> list[SensorDefinition]:
             "queue, to wait longer after each failure (bounded attempts and time), then "
             "dead-letters them with the failed step's error. Its cursor moves only past "
             "requeues that committed.",
-        )(requeue_failed_photos_tick),
+        )(with_kept_resources(requeue_failed_photos_tick)),
         sensor(
             name="model_registry_sensor",
             asset_selection=[*MODEL_ASSETS.values(), MODEL_VERSIONS],
@@ -107,7 +109,7 @@ def build_sensors(interval_seconds: int) -> list[SensorDefinition]:
             default_status=DefaultSensorStatus.RUNNING,
             description="Records a model asset's new data version when registry.json "
             "activates one.",
-        )(model_registry_tick),
+        )(with_kept_resources(model_registry_tick)),
     ]
 
 
@@ -162,18 +164,21 @@ def requeue_failed_photos_tick(
     warehouse: WarehouseResource,
     pubsub: PubSubResource,
     ingest_policy: IngestPolicyResource,
+    instance: DagsterInstance | None = None,
 ) -> SensorResult:
     """Not a `run_failure_sensor`: Dagster moves that one's cursor past a run even when the
     evaluation raised, so a warehouse outage at that moment stranded the run's photos for
     good. Here the cursor (the last handled event's storage id, per event type) is stored
     only with a tick that succeeded; a tick that raises is evaluated again from the same
-    place, and requeueing a run twice is harmless (`retries.requeue_run`)."""
+    place, and requeueing a run twice is harmless (`retries.requeue_run`). `instance`:
+    the code server's kept one (`sensor_evaluation`), else the context's."""
+    instance = instance or context.instance
     after = json.loads(context.cursor) if context.cursor else {}
     policy = RetryPolicy.from_policy(ingest_policy)
     queue = ArrivalQueue(warehouse)
     handled = {"runs": 0, "pending": 0, "dead_lettered": 0}
     for event_type in FAILED_RUN_EVENTS:
-        records = context.instance.fetch_run_status_changes(
+        records = instance.fetch_run_status_changes(
             RunStatusChangeRecordsFilter(
                 event_type=event_type, after_storage_id=after.get(event_type.value)
             ),
@@ -183,7 +188,7 @@ def requeue_failed_photos_tick(
         runs = (
             {
                 run.run_id: run
-                for run in context.instance.get_runs(
+                for run in instance.get_runs(
                     RunsFilter(run_ids=[record.run_id for record in records])
                 )
             }
@@ -195,7 +200,7 @@ def requeue_failed_photos_tick(
             run_key = run.tags.get(RUN_KEY_TAG, "") if run else ""
             if run_key.startswith(PHOTO_RUN_KEY_PREFIX):
                 reason = (
-                    step_failure_cause(context.instance, record.run_id)
+                    step_failure_cause(instance, record.run_id)
                     or ((record.event_log_entry.message or "run failed").splitlines()[0])
                 )
                 outcome = requeue_run(
@@ -248,11 +253,14 @@ def model_registry_tick(
     context: SensorEvaluationContext,
     models: ModelRegistryResource,
     ingest_policy: IngestPolicyResource,
+    instance: DagsterInstance | None = None,
 ) -> RunRequest | SkipReason:
     """Watches registry.json's generation (a bucket object's, or a local file's stand-in):
     while it is the one whose active versions every model asset already records, a tick
     reads nothing more. Any other generation is read (pinned to that generation) and each
-    model asset whose recorded version differs is materialized."""
+    model asset whose recorded version differs is materialized. `instance`: as for
+    `requeue_failed_photos_tick`."""
+    instance = instance or context.instance
     registry = models.registry()
     watched = json.loads(context.cursor) if context.cursor else {}
     generation = registry.generation()
@@ -261,7 +269,7 @@ def model_registry_tick(
     active, generation = registry.active_versions_at()
     changed, transitions = [], []
     for model_id, asset_key in MODEL_ASSETS.items():
-        latest = context.instance.fetch_materializations(asset_key, limit=1).records
+        latest = instance.fetch_materializations(asset_key, limit=1).records
         record = latest[0] if latest else None
         materialization = record.asset_materialization if record else None
         recorded = materialization.tags.get(DATA_VERSION_TAG) if materialization else None

@@ -121,8 +121,10 @@ class ArrivalQueue:
                     [],
                 )
             )
-        self.warehouse.execute(statements)
-        return self._release_acks()
+        # One connection for the statements and the release (a DuckDB file opened once).
+        with self.warehouse.batch():
+            self.warehouse.execute(statements)
+            return self._release_acks()
 
     def _release_acks(self) -> list[str]:
         """Ack ids of messages whose photo is handed to a stored run; forgotten here."""
@@ -144,6 +146,10 @@ class ArrivalQueue:
         """Store new photo generations as pending and hold every message's ack id."""
         if not arrivals:
             return RecordOutcome(0, 0, [])
+        with self.warehouse.batch():  # the lookup and the write on one connection
+            return self._record(arrivals, now)
+
+    def _record(self, arrivals: Sequence[Arrival], now: dt.datetime) -> RecordOutcome:
         dates = sorted({arrival.key.date for arrival in arrivals})
         # A dead-lettered photo announced again (its dead letter replayed) is new work.
         known = self.query(
@@ -195,39 +201,41 @@ class ArrivalQueue:
         being uploaded, from a tick that drained the subscription (every other day is
         quiet: its flight's upload is over); None when the tick did not see everything.
         A photo backing off after a failed run waits until its `not_before`."""
-        pending = self.query(
-            "SELECT position_id, date, min(received_at) AS first_received"
-            " FROM image_arrivals WHERE run_key IS NULL"
-            " AND (not_before IS NULL OR not_before <= %s) GROUP BY position_id, date",
-            [now],
-        )
-        claims: list[Claim] = []
-        if not pending.height:
+        # The query and the claim's update on one connection (a DuckDB file opened once).
+        with self.warehouse.batch():
+            pending = self.query(
+                "SELECT position_id, date, min(received_at) AS first_received"
+                " FROM image_arrivals WHERE run_key IS NULL"
+                " AND (not_before IS NULL OR not_before <= %s) GROUP BY position_id, date",
+                [now],
+            )
+            claims: list[Claim] = []
+            if not pending.height:
+                return claims
+            for (date,), day in pending.sort("first_received", "position_id").group_by(
+                "date", maintain_order=True
+            ):
+                rows = day.rows(named=True)
+                for start in range(0, len(rows), max_photos):
+                    batch = rows[start : start + max_photos]
+                    waited = now - as_utc(batch[0]["first_received"])
+                    quiet = busy_dates is not None and date not in busy_dates
+                    if len(batch) < max_photos and waited < max_wait and not quiet:
+                        break
+                    positions = tuple(sorted(row["position_id"] for row in batch))
+                    claims.append(Claim(_run_key(date, positions, now), date, positions))
+            self.warehouse.execute(
+                [
+                    (
+                        "UPDATE image_arrivals SET run_key = %s, attempts = attempts + 1"
+                        f" WHERE run_key IS NULL AND date = %s"
+                        f" AND position_id IN ({_in(claim.positions)})",
+                        [claim.run_key, claim.date, *claim.positions],
+                    )
+                    for claim in claims
+                ]
+            )
             return claims
-        for (date,), day in pending.sort("first_received", "position_id").group_by(
-            "date", maintain_order=True
-        ):
-            rows = day.rows(named=True)
-            for start in range(0, len(rows), max_photos):
-                batch = rows[start : start + max_photos]
-                waited = now - as_utc(batch[0]["first_received"])
-                quiet = busy_dates is not None and date not in busy_dates
-                if len(batch) < max_photos and waited < max_wait and not quiet:
-                    break
-                positions = tuple(sorted(row["position_id"] for row in batch))
-                claims.append(Claim(_run_key(date, positions, now), date, positions))
-        self.warehouse.execute(
-            [
-                (
-                    "UPDATE image_arrivals SET run_key = %s, attempts = attempts + 1"
-                    f" WHERE run_key IS NULL AND date = %s"
-                    f" AND position_id IN ({_in(claim.positions)})",
-                    [claim.run_key, claim.date, *claim.positions],
-                )
-                for claim in claims
-            ]
-        )
-        return claims
 
     # ------------------------------------------------------------------ runs
 

@@ -24,6 +24,8 @@ from farm_platform.resources.tables import TABLES, Table
 from farm_platform.resources.warehouse_connections import (
     WarehouseError,
     connect_duckdb,
+    duckdb_batch,
+    duckdb_batch_connection,
     file_turn,
     postgres_connection,
     postgres_session,
@@ -70,7 +72,8 @@ class WarehouseResource(ConfigurableResource):
         """A DB-API connection inside a transaction, committed on success."""
         if self.dialect == "duckdb":
             with self.exclusive_access():
-                connection = self._connect_duckdb()
+                batched = duckdb_batch_connection(self.duckdb_path)
+                connection = batched or self._connect_duckdb()
                 try:
                     connection.execute("BEGIN TRANSACTION")
                     try:
@@ -83,7 +86,8 @@ class WarehouseResource(ConfigurableResource):
                     # reported in place of the real cause.
                     connection.execute("COMMIT")
                 finally:
-                    connection.close()
+                    if batched is None:
+                        connection.close()
         else:
             with postgres_connection(self.url) as connection:
                 yield connection
@@ -112,6 +116,15 @@ class WarehouseResource(ConfigurableResource):
         if self.dialect != "postgresql":
             return contextlib.nullcontext()
         return postgres_session(self.url)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """While inside, this thread's `connect` calls share one connection, each still its
+        own transaction: on DuckDB this process keeps the file's turn throughout (so no
+        network call belongs inside: a run's writes wait for it); on PostgreSQL, `session`."""
+        if self.dialect != "duckdb":
+            return postgres_session(self.url)
+        self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+        return duckdb_batch(self.duckdb_path, self.lock_timeout_seconds)
 
     @contextlib.contextmanager
     def day_grading_lock(

@@ -66,7 +66,7 @@ def test_the_vm_instance_is_the_shipped_one_on_postgresql_and_celery(monkeypatch
     processed = process_config(Shape(dagster_instance_config_schema()), vm)
     assert processed.success, processed.errors
     local = dagster_yaml()
-    for section in ("run_monitoring", "run_retries", "telemetry"):
+    for section in ("run_monitoring", "run_retries", "telemetry", "freshness"):
         assert vm[section] == local[section], section
     coordinator = vm["run_coordinator"]["config"]
     assert coordinator["max_concurrent_runs"] == 4
