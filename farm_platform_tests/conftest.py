@@ -187,6 +187,9 @@ def bucket_env(
     monkeypatch.setenv(STORAGE_EMULATOR_HOST, local_stack.storage_host)
     monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     monkeypatch.setenv(FARM_MODELS_CACHE, str(tmp_path / "cache"))
+    # A registry made in the test's own process without a cache folder uses the user's
+    # (model_store.default_cache_dir): this test's own too, never one another test filled.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     return local_stack
 
 

@@ -98,22 +98,20 @@ def test_push_list_add_activate_through_the_cli(models_url, tmp_path, capsys):
     assert {(r.model_id, r.version): r.active for r in list_models(remote)}[GRADER, "v2"]
 
 
-def test_weights_are_downloaded_once_into_a_cache_keyed_by_sha256(
-    models_url, tmp_path, monkeypatch
-):
+def test_weights_are_downloaded_once_into_a_cache_keyed_by_sha256(models_url, tmp_path):
     # A process that has not seen these weights yet.
-    monkeypatch.setenv(farm_config.FARM_MODELS_CACHE, str(tmp_path / "fresh"))
-    remote = ModelRegistry(models_url)
+    cache = tmp_path / "fresh"
+    remote = ModelRegistry(models_url, cache_dir=cache)
     card = remote.grader_for("disease_1")
     downloads = len(model_store.DOWNLOADS)
     path = remote.verify_weights(card)
-    assert path == tmp_path / "fresh" / card.sha256 / "weights.pt"
+    assert path == cache / card.sha256 / "weights.pt"
     assert (
         path.read_bytes() == (REPO_MODELS_DIR / card.id / card.version / "weights.pt").read_bytes()
     )
     # Another registry object in the same process (a run loads each model per asset),
     # the active cards, and the model itself: no second download.
-    ModelRegistry(models_url).verify_weights(card)
+    ModelRegistry(models_url, cache_dir=cache).verify_weights(card)
     inference = pytest.importorskip("farm_platform.ml.inference")
     inference.load_grader(card, remote)
     assert model_store.DOWNLOADS[downloads:] == [f"{models_url}/{card.id}/v1/weights.pt"]
