@@ -35,7 +35,7 @@ from typing import Any
 
 from farm_platform import config
 from farm_platform_dev.emulators import StackError
-from farm_platform_dev.liveness import hold_topology_lock
+from farm_platform_dev.liveness import hold_topology_lock, topology_lock
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
 from farm_platform_dev.postgres import SUPERUSER, PostgresServer
 from farm_platform_dev.processes import free_port, stop_processes
@@ -238,7 +238,18 @@ def load_production(state_dir: Path) -> Production | None:
 
 
 def production_down(state_dir: Path) -> bool:
-    """Stop every process of the topology (PostgreSQL last); False if none was recorded."""
+    """Stop every process of the topology (PostgreSQL last); False if none was recorded.
+
+    Holds the topology's lock throughout, and reads the recorded pids only once it has it: a
+    code server the watchdog is replacing meanwhile is then recorded before it is stopped,
+    instead of outliving the topology."""
+    if read_production(state_dir) is None:
+        return False
+    with topology_lock(state_dir):
+        return _stop_recorded(state_dir)
+
+
+def _stop_recorded(state_dir: Path) -> bool:
     state = read_production(state_dir)
     if state is None:
         return False
