@@ -4,8 +4,7 @@
 -- `is_held_back` when a failed blocking data-quality check holds their (position, date,
 -- disease) back from the reports.
 with grades as (
-    select
-        {{ typed_columns('farm', 'disease_grades') }}
+    select {{ typed_columns('farm', 'disease_grades') }}
     from {{ source('farm', 'disease_grades') }}
 )
 

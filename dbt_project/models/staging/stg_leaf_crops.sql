@@ -1,8 +1,7 @@
 -- depends_on: {{ ref('int_changed_days') }}  (its data tests check the dates this build rebuilds)
 -- Leaf crops of every detector version, typed, flagged `is_active` for the active detector.
 with crops as (
-    select
-        {{ typed_columns('farm', 'leaf_crops') }}
+    select {{ typed_columns('farm', 'leaf_crops') }}
     from {{ source('farm', 'leaf_crops') }}
 )
 

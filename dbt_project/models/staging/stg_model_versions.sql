@@ -1,7 +1,6 @@
 -- Every registered (model_id, version), typed, with its registration order per model.
 with versions as (
-    select
-        {{ typed_columns('farm', 'model_versions') }}
+    select {{ typed_columns('farm', 'model_versions') }}
     from {{ source('farm', 'model_versions') }}
 )
 
