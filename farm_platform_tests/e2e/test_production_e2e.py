@@ -12,7 +12,6 @@ the helpers are production_topology.py's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
@@ -25,7 +24,7 @@ from production_topology import (
     _said,
     _wait,
     graded_rows_per_photo,
-    production_topology,
+    topology_fixture,  # noqa: F401 (the fixture `topology`)
 )
 
 from farm_platform import config
@@ -45,12 +44,6 @@ from farm_platform_dev.simulate import FarmConfig
 from farm_platform_dev.ui import launch_day_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
-    with production_topology() as topology:
-        yield topology
 
 
 def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
