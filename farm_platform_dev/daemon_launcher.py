@@ -21,13 +21,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from farm_platform.admin.code_server_check import code_server_answers
+from farm_platform_dev.liveness import wait_until_answers
 from farm_platform_dev.processes import free_port
 
 START_TIMEOUT_SECONDS = 300.0
@@ -66,15 +65,6 @@ def _code_server(name: str, module: str, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_until_served(servers: dict[str, subprocess.Popen[bytes]], ports: dict[str, int]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    for name, server in servers.items():
-        while not code_server_answers(ports[name], 5.0):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"code server {name} did not start (exit {server.poll()})")
-            time.sleep(0.5)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     workspace, served = (Path(arg) for arg in (argv or sys.argv[1:]))
     modules = dict(locations(workspace))
@@ -85,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     daemon: subprocess.Popen[bytes] | None = None
     try:
-        _wait_until_served(servers, ports)
+        for name, server in servers.items():
+            # Their output is the launcher's own: no log file of theirs to quote.
+            wait_until_answers(
+                ports[name], server.pid, f"code server {name}", None, START_TIMEOUT_SECONDS
+            )
         served.write_text(served_workspace(ports))
         executable = Path(sys.executable).with_name("dagster-daemon")
         daemon = subprocess.Popen(

@@ -180,8 +180,10 @@ def write_state(state_dir: Path, state: dict[str, Any]) -> None:
 
 def load_hosts(state_dir: Path) -> Hosts | None:
     state = read_state(state_dir)
-    if state is None:
-        return None
+    return None if state is None else _recorded_hosts(state_dir, state)
+
+
+def _recorded_hosts(state_dir: Path, state: dict[str, Any]) -> Hosts:
     layout = NetworkLayout(HOSTS, prefix=state["prefix"], subnet=state["subnet"])
     runs, quick, settings = state["max_concurrent_runs"], state["quick_polling"], state["settings"]
     return Hosts(state_dir, layout, runs, quick, settings, state.get("delayed", False))
@@ -377,8 +379,7 @@ def hosts_down(state_dir: Path) -> bool:
     state = read_state(state_dir)
     if state is None:
         return False
-    layout = NetworkLayout(HOSTS, prefix=state["prefix"], subnet=state["subnet"])
-    layout.down()
+    _recorded_hosts(state_dir, state).layout.down()
     if "proxy" in state:
         from farm_platform_dev.processes import stop_pids
 

@@ -1,6 +1,6 @@
-"""Waiting for a code server of the production topology to answer, stopping a process
-group, and the lock the topology's repairs take. Whether a code server serves:
-farm_platform/admin/code_server_check.py; the watchdog that acts on it:
+"""Waiting for a code server (the production topology's, the dev daemon's) to answer,
+stopping a process group, and the lock the topology's repairs take. Whether a code server
+serves: farm_platform/admin/code_server_check.py; the watchdog that acts on it:
 farm_platform_dev.watchdog."""
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ LOCK_FILE = "production.lock"
 
 
 def wait_until_answers(
-    port: int, pid: int, what: str, log: Path, timeout: float, host: str = "127.0.0.1"
+    port: int, pid: int, what: str, log: Path | None, timeout: float, host: str = "127.0.0.1"
 ) -> None:
-    """Return once the code server answers; StackError with its log's end if its process
-    exits or it does not answer within `timeout` seconds (then it is killed, so that it
-    holds the port no longer)."""
+    """Return once the code server answers; StackError with its log's end (where it has a
+    log file of its own) if its process exits or it does not answer within `timeout`
+    seconds (then it is killed, so that it holds the port no longer)."""
     deadline = time.monotonic() + timeout
     while not code_server_answers(port, min(5.0, timeout), host):
         if not pid_alive(pid) or time.monotonic() > deadline:
             verdict = "exited" if not pid_alive(pid) else f"did not answer in {timeout:.0f} s"
             kill_process_group(pid, "")
+            if log is None:
+                raise StackError(f"{what} on {host}:{port} {verdict}")
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"{what} on {host}:{port} {verdict}; {log}:\n{tail}")
         time.sleep(0.5)

@@ -1,6 +1,7 @@
 """The production topology on this machine for the e2e tests (test_production_e2e.py,
 test_production_faults.py, test_retries_e2e.py): `Topology` and `production_topology()`
-(`farm-platform stack up --production` with the tests' short intervals, down afterwards),
+(`farm-platform stack up --production` with the tests' short intervals, down afterwards;
+the module fixture `topology`),
 and what the tests ask of it: the grades per photo, a grades table held by an outside
 writer, the runs of a day and what they said, waits that tell the sensor's story on a
 timeout, and a repair from the command line.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from farm_platform import config
@@ -104,6 +106,14 @@ def production_topology(
         production_down(state_dir)
         stack_down(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+# Import it as `topology_fixture` into a test module: pytest then provides `topology` there,
+# the topology up once per module.
+@pytest.fixture(scope="module", name="topology")
+def topology_fixture() -> Iterator[Topology]:
+    with production_topology() as started:
+        yield started
 
 
 def _settings(info: StackInfo) -> dict[str, str]:

@@ -213,30 +213,8 @@ def test_simulated_farm_bad_messages_and_a_reupload_end_to_end(
     message names its story: one scenario, not three daemons and three setups."""
     config = FarmConfig(positions=4, days=2, start_date=dt.date(2026, 11, 1), seed=7)
     images = platform.simulate(config)
-    bucket = platform.stack.bucket_url()
-    # Photos that exist but cannot be read: found by the run, not by the sensor.
-    platform.fs.pipe_file(f"{bucket}/P001/2026-11-03/image.png", b"")
-    platform.fs.pipe_file(f"{bucket}/P002/2026-11-03/image.png", b"\x89PNG but truncated")
-    # ... beside two good photos of the same day (copies of the day before).
-    for position in ("P000", "P003"):
-        data = platform.fs.cat_file(f"{bucket}/{position}/2026-11-02/image.png")
-        platform.fs.pipe_file(f"{bucket}/{position}/2026-11-03/image.png", data)
     topic = subscriber.topic_path(platform.stack.project, DRONE_IMAGE_TOPIC)
-    bad = {
-        "not JSON": b"\x00garbage",
-        "no image_uri": json.dumps({"drone_id": "d1"}).encode(),
-        "outside the layout": json.dumps({"image_uri": f"{bucket}/P000/x.png"}).encode(),
-        "bad date": json.dumps({"image_uri": f"{bucket}/P000/2026-11-31/image.png"}).encode(),
-        "disagrees": json.dumps(
-            {"image_uri": f"{bucket}/P000/2026-11-01/image.png", "date": "2026-11-02"}
-        ).encode(),
-        "unknown position": json.dumps(
-            {"image_uri": f"{bucket}/P777/2026-11-01/image.png"}
-        ).encode(),
-        "does not exist": json.dumps({"image_uri": f"{bucket}/P003/2026-11-04/image.png"}).encode(),
-    }
-    for data in bad.values():
-        publisher.publish(topic, data, source="e2e-test").result(timeout=10)
+    bad = upload_broken_photos_and_publish_bad_messages(platform, publisher, topic)
 
     with platform.daemon() as daemon, platform.instance() as instance:
         platform.wait(instance, images + 4, daemon)
@@ -253,80 +231,119 @@ def test_simulated_farm_bad_messages_and_a_reupload_end_to_end(
             if "source" in letter.attributes:  # the bad messages: originals kept
                 assert bytes(letter.data) in bad.values()
 
-        # Sixteen messages (a notification and a drone message per photo) plus two broken
-        # uploads became one run per day (a day's arrivals can straddle two batches).
-        days = runs_per_day(instance)
-        assert sorted(days) == ["2026-11-01", "2026-11-02", "2026-11-03"]
-        assert set(days.values()) <= {1, 2}
-        assert materializations_per_partition(instance, DRONE_IMAGES) == days
-        assert sum(int(run.tags[PHOTOS_TAG]) for run in runs) == images + 4
-        assert_no_duplicate_keys(platform)
+        graded_by_day_and_broken_photos_held_back(platform, instance, runs, images)
+        a_repeated_message_is_no_new_work(platform, instance, daemon, publisher, topic, runs)
+        a_reupload_replaces_the_photo_rows(platform, instance, daemon, images)
 
-        assert_grades_match_crops(platform)
-        simulated = platform.rows("SELECT count(*) AS n FROM leaf_crops WHERE date < '2026-11-03'")
-        truth = pl.read_parquet(platform.root / "ground_truth" / "leaves.parquet")
-        assert abs(simulated["n"][0] - truth.height) <= 0.1 * truth.height
-        for uri in platform.rows("SELECT crop_uri FROM leaf_crops")["crop_uri"]:
-            assert platform.fs.exists(uri), uri
-        broken = platform.rows(
-            "SELECT position_id, error FROM drone_images WHERE error IS NOT NULL"
-        )
-        assert sorted(broken["position_id"]) == ["P001", "P002"]
-        # ... and the day's image_quality check fails naming exactly those positions.
-        checks = check_evaluations(instance, DRONE_IMAGES, IMAGE_QUALITY)
-        assert len(checks) == len(runs)  # one evaluation per day run, not per photo
-        assert all(check.target_materialization_data is not None for check in checks)
-        failed = [check for check in checks if not check.passed]
-        assert [check.partition for check in failed] == ["2026-11-03"]
-        assert failed[0].metadata["failed_positions"].value == ["P001", "P002"]
-        # A bad photo holds back only itself: the day's other grades pass their checks.
-        quality = platform.rows(
-            "SELECT position_id, passed FROM partition_quality"
-            " WHERE date = '2026-11-03' AND check_name = 'grades_valid'"
-        )
-        assert quality.height == 5 * 2 and quality["passed"].all()
-        assert set(quality["position_id"]) == {"P000", "P003"}
 
-        # The same message again is not new work.
-        again = json.dumps({"image_uri": f"{bucket}/P000/2026-11-01/image.png"}).encode()
-        before = ended_tick_id(instance)
-        publisher.publish(topic, again).result(timeout=10)
-        # The tick that pulls it counts it a duplicate and requests nothing (a tick that
-        # requests a run ends the wait too, and fails the assertion).
-        wait_for_ticks(
-            instance,
-            daemon,
-            1,
-            120,
-            after=before,
-            where=saw_duplicates_or_requested_runs,
-        )
-        assert len(image_runs(instance)) == len(runs)
+def upload_broken_photos_and_publish_bad_messages(platform, publisher, topic) -> dict[str, bytes]:
+    """Two unreadable photos beside two good ones of a third day, and one message of each
+    kind that cannot become a photo (reason -> data)."""
+    bucket = platform.stack.bucket_url()
+    # Photos that exist but cannot be read: found by the run, not by the sensor.
+    platform.fs.pipe_file(f"{bucket}/P001/2026-11-03/image.png", b"")
+    platform.fs.pipe_file(f"{bucket}/P002/2026-11-03/image.png", b"\x89PNG but truncated")
+    # ... beside two good photos of the same day (copies of the day before).
+    for position in ("P000", "P003"):
+        data = platform.fs.cat_file(f"{bucket}/{position}/2026-11-02/image.png")
+        platform.fs.pipe_file(f"{bucket}/{position}/2026-11-03/image.png", data)
+    bad = {
+        "not JSON": b"\x00garbage",
+        "no image_uri": json.dumps({"drone_id": "d1"}).encode(),
+        "outside the layout": json.dumps({"image_uri": f"{bucket}/P000/x.png"}).encode(),
+        "bad date": json.dumps({"image_uri": f"{bucket}/P000/2026-11-31/image.png"}).encode(),
+        "disagrees": json.dumps(
+            {"image_uri": f"{bucket}/P000/2026-11-01/image.png", "date": "2026-11-02"}
+        ).encode(),
+        "unknown position": json.dumps(
+            {"image_uri": f"{bucket}/P777/2026-11-01/image.png"}
+        ).encode(),
+        "does not exist": json.dumps({"image_uri": f"{bucket}/P003/2026-11-04/image.png"}).encode(),
+    }
+    for data in bad.values():
+        publisher.publish(topic, data, source="e2e-test").result(timeout=10)
+    return bad
 
-        # Later, P000 is photographed again on its first day (a new generation of its
-        # object): the day's next run replaces the photo's rows, it adds none.
-        day = "2026-11-01"
-        photo = f"position_id = 'P000' AND date = DATE '{day}'"
-        first_generation = platform.rows(f"SELECT generation FROM drone_images WHERE {photo}")
-        runs_of_day = runs_per_day(instance)[day]
-        data = platform.fs.cat_file(f"{bucket}/P001/{day}/image.png")
-        platform.fs.pipe_file(f"{bucket}/P000/{day}/image.png", data)
-        deadline = time.monotonic() + 120
-        while runs_per_day(instance)[day] == runs_of_day:
-            assert time.monotonic() < deadline, f"no run for the re-upload\n{daemon.log_tail()}"
-            time.sleep(1)
-        platform.wait(instance, images + 4, daemon)
-        assert materializations_per_partition(instance, DRONE_IMAGES)[day] == runs_of_day + 1
-        again = platform.rows(f"SELECT generation, sha256 FROM drone_images WHERE {photo}")
-        assert again.height == 1, f"the re-upload added a row: {again}"
-        assert again["generation"][0] != first_generation["generation"][0]
-        same_as = f"position_id = 'P001' AND date = DATE '{day}'"
-        assert (
-            again["sha256"][0]
-            == platform.rows(f"SELECT sha256 FROM drone_images WHERE {same_as}")["sha256"][0]
-        ), "the re-upload's row is not the new photo's"
-        assert_no_duplicate_keys(platform)
-        assert_grades_match_crops(platform)
+
+def graded_by_day_and_broken_photos_held_back(platform, instance, runs, images) -> None:
+    # Sixteen messages (a notification and a drone message per photo) plus two broken
+    # uploads became one run per day (a day's arrivals can straddle two batches).
+    days = runs_per_day(instance)
+    assert sorted(days) == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert set(days.values()) <= {1, 2}
+    assert materializations_per_partition(instance, DRONE_IMAGES) == days
+    assert sum(int(run.tags[PHOTOS_TAG]) for run in runs) == images + 4
+    assert_no_duplicate_keys(platform)
+
+    assert_grades_match_crops(platform)
+    simulated = platform.rows("SELECT count(*) AS n FROM leaf_crops WHERE date < '2026-11-03'")
+    truth = pl.read_parquet(platform.root / "ground_truth" / "leaves.parquet")
+    assert abs(simulated["n"][0] - truth.height) <= 0.1 * truth.height
+    for uri in platform.rows("SELECT crop_uri FROM leaf_crops")["crop_uri"]:
+        assert platform.fs.exists(uri), uri
+    broken = platform.rows("SELECT position_id, error FROM drone_images WHERE error IS NOT NULL")
+    assert sorted(broken["position_id"]) == ["P001", "P002"]
+    # ... and the day's image_quality check fails naming exactly those positions.
+    checks = check_evaluations(instance, DRONE_IMAGES, IMAGE_QUALITY)
+    assert len(checks) == len(runs)  # one evaluation per day run, not per photo
+    assert all(check.target_materialization_data is not None for check in checks)
+    failed = [check for check in checks if not check.passed]
+    assert [check.partition for check in failed] == ["2026-11-03"]
+    assert failed[0].metadata["failed_positions"].value == ["P001", "P002"]
+    # A bad photo holds back only itself: the day's other grades pass their checks.
+    quality = platform.rows(
+        "SELECT position_id, passed FROM partition_quality"
+        " WHERE date = '2026-11-03' AND check_name = 'grades_valid'"
+    )
+    assert quality.height == 5 * 2 and quality["passed"].all()
+    assert set(quality["position_id"]) == {"P000", "P003"}
+
+
+def a_repeated_message_is_no_new_work(platform, instance, daemon, publisher, topic, runs) -> None:
+    """The same message again is not new work."""
+    bucket = platform.stack.bucket_url()
+    again = json.dumps({"image_uri": f"{bucket}/P000/2026-11-01/image.png"}).encode()
+    before = ended_tick_id(instance)
+    publisher.publish(topic, again).result(timeout=10)
+    # The tick that pulls it counts it a duplicate and requests nothing (a tick that
+    # requests a run ends the wait too, and fails the assertion).
+    wait_for_ticks(
+        instance,
+        daemon,
+        1,
+        120,
+        after=before,
+        where=saw_duplicates_or_requested_runs,
+    )
+    assert len(image_runs(instance)) == len(runs)
+
+
+def a_reupload_replaces_the_photo_rows(platform, instance, daemon, images) -> None:
+    """Later, P000 is photographed again on its first day (a new generation of its
+    object): the day's next run replaces the photo's rows, it adds none."""
+    bucket = platform.stack.bucket_url()
+    day = "2026-11-01"
+    photo = f"position_id = 'P000' AND date = DATE '{day}'"
+    first_generation = platform.rows(f"SELECT generation FROM drone_images WHERE {photo}")
+    runs_of_day = runs_per_day(instance)[day]
+    data = platform.fs.cat_file(f"{bucket}/P001/{day}/image.png")
+    platform.fs.pipe_file(f"{bucket}/P000/{day}/image.png", data)
+    deadline = time.monotonic() + 120
+    while runs_per_day(instance)[day] == runs_of_day:
+        assert time.monotonic() < deadline, f"no run for the re-upload\n{daemon.log_tail()}"
+        time.sleep(1)
+    platform.wait(instance, images + 4, daemon)
+    assert materializations_per_partition(instance, DRONE_IMAGES)[day] == runs_of_day + 1
+    again = platform.rows(f"SELECT generation, sha256 FROM drone_images WHERE {photo}")
+    assert again.height == 1, f"the re-upload added a row: {again}"
+    assert again["generation"][0] != first_generation["generation"][0]
+    same_as = f"position_id = 'P001' AND date = DATE '{day}'"
+    assert (
+        again["sha256"][0]
+        == platform.rows(f"SELECT sha256 FROM drone_images WHERE {same_as}")["sha256"][0]
+    ), "the re-upload's row is not the new photo's"
+    assert_no_duplicate_keys(platform)
+    assert_grades_match_crops(platform)
 
 
 # The daemon killed after a tick requested a run is in `make test`'s time as

@@ -12,7 +12,6 @@ the helpers are production_topology.py's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
@@ -25,7 +24,7 @@ from production_topology import (
     _said,
     _wait,
     graded_rows_per_photo,
-    production_topology,
+    topology_fixture,  # noqa: F401 (the fixture `topology`)
 )
 
 from farm_platform import config
@@ -45,12 +44,6 @@ from farm_platform_dev.simulate import FarmConfig
 from farm_platform_dev.ui import launch_day_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
-    with production_topology() as topology:
-        yield topology
 
 
 def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
@@ -206,78 +199,21 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
     they run. From the runs' own events: the sensor's runs graded at the same time, the
     whole-day run graded none of its photos while any of them did; then every photo of
     the day has its rows once."""
-    from farm_platform.images.pipeline import GRADING_COMMITTED, GRADING_STARTED, LOCK_WAITING
-    from farm_platform.resources.warehouse import DAY_GRADING_LOCK_PREFIX
-
     day = _day(3).isoformat()
     graded_before = len(graded_rows_per_photo(topology))
     with topology.instance() as instance:
         with _grades_held(topology):
             photos = topology.simulate(FarmConfig(positions=9, days=1, seed=53, start_date=_day(3)))
             assert photos == 9
-
-            def claimed() -> list | None:
-                runs = _runs_of_day(instance, day)
-                return runs if sum(int(run.tags[PHOTOS_TAG]) for run in runs) >= 9 else None
-
-            # This wait ran past 120 s in CI (2026-12-04) and past 300 s on 2026-12-05: a
-            # tick that saw part of the day claimed a batch, whose run then waited to commit
-            # holding the day's write lock, and the next tick hung recording the rest on
-            # that lock (fixed; test_warehouse has the case). Then past 300 s in about one
-            # full run in four: a tick that had read the 4-position field map before this
-            # farm's rewrote it dead-lettered 5 of the 9 photos (fixed: the sensor reads the
-            # map after pulling; test_ingest has the case). A timeout prints every tick that
-            # pulled something, and the sensor's log.
-            sensor_runs = _wait(
-                claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology
-            )
-            assert len(sensor_runs) == 3, "the 9 photos were not claimed as 3 batches of 3"
-            for run in sensor_runs:
-                _wait(
-                    lambda run=run: _said(instance, run.run_id, GRADING_STARTED),
-                    120,
-                    f"sensor run {run.run_id} grading",
-                )
+            sensor_runs = _sensor_runs_grading(instance, topology, day)
             whole_day = launch_day_run(topology.production.webserver_url, day)
-            # The whole-day run is in its op: waiting for the day, or (were it not kept
-            # out) grading beside the sensor's runs, which the spans below would show.
-            _wait(
-                lambda: (
-                    _said(instance, whole_day, LOCK_WAITING)
-                    or _said(instance, whole_day, GRADING_STARTED)
-                ),
-                120,
-                "the whole-day run's op",
+            kept_out = _four_runs_grading_and_the_whole_day_run_kept_out(
+                instance, topology, day, sensor_runs, whole_day
             )
-            # Four runs of the day at once, none of them has committed yet.
-            started = instance.get_run_records(
-                RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={"dagster/partition": day})
-            )
-            assert len(started) == 4, [r.dagster_run.run_id for r in started]
-            assert not any(_said(instance, r.run_id, GRADING_COMMITTED) for r in sensor_runs)
-            # PostgreSQL holds an exclusive request on the day's grading lock back.
-            kept_out = topology.warehouse.query(
-                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND mode = 'ExclusiveLock' AND objid = (hashtext(%s)::bigint & 4294967295)::oid",
-                [f"{DAY_GRADING_LOCK_PREFIX}{day}"],
-            )["n"][0]
         wait_for_photos(
             instance, topology.warehouse, graded_before + photos, 300, tolerate_failed_runs=True
         )
-        runs = [*sensor_runs, instance.get_run_by_id(whole_day)]
-        failures = {
-            run.run_id: [e.user_message for e in instance.all_logs(run.run_id)][-6:]
-            for run in runs
-            if instance.get_run_by_id(run.run_id).status != DagsterRunStatus.SUCCESS
-        }
-        assert not failures, failures
-        spans = {
-            run.run_id: (
-                _said(instance, run.run_id, GRADING_STARTED),
-                _said(instance, run.run_id, GRADING_COMMITTED),
-            )
-            for run in runs
-        }
+        spans = _grading_spans(instance, [*sensor_runs, instance.get_run_by_id(whole_day)])
     sensor_spans = [spans[run.run_id] for run in sensor_runs]
     # The sensor's runs graded side by side: all three were grading at once.
     assert max(begin for begin, _ in sensor_spans) < min(end for _, end in sensor_spans)
@@ -298,6 +234,84 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
         [_day(3)],
     ).row(0, named=True)
     assert rows["photos"] == 9 and rows["n"] == rows["keys"] > 0
+
+
+def _sensor_runs_grading(instance, topology: Topology, day: str) -> list:
+    """The sensor's three runs of the day's 9 photos, once each has begun grading."""
+    from farm_platform.images.pipeline import GRADING_STARTED
+
+    def claimed() -> list | None:
+        runs = _runs_of_day(instance, day)
+        return runs if sum(int(run.tags[PHOTOS_TAG]) for run in runs) >= 9 else None
+
+    # This wait ran past 120 s in CI (2026-12-04) and past 300 s on 2026-12-05: a
+    # tick that saw part of the day claimed a batch, whose run then waited to commit
+    # holding the day's write lock, and the next tick hung recording the rest on
+    # that lock (fixed; test_warehouse has the case). Then past 300 s in about one
+    # full run in four: a tick that had read the 4-position field map before this
+    # farm's rewrote it dead-lettered 5 of the 9 photos (fixed: the sensor reads the
+    # map after pulling; test_ingest has the case). A timeout prints every tick that
+    # pulled something, and the sensor's log.
+    sensor_runs = _wait(claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology)
+    assert len(sensor_runs) == 3, "the 9 photos were not claimed as 3 batches of 3"
+    for run in sensor_runs:
+        _wait(
+            lambda run=run: _said(instance, run.run_id, GRADING_STARTED),
+            120,
+            f"sensor run {run.run_id} grading",
+        )
+    return sensor_runs
+
+
+def _four_runs_grading_and_the_whole_day_run_kept_out(
+    instance, topology: Topology, day: str, sensor_runs: list, whole_day: str
+) -> int:
+    """Once the whole-day run is in its op: four runs of the day started, none committed.
+    Returns how many exclusive requests on the day's grading lock PostgreSQL holds back."""
+    from farm_platform.images.pipeline import GRADING_COMMITTED, GRADING_STARTED, LOCK_WAITING
+    from farm_platform.resources.warehouse import DAY_GRADING_LOCK_PREFIX
+
+    # The whole-day run is in its op: waiting for the day, or (were it not kept
+    # out) grading beside the sensor's runs, which the spans below would show.
+    _wait(
+        lambda: (
+            _said(instance, whole_day, LOCK_WAITING) or _said(instance, whole_day, GRADING_STARTED)
+        ),
+        120,
+        "the whole-day run's op",
+    )
+    # Four runs of the day at once, none of them has committed yet.
+    started = instance.get_run_records(
+        RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={"dagster/partition": day})
+    )
+    assert len(started) == 4, [r.dagster_run.run_id for r in started]
+    assert not any(_said(instance, r.run_id, GRADING_COMMITTED) for r in sensor_runs)
+    # PostgreSQL holds an exclusive request on the day's grading lock back.
+    return topology.warehouse.query(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND mode = 'ExclusiveLock' AND objid = (hashtext(%s)::bigint & 4294967295)::oid",
+        [f"{DAY_GRADING_LOCK_PREFIX}{day}"],
+    )["n"][0]
+
+
+def _grading_spans(instance, runs: list) -> dict[str, tuple]:
+    """Each run's (grading started, grading committed) event times; fails on a run that did
+    not succeed, with its last log lines."""
+    from farm_platform.images.pipeline import GRADING_COMMITTED, GRADING_STARTED
+
+    failures = {
+        run.run_id: [e.user_message for e in instance.all_logs(run.run_id)][-6:]
+        for run in runs
+        if instance.get_run_by_id(run.run_id).status != DagsterRunStatus.SUCCESS
+    }
+    assert not failures, failures
+    return {
+        run.run_id: (
+            _said(instance, run.run_id, GRADING_STARTED),
+            _said(instance, run.run_id, GRADING_COMMITTED),
+        )
+        for run in runs
+    }
 
 
 def test_stack_down_stops_every_process_of_the_topology(topology):

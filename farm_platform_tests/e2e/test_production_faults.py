@@ -23,7 +23,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -39,7 +38,7 @@ from production_topology import (
     _said,
     _wait,
     graded_rows_per_photo,
-    production_topology,
+    topology_fixture,  # noqa: F401 (the fixture `topology`)
 )
 
 from farm_platform import config
@@ -54,12 +53,6 @@ PAUSE_SECONDS = 90
 SERVER = f"code_server:{config.IMAGE_LOCATION}"
 # The stated time: every photo of the day graded within this long after the fault began.
 GRADED_WITHIN_SECONDS = 300
-
-
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
-    with production_topology() as started:
-        yield started
 
 
 def _daemon_view(topology: Topology) -> SimpleNamespace:

@@ -38,6 +38,13 @@ def served_models(folder: Path) -> Path:
     return target
 
 
+# Import it as `served_models_fixture` into a test module: pytest then provides
+# `served_models_dir` there, one per module (the server processes of a module serve it).
+@pytest.fixture(scope="module", name="served_models_dir")
+def served_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return served_models(tmp_path_factory.mktemp("served"))
+
+
 def grpc_stub(url: str) -> Any:
     import grpc
     from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub

@@ -21,7 +21,7 @@ from model_server_support import (
     oip,
     oip_runners,
     outward_address,
-    served_models,
+    served_models_fixture,  # noqa: F401 (the fixture `served_models_dir`)
 )
 
 from farm_platform.layout import ImageKey
@@ -34,16 +34,11 @@ from farm_platform_dev.processes import listening_addresses
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return served_models(tmp_path_factory.mktemp("served"))
-
-
-@pytest.fixture(scope="module")
 def server_urls(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    served_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with ModelServerProcess(models_dir, log) as server:
+    with ModelServerProcess(served_models_dir, log) as server:
         yield {"http": server.http_url, "grpc": server.grpc_url}
 
 
@@ -63,21 +58,21 @@ def photos() -> list[tuple[ImageKey, np.ndarray]]:
     ]
 
 
-def test_server_lists_every_active_model(server: str, models_dir: Path) -> None:
+def test_server_lists_every_active_model(server: str, served_models_dir: Path) -> None:
     import requests
 
     listed = requests.get(f"{server}/v2/models", timeout=10).json()["models"]
-    assert sorted(listed) == sorted(ModelRegistry(models_dir).active_versions())
+    assert sorted(listed) == sorted(ModelRegistry(served_models_dir).active_versions())
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_server_results_equal_local_inference(
     transport: str,
     server_urls: dict[str, str],
-    models_dir: Path,
+    served_models_dir: Path,
     photos: list[tuple[ImageKey, np.ndarray]],
 ) -> None:
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     client = oip.OipClient(server_urls[transport])
     detector_card = registry.detector()
     local_rows, crops = inference.crop_leaves(
@@ -105,9 +100,9 @@ def test_server_results_equal_local_inference(
 
 
 def test_version_mismatch_is_refused_until_the_server_reloads(
-    server: str, server_urls: dict[str, str], models_dir: Path
+    server: str, server_urls: dict[str, str], served_models_dir: Path
 ) -> None:
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     client = oip.OipClient(server)
     grpc_client = oip.OipClient(server_urls["grpc"])
     registry.set_active("disease_2_grader", "v2")
@@ -122,7 +117,9 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
         # The reload call: the new active version is served without a restart.
         from farm_platform.cli import main
 
-        assert main(["models", "--models-dir", str(models_dir), "reload", "--url", server]) == 0
+        assert (
+            main(["models", "--models-dir", str(served_models_dir), "reload", "--url", server]) == 0
+        )
         for transport in (client, grpc_client):
             oip_runners.check_versions(transport, list(registry.active_cards().values()))
         reported, _ = client.infer(
@@ -136,11 +133,11 @@ def test_version_mismatch_is_refused_until_the_server_reloads(
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
-    transport: str, server_urls: dict[str, str], models_dir: Path
+    transport: str, server_urls: dict[str, str], served_models_dir: Path
 ) -> None:
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     client = oip.OipClient(server_urls[transport])
-    weights = models_dir / "disease_2_grader" / "v2" / "weights.pt"
+    weights = served_models_dir / "disease_2_grader" / "v2" / "weights.pt"
     original = weights.read_bytes()
     registry.set_active("disease_2_grader", "v2")
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
@@ -159,16 +156,16 @@ def test_reload_keeps_serving_the_old_version_when_the_new_weights_are_corrupt(
         registry.set_active("disease_2_grader", "v1")
 
 
-def test_the_registry_watch_follows_a_new_active_version(models_dir: Path) -> None:
+def test_the_registry_watch_follows_a_new_active_version(served_models_dir: Path) -> None:
     from farm_platform.ml import serving
 
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     repository = serving.RegistryRepository(registry)
     for model in serving.registry_models(registry):
         repository.update(model)
     watch = serving.RegistryWatch(repository, interval_seconds=60)
     grader = repository.get_model("disease_2_grader")
-    weights = models_dir / "disease_2_grader" / "v2" / "weights.pt"
+    weights = served_models_dir / "disease_2_grader" / "v2" / "weights.pt"
     original = weights.read_bytes()
     try:
         watch.check()
@@ -204,11 +201,11 @@ def test_a_request_the_model_cannot_take_is_answered_with_the_reason(
 
 
 def test_metadata_names_the_active_version_and_the_tensors_each_model_takes_and_gives(
-    server_urls: dict[str, str], models_dir: Path
+    server_urls: dict[str, str], served_models_dir: Path
 ) -> None:
     import requests
 
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     client = oip.OipClient(server_urls["grpc"])
     for model_id, card in registry.active_cards().items():
         rest = requests.get(f"{server_urls['http']}/v2/models/{model_id}", timeout=10).json()
@@ -343,7 +340,7 @@ def test_a_day_graded_through_the_server_equals_the_day_graded_in_the_run(
 @pytest.mark.slow
 def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each_photo_once(
     graded_locally: Any,
-    models_dir: Path,
+    served_models_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -357,7 +354,7 @@ def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each
     def on(server: ModelServerProcess) -> InferenceResource:
         return InferenceResource(mode="oip", oip_url=server.grpc_url, oip_timeout_seconds=2)
 
-    first = ModelServerProcess(models_dir, tmp_path / "first.log")
+    first = ModelServerProcess(served_models_dir, tmp_path / "first.log")
     requests_seen = []
     real_infer = oip.OipClient.infer
 
@@ -378,7 +375,7 @@ def test_a_server_that_goes_away_mid_run_fails_the_run_and_the_retry_grades_each
 
     # The retry (what the requeue sensor starts for a failed run's photos), on a new server.
     monkeypatch.setattr(oip.OipClient, "infer", real_infer)
-    with ModelServerProcess(models_dir, tmp_path / "second.log") as second:
+    with ModelServerProcess(served_models_dir, tmp_path / "second.log") as second:
         resources["inference"] = on(second)
         assert materialize_day(resources, day)
 

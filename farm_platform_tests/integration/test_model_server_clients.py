@@ -22,7 +22,7 @@ from model_server_support import (
     kill_on_arrival,
     oip,
     oip_runners,
-    served_models,
+    served_models_fixture,  # noqa: F401 (the fixture `served_models_dir`)
 )
 
 from farm_platform import config
@@ -33,11 +33,6 @@ from farm_platform.ml.registry import ModelRegistry
 from farm_platform.resources.inference import InferenceResource
 from farm_platform_dev.model_server import ModelServerProcess
 from farm_platform_dev.processes import free_port
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return served_models(tmp_path_factory.mktemp("served"))
 
 
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
@@ -107,12 +102,14 @@ TOKEN = secrets.token_hex(16)
 
 @pytest.fixture(scope="module")
 def replicas(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    served_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ModelServerProcess]]:
     logs = tmp_path_factory.mktemp("replicas")
     with contextlib.ExitStack() as stack:
         yield [
-            stack.enter_context(ModelServerProcess(models_dir, logs / f"{n}.log", token=TOKEN))
+            stack.enter_context(
+                ModelServerProcess(served_models_dir, logs / f"{n}.log", token=TOKEN)
+            )
             for n in "ab"
         ]
 
@@ -206,9 +203,9 @@ def test_clients_made_together_start_their_rotations_at_different_replicas() -> 
 
 
 def test_requests_spread_over_the_replicas_and_survive_one_killed_mid_batch(
-    replicas: list[ModelServerProcess], models_dir: Path
+    replicas: list[ModelServerProcess], served_models_dir: Path
 ) -> None:
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(served_models_dir)
     card, detector_card = registry.grader_for("disease_1"), registry.detector()
     grader = inference.load_grader(card, registry)
     a, b = (server.grpc_url for server in replicas)

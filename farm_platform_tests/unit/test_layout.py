@@ -174,15 +174,6 @@ SCRIPT_FOLDERS = (REPO / "models", REPO / "benchmarks")
 # And the tests: their modules, the shared helpers and the fixtures.
 TESTS = REPO / "farm_platform_tests"
 TEST_FOLDERS = (TESTS, TESTS / "unit", TESTS / "integration", TESTS / "e2e")
-# Test functions over the limit that are not split yet: e2e stories through the daemon or
-# the production topology. Nothing joins this list; an entry leaves it when it is split.
-LONG_TEST_FUNCTIONS = {
-    "farm_platform_tests/e2e/test_model_story_e2e.py::test_new_grader_version_story",
-    "farm_platform_tests/e2e/test_pipeline_e2e.py::"
-    "test_simulated_farm_bad_messages_and_a_reupload_end_to_end",
-    "farm_platform_tests/e2e/test_production_e2e.py::"
-    "test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_them",
-}
 
 
 def sized_files() -> list[Path]:
@@ -213,17 +204,7 @@ def oversized() -> dict[str, int]:
 def test_no_module_over_400_lines_and_no_function_over_80():
     folders = {path.parent for path in sized_files()}
     assert folders >= {*SCRIPT_FOLDERS, *TEST_FOLDERS}  # the scan sees them
-    too_long = sorted(
-        f"{key}: {lines} lines"
-        for key, lines in oversized().items()
-        if key not in LONG_TEST_FUNCTIONS
-    )
+    too_long = sorted(f"{key}: {lines} lines" for key, lines in oversized().items())
     assert not too_long, "split these (a module per subject, a function per step):\n" + (
         "\n".join(too_long)
     )
-
-
-def test_the_long_test_functions_listed_are_still_long():
-    """An entry of LONG_TEST_FUNCTIONS whose function was split (or renamed) leaves it."""
-    stale = sorted(LONG_TEST_FUNCTIONS - set(oversized()))
-    assert not stale, f"remove from LONG_TEST_FUNCTIONS: {stale}"

@@ -4,19 +4,7 @@
 -- `is_held_back` when a failed blocking data-quality check holds their (position, date,
 -- disease) back from the reports.
 with grades as (
-    select
-        cast(position_id as text) as position_id,
-        cast(date as date) as date,
-        cast(leaf_crop_idx as integer) as leaf_crop_idx,
-        cast(disease_type as text) as disease_type,
-        cast(predicted_grade as integer) as predicted_grade,
-        cast(cropper_model_id as text) as cropper_model_id,
-        cast(cropper_model_version as text) as cropper_model_version,
-        cast(disease_model_id as text) as disease_model_id,
-        cast(disease_model_version as text) as disease_model_version,
-        cast(confidence as double precision) as confidence,
-        cast(graded_at as timestamp with time zone) as graded_at,
-        cast(dagster_run_id as text) as dagster_run_id
+    select {{ typed_columns('farm', 'disease_grades') }}
     from {{ source('farm', 'disease_grades') }}
 )
 

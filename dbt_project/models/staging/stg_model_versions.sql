@@ -1,13 +1,6 @@
 -- Every registered (model_id, version), typed, with its registration order per model.
 with versions as (
-    select
-        cast(model_id as text) as model_id,
-        cast(version as text) as version,
-        cast(active as boolean) as active,
-        cast(task as text) as task,
-        cast(disease_type as text) as disease_type,
-        cast(sha256 as text) as sha256,
-        cast(recorded_at as timestamp with time zone) as recorded_at
+    select {{ typed_columns('farm', 'model_versions') }}
     from {{ source('farm', 'model_versions') }}
 )
 
