@@ -70,37 +70,37 @@ def card_folder(root: Path, card: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_repo_models(tmp_path_factory.mktemp("external") / "models")
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(registry_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with model_server.ModelServerProcess(models_dir, log, plain=(PLAIN,)) as process:
+    with model_server.ModelServerProcess(registry_dir, log, plain=(PLAIN,)) as process:
         yield process
 
 
 @pytest.mark.slow
 def test_a_day_graded_through_an_external_card_grades_as_the_shipped_grader(
-    server, models_dir, tmp_path, monkeypatch
+    server, registry_dir, tmp_path, monkeypatch
 ):
     card = external_card({**SERVER, "url": server.grpc_url})
     folder = card_folder(tmp_path / "in", card)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        args = ["models", "--models-dir", str(models_dir), "add", str(folder), "--activate"]
+        args = ["models", "--models-dir", str(registry_dir), "add", str(folder), "--activate"]
         assert cli.main(args) == 0
     # Checked on the server, evaluated there on the registered grades set, through the gate.
     out = printed.getvalue()
     assert "its server answers; contract on a probe batch: external_oip: probe batch" in out, out
     assert "disease_0_grader ext1 on eval_grades" in out, out
     assert "activated disease_0_grader ext1 (was v1)" in out, out
-    assert ModelRegistry(models_dir).grader_for("disease_0").format == "external_oip"
+    assert ModelRegistry(registry_dir).grader_for("disease_0").format == "external_oip"
     for mode in ("local", "oip"):
         monkeypatch.setenv(config.FARM_INFERENCE, mode)
         monkeypatch.setenv(config.FARM_OIP_URL, server.grpc_url)
-        warehouse = grade_simulated_farm(CONFIG, tmp_path / mode, models_dir=models_dir).warehouse
+        warehouse = grade_simulated_farm(CONFIG, tmp_path / mode, models_dir=registry_dir).warehouse
         grades = warehouse.query(GRADES)
         shipped = shipped_grades(warehouse.query(CROPS))
         assert grades.height == shipped.height > 10, mode
@@ -144,36 +144,36 @@ CONTRACT_ERRORS = {
 
 @pytest.mark.parametrize("case", CONTRACT_ERRORS, ids=list(CONTRACT_ERRORS))
 def test_a_contract_error_names_the_field_and_registers_nothing(
-    case, server, models_dir, tmp_path, capsys
+    case, server, registry_dir, tmp_path, capsys
 ):
     make, words = CONTRACT_ERRORS[case]
     folder = card_folder(tmp_path, external_card(make(server.grpc_url), version=f"bad-{case}"))
-    before = snapshot(models_dir)
-    args = ["models", "--models-dir", str(models_dir), "add", str(folder), "--activate"]
+    before = snapshot(registry_dir)
+    args = ["models", "--models-dir", str(registry_dir), "add", str(folder), "--activate"]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err
     if case == "server-down":
         assert "is the server of disease_0_grader bad-server-down" in err, err
-    assert snapshot(models_dir) == before
+    assert snapshot(registry_dir) == before
 
 
 def test_the_address_and_token_come_from_settings_the_card_names(
-    server, models_dir, tmp_path, monkeypatch
+    server, registry_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("FARM_EXTERNAL_OIP_TEST_URL", server.http_url)
     server_fields = {**SERVER, "url_setting": "FARM_EXTERNAL_OIP_TEST_URL"}
     card = external_card(server_fields, version="ext-setting")
-    added = add_model(card_folder(tmp_path, card), ModelRegistry(models_dir))
+    added = add_model(card_folder(tmp_path, card), ModelRegistry(registry_dir))
     assert added.card.external is not None and added.card.external.url is None
     # A card is data: it may not name any other variable (it would send its value away).
     stolen = {**server_fields, "token_setting": "AWS_SECRET_ACCESS_KEY"}
     with pytest.raises(ModelCardError, match="server.token_setting"):
-        add_model(card_folder(tmp_path / "b", external_card(stolen)), ModelRegistry(models_dir))
+        add_model(card_folder(tmp_path / "b", external_card(stolen)), ModelRegistry(registry_dir))
     # The identity recorded with every grade: id + version, and a sha256 of the card's
     # server and contract (another server or tensor is another sha256).
-    other = ModelRegistry(models_dir).card(GRADER_ID, "ext-setting")
-    assert other.sha256 != ModelRegistry(models_dir).card(GRADER_ID, "v1").sha256
+    other = ModelRegistry(registry_dir).card(GRADER_ID, "ext-setting")
+    assert other.sha256 != ModelRegistry(registry_dir).card(GRADER_ID, "v1").sha256
 
 
 def test_a_server_that_goes_down_is_oip_unavailable_naming_the_card():
