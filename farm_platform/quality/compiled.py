@@ -126,7 +126,10 @@ def evaluate_expectations(
     suite: str = "",
 ) -> list[Failure]:
     """The failed ones of `expectations` (in validation order) over `frame`."""
-    frame = frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
+    # NaN is missing to pandas; a column of nothing but nulls is pandas' object column.
+    frame = frame.with_columns(
+        pl.col(pl.Float32, pl.Float64).fill_nan(None), pl.col(pl.Null).cast(pl.String)
+    )
     plain = _plain_values(frame)
     raised, failed = [], []
     for expectation in expectations:
@@ -233,7 +236,7 @@ def _in_set(kwargs: Mapping[str, Any], schema: pl.Schema) -> tuple[pl.Expr, pl.E
         inside = pl.col(column).is_in(pl.Series(value_set).implode())
     else:  # a mixed set: Python's `in`, value by value
         allowed = set(value_set)
-        inside = pl.col(column).map_elements(lambda v: v in allowed, return_dtype=pl.Boolean)
+        inside = pl.col(column).map_elements(allowed.__contains__, return_dtype=pl.Boolean)
     return ~_missing(column), ~inside.fill_null(True)
 
 

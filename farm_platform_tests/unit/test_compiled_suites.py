@@ -70,6 +70,8 @@ def _edge_suite(mostly: float | None = None):
             named(E.ExpectColumnValuesToNotBeNull(column="i"), "i_present"),
             named(E.ExpectColumnValuesToNotBeNull(column="d"), "d_present"),
             named(E.ExpectColumnValuesToNotBeNull(column="n"), "n_present"),
+            named(E.ExpectColumnValuesToBeInSet(column="n", value_set=[True]), "n_true"),
+            named(E.ExpectColumnValueLengthsToBeBetween(column="n", min_value=1), "n_len"),
             named(E.ExpectCompoundColumnsToBeUnique(column_list=["k", "s"]), "ks_unique"),
             named(E.ExpectCompoundColumnsToBeUnique(column_list=["k", "d"]), "kd_unique"),
             named(
@@ -105,9 +107,8 @@ def _edge_frame(nulls: bool) -> pl.DataFrame:
             "s": [n, "x", "", n, "x", "yy", "x", "x", n],
             "k": [1, 1, 2, 2, 1, n, 3, 3, n],
             "d": [D1, D1, n, D1, D1, D2, D1, D1, n],
-            "n": [n] * 9,
-        },
-        schema_overrides={"n": pl.String},
+            "n": [n] * 9,  # polars' Null type
+        }
     )
     if not nulls:
         frame = frame.with_columns(pl.col("i", "j", "k").fill_null(4))
