@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +320,9 @@ def _identity(value: Any) -> Any:
 
 
 def _float_or_nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
+    # A new NaN object per value, like numpy's: two missing values of a photo are both
+    # kept (a NaN equals only itself, and `math.nan` would be one object for all).
+    return float("nan") if value is None else float(value)
 
 
 def _pandas_date(value: dt.date | None) -> str:

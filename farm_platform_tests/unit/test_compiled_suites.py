@@ -14,12 +14,14 @@ import math
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import polars as pl
 import pytest
 
 from farm_platform.quality import compile as compile_suites
 from farm_platform.quality import compiled
+from farm_platform.quality import expectations as checks
 from farm_platform.quality.compiled import PARTITION_COLUMN
 from farm_platform_dev import ge_reference
 
@@ -99,7 +101,7 @@ def _edge_frame(nulls: bool) -> pl.DataFrame:
         {
             "position_id": ["a", "b", "c", "d", "e", "f", "g", "g", "h"],
             "date": [D1, D1, D1, n, D1, D1, D2, D2, D1],
-            "f": [0.5, n, math.nan, 1.5, -1.0, 1.0, math.nan, 0.0, 1.0],
+            "f": [0.5, n, math.nan, 1.5, -1.0, 1.0, math.nan, n, 1.0],
             "g": [0.4, 0.1, 0.1, n, n, 1.0, n, 0.05, math.nan],
             "i": [1, 2, n, 3, 0, 1, 2, 2, 5],
             "j": [1, 3, 2, n, n, 0, 2, 2, n],
@@ -135,6 +137,13 @@ def test_the_evaluator_finds_what_great_expectations_finds(nulls: bool, mostly: 
     reference = ge_reference.validate_suite(frame, suite, parameters)
     assert ge_reference.comparable(ours) == ge_reference.comparable(reference)
     assert len(ours) >= 15  # the frame breaks (nearly) every expectation
+    # … and so the same outcome per photo (values kept, duplicates dropped, at most 5).
+    photos = list(zip(frame["position_id"], frame["date"], strict=True))
+    outcomes = []
+    for failures in (ours, reference):
+        with mock.patch.object(checks, "evaluate_suite", lambda *_, f=failures: f):
+            outcomes.append(checks.validate(frame, "edges", photos, parameters))
+    assert json.dumps(str(outcomes[0])) == json.dumps(str(outcomes[1]))
 
 
 def test_a_missing_column_fails_the_expectation_like_great_expectations() -> None:
