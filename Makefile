@@ -61,6 +61,8 @@ test-hosts: install
 	$(BIN)/pytest -m hosts
 
 # Data-quality gate: the suites and dbt tests on a clean simulated farm and on corrupted
-# copies; fails unless the clean data passes and every corruption is caught.
+# copies; fails unless the clean data passes and every corruption is caught. The gate runs
+# the compiled suites: first, that they are compiled from the suites as they are now.
 check: install
+	$(BIN)/python -m farm_platform.quality.compile --check
 	$(BIN)/farm-platform check

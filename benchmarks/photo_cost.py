@@ -15,9 +15,11 @@ Per scenario it prints the CPU seconds per photo of the platform's processes, su
 process group (the emulators, which stand in for Cloud Storage and Pub/Sub, apart; the
 whole machine's busy CPU beside, since others share it), the per-run fixed cost (the
 platform's CPU beyond the bare model path's, per run, by group, and the run's wall time
-outside its op), Dagster events and warehouse connections (PostgreSQL sessions) per photo,
-upload → graded latency p50 and p95, and the bare model path's CPU per photo (decode →
-detect → crop → 5 graders, batch 32, in this process) on the same photos, measured after.
+outside its op; a run worker's fixed parts measured in a fresh process:
+`photo_cost_breakdown.py`), Dagster events and warehouse connections (PostgreSQL
+sessions) per photo, upload → graded latency p50 and p95, and the bare model path's CPU
+per photo (decode → detect → crop → 5 graders, batch 32, in this process) on the same
+photos, measured after.
 CPU seconds depend little on the machine's other load; wall times and latency do.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from docs_table import add_write_docs_flag, write_docs
+from photo_cost_breakdown import print_fixed_cost
 from photo_cost_run import SCENARIOS, Scenario, bare_cpu_per_photo, measure
 
 DOCS_COLUMNS = [
@@ -76,6 +79,12 @@ def report(name: str, figures: dict[str, Any]) -> tuple[Any, ...]:
         print(f"     {group:28s} {seconds:.2f}")
     for part, seconds in figures["run_wall_s"].items():
         print(f"     wall: {part:40s} {seconds:.2f}")
+    runs = max(1, figures["runs"])
+    print_fixed_cost(
+        figures["fixed_cost_parts"],
+        figures["cpu_s_by_group"].get("run workers", 0.0) / runs,
+        bare * photos / runs,
+    )
     connections = figures["db_connections"]
     print(
         f"   Dagster events/photo {figures['events'] / photos:.3f}; DB connections/photo ", end=""

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from bare_model_path import measure_bare_path
 from dagster import DagsterInstance
+from photo_cost_breakdown import measure_fixed_cost
 from photo_cost_meter import (
     CpuMeter,
     LatencyTracker,
@@ -105,6 +106,13 @@ def measure(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         machine = busy_cpu_seconds() - machine_before
         connections = postgres_sessions(pg_url) - sessions_before - 1 if pg_url else None
         figures = _run_figures(instance, meter.by_group(), len(photos))
+        runs = max(1, figures["runs"])
+        figures["fixed_cost_parts"] = measure_fixed_cost(
+            platform.warehouse,
+            platform.bucket_url,
+            round(len(photos) / runs),
+            round(figures["events"] / runs),
+        )
     return {
         **figures,
         "photos": len(photos),

@@ -111,11 +111,17 @@ def judge_case(case: Case, results: list[CheckResult], failed_tests: list[str]) 
 
 def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Path]:
     """Run the real assets on a simulated farm; the snapshot, warehouse URL and field map."""
-    from farm_platform.layout import bucket_filesystem
     from farm_platform_dev.farm import grade_simulated_farm
 
     farm = grade_simulated_farm(config, workdir)
-    warehouse, field_map = farm.warehouse, farm.field_map
+    snapshot = snapshot_of(farm.warehouse, farm.bucket_url, pl.read_csv(farm.field_map))
+    return snapshot, farm.warehouse.url, farm.field_map
+
+
+def snapshot_of(warehouse: Any, bucket_url: str, positions: pl.DataFrame) -> Snapshot:
+    """What the checks see of a graded farm: its warehouse's rows of the active detector."""
+    from farm_platform.layout import bucket_filesystem
+
     registry = configured_registry()
     detector = registry.detector()
     cropper = (detector.id, detector.version)
@@ -134,16 +140,15 @@ def simulate_farm(config: FarmConfig, workdir: Path) -> tuple[Snapshot, str, Pat
         "SELECT * FROM disease_grades WHERE cropper_model_id = %s AND cropper_model_version = %s",
         list(cropper),
     )
-    snapshot = Snapshot(
+    return Snapshot(
         images=images,
         crops=crops,
         grades=grades,
-        positions=pl.read_csv(field_map),
+        positions=positions,
         cropper=cropper,
         graders=graders,
-        filesystem=bucket_filesystem(farm.bucket_url)[0],
+        filesystem=bucket_filesystem(bucket_url)[0],
     )
-    return snapshot, warehouse.url, field_map
 
 
 def dbt_failures(

@@ -1,5 +1,6 @@
-"""The checks an image run makes over its day: the Great Expectations suites over the
-day's photos (stored in partition_quality) and the models' drift checks."""
+"""The checks an image run makes over its day: the data-quality suites (defined with Great
+Expectations, evaluated compiled) over the day's photos (stored in partition_quality) and
+the models' drift checks."""
 
 import time
 from collections.abc import Sequence

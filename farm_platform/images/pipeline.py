@@ -5,8 +5,8 @@ decoding the photos, once per run); it is subsettable, so a single grade asset c
 re-materialized alone (a new grader version re-grades the stored crops without running
 the detector). A run processes the photos its config lists (the sensor's batch) or, with
 no list (UI "Materialize", a backfill), every photo of the day the platform has recorded.
-torch and Great Expectations are imported inside the op: loading the code location must
-not pay for them.
+torch is imported inside the op: loading the code location must not pay for it. The
+data-quality checks evaluate compiled suites: a run does not import Great Expectations.
 """
 
 import datetime as dt

@@ -1,5 +1,6 @@
 """Data quality: Great Expectations suites run as Dagster asset checks (docs/data-quality.md).
 
-Nothing here imports great_expectations at module level: the code location loads
-`farm_platform.quality.expectations` names only when an op runs a check.
+Suites are defined with Great Expectations and compiled once per code version
+(`farm_platform.quality.compile`); runs evaluate the compiled suites and never import
+great_expectations, nor does the code location.
 """

@@ -2,38 +2,37 @@
 
 Here a "partition" is one photo, (position_id, date): the unit `partition_quality` keeps
 and dbt holds back. A run of the image pipeline covers up to thousands of photos of a day.
-Validating each photo's frame separately would cost one Great Expectations validation per
-photo and suite; instead each suite validates the run's frame once with
-`unexpected_index_column_names=["partition"]`, and every unexpected row is attributed to its
-photo. Per-photo facts (leaf count, rows per crop, change since yesterday) are validated
-on a frame with one row per photo. The outcome is the same as validating every photo on
+Each suite is evaluated once over the run's frame, whose rows are labelled with their
+photo, and every unexpected row is attributed to its photo. The suites are compiled
+(`farm_platform.quality.compiled`): a run does not import Great Expectations. Per-photo
+facts (leaf count, rows per crop, change since yesterday) are validated on a frame with one
+row per photo. The outcome is the same as validating every photo on
 its own: a photo fails exactly the expectations its rows break. A failure that cannot be
 attributed (a null key, an expectation that raised) fails every photo of the run, so a
 broken run is never reported clean.
 
 No Dagster API here (only the `partition_quality` schema, from the warehouse module): the
 assets log these results as asset check evaluations, and `farm-platform check` asserts on
-them. great_expectations is imported inside functions.
+them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from farm_platform.quality import suites
+from farm_platform.quality import compiled, suites
+from farm_platform.quality.compiled import PARTITION_COLUMN, Failure
 from farm_platform.resources.tables import PARTITION_QUALITY_TABLE
 
 ERROR = "ERROR"
 WARN = "WARN"
 Partition = tuple[str, dt.date]  # (position_id, date)
-PARTITION_COLUMN = "partition"
 MAX_OBSERVED_VALUES = 5
 
 # Asset-check names (Dagster) of the suites; one check per asset and suite.
@@ -98,28 +97,26 @@ class CheckResult:
 # --------------------------------------------------------------------------- validation
 
 
-@functools.cache
-def _batch_definition() -> Any:
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("farm_platform")
-    asset = source.add_dataframe_asset(name="partition_frames")
-    return asset.add_batch_definition_whole_dataframe("whole_frame")
-
-
 def _partition_label(position_id: Any, date: Any) -> str | None:
     if position_id is None or date is None:
         return None
     return f"{position_id}|{date}"
 
 
+# The suites' evaluator: the compiled suites (no Great Expectations import in a run).
+evaluate_suite: Callable[[pl.DataFrame, str, Mapping[str, Any] | None], list[Failure]] = (
+    compiled.evaluate
+)
+
+
 def validate(
-    frame: pl.DataFrame, suite: Any, partitions: Iterable[Partition]
+    frame: pl.DataFrame,
+    suite: str,
+    partitions: Iterable[Partition],
+    parameters: Mapping[str, Any] | None = None,
 ) -> dict[Partition, PartitionOutcome]:
-    """Validate `frame` (columns include position_id, date) against `suite` per partition."""
+    """Validate `frame` (columns include position_id, date) against the suite named `suite`
+    of `suites.SUITES`, given its `parameters`, per partition."""
     partitions = sorted(set(partitions))
     by_label = {_partition_label(p, d): (p, d) for p, d in partitions}
     failed: dict[Partition, dict[str, list[Any]]] = {p: {} for p in partitions}
@@ -134,40 +131,18 @@ def validate(
             PARTITION_COLUMN
         )
     )
-    pandas_frame = labelled.to_pandas()
-    result = (
-        _batch_definition()
-        .get_batch(batch_parameters={"dataframe": pandas_frame})
-        .validate(
-            suite,
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": [PARTITION_COLUMN],
-            },
-        )
-    )
-    for expectation in result.results:
-        if expectation.success:
-            continue
-        name = (expectation.expectation_config.meta or {}).get(
-            "name", expectation.expectation_config.type
-        )
-        column = _columns(expectation.expectation_config)
-        exception = (expectation.exception_info or {}).get("exception_message")
-        unexpected = (expectation.result or {}).get("unexpected_index_list") or []
+    for failure in evaluate_suite(labelled, suite, parameters):
         attributed = False
-        for row in unexpected:
-            partition = by_label.get(row.get(PARTITION_COLUMN))
-            value = _plain({c: row.get(c) for c in column}) if column else None
+        for label, values in failure.rows:
+            partition = by_label.get(label)
             if partition is None:
                 continue
-            fail(partition, name, value)
+            fail(partition, failure.name, values or None)
             attributed = True
         if not attributed:
-            # Null keys, an aggregate expectation or an exception: the whole batch fails.
-            observed = exception or (expectation.result or {}).get("observed_value")
+            # Null keys or an expectation that raised: the whole batch fails.
             for partition in partitions:
-                fail(partition, name, _plain(observed))
+                fail(partition, failure.name, failure.observed)
     return {
         partition: PartitionOutcome(
             passed=not failed.get(partition),
@@ -176,26 +151,6 @@ def validate(
         )
         for partition in partitions
     }
-
-
-def _columns(config: Any) -> list[str]:
-    kwargs = config.kwargs
-    if "column" in kwargs:
-        return [kwargs["column"]]
-    if "column_A" in kwargs:
-        return [kwargs["column_A"], kwargs["column_B"]]
-    return list(kwargs.get("column_list") or [])
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly (numpy scalars and dates become Python values / strings)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "item"):
-        return value.item()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def _merge(*outcomes: dict[Partition, PartitionOutcome]) -> dict[Partition, PartitionOutcome]:
@@ -240,7 +195,7 @@ def check_drone_images(images: pl.DataFrame) -> CheckResult:
         asset="drone_images",
         check_name=IMAGE_QUALITY,
         severity=ERROR,
-        outcomes=validate(images, suites.drone_images_suite(), partitions),
+        outcomes=validate(images, "drone_images", partitions),
     )
 
 
@@ -267,8 +222,8 @@ def check_leaf_crops(
         check_name=LEAF_CROPS_VALID,
         severity=ERROR,
         outcomes=_merge(
-            validate(rows, suites.leaf_crops_suite(), partitions),
-            validate(counts, suites.leaf_counts_suite(), partitions),
+            validate(rows, "leaf_crops", partitions),
+            validate(counts, "leaf_counts", partitions),
         ),
     )
 
@@ -291,10 +246,11 @@ def check_disease_grades(
         outcomes=_merge(
             validate(
                 grades,
-                suites.disease_grades_suite(disease_type, scale, grader, cropper),
+                "disease_grades",
                 partitions,
+                suites.disease_grades_parameters(disease_type, scale, grader, cropper),
             ),
-            validate(per_partition, suites.grade_counts_suite(), partitions),
+            validate(per_partition, "grade_counts", partitions),
         ),
     )
 
@@ -311,7 +267,7 @@ def check_leaves_vanished(
         asset="leaf_crops",
         check_name=LEAVES_VANISHED,
         severity=WARN,
-        outcomes=validate(frame, suites.leaves_vanished_suite(), partitions),
+        outcomes=validate(frame, "leaves_vanished", partitions),
     )
 
 
@@ -330,7 +286,9 @@ def check_severity_jump(
         asset=f"{disease_type}_grades",
         check_name=SEVERITY_JUMP,
         severity=WARN,
-        outcomes=validate(frame, suites.severity_jump_suite(max_jump), partitions),
+        outcomes=validate(
+            frame, "severity_jump", partitions, suites.severity_jump_parameters(max_jump)
+        ),
     )
 
 

@@ -5,13 +5,20 @@ Every expectation carries `meta={"name": ...}`: that name is what check results,
 that `farm_platform.quality.expectations` builds; the frame's columns are listed in the docstring.
 great_expectations is imported inside the functions: the code location must not load it.
 
-To add an expectation: append it to the suite's list with a new `meta` name, then add a
-corruption case that it catches in `farm_platform_dev/gate.py` (docs/data-quality.md).
+A value known only at run time (the model card's scale, the registry's active versions, the
+configured jump bound) is a Great Expectations suite parameter, `{"$PARAMETER": name}`; the
+`*_parameters` functions below give their values. Runs do not import Great Expectations:
+`python -m farm_platform.quality.compile --write` compiles these suites into
+`compiled_suites.json`, which `farm_platform.quality.compiled` evaluates with polars.
+
+To add an expectation: append it to the suite's list with a new `meta` name, recompile, then
+add a corruption case that it catches in `farm_platform_dev/gate_cases.py`
+(docs/data-quality.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Bounds of a drone photo: the simulator renders 256 px squares, the drones shoot ≤ 8K.
@@ -21,6 +28,11 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_LEAVES_PER_IMAGE = 20
 # Default bound of the day-to-day change of a position's mean grade (WARN above it).
 DEFAULT_MAX_SEVERITY_JUMP = 1.5
+
+
+def _parameter(name: str) -> dict[str, str]:
+    """A suite parameter: its value is given when the suite is validated."""
+    return {"$PARAMETER": name}
 
 
 def _named(expectation: Any, name: str) -> Any:
@@ -128,7 +140,7 @@ def leaf_crops_suite() -> Any:
     )
 
 
-def _at_most_suite(suite_name: str, column: str, max_value: float, name: str) -> Any:
+def _at_most_suite(suite_name: str, column: str, max_value: Any, name: str) -> Any:
     """A suite of the one expectation `0 <= column <= max_value`, named `name`: the
     per-photo leaf count and the day-to-day severity change are bounded alike."""
     import great_expectations as gx
@@ -146,34 +158,32 @@ def _at_most_suite(suite_name: str, column: str, max_value: float, name: str) ->
     )
 
 
-def leaf_counts_suite(max_leaves: int = MAX_LEAVES_PER_IMAGE) -> Any:
+def leaf_counts_suite() -> Any:
     """One row per partition: `leaves` (crops of the active detector on the photo)."""
-    return _at_most_suite("leaf_counts", "leaves", max_leaves, "leaf_count_0_to_20")
+    return _at_most_suite("leaf_counts", "leaves", MAX_LEAVES_PER_IMAGE, "leaf_count_0_to_20")
 
 
-def disease_grades_suite(
-    disease_type: str,
-    grades: Sequence[int],
-    grader: tuple[str, str],
-    cropper: tuple[str, str],
-) -> Any:
-    """One row per grade written for `disease_type` (the disease_grades columns).
+# Value sets of the grades suite known only at run time: each parameter is a list.
+_ACTIVE_VERSIONS = (
+    "disease_model_id",
+    "disease_model_version",
+    "cropper_model_id",
+    "cropper_model_version",
+)
 
-    `grades` is the model card's scale; `grader`/`cropper` are the (id, version) the model
-    registry names active.
+
+def disease_grades_suite() -> Any:
+    """One row per grade written for one disease (the disease_grades columns).
+
+    Parameters (`disease_grades_parameters`): `disease_type`, `grades` (the model card's
+    scale) and the (id, version) columns of the grader and detector the registry names active.
     """
     import great_expectations as gx
 
     E = gx.expectations
     keys = ["position_id", "date", "leaf_crop_idx", "disease_type"]
-    versions = {
-        "disease_model_id": grader[0],
-        "disease_model_version": grader[1],
-        "cropper_model_id": cropper[0],
-        "cropper_model_version": cropper[1],
-    }
     return _suite(
-        f"{disease_type}_grades",
+        "disease_grades",
         [
             *[
                 _named(E.ExpectColumnValuesToNotBeNull(column=column), "keys_not_null")
@@ -181,12 +191,16 @@ def disease_grades_suite(
             ],
             _named(E.ExpectCompoundColumnsToBeUnique(column_list=keys), "keys_unique"),
             _named(
-                E.ExpectColumnValuesToBeInSet(column="disease_type", value_set=[disease_type]),
+                E.ExpectColumnValuesToBeInSet(
+                    column="disease_type", value_set=_parameter("disease_type")
+                ),
                 "disease_type_matches",
             ),
             _named(E.ExpectColumnValuesToNotBeNull(column="predicted_grade"), "grade_in_scale"),
             _named(
-                E.ExpectColumnValuesToBeInSet(column="predicted_grade", value_set=list(grades)),
+                E.ExpectColumnValuesToBeInSet(
+                    column="predicted_grade", value_set=_parameter("grades")
+                ),
                 "grade_in_scale",
             ),
             _named(
@@ -199,17 +213,33 @@ def disease_grades_suite(
             ),
             *[
                 _named(E.ExpectColumnValuesToNotBeNull(column=column), "model_version_present")
-                for column in versions
+                for column in _ACTIVE_VERSIONS
             ],
             *[
                 _named(
-                    E.ExpectColumnValuesToBeInSet(column=column, value_set=[value]),
+                    E.ExpectColumnValuesToBeInSet(column=column, value_set=_parameter(column)),
                     "model_version_active",
                 )
-                for column, value in versions.items()
+                for column in _ACTIVE_VERSIONS
             ],
         ],
     )
+
+
+def disease_grades_parameters(
+    disease_type: str,
+    grades: Sequence[int],
+    grader: tuple[str, str],
+    cropper: tuple[str, str],
+) -> dict[str, list[Any]]:
+    """The grades suite's parameters: `grades` is the model card's scale, `grader` and
+    `cropper` the (id, version) the model registry names active."""
+    active = dict(zip(_ACTIVE_VERSIONS, [*grader, *cropper], strict=True))
+    return {
+        "disease_type": [disease_type],
+        "grades": list(grades),
+        **{column: [value] for column, value in active.items()},
+    }
 
 
 def grade_counts_suite() -> Any:
@@ -244,6 +274,25 @@ def leaves_vanished_suite() -> Any:
     )
 
 
-def severity_jump_suite(max_jump: float = DEFAULT_MAX_SEVERITY_JUMP) -> Any:
-    """One row per partition: `jump` = |mean grade today − yesterday| (null: no yesterday)."""
-    return _at_most_suite("severity_jump", "jump", max_jump, "severity_jump_within_bound")
+def severity_jump_suite() -> Any:
+    """One row per partition: `jump` = |mean grade today − yesterday| (null: no yesterday).
+    Parameter `max_jump` (`severity_jump_parameters`)."""
+    return _at_most_suite(
+        "severity_jump", "jump", _parameter("max_jump"), "severity_jump_within_bound"
+    )
+
+
+def severity_jump_parameters(max_jump: float = DEFAULT_MAX_SEVERITY_JUMP) -> dict[str, float]:
+    return {"max_jump": max_jump}
+
+
+# Every suite by name: what `farm_platform.quality.compile` compiles and runs validate.
+SUITES: dict[str, Callable[[], Any]] = {
+    "drone_images": drone_images_suite,
+    "leaf_crops": leaf_crops_suite,
+    "leaf_counts": leaf_counts_suite,
+    "disease_grades": disease_grades_suite,
+    "grade_counts": grade_counts_suite,
+    "leaves_vanished": leaves_vanished_suite,
+    "severity_jump": severity_jump_suite,
+}

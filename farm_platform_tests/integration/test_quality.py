@@ -186,6 +186,35 @@ def test_check_specs_are_declared_per_day_partition_and_never_block_a_whole_day(
         assert spec.partitions_def == configured_day_partitions() and not spec.blocking
 
 
+def test_compiled_checks_find_what_great_expectations_finds_in_every_gate_case(farm) -> None:
+    """Issue 44: on the clean farm and every corruption case, each suite evaluation that
+    `validate_photos` makes gives the same failures (names, unexpected rows with their
+    photo and values, in order) compiled and by Great Expectations itself."""
+    from farm_platform.quality import compiled
+    from farm_platform_dev import ge_reference
+
+    snapshot, _, _ = farm
+    calls: dict[tuple, tuple[pl.DataFrame, str, dict]] = {}
+
+    def recording(frame: pl.DataFrame, suite: str, parameters=None) -> list:
+        key = (suite, repr(parameters), repr(frame.schema), tuple(frame.hash_rows(seed=0)))
+        calls.setdefault(key, (frame, suite, dict(parameters or {})))
+        return compiled.evaluate(frame, suite, parameters)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quality, "evaluate_suite", recording)
+        for snapshot_case in [snapshot, *(case.corrupt(snapshot) for case in SUITE_CASES)]:
+            gate.run_suites(snapshot_case)
+    assert {suite for _, suite, _ in calls.values()} == set(compiled.compiled_suites())
+    failing = 0
+    for frame, suite, parameters in calls.values():
+        ours = compiled.evaluate(frame, suite, parameters)
+        reference = ge_reference.evaluate(frame, suite, parameters)
+        assert ge_reference.comparable(ours) == ge_reference.comparable(reference), suite
+        failing += bool(reference)
+    assert failing >= len(SUITE_CASES) - 2  # the cases' failures were compared, not only passes
+
+
 def test_loading_the_code_location_does_not_import_great_expectations(location_env) -> None:
     probe = (
         "import sys, farm_platform.images.definitions, farm_platform.analytics.report; "
