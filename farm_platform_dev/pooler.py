@@ -8,7 +8,9 @@ NullPool). Each one costs a TCP, startup and SCRAM handshake (several round trip
 PostgreSQL backend process. A client connects to the pooler on its own host instead; the
 pooler keeps its server connections to PostgreSQL open across the link and hands them on.
 
-The configuration is deploy/vm/pgbouncer.ini filled in. The password goes in the pooler's
+The configuration is deploy/vm/pgbouncer.ini filled in: md5 between the clients and the
+pooler (a hop on the machine itself; SCRAM would run PBKDF2 at both ends of every client
+connection), SCRAM from the pooler to PostgreSQL. The password goes in the pooler's
 userlist, a file of mode 0600 owned by the account PgBouncer runs as (it refuses root: the
 same unprivileged account as PostgreSQL); it is never on a command line. PgBouncer logs to
 stderr, which goes to a `pgbouncer.log` beside the other services' logs.
