@@ -54,6 +54,7 @@ def start_cloud(hosts: Hosts, address: str, only: str) -> dict[str, int]:
 
 
 def start_db(hosts: Hosts, address: str, only: str) -> dict[str, int]:
+    from farm_platform_dev.pooler import SERVER_MAX_CONNECTIONS
     from farm_platform_dev.postgres import PostgresServer
     from farm_platform_dev.production import (
         DAGSTER_DATABASE,
@@ -65,6 +66,7 @@ def start_db(hosts: Hosts, address: str, only: str) -> dict[str, int]:
     data, pids = hosts.host_dir("db") / "data", {}
     if only in ("", "postgres"):
         server = PostgresServer(
+            f"-c max_connections={SERVER_MAX_CONNECTIONS}",
             base=data / "postgres",
             password=os.environ[PG_PASSWORD],
             databases=(WAREHOUSE_DATABASE, DAGSTER_DATABASE),

@@ -33,6 +33,9 @@ from farm_platform_dev.vm_artifacts import LOCALHOST, VM_ARTIFACTS, render
 
 POOLER_CONFIG = VM_ARTIFACTS / "pgbouncer.ini"
 POOLER_PORT = 6432
+# PostgreSQL's max_connections on the topologies: above the sum of every pooler's pools
+# (deploy/vm/pgbouncer.ini: 2 x 50 each, three poolers on the hosts).
+SERVER_MAX_CONNECTIONS = 400
 CONFIG_FILE = "pgbouncer.ini"
 USERLIST_FILE = "userlist.txt"
 

@@ -39,7 +39,7 @@ from farm_platform import config
 from farm_platform_dev.emulators import StackError
 from farm_platform_dev.liveness import hold_topology_lock
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
-from farm_platform_dev.pooler import topology_pooler
+from farm_platform_dev.pooler import SERVER_MAX_CONNECTIONS, topology_pooler
 from farm_platform_dev.postgres import SUPERUSER, PostgresServer
 from farm_platform_dev.processes import free_port, stop_processes
 from farm_platform_dev.topology_processes import (
@@ -287,6 +287,7 @@ def _production(state: dict[str, Any], state_dir: Path) -> Production:
 def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
 
     server = PostgresServer(
+        f"-c max_connections={SERVER_MAX_CONNECTIONS}",
         base=state_dir / "postgres",
         password=os.environ[PG_PASSWORD],
         databases=(WAREHOUSE_DATABASE, DAGSTER_DATABASE),

@@ -147,7 +147,7 @@ def test_every_manifest_is_valid_kubernetes():
 
 def test_the_charts_pods_reach_postgresql_through_the_pooler_in_session_mode():
     """The chart's postgresqlHost/port is the pooler's Service, and the pooler's settings are
-    deploy/vm/pgbouncer.ini's: session mode, its reset query, its pool sizes, its retry."""
+    deploy/vm/pgbouncer.ini's: session mode, its reset query, its retry."""
     import configparser
 
     docs = {doc["kind"]: doc for doc in load_all(DEPLOY / "k8s" / "pgbouncer.yaml")}
@@ -157,12 +157,11 @@ def test_the_charts_pods_reach_postgresql_through_the_pooler_in_session_mode():
     cluster, vm = configparser.ConfigParser(), configparser.ConfigParser(interpolation=None)
     cluster.read_string(docs["ConfigMap"]["data"]["pgbouncer.ini"])
     vm.read(DEPLOY / "vm" / "pgbouncer.ini")
-    for setting in ("pool_mode", "server_reset_query", "default_pool_size", "server_login_retry"):
+    for setting in ("pool_mode", "server_reset_query", "server_login_retry"):
         assert cluster["pgbouncer"][setting] == vm["pgbouncer"][setting], setting
     assert cluster["pgbouncer"]["pool_mode"] == "session"
     # The pods reach the pooler across the cluster's network: SCRAM, not the VMs' md5.
     assert cluster["pgbouncer"]["auth_type"] == "scram-sha-256"
-    assert cluster["databases"]["farm"].endswith("pool_size=10")
     assert str(cluster["pgbouncer"]["listen_port"]) == str(service["spec"]["ports"][0]["port"])
 
 
