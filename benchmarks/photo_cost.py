@@ -7,7 +7,10 @@ Scenarios (photos of one day, announced by drone messages, photos in a local fol
   project's instance settings, DuckDB warehouse);
 - flight: one photo every 2 s for 30 minutes, embedded default;
 - production: the same flight on `stack up --production` (PostgreSQL, code servers, the
-  daemon, Redis, the Celery run launcher's workers and two model-server replicas).
+  daemon, Redis, the Celery run launcher's workers and two model-server replicas), every
+  process reaching PostgreSQL through its PgBouncer; production-no-pooler: the same without
+  it. Run together (`--scenarios production-no-pooler production`), they have a table of
+  their own: PostgreSQL's sessions and CPU per photo before and after the pooler.
 `--quick`: 64 photos in the burst, 40 photos (80 s) of flight: burst and flight together in
 about 5 minutes on 2 cores (the production topology's start adds a few more).
 
@@ -130,8 +133,10 @@ def main() -> int:
             rows.append(report(scenario.label, figures))
             print(f"   ({time.monotonic() - started:.0f} s with the bare path)", flush=True)
     if args.write_docs:
+        # The production scenarios alone (with and without the pooler) have a table of their own.
+        alone = all(SCENARIOS[name].production for name in args.scenarios)
         write_docs(
-            "photo_cost" + ("-quick" if args.quick else ""),
+            "photo_cost" + ("-quick" if args.quick else "") + ("-production" if alone else ""),
             DOCS_COLUMNS,
             rows,
             note="CPU seconds of the platform's processes (emulators apart) per photo, and the "

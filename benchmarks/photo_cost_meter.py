@@ -22,6 +22,7 @@ import psutil
 
 # First match wins: (group, any of these in the command line).
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("PgBouncer", ("pgbouncer",)),
     ("PostgreSQL", ("postgres",)),
     ("Redis", ("redis-server",)),
     ("run workers", ("spawn_main", "execute_run", "api execute")),

@@ -43,6 +43,8 @@ class Scenario:
     production: bool
     quick_photos: int
     idle_s: float = 30.0  # how long the idle platform is metered first
+    # The production topology's PgBouncer (farm_platform_dev.pooler); False: none.
+    pooler: bool = True
 
     def sized(self, quick: bool, photos: int | None) -> Scenario:
         count = photos or (self.quick_photos if quick else self.photos)
@@ -55,6 +57,10 @@ SCENARIOS = {
     "burst": Scenario("burst, embedded", 2000, 0.0, False, 64),
     "flight": Scenario("flight (1 photo / 2 s), embedded", 900, 2.0, False, 40),
     "production": Scenario("flight (1 photo / 2 s), production topology", 900, 2.0, True, 40),
+    # The same without the pooler: every Dagster storage operation a new PostgreSQL session.
+    "production-no-pooler": Scenario(
+        "flight (1 photo / 2 s), production topology, no pooler", 900, 2.0, True, 40, pooler=False
+    ),
 }
 
 
@@ -217,7 +223,9 @@ def _production(
     try:
         bucket = f"file://{workdir / 'bucket'}"
         settings = {**info.environment(), config.FARM_BUCKET: bucket}
-        production = topology.production_up(state_dir, settings, replicas=2, max_concurrent_runs=4)
+        production = topology.production_up(
+            state_dir, settings, replicas=2, max_concurrent_runs=4, pooler=scenario.pooler
+        )
         environment = {
             **settings,
             **production.environment(quote(os.environ[password], safe="")),
@@ -236,12 +244,10 @@ def _production(
                     found = {int(pid): key.split(":")[0] for key, pid in pids.items()}
                     return {**found, **{int(p): EMULATORS for p in emulators if p}}
 
-                yield (
-                    platform,
-                    instance,
-                    roots,
-                    production.warehouse_url(quote(os.environ[password], safe="")),
-                )
+                # PostgreSQL's own sessions: asked of the server, not through the pooler.
+                secret = quote(os.environ[password], safe="")
+                server = f"postgresql://farm:{secret}@127.0.0.1:{production.pg_port}/farm"
+                yield platform, instance, roots, server
     finally:
         topology.production_down(state_dir)
         dev_stack.stack_down(state_dir)

@@ -54,6 +54,7 @@ def start_cloud(hosts: Hosts, address: str, only: str) -> dict[str, int]:
 
 
 def start_db(hosts: Hosts, address: str, only: str) -> dict[str, int]:
+    from farm_platform_dev.pooler import SERVER_MAX_CONNECTIONS
     from farm_platform_dev.postgres import PostgresServer
     from farm_platform_dev.production import (
         DAGSTER_DATABASE,
@@ -65,6 +66,7 @@ def start_db(hosts: Hosts, address: str, only: str) -> dict[str, int]:
     data, pids = hosts.host_dir("db") / "data", {}
     if only in ("", "postgres"):
         server = PostgresServer(
+            f"-c max_connections={SERVER_MAX_CONNECTIONS}",
             base=data / "postgres",
             password=os.environ[PG_PASSWORD],
             databases=(WAREHOUSE_DATABASE, DAGSTER_DATABASE),
@@ -79,12 +81,26 @@ def start_db(hosts: Hosts, address: str, only: str) -> dict[str, int]:
     return pids
 
 
+def start_pooler(hosts: Hosts, host: str, address: str, only: str) -> dict[str, int]:
+    """The host's PgBouncer on its own address, holding its connections to PostgreSQL (on
+    `db`, or through the delay proxy) open for the host's processes."""
+    from farm_platform_dev.pooler import POOLER_PORT, Pooler
+    from farm_platform_dev.production import PG_PASSWORD
+    from farm_platform_dev.topology_processes import POOLER_FOLDER
+
+    if not hosts.pooled or only not in ("", "pgbouncer"):
+        return {}
+    folder, log = hosts.host_dir(host) / POOLER_FOLDER, hosts.log(host, "pgbouncer")
+    pooler = Pooler(folder, address, POOLER_PORT, *hosts.service("postgres"), log)
+    return {"pgbouncer": pooler.start(os.environ[PG_PASSWORD])}
+
+
 def start_control(hosts: Hosts, address: str, only: str) -> dict[str, int]:
     from farm_platform_dev.topology_processes import start_code_server, wait_for_port
     from farm_platform_dev.vm_artifacts import workspace_config
     from farm_platform_dev.webservers import own_origins, webserver_command
 
-    logs, pids = hosts.host_dir("control") / "logs", {}
+    logs, pids = hosts.host_dir("control") / "logs", start_pooler(hosts, "control", address, only)
     ports = {name: PORTS[f"code_server:{name}"] for name in CODE_LOCATIONS}
     for name, module in CODE_LOCATIONS.items():
         if only in ("", f"code_server:{name}"):
@@ -106,11 +122,11 @@ def start_control(hosts: Hosts, address: str, only: str) -> dict[str, int]:
     return pids
 
 
-def start_worker(hosts: Hosts, host: str, only: str) -> dict[str, int]:
+def start_worker(hosts: Hosts, host: str, address: str, only: str) -> dict[str, int]:
     from farm_platform.images.run_tags import ANALYTICS_QUEUE, IMAGES_QUEUE
     from farm_platform_dev.vm_artifacts import worker_arguments
 
-    logs, pids = hosts.host_dir(host) / "logs", {}
+    logs, pids = hosts.host_dir(host) / "logs", start_pooler(hosts, host, address, only)
     # The report's worker on the first worker host only: one at a time, as shipped.
     queues = [IMAGES_QUEUE, *([ANALYTICS_QUEUE] if host == "worker-1" else [])]
     for queue in queues:
@@ -148,7 +164,7 @@ def main(argv: list[str]) -> int:
     elif host == "control":
         pids = start_control(hosts, address, only)
     elif host.startswith("worker-"):
-        pids = start_worker(hosts, host, only)
+        pids = start_worker(hosts, host, address, only)
     else:
         pids = start_model(hosts, host, address)
     (hosts.host_dir(host) / "pids.json").write_text(json.dumps(pids))

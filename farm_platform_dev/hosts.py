@@ -9,6 +9,7 @@ covered by an empty read-only tmpfs):
 - `control`: the two code servers, the daemon and the operators' webserver;
 - `worker-1`, `worker-2`: Celery `images` workers (worker-1 also the `analytics` one) and
   the runs they execute;
+- on `control` and each worker, its processes' PgBouncer (farm_platform_dev.pooler);
 - `model-1`, `model-2`: model-server replicas.
 
 Each host has its own DAGSTER_HOME, TMPDIR, cache (FARM_MODELS_CACHE, XDG_CACHE_HOME) and
@@ -38,6 +39,7 @@ from typing import Any
 from farm_platform import config
 from farm_platform_dev.emulators import StackError
 from farm_platform_dev.netns import DEFAULT_PREFIX, DEFAULT_SUBNET, NetworkLayout
+from farm_platform_dev.pooler import POOLER_PORT
 from farm_platform_dev.stack import StackInfo
 from farm_platform_dev.topology_processes import read_state_file, write_state_file
 
@@ -84,6 +86,8 @@ class Hosts:
     # Every connection to a shared service through the delay proxy (farm_platform_dev.
     # delay_proxy) on this machine's bridge address, delayed by `<state dir>/delay_ms`.
     delayed: bool = False
+    # A PgBouncer on each INSTANCE_HOSTS host (False: they reach PostgreSQL itself).
+    pooled: bool = True
 
     def address(self, host: str) -> str:
         return self.layout.address(host)
@@ -128,9 +132,14 @@ class Hosts:
     def webserver_url(self) -> str:
         return f"http://{self.address('control')}:{PORTS['webserver']}"
 
-    def warehouse_url(self, password: str) -> str:
-        host, port = self.service("postgres")
-        return f"postgresql://farm:{password}@{host}:{port}/farm"
+    def postgres_for(self, host: str) -> tuple[str, int]:
+        """Where `host`'s processes reach PostgreSQL: its own pooler, or the server."""
+        if self.pooled and host in INSTANCE_HOSTS:
+            return self.address(host), POOLER_PORT
+        return self.service("postgres")
+
+    def warehouse_url(self, password: str, host: str = "control") -> str:
+        return "postgresql://farm:{}@{}:{}/farm".format(password, *self.postgres_for(host))
 
     def oip_url(self) -> str:
         if self.delayed:  # one proxied replica: the delay, not the spread, is measured
@@ -152,7 +161,7 @@ class Hosts:
             **self.stack.environment(),
             **oip_environment(self.oip_url()),
             config.DAGSTER_HOME: str(self.dagster_home(host)),
-            config.FARM_WAREHOUSE: self.warehouse_url(password),
+            config.FARM_WAREHOUSE: self.warehouse_url(password, host),
             config.DAGSTER_WEBSERVER_URL: self.webserver_url,
             config.FARM_CELERY_BROKER: broker,
             config.FARM_FIELD_MAP: str(self.field_map(host)),
@@ -186,7 +195,8 @@ def load_hosts(state_dir: Path) -> Hosts | None:
 def _recorded_hosts(state_dir: Path, state: dict[str, Any]) -> Hosts:
     layout = NetworkLayout(HOSTS, prefix=state["prefix"], subnet=state["subnet"])
     runs, quick, settings = state["max_concurrent_runs"], state["quick_polling"], state["settings"]
-    return Hosts(state_dir, layout, runs, quick, settings, state.get("delayed", False))
+    delayed, pooled = state.get("delayed", False), state.get("pooled", False)
+    return Hosts(state_dir, layout, runs, quick, settings, delayed, pooled)
 
 
 def hosts_up(
@@ -197,17 +207,18 @@ def hosts_up(
     prefix: str = DEFAULT_PREFIX,
     subnet: str = DEFAULT_SUBNET,
     delayed: bool = False,
+    pooled: bool = True,
 ) -> Hosts:
     """Build the hosts and start every service on its own; on any failure, everything made
     is removed again (StackError naming the host and its agent's log). `delayed`: the
-    shared services are reached through the delay proxy (`set_delay`)."""
+    shared services are reached through the delay proxy (`set_delay`). `pooled`: a
+    PgBouncer on each host that opens the instance."""
     from farm_platform_dev.production import credentials
 
     credentials()  # before anything is made
     layout = NetworkLayout(HOSTS, prefix=prefix, subnet=subnet)
-    hosts = Hosts(
-        state_dir.resolve(), layout, max_concurrent_runs, quick_polling, settings or {}, delayed
-    )
+    options = (max_concurrent_runs, quick_polling, settings or {}, delayed, pooled)
+    hosts = Hosts(state_dir.resolve(), layout, *options)
     state = build_hosts(hosts)
     try:
         if delayed:
@@ -242,6 +253,7 @@ def build_hosts(hosts: Hosts) -> dict[str, Any]:
         "quick_polling": hosts.quick_polling,
         "settings": hosts.settings,
         "delayed": hosts.delayed,
+        "pooled": hosts.pooled,
         "init": {},
         "pids": {},
     }
@@ -360,17 +372,17 @@ def _write_instance(hosts: Hosts, host: str) -> None:
     from farm_platform.admin.instance import write_instance
     from farm_platform_dev.vm_artifacts import instance_config
 
-    pg_host, pg_port = hosts.service("postgres")
-    text = instance_config(
-        pg_port,
-        hosts.max_concurrent_runs,
-        hosts.max_concurrent_runs,
-        hosts.quick_polling,
-        pg_host=pg_host,
-        bucket=hosts.stack.bucket_url(),
-    )
+    runs, bucket = hosts.max_concurrent_runs, hosts.stack.bucket_url()
+
+    def text(pg_host: str, pg_port: int) -> str:
+        return instance_config(
+            pg_port, runs, runs, hosts.quick_polling, pg_host=pg_host, bucket=bucket
+        )
+
+    # The storage made through PostgreSQL itself: the pooler starts with the host's services.
     with config.process_environment(hosts.environment(host)):
-        write_instance(hosts.dagster_home(host), text)
+        write_instance(hosts.dagster_home(host), text(*hosts.service("postgres")))
+    (hosts.dagster_home(host) / "dagster.yaml").write_text(text(*hosts.postgres_for(host)))
 
 
 def hosts_down(state_dir: Path) -> bool:

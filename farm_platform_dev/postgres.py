@@ -58,7 +58,7 @@ def postgres_bin_dir() -> Path | None:
     return None
 
 
-def _unprivileged_user() -> pwd.struct_passwd | None:
+def unprivileged_user() -> pwd.struct_passwd | None:
     """PostgreSQL refuses to run as root; the account to run it as (None: we are not root)."""
     if os.geteuid() != 0:
         return None
@@ -185,7 +185,7 @@ class PostgresServer(StartedInWith["PostgresServer"]):
                 "/usr/lib/postgresql/*/bin or on PATH. Install them (`apt-get install "
                 "postgresql-15`) or set FARM_PG_BIN to their directory."
             )
-        self._user = _unprivileged_user()
+        self._user = unprivileged_user()
         if self.temporary:
             _sweep_orphaned()
             # Not under pytest's tmp dirs: those are 0700 root and the postgres user cannot
@@ -290,7 +290,7 @@ class PostgresServer(StartedInWith["PostgresServer"]):
         if self.base is None:
             return
         if self._bin is None:
-            self._bin, self._user = postgres_bin_dir(), _unprivileged_user()
+            self._bin, self._user = postgres_bin_dir(), unprivileged_user()
         if self.running():
             self._run("pg_ctl", ["stop", "-m", "fast", "-w", "-D", str(self.data)])
         if self.temporary:

@@ -3,7 +3,9 @@
 Beside the emulator stack, each process production runs, on its own:
 
 - PostgreSQL: Dagster's instance storage (dagster-postgres: runs, event logs, schedules,
-  sensor ticks; database `dagster`) and the warehouse (database `farm`);
+  sensor ticks; database `dagster`) and the warehouse (database `farm`), every client
+  reaching both through PgBouncer in session mode (farm_platform_dev.pooler), which keeps
+  a few server connections open where Dagster's storage opens one per operation;
 - one gRPC code server per code location (`dagster code-server start`), and a workspace
   file that points at them (`grpc_server`): a code change restarts a code server, not
   the daemon or the webserver;
@@ -37,6 +39,7 @@ from farm_platform import config
 from farm_platform_dev.emulators import StackError
 from farm_platform_dev.liveness import hold_topology_lock, topology_lock
 from farm_platform_dev.model_server import grpc_url, oip_environment, start_model_server
+from farm_platform_dev.pooler import SERVER_MAX_CONNECTIONS, topology_pooler
 from farm_platform_dev.postgres import SUPERUSER, PostgresServer
 from farm_platform_dev.processes import free_port, stop_processes
 from farm_platform_dev.topology_processes import (
@@ -75,6 +78,13 @@ class Production:
     webserver_port: int
     replica_grpc_ports: list[int]
     viewer_webserver_port: int = 0
+    # PgBouncer's port (0: clients reach PostgreSQL itself).
+    pooler_port: int = 0
+
+    @property
+    def client_pg_port(self) -> int:
+        """Where the platform's processes reach PostgreSQL: the pooler, if there is one."""
+        return self.pooler_port or self.pg_port
 
     @property
     def dagster_home(self) -> Path:
@@ -95,7 +105,8 @@ class Production:
 
     def warehouse_url(self, password: str) -> str:
         """The warehouse's URL with `password` in it (pass "${FARM_PG_PASSWORD}" for a shell)."""
-        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.pg_port}/{WAREHOUSE_DATABASE}"
+        port = self.client_pg_port
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{port}/{WAREHOUSE_DATABASE}"
 
     def environment(self, password: str) -> dict[str, str]:
         """What the platform's processes need, beyond the emulator stack's variables."""
@@ -139,14 +150,17 @@ def production_up(
     quick_polling: bool = False,
     runs_per_day: int | None = None,
     replica_batch_ms: float = 0.0,
+    pooler: bool = True,
 ) -> Production:
     """Start the topology (or restart what died of a recorded one) and return it.
     `stack_environment`: the emulator stack's variables, and any setting its processes
     should run with. `runs_per_day`: runs of one day partition at once (default: as many
-    as the run queue allows); the `images` worker runs `max_concurrent_runs` at once."""
+    as the run queue allows); the `images` worker runs `max_concurrent_runs` at once.
+    `pooler`: False for none (benchmarks/photo_cost.py measures without it)."""
     password, redis_password = credentials()
     state = read_production(state_dir) or {
         "pg_port": free_port(),
+        "pooler_port": free_port() if pooler else 0,
         "redis_port": free_port(),
         "code_server_ports": {name: free_port() for name in CODE_LOCATIONS},
         "webserver_port": free_port(),
@@ -190,6 +204,8 @@ def _restart_dead(
     state_dir, pids = production.state_dir, state["pids"]
     if "postgres" in dead:
         pids["postgres"] = _start_postgres(state, state_dir)
+    if "pgbouncer" in dead:
+        pids["pgbouncer"] = topology_pooler(state, state_dir).start(os.environ[PG_PASSWORD])
     if "redis" in dead:
         pids["redis"] = start_redis(int(state["redis_port"]), state_dir)
     if not production.dagster_home.exists():
@@ -275,12 +291,14 @@ def _production(state: dict[str, Any], state_dir: Path) -> Production:
         webserver_port=int(state["webserver_port"]),
         replica_grpc_ports=[int(grpc_port) for _, grpc_port in state["replica_ports"]],
         viewer_webserver_port=int(state.get(port_key("viewer_webserver"), 0)),
+        pooler_port=int(state.get("pooler_port", 0)),
     )
 
 
 def _start_postgres(state: dict[str, Any], state_dir: Path) -> int:
 
     server = PostgresServer(
+        f"-c max_connections={SERVER_MAX_CONNECTIONS}",
         base=state_dir / "postgres",
         password=os.environ[PG_PASSWORD],
         databases=(WAREHOUSE_DATABASE, DAGSTER_DATABASE),
@@ -312,7 +330,7 @@ def _prepare_instance(
     from farm_platform.admin.instance import write_instance
 
     text = instance_config(
-        production.pg_port, max_concurrent_runs, runs_per_day, quick_polling, bucket=bucket
+        production.client_pg_port, max_concurrent_runs, runs_per_day, quick_polling, bucket=bucket
     )
     write_instance(production.dagster_home, text)
 

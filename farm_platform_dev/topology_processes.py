@@ -21,6 +21,8 @@ from farm_platform_dev.processes import pid_alive, spawn
 from farm_platform_dev.webservers import WEBSERVERS, port_key
 
 PRODUCTION_FILE = "production.json"
+# PgBouncer's configuration and userlist (farm_platform_dev.pooler).
+POOLER_FOLDER = "pgbouncer"
 # One Celery worker per queue (farm_platform.images.run_tags).
 WORKER_QUEUES = (IMAGES_QUEUE, ANALYTICS_QUEUE)
 CODE_LOCATIONS = {
@@ -57,7 +59,8 @@ def write_production(state_dir: Path, state: dict[str, Any]) -> None:
 
 def dead_processes(state: dict[str, Any], state_dir: Path) -> list[str]:
     """The topology's processes that do not run (never started, or died), by state key."""
-    expected = ["postgres", "redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
+    expected = ["postgres", *(["pgbouncer"] if state.get("pooler_port") else [])]
+    expected += ["redis", *(f"code_server:{name}" for name in CODE_LOCATIONS)]
     expected += ["daemon", *WEBSERVERS, *(f"worker:{queue}" for queue in WORKER_QUEUES)]
     expected += [f"model_server:{index}" for index in range(len(state["replica_ports"]))]
     expected += ["watchdog"]
@@ -73,6 +76,8 @@ def process_marker(state: dict[str, Any], key: str, state_dir: Path) -> str:
     """What the recorded process's command line holds, so that a reused pid is not ours."""
     if key == "postgres":
         return str(state_dir / "postgres")
+    if key == "pgbouncer":
+        return str(state_dir / POOLER_FOLDER)
     if key.startswith("code_server:"):
         return f"-p {state['code_server_ports'][key.split(':', 1)[1]]} "
     if key in WEBSERVERS:

@@ -172,7 +172,7 @@ def _arrival_queue_line(state_dir: Path, down: set[str]) -> str:
     from farm_platform_dev.production import PG_PASSWORD, load_production
 
     password = os.environ.get(PG_PASSWORD)
-    if not password or "postgres" in down:
+    if not password or down & {"postgres", "pgbouncer"}:
         return f"arrival queue: not read (PostgreSQL down, or {PG_PASSWORD} not exported)"
     url = load_production(state_dir).warehouse_url(quote(password, safe=""))
     try:

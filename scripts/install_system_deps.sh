@@ -2,7 +2,7 @@
 # Installs what farm_platform needs outside Python, when it is missing:
 # Java and the Google Cloud Pub/Sub emulator (local stack), PostgreSQL 15 server binaries (tests),
 # Chromium (the UI check drives it headless through Playwright), Redis (the production
-# topology's Celery broker).
+# topology's Celery broker), PgBouncer (the production topology's connection pooler).
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,8 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The production topology's Celery broker (`farm-platform stack up --production`).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The production topology's connection pooler: it starts its own (farm_platform_dev/pooler.py).
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 emulator_present() {
   [ -d /usr/lib/google-cloud-sdk/platform/pubsub-emulator ] ||
     { command -v gcloud >/dev/null 2>&1 &&
@@ -36,4 +38,14 @@ apt repository (https://cloud.google.com/sdk/docs/install#deb):
   sudo apt-get update && sudo apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless
 HELP
   exit 1
+fi
+# The Debian package's own PgBouncer would hold 127.0.0.1:6432 for nothing: stopped, and not
+# started at boot.
+if [[ " ${missing[*]} " == *" pgbouncer "* ]]; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now pgbouncer.service || true
+  elif [ -x /etc/init.d/pgbouncer ]; then
+    $SUDO /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+    $SUDO update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+  fi
 fi

@@ -174,6 +174,18 @@ def test_a_day_is_graded_across_the_hosts_and_control_shows_rows_crops_and_logs(
     layout = topology.hosts.layout
     for host in HOSTS:
         assert layout.listening(host) <= {layout.address(host)}, host
+    # Every host that opens the instance reaches PostgreSQL through its own PgBouncer.
+    import yaml
+
+    from farm_platform_dev.pooler import POOLER_PORT
+
+    for host in ("control", *WORKER_HOSTS):
+        instance_file = topology.hosts.dagster_home(host) / "dagster.yaml"
+        postgres = yaml.safe_load(instance_file.read_text())["storage"]["postgres"]["postgres_db"]
+        assert (postgres["hostname"], postgres["port"]) == (layout.address(host), POOLER_PORT)
+        assert topology.hosts.environment(host)[config.FARM_WAREHOUSE].endswith(
+            f"@{layout.address(host)}:{POOLER_PORT}/farm"
+        )
     # Nothing of Dagster's storage on a worker's disk: the instance is PostgreSQL and the bucket.
     for host in WORKER_HOSTS:
         home = topology.hosts.dagster_home(host)

@@ -54,7 +54,9 @@ def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
 
     production = topology.production
     bucket = topology.environment[config.FARM_BUCKET]
-    instance = instance_config(production.pg_port, 4, 4, quick_polling=True, bucket=bucket)
+    # Every Dagster process reaches PostgreSQL through the topology's PgBouncer.
+    port = production.pooler_port
+    instance = instance_config(port, 4, 4, quick_polling=True, bucket=bucket)
     assert (production.dagster_home / "dagster.yaml").read_text() == instance
     assert production.workspace.read_text() == workspace_config(production.code_server_ports)
     worker = command_line(topology.pids()["worker:images"])
@@ -68,6 +70,7 @@ def test_a_day_is_graded_through_the_production_topology(topology):
         # Dagster's own storage is PostgreSQL, not SQLite files in DAGSTER_HOME.
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert f":{topology.production.pooler_port}/" in instance.run_storage.postgres_url
         runs = [
             record.dagster_run
             for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
@@ -96,7 +99,7 @@ def test_a_day_is_graded_through_the_production_topology(topology):
     assert pid_alive(topology.pids()["watchdog"]), "stack up started no watchdog"
     # Every process binds loopback only.
     ports = [topology.production.pg_port, topology.production.webserver_port]
-    ports.append(topology.production.viewer_webserver_port)
+    ports += [topology.production.viewer_webserver_port, topology.production.pooler_port]
     ports += list(topology.production.code_server_ports.values())
     ports += topology.production.replica_grpc_ports
     for port in ports:

@@ -202,6 +202,8 @@ def test_values_render_instance_settings_dagster_accepts():
     assert "jsonCredentialsEnvvar" not in gcs  # Workload Identity, never a key file
 
     local = dagster_yaml()
+    # The chart merges additionalInstanceConfig into the instance: freshness off, as local.
+    assert ours["additionalInstanceConfig"] == {"freshness": local["freshness"]}
     assert daemon["runRetries"]["maxRetries"] == local["run_retries"]["max_retries"]
     assert daemon["runMonitoring"]["enabled"] and local["run_monitoring"]["enabled"]
     monitoring = local["run_monitoring"]

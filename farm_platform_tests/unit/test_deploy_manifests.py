@@ -145,6 +145,26 @@ def test_every_manifest_is_valid_kubernetes():
     assert {"BackendConfig", "ManagedCertificate"} <= kinds
 
 
+def test_the_charts_pods_reach_postgresql_through_the_pooler_in_session_mode():
+    """The chart's postgresqlHost/port is the pooler's Service, and the pooler's settings are
+    deploy/vm/pgbouncer.ini's: session mode, its reset query, its retry."""
+    import configparser
+
+    docs = {doc["kind"]: doc for doc in load_all(DEPLOY / "k8s" / "pgbouncer.yaml")}
+    service, postgresql = docs["Service"], values()["postgresql"]
+    assert postgresql["postgresqlHost"].split(".")[:2] == [service["metadata"]["name"], NAMESPACE]
+    assert postgresql["service"]["port"] == service["spec"]["ports"][0]["port"]
+    cluster, vm = configparser.ConfigParser(), configparser.ConfigParser(interpolation=None)
+    cluster.read_string(docs["ConfigMap"]["data"]["pgbouncer.ini"])
+    vm.read(DEPLOY / "vm" / "pgbouncer.ini")
+    for setting in ("pool_mode", "server_reset_query", "server_login_retry"):
+        assert cluster["pgbouncer"][setting] == vm["pgbouncer"][setting], setting
+    assert cluster["pgbouncer"]["pool_mode"] == "session"
+    # The pods reach the pooler across the cluster's network: SCRAM, not the VMs' md5.
+    assert cluster["pgbouncer"]["auth_type"] == "scram-sha-256"
+    assert str(cluster["pgbouncer"]["listen_port"]) == str(service["spec"]["ports"][0]["port"])
+
+
 def test_strict_validation_catches_a_misspelled_network_policy_field():
     (doc, *_) = load_all(DEPLOY / "k8s/network-policies.yaml")
     doc["spec"]["podSelectr"] = doc["spec"].pop("podSelector")
