@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import time
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -113,15 +114,14 @@ def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topolo
 def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grace(topology):
     day = _day(21).isoformat()
     graded = len(graded_rows_per_photo(topology))
+    sent = []
     with topology.instance() as instance:
-        photos = topology.simulate(FarmConfig(positions=3, days=1, seed=73, start_date=_day(21)))
-        victim = _wait(
-            lambda: _taken_not_begun(topology, instance, day), 300, "a run taken, not begun"
+        farm = FarmConfig(positions=3, days=1, seed=73, start_date=_day(21))
+        victim = _hold_the_run_of_a_taken_task(
+            topology, instance, day, lambda: sent.append(topology.simulate(farm))
         )
         worker = topology.pids()["worker:images"]
         pool = child_pids(worker)
-        for pid in pool:  # held where it is: it took the task, it does not begin the run
-            os.kill(pid, signal.SIGSTOP)
         assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.STARTING, (
             "the run began before its worker was stopped: nothing to test, rerun"
         )
@@ -131,7 +131,7 @@ def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grac
         wait_for_photos(
             instance,
             topology.warehouse,
-            graded + photos,
+            graded + sent[0],
             GRADED_WITHIN_SECONDS,
             tolerate_failed_runs=True,
         )
@@ -144,28 +144,46 @@ def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grac
             DagsterRunStatus.SUCCESS,
             DagsterRunStatus.FAILURE,
         }
-    _assert_graded_once(topology, [day], photos)
+    _assert_graded_once(topology, [day], sent[0])
 
 
-def _taken_not_begun(topology: Topology, instance, day: str):
-    """A run of the day still STARTING whose Celery task a pool process has taken (its state
-    in Redis is STARTED), or None."""
+def _hold_the_run_of_a_taken_task(topology: Topology, instance, day: str, start):
+    """Call `start`, then stop (SIGSTOP) the `images` worker's pool the moment one of its
+    processes takes a run's task of `day`, before the run begins; returns that run.
+
+    Celery's result backend publishes each task state it stores, so the pool is stopped on
+    the STARTED message itself: polling the states instead would miss a run whose pool
+    process begins it within milliseconds."""
     import redis
 
     state = read_production(topology.state_dir)
     broker = redis.Redis(
         port=int(state["redis_port"]), password=topology.environment[REDIS_PASSWORD]
     )
+    states = broker.pubsub(ignore_subscribe_messages=True)
+    states.psubscribe("celery-task-meta-*")
     try:
-        for run in _runs_of_day(instance, day):
-            task = run.tags.get("dagster-celery/task_id")
-            if run.status != DagsterRunStatus.STARTING or not task:
+        start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            message = states.get_message(timeout=1.0)
+            if not message or json.loads(message["data"])["status"] != "STARTED":
                 continue
-            meta = broker.get(f"celery-task-meta-{task}")
-            if meta and json.loads(meta)["status"] == "STARTED":
-                return run
+            pool = child_pids(topology.pids()["worker:images"])
+            for pid in pool:  # held where it is: it took the task, it does not begin the run
+                os.kill(pid, signal.SIGSTOP)
+            task = json.loads(message["data"])["task_id"]
+            return _wait(partial(_run_of_task, instance, day, task), 30, f"task {task}'s run")
+        raise AssertionError("no run's task of the day was taken within 300 s")
     finally:
+        states.close()
         broker.close()
+
+
+def _run_of_task(instance, day: str, task: str):
+    for run in _runs_of_day(instance, day):
+        if run.tags.get("dagster-celery/task_id") == task:
+            return run
     return None
 
 
