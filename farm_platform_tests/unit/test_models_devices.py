@@ -105,8 +105,8 @@ def test_the_configured_placement_is_what_torch_can_do() -> None:
 )
 def test_torch_loads_with_the_openmp_wait_policy(setting, expected) -> None:
     """Every torch import of the platform comes through farm_platform.ml, which puts the
-    default in the environment first (OpenMP reads it once, when torch loads); a value the
-    environment sets is kept."""
+    default into the process's environment first (OpenMP reads it once, when torch loads;
+    child processes inherit it); a value the environment sets is kept."""
     import os
     import subprocess
     import sys
@@ -115,8 +115,9 @@ def test_torch_loads_with_the_openmp_wait_policy(setting, expected) -> None:
     if setting is not None:
         env["OMP_WAIT_POLICY"] = setting
     probe = (
-        "import os, sys, farm_platform.ml; "
-        "print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+        "import subprocess, sys, farm_platform.ml; "
+        "seen = subprocess.run(['sh', '-c', 'printf %s $OMP_WAIT_POLICY'], "
+        "capture_output=True, text=True).stdout; print('torch' in sys.modules, seen)"
     )
     output = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
