@@ -131,6 +131,13 @@ TORCH_DTYPES = ("float32", "bfloat16")
 # The decode pool's workers, and torch's CPU threads when the models run on CPU;
 # default: the cores this process may use.
 FARM_TORCH_THREADS = "FARM_TORCH_THREADS"
+# OpenMP's own variable, read when torch loads: how torch's idle CPU threads wait between
+# operations. ACTIVE spins (burning a core's CPU while the run's other threads, reading,
+# decoding and writing, want it); PASSIVE sleeps. farm_platform.ml sets the default before
+# torch loads, unless the environment sets it.
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+OMP_WAIT_POLICIES = ("ACTIVE", "PASSIVE")
 # Kubernetes settings of the image runs' pods (deploy/README.md): a JSON
 # object in the form of dagster-k8s's `dagster-k8s/config` run tag (GPU, CPU, node pool).
 FARM_RUN_K8S_CONFIG = "FARM_RUN_K8S_CONFIG"
@@ -196,6 +203,7 @@ CONFIG_VARIABLES = (
     FARM_TORCH_DEVICE,
     FARM_TORCH_DTYPE,
     FARM_TORCH_THREADS,
+    OMP_WAIT_POLICY,
     FARM_RUN_K8S_CONFIG,
     FARM_WEBSERVER_ALLOWED_ORIGINS,
     FARM_WATCHDOG_INTERVAL_SECONDS,

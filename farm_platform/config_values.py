@@ -114,6 +114,19 @@ def torch_threads(raw: str | int | None) -> int:
     return value
 
 
+def omp_wait_policy(raw: str | None) -> str:
+    """`OMP_WAIT_POLICY` (ACTIVE or PASSIVE, any case), else the platform's default."""
+    if raw is None or raw.strip() == "":
+        return config.DEFAULT_OMP_WAIT_POLICY
+    if raw.strip().upper() not in config.OMP_WAIT_POLICIES:
+        raise ConfigError(
+            f"{config.OMP_WAIT_POLICY}={raw!r} is not an OpenMP wait policy: use "
+            f"{' or '.join(config.OMP_WAIT_POLICIES)}, or unset it for "
+            f"{config.DEFAULT_OMP_WAIT_POLICY}"
+        )
+    return raw.strip().upper()
+
+
 def torch_device(raw: str | None, cuda_devices: int) -> str:
     """The device the models run on: "cpu" or "cuda:N", from `FARM_TORCH_DEVICE`.
 

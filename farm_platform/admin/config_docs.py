@@ -149,6 +149,11 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "the decode pool's workers, and torch's CPU threads when the models run on CPU (1 on CUDA)",
         "the cores the process may use",
     ),
+    config.OMP_WAIT_POLICY: (
+        "OpenMP's variable: how torch's idle CPU threads wait between operations, "
+        "`PASSIVE` (sleep) or `ACTIVE` (spin, burning CPU the run's other threads want)",
+        None,
+    ),
     config.FARM_RUN_K8S_CONFIG: (
         "on Kubernetes: a JSON object in dagster-k8s's `dagster-k8s/config` form put on every "
         "image run as that tag, plus `farm/device: gpu` when it asks for a GPU",
@@ -172,6 +177,9 @@ ROUTES: dict[str, str] = {
     config.PUBSUB_EMULATOR_HOST: "the Google clients read it themselves",
     config.STORAGE_EMULATOR_HOST: "the Google clients and gcsfs read it themselves",
     config.DAGSTER_HOME: "Dagster reads it itself",
+    config.OMP_WAIT_POLICY: "OpenMP reads it when torch loads; importing `farm_platform.ml` "
+    "sets the default first unless the environment sets it (a bad value is refused when a "
+    "model loads)",
     config.FARM_FIELD_MAP: "`field_map` resource `path`; dbt's build and commands: "
     "`config.field_map_path()`",
     config.FARM_REPORTS: "analytics: `reports` resource `reports_url`",

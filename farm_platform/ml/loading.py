@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class Placement:
 
 
 def _set_threads(placement: Placement) -> None:
+    # A wait policy OpenMP does not know it ignores in silence: refuse it here instead.
+    config_values.omp_wait_policy(os.environ.get(config.OMP_WAIT_POLICY))
     # On a GPU torch's own CPU work is small (box decoding, copies) and the cores are
     # needed to decode photos for it; spinning intra-op threads would take them.
     torch.set_num_threads(1 if placement.device.startswith("cuda") else cpu_threads())

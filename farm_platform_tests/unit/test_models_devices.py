@@ -100,6 +100,42 @@ def test_the_configured_placement_is_what_torch_can_do() -> None:
             )
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"), [(None, "PASSIVE"), ("", "PASSIVE"), ("active", "active")]
+)
+def test_torch_loads_with_the_openmp_wait_policy(setting, expected) -> None:
+    """Every torch import of the platform comes through farm_platform.ml, which puts the
+    default into the process's environment first (OpenMP reads it once, when torch loads;
+    child processes inherit it); a value the environment sets is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if setting is not None:
+        env["OMP_WAIT_POLICY"] = setting
+    probe = (
+        "import subprocess, sys, farm_platform.ml; "
+        "seen = subprocess.run(['sh', '-c', 'printf %s $OMP_WAIT_POLICY'], "
+        "capture_output=True, text=True).stdout; print('torch' in sys.modules, seen)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert output == ["False", expected]
+
+
+def test_a_wait_policy_openmp_would_ignore_is_refused(monkeypatch) -> None:
+    from farm_platform import config_values
+    from farm_platform.config import ConfigError
+    from farm_platform.ml.settings import InferenceSettings
+
+    assert config_values.omp_wait_policy(" passive ") == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "spin")
+    with pytest.raises(ConfigError, match="OMP_WAIT_POLICY='spin' is not an OpenMP wait policy"):
+        inference.load_detector(configured_registry().detector(), settings=InferenceSettings())
+
+
 def test_parallel_map_keeps_order_and_raises(monkeypatch) -> None:
     monkeypatch.setattr("farm_platform.ml.pixels._threads", 3)
     assert inference.parallel_map(lambda x: x * x, list(range(10))) == [x * x for x in range(10)]
