@@ -57,8 +57,6 @@ class Placement:
 
 
 def _set_threads(placement: Placement) -> None:
-    # A wait policy OpenMP does not know it ignores in silence: refuse it here instead.
-    config_values.omp_wait_policy(os.environ.get(config.OMP_WAIT_POLICY))
     # On a GPU torch's own CPU work is small (box decoding, copies) and the cores are
     # needed to decode photos for it; spinning intra-op threads would take them.
     torch.set_num_threads(1 if placement.device.startswith("cuda") else cpu_threads())
@@ -134,6 +132,9 @@ def _load(
 ) -> Any:
     if card.task != task:
         raise ModelRegistryError(f"model {card.id} {card.version} is a {card.task}, not a {task}")
+    # A wait policy OpenMP does not know it ignores in silence: refuse it at every load,
+    # cached model or not.
+    config_values.omp_wait_policy(os.environ.get(config.OMP_WAIT_POLICY))
     registry = registry or _registry_for(card)
     path = registry.verify_weights(card)
     if card.contract is not None:
