@@ -266,7 +266,7 @@ def main() -> int:
     # A fresh emulator per phase: fake-gcs-server's per-object costs grow with the number
     # of objects in its bucket (docs/benchmarks.md, "End-to-end throughput"), so phases
     # must not inherit crops.
-    workdir = tempfile.mkdtemp(prefix="farm-bench-")
+    workdir = tempfile.mkdtemp(prefix="farm-throughput-")
     try:
         local = args.bucket == "local"
         for n_images in args.images:
