@@ -167,12 +167,13 @@ def _hold_the_run_of_a_taken_task(topology: Topology, instance, day: str, start)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             message = states.get_message(timeout=1.0)
-            if not message or json.loads(message["data"])["status"] != "STARTED":
+            task_state = json.loads(message["data"]) if message else {}
+            if task_state.get("status") != "STARTED":
                 continue
             pool = child_pids(topology.pids()["worker:images"])
             for pid in pool:  # held where it is: it took the task, it does not begin the run
                 os.kill(pid, signal.SIGSTOP)
-            task = json.loads(message["data"])["task_id"]
+            task = task_state["task_id"]
             return _wait(partial(_run_of_task, instance, day, task), 30, f"task {task}'s run")
         raise AssertionError("no run's task of the day was taken within 300 s")
     finally:
