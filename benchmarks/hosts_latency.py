@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 from docs_table import add_write_docs_flag, write_docs
+from photo_cost_meter import postgres_sessions
 
 from farm_platform import config
 from farm_platform_dev.daemon import processed_photos, wait_for_photos
@@ -76,14 +77,6 @@ def connect_ms(url: str, tries: int = 20) -> float:
     return sorted(spent)[len(spent) // 2]
 
 
-def sessions(url: str) -> int:
-    """PostgreSQL's sessions established so far, over every database (this one included)."""
-    import psycopg
-
-    with psycopg.connect(url) as connection:
-        return int(connection.execute("SELECT sum(sessions) FROM pg_stat_database").fetchone()[0])
-
-
 def measure(hosts: Hosts, delay_ms: float, index: int, photos: int, done: int) -> dict[str, Any]:
     from farm_platform.resources.warehouse import WarehouseResource
 
@@ -98,7 +91,7 @@ def measure(hosts: Hosts, delay_ms: float, index: int, photos: int, done: int) -
     server = "postgresql://farm:{}@{}:{}/farm".format(
         environment[PG_PASSWORD], *hosts.service("postgres")
     )
-    sessions_before = sessions(server)
+    sessions_before = postgres_sessions(server)
     cpu_before, started = hosts_cpu_seconds(hosts), time.monotonic()
     with config.process_environment(environment):
         write_farm(farm, hosts.stack.bucket_url(), None, DroneMessagePublisher(hosts.stack.project))
@@ -108,7 +101,7 @@ def measure(hosts: Hosts, delay_ms: float, index: int, photos: int, done: int) -
             wait_for_photos(instance, warehouse, done + photos, 1800)
     seconds = time.monotonic() - started
     cpu = hosts_cpu_seconds(hosts) - cpu_before
-    opened = sessions(server) - sessions_before - 1
+    opened = postgres_sessions(server) - sessions_before - 1
     assert processed_photos(warehouse) == done + photos
     return {
         "pooled": hosts.pooled,

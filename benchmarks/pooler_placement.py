@@ -35,7 +35,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from docs_table import add_write_docs_flag, write_docs
-from hosts_latency import connect_ms, sessions
+from hosts_latency import connect_ms
+from photo_cost_meter import postgres_sessions
 
 from farm_platform_dev.pooler import Pooler, stop_pooler
 from farm_platform_dev.postgres import PostgresServer
@@ -133,9 +134,9 @@ def main() -> int:
                 time.sleep(1.5)  # the proxy reads its delay every second
                 for placement, url in urls.items():
                     connect_ms(url, 2)  # the pooler's server connection, opened once
-                    before = sessions(server.url)
+                    before = postgres_sessions(server.url)
                     spent = connect_ms(url, args.operations)
-                    opened = (sessions(server.url) - before - 1) / args.operations
+                    opened = (postgres_sessions(server.url) - before - 1) / args.operations
                     rows.append((f"{delay:g} ms", placement, f"{spent:.1f}", f"{opened:.2f}"))
                     print(" | ".join(rows[-1]), flush=True)
         finally:
