@@ -83,11 +83,10 @@ def report(name: str, figures: dict[str, Any]) -> tuple[Any, ...]:
     for part, seconds in figures["run_wall_s"].items():
         print(f"     wall: {part:40s} {seconds:.2f}")
     runs = max(1, figures["runs"])
-    print_fixed_cost(
-        figures["fixed_cost_parts"],
-        figures["cpu_s_by_group"].get("run workers", 0.0) / runs,
-        bare * photos / runs,
-    )
+    # On the production topology the models run on the replicas (FARM_INFERENCE=oip): the
+    # bare path's work is theirs, not the run workers'.
+    op_cpu = sum(figures["cpu_s_by_group"].get(g, 0.0) for g in ("run workers", "replicas"))
+    print_fixed_cost(figures["fixed_cost_parts"], op_cpu / runs, bare * photos / runs)
     connections = figures["db_connections"]
     print(
         f"   Dagster events/photo {figures['events'] / photos:.3f}; DB connections/photo ", end=""

@@ -104,12 +104,12 @@ def measure_fixed_cost(
     return parts
 
 
-def print_fixed_cost(parts: dict[str, float], run_worker_cpu: float, bare: float) -> None:
-    """The parts, and the rest of the run workers' CPU per run beyond the bare path."""
+def print_fixed_cost(parts: dict[str, float], op_cpu: float, bare: float) -> None:
+    """The parts, and the rest of a run's CPU (`op_cpu`: its run worker's, and the
+    replicas' where the models run there) beyond the bare path."""
     print("   a run worker's fixed cost, measured in a fresh process:")
     for name, seconds in parts.items():
         print(f"     {name:40s} {seconds:.2f}")
-    rest = run_worker_cpu - bare - sum(parts.values())
-    print(
-        f"     {'the rest of the op (run workers less the above and the bare path)':40s} {rest:.2f}"
-    )
+    rest = op_cpu - bare - sum(parts.values())
+    label = "the rest (run workers and replicas less the above and the bare path)"
+    print(f"     {label:40s} {rest:.2f}")
