@@ -307,7 +307,7 @@ def built_farm(
     yield dbt_build(project, url)
 
 
-def _position_changes(
+def position_changes(
     farm: Farm, disease: str, grader_version: str | None = None
 ) -> dict[date, dict[str, list[float]]]:
     """Per date: the change of each position's mean grade since its own first graded date,

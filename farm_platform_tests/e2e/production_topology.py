@@ -73,6 +73,13 @@ class Topology:
             )
         return summary.images
 
+    def photograph_day(self, offset: int, positions: int, seed: int) -> int:
+        """The drones photograph `positions` positions on the trial's day `offset`
+        (`farm_day`), and the photos are announced; how many were written."""
+        return self.simulate(
+            FarmConfig(positions=positions, days=1, seed=seed, start_date=farm_day(offset))
+        )
+
     @contextlib.contextmanager
     def instance(self) -> Iterator[DagsterInstance]:
         with config.process_environment(self.environment):
@@ -90,14 +97,14 @@ class Topology:
 def production_topology(
     settings: Callable[[StackInfo], dict[str, str]] | None = None,
 ) -> Iterator[Topology]:
-    """The topology up with `settings(stack)` (default: `_settings`), down afterwards."""
+    """The topology up with `settings(stack)` (default: `topology_settings`), down afterwards."""
     # Not under pytest's tmp folders (0700): PostgreSQL runs as another user.
     state_dir = Path(tempfile.mkdtemp(prefix="farm-production-"))
     state_dir.chmod(0o755)
     try:
         with config.process_environment(CREDENTIALS):
             info = stack_up(state_dir)
-            chosen = (settings or _settings)(info)
+            chosen = (settings or topology_settings)(info)
             production = production_up(
                 state_dir, chosen, replicas=2, max_concurrent_runs=4, quick_polling=True
             )
@@ -116,7 +123,7 @@ def topology_fixture() -> Iterator[Topology]:
         yield started
 
 
-def _settings(info: StackInfo) -> dict[str, str]:
+def topology_settings(info: StackInfo) -> dict[str, str]:
     """The stack's variables, and the tests' short intervals and run timeout."""
     return {
         **info.environment(),
@@ -142,7 +149,7 @@ def graded_rows_per_photo(topology: Topology) -> dict[tuple[str, str], int]:
     return {(r["position_id"], str(r["date"])): r["n"] for r in rows.to_dicts()}
 
 
-def _assert_graded_once(topology: Topology, days: list[str], photos: int) -> None:
+def assert_graded_once(topology: Topology, days: list[str], photos: int) -> None:
     """Every photo of these days graded (5 diseases a leaf), none twice."""
     per_photo = {key: n for key, n in graded_rows_per_photo(topology).items() if key[1] in days}
     assert len(per_photo) == photos
@@ -156,7 +163,7 @@ def _assert_graded_once(topology: Topology, days: list[str], photos: int) -> Non
 
 
 @contextlib.contextmanager
-def _grades_held(topology: Topology) -> Iterator[None]:
+def grades_held(topology: Topology) -> Iterator[None]:
     """An outside writer holds the grades table (SHARE: reads go on, writes wait), so that a
     run grades and then waits to commit, mid-run, for as long as a test needs."""
     import psycopg
@@ -170,24 +177,28 @@ def _grades_held(topology: Topology) -> Iterator[None]:
             blocker.rollback()
 
 
-def _grading_run(instance: DagsterInstance, day: str):
+def grading_run(instance: DagsterInstance, day: str):
     """A run of the day that has begun grading, or None."""
     from farm_platform.images.pipeline import GRADING_STARTED
 
     return next(
-        (r for r in _runs_of_day(instance, day) if _said(instance, r.run_id, GRADING_STARTED)),
+        (
+            r
+            for r in runs_of_day(instance, day)
+            if first_said_at(instance, r.run_id, GRADING_STARTED)
+        ),
         None,
     )
 
 
-def _runs_of_day(instance: DagsterInstance, day: str) -> list:
+def runs_of_day(instance: DagsterInstance, day: str) -> list:
     return [
         record.dagster_run
         for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": day}))
     ]
 
 
-def _said(instance: DagsterInstance, run_id: str, words: str) -> float | None:
+def first_said_at(instance: DagsterInstance, run_id: str, words: str) -> float | None:
     """When the run first logged a message (or Dagster an event of it) containing `words`
     (epoch seconds), or None."""
 
@@ -199,7 +210,7 @@ def _said(instance: DagsterInstance, run_id: str, words: str) -> float | None:
     return min(times) if times else None
 
 
-def _wait(
+def wait_for(
     probe,
     timeout: float,
     what: str,
@@ -242,7 +253,7 @@ def _sensor_story(instance: DagsterInstance | None) -> str:
     )
 
 
-def _repair(topology: Topology) -> None:
+def repair_topology(topology: Topology) -> None:
     """`stack up --production` from the command line, as an operator would repair it."""
     repair = subprocess.run(
         [str(Path(sys.executable).with_name("farm-platform")), "stack", "up", "--production"]
@@ -255,7 +266,7 @@ def _repair(topology: Topology) -> None:
     assert repair.returncode == 0, repair.stderr[-2000:]
 
 
-def _day(offset: int):
+def farm_day(offset: int):
     import datetime as dt
 
     return FarmConfig(positions=4, days=1, seed=41).dates[0] + dt.timedelta(days=offset)

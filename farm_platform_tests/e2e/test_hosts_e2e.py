@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from production_topology import CREDENTIALS, _assert_graded_once
+from production_topology import CREDENTIALS, assert_graded_once
 
 from farm_platform import config
 from farm_platform.images.run_tags import PHOTOS_TAG
@@ -150,7 +150,7 @@ def test_a_day_is_graded_across_the_hosts_and_control_shows_rows_crops_and_logs(
         task = f"[{run.tags['dagster-celery/task_id']}] succeeded"
         ran_on[run.run_id] = [host for host in WORKER_HOSTS if task in topology.worker_log(host)]
         assert len(ran_on[run.run_id]) == 1, (run.run_id, ran_on)
-    _assert_graded_once(topology, [str(FarmConfig(positions=6, days=1, seed=45).dates[0])], photos)
+    assert_graded_once(topology, [str(FarmConfig(positions=6, days=1, seed=45).dates[0])], photos)
     # From control: the rows, the crops in the bucket, and each run's step logs.
     seen = json.loads(
         topology.on(

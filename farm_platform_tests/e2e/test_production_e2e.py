@@ -17,14 +17,14 @@ import pytest
 from dagster import DagsterRunStatus, RunsFilter
 from production_topology import (
     Topology,
-    _day,
-    _grades_held,
-    _repair,
-    _runs_of_day,
-    _said,
-    _wait,
+    farm_day,
+    first_said_at,
     graded_rows_per_photo,
+    grades_held,
+    repair_topology,
+    runs_of_day,
     topology_fixture,  # noqa: F401 (the fixture `topology`)
+    wait_for,
 )
 
 from farm_platform import config
@@ -149,7 +149,7 @@ def test_a_code_server_killed_mid_run_is_repaired_and_loses_nothing(topology):
     dead server had launched (run monitoring fails an orphan, the requeue sensor hands its
     photos back)."""
     before = graded_rows_per_photo(topology)
-    photos = topology.simulate(FarmConfig(positions=4, days=1, seed=43, start_date=_day(1)))
+    photos = topology.photograph_day(1, positions=4, seed=43)
     with topology.instance() as instance:
         deadline = time.monotonic() + 300
         while not instance.get_run_records(
@@ -165,7 +165,7 @@ def test_a_code_server_killed_mid_run_is_repaired_and_loses_nothing(topology):
         assert "code_server:farm_platform" in dead_processes(
             read_production(topology.state_dir), topology.state_dir
         )
-        _repair(topology)
+        repair_topology(topology)
         assert topology.pids()["code_server:farm_platform"] != victim
         wait_for_photos(
             instance, topology.warehouse, len(before) + photos, 600, tolerate_failed_runs=True
@@ -183,12 +183,12 @@ def test_a_daemon_killed_and_restarted_keeps_its_sensor_state_in_postgresql(topo
         assert before, "the sensor never ticked"
         victim = topology.pids()["daemon"]
         kill_now([victim])
-        _repair(topology)
+        repair_topology(topology)
         assert topology.pids()["daemon"] != victim
         after = sensor_ticks(instance, "drone_image_sensor", limit=1000)
         assert {t.tick_id for t in before} <= {t.tick_id for t in after}
         graded = len(graded_rows_per_photo(topology))
-        photos = topology.simulate(FarmConfig(positions=4, days=1, seed=47, start_date=_day(2)))
+        photos = topology.photograph_day(2, positions=4, seed=47)
         wait_for_photos(instance, topology.warehouse, graded + photos, 420)
         newer = sensor_ticks(instance, "drone_image_sensor", limit=1000)
         assert max(t.tick_id for t in newer) > max(t.tick_id for t in after)
@@ -202,11 +202,11 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
     they run. From the runs' own events: the sensor's runs graded at the same time, the
     whole-day run graded none of its photos while any of them did; then every photo of
     the day has its rows once."""
-    day = _day(3).isoformat()
+    day = farm_day(3).isoformat()
     graded_before = len(graded_rows_per_photo(topology))
     with topology.instance() as instance:
-        with _grades_held(topology):
-            photos = topology.simulate(FarmConfig(positions=9, days=1, seed=53, start_date=_day(3)))
+        with grades_held(topology):
+            photos = topology.photograph_day(3, positions=9, seed=53)
             assert photos == 9
             sensor_runs = _sensor_runs_grading(instance, topology, day)
             whole_day = launch_day_run(topology.production.webserver_url, day)
@@ -234,7 +234,7 @@ def test_runs_of_one_day_grade_side_by_side_and_a_whole_day_run_never_beside_the
         "SELECT count(*) AS n, count(DISTINCT (position_id, leaf_crop_idx, disease_type,"
         " cropper_model_version, disease_model_version)) AS keys,"
         " count(DISTINCT position_id) AS photos FROM disease_grades WHERE date = %s",
-        [_day(3)],
+        [farm_day(3)],
     ).row(0, named=True)
     assert rows["photos"] == 9 and rows["n"] == rows["keys"] > 0
 
@@ -244,7 +244,7 @@ def _sensor_runs_grading(instance, topology: Topology, day: str) -> list:
     from farm_platform.images.pipeline import GRADING_STARTED
 
     def claimed() -> list | None:
-        runs = _runs_of_day(instance, day)
+        runs = runs_of_day(instance, day)
         return runs if sum(int(run.tags[PHOTOS_TAG]) for run in runs) >= 9 else None
 
     # This wait ran past 120 s in CI (2026-12-04) and past 300 s on 2026-12-05: a
@@ -255,11 +255,13 @@ def _sensor_runs_grading(instance, topology: Topology, day: str) -> list:
     # farm's rewrote it dead-lettered 5 of the 9 photos (fixed: the sensor reads the
     # map after pulling; test_ingest has the case). A timeout prints every tick that
     # pulled something, and the sensor's log.
-    sensor_runs = _wait(claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology)
+    sensor_runs = wait_for(
+        claimed, 300, "the sensor's runs of the day's 9 photos", instance, topology
+    )
     assert len(sensor_runs) == 3, "the 9 photos were not claimed as 3 batches of 3"
     for run in sensor_runs:
-        _wait(
-            lambda run=run: _said(instance, run.run_id, GRADING_STARTED),
+        wait_for(
+            lambda run=run: first_said_at(instance, run.run_id, GRADING_STARTED),
             120,
             f"sensor run {run.run_id} grading",
         )
@@ -276,9 +278,10 @@ def _four_runs_grading_and_the_whole_day_run_kept_out(
 
     # The whole-day run is in its op: waiting for the day, or (were it not kept
     # out) grading beside the sensor's runs, which the spans below would show.
-    _wait(
+    wait_for(
         lambda: (
-            _said(instance, whole_day, LOCK_WAITING) or _said(instance, whole_day, GRADING_STARTED)
+            first_said_at(instance, whole_day, LOCK_WAITING)
+            or first_said_at(instance, whole_day, GRADING_STARTED)
         ),
         120,
         "the whole-day run's op",
@@ -288,7 +291,7 @@ def _four_runs_grading_and_the_whole_day_run_kept_out(
         RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={"dagster/partition": day})
     )
     assert len(started) == 4, [r.dagster_run.run_id for r in started]
-    assert not any(_said(instance, r.run_id, GRADING_COMMITTED) for r in sensor_runs)
+    assert not any(first_said_at(instance, r.run_id, GRADING_COMMITTED) for r in sensor_runs)
     # PostgreSQL holds an exclusive request on the day's grading lock back.
     return topology.warehouse.query(
         "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
@@ -310,8 +313,8 @@ def _grading_spans(instance, runs: list) -> dict[str, tuple]:
     assert not failures, failures
     return {
         run.run_id: (
-            _said(instance, run.run_id, GRADING_STARTED),
-            _said(instance, run.run_id, GRADING_COMMITTED),
+            first_said_at(instance, run.run_id, GRADING_STARTED),
+            first_said_at(instance, run.run_id, GRADING_COMMITTED),
         )
         for run in runs
     }

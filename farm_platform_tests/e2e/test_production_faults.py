@@ -30,16 +30,16 @@ import pytest
 from dagster import DagsterRunStatus
 from production_topology import (
     Topology,
-    _assert_graded_once,
-    _day,
-    _grades_held,
-    _grading_run,
-    _repair,
-    _runs_of_day,
-    _said,
-    _wait,
+    assert_graded_once,
+    farm_day,
+    first_said_at,
     graded_rows_per_photo,
+    grades_held,
+    grading_run,
+    repair_topology,
+    runs_of_day,
     topology_fixture,  # noqa: F401 (the fixture `topology`)
+    wait_for,
 )
 
 from farm_platform import config
@@ -67,7 +67,7 @@ def _daemon_view(topology: Topology) -> SimpleNamespace:
 
 
 def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topology):
-    day = _day(20)
+    day = farm_day(20)
     graded = len(graded_rows_per_photo(topology))
     sent: list[int] = []
     with topology.instance() as instance:
@@ -108,15 +108,15 @@ def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topolo
             tolerate_failed_runs=True,
         )
         print(f"paused {PAUSE_SECONDS} s: every photo graded {time.monotonic() - paused:.0f} s")
-    _assert_graded_once(topology, [day.isoformat()], sent[0])
+    assert_graded_once(topology, [day.isoformat()], sent[0])
 
 
 def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grace(topology):
-    day = _day(21).isoformat()
+    day = farm_day(21).isoformat()
     graded = len(graded_rows_per_photo(topology))
     sent = []
     with topology.instance() as instance:
-        farm = FarmConfig(positions=3, days=1, seed=73, start_date=_day(21))
+        farm = FarmConfig(positions=3, days=1, seed=73, start_date=farm_day(21))
         victim = _hold_the_run_of_a_taken_task(
             topology, instance, day, lambda: sent.append(topology.simulate(farm))
         )
@@ -127,7 +127,7 @@ def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grac
         )
         faulted = time.monotonic()
         kill_now([worker, *pool, topology.pids()["redis"]])
-        _repair(topology)  # Redis and the worker come back; the run's task is lost
+        repair_topology(topology)  # Redis and the worker come back; the run's task is lost
         wait_for_photos(
             instance,
             topology.warehouse,
@@ -138,13 +138,13 @@ def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grac
         print(f"worker and Redis killed: every photo graded {time.monotonic() - faulted:.0f} s")
         assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.FAILURE
         # Failed by the lost-worker check, not by run monitoring's start timeout.
-        assert _said(instance, victim.run_id, "before the run began")
-        assert not _said(instance, victim.run_id, "to start")
-        assert {run.status for run in _runs_of_day(instance, day)} <= {
+        assert first_said_at(instance, victim.run_id, "before the run began")
+        assert not first_said_at(instance, victim.run_id, "to start")
+        assert {run.status for run in runs_of_day(instance, day)} <= {
             DagsterRunStatus.SUCCESS,
             DagsterRunStatus.FAILURE,
         }
-    _assert_graded_once(topology, [day], sent[0])
+    assert_graded_once(topology, [day], sent[0])
 
 
 def _hold_the_run_of_a_taken_task(topology: Topology, instance, day: str, start):
@@ -174,7 +174,7 @@ def _hold_the_run_of_a_taken_task(topology: Topology, instance, day: str, start)
             for pid in pool:  # held where it is: it took the task, it does not begin the run
                 os.kill(pid, signal.SIGSTOP)
             task = task_state["task_id"]
-            return _wait(partial(_run_of_task, instance, day, task), 30, f"task {task}'s run")
+            return wait_for(partial(_run_of_task, instance, day, task), 30, f"task {task}'s run")
         raise AssertionError("no run's task of the day was taken within 300 s")
     finally:
         states.close()
@@ -182,7 +182,7 @@ def _hold_the_run_of_a_taken_task(topology: Topology, instance, day: str, start)
 
 
 def _run_of_task(instance, day: str, task: str):
-    for run in _runs_of_day(instance, day):
+    for run in runs_of_day(instance, day):
         if run.tags.get("dagster-celery/task_id") == task:
             return run
     return None
@@ -194,21 +194,21 @@ def test_a_celery_worker_killed_mid_run_loses_no_photo(topology):
     check finds no worker running it (farm_platform.launcher.celery_launcher), run monitoring
     fails the run, and its photos go to a new run on the worker `stack up --production`
     restarted. Every photo graded once."""
-    day = _day(4).isoformat()
+    day = farm_day(4).isoformat()
     graded = len(graded_rows_per_photo(topology))
     with topology.instance() as instance:
-        with _grades_held(topology):  # the run grades, then waits to commit: mid-run
-            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=59, start_date=_day(4)))
-            victim = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
+        with grades_held(topology):  # the run grades, then waits to commit: mid-run
+            photos = topology.photograph_day(4, positions=3, seed=59)
+            victim = wait_for(lambda: grading_run(instance, day), 120, "a run of the day grading")
             worker = topology.pids()["worker:images"]
             kill_now([worker, *child_pids(worker)])  # the worker and its pool
-        _repair(topology)
+        repair_topology(topology)
         wait_for_photos(
             instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
         )
         assert instance.get_run_by_id(victim.run_id).status == DagsterRunStatus.FAILURE
-        assert _said(instance, victim.run_id, "the worker died")
-    _assert_graded_once(topology, [day], photos)
+        assert first_said_at(instance, victim.run_id, "the worker died")
+    assert_graded_once(topology, [day], photos)
 
 
 def test_redis_restarted_mid_run_loses_no_photo_and_fails_no_run(topology):
@@ -216,23 +216,23 @@ def test_redis_restarted_mid_run_loses_no_photo_and_fails_no_run(topology):
     --production` restarts it on its append-only file. The running run's task is still
     STARTED there, so run monitoring leaves the run alone and it succeeds; the workers
     reconnect and take the next run. Every photo graded once, no run failed."""
-    day = _day(5).isoformat()
+    day = farm_day(5).isoformat()
     graded = len(graded_rows_per_photo(topology))
     with topology.instance() as instance:
-        with _grades_held(topology):
-            photos = topology.simulate(FarmConfig(positions=3, days=1, seed=61, start_date=_day(5)))
-            running = _wait(lambda: _grading_run(instance, day), 120, "a run of the day grading")
+        with grades_held(topology):
+            photos = topology.photograph_day(5, positions=3, seed=61)
+            running = wait_for(lambda: grading_run(instance, day), 120, "a run of the day grading")
             victim = topology.pids()["redis"]
             kill_now([victim])
-            _repair(topology)
+            repair_topology(topology)
             assert topology.pids()["redis"] != victim
         # After the restart: a new day's photos are a new task through the broker.
-        photos += topology.simulate(FarmConfig(positions=3, days=1, seed=67, start_date=_day(6)))
+        photos += topology.photograph_day(6, positions=3, seed=67)
         wait_for_photos(
             instance, topology.warehouse, graded + photos, 300, tolerate_failed_runs=True
         )
         assert instance.get_run_by_id(running.run_id).status == DagsterRunStatus.SUCCESS
-        for date in (day, _day(6).isoformat()):
-            statuses = {run.status for run in _runs_of_day(instance, date)}
+        for date in (day, farm_day(6).isoformat()):
+            statuses = {run.status for run in runs_of_day(instance, date)}
             assert statuses == {DagsterRunStatus.SUCCESS}, (date, statuses)
-    _assert_graded_once(topology, [day, _day(6).isoformat()], photos)
+    assert_graded_once(topology, [day, farm_day(6).isoformat()], photos)

@@ -14,13 +14,13 @@ import pytest
 from dagster import DagsterRunStatus
 from production_topology import (
     Topology,
-    _assert_graded_once,
-    _repair,
-    _runs_of_day,
-    _settings,
-    _wait,
+    assert_graded_once,
     graded_rows_per_photo,
     production_topology,
+    repair_topology,
+    runs_of_day,
+    topology_settings,
+    wait_for,
 )
 
 from farm_platform import config
@@ -35,7 +35,7 @@ OUTAGE_SECONDS = 180
 
 def shipped_retries(info) -> dict[str, str]:
     """The production tests' settings, but the shipped attempts and back-off."""
-    settings = _settings(info)
+    settings = topology_settings(info)
     for name in (config.FARM_RETRY_BACKOFF_SECONDS, config.FARM_MAX_PHOTO_ATTEMPTS):
         settings.pop(name, None)
     return settings
@@ -61,16 +61,16 @@ def test_every_model_server_replica_down_for_3_minutes_costs_no_photo(topology):
         def failed_runs() -> list:
             return [
                 run
-                for run in _runs_of_day(instance, day)
+                for run in runs_of_day(instance, day)
                 if instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
             ]
 
-        _wait(failed_runs, OUTAGE_SECONDS, "a run failing on the model servers", instance)
+        wait_for(failed_runs, OUTAGE_SECONDS, "a run failing on the model servers", instance)
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_since)))
         failed_in_outage = failed_runs()
         # Nothing spent its attempts during the outage.
         assert _dead_lettered(topology) == 0
-        _repair(topology)
+        repair_topology(topology)
         wait_for_photos(instance, topology.warehouse, photos, 1200, tolerate_failed_runs=True)
         causes = {step_failure_cause(instance, run.run_id) for run in failed_in_outage}
         print(
@@ -80,7 +80,7 @@ def test_every_model_server_replica_down_for_3_minutes_costs_no_photo(topology):
     assert all(cause and cause.startswith("OipUnavailable: model servers") for cause in causes), (
         causes
     )
-    _assert_graded_once(topology, [day], photos)
+    assert_graded_once(topology, [day], photos)
     assert len(graded_rows_per_photo(topology)) == photos  # 0 lost
     assert _dead_lettered(topology) == 0
 

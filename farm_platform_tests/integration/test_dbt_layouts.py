@@ -19,11 +19,11 @@ from dbt_farm import (
     TOLERANCE,
     Build,
     Farm,
-    _position_changes,
     built_farm,
     dbt_build,
     farm_fixture,  # noqa: F401 (the fixture `farm`)
     load_warehouse,
+    position_changes,
 )
 from polars.testing import assert_frame_equal
 
@@ -88,7 +88,7 @@ def test_every_position_counts_from_its_own_first_graded_day(
     # A trial-wide baseline would keep at most 3 per area.
     assert [(row["n_treated"], row["n_control"]) for row in rows] == [(3, 3), (5, 6), (6, 6)]
     assert [row["n_late_baseline"] for row in rows] == [0, 3 + 3, 3 + 3]
-    changes = _position_changes(gappy, "disease_0")
+    changes = position_changes(gappy, "disease_0")
     for row in rows:
         treated, control = changes[row["date"]]["treated"], changes[row["date"]]["control"]
         assert (row["n_treated"], row["n_control"]) == (len(treated), len(control))

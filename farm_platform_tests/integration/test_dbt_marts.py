@@ -22,10 +22,10 @@ from dbt_farm import (
     TOLERANCE,
     Build,
     Farm,
-    _position_changes,
     built_farm,
     dbt_build,
     farm_fixture,  # noqa: F401 (the fixture `farm`)
+    position_changes,
 )
 from polars.testing import assert_frame_equal
 
@@ -112,7 +112,7 @@ def test_treatment_effect_recovers_the_known_effect(build: Build, farm: Farm) ->
         expected_n = 6 if DAYS[day_index] == LAST_DAY else 7
         assert (row["n_treated"], row["n_control"]) == (expected_n, expected_n)
         # Welch standard error and df over position changes, computed here from the rows.
-        changes = _position_changes(farm, "disease_0")[DAYS[day_index]]
+        changes = position_changes(farm, "disease_0")[DAYS[day_index]]
         treated, control = changes["treated"], changes["control"]
         a = statistics.variance(treated) / len(treated)
         b = statistics.variance(control) / len(control)
@@ -191,7 +191,7 @@ def test_model_version_effects_answer_the_question_under_each_version(build: Bui
     ).to_dicts()
     assert [row["date"] for row in v1] == DAYS[1:]
     assert not any(row["version_active"] for row in v1)
-    changes = _position_changes(farm, "disease_3", grader_version="v1")
+    changes = position_changes(farm, "disease_3", grader_version="v1")
     for row in v1:
         treated, control = changes[row["date"]]["treated"], changes[row["date"]]["control"]
         expected = statistics.fmean(treated) - statistics.fmean(control)

@@ -22,9 +22,9 @@ from dbt_farm import (
     TREATED,
     Build,
     Farm,
-    _position_changes,
     dbt_build,
     load_warehouse,
+    position_changes,
     synthetic_farm,
 )
 from test_dbt_incremental import _assert_equals_a_full_refresh, _warehouse_and_copy
@@ -150,7 +150,7 @@ def test_a_grader_switch_keeps_the_old_version_until_the_backfill_covers_the_tri
         assert chosen[0]["disease_model_version"] == "v2"
         assert chosen[0]["active_missing_photos"] == 0
         all_grades = pl.concat([farm.disease_grades, backfill], how="vertical_relaxed")
-        changes = _position_changes(
+        changes = position_changes(
             Farm(farm.positions, farm.drone_images, farm.leaf_crops, all_grades),
             "disease_0",
             "v2",
