@@ -40,7 +40,6 @@ from farm_platform_dev.production import (
     production_down,
     read_production,
 )
-from farm_platform_dev.simulate import FarmConfig
 from farm_platform_dev.ui import launch_day_run
 
 pytestmark = pytest.mark.slow
@@ -64,7 +63,7 @@ def test_the_topology_runs_on_the_deploy_vm_artifacts(topology):
 
 
 def test_a_day_is_graded_through_the_production_topology(topology):
-    photos = topology.simulate(FarmConfig(positions=4, days=1, seed=41))
+    photos = topology.photograph_day(0, positions=4, seed=41)
     with topology.instance() as instance:
         wait_for_photos(instance, topology.warehouse, photos, 420)
         # Dagster's own storage is PostgreSQL, not SQLite files in DAGSTER_HOME.

@@ -46,7 +46,6 @@ from farm_platform import config
 from farm_platform_dev.daemon import wait_for_photos, wait_for_sensor_tick_in_progress
 from farm_platform_dev.processes import child_pids, kill_now, pid_alive
 from farm_platform_dev.production import REDIS_PASSWORD, read_production
-from farm_platform_dev.simulate import FarmConfig
 from farm_platform_dev.watchdog import topology_status
 
 pytestmark = [pytest.mark.fault_campaign, pytest.mark.slow]
@@ -74,9 +73,7 @@ def test_a_code_server_paused_90_s_mid_tick_is_replaced_and_loses_nothing(topolo
         wait_for_sensor_tick_in_progress(
             instance,
             _daemon_view(topology),
-            lambda: sent.append(
-                topology.simulate(FarmConfig(positions=8, days=1, seed=71, start_date=day))
-            ),
+            lambda: sent.append(topology.photograph_day(20, positions=8, seed=71)),
             300,
         )
         victim = topology.pids()[SERVER]
@@ -116,9 +113,11 @@ def test_a_run_whose_worker_and_redis_died_before_it_began_is_failed_at_the_grac
     graded = len(graded_rows_per_photo(topology))
     sent = []
     with topology.instance() as instance:
-        farm = FarmConfig(positions=3, days=1, seed=73, start_date=farm_day(21))
         victim = _hold_the_run_of_a_taken_task(
-            topology, instance, day, lambda: sent.append(topology.simulate(farm))
+            topology,
+            instance,
+            day,
+            lambda: sent.append(topology.photograph_day(21, positions=3, seed=73)),
         )
         worker = topology.pids()["worker:images"]
         pool = child_pids(worker)
